@@ -1,0 +1,2 @@
+//! The simfota card applet (placeholder: being written).
+#![no_std]

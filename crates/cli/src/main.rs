@@ -1,0 +1,2 @@
+//! The `simfota` command (placeholder: being written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Delta images (placeholder: being written).

@@ -1,0 +1,1 @@
+//! OMA DM 1.2 protocol core (placeholder: being written).

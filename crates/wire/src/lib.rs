@@ -1,0 +1,2 @@
+//! simfota's signed objects (placeholder: being written).
+#![no_std]
