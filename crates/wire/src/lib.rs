@@ -1,2 +1,58 @@
-//! simfota's signed objects (placeholder: being written).
+//! simfota's signed objects and their byte formats: SUIT envelopes (software packages), CWT
+//! delivery tokens, the card's hash-chained log entries, encrypted log exports, receipts, log
+//! acknowledgements, log-read requests, admin commands and the card certificate
+//! (see docs/formats.md for each object's CDDL and an example).
+//!
+//! The crate is `no_std` and never allocates in what the card uses: decoders borrow from the
+//! input and check every length against [`Limits`]; encoders write into caller buffers and
+//! fail with [`Error::BufferTooSmall`]. Signatures are ECDSA P-256 with SHA-256 (COSE ES256,
+//! RFC 9053 §2.1), deterministic (RFC 6979). A signed object's content is handed out as
+//! [`Verified<T>`] only after its signature checked out. The `std` feature adds host
+//! conveniences: the SUIT builder, PEM key files, export opening, `Vec` outputs.
+//!
+//! What it does not do: decide. Whether a server is listed, a nonce fresh, a sequence number
+//! high enough, is the card's business (crate `simfota-card`); this crate proves who signed
+//! what and that the bytes are well-formed.
 #![no_std]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+mod cbor;
+pub mod cose;
+mod error;
+pub mod export;
+mod hash;
+mod ids;
+mod limits;
+pub mod log;
+pub mod objects;
+#[cfg(feature = "std")]
+pub mod pem;
+pub mod suit;
+pub mod token;
+
+pub use cose::{CoseSign1, PublicKey, Signed, SignedPayload, Verified};
+pub use error::{Error, Result};
+pub use export::{ExportHeader, build_export};
+#[cfg(feature = "std")]
+pub use export::{ExportContents, open_export};
+pub use hash::{Sha256Stream, sha256};
+#[cfg(feature = "std")]
+pub use hash::sha256_reader;
+pub use ids::{
+    ChargingRef, Digest, Iccid, Imei, IssuerId, Nonce, OriginatorId, ServerId, ShortText,
+    UpdateId, Uuid,
+};
+pub use limits::Limits;
+pub use log::{DenyReason, Event, FumoResult, LogEntry};
+pub use objects::{
+    AdminChange, AdminCommand, CardCertificate, IntegrityMode, LogAck, LogReadRequest, Policy,
+    Receipt, Rights, UnauthorizedRule,
+};
+pub use token::DeliveryToken;
+
+/// The RustCrypto P-256 crate this crate is built on (keys, ECDSA, ECDH types).
+pub use p256;
+/// The RNG trait `build_export` needs.
+pub use rand_core;

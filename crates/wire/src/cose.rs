@@ -1,0 +1,478 @@
+//! COSE_Sign1 (RFC 9052 §4.2) with ECDSA P-256, COSE_Key for EC2 public keys (RFC 9053 §7.1),
+//! and the `Verified<T>` / `Signed<T>` pair every signed object goes through.
+
+use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use sha2::Digest as _;
+
+use crate::cbor::{Key, Reader, Writer, head};
+use crate::error::{Error, Result};
+use crate::limits::Limits;
+
+/// CBOR tag of COSE_Sign1 (RFC 9052 §2).
+pub const TAG_SIGN1: u64 = 18;
+/// CBOR tag of COSE_Encrypt (RFC 9052 §2).
+pub const TAG_ENCRYPT: u64 = 96;
+/// COSE algorithm ES256: ECDSA w/ SHA-256 (RFC 9053 §2.1).
+pub const ALG_ES256: i64 = -7;
+/// COSE algorithm ESP256: ECDSA P-256 w/ SHA-256, fully specified (RFC 9864).
+pub const ALG_ESP256: i64 = -9;
+
+/// Header labels (RFC 9052 §3.1).
+pub(crate) const HDR_ALG: i64 = 1;
+pub(crate) const HDR_CRIT: i64 = 2;
+pub(crate) const HDR_CTY: i64 = 3;
+pub(crate) const HDR_KID: i64 = 4;
+
+/// Protected header `{1: -7}` as we emit it.
+pub(crate) const PROTECTED_ES256: [u8; 3] = [0xa1, 0x01, 0x26];
+
+/// A value that passed signature verification. Only this crate's verifiers construct it, so a
+/// `Verified<T>` in a signature proves the check happened (style: "a `Verified<T>` that only a
+/// verifier can build").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified<T>(T);
+
+impl<T> Verified<T> {
+    pub(crate) fn new(t: T) -> Self {
+        Verified(t)
+    }
+    /// The verified value.
+    pub fn get(&self) -> &T {
+        &self.0
+    }
+    /// Gives the value up (it is no longer marked as verified).
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> core::ops::Deref for Verified<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// A P-256 public key (ECDSA verification, ECDH recipient).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    /// From a SEC1 encoding (65-byte uncompressed or 33-byte compressed point).
+    pub fn from_sec1(bytes: &[u8]) -> Result<Self> {
+        VerifyingKey::from_sec1_bytes(bytes).map(PublicKey).map_err(|_| Error::BadKey)
+    }
+    /// From the affine coordinates (as in a COSE_Key).
+    pub fn from_xy(x: &[u8; 32], y: &[u8; 32]) -> Result<Self> {
+        let mut b = [0u8; 65];
+        b[0] = 4;
+        b[1..33].copy_from_slice(x);
+        b[33..].copy_from_slice(y);
+        Self::from_sec1(&b)
+    }
+    /// The 65-byte uncompressed SEC1 encoding (what the card stores).
+    pub fn to_sec1(&self) -> [u8; 65] {
+        let p = self.0.to_encoded_point(false);
+        let mut out = [0u8; 65];
+        out.copy_from_slice(p.as_bytes());
+        out
+    }
+    /// The x and y coordinates.
+    pub fn xy(&self) -> ([u8; 32], [u8; 32]) {
+        let s = self.to_sec1();
+        let mut x = [0u8; 32];
+        let mut y = [0u8; 32];
+        x.copy_from_slice(&s[1..33]);
+        y.copy_from_slice(&s[33..]);
+        (x, y)
+    }
+    /// The ECDSA verifying key.
+    pub fn verifying_key(&self) -> &VerifyingKey {
+        &self.0
+    }
+    /// Writes the key as a COSE_Key map `{1: 2, -1: 1, -2: x, -3: y}` (RFC 9053 §7.1.1).
+    pub(crate) fn write_cose_key(&self, w: &mut Writer<'_>) -> Result<()> {
+        let (x, y) = self.xy();
+        w.map(4)?.u64(1)?.u64(2)?.i64(-1)?.u64(1)?.i64(-2)?.bytes(&x)?.i64(-3)?.bytes(&y)?;
+        Ok(())
+    }
+    /// Reads an EC2 P-256 COSE_Key; other members (kid, alg, key_ops) are accepted and ignored,
+    /// a private part (-4) is refused.
+    pub(crate) fn read_cose_key(r: &mut Reader<'_, '_>) -> Result<Self> {
+        let (mut kty, mut crv, mut x, mut y) = (None, None, None, None);
+        r.map(false, |r, k| {
+            match k {
+                Key::Int(1) => kty = Some(r.i64()?),
+                Key::Int(-1) => crv = Some(r.i64()?),
+                Key::Int(-2) => x = Some(r.bytes_n::<32>("COSE_Key x")?),
+                Key::Int(-3) => y = Some(r.bytes_n::<32>("COSE_Key y")?),
+                Key::Int(-4) => return Err(Error::InvalidField("COSE_Key with private part")),
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        if kty != Some(2) || crv != Some(1) {
+            return Err(Error::BadKey);
+        }
+        match (x, y) {
+            (Some(x), Some(y)) => Self::from_xy(&x, &y),
+            _ => Err(Error::MissingField("COSE_Key x/y")),
+        }
+    }
+}
+
+impl From<VerifyingKey> for PublicKey {
+    fn from(k: VerifyingKey) -> Self {
+        PublicKey(k)
+    }
+}
+
+impl From<&SigningKey> for PublicKey {
+    fn from(k: &SigningKey) -> Self {
+        PublicKey(*k.verifying_key())
+    }
+}
+
+/// A decoded, not yet verified COSE_Sign1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoseSign1<'a> {
+    /// The serialized protected header (the bytes the signature covers).
+    pub protected: &'a [u8],
+    /// The signature algorithm (from the protected header).
+    pub alg: i64,
+    /// Key identifier (either bucket), if any.
+    pub kid: Option<&'a [u8]>,
+    /// Content type (label 3) as an integer, if any.
+    pub content_type: Option<u64>,
+    /// The payload, or `None` when detached (nil).
+    pub payload: Option<&'a [u8]>,
+    /// The 64-byte r||s signature (RFC 9053 §2.1).
+    pub signature: &'a [u8; 64],
+    /// Whether the input carried tag 18.
+    pub tagged: bool,
+}
+
+#[derive(Default)]
+struct Headers<'a> {
+    alg: Option<i64>,
+    kid: Option<&'a [u8]>,
+    cty: Option<u64>,
+}
+
+/// Reads one header map; `labels` collects the labels for the cross-bucket duplicate check.
+fn read_headers<'a>(
+    r: &mut Reader<'a, '_>,
+    h: &mut Headers<'a>,
+    protected: bool,
+    labels: &mut ([i64; 16], usize),
+) -> Result<()> {
+    let mut crit: Option<(usize, usize)> = None;
+    r.map(true, |r, k| {
+        let at = r.position();
+        let label = match k {
+            Key::Int(l) => l,
+            // Text labels are legal (RFC 9052 §3) but none is understood: ignore the value.
+            Key::Text(_) | Key::Other(_) => return Ok(false),
+        };
+        // RFC 9052 §3: a label must not appear in both buckets.
+        if labels.0[..labels.1].contains(&label) {
+            return Err(Error::DuplicateKey { at });
+        }
+        if labels.1 < labels.0.len() {
+            labels.0[labels.1] = label;
+            labels.1 += 1;
+        }
+        match label {
+            HDR_ALG => {
+                if !protected {
+                    return Err(Error::AlgNotProtected);
+                }
+                match r.datatype()? {
+                    minicbor::data::Type::String => {
+                        r.str()?;
+                        h.alg = Some(i64::MIN);
+                    }
+                    _ => h.alg = Some(r.i64()?),
+                }
+            }
+            HDR_CRIT => {
+                // RFC 9052 §3.1: crit lives in the protected bucket, non-empty array.
+                if !protected {
+                    return Err(Error::InvalidField("crit outside protected header"));
+                }
+                let start = r.position();
+                r.skip()?;
+                crit = Some((start, r.position()));
+            }
+            HDR_KID => h.kid = Some(r.bytes()?),
+            HDR_CTY => match r.datatype()? {
+                minicbor::data::Type::String => {
+                    r.str()?;
+                }
+                _ => h.cty = Some(r.u64()?),
+            },
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
+    if let Some((s, e)) = crit {
+        let mut cr = Reader::new(&r.input()[s..e], r.lim);
+        let n = cr.array()?;
+        if n == 0 {
+            return Err(Error::InvalidField("empty crit"));
+        }
+        for _ in 0..n {
+            match cr.datatype()? {
+                minicbor::data::Type::String => return Err(Error::UnknownCritical(0)),
+                _ => {
+                    let l = cr.i64()?;
+                    // Labels this implementation processes; anything else must be refused.
+                    if !matches!(l, HDR_ALG | HDR_CTY | HDR_KID) {
+                        return Err(Error::UnknownCritical(l));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl<'a> CoseSign1<'a> {
+    /// Decodes a COSE_Sign1 (tagged with 18 or untagged) that must span all of `bytes`.
+    pub fn decode(bytes: &'a [u8], limits: &Limits) -> Result<Self> {
+        if bytes.len() > limits.max_object_len {
+            return Err(Error::TooLarge { what: "COSE_Sign1", max: limits.max_object_len });
+        }
+        let mut r = Reader::new(bytes, limits);
+        let s = Self::read(&mut r)?;
+        r.finish()?;
+        Ok(s)
+    }
+
+    pub(crate) fn read(r: &mut Reader<'a, '_>) -> Result<Self> {
+        let tagged = match r.opt_tag()? {
+            None => false,
+            Some(TAG_SIGN1) => true,
+            Some(found) => return Err(Error::UnexpectedTag { found }),
+        };
+        r.array_n(4)?;
+        let (protected, mut pr) = r.nested()?;
+        let mut h = Headers::default();
+        let mut labels = ([0i64; 16], 0usize);
+        if !protected.is_empty() {
+            read_headers(&mut pr, &mut h, true, &mut labels)?;
+            pr.finish()?;
+        }
+        read_headers(r, &mut h, false, &mut labels)?;
+        let payload = if r.is_null()? {
+            r.null()?;
+            None
+        } else {
+            Some(r.bytes()?)
+        };
+        let sig = r.bytes()?;
+        let signature: &[u8; 64] = sig.try_into().map_err(|_| Error::BadSignature)?;
+        let alg = h.alg.ok_or(Error::MissingField("alg"))?;
+        Ok(CoseSign1 { protected, alg, kid: h.kid, content_type: h.cty, payload, signature, tagged })
+    }
+
+    /// Verifies the signature (RFC 9052 §4.4) with `key`. `detached` supplies the payload when
+    /// the message carries nil; a detached message without it, or an attached one with it, fails.
+    pub fn verify(
+        self,
+        key: &PublicKey,
+        external_aad: &[u8],
+        detached: Option<&[u8]>,
+    ) -> Result<Verified<CoseSign1<'a>>> {
+        // RFC 9053 §2.1: ES256; RFC 9864: ESP256 is the same operation pinned to P-256.
+        if self.alg != ALG_ES256 && self.alg != ALG_ESP256 {
+            return Err(Error::UnsupportedAlg(self.alg));
+        }
+        let payload = match (self.payload, detached) {
+            (Some(p), None) => p,
+            (None, Some(p)) => p,
+            (Some(_), Some(_)) => return Err(Error::InvalidField("payload attached and detached")),
+            (None, None) => return Err(Error::MissingField("payload")),
+        };
+        let digest = sig_structure_digest(self.protected, external_aad, payload);
+        let sig = Signature::from_slice(self.signature).map_err(|_| Error::BadSignature)?;
+        key.0.verify_prehash(&digest, &sig).map_err(|_| Error::BadSignature)?;
+        Ok(Verified::new(self))
+    }
+}
+
+/// SHA-256 of the Sig_structure `["Signature1", protected, external_aad, payload]`
+/// (RFC 9052 §4.4), streamed so no buffer for the structure is needed.
+pub(crate) fn sig_structure_digest(protected: &[u8], aad: &[u8], payload: &[u8]) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update([0x84]);
+    h.update([0x6a]);
+    h.update(b"Signature1");
+    for part in [protected, aad, payload] {
+        let (hd, n) = head(2, part.len() as u64);
+        h.update(&hd[..n]);
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// Deterministic ECDSA (RFC 6979) over a Sig_structure digest.
+pub(crate) fn sign_digest(key: &SigningKey, digest: &[u8; 32]) -> Result<[u8; 64]> {
+    let sig: Signature = key.sign_prehash(digest).map_err(|_| Error::BadKey)?;
+    let mut out = [0u8; 64];
+    out.copy_from_slice(&sig.to_bytes());
+    Ok(out)
+}
+
+/// Room kept in front of a payload written in place before the COSE_Sign1 head is known.
+pub(crate) const SIGN1_RESERVE: usize = 48;
+
+/// Signs: writes a tagged COSE_Sign1 with protected `{1: -7}`, unprotected `{4: kid}` (or `{}`)
+/// and the payload produced by `payload` (written straight into `out`), then the RFC 6979
+/// signature. Returns the length used.
+pub(crate) fn sign1_into<F>(
+    out: &mut [u8],
+    key: &SigningKey,
+    kid: Option<&[u8]>,
+    external_aad: &[u8],
+    payload: F,
+) -> Result<usize>
+where
+    F: FnOnce(&mut [u8]) -> Result<usize>,
+{
+    if let Some(k) = kid {
+        if k.len() > 32 {
+            return Err(Error::BadId("kid longer than 32 bytes"));
+        }
+    }
+    let body = out.get_mut(SIGN1_RESERVE..).ok_or(Error::BufferTooSmall)?;
+    let plen = payload(body)?;
+    finish_sign1(out, SIGN1_RESERVE, plen, key, kid, external_aad)
+}
+
+/// Completes a COSE_Sign1 whose payload already sits at `out[at..at + plen]`.
+pub(crate) fn finish_sign1(
+    out: &mut [u8],
+    at: usize,
+    plen: usize,
+    key: &SigningKey,
+    kid: Option<&[u8]>,
+    external_aad: &[u8],
+) -> Result<usize> {
+    let mut prefix = [0u8; SIGN1_RESERVE + 40];
+    let plen_hdr = {
+        let mut w = Writer::new(&mut prefix);
+        w.tag(TAG_SIGN1)?.array(4)?.bytes(&PROTECTED_ES256)?;
+        match kid {
+            Some(k) => w.map(1)?.u64(HDR_KID as u64)?.bytes(k)?,
+            None => w.map(0)?,
+        };
+        w.bytes_head(plen)?;
+        w.len()
+    };
+    let start = plen_hdr;
+    let end = start.checked_add(plen).ok_or(Error::BufferTooSmall)?;
+    if end + 2 + 64 > out.len() {
+        return Err(Error::BufferTooSmall);
+    }
+    out.copy_within(at..at + plen, start);
+    out[..plen_hdr].copy_from_slice(&prefix[..plen_hdr]);
+    let digest = sig_structure_digest(&PROTECTED_ES256, external_aad, &out[start..end]);
+    let sig = sign_digest(key, &digest)?;
+    let mut w = Writer::new(&mut out[end..]);
+    w.bytes(&sig)?;
+    Ok(end + w.len())
+}
+
+/// Signs a detached-payload COSE_Sign1 (payload nil), as SUIT authentication blocks use
+/// (draft-ietf-suit-manifest §8.3: the payload is the SUIT_Digest).
+pub(crate) fn sign1_detached_into(
+    out: &mut [u8],
+    key: &SigningKey,
+    external_aad: &[u8],
+    payload: &[u8],
+) -> Result<usize> {
+    let digest = sig_structure_digest(&PROTECTED_ES256, external_aad, payload);
+    let sig = sign_digest(key, &digest)?;
+    let mut w = Writer::new(out);
+    w.tag(TAG_SIGN1)?.array(4)?.bytes(&PROTECTED_ES256)?.map(0)?.null()?.bytes(&sig)?;
+    Ok(w.len())
+}
+
+/// A simfota object payload carried in a COSE_Sign1.
+pub trait SignedPayload: Sized {
+    /// Type code (key 0 of the payload map), `None` for CWTs which carry none.
+    const TYPE: Option<u64>;
+    /// Name for error messages.
+    const NAME: &'static str;
+    /// Writes the payload CBOR.
+    #[doc(hidden)]
+    fn write_payload(&self, w: &mut Writer<'_>) -> Result<()>;
+    /// Reads the payload CBOR (the whole slice).
+    #[doc(hidden)]
+    fn read_payload(r: &mut Reader<'_, '_>) -> Result<Self>;
+}
+
+/// A decoded signed object whose signature has not been checked yet. Its content is only
+/// reachable through [`Signed::dangerous_unverified`], meant for key lookup (which server
+/// issued it) before [`Signed::verify`].
+#[derive(Debug, Clone)]
+pub struct Signed<'a, T> {
+    sign1: CoseSign1<'a>,
+    body: T,
+}
+
+impl<'a, T: SignedPayload> Signed<'a, T> {
+    /// Decodes the COSE_Sign1 and its payload.
+    pub fn decode(bytes: &'a [u8], limits: &Limits) -> Result<Self> {
+        if bytes.len() > limits.max_object_len {
+            return Err(Error::TooLarge { what: T::NAME, max: limits.max_object_len });
+        }
+        let sign1 = CoseSign1::decode(bytes, limits)?;
+        let payload = sign1.payload.ok_or(Error::MissingField("payload"))?;
+        let mut r = Reader::new(payload, limits);
+        let body = T::read_payload(&mut r)?;
+        r.finish()?;
+        Ok(Signed { sign1, body })
+    }
+
+    /// Checks the signature with the signer's key.
+    pub fn verify(self, key: &PublicKey) -> Result<Verified<T>> {
+        self.sign1.verify(key, &[], None)?;
+        Ok(Verified::new(self.body))
+    }
+
+    /// The content before verification: use it only to choose the key.
+    pub fn dangerous_unverified(&self) -> &T {
+        &self.body
+    }
+
+    /// The COSE key identifier, if the signer set one.
+    pub fn kid(&self) -> Option<&'a [u8]> {
+        self.sign1.kid
+    }
+}
+
+/// Writes `obj` as a signed COSE_Sign1 into `out`, returns the length used.
+pub(crate) fn sign_object<T: SignedPayload>(
+    obj: &T,
+    key: &SigningKey,
+    kid: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<usize> {
+    sign1_into(out, key, kid, &[], |buf| {
+        let mut w = Writer::new(buf);
+        obj.write_payload(&mut w)?;
+        Ok(w.len())
+    })
+}
+
+/// Reads the type code under key 0, which every simfota payload map carries first.
+pub(crate) fn check_type(r: &mut Reader<'_, '_>, expected: u64) -> Result<()> {
+    let found = r.u64()?;
+    if found != expected {
+        return Err(Error::WrongObjectType { expected, found });
+    }
+    Ok(())
+}

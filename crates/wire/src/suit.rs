@@ -1,0 +1,561 @@
+//! SUIT envelopes: the software originator's signed package description
+//! (draft-ietf-suit-manifest-37, in the RFC 9124 information model).
+//!
+//! Decoding borrows everything from the input; [`Envelope::verify`] performs the checks of
+//! draft §8.3 (authentication wrapper) in order and only then hands out the manifest as
+//! `Verified<Manifest>`:
+//! 1. one authentication block (a COSE_Sign1, ES256 or ESP256) verifies under the originator
+//!    key, its detached payload being the SUIT_Digest (draft §8.3, RFC 9052 §4.4);
+//! 2. that digest (SHA-256, alg -16) equals the SHA-256 of the bstr-wrapped manifest, CBOR head
+//!    included (draft §8.3: "the digest of the bstr-wrapped manifest");
+//! 3. the manifest is well-formed, version 1 (draft §8.4.1);
+//! 4. every severable member present in the envelope matches the digest the manifest keeps for
+//!    it (draft §8.4.11); a member severed away is simply absent;
+//! 5. an integrated payload the manifest points to (`uri` "#name", draft §7.5) matches the
+//!    signed image digest and size.
+//!
+//! The fields simfota reads come from the parameters the command sequences set (draft §8.4.8):
+//! the first vendor-id, class-id, image-digest, image-size and uri seen, walking the common
+//! shared sequence, then install, then payload-fetch (into try-each and run-sequence). Delta
+//! packages carry the digest of the image they apply to in a custom parameter,
+//! [`PARAM_PRECURSOR_DIGEST`] (draft §8.4.8.1 allows negative-integer custom parameters).
+//! Release name and version come from the text member (draft §8.4.4): the manifest-level
+//! `manifest-description` (1) and the first component's `component-version` (6).
+
+use crate::cbor::{Key, Reader};
+use crate::cose::{CoseSign1, PublicKey, Verified};
+use crate::error::{Error, Result};
+use crate::hash::sha256;
+use crate::ids::{Digest, Uuid};
+use crate::limits::Limits;
+
+/// CBOR tag of SUIT_Envelope_Tagged (draft §8.2).
+pub const TAG_ENVELOPE: u64 = 107;
+/// SUIT digest algorithm SHA-256 (COSE alg -16).
+pub const DIGEST_SHA256: i64 = -16;
+/// Custom SUIT parameter (negative, draft §8.4.8.1) carrying `bstr .cbor SUIT_Digest` of the
+/// image a delta package must be applied to.
+pub const PARAM_PRECURSOR_DIGEST: i64 = -257;
+/// Envelope name of the integrated payload the simfota builder emits.
+pub const INTEGRATED_NAME: &str = "#image";
+
+/// Map keys and command / parameter numbers of draft-ietf-suit-manifest-37.
+pub mod key {
+    /// Envelope: delegation (§8.2).
+    pub const DELEGATION: i64 = 1;
+    /// Envelope: authentication wrapper (§8.3).
+    pub const AUTHENTICATION: i64 = 2;
+    /// Envelope and manifest: the manifest.
+    pub const MANIFEST: i64 = 3;
+    /// Manifest: version.
+    pub const VERSION: i64 = 1;
+    /// Manifest: sequence number (§8.4.2).
+    pub const SEQUENCE: i64 = 2;
+    /// Manifest: common (§8.4.5).
+    pub const COMMON: i64 = 3;
+    /// Manifest: reference URI (§8.4.3).
+    pub const REFERENCE_URI: i64 = 4;
+    /// Manifest: manifest component id.
+    pub const MANIFEST_COMPONENT_ID: i64 = 5;
+    /// Manifest: validate sequence.
+    pub const VALIDATE: i64 = 7;
+    /// Manifest: load sequence.
+    pub const LOAD: i64 = 8;
+    /// Manifest: invoke sequence.
+    pub const INVOKE: i64 = 9;
+    /// Manifest and envelope (severable): dependency resolution.
+    pub const DEPENDENCY_RESOLUTION: i64 = 15;
+    /// Manifest and envelope (severable): payload fetch.
+    pub const PAYLOAD_FETCH: i64 = 16;
+    /// Manifest and envelope (severable): install.
+    pub const INSTALL: i64 = 20;
+    /// Manifest and envelope (severable): text.
+    pub const TEXT: i64 = 23;
+    /// Common: dependencies.
+    pub const DEPENDENCIES: i64 = 1;
+    /// Common: components.
+    pub const COMPONENTS: i64 = 2;
+    /// Common: shared sequence.
+    pub const SHARED_SEQUENCE: i64 = 4;
+    /// Command: condition vendor identifier.
+    pub const COND_VENDOR: i64 = 1;
+    /// Command: condition class identifier.
+    pub const COND_CLASS: i64 = 2;
+    /// Command: condition image match.
+    pub const COND_IMAGE_MATCH: i64 = 3;
+    /// Command: directive set component index.
+    pub const DIR_SET_COMPONENT: i64 = 12;
+    /// Command: directive try-each.
+    pub const DIR_TRY_EACH: i64 = 15;
+    /// Command: directive write.
+    pub const DIR_WRITE: i64 = 18;
+    /// Command: directive set parameters (older drafts).
+    pub const DIR_SET_PARAMETERS: i64 = 19;
+    /// Command: directive override parameters.
+    pub const DIR_OVERRIDE_PARAMETERS: i64 = 20;
+    /// Command: directive fetch.
+    pub const DIR_FETCH: i64 = 21;
+    /// Command: directive copy.
+    pub const DIR_COPY: i64 = 22;
+    /// Command: directive invoke.
+    pub const DIR_INVOKE: i64 = 23;
+    /// Command: directive run sequence.
+    pub const DIR_RUN_SEQUENCE: i64 = 32;
+    /// Parameter: vendor id.
+    pub const P_VENDOR_ID: i64 = 1;
+    /// Parameter: class id.
+    pub const P_CLASS_ID: i64 = 2;
+    /// Parameter: image digest.
+    pub const P_IMAGE_DIGEST: i64 = 3;
+    /// Parameter: image size.
+    pub const P_IMAGE_SIZE: i64 = 14;
+    /// Parameter: uri.
+    pub const P_URI: i64 = 21;
+    /// Text: manifest description (manifest level).
+    pub const T_MANIFEST_DESCRIPTION: i64 = 1;
+    /// Text: component version (component level).
+    pub const T_COMPONENT_VERSION: i64 = 6;
+}
+
+const MAX_AUTH_BLOCKS: usize = 4;
+const MAX_INTEGRATED: usize = 4;
+
+/// A decoded, unverified SUIT envelope.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    suit_digest: &'a [u8],
+    stated_digest: Digest,
+    auth: [&'a [u8]; MAX_AUTH_BLOCKS],
+    n_auth: usize,
+    manifest_wrapped: &'a [u8],
+    manifest: &'a [u8],
+    severed: [Option<&'a [u8]>; 4],
+    integrated: [(&'a str, &'a [u8]); MAX_INTEGRATED],
+    n_integrated: usize,
+    limits: Limits,
+}
+
+/// What a verified manifest says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Manifest<'a> {
+    /// Anti-rollback sequence number (draft §8.4.2).
+    pub sequence: u64,
+    /// Vendor id (UUID).
+    pub vendor_id: Option<Uuid>,
+    /// Class id (UUID): the device model.
+    pub class_id: Option<Uuid>,
+    /// Signed SHA-256 of the image.
+    pub image_digest: Option<Digest>,
+    /// Signed image size in bytes.
+    pub image_size: Option<u64>,
+    /// Where to fetch the payload (or "#name" when integrated).
+    pub uri: Option<&'a str>,
+    /// Reference URI of the manifest (draft §8.4.3).
+    pub reference_uri: Option<&'a str>,
+    /// Release name (text `manifest-description`).
+    pub name: Option<&'a str>,
+    /// Release version (text `component-version`).
+    pub version: Option<&'a str>,
+    /// Digest of the image a delta applies to ([`PARAM_PRECURSOR_DIGEST`]).
+    pub precursor_digest: Option<Digest>,
+    /// The integrated payload the `uri` names, when the envelope carries it (checked).
+    pub payload: Option<&'a [u8]>,
+    /// Number of components the manifest declares.
+    pub components: usize,
+    manifest_digest: Digest,
+}
+
+impl Manifest<'_> {
+    /// SHA-256 over the bstr-wrapped manifest: what delivery tokens bind to.
+    pub fn manifest_digest(&self) -> Digest {
+        self.manifest_digest
+    }
+}
+
+fn severable_index(k: i64) -> Option<usize> {
+    match k {
+        key::DEPENDENCY_RESOLUTION => Some(0),
+        key::PAYLOAD_FETCH => Some(1),
+        key::INSTALL => Some(2),
+        key::TEXT => Some(3),
+        _ => None,
+    }
+}
+
+/// Reads `[alg, bstr]` (SUIT_Digest, draft §10) requiring SHA-256.
+fn read_digest(r: &mut Reader<'_, '_>) -> Result<Digest> {
+    r.array_n(2)?;
+    let alg = r.i64()?;
+    if alg != DIGEST_SHA256 {
+        return Err(Error::UnsupportedAlg(alg));
+    }
+    Ok(Digest(r.bytes_n("SUIT digest bytes")?))
+}
+
+fn read_wrapped_digest(r: &mut Reader<'_, '_>) -> Result<Digest> {
+    let (_, mut d) = r.nested()?;
+    let dig = read_digest(&mut d)?;
+    d.finish()?;
+    Ok(dig)
+}
+
+impl<'a> Envelope<'a> {
+    /// Decodes an envelope (tag 107 optional) spanning all of `bytes`.
+    pub fn decode(bytes: &'a [u8], limits: &Limits) -> Result<Self> {
+        if bytes.len() > limits.max_envelope_len {
+            return Err(Error::TooLarge { what: "SUIT envelope", max: limits.max_envelope_len });
+        }
+        let mut r = Reader::new(bytes, limits);
+        match r.opt_tag()? {
+            None | Some(TAG_ENVELOPE) => {}
+            Some(found) => return Err(Error::UnexpectedTag { found }),
+        }
+        let mut env = Envelope {
+            suit_digest: &[],
+            stated_digest: Digest::default(),
+            auth: [&[]; MAX_AUTH_BLOCKS],
+            n_auth: 0,
+            manifest_wrapped: &[],
+            manifest: &[],
+            severed: [None; 4],
+            integrated: [("", &[]); MAX_INTEGRATED],
+            n_integrated: 0,
+            limits: *limits,
+        };
+        let (mut have_auth, mut have_manifest) = (false, false);
+        r.map(false, |r, k| {
+            match k {
+                Key::Int(key::AUTHENTICATION) => {
+                    have_auth = true;
+                    let (_, mut a) = r.nested()?;
+                    let n = a.array()?;
+                    if n < 2 {
+                        return Err(Error::MissingField("SUIT authentication block"));
+                    }
+                    if n - 1 > MAX_AUTH_BLOCKS {
+                        return Err(Error::TooLarge { what: "authentication blocks", max: MAX_AUTH_BLOCKS });
+                    }
+                    let (dig, mut dr) = a.nested()?;
+                    env.stated_digest = read_digest(&mut dr)?;
+                    dr.finish()?;
+                    env.suit_digest = dig;
+                    for i in 0..n - 1 {
+                        env.auth[i] = a.bytes()?;
+                    }
+                    env.n_auth = n - 1;
+                    a.finish()?;
+                }
+                Key::Int(key::MANIFEST) => {
+                    have_manifest = true;
+                    let start = r.position();
+                    env.manifest = r.bytes()?;
+                    env.manifest_wrapped = &r.input()[start..r.position()];
+                }
+                Key::Int(key::DELEGATION) => return Ok(false),
+                Key::Int(k) => match severable_index(k) {
+                    Some(i) => {
+                        let start = r.position();
+                        r.bytes()?;
+                        env.severed[i] = Some(&r.input()[start..r.position()]);
+                    }
+                    None => return Err(Error::UnknownField { object: "SUIT envelope", key: k }),
+                },
+                Key::Text(name) => {
+                    // Integrated payloads and dependencies (draft §7.5).
+                    if env.n_integrated >= MAX_INTEGRATED {
+                        return Err(Error::TooLarge { what: "integrated payloads", max: MAX_INTEGRATED });
+                    }
+                    env.integrated[env.n_integrated] = (name, r.bytes()?);
+                    env.n_integrated += 1;
+                }
+                Key::Other(_) => return Err(Error::InvalidField("SUIT envelope key")),
+            }
+            Ok(true)
+        })?;
+        r.finish()?;
+        if !have_auth {
+            return Err(Error::MissingField("authentication-wrapper"));
+        }
+        if !have_manifest {
+            return Err(Error::MissingField("manifest"));
+        }
+        Ok(env)
+    }
+
+    /// The integrated payload with this name, if the envelope carries it (unverified bytes).
+    pub fn integrated(&self, name: &str) -> Option<&'a [u8]> {
+        self.integrated[..self.n_integrated].iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+    }
+
+    /// The digest the authentication wrapper states for the manifest (not yet checked).
+    pub fn stated_manifest_digest(&self) -> Digest {
+        self.stated_digest
+    }
+
+    /// Runs the checks listed in the module documentation with the originator's key.
+    pub fn verify(&self, key: &PublicKey) -> Result<Verified<Manifest<'a>>> {
+        // Step 1: authentication blocks (draft §8.3). Any block verifying under `key` will do;
+        // the first failure is reported if none does.
+        let mut first_err = None;
+        let mut ok = false;
+        for block in &self.auth[..self.n_auth] {
+            let res = (|| {
+                let mut r = Reader::new(block, &self.limits);
+                let s = CoseSign1::read(&mut r)?;
+                r.finish()?;
+                if !s.tagged {
+                    return Err(Error::MissingField("COSE_Sign1 tag"));
+                }
+                s.verify(key, &[], Some(self.suit_digest)).map(|_| ())
+            })();
+            match res {
+                Ok(()) => {
+                    ok = true;
+                    break;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if !ok {
+            return Err(first_err.unwrap_or(Error::MissingField("authentication block")));
+        }
+        // Step 2: the manifest digest over the bstr-wrapped manifest.
+        let md = sha256(self.manifest_wrapped);
+        if md != self.stated_digest {
+            return Err(Error::DigestMismatch("manifest"));
+        }
+        // Steps 3-5.
+        let m = self.read_manifest(md)?;
+        Ok(Verified::new(m))
+    }
+
+    fn read_manifest(&self, manifest_digest: Digest) -> Result<Manifest<'a>> {
+        let lim = &self.limits;
+        let mut r = Reader::new(self.manifest, lim);
+        let mut m = Manifest {
+            sequence: 0,
+            vendor_id: None,
+            class_id: None,
+            image_digest: None,
+            image_size: None,
+            uri: None,
+            reference_uri: None,
+            name: None,
+            version: None,
+            precursor_digest: None,
+            payload: None,
+            components: 0,
+            manifest_digest,
+        };
+        let (mut version, mut seq) = (None, None);
+        let mut common: Option<&'a [u8]> = None;
+        // Install, payload-fetch and text bodies (inline or from the envelope), walked after.
+        let mut bodies: [Option<&'a [u8]>; 4] = [None; 4];
+        r.map(false, |r, k| {
+            let k = match k {
+                Key::Int(k) => k,
+                _ => return Err(Error::InvalidField("SUIT manifest key")),
+            };
+            match k {
+                key::VERSION => version = Some(r.u64()?),
+                key::SEQUENCE => seq = Some(r.u64()?),
+                key::COMMON => common = Some(r.bytes()?),
+                key::REFERENCE_URI => m.reference_uri = Some(r.str()?),
+                key::MANIFEST_COMPONENT_ID | key::VALIDATE | key::LOAD | key::INVOKE => {
+                    return Ok(false);
+                }
+                k => {
+                    let i = severable_index(k)
+                        .ok_or(Error::UnknownField { object: "SUIT manifest", key: k })?;
+                    if r.datatype()? == minicbor::data::Type::Array {
+                        // Severed: a digest; the envelope may carry the member (draft §8.4.11).
+                        let d = read_digest(r)?;
+                        if let Some(wrapped) = self.severed[i] {
+                            if sha256(wrapped) != d {
+                                return Err(Error::DigestMismatch("severable member"));
+                            }
+                            let mut er = Reader::new(wrapped, lim);
+                            bodies[i] = Some(er.bytes()?);
+                        }
+                    } else {
+                        if self.severed[i].is_some() {
+                            return Err(Error::InvalidField("severable member both inline and in envelope"));
+                        }
+                        bodies[i] = Some(r.bytes()?);
+                    }
+                }
+            }
+            Ok(true)
+        })?;
+        r.finish()?;
+        // A member in the envelope that the manifest does not list by digest is not signed.
+        for (i, s) in self.severed.iter().enumerate() {
+            if s.is_some() && bodies[i].is_none() {
+                return Err(Error::InvalidField("unsigned severable member"));
+            }
+        }
+        match version {
+            Some(1) => {}
+            Some(v) => return Err(Error::UnsupportedVersion(v)),
+            None => return Err(Error::MissingField("manifest-version")),
+        }
+        m.sequence = seq.ok_or(Error::MissingField("manifest-sequence-number"))?;
+        let common = common.ok_or(Error::MissingField("common"))?;
+
+        let mut cr = Reader::new(common, lim);
+        let mut shared: Option<&'a [u8]> = None;
+        cr.map(false, |r, k| {
+            match k {
+                Key::Int(key::COMPONENTS) => {
+                    let n = r.array()?;
+                    if n == 0 {
+                        return Err(Error::InvalidField("components"));
+                    }
+                    m.components = n;
+                    for _ in 0..n {
+                        r.skip()?;
+                    }
+                }
+                Key::Int(key::SHARED_SEQUENCE) => shared = Some(r.bytes()?),
+                Key::Int(key::DEPENDENCIES) => return Ok(false),
+                Key::Int(k) => return Err(Error::UnknownField { object: "SUIT common", key: k }),
+                _ => return Err(Error::InvalidField("SUIT common key")),
+            }
+            Ok(true)
+        })?;
+        cr.finish()?;
+
+        for seq in [shared, bodies[2], bodies[1]].into_iter().flatten() {
+            let mut sr = Reader::new(seq, lim);
+            walk_sequence(&mut sr, &mut m)?;
+            sr.finish()?;
+        }
+        if let Some(text) = bodies[3] {
+            let mut tr = Reader::new(text, lim);
+            read_text(&mut tr, &mut m)?;
+            tr.finish()?;
+        }
+        // Step 5: an integrated payload named by the uri must match the signed digest/size.
+        if let Some(name) = m.uri.filter(|u| u.starts_with('#')) {
+            if let Some(p) = self.integrated(name) {
+                let d = m.image_digest.ok_or(Error::MissingField("image-digest"))?;
+                if sha256(p) != d {
+                    return Err(Error::DigestMismatch("integrated payload"));
+                }
+                if m.image_size.is_some_and(|s| s != p.len() as u64) {
+                    return Err(Error::SizeMismatch("integrated payload"));
+                }
+                m.payload = Some(p);
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Walks a SUIT_Command_Sequence (draft §8.4.6) collecting the first value of each parameter.
+fn walk_sequence<'a>(r: &mut Reader<'a, '_>, m: &mut Manifest<'a>) -> Result<()> {
+    let n = r.array()?;
+    if n % 2 != 0 {
+        return Err(Error::InvalidField("command sequence"));
+    }
+    for _ in 0..n / 2 {
+        match r.i64()? {
+            key::DIR_OVERRIDE_PARAMETERS | key::DIR_SET_PARAMETERS => read_parameters(r, m)?,
+            key::DIR_TRY_EACH => {
+                let k = r.array()?;
+                for _ in 0..k {
+                    if r.is_null()? {
+                        r.null()?;
+                    } else {
+                        let (_, mut sub) = r.nested()?;
+                        walk_sequence(&mut sub, m)?;
+                        sub.finish()?;
+                    }
+                }
+            }
+            key::DIR_RUN_SEQUENCE => {
+                let (_, mut sub) = r.nested()?;
+                walk_sequence(&mut sub, m)?;
+                sub.finish()?;
+            }
+            _ => r.skip()?,
+        }
+    }
+    Ok(())
+}
+
+fn read_parameters<'a>(r: &mut Reader<'a, '_>, m: &mut Manifest<'a>) -> Result<()> {
+    r.map(false, |r, k| {
+        let k = match k {
+            Key::Int(k) => k,
+            _ => return Err(Error::InvalidField("SUIT parameter key")),
+        };
+        match k {
+            key::P_VENDOR_ID => {
+                let v = r.bytes_n::<16>("vendor-id")?;
+                m.vendor_id.get_or_insert(v);
+            }
+            key::P_CLASS_ID => {
+                let v = r.bytes_n::<16>("class-id")?;
+                m.class_id.get_or_insert(v);
+            }
+            key::P_IMAGE_DIGEST => {
+                let d = read_wrapped_digest(r)?;
+                m.image_digest.get_or_insert(d);
+            }
+            key::P_IMAGE_SIZE => {
+                let s = r.u64()?;
+                m.image_size.get_or_insert(s);
+            }
+            key::P_URI => {
+                let u = r.str()?;
+                m.uri.get_or_insert(u);
+            }
+            PARAM_PRECURSOR_DIGEST => {
+                let d = read_wrapped_digest(r)?;
+                m.precursor_digest.get_or_insert(d);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })
+}
+
+/// SUIT_Text_Map (draft §8.4.4): `{ lang => { int => tstr, component-id => { int => tstr } } }`.
+/// The first language's values are used.
+fn read_text<'a>(r: &mut Reader<'a, '_>, m: &mut Manifest<'a>) -> Result<()> {
+    let mut first_lang = true;
+    r.map(false, |r, k| {
+        if !matches!(k, Key::Text(_)) {
+            return Err(Error::InvalidField("SUIT text language"));
+        }
+        let take = core::mem::replace(&mut first_lang, false);
+        r.map(true, |r, k| match k {
+            Key::Int(key::T_MANIFEST_DESCRIPTION) => {
+                let s = r.str()?;
+                if take {
+                    m.name.get_or_insert(s);
+                }
+                Ok(true)
+            }
+            Key::Int(_) => {
+                r.str()?;
+                Ok(true)
+            }
+            Key::Other(_) => {
+                r.map(false, |r, k| {
+                    let s = r.str()?;
+                    if take && k == Key::Int(key::T_COMPONENT_VERSION) {
+                        m.version.get_or_insert(s);
+                    }
+                    Ok(true)
+                })?;
+                Ok(true)
+            }
+            Key::Text(_) => Err(Error::InvalidField("SUIT text key")),
+        })?;
+        Ok(true)
+    })
+}
