@@ -1,0 +1,506 @@
+//! The agent's configuration file (`DEVICE.toml`) and its data folder layout.
+//!
+//! Example:
+//!
+//! ```toml
+//! server_url = "http://127.0.0.1:8443"   # the DM endpoint is <server_url>/dm
+//! server_id = "simfota-demo"             # the DM server's ServerID (SyncML RepPro 1.2 §6.1.6)
+//! encoding = "xml"                       # or "wbxml"
+//! imei = "490154203237518"               # DevId is "IMEI:" + this (DM StdObj 1.2 §5.3.1)
+//! data_dir = "device-data"               # relative paths are relative to this file
+//! notification_port = 47001              # UDP port for package 0; absent = poll only
+//! poll_interval_secs = 300
+//!
+//! [credentials]
+//! auth = "md5"                           # syncml:auth-md5, or "hmac" (syncml:auth-MAC)
+//! username = "dev-490154203237518"
+//! password = "client secret"             # the device proves itself with this
+//! server_password = "server secret"      # the server proves itself to the device with this
+//!
+//! [card]
+//! state = "CARD.state"                   # in-process card; or: reader = "Virtual PCD 00 00"
+//!
+//! [info]                                 # DevInfo / DevDetail values
+//! manufacturer = "Example"
+//! model = "EX-1"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration file was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the device configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("the device configuration {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("the device configuration has a bad value for `{field}`: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// How SyncML messages are encoded on the wire (SyncML RepPro 1.2 §4; WBXML per OMA-TS-DM_RepPro).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// `application/vnd.syncml.dm+xml`
+    #[default]
+    Xml,
+    /// `application/vnd.syncml.dm+wbxml`
+    Wbxml,
+}
+
+impl Encoding {
+    /// The HTTP Content-Type for this encoding.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Xml => "application/vnd.syncml.dm+xml",
+            Encoding::Wbxml => "application/vnd.syncml.dm+wbxml",
+        }
+    }
+}
+
+/// The DM authentication scheme (OMA DM Security 1.2 §5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthScheme {
+    /// `syncml:auth-md5`
+    #[default]
+    Md5,
+    /// `syncml:auth-MAC` (HTTP header `x-syncml-hmac`)
+    Hmac,
+}
+
+/// DM credentials, both directions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The scheme.
+    #[serde(default)]
+    pub auth: AuthScheme,
+    /// The device's DM user name.
+    pub username: String,
+    /// The device's DM secret.
+    pub password: String,
+    /// The secret the server proves itself with.
+    pub server_password: String,
+}
+
+/// Where the card is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardConfig {
+    /// A card state file for the in-process card.
+    pub state: Option<PathBuf>,
+    /// A PC/SC reader name.
+    pub reader: Option<String>,
+}
+
+/// The card, resolved: exactly one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CardSource {
+    /// The in-process card, persisted in this file.
+    State(PathBuf),
+    /// A card in this PC/SC reader.
+    Reader(String),
+}
+
+/// Values the agent publishes in ./DevInfo and ./DevDetail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceInfo {
+    /// DevInfo/Man
+    pub manufacturer: String,
+    /// DevInfo/Mod (also the model the packages must be built for)
+    pub model: String,
+    /// DevInfo/Lang
+    pub lang: String,
+    /// DevDetail/DevTyp
+    pub dev_type: String,
+    /// DevDetail/OEM
+    pub oem: String,
+    /// DevDetail/HwV
+    pub hw_version: String,
+    /// DevDetail/SwV (the agent's own version)
+    pub sw_version: String,
+}
+
+impl Default for DeviceInfo {
+    fn default() -> Self {
+        DeviceInfo {
+            manufacturer: "simfota".into(),
+            model: "simfota-sim".into(),
+            lang: "en-US".into(),
+            dev_type: "iot".into(),
+            oem: "simfota".into(),
+            hw_version: "1".into(),
+            sw_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// Size bounds the agent enforces on what it fetches.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest payload (full image or delta) the agent downloads.
+    pub max_payload_bytes: u64,
+    /// Largest SUIT envelope (without integrated payload).
+    pub max_envelope_bytes: u64,
+    /// Largest DM message the agent accepts.
+    pub max_message_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 512 * 1024 * 1024,
+            max_envelope_bytes: 16 * 1024,
+            max_message_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// The parsed `DEVICE.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Base URL of the DM server; messages go to `<server_url>/dm`.
+    pub server_url: String,
+    /// The server's ServerID, as in ./DMAcc.
+    pub server_id: String,
+    /// XML or WBXML.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// The terminal's IMEI (15 digits, Luhn check digit).
+    pub imei: String,
+    /// DM credentials.
+    pub credentials: Credentials,
+    /// The card.
+    #[serde(default)]
+    pub card: CardConfig,
+    /// The agent's data folder.
+    pub data_dir: PathBuf,
+    /// The A/B slot folder (default: `<data_dir>/slots`).
+    #[serde(default)]
+    pub slot_dir: Option<PathBuf>,
+    /// UDP port for package 0 notifications (absent: poll only).
+    #[serde(default)]
+    pub notification_port: Option<u16>,
+    /// Seconds between client-initiated sessions in `device run`.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_secs: u64,
+    /// DevInfo / DevDetail values.
+    #[serde(default)]
+    pub info: DeviceInfo,
+    /// Size bounds.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_poll_interval() -> u64 {
+    300
+}
+
+impl DeviceConfig {
+    /// Reads, parses and validates a configuration file. Relative paths in it are taken relative
+    /// to the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text (paths stay as written).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: DeviceConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Serializes the configuration (for `simfota device init` and tests).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid {
+            field: "config",
+            reason: e.to_string(),
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        join(&mut self.data_dir);
+        if let Some(p) = self.slot_dir.as_mut() {
+            join(p);
+        }
+        if let Some(p) = self.card.state.as_mut() {
+            join(p);
+        }
+    }
+
+    /// Checks every value that has a format.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.into(),
+        };
+        if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
+            return Err(invalid("server_url", "must start with http:// or https://"));
+        }
+        if self.server_id.is_empty() || self.server_id.len() > 64 {
+            return Err(invalid("server_id", "must be 1 to 64 bytes"));
+        }
+        check_imei(&self.imei).map_err(|reason| invalid("imei", reason))?;
+        if self.credentials.username.is_empty() {
+            return Err(invalid("credentials.username", "must not be empty"));
+        }
+        if self.poll_interval_secs == 0 {
+            return Err(invalid("poll_interval_secs", "must be at least 1"));
+        }
+        if self.card.state.is_some() && self.card.reader.is_some() {
+            return Err(invalid("card", "give either `state` or `reader`, not both"));
+        }
+        if self.limits.max_payload_bytes == 0 || self.limits.max_envelope_bytes == 0 {
+            return Err(invalid("limits", "sizes must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The card source, with command-line overrides (`--state`, `--reader`) taking precedence.
+    pub fn card_source(
+        &self,
+        state: Option<&Path>,
+        reader: Option<&str>,
+    ) -> Result<CardSource, ConfigError> {
+        let invalid = |reason: &str| ConfigError::Invalid {
+            field: "card",
+            reason: reason.into(),
+        };
+        match (state, reader) {
+            (Some(_), Some(_)) => Err(invalid("give either --state or --reader, not both")),
+            (Some(s), None) => Ok(CardSource::State(s.to_owned())),
+            (None, Some(r)) => Ok(CardSource::Reader(r.to_owned())),
+            (None, None) => match (&self.card.state, &self.card.reader) {
+                (Some(s), None) => Ok(CardSource::State(s.clone())),
+                (None, Some(r)) => Ok(CardSource::Reader(r.clone())),
+                _ => Err(invalid(
+                    "no card: set [card] state = \"CARD.state\" or reader = \"NAME\", \
+                     or pass --state / --reader",
+                )),
+            },
+        }
+    }
+
+    /// The DevId this device reports (DM StdObj 1.2 §5.3.1: "IMEI:" + 15 digits).
+    pub fn dev_id(&self) -> String {
+        format!("IMEI:{}", self.imei)
+    }
+
+    /// The DM endpoint URL.
+    pub fn dm_url(&self) -> String {
+        format!("{}/dm", self.server_url.trim_end_matches('/'))
+    }
+
+    /// The data folder layout.
+    pub fn data(&self) -> DataDir {
+        DataDir::new(self.data_dir.clone(), self.slot_dir.clone())
+    }
+}
+
+/// Checks an IMEI: 15 decimal digits whose last is the Luhn check digit (3GPP TS 23.003 §6.2.1,
+/// check digit per Annex B).
+pub fn check_imei(imei: &str) -> Result<(), &'static str> {
+    if imei.len() != 15 || !imei.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("an IMEI has exactly 15 decimal digits");
+    }
+    let mut sum = 0u32;
+    for (i, b) in imei.bytes().rev().enumerate() {
+        let mut d = u32::from(b - b'0');
+        if i % 2 == 1 {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+    }
+    if !sum.is_multiple_of(10) {
+        return Err("the IMEI's check digit (Luhn) is wrong");
+    }
+    Ok(())
+}
+
+/// The agent's data folder:
+///
+/// ```text
+/// <data>/fumo.json          the persistent FUMO job (crate::fumo)
+/// <data>/dm.json            DM session state: nonces, session counter
+/// <data>/download/          resumable downloads: <name>.part + <name>.meta.json
+/// <data>/slots/             A/B slots (unless slot_dir says otherwise): slot_a.img, slot_b.img,
+///                           boot.json
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir {
+    root: PathBuf,
+    slots: PathBuf,
+}
+
+impl DataDir {
+    /// A layout rooted at `root`, with an optional separate slot folder.
+    pub fn new(root: PathBuf, slot_dir: Option<PathBuf>) -> Self {
+        let slots = slot_dir.unwrap_or_else(|| root.join("slots"));
+        DataDir { root, slots }
+    }
+
+    /// The data folder itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The persistent FUMO job file.
+    pub fn fumo_state(&self) -> PathBuf {
+        self.root.join("fumo.json")
+    }
+
+    /// The persistent DM session state.
+    pub fn dm_state(&self) -> PathBuf {
+        self.root.join("dm.json")
+    }
+
+    /// The folder for resumable downloads.
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("download")
+    }
+
+    /// The A/B slot folder.
+    pub fn slots(&self) -> &Path {
+        &self.slots
+    }
+
+    /// Creates the folders.
+    pub fn create(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(self.downloads())?;
+        std::fs::create_dir_all(&self.slots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+server_url = "http://127.0.0.1:8443/"
+server_id = "simfota-demo"
+encoding = "wbxml"
+imei = "490154203237518"
+data_dir = "data"
+notification_port = 47001
+poll_interval_secs = 30
+
+[credentials]
+username = "dev1"
+password = "p1"
+server_password = "s1"
+
+[card]
+state = "CARD.state"
+"#;
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("DEVICE.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let c = DeviceConfig::load(&path).unwrap();
+        assert_eq!(c.encoding, Encoding::Wbxml);
+        assert_eq!(c.dm_url(), "http://127.0.0.1:8443/dm");
+        assert_eq!(c.dev_id(), "IMEI:490154203237518");
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.data().slots(), dir.path().join("data/slots"));
+        assert_eq!(
+            c.card_source(None, None).unwrap(),
+            CardSource::State(dir.path().join("CARD.state"))
+        );
+        assert_eq!(
+            c.card_source(None, Some("Virtual PCD 00 00")).unwrap(),
+            CardSource::Reader("Virtual PCD 00 00".into())
+        );
+        // Round trip through the serializer used by `device init`.
+        let again = DeviceConfig::parse(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(again.imei, c.imei);
+    }
+
+    #[test]
+    fn refuses_bad_values_with_the_field_named() {
+        let cases = [("490154203237519", "imei"), ("49015420323751", "imei")];
+        for (imei, field) in cases {
+            let text = GOOD.replace("490154203237518", imei);
+            match DeviceConfig::parse(&text) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{imei}: {other:?}"),
+            }
+        }
+        let text = GOOD.replace("http://127", "ftp://127");
+        assert!(matches!(
+            DeviceConfig::parse(&text),
+            Err(ConfigError::Invalid {
+                field: "server_url",
+                ..
+            })
+        ));
+        let text = GOOD.replace("state = \"CARD.state\"", "state = \"a\"\nreader = \"b\"");
+        assert!(matches!(
+            DeviceConfig::parse(&text),
+            Err(ConfigError::Invalid { field: "card", .. })
+        ));
+        let text = GOOD.replace("poll_interval_secs = 30", "poll_intervall = 30");
+        assert!(matches!(
+            DeviceConfig::parse(&text),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_card_is_a_clear_error() {
+        let text = GOOD.replace("state = \"CARD.state\"", "");
+        let c = DeviceConfig::parse(&text).unwrap();
+        let err = c.card_source(None, None).unwrap_err().to_string();
+        assert!(err.contains("--state"), "{err}");
+    }
+}

@@ -1,0 +1,590 @@
+//! Resumable HTTP downloads (RFC 9110 §14 Range requests, §13.1.5 If-Range, §8.8.3 ETag).
+//!
+//! A download writes `<dir>/<name>.part` and keeps `<dir>/<name>.meta.json` (URL, ETag, total
+//! length) beside it. After a dropped connection, a killed process or a power cut, the next
+//! [`Downloader::fetch`] for the same URL asks only for the missing bytes with `Range` and
+//! `If-Range: <etag>`; when the server's copy changed (new ETag, or a plain `200` answer), it starts
+//! over. A partial download without an ETag is never resumed: there is no way to know the bytes
+//! on disk belong to the same file. Every size is bounded; the SHA-256 of the whole file is
+//! computed on the way (re-reading the kept prefix after a restart) and checked when expected.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::fsutil::{self, Faults};
+
+/// Why a download failed. Partial data stays on disk for resumption unless stated otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The server could not be reached or the connection broke before an answer.
+    #[error("cannot reach {url}: {message}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The transport's explanation.
+        message: String,
+    },
+    /// The server has no such file (HTTP 404 / 410).
+    #[error("the server has no file at {url} (HTTP {status})")]
+    NotFound {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// Any other unexpected HTTP status.
+    #[error("the server answered HTTP {status} for {url}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The file is larger than allowed; nothing past the limit is stored.
+    #[error("the file at {url} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The server's length differs from the one the signed manifest promised.
+    #[error("the file at {url} has {actual} bytes, the package says {expected}")]
+    LengthMismatch {
+        /// The URL.
+        url: String,
+        /// The signed size.
+        expected: u64,
+        /// What the server announced or sent.
+        actual: u64,
+    },
+    /// The connection kept ending early; what arrived is kept for the next attempt.
+    #[error("the download of {url} stopped at {got} of {expected} bytes (kept for resumption)")]
+    Truncated {
+        /// The URL.
+        url: String,
+        /// Bytes on disk.
+        got: u64,
+        /// Announced total.
+        expected: u64,
+    },
+    /// The complete file does not have the expected SHA-256; it was deleted.
+    #[error("the file at {url} is corrupt: SHA-256 {actual}, expected {expected} (deleted)")]
+    DigestMismatch {
+        /// The URL.
+        url: String,
+        /// Expected digest, hex.
+        expected: String,
+        /// Digest of what arrived, hex.
+        actual: String,
+    },
+    /// The server's Content-Range does not fit the request.
+    #[error("the server at {url} sent an unusable Content-Range `{value}`")]
+    BadContentRange {
+        /// The URL.
+        url: String,
+        /// The header value.
+        value: String,
+    },
+    /// A local file operation failed.
+    #[error("download file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+impl DownloadError {
+    /// True when the failure is the network's or the server's availability, not the content
+    /// (FUMO maps these to "server unavailable", the content ones to "corrupt").
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            DownloadError::Unreachable { .. }
+                | DownloadError::Status { .. }
+                | DownloadError::Truncated { .. }
+        )
+    }
+}
+
+/// What one download must satisfy.
+#[derive(Debug, Clone)]
+pub struct FetchSpec<'a> {
+    /// The URL.
+    pub url: &'a str,
+    /// File name inside the download folder (no path separators).
+    pub name: &'a str,
+    /// Hard size limit.
+    pub max_len: u64,
+    /// The exact length the file must have (from the signed manifest), if known.
+    pub expected_len: Option<u64>,
+    /// The SHA-256 the file must have, if the device checks it itself.
+    pub expected_sha256: Option<[u8; 32]>,
+}
+
+/// A finished download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downloaded {
+    /// The complete file.
+    pub path: PathBuf,
+    /// Its length.
+    pub len: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// Bytes that were already on disk from an earlier, interrupted run.
+    pub reused: u64,
+    /// How many times the download had to start over (server copy changed).
+    pub restarts: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct PartialMeta {
+    url: String,
+    etag: Option<String>,
+    total: Option<u64>,
+}
+
+/// A resumable downloader writing into one folder.
+#[derive(Debug)]
+pub struct Downloader {
+    agent: ureq::Agent,
+    dir: PathBuf,
+    max_attempts: u32,
+}
+
+const CHUNK: usize = 64 * 1024;
+/// How often the server's copy may change under one download before it counts as failing.
+const MAX_RESTARTS: u32 = 3;
+/// How often (in bytes) the partial file is synced, bounding what a power cut can lose.
+const SYNC_EVERY: u64 = 1024 * 1024;
+
+/// The HTTP agent the device uses (DM messages and downloads alike): no automatic redirects
+/// into other hosts beyond a few, statuses handled by the caller, bounded waits.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(3)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(Duration::from_secs(60)))
+        .user_agent(concat!("simfota-device/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
+pub fn progress_bar(label: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label.to_owned());
+    bar
+}
+
+impl Downloader {
+    /// A downloader storing into `dir` (created when missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Downloader {
+            agent: http_agent(),
+            dir: dir.into(),
+            max_attempts: 3,
+        }
+    }
+
+    /// How many connections one [`fetch`](Self::fetch) may open before giving up (default 3).
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The path a finished download of `name` has.
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Forgets everything about `name` (finished file, partial file, metadata).
+    pub fn discard(&self, name: &str) -> Result<(), DownloadError> {
+        for path in [
+            self.path_of(name),
+            self.part_path(name),
+            self.meta_path(name),
+        ] {
+            fsutil::remove_if_exists(&path).map_err(|source| DownloadError::Io { path, source })?;
+        }
+        Ok(())
+    }
+
+    fn part_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.part"))
+    }
+
+    fn meta_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.meta.json"))
+    }
+
+    /// Fetches a small object into memory (the SUIT envelope), refusing more than `max_len`.
+    pub fn fetch_bytes(&self, url: &str, max_len: u64) -> Result<Vec<u8>, DownloadError> {
+        let mut resp = self
+            .agent
+            .get(url)
+            .call()
+            .map_err(|e| unreachable(url, &e))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(status_error(url, status));
+        }
+        let mut out = Vec::new();
+        resp.body_mut()
+            .as_reader()
+            .take(max_len.saturating_add(1))
+            .read_to_end(&mut out)
+            .map_err(|e| DownloadError::Unreachable {
+                url: url.into(),
+                message: e.to_string(),
+            })?;
+        if out.len() as u64 > max_len {
+            return Err(DownloadError::TooLarge {
+                url: url.into(),
+                limit: max_len,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Downloads `spec.url` into the folder, resuming what an earlier run left, and returns the
+    /// complete file. Calling it again after success returns the same file without a request.
+    pub fn fetch(
+        &self,
+        spec: &FetchSpec<'_>,
+        bar: &ProgressBar,
+    ) -> Result<Downloaded, DownloadError> {
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| DownloadError::Io { path, source }
+        };
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let dest = self.path_of(spec.name);
+        let part = self.part_path(spec.name);
+        let meta_path = self.meta_path(spec.name);
+        let faults = Faults::default();
+
+        // A finished file from an earlier run (crash between rename and the caller's record).
+        if dest.exists() && !meta_path.exists() {
+            let (len, sha256) = hash_file(&dest, None).map_err(io_err(&dest))?;
+            if spec.expected_len.is_none_or(|l| l == len)
+                && spec.expected_sha256.is_none_or(|d| d == sha256)
+            {
+                return Ok(Downloaded {
+                    path: dest,
+                    len,
+                    sha256,
+                    reused: len,
+                    restarts: 0,
+                });
+            }
+            fsutil::remove_if_exists(&dest).map_err(io_err(&dest))?;
+        }
+
+        let mut meta = read_meta(&meta_path)
+            .filter(|m| m.url == spec.url)
+            .unwrap_or_default();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part)
+            .map_err(io_err(&part))?;
+        let mut offset = if meta.url.is_empty() || meta.etag.is_none() {
+            // Nothing trustworthy to resume from.
+            0
+        } else {
+            file.metadata().map_err(io_err(&part))?.len()
+        };
+        if meta.total.is_some_and(|t| offset > t) {
+            offset = 0;
+        }
+        file.set_len(offset).map_err(io_err(&part))?;
+        let mut hasher = Sha256::new();
+        if offset > 0 {
+            hash_prefix(&mut file, offset, &mut hasher).map_err(io_err(&part))?;
+        }
+        let reused = offset;
+        let mut restarts = 0u32;
+        let mut attempts = 0u32;
+        meta.url = spec.url.to_owned();
+
+        loop {
+            attempts += 1;
+            let mut req = self.agent.get(spec.url);
+            let resuming = offset > 0;
+            if let (true, Some(etag)) = (resuming, &meta.etag) {
+                req = req
+                    .header("Range", format!("bytes={offset}-"))
+                    .header("If-Range", etag);
+            }
+            let mut resp = match req.call() {
+                Ok(r) => r,
+                Err(_) if attempts < self.max_attempts => {
+                    std::thread::sleep(Duration::from_millis(200 * u64::from(attempts)));
+                    continue;
+                }
+                Err(e) => return Err(unreachable(spec.url, &e)),
+            };
+            let status = resp.status().as_u16();
+            let etag = header(&resp, "etag");
+            let total: Option<u64>;
+            match status {
+                206 if resuming => {
+                    let value = header(&resp, "content-range").unwrap_or_default();
+                    let bad = || DownloadError::BadContentRange {
+                        url: spec.url.into(),
+                        value: value.clone(),
+                    };
+                    let (start, complete) = parse_content_range(&value).ok_or_else(bad)?;
+                    if start != offset {
+                        return Err(bad());
+                    }
+                    if etag.is_some() && etag != meta.etag {
+                        // The server's file changed under a server that ignores If-Range.
+                        restarts += 1;
+                        offset = 0;
+                        hasher = Sha256::new();
+                        file.set_len(0).map_err(io_err(&part))?;
+                        meta.etag = None;
+                        if attempts >= self.max_attempts.saturating_add(restarts.min(MAX_RESTARTS))
+                        {
+                            return Err(DownloadError::Truncated {
+                                url: spec.url.into(),
+                                got: 0,
+                                expected: complete.unwrap_or(0),
+                            });
+                        }
+                        continue;
+                    }
+                    total = complete.or(meta.total);
+                }
+                200 => {
+                    if resuming {
+                        // If-Range did not match: RFC 9110 §13.1.5 says the whole new file comes.
+                        restarts += 1;
+                    }
+                    offset = 0;
+                    hasher = Sha256::new();
+                    file.set_len(0).map_err(io_err(&part))?;
+                    meta.etag = etag;
+                    total = resp.body().content_length();
+                }
+                416 if resuming && meta.total == Some(offset) => {
+                    // Everything was already here.
+                    total = meta.total;
+                }
+                _ => return Err(status_error(spec.url, status)),
+            }
+            if let Some(t) = total {
+                if t > spec.max_len {
+                    return Err(DownloadError::TooLarge {
+                        url: spec.url.into(),
+                        limit: spec.max_len,
+                    });
+                }
+                if let Some(expected) = spec.expected_len.filter(|&e| e != t) {
+                    return Err(DownloadError::LengthMismatch {
+                        url: spec.url.into(),
+                        expected,
+                        actual: t,
+                    });
+                }
+            }
+            meta.total = total;
+            let meta_bytes = serde_json::to_vec(&meta).map_err(|e| DownloadError::Io {
+                path: meta_path.clone(),
+                source: io::Error::other(e),
+            })?;
+            fsutil::write_atomic(&meta_path, &meta_bytes, &faults).map_err(io_err(&meta_path))?;
+
+            bar.set_length(total.unwrap_or(0));
+            bar.set_position(offset);
+            file.seek(SeekFrom::Start(offset)).map_err(io_err(&part))?;
+            let mut reader = resp.body_mut().as_reader();
+            let mut buf = vec![0u8; CHUNK];
+            let mut since_sync = 0u64;
+            let mut broke = false;
+            if status != 416 {
+                loop {
+                    let n = match reader.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(_) => {
+                            broke = true;
+                            break;
+                        }
+                    };
+                    let limit = total.unwrap_or(spec.max_len);
+                    if offset + n as u64 > limit {
+                        if total.is_none() {
+                            return Err(DownloadError::TooLarge {
+                                url: spec.url.into(),
+                                limit: spec.max_len,
+                            });
+                        }
+                        // More than announced: the stream is not what the headers said.
+                        return Err(DownloadError::LengthMismatch {
+                            url: spec.url.into(),
+                            expected: limit,
+                            actual: offset + n as u64,
+                        });
+                    }
+                    file.write_all(&buf[..n]).map_err(io_err(&part))?;
+                    hasher.update(&buf[..n]);
+                    offset += n as u64;
+                    since_sync += n as u64;
+                    bar.set_position(offset);
+                    if since_sync >= SYNC_EVERY {
+                        file.sync_data().map_err(io_err(&part))?;
+                        since_sync = 0;
+                    }
+                }
+            }
+            file.sync_data().map_err(io_err(&part))?;
+            let complete = match total {
+                Some(t) => offset == t,
+                None => !broke,
+            };
+            if complete {
+                break;
+            }
+            if attempts >= self.max_attempts.saturating_add(restarts.min(MAX_RESTARTS)) {
+                return Err(DownloadError::Truncated {
+                    url: spec.url.into(),
+                    got: offset,
+                    expected: total.unwrap_or(offset),
+                });
+            }
+        }
+        drop(file);
+        let sha256: [u8; 32] = hasher.finalize().into();
+        if let Some(expected) = spec.expected_sha256.filter(|&e| e != sha256) {
+            self.discard(spec.name)?;
+            return Err(DownloadError::DigestMismatch {
+                url: spec.url.into(),
+                expected: hex::encode(expected),
+                actual: hex::encode(sha256),
+            });
+        }
+        fsutil::commit_file(&part, &dest, &faults).map_err(io_err(&dest))?;
+        fsutil::remove_if_exists(&meta_path).map_err(io_err(&meta_path))?;
+        bar.finish();
+        Ok(Downloaded {
+            path: dest,
+            len: offset,
+            sha256,
+            reused,
+            restarts,
+        })
+    }
+}
+
+fn unreachable(url: &str, e: &ureq::Error) -> DownloadError {
+    DownloadError::Unreachable {
+        url: url.into(),
+        message: e.to_string(),
+    }
+}
+
+fn status_error(url: &str, status: u16) -> DownloadError {
+    match status {
+        404 | 410 => DownloadError::NotFound {
+            url: url.into(),
+            status,
+        },
+        _ => DownloadError::Status {
+            url: url.into(),
+            status,
+        },
+    }
+}
+
+fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Parses `bytes START-END/TOTAL` (or `/*`) per RFC 9110 §14.4; returns START and TOTAL.
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => {
+            let t: u64 = t.parse().ok()?;
+            if end >= t {
+                return None;
+            }
+            Some(t)
+        }
+    };
+    Some((start, total))
+}
+
+fn read_meta(path: &Path) -> Option<PartialMeta> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = (&mut *file).take(len);
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(())
+}
+
+/// Length and SHA-256 of a file (optionally of its first `limit` bytes).
+pub fn hash_file(path: &Path, limit: Option<u64>) -> io::Result<(u64, [u8; 32])> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let len = limit.unwrap_or(file.metadata()?.len());
+    hash_prefix(&mut file, len, &mut hasher)?;
+    Ok((len, hasher.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(parse_content_range("bytes 10-19/20"), Some((10, Some(20))));
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range("bytes 10-19/15"), None);
+        assert_eq!(parse_content_range("bytes 19-10/20"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes x-1/2"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! The simfota device agent: what runs on the handset or IoT device.
+//!
+//! It speaks OMA DM 1.2 to the operator's DM server, executes FUMO `DownloadAndUpdate`
+//! (OMA-TS-DM-FUMO-V1_0), and lets the subscriber's card decide: the card authorizes each update
+//! before the bulk download, checks the payload's integrity (or compares the digest the device
+//! computed), logs the outcome and signs a receipt. The agent is not trusted by the card or the
+//! server; it is built to survive crashes and power cuts without losing or repeating a result.
+//!
+//! Layers, each usable alone:
+//! - [`config`]: `DEVICE.toml` and the data folder layout.
+//! - [`download`]: resumable HTTP downloads (Range, ETag / If-Range) with a progress bar.
+//! - [`slots`]: the A/B slot installer with a boot-control record, boot check and rollback.
+//!
+//! What it does not do: it holds no key the card or the server relies on, and it never decides
+//! on its own whether an update is allowed.
+
+pub mod config;
+pub mod download;
+mod fsutil;
+pub mod slots;

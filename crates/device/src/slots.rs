@@ -1,0 +1,794 @@
+//! The A/B slot installer: two slot images and a boot-control record in one folder.
+//!
+//! ```text
+//! <slots>/slot_a.img   <slots>/slot_b.img   <slots>/boot.json
+//! ```
+//!
+//! `boot.json` names the active slot, what each slot holds (version, size, SHA-256) and the
+//! pending slot with its remaining boot tries. The invariant a power cut cannot break: **the
+//! active slot's image is complete and the record says so**. An install only ever writes the
+//! inactive slot, and in this order (each record write is temp + fsync + rename + folder fsync):
+//!
+//! 1. the record forgets the inactive slot (so a half-written image is never referenced);
+//! 2. the new image is written to a temp file, synced, checked against the signed digest and
+//!    renamed over the inactive slot;
+//! 3. the record marks that slot pending, with [`BOOT_TRIES`] tries.
+//!
+//! [`SlotStore::boot`] is the bootloader's view: it spends one try *before* running the boot
+//! check (so a crash while booting counts as a failed try), switches the active slot when the
+//! check passes, and rolls back to the old slot when the tries are spent.
+//!
+//! The images here are simulated firmware: the boot check verifies the slot's digest and runs
+//! the image's self-test, which fails for an image starting with [`UNBOOTABLE_MAGIC`] (how tests
+//! and the demo make a firmware that does not come up).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::fsutil::{self, Faults};
+
+/// Boot tries a new slot gets before the bootloader gives up on it.
+pub const BOOT_TRIES: u8 = 3;
+/// A simulated image starting with these bytes fails its self-test.
+pub const UNBOOTABLE_MAGIC: &[u8] = b"SIMFOTA-UNBOOTABLE";
+const RECORD: &str = "boot.json";
+const RECORD_FORMAT: u32 = 1;
+
+/// Why a slot operation failed. After any of these the active slot is still the old one.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// The folder has no boot-control record yet.
+    #[error("no A/B slots in {0} (run `simfota device init` first)")]
+    NotInitialized(PathBuf),
+    /// `init` on a folder that already has slots.
+    #[error("{0} already holds A/B slots")]
+    AlreadyInitialized(PathBuf),
+    /// The boot-control record cannot be read.
+    #[error("the boot-control record {path} is damaged: {message}")]
+    BadRecord {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The written image is not the one the signed manifest describes.
+    #[error(
+        "the new image has SHA-256 {actual} and {actual_len} bytes; the package promised {expected} and {expected_len} bytes"
+    )]
+    ImageMismatch {
+        /// Signed digest, hex.
+        expected: String,
+        /// Signed size.
+        expected_len: u64,
+        /// Digest of what was built, hex.
+        actual: String,
+        /// Size of what was built.
+        actual_len: u64,
+    },
+    /// A delta could not be applied to the active image (wrong source, corrupt delta).
+    #[error("the delta does not apply to the running image ({active_version}): {source}")]
+    Delta {
+        /// Version of the active image.
+        active_version: String,
+        /// The delta crate's reason.
+        source: simfota_delta::DeltaError,
+    },
+    /// A file operation failed (or a power cut was injected).
+    #[error("slot file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// One of the two slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    /// Slot A.
+    A,
+    /// Slot B.
+    B,
+}
+
+impl Slot {
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    fn file_name(self) -> &'static str {
+        match self {
+            Slot::A => "slot_a.img",
+            Slot::B => "slot_b.img",
+        }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Slot::A => "A",
+            Slot::B => "B",
+        })
+    }
+}
+
+/// What a slot holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    /// Firmware version (DevDetail/FwV when active).
+    pub version: String,
+    /// Image size.
+    pub size: u64,
+    /// Image SHA-256, hex.
+    pub sha256: String,
+}
+
+/// A slot waiting for its first good boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The slot.
+    pub slot: Slot,
+    /// Boot tries left.
+    pub tries_left: u8,
+}
+
+/// How the last boot went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum BootOutcome {
+    /// Nothing was pending; the active slot booted.
+    Unchanged,
+    /// The pending slot passed its boot check and is active now.
+    Switched {
+        /// Old active slot.
+        from: Slot,
+        /// New active slot.
+        to: Slot,
+        /// Version now running.
+        version: String,
+    },
+    /// The pending slot failed its check; tries remain; this boot used the old slot.
+    Retrying {
+        /// Tries left.
+        tries_left: u8,
+        /// Why the check failed.
+        reason: String,
+    },
+    /// The pending slot failed its last try; the old slot stays active.
+    RolledBack {
+        /// The slot given up.
+        failed: Slot,
+        /// Why its check failed.
+        reason: String,
+    },
+}
+
+/// The boot-control record (`boot.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootRecord {
+    /// Record format version.
+    pub format: u32,
+    /// The slot that boots.
+    pub active: Slot,
+    /// What slot A holds (None: nothing valid).
+    pub a: Option<SlotInfo>,
+    /// What slot B holds (None: nothing valid).
+    pub b: Option<SlotInfo>,
+    /// The slot waiting for its first good boot.
+    pub pending: Option<Pending>,
+    /// How the last boot went.
+    pub last_boot: Option<BootOutcome>,
+}
+
+impl BootRecord {
+    /// What `slot` holds.
+    pub fn info(&self, slot: Slot) -> Option<&SlotInfo> {
+        match slot {
+            Slot::A => self.a.as_ref(),
+            Slot::B => self.b.as_ref(),
+        }
+    }
+
+    fn set_info(&mut self, slot: Slot, info: Option<SlotInfo>) {
+        match slot {
+            Slot::A => self.a = info,
+            Slot::B => self.b = info,
+        }
+    }
+}
+
+/// Decides whether an installed image comes up.
+pub trait BootCheck {
+    /// `Ok` when the image at `path` boots; the reason otherwise.
+    fn check(&self, path: &Path, info: &SlotInfo) -> Result<(), String>;
+}
+
+/// The standard check: the slot's bytes still have the recorded digest, and the image's
+/// self-test passes (see [`UNBOOTABLE_MAGIC`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StandardBootCheck;
+
+impl BootCheck for StandardBootCheck {
+    fn check(&self, path: &Path, info: &SlotInfo) -> Result<(), String> {
+        let (len, digest) =
+            hash_path(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if len != info.size || hex::encode(digest) != info.sha256 {
+            return Err("the slot's image does not match its recorded digest".into());
+        }
+        let mut head = vec![0u8; UNBOOTABLE_MAGIC.len()];
+        let n = File::open(path)
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if &head[..n] == UNBOOTABLE_MAGIC {
+            return Err(format!("firmware {} failed its self-test", info.version));
+        }
+        Ok(())
+    }
+}
+
+/// Where the new image comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageSource<'a> {
+    /// A complete image file.
+    Full(&'a Path),
+    /// A delta file (crates/delta format) against the active image.
+    Delta(&'a Path),
+}
+
+/// The A/B slot folder.
+#[derive(Debug)]
+pub struct SlotStore {
+    dir: PathBuf,
+    record: BootRecord,
+    faults: Faults,
+}
+
+impl SlotStore {
+    /// Creates slot A from `image` with `version`; slot B stays empty.
+    pub fn init(dir: &Path, image: &Path, version: &str) -> Result<SlotStore, SlotError> {
+        let record_path = dir.join(RECORD);
+        if record_path.exists() {
+            return Err(SlotError::AlreadyInitialized(dir.to_owned()));
+        }
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let mut store = SlotStore {
+            dir: dir.to_owned(),
+            record: BootRecord {
+                format: RECORD_FORMAT,
+                active: Slot::A,
+                a: None,
+                b: None,
+                pending: None,
+                last_boot: None,
+            },
+            faults: Faults::default(),
+        };
+        let mut src = File::open(image).map_err(io_at(image))?;
+        let info = store.write_slot(Slot::A, &mut src, version)?;
+        store.record.a = Some(info);
+        store.save()?;
+        Ok(store)
+    }
+
+    /// Opens an initialized slot folder.
+    pub fn open(dir: &Path) -> Result<SlotStore, SlotError> {
+        let path = dir.join(RECORD);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SlotError::NotInitialized(dir.to_owned()));
+            }
+            Err(source) => return Err(SlotError::Io { path, source }),
+        };
+        let record: BootRecord =
+            serde_json::from_slice(&bytes).map_err(|e| SlotError::BadRecord {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        if record.format != RECORD_FORMAT {
+            return Err(SlotError::BadRecord {
+                path,
+                message: format!("unknown format {}", record.format),
+            });
+        }
+        if record.info(record.active).is_none() {
+            return Err(SlotError::BadRecord {
+                path,
+                message: "the active slot is empty".into(),
+            });
+        }
+        Ok(SlotStore {
+            dir: dir.to_owned(),
+            record,
+            faults: Faults::default(),
+        })
+    }
+
+    #[cfg(test)]
+    fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// The boot-control record.
+    pub fn record(&self) -> &BootRecord {
+        &self.record
+    }
+
+    /// The active slot.
+    pub fn active(&self) -> Slot {
+        self.record.active
+    }
+
+    /// What the active slot holds.
+    pub fn active_info(&self) -> Result<&SlotInfo, SlotError> {
+        self.record
+            .info(self.record.active)
+            .ok_or_else(|| SlotError::BadRecord {
+                path: self.dir.join(RECORD),
+                message: "the active slot is empty".into(),
+            })
+    }
+
+    /// The running firmware version (DevDetail/FwV).
+    pub fn active_version(&self) -> Result<&str, SlotError> {
+        Ok(&self.active_info()?.version)
+    }
+
+    /// The image file of `slot`.
+    pub fn slot_path(&self, slot: Slot) -> PathBuf {
+        self.dir.join(slot.file_name())
+    }
+
+    /// Installs a new image into the inactive slot and marks it pending. The image must have
+    /// `expected_len` bytes and SHA-256 `expected_sha256` (from the signed manifest).
+    pub fn install(
+        &mut self,
+        source: ImageSource<'_>,
+        version: &str,
+        expected_len: u64,
+        expected_sha256: &[u8; 32],
+    ) -> Result<Slot, SlotError> {
+        let target = self.record.active.other();
+        // Step 1: forget the inactive slot before its bytes change.
+        if self.record.info(target).is_some() || self.record.pending.is_some() {
+            self.record.set_info(target, None);
+            self.record.pending = None;
+            self.save()?;
+        }
+        // Step 2: build the image into a temp file, check it, rename it into place.
+        let info = match source {
+            ImageSource::Full(path) => {
+                let mut src = File::open(path).map_err(io_at(path))?;
+                self.write_slot(target, &mut src, version)?
+            }
+            ImageSource::Delta(path) => {
+                let delta = fs::read(path).map_err(io_at(path))?;
+                let active_path = self.slot_path(self.record.active);
+                let old = fs::read(&active_path).map_err(io_at(&active_path))?;
+                let new =
+                    simfota_delta::apply(&old, &delta).map_err(|source| SlotError::Delta {
+                        active_version: self
+                            .record
+                            .info(self.record.active)
+                            .map(|i| i.version.clone())
+                            .unwrap_or_default(),
+                        source,
+                    })?;
+                self.write_slot(target, &mut new.as_slice(), version)?
+            }
+        };
+        if info.size != expected_len || info.sha256 != hex::encode(expected_sha256) {
+            let tmp = fsutil::temp_path(&self.slot_path(target));
+            fsutil::remove_if_exists(&tmp).map_err(io_at(&tmp))?;
+            return Err(SlotError::ImageMismatch {
+                expected: hex::encode(expected_sha256),
+                expected_len,
+                actual: info.sha256,
+                actual_len: info.size,
+            });
+        }
+        let path = self.slot_path(target);
+        fsutil::commit_file(&fsutil::temp_path(&path), &path, &self.faults)
+            .map_err(io_at(&path))?;
+        // Step 3: the slot is complete; mark it pending.
+        self.record.set_info(target, Some(info));
+        self.record.pending = Some(Pending {
+            slot: target,
+            tries_left: BOOT_TRIES,
+        });
+        self.save()?;
+        Ok(target)
+    }
+
+    /// One boot: tries the pending slot (if any) and switches or rolls back.
+    pub fn boot(&mut self, check: &dyn BootCheck) -> Result<BootOutcome, SlotError> {
+        let Some(pending) = self.record.pending.clone() else {
+            self.record.last_boot = Some(BootOutcome::Unchanged);
+            return Ok(BootOutcome::Unchanged);
+        };
+        let from = self.record.active;
+        let result = match (pending.tries_left, self.record.info(pending.slot).cloned()) {
+            (0, _) => Err("no boot tries left".to_owned()),
+            (_, None) => Err("the pending slot is empty".to_owned()),
+            (tries, Some(info)) => {
+                // Spend the try first: a crash inside the boot check counts as a failure.
+                self.record.pending = Some(Pending {
+                    slot: pending.slot,
+                    tries_left: tries - 1,
+                });
+                self.save()?;
+                check
+                    .check(&self.slot_path(pending.slot), &info)
+                    .map(|()| info)
+            }
+        };
+        let outcome = match result {
+            Ok(info) => {
+                self.record.active = pending.slot;
+                self.record.pending = None;
+                BootOutcome::Switched {
+                    from,
+                    to: pending.slot,
+                    version: info.version,
+                }
+            }
+            Err(reason) => {
+                let left = self.record.pending.as_ref().map_or(0, |p| p.tries_left);
+                if left == 0 {
+                    self.record.pending = None;
+                    BootOutcome::RolledBack {
+                        failed: pending.slot,
+                        reason,
+                    }
+                } else {
+                    BootOutcome::Retrying {
+                        tries_left: left,
+                        reason,
+                    }
+                }
+            }
+        };
+        self.record.last_boot = Some(outcome.clone());
+        self.save()?;
+        Ok(outcome)
+    }
+
+    /// Boots until the pending slot is either active or given up (at most [`BOOT_TRIES`] boots).
+    pub fn boot_until_settled(&mut self, check: &dyn BootCheck) -> Result<BootOutcome, SlotError> {
+        loop {
+            match self.boot(check)? {
+                BootOutcome::Retrying { .. } => continue,
+                settled => return Ok(settled),
+            }
+        }
+    }
+
+    fn save(&self) -> Result<(), SlotError> {
+        let path = self.dir.join(RECORD);
+        let bytes = serde_json::to_vec_pretty(&self.record).map_err(|e| SlotError::BadRecord {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        fsutil::write_atomic(&path, &bytes, &self.faults).map_err(io_at(&path))
+    }
+
+    /// Streams `src` into the temp file of `slot` (synced) and returns what it holds. For slot
+    /// initialisation the temp file is also renamed into place.
+    fn write_slot(
+        &self,
+        slot: Slot,
+        src: &mut dyn Read,
+        version: &str,
+    ) -> Result<SlotInfo, SlotError> {
+        let path = self.slot_path(slot);
+        let tmp = fsutil::temp_path(&path);
+        let err = io_at(&tmp);
+        self.faults.step("create slot temp file").map_err(&err)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(&err)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut halfway_done = false;
+        loop {
+            let n = src.read(&mut buf).map_err(&err)?;
+            if n == 0 {
+                break;
+            }
+            if !halfway_done && size > 0 {
+                // A cut in the middle of the image write.
+                self.faults.step("write slot image").map_err(&err)?;
+                halfway_done = true;
+            }
+            file.write_all(&buf[..n]).map_err(&err)?;
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        self.faults.step("fsync slot image").map_err(&err)?;
+        file.sync_all().map_err(&err)?;
+        drop(file);
+        let info = SlotInfo {
+            version: version.to_owned(),
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        };
+        if self.record.info(self.record.active).is_none() {
+            // First image (init): nothing to protect, commit directly.
+            fsutil::commit_file(&tmp, &path, &self.faults).map_err(io_at(&path))?;
+        }
+        Ok(info)
+    }
+}
+
+fn io_at(path: &Path) -> impl Fn(io::Error) -> SlotError + '_ {
+    move |source| SlotError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn hash_path(path: &Path) -> io::Result<(u64, [u8; 32])> {
+    crate::download::hash_file(path, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(2246822519).to_be_bytes()[1] ^ seed)
+            .collect()
+    }
+
+    fn sha(b: &[u8]) -> [u8; 32] {
+        Sha256::digest(b).into()
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        slots: PathBuf,
+        v1: Vec<u8>,
+        v2_path: PathBuf,
+        v2: Vec<u8>,
+    }
+
+    fn fixture(v2: Vec<u8>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = image(200_000, 1);
+        let v1_path = dir.path().join("v1.bin");
+        fs::write(&v1_path, &v1).unwrap();
+        let v2_path = dir.path().join("v2.bin");
+        fs::write(&v2_path, &v2).unwrap();
+        let slots = dir.path().join("slots");
+        SlotStore::init(&slots, &v1_path, "1.0").unwrap();
+        Fixture {
+            _dir: dir,
+            slots,
+            v1,
+            v2_path,
+            v2,
+        }
+    }
+
+    fn assert_boots_old(f: &Fixture, what: &str) {
+        let store = SlotStore::open(&f.slots).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(store.active(), Slot::A, "{what}");
+        assert_eq!(store.active_version().unwrap(), "1.0", "{what}");
+        assert_eq!(fs::read(store.slot_path(Slot::A)).unwrap(), f.v1, "{what}");
+        let info = store.active_info().unwrap().clone();
+        StandardBootCheck
+            .check(&store.slot_path(Slot::A), &info)
+            .unwrap();
+    }
+
+    #[test]
+    fn install_then_boot_switches_and_reports_the_new_version() {
+        let f = fixture(image(150_000, 2));
+        let mut store = SlotStore::open(&f.slots).unwrap();
+        let slot = store
+            .install(
+                ImageSource::Full(&f.v2_path),
+                "2.0",
+                f.v2.len() as u64,
+                &sha(&f.v2),
+            )
+            .unwrap();
+        assert_eq!(slot, Slot::B);
+        // Installed but not booted: still running 1.0.
+        assert_eq!(
+            SlotStore::open(&f.slots).unwrap().active_version().unwrap(),
+            "1.0"
+        );
+        let outcome = store.boot(&StandardBootCheck).unwrap();
+        assert_eq!(
+            outcome,
+            BootOutcome::Switched {
+                from: Slot::A,
+                to: Slot::B,
+                version: "2.0".into()
+            }
+        );
+        let again = SlotStore::open(&f.slots).unwrap();
+        assert_eq!(again.active_version().unwrap(), "2.0");
+        assert_eq!(fs::read(again.slot_path(Slot::B)).unwrap(), f.v2);
+        assert_eq!(again.record().last_boot, Some(outcome));
+    }
+
+    #[test]
+    fn an_image_that_fails_its_boot_check_is_rolled_back_after_its_tries() {
+        let mut bad = UNBOOTABLE_MAGIC.to_vec();
+        bad.extend(image(10_000, 3));
+        let f = fixture(bad);
+        let mut store = SlotStore::open(&f.slots).unwrap();
+        store
+            .install(
+                ImageSource::Full(&f.v2_path),
+                "2.0",
+                f.v2.len() as u64,
+                &sha(&f.v2),
+            )
+            .unwrap();
+        for left in (1..BOOT_TRIES).rev() {
+            match store.boot(&StandardBootCheck).unwrap() {
+                BootOutcome::Retrying { tries_left, reason } => {
+                    assert_eq!(tries_left, left);
+                    assert!(reason.contains("self-test"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        match store.boot(&StandardBootCheck).unwrap() {
+            BootOutcome::RolledBack {
+                failed: Slot::B,
+                reason,
+            } => assert!(reason.contains("2.0")),
+            other => panic!("{other:?}"),
+        }
+        assert_boots_old(&f, "after rollback");
+        assert_eq!(
+            store.boot(&StandardBootCheck).unwrap(),
+            BootOutcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn an_image_that_does_not_match_the_signed_digest_is_never_installed() {
+        let f = fixture(image(150_000, 4));
+        let mut store = SlotStore::open(&f.slots).unwrap();
+        let mut wrong = sha(&f.v2);
+        wrong[31] ^= 0x80;
+        let err = store
+            .install(
+                ImageSource::Full(&f.v2_path),
+                "2.0",
+                f.v2.len() as u64,
+                &wrong,
+            )
+            .unwrap_err();
+        assert!(matches!(err, SlotError::ImageMismatch { .. }), "{err}");
+        assert!(store.record().pending.is_none());
+        assert_boots_old(&f, "after refused image");
+        assert!(!fsutil::temp_path(&store.slot_path(Slot::B)).exists());
+    }
+
+    #[test]
+    fn a_delta_is_applied_against_the_active_image() {
+        let mut v2 = image(200_000, 1);
+        v2[1000..1100].copy_from_slice(&[7u8; 100]);
+        v2.extend_from_slice(b"new tail");
+        let f = fixture(v2.clone());
+        let delta = simfota_delta::diff(&f.v1, &v2).unwrap();
+        let delta_path = f.slots.parent().unwrap().join("d.delta");
+        fs::write(&delta_path, &delta).unwrap();
+        let mut store = SlotStore::open(&f.slots).unwrap();
+        store
+            .install(
+                ImageSource::Delta(&delta_path),
+                "2.1",
+                v2.len() as u64,
+                &sha(&v2),
+            )
+            .unwrap();
+        store.boot_until_settled(&StandardBootCheck).unwrap();
+        assert_eq!(store.active_version().unwrap(), "2.1");
+        assert_eq!(fs::read(store.slot_path(store.active())).unwrap(), v2);
+        // The same delta no longer applies: the running image is now 2.1.
+        let err = store
+            .install(
+                ImageSource::Delta(&delta_path),
+                "2.1",
+                v2.len() as u64,
+                &sha(&v2),
+            )
+            .unwrap_err();
+        assert!(matches!(err, SlotError::Delta { .. }), "{err}");
+        assert_eq!(store.active_version().unwrap(), "2.1");
+    }
+
+    #[test]
+    fn a_power_cut_at_any_install_step_leaves_the_old_slot_bootable() {
+        let f = fixture(image(150_000, 5));
+        // A second install replaces an already-filled inactive slot: cover that path too.
+        for round in 0..2 {
+            let mut cut = 0;
+            loop {
+                let store = SlotStore::open(&f.slots)
+                    .unwrap()
+                    .with_faults(Faults::at(cut));
+                let mut store = store;
+                let res = store.install(
+                    ImageSource::Full(&f.v2_path),
+                    "2.0",
+                    f.v2.len() as u64,
+                    &sha(&f.v2),
+                );
+                let steps = store.faults.steps();
+                drop(store);
+                assert_boots_old(&f, &format!("round {round} cut {cut}"));
+                let mut after = SlotStore::open(&f.slots).unwrap();
+                if res.is_ok() {
+                    assert!(cut >= steps, "no cut happened");
+                    break;
+                }
+                // After the cut, the next boot either ignores the slot or boots a complete one.
+                if let Some(p) = after.record().pending.clone() {
+                    assert_eq!(fs::read(after.slot_path(p.slot)).unwrap(), f.v2);
+                }
+                let _ = after.boot(&StandardBootCheck).unwrap();
+                // Undo any switch the boot made, so the next cut starts from 1.0 again.
+                after.record.active = Slot::A;
+                after.record.pending = None;
+                after.save().unwrap();
+                cut += 1;
+            }
+            assert!(cut >= 8, "only {cut} steps were exercised");
+        }
+    }
+
+    #[test]
+    fn a_power_cut_while_booting_never_loses_the_old_slot() {
+        let mut bad = UNBOOTABLE_MAGIC.to_vec();
+        bad.extend(image(1000, 6));
+        let f = fixture(bad);
+        let mut store = SlotStore::open(&f.slots).unwrap();
+        store
+            .install(
+                ImageSource::Full(&f.v2_path),
+                "2.0",
+                f.v2.len() as u64,
+                &sha(&f.v2),
+            )
+            .unwrap();
+        for cut in 0..40 {
+            let mut s = SlotStore::open(&f.slots)
+                .unwrap()
+                .with_faults(Faults::at(cut));
+            let res = s.boot(&StandardBootCheck);
+            assert_boots_old(&f, &format!("boot cut {cut}"));
+            if matches!(
+                res,
+                Ok(BootOutcome::RolledBack { .. } | BootOutcome::Unchanged)
+            ) {
+                return;
+            }
+        }
+        panic!("the failing slot was never given up");
+    }
+}
