@@ -559,3 +559,239 @@ fn read_text<'a>(r: &mut Reader<'a, '_>, m: &mut Manifest<'a>) -> Result<()> {
         Ok(true)
     })
 }
+
+#[cfg(feature = "std")]
+pub use build::{BuildParams, ImageSource, build, sever};
+
+#[cfg(feature = "std")]
+mod build {
+    use std::vec::Vec;
+
+    use p256::ecdsa::SigningKey;
+
+    use super::*;
+    use crate::cbor::Writer;
+    use crate::cose::sign1_detached_into;
+
+    /// The image a package describes.
+    #[derive(Debug, Clone, Copy)]
+    pub enum ImageSource<'a> {
+        /// The image bytes (hashed here; needed to integrate the payload).
+        Bytes(&'a [u8]),
+        /// Digest and size computed elsewhere (e.g. streamed with `Sha256Stream`).
+        Digest {
+            /// SHA-256 of the image.
+            digest: Digest,
+            /// Size in bytes.
+            size: u64,
+        },
+    }
+
+    /// Everything a simfota package manifest states.
+    #[derive(Debug, Clone, Copy)]
+    pub struct BuildParams<'a> {
+        /// Vendor id (UUID bytes).
+        pub vendor_id: Uuid,
+        /// Class id (UUID bytes).
+        pub class_id: Uuid,
+        /// Anti-rollback sequence number.
+        pub sequence: u64,
+        /// The image.
+        pub image: ImageSource<'a>,
+        /// Release name (text `manifest-description`).
+        pub name: Option<&'a str>,
+        /// Release version (text `component-version`).
+        pub version: Option<&'a str>,
+        /// Payload URI (install: fetch from it).
+        pub uri: Option<&'a str>,
+        /// Carry the image inside the envelope as `"#image"` (needs `ImageSource::Bytes`).
+        pub integrate: bool,
+        /// For a delta: SHA-256 of the image the delta applies to.
+        pub precursor_digest: Option<Digest>,
+    }
+
+    fn wrapped_digest(w: &mut Writer<'_>, d: &Digest) -> Result<()> {
+        w.bytes_head(1 + 1 + 2 + 32)?.array(2)?.i64(DIGEST_SHA256)?.bytes(&d.0)?;
+        Ok(())
+    }
+
+    fn encode(cap: usize, f: impl FnOnce(&mut Writer<'_>) -> Result<()>) -> Result<Vec<u8>> {
+        let mut buf = std::vec![0u8; cap];
+        let n = {
+            let mut w = Writer::new(&mut buf);
+            f(&mut w)?;
+            w.len()
+        };
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn bstr(w: &mut Writer<'_>, inner: &[u8]) -> Result<()> {
+        w.bytes(inner)?;
+        Ok(())
+    }
+
+    /// Builds and signs an envelope (COSE_Sign1 ES256, RFC 6979) with the originator key.
+    pub fn build(p: &BuildParams<'_>, key: &SigningKey) -> Result<Vec<u8>> {
+        let (digest, size, bytes) = match p.image {
+            ImageSource::Bytes(b) => (sha256(b), b.len() as u64, Some(b)),
+            ImageSource::Digest { digest, size } => (digest, size, None),
+        };
+        let payload = match (p.integrate, bytes) {
+            (false, _) => None,
+            (true, Some(b)) => Some(b),
+            (true, None) => return Err(Error::MissingField("image bytes to integrate")),
+        };
+        if payload.is_some() && p.uri.is_some() {
+            return Err(Error::InvalidField("uri given for an integrated payload"));
+        }
+        let uri = if payload.is_some() { Some(INTEGRATED_NAME) } else { p.uri };
+        for t in [p.name, p.version, p.uri].into_iter().flatten() {
+            if t.is_empty() || t.len() > 1024 {
+                return Err(Error::InvalidField("text or uri length"));
+            }
+        }
+
+        let shared = encode(256, |w| {
+            w.array(6)?.u64(key::DIR_OVERRIDE_PARAMETERS as u64)?;
+            w.map(4 + usize::from(p.precursor_digest.is_some()))?;
+            w.u64(key::P_VENDOR_ID as u64)?.bytes(&p.vendor_id)?;
+            w.u64(key::P_CLASS_ID as u64)?.bytes(&p.class_id)?;
+            w.u64(key::P_IMAGE_DIGEST as u64)?;
+            wrapped_digest(w, &digest)?;
+            w.u64(key::P_IMAGE_SIZE as u64)?.u64(size)?;
+            if let Some(pd) = &p.precursor_digest {
+                w.i64(PARAM_PRECURSOR_DIGEST)?;
+                wrapped_digest(w, pd)?;
+            }
+            w.u64(key::COND_VENDOR as u64)?.u64(15)?;
+            w.u64(key::COND_CLASS as u64)?.u64(15)?;
+            Ok(())
+        })?;
+        let common = encode(shared.len() + 16, |w| {
+            w.map(2)?.u64(key::COMPONENTS as u64)?.array(1)?.array(1)?.bytes(&[0])?;
+            w.u64(key::SHARED_SEQUENCE as u64)?;
+            bstr(w, &shared)
+        })?;
+        let install = match uri {
+            Some(u) => Some(encode(u.len() + 32, |w| {
+                w.array(6)?.u64(key::DIR_OVERRIDE_PARAMETERS as u64)?;
+                w.map(1)?.u64(key::P_URI as u64)?.str(u)?;
+                w.u64(key::DIR_FETCH as u64)?.u64(2)?;
+                w.u64(key::COND_IMAGE_MATCH as u64)?.u64(15)?;
+                Ok(())
+            })?),
+            None => None,
+        };
+        let text = if p.name.is_some() || p.version.is_some() {
+            Some(encode(2200, |w| {
+                w.map(1)?.str("en")?;
+                w.map(usize::from(p.name.is_some()) + usize::from(p.version.is_some()))?;
+                if let Some(n) = p.name {
+                    w.u64(key::T_MANIFEST_DESCRIPTION as u64)?.str(n)?;
+                }
+                if let Some(v) = p.version {
+                    w.array(1)?.bytes(&[0])?.map(1)?.u64(key::T_COMPONENT_VERSION as u64)?.str(v)?;
+                }
+                Ok(())
+            })?)
+        } else {
+            None
+        };
+        let cap = common.len() + 64 + install.as_ref().map_or(0, Vec::len) + text.as_ref().map_or(0, Vec::len);
+        let manifest = encode(cap, |w| {
+            let n = 4 + usize::from(install.is_some()) + usize::from(text.is_some());
+            w.map(n)?;
+            w.u64(key::VERSION as u64)?.u64(1)?;
+            w.u64(key::SEQUENCE as u64)?.u64(p.sequence)?;
+            w.u64(key::COMMON as u64)?;
+            bstr(w, &common)?;
+            w.u64(key::VALIDATE as u64)?.bytes(&[0x82, 0x03, 0x0f])?;
+            if let Some(i) = &install {
+                w.u64(key::INSTALL as u64)?;
+                bstr(w, i)?;
+            }
+            if let Some(t) = &text {
+                w.u64(key::TEXT as u64)?;
+                bstr(w, t)?;
+            }
+            Ok(())
+        })?;
+        let manifest_wrapped = encode(manifest.len() + 9, |w| bstr(w, &manifest))?;
+        let md = sha256(&manifest_wrapped);
+        let suit_digest = encode(40, |w| {
+            w.array(2)?.i64(DIGEST_SHA256)?.bytes(&md.0)?;
+            Ok(())
+        })?;
+        let mut sig = [0u8; 128];
+        let sn = sign1_detached_into(&mut sig, key, &[], &suit_digest)?;
+        let auth = encode(256, |w| {
+            w.array(2)?;
+            bstr(w, &suit_digest)?;
+            bstr(w, &sig[..sn])
+        })?;
+        let cap = auth.len() + manifest_wrapped.len() + 32 + payload.map_or(0, <[u8]>::len);
+        encode(cap, |w| {
+            w.tag(TAG_ENVELOPE)?.map(2 + usize::from(payload.is_some()))?;
+            w.u64(key::AUTHENTICATION as u64)?;
+            bstr(w, &auth)?;
+            w.u64(key::MANIFEST as u64)?.raw(&manifest_wrapped)?;
+            if let Some(b) = payload {
+                w.str(INTEGRATED_NAME)?.bytes(b)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes the integrated payloads from an envelope (what the card receives), keeping
+    /// authentication, manifest and severable members byte for byte. The envelope is decoded
+    /// (not verified) first, so malformed input is refused.
+    pub fn sever(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>> {
+        Envelope::decode(bytes, limits)?;
+        let mut r = Reader::new(bytes, limits);
+        let tagged = r.opt_tag()?.is_some();
+        let mut kept: Vec<&[u8]> = Vec::new();
+        r.map(false, |r, k| {
+            let start = r.position();
+            if matches!(k, Key::Text(_)) {
+                return Ok(false);
+            }
+            // The key was already consumed; re-encode it and keep the value bytes as they are.
+            r.skip()?;
+            let val = &r.input()[start..r.position()];
+            kept.push(match k {
+                Key::Int(i) => {
+                    let (h, n) = crate::cbor::head(if i < 0 { 1 } else { 0 }, if i < 0 { !(i as u64) } else { i as u64 });
+                    kept_key(h, n)
+                }
+                _ => return Err(Error::InvalidField("SUIT envelope key")),
+            });
+            kept.push(val);
+            Ok(true)
+        })?;
+        let pairs = kept.len() / 2;
+        let total: usize = kept.iter().map(|s| s.len()).sum::<usize>() + 16;
+        encode(total, |w| {
+            if tagged {
+                w.tag(TAG_ENVELOPE)?;
+            }
+            w.map(pairs)?;
+            for s in &kept {
+                w.raw(s)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Small integer keys (the envelope's are all below 24) as static one-byte encodings.
+    fn kept_key(h: [u8; 9], n: usize) -> &'static [u8] {
+        const SMALL: [u8; 24] = [
+            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+        ];
+        if n == 1 && usize::from(h[0]) < 24 {
+            &SMALL[usize::from(h[0])..usize::from(h[0]) + 1]
+        } else {
+            &[]
+        }
+    }
+}
