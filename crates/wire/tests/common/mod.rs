@@ -61,7 +61,7 @@ pub fn python() -> Option<PathBuf> {
     let candidate = std::env::var_os("SIMFOTA_PYTHON").map(PathBuf::from);
     let ok = candidate.as_ref().is_some_and(|p| {
         Command::new(p)
-            .args(["-c", "import cose, cwt, cbor2"])
+            .args(["-c", "import pycose, cwt, cbor2"])
             .output()
             .is_ok_and(|o| o.status.success())
     });
