@@ -1,0 +1,165 @@
+//! The applet's use of the wire crate's verifiers and signers, in one place: key parsing,
+//! the card key handle, certificate and policy checks, appending hash-chained log entries.
+
+use p256::ecdsa::SigningKey;
+use simfota_wire::Limits;
+use simfota_wire::cose::PublicKey;
+use simfota_wire::Digest;
+use simfota_wire::LogEntry;
+use simfota_wire::{CardCertificate, Policy};
+
+use crate::CardError;
+use crate::layout::{KEY_LEN, O_CARD_SK, O_TRUSTED_TIME, Persist, RECORD_LEN};
+use crate::ring::{self, LogState};
+use crate::store::Store;
+
+/// Decoding bounds on the card.
+pub(crate) const LIMITS: Limits = Limits::CARD;
+
+/// Parses a stored or received SEC1 P-256 public key.
+pub(crate) fn public_key(sec1: &[u8]) -> Result<PublicKey, CardError> {
+    if sec1.len() != KEY_LEN {
+        return Err(CardError::WrongData("P-256 key must be 65 bytes SEC1 uncompressed"));
+    }
+    PublicKey::from_sec1(sec1).map_err(|_| CardError::WrongData("not a P-256 public key"))
+}
+
+/// Decodes a policy encoding.
+pub(crate) fn decode_policy(bytes: &[u8]) -> Result<Policy, CardError> {
+    Policy::decode(bytes, &LIMITS).map_err(|_| CardError::WrongData("malformed policy"))
+}
+
+/// Reads the stored policy; a card personalized without one refuses unauthorized servers and
+/// compares device digests (the most restrictive rule with the cheapest integrity mode).
+pub(crate) fn policy<S: Store>(p: &Persist<S>) -> Result<Policy, CardError> {
+    let mut buf = [0u8; crate::layout::POLICY_MAX];
+    let bytes = crate::tables::policy_bytes(p, &mut buf)?;
+    if bytes.is_empty() {
+        return Ok(Policy::new(
+            simfota_wire::objects::UnauthorizedRule::Refuse,
+            simfota_wire::objects::IntegrityMode::DeviceDigest,
+        ));
+    }
+    Policy::decode(bytes, &LIMITS).map_err(|_| CardError::Internal("stored policy is corrupt"))
+}
+
+/// Checks that `cert` is an issuer-signed card certificate for this ICCID and card key.
+pub(crate) fn check_certificate(
+    cert: &[u8],
+    issuer: &[u8],
+    iccid: &[u8],
+    card_pk: &[u8],
+) -> Result<(), CardError> {
+    let issuer = public_key(issuer)?;
+    let v = CardCertificate::verify(cert, &issuer, &LIMITS)
+        .map_err(|_| CardError::WrongData("card certificate does not verify under the issuer key"))?;
+    if v.iccid.as_str().as_bytes() != iccid {
+        return Err(CardError::WrongData("card certificate names another ICCID"));
+    }
+    if v.card_key.to_sec1()[..] != card_pk[..] {
+        return Err(CardError::WrongData("card certificate certifies another key"));
+    }
+    Ok(())
+}
+
+/// The card's signing key, loaded from persistent memory for one operation (a Java Card
+/// port keeps an `ECPrivateKey` object instead and never exports it).
+pub(crate) fn card_key<S: Store>(p: &Persist<S>) -> Result<SigningKey, CardError> {
+    let mut scalar = [0u8; 32];
+    p.read(O_CARD_SK, &mut scalar)?;
+    SigningKey::from_slice(&scalar).map_err(|_| CardError::Internal("card key missing"))
+}
+
+/// The card's trusted time (newest verified token `iat`), `None` before the first token.
+pub(crate) fn trusted_time<S: Store>(p: &Persist<S>) -> Result<Option<u64>, CardError> {
+    let t = p.u64_at(O_TRUSTED_TIME)?;
+    Ok(if t == 0 { None } else { Some(t) })
+}
+
+/// Appends `entry` to the log (inside a transaction): sets its sequence number and chain
+/// link, encodes the fixed record, advances the ring. Returns the new chain head.
+pub(crate) fn append_entry<S: Store>(
+    p: &mut Persist<S>,
+    entry: &mut LogEntry,
+) -> Result<(u32, Digest), CardError> {
+    let st: LogState = ring::state(p)?;
+    entry.seq = st.next;
+    entry.prev_hash = Digest(st.head);
+    let record: [u8; RECORD_LEN] = entry
+        .encode()
+        .map_err(|_| CardError::Internal("log entry does not encode"))?;
+    let hash = LogEntry::record_hash(&record);
+    ring::append(p, &st, &record, &hash.0)?;
+    Ok((st.next, hash))
+}
+
+/// What the card keeps from a verified SUIT manifest.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ManifestFacts {
+    pub(crate) manifest_digest: Digest,
+    pub(crate) sequence: u64,
+    pub(crate) vendor: simfota_wire::Uuid,
+    pub(crate) class: simfota_wire::Uuid,
+    pub(crate) image_digest: Digest,
+    pub(crate) image_size: u64,
+}
+
+/// Check 7: the envelope's signer is a trusted originator and its signature verifies; fills
+/// the log fields (originator, release, version, manifest digest).
+///
+/// The SUIT authentication block carries no key id, so the card tries each trusted
+/// originator's key in table order: a key under which the COSE signature fails is not the
+/// signer; the first key under which it holds is. If no key verifies the signature, the
+/// originator is unknown (or was removed); if a key verifies the signature but a later check
+/// of the envelope fails (manifest digest, structure — draft-ietf-suit-manifest §8.3), the
+/// manifest was tampered with.
+pub(crate) fn verify_manifest<S: Store>(
+    p: &Persist<S>,
+    envelope: &[u8],
+    entry: &mut LogEntry,
+) -> Result<ManifestFacts, crate::Reason> {
+    use crate::Reason;
+    use simfota_wire::suit::Envelope;
+    use simfota_wire::{OriginatorId, ShortText};
+
+    if envelope.len() > LIMITS.max_envelope_len {
+        return Err(Reason::Malformed);
+    }
+    let env = Envelope::decode(envelope, &LIMITS).map_err(|_| Reason::Malformed)?;
+    entry.manifest_digest = Some(env.stated_manifest_digest());
+    let mut outcome: Result<ManifestFacts, Reason> = Err(Reason::OriginatorUnknown);
+    crate::tables::for_each_originator(p, |id, key| {
+        if !matches!(outcome, Err(Reason::OriginatorUnknown)) {
+            return Ok(());
+        }
+        let Ok(key) = PublicKey::from_sec1(key) else { return Ok(()) };
+        match env.verify(&key) {
+            Ok(m) => {
+                entry.originator = OriginatorId::new(id).ok();
+                entry.release = m.name.map(ShortText::truncated);
+                entry.version = m.version.map(ShortText::truncated);
+                let md = m.manifest_digest();
+                entry.manifest_digest = Some(md);
+                outcome = match (m.vendor_id, m.class_id, m.image_digest, m.image_size) {
+                    (Some(vendor), Some(class), Some(image_digest), Some(image_size)) => Ok(ManifestFacts {
+                        manifest_digest: md,
+                        sequence: m.sequence,
+                        vendor,
+                        class,
+                        image_digest,
+                        image_size,
+                    }),
+                    _ => Err(Reason::Malformed),
+                };
+            }
+            Err(simfota_wire::Error::BadSignature) => {}
+            Err(_) => {
+                entry.originator = OriginatorId::new(id).ok();
+                outcome = Err(Reason::ManifestSignature);
+            }
+        }
+        Ok(())
+    })
+    .map_err(|_| Reason::Malformed)?;
+    outcome
+}

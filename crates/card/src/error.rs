@@ -1,0 +1,306 @@
+//! The applet's errors and the ONE mapping from them to ISO/IEC 7816-4 status words, plus the
+//! refusal reasons and their FUMO result codes (OMA FUMO 1.0 §10.1, result codes).
+
+use crate::StatusWord;
+use crate::store::StoreError;
+
+/// Why a security check refused a request. The code travels as SW2 of `66RR`, and the
+/// device maps it to a FUMO result code with [`Reason::fumo_result`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[repr(u8)]
+pub enum Reason {
+    /// The token's issuer is not listed with the firmware-update right, and the policy
+    /// refuses unauthorized servers.
+    #[error("the server is not authorized for firmware updates")]
+    ServerNotAuthorized = 0x01,
+    /// The token's signature does not verify under the listed server's key.
+    #[error("the delivery token's signature is invalid")]
+    TokenSignature = 0x02,
+    /// No nonce is outstanding (never issued, already used, or lost with a reset).
+    #[error("no unused card nonce: the token is a replay or the card was reset")]
+    NonceUnavailable = 0x03,
+    /// The token carries another nonce than the one the card issued.
+    #[error("the token's nonce is not the card's")]
+    NonceMismatch = 0x04,
+    /// The token names another subscription (ICCID).
+    #[error("the token is for another card (ICCID)")]
+    WrongCard = 0x05,
+    /// The token names another device than the one bound at session open (IMEI).
+    #[error("the token is for another device (IMEI)")]
+    WrongDevice = 0x06,
+    /// The token's `exp` lies before the card's trusted time.
+    #[error("the token has expired")]
+    TokenExpired = 0x07,
+    /// The manifest's signer is not a trusted originator.
+    #[error("the software originator is not trusted")]
+    OriginatorUnknown = 0x08,
+    /// The manifest's signature does not verify under the originator's key.
+    #[error("the manifest's signature is invalid")]
+    ManifestSignature = 0x09,
+    /// The manifest digest differs from the one the token binds.
+    #[error("the manifest is not the one the token authorizes")]
+    ManifestMismatch = 0x0A,
+    /// The policy does not allow this vendor-id/class-id.
+    #[error("the policy does not allow this device class")]
+    ClassNotAllowed = 0x0B,
+    /// The manifest's sequence number is not above the installed one.
+    #[error("rollback: the sequence number is not above the installed one")]
+    Rollback = 0x0C,
+    /// Every log slot holds an entry no server has acknowledged.
+    #[error("the log is full of unacknowledged entries")]
+    LogFull = 0x0D,
+    /// Unauthorized server, policy "warn and confirm": the user must confirm first.
+    #[error("the user must confirm this update (unauthorized server)")]
+    ConsentRequired = 0x0E,
+    /// Unauthorized server, policy "confirm with PIN": the user must confirm with the PIN.
+    #[error("the user must confirm this update with the PIN (unauthorized server)")]
+    PinConsentRequired = 0x0F,
+    /// The user declined the update.
+    #[error("the user declined the update")]
+    UserDeclined = 0x10,
+    /// The token or the envelope does not decode.
+    #[error("the token or manifest is malformed")]
+    Malformed = 0x11,
+    /// Another authorized update has not ended yet.
+    #[error("another update is pending: report its result first")]
+    UpdatePending = 0x12,
+    /// The payload digest differs from the signed one.
+    #[error("the payload digest differs from the signed one")]
+    IntegrityFailed = 0x20,
+    /// The payload size differs from the signed one, or exceeds the card-digest cap.
+    #[error("the payload size is wrong or above the policy's cap")]
+    SizeMismatch = 0x21,
+    /// The policy requires the card to hash the payload; a device digest is not enough.
+    #[error("the policy requires card-side hashing of the payload")]
+    CardDigestRequired = 0x22,
+    /// Success reported for an update whose integrity did not pass.
+    #[error("success reported but the payload's integrity did not pass")]
+    IntegrityNotPassed = 0x23,
+    /// A result for an update this card did not authorize, or that already ended.
+    #[error("no such authorized update in progress")]
+    UnknownUpdate = 0x30,
+    /// The log-read request's server is not listed with the log-read right.
+    #[error("the server may not read the log")]
+    LogReadNotAuthorized = 0x40,
+    /// The acknowledgement's server is not listed with the log-ack right.
+    #[error("the server may not acknowledge the log")]
+    LogAckNotAuthorized = 0x41,
+    /// The signature of a log-read request or acknowledgement is invalid.
+    #[error("the request's signature is invalid")]
+    RequestSignature = 0x42,
+    /// The acknowledgement covers entries that were never exported/written.
+    #[error("the acknowledgement covers entries that do not exist")]
+    AckBeyondLog = 0x43,
+    /// The admin command's issuer signature is invalid.
+    #[error("the admin command's signature is invalid")]
+    AdminSignature = 0x50,
+    /// The admin command targets another card.
+    #[error("the admin command is for another card")]
+    AdminWrongCard = 0x51,
+    /// The admin command's counter does not grow (replay).
+    #[error("the admin command was already applied (counter does not grow)")]
+    AdminReplay = 0x52,
+}
+
+impl Reason {
+    /// Every reason, in code order (for documentation and tests).
+    pub const ALL: [Reason; 30] = [
+        Self::ServerNotAuthorized,
+        Self::TokenSignature,
+        Self::NonceUnavailable,
+        Self::NonceMismatch,
+        Self::WrongCard,
+        Self::WrongDevice,
+        Self::TokenExpired,
+        Self::OriginatorUnknown,
+        Self::ManifestSignature,
+        Self::ManifestMismatch,
+        Self::ClassNotAllowed,
+        Self::Rollback,
+        Self::LogFull,
+        Self::ConsentRequired,
+        Self::PinConsentRequired,
+        Self::UserDeclined,
+        Self::Malformed,
+        Self::UpdatePending,
+        Self::IntegrityFailed,
+        Self::SizeMismatch,
+        Self::CardDigestRequired,
+        Self::IntegrityNotPassed,
+        Self::UnknownUpdate,
+        Self::LogReadNotAuthorized,
+        Self::LogAckNotAuthorized,
+        Self::RequestSignature,
+        Self::AckBeyondLog,
+        Self::AdminSignature,
+        Self::AdminWrongCard,
+        Self::AdminReplay,
+    ];
+
+    /// The one-byte code (SW2 of `66RR`, and the code stored in "denied" log entries).
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The reason with this code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.code() == code)
+    }
+
+    /// The FUMO result code the device reports for an update refused for this reason
+    /// (OMA FUMO 1.0 result codes; design §4): integrity 402, wrong device or subscription
+    /// 403, originator or signature 404, policy / replay / rollback 405, user declined 401.
+    /// `None` for reasons that do not end a firmware update (log and admin commands, or a
+    /// result report the card rejects).
+    pub const fn fumo_result(self) -> Option<u16> {
+        use Reason::*;
+        Some(match self {
+            UserDeclined | ConsentRequired | PinConsentRequired => 401,
+            IntegrityFailed | SizeMismatch | CardDigestRequired | IntegrityNotPassed => 402,
+            WrongCard | WrongDevice => 403,
+            TokenSignature | OriginatorUnknown | ManifestSignature | ManifestMismatch
+            | Malformed => 404,
+            ServerNotAuthorized | NonceUnavailable | NonceMismatch | TokenExpired
+            | ClassNotAllowed | Rollback | LogFull | UpdatePending => 405,
+            UnknownUpdate | LogReadNotAuthorized | LogAckNotAuthorized | RequestSignature
+            | AckBeyondLog | AdminSignature | AdminWrongCard | AdminReplay => return None,
+        })
+    }
+}
+
+/// Maps a refusal status word (`66RR`) to the FUMO result code the device reports; `None`
+/// when the status word is not an update refusal.
+pub fn fumo_result_for(sw: StatusWord) -> Option<u16> {
+    if sw.sw1() != 0x66 {
+        return None;
+    }
+    Reason::from_code(sw.sw2()).and_then(Reason::fumo_result)
+}
+
+/// Everything the applet can answer other than success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CardError {
+    /// Lc/Le inconsistent, or the data does not fit the applet's buffer.
+    #[error("wrong length")]
+    WrongLength,
+    /// The class byte is not supported.
+    #[error("class not supported")]
+    ClaNotSupported,
+    /// The instruction is unknown.
+    #[error("instruction not supported")]
+    InsNotSupported,
+    /// P1-P2 are invalid for this instruction.
+    #[error("incorrect P1-P2")]
+    WrongP1P2,
+    /// Only the basic logical channel is supported.
+    #[error("logical channel not supported")]
+    ChannelNotSupported,
+    /// Secure messaging is not supported.
+    #[error("secure messaging not supported")]
+    SecureMessagingNotSupported,
+    /// A chain was interrupted by another command.
+    #[error("last command of the chain expected")]
+    ChainBroken,
+    /// The command data is malformed.
+    #[error("malformed command data: {0}")]
+    WrongData(&'static str),
+    /// The command is not allowed in the current state.
+    #[error("conditions of use not satisfied: {0}")]
+    Conditions(&'static str),
+    /// The PIN must be verified first.
+    #[error("security status not satisfied: {0}")]
+    SecurityStatus(&'static str),
+    /// Wrong PIN or PUK; this many tries are left.
+    #[error("wrong PIN or PUK, {0} tries left")]
+    WrongPin(u8),
+    /// The PIN or PUK is blocked.
+    #[error("PIN or PUK blocked")]
+    Blocked,
+    /// The referenced entry does not exist.
+    #[error("referenced data not found")]
+    NotFound,
+    /// A table is full.
+    #[error("not enough memory space")]
+    NoSpace,
+    /// A persistent write failed; the transaction was rolled back.
+    #[error("persistent memory failure: {0}")]
+    Memory(StoreError),
+    /// A security check refused the request.
+    #[error("refused: {0}")]
+    Refused(Reason),
+    /// An internal step failed (signature creation, encoding into the buffer).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl From<StoreError> for CardError {
+    fn from(e: StoreError) -> Self {
+        CardError::Memory(e)
+    }
+}
+
+impl From<minicbor::encode::Error<minicbor::encode::write::EndOfSlice>> for CardError {
+    fn from(_: minicbor::encode::Error<minicbor::encode::write::EndOfSlice>) -> Self {
+        CardError::Internal("answer does not fit the I/O buffer")
+    }
+}
+
+impl From<Reason> for CardError {
+    fn from(r: Reason) -> Self {
+        CardError::Refused(r)
+    }
+}
+
+impl CardError {
+    /// The status word answered for this error: the single place where the applet's
+    /// errors become ISO/IEC 7816-4 status words.
+    pub const fn status_word(&self) -> StatusWord {
+        match self {
+            CardError::WrongLength => StatusWord::WRONG_LENGTH,
+            CardError::ClaNotSupported => StatusWord::CLA_NOT_SUPPORTED,
+            CardError::InsNotSupported => StatusWord::INS_NOT_SUPPORTED,
+            CardError::WrongP1P2 => StatusWord::WRONG_P1P2,
+            CardError::ChannelNotSupported => StatusWord::CHANNEL_NOT_SUPPORTED,
+            CardError::SecureMessagingNotSupported => StatusWord::SECURE_MESSAGING_NOT_SUPPORTED,
+            CardError::ChainBroken => StatusWord::LAST_COMMAND_EXPECTED,
+            CardError::WrongData(_) => StatusWord::WRONG_DATA,
+            CardError::Conditions(_) => StatusWord::CONDITIONS,
+            CardError::SecurityStatus(_) => StatusWord::SECURITY_STATUS,
+            CardError::WrongPin(n) => StatusWord::tries_left(*n),
+            CardError::Blocked => StatusWord::AUTH_BLOCKED,
+            CardError::NotFound => StatusWord::DATA_NOT_FOUND,
+            CardError::NoSpace => StatusWord::NO_SPACE,
+            CardError::Memory(_) => StatusWord::MEMORY_FAILURE,
+            CardError::Refused(r) => StatusWord::refused(*r as u8),
+            CardError::Internal(_) => StatusWord::UNKNOWN,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_codes_are_unique_and_round_trip() {
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            assert_eq!(Reason::from_code(a.code()), Some(*a));
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(a.code(), b.code(), "{a:?} and {b:?} share a code");
+            }
+        }
+    }
+
+    #[test]
+    fn fumo_mapping_follows_design() {
+        let sw = CardError::Refused(Reason::WrongDevice).status_word();
+        assert_eq!(sw, StatusWord(0x6606));
+        assert_eq!(fumo_result_for(sw), Some(403));
+        assert_eq!(Reason::IntegrityFailed.fumo_result(), Some(402));
+        assert_eq!(Reason::ManifestSignature.fumo_result(), Some(404));
+        assert_eq!(Reason::Rollback.fumo_result(), Some(405));
+        assert_eq!(Reason::UserDeclined.fumo_result(), Some(401));
+        assert_eq!(fumo_result_for(StatusWord::OK), None);
+        assert_eq!(CardError::WrongPin(2).status_word(), StatusWord(0x63C2));
+    }
+}

@@ -1,0 +1,547 @@
+//! Firmware update control: AUTHORIZE UPDATE, RECORD CONSENT, PAYLOAD INTEGRITY and REPORT
+//! RESULT (design §4 steps 5-7, R7-R11).
+//!
+//! The authorization checks run in this order, each with its own refusal reason (see
+//! `docs/apdu.md`):
+//!
+//! | # | check | reason |
+//! |---|---|---|
+//! | 0a | no other authorized update in progress | `UpdatePending` |
+//! | 0b | room in the log for the whole update (3 entries, 4 with a consent) | `LogFull` |
+//! | 0c | token and envelope decode | `Malformed` |
+//! | 1 | token issuer listed with the firmware-update right (else: the policy decides) | `ServerNotAuthorized`, `ConsentRequired`, `PinConsentRequired` |
+//! | 2 | token signature under that server's key | `TokenSignature` |
+//! | 3 | the card's nonce is outstanding (it is consumed by this attempt) and equals the token's | `NonceUnavailable`, `NonceMismatch` |
+//! | 4 | token ICCID = this card's | `WrongCard` |
+//! | 5 | token IMEI = the IMEI bound at session open | `WrongDevice` |
+//! | 6 | token `exp` after the trusted time (max of stored time and this token's `iat`) | `TokenExpired` |
+//! | 7 | manifest signer is a trusted originator, and its signature verifies | `OriginatorUnknown`, `ManifestSignature` |
+//! | 8 | manifest digest = token's | `ManifestMismatch` |
+//! | 9 | vendor-id/class-id allowed by the policy | `ClassNotAllowed` |
+//! | 10 | manifest sequence number > installed one | `Rollback` |
+//! | 11 | card-digest mode: image size within the policy's cap | `SizeMismatch` |
+//!
+//! Through an unauthorized server (step 1 fails, policy other than "refuse"), steps 2-6 and
+//! 8 do not apply (nothing in the token can be trusted) but 7, 9, 10, 11 and the later
+//! integrity check do. Every decision, allowed or refused, is one log entry, written in the
+//! same transaction as its effects (trusted time, pending update).
+
+use minicbor::Encoder;
+use minicbor::encode::write::Cursor;
+use sha2::Digest as _;
+use simfota_wire::cose::PublicKey;
+use simfota_wire::{Digest, Imei, Nonce};
+use simfota_wire::{DenyReason, Event, FumoResult, LogEntry};
+use simfota_wire::{IntegrityMode, Receipt, Rights, UnauthorizedRule};
+use simfota_wire::DeliveryToken;
+use subtle::ConstantTimeEq;
+
+use crate::apdu::Command;
+use crate::applet::{Core, Platform, Stream};
+use crate::commands::{require_operational, require_p1p2};
+use crate::crypto::{self, LIMITS, ManifestFacts};
+use crate::layout::{
+    ICCID_MAX, O_ICCID, O_INSTALLED_SEQ, O_PENDING, O_TRUSTED_TIME, P_ENTRY, P_IMAGE_DIGEST,
+    P_IMAGE_SIZE, P_INTEGRITY, P_SEQUENCE, P_STATE, PENDING_LEN, Persist, RECORD_LEN,
+};
+use crate::store::Store;
+use crate::{CardError, Reason, ring, tables};
+
+/// Log entries an authorized update may still write: integrity verdict + install result.
+const UPDATE_RESERVE: u32 = 2;
+
+const INTEGRITY_NONE: u8 = 0;
+const INTEGRITY_PASSED: u8 = 1;
+const INTEGRITY_FAILED: u8 = 2;
+
+/// Whether an authorized update is in progress.
+pub(crate) fn pending_exists<S: Store>(p: &Persist<S>) -> Result<bool, CardError> {
+    Ok(p.u8_at(O_PENDING + P_STATE)? == 1)
+}
+
+/// Log slots the update in progress still needs.
+fn reserved<S: Store>(p: &Persist<S>) -> Result<u32, CardError> {
+    if !pending_exists(p)? {
+        return Ok(0);
+    }
+    Ok(if p.u8_at(O_PENDING + P_INTEGRITY)? == INTEGRITY_PASSED { 1 } else { UPDATE_RESERVE })
+}
+
+/// Whether an entry outside the pending update's reservation fits.
+fn room_for_extra<S: Store>(p: &Persist<S>) -> Result<bool, CardError> {
+    Ok(ring::state(p)?.free() > reserved(p)?)
+}
+
+fn load_pending_entry<S: Store>(p: &Persist<S>) -> Result<LogEntry, CardError> {
+    let mut rec = [0u8; RECORD_LEN];
+    p.read(O_PENDING + P_ENTRY, &mut rec)?;
+    LogEntry::decode(&rec).map_err(|_| CardError::Internal("pending update record is corrupt"))
+}
+
+fn card_iccid<S: Store>(p: &Persist<S>, buf: &mut [u8; ICCID_MAX]) -> Result<usize, CardError> {
+    Ok(p.lv_at(O_ICCID, ICCID_MAX, buf)?.len())
+}
+
+/// AUTHORIZE UPDATE request data: `len(token) (2 bytes, big-endian) || token || envelope`.
+fn split_request(data: &[u8]) -> Result<(&[u8], &[u8]), CardError> {
+    let [a, b, rest @ ..] = data else {
+        return Err(CardError::WrongLength);
+    };
+    let n = usize::from(u16::from_be_bytes([*a, *b]));
+    if n == 0 || n >= rest.len() {
+        return Err(CardError::WrongData("token length prefix"));
+    }
+    Ok(rest.split_at(n))
+}
+
+/// What one authorization attempt learned, to log it whatever the verdict.
+struct Attempt {
+    entry: LogEntry,
+    /// `iat` of a token whose signature verified (advances the trusted time).
+    verified_iat: Option<u64>,
+    facts: Option<ManifestFacts>,
+}
+
+/// Runs checks 0c-11. `consent` is `Some(pin_verified)` when the user already said yes to
+/// this very request (RECORD CONSENT).
+fn check<S: Store, P: Platform>(
+    core: &mut Core<S, P>,
+    data: &[u8],
+    nonce: Option<[u8; 16]>,
+    consent: Option<bool>,
+    att: &mut Attempt,
+) -> Result<(), Reason> {
+    let p = &core.p;
+    let internal = |_| Reason::Malformed;
+    let (token_bytes, envelope) = split_request(data).map_err(internal)?;
+    let signed = DeliveryToken::decode(token_bytes, &LIMITS).map_err(|_| Reason::Malformed)?;
+    let claims = *signed.dangerous_unverified();
+    // Logged fields from the (not yet trusted) token: who claims to send what.
+    att.entry.update_id = Some(claims.cti);
+    att.entry.server = Some(claims.iss);
+
+    // 1. Server listed with the firmware-update right?
+    let server = tables::find_server(p, claims.iss.as_str()).map_err(|_| Reason::Malformed)?;
+    let authorized = matches!(server, Some(s) if Rights(s.rights).contains(Rights::FIRMWARE_UPDATE));
+    let policy = crypto::policy(p).map_err(|_| Reason::Malformed)?;
+    if let (true, Some(s)) = (authorized, server) {
+        // 2. Token signature.
+        let key = PublicKey::from_sec1(&s.key).map_err(|_| Reason::TokenSignature)?;
+        let token = signed.verify(&key).map_err(|_| Reason::TokenSignature)?;
+        att.verified_iat = Some(token.iat);
+        let stored_time = p.u64_at(O_TRUSTED_TIME).map_err(|_| Reason::Malformed)?;
+        let now = stored_time.max(token.iat);
+        att.entry.trusted_time = Some(now);
+        // 3. Nonce: outstanding (consumed by the caller already) and equal.
+        let ours = nonce.ok_or(Reason::NonceUnavailable)?;
+        if !bool::from(ours.ct_eq(&token.nonce.0)) {
+            return Err(Reason::NonceMismatch);
+        }
+        // 4. ICCID.
+        let mut iccid = [0u8; ICCID_MAX];
+        let n = card_iccid(p, &mut iccid).map_err(|_| Reason::Malformed)?;
+        if token.iccid.as_str().as_bytes() != &iccid[..n] {
+            return Err(Reason::WrongCard);
+        }
+        // 5. IMEI bound at session open.
+        let bound = att.entry.imei.ok_or(Reason::WrongDevice)?;
+        if token.imei != bound {
+            return Err(Reason::WrongDevice);
+        }
+        // 6. Expiry against the trusted time (RFC 8392 §3.1.4: not on or after exp).
+        if token.exp <= now {
+            return Err(Reason::TokenExpired);
+        }
+        // 7. Originator and manifest signature.
+        let facts = crypto::verify_manifest(p, envelope, &mut att.entry)?;
+        // 8. Manifest digest bound by the token.
+        if facts.manifest_digest != token.manifest_digest {
+            return Err(Reason::ManifestMismatch);
+        }
+        att.facts = Some(facts);
+    } else {
+        match policy.unauthorized {
+            UnauthorizedRule::Refuse => return Err(Reason::ServerNotAuthorized),
+            UnauthorizedRule::WarnConfirm if consent.is_none() => return Err(Reason::ConsentRequired),
+            UnauthorizedRule::ConfirmWithPin if consent != Some(true) => {
+                return Err(Reason::PinConsentRequired);
+            }
+            _ => {}
+        }
+        att.entry.trusted_time = crypto::trusted_time(p).map_err(|_| Reason::Malformed)?;
+        // 7. Originator and manifest signature still apply.
+        att.facts = Some(crypto::verify_manifest(p, envelope, &mut att.entry)?);
+    }
+    let facts = att.facts.as_ref().ok_or(Reason::Malformed)?;
+    // 9. Vendor/class allowed by the policy.
+    if !policy.permits(&facts.vendor, &facts.class) {
+        return Err(Reason::ClassNotAllowed);
+    }
+    // 10. Anti-rollback.
+    let installed = p.u64_at(O_INSTALLED_SEQ).map_err(|_| Reason::Malformed)?;
+    if facts.sequence <= installed {
+        return Err(Reason::Rollback);
+    }
+    // 11. Card-digest mode: the card must be able to hash the whole image.
+    if let IntegrityMode::CardDigest { max_size } = policy.integrity {
+        if facts.image_size > max_size {
+            return Err(Reason::SizeMismatch);
+        }
+    }
+    Ok(())
+}
+
+/// Writes the verdict in one transaction: trusted time, consent entry, decision entry and,
+/// when allowed, the pending update record.
+fn conclude<S: Store, P: Platform>(
+    core: &mut Core<S, P>,
+    mut att: Attempt,
+    verdict: Result<(), Reason>,
+    consent: Option<bool>,
+) -> Result<usize, CardError> {
+    core.p.transaction(|p| -> Result<(), CardError> {
+        if let Some(iat) = att.verified_iat {
+            if iat > p.u64_at(O_TRUSTED_TIME)? {
+                p.put_u64(O_TRUSTED_TIME, iat)?;
+            }
+        }
+        if let Some(pin_verified) = consent {
+            let mut e = att.entry;
+            e.event = Event::Consent { pin_verified };
+            crypto::append_entry(p, &mut e)?;
+        }
+        match verdict {
+            Ok(()) => {
+                let facts = att.facts.as_ref().ok_or(CardError::Internal("no manifest facts"))?;
+                att.entry.event = Event::Authorized;
+                crypto::append_entry(p, &mut att.entry)?;
+                let record = att
+                    .entry
+                    .encode()
+                    .map_err(|_| CardError::Internal("log entry does not encode"))?;
+                let mut pending = [0u8; PENDING_LEN];
+                pending[P_STATE] = 1;
+                pending[P_INTEGRITY] = INTEGRITY_NONE;
+                pending[P_SEQUENCE..P_SEQUENCE + 8].copy_from_slice(&facts.sequence.to_be_bytes());
+                pending[P_IMAGE_SIZE..P_IMAGE_SIZE + 8].copy_from_slice(&facts.image_size.to_be_bytes());
+                pending[P_IMAGE_DIGEST..P_IMAGE_DIGEST + 32].copy_from_slice(&facts.image_digest.0);
+                pending[P_ENTRY..P_ENTRY + RECORD_LEN].copy_from_slice(&record);
+                p.write(O_PENDING, &pending)?;
+            }
+            Err(reason) => {
+                att.entry.event = Event::Denied(DenyReason(u16::from(reason.code())));
+                crypto::append_entry(p, &mut att.entry)?;
+            }
+        }
+        Ok(())
+    })?;
+    core.session.consent = None;
+    core.session.stream = None;
+    verdict.map(|()| 0).map_err(CardError::Refused)
+}
+
+fn new_attempt<S: Store, P: Platform>(core: &Core<S, P>) -> Result<Attempt, CardError> {
+    let mut entry = LogEntry::new(0, Digest::default(), Event::Authorized);
+    entry.imei = match core.session.imei {
+        Some(b) => Some(
+            Imei::parse(core::str::from_utf8(&b).map_err(|_| CardError::Internal("imei"))?)
+                .map_err(|_| CardError::Internal("imei"))?,
+        ),
+        None => None,
+    };
+    entry.device_time = core.session.device_time;
+    Ok(Attempt {
+        entry,
+        verified_iat: None,
+        facts: None,
+    })
+}
+
+/// Preconditions shared by AUTHORIZE UPDATE and RECORD CONSENT: update pending, log room.
+fn preconditions<S: Store, P: Platform>(core: &Core<S, P>, with_consent: bool) -> Result<(), CardError> {
+    if core.session.imei.is_none() {
+        return Err(CardError::Conditions("bind the terminal (IMEI) first"));
+    }
+    let st = ring::state(&core.p)?;
+    // 0a. One update at a time: the device must end the pending one with a result.
+    if pending_exists(&core.p)? {
+        if st.free() > reserved(&core.p)? {
+            return Err(CardError::Refused(Reason::UpdatePending));
+        }
+        return Err(CardError::Refused(Reason::LogFull));
+    }
+    // 0b. Room for the decision, the integrity verdict and the result (and a consent).
+    let need = 1 + UPDATE_RESERVE + u32::from(with_consent);
+    if st.free() < need {
+        return Err(CardError::Refused(Reason::LogFull));
+    }
+    Ok(())
+}
+
+/// AUTHORIZE UPDATE (CLA `80`, INS `12`, P1-P2 `0000`): data = `len(token) || token ||
+/// envelope` (the SUIT envelope without its payload). Answers `9000` when authorized, `66RR`
+/// otherwise.
+pub(crate) fn authorize<S: Store, P: Platform>(
+    core: &mut Core<S, P>,
+    cmd: &Command<'_>,
+    io: &mut [u8],
+    n: usize,
+) -> Result<usize, CardError> {
+    require_operational(core)?;
+    require_p1p2(cmd, 0, 0)?;
+    // The nonce is consumed by this attempt whatever happens next, before any persistent
+    // write: a power cut cannot leave it usable (it lives in RAM only).
+    let nonce = core.session.nonce.take();
+    preconditions(core, false)?;
+    let data = &io[..n];
+    let mut att = new_attempt(core)?;
+    let verdict = check(core, data, nonce, None, &mut att);
+    if let Err(r @ (Reason::ConsentRequired | Reason::PinConsentRequired)) = verdict {
+        // A question for the user, not a decision: remember which request it is about.
+        core.session.consent = Some(crate::applet::Consent {
+            request: sha2::Sha256::digest(data).into(),
+            needs_pin: r == Reason::PinConsentRequired,
+        });
+        return Err(CardError::Refused(r));
+    }
+    conclude(core, att, verdict, None)
+}
+
+/// RECORD CONSENT (CLA `80`, INS `14`, P2 `00`): the user's answer to `ConsentRequired` /
+/// `PinConsentRequired`. P1 `01` = yes, `00` = no; data = the same AUTHORIZE UPDATE data.
+/// Yes: the consent (with whether the PIN was verified in this session) and the
+/// authorization decision are logged together and the answer is AUTHORIZE UPDATE's. No: a
+/// "denied: user declined" entry is logged.
+pub(crate) fn record_consent<S: Store, P: Platform>(
+    core: &mut Core<S, P>,
+    cmd: &Command<'_>,
+    io: &mut [u8],
+    n: usize,
+) -> Result<usize, CardError> {
+    require_operational(core)?;
+    if cmd.p2 != 0 || cmd.p1 > 1 {
+        return Err(CardError::WrongP1P2);
+    }
+    let data = &io[..n];
+    let question = core.session.consent.ok_or(CardError::Conditions("no consent question pending"))?;
+    let digest: [u8; 32] = sha2::Sha256::digest(data).into();
+    if digest != question.request {
+        return Err(CardError::Conditions("consent is for another request"));
+    }
+    let yes = cmd.p1 == 1;
+    if yes && question.needs_pin && !core.session.pin_verified {
+        return Err(CardError::SecurityStatus("verify the PIN first"));
+    }
+    preconditions(core, yes)?;
+    let mut att = new_attempt(core)?;
+    if !yes {
+        // Fill the logged fields from the request, then record the refusal.
+        let _ = check(core, data, None, None, &mut att);
+        return conclude(core, att, Err(Reason::UserDeclined), None);
+    }
+    let pin = core.session.pin_verified;
+    let verdict = check(core, data, None, Some(pin), &mut att);
+    conclude(core, att, verdict, Some(pin))
+}
+
+/// Logs an integrity verdict and stores it with the pending update.
+fn integrity_verdict<S: Store, P: Platform>(
+    core: &mut Core<S, P>,
+    ok: bool,
+    reason: Reason,
+) -> Result<usize, CardError> {
+    core.session.stream = None;
+    if !ok && !room_for_extra(&core.p)? {
+        // No room beyond the reservation: refuse without a new entry (the result report
+        // will log the failure).
+        return Err(CardError::Refused(Reason::LogFull));
+    }
+    let mut entry = load_pending_entry(&core.p)?;
+    entry.event = if ok { Event::IntegrityOk } else { Event::IntegrityFailed };
+    entry.trusted_time = crypto::trusted_time(&core.p)?;
+    entry.device_time = core.session.device_time;
+    core.p.transaction(|p| -> Result<(), CardError> {
+        crypto::append_entry(p, &mut entry)?;
+        p.put_u8(
+            O_PENDING + P_INTEGRITY,
+            if ok { INTEGRITY_PASSED } else { INTEGRITY_FAILED },
+        )?;
+        Ok(())
+    })?;
+    if ok { Ok(0) } else { Err(CardError::Refused(reason)) }
+}
+
+/// PAYLOAD INTEGRITY (CLA `80`, INS `16`): P1 `00` device digest (data = SHA-256 (32) ||
+/// size (8, big-endian)); P1 `01` start streaming, `02` continue, `03` finish (data =
+/// payload bytes, any length up to the I/O buffer, chaining allowed). The stream state is in
+/// RAM: after a reset the device streams again from byte 0.
+pub(crate) fn payload<S: Store, P: Platform>(
+    core: &mut Core<S, P>,
+    cmd: &Command<'_>,
+    data: &[u8],
+) -> Result<usize, CardError> {
+    require_operational(core)?;
+    if cmd.p2 != 0 || cmd.p1 > 3 {
+        return Err(CardError::WrongP1P2);
+    }
+    if !pending_exists(&core.p)? {
+        return Err(CardError::Refused(Reason::UnknownUpdate));
+    }
+    if core.p.u8_at(O_PENDING + P_INTEGRITY)? == INTEGRITY_PASSED {
+        return Err(CardError::Conditions("integrity already verified"));
+    }
+    let mut want = [0u8; 32];
+    core.p.read(O_PENDING + P_IMAGE_DIGEST, &mut want)?;
+    let size = core.p.u64_at(O_PENDING + P_IMAGE_SIZE)?;
+    match cmd.p1 {
+        0 => {
+            if let IntegrityMode::CardDigest { .. } = crypto::policy(&core.p)?.integrity {
+                return Err(CardError::Refused(Reason::CardDigestRequired));
+            }
+            if data.len() != 40 {
+                return Err(CardError::WrongLength);
+            }
+            let got_size = u64::from_be_bytes([
+                data[32], data[33], data[34], data[35], data[36], data[37], data[38], data[39],
+            ]);
+            let same = bool::from(data[..32].ct_eq(&want)) && got_size == size;
+            let reason = if got_size != size { Reason::SizeMismatch } else { Reason::IntegrityFailed };
+            integrity_verdict(core, same, reason)
+        }
+        p1 => {
+            if p1 == 1 {
+                core.session.stream = Some(Stream {
+                    hasher: sha2::Sha256::new(),
+                    count: 0,
+                });
+            }
+            let stream = core
+                .session
+                .stream
+                .as_mut()
+                .ok_or(CardError::Conditions("no payload stream started"))?;
+            stream.count += data.len() as u64;
+            if stream.count > size {
+                // Longer than signed: fail now rather than hash on.
+                return integrity_verdict(core, false, Reason::SizeMismatch);
+            }
+            stream.hasher.update(data);
+            if p1 != 3 {
+                return Ok(0);
+            }
+            let Some(stream) = core.session.stream.take() else {
+                return Err(CardError::Conditions("no payload stream started"));
+            };
+            if stream.count != size {
+                // A truncated payload.
+                return integrity_verdict(core, false, Reason::SizeMismatch);
+            }
+            let got: [u8; 32] = stream.hasher.finalize().into();
+            integrity_verdict(core, bool::from(got.ct_eq(&want)), Reason::IntegrityFailed)
+        }
+    }
+}
+
+/// REPORT RESULT (CLA `80`, INS `18`, P1-P2 `0000`): data = FUMO result (2, big-endian) ||
+/// device time (8, big-endian, seconds; 0 = unknown) || update id (the token's `cti`).
+/// Accepted only for the update this card authorized and that has not ended, from the device
+/// it was authorized for; success (2xx) only if integrity passed. Logs "installed" with the
+/// result, advances the installed sequence number on success, ends the update, and answers
+/// the card-signed receipt.
+pub(crate) fn report_result<S: Store, P: Platform>(
+    core: &mut Core<S, P>,
+    cmd: &Command<'_>,
+    io: &mut [u8],
+    n: usize,
+) -> Result<usize, CardError> {
+    require_operational(core)?;
+    require_p1p2(cmd, 0, 0)?;
+    let data = &io[..n];
+    if data.len() < 11 {
+        return Err(CardError::WrongLength);
+    }
+    let result = FumoResult(u16::from_be_bytes([data[0], data[1]]));
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&data[2..10]);
+    let device_time = u64::from_be_bytes(t);
+    let update_id = &data[10..];
+    if !pending_exists(&core.p)? {
+        return Err(CardError::Refused(Reason::UnknownUpdate));
+    }
+    let mut entry = load_pending_entry(&core.p)?;
+    if entry.update_id.as_ref().map(|u| u.as_bytes()) != Some(update_id) {
+        return Err(CardError::Refused(Reason::UnknownUpdate));
+    }
+    let bound = core.session.imei;
+    if entry.imei.map(|i| i.as_str().as_bytes() == &bound.unwrap_or([0; 15])[..]) != Some(true) {
+        return Err(CardError::Refused(Reason::WrongDevice));
+    }
+    let success = (200..300).contains(&result.0);
+    if success && core.p.u8_at(O_PENDING + P_INTEGRITY)? != INTEGRITY_PASSED {
+        return Err(CardError::Refused(Reason::IntegrityNotPassed));
+    }
+    let sequence = core.p.u64_at(O_PENDING + P_SEQUENCE)?;
+    entry.event = Event::Installed(result);
+    entry.trusted_time = crypto::trusted_time(&core.p)?;
+    entry.device_time = if device_time == 0 { None } else { Some(device_time) };
+    let (seq, head) = core.p.transaction(|p| -> Result<(u32, Digest), CardError> {
+        let r = crypto::append_entry(p, &mut entry)?;
+        if success {
+            p.put_u64(O_INSTALLED_SEQ, sequence)?;
+        }
+        p.write(O_PENDING, &[0u8; PENDING_LEN])?;
+        Ok(r)
+    })?;
+    let mut iccid = [0u8; ICCID_MAX];
+    let len = card_iccid(&core.p, &mut iccid)?;
+    let iccid = core::str::from_utf8(&iccid[..len])
+        .ok()
+        .and_then(|s| simfota_wire::Iccid::parse(s).ok())
+        .ok_or(CardError::Internal("stored ICCID"))?;
+    let receipt = Receipt {
+        iccid,
+        update_id: entry.update_id.ok_or(CardError::Internal("update id"))?,
+        result,
+        log_seq: seq,
+        chain_head: head,
+    };
+    let key = crypto::card_key(&core.p)?;
+    receipt
+        .sign(&key, io)
+        .map_err(|_| CardError::Internal("receipt does not fit the I/O buffer"))
+}
+
+/// GET DATA `0106`: `{1: update-id, 2: integrity (0 none, 1 passed, 2 failed), 3: sequence,
+/// 4: image size, 5: image digest}`, or an empty map when no update is in progress.
+pub(crate) fn encode_pending<S: Store>(
+    p: &Persist<S>,
+    enc: &mut Encoder<Cursor<&mut [u8]>>,
+) -> Result<(), CardError> {
+    let e = |_| CardError::Internal("answer does not fit the I/O buffer");
+    if !pending_exists(p)? {
+        enc.map(0).map_err(e)?;
+        return Ok(());
+    }
+    let entry = load_pending_entry(p)?;
+    let mut digest = [0u8; 32];
+    p.read(O_PENDING + P_IMAGE_DIGEST, &mut digest)?;
+    enc.map(5).map_err(e)?;
+    enc.u8(1)
+        .and_then(|e| e.bytes(entry.update_id.as_ref().map(|u| u.as_bytes()).unwrap_or(&[])))
+        .map_err(e)?;
+    enc.u8(2).and_then(|x| x.u8(p.u8_at(O_PENDING + P_INTEGRITY).unwrap_or(0))).map_err(e)?;
+    enc.u8(3).and_then(|x| x.u64(p.u64_at(O_PENDING + P_SEQUENCE).unwrap_or(0))).map_err(e)?;
+    enc.u8(4).and_then(|x| x.u64(p.u64_at(O_PENDING + P_IMAGE_SIZE).unwrap_or(0))).map_err(e)?;
+    enc.u8(5).and_then(|x| x.bytes(&digest)).map_err(e)?;
+    Ok(())
+}
+
+/// Checks a received nonce against the outstanding one (already taken out of RAM).
+pub(crate) fn check_nonce(ours: Option<[u8; 16]>, theirs: &Nonce) -> Result<(), Reason> {
+    let ours = ours.ok_or(Reason::NonceUnavailable)?;
+    if bool::from(ours.ct_eq(&theirs.0)) {
+        Ok(())
+    } else {
+        Err(Reason::NonceMismatch)
+    }
+}
