@@ -1,0 +1,528 @@
+//! The card-level attack catalog of design §5, one named test each, with real keys and
+//! signed objects. Each asserts the precise refusal (status word `66RR` = reason) and that
+//! nothing was lost or gained.
+
+mod common;
+
+use common::*;
+use simfota_card::info::decode::CardInfo;
+use simfota_card::{Reason, StatusWord, fumo_result_for, ins};
+use simfota_wire::{AdminChange, DenyReason, Event, IntegrityMode, OriginatorId, UnauthorizedRule};
+
+fn refused(r: Reason) -> StatusWord {
+    StatusWord::refused(r.code())
+}
+
+/// Authorizes with a custom token; returns the status word.
+fn try_token(w: &mut World, card: &mut Card, f: impl FnOnce(&World, &[u8], simfota_wire::Nonce, simfota_wire::Digest) -> Vec<u8>) -> StatusWord {
+    let (env, md) = w.package(10);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let tok = f(w, &cti, n, md);
+    card.authorize(&tok, &env)
+}
+
+fn last_event(w: &World, card: &mut Card) -> Event {
+    w.read_all(card).last().unwrap().event
+}
+
+#[test]
+fn replayed_token() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(10);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let tok = w.token(&cti, n, md);
+    assert_eq!(card.authorize(&tok, &env), StatusWord::OK);
+    let p = w.payload.clone();
+    assert_eq!(card.device_digest(&p), StatusWord::OK);
+    assert_eq!(card.report(200, &cti).1, StatusWord::OK);
+    // Same token again: its nonce was consumed.
+    assert_eq!(card.authorize(&tok, &env), refused(Reason::NonceUnavailable));
+    // Even with a fresh nonce outstanding, the old token names the old one.
+    card.nonce();
+    assert_eq!(card.authorize(&tok, &env), refused(Reason::NonceMismatch));
+    assert_eq!(fumo_result_for(refused(Reason::NonceMismatch)), Some(405));
+    assert_eq!(last_event(&w, &mut card), Event::Denied(DenyReason(u16::from(Reason::NonceMismatch.code()))));
+}
+
+#[test]
+fn nonce_dies_with_a_reset() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(10);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let tok = w.token(&cti, n, md);
+    card.applet.reset();
+    assert_eq!(card.select(), StatusWord::OK);
+    assert_eq!(card.bind(IMEI), StatusWord::OK);
+    assert_eq!(card.authorize(&tok, &env), refused(Reason::NonceUnavailable));
+}
+
+#[test]
+fn failed_attempt_consumes_the_nonce() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(10);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let good = w.token(&cti, n, md);
+    let bad = w.token_with(&w.server, SERVER, &cti, n, ICCID, OTHER_IMEI, md, NOW, NOW + 60);
+    assert_eq!(card.authorize(&bad, &env), refused(Reason::WrongDevice));
+    assert_eq!(card.authorize(&good, &env), refused(Reason::NonceUnavailable));
+}
+
+#[test]
+fn token_for_another_imei() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.server, SERVER, cti, n, ICCID, OTHER_IMEI, md, NOW, NOW + 60));
+    assert_eq!(sw, refused(Reason::WrongDevice));
+    assert_eq!(fumo_result_for(sw), Some(403));
+}
+
+#[test]
+fn token_for_another_card() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.server, SERVER, cti, n, OTHER_ICCID, IMEI, md, NOW, NOW + 60));
+    assert_eq!(sw, refused(Reason::WrongCard));
+    assert_eq!(fumo_result_for(sw), Some(403));
+}
+
+#[test]
+fn token_for_another_server() {
+    // Names the listed server as issuer but is signed by another server's key.
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.rogue, SERVER, cti, n, ICCID, IMEI, md, NOW, NOW + 60));
+    assert_eq!(sw, refused(Reason::TokenSignature));
+    assert_eq!(fumo_result_for(sw), Some(404));
+}
+
+#[test]
+fn token_from_server_without_update_right() {
+    // The log reader is listed, but not for firmware updates: the policy (refuse) applies.
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.reader, READER, cti, n, ICCID, IMEI, md, NOW, NOW + 60));
+    assert_eq!(sw, refused(Reason::ServerNotAuthorized));
+}
+
+#[test]
+fn expired_token() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    // First a genuine token moves the trusted time to NOW.
+    w.full_update(&mut card, 1);
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.server, SERVER, cti, n, ICCID, IMEI, md, NOW - 7200, NOW - 3600));
+    assert_eq!(sw, refused(Reason::TokenExpired));
+    assert_eq!(fumo_result_for(sw), Some(405));
+}
+
+#[test]
+fn token_from_unlisted_server() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.rogue, ROGUE, cti, n, ICCID, IMEI, md, NOW, NOW + 60));
+    assert_eq!(sw, refused(Reason::ServerNotAuthorized));
+    assert_eq!(fumo_result_for(sw), Some(405));
+    let e = w.read_all(&mut card);
+    assert_eq!(e[0].event, Event::Denied(DenyReason(1)));
+    assert_eq!(e[0].server.unwrap().as_str(), ROGUE);
+}
+
+#[test]
+fn tampered_manifest() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (mut env, md) = w.package(10);
+    // Flip a byte inside the manifest text ("Release 7" -> "Release 8").
+    let at = env.windows(9).position(|x| x == b"Release 7").unwrap();
+    env[at + 8] = b'8';
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let sw = card.authorize(&w.token(&cti, n, md), &env);
+    assert_eq!(sw, refused(Reason::ManifestSignature));
+    assert_eq!(fumo_result_for(sw), Some(404));
+}
+
+#[test]
+fn token_for_another_manifest() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, _) = w.package(10);
+    let (_, other_md) = w.package(11);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, other_md), &env), refused(Reason::ManifestMismatch));
+}
+
+#[test]
+fn tampered_payload_one_byte() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(10);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    let mut p = w.payload.clone();
+    p[1234] ^= 1;
+    let sw = card.device_digest(&p);
+    assert_eq!(sw, refused(Reason::IntegrityFailed));
+    assert_eq!(fumo_result_for(sw), Some(402));
+    // And success cannot be reported for it.
+    assert_eq!(card.report(200, &cti).1, refused(Reason::IntegrityNotPassed));
+    // The failure can.
+    assert_eq!(card.report(402, &cti).1, StatusWord::OK);
+    let e = w.read_all(&mut card);
+    assert_eq!(e[1].event, Event::IntegrityFailed);
+}
+
+#[test]
+fn tampered_payload_one_byte_card_digest() {
+    let mut w = World::new();
+    let mut card = w.card(&World::policy(UnauthorizedRule::Refuse, IntegrityMode::CardDigest { max_size: 1 << 20 }));
+    let (env, md) = w.package(10);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    let mut p = w.payload.clone();
+    p[0] ^= 0x80;
+    assert_eq!(card.stream(&p, 500), refused(Reason::IntegrityFailed));
+}
+
+#[test]
+fn truncated_payload() {
+    let mut w = World::new();
+    let mut card = w.card(&World::policy(UnauthorizedRule::Refuse, IntegrityMode::CardDigest { max_size: 1 << 20 }));
+    let (env, md) = w.package(10);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    let p = w.payload[..w.payload.len() - 1].to_vec();
+    assert_eq!(card.stream(&p, 500), refused(Reason::SizeMismatch));
+    // Device-digest mode sees the size too.
+    let mut w2 = World::new();
+    let mut card = w2.default_card();
+    let (env, md) = w2.package(10);
+    let cti = w2.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w2.token(&cti, n, md), &env), StatusWord::OK);
+    let p = w2.payload[..100].to_vec();
+    assert_eq!(card.device_digest(&p), refused(Reason::SizeMismatch));
+}
+
+#[test]
+fn oversized_payload_for_card_digest_is_refused_at_authorization() {
+    let mut w = World::new();
+    let mut card = w.card(&World::policy(UnauthorizedRule::Refuse, IntegrityMode::CardDigest { max_size: 1000 }));
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token(cti, n, md));
+    assert_eq!(sw, refused(Reason::SizeMismatch));
+}
+
+#[test]
+fn manifest_from_unknown_originator() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package_by(&w.unknown_originator, 10, &w.payload, CLASS);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let sw = card.authorize(&w.token(&cti, n, md), &env);
+    assert_eq!(sw, refused(Reason::OriginatorUnknown));
+    assert_eq!(fumo_result_for(sw), Some(404));
+}
+
+#[test]
+fn manifest_from_removed_originator() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 1);
+    let rm = w.admin(ICCID, AdminChange::RemoveOriginator { id: OriginatorId::new(ORIGINATOR).unwrap() });
+    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &rm).1, StatusWord::OK);
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token(cti, n, md));
+    assert_eq!(sw, refused(Reason::OriginatorUnknown));
+}
+
+#[test]
+fn unauthorized_server_still_needs_a_trusted_originator() {
+    let mut w = World::new();
+    let mut card = w.card(&policy(UnauthorizedRule::FreeDevice));
+    let (env, md) = w.package_by(&w.unknown_originator, 10, &w.payload, CLASS);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let tok = w.token_with(&w.rogue, ROGUE, &cti, n, ICCID, IMEI, md, NOW, NOW + 60);
+    assert_eq!(card.authorize(&tok, &env), refused(Reason::OriginatorUnknown));
+}
+
+#[test]
+fn rollback_to_lower_sequence() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 10);
+    for seq in [10, 9, 0] {
+        let (env, md) = w.package(seq);
+        let cti = w.next_cti();
+        let n = card.nonce();
+        let sw = card.authorize(&w.token(&cti, n, md), &env);
+        assert_eq!(sw, refused(Reason::Rollback), "sequence {seq}");
+        assert_eq!(fumo_result_for(sw), Some(405));
+    }
+}
+
+#[test]
+fn class_not_allowed_by_policy() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package_by(&w.originator, 10, &w.payload, *b"other-class-0001");
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), refused(Reason::ClassNotAllowed));
+}
+
+#[test]
+fn result_for_unknown_update() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    assert_eq!(card.report(200, b"never").1, refused(Reason::UnknownUpdate));
+    let (cti, _) = w.full_update(&mut card, 3);
+    // Already ended: a second report is refused too.
+    assert_eq!(card.report(200, &cti).1, refused(Reason::UnknownUpdate));
+    // A report naming another update while one is pending.
+    let (env, md) = w.package(4);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    assert_eq!(card.report(410, b"other").1, refused(Reason::UnknownUpdate));
+}
+
+#[test]
+fn result_from_another_device() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(4);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    assert_eq!(card.bind(OTHER_IMEI), StatusWord::OK);
+    assert_eq!(card.report(410, &cti).1, refused(Reason::WrongDevice));
+}
+
+#[test]
+fn device_cannot_write_or_delete_log_entries() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 3);
+    let before = w.read_all(&mut card);
+    // No command writes entries: personalization is locked...
+    assert_eq!(card.cmd(0x80, ins::STORE_DATA, 0x80, 0, &[0x01, 0x01, 0x01, 0x31]).1, StatusWord::CONDITIONS);
+    // ...unknown instructions are refused...
+    for i in [0x02u8, 0x04, 0x0E, 0x20, 0x2A, 0xD6, 0xDA, 0xE4] {
+        assert_eq!(card.cmd(0x80, i, 0, 0, &[1, 2, 3]).1, StatusWord::INS_NOT_SUPPORTED);
+    }
+    // ...an acknowledgement (which frees space) signed by the device's own key is refused...
+    let device_key = key("device");
+    let n = card.nonce();
+    let ack = w.log_ack(&device_key, READER, n, 10);
+    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, refused(Reason::RequestSignature));
+    // ...and so is a truncated or bit-flipped one.
+    let n = card.nonce();
+    let mut ack = w.log_ack(&w.reader, READER, n, 10);
+    let l = ack.len();
+    ack[l - 5] ^= 1;
+    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, refused(Reason::RequestSignature));
+    let after = w.read_all(&mut card);
+    assert_eq!(before, after);
+    assert_eq!(card.log_status().free, 61);
+}
+
+#[test]
+fn unauthorized_log_read() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 3);
+    // Unlisted server.
+    let n = card.nonce();
+    let req = w.log_read(&w.rogue, ROGUE, n, 0, 8);
+    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, refused(Reason::LogReadNotAuthorized));
+    // Listed name, wrong key.
+    let n = card.nonce();
+    let req = w.log_read(&w.rogue, READER, n, 0, 8);
+    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, refused(Reason::RequestSignature));
+    // Replayed request (nonce used).
+    let n = card.nonce();
+    let req = w.log_read(&w.reader, READER, n, 0, 8);
+    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, StatusWord::OK);
+    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, refused(Reason::NonceUnavailable));
+}
+
+#[test]
+fn export_is_readable_only_by_the_requesting_server() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 3);
+    let n = card.nonce();
+    let req = w.log_read(&w.reader, READER, n, 0, 8);
+    let (exp, sw) = card.cmd(0x80, ins::READ_LOG, 0, 0, &req);
+    assert_eq!(sw, StatusWord::OK);
+    let card_pk = card_public_key(&mut card);
+    let wrong = p256::SecretKey::from_slice(&w.server.to_bytes()).unwrap();
+    assert!(simfota_wire::open_export(&exp, &card_pk, &wrong, &simfota_wire::Limits::DEFAULT).is_err());
+}
+
+#[test]
+fn unauthorized_log_ack() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 3);
+    let n = card.nonce();
+    let ack = w.log_ack(&w.rogue, ROGUE, n, 2);
+    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, refused(Reason::LogAckNotAuthorized));
+    // A server with only the read right cannot acknowledge.
+    let mut w2 = World::new();
+    let put = w2.admin(ICCID, admin_put_server(READER, &w2.reader, simfota_wire::Rights::LOG_READ));
+    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &put).1, StatusWord::OK);
+    let n = card.nonce();
+    let ack = w.log_ack(&w.reader, READER, n, 2);
+    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, refused(Reason::LogAckNotAuthorized));
+    // Ack beyond the log end.
+    let mut w3 = World::new();
+    w3.admin_counter = 1;
+    let put = w3.admin(ICCID, admin_put_server(READER, &w.reader, simfota_wire::Rights::LOG_ACK));
+    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &put).1, StatusWord::OK);
+    let n = card.nonce();
+    let ack = w.log_ack(&w.reader, READER, n, 3);
+    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, refused(Reason::AckBeyondLog));
+    assert_eq!(card.log_status().acked, 0);
+}
+
+#[test]
+fn replayed_admin_command() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let cmd = w.admin(ICCID, AdminChange::RemoveOriginator { id: OriginatorId::new(ORIGINATOR).unwrap() });
+    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1, StatusWord::OK);
+    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1, refused(Reason::AdminReplay));
+    // An older counter is a replay too.
+    let old = w.admin_signed(&w.issuer, ICCID, 0, AdminChange::RemoveOriginator { id: OriginatorId::new(ORIGINATOR).unwrap() });
+    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &old).1, refused(Reason::AdminReplay));
+}
+
+#[test]
+fn admin_command_for_another_card() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let cmd = w.admin(OTHER_ICCID, admin_put_server(ROGUE, &w.rogue, simfota_wire::Rights::ALL));
+    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1, refused(Reason::AdminWrongCard));
+}
+
+#[test]
+fn admin_command_not_from_the_issuer() {
+    let w = World::new();
+    let mut card = w.default_card();
+    let cmd = w.admin_signed(&w.server, ICCID, 99, admin_put_server(ROGUE, &w.rogue, simfota_wire::Rights::ALL));
+    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1, refused(Reason::AdminSignature));
+    let (d, _) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x02, &[]);
+    let mut out = [("", &[][..], 0u8); 8];
+    assert_eq!(simfota_card::info::decode::servers(&d, &mut out).unwrap(), 2);
+}
+
+#[test]
+fn pin_brute_force() {
+    let w = World::new();
+    let mut card = w.card(&policy(UnauthorizedRule::ConfirmWithPin));
+    for left in [2u8, 1, 0] {
+        assert_eq!(card.verify_pin(b"0000\xFF\xFF\xFF\xFF"), StatusWord::tries_left(left));
+    }
+    // Blocked: even the right PIN is refused, across power cycles.
+    assert_eq!(card.verify_pin(PIN), StatusWord::AUTH_BLOCKED);
+    let mut card = card.power_cycle();
+    assert_eq!(card.select(), StatusWord::OK);
+    assert_eq!(card.verify_pin(PIN), StatusWord::AUTH_BLOCKED);
+    // The PUK has its own counter: brute-forcing it kills unblocking for good.
+    let mut d = b"00000000".to_vec();
+    d.extend_from_slice(PIN);
+    for left in (0..10u8).rev() {
+        assert_eq!(card.cmd(0x00, ins::RESET_RETRY_COUNTER, 0, 0x81, &d).1, StatusWord::tries_left(left));
+    }
+    let mut d = PUK.to_vec();
+    d.extend_from_slice(PIN);
+    assert_eq!(card.cmd(0x00, ins::RESET_RETRY_COUNTER, 0, 0x81, &d).1, StatusWord::AUTH_BLOCKED);
+}
+
+#[test]
+fn pin_counter_is_spent_before_the_comparison() {
+    // VERIFY writes twice: the decremented counter (write 1 + commit 2) BEFORE comparing,
+    // then, on a match, the restored counter (write 3 + commit 4).
+    let w = World::new();
+    let card = w.card(&policy(UnauthorizedRule::ConfirmWithPin));
+    let mut mem = card.applet.into_store().into_inner();
+    mem.power_cycle();
+    for (cut, pin, left_after) in [(2, PIN, 3u8), (4, PIN, 2), (2, b"0000\xFF\xFF\xFF\xFF", 3)] {
+        let mut m = mem.clone();
+        m.power_cycle();
+        let mut card = Card::from_store(simfota_card::PowerCut::new(m, Some(cut)), "cut");
+        assert_eq!(card.select(), StatusWord::OK);
+        // Whatever the PIN, a cut answers a memory failure: the terminal learns nothing.
+        assert_eq!(card.verify_pin(pin), StatusWord::MEMORY_FAILURE);
+        let mut card = card.power_cycle();
+        assert_eq!(card.select(), StatusWord::OK);
+        assert_eq!(card.cmd(0x00, ins::VERIFY, 0, 0x81, &[]).1, StatusWord::tries_left(left_after));
+    }
+}
+
+#[test]
+fn log_full_refuses_new_updates() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    // Fill the log with refusals (each one entry).
+    let (env, md) = w.package(10);
+    let mut denied = 0;
+    loop {
+        let cti = w.next_cti();
+        let n = card.nonce();
+        let tok = w.token_with(&w.server, SERVER, &cti, n, OTHER_ICCID, IMEI, md, NOW, NOW + 60);
+        let sw = card.authorize(&tok, &env);
+        if sw == refused(Reason::LogFull) {
+            break;
+        }
+        assert_eq!(sw, refused(Reason::WrongCard));
+        denied += 1;
+    }
+    // Room for a whole update (decision, integrity, result) is kept: 62 refusals fit.
+    assert_eq!(denied, 62);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let sw = card.authorize(&w.token(&cti, n, md), &env);
+    assert_eq!(sw, refused(Reason::LogFull));
+    assert_eq!(fumo_result_for(sw), Some(405));
+    // Nothing was dropped: all 62 entries are there and chained.
+    let entries = w.read_all(&mut card);
+    assert_eq!(entries.len(), 62);
+    assert!(chain_ok(&entries));
+    // An acknowledgement frees the space.
+    let n = card.nonce();
+    let ack = w.log_ack(&w.reader, READER, n, 61);
+    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, StatusWord::OK);
+    assert_eq!(card.log_status().free, 64);
+    w.full_update(&mut card, 11);
+    let ci_bytes = card.info();
+    assert_eq!(CardInfo::decode(&ci_bytes).unwrap().log_next, 65);
+}
+
+#[test]
+fn every_decision_is_logged() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.server, SERVER, cti, n, ICCID, OTHER_IMEI, md, NOW, NOW + 60));
+    assert_eq!(sw, refused(Reason::WrongDevice));
+    w.full_update(&mut card, 2);
+    let e = w.read_all(&mut card);
+    let kinds: Vec<Event> = e.iter().map(|e| e.event).collect();
+    assert_eq!(kinds[0], Event::Denied(DenyReason(u16::from(Reason::WrongDevice.code()))));
+    assert_eq!(kinds[1], Event::Authorized);
+    assert_eq!(e.len(), 4);
+    assert!(chain_ok(&e));
+}
