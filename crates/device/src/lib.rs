@@ -10,6 +10,9 @@
 //! - [`config`]: `DEVICE.toml` and the data folder layout.
 //! - [`download`]: resumable HTTP downloads (Range, ETag / If-Range) with a progress bar.
 //! - [`slots`]: the A/B slot installer with a boot-control record, boot check and rollback.
+//! - [`fumo`]: the persistent FUMO job (stages, FUMO `State` values), crash-safe.
+//! - [`outcome`]: every way an update ends and its FUMO result code.
+//! - [`prompt`]: asking the user about an unauthorized server (`--yes`, `--no`, `--pin-file`).
 //!
 //! What it does not do: it holds no key the card or the server relies on, and it never decides
 //! on its own whether an update is allowed.
@@ -17,4 +20,7 @@
 pub mod config;
 pub mod download;
 mod fsutil;
+pub mod fumo;
+pub mod outcome;
+pub mod prompt;
 pub mod slots;
