@@ -27,7 +27,11 @@ pub struct Reader<'a, 'l> {
 
 impl<'a, 'l> Reader<'a, 'l> {
     pub(crate) fn new(input: &'a [u8], lim: &'l Limits) -> Self {
-        Reader { d: Decoder::new(input), lim, depth: 0 }
+        Reader {
+            d: Decoder::new(input),
+            lim,
+            depth: 0,
+        }
     }
 
     pub(crate) fn position(&self) -> usize {
@@ -39,7 +43,9 @@ impl<'a, 'l> Reader<'a, 'l> {
     }
 
     fn bad(&self) -> Error {
-        Error::BadCbor { at: self.d.position() }
+        Error::BadCbor {
+            at: self.d.position(),
+        }
     }
 
     pub(crate) fn datatype(&self) -> Result<Type> {
@@ -51,7 +57,9 @@ impl<'a, 'l> Reader<'a, 'l> {
         if self.d.position() == self.d.input().len() {
             Ok(())
         } else {
-            Err(Error::TrailingBytes { at: self.d.position() })
+            Err(Error::TrailingBytes {
+                at: self.d.position(),
+            })
         }
     }
 
@@ -74,7 +82,9 @@ impl<'a, 'l> Reader<'a, 'l> {
     /// A definite-length byte string, borrowed.
     pub(crate) fn bytes(&mut self) -> Result<&'a [u8]> {
         if self.datatype()? == Type::BytesIndef {
-            return Err(Error::IndefiniteLength { at: self.position() });
+            return Err(Error::IndefiniteLength {
+                at: self.position(),
+            });
         }
         self.d.bytes().map_err(|_| self.bad())
     }
@@ -88,11 +98,16 @@ impl<'a, 'l> Reader<'a, 'l> {
     /// A definite-length text string, borrowed, at most `max_text_len` bytes.
     pub(crate) fn str(&mut self) -> Result<&'a str> {
         if self.datatype()? == Type::StringIndef {
-            return Err(Error::IndefiniteLength { at: self.position() });
+            return Err(Error::IndefiniteLength {
+                at: self.position(),
+            });
         }
         let s = self.d.str().map_err(|_| self.bad())?;
         if s.len() > self.lim.max_text_len {
-            return Err(Error::TooLarge { what: "text string", max: self.lim.max_text_len });
+            return Err(Error::TooLarge {
+                what: "text string",
+                max: self.lim.max_text_len,
+            });
         }
         Ok(s)
     }
@@ -103,7 +118,11 @@ impl<'a, 'l> Reader<'a, 'l> {
 
     /// If the next item is a tag, consume it and return its number.
     pub(crate) fn opt_tag(&mut self) -> Result<Option<u64>> {
-        if self.datatype()? == Type::Tag { self.tag().map(Some) } else { Ok(None) }
+        if self.datatype()? == Type::Tag {
+            self.tag().map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub(crate) fn is_null(&self) -> Result<bool> {
@@ -119,9 +138,10 @@ impl<'a, 'l> Reader<'a, 'l> {
         let at = self.position();
         match self.d.array().map_err(|_| self.bad())? {
             None => Err(Error::IndefiniteLength { at }),
-            Some(n) if n > self.lim.max_array_len as u64 => {
-                Err(Error::TooLarge { what: "array", max: self.lim.max_array_len })
-            }
+            Some(n) if n > self.lim.max_array_len as u64 => Err(Error::TooLarge {
+                what: "array",
+                max: self.lim.max_array_len,
+            }),
             Some(n) => Ok(n as usize),
         }
     }
@@ -129,7 +149,11 @@ impl<'a, 'l> Reader<'a, 'l> {
     /// Array header that must announce exactly `n` items.
     pub(crate) fn array_n(&mut self, n: usize) -> Result<()> {
         let at = self.position();
-        if self.array()? == n { Ok(()) } else { Err(Error::BadCbor { at }) }
+        if self.array()? == n {
+            Ok(())
+        } else {
+            Err(Error::BadCbor { at })
+        }
     }
 
     fn map_header(&mut self) -> Result<usize> {
@@ -145,8 +169,18 @@ impl<'a, 'l> Reader<'a, 'l> {
     fn key(&mut self, allow_other: bool) -> Result<Key<'a>> {
         let at = self.position();
         match self.datatype()? {
-            Type::U8 | Type::U16 | Type::U32 | Type::U64 | Type::I8 | Type::I16 | Type::I32
-            | Type::I64 | Type::Int => self.i64().map(Key::Int).map_err(|_| Error::BadMapKey { at }),
+            Type::U8
+            | Type::U16
+            | Type::U32
+            | Type::U64
+            | Type::I8
+            | Type::I16
+            | Type::I32
+            | Type::I64
+            | Type::Int => self
+                .i64()
+                .map(Key::Int)
+                .map_err(|_| Error::BadMapKey { at }),
             Type::String => self.str().map(Key::Text),
             _ if allow_other => {
                 self.skip()?;
@@ -289,7 +323,10 @@ impl<'b> Writer<'b> {
 
     pub(crate) fn raw(&mut self, b: &[u8]) -> Result<&mut Self> {
         let end = self.pos.checked_add(b.len()).ok_or(Error::BufferTooSmall)?;
-        let dst = self.buf.get_mut(self.pos..end).ok_or(Error::BufferTooSmall)?;
+        let dst = self
+            .buf
+            .get_mut(self.pos..end)
+            .ok_or(Error::BufferTooSmall)?;
         dst.copy_from_slice(b);
         self.pos = end;
         Ok(self)
@@ -305,7 +342,11 @@ impl<'b> Writer<'b> {
     }
 
     pub(crate) fn i64(&mut self, v: i64) -> Result<&mut Self> {
-        if v >= 0 { self.head(0, v as u64) } else { self.head(1, !(v as u64)) }
+        if v >= 0 {
+            self.head(0, v as u64)
+        } else {
+            self.head(1, !(v as u64))
+        }
     }
 
     pub(crate) fn bytes(&mut self, b: &[u8]) -> Result<&mut Self> {

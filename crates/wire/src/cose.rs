@@ -61,7 +61,9 @@ pub struct PublicKey(VerifyingKey);
 impl PublicKey {
     /// From a SEC1 encoding (65-byte uncompressed or 33-byte compressed point).
     pub fn from_sec1(bytes: &[u8]) -> Result<Self> {
-        VerifyingKey::from_sec1_bytes(bytes).map(PublicKey).map_err(|_| Error::BadKey)
+        VerifyingKey::from_sec1_bytes(bytes)
+            .map(PublicKey)
+            .map_err(|_| Error::BadKey)
     }
     /// From the affine coordinates (as in a COSE_Key).
     pub fn from_xy(x: &[u8; 32], y: &[u8; 32]) -> Result<Self> {
@@ -94,7 +96,15 @@ impl PublicKey {
     /// Writes the key as a COSE_Key map `{1: 2, -1: 1, -2: x, -3: y}` (RFC 9053 §7.1.1).
     pub(crate) fn write_cose_key(&self, w: &mut Writer<'_>) -> Result<()> {
         let (x, y) = self.xy();
-        w.map(4)?.u64(1)?.u64(2)?.i64(-1)?.u64(1)?.i64(-2)?.bytes(&x)?.i64(-3)?.bytes(&y)?;
+        w.map(4)?
+            .u64(1)?
+            .u64(2)?
+            .i64(-1)?
+            .u64(1)?
+            .i64(-2)?
+            .bytes(&x)?
+            .i64(-3)?
+            .bytes(&y)?;
         Ok(())
     }
     /// Reads an EC2 P-256 COSE_Key; other members (kid, alg, key_ops) are accepted and ignored,
@@ -242,7 +252,10 @@ impl<'a> CoseSign1<'a> {
     /// Decodes a COSE_Sign1 (tagged with 18 or untagged) that must span all of `bytes`.
     pub fn decode(bytes: &'a [u8], limits: &Limits) -> Result<Self> {
         if bytes.len() > limits.max_object_len {
-            return Err(Error::TooLarge { what: "COSE_Sign1", max: limits.max_object_len });
+            return Err(Error::TooLarge {
+                what: "COSE_Sign1",
+                max: limits.max_object_len,
+            });
         }
         let mut r = Reader::new(bytes, limits);
         let s = Self::read(&mut r)?;
@@ -274,7 +287,15 @@ impl<'a> CoseSign1<'a> {
         let sig = r.bytes()?;
         let signature: &[u8; 64] = sig.try_into().map_err(|_| Error::BadSignature)?;
         let alg = h.alg.ok_or(Error::MissingField("alg"))?;
-        Ok(CoseSign1 { protected, alg, kid: h.kid, content_type: h.cty, payload, signature, tagged })
+        Ok(CoseSign1 {
+            protected,
+            alg,
+            kid: h.kid,
+            content_type: h.cty,
+            payload,
+            signature,
+            tagged,
+        })
     }
 
     /// Verifies the signature (RFC 9052 §4.4) with `key`. `detached` supplies the payload when
@@ -297,7 +318,9 @@ impl<'a> CoseSign1<'a> {
         };
         let digest = sig_structure_digest(self.protected, external_aad, payload);
         let sig = Signature::from_slice(self.signature).map_err(|_| Error::BadSignature)?;
-        key.0.verify_prehash(&digest, &sig).map_err(|_| Error::BadSignature)?;
+        key.0
+            .verify_prehash(&digest, &sig)
+            .map_err(|_| Error::BadSignature)?;
         Ok(Verified::new(self))
     }
 }
@@ -341,10 +364,8 @@ pub(crate) fn sign1_into<F>(
 where
     F: FnOnce(&mut [u8]) -> Result<usize>,
 {
-    if let Some(k) = kid {
-        if k.len() > 32 {
-            return Err(Error::BadId("kid longer than 32 bytes"));
-        }
+    if kid.is_some_and(|k| k.len() > 32) {
+        return Err(Error::BadId("kid longer than 32 bytes"));
     }
     let body = out.get_mut(SIGN1_RESERVE..).ok_or(Error::BufferTooSmall)?;
     let plen = payload(body)?;
@@ -387,7 +408,7 @@ pub(crate) fn finish_sign1(
 
 /// Signs a detached-payload COSE_Sign1 (payload nil), as SUIT authentication blocks use
 /// (draft-ietf-suit-manifest §8.3: the payload is the SUIT_Digest).
-pub(crate) fn sign1_detached_into(
+pub fn sign1_detached_into(
     out: &mut [u8],
     key: &SigningKey,
     external_aad: &[u8],
@@ -396,7 +417,12 @@ pub(crate) fn sign1_detached_into(
     let digest = sig_structure_digest(&PROTECTED_ES256, external_aad, payload);
     let sig = sign_digest(key, &digest)?;
     let mut w = Writer::new(out);
-    w.tag(TAG_SIGN1)?.array(4)?.bytes(&PROTECTED_ES256)?.map(0)?.null()?.bytes(&sig)?;
+    w.tag(TAG_SIGN1)?
+        .array(4)?
+        .bytes(&PROTECTED_ES256)?
+        .map(0)?
+        .null()?
+        .bytes(&sig)?;
     Ok(w.len())
 }
 
@@ -427,7 +453,10 @@ impl<'a, T: SignedPayload> Signed<'a, T> {
     /// Decodes the COSE_Sign1 and its payload.
     pub fn decode(bytes: &'a [u8], limits: &Limits) -> Result<Self> {
         if bytes.len() > limits.max_object_len {
-            return Err(Error::TooLarge { what: T::NAME, max: limits.max_object_len });
+            return Err(Error::TooLarge {
+                what: T::NAME,
+                max: limits.max_object_len,
+            });
         }
         let sign1 = CoseSign1::decode(bytes, limits)?;
         let payload = sign1.payload.ok_or(Error::MissingField("payload"))?;

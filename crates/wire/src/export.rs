@@ -113,7 +113,10 @@ where
         w.u64(3)?.u64(u64::from(header.first_seq))?;
         w.u64(4)?.array(header.count as usize)?;
         for i in 0..header.count {
-            let seq = header.first_seq.checked_add(i).ok_or(Error::InvalidField("seq"))?;
+            let seq = header
+                .first_seq
+                .checked_add(i)
+                .ok_or(Error::InvalidField("seq"))?;
             let mut slot = [0u8; LogEntry::RECORD_LEN];
             if !records(seq, &mut slot) {
                 return Err(Error::RecordUnavailable(seq));
@@ -127,9 +130,11 @@ where
 
     // 2. Key agreement and content key.
     let eph = p256::NonZeroScalar::random(rng);
-    let eph_pub = PublicKey::from(p256::ecdsa::VerifyingKey::from(p256::PublicKey::from_secret_scalar(&eph)));
-    let server_point = p256::PublicKey::from_sec1_bytes(&server_key.to_sec1())
-        .map_err(|_| Error::BadKey)?;
+    let eph_pub = PublicKey::from(p256::ecdsa::VerifyingKey::from(
+        p256::PublicKey::from_secret_scalar(&eph),
+    ));
+    let server_point =
+        p256::PublicKey::from_sec1_bytes(&server_key.to_sec1()).map_err(|_| Error::BadKey)?;
     let shared = p256::ecdh::diffie_hellman(eph, server_point.as_affine());
     let cek = derive_cek(shared.raw_secret_bytes(), &RCPT_PROTECTED)?;
     let mut iv = [0u8; 12];
@@ -177,7 +182,10 @@ where
             &aad[..aad_len],
             &mut out[plain_at..plain_at + plen],
         )
-        .map_err(|_| Error::TooLarge { what: "export plaintext", max: usize::MAX })?;
+        .map_err(|_| Error::TooLarge {
+            what: "export plaintext",
+            max: usize::MAX,
+        })?;
     out[plain_at + plen..plain_at + ct_len].copy_from_slice(&tag);
     out[plain_at + ct_len..end].copy_from_slice(&rcpts[..rcpts_len]);
 
@@ -226,10 +234,8 @@ mod host {
                 if u64::from(e.seq) != u64::from(self.first_seq) + i as u64 {
                     return Err(Error::InvalidField("export sequence numbers"));
                 }
-                if let Some(p) = prev {
-                    if e.prev_hash != p {
-                        return Err(Error::DigestMismatch("log chain"));
-                    }
+                if prev.is_some_and(|p| e.prev_hash != p) {
+                    return Err(Error::DigestMismatch("log chain"));
                 }
                 prev = Some(LogEntry::record_hash(rec));
                 out.push(e);
@@ -251,7 +257,10 @@ mod host {
     ) -> Result<Verified<ExportContents>> {
         let max = 512 + limits.max_export_entries as usize * (LogEntry::RECORD_LEN + 3);
         if bytes.len() > max {
-            return Err(Error::TooLarge { what: "log export", max });
+            return Err(Error::TooLarge {
+                what: "log export",
+                max,
+            });
         }
         let mut r = Reader::new(bytes, limits);
         let s1 = CoseSign1::read(&mut r)?;
@@ -330,7 +339,8 @@ mod host {
 
         let eph_point =
             p256::PublicKey::from_sec1_bytes(&eph.to_sec1()).map_err(|_| Error::BadKey)?;
-        let shared = p256::ecdh::diffie_hellman(server_secret.to_nonzero_scalar(), eph_point.as_affine());
+        let shared =
+            p256::ecdh::diffie_hellman(server_secret.to_nonzero_scalar(), eph_point.as_affine());
         let cek = derive_cek(shared.raw_secret_bytes(), rprot)?;
         let mut aad = [0u8; 64];
         let aad_len = enc_aad(prot, &mut aad).map_err(|_| Error::InvalidField("protected"))?;
@@ -377,8 +387,18 @@ mod host {
                 }
                 Key::Int(5) => headh = Some(Digest(r.bytes_n("chain head")?)),
                 Key::Int(6) => end = Some(r.u32("log end")?),
-                Key::Int(key) => return Err(Error::UnknownField { object: "log export", key }),
-                _ => return Err(Error::UnknownField { object: "log export", key: i64::MIN }),
+                Key::Int(key) => {
+                    return Err(Error::UnknownField {
+                        object: "log export",
+                        key,
+                    });
+                }
+                _ => {
+                    return Err(Error::UnknownField {
+                        object: "log export",
+                        key: i64::MIN,
+                    });
+                }
             }
             Ok(true)
         })?;

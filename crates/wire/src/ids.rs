@@ -53,7 +53,7 @@ fn luhn_ok(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Bounded inline ASCII/UTF-8 storage shared by the identity types.
@@ -70,7 +70,10 @@ impl<const N: usize> Inline<N> {
         }
         let mut buf = [0u8; N];
         buf[..b.len()].copy_from_slice(b);
-        Some(Inline { buf, len: b.len() as u8 })
+        Some(Inline {
+            buf,
+            len: b.len() as u8,
+        })
     }
     fn bytes(&self) -> &[u8] {
         &self.buf[..usize::from(self.len)]
@@ -131,7 +134,9 @@ impl<const N: usize> ShortText<N> {
         if s.is_empty() || s.chars().any(char::is_control) {
             return Err(Error::BadId("empty or control characters"));
         }
-        Inline::new(s.as_bytes()).map(ShortText).ok_or(Error::BadId("too long"))
+        Inline::new(s.as_bytes())
+            .map(ShortText)
+            .ok_or(Error::BadId("too long"))
     }
     /// Keeps at most `N` bytes, cut at a character boundary, control characters replaced by
     /// spaces (for log summaries of longer SUIT texts; the manifest digest pins the full text).
@@ -147,7 +152,10 @@ impl<const N: usize> ShortText<N> {
             c.encode_utf8(&mut buf[len..len + w]);
             len += w;
         }
-        ShortText(Inline { buf, len: len as u8 })
+        ShortText(Inline {
+            buf,
+            len: len as u8,
+        })
     }
     /// The text.
     pub fn as_str(&self) -> &str {
@@ -245,7 +253,9 @@ impl UpdateId {
         if b.is_empty() {
             return Err(Error::BadId("empty update id"));
         }
-        Inline::new(b).map(UpdateId).ok_or(Error::BadId("update id longer than 16 bytes"))
+        Inline::new(b)
+            .map(UpdateId)
+            .ok_or(Error::BadId("update id longer than 16 bytes"))
     }
     /// The identifier bytes.
     pub fn as_bytes(&self) -> &[u8] {

@@ -34,15 +34,15 @@ pub mod token;
 
 pub use cose::{CoseSign1, PublicKey, Signed, SignedPayload, Verified};
 pub use error::{Error, Result};
-pub use export::{ExportHeader, build_export};
 #[cfg(feature = "std")]
 pub use export::{ExportContents, open_export};
-pub use hash::{Sha256Stream, sha256};
+pub use export::{ExportHeader, build_export};
 #[cfg(feature = "std")]
 pub use hash::sha256_reader;
+pub use hash::{Sha256Stream, sha256};
 pub use ids::{
-    ChargingRef, Digest, Iccid, Imei, IssuerId, Nonce, OriginatorId, ServerId, ShortText,
-    UpdateId, Uuid,
+    ChargingRef, Digest, Iccid, Imei, IssuerId, Nonce, OriginatorId, ServerId, ShortText, UpdateId,
+    Uuid,
 };
 pub use limits::Limits;
 pub use log::{DenyReason, Event, FumoResult, LogEntry};

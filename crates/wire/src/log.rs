@@ -29,7 +29,9 @@ impl FumoResult {
     /// 405 Firmware update package not acceptable.
     pub const NOT_ACCEPTABLE: FumoResult = FumoResult(405);
     pub(crate) fn read(r: &mut Reader<'_, '_>) -> Result<Self> {
-        u16::try_from(r.u64()?).map(FumoResult).map_err(|_| Error::InvalidField("fumo result"))
+        u16::try_from(r.u64()?)
+            .map(FumoResult)
+            .map_err(|_| Error::InvalidField("fumo result"))
     }
 }
 
@@ -120,7 +122,9 @@ impl Event {
             1 => Event::Denied(DenyReason(
                 u16::try_from(r.u64()?).map_err(|_| Error::InvalidField("deny reason"))?,
             )),
-            2 => Event::Consent { pin_verified: r.bool()? },
+            2 => Event::Consent {
+                pin_verified: r.bool()?,
+            },
             3 => Event::IntegrityOk,
             4 => Event::IntegrityFailed,
             5 => Event::Installed(FumoResult::read(r)?),
@@ -188,7 +192,9 @@ impl LogEntry {
     pub fn encode(&self) -> Result<[u8; Self::RECORD_LEN]> {
         let mut rec = [0u8; Self::RECORD_LEN];
         let mut w = Writer::new(&mut rec);
-        w.array(13)?.u64(u64::from(self.seq))?.bytes(&self.prev_hash.0)?;
+        w.array(13)?
+            .u64(u64::from(self.seq))?
+            .bytes(&self.prev_hash.0)?;
         self.event.write(&mut w)?;
         match &self.update_id {
             Some(u) => w.bytes(u.as_bytes())?,

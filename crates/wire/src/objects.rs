@@ -32,13 +32,21 @@ pub mod type_code {
 fn unknown(object: &'static str, k: Key<'_>) -> Error {
     match k {
         Key::Int(key) => Error::UnknownField { object, key },
-        _ => Error::UnknownField { object, key: i64::MIN },
+        _ => Error::UnknownField {
+            object,
+            key: i64::MIN,
+        },
     }
 }
 
 /// Reads a simfota payload map: key 0 must come first with `type_code`; `f` handles the rest
 /// and must return `true` for each key it consumed, unknown keys are errors.
-fn read_object<'a, F>(r: &mut Reader<'a, '_>, name: &'static str, type_code: u64, mut f: F) -> Result<()>
+fn read_object<'a, F>(
+    r: &mut Reader<'a, '_>,
+    name: &'static str,
+    type_code: u64,
+    mut f: F,
+) -> Result<()>
 where
     F: FnMut(&mut Reader<'a, '_>, i64) -> Result<bool>,
 {
@@ -53,7 +61,11 @@ where
             }
             Key::Int(0) => Err(Error::InvalidField("type code not first")),
             Key::Int(key) if !was_first => {
-                if f(r, key)? { Ok(true) } else { Err(unknown(name, k)) }
+                if f(r, key)? {
+                    Ok(true)
+                } else {
+                    Err(unknown(name, k))
+                }
             }
             _ if was_first => Err(Error::MissingField("type code")),
             _ => Err(unknown(name, k)),
@@ -165,13 +177,21 @@ impl Policy {
 
     /// A policy allowing any vendor/class.
     pub fn new(unauthorized: UnauthorizedRule, integrity: IntegrityMode) -> Self {
-        Policy { unauthorized, integrity, allowed: [([0; 16], [0; 16]); 4], allowed_len: 0 }
+        Policy {
+            unauthorized,
+            integrity,
+            allowed: [([0; 16], [0; 16]); 4],
+            allowed_len: 0,
+        }
     }
     /// Adds an allowed (vendor-id, class-id) pair.
     pub fn allow(&mut self, vendor: Uuid, class: Uuid) -> Result<()> {
         let i = usize::from(self.allowed_len);
         if i >= Self::MAX_ALLOWED {
-            return Err(Error::TooLarge { what: "policy allow list", max: Self::MAX_ALLOWED });
+            return Err(Error::TooLarge {
+                what: "policy allow list",
+                max: Self::MAX_ALLOWED,
+            });
         }
         self.allowed[i] = (vendor, class);
         self.allowed_len += 1;
@@ -183,7 +203,11 @@ impl Policy {
     }
     /// Whether a package for this vendor/class may be installed under this policy.
     pub fn permits(&self, vendor: &Uuid, class: &Uuid) -> bool {
-        self.allowed_len == 0 || self.allowed().iter().any(|(v, c)| v == vendor && c == class)
+        self.allowed_len == 0
+            || self
+                .allowed()
+                .iter()
+                .any(|(v, c)| v == vendor && c == class)
     }
 
     pub(crate) fn write(&self, w: &mut Writer<'_>) -> Result<()> {
@@ -268,7 +292,11 @@ macro_rules! signed_api {
                 Signed::decode(bytes, limits)
             }
             #[doc = $doc_verify]
-            pub fn verify(bytes: &[u8], key: &PublicKey, limits: &Limits) -> Result<Verified<Self>> {
+            pub fn verify(
+                bytes: &[u8],
+                key: &PublicKey,
+                limits: &Limits,
+            ) -> Result<Verified<Self>> {
                 Self::decode(bytes, limits)?.verify(key)
             }
         }
@@ -291,7 +319,11 @@ pub struct Receipt {
     pub chain_head: Digest,
 }
 
-signed_api!(Receipt, "Signs with the card key into `out`.", "Decodes and verifies with the card key.");
+signed_api!(
+    Receipt,
+    "Signs with the card key into `out`.",
+    "Decodes and verifies with the card key."
+);
 
 impl SignedPayload for Receipt {
     const TYPE: Option<u64> = Some(type_code::RECEIPT);
@@ -340,7 +372,11 @@ pub struct LogAck {
     pub up_to_seq: u32,
 }
 
-signed_api!(LogAck, "Signs with the server key into `out`.", "Decodes and verifies with the server key.");
+signed_api!(
+    LogAck,
+    "Signs with the server key into `out`.",
+    "Decodes and verifies with the server key."
+);
 
 impl SignedPayload for LogAck {
     const TYPE: Option<u64> = Some(type_code::LOG_ACK);
@@ -385,7 +421,11 @@ pub struct LogReadRequest {
     pub max_count: u32,
 }
 
-signed_api!(LogReadRequest, "Signs with the server key into `out`.", "Decodes and verifies with the server key.");
+signed_api!(
+    LogReadRequest,
+    "Signs with the server key into `out`.",
+    "Decodes and verifies with the server key."
+);
 
 impl SignedPayload for LogReadRequest {
     const TYPE: Option<u64> = Some(type_code::LOG_READ_REQUEST);
@@ -499,12 +539,16 @@ impl AdminChange {
                 key: PublicKey::read_cose_key(r)?,
                 rights: Rights::checked(r.u64()?)?,
             },
-            2 => Self::RemoveServer { id: ServerId::new(r.str()?)? },
+            2 => Self::RemoveServer {
+                id: ServerId::new(r.str()?)?,
+            },
             3 => Self::PutOriginator {
                 id: OriginatorId::new(r.str()?)?,
                 key: PublicKey::read_cose_key(r)?,
             },
-            4 => Self::RemoveOriginator { id: OriginatorId::new(r.str()?)? },
+            4 => Self::RemoveOriginator {
+                id: OriginatorId::new(r.str()?)?,
+            },
             _ => Self::SetPolicy(Policy::read(r)?),
         })
     }
@@ -523,7 +567,11 @@ pub struct AdminCommand {
     pub change: AdminChange,
 }
 
-signed_api!(AdminCommand, "Signs with the issuer key into `out`.", "Decodes and verifies with the issuer key.");
+signed_api!(
+    AdminCommand,
+    "Signs with the issuer key into `out`.",
+    "Decodes and verifies with the issuer key."
+);
 
 impl SignedPayload for AdminCommand {
     const TYPE: Option<u64> = Some(type_code::ADMIN_COMMAND);
@@ -581,7 +629,11 @@ pub struct CardCertificate {
     pub imsi: Option<crate::ids::ShortText<15>>,
 }
 
-signed_api!(CardCertificate, "Signs with the issuer key into `out`.", "Decodes and verifies with the issuer key.");
+signed_api!(
+    CardCertificate,
+    "Signs with the issuer key into `out`.",
+    "Decodes and verifies with the issuer key."
+);
 
 impl SignedPayload for CardCertificate {
     const TYPE: Option<u64> = None;

@@ -3,7 +3,9 @@
 use std::string::String;
 
 use p256::ecdsa::SigningKey;
-use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use p256::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 
 use crate::cose::PublicKey;
 use crate::error::{Error, Result};
@@ -43,5 +45,6 @@ pub fn signing_key_to_pem(key: &SigningKey) -> Result<String> {
 /// SPKI PEM of a public key.
 pub fn public_key_to_pem(key: &PublicKey) -> Result<String> {
     let pk = p256::PublicKey::from_sec1_bytes(&key.to_sec1()).map_err(|_| Error::BadKey)?;
-    pk.to_public_key_pem(LineEnding::LF).map_err(|_| Error::KeyFile("cannot encode public key"))
+    pk.to_public_key_pem(LineEnding::LF)
+        .map_err(|_| Error::KeyFile("cannot encode public key"))
 }

@@ -203,7 +203,10 @@ impl<'a> Envelope<'a> {
     /// Decodes an envelope (tag 107 optional) spanning all of `bytes`.
     pub fn decode(bytes: &'a [u8], limits: &Limits) -> Result<Self> {
         if bytes.len() > limits.max_envelope_len {
-            return Err(Error::TooLarge { what: "SUIT envelope", max: limits.max_envelope_len });
+            return Err(Error::TooLarge {
+                what: "SUIT envelope",
+                max: limits.max_envelope_len,
+            });
         }
         let mut r = Reader::new(bytes, limits);
         match r.opt_tag()? {
@@ -233,7 +236,10 @@ impl<'a> Envelope<'a> {
                         return Err(Error::MissingField("SUIT authentication block"));
                     }
                     if n - 1 > MAX_AUTH_BLOCKS {
-                        return Err(Error::TooLarge { what: "authentication blocks", max: MAX_AUTH_BLOCKS });
+                        return Err(Error::TooLarge {
+                            what: "authentication blocks",
+                            max: MAX_AUTH_BLOCKS,
+                        });
                     }
                     let (dig, mut dr) = a.nested()?;
                     env.stated_digest = read_digest(&mut dr)?;
@@ -258,12 +264,20 @@ impl<'a> Envelope<'a> {
                         r.bytes()?;
                         env.severed[i] = Some(&r.input()[start..r.position()]);
                     }
-                    None => return Err(Error::UnknownField { object: "SUIT envelope", key: k }),
+                    None => {
+                        return Err(Error::UnknownField {
+                            object: "SUIT envelope",
+                            key: k,
+                        });
+                    }
                 },
                 Key::Text(name) => {
                     // Integrated payloads and dependencies (draft §7.5).
                     if env.n_integrated >= MAX_INTEGRATED {
-                        return Err(Error::TooLarge { what: "integrated payloads", max: MAX_INTEGRATED });
+                        return Err(Error::TooLarge {
+                            what: "integrated payloads",
+                            max: MAX_INTEGRATED,
+                        });
                     }
                     env.integrated[env.n_integrated] = (name, r.bytes()?);
                     env.n_integrated += 1;
@@ -284,7 +298,10 @@ impl<'a> Envelope<'a> {
 
     /// The integrated payload with this name, if the envelope carries it (unverified bytes).
     pub fn integrated(&self, name: &str) -> Option<&'a [u8]> {
-        self.integrated[..self.n_integrated].iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+        self.integrated[..self.n_integrated]
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| *b)
     }
 
     /// The digest the authentication wrapper states for the manifest (not yet checked).
@@ -367,8 +384,10 @@ impl<'a> Envelope<'a> {
                     return Ok(false);
                 }
                 k => {
-                    let i = severable_index(k)
-                        .ok_or(Error::UnknownField { object: "SUIT manifest", key: k })?;
+                    let i = severable_index(k).ok_or(Error::UnknownField {
+                        object: "SUIT manifest",
+                        key: k,
+                    })?;
                     if r.datatype()? == minicbor::data::Type::Array {
                         // Severed: a digest; the envelope may carry the member (draft §8.4.11).
                         let d = read_digest(r)?;
@@ -381,7 +400,9 @@ impl<'a> Envelope<'a> {
                         }
                     } else {
                         if self.severed[i].is_some() {
-                            return Err(Error::InvalidField("severable member both inline and in envelope"));
+                            return Err(Error::InvalidField(
+                                "severable member both inline and in envelope",
+                            ));
                         }
                         bodies[i] = Some(r.bytes()?);
                     }
@@ -420,7 +441,12 @@ impl<'a> Envelope<'a> {
                 }
                 Key::Int(key::SHARED_SEQUENCE) => shared = Some(r.bytes()?),
                 Key::Int(key::DEPENDENCIES) => return Ok(false),
-                Key::Int(k) => return Err(Error::UnknownField { object: "SUIT common", key: k }),
+                Key::Int(k) => {
+                    return Err(Error::UnknownField {
+                        object: "SUIT common",
+                        key: k,
+                    });
+                }
                 _ => return Err(Error::InvalidField("SUIT common key")),
             }
             Ok(true)
@@ -438,8 +464,12 @@ impl<'a> Envelope<'a> {
             tr.finish()?;
         }
         // Step 5: an integrated payload named by the uri must match the signed digest/size.
-        if let Some(name) = m.uri.filter(|u| u.starts_with('#')) {
-            if let Some(p) = self.integrated(name) {
+        let integrated = m
+            .uri
+            .filter(|u| u.starts_with('#'))
+            .and_then(|n| self.integrated(n));
+        {
+            if let Some(p) = integrated {
                 let d = m.image_digest.ok_or(Error::MissingField("image-digest"))?;
                 if sha256(p) != d {
                     return Err(Error::DigestMismatch("integrated payload"));
@@ -611,7 +641,10 @@ mod build {
     }
 
     fn wrapped_digest(w: &mut Writer<'_>, d: &Digest) -> Result<()> {
-        w.bytes_head(1 + 1 + 2 + 32)?.array(2)?.i64(DIGEST_SHA256)?.bytes(&d.0)?;
+        w.bytes_head(1 + 1 + 2 + 32)?
+            .array(2)?
+            .i64(DIGEST_SHA256)?
+            .bytes(&d.0)?;
         Ok(())
     }
 
@@ -645,7 +678,11 @@ mod build {
         if payload.is_some() && p.uri.is_some() {
             return Err(Error::InvalidField("uri given for an integrated payload"));
         }
-        let uri = if payload.is_some() { Some(INTEGRATED_NAME) } else { p.uri };
+        let uri = if payload.is_some() {
+            Some(INTEGRATED_NAME)
+        } else {
+            p.uri
+        };
         for t in [p.name, p.version, p.uri].into_iter().flatten() {
             if t.is_empty() || t.len() > 1024 {
                 return Err(Error::InvalidField("text or uri length"));
@@ -669,7 +706,11 @@ mod build {
             Ok(())
         })?;
         let common = encode(shared.len() + 16, |w| {
-            w.map(2)?.u64(key::COMPONENTS as u64)?.array(1)?.array(1)?.bytes(&[0])?;
+            w.map(2)?
+                .u64(key::COMPONENTS as u64)?
+                .array(1)?
+                .array(1)?
+                .bytes(&[0])?;
             w.u64(key::SHARED_SEQUENCE as u64)?;
             bstr(w, &shared)
         })?;
@@ -691,14 +732,21 @@ mod build {
                     w.u64(key::T_MANIFEST_DESCRIPTION as u64)?.str(n)?;
                 }
                 if let Some(v) = p.version {
-                    w.array(1)?.bytes(&[0])?.map(1)?.u64(key::T_COMPONENT_VERSION as u64)?.str(v)?;
+                    w.array(1)?
+                        .bytes(&[0])?
+                        .map(1)?
+                        .u64(key::T_COMPONENT_VERSION as u64)?
+                        .str(v)?;
                 }
                 Ok(())
             })?)
         } else {
             None
         };
-        let cap = common.len() + 64 + install.as_ref().map_or(0, Vec::len) + text.as_ref().map_or(0, Vec::len);
+        let cap = common.len()
+            + 64
+            + install.as_ref().map_or(0, Vec::len)
+            + text.as_ref().map_or(0, Vec::len);
         let manifest = encode(cap, |w| {
             let n = 4 + usize::from(install.is_some()) + usize::from(text.is_some());
             w.map(n)?;
@@ -732,7 +780,8 @@ mod build {
         })?;
         let cap = auth.len() + manifest_wrapped.len() + 32 + payload.map_or(0, <[u8]>::len);
         encode(cap, |w| {
-            w.tag(TAG_ENVELOPE)?.map(2 + usize::from(payload.is_some()))?;
+            w.tag(TAG_ENVELOPE)?
+                .map(2 + usize::from(payload.is_some()))?;
             w.u64(key::AUTHENTICATION as u64)?;
             bstr(w, &auth)?;
             w.u64(key::MANIFEST as u64)?.raw(&manifest_wrapped)?;
@@ -761,7 +810,10 @@ mod build {
             let val = &r.input()[start..r.position()];
             kept.push(match k {
                 Key::Int(i) => {
-                    let (h, n) = crate::cbor::head(if i < 0 { 1 } else { 0 }, if i < 0 { !(i as u64) } else { i as u64 });
+                    let (h, n) = crate::cbor::head(
+                        if i < 0 { 1 } else { 0 },
+                        if i < 0 { !(i as u64) } else { i as u64 },
+                    );
                     kept_key(h, n)
                 }
                 _ => return Err(Error::InvalidField("SUIT envelope key")),

@@ -4,7 +4,7 @@
 use p256::ecdsa::SigningKey;
 
 use crate::cbor::{Key, Reader, Writer};
-use crate::cose::{Signed, SignedPayload, Verified, PublicKey, sign_object};
+use crate::cose::{PublicKey, Signed, SignedPayload, Verified, sign_object};
 use crate::error::{Error, Result};
 use crate::ids::{ChargingRef, Digest, Iccid, Imei, Nonce, ServerId, UpdateId};
 use crate::limits::Limits;
@@ -98,7 +98,8 @@ impl SignedPayload for DeliveryToken {
         w.i64(claims::NONCE)?.bytes(&self.nonce.0)?;
         w.i64(claims::ICCID)?.str(self.iccid.as_str())?;
         w.i64(claims::IMEI)?.str(self.imei.as_str())?;
-        w.i64(claims::MANIFEST_DIGEST)?.bytes(&self.manifest_digest.0)?;
+        w.i64(claims::MANIFEST_DIGEST)?
+            .bytes(&self.manifest_digest.0)?;
         if let Some(c) = &self.charging_ref {
             w.i64(claims::CHARGING_REF)?.str(c.as_str())?;
         }

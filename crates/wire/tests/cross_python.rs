@@ -2,6 +2,8 @@
 //! the export with the server's private key, python-cwt validates tokens, cbor2 decodes the
 //! payloads; and objects made by python-cwt / pycose verify with ours.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use common::{TestRng, key, python, run_py};
@@ -15,7 +17,11 @@ fn xy(k: &SigningKey) -> (String, String) {
 }
 
 fn far_future() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 86_400
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 86_400
 }
 
 #[test]
@@ -55,7 +61,9 @@ fn python_made_token_and_sign1_verify_with_ours() {
     let (x, y) = xy(&k);
     let d = hex::encode(k.to_bytes());
     let exp = far_future();
-    let tok = hex::decode(run_py(&py, "check.py", &["mktoken", &x, &y, &d, &exp.to_string()]).trim()).unwrap();
+    let tok =
+        hex::decode(run_py(&py, "check.py", &["mktoken", &x, &y, &d, &exp.to_string()]).trim())
+            .unwrap();
     let v = DeliveryToken::verify(&tok, &PublicKey::from(&k), &Limits::CARD).unwrap();
     assert_eq!(v.iss.as_str(), "py.dm.example");
     assert_eq!(v.exp, exp);
@@ -66,12 +74,30 @@ fn python_made_token_and_sign1_verify_with_ours() {
         Error::BadSignature
     );
     // A pycose Sign1 over a log-ack payload we encoded: verifies as a LogAck with our code.
-    let ack = LogAck { server: ServerId::new("s1").unwrap(), nonce: Nonce([1; 16]), up_to_seq: 9 };
+    let ack = LogAck {
+        server: ServerId::new("s1").unwrap(),
+        nonce: Nonce([1; 16]),
+        up_to_seq: 9,
+    };
     let mut buf = [0u8; 300];
     let n = ack.sign(&k, &mut buf).unwrap();
-    let payload = CoseSign1::decode(&buf[..n], &Limits::CARD).unwrap().payload.unwrap();
-    let py_ack = hex::decode(run_py(&py, "check.py", &["mksign1", &x, &y, &d, &hex::encode(payload)]).trim()).unwrap();
-    assert_eq!(*LogAck::verify(&py_ack, &PublicKey::from(&k), &Limits::CARD).unwrap(), ack);
+    let payload = CoseSign1::decode(&buf[..n], &Limits::CARD)
+        .unwrap()
+        .payload
+        .unwrap();
+    let py_ack = hex::decode(
+        run_py(
+            &py,
+            "check.py",
+            &["mksign1", &x, &y, &d, &hex::encode(payload)],
+        )
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(
+        *LogAck::verify(&py_ack, &PublicKey::from(&k), &Limits::CARD).unwrap(),
+        ack
+    );
 }
 
 #[test]
@@ -81,40 +107,95 @@ fn card_and_server_objects_verify_with_pycose() {
     let (x, y) = xy(&k);
     let mut buf = [0u8; 600];
     let iccid = Iccid::parse("89014103211118510720").unwrap();
-    let r = Receipt { iccid, update_id: UpdateId::new(b"u9").unwrap(), result: FumoResult(402), log_seq: 12, chain_head: Digest([6; 32]) };
+    let r = Receipt {
+        iccid,
+        update_id: UpdateId::new(b"u9").unwrap(),
+        result: FumoResult(402),
+        log_seq: 12,
+        chain_head: Digest([6; 32]),
+    };
     let n = r.sign(&k, &mut buf).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&run_py(&py, "check.py", &["sign1", &hex::encode(&buf[..n]), &x, &y])).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&run_py(
+        &py,
+        "check.py",
+        &["sign1", &hex::encode(&buf[..n]), &x, &y],
+    ))
+    .unwrap();
     assert_eq!(j["0"], 1);
     assert_eq!(j["1"], "89014103211118510720");
     assert_eq!(j["3"], 402);
     assert_eq!(j["4"], 12);
 
-    let ack = LogAck { server: ServerId::new("s1").unwrap(), nonce: Nonce([2; 16]), up_to_seq: 77 };
+    let ack = LogAck {
+        server: ServerId::new("s1").unwrap(),
+        nonce: Nonce([2; 16]),
+        up_to_seq: 77,
+    };
     let n = ack.sign(&k, &mut buf).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&run_py(&py, "check.py", &["sign1", &hex::encode(&buf[..n]), &x, &y])).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&run_py(
+        &py,
+        "check.py",
+        &["sign1", &hex::encode(&buf[..n]), &x, &y],
+    ))
+    .unwrap();
     assert_eq!(j["3"], 77);
 
-    let req = LogReadRequest { server: ServerId::new("s1").unwrap(), nonce: Nonce([3; 16]), first_seq: 5, max_count: 8 };
+    let req = LogReadRequest {
+        server: ServerId::new("s1").unwrap(),
+        nonce: Nonce([3; 16]),
+        first_seq: 5,
+        max_count: 8,
+    };
     let n = req.sign(&k, &mut buf).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&run_py(&py, "check.py", &["sign1", &hex::encode(&buf[..n]), &x, &y])).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&run_py(
+        &py,
+        "check.py",
+        &["sign1", &hex::encode(&buf[..n]), &x, &y],
+    ))
+    .unwrap();
     assert_eq!(j["4"], 8);
 
     let cmd = AdminCommand {
         target: iccid,
         counter: 3,
-        change: AdminChange::PutServer { id: ServerId::new("dm1").unwrap(), key: PublicKey::from(&key(25)), rights: Rights::ALL },
+        change: AdminChange::PutServer {
+            id: ServerId::new("dm1").unwrap(),
+            key: PublicKey::from(&key(25)),
+            rights: Rights::ALL,
+        },
     };
     let n = cmd.sign(&k, &mut buf).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&run_py(&py, "check.py", &["sign1", &hex::encode(&buf[..n]), &x, &y])).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&run_py(
+        &py,
+        "check.py",
+        &["sign1", &hex::encode(&buf[..n]), &x, &y],
+    ))
+    .unwrap();
     assert_eq!(j["2"], 3);
     assert_eq!(j["3"][0], 1);
-    assert_eq!(j["3"][2]["-2"], hex::encode(PublicKey::from(&key(25)).xy().0));
+    assert_eq!(
+        j["3"][2]["-2"],
+        hex::encode(PublicKey::from(&key(25)).xy().0)
+    );
 
-    let cert = CardCertificate { issuer: IssuerId::new("ca").unwrap(), iccid, card_key: PublicKey::from(&key(26)), imsi: None };
+    let cert = CardCertificate {
+        issuer: IssuerId::new("ca").unwrap(),
+        iccid,
+        card_key: PublicKey::from(&key(26)),
+        imsi: None,
+    };
     let n = cert.sign(&k, &mut buf).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&run_py(&py, "check.py", &["sign1", &hex::encode(&buf[..n]), &x, &y])).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&run_py(
+        &py,
+        "check.py",
+        &["sign1", &hex::encode(&buf[..n]), &x, &y],
+    ))
+    .unwrap();
     assert_eq!(j["2"], "89014103211118510720");
-    assert_eq!(j["8"]["1"]["-3"], hex::encode(PublicKey::from(&key(26)).xy().1));
+    assert_eq!(
+        j["8"]["1"]["-3"],
+        hex::encode(PublicKey::from(&key(26)).xy().1)
+    );
 }
 
 #[test]
@@ -140,15 +221,25 @@ fn export_decrypts_with_pycose() {
         log_end: 3,
     };
     let mut out = vec![0u8; 2048];
-    let n = build_export(&mut out, &header, &PublicKey::from(&server), b"s1", &card, &mut TestRng(7), |s, slot| {
-        recs.get(s as usize).map(|r| *slot = *r).is_some()
-    })
+    let n = build_export(
+        &mut out,
+        &header,
+        &PublicKey::from(&server),
+        b"s1",
+        &card,
+        &mut TestRng(7),
+        |s, slot| recs.get(s as usize).map(|r| *slot = *r).is_some(),
+    )
     .unwrap();
     let (cx, cy) = xy(&card);
     let (sx, sy) = xy(&server);
     let sd = hex::encode(server.to_bytes());
-    let j: serde_json::Value =
-        serde_json::from_str(&run_py(&py, "check.py", &["export", &hex::encode(&out[..n]), &cx, &cy, &sx, &sy, &sd])).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&run_py(
+        &py,
+        "check.py",
+        &["export", &hex::encode(&out[..n]), &cx, &cy, &sx, &sy, &sd],
+    ))
+    .unwrap();
     assert_eq!(j["body"]["2"], hex::encode([0x5a; 16]));
     assert_eq!(j["records"].as_array().unwrap().len(), 3);
     assert_eq!(j["records"][1][0], 1);
@@ -175,9 +266,17 @@ fn envelopes_verify_with_pycose_and_cbor2() {
         precursor_digest: None,
     };
     let env = suit::build(&p, &oem).unwrap();
-    let m = Envelope::decode(&env, &Limits::DEFAULT).unwrap().verify(&PublicKey::from(&oem)).unwrap();
+    let m = Envelope::decode(&env, &Limits::DEFAULT)
+        .unwrap()
+        .verify(&PublicKey::from(&oem))
+        .unwrap();
     for bytes in [env.clone(), suit::sever(&env, &Limits::DEFAULT).unwrap()] {
-        let j: serde_json::Value = serde_json::from_str(&run_py(&py, "check.py", &["suit", &hex::encode(&bytes), &x, &y])).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&run_py(
+            &py,
+            "check.py",
+            &["suit", &hex::encode(&bytes), &x, &y],
+        ))
+        .unwrap();
         assert_eq!(j["sequence"], 17);
         assert_eq!(j["digest"], m.manifest_digest().to_string());
     }
@@ -186,7 +285,12 @@ fn envelopes_verify_with_pycose_and_cbor2() {
     let j: serde_json::Value = serde_json::from_str(&run_py(
         &py,
         "check.py",
-        &["suit", &hex::encode(&ex), "8496811aae0baaabd26157189eecda26beaa8bf11b6f3fe6e2b5659c85dbc0ad", "3b1f2a4b6c098131c0a36dacd1d78bd381dcdfb09c052db33991db7338b4a896"],
+        &[
+            "suit",
+            &hex::encode(&ex),
+            "8496811aae0baaabd26157189eecda26beaa8bf11b6f3fe6e2b5659c85dbc0ad",
+            "3b1f2a4b6c098131c0a36dacd1d78bd381dcdfb09c052db33991db7338b4a896",
+        ],
     ))
     .unwrap();
     assert_eq!(j["sequence"], 3);

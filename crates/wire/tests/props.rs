@@ -1,6 +1,8 @@
 //! Property tests: no decoder panics on any input (random bytes and mutated valid objects), and
 //! encode -> decode is the identity for every object.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use proptest::prelude::*;
@@ -33,7 +35,11 @@ fn iccid() -> impl Strategy<Value = Iccid> {
     // 17..19 random digits plus the Luhn check digit.
     proptest::collection::vec(0u8..10, 17..20).prop_map(|d| {
         for check in 0..10u8 {
-            let s: String = d.iter().chain([check].iter()).map(|x| char::from(b'0' + x)).collect();
+            let s: String = d
+                .iter()
+                .chain([check].iter())
+                .map(|x| char::from(b'0' + x))
+                .collect();
             if let Ok(i) = Iccid::parse(&s) {
                 return i;
             }

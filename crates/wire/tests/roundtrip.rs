@@ -1,5 +1,7 @@
 //! Encode -> decode -> verify round trips of every object, and the refusals that matter.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use common::{TestRng, key};
@@ -27,7 +29,10 @@ fn token_round_trip_and_refusals() {
     let mut buf = [0u8; 512];
     let n = t.sign(&k, &mut buf).unwrap();
     let signed = DeliveryToken::decode(&buf[..n], &Limits::CARD).unwrap();
-    assert_eq!(signed.dangerous_unverified().iss.as_str(), "dm.operator.example");
+    assert_eq!(
+        signed.dangerous_unverified().iss.as_str(),
+        "dm.operator.example"
+    );
     assert_eq!(signed.kid(), Some(&b"dm.operator.example"[..]));
     let v = signed.verify(&PublicKey::from(&k)).unwrap();
     assert_eq!(*v.get(), t);
@@ -59,10 +64,18 @@ fn a_receipt_is_not_a_log_ack() {
     };
     let mut buf = [0u8; 300];
     let n = r.sign(&k, &mut buf).unwrap();
-    assert_eq!(Receipt::verify(&buf[..n], &PublicKey::from(&k), &Limits::CARD).unwrap().into_inner(), r);
+    assert_eq!(
+        Receipt::verify(&buf[..n], &PublicKey::from(&k), &Limits::CARD)
+            .unwrap()
+            .into_inner(),
+        r
+    );
     assert_eq!(
         LogAck::decode(&buf[..n], &Limits::CARD).unwrap_err(),
-        Error::WrongObjectType { expected: 2, found: 1 }
+        Error::WrongObjectType {
+            expected: 2,
+            found: 1
+        }
     );
     assert!(DeliveryToken::decode(&buf[..n], &Limits::CARD).is_err());
 }
@@ -72,7 +85,11 @@ fn server_objects_round_trip() {
     let k = key(4);
     let pk = PublicKey::from(&k);
     let mut buf = [0u8; 400];
-    let ack = LogAck { server: ServerId::new("s1").unwrap(), nonce: Nonce([9; 16]), up_to_seq: 41 };
+    let ack = LogAck {
+        server: ServerId::new("s1").unwrap(),
+        nonce: Nonce([9; 16]),
+        up_to_seq: 41,
+    };
     let n = ack.sign(&k, &mut buf).unwrap();
     assert_eq!(*LogAck::verify(&buf[..n], &pk, &Limits::CARD).unwrap(), ack);
     let req = LogReadRequest {
@@ -82,14 +99,20 @@ fn server_objects_round_trip() {
         max_count: 4,
     };
     let n = req.sign(&k, &mut buf).unwrap();
-    assert_eq!(*LogReadRequest::verify(&buf[..n], &pk, &Limits::CARD).unwrap(), req);
+    assert_eq!(
+        *LogReadRequest::verify(&buf[..n], &pk, &Limits::CARD).unwrap(),
+        req
+    );
 }
 
 #[test]
 fn admin_commands_round_trip() {
     let issuer = key(5);
     let target = Iccid::parse("89014103211118510720").unwrap();
-    let mut policy = Policy::new(UnauthorizedRule::ConfirmWithPin, IntegrityMode::CardDigest { max_size: 1 << 20 });
+    let mut policy = Policy::new(
+        UnauthorizedRule::ConfirmWithPin,
+        IntegrityMode::CardDigest { max_size: 1 << 20 },
+    );
     policy.allow([1; 16], [2; 16]).unwrap();
     let changes = [
         AdminChange::PutServer {
@@ -97,13 +120,24 @@ fn admin_commands_round_trip() {
             key: PublicKey::from(&key(6)),
             rights: Rights::FIRMWARE_UPDATE | Rights::LOG_READ,
         },
-        AdminChange::RemoveServer { id: ServerId::new("dm1").unwrap() },
-        AdminChange::PutOriginator { id: OriginatorId::new("oem").unwrap(), key: PublicKey::from(&key(7)) },
-        AdminChange::RemoveOriginator { id: OriginatorId::new("oem").unwrap() },
+        AdminChange::RemoveServer {
+            id: ServerId::new("dm1").unwrap(),
+        },
+        AdminChange::PutOriginator {
+            id: OriginatorId::new("oem").unwrap(),
+            key: PublicKey::from(&key(7)),
+        },
+        AdminChange::RemoveOriginator {
+            id: OriginatorId::new("oem").unwrap(),
+        },
         AdminChange::SetPolicy(policy),
     ];
     for (i, change) in changes.into_iter().enumerate() {
-        let cmd = AdminCommand { target, counter: i as u64 + 1, change };
+        let cmd = AdminCommand {
+            target,
+            counter: i as u64 + 1,
+            change,
+        };
         let mut buf = [0u8; 400];
         let n = cmd.sign(&issuer, &mut buf).unwrap();
         let v = AdminCommand::verify(&buf[..n], &PublicKey::from(&issuer), &Limits::CARD).unwrap();
@@ -127,7 +161,10 @@ fn card_certificate_round_trip() {
     };
     let mut buf = [0u8; 400];
     let n = cert.sign(&issuer, &mut buf).unwrap();
-    assert_eq!(*CardCertificate::verify(&buf[..n], &PublicKey::from(&issuer), &Limits::CARD).unwrap(), cert);
+    assert_eq!(
+        *CardCertificate::verify(&buf[..n], &PublicKey::from(&issuer), &Limits::CARD).unwrap(),
+        cert
+    );
 }
 
 fn sample_entry(seq: u32, prev: Digest) -> LogEntry {
@@ -166,7 +203,10 @@ fn log_entry_fixed_records() {
     assert_eq!(LogEntry::decode(&rec).unwrap(), big);
     let mut bad = rec;
     bad[LogEntry::RECORD_LEN - 1] = 1;
-    assert_eq!(LogEntry::decode(&bad), Err(Error::InvalidField("log record padding")));
+    assert_eq!(
+        LogEntry::decode(&bad),
+        Err(Error::InvalidField("log record padding"))
+    );
 }
 
 #[test]
@@ -191,17 +231,29 @@ fn export_build_and_open() {
         log_end: 5,
     };
     let mut out = vec![0u8; 2048];
-    let n = build_export(&mut out, &header, &PublicKey::from(&server), b"s1", &card, &mut TestRng(1), |seq, slot| {
-        match recs.get(seq as usize) {
+    let n = build_export(
+        &mut out,
+        &header,
+        &PublicKey::from(&server),
+        b"s1",
+        &card,
+        &mut TestRng(1),
+        |seq, slot| match recs.get(seq as usize) {
             Some(r) => {
                 *slot = *r;
                 true
             }
             None => false,
-        }
-    })
+        },
+    )
     .unwrap();
-    let opened = open_export(&out[..n], &PublicKey::from(&card), &server_secret, &Limits::DEFAULT).unwrap();
+    let opened = open_export(
+        &out[..n],
+        &PublicKey::from(&card),
+        &server_secret,
+        &Limits::DEFAULT,
+    )
+    .unwrap();
     assert_eq!(opened.first_seq, 2);
     assert_eq!(opened.records, recs[2..5].to_vec());
     let entries = opened.entries().unwrap();
@@ -209,22 +261,50 @@ fn export_build_and_open() {
     assert_eq!(opened.nonce, Nonce([4; 16]));
     // Another server cannot read it; a changed byte fails the signature.
     let other = p256::SecretKey::from(key(13).as_nonzero_scalar());
-    assert_eq!(open_export(&out[..n], &PublicKey::from(&card), &other, &Limits::DEFAULT).unwrap_err(), Error::DecryptFailed);
+    assert_eq!(
+        open_export(&out[..n], &PublicKey::from(&card), &other, &Limits::DEFAULT).unwrap_err(),
+        Error::DecryptFailed
+    );
     let mut bad = out[..n].to_vec();
     bad[200] ^= 1;
-    assert_eq!(open_export(&bad, &PublicKey::from(&card), &server_secret, &Limits::DEFAULT).unwrap_err(), Error::BadSignature);
-    // A missing record aborts, a small buffer is reported.
-    let h2 = ExportHeader { first_seq: 4, count: 3, ..header };
     assert_eq!(
-        build_export(&mut out, &h2, &PublicKey::from(&server), b"s1", &card, &mut TestRng(1), |s, slot| {
-            recs.get(s as usize).map(|r| *slot = *r).is_some()
-        }),
+        open_export(
+            &bad,
+            &PublicKey::from(&card),
+            &server_secret,
+            &Limits::DEFAULT
+        )
+        .unwrap_err(),
+        Error::BadSignature
+    );
+    // A missing record aborts, a small buffer is reported.
+    let h2 = ExportHeader {
+        first_seq: 4,
+        count: 3,
+        ..header
+    };
+    assert_eq!(
+        build_export(
+            &mut out,
+            &h2,
+            &PublicKey::from(&server),
+            b"s1",
+            &card,
+            &mut TestRng(1),
+            |s, slot| { recs.get(s as usize).map(|r| *slot = *r).is_some() }
+        ),
         Err(Error::RecordUnavailable(5))
     );
     assert_eq!(
-        build_export(&mut [0u8; 600], &header, &PublicKey::from(&server), b"s1", &card, &mut TestRng(1), |s, slot| {
-            recs.get(s as usize).map(|r| *slot = *r).is_some()
-        }),
+        build_export(
+            &mut [0u8; 600],
+            &header,
+            &PublicKey::from(&server),
+            b"s1",
+            &card,
+            &mut TestRng(1),
+            |s, slot| { recs.get(s as usize).map(|r| *slot = *r).is_some() }
+        ),
         Err(Error::BufferTooSmall)
     );
 }
@@ -260,7 +340,10 @@ fn suit_build_verify_sever() {
     // Severed: small, same manifest digest, verifies within the card's limits.
     let sev = suit::sever(&env, &Limits::DEFAULT).unwrap();
     assert!(sev.len() < 500, "severed size {}", sev.len());
-    let ms = Envelope::decode(&sev, &Limits::CARD).unwrap().verify(&PublicKey::from(&oem)).unwrap();
+    let ms = Envelope::decode(&sev, &Limits::CARD)
+        .unwrap()
+        .verify(&PublicKey::from(&oem))
+        .unwrap();
     assert_eq!(ms.manifest_digest(), m.manifest_digest());
     assert_eq!(ms.payload, None);
     // A changed payload byte is caught by the digest check.
@@ -268,13 +351,28 @@ fn suit_build_verify_sever() {
     let last = bad.len() - 1;
     bad[last] ^= 1;
     assert_eq!(
-        Envelope::decode(&bad, &Limits::DEFAULT).unwrap().verify(&PublicKey::from(&oem)).unwrap_err(),
+        Envelope::decode(&bad, &Limits::DEFAULT)
+            .unwrap()
+            .verify(&PublicKey::from(&oem))
+            .unwrap_err(),
         Error::DigestMismatch("integrated payload")
     );
     // Digest-only build with a URI.
-    let p2 = BuildParams { image: ImageSource::Digest { digest: Digest([1; 32]), size: 5 }, integrate: false, uri: Some("https://pkg.example/fw.bin"), precursor_digest: None, ..p };
+    let p2 = BuildParams {
+        image: ImageSource::Digest {
+            digest: Digest([1; 32]),
+            size: 5,
+        },
+        integrate: false,
+        uri: Some("https://pkg.example/fw.bin"),
+        precursor_digest: None,
+        ..p
+    };
     let env2 = suit::build(&p2, &oem).unwrap();
-    let m2 = Envelope::decode(&env2, &Limits::CARD).unwrap().verify(&PublicKey::from(&oem)).unwrap();
+    let m2 = Envelope::decode(&env2, &Limits::CARD)
+        .unwrap()
+        .verify(&PublicKey::from(&oem))
+        .unwrap();
     assert_eq!(m2.uri, Some("https://pkg.example/fw.bin"));
     assert_eq!(m2.image_digest, Some(Digest([1; 32])));
     assert_eq!(m2.precursor_digest, None);

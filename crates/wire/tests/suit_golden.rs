@@ -1,13 +1,16 @@
 //! The six official SUIT examples (draft-ietf-suit-manifest-37) verify with the published key,
 //! give the documented fields, and any single-byte change makes verification fail.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use simfota_wire::suit::Envelope;
 use simfota_wire::{Digest, Error, Limits, PublicKey, pem};
 
 fn suit_key() -> PublicKey {
-    let pem = std::fs::read_to_string(common::vectors().join("suit/manifest-spec/pubkey.pem")).unwrap();
+    let pem =
+        std::fs::read_to_string(common::vectors().join("suit/manifest-spec/pubkey.pem")).unwrap();
     pem::public_key_from_pem(&pem).unwrap()
 }
 
@@ -28,7 +31,10 @@ fn documented_manifest_digest(i: usize) -> Digest {
     let rest = &text[at..];
     let start = rest.find("h'").unwrap() + 2;
     let end = start + rest[start..].find('\'').unwrap();
-    let hexs: String = rest[start..end].chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    let hexs: String = rest[start..end]
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .collect();
     Digest(hex::decode(hexs).unwrap().try_into().unwrap())
 }
 
@@ -40,18 +46,32 @@ fn uuid(s: &str) -> [u8; 16] {
 fn official_examples_verify_with_documented_fields() {
     let key = suit_key();
     let sizes = [237, 272, 923, 396, 403, 382];
-    for i in 0..6 {
+    for (i, size) in sizes.into_iter().enumerate() {
         let bytes = example(i);
-        assert_eq!(bytes.len(), sizes[i], "example{i} size");
+        assert_eq!(bytes.len(), size, "example{i} size");
         let env = Envelope::decode(&bytes, &Limits::DEFAULT).unwrap();
-        let m = env.verify(&key).unwrap_or_else(|e| panic!("example{i}: {e}"));
+        let m = env
+            .verify(&key)
+            .unwrap_or_else(|e| panic!("example{i}: {e}"));
         let j = json(i);
-        assert_eq!(m.sequence, j["manifest-sequence-number"].as_u64().unwrap(), "example{i}");
+        assert_eq!(
+            m.sequence,
+            j["manifest-sequence-number"].as_u64().unwrap(),
+            "example{i}"
+        );
         assert_eq!(m.sequence, i as u64);
-        assert_eq!(m.manifest_digest(), documented_manifest_digest(i), "example{i}");
+        assert_eq!(
+            m.manifest_digest(),
+            documented_manifest_digest(i),
+            "example{i}"
+        );
         let c0 = &j["components"][0];
         let want_digest = c0["install-digest"]["digest-bytes"].as_str().unwrap();
-        assert_eq!(m.image_digest.unwrap().to_string(), want_digest, "example{i}");
+        assert_eq!(
+            m.image_digest.unwrap().to_string(),
+            want_digest,
+            "example{i}"
+        );
         assert_eq!(m.image_size, c0["install-size"].as_u64(), "example{i}");
         assert_eq!(m.vendor_id, Some(uuid(c0["vendor-id"].as_str().unwrap())));
         assert_eq!(m.class_id, Some(uuid(c0["class-id"].as_str().unwrap())));
@@ -114,11 +134,17 @@ fn truncation_and_wrong_key_are_refused() {
     for i in 0..6 {
         let b = example(i);
         for cut in [1, b.len() / 2, b.len() - 1] {
-            assert!(matches!(check(&b[..cut], &key), Err(Error::BadCbor { .. })), "example{i} cut {cut}");
+            assert!(
+                matches!(check(&b[..cut], &key), Err(Error::BadCbor { .. })),
+                "example{i} cut {cut}"
+            );
         }
         assert_eq!(check(&b, &other), Err(Error::BadSignature));
         let mut longer = b.clone();
         longer.push(0);
-        assert!(matches!(check(&longer, &key), Err(Error::TrailingBytes { .. })));
+        assert!(matches!(
+            check(&longer, &key),
+            Err(Error::TrailingBytes { .. })
+        ));
     }
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: vector files, keys, the Python checkers.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -69,7 +70,9 @@ pub fn python() -> Option<PathBuf> {
         return candidate;
     }
     if require {
-        panic!("SIMFOTA_PYTHON with pycose, cwt and cbor2 is required (SIMFOTA_REQUIRE_EXTERNAL=1)");
+        panic!(
+            "SIMFOTA_PYTHON with pycose, cwt and cbor2 is required (SIMFOTA_REQUIRE_EXTERNAL=1)"
+        );
     }
     eprintln!("skipped: SIMFOTA_PYTHON with pycose/cwt/cbor2 missing");
     None
@@ -77,8 +80,14 @@ pub fn python() -> Option<PathBuf> {
 
 /// Runs a checker script from tests/py with arguments; returns stdout, panics on failure.
 pub fn run_py(py: &PathBuf, script: &str, args: &[&str]) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(script);
-    let out = Command::new(py).arg(path).args(args).output().expect("run python");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = Command::new(py)
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("run python");
     assert!(
         out.status.success(),
         "{script} failed: {}\n{}",
