@@ -187,6 +187,12 @@ impl<S: Store, P: Platform> Applet<S, P> {
         self.core.p.store()
     }
 
+    /// The persistent store, mutably (hosts and tests: arming a power cut, say). Writes
+    /// still need a transaction.
+    pub fn store_mut(&mut self) -> &mut S {
+        self.core.p.store_mut()
+    }
+
     /// Takes the applet apart, giving back its store (to power-cycle it).
     pub fn into_store(self) -> S {
         self.core.p.into_store()

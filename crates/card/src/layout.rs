@@ -120,6 +120,11 @@ impl<S: Store> Persist<S> {
         &self.store
     }
 
+    /// The wrapped store, mutably.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Unwraps the store.
     pub fn into_store(self) -> S {
         self.store

@@ -1,0 +1,149 @@
+//! Malformed input never panics; the file-backed store survives restarts atomically.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use simfota_card::{FileStore, PERSISTENT_SIZE, StatusWord, Store, ins};
+
+fn personalized() -> Card {
+    World::new().default_card()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+
+    /// Arbitrary byte strings as APDUs, against a personalized, selected card.
+    #[test]
+    fn arbitrary_apdus_never_panic(apdus in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..8)) {
+        let mut card = personalized();
+        for a in &apdus {
+            let (_, sw) = card.raw(a);
+            prop_assert!(sw.sw1() != 0);
+        }
+    }
+
+    /// Well-formed headers of this applet's instructions with arbitrary data.
+    #[test]
+    fn arbitrary_data_for_every_instruction_never_panics(
+        ins_i in 0usize..18,
+        p1 in any::<u8>(),
+        p2 in any::<u8>(),
+        data in proptest::collection::vec(any::<u8>(), 0..1600),
+        chained in any::<bool>(),
+    ) {
+        let all = [
+            (0x00, ins::SELECT), (0x00, ins::GET_RESPONSE), (0x00, ins::GET_CHALLENGE),
+            (0x00, ins::VERIFY), (0x00, ins::CHANGE_REFERENCE_DATA), (0x00, ins::RESET_RETRY_COUNTER),
+            (0x00, ins::GENERATE_KEY_PAIR), (0x80, ins::GET_DATA), (0x80, ins::STORE_DATA),
+            (0x80, ins::BIND_TERMINAL), (0x80, ins::AUTHORIZE_UPDATE), (0x80, ins::RECORD_CONSENT),
+            (0x80, ins::PAYLOAD), (0x80, ins::REPORT_RESULT), (0x80, ins::READ_LOG),
+            (0x80, ins::ACK_LOG), (0x80, ins::ADMIN), (0x80, 0x77),
+        ];
+        let (cla, i) = all[ins_i];
+        let mut card = personalized();
+        card.extended = !chained;
+        let _ = card.nonce();
+        let (_, sw) = card.cmd(cla, i, p1, p2, &data);
+        prop_assert!(sw.sw1() != 0);
+        // The card still works afterwards.
+        prop_assert_eq!(card.select(), StatusWord::OK);
+    }
+
+    /// Random bytes as personalization data on a blank card.
+    #[test]
+    fn arbitrary_store_data_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600), p1 in any::<u8>()) {
+        let mut card = Card::blank("fuzz");
+        prop_assert_eq!(card.select(), StatusWord::OK);
+        let (_, sw) = card.cmd(0x80, ins::STORE_DATA, p1, 0, &data);
+        prop_assert!(sw.sw1() != 0);
+    }
+}
+
+#[test]
+fn truncated_and_bit_flipped_signed_objects_are_refused_cleanly() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(5);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let tok = w.token(&cti, n, md);
+    let req = request(&tok, &env);
+    for cut in [1usize, 2, 3, 10, 100, req.len() / 2, req.len() - 1] {
+        let _ = card.nonce();
+        let (_, sw) = card.cmd(0x80, ins::AUTHORIZE_UPDATE, 0, 0, &req[..cut]);
+        assert!(!sw.is_success(), "truncated at {cut}");
+    }
+    for i in (0..req.len()).step_by(7) {
+        let mut r = req.clone();
+        r[i] ^= 0x41;
+        let _ = card.nonce();
+        let (_, sw) = card.cmd(0x80, ins::AUTHORIZE_UPDATE, 0, 0, &r);
+        assert!(!sw.is_success(), "flipped byte {i}");
+    }
+}
+
+#[test]
+fn file_store_persists_commits_and_drops_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card.img");
+    {
+        let mut s = FileStore::open(&path, 64).unwrap();
+        s.begin().unwrap();
+        s.write(3, &[1, 2, 3]).unwrap();
+        s.commit().unwrap();
+        s.begin().unwrap();
+        s.write(10, &[9]).unwrap();
+        // Dropped without commit: a crash in the middle of a transaction.
+    }
+    let s = FileStore::open(&path, 64).unwrap();
+    let mut b = [0u8; 8];
+    s.read(3, &mut b).unwrap();
+    assert_eq!(b, [1, 2, 3, 0, 0, 0, 0, 0], "the uncommitted write is gone");
+    // A stale temporary file from a crash during commit is ignored.
+    std::fs::write(dir.path().join("card.img.tmp"), [0xAA; 64]).unwrap();
+    let s = FileStore::open(&path, 64).unwrap();
+    s.read(3, &mut b[..3]).unwrap();
+    assert_eq!(&b[..3], &[1, 2, 3]);
+    // Another size is refused, not truncated.
+    assert!(FileStore::open(&path, 65).is_err());
+}
+
+#[test]
+fn virtual_card_survives_restart_on_file_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card.img");
+    let mut w = World::new();
+    // Personalize and update on a RAM card, then move its image to a file, as the virtual
+    // card would after a restart.
+    let mut card = w.default_card();
+    w.full_update(&mut card, 4);
+    std::fs::write(&path, card.image()).unwrap();
+    let store = FileStore::open(&path, PERSISTENT_SIZE).unwrap();
+    let mut applet = simfota_card::Applet::new(store, simfota_card::RngPlatform(TestRng::new("file")));
+    let mut out = [0u8; 258];
+    let mut sel = vec![0x00, ins::SELECT, 4, 0, simfota_card::AID.len() as u8];
+    sel.extend_from_slice(&simfota_card::AID);
+    let n = applet.process(&sel, &mut out);
+    assert_eq!(&out[..n], &[0x90, 0x00]);
+    let n = applet.process(&[0x80, ins::GET_DATA, 0x01, 0x05, 0x00], &mut out);
+    assert_eq!(&out[n - 2..n], &[0x90, 0x00]);
+    let st = simfota_card::info::decode::LogStatus::decode(&out[..n - 2]).unwrap();
+    assert_eq!(st.next, 3);
+    // A change goes to the file.
+    let mut imei = vec![0x80, ins::BIND_TERMINAL, 0, 0, 15];
+    imei.extend_from_slice(IMEI.as_bytes());
+    let n = applet.process(&imei, &mut out);
+    assert_eq!(&out[..n], &[0x90, 0x00]);
+    let mut pin = vec![0x00, ins::VERIFY, 0, 0x81, 8];
+    pin.extend_from_slice(b"0000\xFF\xFF\xFF\xFF");
+    let n = applet.process(&pin, &mut out);
+    assert_eq!(&out[..n], &[0x63, 0xC2]);
+    drop(applet);
+    let store = FileStore::open(&path, PERSISTENT_SIZE).unwrap();
+    let mut applet = simfota_card::Applet::new(store, simfota_card::RngPlatform(TestRng::new("file")));
+    let n = applet.process(&sel, &mut out);
+    assert_eq!(&out[..n], &[0x90, 0x00]);
+    let n = applet.process(&[0x00, ins::VERIFY, 0, 0x81], &mut out);
+    assert_eq!(&out[..n], &[0x63, 0xC2]);
+}
