@@ -1,0 +1,320 @@
+//! `simfota bench`: measurements behind docs/performance.md.
+//!
+//! Benchmarks print figures; they never fail on a slow machine. Each one makes its own input
+//! in a temporary directory (deterministic pseudo-random bytes) and removes it afterwards.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use sha2::{Digest, Sha256};
+
+use crate::pack;
+
+/// Arguments of `simfota bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Build and verify a package for a large image; payload hashing vs sha256sum.
+    Hash {
+        /// Image size in MiB.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        size_mib: u32,
+        /// Timed runs of each step (the best is reported).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        runs: u32,
+        /// Directory for the temporary image (default: the system temporary directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Delta size, diff and apply time for a realistic firmware change.
+    Delta {
+        /// Image size in MiB.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        size_mib: u32,
+        /// Percentage of 4 KiB blocks rewritten.
+        #[arg(long, default_value_t = 2.0)]
+        changed_pct: f64,
+        /// zstd level of the delta streams (1-19).
+        #[arg(long, default_value_t = simfota_delta::DiffOptions::default().level,
+              value_parser = clap::value_parser!(i32).range(1..=19))]
+        level: i32,
+    },
+}
+
+/// Runs `simfota bench ...`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    match args.command {
+        BenchCommand::Hash {
+            size_mib,
+            runs,
+            dir,
+        } => hash(size_mib, runs, dir.as_deref())?,
+        BenchCommand::Delta {
+            size_mib,
+            changed_pct,
+            level,
+        } => {
+            if !(0.0..=100.0).contains(&changed_pct) {
+                bail!("--changed-pct must be between 0 and 100, got {changed_pct}");
+            }
+            delta(size_mib, changed_pct, level)?
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*): incompressible, like encrypted or
+/// compressed firmware sections, and cheap to make.
+struct Noise(u64);
+
+impl Noise {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let word = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+    fn next(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill(&mut b);
+        u64::from_le_bytes(b)
+    }
+}
+
+fn mib_per_s(bytes: u64, t: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / t.as_secs_f64().max(1e-9)
+}
+
+fn best<T>(runs: u32, mut f: impl FnMut() -> Result<T>) -> Result<(Duration, T)> {
+    let mut out = None;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let value = f()?;
+        let took = start.elapsed();
+        match &out {
+            Some((t, _)) if *t <= took => {}
+            _ => out = Some((took, value)),
+        }
+    }
+    out.context("no run")
+}
+
+/// Hashes a file with `read` calls of `buf_len` bytes.
+fn hash_file(path: &Path, buf_len: usize) -> Result<[u8; 32]> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; buf_len];
+    loop {
+        let n = file.read(&mut buf).context("read failed")?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+fn sha256sum(path: &Path) -> Result<[u8; 32]> {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .context("cannot run sha256sum (coreutils)")?;
+    if !out.status.success() {
+        bail!(
+            "sha256sum failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex_digest = text.split_whitespace().next().unwrap_or_default();
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(hex_digest, &mut digest).context("unexpected sha256sum output")?;
+    Ok(digest)
+}
+
+fn hash(size_mib: u32, runs: u32, dir: Option<&Path>) -> Result<()> {
+    let tmp = match dir {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .context("cannot create a temporary directory")?;
+    let image = tmp.path().join("image.bin");
+    let size = u64::from(size_mib) << 20;
+    {
+        let mut w = BufWriter::with_capacity(
+            1 << 20,
+            File::create(&image).context("cannot create the image")?,
+        );
+        let mut noise = Noise(0x5eed_1234_abcd_0001);
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..size_mib {
+            noise.fill(&mut buf);
+            w.write_all(&buf).context("cannot write the image")?;
+        }
+        w.flush().context("cannot write the image")?;
+    }
+    // One untimed pass so every timed run reads from the page cache alike.
+    hash_file(&image, 1 << 20)?;
+
+    println!("simfota bench hash: {size_mib} MiB image, best of {runs} runs");
+    println!("cpu: {}", cpu_summary());
+    let (t_ref, d_ref) = best(runs, || sha256sum(&image))?;
+    println!(
+        "{:<44} {:>9.1} ms {:>9.1} MiB/s",
+        "sha256sum (coreutils)",
+        t_ref.as_secs_f64() * 1e3,
+        mib_per_s(size, t_ref)
+    );
+    for buf_len in [64 << 10, 1 << 20, 8 << 20] {
+        let (t, d) = best(runs, || hash_file(&image, buf_len))?;
+        if d != d_ref {
+            bail!("digest differs from sha256sum's");
+        }
+        println!(
+            "{:<44} {:>9.1} ms {:>9.1} MiB/s  {:.2}x sha256sum",
+            format!("sha2 streaming, {} KiB reads", buf_len >> 10),
+            t.as_secs_f64() * 1e3,
+            mib_per_s(size, t),
+            t_ref.as_secs_f64() / t.as_secs_f64().max(1e-9)
+        );
+    }
+
+    let key = p256::SecretKey::random(&mut rand_core::OsRng);
+    let fields = pack::BuildFields::bench_defaults();
+    let (t_build, envelope) = best(runs, || pack::build_for_bench(&image, &key, &fields))?;
+    println!(
+        "{:<44} {:>9.1} ms {:>9.1} MiB/s  {:.2}x sha256sum",
+        "pack build (hash + manifest + sign, by URI)",
+        t_build.as_secs_f64() * 1e3,
+        mib_per_s(size, t_build),
+        t_ref.as_secs_f64() / t_build.as_secs_f64().max(1e-9)
+    );
+    let public = key.public_key();
+    let (t_verify, ()) = best(runs, || pack::verify_for_bench(&envelope, &public, &image))?;
+    println!(
+        "{:<44} {:>9.1} ms {:>9.1} MiB/s  {:.2}x sha256sum",
+        "pack verify (signature + payload digest)",
+        t_verify.as_secs_f64() * 1e3,
+        mib_per_s(size, t_verify),
+        t_ref.as_secs_f64() / t_verify.as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}
+
+fn cpu_summary() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let sha_ni = info
+        .lines()
+        .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "sha_ni"));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "{model}, {cores} cores, SHA-NI {}",
+        if sha_ni { "yes" } else { "no" }
+    )
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// The firmware change the delta benchmark measures: `changed_pct` % of the 4 KiB blocks
+/// rewritten with new bytes, 64 KiB inserted at one third (everything after it shifts), and
+/// 16 KiB removed at two thirds (shifting back).
+fn changed_image(old: &[u8], changed_pct: f64, noise: &mut Noise) -> (Vec<u8>, usize) {
+    const BLOCK: usize = 4096;
+    let mut new = old.to_vec();
+    let blocks = new.len() / BLOCK;
+    let target = ((blocks as f64) * changed_pct / 100.0).round() as usize;
+    let mut changed = vec![false; blocks];
+    let mut count = 0;
+    while count < target.min(blocks) {
+        let b = (noise.next() % blocks as u64) as usize;
+        if !changed[b] {
+            changed[b] = true;
+            count += 1;
+            noise.fill(&mut new[b * BLOCK..(b + 1) * BLOCK]);
+        }
+    }
+    let mut inserted = vec![0u8; 64 << 10];
+    noise.fill(&mut inserted);
+    let at = new.len() / 3;
+    new.splice(at..at, inserted);
+    let cut = (2 * new.len() / 3).min(new.len().saturating_sub(16 << 10));
+    new.drain(cut..(cut + (16 << 10)).min(new.len()));
+    (new, count)
+}
+
+fn delta(size_mib: u32, changed_pct: f64, level: i32) -> Result<()> {
+    let size = (size_mib as usize) << 20;
+    let mut noise = Noise(0x0dd_ba11_cafe_f00d);
+    let mut old = vec![0u8; size];
+    noise.fill(&mut old);
+    let (new, blocks) = changed_image(&old, changed_pct, &mut noise);
+
+    println!(
+        "simfota bench delta: {size_mib} MiB image, {blocks} of {} 4 KiB blocks rewritten ({changed_pct}%), 64 KiB inserted, 16 KiB removed",
+        size / 4096
+    );
+    println!("cpu: {}", cpu_summary());
+    let start = Instant::now();
+    let options = simfota_delta::DiffOptions {
+        level,
+        ..simfota_delta::DiffOptions::default()
+    };
+    let delta = simfota_delta::diff_with(&old, &new, &options).context("diff failed")?;
+    let t_diff = start.elapsed();
+    let rss_after_diff = peak_rss_mib();
+    let start = Instant::now();
+    let rebuilt = simfota_delta::apply(&old, &delta).context("apply failed")?;
+    let t_apply = start.elapsed();
+    if rebuilt != new {
+        bail!("apply did not rebuild the new image");
+    }
+    let (header, _) = simfota_delta::Header::parse(&delta).context("own delta unreadable")?;
+    let full = new.len() as f64;
+    println!("target image      {:>12} bytes", new.len());
+    println!(
+        "delta             {:>12} bytes  ({:.2}% of the full image)",
+        delta.len(),
+        100.0 * delta.len() as f64 / full
+    );
+    println!(
+        "  control/difference/verbatim frames: {} / {} / {} bytes",
+        header.control_len, header.difference_len, header.verbatim_len
+    );
+    let rewritten = blocks * 4096 + (64 << 10);
+    println!(
+        "  new bytes in the change: {rewritten} ({:.2}% of the image): the floor for random content",
+        100.0 * rewritten as f64 / full
+    );
+    println!("diff              {:>9.2} s", t_diff.as_secs_f64());
+    println!("apply             {:>9.3} s", t_apply.as_secs_f64());
+    if let Some(rss) = rss_after_diff {
+        println!("peak RSS          {rss:>9} MiB (whole process, after diff; images included)");
+    }
+    Ok(())
+}
