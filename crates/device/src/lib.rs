@@ -24,3 +24,4 @@ pub mod fumo;
 pub mod outcome;
 pub mod prompt;
 pub mod slots;
+pub mod update;

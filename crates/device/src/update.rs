@@ -1,0 +1,677 @@
+//! Runs one FUMO `DownloadAndUpdate` job against the card, from whatever stage it reached.
+//!
+//! Design §4, steps 4-8, device side: fetch the (severed) SUIT envelope, have the card authorize
+//! (asking the user when the card's policy wants a confirmation), download the payload
+//! resumably, have the card check its integrity in the mode its policy requires, install into
+//! the inactive A/B slot, boot-check it, report the result to the card and keep its receipt.
+//! Every stage change is saved in the job file before the next step starts.
+//!
+//! The agent trusts nothing it relays: it reads the token's claims only to show the user who
+//! asks and to name the update in the result report, and it takes the manifest's facts only
+//! after verifying the manifest with an originator key the card itself lists.
+
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+use simfota_cardlink::client::ClientError;
+use simfota_cardlink::wire::{self, DeliveryToken, Digest, Imei, IntegrityMode, Rights};
+use simfota_cardlink::{CardClient, Channel};
+
+use crate::config;
+use crate::download::{self, Downloader, FetchSpec};
+use crate::fumo::{Job, JobStore, JobStoreError, PackageFacts, Stage};
+use crate::outcome::{Failure, code};
+use crate::prompt::{Answer, ConsentRequest, Prompter};
+use crate::slots::{BootCheck, BootOutcome, ImageSource, SlotError, SlotStore};
+
+/// The download file name of the payload inside the download folder.
+const PAYLOAD_NAME: &str = "payload";
+
+/// Why a job could not be driven further now (its state is kept; run it again later).
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The job file could not be written or read.
+    #[error(transparent)]
+    Store(#[from] JobStoreError),
+    /// The slot folder is not usable (not initialized, damaged record).
+    #[error(transparent)]
+    Slots(#[from] SlotError),
+    /// The run was stopped between two stages (see [`Updater::keep_going`]).
+    #[error("stopped; the update continues from its saved stage on the next run")]
+    Stopped,
+    /// The result must reach the card, and the card does not answer.
+    #[error("the result ({result}) is kept until the card is back: {detail}")]
+    CardUnavailable {
+        /// The FUMO result waiting.
+        result: u16,
+        /// The link error.
+        detail: String,
+    },
+}
+
+/// The device's own model, to refuse packages for another one before the download (403).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelFilter {
+    /// Expected vendor id, if configured.
+    pub vendor_id: Option<wire::Uuid>,
+    /// Expected class id, if configured.
+    pub class_id: Option<wire::Uuid>,
+}
+
+/// Everything the executor works with.
+pub struct Updater<'a, C: Channel> {
+    /// The card session (select + terminal binding are done by [`Updater::run`]).
+    pub card: &'a mut CardClient<C>,
+    /// This device's IMEI.
+    pub imei: Imei,
+    /// Downloads go here.
+    pub downloader: Downloader,
+    /// The A/B slot folder.
+    pub slots: PathBuf,
+    /// The job file.
+    pub jobs: JobStore,
+    /// Who answers consent questions.
+    pub prompter: &'a mut dyn Prompter,
+    /// The boot check of a new slot.
+    pub boot_check: &'a dyn BootCheck,
+    /// Size bounds.
+    pub limits: config::Limits,
+    /// The device's model.
+    pub model: ModelFilter,
+    /// Show a progress bar for the download.
+    pub progress: bool,
+    /// Where user-visible progress lines go.
+    pub say: &'a mut dyn FnMut(&str),
+    /// Asked after every saved stage; `false` stops the run there (the agent is shutting
+    /// down; the next run continues from the saved stage).
+    pub keep_going: &'a mut dyn FnMut(&Job) -> bool,
+}
+
+/// Opens the card session for an update: SELECT and BIND TERMINAL with this device's IMEI
+/// (design §4 step 1). After a reset or a re-inserted card this is needed again.
+pub fn open_card_session<C: Channel>(
+    card: &mut CardClient<C>,
+    imei: &Imei,
+) -> Result<(), ClientError> {
+    card.reopen(Some(imei)).map(|_| ())
+}
+
+/// A stage step either moves on or ends the update with a failure.
+struct Fail {
+    failure: Failure,
+    /// Whether the card holds an authorization that the result must end.
+    report_to_card: bool,
+}
+
+fn fail(failure: Failure, report_to_card: bool) -> Fail {
+    Fail {
+        failure,
+        report_to_card,
+    }
+}
+
+/// Maps a card client error to the failure it means for the update.
+fn card_failure(e: &ClientError) -> Failure {
+    match e {
+        ClientError::Link(link) => Failure::CardUnavailable(link.to_string()),
+        ClientError::Refused { reason, .. } => Failure::CardRefused {
+            reason: reason.to_string(),
+            fumo: reason.fumo_result().unwrap_or(code::NOT_ACCEPTABLE.0),
+        },
+        other => Failure::CardRefused {
+            reason: other.to_string(),
+            fumo: code::NOT_ACCEPTABLE.0,
+        },
+    }
+}
+
+/// The card's pending-update record (GET DATA `0106`): `{1: update id, 2: integrity state}`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CardPending {
+    update_id: Option<Vec<u8>>,
+    integrity_passed: bool,
+}
+
+fn decode_pending(raw: &[u8]) -> Result<CardPending, minicbor::decode::Error> {
+    let mut d = minicbor::Decoder::new(raw);
+    let n = d.map()?.unwrap_or(0);
+    let mut out = CardPending::default();
+    for _ in 0..n {
+        match d.u8()? {
+            1 => out.update_id = Some(d.bytes()?.to_vec()),
+            2 => out.integrity_passed = d.u8()? == 1,
+            _ => d.skip()?,
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves the manifest's payload URI against the envelope's URL (RFC 3986 §5.2, the two
+/// forms a server uses: absolute, or an absolute path on the same origin).
+fn resolve_url(base: &str, uri: &str) -> Result<String, Failure> {
+    if uri.starts_with("http://") || uri.starts_with("https://") {
+        return Ok(uri.to_owned());
+    }
+    let bad = || Failure::BadUrl(format!("payload URI `{uri}` (envelope at {base})"));
+    let scheme_end = base.find("://").ok_or_else(bad)? + 3;
+    let origin_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    if let Some(path) = uri.strip_prefix('/') {
+        return Ok(format!("{}/{path}", &base[..origin_end]));
+    }
+    if uri.is_empty() || uri.starts_with('#') || uri.contains("://") {
+        return Err(bad());
+    }
+    let dir_end = base
+        .rfind('/')
+        .filter(|&i| i >= origin_end)
+        .unwrap_or(base.len());
+    Ok(format!("{}/{uri}", &base[..dir_end]))
+}
+
+impl<C: Channel> Updater<'_, C> {
+    /// Drives `job` to [`Stage::Reported`] (saving each stage), and returns it. The caller
+    /// opens the card session first ([`open_card_session`]) and, after this, sends the Generic
+    /// Alert and clears the job.
+    pub fn run(&mut self, mut job: Job) -> Result<Job, UpdateError> {
+        loop {
+            let step = match job.stage.clone() {
+                Stage::Accepted => self.authorize(&mut job),
+                Stage::Authorized { package } => self.download(package),
+                Stage::Downloaded {
+                    package,
+                    payload,
+                    payload_sha256,
+                    payload_size,
+                } => self.integrity(package, payload, &payload_sha256, payload_size),
+                Stage::Verified { package, payload } => self.install(package, &payload),
+                Stage::Installed { package } => self.boot(&package),
+                Stage::Finished {
+                    result,
+                    message,
+                    report_to_card,
+                } => {
+                    let receipt = self.report(&job, result, report_to_card)?;
+                    let _ = self.downloader.discard(PAYLOAD_NAME);
+                    job.stage = Stage::Reported {
+                        result,
+                        message,
+                        receipt,
+                    };
+                    self.jobs.save(&job)?;
+                    return Ok(job);
+                }
+                Stage::Reported { .. } => return Ok(job),
+            };
+            job.stage = match step {
+                Ok(stage) => stage,
+                Err(Fail {
+                    failure,
+                    report_to_card,
+                }) => {
+                    (self.say)(&format!("{failure}"));
+                    Stage::Finished {
+                        result: failure.fumo_result().0,
+                        message: failure.to_string(),
+                        report_to_card,
+                    }
+                }
+            };
+            self.jobs.save(&job)?;
+            if !(self.keep_going)(&job) {
+                return Err(UpdateError::Stopped);
+            }
+        }
+    }
+
+    /// Envelope, authorization (with consent when needed), package facts.
+    fn authorize(&mut self, job: &mut Job) -> Result<Stage, Fail> {
+        let envelope = match &job.envelope {
+            Some(e) => e.clone(),
+            None => {
+                (self.say)(&format!(
+                    "fetching the package description from {}",
+                    job.envelope_url
+                ));
+                let e = self
+                    .downloader
+                    .fetch_bytes(&job.envelope_url, self.limits.max_envelope_bytes)
+                    .map_err(|e| fail(Failure::from_download(&e), false))?;
+                job.envelope = Some(e.clone());
+                e
+            }
+        };
+        let limits = wire::Limits::DEFAULT;
+        let claims = DeliveryToken::decode(&job.token, &limits)
+            .ok()
+            .map(|t| *t.dangerous_unverified());
+        job.update_id = claims.map(|c| c.cti.as_bytes().to_vec());
+        // Persist envelope and update id before the card is asked: after a crash the same
+        // authorization is recognised on the card.
+        self.jobs
+            .save(job)
+            .map_err(|e| fail(Failure::InstallFailed(e.to_string()), false))?;
+
+        let pending = self
+            .card
+            .pending_update()
+            .map_err(|e| fail(card_failure(&e), false))
+            .and_then(|raw| {
+                decode_pending(&raw).map_err(|e| {
+                    fail(
+                        Failure::CardRefused {
+                            reason: e.to_string(),
+                            fumo: 405,
+                        },
+                        false,
+                    )
+                })
+            })?;
+        let already = pending.update_id.is_some() && pending.update_id == job.update_id;
+        if already {
+            (self.say)("the card had already authorized this update; continuing");
+        } else {
+            self.card_authorize(job, &envelope, claims.as_ref())?;
+            (self.say)("the card authorized the update");
+        }
+        let package = self
+            .package_facts(&envelope, &job.envelope_url)
+            .map_err(|f| fail(f, true))?;
+        Ok(Stage::Authorized { package })
+    }
+
+    fn card_authorize(
+        &mut self,
+        job: &Job,
+        envelope: &[u8],
+        claims: Option<&DeliveryToken>,
+    ) -> Result<(), Fail> {
+        use simfota_cardlink::card::Reason;
+        let needs_pin = match self.card.authorize(&job.token, envelope) {
+            Ok(()) => return Ok(()),
+            Err(ClientError::Refused {
+                reason: Reason::ConsentRequired,
+                ..
+            }) => false,
+            Err(ClientError::Refused {
+                reason: Reason::PinConsentRequired,
+                ..
+            }) => true,
+            Err(e) => return Err(fail(card_failure(&e), false)),
+        };
+        let server = claims.map_or_else(|| job.server_id.clone(), |c| c.iss.as_str().to_owned());
+        let listed: Vec<String> = self
+            .card
+            .servers()
+            .map(|list| {
+                list.into_iter()
+                    .filter(|s| s.rights.contains(Rights::FIRMWARE_UPDATE))
+                    .map(|s| s.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let why = if listed.is_empty() {
+            "the card lists no server authorized for firmware updates".to_owned()
+        } else {
+            format!(
+                "it is not on the card's list of servers authorized for firmware updates (the \
+                 card lists: {})",
+                listed.join(", ")
+            )
+        };
+        let release = self
+            .package_facts(envelope, &job.envelope_url)
+            .ok()
+            .map(|f| format!("\"{}\" version {}", f.name, f.version));
+        let mut request = ConsentRequest {
+            server: server.clone(),
+            release,
+            why,
+            needs_pin,
+            pin_tries_left: None,
+        };
+        loop {
+            let answer = self.prompter.ask(&request).map_err(|e| {
+                fail(
+                    Failure::UserDeclined {
+                        server: format!("{server} ({e})"),
+                    },
+                    false,
+                )
+            })?;
+            let accept = match answer {
+                Answer::Declined => false,
+                Answer::Accepted => true,
+                Answer::AcceptedWithPin(pin) => match self.card.verify_pin(&pin) {
+                    Ok(()) => true,
+                    Err(ClientError::WrongPin { tries_left, .. }) if tries_left > 0 => {
+                        request.pin_tries_left = Some(tries_left);
+                        continue;
+                    }
+                    Err(ClientError::WrongPin { .. } | ClientError::Blocked { .. }) => {
+                        (self.say)("the card PIN is blocked; the update is declined");
+                        false
+                    }
+                    Err(ClientError::Input(msg)) => {
+                        (self.say)(&msg);
+                        request.pin_tries_left = None;
+                        continue;
+                    }
+                    Err(e) => return Err(fail(card_failure(&e), false)),
+                },
+            };
+            return match (self.card.consent(&job.token, envelope, accept), accept) {
+                (Ok(()), true) => Ok(()),
+                // A "no" is logged by the card; it answers with success or with the refusal.
+                (
+                    Ok(())
+                    | Err(ClientError::Refused {
+                        reason: Reason::UserDeclined,
+                        ..
+                    }),
+                    false,
+                ) => Err(fail(Failure::UserDeclined { server }, false)),
+                (Err(e), _) => Err(fail(card_failure(&e), false)),
+            };
+        }
+    }
+
+    /// Verifies the manifest with the card's trusted originators and takes its facts.
+    fn package_facts(&mut self, envelope: &[u8], base_url: &str) -> Result<PackageFacts, Failure> {
+        let limits = wire::Limits::DEFAULT;
+        let env = wire::suit::Envelope::decode(envelope, &limits).map_err(|e| {
+            Failure::Corrupt(format!("the package description does not decode: {e}"))
+        })?;
+        let originators = self.card.originators().map_err(|e| card_failure(&e))?;
+        let verified = originators
+            .iter()
+            .find_map(|o| env.verify(&o.key).ok())
+            .ok_or_else(|| {
+                Failure::Invalid("no originator trusted by the card signed this package".into())
+            })?;
+        let m = verified.get();
+        if let (Some(want), Some(got)) = (self.model.vendor_id, m.vendor_id)
+            && want != got
+        {
+            return Err(Failure::WrongDevice(
+                "the package is for another vendor".into(),
+            ));
+        }
+        if let (Some(want), Some(got)) = (self.model.class_id, m.class_id)
+            && want != got
+        {
+            return Err(Failure::WrongDevice(
+                "the package is for another device model".into(),
+            ));
+        }
+        let (Some(digest), Some(size)) = (m.image_digest, m.image_size) else {
+            return Err(Failure::Corrupt(
+                "the manifest states no image digest or size".into(),
+            ));
+        };
+        let uri = m
+            .uri
+            .ok_or_else(|| Failure::Corrupt("the manifest names no payload".into()))?;
+        Ok(PackageFacts {
+            payload_url: resolve_url(base_url, uri)?,
+            image_size: size,
+            image_sha256: hex::encode(digest.0),
+            name: m.name.unwrap_or("firmware").to_owned(),
+            version: m.version.unwrap_or("unknown").to_owned(),
+            sequence: m.sequence,
+            precursor_sha256: m.precursor_digest.map(|d| hex::encode(d.0)),
+        })
+    }
+
+    fn download(&mut self, package: PackageFacts) -> Result<Stage, Fail> {
+        // A delta must fit the running image before anything is downloaded.
+        if let Some(pre) = &package.precursor_sha256 {
+            let store = SlotStore::open(&self.slots)
+                .map_err(|e| fail(Failure::InstallFailed(e.to_string()), true))?;
+            let active = store
+                .active_info()
+                .map_err(|e| fail(Failure::from_slots(&e), true))?;
+            if &active.sha256 != pre {
+                return Err(fail(
+                    Failure::WrongDevice(format!(
+                        "the delta applies to another image than the running {}",
+                        active.version
+                    )),
+                    true,
+                ));
+            }
+        }
+        (self.say)(&format!(
+            "downloading {} {} ({} bytes)",
+            package.name, package.version, package.image_size
+        ));
+        let bar = if self.progress {
+            download::progress_bar("download")
+        } else {
+            ProgressBar::hidden()
+        };
+        let spec = FetchSpec {
+            url: &package.payload_url,
+            name: PAYLOAD_NAME,
+            max_len: self.limits.max_payload_bytes,
+            expected_len: Some(package.image_size),
+            // The card judges the digest (design §4 step 6); the device checks it too only to
+            // avoid installing bytes the card is about to refuse.
+            expected_sha256: None,
+        };
+        let got = self
+            .downloader
+            .fetch(&spec, &bar)
+            .map_err(|e| fail(Failure::from_download(&e), true))?;
+        Ok(Stage::Downloaded {
+            package,
+            payload: got.path,
+            payload_sha256: hex::encode(got.sha256),
+            payload_size: got.len,
+        })
+    }
+
+    fn integrity(
+        &mut self,
+        package: PackageFacts,
+        payload: PathBuf,
+        payload_sha256: &str,
+        payload_size: u64,
+    ) -> Result<Stage, Fail> {
+        let pending = self
+            .card
+            .pending_update()
+            .ok()
+            .and_then(|raw| decode_pending(&raw).ok())
+            .unwrap_or_default();
+        if !pending.integrity_passed {
+            let policy = self
+                .card
+                .policy()
+                .map_err(|e| fail(card_failure(&e), true))?;
+            match policy.integrity {
+                IntegrityMode::DeviceDigest => {
+                    let mut d = [0u8; 32];
+                    hex::decode_to_slice(payload_sha256, &mut d)
+                        .map_err(|e| fail(Failure::Corrupt(e.to_string()), true))?;
+                    (self.say)("the card compares the payload digest with the signed one");
+                    self.card
+                        .payload_digest(&Digest(d), payload_size)
+                        .map_err(|e| fail(card_failure(&e), true))?;
+                }
+                IntegrityMode::CardDigest { .. } => {
+                    (self.say)("streaming the payload to the card, which hashes it");
+                    let mut file = std::fs::File::open(&payload)
+                        .map_err(|e| fail(Failure::InstallFailed(e.to_string()), true))?;
+                    self.card
+                        .stream_payload(&mut file)
+                        .map_err(|e| fail(card_failure(&e), true))?;
+                }
+            }
+        }
+        (self.say)("the card accepted the payload's integrity");
+        Ok(Stage::Verified { package, payload })
+    }
+
+    fn install(&mut self, package: PackageFacts, payload: &Path) -> Result<Stage, Fail> {
+        let mut store =
+            SlotStore::open(&self.slots).map_err(|e| fail(Failure::from_slots(&e), true))?;
+        let mut sha = [0u8; 32];
+        hex::decode_to_slice(&package.image_sha256, &mut sha)
+            .map_err(|e| fail(Failure::Corrupt(e.to_string()), true))?;
+        let slot = if package.precursor_sha256.is_some() {
+            // The signed digest is the delta's; the rebuilt image is checked against the target
+            // digest the delta records.
+            let delta = std::fs::read(payload)
+                .map_err(|e| fail(Failure::InstallFailed(e.to_string()), true))?;
+            let (header, _) = simfota_delta::Header::parse(&delta)
+                .map_err(|e| fail(Failure::Corrupt(format!("delta: {e}")), true))?;
+            let target = header.target_digest.ok_or_else(|| {
+                fail(
+                    Failure::Corrupt("the delta records no target digest".into()),
+                    true,
+                )
+            })?;
+            (self.say)("applying the delta to the running image, into the inactive slot");
+            store
+                .install(
+                    ImageSource::Delta(payload),
+                    &package.version,
+                    header.target_size,
+                    &target,
+                )
+                .map_err(|e| fail(Failure::from_slots(&e), true))?
+        } else {
+            store
+                .install(
+                    ImageSource::Full(payload),
+                    &package.version,
+                    package.image_size,
+                    &sha,
+                )
+                .map_err(|e| fail(Failure::from_slots(&e), true))?
+        };
+        (self.say)(&format!(
+            "installed {} into slot {slot}; booting it",
+            package.version
+        ));
+        Ok(Stage::Installed { package })
+    }
+
+    fn boot(&mut self, package: &PackageFacts) -> Result<Stage, Fail> {
+        let mut store =
+            SlotStore::open(&self.slots).map_err(|e| fail(Failure::from_slots(&e), true))?;
+        let outcome = if store.record().pending.is_some() {
+            store
+                .boot_until_settled(self.boot_check)
+                .map_err(|e| fail(Failure::from_slots(&e), true))?
+        } else {
+            // Booted before a crash: the record tells how it went.
+            store
+                .record()
+                .last_boot
+                .clone()
+                .unwrap_or(BootOutcome::Unchanged)
+        };
+        match outcome {
+            BootOutcome::Switched { version, .. } if version == package.version => {
+                let message = format!("update to {} installed and running", package.version);
+                (self.say)(&message);
+                Ok(Stage::Finished {
+                    result: code::SUCCESSFUL.0,
+                    message,
+                    report_to_card: true,
+                })
+            }
+            BootOutcome::RolledBack { reason, .. } => Err(fail(
+                Failure::InstallFailed(format!("the new firmware did not boot: {reason}")),
+                true,
+            )),
+            other => Err(fail(
+                Failure::InstallFailed(format!("unexpected boot state: {other:?}")),
+                true,
+            )),
+        }
+    }
+
+    /// Tells the card the result once; answers the receipt.
+    fn report(
+        &mut self,
+        job: &Job,
+        result: u16,
+        report_to_card: bool,
+    ) -> Result<Option<Vec<u8>>, UpdateError> {
+        let Some(update_id) = job.update_id.as_ref().filter(|_| report_to_card) else {
+            return Ok(None);
+        };
+        let unavailable = |e: &ClientError| UpdateError::CardUnavailable {
+            result,
+            detail: e.to_string(),
+        };
+        let raw = match self.card.pending_update() {
+            Ok(raw) => raw,
+            Err(e @ ClientError::Link(_)) => return Err(unavailable(&e)),
+            Err(_) => Vec::new(),
+        };
+        let pending = decode_pending(&raw).unwrap_or_default();
+        if pending.update_id.as_ref() != Some(update_id) {
+            // The card no longer holds this update: the result reached it before a crash, or
+            // it never authorized it. Never report twice.
+            return Ok(None);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .ok();
+        match self.card.report_result(update_id, result, now) {
+            Ok(receipt) => {
+                (self.say)(&format!(
+                    "the card recorded result {result} and signed a receipt"
+                ));
+                Ok(Some(receipt))
+            }
+            Err(e @ ClientError::Link(_)) => Err(unavailable(&e)),
+            Err(e) => {
+                (self.say)(&format!("the card did not take the result: {e}"));
+                Ok(None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_uris_resolve_like_a_browser_would() {
+        let base = "http://127.0.0.1:8443/packages/7/envelope";
+        assert_eq!(
+            resolve_url(base, "/packages/7/payload").unwrap(),
+            "http://127.0.0.1:8443/packages/7/payload"
+        );
+        assert_eq!(
+            resolve_url(base, "payload").unwrap(),
+            "http://127.0.0.1:8443/packages/7/payload"
+        );
+        assert_eq!(
+            resolve_url(base, "https://cdn.example/p").unwrap(),
+            "https://cdn.example/p"
+        );
+        assert!(resolve_url(base, "#image").is_err());
+        assert!(resolve_url("nonsense", "/p").is_err());
+        assert_eq!(resolve_url("http://h:1", "/p").unwrap(), "http://h:1/p");
+    }
+
+    #[test]
+    fn pending_record_decodes() {
+        // {1: h'0102', 2: 1, 3: 5}
+        let raw = [0xA3, 0x01, 0x42, 0x01, 0x02, 0x02, 0x01, 0x03, 0x05];
+        let p = decode_pending(&raw).unwrap();
+        assert_eq!(p.update_id.as_deref(), Some(&[1u8, 2][..]));
+        assert!(p.integrity_passed);
+        assert_eq!(decode_pending(&[0xA0]).unwrap(), CardPending::default());
+        assert!(decode_pending(&[0xA1, 0x01]).is_err());
+    }
+}
