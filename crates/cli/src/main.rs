@@ -69,13 +69,24 @@ fn usage_error(e: clap::Error) -> ExitCode {
             }
         }
         _ => {
+            // clap renders "error: <what>", maybe an indented list, a blank line, tips and
+            // "Usage: simfota <sub> ...": keep the first paragraph and the command path.
             let text = e.render().to_string();
-            let first = text
+            let what: Vec<&str> = text
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid command line");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("simfota: {first} (see 'simfota --help')");
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let what = what.join(" ");
+            let what = what.strip_prefix("error: ").unwrap_or(&what);
+            let command: Vec<&str> = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Usage: "))
+                .unwrap_or("simfota")
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect();
+            eprintln!("simfota: {what} (see '{} --help')", command.join(" "));
             ExitCode::from(2)
         }
     }

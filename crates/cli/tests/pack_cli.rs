@@ -1,0 +1,371 @@
+//! `simfota pack` through the real binary: build, inspect (text and JSON) and apply of full
+//! and delta packages, every refusal class of inspect, the official SUIT examples, and bad
+//! command lines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+const VENDOR: &str = "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe";
+const CLASS: &str = "1492af14-2569-5e48-bf42-9b2d51f2ab45";
+
+fn simfota(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_simfota"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SIMFOTA_ORIGINATOR_KEY")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A refusal is a non-zero exit and exactly one line on stderr.
+fn assert_refused(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected failure: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.trim_end().lines().collect();
+    assert_eq!(lines.len(), 1, "stderr not one line: {err:?}");
+    assert!(lines[0].starts_with("simfota: "), "{err:?}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "{err:?} lacks {needle:?}"
+    );
+    assert!(!err.contains("panicked"), "{err:?}");
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A temporary directory with an originator key pair, an old and a new image.
+struct Setup {
+    dir: tempfile::TempDir,
+    old: Vec<u8>,
+    new: Vec<u8>,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        ok(simfota(&["keys", "gen", "--out", "orig.pem"], dir.path()));
+        let public = ok(simfota(&["keys", "pub", "orig.pem"], dir.path()));
+        std::fs::write(dir.path().join("orig.pub.pem"), public).unwrap();
+        let old = noise(200_000, 1);
+        let mut new = old.clone();
+        new[50_000..54_096].copy_from_slice(&noise(4096, 2));
+        new.splice(120_000..120_000, noise(3000, 3));
+        std::fs::write(dir.path().join("old.bin"), &old).unwrap();
+        std::fs::write(dir.path().join("new.bin"), &new).unwrap();
+        Setup { dir, old, new }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        simfota(args, self.dir.path())
+    }
+
+    fn build(&self, out: &str, extra: &[&str]) {
+        let mut args = vec![
+            "pack", "build", "--image", "new.bin", "--key", "orig.pem", "--vendor-id", VENDOR,
+            "--class-id", CLASS, "--version", "2.0.0", "--sequence", "7", "--out", out,
+        ];
+        args.extend_from_slice(extra);
+        ok(self.run(&args));
+    }
+
+    fn inspect_json(&self, pkg: &str) -> serde_json::Value {
+        let out = ok(self.run(&["pack", "inspect", pkg, "--key", "orig.pub.pem", "--json"]));
+        assert_eq!(out.trim_end().lines().count(), 1, "JSON is one line: {out}");
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+#[test]
+fn full_integrated_package_round_trip() {
+    let s = Setup::new();
+    s.build("full.suit", &["--name", "Release 2"]);
+
+    let text = ok(s.run(&["pack", "inspect", "full.suit", "--key", "orig.pub.pem"]));
+    assert!(text.contains("signature         valid"), "{text}");
+    assert!(text.contains(&format!("vendor-id         {VENDOR}")), "{text}");
+    assert!(text.contains("version           2.0.0"), "{text}");
+    assert!(text.contains(&hex_sha256(&s.new)), "{text}");
+
+    let j = s.inspect_json("full.suit");
+    assert_eq!(j["signature"], "valid");
+    assert_eq!(j["kind"], "full");
+    assert_eq!(j["sequence"], 7);
+    assert_eq!(j["vendor_id"], VENDOR);
+    assert_eq!(j["class_id"], CLASS);
+    assert_eq!(j["name"], "Release 2");
+    assert_eq!(j["version"], "2.0.0");
+    assert_eq!(j["image_digest"], hex_sha256(&s.new));
+    assert_eq!(j["image_size"], s.new.len());
+    assert_eq!(j["payload"]["kind"], "integrated");
+    assert_eq!(j["payload"]["size"], s.new.len());
+    assert!(j["precursor_digest"].is_null());
+
+    ok(s.run(&["pack", "apply", "full.suit", "--out", "out.bin", "--key", "orig.pub.pem"]));
+    assert_eq!(std::fs::read(s.path("out.bin")).unwrap(), s.new);
+}
+
+#[test]
+fn full_package_by_uri() {
+    let s = Setup::new();
+    s.build("uri.suit", &["--uri", "https://updates.example/fw-2.0.0.bin"]);
+    let j = s.inspect_json("uri.suit");
+    assert_eq!(j["payload"]["kind"], "uri");
+    assert_eq!(j["uri"], "https://updates.example/fw-2.0.0.bin");
+    assert_eq!(j["image_digest"], hex_sha256(&s.new));
+    // The envelope is small: the payload is not inside.
+    assert!(std::fs::metadata(s.path("uri.suit")).unwrap().len() < 1024);
+
+    let out = s.run(&["pack", "apply", "uri.suit", "--out", "o.bin", "--key", "orig.pub.pem"]);
+    assert_refused(&out, "--payload");
+    ok(s.run(&[
+        "pack", "apply", "uri.suit", "--out", "o.bin", "--key", "orig.pub.pem", "--payload",
+        "new.bin",
+    ]));
+    assert_eq!(std::fs::read(s.path("o.bin")).unwrap(), s.new);
+    // The wrong payload file is refused against the signed digest, and nothing is written.
+    let out = s.run(&[
+        "pack", "apply", "uri.suit", "--out", "o2.bin", "--key", "orig.pub.pem", "--payload",
+        "old.bin",
+    ]);
+    assert_refused(&out, "signed image digest");
+    assert!(!s.path("o2.bin").exists());
+}
+
+#[test]
+fn delta_integrated_package_round_trip() {
+    let s = Setup::new();
+    s.build("delta.suit", &["--base", "old.bin"]);
+    let size = std::fs::metadata(s.path("delta.suit")).unwrap().len() as usize;
+    assert!(size < s.new.len() / 10, "delta package is {size} bytes");
+
+    let j = s.inspect_json("delta.suit");
+    assert_eq!(j["kind"], "delta");
+    assert_eq!(j["image_digest"], hex_sha256(&s.new));
+    assert_eq!(j["image_size"], s.new.len());
+    assert_eq!(j["precursor_digest"], hex_sha256(&s.old));
+    assert_eq!(j["delta"]["source_size"], s.old.len());
+    assert_eq!(j["delta"]["target_size"], s.new.len());
+    assert_eq!(j["delta"]["matches_manifest"], true);
+    let text = ok(s.run(&["pack", "inspect", "delta.suit", "--key", "orig.pub.pem"]));
+    assert!(text.contains(&format!("precursor         sha256 {}", hex_sha256(&s.old))));
+
+    ok(s.run(&[
+        "pack", "apply", "delta.suit", "--base", "old.bin", "--out", "new2.bin", "--key",
+        "orig.pub.pem",
+    ]));
+    assert_eq!(std::fs::read(s.path("new2.bin")).unwrap(), s.new);
+}
+
+#[test]
+fn delta_key_from_environment() {
+    let s = Setup::new();
+    s.build("delta.suit", &["--base", "old.bin"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_simfota"))
+        .args(["pack", "apply", "delta.suit", "--base", "old.bin", "--out", "n.bin"])
+        .current_dir(s.dir.path())
+        .env("SIMFOTA_ORIGINATOR_KEY", s.path("orig.pub.pem"))
+        .output()
+        .unwrap();
+    ok(out);
+    assert_eq!(std::fs::read(s.path("n.bin")).unwrap(), s.new);
+    // Without a key, apply refuses to use an unverified package.
+    let out = s.run(&["pack", "apply", "delta.suit", "--base", "old.bin", "--out", "m.bin"]);
+    assert_refused(&out, "--key");
+    assert!(!s.path("m.bin").exists());
+}
+
+#[test]
+fn delta_package_by_uri() {
+    let s = Setup::new();
+    s.build("d.suit", &["--base", "old.bin", "--uri", "https://updates.example/d"]);
+    let delta = std::fs::read(s.path("d.suit.delta")).unwrap();
+    assert!(delta.starts_with(b"SFDELTA\0"));
+    let j = s.inspect_json("d.suit");
+    assert_eq!(j["kind"], "delta");
+    assert_eq!(j["payload"]["kind"], "uri");
+    ok(s.run(&[
+        "pack", "apply", "d.suit", "--base", "old.bin", "--out", "n.bin", "--key",
+        "orig.pub.pem", "--payload", "d.suit.delta",
+    ]));
+    assert_eq!(std::fs::read(s.path("n.bin")).unwrap(), s.new);
+}
+
+#[test]
+fn delta_apply_refusals_write_nothing() {
+    let s = Setup::new();
+    s.build("delta.suit", &["--base", "old.bin"]);
+    let apply = |base: &str, pkg: &str| {
+        s.run(&[
+            "pack", "apply", pkg, "--base", base, "--out", "never.bin", "--key", "orig.pub.pem",
+        ])
+    };
+    // Wrong base image: refused against the signed precursor digest.
+    assert_refused(&apply("new.bin", "delta.suit"), "precursor");
+    // No base at all.
+    let out = s.run(&["pack", "apply", "delta.suit", "--out", "never.bin", "--key", "orig.pub.pem"]);
+    assert_refused(&out, "--base");
+
+    // A flipped byte deep inside the delta streams: the signature still verifies (it covers
+    // the manifest), but the rebuilt image cannot match and nothing is written.
+    let mut pkg = std::fs::read(s.path("delta.suit")).unwrap();
+    let at = pkg.len() - 40;
+    pkg[at] ^= 0x01;
+    std::fs::write(s.path("bad.suit"), &pkg).unwrap();
+    assert_refused(&apply("old.bin", "bad.suit"), "rebuild");
+    assert!(!s.path("never.bin").exists());
+}
+
+#[test]
+fn inspect_refusal_classes() {
+    let s = Setup::new();
+    s.build("full.suit", &[]);
+    s.build("delta.suit", &["--base", "old.bin"]);
+    let pkg = std::fs::read(s.path("full.suit")).unwrap();
+    let inspect = |file: &str, key: &str| s.run(&["pack", "inspect", file, "--key", key]);
+
+    // Bad CBOR.
+    std::fs::write(s.path("junk.suit"), b"this is not CBOR at all").unwrap();
+    assert_refused(&inspect("junk.suit", "orig.pub.pem"), "not a valid SUIT envelope");
+    std::fs::write(s.path("empty.suit"), b"").unwrap();
+    assert_refused(&inspect("empty.suit", "orig.pub.pem"), "not a valid SUIT envelope");
+
+    // Wrong key.
+    ok(s.run(&["keys", "gen", "--out", "other.pem"]));
+    assert_refused(&inspect("full.suit", "other.pem"), "signature does not verify");
+
+    // Flipped payload byte (the integrated image is the tail of the envelope).
+    let mut flipped = pkg.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 0x80;
+    std::fs::write(s.path("flipped.suit"), &flipped).unwrap();
+    assert_refused(&inspect("flipped.suit", "orig.pub.pem"), "digest mismatch");
+
+    // Flipped manifest byte (the signed part).
+    let mut flipped = pkg.clone();
+    let at = flipped.windows(5).position(|w| w == b"2.0.0").unwrap();
+    flipped[at] = b'3';
+    std::fs::write(s.path("manifest.suit"), &flipped).unwrap();
+    assert_refused(&inspect("manifest.suit", "orig.pub.pem"), "verification failed");
+
+    // Truncated file, at several lengths.
+    for cut in [1, 10, pkg.len() / 2, pkg.len() - 1] {
+        std::fs::write(s.path("cut.suit"), &pkg[..cut]).unwrap();
+        assert_refused(&inspect("cut.suit", "orig.pub.pem"), "cut.suit");
+    }
+
+    // A delta whose header no longer matches the signed manifest (target digest flipped).
+    let mut d = std::fs::read(s.path("delta.suit")).unwrap();
+    let at = d.windows(8).position(|w| w == b"SFDELTA\0").unwrap() + 56 + 32;
+    d[at] ^= 1;
+    std::fs::write(s.path("dhdr.suit"), &d).unwrap();
+    assert_refused(&inspect("dhdr.suit", "orig.pub.pem"), "delta payload refused");
+
+    // Missing package and missing key files.
+    assert_refused(&inspect("absent.suit", "orig.pub.pem"), "absent.suit");
+    assert_refused(&inspect("full.suit", "absent.pem"), "absent.pem");
+}
+
+fn vectors() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/test-vectors/suit/manifest-spec")
+}
+
+/// The sequence number an example's diagnostic notation states.
+fn documented_sequence(txt: &str) -> u64 {
+    let at = txt.find("/ manifest-sequence-number / 2:").unwrap() + 31;
+    txt[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn official_examples_inspect_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let pubkey = vectors().join("pubkey.pem");
+    for n in 0..6 {
+        let hex_text = std::fs::read_to_string(vectors().join(format!("example{n}.signed.hex"))).unwrap();
+        let clean: String = hex_text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        let bytes = hex::decode(clean).unwrap();
+        let file = dir.path().join(format!("example{n}.suit"));
+        std::fs::write(&file, &bytes).unwrap();
+        let out = simfota(
+            &["pack", "inspect", file.to_str().unwrap(), "--key", pubkey.to_str().unwrap(), "--json"],
+            dir.path(),
+        );
+        let j: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+        let txt = std::fs::read_to_string(vectors().join(format!("example{n}.txt"))).unwrap();
+        assert_eq!(j["sequence"], documented_sequence(&txt), "example {n}");
+        assert_eq!(j["signature"], "valid");
+        // Text mode too.
+        let out = simfota(
+            &["pack", "inspect", file.to_str().unwrap(), "--key", pubkey.to_str().unwrap()],
+            dir.path(),
+        );
+        assert!(ok(out).contains("signature         valid"));
+
+        // And they are refused under another key.
+        ok(simfota(&["keys", "gen", "--out", "k.pem", "--force"], dir.path()));
+        let out = simfota(&["pack", "inspect", file.to_str().unwrap(), "--key", "k.pem"], dir.path());
+        assert_refused(&out, "signature does not verify");
+    }
+}
+
+#[test]
+fn bad_command_lines_are_refused_clearly() {
+    let s = Setup::new();
+    let build = |vendor: &str, image: &str| {
+        s.run(&[
+            "pack", "build", "--image", image, "--key", "orig.pem", "--vendor-id", vendor,
+            "--class-id", CLASS, "--version", "1", "--sequence", "1", "--out", "x.suit",
+        ])
+    };
+    let out = build("not-a-uuid", "new.bin");
+    assert_refused(&out, "--vendor-id");
+    assert_eq!(out.status.code(), Some(2));
+    assert_refused(&build(VENDOR, "missing.bin"), "missing.bin");
+    assert!(!s.path("x.suit").exists());
+
+    let out = s.run(&[
+        "pack", "build", "--image", "new.bin", "--key", "orig.pem", "--vendor-id", VENDOR,
+        "--class-id", CLASS, "--version", "1", "--sequence", "minus-one", "--out", "x.suit",
+    ]);
+    assert_refused(&out, "--sequence");
+    // A public key where the originator's private key is needed.
+    let out = s.run(&[
+        "pack", "build", "--image", "new.bin", "--key", "orig.pub.pem", "--vendor-id", VENDOR,
+        "--class-id", CLASS, "--version", "1", "--sequence", "1", "--out", "x.suit",
+    ]);
+    assert_refused(&out, "holds a public key");
+    assert_refused(&s.run(&["pack", "inspect", "x.suit"]), "--key");
+}
