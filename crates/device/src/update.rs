@@ -26,6 +26,8 @@ use crate::slots::{BootCheck, BootOutcome, ImageSource, SlotError, SlotStore};
 
 /// The download file name of the payload inside the download folder.
 const PAYLOAD_NAME: &str = "payload";
+/// The file name of an image rebuilt from a delta, inside the download folder.
+const IMAGE_NAME: &str = "image";
 
 /// Why a job could not be driven further now (its state is kept; run it again later).
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +196,7 @@ impl<C: Channel> Updater<'_, C> {
                 } => {
                     let receipt = self.report(&job, result, report_to_card)?;
                     let _ = self.downloader.discard(PAYLOAD_NAME);
+                    let _ = self.downloader.discard(IMAGE_NAME);
                     job.stage = Stage::Reported {
                         result,
                         message,
@@ -455,7 +458,12 @@ impl<C: Channel> Updater<'_, C> {
             url: &package.payload_url,
             name: PAYLOAD_NAME,
             max_len: self.limits.max_payload_bytes,
-            expected_len: Some(package.image_size),
+            // A full payload is the image; a delta payload's size is not signed (the rebuilt
+            // image is checked instead).
+            expected_len: package
+                .precursor_sha256
+                .is_none()
+                .then_some(package.image_size),
             // The card judges the digest (design §4 step 6); the device checks it too only to
             // avoid installing bytes the card is about to refuse.
             expected_sha256: None,
@@ -472,6 +480,9 @@ impl<C: Channel> Updater<'_, C> {
         })
     }
 
+    /// Has the card judge the image's integrity, in the mode its policy requires. For a delta
+    /// package the image is first rebuilt from the running one: the card compares (or hashes)
+    /// what will be installed, which is what the manifest's digest describes.
     fn integrity(
         &mut self,
         package: PackageFacts,
@@ -479,6 +490,10 @@ impl<C: Channel> Updater<'_, C> {
         payload_sha256: &str,
         payload_size: u64,
     ) -> Result<Stage, Fail> {
+        let (image, image_sha256, image_size) = match &package.precursor_sha256 {
+            None => (payload, payload_sha256.to_owned(), payload_size),
+            Some(precursor) => self.rebuild(&payload, precursor)?,
+        };
         let pending = self
             .card
             .pending_update()
@@ -493,16 +508,16 @@ impl<C: Channel> Updater<'_, C> {
             match policy.integrity {
                 IntegrityMode::DeviceDigest => {
                     let mut d = [0u8; 32];
-                    hex::decode_to_slice(payload_sha256, &mut d)
+                    hex::decode_to_slice(&image_sha256, &mut d)
                         .map_err(|e| fail(Failure::Corrupt(e.to_string()), true))?;
-                    (self.say)("the card compares the payload digest with the signed one");
+                    (self.say)("the card compares the image digest with the signed one");
                     self.card
-                        .payload_digest(&Digest(d), payload_size)
+                        .payload_digest(&Digest(d), image_size)
                         .map_err(|e| fail(card_failure(&e), true))?;
                 }
                 IntegrityMode::CardDigest { .. } => {
-                    (self.say)("streaming the payload to the card, which hashes it");
-                    let mut file = std::fs::File::open(&payload)
+                    (self.say)("streaming the image to the card, which hashes it");
+                    let mut file = std::fs::File::open(&image)
                         .map_err(|e| fail(Failure::InstallFailed(e.to_string()), true))?;
                     self.card
                         .stream_payload(&mut file)
@@ -510,48 +525,74 @@ impl<C: Channel> Updater<'_, C> {
                 }
             }
         }
-        (self.say)("the card accepted the payload's integrity");
-        Ok(Stage::Verified { package, payload })
+        (self.say)("the card accepted the image's integrity");
+        Ok(Stage::Verified {
+            package,
+            payload: image,
+        })
     }
 
-    fn install(&mut self, package: PackageFacts, payload: &Path) -> Result<Stage, Fail> {
+    /// Applies a delta payload to the running image into `<download>/image`; answers the
+    /// rebuilt image with its digest and size.
+    fn rebuild(
+        &mut self,
+        delta_path: &Path,
+        precursor: &str,
+    ) -> Result<(PathBuf, String, u64), Fail> {
+        let store =
+            SlotStore::open(&self.slots).map_err(|e| fail(Failure::from_slots(&e), true))?;
+        let active = store
+            .active_info()
+            .map_err(|e| fail(Failure::from_slots(&e), true))?;
+        if active.sha256 != precursor {
+            return Err(fail(
+                Failure::WrongDevice(format!(
+                    "the delta applies to another image than the running {}",
+                    active.version
+                )),
+                true,
+            ));
+        }
+        let io = |e: std::io::Error| fail(Failure::InstallFailed(e.to_string()), true);
+        let old = std::fs::read(store.slot_path(store.active())).map_err(io)?;
+        let delta = std::fs::read(delta_path).map_err(io)?;
+        (self.say)(&format!(
+            "rebuilding the new image from the delta and the running {}",
+            active.version
+        ));
+        let image = simfota_delta::apply(&old, &delta).map_err(|e| {
+            let f = match e {
+                simfota_delta::DeltaError::SourceSizeMismatch { .. }
+                | simfota_delta::DeltaError::SourceDigestMismatch => {
+                    Failure::WrongDevice(format!("delta: {e}"))
+                }
+                other => Failure::Corrupt(format!("delta: {other}")),
+            };
+            fail(f, true)
+        })?;
+        let path = self.downloader.path_of(IMAGE_NAME);
+        crate::fsutil::write_atomic(&path, &image, &crate::fsutil::Faults::default())
+            .map_err(io)?;
+        let sha = hex::encode(simfota_wire::sha256(&image).0);
+        Ok((path, sha, image.len() as u64))
+    }
+
+    /// Writes the (rebuilt) image into the inactive slot; the slot installer checks it against
+    /// the signed digest again before it is marked bootable.
+    fn install(&mut self, package: PackageFacts, image: &Path) -> Result<Stage, Fail> {
         let mut store =
             SlotStore::open(&self.slots).map_err(|e| fail(Failure::from_slots(&e), true))?;
         let mut sha = [0u8; 32];
         hex::decode_to_slice(&package.image_sha256, &mut sha)
             .map_err(|e| fail(Failure::Corrupt(e.to_string()), true))?;
-        let slot = if package.precursor_sha256.is_some() {
-            // The signed digest is the delta's; the rebuilt image is checked against the target
-            // digest the delta records.
-            let delta = std::fs::read(payload)
-                .map_err(|e| fail(Failure::InstallFailed(e.to_string()), true))?;
-            let (header, _) = simfota_delta::Header::parse(&delta)
-                .map_err(|e| fail(Failure::Corrupt(format!("delta: {e}")), true))?;
-            let target = header.target_digest.ok_or_else(|| {
-                fail(
-                    Failure::Corrupt("the delta records no target digest".into()),
-                    true,
-                )
-            })?;
-            (self.say)("applying the delta to the running image, into the inactive slot");
-            store
-                .install(
-                    ImageSource::Delta(payload),
-                    &package.version,
-                    header.target_size,
-                    &target,
-                )
-                .map_err(|e| fail(Failure::from_slots(&e), true))?
-        } else {
-            store
-                .install(
-                    ImageSource::Full(payload),
-                    &package.version,
-                    package.image_size,
-                    &sha,
-                )
-                .map_err(|e| fail(Failure::from_slots(&e), true))?
-        };
+        let slot = store
+            .install(
+                ImageSource::Full(image),
+                &package.version,
+                package.image_size,
+                &sha,
+            )
+            .map_err(|e| fail(Failure::from_slots(&e), true))?;
         (self.say)(&format!(
             "installed {} into slot {slot}; booting it",
             package.version

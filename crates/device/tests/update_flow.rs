@@ -314,7 +314,7 @@ fn card_digest_mode_streams_the_payload_to_the_card() {
     assert_eq!(result_of(&res.unwrap()).0, 200, "{said:?}");
     assert!(
         said.iter()
-            .any(|s| s.contains("streaming the payload to the card")),
+            .any(|s| s.contains("streaming the image to the card")),
         "{said:?}"
     );
     assert_eq!(dev.running(), "2.0");
@@ -484,15 +484,27 @@ fn a_delta_package_is_applied_against_the_running_image() {
     v2.extend_from_slice(b"2.1 tail");
     let delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
     let pre: [u8; 32] = simfota_wire::sha256(&dev.v1).0;
-    let env = w.envelope(
+    // The manifest describes the full new image (what the card checks); the payload at the
+    // URI is the delta.
+    let env = suit::build(
+        &BuildParams {
+            vendor_id: VENDOR,
+            class_id: CLASS,
+            sequence: 2,
+            image: ImageSource::Digest {
+                digest: simfota_wire::sha256(&v2),
+                size: v2.len() as u64,
+            },
+            name: Some("firmware"),
+            version: Some("2.1"),
+            uri: Some("/p/payload"),
+            integrate: false,
+            precursor_digest: Some(simfota_wire::Digest(pre)),
+        },
         &w.originator,
-        &delta,
-        2,
-        "2.1",
-        "/p/payload",
-        Some(pre),
-        CLASS,
-    );
+    )
+    .unwrap();
+    let env = suit::sever(&env, &simfota_wire::Limits::default()).unwrap();
     srv.put("/p/envelope", &env, Some("\"e\""));
     srv.put("/p/payload", &delta, Some("\"d\""));
     let token = w.token(&w.server, SERVER, &mut dev.card, &env, "upd-1", IMEI);
@@ -701,4 +713,82 @@ fn a_kill_after_the_card_took_the_result_does_not_report_twice() {
         log_after_report,
         "no second result entry on the card"
     );
+}
+
+/// A delta package whose manifest names `precursor` and whose payload is `delta`.
+fn delta_offer(
+    w: &World,
+    dev: &mut Device,
+    srv: &TestServer,
+    v2: &[u8],
+    precursor: [u8; 32],
+    delta: &[u8],
+) -> Job {
+    let env = suit::build(
+        &BuildParams {
+            vendor_id: VENDOR,
+            class_id: CLASS,
+            sequence: 2,
+            image: ImageSource::Digest {
+                digest: simfota_wire::sha256(v2),
+                size: v2.len() as u64,
+            },
+            name: Some("firmware"),
+            version: Some("2.1"),
+            uri: Some("/p/payload"),
+            integrate: false,
+            precursor_digest: Some(simfota_wire::Digest(precursor)),
+        },
+        &w.originator,
+    )
+    .unwrap();
+    let env = suit::sever(&env, &simfota_wire::Limits::default()).unwrap();
+    srv.put("/p/envelope", &env, Some("\"e\""));
+    srv.put("/p/payload", delta, Some("\"d\""));
+    let token = w.token(&w.server, SERVER, &mut dev.card, &env, "upd-1", IMEI);
+    Job::new(SERVER, None, &srv.url("/p/envelope"), &token)
+}
+
+#[test]
+fn a_delta_for_another_base_image_is_refused_403_before_the_download() {
+    let w = World::new();
+    let mut dev = Device::new(&w, device_digest());
+    let srv = TestServer::start();
+    let other_base = content(64_000, 77);
+    let v2 = content(64_000, 78);
+    let delta = simfota_delta::diff(&other_base, &v2).unwrap();
+    let job = delta_offer(
+        &w,
+        &mut dev,
+        &srv,
+        &v2,
+        simfota_wire::sha256(&other_base).0,
+        &delta,
+    );
+    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+    assert_eq!(result_of(&res.unwrap()).0, 403, "{said:?}");
+    assert!(
+        srv.seen().iter().all(|s| s.path != "/p/payload"),
+        "nothing was downloaded"
+    );
+    assert_eq!(dev.running(), "1.0");
+}
+
+#[test]
+fn a_tampered_delta_is_refused_402_and_nothing_installs() {
+    let w = World::new();
+    let mut dev = Device::new(&w, device_digest());
+    let srv = TestServer::start();
+    let mut v2 = dev.v1.clone();
+    v2[5000..5100].copy_from_slice(&[0x5A; 100]);
+    let mut delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
+    let last = delta.len() - 1;
+    delta[last] ^= 0xFF;
+    let pre = simfota_wire::sha256(&dev.v1).0;
+    let job = delta_offer(&w, &mut dev, &srv, &v2, pre, &delta);
+    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+    let (result, receipt) = result_of(&res.unwrap());
+    assert_eq!(result, 402, "{said:?}");
+    assert_eq!(receipt_result(&dev, &receipt.unwrap()), 402);
+    assert_eq!(dev.running(), "1.0");
 }
