@@ -23,9 +23,13 @@ pub(crate) fn admin<S: Store, P: Platform>(
     require_p1p2(cmd, 0, 0)?;
     let mut issuer = [0u8; KEY_LEN];
     core.p.read(O_ISSUER_PK, &mut issuer)?;
-    let issuer = crypto::public_key(&issuer).map_err(|_| CardError::Internal("stored issuer key"))?;
-    let signed = AdminCommand::decode(&io[..n], &LIMITS).map_err(|_| CardError::WrongData("admin command"))?;
-    let command = signed.verify(&issuer).map_err(|_| CardError::Refused(Reason::AdminSignature))?;
+    let issuer =
+        crypto::public_key(&issuer).map_err(|_| CardError::Internal("stored issuer key"))?;
+    let signed = AdminCommand::decode(&io[..n], &LIMITS)
+        .map_err(|_| CardError::WrongData("admin command"))?;
+    let command = signed
+        .verify(&issuer)
+        .map_err(|_| CardError::Refused(Reason::AdminSignature))?;
     let mut iccid = [0u8; ICCID_MAX];
     let own = core.p.lv_at(O_ICCID, ICCID_MAX, &mut iccid)?;
     if command.target.as_str().as_bytes() != own {

@@ -142,10 +142,16 @@ mod tests {
     #[test]
     fn case2_short_and_extended() {
         assert_eq!(Command::parse(&[0, 0x84, 0, 0, 0x10]).unwrap().ne, Some(16));
-        assert_eq!(Command::parse(&[0, 0x84, 0, 0, 0x00]).unwrap().ne, Some(256));
+        assert_eq!(
+            Command::parse(&[0, 0x84, 0, 0, 0x00]).unwrap().ne,
+            Some(256)
+        );
         let e = Command::parse(&[0, 0xC0, 0, 0, 0, 0x01, 0x00]).unwrap();
         assert_eq!((e.ne, e.extended), (Some(256), true));
-        assert_eq!(Command::parse(&[0, 0xC0, 0, 0, 0, 0, 0]).unwrap().ne, Some(65_536));
+        assert_eq!(
+            Command::parse(&[0, 0xC0, 0, 0, 0, 0, 0]).unwrap().ne,
+            Some(65_536)
+        );
     }
 
     #[test]
@@ -164,15 +170,30 @@ mod tests {
     fn strict_lengths() {
         assert_eq!(Command::parse(&[0, 1, 2]), Err(ApduError::TooShort));
         // Lc says 3, two bytes follow.
-        assert_eq!(Command::parse(&[0, 1, 2, 3, 3, 1, 2]), Err(ApduError::BadLength));
+        assert_eq!(
+            Command::parse(&[0, 1, 2, 3, 3, 1, 2]),
+            Err(ApduError::BadLength)
+        );
         // Lc says 1, three bytes follow (neither case 3S nor 4S).
-        assert_eq!(Command::parse(&[0, 1, 2, 3, 1, 1, 2, 3]), Err(ApduError::BadLength));
+        assert_eq!(
+            Command::parse(&[0, 1, 2, 3, 1, 1, 2, 3]),
+            Err(ApduError::BadLength)
+        );
         // 00 + one byte.
-        assert_eq!(Command::parse(&[0, 1, 2, 3, 0, 5]), Err(ApduError::BadLength));
+        assert_eq!(
+            Command::parse(&[0, 1, 2, 3, 0, 5]),
+            Err(ApduError::BadLength)
+        );
         // Extended Lc zero with data.
-        assert_eq!(Command::parse(&[0, 1, 2, 3, 0, 0, 0, 9]), Err(ApduError::ZeroLc));
+        assert_eq!(
+            Command::parse(&[0, 1, 2, 3, 0, 0, 0, 9]),
+            Err(ApduError::ZeroLc)
+        );
         // Extended Lc 2, one byte of data.
-        assert_eq!(Command::parse(&[0, 1, 2, 3, 0, 0, 2, 9]), Err(ApduError::BadLength));
+        assert_eq!(
+            Command::parse(&[0, 1, 2, 3, 0, 0, 2, 9]),
+            Err(ApduError::BadLength)
+        );
     }
 
     #[test]

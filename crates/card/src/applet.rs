@@ -138,6 +138,13 @@ impl Session {
     }
 }
 
+// Budget (issue 3 item 10): the applet's RAM state fits 2 KiB, checked when the crate
+// compiles (for the host and the card target alike).
+const _: () = assert!(
+    core::mem::size_of::<Io>() + core::mem::size_of::<Session>() <= 2048,
+    "applet RAM state exceeds 2 KiB"
+);
+
 /// Everything a command handler may touch besides the I/O buffer.
 pub(crate) struct Core<S, P> {
     pub(crate) p: Persist<S>,
@@ -313,10 +320,13 @@ impl<S: Store, P: Platform> Applet<S, P> {
         let n = crate::commands::dispatch(&mut self.core, &cmd, &mut self.io.buf, end)?;
         // 6Cxx (ISO/IEC 7816-4 §5.6): a short Le below the exact length of an answer that
         // fits one short response, for commands that may simply be repeated.
-        if let Some(ne) = cmd.ne {
-            if !cmd.extended && ne < n && n <= 256 && idempotent(cmd.ins) {
-                return Ok((0, StatusWord::wrong_le(n)));
-            }
+        if let Some(ne) = cmd.ne
+            && !cmd.extended
+            && ne < n
+            && n <= 256
+            && idempotent(cmd.ins)
+        {
+            return Ok((0, StatusWord::wrong_le(n)));
         }
         self.io.off = 0;
         self.io.end = n as u16;
@@ -360,7 +370,7 @@ impl<S: Store, P: Platform> Applet<S, P> {
         // A partial AID selects by prefix (ISO/IEC 7816-4 §12.2.2), at least the RID-part.
         if cmd.data.len() < 5 || cmd.data.len() > AID.len() || AID[..cmd.data.len()] != *cmd.data {
             self.core.session.selected = false;
-            return Err(CardError::NotFound);
+            return Err(CardError::AppletNotFound);
         }
         // Re-selection ends the session's authentication state (Java Card: deselect).
         let nonce = self.core.session.nonce;
@@ -374,7 +384,17 @@ impl<S: Store, P: Platform> Applet<S, P> {
             Lifecycle::Operational => 2,
         };
         let fci = [
-            0x6F, 0x09, 0xA5, 0x07, 0x80, 0x02, APPLET_VERSION.0, APPLET_VERSION.1, 0x81, 0x01, life,
+            0x6F,
+            0x09,
+            0xA5,
+            0x07,
+            0x80,
+            0x02,
+            APPLET_VERSION.0,
+            APPLET_VERSION.1,
+            0x81,
+            0x01,
+            life,
         ];
         self.io.buf[..fci.len()].copy_from_slice(&fci);
         Ok(if cmd.ne.is_some() { fci.len() } else { 0 })

@@ -1,11 +1,11 @@
 //! Command dispatch and the session commands (nonce, terminal binding, PIN/PUK).
 
+use crate::CardError;
 use crate::apdu::Command;
 use crate::applet::{Core, Platform, ins};
 use crate::layout::{IMEI_LEN, Lifecycle, PinSlot};
 use crate::pin::{self, PIN_LEN, valid_pin_block};
 use crate::store::Store;
-use crate::CardError;
 use rand_core::RngCore;
 
 /// Runs one complete command whose data is `io[..n]`; the response data is written to the
@@ -38,7 +38,9 @@ pub(crate) fn dispatch<S: Store, P: Platform>(
 }
 
 /// Refuses commands of the operational phase before personalization is locked.
-pub(crate) fn require_operational<S: Store, P: Platform>(core: &Core<S, P>) -> Result<(), CardError> {
+pub(crate) fn require_operational<S: Store, P: Platform>(
+    core: &Core<S, P>,
+) -> Result<(), CardError> {
     match core.p.lifecycle()? {
         Lifecycle::Operational => Ok(()),
         _ => Err(CardError::Conditions("card not personalized")),
@@ -152,7 +154,9 @@ fn change_reference_data<S: Store, P: Platform>(
     }
     let (old, new) = data.split_at(PIN_LEN);
     if !valid_pin_block(new) {
-        return Err(CardError::WrongData("new PIN must be 4-8 digits padded with FF"));
+        return Err(CardError::WrongData(
+            "new PIN must be 4-8 digits padded with FF",
+        ));
     }
     core.session.pin_verified = false;
     pin::verify(&mut core.p, PinSlot::Pin, old)?;
@@ -179,10 +183,12 @@ fn reset_retry_counter<S: Store, P: Platform>(
         (0x00 | 0x01, _) => return Err(CardError::WrongLength),
         _ => return Err(CardError::WrongP1P2),
     };
-    if let Some(new) = new {
-        if !valid_pin_block(new) {
-            return Err(CardError::WrongData("new PIN must be 4-8 digits padded with FF"));
-        }
+    if let Some(new) = new
+        && !valid_pin_block(new)
+    {
+        return Err(CardError::WrongData(
+            "new PIN must be 4-8 digits padded with FF",
+        ));
     }
     pin::verify(&mut core.p, PinSlot::Puk, &data[..PIN_LEN])?;
     core.p.transaction(|p| -> Result<(), CardError> {

@@ -2,10 +2,10 @@
 //! the card key handle, certificate and policy checks, appending hash-chained log entries.
 
 use p256::ecdsa::SigningKey;
-use simfota_wire::Limits;
-use simfota_wire::cose::PublicKey;
 use simfota_wire::Digest;
+use simfota_wire::Limits;
 use simfota_wire::LogEntry;
+use simfota_wire::cose::PublicKey;
 use simfota_wire::{CardCertificate, Policy};
 
 use crate::CardError;
@@ -19,7 +19,9 @@ pub(crate) const LIMITS: Limits = Limits::CARD;
 /// Parses a stored or received SEC1 P-256 public key.
 pub(crate) fn public_key(sec1: &[u8]) -> Result<PublicKey, CardError> {
     if sec1.len() != KEY_LEN {
-        return Err(CardError::WrongData("P-256 key must be 65 bytes SEC1 uncompressed"));
+        return Err(CardError::WrongData(
+            "P-256 key must be 65 bytes SEC1 uncompressed",
+        ));
     }
     PublicKey::from_sec1(sec1).map_err(|_| CardError::WrongData("not a P-256 public key"))
 }
@@ -51,13 +53,16 @@ pub(crate) fn check_certificate(
     card_pk: &[u8],
 ) -> Result<(), CardError> {
     let issuer = public_key(issuer)?;
-    let v = CardCertificate::verify(cert, &issuer, &LIMITS)
-        .map_err(|_| CardError::WrongData("card certificate does not verify under the issuer key"))?;
+    let v = CardCertificate::verify(cert, &issuer, &LIMITS).map_err(|_| {
+        CardError::WrongData("card certificate does not verify under the issuer key")
+    })?;
     if v.iccid.as_str().as_bytes() != iccid {
         return Err(CardError::WrongData("card certificate names another ICCID"));
     }
     if v.card_key.to_sec1()[..] != card_pk[..] {
-        return Err(CardError::WrongData("card certificate certifies another key"));
+        return Err(CardError::WrongData(
+            "card certificate certifies another key",
+        ));
     }
     Ok(())
 }
@@ -132,7 +137,9 @@ pub(crate) fn verify_manifest<S: Store>(
         if !matches!(outcome, Err(Reason::OriginatorUnknown)) {
             return Ok(());
         }
-        let Ok(key) = PublicKey::from_sec1(key) else { return Ok(()) };
+        let Ok(key) = PublicKey::from_sec1(key) else {
+            return Ok(());
+        };
         match env.verify(&key) {
             Ok(m) => {
                 entry.originator = OriginatorId::new(id).ok();
@@ -141,14 +148,16 @@ pub(crate) fn verify_manifest<S: Store>(
                 let md = m.manifest_digest();
                 entry.manifest_digest = Some(md);
                 outcome = match (m.vendor_id, m.class_id, m.image_digest, m.image_size) {
-                    (Some(vendor), Some(class), Some(image_digest), Some(image_size)) => Ok(ManifestFacts {
-                        manifest_digest: md,
-                        sequence: m.sequence,
-                        vendor,
-                        class,
-                        image_digest,
-                        image_size,
-                    }),
+                    (Some(vendor), Some(class), Some(image_digest), Some(image_size)) => {
+                        Ok(ManifestFacts {
+                            manifest_digest: md,
+                            sequence: m.sequence,
+                            vendor,
+                            class,
+                            image_digest,
+                            image_size,
+                        })
+                    }
                     _ => Err(Reason::Malformed),
                 };
             }

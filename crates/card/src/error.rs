@@ -219,6 +219,9 @@ pub enum CardError {
     /// The referenced entry does not exist.
     #[error("referenced data not found")]
     NotFound,
+    /// SELECT named an application this card does not hold.
+    #[error("application not found")]
+    AppletNotFound,
     /// A table is full.
     #[error("not enough memory space")]
     NoSpace,
@@ -269,6 +272,7 @@ impl CardError {
             CardError::WrongPin(n) => StatusWord::tries_left(*n),
             CardError::Blocked => StatusWord::AUTH_BLOCKED,
             CardError::NotFound => StatusWord::DATA_NOT_FOUND,
+            CardError::AppletNotFound => StatusWord::NOT_FOUND,
             CardError::NoSpace => StatusWord::NO_SPACE,
             CardError::Memory(_) => StatusWord::MEMORY_FAILURE,
             CardError::Refused(r) => StatusWord::refused(*r as u8),

@@ -34,7 +34,6 @@ pub mod tag {
 
 type Enc<'b> = Encoder<Cursor<&'b mut [u8]>>;
 
-
 pub(crate) fn get_data<S: Store, P: Platform>(
     core: &mut Core<S, P>,
     cmd: &Command<'_>,
@@ -77,15 +76,24 @@ pub(crate) fn get_data<S: Store, P: Platform>(
             let mut buf = [0u8; POLICY_MAX];
             let bytes = tables::policy_bytes(p, &mut buf)?;
             let n = bytes.len();
-            drop(enc);
             io[..n].copy_from_slice(bytes);
             return Ok(n);
         }
         tag::LOG_STATUS => {
             let st = ring::state(p)?;
             enc.map(6)?;
-            enc.u8(1)?.u32(st.next)?.u8(2)?.u32(st.acked)?.u8(3)?.u32(st.unacked())?;
-            enc.u8(4)?.u32(st.free())?.u8(5)?.bytes(&st.head)?.u8(6)?.u32(LOG_CAPACITY as u32)?;
+            enc.u8(1)?
+                .u32(st.next)?
+                .u8(2)?
+                .u32(st.acked)?
+                .u8(3)?
+                .u32(st.unacked())?;
+            enc.u8(4)?
+                .u32(st.free())?
+                .u8(5)?
+                .bytes(&st.head)?
+                .u8(6)?
+                .u32(LOG_CAPACITY as u32)?;
         }
         tag::PENDING_UPDATE => crate::update::encode_pending(p, &mut enc)?,
         _ => return Err(CardError::WrongP1P2),
@@ -115,17 +123,38 @@ fn card_info<S: Store>(p: &crate::layout::Persist<S>, enc: &mut Enc<'_>) -> Resu
     };
     enc.map(12)?;
     enc.u8(1)?.str(text(iccid)?)?.u8(2)?.str(text(imsi)?)?;
-    enc.u8(3)?.array(2)?.u8(APPLET_VERSION.0)?.u8(APPLET_VERSION.1)?;
+    enc.u8(3)?
+        .array(2)?
+        .u8(APPLET_VERSION.0)?
+        .u8(APPLET_VERSION.1)?;
     if pk[0] == 0x04 {
         enc.u8(4)?.bytes(&pk)?;
     } else {
         enc.u8(4)?.null()?;
     }
     enc.u8(5)?.bytes(&cert[..cert_len])?;
-    enc.u8(6)?.map(6)?.u8(1)?.u32(LOG_CAPACITY as u32)?.u8(2)?.u32(MAX_SERVERS as u32)?;
-    enc.u8(3)?.u32(MAX_ORIGINATORS as u32)?.u8(4)?.u32(IO_CAP as u32)?;
-    enc.u8(5)?.u32(PERSISTENT_SIZE as u32)?.u8(6)?.u32(RECORD_LEN as u32)?;
-    enc.u8(7)?.map(4)?.u8(1)?.u32(st.next)?.u8(2)?.u32(st.acked)?.u8(3)?.u32(st.unacked())?;
+    enc.u8(6)?
+        .map(6)?
+        .u8(1)?
+        .u32(LOG_CAPACITY as u32)?
+        .u8(2)?
+        .u32(MAX_SERVERS as u32)?;
+    enc.u8(3)?
+        .u32(MAX_ORIGINATORS as u32)?
+        .u8(4)?
+        .u32(IO_CAP as u32)?;
+    enc.u8(5)?
+        .u32(PERSISTENT_SIZE as u32)?
+        .u8(6)?
+        .u32(RECORD_LEN as u32)?;
+    enc.u8(7)?
+        .map(4)?
+        .u8(1)?
+        .u32(st.next)?
+        .u8(2)?
+        .u32(st.acked)?
+        .u8(3)?
+        .u32(st.unacked())?;
     enc.u8(4)?.u32(st.free())?;
     enc.u8(8)?.u8(life)?;
     enc.u8(9)?.u64(p.u64_at(O_INSTALLED_SEQ)?)?;
@@ -196,7 +225,10 @@ pub mod decode {
         d: &mut Decoder<'a>,
         mut f: impl FnMut(u8, &mut Decoder<'a>) -> Result<(), BadAnswer>,
     ) -> Result<(), BadAnswer> {
-        let n = d.map().map_err(bad("map"))?.ok_or(BadAnswer("indefinite map"))?;
+        let n = d
+            .map()
+            .map_err(bad("map"))?
+            .ok_or(BadAnswer("indefinite map"))?;
         for _ in 0..n {
             let k = d.u8().map_err(bad("key"))?;
             f(k, d)?;
@@ -235,7 +267,10 @@ pub mod decode {
                     2 => ci.imsi = d.str().map_err(bad("imsi"))?,
                     3 => {
                         d.array().map_err(bad("version"))?;
-                        ci.version = (d.u8().map_err(bad("version"))?, d.u8().map_err(bad("version"))?);
+                        ci.version = (
+                            d.u8().map_err(bad("version"))?,
+                            d.u8().map_err(bad("version"))?,
+                        );
                     }
                     4 => {
                         if d.datatype().map_err(bad("card key"))? == Type::Null {
@@ -287,7 +322,10 @@ pub mod decode {
     /// Decodes the server list into `out`, returns how many were written.
     pub fn servers<'a>(b: &'a [u8], out: &mut [ServerRecord<'a>]) -> Result<usize, BadAnswer> {
         let mut d = Decoder::new(b);
-        let n = d.array().map_err(bad("servers"))?.ok_or(BadAnswer("indefinite"))? as usize;
+        let n = d
+            .array()
+            .map_err(bad("servers"))?
+            .ok_or(BadAnswer("indefinite"))? as usize;
         if n > out.len() {
             return Err(BadAnswer("more servers than room"));
         }
@@ -306,15 +344,24 @@ pub mod decode {
     pub type OriginatorRecord<'a> = (&'a str, &'a [u8]);
 
     /// Decodes the originator list into `out`, returns how many were written.
-    pub fn originators<'a>(b: &'a [u8], out: &mut [OriginatorRecord<'a>]) -> Result<usize, BadAnswer> {
+    pub fn originators<'a>(
+        b: &'a [u8],
+        out: &mut [OriginatorRecord<'a>],
+    ) -> Result<usize, BadAnswer> {
         let mut d = Decoder::new(b);
-        let n = d.array().map_err(bad("originators"))?.ok_or(BadAnswer("indefinite"))? as usize;
+        let n = d
+            .array()
+            .map_err(bad("originators"))?
+            .ok_or(BadAnswer("indefinite"))? as usize;
         if n > out.len() {
             return Err(BadAnswer("more originators than room"));
         }
         for slot in out.iter_mut().take(n) {
             d.array().map_err(bad("originator"))?;
-            *slot = (d.str().map_err(bad("originator id"))?, d.bytes().map_err(bad("originator key"))?);
+            *slot = (
+                d.str().map_err(bad("originator id"))?,
+                d.bytes().map_err(bad("originator key"))?,
+            );
         }
         Ok(n)
     }

@@ -48,9 +48,9 @@ pub use error::{CardError, Reason, fumo_result_for};
 pub use layout::{LOG_CAPACITY, PERSISTENT_SIZE};
 pub use logcmd::PAGE_ENTRIES;
 pub use pin::{PIN_LEN, valid_pin_block};
-pub use store::{MemStore, PowerCut, Store, StoreError};
 #[cfg(feature = "std")]
 pub use store::FileStore;
+pub use store::{MemStore, PowerCut, Store, StoreError};
 pub use sw::StatusWord;
 
 /// A RAM store sized for this applet's persistent layout.

@@ -1,7 +1,9 @@
 //! READ LOG and ACKNOWLEDGE LOG (design §4 step 9, R4, R12): only a listed server with the
 //! right, with a fresh card nonce, can read (an encrypted, card-signed page) or free space.
 
-use simfota_wire::{ExportHeader, LogAck, LogEntry, LogReadRequest, PublicKey, Rights, build_export};
+use simfota_wire::{
+    ExportHeader, LogAck, LogEntry, LogReadRequest, PublicKey, Rights, build_export,
+};
 
 use crate::apdu::Command;
 use crate::applet::{Core, IO_CAP, Platform};
@@ -52,10 +54,18 @@ pub(crate) fn read_log<S: Store, P: Platform>(
     require_operational(core)?;
     require_p1p2(cmd, 0, 0)?;
     let nonce = core.session.nonce.take();
-    let signed = LogReadRequest::decode(&io[..n], &LIMITS).map_err(|_| CardError::WrongData("log-read request"))?;
+    let signed = LogReadRequest::decode(&io[..n], &LIMITS)
+        .map_err(|_| CardError::WrongData("log-read request"))?;
     let claimed = signed.dangerous_unverified().server;
-    let key = server_key_with(core, claimed.as_str(), Rights::LOG_READ, Reason::LogReadNotAuthorized)?;
-    let req = signed.verify(&key).map_err(|_| CardError::Refused(Reason::RequestSignature))?;
+    let key = server_key_with(
+        core,
+        claimed.as_str(),
+        Rights::LOG_READ,
+        Reason::LogReadNotAuthorized,
+    )?;
+    let req = signed
+        .verify(&key)
+        .map_err(|_| CardError::Refused(Reason::RequestSignature))?;
     check_nonce(nonce, &req.nonce)?;
 
     let st = ring::state(&core.p)?;
@@ -103,12 +113,23 @@ pub(crate) fn ack_log<S: Store, P: Platform>(
     require_operational(core)?;
     require_p1p2(cmd, 0, 0)?;
     let nonce = core.session.nonce.take();
-    let signed = LogAck::decode(&io[..n], &LIMITS).map_err(|_| CardError::WrongData("log acknowledgement"))?;
+    let signed = LogAck::decode(&io[..n], &LIMITS)
+        .map_err(|_| CardError::WrongData("log acknowledgement"))?;
     let claimed = signed.dangerous_unverified().server;
-    let key = server_key_with(core, claimed.as_str(), Rights::LOG_ACK, Reason::LogAckNotAuthorized)?;
-    let ack = signed.verify(&key).map_err(|_| CardError::Refused(Reason::RequestSignature))?;
+    let key = server_key_with(
+        core,
+        claimed.as_str(),
+        Rights::LOG_ACK,
+        Reason::LogAckNotAuthorized,
+    )?;
+    let ack = signed
+        .verify(&key)
+        .map_err(|_| CardError::Refused(Reason::RequestSignature))?;
     check_nonce(nonce, &ack.nonce)?;
-    let upto = ack.up_to_seq.checked_add(1).ok_or(CardError::Refused(Reason::AckBeyondLog))?;
+    let upto = ack
+        .up_to_seq
+        .checked_add(1)
+        .ok_or(CardError::Refused(Reason::AckBeyondLog))?;
     core.p.transaction(|p| ring::acknowledge(p, upto))?;
     Ok(0)
 }

@@ -12,8 +12,8 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use crate::apdu::Command;
 use crate::applet::{Core, Platform};
 use crate::layout::{
-    self, CERT_MAX, ICCID_MAX, IMSI_MAX, KEY_LEN, Lifecycle, O_CARD_PK, O_CARD_SK, O_CERT,
-    O_ICCID, O_IMSI, O_ISSUER_PK, Persist, PinSlot,
+    self, CERT_MAX, ICCID_MAX, IMSI_MAX, KEY_LEN, Lifecycle, O_CARD_PK, O_CARD_SK, O_CERT, O_ICCID,
+    O_IMSI, O_ISSUER_PK, Persist, PinSlot,
 };
 use crate::pin::{PIN_LEN, valid_pin_block};
 use crate::store::Store;
@@ -43,7 +43,9 @@ pub mod dgi {
 
 fn require_personalizing<S: Store>(p: &Persist<S>) -> Result<(), CardError> {
     match p.lifecycle()? {
-        Lifecycle::Operational => Err(CardError::Conditions("card locked: personalization is over")),
+        Lifecycle::Operational => Err(CardError::Conditions(
+            "card locked: personalization is over",
+        )),
         _ => Ok(()),
     }
 }
@@ -157,8 +159,11 @@ fn all_digits(v: &[u8], min: usize, max: usize) -> bool {
 }
 
 fn check_pin_dgi(v: &[u8]) -> Result<(), CardError> {
-    if v.len() != PIN_LEN + 1 || !valid_pin_block(&v[..PIN_LEN]) || !(1..=15).contains(&v[PIN_LEN]) {
-        return Err(CardError::WrongData("PIN/PUK DGI: 8-byte block + tries 1-15"));
+    if v.len() != PIN_LEN + 1 || !valid_pin_block(&v[..PIN_LEN]) || !(1..=15).contains(&v[PIN_LEN])
+    {
+        return Err(CardError::WrongData(
+            "PIN/PUK DGI: 8-byte block + tries 1-15",
+        ));
     }
     Ok(())
 }
@@ -240,17 +245,25 @@ fn check_complete<S: Store>(p: &Persist<S>) -> Result<(), CardError> {
         return Err(CardError::Conditions("personalization incomplete: IMSI"));
     }
     if p.u8_at(O_CARD_PK)? != 0x04 {
-        return Err(CardError::Conditions("personalization incomplete: card key pair"));
+        return Err(CardError::Conditions(
+            "personalization incomplete: card key pair",
+        ));
     }
     if p.u8_at(O_ISSUER_PK)? != 0x04 {
-        return Err(CardError::Conditions("personalization incomplete: issuer key"));
+        return Err(CardError::Conditions(
+            "personalization incomplete: issuer key",
+        ));
     }
     if p.pin_max(PinSlot::Pin)? == 0 || p.pin_max(PinSlot::Puk)? == 0 {
-        return Err(CardError::Conditions("personalization incomplete: PIN and PUK"));
+        return Err(CardError::Conditions(
+            "personalization incomplete: PIN and PUK",
+        ));
     }
     let len = usize::from(p.u16_at(O_CERT)?);
     if len == 0 {
-        return Err(CardError::Conditions("personalization incomplete: card certificate"));
+        return Err(CardError::Conditions(
+            "personalization incomplete: card certificate",
+        ));
     }
     let mut cert = [0u8; CERT_MAX];
     p.read(O_CERT + 2, &mut cert[..len.min(CERT_MAX)])?;
@@ -259,7 +272,12 @@ fn check_complete<S: Store>(p: &Persist<S>) -> Result<(), CardError> {
     let mut card_pk = [0u8; KEY_LEN];
     p.read(O_CARD_PK, &mut card_pk)?;
     let iccid_len = usize::from(p.u8_at(O_ICCID)?).min(ICCID_MAX);
-    crate::crypto::check_certificate(&cert[..len.min(CERT_MAX)], &issuer, &iccid[..iccid_len], &card_pk)?;
+    crate::crypto::check_certificate(
+        &cert[..len.min(CERT_MAX)],
+        &issuer,
+        &iccid[..iccid_len],
+        &card_pk,
+    )?;
     let _ = layout::PERSISTENT_SIZE;
     Ok(())
 }

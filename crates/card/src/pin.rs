@@ -10,7 +10,7 @@
 use subtle::ConstantTimeEq;
 
 use crate::CardError;
-use crate::layout::{PinSlot, Persist};
+use crate::layout::{Persist, PinSlot};
 use crate::store::Store;
 
 /// Length of a PIN/PUK block on the wire.
@@ -29,7 +29,11 @@ pub fn valid_pin_block(b: &[u8]) -> bool {
 ///
 /// Order (tearing-safe): read counter → refuse if zero → decrement and COMMIT → compare in
 /// constant time → on match, restore the counter and commit.
-pub fn verify<S: Store>(p: &mut Persist<S>, slot: PinSlot, candidate: &[u8]) -> Result<(), CardError> {
+pub fn verify<S: Store>(
+    p: &mut Persist<S>,
+    slot: PinSlot,
+    candidate: &[u8],
+) -> Result<(), CardError> {
     if candidate.len() != PIN_LEN {
         return Err(CardError::WrongLength);
     }

@@ -9,7 +9,9 @@
 //! (or below what an update in progress has reserved) new events are refused (`LogFull`).
 
 use crate::CardError;
-use crate::layout::{LOG_CAPACITY, O_LOG, O_LOG_ACKED, O_LOG_HEAD, O_LOG_NEXT, Persist, RECORD_LEN};
+use crate::layout::{
+    LOG_CAPACITY, O_LOG, O_LOG_ACKED, O_LOG_HEAD, O_LOG_NEXT, Persist, RECORD_LEN,
+};
 use crate::store::Store;
 
 /// A snapshot of the ring's counters.

@@ -310,7 +310,11 @@ mod file {
             drop(f);
             fs::rename(&tmp, &self.path)?;
             if let Some(dir) = self.path.parent() {
-                let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
                 // Make the rename itself durable (POSIX: fsync of the directory).
                 fs::File::open(dir)?.sync_all()?;
             }

@@ -18,14 +18,17 @@ pub(crate) struct ServerEntry {
 fn check_id(id: &[u8]) -> Result<&str, CardError> {
     let s = core::str::from_utf8(id).map_err(|_| CardError::WrongData("id is not UTF-8"))?;
     if s.is_empty() || s.len() > ID_MAX || s.chars().any(char::is_control) {
-        return Err(CardError::WrongData("id: 1-32 bytes, no control characters"));
+        return Err(CardError::WrongData(
+            "id: 1-32 bytes, no control characters",
+        ));
     }
     Ok(s)
 }
 
 fn check_key(key: &[u8]) -> Result<&[u8; KEY_LEN], CardError> {
     crate::crypto::public_key(key).map_err(|_| CardError::WrongData("not a P-256 public key"))?;
-    key.try_into().map_err(|_| CardError::WrongData("key: 65 bytes SEC1 uncompressed"))
+    key.try_into()
+        .map_err(|_| CardError::WrongData("key: 65 bytes SEC1 uncompressed"))
 }
 
 /// DGI `0301`: rights || key || id.
@@ -96,7 +99,10 @@ pub(crate) fn remove_server<S: Store>(p: &mut Persist<S>, id: &str) -> Result<()
 }
 
 /// Looks a server up by id.
-pub(crate) fn find_server<S: Store>(p: &Persist<S>, id: &str) -> Result<Option<ServerEntry>, CardError> {
+pub(crate) fn find_server<S: Store>(
+    p: &Persist<S>,
+    id: &str,
+) -> Result<Option<ServerEntry>, CardError> {
     let (found, _) = slot_of(p, O_SERVERS, SERVER_LEN, MAX_SERVERS, 2, id)?;
     let Some(off) = found else { return Ok(None) };
     let mut key = [0u8; KEY_LEN];
@@ -161,7 +167,8 @@ pub(crate) fn for_each_originator<S: Store>(
         }
         let mut idb = [0u8; ID_MAX];
         let id = p.lv_at(off + 1, ID_MAX, &mut idb)?;
-        let id = core::str::from_utf8(id).map_err(|_| CardError::Internal("corrupt originator id"))?;
+        let id =
+            core::str::from_utf8(id).map_err(|_| CardError::Internal("corrupt originator id"))?;
         let mut key = [0u8; KEY_LEN];
         p.read(off + 2 + ID_MAX, &mut key)?;
         f(id, &key)?;

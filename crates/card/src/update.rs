@@ -29,11 +29,11 @@
 use minicbor::Encoder;
 use minicbor::encode::write::Cursor;
 use sha2::Digest as _;
-use simfota_wire::cose::PublicKey;
-use simfota_wire::{Digest, Imei, Nonce};
-use simfota_wire::{DenyReason, Event, FumoResult, LogEntry};
-use simfota_wire::{IntegrityMode, Receipt, Rights, UnauthorizedRule};
 use simfota_wire::DeliveryToken;
+use simfota_wire::cose::PublicKey;
+use simfota_wire::{DenyReason, Event, FumoResult, LogEntry};
+use simfota_wire::{Digest, Imei, Nonce};
+use simfota_wire::{IntegrityMode, Receipt, Rights, UnauthorizedRule};
 use subtle::ConstantTimeEq;
 
 use crate::apdu::Command;
@@ -64,7 +64,11 @@ fn reserved<S: Store>(p: &Persist<S>) -> Result<u32, CardError> {
     if !pending_exists(p)? {
         return Ok(0);
     }
-    Ok(if p.u8_at(O_PENDING + P_INTEGRITY)? == INTEGRITY_PASSED { 1 } else { UPDATE_RESERVE })
+    Ok(if p.u8_at(O_PENDING + P_INTEGRITY)? == INTEGRITY_PASSED {
+        1
+    } else {
+        UPDATE_RESERVE
+    })
 }
 
 /// Whether an entry outside the pending update's reservation fits.
@@ -122,7 +126,8 @@ fn check<S: Store, P: Platform>(
 
     // 1. Server listed with the firmware-update right?
     let server = tables::find_server(p, claims.iss.as_str()).map_err(|_| Reason::Malformed)?;
-    let authorized = matches!(server, Some(s) if Rights(s.rights).contains(Rights::FIRMWARE_UPDATE));
+    let authorized =
+        matches!(server, Some(s) if Rights(s.rights).contains(Rights::FIRMWARE_UPDATE));
     let policy = crypto::policy(p).map_err(|_| Reason::Malformed)?;
     if let (true, Some(s)) = (authorized, server) {
         // 2. Token signature.
@@ -162,7 +167,9 @@ fn check<S: Store, P: Platform>(
     } else {
         match policy.unauthorized {
             UnauthorizedRule::Refuse => return Err(Reason::ServerNotAuthorized),
-            UnauthorizedRule::WarnConfirm if consent.is_none() => return Err(Reason::ConsentRequired),
+            UnauthorizedRule::WarnConfirm if consent.is_none() => {
+                return Err(Reason::ConsentRequired);
+            }
             UnauthorizedRule::ConfirmWithPin if consent != Some(true) => {
                 return Err(Reason::PinConsentRequired);
             }
@@ -183,10 +190,10 @@ fn check<S: Store, P: Platform>(
         return Err(Reason::Rollback);
     }
     // 11. Card-digest mode: the card must be able to hash the whole image.
-    if let IntegrityMode::CardDigest { max_size } = policy.integrity {
-        if facts.image_size > max_size {
-            return Err(Reason::SizeMismatch);
-        }
+    if let IntegrityMode::CardDigest { max_size } = policy.integrity
+        && facts.image_size > max_size
+    {
+        return Err(Reason::SizeMismatch);
     }
     Ok(())
 }
@@ -200,10 +207,10 @@ fn conclude<S: Store, P: Platform>(
     consent: Option<bool>,
 ) -> Result<usize, CardError> {
     core.p.transaction(|p| -> Result<(), CardError> {
-        if let Some(iat) = att.verified_iat {
-            if iat > p.u64_at(O_TRUSTED_TIME)? {
-                p.put_u64(O_TRUSTED_TIME, iat)?;
-            }
+        if let Some(iat) = att.verified_iat
+            && iat > p.u64_at(O_TRUSTED_TIME)?
+        {
+            p.put_u64(O_TRUSTED_TIME, iat)?;
         }
         if let Some(pin_verified) = consent {
             let mut e = att.entry;
@@ -212,7 +219,10 @@ fn conclude<S: Store, P: Platform>(
         }
         match verdict {
             Ok(()) => {
-                let facts = att.facts.as_ref().ok_or(CardError::Internal("no manifest facts"))?;
+                let facts = att
+                    .facts
+                    .as_ref()
+                    .ok_or(CardError::Internal("no manifest facts"))?;
                 att.entry.event = Event::Authorized;
                 crypto::append_entry(p, &mut att.entry)?;
                 let record = att
@@ -223,7 +233,8 @@ fn conclude<S: Store, P: Platform>(
                 pending[P_STATE] = 1;
                 pending[P_INTEGRITY] = INTEGRITY_NONE;
                 pending[P_SEQUENCE..P_SEQUENCE + 8].copy_from_slice(&facts.sequence.to_be_bytes());
-                pending[P_IMAGE_SIZE..P_IMAGE_SIZE + 8].copy_from_slice(&facts.image_size.to_be_bytes());
+                pending[P_IMAGE_SIZE..P_IMAGE_SIZE + 8]
+                    .copy_from_slice(&facts.image_size.to_be_bytes());
                 pending[P_IMAGE_DIGEST..P_IMAGE_DIGEST + 32].copy_from_slice(&facts.image_digest.0);
                 pending[P_ENTRY..P_ENTRY + RECORD_LEN].copy_from_slice(&record);
                 p.write(O_PENDING, &pending)?;
@@ -258,7 +269,10 @@ fn new_attempt<S: Store, P: Platform>(core: &Core<S, P>) -> Result<Attempt, Card
 }
 
 /// Preconditions shared by AUTHORIZE UPDATE and RECORD CONSENT: update pending, log room.
-fn preconditions<S: Store, P: Platform>(core: &Core<S, P>, with_consent: bool) -> Result<(), CardError> {
+fn preconditions<S: Store, P: Platform>(
+    core: &Core<S, P>,
+    with_consent: bool,
+) -> Result<(), CardError> {
     if core.session.imei.is_none() {
         return Err(CardError::Conditions("bind the terminal (IMEI) first"));
     }
@@ -323,7 +337,10 @@ pub(crate) fn record_consent<S: Store, P: Platform>(
         return Err(CardError::WrongP1P2);
     }
     let data = &io[..n];
-    let question = core.session.consent.ok_or(CardError::Conditions("no consent question pending"))?;
+    let question = core
+        .session
+        .consent
+        .ok_or(CardError::Conditions("no consent question pending"))?;
     let digest: [u8; 32] = sha2::Sha256::digest(data).into();
     if digest != question.request {
         return Err(CardError::Conditions("consent is for another request"));
@@ -357,18 +374,30 @@ fn integrity_verdict<S: Store, P: Platform>(
         return Err(CardError::Refused(Reason::LogFull));
     }
     let mut entry = load_pending_entry(&core.p)?;
-    entry.event = if ok { Event::IntegrityOk } else { Event::IntegrityFailed };
+    entry.event = if ok {
+        Event::IntegrityOk
+    } else {
+        Event::IntegrityFailed
+    };
     entry.trusted_time = crypto::trusted_time(&core.p)?;
     entry.device_time = core.session.device_time;
     core.p.transaction(|p| -> Result<(), CardError> {
         crypto::append_entry(p, &mut entry)?;
         p.put_u8(
             O_PENDING + P_INTEGRITY,
-            if ok { INTEGRITY_PASSED } else { INTEGRITY_FAILED },
+            if ok {
+                INTEGRITY_PASSED
+            } else {
+                INTEGRITY_FAILED
+            },
         )?;
         Ok(())
     })?;
-    if ok { Ok(0) } else { Err(CardError::Refused(reason)) }
+    if ok {
+        Ok(0)
+    } else {
+        Err(CardError::Refused(reason))
+    }
 }
 
 /// PAYLOAD INTEGRITY (CLA `80`, INS `16`): P1 `00` device digest (data = SHA-256 (32) ||
@@ -405,7 +434,11 @@ pub(crate) fn payload<S: Store, P: Platform>(
                 data[32], data[33], data[34], data[35], data[36], data[37], data[38], data[39],
             ]);
             let same = bool::from(data[..32].ct_eq(&want)) && got_size == size;
-            let reason = if got_size != size { Reason::SizeMismatch } else { Reason::IntegrityFailed };
+            let reason = if got_size != size {
+                Reason::SizeMismatch
+            } else {
+                Reason::IntegrityFailed
+            };
             integrity_verdict(core, same, reason)
         }
         p1 => {
@@ -473,7 +506,11 @@ pub(crate) fn report_result<S: Store, P: Platform>(
         return Err(CardError::Refused(Reason::UnknownUpdate));
     }
     let bound = core.session.imei;
-    if entry.imei.map(|i| i.as_str().as_bytes() == &bound.unwrap_or([0; 15])[..]) != Some(true) {
+    if entry
+        .imei
+        .map(|i| i.as_str().as_bytes() == &bound.unwrap_or([0; 15])[..])
+        != Some(true)
+    {
         return Err(CardError::Refused(Reason::WrongDevice));
     }
     let success = (200..300).contains(&result.0);
@@ -483,15 +520,21 @@ pub(crate) fn report_result<S: Store, P: Platform>(
     let sequence = core.p.u64_at(O_PENDING + P_SEQUENCE)?;
     entry.event = Event::Installed(result);
     entry.trusted_time = crypto::trusted_time(&core.p)?;
-    entry.device_time = if device_time == 0 { None } else { Some(device_time) };
-    let (seq, head) = core.p.transaction(|p| -> Result<(u32, Digest), CardError> {
-        let r = crypto::append_entry(p, &mut entry)?;
-        if success {
-            p.put_u64(O_INSTALLED_SEQ, sequence)?;
-        }
-        p.write(O_PENDING, &[0u8; PENDING_LEN])?;
-        Ok(r)
-    })?;
+    entry.device_time = if device_time == 0 {
+        None
+    } else {
+        Some(device_time)
+    };
+    let (seq, head) = core
+        .p
+        .transaction(|p| -> Result<(u32, Digest), CardError> {
+            let r = crypto::append_entry(p, &mut entry)?;
+            if success {
+                p.put_u64(O_INSTALLED_SEQ, sequence)?;
+            }
+            p.write(O_PENDING, &[0u8; PENDING_LEN])?;
+            Ok(r)
+        })?;
     let mut iccid = [0u8; ICCID_MAX];
     let len = card_iccid(&core.p, &mut iccid)?;
     let iccid = core::str::from_utf8(&iccid[..len])
@@ -527,11 +570,25 @@ pub(crate) fn encode_pending<S: Store>(
     p.read(O_PENDING + P_IMAGE_DIGEST, &mut digest)?;
     enc.map(5).map_err(e)?;
     enc.u8(1)
-        .and_then(|e| e.bytes(entry.update_id.as_ref().map(|u| u.as_bytes()).unwrap_or(&[])))
+        .and_then(|e| {
+            e.bytes(
+                entry
+                    .update_id
+                    .as_ref()
+                    .map(|u| u.as_bytes())
+                    .unwrap_or(&[]),
+            )
+        })
         .map_err(e)?;
-    enc.u8(2).and_then(|x| x.u8(p.u8_at(O_PENDING + P_INTEGRITY).unwrap_or(0))).map_err(e)?;
-    enc.u8(3).and_then(|x| x.u64(p.u64_at(O_PENDING + P_SEQUENCE).unwrap_or(0))).map_err(e)?;
-    enc.u8(4).and_then(|x| x.u64(p.u64_at(O_PENDING + P_IMAGE_SIZE).unwrap_or(0))).map_err(e)?;
+    enc.u8(2)
+        .and_then(|x| x.u8(p.u8_at(O_PENDING + P_INTEGRITY).unwrap_or(0)))
+        .map_err(e)?;
+    enc.u8(3)
+        .and_then(|x| x.u64(p.u64_at(O_PENDING + P_SEQUENCE).unwrap_or(0)))
+        .map_err(e)?;
+    enc.u8(4)
+        .and_then(|x| x.u64(p.u64_at(O_PENDING + P_IMAGE_SIZE).unwrap_or(0)))
+        .map_err(e)?;
     enc.u8(5).and_then(|x| x.bytes(&digest)).map_err(e)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The card-level attack catalog of design §5, one named test each, with real keys and
 //! signed objects. Each asserts the precise refusal (status word `66RR` = reason) and that
 //! nothing was lost or gained.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -14,7 +15,11 @@ fn refused(r: Reason) -> StatusWord {
 }
 
 /// Authorizes with a custom token; returns the status word.
-fn try_token(w: &mut World, card: &mut Card, f: impl FnOnce(&World, &[u8], simfota_wire::Nonce, simfota_wire::Digest) -> Vec<u8>) -> StatusWord {
+fn try_token(
+    w: &mut World,
+    card: &mut Card,
+    f: impl FnOnce(&World, &[u8], simfota_wire::Nonce, simfota_wire::Digest) -> Vec<u8>,
+) -> StatusWord {
     let (env, md) = w.package(10);
     let cti = w.next_cti();
     let n = card.nonce();
@@ -39,12 +44,18 @@ fn replayed_token() {
     assert_eq!(card.device_digest(&p), StatusWord::OK);
     assert_eq!(card.report(200, &cti).1, StatusWord::OK);
     // Same token again: its nonce was consumed.
-    assert_eq!(card.authorize(&tok, &env), refused(Reason::NonceUnavailable));
+    assert_eq!(
+        card.authorize(&tok, &env),
+        refused(Reason::NonceUnavailable)
+    );
     // Even with a fresh nonce outstanding, the old token names the old one.
     card.nonce();
     assert_eq!(card.authorize(&tok, &env), refused(Reason::NonceMismatch));
     assert_eq!(fumo_result_for(refused(Reason::NonceMismatch)), Some(405));
-    assert_eq!(last_event(&w, &mut card), Event::Denied(DenyReason(u16::from(Reason::NonceMismatch.code()))));
+    assert_eq!(
+        last_event(&w, &mut card),
+        Event::Denied(DenyReason(u16::from(Reason::NonceMismatch.code())))
+    );
 }
 
 #[test]
@@ -58,7 +69,10 @@ fn nonce_dies_with_a_reset() {
     card.applet.reset();
     assert_eq!(card.select(), StatusWord::OK);
     assert_eq!(card.bind(IMEI), StatusWord::OK);
-    assert_eq!(card.authorize(&tok, &env), refused(Reason::NonceUnavailable));
+    assert_eq!(
+        card.authorize(&tok, &env),
+        refused(Reason::NonceUnavailable)
+    );
 }
 
 #[test]
@@ -69,16 +83,41 @@ fn failed_attempt_consumes_the_nonce() {
     let cti = w.next_cti();
     let n = card.nonce();
     let good = w.token(&cti, n, md);
-    let bad = w.token_with(&w.server, SERVER, &cti, n, ICCID, OTHER_IMEI, md, NOW, NOW + 60);
+    let bad = w.token_with(
+        &w.server,
+        SERVER,
+        &cti,
+        n,
+        ICCID,
+        OTHER_IMEI,
+        md,
+        NOW,
+        NOW + 60,
+    );
     assert_eq!(card.authorize(&bad, &env), refused(Reason::WrongDevice));
-    assert_eq!(card.authorize(&good, &env), refused(Reason::NonceUnavailable));
+    assert_eq!(
+        card.authorize(&good, &env),
+        refused(Reason::NonceUnavailable)
+    );
 }
 
 #[test]
 fn token_for_another_imei() {
     let mut w = World::new();
     let mut card = w.default_card();
-    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.server, SERVER, cti, n, ICCID, OTHER_IMEI, md, NOW, NOW + 60));
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| {
+        w.token_with(
+            &w.server,
+            SERVER,
+            cti,
+            n,
+            ICCID,
+            OTHER_IMEI,
+            md,
+            NOW,
+            NOW + 60,
+        )
+    });
     assert_eq!(sw, refused(Reason::WrongDevice));
     assert_eq!(fumo_result_for(sw), Some(403));
 }
@@ -87,7 +126,19 @@ fn token_for_another_imei() {
 fn token_for_another_card() {
     let mut w = World::new();
     let mut card = w.default_card();
-    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.server, SERVER, cti, n, OTHER_ICCID, IMEI, md, NOW, NOW + 60));
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| {
+        w.token_with(
+            &w.server,
+            SERVER,
+            cti,
+            n,
+            OTHER_ICCID,
+            IMEI,
+            md,
+            NOW,
+            NOW + 60,
+        )
+    });
     assert_eq!(sw, refused(Reason::WrongCard));
     assert_eq!(fumo_result_for(sw), Some(403));
 }
@@ -97,7 +148,9 @@ fn token_for_another_server() {
     // Names the listed server as issuer but is signed by another server's key.
     let mut w = World::new();
     let mut card = w.default_card();
-    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.rogue, SERVER, cti, n, ICCID, IMEI, md, NOW, NOW + 60));
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| {
+        w.token_with(&w.rogue, SERVER, cti, n, ICCID, IMEI, md, NOW, NOW + 60)
+    });
     assert_eq!(sw, refused(Reason::TokenSignature));
     assert_eq!(fumo_result_for(sw), Some(404));
 }
@@ -107,7 +160,9 @@ fn token_from_server_without_update_right() {
     // The log reader is listed, but not for firmware updates: the policy (refuse) applies.
     let mut w = World::new();
     let mut card = w.default_card();
-    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.reader, READER, cti, n, ICCID, IMEI, md, NOW, NOW + 60));
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| {
+        w.token_with(&w.reader, READER, cti, n, ICCID, IMEI, md, NOW, NOW + 60)
+    });
     assert_eq!(sw, refused(Reason::ServerNotAuthorized));
 }
 
@@ -117,7 +172,19 @@ fn expired_token() {
     let mut card = w.default_card();
     // First a genuine token moves the trusted time to NOW.
     w.full_update(&mut card, 1);
-    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.server, SERVER, cti, n, ICCID, IMEI, md, NOW - 7200, NOW - 3600));
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| {
+        w.token_with(
+            &w.server,
+            SERVER,
+            cti,
+            n,
+            ICCID,
+            IMEI,
+            md,
+            NOW - 7200,
+            NOW - 3600,
+        )
+    });
     assert_eq!(sw, refused(Reason::TokenExpired));
     assert_eq!(fumo_result_for(sw), Some(405));
 }
@@ -126,7 +193,9 @@ fn expired_token() {
 fn token_from_unlisted_server() {
     let mut w = World::new();
     let mut card = w.default_card();
-    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.rogue, ROGUE, cti, n, ICCID, IMEI, md, NOW, NOW + 60));
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| {
+        w.token_with(&w.rogue, ROGUE, cti, n, ICCID, IMEI, md, NOW, NOW + 60)
+    });
     assert_eq!(sw, refused(Reason::ServerNotAuthorized));
     assert_eq!(fumo_result_for(sw), Some(405));
     let e = w.read_all(&mut card);
@@ -157,7 +226,10 @@ fn token_for_another_manifest() {
     let (_, other_md) = w.package(11);
     let cti = w.next_cti();
     let n = card.nonce();
-    assert_eq!(card.authorize(&w.token(&cti, n, other_md), &env), refused(Reason::ManifestMismatch));
+    assert_eq!(
+        card.authorize(&w.token(&cti, n, other_md), &env),
+        refused(Reason::ManifestMismatch)
+    );
 }
 
 #[test]
@@ -174,7 +246,10 @@ fn tampered_payload_one_byte() {
     assert_eq!(sw, refused(Reason::IntegrityFailed));
     assert_eq!(fumo_result_for(sw), Some(402));
     // And success cannot be reported for it.
-    assert_eq!(card.report(200, &cti).1, refused(Reason::IntegrityNotPassed));
+    assert_eq!(
+        card.report(200, &cti).1,
+        refused(Reason::IntegrityNotPassed)
+    );
     // The failure can.
     assert_eq!(card.report(402, &cti).1, StatusWord::OK);
     let e = w.read_all(&mut card);
@@ -184,7 +259,10 @@ fn tampered_payload_one_byte() {
 #[test]
 fn tampered_payload_one_byte_card_digest() {
     let mut w = World::new();
-    let mut card = w.card(&World::policy(UnauthorizedRule::Refuse, IntegrityMode::CardDigest { max_size: 1 << 20 }));
+    let mut card = w.card(&World::policy(
+        UnauthorizedRule::Refuse,
+        IntegrityMode::CardDigest { max_size: 1 << 20 },
+    ));
     let (env, md) = w.package(10);
     let cti = w.next_cti();
     let n = card.nonce();
@@ -197,7 +275,10 @@ fn tampered_payload_one_byte_card_digest() {
 #[test]
 fn truncated_payload() {
     let mut w = World::new();
-    let mut card = w.card(&World::policy(UnauthorizedRule::Refuse, IntegrityMode::CardDigest { max_size: 1 << 20 }));
+    let mut card = w.card(&World::policy(
+        UnauthorizedRule::Refuse,
+        IntegrityMode::CardDigest { max_size: 1 << 20 },
+    ));
     let (env, md) = w.package(10);
     let cti = w.next_cti();
     let n = card.nonce();
@@ -218,7 +299,10 @@ fn truncated_payload() {
 #[test]
 fn oversized_payload_for_card_digest_is_refused_at_authorization() {
     let mut w = World::new();
-    let mut card = w.card(&World::policy(UnauthorizedRule::Refuse, IntegrityMode::CardDigest { max_size: 1000 }));
+    let mut card = w.card(&World::policy(
+        UnauthorizedRule::Refuse,
+        IntegrityMode::CardDigest { max_size: 1000 },
+    ));
     let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token(cti, n, md));
     assert_eq!(sw, refused(Reason::SizeMismatch));
 }
@@ -240,7 +324,12 @@ fn manifest_from_removed_originator() {
     let mut w = World::new();
     let mut card = w.default_card();
     w.full_update(&mut card, 1);
-    let rm = w.admin(ICCID, AdminChange::RemoveOriginator { id: OriginatorId::new(ORIGINATOR).unwrap() });
+    let rm = w.admin(
+        ICCID,
+        AdminChange::RemoveOriginator {
+            id: OriginatorId::new(ORIGINATOR).unwrap(),
+        },
+    );
     assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &rm).1, StatusWord::OK);
     let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token(cti, n, md));
     assert_eq!(sw, refused(Reason::OriginatorUnknown));
@@ -254,7 +343,10 @@ fn unauthorized_server_still_needs_a_trusted_originator() {
     let cti = w.next_cti();
     let n = card.nonce();
     let tok = w.token_with(&w.rogue, ROGUE, &cti, n, ICCID, IMEI, md, NOW, NOW + 60);
-    assert_eq!(card.authorize(&tok, &env), refused(Reason::OriginatorUnknown));
+    assert_eq!(
+        card.authorize(&tok, &env),
+        refused(Reason::OriginatorUnknown)
+    );
 }
 
 #[test]
@@ -279,7 +371,10 @@ fn class_not_allowed_by_policy() {
     let (env, md) = w.package_by(&w.originator, 10, &w.payload, *b"other-class-0001");
     let cti = w.next_cti();
     let n = card.nonce();
-    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), refused(Reason::ClassNotAllowed));
+    assert_eq!(
+        card.authorize(&w.token(&cti, n, md), &env),
+        refused(Reason::ClassNotAllowed)
+    );
 }
 
 #[test]
@@ -317,22 +412,35 @@ fn device_cannot_write_or_delete_log_entries() {
     w.full_update(&mut card, 3);
     let before = w.read_all(&mut card);
     // No command writes entries: personalization is locked...
-    assert_eq!(card.cmd(0x80, ins::STORE_DATA, 0x80, 0, &[0x01, 0x01, 0x01, 0x31]).1, StatusWord::CONDITIONS);
+    assert_eq!(
+        card.cmd(0x80, ins::STORE_DATA, 0x80, 0, &[0x01, 0x01, 0x01, 0x31])
+            .1,
+        StatusWord::CONDITIONS
+    );
     // ...unknown instructions are refused...
     for i in [0x02u8, 0x04, 0x0E, 0x20, 0x2A, 0xD6, 0xDA, 0xE4] {
-        assert_eq!(card.cmd(0x80, i, 0, 0, &[1, 2, 3]).1, StatusWord::INS_NOT_SUPPORTED);
+        assert_eq!(
+            card.cmd(0x80, i, 0, 0, &[1, 2, 3]).1,
+            StatusWord::INS_NOT_SUPPORTED
+        );
     }
     // ...an acknowledgement (which frees space) signed by the device's own key is refused...
     let device_key = key("device");
     let n = card.nonce();
     let ack = w.log_ack(&device_key, READER, n, 10);
-    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, refused(Reason::RequestSignature));
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1,
+        refused(Reason::RequestSignature)
+    );
     // ...and so is a truncated or bit-flipped one.
     let n = card.nonce();
     let mut ack = w.log_ack(&w.reader, READER, n, 10);
     let l = ack.len();
     ack[l - 5] ^= 1;
-    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, refused(Reason::RequestSignature));
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1,
+        refused(Reason::RequestSignature)
+    );
     let after = w.read_all(&mut card);
     assert_eq!(before, after);
     assert_eq!(card.log_status().free, 61);
@@ -346,16 +454,25 @@ fn unauthorized_log_read() {
     // Unlisted server.
     let n = card.nonce();
     let req = w.log_read(&w.rogue, ROGUE, n, 0, 8);
-    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, refused(Reason::LogReadNotAuthorized));
+    assert_eq!(
+        card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1,
+        refused(Reason::LogReadNotAuthorized)
+    );
     // Listed name, wrong key.
     let n = card.nonce();
     let req = w.log_read(&w.rogue, READER, n, 0, 8);
-    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, refused(Reason::RequestSignature));
+    assert_eq!(
+        card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1,
+        refused(Reason::RequestSignature)
+    );
     // Replayed request (nonce used).
     let n = card.nonce();
     let req = w.log_read(&w.reader, READER, n, 0, 8);
     assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, StatusWord::OK);
-    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, refused(Reason::NonceUnavailable));
+    assert_eq!(
+        card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1,
+        refused(Reason::NonceUnavailable)
+    );
 }
 
 #[test]
@@ -369,7 +486,9 @@ fn export_is_readable_only_by_the_requesting_server() {
     assert_eq!(sw, StatusWord::OK);
     let card_pk = card_public_key(&mut card);
     let wrong = p256::SecretKey::from_slice(&w.server.to_bytes()).unwrap();
-    assert!(simfota_wire::open_export(&exp, &card_pk, &wrong, &simfota_wire::Limits::DEFAULT).is_err());
+    assert!(
+        simfota_wire::open_export(&exp, &card_pk, &wrong, &simfota_wire::Limits::DEFAULT).is_err()
+    );
 }
 
 #[test]
@@ -379,22 +498,37 @@ fn unauthorized_log_ack() {
     w.full_update(&mut card, 3);
     let n = card.nonce();
     let ack = w.log_ack(&w.rogue, ROGUE, n, 2);
-    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, refused(Reason::LogAckNotAuthorized));
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1,
+        refused(Reason::LogAckNotAuthorized)
+    );
     // A server with only the read right cannot acknowledge.
     let mut w2 = World::new();
-    let put = w2.admin(ICCID, admin_put_server(READER, &w2.reader, simfota_wire::Rights::LOG_READ));
+    let put = w2.admin(
+        ICCID,
+        admin_put_server(READER, &w2.reader, simfota_wire::Rights::LOG_READ),
+    );
     assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &put).1, StatusWord::OK);
     let n = card.nonce();
     let ack = w.log_ack(&w.reader, READER, n, 2);
-    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, refused(Reason::LogAckNotAuthorized));
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1,
+        refused(Reason::LogAckNotAuthorized)
+    );
     // Ack beyond the log end.
     let mut w3 = World::new();
     w3.admin_counter = 1;
-    let put = w3.admin(ICCID, admin_put_server(READER, &w.reader, simfota_wire::Rights::LOG_ACK));
+    let put = w3.admin(
+        ICCID,
+        admin_put_server(READER, &w.reader, simfota_wire::Rights::LOG_ACK),
+    );
     assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &put).1, StatusWord::OK);
     let n = card.nonce();
     let ack = w.log_ack(&w.reader, READER, n, 3);
-    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, refused(Reason::AckBeyondLog));
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1,
+        refused(Reason::AckBeyondLog)
+    );
     assert_eq!(card.log_status().acked, 0);
 }
 
@@ -402,31 +536,66 @@ fn unauthorized_log_ack() {
 fn replayed_admin_command() {
     let mut w = World::new();
     let mut card = w.default_card();
-    let cmd = w.admin(ICCID, AdminChange::RemoveOriginator { id: OriginatorId::new(ORIGINATOR).unwrap() });
+    let cmd = w.admin(
+        ICCID,
+        AdminChange::RemoveOriginator {
+            id: OriginatorId::new(ORIGINATOR).unwrap(),
+        },
+    );
     assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1, StatusWord::OK);
-    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1, refused(Reason::AdminReplay));
+    assert_eq!(
+        card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1,
+        refused(Reason::AdminReplay)
+    );
     // An older counter is a replay too.
-    let old = w.admin_signed(&w.issuer, ICCID, 0, AdminChange::RemoveOriginator { id: OriginatorId::new(ORIGINATOR).unwrap() });
-    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &old).1, refused(Reason::AdminReplay));
+    let old = w.admin_signed(
+        &w.issuer,
+        ICCID,
+        0,
+        AdminChange::RemoveOriginator {
+            id: OriginatorId::new(ORIGINATOR).unwrap(),
+        },
+    );
+    assert_eq!(
+        card.cmd(0x80, ins::ADMIN, 0, 0, &old).1,
+        refused(Reason::AdminReplay)
+    );
 }
 
 #[test]
 fn admin_command_for_another_card() {
     let mut w = World::new();
     let mut card = w.default_card();
-    let cmd = w.admin(OTHER_ICCID, admin_put_server(ROGUE, &w.rogue, simfota_wire::Rights::ALL));
-    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1, refused(Reason::AdminWrongCard));
+    let cmd = w.admin(
+        OTHER_ICCID,
+        admin_put_server(ROGUE, &w.rogue, simfota_wire::Rights::ALL),
+    );
+    assert_eq!(
+        card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1,
+        refused(Reason::AdminWrongCard)
+    );
 }
 
 #[test]
 fn admin_command_not_from_the_issuer() {
     let w = World::new();
     let mut card = w.default_card();
-    let cmd = w.admin_signed(&w.server, ICCID, 99, admin_put_server(ROGUE, &w.rogue, simfota_wire::Rights::ALL));
-    assert_eq!(card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1, refused(Reason::AdminSignature));
+    let cmd = w.admin_signed(
+        &w.server,
+        ICCID,
+        99,
+        admin_put_server(ROGUE, &w.rogue, simfota_wire::Rights::ALL),
+    );
+    assert_eq!(
+        card.cmd(0x80, ins::ADMIN, 0, 0, &cmd).1,
+        refused(Reason::AdminSignature)
+    );
     let (d, _) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x02, &[]);
     let mut out = [("", &[][..], 0u8); 8];
-    assert_eq!(simfota_card::info::decode::servers(&d, &mut out).unwrap(), 2);
+    assert_eq!(
+        simfota_card::info::decode::servers(&d, &mut out).unwrap(),
+        2
+    );
 }
 
 #[test]
@@ -434,7 +603,10 @@ fn pin_brute_force() {
     let w = World::new();
     let mut card = w.card(&policy(UnauthorizedRule::ConfirmWithPin));
     for left in [2u8, 1, 0] {
-        assert_eq!(card.verify_pin(b"0000\xFF\xFF\xFF\xFF"), StatusWord::tries_left(left));
+        assert_eq!(
+            card.verify_pin(b"0000\xFF\xFF\xFF\xFF"),
+            StatusWord::tries_left(left)
+        );
     }
     // Blocked: even the right PIN is refused, across power cycles.
     assert_eq!(card.verify_pin(PIN), StatusWord::AUTH_BLOCKED);
@@ -445,11 +617,17 @@ fn pin_brute_force() {
     let mut d = b"00000000".to_vec();
     d.extend_from_slice(PIN);
     for left in (0..10u8).rev() {
-        assert_eq!(card.cmd(0x00, ins::RESET_RETRY_COUNTER, 0, 0x81, &d).1, StatusWord::tries_left(left));
+        assert_eq!(
+            card.cmd(0x00, ins::RESET_RETRY_COUNTER, 0, 0x81, &d).1,
+            StatusWord::tries_left(left)
+        );
     }
     let mut d = PUK.to_vec();
     d.extend_from_slice(PIN);
-    assert_eq!(card.cmd(0x00, ins::RESET_RETRY_COUNTER, 0, 0x81, &d).1, StatusWord::AUTH_BLOCKED);
+    assert_eq!(
+        card.cmd(0x00, ins::RESET_RETRY_COUNTER, 0, 0x81, &d).1,
+        StatusWord::AUTH_BLOCKED
+    );
 }
 
 #[test]
@@ -469,7 +647,10 @@ fn pin_counter_is_spent_before_the_comparison() {
         assert_eq!(card.verify_pin(pin), StatusWord::MEMORY_FAILURE);
         let mut card = card.power_cycle();
         assert_eq!(card.select(), StatusWord::OK);
-        assert_eq!(card.cmd(0x00, ins::VERIFY, 0, 0x81, &[]).1, StatusWord::tries_left(left_after));
+        assert_eq!(
+            card.cmd(0x00, ins::VERIFY, 0, 0x81, &[]).1,
+            StatusWord::tries_left(left_after)
+        );
     }
 }
 
@@ -483,7 +664,17 @@ fn log_full_refuses_new_updates() {
     loop {
         let cti = w.next_cti();
         let n = card.nonce();
-        let tok = w.token_with(&w.server, SERVER, &cti, n, OTHER_ICCID, IMEI, md, NOW, NOW + 60);
+        let tok = w.token_with(
+            &w.server,
+            SERVER,
+            &cti,
+            n,
+            OTHER_ICCID,
+            IMEI,
+            md,
+            NOW,
+            NOW + 60,
+        );
         let sw = card.authorize(&tok, &env);
         if sw == refused(Reason::LogFull) {
             break;
@@ -516,12 +707,27 @@ fn log_full_refuses_new_updates() {
 fn every_decision_is_logged() {
     let mut w = World::new();
     let mut card = w.default_card();
-    let sw = try_token(&mut w, &mut card, |w, cti, n, md| w.token_with(&w.server, SERVER, cti, n, ICCID, OTHER_IMEI, md, NOW, NOW + 60));
+    let sw = try_token(&mut w, &mut card, |w, cti, n, md| {
+        w.token_with(
+            &w.server,
+            SERVER,
+            cti,
+            n,
+            ICCID,
+            OTHER_IMEI,
+            md,
+            NOW,
+            NOW + 60,
+        )
+    });
     assert_eq!(sw, refused(Reason::WrongDevice));
     w.full_update(&mut card, 2);
     let e = w.read_all(&mut card);
     let kinds: Vec<Event> = e.iter().map(|e| e.event).collect();
-    assert_eq!(kinds[0], Event::Denied(DenyReason(u16::from(Reason::WrongDevice.code()))));
+    assert_eq!(
+        kinds[0],
+        Event::Denied(DenyReason(u16::from(Reason::WrongDevice.code())))
+    );
     assert_eq!(kinds[1], Event::Authorized);
     assert_eq!(e.len(), 4);
     assert!(chain_ok(&e));

@@ -1,4 +1,5 @@
 //! End-to-end flows against the applet with real signed objects.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -24,7 +25,14 @@ fn authorized_update_end_to_end() {
     assert!(!ci.update_pending);
     let entries = w.read_all(&mut card);
     let events: Vec<Event> = entries.iter().map(|e| e.event).collect();
-    assert_eq!(events, vec![Event::Authorized, Event::IntegrityOk, Event::Installed(FumoResult::SUCCESSFUL)]);
+    assert_eq!(
+        events,
+        vec![
+            Event::Authorized,
+            Event::IntegrityOk,
+            Event::Installed(FumoResult::SUCCESSFUL)
+        ]
+    );
     assert!(chain_ok(&entries));
     assert_eq!(r.chain_head, entries[2].entry_hash().unwrap());
     assert_eq!(entries[0].imei.unwrap().as_str(), IMEI);
@@ -45,7 +53,10 @@ fn extended_apdus_carry_the_same_flow() {
 #[test]
 fn card_digest_mode_hashes_the_streamed_payload() {
     let mut w = World::new();
-    let mut card = w.card(&World::policy(UnauthorizedRule::Refuse, IntegrityMode::CardDigest { max_size: 1 << 20 }));
+    let mut card = w.card(&World::policy(
+        UnauthorizedRule::Refuse,
+        IntegrityMode::CardDigest { max_size: 1 << 20 },
+    ));
     let (env, md) = w.package(3);
     let cti = w.next_cti();
     let n = card.nonce();
@@ -66,11 +77,21 @@ fn consent_with_pin_through_unauthorized_server() {
     let n = card.nonce();
     let tok = w.token_with(&w.rogue, ROGUE, &cti, n, ICCID, IMEI, md, NOW, NOW + 60);
     let req = request(&tok, &env);
-    assert_eq!(card.authorize(&tok, &env), StatusWord(0x660F), "PIN consent required");
+    assert_eq!(
+        card.authorize(&tok, &env),
+        StatusWord(0x660F),
+        "PIN consent required"
+    );
     // Yes without PIN: refused until the PIN is verified.
-    assert_eq!(card.cmd(0x80, ins::RECORD_CONSENT, 1, 0, &req).1, StatusWord::SECURITY_STATUS);
+    assert_eq!(
+        card.cmd(0x80, ins::RECORD_CONSENT, 1, 0, &req).1,
+        StatusWord::SECURITY_STATUS
+    );
     assert_eq!(card.verify_pin(PIN), StatusWord::OK);
-    assert_eq!(card.cmd(0x80, ins::RECORD_CONSENT, 1, 0, &req).1, StatusWord::OK);
+    assert_eq!(
+        card.cmd(0x80, ins::RECORD_CONSENT, 1, 0, &req).1,
+        StatusWord::OK
+    );
     let p = w.payload.clone();
     assert_eq!(card.device_digest(&p), StatusWord::OK);
     assert_eq!(card.report(200, &cti).1, StatusWord::OK);
@@ -90,12 +111,17 @@ fn warn_confirm_declined_is_logged() {
     let n = card.nonce();
     let tok = w.token_with(&w.rogue, ROGUE, &cti, n, ICCID, IMEI, md, NOW, NOW + 60);
     assert_eq!(card.authorize(&tok, &env), StatusWord(0x660E));
-    let sw = card.cmd(0x80, ins::RECORD_CONSENT, 0, 0, &request(&tok, &env)).1;
+    let sw = card
+        .cmd(0x80, ins::RECORD_CONSENT, 0, 0, &request(&tok, &env))
+        .1;
     assert_eq!(sw, StatusWord(0x6610));
     assert_eq!(simfota_card::fumo_result_for(sw), Some(401));
     let entries = w.read_all(&mut card);
     assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].event, Event::Denied(simfota_wire::DenyReason(0x10)));
+    assert_eq!(
+        entries[0].event,
+        Event::Denied(simfota_wire::DenyReason(0x10))
+    );
 }
 
 #[test]
@@ -114,7 +140,11 @@ fn free_device_policy_logs_but_still_checks_rollback() {
     let cti = w.next_cti();
     let n = card.nonce();
     let tok = w.token_with(&w.rogue, ROGUE, &cti, n, ICCID, IMEI, md, NOW, NOW + 60);
-    assert_eq!(card.authorize(&tok, &env), StatusWord(0x660C), "rollback still refused");
+    assert_eq!(
+        card.authorize(&tok, &env),
+        StatusWord(0x660C),
+        "rollback still refused"
+    );
 }
 
 #[test]
@@ -156,16 +186,25 @@ fn pin_change_and_puk_unblock() {
     let mut card = w.default_card();
     let mut d = PIN.to_vec();
     d.extend_from_slice(b"5555\xFF\xFF\xFF\xFF");
-    assert_eq!(card.cmd(0x00, ins::CHANGE_REFERENCE_DATA, 0, 0x81, &d).1, StatusWord::OK);
+    assert_eq!(
+        card.cmd(0x00, ins::CHANGE_REFERENCE_DATA, 0, 0x81, &d).1,
+        StatusWord::OK
+    );
     assert_eq!(card.verify_pin(PIN), StatusWord(0x63C2));
     assert_eq!(card.verify_pin(b"5555\xFF\xFF\xFF\xFF"), StatusWord::OK);
     for left in [2u8, 1, 0] {
         assert_eq!(card.verify_pin(PIN), StatusWord::tries_left(left));
     }
-    assert_eq!(card.verify_pin(b"5555\xFF\xFF\xFF\xFF"), StatusWord::AUTH_BLOCKED);
+    assert_eq!(
+        card.verify_pin(b"5555\xFF\xFF\xFF\xFF"),
+        StatusWord::AUTH_BLOCKED
+    );
     let mut d = PUK.to_vec();
     d.extend_from_slice(b"9999\xFF\xFF\xFF\xFF");
-    assert_eq!(card.cmd(0x00, ins::RESET_RETRY_COUNTER, 0, 0x81, &d).1, StatusWord::OK);
+    assert_eq!(
+        card.cmd(0x00, ins::RESET_RETRY_COUNTER, 0, 0x81, &d).1,
+        StatusWord::OK
+    );
     assert_eq!(card.verify_pin(b"9999\xFF\xFF\xFF\xFF"), StatusWord::OK);
     // Status query.
     assert_eq!(card.cmd(0x00, ins::VERIFY, 0, 0x81, &[]).1, StatusWord::OK);
@@ -189,7 +228,10 @@ fn device_reads_servers_policy_originators_without_authentication() {
     let (d, sw) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x04, &[]);
     assert_eq!(sw, StatusWord::OK);
     let mut out = [("", &[][..]); 8];
-    assert_eq!(simfota_card::info::decode::originators(&d, &mut out).unwrap(), 1);
+    assert_eq!(
+        simfota_card::info::decode::originators(&d, &mut out).unwrap(),
+        1
+    );
     assert_eq!(out[0].0, ORIGINATOR);
 }
 
@@ -204,7 +246,12 @@ fn card_info_reports_identity_and_capacities() {
     assert_eq!(ci.log_free, 64);
     assert_eq!(ci.version, simfota_card::APPLET_VERSION);
     // The certificate binds this card's key under the issuer key.
-    let cert = simfota_wire::CardCertificate::verify(ci.certificate, &simfota_wire::PublicKey::from(&w.issuer), &simfota_wire::Limits::DEFAULT).unwrap();
+    let cert = simfota_wire::CardCertificate::verify(
+        ci.certificate,
+        &simfota_wire::PublicKey::from(&w.issuer),
+        &simfota_wire::Limits::DEFAULT,
+    )
+    .unwrap();
     assert_eq!(&cert.card_key.to_sec1()[..], ci.card_key.unwrap());
 }
 
@@ -212,8 +259,15 @@ fn card_info_reports_identity_and_capacities() {
 fn personalization_locks_the_card() {
     let w = World::new();
     let mut card = w.default_card();
-    assert_eq!(card.cmd(0x00, ins::GENERATE_KEY_PAIR, 0, 0, &[]).1, StatusWord::CONDITIONS);
-    assert_eq!(card.cmd(0x80, ins::STORE_DATA, 0x80, 0, &[0x01, 0x02, 0x01, 0x31]).1, StatusWord::CONDITIONS);
+    assert_eq!(
+        card.cmd(0x00, ins::GENERATE_KEY_PAIR, 0, 0, &[]).1,
+        StatusWord::CONDITIONS
+    );
+    assert_eq!(
+        card.cmd(0x80, ins::STORE_DATA, 0x80, 0, &[0x01, 0x02, 0x01, 0x31])
+            .1,
+        StatusWord::CONDITIONS
+    );
 }
 
 #[test]
@@ -222,15 +276,24 @@ fn incomplete_personalization_cannot_lock() {
     assert_eq!(card.select(), StatusWord::OK);
     let mut d = vec![0x01, 0x01, ICCID.len() as u8];
     d.extend_from_slice(ICCID.as_bytes());
-    assert_eq!(card.cmd(0x80, ins::STORE_DATA, 0x80, 0, &d).1, StatusWord::CONDITIONS);
+    assert_eq!(
+        card.cmd(0x80, ins::STORE_DATA, 0x80, 0, &d).1,
+        StatusWord::CONDITIONS
+    );
     // Nothing of that command was kept.
-    assert_eq!(card.cmd(0x00, ins::GET_CHALLENGE, 0, 0, &[]).1, StatusWord::CONDITIONS);
+    assert_eq!(
+        card.cmd(0x00, ins::GET_CHALLENGE, 0, 0, &[]).1,
+        StatusWord::CONDITIONS
+    );
 }
 
 #[test]
 fn ram_and_persistent_budget() {
     let ram = Applet::<CardMemory, simfota_card::RngPlatform<TestRng>>::ram_state_size();
-    println!("RAM state: {ram} bytes; persistent: {} bytes", simfota_card::PERSISTENT_SIZE);
+    println!(
+        "RAM state: {ram} bytes; persistent: {} bytes",
+        simfota_card::PERSISTENT_SIZE
+    );
     assert!(ram <= 2048, "RAM state {ram} bytes exceeds 2 KiB");
-    assert!(simfota_card::PERSISTENT_SIZE <= 32 * 1024);
+    const { assert!(simfota_card::PERSISTENT_SIZE <= 32 * 1024) };
 }

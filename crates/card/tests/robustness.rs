@@ -1,4 +1,5 @@
 //! Malformed input never panics; the file-backed store survives restarts atomically.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -120,7 +121,8 @@ fn virtual_card_survives_restart_on_file_store() {
     w.full_update(&mut card, 4);
     std::fs::write(&path, card.image()).unwrap();
     let store = FileStore::open(&path, PERSISTENT_SIZE).unwrap();
-    let mut applet = simfota_card::Applet::new(store, simfota_card::RngPlatform(TestRng::new("file")));
+    let mut applet =
+        simfota_card::Applet::new(store, simfota_card::RngPlatform(TestRng::new("file")));
     let mut out = [0u8; 258];
     let mut sel = vec![0x00, ins::SELECT, 4, 0, simfota_card::AID.len() as u8];
     sel.extend_from_slice(&simfota_card::AID);
@@ -141,7 +143,8 @@ fn virtual_card_survives_restart_on_file_store() {
     assert_eq!(&out[..n], &[0x63, 0xC2]);
     drop(applet);
     let store = FileStore::open(&path, PERSISTENT_SIZE).unwrap();
-    let mut applet = simfota_card::Applet::new(store, simfota_card::RngPlatform(TestRng::new("file")));
+    let mut applet =
+        simfota_card::Applet::new(store, simfota_card::RngPlatform(TestRng::new("file")));
     let n = applet.process(&sel, &mut out);
     assert_eq!(&out[..n], &[0x90, 0x00]);
     let n = applet.process(&[0x00, ins::VERIFY, 0, 0x81], &mut out);

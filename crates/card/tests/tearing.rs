@@ -2,6 +2,7 @@
 //! at write N, restart, and check that the card is in the state before or after the command
 //! (never between), that the log chain verifies, that no unacknowledged entry was lost and
 //! that a consumed nonce is never usable again.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -9,13 +10,16 @@ use common::*;
 use simfota_card::{PowerCut, StatusWord, ins};
 use simfota_wire::{AdminChange, IntegrityMode, LogEntry, OriginatorId, UnauthorizedRule};
 
+/// A command APDU's header and data.
+type Apdu = (u8, u8, u8, u8, Vec<u8>);
+
 /// A flow: builds the persistent pre-state, then does the RAM preparation (select, bind,
 /// nonce, PIN...) and returns the command under test.
 struct Flow {
     name: &'static str,
     policy: fn() -> Vec<u8>,
     before: fn(&mut World, &mut Card),
-    command: fn(&mut World, &mut Card) -> (u8, u8, u8, u8, Vec<u8>),
+    command: fn(&mut World, &mut Card) -> Apdu,
     /// Whether replaying the same command after the restart must fail (its nonce or its
     /// RAM-only stream state died with the power). A report may be repeated: the cut left
     /// the update pending, and the device reports again.
@@ -41,16 +45,28 @@ fn authorized_and_checked(w: &mut World, c: &mut Card) {
     assert_eq!(c.device_digest(&p), StatusWord::OK);
 }
 
-fn authorize_cmd(w: &mut World, c: &mut Card) -> (u8, u8, u8, u8, Vec<u8>) {
+fn authorize_cmd(w: &mut World, c: &mut Card) -> Apdu {
     let (env, md) = w.package(5);
     let cti = w.next_cti();
     let n = c.nonce();
-    (0x80, ins::AUTHORIZE_UPDATE, 0, 0, request(&w.token(&cti, n, md), &env))
+    (
+        0x80,
+        ins::AUTHORIZE_UPDATE,
+        0,
+        0,
+        request(&w.token(&cti, n, md), &env),
+    )
 }
 
 fn flows() -> Vec<Flow> {
     vec![
-        Flow { name: "authorize", policy: refuse, before: nothing, command: authorize_cmd, single_use: true },
+        Flow {
+            name: "authorize",
+            policy: refuse,
+            before: nothing,
+            command: authorize_cmd,
+            single_use: true,
+        },
         Flow {
             name: "authorize refused (logged)",
             policy: refuse,
@@ -59,7 +75,17 @@ fn flows() -> Vec<Flow> {
                 let (env, md) = w.package(5);
                 let cti = w.next_cti();
                 let n = c.nonce();
-                let t = w.token_with(&w.server, SERVER, &cti, n, OTHER_ICCID, IMEI, md, NOW, NOW + 60);
+                let t = w.token_with(
+                    &w.server,
+                    SERVER,
+                    &cti,
+                    n,
+                    OTHER_ICCID,
+                    IMEI,
+                    md,
+                    NOW,
+                    NOW + 60,
+                );
                 (0x80, ins::AUTHORIZE_UPDATE, 0, 0, request(&t, &env))
             },
             single_use: true,
@@ -84,7 +110,10 @@ fn flows() -> Vec<Flow> {
             policy: refuse,
             before: authorized,
             command: |w, _| {
-                let mut d = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&w.payload)).to_vec();
+                let mut d = sha2::Digest::finalize(
+                    <sha2::Sha256 as sha2::Digest>::new_with_prefix(&w.payload),
+                )
+                .to_vec();
                 d.extend_from_slice(&(w.payload.len() as u64).to_be_bytes());
                 (0x80, ins::PAYLOAD, 0, 0, d)
             },
@@ -92,12 +121,23 @@ fn flows() -> Vec<Flow> {
         },
         Flow {
             name: "card digest (stream end)",
-            policy: || World::policy(UnauthorizedRule::Refuse, IntegrityMode::CardDigest { max_size: 1 << 20 }),
+            policy: || {
+                World::policy(
+                    UnauthorizedRule::Refuse,
+                    IntegrityMode::CardDigest { max_size: 1 << 20 },
+                )
+            },
             before: authorized,
             command: |w, c| {
                 let p = w.payload.clone();
-                assert_eq!(c.cmd(0x80, ins::PAYLOAD, 1, 0, &p[..1200]).1, StatusWord::OK);
-                assert_eq!(c.cmd(0x80, ins::PAYLOAD, 2, 0, &p[1200..2400]).1, StatusWord::OK);
+                assert_eq!(
+                    c.cmd(0x80, ins::PAYLOAD, 1, 0, &p[..1200]).1,
+                    StatusWord::OK
+                );
+                assert_eq!(
+                    c.cmd(0x80, ins::PAYLOAD, 2, 0, &p[1200..2400]).1,
+                    StatusWord::OK
+                );
                 (0x80, ins::PAYLOAD, 3, 0, p[2400..].to_vec())
             },
             single_use: true,
@@ -131,7 +171,12 @@ fn flows() -> Vec<Flow> {
             policy: refuse,
             before: nothing,
             command: |w, _| {
-                let d = w.admin(ICCID, AdminChange::RemoveOriginator { id: OriginatorId::new(ORIGINATOR).unwrap() });
+                let d = w.admin(
+                    ICCID,
+                    AdminChange::RemoveOriginator {
+                        id: OriginatorId::new(ORIGINATOR).unwrap(),
+                    },
+                );
                 (0x80, ins::ADMIN, 0, 0, d)
             },
             single_use: false,
@@ -158,7 +203,7 @@ fn flows() -> Vec<Flow> {
 }
 
 /// A card in the flow's pre-state, prepared for the command; returns the command.
-fn prepare(flow: &Flow) -> (World, Card, (u8, u8, u8, u8, Vec<u8>)) {
+fn prepare(flow: &Flow) -> (World, Card, Apdu) {
     let mut w = World::new();
     let mut card = w.card(&(flow.policy)());
     (flow.before)(&mut w, &mut card);
@@ -181,7 +226,10 @@ fn power_cut_at_every_write_of_every_flow() {
         // Reference run without a cut: the image before and after, and the write count.
         let (w, mut card, (cla, ins, p1, p2, data)) = prepare(&flow);
         let before_entries = {
-            let mut probe = Card::from_store(PowerCut::new(card.applet.store().inner().clone(), None), "probe");
+            let mut probe = Card::from_store(
+                PowerCut::new(card.applet.store().inner().clone(), None),
+                "probe",
+            );
             probe.applet.reset();
             let (_, e) = entries_after_restart(&w, probe);
             e
@@ -194,14 +242,23 @@ fn power_cut_at_every_write_of_every_flow() {
         let writes = card.applet.store().writes();
         let after = card.image();
         assert!(writes > 0, "{}: the command writes", flow.name);
-        assert!(sw.is_success() || sw.sw1() == 0x66 || sw.sw1() == 0x63, "{}: {sw:?}", flow.name);
+        assert!(
+            sw.is_success() || sw.sw1() == 0x66 || sw.sw1() == 0x63,
+            "{}: {sw:?}",
+            flow.name
+        );
 
         for n in 1..=writes {
             total_cuts += 1;
             let (w, mut card, (cla, ins, p1, p2, data)) = prepare(&flow);
             card.applet.store_mut().arm(Some(n));
             let (_, sw) = card.cmd(cla, ins, p1, p2, &data);
-            assert_eq!(sw, StatusWord::MEMORY_FAILURE, "{} cut at write {n}", flow.name);
+            assert_eq!(
+                sw,
+                StatusWord::MEMORY_FAILURE,
+                "{} cut at write {n}",
+                flow.name
+            );
             let mut mem = card.applet.into_store().into_inner();
             mem.power_cycle();
             let image = mem.image().to_vec();
@@ -209,21 +266,45 @@ fn power_cut_at_every_write_of_every_flow() {
             // own first (tearing-safe PIN counter): that state is "before, one try spent".
             let pin_flow = ins == ins::VERIFY || ins == ins::CHANGE_REFERENCE_DATA;
             if !pin_flow {
-                assert!(image == before || image == after, "{} cut at write {n}: state between before and after", flow.name);
+                assert!(
+                    image == before || image == after,
+                    "{} cut at write {n}: state between before and after",
+                    flow.name
+                );
             } else {
-                let diff: Vec<usize> = (0..image.len()).filter(|&i| image[i] != before[i]).collect();
-                assert!(image == before || image == after || diff.len() == 1, "{} cut at write {n}", flow.name);
+                let diff: Vec<usize> = (0..image.len())
+                    .filter(|&i| image[i] != before[i])
+                    .collect();
+                assert!(
+                    image == before || image == after || diff.len() == 1,
+                    "{} cut at write {n}",
+                    flow.name
+                );
             }
             let card = Card::from_store(PowerCut::new(mem, None), "restarted");
             let (mut card, entries) = entries_after_restart(&w, card);
             assert!(chain_ok(&entries), "{} cut at {n}: chain", flow.name);
             // No entry lost: every entry there before is still there, unchanged.
-            assert!(entries.len() >= before_entries.len(), "{} cut at {n}: entries lost", flow.name);
-            assert_eq!(&entries[..before_entries.len()], &before_entries[..], "{} cut at {n}", flow.name);
+            assert!(
+                entries.len() >= before_entries.len(),
+                "{} cut at {n}: entries lost",
+                flow.name
+            );
+            assert_eq!(
+                &entries[..before_entries.len()],
+                &before_entries[..],
+                "{} cut at {n}",
+                flow.name
+            );
             // The nonce died with the power: the same command cannot succeed now.
             if flow.single_use {
                 let (_, sw) = card.cmd(cla, ins, p1, p2, &data);
-                assert_ne!(sw, StatusWord::OK, "{} cut at {n}: replay after restart", flow.name);
+                assert_ne!(
+                    sw,
+                    StatusWord::OK,
+                    "{} cut at {n}: replay after restart",
+                    flow.name
+                );
             }
         }
     }

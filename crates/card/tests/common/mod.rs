@@ -1,20 +1,19 @@
 //! Test support: real keys, real signed objects (through simfota-wire), a personalized card
 //! and a small terminal that speaks short APDUs with chaining or extended APDUs.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::too_many_arguments, clippy::if_same_then_else)]
 
 use p256::ecdsa::SigningKey;
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest as _, Sha256};
 use simfota_card::info::decode::CardInfo;
 use simfota_card::perso::dgi;
-use simfota_card::{
-    Applet, CardMemory, PIN_LEN, PowerCut, RngPlatform, StatusWord, Store, ins,
-};
+use simfota_card::{Applet, CardMemory, PIN_LEN, PowerCut, RngPlatform, StatusWord, Store, ins};
 use simfota_wire::suit::{BuildParams, ImageSource, build};
 use simfota_wire::{
-    AdminChange, AdminCommand, CardCertificate, DeliveryToken, Digest, Iccid, Imei,
-    IntegrityMode, IssuerId, LogAck, LogReadRequest, Nonce, Policy, PublicKey, Rights, ServerId,
-    UnauthorizedRule, UpdateId,
+    AdminChange, AdminCommand, CardCertificate, DeliveryToken, Digest, Iccid, Imei, IntegrityMode,
+    IssuerId, LogAck, LogReadRequest, Nonce, Policy, PublicKey, Rights, ServerId, UnauthorizedRule,
+    UpdateId,
 };
 
 pub const ICCID: &str = "89014103211118510720";
@@ -41,7 +40,10 @@ pub struct TestRng {
 
 impl TestRng {
     pub fn new(label: &str) -> Self {
-        Self { seed: Sha256::digest(label.as_bytes()).into(), counter: 0 }
+        Self {
+            seed: Sha256::digest(label.as_bytes()).into(),
+            counter: 0,
+        }
     }
 }
 
@@ -141,7 +143,11 @@ impl Card {
             }
             self.raw(&a)
         } else {
-            let chunks: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(255).collect() };
+            let chunks: Vec<&[u8]> = if data.is_empty() {
+                vec![&[][..]]
+            } else {
+                data.chunks(255).collect()
+            };
             let mut last = (Vec::new(), StatusWord::OK);
             for (i, c) in chunks.iter().enumerate() {
                 let more = i + 1 < chunks.len();
@@ -161,7 +167,11 @@ impl Card {
             last
         };
         while sw.sw1() == 0x61 {
-            let le = if self.extended { vec![0, 0, 0] } else { vec![sw.sw2()] };
+            let le = if self.extended {
+                vec![0, 0, 0]
+            } else {
+                vec![sw.sw2()]
+            };
             let mut a = vec![0x00, ins::GET_RESPONSE, 0, 0];
             a.extend_from_slice(&le);
             let (more, s) = self.raw(&a);
@@ -209,7 +219,8 @@ impl Card {
     }
 
     pub fn authorize(&mut self, token: &[u8], envelope: &[u8]) -> StatusWord {
-        self.cmd(0x80, ins::AUTHORIZE_UPDATE, 0, 0, &request(token, envelope)).1
+        self.cmd(0x80, ins::AUTHORIZE_UPDATE, 0, 0, &request(token, envelope))
+            .1
     }
 
     pub fn verify_pin(&mut self, pin: &[u8; PIN_LEN]) -> StatusWord {
@@ -226,7 +237,15 @@ impl Card {
         let chunks: Vec<&[u8]> = payload.chunks(chunk).collect();
         let mut sw = StatusWord::OK;
         for (i, c) in chunks.iter().enumerate() {
-            let p1 = if chunks.len() == 1 { 1 } else if i == 0 { 1 } else if i + 1 == chunks.len() { 3 } else { 2 };
+            let p1 = if chunks.len() == 1 {
+                1
+            } else if i == 0 {
+                1
+            } else if i + 1 == chunks.len() {
+                3
+            } else {
+                2
+            };
             sw = self.cmd(0x80, ins::PAYLOAD, p1, 0, c).1;
             if sw != StatusWord::OK {
                 return sw;
@@ -334,7 +353,10 @@ impl World {
         block1.extend(dgi(dgi::PUK, &puk));
         block1.extend(dgi(dgi::ISSUER_KEY, &sec1(&self.issuer)));
         block1.extend(dgi(dgi::CARD_CERTIFICATE, &cb[..n]));
-        assert_eq!(card.cmd(0x80, ins::STORE_DATA, 0x00, 0x00, &block1).1, StatusWord::OK);
+        assert_eq!(
+            card.cmd(0x80, ins::STORE_DATA, 0x00, 0x00, &block1).1,
+            StatusWord::OK
+        );
         let mut block2 = Vec::new();
         let mut s = vec![Rights::ALL.0];
         s.extend_from_slice(&sec1(&self.server));
@@ -348,7 +370,10 @@ impl World {
         o.extend_from_slice(ORIGINATOR.as_bytes());
         block2.extend(dgi(dgi::ORIGINATOR, &o));
         block2.extend(dgi(dgi::POLICY, policy));
-        assert_eq!(card.cmd(0x80, ins::STORE_DATA, 0x80, 0x01, &block2).1, StatusWord::OK);
+        assert_eq!(
+            card.cmd(0x80, ins::STORE_DATA, 0x80, 0x01, &block2).1,
+            StatusWord::OK
+        );
         let info = card.info();
         let ci = CardInfo::decode(&info).unwrap();
         assert_eq!(ci.lifecycle, 2);
@@ -364,10 +389,19 @@ impl World {
     }
 
     pub fn default_card(&self) -> Card {
-        self.card(&Self::policy(UnauthorizedRule::Refuse, IntegrityMode::DeviceDigest))
+        self.card(&Self::policy(
+            UnauthorizedRule::Refuse,
+            IntegrityMode::DeviceDigest,
+        ))
     }
 
-    pub fn package_by(&self, key: &SigningKey, sequence: u64, payload: &[u8], class: [u8; 16]) -> (Vec<u8>, Digest) {
+    pub fn package_by(
+        &self,
+        key: &SigningKey,
+        sequence: u64,
+        payload: &[u8],
+        class: [u8; 16],
+    ) -> (Vec<u8>, Digest) {
         let env = build(
             &BuildParams {
                 vendor_id: VENDOR,
@@ -398,7 +432,18 @@ impl World {
         vec![0xC7, self.cti]
     }
 
-    pub fn token_with(&self, key: &SigningKey, iss: &str, cti: &[u8], nonce: Nonce, iccid: &str, imei: &str, md: Digest, iat: u64, exp: u64) -> Vec<u8> {
+    pub fn token_with(
+        &self,
+        key: &SigningKey,
+        iss: &str,
+        cti: &[u8],
+        nonce: Nonce,
+        iccid: &str,
+        imei: &str,
+        md: Digest,
+        iat: u64,
+        exp: u64,
+    ) -> Vec<u8> {
         let t = DeliveryToken {
             iss: ServerId::new(iss).unwrap(),
             iat,
@@ -416,18 +461,44 @@ impl World {
     }
 
     pub fn token(&self, cti: &[u8], nonce: Nonce, md: Digest) -> Vec<u8> {
-        self.token_with(&self.server, SERVER, cti, nonce, ICCID, IMEI, md, NOW, NOW + 3600)
+        self.token_with(
+            &self.server,
+            SERVER,
+            cti,
+            nonce,
+            ICCID,
+            IMEI,
+            md,
+            NOW,
+            NOW + 3600,
+        )
     }
 
-    pub fn log_read(&self, key: &SigningKey, server: &str, nonce: Nonce, first: u32, max: u32) -> Vec<u8> {
-        let r = LogReadRequest { server: ServerId::new(server).unwrap(), nonce, first_seq: first, max_count: max };
+    pub fn log_read(
+        &self,
+        key: &SigningKey,
+        server: &str,
+        nonce: Nonce,
+        first: u32,
+        max: u32,
+    ) -> Vec<u8> {
+        let r = LogReadRequest {
+            server: ServerId::new(server).unwrap(),
+            nonce,
+            first_seq: first,
+            max_count: max,
+        };
         let mut b = [0u8; 512];
         let n = r.sign(key, &mut b).unwrap();
         b[..n].to_vec()
     }
 
     pub fn log_ack(&self, key: &SigningKey, server: &str, nonce: Nonce, upto: u32) -> Vec<u8> {
-        let r = LogAck { server: ServerId::new(server).unwrap(), nonce, up_to_seq: upto };
+        let r = LogAck {
+            server: ServerId::new(server).unwrap(),
+            nonce,
+            up_to_seq: upto,
+        };
         let mut b = [0u8; 512];
         let n = r.sign(key, &mut b).unwrap();
         b[..n].to_vec()
@@ -438,8 +509,18 @@ impl World {
         self.admin_signed(&self.issuer.clone(), target, self.admin_counter, change)
     }
 
-    pub fn admin_signed(&self, key: &SigningKey, target: &str, counter: u64, change: AdminChange) -> Vec<u8> {
-        let c = AdminCommand { target: Iccid::parse(target).unwrap(), counter, change };
+    pub fn admin_signed(
+        &self,
+        key: &SigningKey,
+        target: &str,
+        counter: u64,
+        change: AdminChange,
+    ) -> Vec<u8> {
+        let c = AdminCommand {
+            target: Iccid::parse(target).unwrap(),
+            counter,
+            change,
+        };
         let mut b = [0u8; 512];
         let n = c.sign(key, &mut b).unwrap();
         b[..n].to_vec()
@@ -470,7 +551,9 @@ impl World {
             let req = self.log_read(&self.reader, READER, nonce, first, 64);
             let (exp, sw) = card.cmd(0x80, ins::READ_LOG, 0, 0, &req);
             assert_eq!(sw, StatusWord::OK, "log read");
-            let page = simfota_wire::open_export(&exp, &card_pk, &secret, &simfota_wire::Limits::DEFAULT).unwrap();
+            let page =
+                simfota_wire::open_export(&exp, &card_pk, &secret, &simfota_wire::Limits::DEFAULT)
+                    .unwrap();
             let page = page.into_inner();
             assert_eq!(page.nonce, nonce);
             let got = page.entries().unwrap();
@@ -495,9 +578,9 @@ pub fn card_public_key(card: &mut Card) -> PublicKey {
 
 /// Checks the hash chain of consecutive entries.
 pub fn chain_ok(entries: &[simfota_wire::LogEntry]) -> bool {
-    entries.windows(2).all(|w| {
-        w[1].seq == w[0].seq + 1 && w[1].prev_hash == w[0].entry_hash().unwrap()
-    })
+    entries
+        .windows(2)
+        .all(|w| w[1].seq == w[0].seq + 1 && w[1].prev_hash == w[0].entry_hash().unwrap())
 }
 
 /// Polices used by tests.
@@ -506,7 +589,11 @@ pub fn policy(rule: UnauthorizedRule) -> Vec<u8> {
 }
 
 pub fn admin_put_server(id: &str, k: &SigningKey, rights: Rights) -> AdminChange {
-    AdminChange::PutServer { id: ServerId::new(id).unwrap(), key: PublicKey::from(k), rights }
+    AdminChange::PutServer {
+        id: ServerId::new(id).unwrap(),
+        key: PublicKey::from(k),
+        rights,
+    }
 }
 
 pub fn store_writes(card: &Card) -> u32 {
