@@ -188,10 +188,30 @@ fn params<'a>(
 
 fn build_cmd(a: BuildArgs) -> Result<()> {
     let key = signing_key(&a.key)?;
-    let image = files::read(&a.image, "image")?;
     let built = |p: &BuildParams<'_>| {
         suit::build(p, &key).map_err(|e| anyhow!("cannot build the package: {e}"))
     };
+    if a.base.is_none()
+        && let Some(uri) = &a.uri
+    {
+        // Full package by URI: the image is only hashed, streamed, never held in memory.
+        let (digest, size) = hash_file(&a.image, HASH_READ_LEN)?;
+        let envelope = built(&params(
+            &a,
+            ImageSource::Digest { digest, size },
+            false,
+            None,
+        ))?;
+        files::write_atomic(&a.out, &envelope, 0o644, Overwrite::Allow)?;
+        println!(
+            "wrote {} ({} bytes): full package, sequence {}, image {size} bytes sha256 {digest}, payload by URI {uri}",
+            a.out.display(),
+            envelope.len(),
+            a.sequence,
+        );
+        return Ok(());
+    }
+    let image = files::read(&a.image, "image")?;
 
     let Some(base_path) = &a.base else {
         // Full package: the payload is the image, integrated unless a URI is given.

@@ -16,7 +16,11 @@ fn simfota(args: &[&str], dir: &Path) -> Output {
 
 /// A refusal is a non-zero exit and exactly one line on stderr, naming the command.
 fn assert_refused(out: &Output, needle: &str) {
-    assert!(!out.status.success(), "expected failure, got {:?}", out.status);
+    assert!(
+        !out.status.success(),
+        "expected failure, got {:?}",
+        out.status
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.trim_end().lines().collect();
     assert_eq!(lines.len(), 1, "stderr not one line: {err:?}");
@@ -48,8 +52,16 @@ fn gen_then_pub_round_trip() {
 #[test]
 fn two_keys_differ() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(simfota(&["keys", "gen", "--out", "a.pem"], dir.path()).status.success());
-    assert!(simfota(&["keys", "gen", "--out", "b.pem"], dir.path()).status.success());
+    assert!(
+        simfota(&["keys", "gen", "--out", "a.pem"], dir.path())
+            .status
+            .success()
+    );
+    assert!(
+        simfota(&["keys", "gen", "--out", "b.pem"], dir.path())
+            .status
+            .success()
+    );
     let a = std::fs::read(dir.path().join("a.pem")).unwrap();
     let b = std::fs::read(dir.path().join("b.pem")).unwrap();
     assert_ne!(a, b);
@@ -58,7 +70,11 @@ fn two_keys_differ() {
 #[test]
 fn gen_refuses_to_overwrite_without_force() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(simfota(&["keys", "gen", "--out", "k.pem"], dir.path()).status.success());
+    assert!(
+        simfota(&["keys", "gen", "--out", "k.pem"], dir.path())
+            .status
+            .success()
+    );
     let before = std::fs::read(dir.path().join("k.pem")).unwrap();
     let out = simfota(&["keys", "gen", "--out", "k.pem"], dir.path());
     assert_refused(&out, "already exists");
@@ -68,14 +84,21 @@ fn gen_refuses_to_overwrite_without_force() {
     assert!(out.status.success(), "{out:?}");
     let after = std::fs::read(dir.path().join("k.pem")).unwrap();
     assert_ne!(after, before);
-    let mode = std::fs::metadata(dir.path().join("k.pem")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("k.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
 #[test]
 fn gen_leaves_no_temporary_files() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(simfota(&["keys", "gen", "--out", "k.pem"], dir.path()).status.success());
+    assert!(
+        simfota(&["keys", "gen", "--out", "k.pem"], dir.path())
+            .status
+            .success()
+    );
     let _ = simfota(&["keys", "gen", "--out", "k.pem"], dir.path());
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -87,17 +110,26 @@ fn gen_leaves_no_temporary_files() {
 #[test]
 fn pub_refuses_missing_and_wrong_files() {
     let dir = tempfile::tempdir().unwrap();
-    assert_refused(&simfota(&["keys", "pub", "nope.pem"], dir.path()), "nope.pem");
+    assert_refused(
+        &simfota(&["keys", "pub", "nope.pem"], dir.path()),
+        "nope.pem",
+    );
 
     std::fs::write(dir.path().join("junk.pem"), "hello").unwrap();
-    assert_refused(&simfota(&["keys", "pub", "junk.pem"], dir.path()), "no PEM block");
+    assert_refused(
+        &simfota(&["keys", "pub", "junk.pem"], dir.path()),
+        "no PEM block",
+    );
 
     // A public key where a private key is needed.
     let out = simfota(&["keys", "gen", "--out", "k.pem"], dir.path());
     assert!(out.status.success());
     let public = simfota(&["keys", "pub", "k.pem"], dir.path()).stdout;
     std::fs::write(dir.path().join("pub.pem"), public).unwrap();
-    assert_refused(&simfota(&["keys", "pub", "pub.pem"], dir.path()), "holds a public key");
+    assert_refused(
+        &simfota(&["keys", "pub", "pub.pem"], dir.path()),
+        "holds a public key",
+    );
 }
 
 #[test]

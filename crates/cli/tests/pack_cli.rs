@@ -90,8 +90,22 @@ impl Setup {
 
     fn build(&self, out: &str, extra: &[&str]) {
         let mut args = vec![
-            "pack", "build", "--image", "new.bin", "--key", "orig.pem", "--vendor-id", VENDOR,
-            "--class-id", CLASS, "--version", "2.0.0", "--sequence", "7", "--out", out,
+            "pack",
+            "build",
+            "--image",
+            "new.bin",
+            "--key",
+            "orig.pem",
+            "--vendor-id",
+            VENDOR,
+            "--class-id",
+            CLASS,
+            "--version",
+            "2.0.0",
+            "--sequence",
+            "7",
+            "--out",
+            out,
         ];
         args.extend_from_slice(extra);
         ok(self.run(&args));
@@ -111,7 +125,10 @@ fn full_integrated_package_round_trip() {
 
     let text = ok(s.run(&["pack", "inspect", "full.suit", "--key", "orig.pub.pem"]));
     assert!(text.contains("signature         valid"), "{text}");
-    assert!(text.contains(&format!("vendor-id         {VENDOR}")), "{text}");
+    assert!(
+        text.contains(&format!("vendor-id         {VENDOR}")),
+        "{text}"
+    );
     assert!(text.contains("version           2.0.0"), "{text}");
     assert!(text.contains(&hex_sha256(&s.new)), "{text}");
 
@@ -129,14 +146,25 @@ fn full_integrated_package_round_trip() {
     assert_eq!(j["payload"]["size"], s.new.len());
     assert!(j["precursor_digest"].is_null());
 
-    ok(s.run(&["pack", "apply", "full.suit", "--out", "out.bin", "--key", "orig.pub.pem"]));
+    ok(s.run(&[
+        "pack",
+        "apply",
+        "full.suit",
+        "--out",
+        "out.bin",
+        "--key",
+        "orig.pub.pem",
+    ]));
     assert_eq!(std::fs::read(s.path("out.bin")).unwrap(), s.new);
 }
 
 #[test]
 fn full_package_by_uri() {
     let s = Setup::new();
-    s.build("uri.suit", &["--uri", "https://updates.example/fw-2.0.0.bin"]);
+    s.build(
+        "uri.suit",
+        &["--uri", "https://updates.example/fw-2.0.0.bin"],
+    );
     let j = s.inspect_json("uri.suit");
     assert_eq!(j["payload"]["kind"], "uri");
     assert_eq!(j["uri"], "https://updates.example/fw-2.0.0.bin");
@@ -144,16 +172,38 @@ fn full_package_by_uri() {
     // The envelope is small: the payload is not inside.
     assert!(std::fs::metadata(s.path("uri.suit")).unwrap().len() < 1024);
 
-    let out = s.run(&["pack", "apply", "uri.suit", "--out", "o.bin", "--key", "orig.pub.pem"]);
+    let out = s.run(&[
+        "pack",
+        "apply",
+        "uri.suit",
+        "--out",
+        "o.bin",
+        "--key",
+        "orig.pub.pem",
+    ]);
     assert_refused(&out, "--payload");
     ok(s.run(&[
-        "pack", "apply", "uri.suit", "--out", "o.bin", "--key", "orig.pub.pem", "--payload",
+        "pack",
+        "apply",
+        "uri.suit",
+        "--out",
+        "o.bin",
+        "--key",
+        "orig.pub.pem",
+        "--payload",
         "new.bin",
     ]));
     assert_eq!(std::fs::read(s.path("o.bin")).unwrap(), s.new);
     // The wrong payload file is refused against the signed digest, and nothing is written.
     let out = s.run(&[
-        "pack", "apply", "uri.suit", "--out", "o2.bin", "--key", "orig.pub.pem", "--payload",
+        "pack",
+        "apply",
+        "uri.suit",
+        "--out",
+        "o2.bin",
+        "--key",
+        "orig.pub.pem",
+        "--payload",
         "old.bin",
     ]);
     assert_refused(&out, "signed image digest");
@@ -179,7 +229,14 @@ fn delta_integrated_package_round_trip() {
     assert!(text.contains(&format!("precursor         sha256 {}", hex_sha256(&s.old))));
 
     ok(s.run(&[
-        "pack", "apply", "delta.suit", "--base", "old.bin", "--out", "new2.bin", "--key",
+        "pack",
+        "apply",
+        "delta.suit",
+        "--base",
+        "old.bin",
+        "--out",
+        "new2.bin",
+        "--key",
         "orig.pub.pem",
     ]));
     assert_eq!(std::fs::read(s.path("new2.bin")).unwrap(), s.new);
@@ -190,7 +247,15 @@ fn delta_key_from_environment() {
     let s = Setup::new();
     s.build("delta.suit", &["--base", "old.bin"]);
     let out = Command::new(env!("CARGO_BIN_EXE_simfota"))
-        .args(["pack", "apply", "delta.suit", "--base", "old.bin", "--out", "n.bin"])
+        .args([
+            "pack",
+            "apply",
+            "delta.suit",
+            "--base",
+            "old.bin",
+            "--out",
+            "n.bin",
+        ])
         .current_dir(s.dir.path())
         .env("SIMFOTA_ORIGINATOR_KEY", s.path("orig.pub.pem"))
         .output()
@@ -198,7 +263,15 @@ fn delta_key_from_environment() {
     ok(out);
     assert_eq!(std::fs::read(s.path("n.bin")).unwrap(), s.new);
     // Without a key, apply refuses to use an unverified package.
-    let out = s.run(&["pack", "apply", "delta.suit", "--base", "old.bin", "--out", "m.bin"]);
+    let out = s.run(&[
+        "pack",
+        "apply",
+        "delta.suit",
+        "--base",
+        "old.bin",
+        "--out",
+        "m.bin",
+    ]);
     assert_refused(&out, "--key");
     assert!(!s.path("m.bin").exists());
 }
@@ -206,15 +279,27 @@ fn delta_key_from_environment() {
 #[test]
 fn delta_package_by_uri() {
     let s = Setup::new();
-    s.build("d.suit", &["--base", "old.bin", "--uri", "https://updates.example/d"]);
+    s.build(
+        "d.suit",
+        &["--base", "old.bin", "--uri", "https://updates.example/d"],
+    );
     let delta = std::fs::read(s.path("d.suit.delta")).unwrap();
     assert!(delta.starts_with(b"SFDELTA\0"));
     let j = s.inspect_json("d.suit");
     assert_eq!(j["kind"], "delta");
     assert_eq!(j["payload"]["kind"], "uri");
     ok(s.run(&[
-        "pack", "apply", "d.suit", "--base", "old.bin", "--out", "n.bin", "--key",
-        "orig.pub.pem", "--payload", "d.suit.delta",
+        "pack",
+        "apply",
+        "d.suit",
+        "--base",
+        "old.bin",
+        "--out",
+        "n.bin",
+        "--key",
+        "orig.pub.pem",
+        "--payload",
+        "d.suit.delta",
     ]));
     assert_eq!(std::fs::read(s.path("n.bin")).unwrap(), s.new);
 }
@@ -225,13 +310,29 @@ fn delta_apply_refusals_write_nothing() {
     s.build("delta.suit", &["--base", "old.bin"]);
     let apply = |base: &str, pkg: &str| {
         s.run(&[
-            "pack", "apply", pkg, "--base", base, "--out", "never.bin", "--key", "orig.pub.pem",
+            "pack",
+            "apply",
+            pkg,
+            "--base",
+            base,
+            "--out",
+            "never.bin",
+            "--key",
+            "orig.pub.pem",
         ])
     };
     // Wrong base image: refused against the signed precursor digest.
     assert_refused(&apply("new.bin", "delta.suit"), "precursor");
     // No base at all.
-    let out = s.run(&["pack", "apply", "delta.suit", "--out", "never.bin", "--key", "orig.pub.pem"]);
+    let out = s.run(&[
+        "pack",
+        "apply",
+        "delta.suit",
+        "--out",
+        "never.bin",
+        "--key",
+        "orig.pub.pem",
+    ]);
     assert_refused(&out, "--base");
 
     // A flipped byte deep inside the delta streams: the signature still verifies (it covers
@@ -254,13 +355,22 @@ fn inspect_refusal_classes() {
 
     // Bad CBOR.
     std::fs::write(s.path("junk.suit"), b"this is not CBOR at all").unwrap();
-    assert_refused(&inspect("junk.suit", "orig.pub.pem"), "not a valid SUIT envelope");
+    assert_refused(
+        &inspect("junk.suit", "orig.pub.pem"),
+        "not a valid SUIT envelope",
+    );
     std::fs::write(s.path("empty.suit"), b"").unwrap();
-    assert_refused(&inspect("empty.suit", "orig.pub.pem"), "not a valid SUIT envelope");
+    assert_refused(
+        &inspect("empty.suit", "orig.pub.pem"),
+        "not a valid SUIT envelope",
+    );
 
     // Wrong key.
     ok(s.run(&["keys", "gen", "--out", "other.pem"]));
-    assert_refused(&inspect("full.suit", "other.pem"), "signature does not verify");
+    assert_refused(
+        &inspect("full.suit", "other.pem"),
+        "signature does not verify",
+    );
 
     // Flipped payload byte (the integrated image is the tail of the envelope).
     let mut flipped = pkg.clone();
@@ -274,7 +384,10 @@ fn inspect_refusal_classes() {
     let at = flipped.windows(5).position(|w| w == b"2.0.0").unwrap();
     flipped[at] = b'3';
     std::fs::write(s.path("manifest.suit"), &flipped).unwrap();
-    assert_refused(&inspect("manifest.suit", "orig.pub.pem"), "verification failed");
+    assert_refused(
+        &inspect("manifest.suit", "orig.pub.pem"),
+        "verification failed",
+    );
 
     // Truncated file, at several lengths.
     for cut in [1, 10, pkg.len() / 2, pkg.len() - 1] {
@@ -287,7 +400,10 @@ fn inspect_refusal_classes() {
     let at = d.windows(8).position(|w| w == b"SFDELTA\0").unwrap() + 56 + 32;
     d[at] ^= 1;
     std::fs::write(s.path("dhdr.suit"), &d).unwrap();
-    assert_refused(&inspect("dhdr.suit", "orig.pub.pem"), "delta payload refused");
+    assert_refused(
+        &inspect("dhdr.suit", "orig.pub.pem"),
+        "delta payload refused",
+    );
 
     // Missing package and missing key files.
     assert_refused(&inspect("absent.suit", "orig.pub.pem"), "absent.suit");
@@ -295,7 +411,8 @@ fn inspect_refusal_classes() {
 }
 
 fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/test-vectors/suit/manifest-spec")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/test-vectors/suit/manifest-spec")
 }
 
 /// The sequence number an example's diagnostic notation states.
@@ -314,13 +431,21 @@ fn official_examples_inspect_ok() {
     let dir = tempfile::tempdir().unwrap();
     let pubkey = vectors().join("pubkey.pem");
     for n in 0..6 {
-        let hex_text = std::fs::read_to_string(vectors().join(format!("example{n}.signed.hex"))).unwrap();
+        let hex_text =
+            std::fs::read_to_string(vectors().join(format!("example{n}.signed.hex"))).unwrap();
         let clean: String = hex_text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
         let bytes = hex::decode(clean).unwrap();
         let file = dir.path().join(format!("example{n}.suit"));
         std::fs::write(&file, &bytes).unwrap();
         let out = simfota(
-            &["pack", "inspect", file.to_str().unwrap(), "--key", pubkey.to_str().unwrap(), "--json"],
+            &[
+                "pack",
+                "inspect",
+                file.to_str().unwrap(),
+                "--key",
+                pubkey.to_str().unwrap(),
+                "--json",
+            ],
             dir.path(),
         );
         let j: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
@@ -329,14 +454,26 @@ fn official_examples_inspect_ok() {
         assert_eq!(j["signature"], "valid");
         // Text mode too.
         let out = simfota(
-            &["pack", "inspect", file.to_str().unwrap(), "--key", pubkey.to_str().unwrap()],
+            &[
+                "pack",
+                "inspect",
+                file.to_str().unwrap(),
+                "--key",
+                pubkey.to_str().unwrap(),
+            ],
             dir.path(),
         );
         assert!(ok(out).contains("signature         valid"));
 
         // And they are refused under another key.
-        ok(simfota(&["keys", "gen", "--out", "k.pem", "--force"], dir.path()));
-        let out = simfota(&["pack", "inspect", file.to_str().unwrap(), "--key", "k.pem"], dir.path());
+        ok(simfota(
+            &["keys", "gen", "--out", "k.pem", "--force"],
+            dir.path(),
+        ));
+        let out = simfota(
+            &["pack", "inspect", file.to_str().unwrap(), "--key", "k.pem"],
+            dir.path(),
+        );
         assert_refused(&out, "signature does not verify");
     }
 }
@@ -346,8 +483,22 @@ fn bad_command_lines_are_refused_clearly() {
     let s = Setup::new();
     let build = |vendor: &str, image: &str| {
         s.run(&[
-            "pack", "build", "--image", image, "--key", "orig.pem", "--vendor-id", vendor,
-            "--class-id", CLASS, "--version", "1", "--sequence", "1", "--out", "x.suit",
+            "pack",
+            "build",
+            "--image",
+            image,
+            "--key",
+            "orig.pem",
+            "--vendor-id",
+            vendor,
+            "--class-id",
+            CLASS,
+            "--version",
+            "1",
+            "--sequence",
+            "1",
+            "--out",
+            "x.suit",
         ])
     };
     let out = build("not-a-uuid", "new.bin");
@@ -357,14 +508,42 @@ fn bad_command_lines_are_refused_clearly() {
     assert!(!s.path("x.suit").exists());
 
     let out = s.run(&[
-        "pack", "build", "--image", "new.bin", "--key", "orig.pem", "--vendor-id", VENDOR,
-        "--class-id", CLASS, "--version", "1", "--sequence", "minus-one", "--out", "x.suit",
+        "pack",
+        "build",
+        "--image",
+        "new.bin",
+        "--key",
+        "orig.pem",
+        "--vendor-id",
+        VENDOR,
+        "--class-id",
+        CLASS,
+        "--version",
+        "1",
+        "--sequence",
+        "minus-one",
+        "--out",
+        "x.suit",
     ]);
     assert_refused(&out, "--sequence");
     // A public key where the originator's private key is needed.
     let out = s.run(&[
-        "pack", "build", "--image", "new.bin", "--key", "orig.pub.pem", "--vendor-id", VENDOR,
-        "--class-id", CLASS, "--version", "1", "--sequence", "1", "--out", "x.suit",
+        "pack",
+        "build",
+        "--image",
+        "new.bin",
+        "--key",
+        "orig.pub.pem",
+        "--vendor-id",
+        VENDOR,
+        "--class-id",
+        CLASS,
+        "--version",
+        "1",
+        "--sequence",
+        "1",
+        "--out",
+        "x.suit",
     ]);
     assert_refused(&out, "holds a public key");
     assert_refused(&s.run(&["pack", "inspect", "x.suit"]), "--key");
