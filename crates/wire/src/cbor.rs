@@ -199,14 +199,24 @@ impl<'a, 'l> Reader<'a, 'l> {
     {
         let n = self.map_header()?;
         self.enter()?;
-        let mut seen = [Key::Int(0); Limits::MAP_KEYS_CAP];
+        // Only the keys' offsets are kept (128 bytes of stack per map level on the card); an
+        // earlier key is decoded again for the comparison, so equal values with different
+        // encodings are still caught.
+        let mut seen = [0u32; Limits::MAP_KEYS_CAP];
         for i in 0..n {
             let at = self.position();
             let k = self.key(allow_other_keys)?;
-            if seen[..i].contains(&k) {
-                return Err(Error::DuplicateKey { at });
+            for &prev in &seen[..i] {
+                let mut again = Reader::new(self.input(), self.lim);
+                again.d.set_position(prev as usize);
+                if again.key(allow_other_keys)? == k {
+                    return Err(Error::DuplicateKey { at });
+                }
             }
-            seen[i] = k;
+            seen[i] = u32::try_from(at).map_err(|_| Error::TooLarge {
+                what: "input",
+                max: u32::MAX as usize,
+            })?;
             if !f(self, k)? {
                 self.skip()?;
             }
@@ -379,5 +389,67 @@ impl<'b> Writer<'b> {
 
     pub(crate) fn null(&mut self) -> Result<&mut Self> {
         self.raw(&[0xf6])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk(b: &[u8]) -> Result<()> {
+        let lim = Limits::DEFAULT;
+        let mut r = Reader::new(b, &lim);
+        r.map(true, |_, _| Ok(false))?;
+        r.finish()
+    }
+
+    #[test]
+    fn strict_maps() {
+        assert_eq!(walk(&[0xa2, 0x01, 0x00, 0x02, 0x00]), Ok(()));
+        // Same key, once in the short and once in the one-byte-argument form.
+        assert_eq!(
+            walk(&[0xa2, 0x01, 0x00, 0x18, 0x01, 0x00]),
+            Err(Error::DuplicateKey { at: 3 })
+        );
+        assert_eq!(
+            walk(&[0xa2, 0x61, b'a', 0x00, 0x61, b'a', 0x00]),
+            Err(Error::DuplicateKey { at: 4 })
+        );
+        assert_eq!(
+            walk(&[0xa2, 0x81, 0x00, 0x00, 0x81, 0x00, 0x00]),
+            Err(Error::DuplicateKey { at: 4 })
+        );
+        assert_eq!(
+            walk(&[0xbf, 0x01, 0x00, 0xff]),
+            Err(Error::IndefiniteLength { at: 0 })
+        );
+        assert_eq!(
+            walk(&[0xa1, 0x01, 0x9f, 0xff]),
+            Err(Error::IndefiniteLength { at: 2 })
+        );
+        assert_eq!(
+            walk(&[0xa1, 0x01, 0x5f, 0x41, 0x00, 0xff]),
+            Err(Error::IndefiniteLength { at: 2 })
+        );
+        assert_eq!(walk(&[0xa0, 0x00]), Err(Error::TrailingBytes { at: 1 }));
+        assert!(matches!(walk(&[0xa1, 0x01]), Err(Error::BadCbor { .. })));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut b = [0x81u8; 43];
+        b[0] = 0xa1;
+        b[1] = 0x01;
+        b[42] = 0x00;
+        assert_eq!(walk(&b), Err(Error::TooDeep));
+    }
+
+    #[test]
+    fn heads_are_preferred() {
+        assert_eq!(head(0, 23).1, 1);
+        assert_eq!(head(0, 24).1, 2);
+        assert_eq!(head(0, 256).1, 3);
+        assert_eq!(head(0, 65536).1, 5);
+        assert_eq!(head(0, 1 << 32).1, 9);
     }
 }

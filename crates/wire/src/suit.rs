@@ -799,51 +799,27 @@ mod build {
         Envelope::decode(bytes, limits)?;
         let mut r = Reader::new(bytes, limits);
         let tagged = r.opt_tag()?.is_some();
-        let mut kept: Vec<&[u8]> = Vec::new();
+        let mut kept: Vec<(i64, &[u8])> = Vec::new();
         r.map(false, |r, k| {
-            let start = r.position();
-            if matches!(k, Key::Text(_)) {
+            let Key::Int(k) = k else {
+                // Text keys are the integrated payloads: leave them out.
                 return Ok(false);
-            }
-            // The key was already consumed; re-encode it and keep the value bytes as they are.
+            };
+            let start = r.position();
             r.skip()?;
-            let val = &r.input()[start..r.position()];
-            kept.push(match k {
-                Key::Int(i) => {
-                    let (h, n) = crate::cbor::head(
-                        if i < 0 { 1 } else { 0 },
-                        if i < 0 { !(i as u64) } else { i as u64 },
-                    );
-                    kept_key(h, n)
-                }
-                _ => return Err(Error::InvalidField("SUIT envelope key")),
-            });
-            kept.push(val);
+            kept.push((k, &r.input()[start..r.position()]));
             Ok(true)
         })?;
-        let pairs = kept.len() / 2;
-        let total: usize = kept.iter().map(|s| s.len()).sum::<usize>() + 16;
+        let total: usize = kept.iter().map(|(_, v)| v.len() + 9).sum::<usize>() + 16;
         encode(total, |w| {
             if tagged {
                 w.tag(TAG_ENVELOPE)?;
             }
-            w.map(pairs)?;
-            for s in &kept {
-                w.raw(s)?;
+            w.map(kept.len())?;
+            for (k, v) in &kept {
+                w.i64(*k)?.raw(v)?;
             }
             Ok(())
         })
-    }
-
-    /// Small integer keys (the envelope's are all below 24) as static one-byte encodings.
-    fn kept_key(h: [u8; 9], n: usize) -> &'static [u8] {
-        const SMALL: [u8; 24] = [
-            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
-        ];
-        if n == 1 && usize::from(h[0]) < 24 {
-            &SMALL[usize::from(h[0])..usize::from(h[0]) + 1]
-        } else {
-            &[]
-        }
     }
 }
