@@ -70,13 +70,20 @@ pub struct Credentials {
 impl Credentials {
     /// A credentials pair.
     pub fn new(name: impl Into<String>, password: impl Into<String>) -> Credentials {
-        Credentials { name: name.into(), password: password.into() }
+        Credentials {
+            name: name.into(),
+            password: password.into(),
+        }
     }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials {{ name: {:?}, password: <hidden> }}", self.name)
+        write!(
+            f,
+            "Credentials {{ name: {:?}, password: <hidden> }}",
+            self.name
+        )
     }
 }
 
@@ -92,7 +99,9 @@ impl Nonce {
 
     /// Parses the base64 form of `NextNonce`.
     pub fn from_b64(text: &str) -> Result<Nonce, AuthError> {
-        B64.decode(text.trim()).map(Nonce).map_err(|_| AuthError::BadNonce)
+        B64.decode(text.trim())
+            .map(Nonce)
+            .map_err(|_| AuthError::BadNonce)
     }
 }
 
@@ -129,7 +138,11 @@ fn md5(parts: &[&[u8]]) -> [u8; 16] {
 
 /// `B64(H(name:password))`: the part of the digest that does not depend on the nonce.
 fn secret_digest(creds: &Credentials) -> String {
-    B64.encode(md5(&[creds.name.as_bytes(), b":", creds.password.as_bytes()]))
+    B64.encode(md5(&[
+        creds.name.as_bytes(),
+        b":",
+        creds.password.as_bytes(),
+    ]))
 }
 
 /// The MD5 digest of DM Security §5.3.2: `H(B64(H(name:password)):nonce)` (raw, 16 bytes).
@@ -155,14 +168,23 @@ pub fn make_cred(scheme: AuthScheme, creds: &Credentials, nonce: &Nonce) -> Opti
         AuthScheme::Hmac => return None,
     };
     Some(Cred {
-        meta: Meta { format: Some("b64".into()), mime_type: Some(scheme.type_str().into()), ..Meta::default() },
+        meta: Meta {
+            format: Some("b64".into()),
+            mime_type: Some(scheme.type_str().into()),
+            ..Meta::default()
+        },
         data,
     })
 }
 
 /// Verifies a received `Cred` against the expected credentials (constant-time compare).
 /// A Cred without `Type` is taken as basic, the RepPro default.
-pub fn verify_cred(cred: Option<&Cred>, scheme: AuthScheme, expected: &Credentials, nonce: &Nonce) -> Result<(), AuthError> {
+pub fn verify_cred(
+    cred: Option<&Cred>,
+    scheme: AuthScheme,
+    expected: &Credentials,
+    nonce: &Nonce,
+) -> Result<(), AuthError> {
     let cred = cred.ok_or(AuthError::Missing)?;
     let got_type = cred.meta.mime_type.as_deref().unwrap_or(AUTH_BASIC);
     if AuthScheme::from_type(got_type) != Some(scheme) || scheme == AuthScheme::Hmac {
@@ -194,12 +216,22 @@ pub fn make_chal(scheme: AuthScheme, nonce: &Nonce) -> Chal {
 /// The MAC of §5.5: `H(B64(H(name:password)):nonce:B64(H(body)))`, raw.
 pub fn hmac_mac(creds: &Credentials, nonce: &Nonce, body: &[u8]) -> [u8; 16] {
     let body_digest = B64.encode(md5(&[body]));
-    md5(&[secret_digest(creds).as_bytes(), b":", &nonce.0, b":", body_digest.as_bytes()])
+    md5(&[
+        secret_digest(creds).as_bytes(),
+        b":",
+        &nonce.0,
+        b":",
+        body_digest.as_bytes(),
+    ])
 }
 
 /// The value of the `x-syncml-hmac` header for `body`.
 pub fn hmac_header(creds: &Credentials, nonce: &Nonce, body: &[u8]) -> String {
-    format!("algorithm=MD5, username=\"{}\", mac={}", creds.name, B64.encode(hmac_mac(creds, nonce, body)))
+    format!(
+        "algorithm=MD5, username=\"{}\", mac={}",
+        creds.name,
+        B64.encode(hmac_mac(creds, nonce, body))
+    )
 }
 
 /// A parsed `x-syncml-hmac` header.
@@ -224,7 +256,9 @@ impl HmacHeader {
             if part.is_empty() {
                 continue;
             }
-            let (key, val) = part.split_once('=').ok_or(AuthError::MalformedHmacHeader("a field lacks '='"))?;
+            let (key, val) = part
+                .split_once('=')
+                .ok_or(AuthError::MalformedHmacHeader("a field lacks '='"))?;
             let val = val.trim().trim_matches('"').to_owned();
             match key.trim().to_ascii_lowercase().as_str() {
                 "algorithm" => algorithm = Some(val),
@@ -242,15 +276,26 @@ impl HmacHeader {
 }
 
 /// Verifies the HMAC header of a received body.
-pub fn verify_hmac(header: Option<&str>, expected: &Credentials, nonce: &Nonce, body: &[u8]) -> Result<(), AuthError> {
+pub fn verify_hmac(
+    header: Option<&str>,
+    expected: &Credentials,
+    nonce: &Nonce,
+    body: &[u8],
+) -> Result<(), AuthError> {
     let h = HmacHeader::parse(header.ok_or(AuthError::Missing)?)?;
     if !h.algorithm.eq_ignore_ascii_case("MD5") {
-        return Err(AuthError::UnsupportedAlgorithm(h.algorithm.chars().take(32).collect()));
+        return Err(AuthError::UnsupportedAlgorithm(
+            h.algorithm.chars().take(32).collect(),
+        ));
     }
     let want = B64.encode(hmac_mac(expected, nonce, body));
     let name_ok = h.username.as_bytes().ct_eq(expected.name.as_bytes());
     let mac_ok = want.as_bytes().ct_eq(h.mac.as_bytes());
-    if bool::from(name_ok & mac_ok) { Ok(()) } else { Err(AuthError::Invalid) }
+    if bool::from(name_ok & mac_ok) {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid)
+    }
 }
 
 #[cfg(test)]
@@ -260,7 +305,10 @@ mod tests {
     #[test]
     fn md5_vector_from_the_issue() {
         let creds = Credentials::new("funambol", "funambol");
-        assert_eq!(md5_credential(&creds, &Nonce::default()), "hCYC0/A/ecptbtSXn8MS0Q==");
+        assert_eq!(
+            md5_credential(&creds, &Nonce::default()),
+            "hCYC0/A/ecptbtSXn8MS0Q=="
+        );
     }
 
     #[test]
@@ -271,7 +319,10 @@ mod tests {
         outer.extend_from_slice(b":");
         outer.extend_from_slice(&[1, 2, 3]);
         let want = B64.encode(Md5::digest(&outer));
-        assert_eq!(md5_credential(&Credentials::new("user", "secret"), &Nonce(vec![1, 2, 3])), want);
+        assert_eq!(
+            md5_credential(&Credentials::new("user", "secret"), &Nonce(vec![1, 2, 3])),
+            want
+        );
     }
 
     #[test]
@@ -282,13 +333,33 @@ mod tests {
             let cred = make_cred(scheme, &creds, &nonce).unwrap();
             assert_eq!(verify_cred(Some(&cred), scheme, &creds, &nonce), Ok(()));
             let wrong = Credentials::new("dev", "PW");
-            assert_eq!(verify_cred(Some(&cred), scheme, &wrong, &nonce), Err(AuthError::Invalid));
+            assert_eq!(
+                verify_cred(Some(&cred), scheme, &wrong, &nonce),
+                Err(AuthError::Invalid)
+            );
         }
         let md5cred = make_cred(AuthScheme::Md5, &creds, &nonce).unwrap();
-        assert_eq!(verify_cred(Some(&md5cred), AuthScheme::Md5, &creds, &Nonce(b"abd".to_vec())), Err(AuthError::Invalid));
-        assert!(matches!(verify_cred(Some(&md5cred), AuthScheme::Basic, &creds, &nonce), Err(AuthError::WrongScheme(_))));
-        assert_eq!(verify_cred(None, AuthScheme::Md5, &creds, &nonce), Err(AuthError::Missing));
-        assert_eq!(basic_credential(&Credentials::new("Aladdin", "open sesame")), "QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert_eq!(
+            verify_cred(
+                Some(&md5cred),
+                AuthScheme::Md5,
+                &creds,
+                &Nonce(b"abd".to_vec())
+            ),
+            Err(AuthError::Invalid)
+        );
+        assert!(matches!(
+            verify_cred(Some(&md5cred), AuthScheme::Basic, &creds, &nonce),
+            Err(AuthError::WrongScheme(_))
+        ));
+        assert_eq!(
+            verify_cred(None, AuthScheme::Md5, &creds, &nonce),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            basic_credential(&Credentials::new("Aladdin", "open sesame")),
+            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
     }
 
     #[test]
@@ -299,8 +370,14 @@ mod tests {
         let header = hmac_header(&creds, &nonce, body);
         assert!(header.starts_with("algorithm=MD5, username=\"srv\", mac="));
         assert_eq!(verify_hmac(Some(&header), &creds, &nonce, body), Ok(()));
-        assert_eq!(verify_hmac(Some(&header), &creds, &nonce, b"<SyncML>... </SyncML>"), Err(AuthError::Invalid));
-        assert_eq!(verify_hmac(None, &creds, &nonce, body), Err(AuthError::Missing));
+        assert_eq!(
+            verify_hmac(Some(&header), &creds, &nonce, b"<SyncML>... </SyncML>"),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            verify_hmac(None, &creds, &nonce, body),
+            Err(AuthError::Missing)
+        );
         // Independent spelling of the formula.
         let b64 = |d: &[u8]| B64.encode(d);
         let mut m = b64(&Md5::digest(b"srv:s3cret")).into_bytes();
@@ -308,7 +385,12 @@ mod tests {
         m.extend_from_slice(b64(&Md5::digest(body)).as_bytes());
         assert!(header.ends_with(&format!("mac={}", b64(&Md5::digest(&m)))));
         assert!(matches!(
-            verify_hmac(Some("algorithm=SHA1, username=srv, mac=x"), &creds, &nonce, body),
+            verify_hmac(
+                Some("algorithm=SHA1, username=srv, mac=x"),
+                &creds,
+                &nonce,
+                body
+            ),
             Err(AuthError::UnsupportedAlgorithm(_))
         ));
     }

@@ -26,7 +26,12 @@ impl Encoding {
 
     /// The encoding named by a Content-Type (parameters ignored; DS types accepted too).
     pub fn from_content_type(content_type: &str) -> Option<Encoding> {
-        let base = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let base = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match base.as_str() {
             xml::DM_XML_MIME | xml::DS_XML_MIME => Some(Encoding::Xml),
             wbxml::DM_WBXML_MIME | wbxml::DS_WBXML_MIME => Some(Encoding::Wbxml),

@@ -269,7 +269,10 @@ mod tests {
 
     #[test]
     fn meanings_cover_named_and_unnamed_codes() {
-        assert_eq!(StatusCode::AUTHENTICATION_ACCEPTED.meaning(), "authentication accepted");
+        assert_eq!(
+            StatusCode::AUTHENTICATION_ACCEPTED.meaning(),
+            "authentication accepted"
+        );
         assert_eq!(StatusCode(299).meaning(), "successful");
         assert_eq!(AlertCode(1150).meaning(), "user interaction alert");
         assert_eq!(FumoResult(460).meaning(), "client error (vendor specific)");

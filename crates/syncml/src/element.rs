@@ -175,7 +175,10 @@ impl Tag {
     /// Looks a tag up by code page and token (flags stripped).
     pub fn by_token(page: CodePage, token: u8) -> Option<Tag> {
         let token = token & 0x3F;
-        ALL_TAGS.iter().copied().find(|t| t.page == page && t.token.0 == token)
+        ALL_TAGS
+            .iter()
+            .copied()
+            .find(|t| t.page == page && t.token.0 == token)
     }
 }
 
@@ -202,12 +205,18 @@ pub struct Element {
 impl Element {
     /// An element without content.
     pub fn new(tag: Tag) -> Element {
-        Element { tag, children: Vec::new() }
+        Element {
+            tag,
+            children: Vec::new(),
+        }
     }
 
     /// An element holding text.
     pub fn text(tag: Tag, text: impl Into<String>) -> Element {
-        Element { tag, children: vec![Node::Text(text.into())] }
+        Element {
+            tag,
+            children: vec![Node::Text(text.into())],
+        }
     }
 
     /// Appends a child element.

@@ -143,7 +143,14 @@ impl Fumo {
                 meta: Some(Meta {
                     format: Some("int".into()),
                     mime_type: Some(job.operation.alert_type().into()),
-                    mark: Some(if result.is_success() { "informational" } else { "critical" }.into()),
+                    mark: Some(
+                        if result.is_success() {
+                            "informational"
+                        } else {
+                            "critical"
+                        }
+                        .into(),
+                    ),
                     ..Meta::default()
                 }),
                 data: Some(Data::text(result.0.to_string())),
@@ -164,7 +171,18 @@ impl Fumo {
 impl SubtreeHandler for Fumo {
     fn get(&mut self, uri: &NodeUri) -> Result<NodeValue, StatusCode> {
         Ok(match self.rel(uri)? {
-            "" => NodeValue::interior(&["PkgName", "PkgVersion", "Download", "Update", "DownloadAndUpdate", "State", "Ext"].map(String::from)),
+            "" => NodeValue::interior(
+                &[
+                    "PkgName",
+                    "PkgVersion",
+                    "Download",
+                    "Update",
+                    "DownloadAndUpdate",
+                    "State",
+                    "Ext",
+                ]
+                .map(String::from),
+            ),
             "PkgName" => NodeValue::chr(&self.pkg_name),
             "PkgVersion" => NodeValue::chr(&self.pkg_version),
             "Download" | "DownloadAndUpdate" => NodeValue::interior(&["PkgURL".to_owned()]),
@@ -223,11 +241,17 @@ impl SubtreeHandler for Fumo {
 
     fn exec(&mut self, uri: &NodeUri, request: ExecRequest<'_>) -> Result<ExecOutcome, StatusCode> {
         let (operation, pkg_url, state) = match self.rel(uri)? {
-            "Download" => (FumoOperation::Download, Some(self.download_url.clone()), FumoState::DOWNLOAD_PROGRESSING),
+            "Download" => (
+                FumoOperation::Download,
+                Some(self.download_url.clone()),
+                FumoState::DOWNLOAD_PROGRESSING,
+            ),
             "Update" => (FumoOperation::Update, None, FumoState::UPDATE_PROGRESSING),
-            "DownloadAndUpdate" => {
-                (FumoOperation::DownloadAndUpdate, Some(self.download_and_update_url.clone()), FumoState::DOWNLOAD_PROGRESSING)
-            }
+            "DownloadAndUpdate" => (
+                FumoOperation::DownloadAndUpdate,
+                Some(self.download_and_update_url.clone()),
+                FumoState::DOWNLOAD_PROGRESSING,
+            ),
             _ => return Err(StatusCode::COMMAND_NOT_ALLOWED),
         };
         // One operation at a time: a second Exec while one runs fails (FUMO §6.2).
@@ -255,28 +279,64 @@ mod tests {
     fn exec_accepts_and_finish_builds_the_generic_alert() {
         let root = NodeUri::parse("./FUMO").unwrap();
         let mut t = DmTree::new();
-        t.mount_fumo("./FUMO", "Get=*&Replace=srv1&Exec=srv1&Add=srv1", Fumo::new(root.clone())).unwrap();
+        t.mount_fumo(
+            "./FUMO",
+            "Get=*&Replace=srv1&Exec=srv1&Add=srv1",
+            Fumo::new(root.clone()),
+        )
+        .unwrap();
         let url = NodeUri::parse("./FUMO/DownloadAndUpdate/PkgURL").unwrap();
-        t.replace(&url, "srv1", NodeValue::chr("https://pkg.example/p1")).unwrap();
-        t.add(&NodeUri::parse("./FUMO/Ext/Token").unwrap(), "srv1", Some(NodeValue::bin(vec![1, 2]))).unwrap();
+        t.replace(&url, "srv1", NodeValue::chr("https://pkg.example/p1"))
+            .unwrap();
+        t.add(
+            &NodeUri::parse("./FUMO/Ext/Token").unwrap(),
+            "srv1",
+            Some(NodeValue::bin(vec![1, 2])),
+        )
+        .unwrap();
         let dau = NodeUri::parse("./FUMO/DownloadAndUpdate").unwrap();
-        let req = ExecRequest { server_id: "srv1", data: None, correlator: Some("c-42") };
-        assert_eq!(t.exec(&dau, ExecRequest { server_id: "srv2", ..req }), Err(StatusCode::PERMISSION_DENIED));
+        let req = ExecRequest {
+            server_id: "srv1",
+            data: None,
+            correlator: Some("c-42"),
+        };
+        assert_eq!(
+            t.exec(
+                &dau,
+                ExecRequest {
+                    server_id: "srv2",
+                    ..req
+                }
+            ),
+            Err(StatusCode::PERMISSION_DENIED)
+        );
         assert_eq!(t.exec(&dau, req), Ok(ExecOutcome::Accepted));
         assert_eq!(t.exec(&dau, req), Err(StatusCode::COMMAND_FAILED));
         let fumo = t.fumo_mut(&root).unwrap();
         assert_eq!(fumo.state, FumoState::DOWNLOAD_PROGRESSING);
-        assert_eq!(fumo.job().unwrap().pkg_url.as_deref(), Some("https://pkg.example/p1"));
+        assert_eq!(
+            fumo.job().unwrap().pkg_url.as_deref(),
+            Some("https://pkg.example/p1")
+        );
         assert_eq!(fumo.ext.get("Token"), Some(&vec![1, 2]));
         let alert = fumo.finish(FumoResult::CORRUPTED_PACKAGE).unwrap();
         assert_eq!(alert.code, AlertCode::GENERIC_ALERT);
         assert_eq!(alert.correlator.as_deref(), Some("c-42"));
         let item = &alert.items[0];
-        assert_eq!(item.source.as_ref().unwrap().uri, "./FUMO/DownloadAndUpdate");
-        assert_eq!(item.meta.as_ref().unwrap().mime_type.as_deref(), Some(fumo_alert_type::DOWNLOAD_AND_UPDATE));
+        assert_eq!(
+            item.source.as_ref().unwrap().uri,
+            "./FUMO/DownloadAndUpdate"
+        );
+        assert_eq!(
+            item.meta.as_ref().unwrap().mime_type.as_deref(),
+            Some(fumo_alert_type::DOWNLOAD_AND_UPDATE)
+        );
         assert_eq!(item.data.as_ref().unwrap().as_text(), Some("402"));
         assert_eq!(fumo.state, FumoState::UPDATE_FAILED_NO_DATA);
         assert!(fumo.finish(FumoResult::SUCCESSFUL).is_none());
-        assert_eq!(t.get(&NodeUri::parse("./FUMO/Update/PkgData").unwrap(), "srv1"), Err(StatusCode::COMMAND_NOT_ALLOWED));
+        assert_eq!(
+            t.get(&NodeUri::parse("./FUMO/Update/PkgData").unwrap(), "srv1"),
+            Err(StatusCode::COMMAND_NOT_ALLOWED)
+        );
     }
 }

@@ -60,7 +60,10 @@ pub struct Location {
 impl Location {
     /// A location with a URI only.
     pub fn new(uri: impl Into<String>) -> Location {
-        Location { uri: uri.into(), name: None }
+        Location {
+            uri: uri.into(),
+            name: None,
+        }
     }
 }
 
@@ -95,7 +98,10 @@ impl Meta {
 
     /// A Meta with a `Format` only.
     pub fn format(format: impl Into<String>) -> Meta {
-        Meta { format: Some(format.into()), ..Meta::default() }
+        Meta {
+            format: Some(format.into()),
+            ..Meta::default()
+        }
     }
 }
 
@@ -165,12 +171,18 @@ pub struct Item {
 impl Item {
     /// An item addressing `uri` as its target.
     pub fn target(uri: impl Into<String>) -> Item {
-        Item { target: Some(Location::new(uri)), ..Item::default() }
+        Item {
+            target: Some(Location::new(uri)),
+            ..Item::default()
+        }
     }
 
     /// An item naming `uri` as its source.
     pub fn source(uri: impl Into<String>) -> Item {
-        Item { source: Some(Location::new(uri)), ..Item::default() }
+        Item {
+            source: Some(Location::new(uri)),
+            ..Item::default()
+        }
     }
 }
 
@@ -281,6 +293,9 @@ pub struct Results {
 }
 
 /// A SyncBody command.
+// Commands are built a few at a time per message; boxing the larger variants would only
+// make pattern matching clumsier for users.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// `Add`.
@@ -336,9 +351,11 @@ impl Command {
     /// The CmdID.
     pub fn cmd_id(&self) -> CmdId {
         match self {
-            Command::Add(c) | Command::Copy(c) | Command::Delete(c) | Command::Get(c) | Command::Replace(c) => {
-                c.cmd_id
-            }
+            Command::Add(c)
+            | Command::Copy(c)
+            | Command::Delete(c)
+            | Command::Get(c)
+            | Command::Replace(c) => c.cmd_id,
             Command::Alert(c) => c.cmd_id,
             Command::Atomic(c) | Command::Sequence(c) => c.cmd_id,
             Command::Exec(c) => c.cmd_id,
@@ -351,9 +368,11 @@ impl Command {
     /// Sets the CmdID.
     pub fn set_cmd_id(&mut self, id: CmdId) {
         match self {
-            Command::Add(c) | Command::Copy(c) | Command::Delete(c) | Command::Get(c) | Command::Replace(c) => {
-                c.cmd_id = id
-            }
+            Command::Add(c)
+            | Command::Copy(c)
+            | Command::Delete(c)
+            | Command::Get(c)
+            | Command::Replace(c) => c.cmd_id = id,
             Command::Alert(c) => c.cmd_id = id,
             Command::Atomic(c) | Command::Sequence(c) => c.cmd_id = id,
             Command::Exec(c) => c.cmd_id = id,
@@ -366,9 +385,11 @@ impl Command {
     /// True if the sender asked for no Status (`NoResp`).
     pub fn no_resp(&self) -> bool {
         match self {
-            Command::Add(c) | Command::Copy(c) | Command::Delete(c) | Command::Get(c) | Command::Replace(c) => {
-                c.no_resp
-            }
+            Command::Add(c)
+            | Command::Copy(c)
+            | Command::Delete(c)
+            | Command::Get(c)
+            | Command::Replace(c) => c.no_resp,
             Command::Alert(c) => c.no_resp,
             Command::Atomic(c) | Command::Sequence(c) => c.no_resp,
             Command::Exec(c) => c.no_resp,
@@ -379,9 +400,11 @@ impl Command {
     /// The items the command carries (containers carry none themselves).
     pub fn items(&self) -> &[Item] {
         match self {
-            Command::Add(c) | Command::Copy(c) | Command::Delete(c) | Command::Get(c) | Command::Replace(c) => {
-                &c.items
-            }
+            Command::Add(c)
+            | Command::Copy(c)
+            | Command::Delete(c)
+            | Command::Get(c)
+            | Command::Replace(c) => &c.items,
             Command::Alert(c) => &c.items,
             Command::Exec(c) => std::slice::from_ref(&c.item),
             Command::Status(c) => &c.items,
@@ -445,7 +468,10 @@ fn raw_text(e: &Element) -> Result<String, DecodeError> {
                 out.push_str(std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?)
             }
             Node::Element(c) => {
-                return Err(DecodeError::UnexpectedElement { parent: e.tag.name, child: c.tag.name.to_owned() });
+                return Err(DecodeError::UnexpectedElement {
+                    parent: e.tag.name,
+                    child: c.tag.name.to_owned(),
+                });
             }
         }
     }
@@ -459,7 +485,10 @@ fn text(e: &Element) -> Result<String, DecodeError> {
 
 fn number<T: std::str::FromStr>(e: &Element) -> Result<T, DecodeError> {
     let t = text(e)?;
-    t.parse().map_err(|_| DecodeError::InvalidValue { element: e.tag.name, value: shorten(&t) })
+    t.parse().map_err(|_| DecodeError::InvalidValue {
+        element: e.tag.name,
+        value: shorten(&t),
+    })
 }
 
 fn data_bytes(e: &Element) -> Result<Data, DecodeError> {
@@ -470,7 +499,10 @@ fn data_bytes(e: &Element) -> Result<Data, DecodeError> {
             Node::Opaque(bytes) => out.extend_from_slice(bytes),
             // Embedded XML in Data (DS device info) has no place in DM.
             Node::Element(c) => {
-                return Err(DecodeError::UnexpectedElement { parent: "Data", child: c.tag.name.to_owned() });
+                return Err(DecodeError::UnexpectedElement {
+                    parent: "Data",
+                    child: c.tag.name.to_owned(),
+                });
             }
         }
     }
@@ -478,10 +510,17 @@ fn data_bytes(e: &Element) -> Result<Data, DecodeError> {
 }
 
 fn unexpected(parent: &'static str, child: &Element) -> DecodeError {
-    DecodeError::UnexpectedElement { parent, child: child.tag.name.to_owned() }
+    DecodeError::UnexpectedElement {
+        parent,
+        child: child.tag.name.to_owned(),
+    }
 }
 
-fn require<T>(value: Option<T>, parent: &'static str, child: &'static str) -> Result<T, DecodeError> {
+fn require<T>(
+    value: Option<T>,
+    parent: &'static str,
+    child: &'static str,
+) -> Result<T, DecodeError> {
     value.ok_or(DecodeError::MissingElement { parent, child })
 }
 
@@ -524,7 +563,10 @@ fn location(e: &Element) -> Result<Location, DecodeError> {
             _ => return Err(unexpected(e.tag.name, c)),
         }
     }
-    Ok(Location { uri: require(uri, e.tag.name, "LocURI")?, name })
+    Ok(Location {
+        uri: require(uri, e.tag.name, "LocURI")?,
+        name,
+    })
 }
 
 fn cred(e: &Element) -> Result<Cred, DecodeError> {
@@ -537,7 +579,10 @@ fn cred(e: &Element) -> Result<Cred, DecodeError> {
             _ => return Err(unexpected("Cred", c)),
         }
     }
-    Ok(Cred { meta: m, data: require(data, "Cred", "Data")? })
+    Ok(Cred {
+        meta: m,
+        data: require(data, "Cred", "Data")?,
+    })
 }
 
 fn chal(e: &Element) -> Result<Chal, DecodeError> {
@@ -569,7 +614,13 @@ fn item(e: &Element) -> Result<Item, DecodeError> {
 
 fn item_command(e: &Element) -> Result<ItemCommand, DecodeError> {
     let mut cmd_id = None;
-    let mut cmd = ItemCommand { cmd_id: CmdId(0), no_resp: false, cred: None, meta: None, items: Vec::new() };
+    let mut cmd = ItemCommand {
+        cmd_id: CmdId(0),
+        no_resp: false,
+        cred: None,
+        meta: None,
+        items: Vec::new(),
+    };
     for c in e.elements() {
         match c.tag {
             tag::CMD_ID => cmd_id = Some(CmdId(number(c)?)),
@@ -583,7 +634,10 @@ fn item_command(e: &Element) -> Result<ItemCommand, DecodeError> {
     }
     cmd.cmd_id = require(cmd_id, e.tag.name, "CmdID")?;
     if cmd.items.is_empty() {
-        return Err(DecodeError::MissingElement { parent: e.tag.name, child: "Item" });
+        return Err(DecodeError::MissingElement {
+            parent: e.tag.name,
+            child: "Item",
+        });
     }
     Ok(cmd)
 }
@@ -591,7 +645,14 @@ fn item_command(e: &Element) -> Result<ItemCommand, DecodeError> {
 fn alert(e: &Element) -> Result<Alert, DecodeError> {
     let mut cmd_id = None;
     let mut code = None;
-    let mut a = Alert { cmd_id: CmdId(0), no_resp: false, cred: None, code: AlertCode(0), correlator: None, items: Vec::new() };
+    let mut a = Alert {
+        cmd_id: CmdId(0),
+        no_resp: false,
+        cred: None,
+        code: AlertCode(0),
+        correlator: None,
+        items: Vec::new(),
+    };
     for c in e.elements() {
         match c.tag {
             tag::CMD_ID => cmd_id = Some(CmdId(number(c)?)),
@@ -611,7 +672,14 @@ fn alert(e: &Element) -> Result<Alert, DecodeError> {
 fn exec(e: &Element) -> Result<Exec, DecodeError> {
     let mut cmd_id = None;
     let mut the_item = None;
-    let mut x = Exec { cmd_id: CmdId(0), no_resp: false, cred: None, meta: None, correlator: None, item: Item::default() };
+    let mut x = Exec {
+        cmd_id: CmdId(0),
+        no_resp: false,
+        cred: None,
+        meta: None,
+        correlator: None,
+        item: Item::default(),
+    };
     for c in e.elements() {
         match c.tag {
             tag::CMD_ID => cmd_id = Some(CmdId(number(c)?)),
@@ -631,7 +699,12 @@ fn exec(e: &Element) -> Result<Exec, DecodeError> {
 
 fn container(e: &Element, depth_guard: usize) -> Result<Container, DecodeError> {
     let mut cmd_id = None;
-    let mut k = Container { cmd_id: CmdId(0), no_resp: false, meta: None, commands: Vec::new() };
+    let mut k = Container {
+        cmd_id: CmdId(0),
+        no_resp: false,
+        meta: None,
+        commands: Vec::new(),
+    };
     for c in e.elements() {
         match c.tag {
             tag::CMD_ID => cmd_id = Some(CmdId(number(c)?)),
@@ -692,7 +765,13 @@ fn status(e: &Element) -> Result<Status, DecodeError> {
             tag::CHAL => s.chal = Some(chal(c)?),
             tag::DATA => code = Some(StatusCode(number(c)?)),
             _ => {
-                if !refs_and_items("Status", c, &mut s.target_refs, &mut s.source_refs, &mut s.items)? {
+                if !refs_and_items(
+                    "Status",
+                    c,
+                    &mut s.target_refs,
+                    &mut s.source_refs,
+                    &mut s.items,
+                )? {
                     return Err(unexpected("Status", c));
                 }
             }
@@ -723,7 +802,13 @@ fn results(e: &Element) -> Result<Results, DecodeError> {
             tag::CMD_REF => cmd_ref = Some(CmdId(number(c)?)),
             tag::META => r.meta = Some(meta(c)?),
             _ => {
-                if !refs_and_items("Results", c, &mut r.target_refs, &mut r.source_refs, &mut r.items)? {
+                if !refs_and_items(
+                    "Results",
+                    c,
+                    &mut r.target_refs,
+                    &mut r.source_refs,
+                    &mut r.items,
+                )? {
                     return Err(unexpected("Results", c));
                 }
             }
@@ -741,7 +826,10 @@ fn unsupported(e: &Element) -> Result<Command, DecodeError> {
             cmd_id = Some(CmdId(number(c)?));
         }
     }
-    Ok(Command::Unsupported { name: e.tag.name.to_owned(), cmd_id: require(cmd_id, e.tag.name, "CmdID")? })
+    Ok(Command::Unsupported {
+        name: e.tag.name.to_owned(),
+        cmd_id: require(cmd_id, e.tag.name, "CmdID")?,
+    })
 }
 
 /// A command element, or `None` if `e` is not a command.
@@ -845,7 +933,11 @@ impl Message {
             }
         }
         check_unique_ids(&commands, &mut BTreeSet::new())?;
-        Ok(Message { header, body: commands, is_final })
+        Ok(Message {
+            header,
+            body: commands,
+            is_final,
+        })
     }
 
     /// Builds the element tree, children in DTD order.
@@ -942,7 +1034,10 @@ fn data_el(d: &Data) -> Element {
     }
     match d.as_text() {
         Some(t) => leaf(tag::DATA, t),
-        None => Element { tag: tag::DATA, children: vec![Node::Opaque(d.0.clone())] },
+        None => Element {
+            tag: tag::DATA,
+            children: vec![Node::Opaque(d.0.clone())],
+        },
     }
 }
 
@@ -1014,7 +1109,11 @@ fn command_el(c: &Command) -> Element {
             e
         }
         Command::Atomic(k) | Command::Sequence(k) => {
-            let t = if matches!(c, Command::Atomic(_)) { tag::ATOMIC } else { tag::SEQUENCE };
+            let t = if matches!(c, Command::Atomic(_)) {
+                tag::ATOMIC
+            } else {
+                tag::SEQUENCE
+            };
             let mut e = cmd_head(t, k.cmd_id, k.no_resp);
             if let Some(m) = &k.meta {
                 e.push(meta_el(m));

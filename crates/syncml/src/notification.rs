@@ -128,7 +128,9 @@ impl Notification {
         let mut out = Vec::with_capacity(FIXED_HEADER_LEN + id.len() + self.vendor.len());
         // version[10] ui-mode[2] initiator[1] future-use[27]: 40 bits.
         out.push((v >> 2) as u8);
-        out.push((((v & 0x3) as u8) << 6) | ((self.ui_mode as u8) << 4) | ((self.initiator as u8) << 3));
+        out.push(
+            (((v & 0x3) as u8) << 6) | ((self.ui_mode as u8) << 4) | ((self.initiator as u8) << 3),
+        );
         out.extend_from_slice(&[0, 0, 0]);
         out.extend_from_slice(&self.session_id.to_be_bytes());
         out.push(id_len);
@@ -171,16 +173,31 @@ impl UnverifiedNotification {
             2 => UiMode::Informative,
             _ => UiMode::UserInteraction,
         };
-        let initiator = if body[1] & 0x08 != 0 { Initiator::Server } else { Initiator::User };
+        let initiator = if body[1] & 0x08 != 0 {
+            Initiator::Server
+        } else {
+            Initiator::User
+        };
         let session_id = u16::from_be_bytes([body[5], body[6]]);
         let id_len = usize::from(body[7]);
-        let id = body.get(FIXED_HEADER_LEN..FIXED_HEADER_LEN + id_len).ok_or(NotificationError::BadServerIdLength)?;
-        let server_id = std::str::from_utf8(id).map_err(|_| NotificationError::ServerIdNotUtf8)?.to_owned();
+        let id = body
+            .get(FIXED_HEADER_LEN..FIXED_HEADER_LEN + id_len)
+            .ok_or(NotificationError::BadServerIdLength)?;
+        let server_id = std::str::from_utf8(id)
+            .map_err(|_| NotificationError::ServerIdNotUtf8)?
+            .to_owned();
         let vendor = body[FIXED_HEADER_LEN + id_len..].to_vec();
         Ok(UnverifiedNotification {
             digest,
             body: body.to_vec(),
-            fields: Notification { version, ui_mode, initiator, session_id, server_id, vendor },
+            fields: Notification {
+                version,
+                ui_mode,
+                initiator,
+                session_id,
+                server_id,
+                vendor,
+            },
         })
     }
 
@@ -190,19 +207,34 @@ impl UnverifiedNotification {
     }
 
     /// Checks the version, the server id and the digest (§6.3), giving the fields.
-    pub fn verify(self, server_id: &str, password: &str, nonce: &Nonce) -> Result<Notification, NotificationError> {
+    pub fn verify(
+        self,
+        server_id: &str,
+        password: &str,
+        nonce: &Nonce,
+    ) -> Result<Notification, NotificationError> {
         if self.fields.version != VERSION_1_2 {
             return Err(NotificationError::UnsupportedVersion(self.fields.version));
         }
         if self.fields.server_id != server_id {
-            return Err(NotificationError::UnknownServer(self.fields.server_id.chars().take(64).collect()));
+            return Err(NotificationError::UnknownServer(
+                self.fields.server_id.chars().take(64).collect(),
+            ));
         }
         let want = digest(server_id, password, nonce, &self.body);
-        if bool::from(want.ct_eq(&self.digest)) { Ok(self.fields) } else { Err(NotificationError::BadDigest) }
+        if bool::from(want.ct_eq(&self.digest)) {
+            Ok(self.fields)
+        } else {
+            Err(NotificationError::BadDigest)
+        }
     }
 
     /// Verifies with a [`Credentials`] pair whose name is the server id.
-    pub fn verify_with(self, server: &Credentials, nonce: &Nonce) -> Result<Notification, NotificationError> {
+    pub fn verify_with(
+        self,
+        server: &Credentials,
+        nonce: &Nonce,
+    ) -> Result<Notification, NotificationError> {
         self.verify(&server.name, &server.password, nonce)
     }
 }

@@ -40,7 +40,15 @@ impl AclOp {
     }
 
     fn parse(s: &str) -> Option<AclOp> {
-        [AclOp::Add, AclOp::Delete, AclOp::Exec, AclOp::Get, AclOp::Replace].into_iter().find(|op| op.name() == s)
+        [
+            AclOp::Add,
+            AclOp::Delete,
+            AclOp::Exec,
+            AclOp::Get,
+            AclOp::Replace,
+        ]
+        .into_iter()
+        .find(|op| op.name() == s)
     }
 }
 
@@ -67,7 +75,9 @@ impl Acl {
     pub fn parse(text: &str) -> Result<Acl, AclError> {
         let mut map = BTreeMap::new();
         for entry in text.split('&').filter(|e| !e.is_empty()) {
-            let (op, who) = entry.split_once('=').ok_or_else(|| AclError(text.to_owned()))?;
+            let (op, who) = entry
+                .split_once('=')
+                .ok_or_else(|| AclError(text.to_owned()))?;
             let op = AclOp::parse(op).ok_or_else(|| AclError(text.to_owned()))?;
             let principals = if who == "*" {
                 Principals::All
@@ -109,7 +119,9 @@ impl fmt::Display for Acl {
             write!(f, "{}=", op.name())?;
             match who {
                 Principals::All => f.write_str("*")?,
-                Principals::Servers(s) => f.write_str(&s.iter().cloned().collect::<Vec<_>>().join("+"))?,
+                Principals::Servers(s) => {
+                    f.write_str(&s.iter().cloned().collect::<Vec<_>>().join("+"))?
+                }
             }
         }
         Ok(())
@@ -130,27 +142,47 @@ pub struct NodeValue {
 impl NodeValue {
     /// A `chr` value.
     pub fn chr(text: impl Into<String>) -> NodeValue {
-        NodeValue { format: "chr".into(), mime_type: Some("text/plain".into()), data: text.into().into_bytes() }
+        NodeValue {
+            format: "chr".into(),
+            mime_type: Some("text/plain".into()),
+            data: text.into().into_bytes(),
+        }
     }
 
     /// An `int` value.
     pub fn int(value: i64) -> NodeValue {
-        NodeValue { format: "int".into(), mime_type: Some("text/plain".into()), data: value.to_string().into_bytes() }
+        NodeValue {
+            format: "int".into(),
+            mime_type: Some("text/plain".into()),
+            data: value.to_string().into_bytes(),
+        }
     }
 
     /// A `bool` value.
     pub fn boolean(value: bool) -> NodeValue {
-        NodeValue { format: "bool".into(), mime_type: Some("text/plain".into()), data: value.to_string().into_bytes() }
+        NodeValue {
+            format: "bool".into(),
+            mime_type: Some("text/plain".into()),
+            data: value.to_string().into_bytes(),
+        }
     }
 
     /// A `bin` value.
     pub fn bin(data: Vec<u8>) -> NodeValue {
-        NodeValue { format: "bin".into(), mime_type: Some("application/octet-stream".into()), data }
+        NodeValue {
+            format: "bin".into(),
+            mime_type: Some("application/octet-stream".into()),
+            data,
+        }
     }
 
     /// An interior node's value: its child names separated by `/` (TND §7.7.6, format node).
     pub fn interior(children: &[String]) -> NodeValue {
-        NodeValue { format: "node".into(), mime_type: None, data: children.join("/").into_bytes() }
+        NodeValue {
+            format: "node".into(),
+            mime_type: None,
+            data: children.join("/").into_bytes(),
+        }
     }
 }
 
@@ -207,14 +239,14 @@ pub trait SubtreeHandler: Send {
 }
 
 enum Mounted {
-    Fumo(Fumo),
+    Fumo(Box<Fumo>),
     Custom(Box<dyn SubtreeHandler>),
 }
 
 impl Mounted {
     fn handler(&mut self) -> &mut dyn SubtreeHandler {
         match self {
-            Mounted::Fumo(f) => f,
+            Mounted::Fumo(f) => f.as_mut(),
             Mounted::Custom(h) => h.as_mut(),
         }
     }
@@ -289,7 +321,10 @@ impl fmt::Debug for DmTree {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DmTree")
             .field("nodes", &self.nodes.keys().collect::<Vec<_>>())
-            .field("mounts", &self.mounts.iter().map(|(u, _)| u).collect::<Vec<_>>())
+            .field(
+                "mounts",
+                &self.mounts.iter().map(|(u, _)| u).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -328,8 +363,17 @@ impl DmTree {
         let mut acl = BTreeMap::new();
         acl.insert(AclOp::Add, Principals::All);
         acl.insert(AclOp::Get, Principals::All);
-        nodes.insert(NodeUri::root(), StoredNode { acl: Acl(acl), kind: Kind::Interior });
-        DmTree { nodes, mounts: Vec::new() }
+        nodes.insert(
+            NodeUri::root(),
+            StoredNode {
+                acl: Acl(acl),
+                kind: Kind::Interior,
+            },
+        );
+        DmTree {
+            nodes,
+            mounts: Vec::new(),
+        }
     }
 
     /// A tree with `./DevInfo`, `./DevDetail` and an empty `./DMAcc`.
@@ -350,7 +394,11 @@ impl DmTree {
         t.put_leaf("./DevDetail/LrgObj", "", NodeValue::boolean(true))?;
         t.put_interior("./DevDetail/URI", "")?;
         t.put_leaf("./DevDetail/URI/MaxDepth", "", NodeValue::int(0))?;
-        t.put_leaf("./DevDetail/URI/MaxTotLen", "", NodeValue::int(NodeUri::MAX_LEN as i64))?;
+        t.put_leaf(
+            "./DevDetail/URI/MaxTotLen",
+            "",
+            NodeValue::int(NodeUri::MAX_LEN as i64),
+        )?;
         t.put_leaf("./DevDetail/URI/MaxSegLen", "", NodeValue::int(0))?;
         t.put_interior("./DMAcc", "Get=*")?;
         Ok(t)
@@ -364,22 +412,53 @@ impl DmTree {
         let secret = format!("Replace={}", acc.server_id);
         self.put_interior(&base, &own)?;
         self.put_leaf(&format!("{base}/AppID"), "", NodeValue::chr("w7"))?;
-        self.put_leaf(&format!("{base}/ServerID"), "", NodeValue::chr(&acc.server_id))?;
+        self.put_leaf(
+            &format!("{base}/ServerID"),
+            "",
+            NodeValue::chr(&acc.server_id),
+        )?;
         self.put_leaf(&format!("{base}/Name"), "", NodeValue::chr(&acc.name))?;
         self.put_interior(&format!("{base}/AppAddr"), "")?;
         self.put_interior(&format!("{base}/AppAddr/1"), "")?;
-        self.put_leaf(&format!("{base}/AppAddr/1/Addr"), "", NodeValue::chr(&acc.addr))?;
-        self.put_leaf(&format!("{base}/AppAddr/1/AddrType"), "", NodeValue::chr("URI"))?;
-        self.put_leaf(&format!("{base}/AAuthPref"), "", NodeValue::chr(&acc.auth_pref))?;
+        self.put_leaf(
+            &format!("{base}/AppAddr/1/Addr"),
+            "",
+            NodeValue::chr(&acc.addr),
+        )?;
+        self.put_leaf(
+            &format!("{base}/AppAddr/1/AddrType"),
+            "",
+            NodeValue::chr("URI"),
+        )?;
+        self.put_leaf(
+            &format!("{base}/AAuthPref"),
+            "",
+            NodeValue::chr(&acc.auth_pref),
+        )?;
         self.put_interior(&format!("{base}/AppAuth"), "")?;
-        for (node, level, creds) in [("Srv", "SRVCRED", &acc.server_credentials), ("Cli", "CLCRED", &acc.client_credentials)] {
+        for (node, level, creds) in [
+            ("Srv", "SRVCRED", &acc.server_credentials),
+            ("Cli", "CLCRED", &acc.client_credentials),
+        ] {
             let a = format!("{base}/AppAuth/{node}");
             self.put_interior(&a, "")?;
             self.put_leaf(&format!("{a}/AAuthLevel"), "", NodeValue::chr(level))?;
-            self.put_leaf(&format!("{a}/AAuthType"), "", NodeValue::chr(&acc.auth_pref))?;
+            self.put_leaf(
+                &format!("{a}/AAuthType"),
+                "",
+                NodeValue::chr(&acc.auth_pref),
+            )?;
             self.put_leaf(&format!("{a}/AAuthName"), "", NodeValue::chr(&creds.name))?;
-            self.put_leaf(&format!("{a}/AAuthSecret"), &secret, NodeValue::chr(&creds.password))?;
-            self.put_leaf(&format!("{a}/AAuthData"), &secret, NodeValue::bin(Vec::new()))?;
+            self.put_leaf(
+                &format!("{a}/AAuthSecret"),
+                &secret,
+                NodeValue::chr(&creds.password),
+            )?;
+            self.put_leaf(
+                &format!("{a}/AAuthData"),
+                &secret,
+                NodeValue::bin(Vec::new()),
+            )?;
         }
         Ok(())
     }
@@ -390,10 +469,22 @@ impl DmTree {
             return Err(TreeError::Exists(u));
         }
         let parent = u.parent().ok_or_else(|| TreeError::Exists(u.clone()))?;
-        if !matches!(self.nodes.get(&parent), Some(StoredNode { kind: Kind::Interior, .. })) {
+        if !matches!(
+            self.nodes.get(&parent),
+            Some(StoredNode {
+                kind: Kind::Interior,
+                ..
+            })
+        ) {
             return Err(TreeError::NoParent(u));
         }
-        self.nodes.insert(u, StoredNode { acl: Acl::parse(acl)?, kind });
+        self.nodes.insert(
+            u,
+            StoredNode {
+                acl: Acl::parse(acl)?,
+                kind,
+            },
+        );
         Ok(())
     }
 
@@ -410,7 +501,10 @@ impl DmTree {
     /// Sets a leaf's value (the device's own writes, no ACL check).
     pub fn set_value(&mut self, at: &NodeUri, value: NodeValue) -> Result<(), StatusCode> {
         match self.nodes.get_mut(at) {
-            Some(StoredNode { kind: kind @ Kind::Leaf(_), .. }) => {
+            Some(StoredNode {
+                kind: kind @ Kind::Leaf(_),
+                ..
+            }) => {
                 *kind = Kind::Leaf(value);
                 Ok(())
             }
@@ -421,13 +515,18 @@ impl DmTree {
 
     /// Mounts a handler on `at`. The mount point is an interior node carrying `acl`, and the
     /// handler serves everything below it.
-    pub fn mount(&mut self, at: &str, acl: &str, handler: Box<dyn SubtreeHandler>) -> Result<(), TreeError> {
+    pub fn mount(
+        &mut self,
+        at: &str,
+        acl: &str,
+        handler: Box<dyn SubtreeHandler>,
+    ) -> Result<(), TreeError> {
         self.mount_inner(at, acl, Mounted::Custom(handler))
     }
 
     /// Mounts a FUMO object on `at` (e.g. `./FUMO`).
     pub fn mount_fumo(&mut self, at: &str, acl: &str, fumo: Fumo) -> Result<(), TreeError> {
-        self.mount_inner(at, acl, Mounted::Fumo(fumo))
+        self.mount_inner(at, acl, Mounted::Fumo(Box::new(fumo)))
     }
 
     fn mount_inner(&mut self, at: &str, acl: &str, m: Mounted) -> Result<(), TreeError> {
@@ -439,7 +538,7 @@ impl DmTree {
     /// The FUMO object mounted at `at`.
     pub fn fumo(&self, at: &NodeUri) -> Option<&Fumo> {
         self.mounts.iter().find_map(|(u, m)| match m {
-            Mounted::Fumo(f) if u == at => Some(f),
+            Mounted::Fumo(f) if u == at => Some(f.as_ref()),
             _ => None,
         })
     }
@@ -447,13 +546,15 @@ impl DmTree {
     /// The FUMO object mounted at `at`, mutable (the device reports progress through it).
     pub fn fumo_mut(&mut self, at: &NodeUri) -> Option<&mut Fumo> {
         self.mounts.iter_mut().find_map(|(u, m)| match m {
-            Mounted::Fumo(f) if u == at => Some(f),
+            Mounted::Fumo(f) if u == at => Some(f.as_mut()),
             _ => None,
         })
     }
 
     fn mount_of(&self, u: &NodeUri) -> Option<usize> {
-        self.mounts.iter().position(|(root, _)| u.is_within(root) && u != root)
+        self.mounts
+            .iter()
+            .position(|(root, _)| u.is_within(root) && u != root)
     }
 
     /// The ACL in force at `u`: its own, or the nearest ancestor's that is not empty.
@@ -478,7 +579,11 @@ impl DmTree {
     }
 
     fn children(&self, u: &NodeUri) -> Vec<String> {
-        self.nodes.keys().filter(|k| k.parent().as_ref() == Some(u)).map(|k| k.name().to_owned()).collect()
+        self.nodes
+            .keys()
+            .filter(|k| k.parent().as_ref() == Some(u))
+            .map(|k| k.name().to_owned())
+            .collect()
     }
 
     /// `Get` on behalf of `server`.
@@ -502,7 +607,12 @@ impl DmTree {
     }
 
     /// `Replace` on behalf of `server`.
-    pub fn replace(&mut self, u: &NodeUri, server: &str, value: NodeValue) -> Result<(), StatusCode> {
+    pub fn replace(
+        &mut self,
+        u: &NodeUri,
+        server: &str,
+        value: NodeValue,
+    ) -> Result<(), StatusCode> {
         if let Some(i) = self.mount_of(u) {
             self.check(u, AclOp::Replace, server)?;
             return self.mounts[i].1.handler().replace(u, value);
@@ -516,7 +626,12 @@ impl DmTree {
     }
 
     /// `Add` on behalf of `server` (`None` adds an interior node).
-    pub fn add(&mut self, u: &NodeUri, server: &str, value: Option<NodeValue>) -> Result<(), StatusCode> {
+    pub fn add(
+        &mut self,
+        u: &NodeUri,
+        server: &str,
+        value: Option<NodeValue>,
+    ) -> Result<(), StatusCode> {
         if let Some(i) = self.mount_of(u) {
             self.check(u, AclOp::Add, server)?;
             return self.mounts[i].1.handler().add(u, value);
@@ -526,7 +641,10 @@ impl DmTree {
         }
         let parent = u.parent().ok_or(StatusCode::COMMAND_NOT_ALLOWED)?;
         match self.nodes.get(&parent) {
-            Some(StoredNode { kind: Kind::Interior, .. }) => {}
+            Some(StoredNode {
+                kind: Kind::Interior,
+                ..
+            }) => {}
             Some(_) => return Err(StatusCode::COMMAND_NOT_ALLOWED),
             None => return Err(StatusCode::NOT_FOUND),
         }
@@ -535,7 +653,13 @@ impl DmTree {
             Some(v) => Kind::Leaf(v),
             None => Kind::Interior,
         };
-        self.nodes.insert(u.clone(), StoredNode { acl: Acl::default(), kind });
+        self.nodes.insert(
+            u.clone(),
+            StoredNode {
+                acl: Acl::default(),
+                kind,
+            },
+        );
         Ok(())
     }
 
@@ -557,7 +681,11 @@ impl DmTree {
     }
 
     /// `Exec` on behalf of `server`.
-    pub fn exec(&mut self, u: &NodeUri, request: ExecRequest<'_>) -> Result<ExecOutcome, StatusCode> {
+    pub fn exec(
+        &mut self,
+        u: &NodeUri,
+        request: ExecRequest<'_>,
+    ) -> Result<ExecOutcome, StatusCode> {
         if let Some(i) = self.mount_of(u) {
             self.check(u, AclOp::Exec, request.server_id)?;
             return self.mounts[i].1.handler().exec(u, request);
@@ -567,6 +695,19 @@ impl DmTree {
         }
         self.check(u, AclOp::Exec, request.server_id)?;
         Err(StatusCode::COMMAND_NOT_ALLOWED)
+    }
+
+    /// True if any item target of `commands` lies in a handler subtree (its changes cannot
+    /// be rolled back by restoring a snapshot).
+    pub(crate) fn has_mounts_under_targets(&self, commands: &[crate::model::Command]) -> bool {
+        commands.iter().any(|c| {
+            c.items().iter().any(|i| {
+                i.target
+                    .as_ref()
+                    .and_then(|t| NodeUri::parse(&t.uri).ok())
+                    .is_some_and(|u| self.mount_of(&u).is_some())
+            })
+        })
     }
 
     /// A copy of the stored (non-handler) nodes, for Atomic roll back.
@@ -588,8 +729,19 @@ mod tests {
     use super::*;
 
     fn tree() -> DmTree {
-        let info = DevInfo { dev_id: "IMEI:490154203237518".into(), manufacturer: "Acme".into(), model: "P1".into(), lang: "en".into() };
-        let detail = DevDetail { dev_type: "phone".into(), oem: "Acme".into(), fw_version: "1.0".into(), sw_version: "1.0".into(), hw_version: "A".into() };
+        let info = DevInfo {
+            dev_id: "IMEI:490154203237518".into(),
+            manufacturer: "Acme".into(),
+            model: "P1".into(),
+            lang: "en".into(),
+        };
+        let detail = DevDetail {
+            dev_type: "phone".into(),
+            oem: "Acme".into(),
+            fw_version: "1.0".into(),
+            sw_version: "1.0".into(),
+            hw_version: "A".into(),
+        };
         DmTree::with_standard_objects(&info, &detail).unwrap()
     }
 
@@ -614,17 +766,36 @@ mod tests {
     fn standard_objects_and_acls() {
         let mut t = tree();
         assert_eq!(t.get(&u("./DevInfo/DmV"), "srv").unwrap().data, b"1.2");
-        assert_eq!(t.get(&u("./DevInfo"), "srv").unwrap().data, b"DevId/DmV/Lang/Man/Mod");
-        assert_eq!(t.replace(&u("./DevInfo/Mod"), "srv", NodeValue::chr("x")), Err(StatusCode::PERMISSION_DENIED));
+        assert_eq!(
+            t.get(&u("./DevInfo"), "srv").unwrap().data,
+            b"DevId/DmV/Lang/Man/Mod"
+        );
+        assert_eq!(
+            t.replace(&u("./DevInfo/Mod"), "srv", NodeValue::chr("x")),
+            Err(StatusCode::PERMISSION_DENIED)
+        );
         assert_eq!(t.get(&u("./Nope"), "srv"), Err(StatusCode::NOT_FOUND));
         // Add is checked on the parent: the root allows Add=*.
         t.add(&u("./Vendor"), "srv", None).unwrap();
-        assert_eq!(t.add(&u("./Vendor"), "srv", None), Err(StatusCode::ALREADY_EXISTS));
+        assert_eq!(
+            t.add(&u("./Vendor"), "srv", None),
+            Err(StatusCode::ALREADY_EXISTS)
+        );
         // ./Vendor has no ACL of its own: it inherits Add=*&Get=* from the root, no Replace.
-        t.add(&u("./Vendor/X"), "srv", Some(NodeValue::chr("1"))).unwrap();
-        assert_eq!(t.replace(&u("./Vendor/X"), "srv", NodeValue::chr("2")), Err(StatusCode::PERMISSION_DENIED));
-        assert_eq!(t.delete(&u("./Vendor"), "srv"), Err(StatusCode::PERMISSION_DENIED));
-        assert_eq!(t.add(&u("./Missing/X"), "srv", None), Err(StatusCode::NOT_FOUND));
+        t.add(&u("./Vendor/X"), "srv", Some(NodeValue::chr("1")))
+            .unwrap();
+        assert_eq!(
+            t.replace(&u("./Vendor/X"), "srv", NodeValue::chr("2")),
+            Err(StatusCode::PERMISSION_DENIED)
+        );
+        assert_eq!(
+            t.delete(&u("./Vendor"), "srv"),
+            Err(StatusCode::PERMISSION_DENIED)
+        );
+        assert_eq!(
+            t.add(&u("./Missing/X"), "srv", None),
+            Err(StatusCode::NOT_FOUND)
+        );
     }
 
     #[test]
@@ -640,10 +811,24 @@ mod tests {
             client_credentials: crate::auth::Credentials::new("dev", "cs"),
         };
         t.add_account(&acc).unwrap();
-        assert_eq!(t.get(&u("./DMAcc/srv1/ServerID"), "srv1").unwrap().data, b"srv1");
-        assert_eq!(t.get(&u("./DMAcc/srv1/ServerID"), "srv2"), Err(StatusCode::PERMISSION_DENIED));
-        assert_eq!(t.get(&u("./DMAcc/srv1/AppAuth/Cli/AAuthSecret"), "srv1"), Err(StatusCode::PERMISSION_DENIED));
-        t.replace(&u("./DMAcc/srv1/AppAuth/Cli/AAuthSecret"), "srv1", NodeValue::chr("new")).unwrap();
+        assert_eq!(
+            t.get(&u("./DMAcc/srv1/ServerID"), "srv1").unwrap().data,
+            b"srv1"
+        );
+        assert_eq!(
+            t.get(&u("./DMAcc/srv1/ServerID"), "srv2"),
+            Err(StatusCode::PERMISSION_DENIED)
+        );
+        assert_eq!(
+            t.get(&u("./DMAcc/srv1/AppAuth/Cli/AAuthSecret"), "srv1"),
+            Err(StatusCode::PERMISSION_DENIED)
+        );
+        t.replace(
+            &u("./DMAcc/srv1/AppAuth/Cli/AAuthSecret"),
+            "srv1",
+            NodeValue::chr("new"),
+        )
+        .unwrap();
     }
 
     struct Echo;
@@ -657,9 +842,18 @@ mod tests {
     fn handlers_serve_their_subtree_behind_the_mount_acl() {
         let mut t = tree();
         t.mount("./SIMFOTA", "Get=srv1", Box::new(Echo)).unwrap();
-        assert_eq!(t.get(&u("./SIMFOTA/Log/Head"), "srv1").unwrap().data, b"./SIMFOTA/Log/Head");
-        assert_eq!(t.get(&u("./SIMFOTA/Log/Head"), "srv2"), Err(StatusCode::PERMISSION_DENIED));
-        assert_eq!(t.replace(&u("./SIMFOTA/X"), "srv1", NodeValue::chr("x")), Err(StatusCode::PERMISSION_DENIED));
+        assert_eq!(
+            t.get(&u("./SIMFOTA/Log/Head"), "srv1").unwrap().data,
+            b"./SIMFOTA/Log/Head"
+        );
+        assert_eq!(
+            t.get(&u("./SIMFOTA/Log/Head"), "srv2"),
+            Err(StatusCode::PERMISSION_DENIED)
+        );
+        assert_eq!(
+            t.replace(&u("./SIMFOTA/X"), "srv1", NodeValue::chr("x")),
+            Err(StatusCode::PERMISSION_DENIED)
+        );
         assert!(t.mount("./SIMFOTA", "", Box::new(Echo)).is_err());
     }
 }

@@ -77,7 +77,11 @@ impl NodeUri {
 
     /// The segments below the root (`./A/B` gives `A`, `B`).
     pub fn segments(&self) -> impl Iterator<Item = &str> {
-        self.0.strip_prefix("./").unwrap_or("").split('/').filter(|s| !s.is_empty())
+        self.0
+            .strip_prefix("./")
+            .unwrap_or("")
+            .split('/')
+            .filter(|s| !s.is_empty())
     }
 
     /// The last segment (the node name); `.` for the root.
@@ -103,7 +107,8 @@ impl NodeUri {
     pub fn is_within(&self, ancestor: &NodeUri) -> bool {
         ancestor.is_root()
             || self.0 == ancestor.0
-            || (self.0.starts_with(&ancestor.0) && self.0.as_bytes().get(ancestor.0.len()) == Some(&b'/'))
+            || (self.0.starts_with(&ancestor.0)
+                && self.0.as_bytes().get(ancestor.0.len()) == Some(&b'/'))
     }
 
     /// The path of `self` below `ancestor` (`None` if not within it; empty for itself).
@@ -152,13 +157,28 @@ mod tests {
 
     #[test]
     fn parses_and_normalises() {
-        assert_eq!(NodeUri::parse("DevInfo/Mod").unwrap().as_str(), "./DevInfo/Mod");
+        assert_eq!(
+            NodeUri::parse("DevInfo/Mod").unwrap().as_str(),
+            "./DevInfo/Mod"
+        );
         assert_eq!(NodeUri::parse("./DevInfo").unwrap().as_str(), "./DevInfo");
         assert!(NodeUri::parse(".").unwrap().is_root());
-        assert_eq!(NodeUri::parse("a//b"), Err(UriError::EmptySegment("a//b".into())));
-        assert_eq!(NodeUri::parse("./a/"), Err(UriError::EmptySegment("./a/".into())));
-        assert_eq!(NodeUri::parse("./a/../b"), Err(UriError::DotSegment("./a/../b".into())));
-        assert!(matches!(NodeUri::parse("./a?list=Struct"), Err(UriError::Query(_))));
+        assert_eq!(
+            NodeUri::parse("a//b"),
+            Err(UriError::EmptySegment("a//b".into()))
+        );
+        assert_eq!(
+            NodeUri::parse("./a/"),
+            Err(UriError::EmptySegment("./a/".into()))
+        );
+        assert_eq!(
+            NodeUri::parse("./a/../b"),
+            Err(UriError::DotSegment("./a/../b".into()))
+        );
+        assert!(matches!(
+            NodeUri::parse("./a?list=Struct"),
+            Err(UriError::Query(_))
+        ));
         assert_eq!(NodeUri::parse(""), Err(UriError::Empty));
     }
 
@@ -172,6 +192,9 @@ mod tests {
         assert_eq!(a.parent().unwrap().as_str(), "./FUMO/Download");
         assert_eq!(a.name(), "PkgURL");
         assert_eq!(fumo.parent().unwrap(), NodeUri::root());
-        assert_eq!(a.segments().collect::<Vec<_>>(), ["FUMO", "Download", "PkgURL"]);
+        assert_eq!(
+            a.segments().collect::<Vec<_>>(),
+            ["FUMO", "Download", "PkgURL"]
+        );
     }
 }

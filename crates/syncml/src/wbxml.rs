@@ -68,7 +68,11 @@ pub struct WbxmlOptions {
 
 impl Default for WbxmlOptions {
     fn default() -> Self {
-        WbxmlOptions { version: WbxmlVersion::V1_2, public_id: PublicIdForm::WellKnown, data: DataForm::InlineWhenText }
+        WbxmlOptions {
+            version: WbxmlVersion::V1_2,
+            public_id: PublicIdForm::WellKnown,
+            data: DataForm::InlineWhenText,
+        }
     }
 }
 
@@ -79,11 +83,17 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn err(&self, reason: &'static str) -> DecodeError {
-        DecodeError::MalformedWbxml { offset: self.pos, reason }
+        DecodeError::MalformedWbxml {
+            offset: self.pos,
+            reason,
+        }
     }
 
     fn byte(&mut self) -> Result<u8, DecodeError> {
-        let b = *self.bytes.get(self.pos).ok_or_else(|| self.err("unexpected end of document"))?;
+        let b = *self
+            .bytes
+            .get(self.pos)
+            .ok_or_else(|| self.err("unexpected end of document"))?;
         self.pos += 1;
         Ok(b)
     }
@@ -105,7 +115,11 @@ impl<'a> Cursor<'a> {
     }
 
     fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.pos.checked_add(len).filter(|e| *e <= self.bytes.len()).ok_or_else(|| self.err("length beyond the end of document"))?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|e| *e <= self.bytes.len())
+            .ok_or_else(|| self.err("length beyond the end of document"))?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -113,7 +127,10 @@ impl<'a> Cursor<'a> {
 
     fn cstr(&mut self) -> Result<&'a [u8], DecodeError> {
         let rest = &self.bytes[self.pos..];
-        let len = rest.iter().position(|b| *b == 0).ok_or_else(|| self.err("unterminated inline string"))?;
+        let len = rest
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(|| self.err("unterminated inline string"))?;
         let s = &rest[..len];
         self.pos += len + 1;
         Ok(s)
@@ -121,8 +138,19 @@ impl<'a> Cursor<'a> {
 }
 
 fn table_string(table: &[u8], offset: u32, at: usize) -> Result<&[u8], DecodeError> {
-    let rest = table.get(offset as usize..).ok_or(DecodeError::MalformedWbxml { offset: at, reason: "string table offset out of range" })?;
-    let len = rest.iter().position(|b| *b == 0).ok_or(DecodeError::MalformedWbxml { offset: at, reason: "unterminated string table entry" })?;
+    let rest = table
+        .get(offset as usize..)
+        .ok_or(DecodeError::MalformedWbxml {
+            offset: at,
+            reason: "string table offset out of range",
+        })?;
+    let len = rest
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or(DecodeError::MalformedWbxml {
+            offset: at,
+            reason: "unterminated string table entry",
+        })?;
     Ok(&rest[..len])
 }
 
@@ -134,11 +162,17 @@ fn add_text(e: &mut Element, text: &str, limits: &Limits) -> Result<(), DecodeEr
     if let Some(Node::Text(prev)) = e.children.last_mut() {
         prev.push_str(text);
         if prev.len() > limits.max_text_bytes {
-            return Err(DecodeError::ValueTooLarge { size: prev.len(), limit: limits.max_text_bytes });
+            return Err(DecodeError::ValueTooLarge {
+                size: prev.len(),
+                limit: limits.max_text_bytes,
+            });
         }
     } else {
         if text.len() > limits.max_text_bytes {
-            return Err(DecodeError::ValueTooLarge { size: text.len(), limit: limits.max_text_bytes });
+            return Err(DecodeError::ValueTooLarge {
+                size: text.len(),
+                limit: limits.max_text_bytes,
+            });
         }
         e.children.push(Node::Text(text.to_owned()));
     }
@@ -148,7 +182,10 @@ fn add_text(e: &mut Element, text: &str, limits: &Limits) -> Result<(), DecodeEr
 /// Decodes a WBXML document into the element tree.
 pub fn decode_element(bytes: &[u8], limits: &Limits) -> Result<Element, DecodeError> {
     if bytes.len() > limits.max_message_bytes {
-        return Err(DecodeError::MessageTooLarge { size: bytes.len(), limit: limits.max_message_bytes });
+        return Err(DecodeError::MessageTooLarge {
+            size: bytes.len(),
+            limit: limits.max_message_bytes,
+        });
     }
     let mut c = Cursor { bytes, pos: 0 };
     let version = c.byte()?;
@@ -156,9 +193,17 @@ pub fn decode_element(bytes: &[u8], limits: &Limits) -> Result<Element, DecodeEr
         return Err(DecodeError::UnsupportedWbxmlVersion(version));
     }
     let public_id = c.mb_u32()?;
-    let fpi_index = if public_id == 0 { Some(c.mb_u32()?) } else { None };
+    let fpi_index = if public_id == 0 {
+        Some(c.mb_u32()?)
+    } else {
+        None
+    };
     // WBXML 1.0 has no charset field (WAP-192 §5.3 came with 1.1).
-    let charset = if version == 0x00 { CHARSET_UTF8 } else { c.mb_u32()? };
+    let charset = if version == 0x00 {
+        CHARSET_UTF8
+    } else {
+        c.mb_u32()?
+    };
     // 0 means "unknown"; SyncML is UTF-8 then.
     if charset != CHARSET_UTF8 && charset != 0 {
         return Err(DecodeError::UnsupportedCharset(charset));
@@ -170,7 +215,9 @@ pub fn decode_element(bytes: &[u8], limits: &Limits) -> Result<Element, DecodeEr
         (0, Some(index)) => {
             let fpi = utf8(table_string(table, index, c.pos)?)?;
             if fpi != SYNCML_12_FPI {
-                return Err(DecodeError::UnsupportedPublicId(fpi.chars().take(64).collect()));
+                return Err(DecodeError::UnsupportedPublicId(
+                    fpi.chars().take(64).collect(),
+                ));
             }
         }
         (other, _) => return Err(DecodeError::UnsupportedPublicId(format!("{other:#x}"))),
@@ -187,17 +234,28 @@ pub fn decode_element(bytes: &[u8], limits: &Limits) -> Result<Element, DecodeEr
                 page = match c.byte()? {
                     0 => CodePage::SyncMl,
                     1 => CodePage::MetInf,
-                    _ => return Err(DecodeError::MalformedWbxml { offset: at, reason: "unknown code page" }),
+                    _ => {
+                        return Err(DecodeError::MalformedWbxml {
+                            offset: at,
+                            reason: "unknown code page",
+                        });
+                    }
                 };
             }
             WbxmlToken::END => {
-                let done = stack.pop().ok_or(DecodeError::MalformedWbxml { offset: at, reason: "END without an open element" })?;
+                let done = stack.pop().ok_or(DecodeError::MalformedWbxml {
+                    offset: at,
+                    reason: "END without an open element",
+                })?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(Node::Element(done)),
                     None => {
                         // Trailing bytes after the root are not part of the document.
                         if c.pos != bytes.len() {
-                            return Err(DecodeError::MalformedWbxml { offset: c.pos, reason: "bytes after the root element" });
+                            return Err(DecodeError::MalformedWbxml {
+                                offset: c.pos,
+                                reason: "bytes after the root element",
+                            });
                         }
                         return Ok(done);
                     }
@@ -205,50 +263,87 @@ pub fn decode_element(bytes: &[u8], limits: &Limits) -> Result<Element, DecodeEr
             }
             WbxmlToken::STR_I => {
                 let s = utf8(c.cstr()?)?;
-                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml { offset: at, reason: "text outside the root element" })?;
+                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml {
+                    offset: at,
+                    reason: "text outside the root element",
+                })?;
                 add_text(e, s, limits)?;
             }
             WbxmlToken::STR_T => {
                 let index = c.mb_u32()?;
                 let s = utf8(table_string(table, index, at)?)?;
-                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml { offset: at, reason: "text outside the root element" })?;
+                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml {
+                    offset: at,
+                    reason: "text outside the root element",
+                })?;
                 add_text(e, s, limits)?;
             }
             WbxmlToken::ENTITY => {
                 let code = c.mb_u32()?;
-                let ch = char::from_u32(code).ok_or(DecodeError::MalformedWbxml { offset: at, reason: "entity is not a character" })?;
-                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml { offset: at, reason: "text outside the root element" })?;
+                let ch = char::from_u32(code).ok_or(DecodeError::MalformedWbxml {
+                    offset: at,
+                    reason: "entity is not a character",
+                })?;
+                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml {
+                    offset: at,
+                    reason: "text outside the root element",
+                })?;
                 add_text(e, ch.encode_utf8(&mut [0u8; 4]), limits)?;
             }
             WbxmlToken::OPAQUE => {
                 let len = c.mb_u32()? as usize;
                 if len > limits.max_text_bytes {
-                    return Err(DecodeError::ValueTooLarge { size: len, limit: limits.max_text_bytes });
+                    return Err(DecodeError::ValueTooLarge {
+                        size: len,
+                        limit: limits.max_text_bytes,
+                    });
                 }
                 let data = c.take(len)?.to_vec();
-                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml { offset: at, reason: "opaque data outside the root element" })?;
+                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml {
+                    offset: at,
+                    reason: "opaque data outside the root element",
+                })?;
                 match e.children.last_mut() {
                     Some(Node::Opaque(prev)) => {
                         prev.extend_from_slice(&data);
                         if prev.len() > limits.max_text_bytes {
-                            return Err(DecodeError::ValueTooLarge { size: prev.len(), limit: limits.max_text_bytes });
+                            return Err(DecodeError::ValueTooLarge {
+                                size: prev.len(),
+                                limit: limits.max_text_bytes,
+                            });
                         }
                     }
                     _ => e.children.push(Node::Opaque(data)),
                 }
             }
-            WbxmlToken::LITERAL | WbxmlToken::LITERAL_A | WbxmlToken::LITERAL_C | WbxmlToken::LITERAL_AC => {
+            WbxmlToken::LITERAL
+            | WbxmlToken::LITERAL_A
+            | WbxmlToken::LITERAL_C
+            | WbxmlToken::LITERAL_AC => {
                 return Err(DecodeError::UnknownElement("(literal tag)".into()));
             }
-            WbxmlToken::PI => return Err(DecodeError::MalformedWbxml { offset: at, reason: "processing instructions are not used in SyncML" }),
+            WbxmlToken::PI => {
+                return Err(DecodeError::MalformedWbxml {
+                    offset: at,
+                    reason: "processing instructions are not used in SyncML",
+                });
+            }
             WbxmlToken(0x40..=0x42 | 0x80..=0x82 | 0xC0..=0xC2) => {
-                return Err(DecodeError::MalformedWbxml { offset: at, reason: "extension tokens are not used in SyncML" });
+                return Err(DecodeError::MalformedWbxml {
+                    offset: at,
+                    reason: "extension tokens are not used in SyncML",
+                });
             }
             WbxmlToken(t) => {
                 if t & WbxmlToken::HAS_ATTRIBUTES != 0 {
-                    return Err(DecodeError::MalformedWbxml { offset: at, reason: "attributes are not used in SyncML" });
+                    return Err(DecodeError::MalformedWbxml {
+                        offset: at,
+                        reason: "attributes are not used in SyncML",
+                    });
                 }
-                let tag = Tag::by_token(page, t).ok_or_else(|| DecodeError::UnknownElement(format!("token {t:#04x} on page {}", page as u8)))?;
+                let tag = Tag::by_token(page, t).ok_or_else(|| {
+                    DecodeError::UnknownElement(format!("token {t:#04x} on page {}", page as u8))
+                })?;
                 if stack.is_empty() && (elements > 0 || tag != crate::element::tag::SYNC_ML) {
                     return Err(DecodeError::NotSyncMl(tag.name.to_owned()));
                 }
@@ -311,7 +406,12 @@ fn push_opaque(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn write_element(out: &mut Vec<u8>, e: &Element, page: &mut CodePage, opts: &WbxmlOptions) -> Result<(), EncodeError> {
+fn write_element(
+    out: &mut Vec<u8>,
+    e: &Element,
+    page: &mut CodePage,
+    opts: &WbxmlOptions,
+) -> Result<(), EncodeError> {
     if e.tag.page != *page {
         out.push(WbxmlToken::SWITCH_PAGE.0);
         out.push(e.tag.page as u8);
@@ -326,7 +426,9 @@ fn write_element(out: &mut Vec<u8>, e: &Element, page: &mut CodePage, opts: &Wbx
     for child in &e.children {
         match child {
             Node::Element(c) => write_element(out, c, page, opts)?,
-            Node::Text(t) if is_data && (opts.data == DataForm::Opaque || t.as_bytes().contains(&0)) => {
+            Node::Text(t)
+                if is_data && (opts.data == DataForm::Opaque || t.as_bytes().contains(&0)) =>
+            {
                 push_opaque(out, t.as_bytes())
             }
             Node::Text(t) => push_str_i(out, t, e.tag.name)?,
@@ -380,14 +482,20 @@ mod tests {
         for v in [0u32, 1, 0x7F, 0x80, 0x1201, 0x3FFF, 0x4000, u32::MAX] {
             let mut out = Vec::new();
             push_mb_u32(&mut out, v);
-            let mut c = Cursor { bytes: &out, pos: 0 };
+            let mut c = Cursor {
+                bytes: &out,
+                pos: 0,
+            };
             assert_eq!(c.mb_u32().unwrap(), v);
             assert_eq!(c.pos, out.len());
         }
         let mut out = Vec::new();
         push_mb_u32(&mut out, 0x1201);
         assert_eq!(out, [0xA4, 0x01]);
-        let mut c = Cursor { bytes: &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], pos: 0 };
+        let mut c = Cursor {
+            bytes: &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            pos: 0,
+        };
         assert!(c.mb_u32().is_err());
     }
 }

@@ -38,7 +38,9 @@ impl Builder<'_> {
         let local = name.rsplit(':').next().unwrap_or(name);
         let tag = Tag::by_name(local).ok_or_else(|| DecodeError::UnknownElement(shorten(local)))?;
         if self.root.is_some() {
-            return Err(DecodeError::MalformedXml("content after the root element".into()));
+            return Err(DecodeError::MalformedXml(
+                "content after the root element".into(),
+            ));
         }
         self.elements += 1;
         if self.elements > self.limits.max_elements {
@@ -52,7 +54,10 @@ impl Builder<'_> {
     }
 
     fn close(&mut self) -> Result<(), DecodeError> {
-        let done = self.stack.pop().ok_or_else(|| DecodeError::MalformedXml("unbalanced end tag".into()))?;
+        let done = self
+            .stack
+            .pop()
+            .ok_or_else(|| DecodeError::MalformedXml("unbalanced end tag".into()))?;
         match self.stack.last_mut() {
             Some(parent) => parent.children.push(Node::Element(done)),
             None => self.root = Some(done),
@@ -65,16 +70,24 @@ impl Builder<'_> {
             if text.trim().is_empty() {
                 return Ok(());
             }
-            return Err(DecodeError::MalformedXml("text outside the root element".into()));
+            return Err(DecodeError::MalformedXml(
+                "text outside the root element".into(),
+            ));
         };
         if let Some(Node::Text(prev)) = current.children.last_mut() {
             prev.push_str(text);
             if prev.len() > self.limits.max_text_bytes {
-                return Err(DecodeError::ValueTooLarge { size: prev.len(), limit: self.limits.max_text_bytes });
+                return Err(DecodeError::ValueTooLarge {
+                    size: prev.len(),
+                    limit: self.limits.max_text_bytes,
+                });
             }
         } else {
             if text.len() > self.limits.max_text_bytes {
-                return Err(DecodeError::ValueTooLarge { size: text.len(), limit: self.limits.max_text_bytes });
+                return Err(DecodeError::ValueTooLarge {
+                    size: text.len(),
+                    limit: self.limits.max_text_bytes,
+                });
             }
             current.children.push(Node::Text(text.to_owned()));
         }
@@ -99,7 +112,9 @@ fn resolve_reference(name: &str) -> Result<char, DecodeError> {
         "apos" => '\'',
         "quot" => '"',
         _ => {
-            let num = name.strip_prefix('#').ok_or_else(|| DecodeError::MalformedXml(format!("unknown entity &{};", shorten(name))))?;
+            let num = name.strip_prefix('#').ok_or_else(|| {
+                DecodeError::MalformedXml(format!("unknown entity &{};", shorten(name)))
+            })?;
             let code = match num.strip_prefix('x') {
                 Some(hex) => u32::from_str_radix(hex, 16),
                 None => num.parse(),
@@ -115,13 +130,21 @@ fn resolve_reference(name: &str) -> Result<char, DecodeError> {
 /// Decodes an XML document into the element tree.
 pub fn decode_element(bytes: &[u8], limits: &Limits) -> Result<Element, DecodeError> {
     if bytes.len() > limits.max_message_bytes {
-        return Err(DecodeError::MessageTooLarge { size: bytes.len(), limit: limits.max_message_bytes });
+        return Err(DecodeError::MessageTooLarge {
+            size: bytes.len(),
+            limit: limits.max_message_bytes,
+        });
     }
     let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut reader = Reader::from_str(text);
     reader.config_mut().check_end_names = true;
-    let mut b = Builder { limits, stack: Vec::new(), root: None, elements: 0 };
+    let mut b = Builder {
+        limits,
+        stack: Vec::new(),
+        root: None,
+        elements: 0,
+    };
     loop {
         match reader.read_event().map_err(xml_err)? {
             Event::Start(s) => b.open(s.name().as_ref())?,
@@ -133,7 +156,9 @@ pub fn decode_element(bytes: &[u8], limits: &Limits) -> Result<Element, DecodeEr
             Event::Text(t) => b.text(&t.xml10_content())?,
             Event::CData(t) => {
                 if b.stack.is_empty() {
-                    return Err(DecodeError::MalformedXml("CDATA outside the root element".into()));
+                    return Err(DecodeError::MalformedXml(
+                        "CDATA outside the root element".into(),
+                    ));
                 }
                 b.text(&t.xml10_content())?
             }
@@ -146,9 +171,12 @@ pub fn decode_element(bytes: &[u8], limits: &Limits) -> Result<Element, DecodeEr
         }
     }
     if !b.stack.is_empty() {
-        return Err(DecodeError::MalformedXml("document ends inside an element".into()));
+        return Err(DecodeError::MalformedXml(
+            "document ends inside an element".into(),
+        ));
     }
-    b.root.ok_or_else(|| DecodeError::MalformedXml("no root element".into()))
+    b.root
+        .ok_or_else(|| DecodeError::MalformedXml("no root element".into()))
 }
 
 /// Decodes an XML SyncML message.
@@ -159,6 +187,11 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
 /// XML 1.0 §2.2 Char, minus the C0 controls other than tab, newline and carriage return.
 fn xml_char_ok(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
+}
+
+/// True if `data` is UTF-8 made only of characters XML 1.0 can carry.
+pub fn is_xml_text(data: &[u8]) -> bool {
+    std::str::from_utf8(data).is_ok_and(|t| t.chars().all(xml_char_ok))
 }
 
 fn escape_into(out: &mut String, text: &str, element: &'static str) -> Result<(), EncodeError> {
@@ -194,7 +227,8 @@ fn write_element(out: &mut String, e: &Element, parent_page: CodePage) -> Result
             Node::Element(c) => write_element(out, c, e.tag.page)?,
             Node::Text(t) => escape_into(out, t, e.tag.name)?,
             Node::Opaque(bytes) => {
-                let t = std::str::from_utf8(bytes).map_err(|_| EncodeError::NotXmlText(e.tag.name))?;
+                let t =
+                    std::str::from_utf8(bytes).map_err(|_| EncodeError::NotXmlText(e.tag.name))?;
                 escape_into(out, t, e.tag.name)?
             }
         }
@@ -211,7 +245,9 @@ pub fn encode_element(root: &Element) -> Result<Vec<u8>, EncodeError> {
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     out.push_str("<!DOCTYPE SyncML PUBLIC \"");
     out.push_str(SYNCML_12_FPI);
-    out.push_str("\" \"http://www.openmobilealliance.org/tech/DTD/OMA-TS-SyncML_RepPro_DTD-V1_2.dtd\">\n");
+    out.push_str(
+        "\" \"http://www.openmobilealliance.org/tech/DTD/OMA-TS-SyncML_RepPro_DTD-V1_2.dtd\">\n",
+    );
     out.push_str("<SyncML xmlns=\"");
     out.push_str(SYNCML_NS);
     out.push_str("\">");
