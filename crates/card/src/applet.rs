@@ -152,6 +152,21 @@ pub(crate) struct Core<S, P> {
     pub(crate) session: Session,
 }
 
+/// How much of the persistent image is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistentUsage {
+    /// Bytes the layout allocates (the whole image).
+    pub allocated: usize,
+    /// Bytes holding data: fixed fields, used table records, the policy area, stored records.
+    pub in_use: usize,
+    /// Log records stored (at most the log capacity).
+    pub log_records: usize,
+    /// Listed servers.
+    pub servers: usize,
+    /// Trusted originators.
+    pub originators: usize,
+}
+
 /// The card applet over a persistent store `S` and a platform `P`.
 pub struct Applet<S, P> {
     core: Core<S, P>,
@@ -216,6 +231,38 @@ impl<S: Store, P: Platform> Applet<S, P> {
     /// crypto co-processor's memory.
     pub const fn ram_state_size() -> usize {
         core::mem::size_of::<Io>() + core::mem::size_of::<Session>()
+    }
+
+    /// Persistent memory: allocated bytes and what is in use (fixed fields, listed servers
+    /// and originators, stored log records).
+    pub fn persistent_usage(&self) -> Result<PersistentUsage, CardError> {
+        let p = &self.core.p;
+        let st = crate::ring::state(p)?;
+        let mut servers = 0;
+        crate::tables::for_each_server(p, |_, _, _| {
+            servers += 1;
+            Ok(())
+        })?;
+        let mut originators = 0;
+        crate::tables::for_each_originator(p, |_, _| {
+            originators += 1;
+            Ok(())
+        })?;
+        let records = (st.next as usize).min(crate::layout::LOG_CAPACITY);
+        let fixed = crate::layout::O_SERVERS;
+        let in_use = fixed
+            + servers * crate::layout::SERVER_LEN
+            + originators * crate::layout::ORIGINATOR_LEN
+            + 2
+            + crate::layout::POLICY_MAX
+            + records * crate::layout::RECORD_LEN;
+        Ok(PersistentUsage {
+            allocated: crate::layout::PERSISTENT_SIZE,
+            in_use,
+            log_records: records,
+            servers,
+            originators,
+        })
     }
 
     /// Processes one command APDU and writes the response (data, then SW1-SW2) into `out`;

@@ -43,7 +43,9 @@ mod sw;
 mod tables;
 mod update;
 
-pub use applet::{AID, APPLET_VERSION, Applet, IO_CAP, Platform, RngPlatform, ins};
+pub use applet::{
+    AID, APPLET_VERSION, Applet, IO_CAP, PersistentUsage, Platform, RngPlatform, ins,
+};
 pub use error::{CardError, Reason, fumo_result_for};
 pub use layout::{LOG_CAPACITY, PERSISTENT_SIZE};
 pub use logcmd::PAGE_ENTRIES;

@@ -28,12 +28,13 @@ pub struct LogState {
 impl LogState {
     /// Entries not yet acknowledged.
     pub fn unacked(&self) -> u32 {
-        self.next - self.acked
+        // Saturating: a corrupt image must not make the applet panic.
+        self.next.saturating_sub(self.acked)
     }
 
     /// Slots that may receive a new entry.
     pub fn free(&self) -> u32 {
-        LOG_CAPACITY as u32 - self.unacked()
+        (LOG_CAPACITY as u32).saturating_sub(self.unacked())
     }
 
     /// The oldest entry still in its slot (acknowledged entries stay readable until reused).
@@ -97,4 +98,55 @@ pub(crate) fn acknowledge<S: Store>(p: &mut Persist<S>, upto: u32) -> Result<(),
         p.put_u32(O_LOG_ACKED, upto)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::PERSISTENT_SIZE;
+    use crate::store::MemStore;
+
+    fn record(b: u8) -> [u8; RECORD_LEN] {
+        [b; RECORD_LEN]
+    }
+
+    #[test]
+    fn ring_reuses_only_acknowledged_slots() {
+        let mut p = Persist::new(MemStore::<PERSISTENT_SIZE>::new());
+        for i in 0..LOG_CAPACITY as u32 {
+            p.transaction(|p| {
+                let st = state(p)?;
+                append(p, &st, &record(i as u8), &[i as u8; 32])
+            })
+            .unwrap();
+        }
+        let st = state(&p).unwrap();
+        assert_eq!((st.next, st.free(), st.head), (64, 0, [63; 32]));
+        let full = p.transaction(|p| {
+            let st = state(p)?;
+            append(p, &st, &record(0xEE), &[0xEE; 32])
+        });
+        assert_eq!(full, Err(CardError::Refused(crate::Reason::LogFull)));
+        assert_eq!(
+            p.transaction(|p| acknowledge(p, 65)),
+            Err(CardError::Refused(crate::Reason::AckBeyondLog))
+        );
+        p.transaction(|p| acknowledge(p, 10)).unwrap();
+        // Acknowledgements never move back.
+        p.transaction(|p| acknowledge(p, 3)).unwrap();
+        assert_eq!(state(&p).unwrap().free(), 10);
+        p.transaction(|p| {
+            let st = state(p)?;
+            append(p, &st, &record(0xAB), &[0xAB; 32])
+        })
+        .unwrap();
+        let mut out = [0u8; RECORD_LEN];
+        read(&p, 64, &mut out).unwrap();
+        assert_eq!(out, record(0xAB));
+        // Entry 0's slot now holds entry 64; entry 1 is still readable.
+        assert_eq!(read(&p, 0, &mut out), Err(CardError::NotFound));
+        read(&p, 1, &mut out).unwrap();
+        assert_eq!(out, record(1));
+        assert_eq!(read(&p, 65, &mut out), Err(CardError::NotFound));
+    }
 }

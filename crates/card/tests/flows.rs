@@ -296,4 +296,26 @@ fn ram_and_persistent_budget() {
     );
     assert!(ram <= 2048, "RAM state {ram} bytes exceeds 2 KiB");
     const { assert!(simfota_card::PERSISTENT_SIZE <= 32 * 1024) };
+    // A full log: usage reaches the whole image minus free table slots.
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let empty = card.applet.persistent_usage().unwrap();
+    assert_eq!(
+        (empty.servers, empty.originators, empty.log_records),
+        (2, 1, 0)
+    );
+    for s in 1..=3 {
+        w.full_update(&mut card, s);
+    }
+    let used = card.applet.persistent_usage().unwrap();
+    assert_eq!(used.log_records, 9);
+    assert_eq!(
+        used.in_use - empty.in_use,
+        9 * simfota_wire::LogEntry::RECORD_LEN
+    );
+    assert!(used.in_use <= used.allocated);
+    println!(
+        "persistent in use after 9 entries: {} of {} bytes",
+        used.in_use, used.allocated
+    );
 }

@@ -193,6 +193,22 @@ fn flows() -> Vec<Flow> {
             single_use: false,
         },
         Flow {
+            name: "unblock PIN with PUK",
+            policy: refuse,
+            before: |_, c| {
+                for _ in 0..3 {
+                    c.verify_pin(b"0000\xFF\xFF\xFF\xFF");
+                }
+                assert_eq!(c.verify_pin(PIN), StatusWord::AUTH_BLOCKED);
+            },
+            command: |_, _| {
+                let mut d = PUK.to_vec();
+                d.extend_from_slice(b"2468\xFF\xFF\xFF\xFF");
+                (0x00, ins::RESET_RETRY_COUNTER, 0, 0x81, d)
+            },
+            single_use: false,
+        },
+        Flow {
             name: "verify wrong PIN",
             policy: refuse,
             before: nothing,
@@ -264,7 +280,9 @@ fn power_cut_at_every_write_of_every_flow() {
             let image = mem.image().to_vec();
             // Before or after, never between. VERIFY/CHANGE commit the spent try on their
             // own first (tearing-safe PIN counter): that state is "before, one try spent".
-            let pin_flow = ins == ins::VERIFY || ins == ins::CHANGE_REFERENCE_DATA;
+            let pin_flow = ins == ins::VERIFY
+                || ins == ins::CHANGE_REFERENCE_DATA
+                || ins == ins::RESET_RETRY_COUNTER;
             if !pin_flow {
                 assert!(
                     image == before || image == after,
@@ -309,4 +327,46 @@ fn power_cut_at_every_write_of_every_flow() {
         }
     }
     assert!(total_cuts > 20, "{total_cuts} cuts");
+}
+
+#[test]
+fn power_cut_at_every_write_of_personalization() {
+    // Reference: the whole personalization without a cut, counting the writes of the
+    // locking STORE DATA (the last block, which also checks the certificate).
+    let w = World::new();
+    let mut reference = Card::blank("perso");
+    w.personalize(&mut reference, &refuse());
+    let after = reference.image();
+    let mut n = 1;
+    loop {
+        // Personalize with a cut armed at write n counted from the first command.
+        let mut card = Card::blank("perso");
+        card.applet.store_mut().arm(Some(n));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            w.personalize(&mut card, &refuse());
+        }));
+        if result.is_ok() {
+            // n is past the last write: the run completed.
+            assert_eq!(card.image(), after);
+            break;
+        }
+        let mut card = card.power_cycle();
+        let image = card.image();
+        // Whatever was cut, the card is either fully personalized or not locked, and a
+        // fresh personalization (or its missing part) can still complete it.
+        let (info, sw) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x01, &[]);
+        assert_eq!(card.select(), StatusWord::OK);
+        let _ = (info, sw);
+        if image != after {
+            let life = image[4];
+            assert_ne!(life, 2, "cut at {n}: locked without being complete");
+            let mut again = Card::from_store(
+                PowerCut::new(card.applet.into_store().into_inner(), None),
+                "again",
+            );
+            w.personalize(&mut again, &refuse());
+        }
+        n += 1;
+        assert!(n < 100, "personalization writes are bounded");
+    }
 }
