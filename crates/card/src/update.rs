@@ -247,7 +247,10 @@ fn conclude<S: Store, P: Platform>(
         Ok(())
     })?;
     core.session.consent = None;
-    core.session.stream = None;
+    if verdict.is_ok() {
+        // A new update starts: no stream of an earlier one may count for it.
+        core.session.stream = None;
+    }
     verdict.map(|()| 0).map_err(CardError::Refused)
 }
 
@@ -261,6 +264,7 @@ fn new_attempt<S: Store, P: Platform>(core: &Core<S, P>) -> Result<Attempt, Card
         None => None,
     };
     entry.device_time = core.session.device_time;
+    entry.trusted_time = crypto::trusted_time(&core.p)?;
     Ok(Attempt {
         entry,
         verified_iat: None,
@@ -268,11 +272,13 @@ fn new_attempt<S: Store, P: Platform>(core: &Core<S, P>) -> Result<Attempt, Card
     })
 }
 
-/// Preconditions shared by AUTHORIZE UPDATE and RECORD CONSENT: update pending, log room.
+/// Preconditions shared by AUTHORIZE UPDATE and RECORD CONSENT: terminal bound, no update
+/// pending, log room. `Ok(Some(reason))` is a refusal to log; `Err` one that cannot be
+/// logged (no terminal, or no room in the log).
 fn preconditions<S: Store, P: Platform>(
     core: &Core<S, P>,
     with_consent: bool,
-) -> Result<(), CardError> {
+) -> Result<Option<Reason>, CardError> {
     if core.session.imei.is_none() {
         return Err(CardError::Conditions("bind the terminal (IMEI) first"));
     }
@@ -280,7 +286,7 @@ fn preconditions<S: Store, P: Platform>(
     // 0a. One update at a time: the device must end the pending one with a result.
     if pending_exists(&core.p)? {
         if st.free() > reserved(&core.p)? {
-            return Err(CardError::Refused(Reason::UpdatePending));
+            return Ok(Some(Reason::UpdatePending));
         }
         return Err(CardError::Refused(Reason::LogFull));
     }
@@ -289,7 +295,25 @@ fn preconditions<S: Store, P: Platform>(
     if st.free() < need {
         return Err(CardError::Refused(Reason::LogFull));
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Logs a refusal decided before the checks, with what the (unverified) request names.
+fn refuse_early<S: Store, P: Platform>(
+    core: &mut Core<S, P>,
+    mut att: Attempt,
+    data: &[u8],
+    reason: Reason,
+    consent: Option<bool>,
+) -> Result<usize, CardError> {
+    if let Ok((token, _)) = split_request(data)
+        && let Ok(signed) = DeliveryToken::decode(token, &LIMITS)
+    {
+        let claims = signed.dangerous_unverified();
+        att.entry.update_id = Some(claims.cti);
+        att.entry.server = Some(claims.iss);
+    }
+    conclude(core, att, Err(reason), consent)
 }
 
 /// AUTHORIZE UPDATE (CLA `80`, INS `12`, P1-P2 `0000`): data = `len(token) || token ||
@@ -306,9 +330,11 @@ pub(crate) fn authorize<S: Store, P: Platform>(
     // The nonce is consumed by this attempt whatever happens next, before any persistent
     // write: a power cut cannot leave it usable (it lives in RAM only).
     let nonce = core.session.nonce.take();
-    preconditions(core, false)?;
     let data = &io[..n];
     let mut att = new_attempt(core)?;
+    if let Some(refusal) = preconditions(core, false)? {
+        return refuse_early(core, att, data, refusal, None);
+    }
     let verdict = check(core, data, nonce, None, &mut att);
     if let Err(r @ (Reason::ConsentRequired | Reason::PinConsentRequired)) = verdict {
         // A question for the user, not a decision: remember which request it is about.
@@ -349,8 +375,10 @@ pub(crate) fn record_consent<S: Store, P: Platform>(
     if yes && question.needs_pin && !core.session.pin_verified {
         return Err(CardError::SecurityStatus("verify the PIN first"));
     }
-    preconditions(core, yes)?;
     let mut att = new_attempt(core)?;
+    if let Some(refusal) = preconditions(core, yes)? {
+        return refuse_early(core, att, data, refusal, None);
+    }
     if !yes {
         // Fill the logged fields from the request, then record the refusal.
         let _ = check(core, data, None, None, &mut att);

@@ -732,3 +732,28 @@ fn every_decision_is_logged() {
     assert_eq!(e.len(), 4);
     assert!(chain_ok(&e));
 }
+
+#[test]
+fn second_update_while_one_is_pending() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(10);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    let (env2, md2) = w.package(11);
+    let cti2 = w.next_cti();
+    let n = card.nonce();
+    let sw = card.authorize(&w.token(&cti2, n, md2), &env2);
+    assert_eq!(sw, refused(Reason::UpdatePending));
+    // The refusal is logged with what the request named, and the pending update goes on.
+    let e = w.read_all(&mut card);
+    assert_eq!(
+        e[1].event,
+        Event::Denied(DenyReason(u16::from(Reason::UpdatePending.code())))
+    );
+    assert_eq!(e[1].update_id.unwrap().as_bytes(), &cti2[..]);
+    let p = w.payload.clone();
+    assert_eq!(card.device_digest(&p), StatusWord::OK);
+    assert_eq!(card.report(200, &cti).1, StatusWord::OK);
+}
