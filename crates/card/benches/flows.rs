@@ -12,21 +12,14 @@ mod common;
 use std::time::Instant;
 
 use common::*;
-use simfota_card::{PAGE_ENTRIES, StatusWord, ins};
+use simfota_card::{CryptoOps, PAGE_ENTRIES, StatusWord, ins};
 use simfota_wire::UnauthorizedRule;
-
-#[derive(Default, Clone, Copy)]
-struct Ops {
-    verify: u32,
-    sign: u32,
-    ecdh: u32,
-}
 
 struct Row {
     flow: &'static str,
     short: Stats,
     ext: Stats,
-    ops: Ops,
+    ops: CryptoOps,
     written: u64,
     writes: u32,
     host_us: u128,
@@ -72,8 +65,8 @@ const PROFILES: [Profile; 2] = [
 ];
 
 fn modeled(p: &Profile, r: &Row, s: &Stats) -> f64 {
-    let crypto = r.ops.verify as f64 * p.verify_ms
-        + r.ops.sign as f64 * p.sign_ms
+    let crypto = r.ops.ecdsa_verify as f64 * p.verify_ms
+        + r.ops.ecdsa_sign as f64 * p.sign_ms
         + r.ops.ecdh as f64 * p.ecdh_ms;
     let link = (s.to_card + s.from_card) as f64 / p.link_bps * 1000.0 + s.apdus as f64 * p.apdu_ms;
     crypto + link + r.writes as f64 * p.write_ms
@@ -82,7 +75,6 @@ fn modeled(p: &Profile, r: &Row, s: &Stats) -> f64 {
 /// Runs `flow` on a card prepared by `setup` in both link modes.
 fn measure(
     flow: &'static str,
-    ops: Ops,
     setup: impl Fn(&mut World, &mut Card),
     run: impl Fn(&mut World, &mut Card),
     pol: fn() -> Vec<u8>,
@@ -91,6 +83,7 @@ fn measure(
     let mut written = 0;
     let mut writes = 0;
     let mut host_us = 0;
+    let mut ops = CryptoOps::default();
     for (i, extended) in [false, true].into_iter().enumerate() {
         let mut w = World::new();
         let mut card = w.card(&pol());
@@ -98,8 +91,10 @@ fn measure(
         card.extended = extended;
         card.stats = Stats::default();
         card.applet.store_mut().arm(None);
+        card.applet.take_crypto_ops();
         let t = Instant::now();
         run(&mut w, &mut card);
+        ops = card.applet.take_crypto_ops();
         if !extended {
             host_us = t.elapsed().as_micros();
         }
@@ -126,10 +121,6 @@ fn main() {
     let mut rows = Vec::new();
     rows.push(measure(
         "authorize (nonce + token + severed SUIT envelope)",
-        Ops {
-            verify: 2,
-            ..Ops::default()
-        },
         |_, _| {},
         |w, c| {
             let (env, md) = w.package(5);
@@ -141,10 +132,6 @@ fn main() {
     ));
     rows.push(measure(
         "consent with PIN (unauthorized server)",
-        Ops {
-            verify: 1,
-            ..Ops::default()
-        },
         |_, _| {},
         |w, c| {
             let (env, md) = w.package(5);
@@ -168,7 +155,6 @@ fn main() {
     };
     rows.push(measure(
         "integrity, device digest",
-        Ops::default(),
         authorized,
         |w, c| {
             let p = w.payload.clone();
@@ -178,7 +164,6 @@ fn main() {
     ));
     rows.push(measure(
         "integrity, card digest (3000-byte payload streamed)",
-        Ops::default(),
         authorized,
         |w, c| {
             let p = w.payload.clone();
@@ -188,10 +173,6 @@ fn main() {
     ));
     rows.push(measure(
         "report result (receipt)",
-        Ops {
-            sign: 1,
-            ..Ops::default()
-        },
         |w, c| {
             let (env, md) = w.package(5);
             let cti = w.next_cti();
@@ -206,14 +187,8 @@ fn main() {
         },
         refuse,
     ));
-    let pages = 64u32.div_ceil(PAGE_ENTRIES);
     rows.push(measure(
         "log read, 64 entries",
-        Ops {
-            verify: pages,
-            sign: pages,
-            ecdh: pages,
-        },
         |w, c| {
             // 66 entries written, the first 60 acknowledged: the ring holds the newest 64.
             for s in 1..=20 {
@@ -233,10 +208,6 @@ fn main() {
     ));
     rows.push(measure(
         "acknowledge",
-        Ops {
-            verify: 1,
-            ..Ops::default()
-        },
         |w, c| {
             w.full_update(c, 1);
         },
@@ -249,10 +220,6 @@ fn main() {
     ));
     rows.push(measure(
         "admin command (put server)",
-        Ops {
-            verify: 1,
-            ..Ops::default()
-        },
         |_, _| {},
         |w, c| {
             let k = key("new server");
@@ -281,8 +248,8 @@ fn main() {
             r.ext.apdus,
             r.short.to_card,
             r.short.from_card,
-            r.ops.verify,
-            r.ops.sign,
+            r.ops.ecdsa_verify,
+            r.ops.ecdsa_sign,
             r.ops.ecdh,
             r.writes,
             r.written,

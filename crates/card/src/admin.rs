@@ -27,6 +27,7 @@ pub(crate) fn admin<S: Store, P: Platform>(
         crypto::public_key(&issuer).map_err(|_| CardError::Internal("stored issuer key"))?;
     let signed = AdminCommand::decode(&io[..n], &LIMITS)
         .map_err(|_| CardError::WrongData("admin command"))?;
+    core.ops.verify();
     let command = signed
         .verify(&issuer)
         .map_err(|_| CardError::Refused(Reason::AdminSignature))?;

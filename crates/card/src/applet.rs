@@ -150,6 +150,8 @@ pub(crate) struct Core<S, P> {
     pub(crate) p: Persist<S>,
     pub(crate) platform: P,
     pub(crate) session: Session,
+    /// Instrumentation: public-key operations performed (not applet state).
+    pub(crate) ops: crate::crypto::OpCount,
 }
 
 /// How much of the persistent image is used.
@@ -182,6 +184,7 @@ impl<S: Store, P: Platform> Applet<S, P> {
                 p: Persist::new(store),
                 platform,
                 session: Session::new(),
+                ops: crate::crypto::OpCount::default(),
             },
             io: Io {
                 buf: [0; IO_CAP],
@@ -231,6 +234,14 @@ impl<S: Store, P: Platform> Applet<S, P> {
     /// crypto co-processor's memory.
     pub const fn ram_state_size() -> usize {
         core::mem::size_of::<Io>() + core::mem::size_of::<Session>()
+    }
+
+    /// The public-key operations performed since the last call (measurement instrumentation),
+    /// and resets the count.
+    pub fn take_crypto_ops(&mut self) -> crate::CryptoOps {
+        let ops = self.core.ops.snapshot();
+        self.core.ops.clear();
+        ops
     }
 
     /// Persistent memory: allocated bytes and what is in use (fixed fields, listed servers

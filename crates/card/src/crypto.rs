@@ -13,6 +13,50 @@ use crate::layout::{KEY_LEN, O_CARD_SK, O_TRUSTED_TIME, Persist, RECORD_LEN};
 use crate::ring::{self, LogState};
 use crate::store::Store;
 
+/// Public-key operations performed, counted at the call sites (host instrumentation for the
+/// measurements; a card port drops it). Cells, so read-only paths can count too.
+#[derive(Default)]
+pub(crate) struct OpCount {
+    verify: core::cell::Cell<u32>,
+    sign: core::cell::Cell<u32>,
+    ecdh: core::cell::Cell<u32>,
+}
+
+impl OpCount {
+    pub(crate) fn verify(&self) {
+        self.verify.set(self.verify.get().saturating_add(1));
+    }
+    pub(crate) fn sign(&self) {
+        self.sign.set(self.sign.get().saturating_add(1));
+    }
+    pub(crate) fn ecdh(&self) {
+        self.ecdh.set(self.ecdh.get().saturating_add(1));
+    }
+    pub(crate) fn snapshot(&self) -> CryptoOps {
+        CryptoOps {
+            ecdsa_verify: self.verify.get(),
+            ecdsa_sign: self.sign.get(),
+            ecdh: self.ecdh.get(),
+        }
+    }
+    pub(crate) fn clear(&self) {
+        self.verify.set(0);
+        self.sign.set(0);
+        self.ecdh.set(0);
+    }
+}
+
+/// Public-key operations the applet performed since the last [`crate::Applet::take_crypto_ops`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CryptoOps {
+    /// ECDSA P-256 verifications (tokens, manifests, requests, acknowledgements, admin).
+    pub ecdsa_verify: u32,
+    /// ECDSA P-256 signatures (receipts, export pages).
+    pub ecdsa_sign: u32,
+    /// Ephemeral key generations + ECDH agreements (export pages).
+    pub ecdh: u32,
+}
+
 /// Decoding bounds on the card.
 pub(crate) const LIMITS: Limits = Limits::CARD;
 
@@ -120,6 +164,7 @@ pub(crate) struct ManifestFacts {
 /// manifest was tampered with.
 pub(crate) fn verify_manifest<S: Store>(
     p: &Persist<S>,
+    ops: &OpCount,
     envelope: &[u8],
     entry: &mut LogEntry,
 ) -> Result<ManifestFacts, crate::Reason> {
@@ -140,6 +185,7 @@ pub(crate) fn verify_manifest<S: Store>(
         let Ok(key) = PublicKey::from_sec1(key) else {
             return Ok(());
         };
+        ops.verify();
         match env.verify(&key) {
             Ok(m) => {
                 entry.originator = OriginatorId::new(id).ok();

@@ -46,6 +46,7 @@ mod update;
 pub use applet::{
     AID, APPLET_VERSION, Applet, IO_CAP, PersistentUsage, Platform, RngPlatform, ins,
 };
+pub use crypto::CryptoOps;
 pub use error::{CardError, Reason, fumo_result_for};
 pub use layout::{LOG_CAPACITY, PERSISTENT_SIZE};
 pub use logcmd::PAGE_ENTRIES;

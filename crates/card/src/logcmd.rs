@@ -63,6 +63,7 @@ pub(crate) fn read_log<S: Store, P: Platform>(
         Rights::LOG_READ,
         Reason::LogReadNotAuthorized,
     )?;
+    core.ops.verify();
     let req = signed
         .verify(&key)
         .map_err(|_| CardError::Refused(Reason::RequestSignature))?;
@@ -87,6 +88,8 @@ pub(crate) fn read_log<S: Store, P: Platform>(
     };
     let card_key = crypto::card_key(&core.p)?;
     let kid = req.server;
+    core.ops.ecdh();
+    core.ops.sign();
     let Core { p, platform, .. } = core;
     build_export(
         &mut io[..IO_CAP],
@@ -122,6 +125,7 @@ pub(crate) fn ack_log<S: Store, P: Platform>(
         Rights::LOG_ACK,
         Reason::LogAckNotAuthorized,
     )?;
+    core.ops.verify();
     let ack = signed
         .verify(&key)
         .map_err(|_| CardError::Refused(Reason::RequestSignature))?;

@@ -116,6 +116,7 @@ fn check<S: Store, P: Platform>(
     att: &mut Attempt,
 ) -> Result<(), Reason> {
     let p = &core.p;
+    let ops = &core.ops;
     let internal = |_| Reason::Malformed;
     let (token_bytes, envelope) = split_request(data).map_err(internal)?;
     let signed = DeliveryToken::decode(token_bytes, &LIMITS).map_err(|_| Reason::Malformed)?;
@@ -132,6 +133,7 @@ fn check<S: Store, P: Platform>(
     if let (true, Some(s)) = (authorized, server) {
         // 2. Token signature.
         let key = PublicKey::from_sec1(&s.key).map_err(|_| Reason::TokenSignature)?;
+        ops.verify();
         let token = signed.verify(&key).map_err(|_| Reason::TokenSignature)?;
         att.verified_iat = Some(token.iat);
         let stored_time = p.u64_at(O_TRUSTED_TIME).map_err(|_| Reason::Malformed)?;
@@ -158,7 +160,7 @@ fn check<S: Store, P: Platform>(
             return Err(Reason::TokenExpired);
         }
         // 7. Originator and manifest signature.
-        let facts = crypto::verify_manifest(p, envelope, &mut att.entry)?;
+        let facts = crypto::verify_manifest(p, ops, envelope, &mut att.entry)?;
         // 8. Manifest digest bound by the token.
         if facts.manifest_digest != token.manifest_digest {
             return Err(Reason::ManifestMismatch);
@@ -177,7 +179,7 @@ fn check<S: Store, P: Platform>(
         }
         att.entry.trusted_time = crypto::trusted_time(p).map_err(|_| Reason::Malformed)?;
         // 7. Originator and manifest signature still apply.
-        att.facts = Some(crypto::verify_manifest(p, envelope, &mut att.entry)?);
+        att.facts = Some(crypto::verify_manifest(p, ops, envelope, &mut att.entry)?);
     }
     let facts = att.facts.as_ref().ok_or(Reason::Malformed)?;
     // 9. Vendor/class allowed by the policy.
@@ -577,6 +579,7 @@ pub(crate) fn report_result<S: Store, P: Platform>(
         chain_head: head,
     };
     let key = crypto::card_key(&core.p)?;
+    core.ops.sign();
     receipt
         .sign(&key, io)
         .map_err(|_| CardError::Internal("receipt does not fit the I/O buffer"))
