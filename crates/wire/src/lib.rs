@@ -10,6 +10,20 @@
 //! [`Verified<T>`] only after its signature checked out. The `std` feature adds host
 //! conveniences: the SUIT builder, PEM key files, export opening, `Vec` outputs.
 //!
+//! # API map
+//!
+//! | object | make | read |
+//! |---|---|---|
+//! | SUIT envelope | `suit::build` (std), `suit::sever` (std) | [`suit::Envelope::decode`] then [`suit::Envelope::verify`] -> `Verified<`[`suit::Manifest`]`>` |
+//! | delivery token (CWT) | [`DeliveryToken::sign`] / `to_vec` (std) | [`DeliveryToken::decode`] (key lookup by `iss`) then [`Signed::verify`], or [`DeliveryToken::verify`] |
+//! | receipt, log ack, log-read request, admin command, card certificate | `X::sign(&key, &mut buf)` | `X::decode` / `X::verify(bytes, &key, &limits)` |
+//! | policy | [`Policy::encode`] | [`Policy::decode`] |
+//! | log entry | [`LogEntry::encode`] -> `[u8; RECORD_LEN]`, [`LogEntry::entry_hash`] | [`LogEntry::decode`] |
+//! | log export | [`build_export`] (fixed buffer, records by callback) | `open_export` (std) then `ExportContents::entries` |
+//! | any COSE_Sign1 | [`cose::sign1_detached_into`] | [`CoseSign1::decode`] + [`CoseSign1::verify`] |
+//! | keys | [`PublicKey::from_sec1`], [`PublicKey::from_xy`], `From<&SigningKey>` | `pem` (std): PKCS#8 / SPKI PEM files |
+//! | hashing | [`Sha256Stream`], [`sha256`], `sha256_reader` (std) | |
+//!
 //! What it does not do: decide. Whether a server is listed, a nonce fresh, a sequence number
 //! high enough, is the card's business (crate `simfota-card`); this crate proves who signed
 //! what and that the bytes are well-formed.

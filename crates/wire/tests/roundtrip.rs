@@ -357,6 +357,21 @@ fn suit_build_verify_sever() {
             .unwrap_err(),
         Error::DigestMismatch("integrated payload")
     );
+    // A truncated integrated payload (re-attached to the severed envelope) is refused too.
+    let mut trunc = sev.clone();
+    assert_eq!(trunc[2], 0xa2);
+    trunc[2] = 0xa3;
+    trunc.extend_from_slice(&[0x66]);
+    trunc.extend_from_slice(suit::INTEGRATED_NAME.as_bytes());
+    trunc.extend_from_slice(&[0x59, 0x27, 0x0f]);
+    trunc.extend_from_slice(&image[..9_999]);
+    assert_eq!(
+        Envelope::decode(&trunc, &Limits::DEFAULT)
+            .unwrap()
+            .verify(&PublicKey::from(&oem))
+            .unwrap_err(),
+        Error::DigestMismatch("integrated payload")
+    );
     // Digest-only build with a URI.
     let p2 = BuildParams {
         image: ImageSource::Digest {
