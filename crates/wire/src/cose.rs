@@ -11,6 +11,8 @@ use crate::limits::Limits;
 
 /// CBOR tag of COSE_Sign1 (RFC 9052 §2).
 pub const TAG_SIGN1: u64 = 18;
+/// CBOR tag of a CWT (RFC 8392 §6), accepted around a tagged COSE_Sign1.
+pub const TAG_CWT: u64 = 61;
 /// CBOR tag of COSE_Encrypt (RFC 9052 §2).
 pub const TAG_ENCRYPT: u64 = 96;
 /// COSE algorithm ES256: ECDSA w/ SHA-256 (RFC 9053 §2.1).
@@ -264,7 +266,17 @@ impl<'a> CoseSign1<'a> {
     }
 
     pub(crate) fn read(r: &mut Reader<'a, '_>) -> Result<Self> {
-        let tagged = match r.opt_tag()? {
+        let mut tag = r.opt_tag()?;
+        if tag == Some(TAG_CWT) {
+            // RFC 8392 §6: a CWT may carry tag 61 around the COSE message, which must then be
+            // tagged itself.
+            tag = match r.opt_tag()? {
+                Some(TAG_SIGN1) => Some(TAG_SIGN1),
+                Some(found) => return Err(Error::UnexpectedTag { found }),
+                None => return Err(Error::MissingField("COSE_Sign1 tag inside CWT tag")),
+            };
+        }
+        let tagged = match tag {
             None => false,
             Some(TAG_SIGN1) => true,
             Some(found) => return Err(Error::UnexpectedTag { found }),

@@ -73,6 +73,21 @@ fn python_made_token_and_sign1_verify_with_ours() {
         DeliveryToken::verify(&tok, &PublicKey::from(&key(23)), &Limits::CARD).unwrap_err(),
         Error::BadSignature
     );
+    // The same with the CWT tag 61 around it (RFC 8392 §6).
+    let tagged = hex::decode(
+        run_py(
+            &py,
+            "check.py",
+            &["mktoken", &x, &y, &d, &exp.to_string(), "1"],
+        )
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(&tagged[..2], &[0xd8, 0x3d]);
+    assert_eq!(
+        *DeliveryToken::verify(&tagged, &PublicKey::from(&k), &Limits::CARD).unwrap(),
+        *v
+    );
     // A pycose Sign1 over a log-ack payload we encoded: verifies as a LogAck with our code.
     let ack = LogAck {
         server: ServerId::new("s1").unwrap(),

@@ -6,7 +6,7 @@
 mod common;
 
 use proptest::prelude::*;
-use simfota_wire::suit::Envelope;
+use simfota_wire::suit::{self, BuildParams, Envelope, ImageSource};
 use simfota_wire::*;
 
 fn all_decoders(b: &[u8]) {
@@ -153,5 +153,32 @@ proptest! {
         let cmd = AdminCommand { target: iccid, counter, change: AdminChange::SetPolicy(p) };
         let n = cmd.sign(&k, &mut buf).unwrap();
         prop_assert_eq!(*AdminCommand::verify(&buf[..n], &pk, &Limits::CARD).unwrap(), cmd);
+    }
+
+    #[test]
+    fn suit_round_trip(vendor in any::<[u8; 16]>(), class in any::<[u8; 16]>(), seq in any::<u64>(),
+                       image in proptest::collection::vec(any::<u8>(), 0..2000), integrate in any::<bool>(),
+                       name in proptest::option::of("[ -~]{1,60}"), version in proptest::option::of("[0-9.]{1,12}"),
+                       pre in proptest::option::of(digest())) {
+        let oem = common::key(6);
+        let uri = if integrate { None } else { Some("https://fota.example/x.bin") };
+        let p = BuildParams {
+            vendor_id: vendor, class_id: class, sequence: seq, image: ImageSource::Bytes(&image),
+            name: name.as_deref(), version: version.as_deref(), uri, integrate, precursor_digest: pre,
+        };
+        let env = suit::build(&p, &oem).unwrap();
+        let m = Envelope::decode(&env, &Limits::DEFAULT).unwrap().verify(&PublicKey::from(&oem)).unwrap();
+        prop_assert_eq!(m.sequence, seq);
+        prop_assert_eq!(m.vendor_id, Some(vendor));
+        prop_assert_eq!(m.class_id, Some(class));
+        prop_assert_eq!(m.image_digest, Some(sha256(&image)));
+        prop_assert_eq!(m.image_size, Some(image.len() as u64));
+        prop_assert_eq!(m.name, name.as_deref());
+        prop_assert_eq!(m.version, version.as_deref());
+        prop_assert_eq!(m.precursor_digest, pre);
+        prop_assert_eq!(m.payload, if integrate { Some(&image[..]) } else { None });
+        let sev = suit::sever(&env, &Limits::DEFAULT).unwrap();
+        let ms = Envelope::decode(&sev, &Limits::DEFAULT).unwrap().verify(&PublicKey::from(&oem)).unwrap();
+        prop_assert_eq!(ms.manifest_digest(), m.manifest_digest());
     }
 }

@@ -92,13 +92,13 @@ def cmd_suit(obj, x, y):
     print(json.dumps({"sequence": manifest[2], "digest": digest.hex()}))
 
 
-def cmd_mktoken(x, y, d, exp):
+def cmd_mktoken(x, y, d, exp, tagged="0"):
     claims = {
         1: "py.dm.example", 4: int(exp), 6: int(exp) - 600, 7: b"py-upd",
         -65537: bytes(range(16)), -65538: "89014103211118510720",
         -65539: "490154203237518", -65540: bytes([0xcd] * 32),
     }
-    print(cwt.encode(claims, cwt_key(x, y, d)).hex())
+    print(cwt.encode(claims, cwt_key(x, y, d), tagged=(tagged == "1")).hex())
 
 
 def cmd_mksign1(x, y, d, payload):
