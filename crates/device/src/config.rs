@@ -142,6 +142,39 @@ pub struct DeviceInfo {
     pub hw_version: String,
     /// DevDetail/SwV (the agent's own version)
     pub sw_version: String,
+    /// The SUIT vendor-id of this device (UUID text); packages for another vendor get 403.
+    pub vendor_id: Option<String>,
+    /// The SUIT class-id of this model (UUID text); packages for another model get 403.
+    pub class_id: Option<String>,
+}
+
+impl DeviceInfo {
+    /// The vendor-id as 16 bytes.
+    pub fn vendor_uuid(&self) -> Result<Option<[u8; 16]>, ConfigError> {
+        self.vendor_id
+            .as_deref()
+            .map(|t| parse_uuid(t, "info.vendor_id"))
+            .transpose()
+    }
+
+    /// The class-id as 16 bytes.
+    pub fn class_uuid(&self) -> Result<Option<[u8; 16]>, ConfigError> {
+        self.class_id
+            .as_deref()
+            .map(|t| parse_uuid(t, "info.class_id"))
+            .transpose()
+    }
+}
+
+/// Parses a UUID in its text form (RFC 9562 §4: 32 hex digits, hyphens optional).
+pub fn parse_uuid(text: &str, field: &'static str) -> Result<[u8; 16], ConfigError> {
+    let hexits: String = text.chars().filter(|c| *c != '-').collect();
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(&hexits, &mut out).map_err(|_| ConfigError::Invalid {
+        field,
+        reason: format!("`{text}` is not a UUID (32 hex digits)"),
+    })?;
+    Ok(out)
 }
 
 impl Default for DeviceInfo {
@@ -154,6 +187,8 @@ impl Default for DeviceInfo {
             oem: "simfota".into(),
             hw_version: "1".into(),
             sw_version: env!("CARGO_PKG_VERSION").into(),
+            vendor_id: None,
+            class_id: None,
         }
     }
 }
@@ -296,6 +331,8 @@ impl DeviceConfig {
         if self.card.state.is_some() && self.card.reader.is_some() {
             return Err(invalid("card", "give either `state` or `reader`, not both"));
         }
+        self.info.vendor_uuid()?;
+        self.info.class_uuid()?;
         if self.limits.max_payload_bytes == 0 || self.limits.max_envelope_bytes == 0 {
             return Err(invalid("limits", "sizes must be positive"));
         }

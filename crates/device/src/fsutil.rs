@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Power-cut injection: the `n`-th durable step (counting from 0) fails as if the power went off
 /// just before it. The default plan never fails.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Faults {
     fail_at: Option<u32>,
     steps: Cell<u32>,

@@ -175,6 +175,14 @@ pub struct Job {
     pub envelope: Option<Vec<u8>>,
     /// How far it got.
     pub stage: Stage,
+    /// The FUMO operation node the Exec named (`DownloadAndUpdate`; the others are answered
+    /// with result 408, not implemented).
+    #[serde(default = "default_operation")]
+    pub operation: String,
+}
+
+fn default_operation() -> String {
+    "DownloadAndUpdate".into()
 }
 
 impl Job {
@@ -188,7 +196,13 @@ impl Job {
             update_id: None,
             envelope: None,
             stage: Stage::Accepted,
+            operation: default_operation(),
         }
+    }
+
+    /// The operation node the Generic Alert names as its source.
+    pub fn operation_node(&self) -> &str {
+        &self.operation
     }
 
     /// The FUMO `State` this job shows (OMA-TS-DM-FUMO-V1_0 §6.1; DownloadAndUpdate moves
@@ -242,7 +256,7 @@ pub enum JobStoreError {
 }
 
 /// The job file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct JobStore {
     path: PathBuf,
     faults: Faults,

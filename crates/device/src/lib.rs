@@ -17,7 +17,10 @@
 //! What it does not do: it holds no key the card or the server relies on, and it never decides
 //! on its own whether an update is allowed.
 
+pub mod agent;
+pub mod cardnodes;
 pub mod config;
+pub mod dm;
 pub mod download;
 mod fsutil;
 pub mod fumo;

@@ -21,6 +21,8 @@ pub mod code {
     pub const VALIDATION_FAILED: FumoResult = FumoResult(404);
     /// 405 Firmware update package not acceptable.
     pub const NOT_ACCEPTABLE: FumoResult = FumoResult(405);
+    /// 408 Not implemented.
+    pub const NOT_IMPLEMENTED: FumoResult = FumoResult(408);
     /// 410 Firmware update failed.
     pub const UPDATE_FAILED: FumoResult = FumoResult(410);
     /// 411 Malformed or bad URL.

@@ -8,6 +8,8 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+pub mod dm;
+
 /// One served file.
 #[derive(Clone, Debug)]
 pub struct Served {

@@ -1,0 +1,318 @@
+//! The whole agent over DM: a DM server on loopback (the protocol crate's server session over
+//! real HTTP) starts a FUMO DownloadAndUpdate; the agent relays the card nonce, runs the update
+//! against the in-process card and reports the Generic Alert with the card's receipt.
+
+// Test fixtures: a failure in a helper is a test failure.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::dm::{DmServer, Offer};
+use common::{TestServer, content};
+use simfota_cardlink::client::{CardClient, Personalization};
+use simfota_cardlink::{FileCard, InProcessChannel};
+use simfota_device::agent::Agent;
+use simfota_device::config::DeviceConfig;
+use simfota_device::fumo::JobStore;
+use simfota_device::prompt::{PromptChoice, StandardPrompter};
+use simfota_device::slots::{SlotStore, StandardBootCheck};
+use simfota_syncml::notification::{Notification, UiMode};
+use simfota_syncml::{AlertCode, Encoding};
+use simfota_wire::p256::ecdsa::SigningKey;
+use simfota_wire::suit::{self, BuildParams, ImageSource};
+use simfota_wire::{
+    DeliveryToken, Iccid, Imei, IntegrityMode, Nonce, Policy, PublicKey, Receipt, Rights, ServerId,
+    UnauthorizedRule, UpdateId,
+};
+
+const ICCID: &str = "89882110000000000010";
+const IMEI: &str = "490154203237518";
+const SERVER: &str = "dm.operator.example";
+
+type Chan = InProcessChannel<FileCard>;
+
+struct Keys {
+    issuer: SigningKey,
+    server: SigningKey,
+    originator: SigningKey,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn config(dir: &std::path::Path, dm_url: &str, encoding: &str, port: Option<u16>) -> DeviceConfig {
+    let port = port
+        .map(|p| format!("notification_port = {p}\n"))
+        .unwrap_or_default();
+    let text = format!(
+        r#"
+server_url = "{dm_url}"
+server_id = "{SERVER}"
+encoding = "{encoding}"
+imei = "{IMEI}"
+data_dir = "{data}"
+poll_interval_secs = 3600
+{port}
+[credentials]
+username = "dev-1"
+password = "client-secret"
+server_password = "server-secret"
+
+[card]
+state = "{card}"
+"#,
+        data = dir.join("data").display(),
+        card = dir.join("CARD.state").display(),
+    );
+    DeviceConfig::parse(&text).unwrap()
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    keys: Keys,
+    agent: Agent<Chan>,
+    card_key: PublicKey,
+    said: Arc<Mutex<Vec<String>>>,
+    dm: DmServer,
+    pkgs: TestServer,
+    cfg: DeviceConfig,
+}
+
+fn rig(encoding: Encoding, port: Option<u16>) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand_core::OsRng;
+    let keys = Keys {
+        issuer: SigningKey::random(&mut rng),
+        server: SigningKey::random(&mut rng),
+        originator: SigningKey::random(&mut rng),
+    };
+    let card = FileCard::open(&dir.path().join("CARD.state")).unwrap();
+    let mut client = CardClient::new(InProcessChannel::new(card, "in-process"));
+    let card_key = client
+        .personalize(
+            &keys.issuer,
+            &Personalization {
+                issuer_name: "operator.example".into(),
+                iccid: Iccid::parse(ICCID).unwrap(),
+                imsi: "001010123456789".into(),
+                pin: ("1234".into(), 3),
+                puk: ("12345678".into(), 10),
+                servers: vec![(SERVER.into(), PublicKey::from(&keys.server), Rights::ALL)],
+                originators: vec![("oem.example".into(), PublicKey::from(&keys.originator))],
+                policy: Policy::new(UnauthorizedRule::Refuse, IntegrityMode::DeviceDigest),
+            },
+        )
+        .unwrap();
+    let v1 = content(40_000, 1);
+    std::fs::write(dir.path().join("v1.bin"), &v1).unwrap();
+    let (enc, enc_name) = match encoding {
+        Encoding::Xml => (Encoding::Xml, "xml"),
+        Encoding::Wbxml => (Encoding::Wbxml, "wbxml"),
+    };
+    let dm = DmServer::start(SERVER, ("dev-1", "client-secret"), "server-secret", enc);
+    let cfg = config(dir.path(), &dm.url, enc_name, port);
+    SlotStore::init(cfg.data().slots(), &dir.path().join("v1.bin"), "1.0").unwrap();
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let sink = said.clone();
+    let agent = Agent {
+        cfg: cfg.clone(),
+        card: Arc::new(Mutex::new(client)),
+        prompter: Box::new(StandardPrompter::unattended(PromptChoice::default())),
+        boot_check: Box::new(StandardBootCheck),
+        progress: false,
+        say: Box::new(move |s: &str| sink.lock().unwrap().push(s.to_owned())),
+    };
+    Rig {
+        _dir: dir,
+        keys,
+        agent,
+        card_key,
+        said,
+        dm,
+        pkgs: TestServer::start(),
+        cfg,
+    }
+}
+
+/// Publishes firmware 2.0 and has the DM server offer it in its next session.
+fn offer_v2(r: &Rig) -> Vec<u8> {
+    let v2 = content(60_000, 2);
+    let env = suit::build(
+        &BuildParams {
+            vendor_id: [1; 16],
+            class_id: [2; 16],
+            sequence: 2,
+            image: ImageSource::Bytes(&v2),
+            name: Some("firmware"),
+            version: Some("2.0"),
+            uri: Some("/packages/1/payload"),
+            integrate: false,
+            precursor_digest: None,
+        },
+        &r.keys.originator,
+    )
+    .unwrap();
+    let env = suit::sever(&env, &simfota_wire::Limits::default()).unwrap();
+    r.pkgs.put("/packages/1/envelope", &env, Some("\"e1\""));
+    r.pkgs.put("/packages/1/payload", &v2, Some("\"p1\""));
+    let server_key = r.keys.server.clone();
+    let digest = suit::Envelope::decode(&env, &simfota_wire::Limits::default())
+        .unwrap()
+        .stated_manifest_digest();
+    r.dm.offer(Offer {
+        envelope_url: r.pkgs.url("/packages/1/envelope"),
+        correlator: "job-42".into(),
+        make_token: Box::new(move |nonce: &[u8]| {
+            DeliveryToken {
+                iss: ServerId::new(SERVER).unwrap(),
+                iat: now(),
+                exp: now() + 3600,
+                cti: UpdateId::new(b"update-42").unwrap(),
+                nonce: Nonce(nonce.try_into().unwrap()),
+                iccid: Iccid::parse(ICCID).unwrap(),
+                imei: Imei::parse(IMEI).unwrap(),
+                manifest_digest: digest,
+                charging_ref: None,
+            }
+            .to_vec(&server_key)
+            .unwrap()
+        }),
+    });
+    v2
+}
+
+fn check_update_installs(encoding: Encoding) {
+    let mut r = rig(encoding, None);
+    offer_v2(&r);
+    let outcome = r.agent.check_update().unwrap();
+    let said = r.said.lock().unwrap().clone();
+    assert_eq!(outcome.reported, Some((200, true)), "{said:?}");
+    // The session that asked carried the FUMO user-request alert.
+    let first_alerts: Vec<_> =
+        r.dm.with(|s| s.seen.alerts.iter().map(|a| a.code).collect());
+    assert!(first_alerts.contains(&AlertCode::CLIENT_INITIATED_MGMT));
+    assert!(r.dm.with(|s| s.seen.alerts.iter().any(|a| {
+        a.items.iter().any(|i| {
+            i.meta.as_ref().and_then(|m| m.mime_type.as_deref())
+                == Some("org.openmobilealliance.dm.firmwareupdate.userrequest")
+        })
+    })));
+    // The Exec and the token replace were accepted.
+    let statuses = r.dm.with(|s| s.seen.statuses.clone());
+    assert!(statuses.contains(&("Exec".into(), 202)), "{statuses:?}");
+    // The Generic Alert: correlator, result 200, the card's receipt.
+    let results = r.dm.results();
+    assert_eq!(results.len(), 1, "{results:?}");
+    let (corr, code, receipt) = &results[0];
+    assert_eq!(corr.as_deref(), Some("job-42"));
+    assert_eq!(*code, 200);
+    let receipt = Receipt::verify(
+        receipt.as_ref().unwrap(),
+        &r.card_key,
+        &simfota_wire::Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(receipt.get().result.0, 200);
+    assert_eq!(receipt.get().update_id.as_bytes(), b"update-42");
+    // Running 2.0, nothing pending.
+    assert_eq!(
+        SlotStore::open(r.cfg.data().slots())
+            .unwrap()
+            .active_version()
+            .unwrap(),
+        "2.0"
+    );
+    assert_eq!(
+        JobStore::new(&r.cfg.data().fumo_state()).load().unwrap(),
+        None
+    );
+    // A later session reports nothing again.
+    let again = r.agent.check_update().unwrap();
+    assert_eq!(again.reported, None);
+    assert_eq!(r.dm.results().len(), 1);
+}
+
+#[test]
+fn check_update_over_xml_installs_and_reports_with_the_receipt() {
+    check_update_installs(Encoding::Xml);
+}
+
+#[test]
+fn check_update_over_wbxml_installs_and_reports_with_the_receipt() {
+    check_update_installs(Encoding::Wbxml);
+}
+
+#[test]
+fn a_dm_server_that_is_gone_is_a_clear_error() {
+    let mut r = rig(Encoding::Xml, None);
+    offer_v2(&r);
+    r.agent.check_update().unwrap();
+    // Point the agent at a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    r.agent.cfg.server_url = format!("http://127.0.0.1:{port}");
+    let err = r.agent.check_update().unwrap_err().to_string();
+    assert!(err.contains("cannot reach the DM server"), "{err}");
+}
+
+#[test]
+fn package_0_is_acted_on_only_with_the_right_digest() {
+    let r = rig(Encoding::Xml, None);
+    let good = Notification::new(77, SERVER, UiMode::NotSpecified)
+        .encode("server-secret", &simfota_syncml::auth::Nonce(Vec::new()))
+        .unwrap();
+    assert_eq!(r.agent.verify_notification(&good).unwrap(), 77);
+    let forged = Notification::new(78, SERVER, UiMode::NotSpecified)
+        .encode("guessed", &simfota_syncml::auth::Nonce(Vec::new()))
+        .unwrap();
+    assert!(r.agent.verify_notification(&forged).is_err());
+    let other = Notification::new(79, "dm.other.example", UiMode::NotSpecified)
+        .encode("server-secret", &simfota_syncml::auth::Nonce(Vec::new()))
+        .unwrap();
+    let err = r.agent.verify_notification(&other).unwrap_err();
+    assert!(err.contains("not ours"), "{err}");
+}
+
+#[test]
+fn run_answers_a_notification_with_a_server_initiated_session() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut r = rig(Encoding::Xml, Some(port));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let n = Notification::new(4242, SERVER, UiMode::NotSpecified)
+            .encode("server-secret", &simfota_syncml::auth::Nonce(Vec::new()))
+            .unwrap();
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(&n, ("127.0.0.1", port)).unwrap();
+    });
+    // Session 1: the first poll; session 2: the notification's.
+    r.agent.run(&stop, Some(2)).unwrap();
+    sender.join().unwrap();
+    let (sessions, codes) = r.dm.with(|s| {
+        (
+            s.seen.sessions.clone(),
+            s.seen.alerts.iter().map(|a| a.code).collect::<Vec<_>>(),
+        )
+    });
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions[1], "4242");
+    assert!(
+        codes.contains(&AlertCode::SERVER_INITIATED_MGMT),
+        "{codes:?}"
+    );
+}
