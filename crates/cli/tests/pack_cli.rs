@@ -1,6 +1,7 @@
 //! `simfota pack` through the real binary: build, inspect (text and JSON) and apply of full
 //! and delta packages, every refusal class of inspect, the official SUIT examples, and bad
 //! command lines.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
