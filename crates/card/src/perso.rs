@@ -281,3 +281,35 @@ fn check_complete<S: Store>(p: &Persist<S>) -> Result<(), CardError> {
     let _ = layout::PERSISTENT_SIZE;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    #[test]
+    fn dgi_lengths_short_and_long() {
+        let mut long = vec![0x03, 0x03, 0xFF, 0x01, 0x00];
+        long.extend_from_slice(&[7u8; 256]);
+        let mut data = vec![0x01, 0x02, 0x02, b'1', b'2'];
+        data.extend_from_slice(&long);
+        let items: Vec<_> = Dgis(&data).collect::<Result<_, _>>().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0], (dgi::IMSI, &b"12"[..]));
+        assert_eq!((items[1].0, items[1].1.len()), (dgi::POLICY, 256));
+    }
+
+    #[test]
+    fn malformed_dgis_are_refused() {
+        for bad in [
+            &[0x01][..],
+            &[0x01, 0x01],
+            &[0x01, 0x01, 0x05, 1],
+            &[0x01, 0x01, 0xFF, 0x00],
+        ] {
+            assert!(Dgis(bad).any(|r| r.is_err()), "{bad:02X?}");
+        }
+    }
+}

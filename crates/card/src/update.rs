@@ -633,3 +633,31 @@ pub(crate) fn check_nonce(ours: Option<[u8; 16]>, theirs: &Nonce) -> Result<(), 
         Err(Reason::NonceMismatch)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_split_is_strict() {
+        assert_eq!(
+            split_request(&[0, 2, 1, 2, 3]).unwrap(),
+            (&[1u8, 2][..], &[3u8][..])
+        );
+        // The token may not be empty, and an envelope must follow.
+        assert!(split_request(&[0, 0, 1]).is_err());
+        assert!(split_request(&[0, 3, 1, 2, 3]).is_err());
+        assert!(split_request(&[0]).is_err());
+    }
+
+    #[test]
+    fn nonce_check_is_exact() {
+        let n = [7u8; 16];
+        assert_eq!(check_nonce(None, &Nonce(n)), Err(Reason::NonceUnavailable));
+        assert_eq!(
+            check_nonce(Some(n), &Nonce([8; 16])),
+            Err(Reason::NonceMismatch)
+        );
+        assert_eq!(check_nonce(Some(n), &Nonce(n)), Ok(()));
+    }
+}
