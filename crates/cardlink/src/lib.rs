@@ -22,8 +22,10 @@
 pub mod apdu;
 pub mod atr;
 pub mod channel;
+pub mod client;
 pub mod error;
 pub mod link;
+pub mod local;
 #[cfg(feature = "pcsc")]
 pub mod pcsc;
 #[cfg(feature = "vpcd")]
@@ -33,5 +35,12 @@ pub use apdu::{Command, Response, StatusWord};
 pub use channel::{
     Capabilities, Channel, InProcessChannel, Protocol, ResetKind, Transmit, VirtualCard,
 };
+pub use client::{CardClient, ClientError};
 pub use error::LinkError;
 pub use link::{ExtendedMode, Link, LinkOptions, LinkStats};
+pub use local::{AppletCard, FileCard};
+
+/// The card crate this link serves and speaks to (reasons, constants, host-side decoders).
+pub use simfota_card as card;
+/// The signed objects the client carries (keys, tokens, admin commands, policies).
+pub use simfota_wire as wire;

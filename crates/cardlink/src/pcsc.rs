@@ -48,9 +48,12 @@ fn map_error(error: PcscError, reader: &str) -> LinkError {
         PcscError::RemovedCard | PcscError::ReaderUnavailable => LinkError::CardRemoved { reader },
         PcscError::ResetCard => LinkError::CardReset { reader },
         PcscError::SharingViolation => LinkError::ReaderBusy { reader },
-        PcscError::UnresponsiveCard | PcscError::UnpoweredCard => {
-            LinkError::Unresponsive { reader }
-        }
+        // NotTransacted: the reader driver could not pass the command on (a mute card, or
+        // one that vanished before pcscd noticed).
+        PcscError::UnresponsiveCard
+        | PcscError::UnpoweredCard
+        | PcscError::NotTransacted
+        | PcscError::CommError => LinkError::Unresponsive { reader },
         source => LinkError::Pcsc { reader, source },
     }
 }
@@ -212,11 +215,34 @@ struct PcscTransmit<'a> {
 
 impl Transmit for PcscTransmit<'_> {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkError> {
-        let raw = self
-            .card
-            .transmit(apdu, &mut self.buffer)
-            .map_err(|e| map_error(e, self.name))?;
-        Ok(raw.to_vec())
+        match self.card.transmit(apdu, &mut self.buffer) {
+            // Every response ends with SW1 SW2 (ISO/IEC 7816-4 §5.1); an empty one, or a
+            // driver that could not pass the command on, means the card went mute
+            // mid-command. vpcd answers so when its virtual card disconnects, before pcscd
+            // has noticed the removal: wait for pcscd to tell which it was.
+            Ok([]) | Err(PcscError::NotTransacted | PcscError::CommError) => Err(self.why_mute()),
+            Ok(raw) => Ok(raw.to_vec()),
+            Err(e) => Err(map_error(e, self.name)),
+        }
+    }
+}
+
+impl PcscTransmit<'_> {
+    fn why_mute(&self) -> LinkError {
+        for _ in 0..20 {
+            match self.card.status2_owned() {
+                Err(e) => return map_error(e, self.name),
+                Ok(status) if status.status().contains(pcsc::Status::ABSENT) => {
+                    return LinkError::CardRemoved {
+                        reader: self.name.to_owned(),
+                    };
+                }
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+        LinkError::Unresponsive {
+            reader: self.name.to_owned(),
+        }
     }
 }
 

@@ -143,6 +143,12 @@ impl VpcdServer {
             observer,
         };
         loop {
+            // vpcd writes a message's 2-byte length and its body in two sends without
+            // TCP_NODELAY, so Nagle holds the body until the length is acknowledged; a delayed
+            // ACK from us (up to 40 ms on Linux) would then stall every APDU. Acknowledge at
+            // once instead (the flag is not sticky: set it before each read).
+            #[cfg(target_os = "linux")]
+            let _ = socket2::SockRef::from(&*self.stream).set_tcp_quickack(true);
             match self.connection.poll(&mut adapter) {
                 Ok(()) => {}
                 Err(_) if self.stopping.load(Ordering::SeqCst) => return Ok(ServeEnd::Stopped),

@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod card;
+mod device;
 mod files;
 mod keys;
 mod pack;
@@ -31,6 +33,10 @@ enum Command {
     Pack(pack::Args),
     /// Measure payload hashing and delta packages on this machine.
     Bench(bench::Args),
+    /// Card tools: serve a virtual card into PC/SC, personalize, inspect, administer.
+    Card(card::Args),
+    /// The device agent: OMA DM client with FUMO, card-gated updates, A/B slots.
+    Device(device::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +48,8 @@ fn main() -> ExitCode {
         Command::Keys(args) => keys::run(args),
         Command::Pack(args) => pack::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Card(args) => card::run(args),
+        Command::Device(args) => device::run(args),
     };
     match result {
         Ok(code) => code,
