@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod card;
-mod device;
 mod files;
 mod keys;
 mod pack;
@@ -35,8 +34,6 @@ enum Command {
     Bench(bench::Args),
     /// Card tools: serve a virtual card into PC/SC, personalize, inspect, administer.
     Card(card::Args),
-    /// The device agent: OMA DM client with FUMO, card-gated updates, A/B slots.
-    Device(device::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,7 +46,6 @@ fn main() -> ExitCode {
         Command::Pack(args) => pack::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Card(args) => card::run(args),
-        Command::Device(args) => device::run(args),
     };
     match result {
         Ok(code) => code,
