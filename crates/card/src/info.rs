@@ -366,6 +366,55 @@ pub mod decode {
         Ok(n)
     }
 
+    /// The authorized update in progress (GET DATA `0106`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct PendingUpdate<'a> {
+        /// Update id (the token's `cti`).
+        pub update_id: &'a [u8],
+        /// Integrity: 0 not checked, 1 passed, 2 failed.
+        pub integrity: u8,
+        /// Manifest sequence number.
+        pub sequence: u64,
+        /// Signed image size.
+        pub image_size: u64,
+        /// Signed image digest.
+        pub image_digest: [u8; 32],
+    }
+
+    impl<'a> PendingUpdate<'a> {
+        /// Decodes the answer; `None` when no update is in progress (empty map).
+        pub fn decode(b: &'a [u8]) -> Result<Option<Self>, BadAnswer> {
+            let mut d = Decoder::new(b);
+            let mut p = PendingUpdate {
+                update_id: &[],
+                integrity: 0,
+                sequence: 0,
+                image_size: 0,
+                image_digest: [0; 32],
+            };
+            let mut any = false;
+            small_map(&mut d, |k, d| {
+                any = true;
+                match k {
+                    1 => p.update_id = d.bytes().map_err(bad("update id"))?,
+                    2 => p.integrity = d.u8().map_err(bad("integrity"))?,
+                    3 => p.sequence = d.u64().map_err(bad("sequence"))?,
+                    4 => p.image_size = d.u64().map_err(bad("image size"))?,
+                    5 => {
+                        p.image_digest = d
+                            .bytes()
+                            .map_err(bad("image digest"))?
+                            .try_into()
+                            .map_err(bad("image digest length"))?
+                    }
+                    _ => d.skip().map_err(bad("member"))?,
+                }
+                Ok(())
+            })?;
+            Ok(any.then_some(p))
+        }
+    }
+
     /// Log status (GET DATA `0105`).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
     pub struct LogStatus {

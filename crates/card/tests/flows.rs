@@ -319,3 +319,31 @@ fn ram_and_persistent_budget() {
         used.in_use, used.allocated
     );
 }
+
+#[test]
+fn pending_update_is_readable_after_a_reboot() {
+    use simfota_card::info::decode::PendingUpdate;
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (d, sw) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x06, &[]);
+    assert_eq!(sw, StatusWord::OK);
+    assert_eq!(PendingUpdate::decode(&d).unwrap(), None);
+    let (env, md) = w.package(8);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    let mut card = card.power_cycle();
+    assert_eq!(card.select(), StatusWord::OK);
+    let (d, sw) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x06, &[]);
+    assert_eq!(sw, StatusWord::OK);
+    let p = PendingUpdate::decode(&d).unwrap().unwrap();
+    assert_eq!(p.update_id, &cti[..]);
+    assert_eq!(
+        (p.integrity, p.sequence, p.image_size),
+        (0, 8, w.payload.len() as u64)
+    );
+    assert_eq!(
+        &p.image_digest[..],
+        &<sha2::Sha256 as sha2::Digest>::digest(&w.payload)[..]
+    );
+}
