@@ -8,7 +8,7 @@
 //!
 //! Three implementations:
 //! - [`MemStore`]: a fixed-size image in RAM (tests, and a card platform's model);
-//! - [`FileStore`] (feature `std`): the image in a file, replaced atomically on commit
+//! - `FileStore` (feature `std`): the image in a file, replaced atomically on commit
 //!   (write a temporary file, fsync, rename, fsync the directory) — for the virtual card;
 //! - [`PowerCut`]: wraps any store, counts writes and bytes, and can cut the power at the Nth
 //!   write (every later operation then fails, as on a card whose field went away).
