@@ -18,7 +18,8 @@
 //! the first vendor-id, class-id, image-digest, image-size and uri seen, walking the common
 //! shared sequence, then install, then payload-fetch (into try-each and run-sequence). Delta
 //! packages carry the digest of the image they apply to in a custom parameter,
-//! [`PARAM_PRECURSOR_DIGEST`] (draft §8.4.8.1 allows negative-integer custom parameters).
+//! [`PARAM_PRECURSOR_DIGEST`] (draft §8.4.8.1 allows negative-integer custom parameters), and
+//! the digest and size of the delta itself in [`PARAM_PAYLOAD_DIGEST`] / [`PARAM_PAYLOAD_SIZE`].
 //! Release name and version come from the text member (draft §8.4.4): the manifest-level
 //! `manifest-description` (1) and the first component's `component-version` (6).
 
@@ -36,8 +37,16 @@ pub const DIGEST_SHA256: i64 = -16;
 /// Custom SUIT parameter (negative, draft §8.4.8.1) carrying `bstr .cbor SUIT_Digest` of the
 /// image a delta package must be applied to.
 pub const PARAM_PRECURSOR_DIGEST: i64 = -257;
+/// Custom SUIT parameter: `bstr .cbor SUIT_Digest` of the transported payload when it is not
+/// the image itself (a delta); the image digest and size stay those of the resulting image.
+pub const PARAM_PAYLOAD_DIGEST: i64 = -258;
+/// Custom SUIT parameter: size in bytes of the transported payload (with
+/// [`PARAM_PAYLOAD_DIGEST`]).
+pub const PARAM_PAYLOAD_SIZE: i64 = -259;
 /// Envelope name of the integrated payload the simfota builder emits.
 pub const INTEGRATED_NAME: &str = "#image";
+/// Envelope name of an integrated delta payload (`build_delta`, with `std`).
+pub const DELTA_NAME: &str = "#delta";
 
 /// Map keys and command / parameter numbers of draft-ietf-suit-manifest-37.
 pub mod key {
@@ -158,6 +167,11 @@ pub struct Manifest<'a> {
     pub version: Option<&'a str>,
     /// Digest of the image a delta applies to ([`PARAM_PRECURSOR_DIGEST`]).
     pub precursor_digest: Option<Digest>,
+    /// Signed digest of the transported payload when it differs from the image (a delta,
+    /// [`PARAM_PAYLOAD_DIGEST`]).
+    pub payload_digest: Option<Digest>,
+    /// Signed size of that payload ([`PARAM_PAYLOAD_SIZE`]).
+    pub payload_size: Option<u64>,
     /// The integrated payload the `uri` names, when the envelope carries it (checked).
     pub payload: Option<&'a [u8]>,
     /// Number of components the manifest declares.
@@ -362,6 +376,8 @@ impl<'a> Envelope<'a> {
             name: None,
             version: None,
             precursor_digest: None,
+            payload_digest: None,
+            payload_size: None,
             payload: None,
             components: 0,
             manifest_digest,
@@ -463,18 +479,25 @@ impl<'a> Envelope<'a> {
             read_text(&mut tr, &mut m)?;
             tr.finish()?;
         }
-        // Step 5: an integrated payload named by the uri must match the signed digest/size.
+        // Step 5: an integrated payload named by the uri must match the signed digest/size: the
+        // payload's own when the manifest gives one (a delta), else the image's.
         let integrated = m
             .uri
             .filter(|u| u.starts_with('#'))
             .and_then(|n| self.integrated(n));
         {
             if let Some(p) = integrated {
-                let d = m.image_digest.ok_or(Error::MissingField("image-digest"))?;
-                if sha256(p) != d {
+                let (want, size) = match m.payload_digest {
+                    Some(d) => (d, m.payload_size),
+                    None => (
+                        m.image_digest.ok_or(Error::MissingField("image-digest"))?,
+                        m.image_size,
+                    ),
+                };
+                if sha256(p) != want {
                     return Err(Error::DigestMismatch("integrated payload"));
                 }
-                if m.image_size.is_some_and(|s| s != p.len() as u64) {
+                if size.is_some_and(|s| s != p.len() as u64) {
                     return Err(Error::SizeMismatch("integrated payload"));
                 }
                 m.payload = Some(p);
@@ -547,6 +570,14 @@ fn read_parameters<'a>(r: &mut Reader<'a, '_>, m: &mut Manifest<'a>) -> Result<(
                 let d = read_wrapped_digest(r)?;
                 m.precursor_digest.get_or_insert(d);
             }
+            PARAM_PAYLOAD_DIGEST => {
+                let d = read_wrapped_digest(r)?;
+                m.payload_digest.get_or_insert(d);
+            }
+            PARAM_PAYLOAD_SIZE => {
+                let s = r.u64()?;
+                m.payload_size.get_or_insert(s);
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -591,7 +622,7 @@ fn read_text<'a>(r: &mut Reader<'a, '_>, m: &mut Manifest<'a>) -> Result<()> {
 }
 
 #[cfg(feature = "std")]
-pub use build::{BuildParams, ImageSource, build, sever};
+pub use build::{BuildParams, ImageSource, build, build_delta, sever};
 
 #[cfg(feature = "std")]
 mod build {
@@ -666,11 +697,32 @@ mod build {
 
     /// Builds and signs an envelope (COSE_Sign1 ES256, RFC 6979) with the originator key.
     pub fn build(p: &BuildParams<'_>, key: &SigningKey) -> Result<Vec<u8>> {
+        build_inner(p, None, key)
+    }
+
+    /// Builds a delta package: `p.image` describes the image the delta produces (its digest
+    /// and size are what the device checks after patching), `p.precursor_digest` (required)
+    /// the image it applies to, and `delta` is the transported payload, whose digest and size
+    /// are signed too ([`PARAM_PAYLOAD_DIGEST`], [`PARAM_PAYLOAD_SIZE`]). With
+    /// `p.integrate` the delta travels in the envelope as [`DELTA_NAME`]; otherwise `p.uri`
+    /// says where to fetch it.
+    pub fn build_delta(p: &BuildParams<'_>, delta: &[u8], key: &SigningKey) -> Result<Vec<u8>> {
+        if p.precursor_digest.is_none() {
+            return Err(Error::MissingField("precursor digest of a delta"));
+        }
+        build_inner(p, Some(delta), key)
+    }
+
+    fn build_inner(p: &BuildParams<'_>, delta: Option<&[u8]>, key: &SigningKey) -> Result<Vec<u8>> {
         let (digest, size, bytes) = match p.image {
             ImageSource::Bytes(b) => (sha256(b), b.len() as u64, Some(b)),
             ImageSource::Digest { digest, size } => (digest, size, None),
         };
-        let payload = match (p.integrate, bytes) {
+        let transported = match delta {
+            Some(d) => Some(d),
+            None => bytes,
+        };
+        let payload = match (p.integrate, transported) {
             (false, _) => None,
             (true, Some(b)) => Some(b),
             (true, None) => return Err(Error::MissingField("image bytes to integrate")),
@@ -678,28 +730,38 @@ mod build {
         if payload.is_some() && p.uri.is_some() {
             return Err(Error::InvalidField("uri given for an integrated payload"));
         }
-        let uri = if payload.is_some() {
-            Some(INTEGRATED_NAME)
+        let name = if delta.is_some() {
+            DELTA_NAME
         } else {
-            p.uri
+            INTEGRATED_NAME
         };
+        let uri = if payload.is_some() { Some(name) } else { p.uri };
         for t in [p.name, p.version, p.uri].into_iter().flatten() {
             if t.is_empty() || t.len() > 1024 {
                 return Err(Error::InvalidField("text or uri length"));
             }
         }
 
-        let shared = encode(256, |w| {
+        let shared = encode(512, |w| {
             w.array(6)?.u64(key::DIR_OVERRIDE_PARAMETERS as u64)?;
-            w.map(4 + usize::from(p.precursor_digest.is_some()))?;
+            w.map(
+                4 + usize::from(p.precursor_digest.is_some()) + 2 * usize::from(delta.is_some()),
+            )?;
             w.u64(key::P_VENDOR_ID as u64)?.bytes(&p.vendor_id)?;
             w.u64(key::P_CLASS_ID as u64)?.bytes(&p.class_id)?;
             w.u64(key::P_IMAGE_DIGEST as u64)?;
             wrapped_digest(w, &digest)?;
             w.u64(key::P_IMAGE_SIZE as u64)?.u64(size)?;
+            // Negative keys after the positive ones, -257 < -258 < -259 by encoding
+            // (RFC 8949 §4.2.1).
             if let Some(pd) = &p.precursor_digest {
                 w.i64(PARAM_PRECURSOR_DIGEST)?;
                 wrapped_digest(w, pd)?;
+            }
+            if let Some(d) = delta {
+                w.i64(PARAM_PAYLOAD_DIGEST)?;
+                wrapped_digest(w, &sha256(d))?;
+                w.i64(PARAM_PAYLOAD_SIZE)?.u64(d.len() as u64)?;
             }
             w.u64(key::COND_VENDOR as u64)?.u64(15)?;
             w.u64(key::COND_CLASS as u64)?.u64(15)?;
@@ -786,7 +848,7 @@ mod build {
             bstr(w, &auth)?;
             w.u64(key::MANIFEST as u64)?.raw(&manifest_wrapped)?;
             if let Some(b) = payload {
-                w.str(INTEGRATED_NAME)?.bytes(b)?;
+                w.str(name)?.bytes(b)?;
             }
             Ok(())
         })

@@ -392,3 +392,69 @@ fn suit_build_verify_sever() {
     assert_eq!(m2.image_digest, Some(Digest([1; 32])));
     assert_eq!(m2.precursor_digest, None);
 }
+
+#[test]
+fn suit_delta_packages_sign_the_delta() {
+    let oem = key(15);
+    let pk = PublicKey::from(&oem);
+    let base = vec![1u8; 3000];
+    let image = vec![2u8; 3100];
+    let delta = b"not a real delta, just bytes".to_vec();
+    let p = BuildParams {
+        vendor_id: [0x11; 16],
+        class_id: [0x22; 16],
+        sequence: 3,
+        image: ImageSource::Digest {
+            digest: sha256(&image),
+            size: image.len() as u64,
+        },
+        name: None,
+        version: Some("3.0"),
+        uri: None,
+        integrate: true,
+        precursor_digest: Some(sha256(&base)),
+    };
+    let env = suit::build_delta(&p, &delta, &oem).unwrap();
+    let m = Envelope::decode(&env, &Limits::DEFAULT)
+        .unwrap()
+        .verify(&pk)
+        .unwrap();
+    assert_eq!(m.uri, Some(suit::DELTA_NAME));
+    assert_eq!(m.payload, Some(&delta[..]));
+    assert_eq!(m.payload_digest, Some(sha256(&delta)));
+    assert_eq!(m.payload_size, Some(delta.len() as u64));
+    assert_eq!(m.image_digest, Some(sha256(&image)));
+    assert_eq!(m.precursor_digest, Some(sha256(&base)));
+    // A changed delta byte is refused before anyone patches with it.
+    let mut bad = env.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 0x20;
+    assert_eq!(
+        Envelope::decode(&bad, &Limits::DEFAULT)
+            .unwrap()
+            .verify(&pk)
+            .unwrap_err(),
+        Error::DigestMismatch("integrated payload")
+    );
+    // By URI: no member, the digest still signed; a delta needs its precursor.
+    let p2 = BuildParams {
+        integrate: false,
+        uri: Some("https://fota.example/3.0.delta"),
+        ..p
+    };
+    let env2 = suit::build_delta(&p2, &delta, &oem).unwrap();
+    let m2 = Envelope::decode(&env2, &Limits::CARD)
+        .unwrap()
+        .verify(&pk)
+        .unwrap();
+    assert_eq!(m2.payload, None);
+    assert_eq!(m2.payload_digest, Some(sha256(&delta)));
+    let p3 = BuildParams {
+        precursor_digest: None,
+        ..p
+    };
+    assert_eq!(
+        suit::build_delta(&p3, &delta, &oem),
+        Err(Error::MissingField("precursor digest of a delta"))
+    );
+}
