@@ -297,8 +297,15 @@ impl<'a> CoseSign1<'a> {
             Some(r.bytes()?)
         };
         let sig = r.bytes()?;
-        let signature: &[u8; 64] = sig.try_into().map_err(|_| Error::BadSignature)?;
         let alg = h.alg.ok_or(Error::MissingField("alg"))?;
+        let signature: &[u8; 64] = sig.try_into().map_err(|_| {
+            // A signature of another size belongs to another algorithm (ES384, EdDSA, ...).
+            if alg == ALG_ES256 || alg == ALG_ESP256 {
+                Error::BadSignature
+            } else {
+                Error::UnsupportedAlg(alg)
+            }
+        })?;
         Ok(CoseSign1 {
             protected,
             alg,

@@ -103,13 +103,28 @@ fn sign_pass_01_is_refused_by_design() {
 
 #[test]
 fn ecdsa_sig_02_is_p384_and_unsupported() {
+    // ES384 (-35) with a 96-byte signature: this profile verifies P-256 only.
     let p = common::vectors().join("cose/ecdsa-examples/ecdsa-sig-02.json");
     let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     let bytes = hex::decode(j["output"]["cbor"].as_str().unwrap()).unwrap();
-    // ES384 (-35): decodes, but this profile only verifies P-256.
-    let r = CoseSign1::decode(&bytes, &Limits::DEFAULT);
-    match r {
-        Ok(s) => assert_eq!(s.alg, -35),
-        Err(e) => assert!(matches!(e, Error::BadSignature), "{e}"),
+    assert_eq!(
+        CoseSign1::decode(&bytes, &Limits::DEFAULT),
+        Err(Error::UnsupportedAlg(-35))
+    );
+}
+
+#[test]
+fn cose_sign_multi_signer_is_not_a_sign1() {
+    // x509-examples are COSE_Sign (tag 98), a structure simfota does not use.
+    for i in 1..=5 {
+        let p = common::vectors().join(format!("cose/x509-examples/signed-0{i}.json"));
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let bytes = hex::decode(j["output"]["cbor"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            CoseSign1::decode(&bytes, &Limits::DEFAULT),
+            Err(Error::UnexpectedTag { found: 98 }),
+            "signed-0{i}"
+        );
     }
 }
