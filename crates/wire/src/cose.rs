@@ -371,9 +371,11 @@ pub(crate) fn sign_digest(key: &SigningKey, digest: &[u8; 32]) -> Result<[u8; 64
 pub(crate) const SIGN1_RESERVE: usize = 48;
 
 /// Signs: writes a tagged COSE_Sign1 with protected `{1: -7}`, unprotected `{4: kid}` (or `{}`)
-/// and the payload produced by `payload` (written straight into `out`), then the RFC 6979
-/// signature. Returns the length used.
-pub(crate) fn sign1_into<F>(
+/// and the payload produced by `payload`, then the RFC 6979 signature. Returns the length used.
+///
+/// `payload` writes the payload bytes into the slice it gets (part of `out`, so no second
+/// buffer is needed) and returns their length; the COSE head is then put in front of them.
+pub fn sign1_into<F>(
     out: &mut [u8],
     key: &SigningKey,
     kid: Option<&[u8]>,
@@ -423,6 +425,21 @@ pub(crate) fn finish_sign1(
     let mut w = Writer::new(&mut out[end..]);
     w.bytes(&sig)?;
     Ok(end + w.len())
+}
+
+/// Signs `payload` as an attached COSE_Sign1 into `out` (see [`sign1_into`]).
+pub fn sign1_bytes_into(
+    out: &mut [u8],
+    key: &SigningKey,
+    kid: Option<&[u8]>,
+    external_aad: &[u8],
+    payload: &[u8],
+) -> Result<usize> {
+    sign1_into(out, key, kid, external_aad, |buf| {
+        let dst = buf.get_mut(..payload.len()).ok_or(Error::BufferTooSmall)?;
+        dst.copy_from_slice(payload);
+        Ok(payload.len())
+    })
 }
 
 /// Signs a detached-payload COSE_Sign1 (payload nil), as SUIT authentication blocks use

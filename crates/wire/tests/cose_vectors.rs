@@ -128,3 +128,28 @@ fn cose_sign_multi_signer_is_not_a_sign1() {
         );
     }
 }
+
+#[test]
+fn generic_sign1_round_trip_with_external_aad() {
+    let k = common::key(30);
+    let pk = PublicKey::from(&k);
+    let mut out = [0u8; 256];
+    let n = simfota_wire::cose::sign1_bytes_into(&mut out, &k, Some(b"kid"), b"context", b"hello")
+        .unwrap();
+    let s = CoseSign1::decode(&out[..n], &Limits::CARD).unwrap();
+    assert_eq!(s.kid, Some(&b"kid"[..]));
+    assert_eq!(s.payload, Some(&b"hello"[..]));
+    assert!(s.verify(&pk, b"context", None).is_ok());
+    assert_eq!(
+        s.verify(&pk, b"other", None).unwrap_err(),
+        Error::BadSignature
+    );
+    assert_eq!(
+        s.verify(&pk, b"context", Some(b"x")).unwrap_err(),
+        Error::InvalidField("payload attached and detached")
+    );
+    assert_eq!(
+        simfota_wire::cose::sign1_bytes_into(&mut [0u8; 60], &k, None, b"", b"hello"),
+        Err(Error::BufferTooSmall)
+    );
+}
