@@ -166,7 +166,7 @@ pub struct LogEntry {
 
 impl LogEntry {
     /// Size of every encoded record. The largest entry (all fields at their bounds) encodes to
-    /// 249 bytes; the rest is the padding byte string (at least 26 bytes so its head is the
+    /// 255 bytes; the rest is the padding byte string (at least 26 bytes so its head is the
     /// two-byte form and the record length is always reachable).
     pub const RECORD_LEN: usize = 288;
 

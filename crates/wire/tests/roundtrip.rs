@@ -201,6 +201,8 @@ fn log_entry_fixed_records() {
     big.device_time = Some(u64::MAX);
     let rec = big.encode().unwrap();
     assert_eq!(LogEntry::decode(&rec).unwrap(), big);
+    // 255 bytes of fields, then the pad: head 0x58 with 31 zero bytes (docs/formats.md §5).
+    assert_eq!(&rec[255..257], &[0x58, 31]);
     let mut bad = rec;
     bad[LogEntry::RECORD_LEN - 1] = 1;
     assert_eq!(
