@@ -55,6 +55,20 @@ impl Encoding {
         }
     }
 
+    /// Decodes only the header of a message whose body may be refused (see
+    /// [`Message::header_from_element`]).
+    pub fn decode_header(
+        self,
+        bytes: &[u8],
+        limits: &Limits,
+    ) -> Result<crate::model::SyncHdr, DecodeError> {
+        let root = match self {
+            Encoding::Xml => xml::decode_element(bytes, limits)?,
+            Encoding::Wbxml => wbxml::decode_element(bytes, limits)?,
+        };
+        Message::header_from_element(&root)
+    }
+
     /// Encodes a message in this encoding.
     pub fn encode(self, message: &Message) -> Result<Vec<u8>, EncodeError> {
         match self {

@@ -166,6 +166,18 @@ tags! {
     FIELD_LEVEL = MetInf 0x16 "FieldLevel",
 }
 
+/// Tags indexed by code page and token, built at compile time from [`ALL_TAGS`].
+const TOKEN_TABLE: [[Option<Tag>; 64]; 2] = {
+    let mut table = [[None; 64]; 2];
+    let mut i = 0;
+    while i < ALL_TAGS.len() {
+        let t = ALL_TAGS[i];
+        table[t.page as usize][(t.token.0 & 0x3F) as usize] = Some(t);
+        i += 1;
+    }
+    table
+};
+
 impl Tag {
     /// Looks a tag up by element name (names are unique across both pages).
     pub fn by_name(name: &str) -> Option<Tag> {
@@ -174,11 +186,7 @@ impl Tag {
 
     /// Looks a tag up by code page and token (flags stripped).
     pub fn by_token(page: CodePage, token: u8) -> Option<Tag> {
-        let token = token & 0x3F;
-        ALL_TAGS
-            .iter()
-            .copied()
-            .find(|t| t.page == page && t.token.0 == token)
+        TOKEN_TABLE[page as usize][usize::from(token & 0x3F)]
     }
 }
 

@@ -940,6 +940,21 @@ impl Message {
         })
     }
 
+    /// Reads only the SyncHdr of a decoded element tree: enough to answer a message whose
+    /// body is refused with a Status on its header.
+    pub fn header_from_element(root: &Element) -> Result<SyncHdr, DecodeError> {
+        if root.tag != tag::SYNC_ML {
+            return Err(DecodeError::NotSyncMl(root.tag.name.to_owned()));
+        }
+        let hdr = root.elements().find(|c| c.tag == tag::SYNC_HDR).ok_or(
+            DecodeError::MissingElement {
+                parent: "SyncML",
+                child: "SyncHdr",
+            },
+        )?;
+        header(hdr)
+    }
+
     /// Builds the element tree, children in DTD order.
     pub fn to_element(&self) -> Element {
         let mut root = Element::new(tag::SYNC_ML);

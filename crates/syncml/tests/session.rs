@@ -613,3 +613,48 @@ fn garbage_and_foreign_sessions_are_refused_without_panic() {
         Err(SessionError::WrongSession { .. })
     ));
 }
+
+#[test]
+fn malformed_body_gets_its_status_on_the_header() {
+    let mut t = tree();
+    let mut client = ClientSession::new(
+        client_config(AuthScheme::Md5, Encoding::Xml, "device-secret"),
+        1,
+        Nonce(b"cn".to_vec()),
+        Nonce(b"sn".to_vec()),
+    );
+    let p1 = client
+        .start(AlertCode::CLIENT_INITIATED_MGMT, &mut t)
+        .unwrap();
+    let text = String::from_utf8(p1.body).unwrap();
+    for (broken, code) in [
+        (
+            text.replace("<Final/>", "<Bogus/><Final/>"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            text.replace("<CmdID>2</CmdID>", "<CmdID>1</CmdID>"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            text.replace("<Data>1201</Data>", ""),
+            StatusCode::INCOMPLETE_COMMAND,
+        ),
+    ] {
+        let mut server = ServerSession::new(
+            server_config(AuthScheme::Md5, Encoding::Xml),
+            Nonce(b"cn".to_vec()),
+            Nonce(b"sn".to_vec()),
+        );
+        let events = server
+            .receive(broken.as_bytes(), None, Nonce::default())
+            .unwrap();
+        assert!(matches!(events.as_slice(), [ServerEvent::Refused(e)] if e.status() == code));
+        let reply = server.reply().unwrap();
+        assert!(server.is_over());
+        let m = simfota_syncml::xml::decode(&reply.body, &Limits::default()).unwrap();
+        assert!(
+            matches!(m.body.as_slice(), [Command::Status(s)] if s.code == code && s.cmd == "SyncHdr")
+        );
+    }
+}

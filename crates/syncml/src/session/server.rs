@@ -44,7 +44,7 @@ pub struct ServerConfig {
 
 /// What a client message brought.
 #[allow(clippy::large_enum_variant)] // a handful per message
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerEvent {
     /// The client's credentials verified.
     Authenticated {
@@ -81,6 +81,9 @@ pub enum ServerEvent {
     ServerCredentialsRejected(StatusCode),
     /// The client aborted the session (Alert 1223).
     Aborted,
+    /// The client's message was malformed; its SyncHdr gets this error's status and the
+    /// session ends.
+    Refused(crate::error::DecodeError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +121,7 @@ pub struct ServerSession {
     auth_attempts: u8,
     server_auth_attempts: u8,
     auth_failed_now: bool,
+    refused: bool,
     reply_due: bool,
     client_final: bool,
     client_asks_next: bool,
@@ -148,6 +152,7 @@ impl ServerSession {
             auth_attempts: 0,
             server_auth_attempts: 0,
             auth_failed_now: false,
+            refused: false,
             reply_due: false,
             client_final: false,
             client_asks_next: false,
@@ -209,7 +214,10 @@ impl ServerSession {
                 self.config.limits.max_messages,
             ));
         }
-        let msg = Encoding::sniff(body).decode(body, &self.config.limits)?;
+        let msg = match Encoding::sniff(body).decode(body, &self.config.limits) {
+            Ok(m) => m,
+            Err(e) => return self.refuse_malformed(body, e),
+        };
         if msg.header.ver_proto != VER_PROTO {
             return Err(SessionError::UnsupportedProtocol(
                 msg.header.ver_proto.chars().take(32).collect(),
@@ -238,6 +246,7 @@ impl ServerSession {
         }
         self.reply_due = true;
         self.auth_failed_now = false;
+        self.refused = false;
         self.client_final = msg.is_final;
         self.client_asks_next = common::asks_next_message(&msg);
         let msg_ref = msg.header.msg_id;
@@ -333,6 +342,37 @@ impl ServerSession {
             }
         }
         Ok(events)
+    }
+
+    /// A message whose header reads but whose body does not (unknown element, duplicate
+    /// CmdID, ...) is answered with the decode error's status on its SyncHdr (RepPro §10:
+    /// 400, 412, 413, 415) and ends the session; one without a readable header is an error
+    /// for the transport layer to answer (HTTP 400).
+    fn refuse_malformed(
+        &mut self,
+        body: &[u8],
+        e: crate::error::DecodeError,
+    ) -> Result<Vec<ServerEvent>, SessionError> {
+        let Ok(hdr) = Encoding::sniff(body).decode_header(body, &self.config.limits) else {
+            return Err(e.into());
+        };
+        match &self.session_id {
+            Some(id) if *id != hdr.session_id => return Err(e.into()),
+            Some(_) => {}
+            None => {
+                self.session_id = Some(hdr.session_id.clone());
+                self.client_id = Some(hdr.source.uri.clone());
+            }
+        }
+        self.statuses
+            .push(Queued::plain(Command::Status(common::header_status(
+                hdr.msg_id,
+                &hdr,
+                e.status(),
+            ))));
+        self.reply_due = true;
+        self.refused = true;
+        Ok(vec![ServerEvent::Refused(e)])
     }
 
     fn handle_command(
@@ -607,7 +647,7 @@ impl ServerSession {
         let mut out: VecDeque<Queued> = self.statuses.drain(..).collect();
         let mut final_allowed = true;
         let mut carry = VecDeque::new();
-        if self.auth_failed_now || self.phase == Phase::Aborted {
+        if self.auth_failed_now || self.refused || self.phase == Phase::Aborted {
             // Only the statuses (with the challenge, or answering the client's abort).
         } else if !self.client_final && !self.client_asks_next {
             // The client's package continues: ask for its next message (§8.2).
@@ -655,6 +695,7 @@ impl ServerSession {
             .iter()
             .any(|c| matches!(c, Command::Alert(a) if a.code == AlertCode::SESSION_ABORT));
         if aborting
+            || self.refused
             || (self.auth_failed_now && self.auth_attempts >= self.config.limits.max_auth_attempts)
         {
             self.phase = Phase::Aborted;
