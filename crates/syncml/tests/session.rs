@@ -629,7 +629,7 @@ fn malformed_body_gets_its_status_on_the_header() {
     let text = String::from_utf8(p1.body).unwrap();
     for (broken, code) in [
         (
-            text.replace("<Final/>", "<Bogus/><Final/>"),
+            text.replace("<Final/>", "<LocURI>x</LocURI><Final/>"),
             StatusCode::BAD_REQUEST,
         ),
         (
@@ -657,4 +657,19 @@ fn malformed_body_gets_its_status_on_the_header() {
             matches!(m.body.as_slice(), [Command::Status(s)] if s.code == code && s.cmd == "SyncHdr")
         );
     }
+    // An element no DTD defines stops the reader before the header is known: the transport
+    // answers with the error's status (HTTP 400).
+    let mut server = ServerSession::new(
+        server_config(AuthScheme::Md5, Encoding::Xml),
+        Nonce(b"cn".to_vec()),
+        Nonce(b"sn".to_vec()),
+    );
+    let e = server
+        .receive(
+            text.replace("<Final/>", "<Bogus/><Final/>").as_bytes(),
+            None,
+            Nonce::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, SessionError::Decode(ref d) if d.status() == StatusCode::BAD_REQUEST));
 }
