@@ -137,8 +137,11 @@ fn effective_meta<'a>(
     (fmt, ty)
 }
 
-fn parse_target(item: &Item) -> Result<NodeUri, StatusCode> {
+fn parse_target(item: &Item, limits: &Limits) -> Result<NodeUri, StatusCode> {
     let raw = item_uri(item).ok_or(StatusCode::INCOMPLETE_COMMAND)?;
+    if raw.len() > limits.max_uri_bytes {
+        return Err(StatusCode::URI_TOO_LONG);
+    }
     // Queries (`?list=`, `?prop=`) are an optional DM feature we do not offer.
     if raw.contains('?') {
         return Err(StatusCode::OPTIONAL_FEATURE_NOT_SUPPORTED);
@@ -571,6 +574,7 @@ impl ClientSession {
         events: &mut Vec<ClientEvent>,
     ) {
         let server = self.config.server_id.clone();
+        let limits = self.config.limits;
         let status = |code| Command::Status(common::status_for(cmd, msg_ref, code));
         // Large objects (DM Protocol §7.1.3) arrive in Add/Replace chunks.
         let mut whole = None;
@@ -593,8 +597,8 @@ impl ClientSession {
             Command::Get(c) => {
                 let mut items = Vec::new();
                 for item in &c.items {
-                    let got =
-                        parse_target(item).and_then(|u| tree.get(&u, &server).map(|v| (u, v)));
+                    let got = parse_target(item, &limits)
+                        .and_then(|u| tree.get(&u, &server).map(|v| (u, v)));
                     match got {
                         Ok((u, v)) => {
                             let (format, data) = common::transport_value(self.config.encoding, &v);
@@ -635,7 +639,7 @@ impl ClientSession {
             Command::Add(c) | Command::Replace(c) => {
                 let is_add = matches!(cmd_ref, Command::Add(_));
                 for item in &c.items {
-                    let code = parse_target(item)
+                    let code = parse_target(item, &limits)
                         .and_then(|u| {
                             let (fmt, ty) = effective_meta(item, c.meta.as_ref());
                             let data = item.data.as_ref().map(|d| d.0.as_slice()).unwrap_or(&[]);
@@ -652,7 +656,7 @@ impl ClientSession {
             }
             Command::Delete(c) => {
                 for item in &c.items {
-                    let code = parse_target(item)
+                    let code = parse_target(item, &limits)
                         .and_then(|u| tree.delete(&u, &server))
                         .map_or_else(|e| e, |()| StatusCode::OK);
                     out.push(Command::Status(item_status(cmd, Some(item), msg_ref, code)));
@@ -661,7 +665,7 @@ impl ClientSession {
             Command::Copy(c) => {
                 for item in &c.items {
                     let code = (|| {
-                        let target = parse_target(item)?;
+                        let target = parse_target(item, &limits)?;
                         let src = item.source.as_ref().ok_or(StatusCode::INCOMPLETE_COMMAND)?;
                         let src = NodeUri::parse(&src.uri).map_err(|_| StatusCode::NOT_FOUND)?;
                         let value = tree.get(&src, &server)?;
@@ -677,7 +681,7 @@ impl ClientSession {
                 }
             }
             Command::Exec(x) => {
-                let code = parse_target(&x.item)
+                let code = parse_target(&x.item, &limits)
                     .and_then(|u| {
                         let req = ExecRequest {
                             server_id: &server,

@@ -1,0 +1,15 @@
+//! The XML decoder on arbitrary bytes: errors are fine, panics are not. A message that
+//! decodes must encode and decode again to the same model.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use simfota_syncml::{Limits, xml};
+
+fuzz_target!(|data: &[u8]| {
+    let limits = Limits::default();
+    if let Ok(m) = xml::decode(data, &limits)
+        && let Ok(again) = xml::encode(&m)
+    {
+        assert_eq!(xml::decode(&again, &limits).ok(), Some(m));
+    }
+});
