@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod card;
+mod device;
 mod files;
 mod keys;
 mod pack;
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::Args),
     /// Card tools: serve a virtual card into PC/SC, personalize, inspect, administer.
     Card(card::Args),
+    /// The device agent: OMA DM client with FUMO, card-gated updates, A/B slots.
+    Device(device::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Pack(args) => pack::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Card(args) => card::run(args),
+        Command::Device(args) => device::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,259 @@
+//! `simfota device`: the device agent (crates/device) on this machine.
+//!
+//! `init` lays out the A/B slots with a factory image; `run` polls the DM server and answers
+//! package 0 notifications; `check-update` asks the server for an update once; `status` shows
+//! the running firmware, the slots and the update in progress. The card is the in-process
+//! applet of a state file (`--state`) or a card in a PC/SC reader (`--reader`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use simfota_cardlink::client::CardClient;
+use simfota_cardlink::{Channel, FileCard, InProcessChannel};
+use simfota_device::agent::{Agent, SessionOutcome};
+use simfota_device::config::{CardSource, DeviceConfig};
+use simfota_device::fumo::Stage;
+use simfota_device::prompt::{PromptChoice, StandardPrompter};
+use simfota_device::slots::{SlotStore, StandardBootCheck};
+
+/// `simfota device ...`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Where the configuration and the card are.
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// The device configuration (see docs/dm-tree.md and the crate docs for the keys).
+    #[arg(long, value_name = "DEVICE.toml")]
+    config: PathBuf,
+    /// The in-process card of this state file (overrides [card] in the configuration).
+    #[arg(long, value_name = "CARD.state", conflicts_with = "reader")]
+    state: Option<PathBuf>,
+    /// The card in this PC/SC reader (overrides [card] in the configuration).
+    #[arg(long, value_name = "NAME")]
+    reader: Option<String>,
+}
+
+/// How to answer the card's questions about an unauthorized server.
+#[derive(Debug, clap::Args)]
+struct Answers {
+    /// Confirm updates from servers the card does not authorize, without asking.
+    #[arg(long, conflicts_with = "no")]
+    yes: bool,
+    /// Decline updates from servers the card does not authorize, without asking.
+    #[arg(long)]
+    no: bool,
+    /// The card PIN, for unattended confirmation when the card's policy wants the PIN.
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Lay out the A/B slots with a factory image (slot A, active).
+    Init {
+        #[command(flatten)]
+        common: ConfigOnly,
+        /// The factory firmware image.
+        #[arg(long, value_name = "FILE")]
+        image: PathBuf,
+        /// Its version (DevDetail/FwV).
+        #[arg(long)]
+        version: String,
+    },
+    /// Run the agent: poll the DM server and answer package 0 notifications.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        answers: Answers,
+        /// Stop after this many DM sessions (default: run until stopped).
+        #[arg(long, value_name = "N")]
+        sessions: Option<u32>,
+    },
+    /// Ask the DM server for an update now (client-initiated session with the FUMO user request).
+    CheckUpdate {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        answers: Answers,
+    },
+    /// Show the running firmware, the A/B slots and the update in progress.
+    Status {
+        #[command(flatten)]
+        common: ConfigOnly,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigOnly {
+    /// The device configuration.
+    #[arg(long, value_name = "DEVICE.toml")]
+    config: PathBuf,
+}
+
+/// Runs `simfota device`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    match args.command {
+        Cmd::Init { common, image, version } => init(&common.config, &image, &version),
+        Cmd::Status { common } => status(&common.config),
+        Cmd::Run { common, answers, sessions } => with_card(&common, answers, |agent| {
+            let stop = AtomicBool::new(false);
+            agent.run(&stop, sessions)?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Cmd::CheckUpdate { common, answers } => with_card(&common, answers, |agent| {
+            let outcome = agent.check_update()?;
+            Ok(report(&outcome))
+        }),
+    }
+}
+
+fn load(config: &Path) -> Result<DeviceConfig> {
+    Ok(DeviceConfig::load(config)?)
+}
+
+fn init(config: &Path, image: &Path, version: &str) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    cfg.data().create().with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let store = SlotStore::init(cfg.data().slots(), image, version)?;
+    println!(
+        "slots ready in {}: slot {} runs {} ({} bytes)",
+        cfg.data().slots().display(),
+        store.active(),
+        version,
+        store.active_info()?.size
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(config: &Path) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    let store = SlotStore::open(cfg.data().slots())?;
+    let rec = store.record();
+    println!("device     {} ({} {})", cfg.dev_id(), cfg.info.manufacturer, cfg.info.model);
+    println!("server     {} at {}", cfg.server_id, cfg.dm_url());
+    println!("firmware   {} (slot {})", store.active_version()?, store.active());
+    for slot in [simfota_device::slots::Slot::A, simfota_device::slots::Slot::B] {
+        match rec.info(slot) {
+            Some(i) => println!("slot {slot}     {} ({} bytes, sha256 {})", i.version, i.size, &i.sha256[..16]),
+            None => println!("slot {slot}     empty"),
+        }
+    }
+    if let Some(p) = &rec.pending {
+        println!("pending    slot {} waits for its boot check ({} tries left)", p.slot, p.tries_left);
+    }
+    if let Some(b) = &rec.last_boot {
+        println!("last boot  {b:?}");
+    }
+    let jobs = simfota_device::fumo::JobStore::new(&cfg.data().fumo_state());
+    match jobs.load()? {
+        None => println!("update     none (FUMO state 10, idle)"),
+        Some(job) => {
+            let stage = match &job.stage {
+                Stage::Accepted => "accepted, waiting for the card's authorization".to_owned(),
+                Stage::Authorized { package } => format!("authorized: {} {}", package.name, package.version),
+                Stage::Downloaded { package, .. } => format!("downloaded {} {}", package.name, package.version),
+                Stage::Verified { package, .. } => format!("verified by the card: {} {}", package.name, package.version),
+                Stage::Installed { package } => format!("installed {}, boot check pending", package.version),
+                Stage::Finished { result, message, .. } => format!("result {result} for the card: {message}"),
+                Stage::Reported { result, message, .. } => format!("result {result} for the server: {message}"),
+            };
+            println!("update     {stage} (FUMO state {}, from {})", job.fumo_state().value(), job.server_id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(outcome: &SessionOutcome) -> ExitCode {
+    for text in &outcome.displayed {
+        println!("server says: {text}");
+    }
+    match (&outcome.update, outcome.reported) {
+        (Some(job), reported) => {
+            if let Stage::Reported { result, message, .. } = &job.stage {
+                println!("update result {result}: {message}");
+                match reported {
+                    Some((_, true)) => println!("the server has the result"),
+                    _ => println!("the result is sent to the server in the next session"),
+                }
+                if (200..300).contains(result) {
+                    return ExitCode::SUCCESS;
+                }
+                return ExitCode::from(3);
+            }
+            println!("the update is not finished; it continues on the next run");
+            ExitCode::from(3)
+        }
+        (None, Some((result, taken))) => {
+            println!(
+                "reported the earlier update result {result}{}",
+                if taken { "" } else { " (not yet taken by the server)" }
+            );
+            ExitCode::SUCCESS
+        }
+        (None, None) => {
+            println!("no update offered");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn with_card(
+    common: &Common,
+    answers: Answers,
+    f: impl FnOnce(&mut dyn AgentOps) -> Result<ExitCode>,
+) -> Result<ExitCode> {
+    let cfg = load(&common.config)?;
+    cfg.data().create().with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let choice = PromptChoice { yes: answers.yes, no: answers.no, pin_file: answers.pin_file };
+    match cfg.card_source(common.state.as_deref(), common.reader.as_deref())? {
+        CardSource::State(path) => {
+            let card = FileCard::open(&path)?;
+            let mut agent = agent(cfg, InProcessChannel::new(card, "in-process card"), choice);
+            f(&mut agent)
+        }
+        CardSource::Reader(name) => {
+            let channel = simfota_cardlink::pcsc::PcscChannel::connect(Some(&name))
+                .with_context(|| format!("connecting to the card in reader `{name}`"))?;
+            let mut agent = agent(cfg, channel, choice);
+            f(&mut agent)
+        }
+    }
+}
+
+fn agent<C: Channel + Send + 'static>(cfg: DeviceConfig, channel: C, choice: PromptChoice) -> Agent<C> {
+    Agent {
+        cfg,
+        card: Arc::new(Mutex::new(CardClient::new(channel))),
+        prompter: Box::new(StandardPrompter::new(choice)),
+        boot_check: Box::new(StandardBootCheck),
+        progress: true,
+        say: Box::new(|s: &str| eprintln!("{s}")),
+    }
+}
+
+/// The agent operations the commands use, whatever the card channel.
+trait AgentOps {
+    fn run(&mut self, stop: &AtomicBool, sessions: Option<u32>) -> Result<()>;
+    fn check_update(&mut self) -> Result<SessionOutcome>;
+}
+
+impl<C: Channel + Send + 'static> AgentOps for Agent<C> {
+    fn run(&mut self, stop: &AtomicBool, sessions: Option<u32>) -> Result<()> {
+        Agent::run(self, stop, sessions)?;
+        Ok(())
+    }
+
+    fn check_update(&mut self) -> Result<SessionOutcome> {
+        Ok(Agent::check_update(self)?)
+    }
+}
+
