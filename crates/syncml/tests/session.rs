@@ -673,3 +673,179 @@ fn malformed_body_gets_its_status_on_the_header() {
         .unwrap_err();
     assert!(matches!(e, SessionError::Decode(ref d) if d.status() == StatusCode::BAD_REQUEST));
 }
+
+/// A client for feeding the hand-written server messages of the corpus (SessionID 4711).
+fn corpus_client(t: &mut DmTree) -> ClientSession {
+    let mut cfg = client_config(AuthScheme::Md5, Encoding::Xml, "device-secret");
+    cfg.require_server_auth = false;
+    let mut c = ClientSession::new(cfg, 4711, Nonce(b"cn".to_vec()), Nonce(b"sn".to_vec()));
+    c.start(AlertCode::CLIENT_INITIATED_MGMT, t).unwrap();
+    c
+}
+
+fn corpus_file(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/corpus")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn statuses(reply: &Outgoing) -> Vec<(String, u16)> {
+    let m = simfota_syncml::xml::decode(&reply.body, &Limits::default()).unwrap();
+    m.body
+        .iter()
+        .filter_map(|c| match c {
+            Command::Status(s) => Some((s.cmd.clone(), s.code.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn client_executes_corpus_commands() {
+    let mut t = tree();
+    t.put_interior("./Vendor/Old", "").unwrap();
+    t.put_interior("./Vendor/Backup", "").unwrap();
+    let mut c = corpus_client(&mut t);
+    // Copy ./DevDetail/FwV to ./Vendor/Backup/FwV: Get on the source is allowed to all.
+    let step = c
+        .receive(&corpus_file("10_copy.xml"), None, &mut t)
+        .unwrap();
+    assert_eq!(
+        statuses(step.reply.as_ref().unwrap()),
+        [("SyncHdr".into(), 200), ("Copy".into(), 200)]
+    );
+    assert_eq!(
+        t.get(&u("./Vendor/Backup/FwV"), SERVER).unwrap().data,
+        b"1.0"
+    );
+
+    let mut c = corpus_client(&mut t);
+    // Sequence (NoResp: no Status for it) of Add, Atomic(Delete), Get.
+    let step = c
+        .receive(&corpus_file("12_sequence_nested_atomic.xml"), None, &mut t)
+        .unwrap();
+    let reply = step.reply.unwrap();
+    assert_eq!(
+        statuses(&reply),
+        [
+            ("SyncHdr".into(), 200),
+            ("Add".into(), 200),
+            ("Atomic".into(), 200),
+            ("Delete".into(), 200),
+            ("Get".into(), 200)
+        ]
+    );
+    assert!(t.get(&u("./Vendor/Old"), SERVER).is_err());
+    let m = simfota_syncml::xml::decode(&reply.body, &Limits::default()).unwrap();
+    assert!(
+        m.body
+            .iter()
+            .any(|c| matches!(c, Command::Results(r) if r.items[0].data == Some(Data::text("a"))))
+    );
+
+    let mut c = corpus_client(&mut t);
+    // Delete under ./FUMO: the mount point's ACL grants no Delete, so 425 before the handler.
+    let step = c
+        .receive(&corpus_file("09_delete.xml"), None, &mut t)
+        .unwrap();
+    assert_eq!(
+        statuses(step.reply.as_ref().unwrap())[1],
+        ("Delete".into(), 425)
+    );
+
+    let mut c = corpus_client(&mut t);
+    // Display alert: 200 and the text for the UI; the first chunk of a large object: 213.
+    let step = c
+        .receive(&corpus_file("18_display_alert.xml"), None, &mut t)
+        .unwrap();
+    assert!(step.events.contains(&ClientEvent::Display(
+        "MINDT=10\nA firmware update for your phone is ready.".into()
+    )));
+    let mut c = corpus_client(&mut t);
+    let step = c
+        .receive(
+            &corpus_file("16_large_object_first_chunk.xml"),
+            None,
+            &mut t,
+        )
+        .unwrap();
+    let reply = step.reply.unwrap();
+    assert_eq!(statuses(&reply)[1], ("Replace".into(), 213));
+    // The server's package goes on: the client asks for the next message.
+    let m = simfota_syncml::xml::decode(&reply.body, &Limits::default()).unwrap();
+    assert!(
+        m.body
+            .iter()
+            .any(|c| matches!(c, Command::Alert(a) if a.code == AlertCode::NEXT_MESSAGE))
+    );
+    assert!(!m.is_final);
+    // A new command instead of the next chunk: Alert 1225 for the interrupted object.
+    let step = c
+        .receive(&corpus_file("09_delete.xml"), None, &mut t)
+        .unwrap();
+    let m = simfota_syncml::xml::decode(&step.reply.unwrap().body, &Limits::default()).unwrap();
+    assert!(m.body.iter().any(|c| matches!(c, Command::Alert(a) if a.code == AlertCode::NO_END_OF_DATA && a.items[0].target.as_ref().unwrap().uri == "./Vendor/Big")));
+}
+
+#[test]
+fn hmac_protects_the_exact_body() {
+    let mut t = tree();
+    let mut client = ClientSession::new(
+        client_config(AuthScheme::Hmac, Encoding::Wbxml, "device-secret"),
+        2,
+        Nonce(b"cn".to_vec()),
+        Nonce(b"sn".to_vec()),
+    );
+    let p1 = client
+        .start(AlertCode::CLIENT_INITIATED_MGMT, &mut t)
+        .unwrap();
+    assert!(
+        p1.hmac
+            .as_deref()
+            .unwrap()
+            .starts_with("algorithm=MD5, username=\"dev1\", mac=")
+    );
+    let mut tampered = p1.body.clone();
+    let last = tampered.len() - 3;
+    tampered[last] ^= 0x01;
+    let mut server = ServerSession::new(
+        server_config(AuthScheme::Hmac, Encoding::Wbxml),
+        Nonce(b"cn".to_vec()),
+        Nonce(b"sn".to_vec()),
+    );
+    let events = server
+        .receive(&tampered, p1.hmac.as_deref(), Nonce(vec![1; 8]))
+        .unwrap_or_default();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Authenticated { .. }))
+    );
+    let mut server = ServerSession::new(
+        server_config(AuthScheme::Hmac, Encoding::Wbxml),
+        Nonce(b"cn".to_vec()),
+        Nonce(b"sn".to_vec()),
+    );
+    let events = server.receive(&p1.body, None, Nonce(vec![1; 8])).unwrap();
+    assert!(events.contains(&ServerEvent::AuthenticationRejected(
+        StatusCode::MISSING_CREDENTIALS
+    )));
+}
+
+#[test]
+fn overlong_uri_is_414() {
+    let mut t = tree();
+    let mut c = corpus_client(&mut t);
+    let long = format!("./Vendor/{}", "x".repeat(2000));
+    let msg = String::from_utf8(corpus_file("09_delete.xml"))
+        .unwrap()
+        .replace("./FUMO/Ext/Token", &long);
+    let step = c.receive(msg.as_bytes(), None, &mut t).unwrap();
+    assert_eq!(
+        statuses(step.reply.as_ref().unwrap())[1],
+        ("Delete".into(), 414)
+    );
+}
