@@ -8,8 +8,8 @@ use simfota_syncml::codes::fumo_alert_type;
 use simfota_syncml::fumo::Fumo;
 use simfota_syncml::model::{Command, Data};
 use simfota_syncml::session::{
-    ClientConfig, ClientEvent, ClientSession, Outgoing, ServerConfig, ServerEvent, ServerSession,
-    SessionError,
+    ClientConfig, ClientEvent, ClientSession, CommandHandle, Outgoing, ServerConfig, ServerEvent,
+    ServerSession, SessionError,
 };
 use simfota_syncml::tree::{DevDetail, DevInfo, DmTree, NodeValue};
 use simfota_syncml::{AlertCode, Encoding, FumoResult, FumoState, Limits, NodeUri, StatusCode};
@@ -116,7 +116,7 @@ fn fumo_session_over_both_encodings_and_all_auth_schemes() {
                 .start(AlertCode::SERVER_INITIATED_MGMT, &mut t)
                 .unwrap();
             assert_eq!(pkg1.content_type, encoding.content_type());
-            let mut handles = (0, 0);
+            let mut handles = (CommandHandle(0), CommandHandle(0));
             let (pkg2, events) = round(&mut stored, &pkg1, 1, |s, _| {
                 s.replace(
                     &u("./FUMO/DownloadAndUpdate/PkgURL"),
@@ -165,7 +165,7 @@ fn fumo_session_over_both_encodings_and_all_auth_schemes() {
                 refs: vec!["./FUMO/DownloadAndUpdate".into()]
             }));
             let results = events.iter().find_map(|e| match e {
-                ServerEvent::Results { handle, items } if *handle == handles.1 => {
+                ServerEvent::Results { handle, items } if *handle == Some(handles.1) => {
                     Some(items.clone())
                 }
                 _ => None,

@@ -20,7 +20,7 @@ mod common;
 mod server;
 
 pub use client::{ClientConfig, ClientEvent, ClientSession, ClientStep};
-pub use server::{ServerConfig, ServerEvent, ServerSession};
+pub use server::{CommandHandle, ServerConfig, ServerEvent, ServerSession};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::model::CmdId;

@@ -62,7 +62,7 @@ pub enum ServerEvent {
     /// The Status of one of our commands.
     Status {
         /// The handle returned when the command was queued.
-        handle: u32,
+        handle: CommandHandle,
         /// The command name.
         cmd: String,
         /// The code.
@@ -72,8 +72,8 @@ pub enum ServerEvent {
     },
     /// The Results of one of our Gets (large objects arrive reassembled).
     Results {
-        /// The handle of the Get.
-        handle: u32,
+        /// The handle of the Get (`None` if the Results answer no Get of ours).
+        handle: Option<CommandHandle>,
         /// The items.
         items: Vec<Item>,
     },
@@ -99,6 +99,10 @@ struct Pending {
     handle: u32,
     cmd: String,
 }
+
+/// Names a command queued on a [`ServerSession`]; its Status and Results events carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CommandHandle(pub u32);
 
 /// The key of a command we sent: JSON maps need string keys.
 fn pending_key(msg: u32, cmd: u32) -> String {
@@ -401,7 +405,7 @@ impl ServerSession {
                     let mut refs = s.target_refs.clone();
                     refs.extend(s.source_refs.iter().cloned());
                     events.push(ServerEvent::Status {
-                        handle: p.handle,
+                        handle: CommandHandle(p.handle),
                         cmd: p.cmd.clone(),
                         code: s.code,
                         refs,
@@ -415,7 +419,7 @@ impl ServerSession {
                         r.msg_ref.map_or(self.msg_id, |m| m.0),
                         r.cmd_ref.0,
                     ))
-                    .map(|p| p.handle);
+                    .map(|p| CommandHandle(p.handle));
                 match common::accept_chunk(
                     &mut self.reassembly,
                     cmd,
@@ -425,14 +429,14 @@ impl ServerSession {
                     Chunk::Failed(code) => status(self, code),
                     Chunk::Complete(whole) => {
                         events.push(ServerEvent::Results {
-                            handle: handle.unwrap_or(0),
+                            handle,
                             items: whole.items().to_vec(),
                         });
                         status(self, StatusCode::OK);
                     }
                     Chunk::NotChunked => {
                         events.push(ServerEvent::Results {
-                            handle: handle.unwrap_or(0),
+                            handle,
                             items: r.items.clone(),
                         });
                         status(self, StatusCode::OK);
@@ -514,14 +518,14 @@ impl ServerSession {
         Ok(())
     }
 
-    fn enqueue(&mut self, cmd: Command) -> u32 {
+    fn enqueue(&mut self, cmd: Command) -> CommandHandle {
         let handle = self.next_handle;
         self.next_handle += 1;
         self.queue.push_back(Queued {
             handle: Some(handle),
             cmd,
         });
-        handle
+        CommandHandle(handle)
     }
 
     fn item_command(items: Vec<Item>) -> ItemCommand {
@@ -549,21 +553,21 @@ impl ServerSession {
     }
 
     /// Queues a Get; the handle comes back in the Status and Results events.
-    pub fn get(&mut self, uri: &NodeUri) -> u32 {
+    pub fn get(&mut self, uri: &NodeUri) -> CommandHandle {
         self.enqueue(Command::Get(Self::item_command(vec![Item::target(
             uri.as_str(),
         )])))
     }
 
     /// Queues a Replace.
-    pub fn replace(&mut self, uri: &NodeUri, value: &NodeValue) -> u32 {
+    pub fn replace(&mut self, uri: &NodeUri, value: &NodeValue) -> CommandHandle {
         self.enqueue(Command::Replace(Self::item_command(vec![
             self.value_item(uri, value),
         ])))
     }
 
     /// Queues an Add (`None`: an interior node).
-    pub fn add(&mut self, uri: &NodeUri, value: Option<&NodeValue>) -> u32 {
+    pub fn add(&mut self, uri: &NodeUri, value: Option<&NodeValue>) -> CommandHandle {
         let item = match value {
             Some(v) => self.value_item(uri, v),
             None => Item {
@@ -575,7 +579,7 @@ impl ServerSession {
     }
 
     /// Queues a Delete.
-    pub fn delete(&mut self, uri: &NodeUri) -> u32 {
+    pub fn delete(&mut self, uri: &NodeUri) -> CommandHandle {
         self.enqueue(Command::Delete(Self::item_command(vec![Item::target(
             uri.as_str(),
         )])))
@@ -583,7 +587,12 @@ impl ServerSession {
 
     /// Queues an Exec (FUMO: the device answers 202 and reports later with a Generic Alert
     /// carrying `correlator`).
-    pub fn exec(&mut self, uri: &NodeUri, correlator: Option<&str>, data: Option<Data>) -> u32 {
+    pub fn exec(
+        &mut self,
+        uri: &NodeUri,
+        correlator: Option<&str>,
+        data: Option<Data>,
+    ) -> CommandHandle {
         self.enqueue(Command::Exec(Exec {
             cmd_id: CmdId(0),
             no_resp: false,
@@ -598,7 +607,7 @@ impl ServerSession {
     }
 
     /// Queues any command (Atomic, Sequence, Alert 1100, ...).
-    pub fn send_command(&mut self, cmd: Command) -> u32 {
+    pub fn send_command(&mut self, cmd: Command) -> CommandHandle {
         self.enqueue(cmd)
     }
 
