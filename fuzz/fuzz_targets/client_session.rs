@@ -10,11 +10,28 @@ use simfota_syncml::tree::{DevDetail, DevInfo, DmTree};
 use simfota_syncml::{AlertCode, Encoding, Limits, NodeUri};
 
 fn tree() -> Option<DmTree> {
-    let info = DevInfo { dev_id: "IMEI:1".into(), manufacturer: "m".into(), model: "p".into(), lang: "en".into() };
-    let detail = DevDetail { dev_type: "t".into(), oem: "o".into(), fw_version: "1".into(), sw_version: "1".into(), hw_version: "1".into() };
+    let info = DevInfo {
+        dev_id: "IMEI:1".into(),
+        manufacturer: "m".into(),
+        model: "p".into(),
+        lang: "en".into(),
+    };
+    let detail = DevDetail {
+        dev_type: "t".into(),
+        oem: "o".into(),
+        fw_version: "1".into(),
+        sw_version: "1".into(),
+        hw_version: "1".into(),
+    };
     let mut t = DmTree::with_standard_objects(&info, &detail).ok()?;
-    t.mount_fumo("./FUMO", "Get=*&Replace=*&Exec=*&Add=*&Delete=*", Fumo::new(NodeUri::parse("./FUMO").ok()?)).ok()?;
-    t.put_interior("./V", "Get=*&Replace=*&Exec=*&Add=*&Delete=*").ok()?;
+    t.mount_fumo(
+        "./FUMO",
+        "Get=*&Replace=*&Exec=*&Add=*&Delete=*",
+        Fumo::new(NodeUri::parse("./FUMO").ok()?),
+    )
+    .ok()?;
+    t.put_interior("./V", "Get=*&Replace=*&Exec=*&Add=*&Delete=*")
+        .ok()?;
     Some(t)
 }
 
@@ -30,7 +47,11 @@ fuzz_target!(|data: &[u8]| {
         // Crafted inputs need not authenticate: the command paths are what is fuzzed.
         require_server_auth: false,
         encoding: Encoding::Wbxml,
-        limits: Limits { max_message_bytes: 8192, max_object_bytes: 4096, ..Limits::default() },
+        limits: Limits {
+            max_message_bytes: 8192,
+            max_object_bytes: 4096,
+            ..Limits::default()
+        },
     };
     let mut c = ClientSession::new(config, 4711, Nonce::default(), Nonce::default());
     if c.start(AlertCode::CLIENT_INITIATED_MGMT, &mut t).is_err() {

@@ -18,14 +18,24 @@ fuzz_target!(|data: &[u8]| {
         // Basic auth lets crafted inputs get past authentication and into the commands.
         auth: AuthScheme::Basic,
         encoding: Encoding::Xml,
-        limits: Limits { max_message_bytes: 8192, max_object_bytes: 4096, ..Limits::default() },
+        limits: Limits {
+            max_message_bytes: 8192,
+            max_object_bytes: 4096,
+            ..Limits::default()
+        },
     };
-    let mut stored = match serde_json::to_string(&ServerSession::new(config, Nonce::default(), Nonce::default())) {
+    let mut stored = match serde_json::to_string(&ServerSession::new(
+        config,
+        Nonce::default(),
+        Nonce::default(),
+    )) {
         Ok(s) => s,
         Err(_) => return,
     };
     for (i, msg) in data.split(|b| *b == 0xFF).enumerate().take(8) {
-        let Ok(mut s) = serde_json::from_str::<ServerSession>(&stored) else { panic!("state does not restore") };
+        let Ok(mut s) = serde_json::from_str::<ServerSession>(&stored) else {
+            panic!("state does not restore")
+        };
         if s.receive(msg, None, Nonce(vec![i as u8; 4])).is_ok() {
             if let Ok(uri) = NodeUri::parse("./FUMO/State") {
                 s.get(&uri);
