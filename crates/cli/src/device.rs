@@ -102,9 +102,17 @@ struct ConfigOnly {
 /// Runs `simfota device`.
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
-        Cmd::Init { common, image, version } => init(&common.config, &image, &version),
+        Cmd::Init {
+            common,
+            image,
+            version,
+        } => init(&common.config, &image, &version),
         Cmd::Status { common } => status(&common.config),
-        Cmd::Run { common, answers, sessions } => with_card(&common, answers, |agent| {
+        Cmd::Run {
+            common,
+            answers,
+            sessions,
+        } => with_card(&common, answers, |agent| {
             let stop = AtomicBool::new(false);
             agent.run(&stop, sessions)?;
             Ok(ExitCode::SUCCESS)
@@ -122,7 +130,9 @@ fn load(config: &Path) -> Result<DeviceConfig> {
 
 fn init(config: &Path, image: &Path, version: &str) -> Result<ExitCode> {
     let cfg = load(config)?;
-    cfg.data().create().with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    cfg.data()
+        .create()
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let store = SlotStore::init(cfg.data().slots(), image, version)?;
     println!(
         "slots ready in {}: slot {} runs {} ({} bytes)",
@@ -138,17 +148,37 @@ fn status(config: &Path) -> Result<ExitCode> {
     let cfg = load(config)?;
     let store = SlotStore::open(cfg.data().slots())?;
     let rec = store.record();
-    println!("device     {} ({} {})", cfg.dev_id(), cfg.info.manufacturer, cfg.info.model);
+    println!(
+        "device     {} ({} {})",
+        cfg.dev_id(),
+        cfg.info.manufacturer,
+        cfg.info.model
+    );
     println!("server     {} at {}", cfg.server_id, cfg.dm_url());
-    println!("firmware   {} (slot {})", store.active_version()?, store.active());
-    for slot in [simfota_device::slots::Slot::A, simfota_device::slots::Slot::B] {
+    println!(
+        "firmware   {} (slot {})",
+        store.active_version()?,
+        store.active()
+    );
+    for slot in [
+        simfota_device::slots::Slot::A,
+        simfota_device::slots::Slot::B,
+    ] {
         match rec.info(slot) {
-            Some(i) => println!("slot {slot}     {} ({} bytes, sha256 {})", i.version, i.size, &i.sha256[..16]),
+            Some(i) => println!(
+                "slot {slot}     {} ({} bytes, sha256 {})",
+                i.version,
+                i.size,
+                &i.sha256[..16]
+            ),
             None => println!("slot {slot}     empty"),
         }
     }
     if let Some(p) = &rec.pending {
-        println!("pending    slot {} waits for its boot check ({} tries left)", p.slot, p.tries_left);
+        println!(
+            "pending    slot {} waits for its boot check ({} tries left)",
+            p.slot, p.tries_left
+        );
     }
     if let Some(b) = &rec.last_boot {
         println!("last boot  {b:?}");
@@ -159,14 +189,30 @@ fn status(config: &Path) -> Result<ExitCode> {
         Some(job) => {
             let stage = match &job.stage {
                 Stage::Accepted => "accepted, waiting for the card's authorization".to_owned(),
-                Stage::Authorized { package } => format!("authorized: {} {}", package.name, package.version),
-                Stage::Downloaded { package, .. } => format!("downloaded {} {}", package.name, package.version),
-                Stage::Verified { package, .. } => format!("verified by the card: {} {}", package.name, package.version),
-                Stage::Installed { package } => format!("installed {}, boot check pending", package.version),
-                Stage::Finished { result, message, .. } => format!("result {result} for the card: {message}"),
-                Stage::Reported { result, message, .. } => format!("result {result} for the server: {message}"),
+                Stage::Authorized { package } => {
+                    format!("authorized: {} {}", package.name, package.version)
+                }
+                Stage::Downloaded { package, .. } => {
+                    format!("downloaded {} {}", package.name, package.version)
+                }
+                Stage::Verified { package, .. } => {
+                    format!("verified by the card: {} {}", package.name, package.version)
+                }
+                Stage::Installed { package } => {
+                    format!("installed {}, boot check pending", package.version)
+                }
+                Stage::Finished {
+                    result, message, ..
+                } => format!("result {result} for the card: {message}"),
+                Stage::Reported {
+                    result, message, ..
+                } => format!("result {result} for the server: {message}"),
             };
-            println!("update     {stage} (FUMO state {}, from {})", job.fumo_state().value(), job.server_id);
+            println!(
+                "update     {stage} (FUMO state {}, from {})",
+                job.fumo_state().value(),
+                job.server_id
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -178,7 +224,10 @@ fn report(outcome: &SessionOutcome) -> ExitCode {
     }
     match (&outcome.update, outcome.reported) {
         (Some(job), reported) => {
-            if let Stage::Reported { result, message, .. } = &job.stage {
+            if let Stage::Reported {
+                result, message, ..
+            } = &job.stage
+            {
                 println!("update result {result}: {message}");
                 match reported {
                     Some((_, true)) => println!("the server has the result"),
@@ -195,7 +244,11 @@ fn report(outcome: &SessionOutcome) -> ExitCode {
         (None, Some((result, taken))) => {
             println!(
                 "reported the earlier update result {result}{}",
-                if taken { "" } else { " (not yet taken by the server)" }
+                if taken {
+                    ""
+                } else {
+                    " (not yet taken by the server)"
+                }
             );
             ExitCode::SUCCESS
         }
@@ -212,8 +265,14 @@ fn with_card(
     f: impl FnOnce(&mut dyn AgentOps) -> Result<ExitCode>,
 ) -> Result<ExitCode> {
     let cfg = load(&common.config)?;
-    cfg.data().create().with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let choice = PromptChoice { yes: answers.yes, no: answers.no, pin_file: answers.pin_file };
+    cfg.data()
+        .create()
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let choice = PromptChoice {
+        yes: answers.yes,
+        no: answers.no,
+        pin_file: answers.pin_file,
+    };
     match cfg.card_source(common.state.as_deref(), common.reader.as_deref())? {
         CardSource::State(path) => {
             let card = FileCard::open(&path)?;
@@ -229,7 +288,11 @@ fn with_card(
     }
 }
 
-fn agent<C: Channel + Send + 'static>(cfg: DeviceConfig, channel: C, choice: PromptChoice) -> Agent<C> {
+fn agent<C: Channel + Send + 'static>(
+    cfg: DeviceConfig,
+    channel: C,
+    choice: PromptChoice,
+) -> Agent<C> {
     Agent {
         cfg,
         card: Arc::new(Mutex::new(CardClient::new(channel))),
@@ -256,4 +319,3 @@ impl<C: Channel + Send + 'static> AgentOps for Agent<C> {
         Ok(Agent::check_update(self)?)
     }
 }
-
