@@ -224,7 +224,7 @@ fn fumo_session_over_both_encodings_and_all_auth_schemes() {
             let step = client2
                 .receive(&p2.body, p2.hmac.as_deref(), &mut t)
                 .unwrap();
-            assert!(step.events.iter().any(|e| matches!(e, ClientEvent::Status { cmd, code: StatusCode::OK, .. } if cmd == "Alert")));
+            assert!(step.events.iter().any(|e| matches!(e, ClientEvent::Status { cmd, code: StatusCode::OK, correlator: Some(c), .. } if cmd == "Alert" && c == "corr-1")));
             assert!(step.events.contains(&ClientEvent::Finished));
         }
     }

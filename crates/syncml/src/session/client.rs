@@ -61,6 +61,9 @@ pub enum ClientEvent {
         code: StatusCode,
         /// `TargetRef`/`SourceRef`s.
         refs: Vec<String>,
+        /// The Correlator of the Alert answered (a FUMO Generic Alert is delivered once its
+        /// Status is 200; until then the device keeps it for the next session).
+        correlator: Option<String>,
     },
     /// An Exec was accepted with 202: a job now waits in the handler (e.g. the FUMO object).
     ExecAccepted {
@@ -114,6 +117,8 @@ pub struct ClientSession {
     server_max_msg: Option<usize>,
     resp_uri: Option<String>,
     reassembly: Option<Reassembly>,
+    /// `"msg:cmd"` of each Alert we sent with a Correlator.
+    sent_correlators: std::collections::BTreeMap<String, String>,
 }
 
 fn item_uri(item: &Item) -> Option<&str> {
@@ -188,6 +193,7 @@ impl ClientSession {
             server_max_msg: None,
             resp_uri: None,
             reassembly: None,
+            sent_correlators: std::collections::BTreeMap::new(),
         }
     }
 
@@ -307,6 +313,17 @@ impl ClientSession {
             self.config.encoding,
             final_allowed,
         )?;
+        for q in &sent {
+            if let Command::Alert(Alert {
+                cmd_id,
+                correlator: Some(c),
+                ..
+            }) = &q.cmd
+            {
+                self.sent_correlators
+                    .insert(format!("{}:{}", self.msg_id, cmd_id.0), c.clone());
+            }
+        }
         self.last_sent = sent;
         self.phase = Phase::Waiting;
         let hmac = (self.config.auth == AuthScheme::Hmac)
@@ -504,11 +521,14 @@ impl ClientSession {
         if s.cmd_ref != CmdId::HEADER {
             let mut refs = s.target_refs.clone();
             refs.extend(s.source_refs.iter().cloned());
+            let key = format!("{}:{}", s.msg_ref.map_or(self.msg_id, |m| m.0), s.cmd_ref.0);
+            let correlator = self.sent_correlators.get(&key).cloned();
             events.push(ClientEvent::Status {
                 cmd: s.cmd.clone(),
                 cmd_ref: s.cmd_ref,
                 code: s.code,
                 refs,
+                correlator,
             });
             return Ok(false);
         }
