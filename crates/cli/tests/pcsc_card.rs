@@ -385,3 +385,181 @@ fn pcsc_card_pulled_mid_flow_and_reset_keep_the_state_whole() {
     let servers = client.servers().unwrap();
     assert_eq!(servers[0].id, "dm1");
 }
+
+/// The card tools on a state file (no PC/SC needed), and their one-line refusals.
+#[test]
+fn card_tools_on_a_state_file_and_their_refusals() {
+    let dir = card_dir();
+    let d = dir.path();
+    let info = ok(d, &["card", "info", "--state", "card.state"]);
+    assert!(info.contains(&format!("iccid: {ICCID}")), "{info}");
+    assert!(info.contains("admin counter: 0"), "{info}");
+    let policy = ok(d, &["card", "policy", "--state", "card.state"]);
+    assert!(policy.contains("unauthorized servers: refuse"), "{policy}");
+    ok(
+        d,
+        &[
+            "card",
+            "admin-sign",
+            "--issuer-key",
+            "issuer.pem",
+            "--iccid",
+            ICCID,
+            "--counter",
+            "7",
+            "--out",
+            "policy.cbor",
+            "set-policy",
+            "confirm-with-pin:card-digest=4096",
+        ],
+    );
+    ok(
+        d,
+        &["card", "admin", "--state", "card.state", "policy.cbor"],
+    );
+    let policy = ok(d, &["card", "policy", "--state", "card.state"]);
+    assert!(policy.contains("confirm-with-pin"), "{policy}");
+    assert!(
+        policy.contains("card-digest (payloads up to 4096 bytes)"),
+        "{policy}"
+    );
+    let info = ok(d, &["card", "info", "--state", "card.state"]);
+    assert!(info.contains("admin counter: 7"), "{info}");
+
+    let fails = |args: &[&str], code: i32, needle: &str| {
+        let out = simfota(d, args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    // Replayed, for another card, signed by someone else.
+    fails(
+        &["card", "admin", "--state", "card.state", "policy.cbor"],
+        1,
+        "already applied",
+    );
+    ok(
+        d,
+        &[
+            "card",
+            "admin-sign",
+            "--issuer-key",
+            "issuer.pem",
+            "--iccid",
+            "89882110000000000028",
+            "--counter",
+            "8",
+            "--out",
+            "other.cbor",
+            "remove-server",
+            "dm1",
+        ],
+    );
+    fails(
+        &["card", "admin", "--state", "card.state", "other.cbor"],
+        1,
+        "for another card",
+    );
+    ok(
+        d,
+        &[
+            "card",
+            "admin-sign",
+            "--issuer-key",
+            "server.pem",
+            "--iccid",
+            ICCID,
+            "--counter",
+            "9",
+            "--out",
+            "forged.cbor",
+            "remove-server",
+            "dm1",
+        ],
+    );
+    fails(
+        &["card", "admin", "--state", "card.state", "forged.cbor"],
+        1,
+        "signature is invalid",
+    );
+    // Personalization happens once.
+    fails(
+        &[
+            "card",
+            "personalize",
+            "--state",
+            "card.state",
+            "--issuer-key",
+            "issuer.pem",
+            "--iccid",
+            ICCID,
+            "--imsi",
+            "001010123456789",
+            "--pin",
+            "1234",
+            "--puk",
+            "12345678",
+        ],
+        1,
+        "already personalized",
+    );
+    // Bad input, missing card, no vpcd.
+    fails(
+        &[
+            "card",
+            "personalize",
+            "--state",
+            "new.state",
+            "--issuer-key",
+            "issuer.pem",
+            "--iccid",
+            "1234",
+            "--imsi",
+            "001010123456789",
+            "--pin",
+            "1234",
+            "--puk",
+            "12345678",
+        ],
+        1,
+        "Luhn",
+    );
+    fails(
+        &["card", "info", "--state", "missing.state"],
+        1,
+        "no card state at missing.state",
+    );
+    fails(
+        &[
+            "card",
+            "admin-sign",
+            "--issuer-key",
+            "issuer.pem",
+            "--iccid",
+            ICCID,
+            "--counter",
+            "1",
+            "--out",
+            "x.cbor",
+            "set-policy",
+            "maybe",
+        ],
+        1,
+        "unknown policy rule",
+    );
+    fails(&["card", "info"], 2, "--reader");
+    fails(
+        &[
+            "card",
+            "serve",
+            "--state",
+            "card.state",
+            "--vpcd",
+            "127.0.0.1:9",
+        ],
+        1,
+        "cannot reach vpcd at 127.0.0.1:9",
+    );
+}
