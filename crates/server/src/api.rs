@@ -1,0 +1,340 @@
+//! The operator REST API under `/api/v1` (JSON; `Authorization: Bearer <token>`).
+//!
+//! The OpenAPI 3.1 document at `/api/v1/openapi.json` lists every route below; a test checks
+//! that the document and the router agree.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::Operator;
+use crate::campaign::{self, Action, CampaignSpec};
+use crate::error::{Result, ServerError};
+use crate::{packages, registry};
+
+/// The `/api/v1` routes.
+pub fn routes(upload_limit: usize) -> Router<AppState> {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/devices", get(list_devices).post(create_device))
+        .route("/devices/{imei}", get(get_device))
+        .route("/groups", get(list_groups).post(create_group))
+        .route(
+            "/groups/{name}/devices/{imei}",
+            put(add_member).delete(remove_member),
+        )
+        .route("/cards", get(list_cards).post(register_card))
+        .route("/cards/{iccid}", get(get_card))
+        .route(
+            "/packages",
+            get(list_packages)
+                .post(upload_package)
+                .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/packages/{id}", get(get_package))
+        .route("/campaigns", get(list_campaigns).post(create_campaign))
+        .route("/campaigns/{id}", get(get_campaign))
+        .route("/campaigns/{id}/pause", post(pause))
+        .route("/campaigns/{id}/resume", post(resume))
+        .route("/campaigns/{id}/cancel", post(cancel))
+        .route("/jobs", get(list_jobs))
+        .route("/jobs/{id}", get(get_job))
+}
+
+/// Every (method, path) the API serves, as the OpenAPI document lists them.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("get", "/devices", "List devices"),
+    (
+        "post",
+        "/devices",
+        "Register a device with its DM credentials",
+    ),
+    ("get", "/devices/{imei}", "One device"),
+    ("get", "/groups", "List groups and members"),
+    ("post", "/groups", "Create a group"),
+    (
+        "put",
+        "/groups/{name}/devices/{imei}",
+        "Add a device to a group",
+    ),
+    (
+        "delete",
+        "/groups/{name}/devices/{imei}",
+        "Remove a device from a group",
+    ),
+    ("get", "/cards", "List cards"),
+    (
+        "post",
+        "/cards",
+        "Register a card by its issuer-signed certificate (base64)",
+    ),
+    ("get", "/cards/{iccid}", "One card"),
+    ("get", "/packages", "List packages"),
+    (
+        "post",
+        "/packages",
+        "Upload a SUIT package (multipart: envelope, payload)",
+    ),
+    ("get", "/packages/{id}", "One package"),
+    ("get", "/campaigns", "List campaigns with progress"),
+    ("post", "/campaigns", "Create a campaign"),
+    ("get", "/campaigns/{id}", "One campaign with progress"),
+    ("post", "/campaigns/{id}/pause", "Pause a running campaign"),
+    (
+        "post",
+        "/campaigns/{id}/resume",
+        "Resume a paused or halted campaign",
+    ),
+    (
+        "post",
+        "/campaigns/{id}/cancel",
+        "Cancel a campaign (undelivered jobs cancelled)",
+    ),
+    ("get", "/jobs", "List jobs (?campaign=ID)"),
+    ("get", "/jobs/{id}", "One job"),
+];
+
+async fn openapi() -> Json<Value> {
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary) in ROUTES {
+        let entry = paths.entry((*path).to_owned()).or_insert_with(|| json!({}));
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if let Value::Object(m) = entry {
+            m.insert(
+                (*method).to_owned(),
+                json!({
+                    "summary": summary,
+                    "parameters": params,
+                    "responses": {
+                        "200": {"description": "OK (JSON)"},
+                        "400": {"description": "Bad request: {\"error\": message}"},
+                        "401": {"description": "Missing or invalid API token"},
+                        "404": {"description": "Not found"},
+                        "409": {"description": "Conflict with the current state"},
+                        "503": {"description": "Database unavailable; retry"}
+                    }
+                }),
+            );
+        }
+    }
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "simfota operator API", "version": env!("CARGO_PKG_VERSION")},
+        "servers": [{"url": "/api/v1"}],
+        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"token": []}],
+        "paths": paths,
+    }))
+}
+
+async fn list_devices(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
+    Ok(Json(registry::list_devices(&s.db).await?))
+}
+
+async fn create_device(
+    _: Operator,
+    State(s): State<AppState>,
+    Json(d): Json<registry::NewDevice>,
+) -> Result<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(registry::create_device(&s.db, &d, "api").await?),
+    ))
+}
+
+async fn get_device(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(imei): Path<String>,
+) -> Result<impl IntoResponse> {
+    let device = registry::get_device(&s.db, &imei).await?;
+    let jobs: Vec<_> = campaign::jobs(&s.db, None)
+        .await?
+        .into_iter()
+        .filter(|j| j.device_id == device.id)
+        .collect();
+    Ok(Json(json!({ "device": device, "jobs": jobs })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    name: String,
+}
+
+async fn list_groups(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
+    Ok(Json(registry::list_groups(&s.db).await?))
+}
+
+async fn create_group(
+    _: Operator,
+    State(s): State<AppState>,
+    Json(g): Json<NewGroup>,
+) -> Result<impl IntoResponse> {
+    registry::create_group(&s.db, &g.name).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "name": g.name }))))
+}
+
+async fn add_member(
+    _: Operator,
+    State(s): State<AppState>,
+    Path((name, imei)): Path<(String, String)>,
+) -> Result<impl IntoResponse> {
+    registry::set_membership(&s.db, &name, &imei, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_member(
+    _: Operator,
+    State(s): State<AppState>,
+    Path((name, imei)): Path<(String, String)>,
+) -> Result<impl IntoResponse> {
+    registry::set_membership(&s.db, &name, &imei, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_cards(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
+    Ok(Json(registry::list_cards(&s.db).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCard {
+    /// Base64 (standard alphabet) of the issuer-signed card certificate.
+    certificate: String,
+}
+
+async fn register_card(
+    _: Operator,
+    State(s): State<AppState>,
+    Json(c): Json<NewCard>,
+) -> Result<impl IntoResponse> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(c.certificate.trim())
+        .map_err(|e| ServerError::BadRequest(format!("certificate: not base64 ({e})")))?;
+    match registry::register_card(&s.db, &s.keys.issuers, &bytes).await {
+        Ok(card) => Ok((StatusCode::CREATED, Json(card))),
+        Err(e) => {
+            if matches!(e, ServerError::Verification(_)) {
+                s.metrics
+                    .verification_failures
+                    .with_label_values(&["certificate"])
+                    .inc();
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn get_card(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(iccid): Path<String>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(registry::get_card(&s.db, &iccid).await?))
+}
+
+async fn list_packages(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
+    Ok(Json(packages::list(&s.db).await?))
+}
+
+async fn upload_package(
+    _: Operator,
+    State(s): State<AppState>,
+    form: Multipart,
+) -> Result<impl IntoResponse> {
+    let p = packages::upload(&s, form).await?;
+    Ok((StatusCode::CREATED, Json(p)))
+}
+
+async fn get_package(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse> {
+    let p = packages::get(&s.db, id).await?;
+    let urls = json!({
+        "envelope": format!("{}/packages/{id}/envelope", s.base_url),
+        "payload": format!("{}/packages/{id}/payload", s.base_url),
+    });
+    Ok(Json(json!({ "package": p, "urls": urls })))
+}
+
+async fn list_campaigns(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
+    Ok(Json(campaign::list(&s.db).await?))
+}
+
+async fn create_campaign(
+    _: Operator,
+    State(s): State<AppState>,
+    Json(spec): Json<CampaignSpec>,
+) -> Result<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(campaign::create(&s.db, &spec).await?),
+    ))
+}
+
+async fn get_campaign(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(campaign::get(&s.db, id).await?))
+}
+
+async fn pause(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(campaign::act(&s.db, id, Action::Pause).await?))
+}
+
+async fn resume(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(campaign::act(&s.db, id, Action::Resume).await?))
+}
+
+async fn cancel(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(campaign::act(&s.db, id, Action::Cancel).await?))
+}
+
+#[derive(Deserialize)]
+struct JobQuery {
+    campaign: Option<i64>,
+}
+
+async fn list_jobs(
+    _: Operator,
+    State(s): State<AppState>,
+    Query(q): Query<JobQuery>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(campaign::jobs(&s.db, q.campaign).await?))
+}
+
+async fn get_job(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(campaign::job(&s.db, id).await?))
+}

@@ -1,0 +1,830 @@
+//! Campaigns: which devices get a package, in which waves, and when to stop.
+//!
+//! A campaign targets devices by model, by current firmware version and/or by group; its
+//! devices are put in a fixed order (registration order) and split into waves by cumulative
+//! percentages (`[10, 50, 100]`: the first 10 %, up to half, then everyone). Only released
+//! waves are delivered. After every job result the campaign is re-evaluated over the released
+//! jobs: at or above the error threshold (percent failed) it halts; at or above the success
+//! threshold (percent succeeded) the next wave is released; when every job has ended it
+//! completes. Operators pause, resume (also a halted campaign, after looking) and cancel.
+//!
+//! Job states follow the FUMO flow (OMA-TS-DM-FUMO-V1_0 §6 states, §8 result codes): a job is
+//! `waiting` (wave not released), `pending` (to deliver in the device's next session),
+//! `delivered` (token and Exec sent, the device accepted with 202: download/update under way),
+//! then `succeeded` (result 200) or `failed` (any other FUMO result code), or `cancelled`.
+//! Every state change is a compare-and-set in the database, so replicas never step on each
+//! other.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use crate::db::{Db, RowExt, now_ms};
+use crate::error::{Result, ServerError};
+
+/// A campaign's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignState {
+    /// Delivering released waves.
+    Running,
+    /// Stopped by an operator; resumable.
+    Paused,
+    /// Stopped because the error threshold was reached; resumable by an operator.
+    Halted,
+    /// Stopped for good; undelivered jobs cancelled.
+    Cancelled,
+    /// Every job ended.
+    Completed,
+}
+
+impl CampaignState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Halted => "halted",
+            Self::Cancelled => "cancelled",
+            Self::Completed => "completed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "halted" => Self::Halted,
+            "cancelled" => Self::Cancelled,
+            "completed" => Self::Completed,
+            other => return Err(ServerError::Db(format!("unknown campaign state {other}"))),
+        })
+    }
+}
+
+/// A job's state (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// In a wave not yet released.
+    Waiting,
+    /// Released: delivered in the device's next DM session.
+    Pending,
+    /// Token and Exec sent; the device accepted (FUMO download/update in progress).
+    Delivered,
+    /// The device reported FUMO result 200.
+    Succeeded,
+    /// The device reported another FUMO result code.
+    Failed,
+    /// Cancelled before delivery.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, for metrics.
+    pub const ALL: [JobState; 6] = [
+        Self::Waiting,
+        Self::Pending,
+        Self::Delivered,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ServerError::Db(format!("unknown job state {s}")))
+    }
+
+    /// Whether the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// What an operator asks for when creating a campaign.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSpec {
+    /// A label.
+    pub name: String,
+    /// The package to deliver.
+    pub package_id: i64,
+    /// Only devices of this model (DevInfo/Mod).
+    #[serde(default)]
+    pub target_model: Option<String>,
+    /// Only devices currently on this firmware version (DevDetail/FwV).
+    #[serde(default)]
+    pub target_fw: Option<String>,
+    /// Only devices in this group.
+    #[serde(default)]
+    pub target_group: Option<String>,
+    /// Cumulative wave sizes in percent, strictly increasing, ending at 100.
+    #[serde(default = "default_waves")]
+    pub waves: Vec<u8>,
+    /// Percent of released jobs that must succeed before the next wave is released.
+    #[serde(default = "default_success")]
+    pub success_threshold: u8,
+    /// Percent of released jobs failed at which the campaign halts.
+    #[serde(default = "default_error")]
+    pub error_threshold: u8,
+}
+
+fn default_waves() -> Vec<u8> {
+    vec![100]
+}
+fn default_success() -> u8 {
+    90
+}
+fn default_error() -> u8 {
+    10
+}
+
+impl CampaignSpec {
+    /// Checks the numbers.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.trim().is_empty() || self.name.len() > 200 {
+            return Err(ServerError::BadRequest(
+                "campaign name must be 1 to 200 bytes".into(),
+            ));
+        }
+        if self.waves.is_empty() || self.waves.len() > 20 {
+            return Err(ServerError::BadRequest(
+                "waves: 1 to 20 cumulative percentages".into(),
+            ));
+        }
+        let mut prev = 0u8;
+        for &w in &self.waves {
+            if w <= prev || w > 100 {
+                return Err(ServerError::BadRequest(
+                    "waves must strictly increase, each in 1..=100".into(),
+                ));
+            }
+            prev = w;
+        }
+        if prev != 100 {
+            return Err(ServerError::BadRequest(
+                "the last wave must be 100 (everyone)".into(),
+            ));
+        }
+        if self.success_threshold > 100 || self.error_threshold == 0 || self.error_threshold > 100 {
+            return Err(ServerError::BadRequest(
+                "success_threshold in 0..=100, error_threshold in 1..=100".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// For `total` devices and cumulative percentages, the wave index of each position.
+/// Each wave holds at least one device when there are devices left, so a small fleet still
+/// moves through every wave in order.
+pub fn assign_waves(total: usize, waves: &[u8]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(total);
+    let mut start = 0usize;
+    for (i, &pct) in waves.iter().enumerate() {
+        let mut end = (total * usize::from(pct)).div_ceil(100);
+        if i + 1 == waves.len() {
+            end = total;
+        }
+        let end = end.max((start + 1).min(total));
+        for _ in start..end {
+            out.push(i);
+        }
+        start = end;
+    }
+    out
+}
+
+/// Counts of released jobs, for the thresholds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// All jobs.
+    pub total: i64,
+    /// Jobs in released waves.
+    pub released: i64,
+    /// Succeeded.
+    pub succeeded: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Cancelled.
+    pub cancelled: i64,
+    /// Delivered, not yet ended.
+    pub delivered: i64,
+}
+
+/// What the evaluation decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to change.
+    Stay,
+    /// Release the next wave.
+    NextWave,
+    /// Halt: error threshold reached.
+    Halt(String),
+    /// Every job ended.
+    Complete,
+}
+
+/// The decision over the released jobs (pure).
+pub fn evaluate(
+    p: &Progress,
+    success_threshold: u8,
+    error_threshold: u8,
+    more_waves: bool,
+) -> Step {
+    if p.released > 0 && p.failed * 100 >= i64::from(error_threshold) * p.released {
+        return Step::Halt(format!(
+            "{} of {} released jobs failed (error threshold {}%)",
+            p.failed, p.released, error_threshold
+        ));
+    }
+    let ended = p.succeeded + p.failed + p.cancelled;
+    if more_waves {
+        if p.succeeded * 100 >= i64::from(success_threshold) * p.released {
+            return Step::NextWave;
+        }
+        return Step::Stay;
+    }
+    if ended == p.total {
+        return Step::Complete;
+    }
+    Step::Stay
+}
+
+/// A campaign as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Campaign {
+    /// Id.
+    pub id: i64,
+    /// Label.
+    pub name: String,
+    /// Package.
+    pub package_id: i64,
+    /// Model filter.
+    pub target_model: Option<String>,
+    /// Firmware filter.
+    pub target_fw: Option<String>,
+    /// Group filter.
+    pub target_group: Option<String>,
+    /// Cumulative wave percentages.
+    pub waves: Vec<u8>,
+    /// Success threshold (percent).
+    pub success_threshold: u8,
+    /// Error threshold (percent).
+    pub error_threshold: u8,
+    /// State.
+    pub state: CampaignState,
+    /// Index of the newest released wave.
+    pub current_wave: i64,
+    /// Why it halted.
+    pub halt_reason: Option<String>,
+    /// Counts.
+    pub progress: Progress,
+    /// Created (Unix ms).
+    pub created_ms: i64,
+    /// Updated (Unix ms).
+    pub updated_ms: i64,
+}
+
+fn pct(v: i64) -> u8 {
+    u8::try_from(v.clamp(0, 100)).unwrap_or(100)
+}
+
+async fn campaign_from_row(db: &Db, r: &AnyRow) -> Result<Campaign> {
+    let id = r.i64("id")?;
+    let waves: Vec<u8> = serde_json::from_str(&r.text("waves")?)
+        .map_err(|e| ServerError::Db(format!("campaign {id} waves: {e}")))?;
+    let current_wave = r.i64("current_wave")?;
+    Ok(Campaign {
+        id,
+        name: r.text("name")?,
+        package_id: r.i64("package_id")?,
+        target_model: r.opt_text("target_model")?,
+        target_fw: r.opt_text("target_fw")?,
+        target_group: r.opt_text("target_group")?,
+        waves,
+        success_threshold: pct(r.i64("success_threshold")?),
+        error_threshold: pct(r.i64("error_threshold")?),
+        state: CampaignState::parse(&r.text("state")?)?,
+        current_wave,
+        halt_reason: r.opt_text("halt_reason")?,
+        progress: progress(db, id, current_wave).await?,
+        created_ms: r.i64("created_ms")?,
+        updated_ms: r.i64("updated_ms")?,
+    })
+}
+
+/// Counts the campaign's jobs.
+pub async fn progress(db: &Db, campaign_id: i64, current_wave: i64) -> Result<Progress> {
+    let rows = sqlx::query(
+        "SELECT state, wave <= $2 AS released, COUNT(*) AS n FROM jobs WHERE campaign_id = $1 \
+         GROUP BY state, wave <= $2",
+    )
+    .bind(campaign_id)
+    .bind(current_wave)
+    .fetch_all(db.pool())
+    .await?;
+    let mut p = Progress::default();
+    for r in rows {
+        let n = r.i64("n")?;
+        // `wave <= $2` is a boolean in PostgreSQL and an integer in SQLite.
+        let released = match r.try_get::<bool, _>("released") {
+            Ok(b) => b,
+            Err(_) => r.i64("released")? != 0,
+        };
+        p.total += n;
+        if released {
+            p.released += n;
+        }
+        match JobState::parse(&r.text("state")?)? {
+            JobState::Succeeded => p.succeeded += n,
+            JobState::Failed => p.failed += n,
+            JobState::Cancelled => p.cancelled += n,
+            JobState::Delivered => p.delivered += n,
+            JobState::Waiting | JobState::Pending => {}
+        }
+    }
+    Ok(p)
+}
+
+/// Creates a campaign and its jobs (first wave released), then evaluates it once.
+pub async fn create(db: &Db, spec: &CampaignSpec) -> Result<Campaign> {
+    spec.validate()?;
+    let exists = sqlx::query("SELECT id FROM packages WHERE id = $1")
+        .bind(spec.package_id)
+        .fetch_optional(db.pool())
+        .await?;
+    if exists.is_none() {
+        return Err(ServerError::NotFound(format!(
+            "package {}",
+            spec.package_id
+        )));
+    }
+    if let Some(g) = &spec.target_group {
+        let found = sqlx::query("SELECT id FROM device_groups WHERE name = $1")
+            .bind(g.clone())
+            .fetch_optional(db.pool())
+            .await?;
+        if found.is_none() {
+            return Err(ServerError::NotFound(format!("group {g}")));
+        }
+    }
+    let now = now_ms();
+    let waves_json =
+        serde_json::to_string(&spec.waves).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+    let mut tx = db.pool().begin().await?;
+    let row = sqlx::query(
+        "INSERT INTO campaigns (name, package_id, target_model, target_fw, target_group, waves, \
+         success_threshold, error_threshold, state, current_wave, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', 0, $9, $9) RETURNING id",
+    )
+    .bind(spec.name.clone())
+    .bind(spec.package_id)
+    .bind(spec.target_model.clone())
+    .bind(spec.target_fw.clone())
+    .bind(spec.target_group.clone())
+    .bind(waves_json)
+    .bind(i64::from(spec.success_threshold))
+    .bind(i64::from(spec.error_threshold))
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    let id = row.i64("id")?;
+    // NULL filters match everything; the group filter is a membership test.
+    let devices = sqlx::query(
+        "SELECT d.id FROM devices d WHERE ($1 IS NULL OR d.model = $1) \
+         AND ($2 IS NULL OR d.fw_version = $2) \
+         AND ($3 IS NULL OR EXISTS (SELECT 1 FROM group_members m JOIN device_groups g \
+              ON g.id = m.group_id WHERE g.name = $3 AND m.device_id = d.id)) \
+         ORDER BY d.id",
+    )
+    .bind(spec.target_model.clone())
+    .bind(spec.target_fw.clone())
+    .bind(spec.target_group.clone())
+    .fetch_all(&mut *tx)
+    .await?;
+    let waves = assign_waves(devices.len(), &spec.waves);
+    for (dev, wave) in devices.iter().zip(waves) {
+        let state = if wave == 0 {
+            JobState::Pending
+        } else {
+            JobState::Waiting
+        };
+        sqlx::query(
+            "INSERT INTO jobs (campaign_id, device_id, wave, state, correlator, created_ms, \
+             updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(id)
+        .bind(dev.i64("id")?)
+        .bind(i64::try_from(wave).unwrap_or(i64::MAX))
+        .bind(state.as_str())
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    advance(db, id).await?;
+    get(db, id).await
+}
+
+/// Reads a campaign.
+pub async fn get(db: &Db, id: i64) -> Result<Campaign> {
+    let row = sqlx::query("SELECT * FROM campaigns WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("campaign {id}")))?;
+    campaign_from_row(db, &row).await
+}
+
+/// Lists campaigns, newest first.
+pub async fn list(db: &Db) -> Result<Vec<Campaign>> {
+    let rows = sqlx::query("SELECT * FROM campaigns ORDER BY id DESC")
+        .fetch_all(db.pool())
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(campaign_from_row(db, r).await?);
+    }
+    Ok(out)
+}
+
+/// Operator actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Running -> paused.
+    Pause,
+    /// Paused or halted -> running.
+    Resume,
+    /// Any but completed/cancelled -> cancelled; undelivered jobs cancelled.
+    Cancel,
+}
+
+/// Applies an operator action (compare-and-set on the state).
+pub async fn act(db: &Db, id: i64, action: Action) -> Result<Campaign> {
+    let current = get(db, id).await?;
+    let (from, to): (&[CampaignState], CampaignState) = match action {
+        Action::Pause => (&[CampaignState::Running], CampaignState::Paused),
+        Action::Resume => (
+            &[CampaignState::Paused, CampaignState::Halted],
+            CampaignState::Running,
+        ),
+        Action::Cancel => (
+            &[
+                CampaignState::Running,
+                CampaignState::Paused,
+                CampaignState::Halted,
+            ],
+            CampaignState::Cancelled,
+        ),
+    };
+    if !from.contains(&current.state) {
+        return Err(ServerError::Conflict(format!(
+            "campaign {id} is {}: cannot {}",
+            current.state.as_str(),
+            match action {
+                Action::Pause => "pause",
+                Action::Resume => "resume",
+                Action::Cancel => "cancel",
+            }
+        )));
+    }
+    let mut tx = db.pool().begin().await?;
+    let done = sqlx::query(
+        "UPDATE campaigns SET state = $1, halt_reason = NULL, updated_ms = $2 \
+         WHERE id = $3 AND state = $4",
+    )
+    .bind(to.as_str())
+    .bind(now_ms())
+    .bind(id)
+    .bind(current.state.as_str())
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(ServerError::Conflict(format!(
+            "campaign {id} changed meanwhile; retry"
+        )));
+    }
+    if action == Action::Cancel {
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', updated_ms = $1 WHERE campaign_id = $2 \
+             AND state IN ('waiting', 'pending')",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    if action == Action::Resume {
+        advance(db, id).await?;
+    }
+    get(db, id).await
+}
+
+/// Re-evaluates a running campaign after a change, releasing waves (possibly several, when a
+/// wave is already fully decided), halting or completing it.
+pub async fn advance(db: &Db, id: i64) -> Result<()> {
+    // Bounded: at most one step per wave, plus the final one.
+    for _ in 0..32 {
+        let c = get(db, id).await?;
+        if c.state != CampaignState::Running {
+            return Ok(());
+        }
+        let more = usize::try_from(c.current_wave + 1).unwrap_or(usize::MAX) < c.waves.len();
+        let now = now_ms();
+        match evaluate(&c.progress, c.success_threshold, c.error_threshold, more) {
+            Step::Stay => return Ok(()),
+            Step::Halt(reason) => {
+                tracing::warn!(campaign = id, %reason, "campaign halted");
+                sqlx::query(
+                    "UPDATE campaigns SET state = 'halted', halt_reason = $1, updated_ms = $2 \
+                     WHERE id = $3 AND state = 'running'",
+                )
+                .bind(reason)
+                .bind(now)
+                .bind(id)
+                .execute(db.pool())
+                .await?;
+                return Ok(());
+            }
+            Step::Complete => {
+                sqlx::query(
+                    "UPDATE campaigns SET state = 'completed', updated_ms = $1 \
+                     WHERE id = $2 AND state = 'running'",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(db.pool())
+                .await?;
+                return Ok(());
+            }
+            Step::NextWave => {
+                let next = c.current_wave + 1;
+                let mut tx = db.pool().begin().await?;
+                let moved = sqlx::query(
+                    "UPDATE campaigns SET current_wave = $1, updated_ms = $2 \
+                     WHERE id = $3 AND current_wave = $4 AND state = 'running'",
+                )
+                .bind(next)
+                .bind(now)
+                .bind(id)
+                .bind(c.current_wave)
+                .execute(&mut *tx)
+                .await?;
+                if moved.rows_affected() == 1 {
+                    sqlx::query(
+                        "UPDATE jobs SET state = 'pending', updated_ms = $1 \
+                         WHERE campaign_id = $2 AND wave = $3 AND state = 'waiting'",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .bind(next)
+                    .execute(&mut *tx)
+                    .await?;
+                    tracing::info!(campaign = id, wave = next, "next wave released");
+                }
+                tx.commit().await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    /// Id.
+    pub id: i64,
+    /// Campaign.
+    pub campaign_id: i64,
+    /// Device (database id).
+    pub device_id: i64,
+    /// Device IMEI.
+    pub imei: String,
+    /// Wave index.
+    pub wave: i64,
+    /// State.
+    pub state: JobState,
+    /// Last FUMO state the device reported (FUMO §6: 10 idle ... 100 update successful).
+    pub fumo_state: Option<i64>,
+    /// FUMO result code from the 1226 alert.
+    pub result_code: Option<i64>,
+    /// The Correlator of the Exec.
+    pub correlator: String,
+    /// Update id (the token's `cti`), hex.
+    pub update_id: Option<String>,
+    /// Whether the card receipt verified (`verified`, `invalid: ...`, `absent`).
+    pub receipt_status: Option<String>,
+    /// A note (why it failed, ...).
+    pub detail: Option<String>,
+    /// Updated (Unix ms).
+    pub updated_ms: i64,
+}
+
+fn job_from_row(r: &AnyRow) -> Result<Job> {
+    Ok(Job {
+        id: r.i64("id")?,
+        campaign_id: r.i64("campaign_id")?,
+        device_id: r.i64("device_id")?,
+        imei: r.text("imei")?,
+        wave: r.i64("wave")?,
+        state: JobState::parse(&r.text("state")?)?,
+        fumo_state: r.opt_i64("fumo_state")?,
+        result_code: r.opt_i64("result_code")?,
+        correlator: r.text("correlator")?,
+        update_id: r.opt_bytes("update_id")?.map(hex::encode),
+        receipt_status: r.opt_text("receipt_status")?,
+        detail: r.opt_text("detail")?,
+        updated_ms: r.i64("updated_ms")?,
+    })
+}
+
+/// Lists jobs, optionally of one campaign (newest 1000 when across campaigns).
+pub async fn jobs(db: &Db, campaign_id: Option<i64>) -> Result<Vec<Job>> {
+    let rows = match campaign_id {
+        Some(c) => {
+            sqlx::query(
+                "SELECT j.*, d.imei FROM jobs j JOIN devices d ON d.id = j.device_id \
+                 WHERE j.campaign_id = $1 ORDER BY j.id",
+            )
+            .bind(c)
+            .fetch_all(db.pool())
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "SELECT j.*, d.imei FROM jobs j JOIN devices d ON d.id = j.device_id \
+                 ORDER BY j.id DESC LIMIT 1000",
+            )
+            .fetch_all(db.pool())
+            .await?
+        }
+    };
+    rows.iter().map(job_from_row).collect()
+}
+
+/// Reads a job.
+pub async fn job(db: &Db, id: i64) -> Result<Job> {
+    let row = sqlx::query(
+        "SELECT j.*, d.imei FROM jobs j JOIN devices d ON d.id = j.device_id WHERE j.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or_else(|| ServerError::NotFound(format!("job {id}")))?;
+    job_from_row(&row)
+}
+
+/// The job to deliver to a device now: its oldest pending job of a running campaign.
+pub async fn next_job_for_device(db: &Db, device_id: i64) -> Result<Option<Job>> {
+    let row = sqlx::query(
+        "SELECT j.*, d.imei FROM jobs j JOIN devices d ON d.id = j.device_id \
+         JOIN campaigns c ON c.id = j.campaign_id \
+         WHERE j.device_id = $1 AND j.state = 'pending' AND c.state = 'running' \
+         ORDER BY j.id LIMIT 1",
+    )
+    .bind(device_id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+/// Marks a pending job delivered (token issued, Exec accepted), recording the update id and
+/// token. Fails with `Conflict` if the job is no longer pending (another replica took it, or it
+/// was cancelled).
+pub async fn mark_delivered(db: &Db, job_id: i64, update_id: &[u8], token: &[u8]) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'delivered', update_id = $1, token = $2, fumo_state = 30, \
+         updated_ms = $3 WHERE id = $4 AND state = 'pending'",
+    )
+    .bind(update_id.to_vec())
+    .bind(token.to_vec())
+    .bind(now_ms())
+    .bind(job_id)
+    .execute(db.pool())
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(ServerError::Conflict(format!(
+            "job {job_id} is no longer pending"
+        )));
+    }
+    Ok(())
+}
+
+/// Records the FUMO result of a delivered job (from the 1226 Generic Alert) and re-evaluates
+/// its campaign. A result for a job that is not `delivered` is refused (`Conflict`): results are
+/// recorded once.
+pub async fn record_result(
+    db: &Db,
+    job_id: i64,
+    result_code: u16,
+    receipt: Option<&[u8]>,
+    receipt_status: &str,
+    detail: Option<&str>,
+) -> Result<Job> {
+    // FUMO §8: 200 is the only success code; everything else is a failure of some kind.
+    let (state, fumo_state) = if result_code == 200 {
+        (JobState::Succeeded, 100)
+    } else {
+        (JobState::Failed, 80)
+    };
+    let done = sqlx::query(
+        "UPDATE jobs SET state = $1, result_code = $2, fumo_state = $3, receipt = $4, \
+         receipt_status = $5, detail = $6, updated_ms = $7 WHERE id = $8 AND state = 'delivered'",
+    )
+    .bind(state.as_str())
+    .bind(i64::from(result_code))
+    .bind(fumo_state)
+    .bind(receipt.map(<[u8]>::to_vec))
+    .bind(receipt_status.to_owned())
+    .bind(detail.map(str::to_owned))
+    .bind(now_ms())
+    .bind(job_id)
+    .execute(db.pool())
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(ServerError::Conflict(format!(
+            "job {job_id} has no delivery awaiting a result"
+        )));
+    }
+    let j = job(db, job_id).await?;
+    advance(db, j.campaign_id).await?;
+    Ok(j)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waves_split_in_order_and_never_empty() {
+        assert_eq!(
+            assign_waves(10, &[10, 50, 100]),
+            vec![0, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+        );
+        assert_eq!(assign_waves(3, &[10, 50, 100]), vec![0, 1, 2]);
+        assert_eq!(assign_waves(2, &[10, 50, 100]), vec![0, 1]);
+        assert_eq!(assign_waves(0, &[100]), Vec::<usize>::new());
+        assert_eq!(assign_waves(4, &[100]), vec![0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn thresholds() {
+        let p = |released, succeeded, failed| Progress {
+            total: 10,
+            released,
+            succeeded,
+            failed,
+            cancelled: 0,
+            delivered: 0,
+        };
+        assert_eq!(evaluate(&p(2, 2, 0), 90, 10, true), Step::NextWave);
+        assert_eq!(evaluate(&p(2, 1, 0), 90, 10, true), Step::Stay);
+        assert!(matches!(evaluate(&p(2, 1, 1), 50, 50, true), Step::Halt(_)));
+        assert_eq!(evaluate(&p(10, 9, 0), 90, 10, false), Step::Stay);
+        let mut done = p(10, 9, 0);
+        done.cancelled = 1;
+        assert_eq!(evaluate(&done, 90, 10, false), Step::Complete);
+    }
+
+    #[test]
+    fn spec_validation() {
+        let mut s = CampaignSpec {
+            name: "x".into(),
+            package_id: 1,
+            target_model: None,
+            target_fw: None,
+            target_group: None,
+            waves: vec![10, 50, 100],
+            success_threshold: 90,
+            error_threshold: 10,
+        };
+        assert!(s.validate().is_ok());
+        s.waves = vec![50, 50, 100];
+        assert!(s.validate().is_err());
+        s.waves = vec![10, 50];
+        assert!(s.validate().is_err());
+        s.waves = vec![100];
+        s.error_threshold = 0;
+        assert!(s.validate().is_err());
+    }
+}

@@ -1,0 +1,486 @@
+//! Server configuration: command-line flags, a TOML file and environment variables.
+//!
+//! Precedence, highest first: a flag on the command line, its environment variable (the CLI
+//! reads both), the TOML file given with `--config`, then the defaults below. The CLI builds a
+//! [`Settings`] from flags and environment, loads the optional [`FileConfig`], and
+//! [`ServerConfig::resolve`] merges the two.
+//!
+//! Example file:
+//!
+//! ```toml
+//! data_dir = "/var/lib/simfota"
+//! listen = "0.0.0.0:8443"
+//! database = "postgres://simfota@db.example/simfota"   # absent: SQLite in data_dir
+//! public_url = "https://dm.example.net"                  # what devices are told to fetch from
+//! server_id = "operator-dm"
+//! enrolment = "preregistered"
+//! tls_cert = "/etc/simfota/tls.crt"
+//! tls_key = "/etc/simfota/tls.key"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Result, ServerError};
+
+/// The default listening address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// The default ServerID (SyncML RepPro 1.2 §6.1.6: the `Source/LocURI` of server messages).
+pub const DEFAULT_SERVER_ID: &str = "simfota";
+/// The default limit for a request body other than a package upload (DM messages, JSON).
+pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
+/// The default limit for an uploaded package (envelope + payload).
+pub const DEFAULT_MAX_PACKAGE: usize = 512 * 1024 * 1024;
+
+/// What the server does with a device it has never seen (documented in docs/server.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enrolment {
+    /// Only devices registered through the API (with their DM credentials) may open a session;
+    /// an unknown device gets 401 with a challenge and the attempt is recorded.
+    #[default]
+    Preregistered,
+    /// An unknown device that authenticates with the configured enrolment password is registered
+    /// on first contact with that password as its own credential (labs and demos).
+    SharedSecret,
+}
+
+impl std::str::FromStr for Enrolment {
+    type Err = ServerError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "preregistered" => Ok(Self::Preregistered),
+            "shared-secret" => Ok(Self::SharedSecret),
+            other => Err(ServerError::Config(format!(
+                "enrolment `{other}` is not one of: preregistered, shared-secret"
+            ))),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The optional TOML file. Every field may be absent; unknown fields are refused so that a typo
+/// does not silently leave a default in force.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data folder.
+    pub data_dir: Option<PathBuf>,
+    /// Listening address.
+    pub listen: Option<SocketAddr>,
+    /// PostgreSQL URL (or an explicit `sqlite://` URL).
+    pub database: Option<String>,
+    /// Base URL devices use to reach this server.
+    pub public_url: Option<String>,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// ServerID.
+    pub server_id: Option<String>,
+    /// Server signing key (PEM, P-256).
+    pub server_key: Option<PathBuf>,
+    /// Card issuer public keys (PEM).
+    pub issuer_keys: Option<Vec<PathBuf>>,
+    /// Trusted software originators.
+    pub originators: Option<Vec<OriginatorConfig>>,
+    /// Enrolment rule.
+    pub enrolment: Option<Enrolment>,
+    /// Enrolment password for [`Enrolment::SharedSecret`].
+    pub enrolment_password: Option<String>,
+    /// Body limit for DM and API requests.
+    pub max_body_bytes: Option<usize>,
+    /// Body limit for package uploads.
+    pub max_package_bytes: Option<usize>,
+    /// How long a request waits for a database connection before answering 503.
+    pub db_acquire_timeout_ms: Option<u64>,
+    /// Log format.
+    pub log_format: Option<LogFormat>,
+}
+
+/// A trusted software originator: its id (as the card knows it) and public key file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginatorConfig {
+    /// The originator id.
+    pub id: String,
+    /// Its public key (PEM, P-256).
+    pub key: PathBuf,
+}
+
+/// Values from the command line and the environment (each `None` when not given).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `--config FILE`.
+    pub config_file: Option<PathBuf>,
+    /// `--data DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen ADDR`.
+    pub listen: Option<SocketAddr>,
+    /// `--database URL`.
+    pub database: Option<String>,
+    /// `--public-url URL`.
+    pub public_url: Option<String>,
+    /// `--tls-cert FILE`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key FILE`.
+    pub tls_key: Option<PathBuf>,
+    /// `--server-id ID`.
+    pub server_id: Option<String>,
+    /// `--server-key FILE`.
+    pub server_key: Option<PathBuf>,
+    /// `--issuer-key FILE` (repeatable).
+    pub issuer_keys: Vec<PathBuf>,
+    /// `--originator ID=FILE` (repeatable).
+    pub originators: Vec<OriginatorConfig>,
+    /// `--enrolment RULE`.
+    pub enrolment: Option<Enrolment>,
+    /// `--enrolment-password` (environment only in practice).
+    pub enrolment_password: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TLS certificate and key files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The data folder: database (SQLite), package payloads, generated API token.
+    pub data_dir: PathBuf,
+    /// Listening address (port 0 picks a free port; see [`crate::RunningServer::local_addr`]).
+    pub listen: SocketAddr,
+    /// Database URL; `None` = SQLite file `simfota.db` in the data folder.
+    pub database: Option<String>,
+    /// Base URL devices use (package URLs in FUMO nodes); `None` = derived from the listening
+    /// address and the scheme.
+    pub public_url: Option<String>,
+    /// TLS files; `None` = plain HTTP (behind a TLS-terminating proxy, or on loopback).
+    pub tls: Option<TlsFiles>,
+    /// ServerID: the DM server identity, `iss` of delivery tokens.
+    pub server_id: String,
+    /// Server signing key file (P-256 PEM); `None` = `server-key.pem` in the data folder.
+    pub server_key: Option<PathBuf>,
+    /// Card issuer public keys: card certificates must verify under one of them.
+    pub issuer_keys: Vec<PathBuf>,
+    /// Trusted software originators: uploaded packages must verify under one of them.
+    pub originators: Vec<OriginatorConfig>,
+    /// What happens to unknown devices.
+    pub enrolment: Enrolment,
+    /// Enrolment password for [`Enrolment::SharedSecret`].
+    pub enrolment_password: Option<String>,
+    /// Body limit for DM and API requests.
+    pub max_body_bytes: usize,
+    /// Body limit for package uploads.
+    pub max_package_bytes: usize,
+    /// How long a request waits for a database connection before it answers 503.
+    pub db_acquire_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    // Hand-written so that the database password and the enrolment password never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("database", &self.database.as_deref().map(redact_url))
+            .field("public_url", &self.public_url)
+            .field("tls", &self.tls)
+            .field("server_id", &self.server_id)
+            .field("server_key", &self.server_key)
+            .field("issuer_keys", &self.issuer_keys)
+            .field("originators", &self.originators)
+            .field("enrolment", &self.enrolment)
+            .field(
+                "enrolment_password",
+                &self.enrolment_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_package_bytes", &self.max_package_bytes)
+            .field("db_acquire_timeout", &self.db_acquire_timeout)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host/...` URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let pw = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{pw}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML configuration file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError::io("cannot read the configuration file", path, e))?;
+        toml::from_str(&text)
+            .map_err(|e| ServerError::Config(format!("{}: {}", path.display(), e.message())))
+    }
+}
+
+impl ServerConfig {
+    /// A configuration with every default and the given data folder (what tests and the demo
+    /// start from).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            database: None,
+            public_url: None,
+            tls: None,
+            server_id: DEFAULT_SERVER_ID.to_owned(),
+            server_key: None,
+            issuer_keys: Vec::new(),
+            originators: Vec::new(),
+            enrolment: Enrolment::default(),
+            enrolment_password: None,
+            max_body_bytes: DEFAULT_MAX_BODY,
+            max_package_bytes: DEFAULT_MAX_PACKAGE,
+            db_acquire_timeout: Duration::from_secs(3),
+            log_format: LogFormat::default(),
+        }
+    }
+
+    /// Merges flags/environment over the file over the defaults, and checks the result.
+    pub fn resolve(settings: Settings) -> Result<Self> {
+        let file = match &settings.config_file {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        // Relative paths in the file are relative to the file, so a config can travel with its keys.
+        let base = settings
+            .config_file
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let data_dir = settings
+            .data_dir
+            .or_else(|| file.data_dir.map(rel))
+            .ok_or_else(|| {
+                ServerError::Config(
+                    "no data folder: give --data DIR (or data_dir in the file)".into(),
+                )
+            })?;
+        let mut cfg = Self::with_data_dir(data_dir);
+        if let Some(l) = settings.listen.or(file.listen) {
+            cfg.listen = l;
+        }
+        cfg.database = settings.database.or(file.database);
+        cfg.public_url = settings.public_url.or(file.public_url);
+        let cert = settings.tls_cert.or_else(|| file.tls_cert.map(rel));
+        let key = settings.tls_key.or_else(|| file.tls_key.map(rel));
+        cfg.tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ServerError::Config(
+                    "TLS needs both --tls-cert and --tls-key".into(),
+                ));
+            }
+        };
+        if let Some(id) = settings.server_id.or(file.server_id) {
+            cfg.server_id = id;
+        }
+        cfg.server_key = settings.server_key.or_else(|| file.server_key.map(rel));
+        cfg.issuer_keys = if settings.issuer_keys.is_empty() {
+            file.issuer_keys
+                .unwrap_or_default()
+                .into_iter()
+                .map(rel)
+                .collect()
+        } else {
+            settings.issuer_keys
+        };
+        cfg.originators = if settings.originators.is_empty() {
+            file.originators
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| OriginatorConfig {
+                    id: o.id,
+                    key: rel(o.key),
+                })
+                .collect()
+        } else {
+            settings.originators
+        };
+        if let Some(e) = settings.enrolment.or(file.enrolment) {
+            cfg.enrolment = e;
+        }
+        cfg.enrolment_password = settings.enrolment_password.or(file.enrolment_password);
+        if let Some(n) = file.max_body_bytes {
+            cfg.max_body_bytes = n;
+        }
+        if let Some(n) = file.max_package_bytes {
+            cfg.max_package_bytes = n;
+        }
+        if let Some(ms) = file.db_acquire_timeout_ms {
+            cfg.db_acquire_timeout = Duration::from_millis(ms);
+        }
+        if let Some(f) = settings.log_format.or(file.log_format) {
+            cfg.log_format = f;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that cannot be right.
+    pub fn validate(&self) -> Result<()> {
+        if self.server_id.is_empty() || self.server_id.len() > 64 {
+            return Err(ServerError::Config(
+                "server_id must be 1 to 64 bytes".into(),
+            ));
+        }
+        if self.enrolment == Enrolment::SharedSecret
+            && self.enrolment_password.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(ServerError::Config(
+                "enrolment = shared-secret needs an enrolment password (SIMFOTA_ENROLMENT_PASSWORD)"
+                    .into(),
+            ));
+        }
+        if let Some(db) = &self.database
+            && !(db.starts_with("postgres://")
+                || db.starts_with("postgresql://")
+                || db.starts_with("sqlite:"))
+        {
+            return Err(ServerError::Config(format!(
+                "database URL must start with postgres://, postgresql:// or sqlite: (got {})",
+                redact_url(db)
+            )));
+        }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ServerError::Config(format!(
+                "public_url must be an http(s) URL: {u}"
+            )));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ServerError::Config(
+                "max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The base URL devices are given, without a trailing slash.
+    pub fn base_url(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{bound}")
+            }
+        }
+    }
+
+    /// The folder holding package payloads.
+    pub fn package_dir(&self) -> PathBuf {
+        self.data_dir.join("packages")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_database_password() {
+        assert_eq!(
+            redact_url("postgres://simfota:s3cret@db:5432/x?sslmode=require"),
+            "postgres://simfota:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@h/x"), "postgres://u@h/x");
+        let mut cfg = ServerConfig::with_data_dir("/d");
+        cfg.database = Some("postgres://a:topsecret@h/db".into());
+        cfg.enrolment_password = Some("hunter2".into());
+        let dbg = format!("{cfg:?}");
+        assert!(
+            !dbg.contains("topsecret") && !dbg.contains("hunter2"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_paths_are_relative_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\nlisten = \"127.0.0.1:9000\"\nserver_id = \"from-file\"\n\
+             tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        let cfg = ServerConfig::resolve(Settings {
+            config_file: Some(file.clone()),
+            server_id: Some("from-flag".into()),
+            ..Settings::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.server_id, "from-flag");
+        assert_eq!(cfg.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(cfg.data_dir, dir.path().join("data"));
+        assert_eq!(cfg.tls.unwrap().cert, dir.path().join("c.pem"));
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_half_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(&file, "data_dir = \"d\"\nlisten_addr = \"x\"\n").unwrap();
+        let err = ServerConfig::resolve(Settings {
+            config_file: Some(file),
+            ..Settings::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+        let err = ServerConfig::resolve(Settings {
+            data_dir: Some("d".into()),
+            tls_cert: Some("c".into()),
+            ..Settings::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("both"), "{err}");
+        let err = ServerConfig::resolve(Settings::default()).unwrap_err();
+        assert!(err.to_string().contains("--data"), "{err}");
+    }
+}

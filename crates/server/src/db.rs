@@ -1,0 +1,195 @@
+//! Storage: one code path over SQLite and PostgreSQL.
+//!
+//! The server talks to the database through sqlx's `Any` driver: every query is written once,
+//! in the SQL both engines accept (`$1` placeholders, `RETURNING`, `ON CONFLICT`), and values are
+//! limited to what `Any` carries across both (`i64`, `String`, `Vec<u8>`, `Option` of those;
+//! times are Unix milliseconds). The alternative — a trait with two implementations — would
+//! duplicate every query and let the two drift; the only engine-specific text left is the DDL,
+//! kept in two migration folders with the same tables and columns (a test checks that).
+//!
+//! SQLite (the default, a file in the data folder) runs in WAL mode so readers do not block the
+//! writer. PostgreSQL is for several stateless replicas sharing one database: no state that
+//! matters lives in a process (DM sessions included).
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::error::{Result, ServerError};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which database engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// The connection pool and its engine.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Db {
+    /// Connects to `url` (or to `simfota.db` in `data_dir` when `url` is `None`), creating the
+    /// SQLite file if needed, and applies the migrations.
+    pub async fn open(
+        url: Option<&str>,
+        data_dir: &Path,
+        acquire_timeout: Duration,
+    ) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let url = match url {
+            Some(u) => u.to_owned(),
+            None => {
+                let file = data_dir.join("simfota.db");
+                let file = file.to_str().ok_or_else(|| {
+                    ServerError::Config(format!(
+                        "data folder path is not UTF-8: {}",
+                        file.display()
+                    ))
+                })?;
+                format!("sqlite://{file}?mode=rwc")
+            }
+        };
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 10,
+            })
+            .acquire_timeout(acquire_timeout)
+            // A connection that died while idle (database restarted) is noticed and replaced
+            // before use, so the server recovers by itself when the database returns.
+            .test_before_acquire(true)
+            .connect_lazy(&url)
+            .map_err(ServerError::from)?;
+        let db = Self { pool, backend };
+        if backend == Backend::Sqlite {
+            // WAL is a property of the file: set once, it stays. Readers then never block the writer.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .fetch_all(&db.pool)
+                .await?;
+        }
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Applies the pending migrations of this engine.
+    pub async fn migrate(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// The pool (for queries).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The engine.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Answers `Ok` when the database can run a query now.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection (graceful shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Typed column access on an `Any` row with the error mapped.
+pub trait RowExt {
+    /// An `i64` column.
+    fn i64(&self, col: &str) -> Result<i64>;
+    /// A nullable `i64` column.
+    fn opt_i64(&self, col: &str) -> Result<Option<i64>>;
+    /// A text column.
+    fn text(&self, col: &str) -> Result<String>;
+    /// A nullable text column.
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    /// A blob column.
+    fn bytes(&self, col: &str) -> Result<Vec<u8>>;
+    /// A nullable blob column.
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>>;
+}
+
+impl RowExt for AnyRow {
+    fn i64(&self, col: &str) -> Result<i64> {
+        Ok(self.try_get::<i64, _>(col)?)
+    }
+    fn opt_i64(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.try_get::<Option<i64>, _>(col)?)
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.try_get::<String, _>(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.try_get::<Option<String>, _>(col)?)
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+        Ok(self.try_get::<Vec<u8>, _>(col)?)
+    }
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.try_get::<Option<Vec<u8>>, _>(col)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The two DDL flavours must describe the same schema: the PostgreSQL file is the SQLite file
+    /// with the type names mapped, nothing else.
+    #[test]
+    fn migration_flavours_match() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut names: Vec<_> = std::fs::read_dir(dir.join("sqlite"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert!(!names.is_empty());
+        for name in names {
+            let lite = std::fs::read_to_string(dir.join("sqlite").join(&name)).unwrap();
+            let pg = std::fs::read_to_string(dir.join("postgres").join(&name)).unwrap();
+            let mapped: Vec<String> = lite
+                .lines()
+                .skip(1) // the first comment line names the flavour
+                .map(|l| {
+                    l.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+                        .replace("BLOB", "BYTEA")
+                        .replace("INTEGER", "BIGINT")
+                })
+                .collect();
+            let pg_lines: Vec<String> = pg.lines().skip(1).map(str::to_owned).collect();
+            assert_eq!(mapped, pg_lines, "{name:?}: flavours differ");
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The HTTP surface: routes, body limits, request tracing.
+
+pub mod range;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::AppState;
+use crate::error::Result;
+use crate::packages;
+
+/// Builds the application router.
+pub fn router(state: AppState) -> Router {
+    let api = crate::api::routes(state.config.max_package_bytes);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/packages/{id}/envelope", get(packages::serve_envelope))
+        .route("/packages/{id}/payload", get(packages::serve_payload))
+        .nest("/api/v1", api)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn count_responses(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let class = match resp.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    s.metrics.http_responses.with_label_values(&[class]).inc();
+    resp
+}
+
+/// `GET /healthz`: 200 when the database answers, 503 otherwise (load balancers use it).
+async fn healthz(State(s): State<AppState>) -> Result<&'static str> {
+    s.db.ping().await?;
+    Ok("ok\n")
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(s): State<AppState>) -> Result<Response> {
+    let text = s.metrics.render(&s.db).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response())
+}

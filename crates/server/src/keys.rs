@@ -1,0 +1,100 @@
+//! The keys the server holds or trusts, loaded once at start.
+//!
+//! - The server key (P-256, PKCS#8 PEM) signs delivery tokens, log-read requests and log
+//!   acknowledgements, and opens log exports addressed to this server. It is read from
+//!   `--server-key` or, by default, `server-key.pem` in the data folder, created on first run
+//!   (mode 0600) together with `server-pub.pem` for the card issuer to list on cards.
+//! - Originator public keys: an uploaded package must verify under one of them.
+//! - Issuer public keys: a card certificate must verify under one of them.
+//!
+//! The private key never appears in a log, an API answer or an error message.
+
+use std::path::Path;
+
+use simfota_wire::PublicKey;
+use simfota_wire::p256::ecdsa::SigningKey;
+use simfota_wire::pem;
+
+use crate::config::ServerConfig;
+use crate::error::{Result, ServerError};
+
+/// Loaded keys.
+pub struct Keys {
+    /// The server signing key.
+    pub server: SigningKey,
+    /// Its public half.
+    pub server_pub: PublicKey,
+    /// Trusted originators: id and key.
+    pub originators: Vec<(String, PublicKey)>,
+    /// Card issuer keys.
+    pub issuers: Vec<PublicKey>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("server", &"<private>")
+            .field(
+                "originators",
+                &self
+                    .originators
+                    .iter()
+                    .map(|(id, _)| id)
+                    .collect::<Vec<_>>(),
+            )
+            .field("issuers", &self.issuers.len())
+            .finish()
+    }
+}
+
+fn read(path: &Path, what: &'static str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| ServerError::io(what, path, e))
+}
+
+fn key_err(path: &Path, e: simfota_wire::Error) -> ServerError {
+    ServerError::Config(format!("{}: {e}", path.display()))
+}
+
+impl Keys {
+    /// Loads (or on first run creates) the keys named by the configuration.
+    pub fn load(config: &ServerConfig) -> Result<Self> {
+        let server_path = config
+            .server_key
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("server-key.pem"));
+        let server = if config.server_key.is_none() && !server_path.exists() {
+            let key = SigningKey::random(&mut rand_core::OsRng);
+            let pem = pem::signing_key_to_pem(&key).map_err(|e| key_err(&server_path, e))?;
+            crate::auth::write_private(&server_path, pem.as_bytes())?;
+            let pub_pem = pem::public_key_to_pem(&PublicKey::from(&key))
+                .map_err(|e| key_err(&server_path, e))?;
+            let pub_path = config.data_dir.join("server-pub.pem");
+            std::fs::write(&pub_path, pub_pem)
+                .map_err(|e| ServerError::io("cannot write", &pub_path, e))?;
+            tracing::info!(path = %server_path.display(), "created the server signing key");
+            key
+        } else {
+            pem::signing_key_from_pem(&read(&server_path, "cannot read the server key")?)
+                .map_err(|e| key_err(&server_path, e))?
+        };
+        let mut originators = Vec::new();
+        for o in &config.originators {
+            let k = pem::public_key_from_pem(&read(&o.key, "cannot read an originator key")?)
+                .map_err(|e| key_err(&o.key, e))?;
+            originators.push((o.id.clone(), k));
+        }
+        let mut issuers = Vec::new();
+        for p in &config.issuer_keys {
+            let k = pem::public_key_from_pem(&read(p, "cannot read an issuer key")?)
+                .map_err(|e| key_err(p, e))?;
+            issuers.push(k);
+        }
+        let server_pub = PublicKey::from(&server);
+        Ok(Self {
+            server,
+            server_pub,
+            originators,
+            issuers,
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! The simfota DM server: the operator's side of card-controlled firmware updates.
+//!
+//! It hosts SUIT packages (originator signature checked on upload; payloads served with HTTP
+//! ranges so devices resume), runs campaigns (targeting, waves, success and error thresholds,
+//! per-device jobs that follow FUMO states and result codes), answers the REST API under
+//! `/api/v1` for operators, and exposes Prometheus metrics. Storage is sqlx over SQLite (a
+//! file in the data folder, the default) or PostgreSQL (several stateless replicas): see
+//! [`db`].
+//!
+//! Layers: [`config`] (flags, file, environment), [`db`] (pool, migrations), [`packages`]
+//! (upload, hosting), [`campaign`] (targeting and waves), [`api`] (JSON surface), [`tls`].
+//!
+//! What it does not do: trust the device. Everything the device relays from the card is
+//! checked against keys the server holds (card certificates against the issuer key, exports and
+//! receipts against the card key).
+
+pub mod api;
+pub mod auth;
+pub mod campaign;
+pub mod config;
+pub mod db;
+pub mod error;
+mod http;
+pub mod keys;
+pub mod metrics;
+pub mod packages;
+pub mod registry;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{Enrolment, FileConfig, LogFormat, ServerConfig, Settings};
+pub use error::{Result, ServerError};
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: db::Db,
+    /// The configuration.
+    pub config: Arc<ServerConfig>,
+    /// Base URL devices are given (package URLs).
+    pub base_url: Arc<str>,
+    /// Prometheus counters.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Server key, trusted originator and issuer keys.
+    pub keys: Arc<keys::Keys>,
+}
+
+/// A server started with [`start`]: its address, and a handle to stop it.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    base_url: String,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<()>>,
+    state: AppState,
+}
+
+impl RunningServer {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The base URL devices and clients use.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The shared state (database, configuration), for in-process tools and tests.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting, lets requests in flight finish, closes the database pool.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after [`RunningServer::shutdown`] or a fatal error).
+    pub async fn wait(self) -> Result<()> {
+        let res = match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Config(format!("server task failed: {e}"))),
+        };
+        self.state.db.close().await;
+        res
+    }
+}
+
+/// Prepares the data folder and the database (first run creates and migrates), binds the
+/// listener and starts serving in the background.
+pub async fn start(config: ServerConfig) -> Result<RunningServer> {
+    config.validate()?;
+    for dir in [config.data_dir.clone(), config.package_dir()] {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServerError::io("cannot create the data folder", &dir, e))?;
+    }
+    let keys = keys::Keys::load(&config)?;
+    let db = db::Db::open(
+        config.database.as_deref(),
+        &config.data_dir,
+        config.db_acquire_timeout,
+    )
+    .await?;
+    auth::ensure_initial_token(&db, &config.data_dir).await?;
+
+    let tcp = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = tcp.local_addr().map_err(|source| ServerError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let base_url = config.base_url(local_addr);
+    let state = AppState {
+        db,
+        base_url: base_url.clone().into(),
+        metrics: Arc::new(metrics::Metrics::new()?),
+        keys: Arc::new(keys),
+        config: Arc::new(config),
+    };
+    let app = http::router(state.clone());
+    let (stop, mut stopped) = watch::channel(false);
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let task = match &state.config.tls {
+        Some(files) => {
+            let listener =
+                tls::TlsListener::new(tcp, tls::server_config(&files.cert, &files.key)?)?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(|e| ServerError::io("serving", "", e))
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|e| ServerError::io("serving", "", e))
+        }),
+    };
+    tracing::info!(
+        %local_addr,
+        tls = state.config.tls.is_some(),
+        backend = ?state.db.backend(),
+        server_id = %state.config.server_id,
+        "simfota server listening"
+    );
+    Ok(RunningServer {
+        local_addr,
+        base_url,
+        stop,
+        task,
+        state,
+    })
+}
+
+/// Runs until `shutdown` completes (Ctrl-C / SIGTERM in the CLI), then stops gracefully.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let server = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down: finishing requests in flight");
+    server.shutdown().await
+}
+
+/// Opens the configured database (creating and migrating it if needed) and creates one more
+/// operator API token named `name`; returns the token (shown once, stored hashed).
+pub async fn new_api_token(config: &ServerConfig, name: &str) -> Result<String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| ServerError::io("cannot create the data folder", &config.data_dir, e))?;
+    let db = db::Db::open(
+        config.database.as_deref(),
+        &config.data_dir,
+        config.db_acquire_timeout,
+    )
+    .await?;
+    let token = auth::create_token(&db, name).await;
+    db.close().await;
+    token
+}

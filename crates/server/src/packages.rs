@@ -1,0 +1,379 @@
+//! Packages: upload (originator signature checked), storage, and hosting with HTTP ranges.
+//!
+//! An upload is `multipart/form-data` with a part `envelope` (a SUIT envelope, RFC 9124 model)
+//! and, unless the envelope integrates its payload, a part `payload`. The envelope must verify
+//! under one of the configured originator keys (draft-ietf-suit-manifest §8.3); the payload's
+//! size and SHA-256 must equal the signed image size and digest. The server keeps the envelope
+//! severed of any integrated payload (a few hundred bytes: what the device hands to the card)
+//! and writes the payload to `DATA/packages/<manifest digest>.payload`.
+//!
+//! Devices fetch `GET /packages/{id}/envelope` (FUMO `PkgURL`) and
+//! `GET /packages/{id}/payload`, whatever URI the manifest names: the payload is served with a
+//! strong ETag derived from its signed digest, `Range`, `If-Range` and `If-None-Match`, so a
+//! download interrupted on one replica resumes on any other (same ETag everywhere).
+//!
+//! Several replicas must share the payload folder (a network filesystem, or a copy step on
+//! upload); the database says which packages exist.
+
+use std::path::PathBuf;
+
+use axum::body::Body;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use simfota_wire::suit::{Envelope, sever};
+use simfota_wire::{Limits, PublicKey};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+use crate::AppState;
+use crate::db::{Db, RowExt, now_ms};
+use crate::error::{Result, ServerError};
+use crate::http::range::{RangeDecision, decide};
+
+/// A stored package, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Package {
+    /// Id (used in URLs).
+    pub id: i64,
+    /// Release name from the manifest text.
+    pub name: String,
+    /// Release version from the manifest text.
+    pub version: String,
+    /// The originator whose key verified the manifest.
+    pub originator: String,
+    /// Vendor id (hex UUID).
+    pub vendor_id: Option<String>,
+    /// Class id (hex UUID): the device model.
+    pub class_id: Option<String>,
+    /// Anti-rollback sequence number.
+    pub sequence: i64,
+    /// SHA-256 of the bstr-wrapped manifest (what tokens bind to), hex.
+    pub manifest_digest: String,
+    /// Signed image digest, hex.
+    pub image_digest: String,
+    /// Signed image size.
+    pub image_size: i64,
+    /// For a delta: digest of the image it applies to, hex.
+    pub precursor_digest: Option<String>,
+    /// Created (Unix ms).
+    pub created_ms: i64,
+}
+
+fn package_from_row(r: &sqlx::any::AnyRow) -> Result<Package> {
+    Ok(Package {
+        id: r.i64("id")?,
+        name: r.text("name")?,
+        version: r.text("version")?,
+        originator: r.text("originator")?,
+        vendor_id: r.opt_bytes("vendor_id")?.map(hex::encode),
+        class_id: r.opt_bytes("class_id")?.map(hex::encode),
+        sequence: r.i64("sequence")?,
+        manifest_digest: hex::encode(r.bytes("manifest_digest")?),
+        image_digest: hex::encode(r.bytes("image_digest")?),
+        image_size: r.i64("image_size")?,
+        precursor_digest: r.opt_bytes("precursor_digest")?.map(hex::encode),
+        created_ms: r.i64("created_ms")?,
+    })
+}
+
+/// Lists packages, newest first.
+pub async fn list(db: &Db) -> Result<Vec<Package>> {
+    let rows = sqlx::query(
+        "SELECT id, name, version, originator, vendor_id, class_id, sequence, manifest_digest, \
+         image_digest, image_size, precursor_digest, created_ms FROM packages ORDER BY id DESC",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(package_from_row).collect()
+}
+
+/// Reads one package.
+pub async fn get(db: &Db, id: i64) -> Result<Package> {
+    let row = sqlx::query(
+        "SELECT id, name, version, originator, vendor_id, class_id, sequence, manifest_digest, \
+         image_digest, image_size, precursor_digest, created_ms FROM packages WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or_else(|| ServerError::NotFound(format!("package {id}")))?;
+    package_from_row(&row)
+}
+
+/// The severed envelope of a package.
+pub async fn envelope(db: &Db, id: i64) -> Result<Vec<u8>> {
+    let row = sqlx::query("SELECT envelope FROM packages WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("package {id}")))?;
+    row.bytes("envelope")
+}
+
+/// What an originator check found.
+struct Checked {
+    originator: String,
+    name: String,
+    version: String,
+    vendor_id: Option<Vec<u8>>,
+    class_id: Option<Vec<u8>>,
+    sequence: u64,
+    manifest_digest: [u8; 32],
+    image_digest: [u8; 32],
+    image_size: u64,
+    precursor_digest: Option<[u8; 32]>,
+    integrated: Option<Vec<u8>>,
+    severed: Vec<u8>,
+}
+
+/// Decodes the envelope and verifies it under the configured originators.
+fn check_envelope(bytes: &[u8], originators: &[(String, PublicKey)]) -> Result<Checked> {
+    let limits = Limits::DEFAULT;
+    let env = Envelope::decode(bytes, &limits)
+        .map_err(|e| ServerError::BadRequest(format!("not a valid SUIT envelope: {e}")))?;
+    if originators.is_empty() {
+        return Err(ServerError::Verification(
+            "no originator keys are configured (--originator ID=KEY.pem)".into(),
+        ));
+    }
+    let mut last = None;
+    for (id, key) in originators {
+        match env.verify(key) {
+            Ok(v) => {
+                let m = v.get();
+                let image_digest = m.image_digest.ok_or_else(|| {
+                    ServerError::BadRequest("manifest has no image digest".into())
+                })?;
+                let image_size = m
+                    .image_size
+                    .ok_or_else(|| ServerError::BadRequest("manifest has no image size".into()))?;
+                let severed = sever(bytes, &limits)
+                    .map_err(|e| ServerError::BadRequest(format!("cannot sever envelope: {e}")))?;
+                return Ok(Checked {
+                    originator: id.clone(),
+                    name: m.name.unwrap_or("").to_owned(),
+                    version: m.version.unwrap_or("").to_owned(),
+                    vendor_id: m.vendor_id.map(|u| u.to_vec()),
+                    class_id: m.class_id.map(|u| u.to_vec()),
+                    sequence: m.sequence,
+                    manifest_digest: m.manifest_digest().0,
+                    image_digest: image_digest.0,
+                    image_size,
+                    precursor_digest: m.precursor_digest.map(|d| d.0),
+                    integrated: m.payload.map(<[u8]>::to_vec),
+                    severed,
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(ServerError::Verification(format!(
+        "the manifest does not verify under any configured originator key ({})",
+        last.map_or_else(String::new, |e| e.to_string())
+    )))
+}
+
+/// `POST /api/v1/packages` (multipart: `envelope`, optional `payload`).
+pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
+    let dir = state.config.package_dir();
+    let tmp = dir.join(format!(".upload-{}", uuid::Uuid::new_v4()));
+    let res = async {
+        let mut envelope: Option<Vec<u8>> = None;
+        let mut payload: Option<(u64, [u8; 32])> = None;
+        let multipart_err = |e: axum::extract::multipart::MultipartError| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ServerError::TooLarge { limit: state.config.max_package_bytes as u64 }
+            } else {
+                ServerError::BadRequest(format!("multipart: {}", e.body_text()))
+            }
+        };
+        while let Some(mut field) = form.next_field().await.map_err(multipart_err)? {
+            match field.name() {
+                Some("envelope") => {
+                    let max = Limits::DEFAULT.max_envelope_len;
+                    let mut buf = Vec::new();
+                    while let Some(chunk) = field.chunk().await.map_err(multipart_err)? {
+                        if buf.len() + chunk.len() > max {
+                            return Err(ServerError::TooLarge { limit: max as u64 });
+                        }
+                        buf.extend_from_slice(&chunk);
+                    }
+                    envelope = Some(buf);
+                }
+                Some("payload") => {
+                    let mut file = tokio::fs::File::create(&tmp)
+                        .await
+                        .map_err(|e| ServerError::io("cannot write", &tmp, e))?;
+                    let mut hasher = Sha256::new();
+                    let mut size = 0u64;
+                    while let Some(chunk) = field.chunk().await.map_err(multipart_err)? {
+                        hasher.update(&chunk);
+                        size += chunk.len() as u64;
+                        file.write_all(&chunk)
+                            .await
+                            .map_err(|e| ServerError::io("cannot write", &tmp, e))?;
+                    }
+                    file.sync_all().await.map_err(|e| ServerError::io("cannot write", &tmp, e))?;
+                    payload = Some((size, hasher.finalize().into()));
+                }
+                other => {
+                    return Err(ServerError::BadRequest(format!(
+                        "unexpected form part {:?} (expected envelope, payload)",
+                        other.unwrap_or("")
+                    )));
+                }
+            }
+        }
+        let envelope =
+            envelope.ok_or_else(|| ServerError::BadRequest("missing form part `envelope`".into()))?;
+        let checked = match check_envelope(&envelope, &state.keys.originators) {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(e, ServerError::Verification(_)) {
+                    state.metrics.verification_failures.with_label_values(&["package"]).inc();
+                }
+                return Err(e);
+            }
+        };
+        let (size, digest) = match (payload, &checked.integrated) {
+            (Some(p), _) => p,
+            (None, Some(bytes)) => {
+                tokio::fs::write(&tmp, bytes).await.map_err(|e| ServerError::io("cannot write", &tmp, e))?;
+                (bytes.len() as u64, Sha256::digest(bytes).into())
+            }
+            (None, None) => {
+                return Err(ServerError::BadRequest(
+                    "missing form part `payload` (the envelope integrates none)".into(),
+                ));
+            }
+        };
+        // The signed digest and size are what the card will hold the device to (design §4
+        // step 6): a payload that differs is refused now rather than failing on every device.
+        if size != checked.image_size || digest != checked.image_digest {
+            state.metrics.verification_failures.with_label_values(&["package"]).inc();
+            return Err(ServerError::Verification(format!(
+                "payload ({size} bytes, sha256 {}) does not match the signed image ({} bytes, sha256 {})",
+                hex::encode(digest),
+                checked.image_size,
+                hex::encode(checked.image_digest)
+            )));
+        }
+        let file_name = format!("{}.payload", hex::encode(checked.manifest_digest));
+        let final_path = dir.join(&file_name);
+        tokio::fs::rename(&tmp, &final_path)
+            .await
+            .map_err(|e| ServerError::io("cannot store the payload", &final_path, e))?;
+        let etag = format!("\"sha256-{}\"", hex::encode(checked.image_digest));
+        let row = sqlx::query(
+            "INSERT INTO packages (name, version, originator, vendor_id, class_id, sequence, \
+             manifest_digest, image_digest, image_size, precursor_digest, envelope, payload_file, \
+             payload_etag, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+             $13, $14) ON CONFLICT (manifest_digest) DO NOTHING RETURNING id",
+        )
+        .bind(checked.name)
+        .bind(checked.version)
+        .bind(checked.originator)
+        .bind(checked.vendor_id)
+        .bind(checked.class_id)
+        .bind(i64::try_from(checked.sequence).map_err(|_| ServerError::BadRequest("sequence number too large".into()))?)
+        .bind(checked.manifest_digest.to_vec())
+        .bind(checked.image_digest.to_vec())
+        .bind(i64::try_from(checked.image_size).unwrap_or(i64::MAX))
+        .bind(checked.precursor_digest.map(|d| d.to_vec()))
+        .bind(checked.severed)
+        .bind(file_name)
+        .bind(etag)
+        .bind(now_ms())
+        .fetch_optional(state.db.pool())
+        .await?;
+        let Some(row) = row else {
+            return Err(ServerError::Conflict(format!(
+                "a package with manifest digest {} exists already",
+                hex::encode(checked.manifest_digest)
+            )));
+        };
+        let id = row.i64("id")?;
+        tracing::info!(package = id, "package stored");
+        get(&state.db, id).await
+    }
+    .await;
+    // Left over only when the upload failed before the rename.
+    let _ = tokio::fs::remove_file(&tmp).await;
+    res
+}
+
+/// `GET /packages/{id}/envelope`: the severed SUIT envelope.
+pub async fn serve_envelope(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response> {
+    let bytes = envelope(&state.db, id).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/suit-envelope+cose")],
+        bytes,
+    )
+        .into_response())
+}
+
+/// `GET /packages/{id}/payload` with `Range`, `If-Range`, `If-None-Match`.
+pub async fn serve_payload(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let row = sqlx::query("SELECT payload_file, payload_etag FROM packages WHERE id = $1")
+        .bind(id)
+        .fetch_optional(state.db.pool())
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("package {id}")))?;
+    let path: PathBuf = state.config.package_dir().join(row.text("payload_file")?);
+    let etag = row.text("payload_etag")?;
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ServerError::io("cannot open", &path, e))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ServerError::io("cannot stat", &path, e))?
+        .len();
+    let h = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ServerError::Db(e.to_string()))?;
+
+    // RFC 9110 §13.1.2: If-None-Match with our tag -> 304 without a body.
+    if let Some(inm) = h(header::IF_NONE_MATCH)
+        && inm.split(',').any(|t| t.trim() == etag || t.trim() == "*")
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    let decision = decide(h(header::RANGE), h(header::IF_RANGE), len, &etag);
+    let mut builder = Response::builder()
+        .header(header::ETAG, etag_value)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    let resp = match decision {
+        RangeDecision::Full => builder
+            .status(StatusCode::OK)
+            .header(header::CONTENT_LENGTH, len)
+            .body(Body::from_stream(tokio_util::io::ReaderStream::new(file))),
+        RangeDecision::Partial { start, end } => {
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(|e| ServerError::io("cannot seek", &path, e))?;
+            let n = end - start + 1;
+            builder = builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
+                .header(header::CONTENT_LENGTH, n);
+            builder.body(Body::from_stream(tokio_util::io::ReaderStream::new(
+                file.take(n),
+            )))
+        }
+        RangeDecision::Unsatisfiable => builder
+            .status(StatusCode::RANGE_NOT_SATISFIABLE)
+            .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+            .body(Body::empty()),
+    };
+    resp.map_err(|e| ServerError::Db(format!("response: {e}")))
+}

@@ -1,0 +1,378 @@
+//! The registry: devices (with their DM credentials), groups and cards.
+//!
+//! DM credentials are per device: the device's own (it proves itself with them, OMA DM
+//! Security 1.2 §5.3) and the server's (the server proves itself to the device). They are
+//! shared secrets the MD5/HMAC digests need in the clear, so they are stored as given; the
+//! API never returns them and no log prints them.
+
+use serde::{Deserialize, Serialize};
+use simfota_wire::{CardCertificate, Iccid, Imei, Limits, PublicKey};
+
+use crate::db::{Db, RowExt, now_ms};
+use crate::error::{Result, ServerError};
+
+/// `POST /api/v1/devices`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    /// 15-digit IMEI (Luhn-checked).
+    pub imei: String,
+    /// DM user name the device authenticates with.
+    pub username: String,
+    /// The device's DM password.
+    pub password: String,
+    /// The server's DM password towards this device.
+    pub server_password: String,
+    /// `md5` (syncml:auth-md5, default) or `hmac` (syncml:auth-MAC).
+    #[serde(default = "default_auth")]
+    pub auth: String,
+    /// Model (DevInfo/Mod), until the device reports it.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Manufacturer (DevInfo/Man).
+    #[serde(default)]
+    pub manufacturer: Option<String>,
+    /// Firmware version (DevDetail/FwV).
+    #[serde(default)]
+    pub fw_version: Option<String>,
+    /// UDP address for package 0 notifications (`host:port`).
+    #[serde(default)]
+    pub notify_addr: Option<String>,
+    /// Groups to put the device in (created if missing).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl std::fmt::Debug for NewDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDevice")
+            .field("imei", &self.imei)
+            .field("username", &self.username)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_auth() -> String {
+    "md5".into()
+}
+
+/// A device as the API shows it (no credentials).
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    /// Database id.
+    pub id: i64,
+    /// IMEI.
+    pub imei: String,
+    /// DM user name.
+    pub username: String,
+    /// Auth scheme.
+    pub auth: String,
+    /// Manufacturer.
+    pub manufacturer: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Firmware version.
+    pub fw_version: Option<String>,
+    /// The card (ICCID) last seen in this device.
+    pub iccid: Option<String>,
+    /// Notification address.
+    pub notify_addr: Option<String>,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// How it was registered (`api`, `enrolment`).
+    pub enrolled_by: String,
+    /// Last DM message (Unix ms).
+    pub last_seen_ms: Option<i64>,
+}
+
+fn check_text(field: &str, v: &str, max: usize) -> Result<()> {
+    if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
+        return Err(ServerError::BadRequest(format!(
+            "{field}: 1 to {max} bytes, no control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Registers a device.
+pub async fn create_device(db: &Db, d: &NewDevice, enrolled_by: &str) -> Result<Device> {
+    Imei::parse(&d.imei).map_err(|e| ServerError::BadRequest(format!("imei: {e}")))?;
+    check_text("username", &d.username, 128)?;
+    check_text("password", &d.password, 256)?;
+    check_text("server_password", &d.server_password, 256)?;
+    if d.auth != "md5" && d.auth != "hmac" {
+        return Err(ServerError::BadRequest("auth must be md5 or hmac".into()));
+    }
+    if let Some(a) = &d.notify_addr {
+        a.parse::<std::net::SocketAddr>()
+            .map_err(|_| ServerError::BadRequest("notify_addr must be host:port (an IP)".into()))?;
+    }
+    let mut tx = db.pool().begin().await?;
+    let row = sqlx::query(
+        "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
+         manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(d.imei.clone())
+    .bind(d.username.clone())
+    .bind(d.password.clone())
+    .bind(d.server_password.clone())
+    .bind(d.auth.clone())
+    .bind(d.manufacturer.clone())
+    .bind(d.model.clone())
+    .bind(d.fw_version.clone())
+    .bind(d.notify_addr.clone())
+    .bind(enrolled_by.to_owned())
+    .bind(now_ms())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(ServerError::Conflict(format!(
+            "a device with IMEI {} or user name {} exists already",
+            d.imei, d.username
+        )));
+    };
+    let id = row.i64("id")?;
+    for g in &d.groups {
+        check_text("group", g, 100)?;
+        sqlx::query("INSERT INTO device_groups (name) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(g.clone())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO group_members (group_id, device_id) \
+             SELECT id, $1 FROM device_groups WHERE name = $2 ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(g.clone())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    get_device(db, &d.imei).await
+}
+
+async fn groups_of(db: &Db, device_id: i64) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT g.name FROM device_groups g JOIN group_members m ON m.group_id = g.id \
+         WHERE m.device_id = $1 ORDER BY g.name",
+    )
+    .bind(device_id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(|r| r.text("name")).collect()
+}
+
+async fn device_from_row(db: &Db, r: &sqlx::any::AnyRow) -> Result<Device> {
+    let id = r.i64("id")?;
+    Ok(Device {
+        id,
+        imei: r.text("imei")?,
+        username: r.text("dm_username")?,
+        auth: r.text("auth_scheme")?,
+        manufacturer: r.opt_text("manufacturer")?,
+        model: r.opt_text("model")?,
+        fw_version: r.opt_text("fw_version")?,
+        iccid: r.opt_text("iccid")?,
+        notify_addr: r.opt_text("notify_addr")?,
+        groups: groups_of(db, id).await?,
+        enrolled_by: r.text("enrolled_by")?,
+        last_seen_ms: r.opt_i64("last_seen_ms")?,
+    })
+}
+
+const DEVICE_COLS: &str = "id, imei, dm_username, auth_scheme, manufacturer, model, fw_version, \
+                           iccid, notify_addr, enrolled_by, last_seen_ms";
+
+/// Reads a device by IMEI.
+pub async fn get_device(db: &Db, imei: &str) -> Result<Device> {
+    let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE imei = $1");
+    let row = sqlx::query(&sql)
+        .bind(imei.to_owned())
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("device {imei}")))?;
+    device_from_row(db, &row).await
+}
+
+/// Lists devices.
+pub async fn list_devices(db: &Db) -> Result<Vec<Device>> {
+    let sql = format!("SELECT {DEVICE_COLS} FROM devices ORDER BY id");
+    let rows = sqlx::query(&sql).fetch_all(db.pool()).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(device_from_row(db, r).await?);
+    }
+    Ok(out)
+}
+
+/// Creates a group (idempotent).
+pub async fn create_group(db: &Db, name: &str) -> Result<()> {
+    check_text("group", name, 100)?;
+    sqlx::query("INSERT INTO device_groups (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(name.to_owned())
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// A group and its members.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    /// Name.
+    pub name: String,
+    /// Member IMEIs.
+    pub devices: Vec<String>,
+}
+
+/// Lists groups with members.
+pub async fn list_groups(db: &Db) -> Result<Vec<Group>> {
+    let rows = sqlx::query(
+        "SELECT g.name, d.imei FROM device_groups g LEFT JOIN group_members m ON m.group_id = g.id \
+         LEFT JOIN devices d ON d.id = m.device_id ORDER BY g.name, d.imei",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    let mut out: Vec<Group> = Vec::new();
+    for r in rows {
+        let name = r.text("name")?;
+        if out.last().is_none_or(|g| g.name != name) {
+            out.push(Group {
+                name: name.clone(),
+                devices: Vec::new(),
+            });
+        }
+        if let (Some(imei), Some(g)) = (r.opt_text("imei")?, out.last_mut()) {
+            g.devices.push(imei);
+        }
+    }
+    Ok(out)
+}
+
+/// Adds (or with `remove`, removes) a device to a group.
+pub async fn set_membership(db: &Db, group: &str, imei: &str, remove: bool) -> Result<()> {
+    let dev = get_device(db, imei).await?;
+    let g = sqlx::query("SELECT id FROM device_groups WHERE name = $1")
+        .bind(group.to_owned())
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("group {group}")))?;
+    let gid = g.i64("id")?;
+    let q = if remove {
+        "DELETE FROM group_members WHERE group_id = $1 AND device_id = $2"
+    } else {
+        "INSERT INTO group_members (group_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+    };
+    sqlx::query(q)
+        .bind(gid)
+        .bind(dev.id)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// A card as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Card {
+    /// Database id.
+    pub id: i64,
+    /// ICCID.
+    pub iccid: String,
+    /// IMSI from the certificate.
+    pub imsi: Option<String>,
+    /// Card public key (SEC1, hex).
+    pub card_pub: Option<String>,
+    /// `verified` when the certificate checked out under an issuer key.
+    pub cert_status: String,
+    /// The card's authorized-server list as last read (decoded, JSON).
+    pub servers: Option<serde_json::Value>,
+    /// The card's policy as last read (decoded, JSON).
+    pub policy: Option<serde_json::Value>,
+    /// Newest stored log sequence number.
+    pub log_head_seq: Option<i64>,
+    /// `ok`, or `gap` / `fork` when a chain problem was seen.
+    pub log_status: String,
+    /// Highest sequence acknowledged to the card.
+    pub acked_seq: Option<i64>,
+}
+
+fn card_from_row(r: &sqlx::any::AnyRow) -> Result<Card> {
+    let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+    Ok(Card {
+        id: r.i64("id")?,
+        iccid: r.text("iccid")?,
+        imsi: r.opt_text("imsi")?,
+        card_pub: r.opt_bytes("card_pub")?.map(hex::encode),
+        cert_status: r.text("cert_status")?,
+        servers: json(r.opt_text("servers_json")?),
+        policy: json(r.opt_text("policy_json")?),
+        log_head_seq: r.opt_i64("log_head_seq")?,
+        log_status: r.text("log_status")?,
+        acked_seq: r.opt_i64("acked_seq")?,
+    })
+}
+
+/// Reads a card by ICCID.
+pub async fn get_card(db: &Db, iccid: &str) -> Result<Card> {
+    let row = sqlx::query("SELECT * FROM cards WHERE iccid = $1")
+        .bind(iccid.to_owned())
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("card {iccid}")))?;
+    card_from_row(&row)
+}
+
+/// Lists cards.
+pub async fn list_cards(db: &Db) -> Result<Vec<Card>> {
+    let rows = sqlx::query("SELECT * FROM cards ORDER BY id")
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(card_from_row).collect()
+}
+
+/// Verifies a card certificate under the configured issuer keys and registers (or updates)
+/// the card. A certificate that verifies under no issuer key is refused: the server then has
+/// no card key to check exports and receipts with.
+pub async fn register_card(db: &Db, issuers: &[PublicKey], certificate: &[u8]) -> Result<Card> {
+    if issuers.is_empty() {
+        return Err(ServerError::Verification(
+            "no issuer keys are configured (--issuer-key ISSUER.pem)".into(),
+        ));
+    }
+    let limits = Limits::DEFAULT;
+    let mut last = None;
+    let mut verified = None;
+    for k in issuers {
+        match CardCertificate::verify(certificate, k, &limits) {
+            Ok(v) => {
+                verified = Some(v.into_inner());
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let cert = verified.ok_or_else(|| {
+        ServerError::Verification(format!(
+            "card certificate does not verify under any issuer key ({})",
+            last.map_or_else(String::new, |e| e.to_string())
+        ))
+    })?;
+    let iccid: &Iccid = &cert.iccid;
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO cards (iccid, imsi, card_pub, certificate, cert_status, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, 'verified', $5, $5) \
+         ON CONFLICT (iccid) DO UPDATE SET imsi = $2, card_pub = $3, certificate = $4, \
+         cert_status = 'verified', updated_ms = $5",
+    )
+    .bind(iccid.as_str().to_owned())
+    .bind(cert.imsi.map(|i| i.as_str().to_owned()))
+    .bind(cert.card_key.to_sec1().to_vec())
+    .bind(certificate.to_vec())
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    get_card(db, iccid.as_str()).await
+}

@@ -1,0 +1,283 @@
+//! Package upload and hosting over real HTTP: originator check, digest check, and resumable
+//! downloads (Range, ETag, If-Range, 206, 416).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Env, Server};
+use reqwest::StatusCode;
+use reqwest::multipart::{Form, Part};
+use simfota_wire::p256::ecdsa::SigningKey;
+use simfota_wire::suit::{BuildParams, ImageSource, build};
+
+fn image(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn envelope(key: &SigningKey, img: &[u8], seq: u64, integrate: bool) -> Vec<u8> {
+    build(
+        &BuildParams {
+            vendor_id: [1; 16],
+            class_id: [2; 16],
+            sequence: seq,
+            image: ImageSource::Bytes(img),
+            name: Some("firmware"),
+            version: Some("2.0"),
+            uri: if integrate { None } else { Some("payload") },
+            integrate,
+            precursor_digest: None,
+        },
+        key,
+    )
+    .unwrap()
+}
+
+async fn upload(s: &Server, env: Vec<u8>, payload: Option<Vec<u8>>) -> reqwest::Response {
+    let mut form = Form::new().part("envelope", Part::bytes(env));
+    if let Some(p) = payload {
+        form = form.part("payload", Part::bytes(p));
+    }
+    s.post("/api/v1/packages")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn upload_and_serve(env: Env) {
+    let s = env.start().await;
+    let img = image(100_000);
+    let r = upload(
+        &s,
+        envelope(&env.originator, &img, 3, false),
+        Some(img.clone()),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["originator"], "oem");
+    assert_eq!(p["sequence"], 3);
+    assert_eq!(p["version"], "2.0");
+    assert_eq!(p["image_size"], 100_000);
+    let id = p["id"].as_i64().unwrap();
+
+    // The same package again is a conflict, not a second copy.
+    let r = upload(
+        &s,
+        envelope(&env.originator, &img, 3, false),
+        Some(img.clone()),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+
+    let payload_url = format!("{}/packages/{id}/payload", s.url);
+    let http = reqwest::Client::new();
+    let full = http.get(&payload_url).send().await.unwrap();
+    assert_eq!(full.status(), StatusCode::OK);
+    assert_eq!(full.headers()["accept-ranges"], "bytes");
+    let etag = full.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with("\"sha256-"), "{etag}");
+    assert_eq!(full.bytes().await.unwrap().as_ref(), &img[..]);
+
+    // Resume: the first 40 000 bytes were received, ask for the rest with If-Range.
+    let r = http
+        .get(&payload_url)
+        .header("range", "bytes=40000-")
+        .header("if-range", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-range"], "bytes 40000-99999/100000");
+    let rest = r.bytes().await.unwrap();
+    let mut joined = img[..40_000].to_vec();
+    joined.extend_from_slice(&rest);
+    assert_eq!(joined, img);
+
+    // A closed range and a suffix range.
+    let r = http
+        .get(&payload_url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &img[10..20]);
+    let r = http
+        .get(&payload_url)
+        .header("range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &img[99_995..]);
+
+    // Past the end: 416 with the length.
+    let r = http
+        .get(&payload_url)
+        .header("range", "bytes=100000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.headers()["content-range"], "bytes */100000");
+
+    // If-Range with another validator: the representation changed, send it whole.
+    let r = http
+        .get(&payload_url)
+        .header("range", "bytes=40000-")
+        .header("if-range", "\"sha256-00\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().len(), 100_000);
+
+    // If-None-Match with the current tag: 304.
+    let r = http
+        .get(&payload_url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+
+    // The envelope devices get is the signed one (no payload inside).
+    let e = http
+        .get(format!("{}/packages/{id}/envelope", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(e.status(), StatusCode::OK);
+    let e = e.bytes().await.unwrap();
+    assert!(e.len() < 1024, "severed envelope is small: {}", e.len());
+    assert_eq!(
+        e.as_ref(),
+        envelope(&env.originator, &img, 3, false).as_slice()
+    );
+    s.stop().await;
+}
+both!(upload_and_serve_with_ranges, super::upload_and_serve);
+
+async fn integrated_payload_is_severed(env: Env) {
+    let s = env.start().await;
+    let img = image(3000);
+    let r = upload(&s, envelope(&env.originator, &img, 1, true), None).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let id = s.json("/api/v1/packages").await[0]["id"].as_i64().unwrap();
+    let http = reqwest::Client::new();
+    let env_bytes = http
+        .get(format!("{}/packages/{id}/envelope", s.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        env_bytes.len() < 1000,
+        "integrated payload removed: {}",
+        env_bytes.len()
+    );
+    let payload = http
+        .get(format!("{}/packages/{id}/payload", s.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(payload.as_ref(), &img[..]);
+    s.stop().await;
+}
+both!(
+    integrated_payload_is_severed_and_served,
+    super::integrated_payload_is_severed
+);
+
+async fn refused_uploads(env: Env) {
+    let s = env.start().await;
+    let img = image(5000);
+    // Signed by a key that is not a configured originator.
+    let stranger = SigningKey::random(&mut rand_core::OsRng);
+    let r = upload(&s, envelope(&stranger, &img, 1, false), Some(img.clone())).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains("originator"), "{msg}");
+
+    // A payload one byte off the signed digest.
+    let mut bad = img.clone();
+    bad[17] ^= 1;
+    let r = upload(&s, envelope(&env.originator, &img, 1, false), Some(bad)).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("does not match the signed image")
+    );
+
+    // Truncated payload.
+    let r = upload(
+        &s,
+        envelope(&env.originator, &img, 1, false),
+        Some(img[..4000].to_vec()),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // Garbage envelope.
+    let r = upload(&s, b"not cbor at all".to_vec(), Some(img.clone())).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("SUIT"));
+
+    // Without a token.
+    let form = Form::new().part(
+        "envelope",
+        Part::bytes(envelope(&env.originator, &img, 1, false)),
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/packages", s.url))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Nothing was stored, no payload file left behind; failures were counted.
+    assert_eq!(
+        s.json("/api/v1/packages").await.as_array().unwrap().len(),
+        0
+    );
+    let leftovers = std::fs::read_dir(env.path("data").join("packages"))
+        .unwrap()
+        .count();
+    assert_eq!(leftovers, 0);
+    let metrics = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("simfota_verification_failures_total{kind=\"package\"} 3"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+both!(refused_uploads_store_nothing, super::refused_uploads);
+
+async fn oversized_upload(env: Env) {
+    let mut cfg = env.config("data");
+    cfg.max_package_bytes = 64 * 1024;
+    let s = Server::start(cfg).await;
+    let img = image(200_000);
+    let r = upload(&s, envelope(&env.originator, &img, 1, false), Some(img)).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    s.stop().await;
+}
+both!(oversized_upload_is_refused, super::oversized_upload);
