@@ -44,11 +44,24 @@ enum BenchCommand {
         /// Percentage of 4 KiB blocks rewritten.
         #[arg(long, default_value_t = 2.0)]
         changed_pct: f64,
+        /// What the image holds: incompressible bytes, or code-like words whose absolute call
+        /// addresses move when code is inserted (what a recompiled firmware looks like).
+        #[arg(long, value_enum, default_value_t = Content::Random)]
+        content: Content,
         /// zstd level of the delta streams (1-19).
         #[arg(long, default_value_t = simfota_delta::DiffOptions::default().level,
               value_parser = clap::value_parser!(i32).range(1..=19))]
         level: i32,
     },
+}
+
+/// The kind of image `bench delta` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Content {
+    /// Pseudo-random bytes: compressed or encrypted sections, the worst case.
+    Random,
+    /// 32-bit words: opcodes from a small vocabulary and absolute call addresses.
+    Code,
 }
 
 /// Runs `simfota bench ...`.
@@ -62,12 +75,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         BenchCommand::Delta {
             size_mib,
             changed_pct,
+            content,
             level,
         } => {
             if !(0.0..=100.0).contains(&changed_pct) {
                 bail!("--changed-pct must be between 0 and 100, got {changed_pct}");
             }
-            delta(size_mib, changed_pct, level)?
+            delta(size_mib, changed_pct, content, level)?
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -248,6 +262,13 @@ fn cpu_summary() -> String {
     )
 }
 
+/// Size of `data` compressed by zstd at `level` (the baseline a full package compares to).
+fn zstd_size(data: &[u8], level: i32) -> Result<usize> {
+    Ok(zstd::bulk::compress(data, level)
+        .context("zstd failed")?
+        .len())
+}
+
 /// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
 fn peak_rss_mib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -283,15 +304,106 @@ fn changed_image(old: &[u8], changed_pct: f64, noise: &mut Noise) -> (Vec<u8>, u
     (new, count)
 }
 
-fn delta(size_mib: u32, changed_pct: f64, level: i32) -> Result<()> {
+/// One 32-bit word of the synthetic code image.
+#[derive(Clone, Copy)]
+enum Word {
+    /// An opcode from the vocabulary.
+    Op(u32),
+    /// A call to the word that was at this index of the old image.
+    Call(usize),
+}
+
+/// Flash address of the image's first byte, as a microcontroller would map it.
+const FLASH_BASE: u32 = 0x0800_0000;
+
+fn random_word(noise: &mut Noise, vocabulary: &[u32], targets: usize) -> Word {
+    let r = noise.next();
+    if r % 10 < 3 {
+        Word::Call(((r >> 8) % targets.max(1) as u64) as usize)
+    } else {
+        Word::Op(vocabulary[((r >> 8) % vocabulary.len() as u64) as usize])
+    }
+}
+
+/// Lays the words out: a call becomes the absolute address of its target's current position
+/// (targets that were removed keep their old address).
+fn lay_out(words: &[(Word, Option<usize>)], old_len: usize) -> Vec<u8> {
+    let mut position: Vec<Option<usize>> = vec![None; old_len];
+    for (at, (_, origin)) in words.iter().enumerate() {
+        if let Some(o) = origin {
+            position[*o] = Some(at);
+        }
+    }
+    let mut out = Vec::with_capacity(words.len() * 4);
+    for (word, _) in words {
+        let value = match *word {
+            Word::Op(op) => op,
+            Word::Call(t) => {
+                let at = position.get(t).copied().flatten().unwrap_or(t);
+                FLASH_BASE.wrapping_add((at as u32).wrapping_mul(4))
+            }
+        };
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out
+}
+
+/// The code-like variant of [`changed_image`]: the same block rewrites, insertion and
+/// removal, done on words, after which every call address is relinked, as a compiler and
+/// linker would.
+fn code_images(size: usize, changed_pct: f64, noise: &mut Noise) -> (Vec<u8>, Vec<u8>, usize) {
+    const PER_BLOCK: usize = 1024;
+    let n = size / 4;
+    let vocabulary: Vec<u32> = (0..512).map(|_| noise.next() as u32).collect();
+    let old_words: Vec<(Word, Option<usize>)> = (0..n)
+        .map(|i| (random_word(noise, &vocabulary, n), Some(i)))
+        .collect();
+    let old = lay_out(&old_words, n);
+
+    let mut words = old_words;
+    let blocks = n / PER_BLOCK;
+    let target = ((blocks as f64) * changed_pct / 100.0).round() as usize;
+    let mut changed = vec![false; blocks];
+    let mut count = 0;
+    while count < target.min(blocks) {
+        let b = (noise.next() % blocks as u64) as usize;
+        if !changed[b] {
+            changed[b] = true;
+            count += 1;
+            for slot in &mut words[b * PER_BLOCK..(b + 1) * PER_BLOCK] {
+                *slot = (random_word(noise, &vocabulary, n), None);
+            }
+        }
+    }
+    let inserted: Vec<(Word, Option<usize>)> = (0..(64 << 10) / 4)
+        .map(|_| (random_word(noise, &vocabulary, n), None))
+        .collect();
+    let at = words.len() / 3;
+    words.splice(at..at, inserted);
+    let cut = 2 * words.len() / 3;
+    words.drain(cut..(cut + (16 << 10) / 4).min(words.len()));
+    (old, lay_out(&words, n), count)
+}
+
+fn delta(size_mib: u32, changed_pct: f64, content: Content, level: i32) -> Result<()> {
     let size = (size_mib as usize) << 20;
     let mut noise = Noise(0x0dd_ba11_cafe_f00d);
-    let mut old = vec![0u8; size];
-    noise.fill(&mut old);
-    let (new, blocks) = changed_image(&old, changed_pct, &mut noise);
+    let (old, new, blocks) = match content {
+        Content::Random => {
+            let mut old = vec![0u8; size];
+            noise.fill(&mut old);
+            let (new, blocks) = changed_image(&old, changed_pct, &mut noise);
+            (old, new, blocks)
+        }
+        Content::Code => code_images(size, changed_pct, &mut noise),
+    };
 
     println!(
-        "simfota bench delta: {size_mib} MiB image, {blocks} of {} 4 KiB blocks rewritten ({changed_pct}%), 64 KiB inserted, 16 KiB removed",
+        "simfota bench delta: {size_mib} MiB {} image, {blocks} of {} 4 KiB blocks rewritten ({changed_pct}%), 64 KiB inserted, 16 KiB removed",
+        match content {
+            Content::Random => "random",
+            Content::Code => "code-like (call addresses relinked)",
+        },
         size / 4096
     );
     println!("cpu: {}", cpu_summary());
@@ -312,6 +424,14 @@ fn delta(size_mib: u32, changed_pct: f64, level: i32) -> Result<()> {
     let (header, _) = simfota_delta::Header::parse(&delta).context("own delta unreadable")?;
     let full = new.len() as f64;
     println!("target image      {:>12} bytes", new.len());
+    let start = Instant::now();
+    let compressed = zstd_size(&new, level)?;
+    println!(
+        "target, zstd -{level:<2}  {:>12} bytes  ({:.2}% of the full image; {:.2} s): what a full package could shrink to",
+        compressed,
+        100.0 * compressed as f64 / full,
+        start.elapsed().as_secs_f64()
+    );
     println!(
         "delta             {:>12} bytes  ({:.2}% of the full image)",
         delta.len(),
@@ -321,11 +441,13 @@ fn delta(size_mib: u32, changed_pct: f64, level: i32) -> Result<()> {
         "  control/difference/verbatim frames: {} / {} / {} bytes",
         header.control_len, header.difference_len, header.verbatim_len
     );
-    let rewritten = blocks * 4096 + (64 << 10);
-    println!(
-        "  new bytes in the change: {rewritten} ({:.2}% of the image): the floor for random content",
-        100.0 * rewritten as f64 / full
-    );
+    if content == Content::Random {
+        let rewritten = blocks * 4096 + (64 << 10);
+        println!(
+            "  new bytes in the change: {rewritten} ({:.2}% of the image): the floor for random content",
+            100.0 * rewritten as f64 / full
+        );
+    }
     println!("diff              {:>9.2} s", t_diff.as_secs_f64());
     println!("apply             {:>9.3} s", t_apply.as_secs_f64());
     if let Some(rss) = rss_after_diff {
