@@ -150,3 +150,34 @@ fn pcsc_unknown_reader_lists_the_readers() {
         other => panic!("unexpected {other}"),
     }
 }
+
+#[test]
+fn pcsc_t0_card_gets_short_apdus_chaining_and_get_response() {
+    let Some(_slot) =
+        support::pcscd_or_skip("pcsc_t0_card_gets_short_apdus_chaining_and_get_response")
+    else {
+        return;
+    };
+    let mut card = IsoCard::new(100, true);
+    card.t0 = true;
+    let _served = Served::start(card);
+    let mut link = Link::new(support::connect());
+    assert_eq!(
+        link.channel().capabilities().protocol,
+        simfota_cardlink::Protocol::T0
+    );
+    assert!(!link.uses_extended(), "no extended length over T=0");
+    let data: Vec<u8> = (0..600u32).map(|i| i as u8).collect();
+    let r = link
+        .transmit(
+            &Command::new(0x80, 0xE0, 0, 0)
+                .with_data(data.clone())
+                .with_ne(256),
+        )
+        .unwrap();
+    let mut want = data;
+    want.reverse();
+    assert_eq!(r.data, want);
+    // 3 chain links, then 100 + 255 + 245 through GET RESPONSE.
+    assert_eq!(link.stats().apdus, 3 + 2);
+}

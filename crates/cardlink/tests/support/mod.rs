@@ -108,6 +108,8 @@ pub fn wait_until_empty() {
 pub struct IsoCard {
     pub chunk: usize,
     pub extended: bool,
+    /// Answer a T=0-only ATR (no TD1) instead of the T=1 one.
+    pub t0: bool,
     pending: Vec<u8>,
     chain: Vec<u8>,
     volatile: Vec<u8>,
@@ -121,6 +123,7 @@ impl IsoCard {
         Self {
             chunk,
             extended,
+            t0: false,
             pending: Vec::new(),
             chain: Vec::new(),
             volatile: Vec::new(),
@@ -198,6 +201,13 @@ fn parse(apdu: &[u8]) -> Option<(u8, u8, Vec<u8>, Option<usize>)> {
 
 impl VirtualCard for IsoCard {
     fn atr(&self) -> Vec<u8> {
+        if self.t0 {
+            // TS, T0 = no interface bytes (so T=0 only) + 9 historical bytes that still
+            // claim extended length: T=0 must not get it anyway.
+            return vec![
+                0x3B, 0x09, 0x80, 0x73, 0x80, 0x01, 0xC0, 0x83, 0x05, 0x90, 0x00,
+            ];
+        }
         simfota_cardlink::atr::virtual_card_atr(self.extended)
     }
 
