@@ -521,6 +521,7 @@ impl ClientSession {
         if s.cmd_ref != CmdId::HEADER {
             let mut refs = s.target_refs.clone();
             refs.extend(s.source_refs.iter().cloned());
+            common::drop_refused_chunks(&mut self.outbox, s);
             let key = format!("{}:{}", s.msg_ref.map_or(self.msg_id, |m| m.0), s.cmd_ref.0);
             let correlator = self.sent_correlators.get(&key).cloned();
             events.push(ClientEvent::Status {

@@ -13,11 +13,18 @@ use std::collections::VecDeque;
 pub(crate) struct Queued {
     pub handle: Option<u32>,
     pub cmd: Command,
+    /// A chunk after the first of a large object (DM Pro §7.1.3).
+    #[serde(default)]
+    pub continuation: bool,
 }
 
 impl Queued {
     pub fn plain(cmd: Command) -> Queued {
-        Queued { handle: None, cmd }
+        Queued {
+            handle: None,
+            cmd,
+            continuation: false,
+        }
     }
 }
 
@@ -243,15 +250,17 @@ pub(crate) fn pack(
                         queue.push_front(Queued {
                             handle: q.handle,
                             cmd: c,
+                            continuation: false,
                         });
                     }
                     continue;
                 }
                 if let Some(chunks) = split_large(&q.cmd, chunk) {
-                    for c in chunks.into_iter().rev() {
+                    for (i, c) in chunks.into_iter().enumerate().rev() {
                         queue.push_front(Queued {
                             handle: q.handle,
                             cmd: c,
+                            continuation: i > 0 || q.continuation,
                         });
                     }
                     continue;
@@ -485,6 +494,29 @@ pub(crate) fn received_value(
         mime_type: mime_type.map(str::to_owned),
         data: data.to_vec(),
     })
+}
+
+/// After the peer refused a large object (412, 413, 424 on one of its chunks), the chunks
+/// still queued for the same URI are dropped instead of sent.
+pub(crate) fn drop_refused_chunks(queue: &mut VecDeque<Queued>, status: &Status) {
+    if !matches!(
+        status.code,
+        StatusCode::INCOMPLETE_COMMAND
+            | StatusCode::REQUEST_ENTITY_TOO_LARGE
+            | StatusCode::SIZE_MISMATCH
+    ) {
+        return;
+    }
+    let refs: Vec<&str> = status
+        .target_refs
+        .iter()
+        .chain(&status.source_refs)
+        .map(String::as_str)
+        .collect();
+    queue.retain(|q| {
+        !(q.continuation
+            && single_item(&q.cmd).is_some_and(|i| refs.contains(&item_key(i).as_str())))
+    });
 }
 
 /// True if the message asks for our next message (Alert 1222).

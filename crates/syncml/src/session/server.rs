@@ -396,6 +396,7 @@ impl ServerSession {
         };
         match cmd {
             Command::Status(s) => {
+                common::drop_refused_chunks(&mut self.queue, s);
                 if s.cmd_ref == CmdId::HEADER {
                     self.handle_header_status(s, events)?;
                 } else if let Some(p) = self.pending.get(&pending_key(
@@ -524,6 +525,7 @@ impl ServerSession {
         self.queue.push_back(Queued {
             handle: Some(handle),
             cmd,
+            continuation: false,
         });
         CommandHandle(handle)
     }
