@@ -10,11 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod card;
 mod device;
 mod files;
 mod keys;
 mod pack;
-mod server;
 
 /// simfota: firmware-over-the-air updates controlled and audited through the subscriber's
 /// smart card.
@@ -33,8 +33,8 @@ enum Command {
     Pack(pack::Args),
     /// Measure payload hashing and delta packages on this machine.
     Bench(bench::Args),
-    /// Run the operator's DM server (campaigns, package hosting, card logs, API, dashboard).
-    Server(server::Args),
+    /// Card tools: serve a virtual card into PC/SC, personalize, inspect, administer.
+    Card(card::Args),
     /// The device agent: OMA DM client with FUMO, card-gated updates, A/B slots.
     Device(device::Args),
 }
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         Command::Keys(args) => keys::run(args),
         Command::Pack(args) => pack::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Server(args) => server::run(args),
+        Command::Card(args) => card::run(args),
         Command::Device(args) => device::run(args),
     };
     match result {
