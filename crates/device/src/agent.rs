@@ -126,6 +126,12 @@ impl<C: Channel + Send + 'static> Agent<C> {
     /// Drives the pending job (if any) to its reported stage. A job whose result waits for
     /// the card stays where it is (the error says why).
     pub fn resume(&mut self) -> Result<Option<Job>, AgentError> {
+        self.resume_inner(true)
+    }
+
+    /// `open`: open the card session first. Inside a DM session it is already open, and must
+    /// stay as it is: the nonce the server read lives in that card session.
+    fn resume_inner(&mut self, open: bool) -> Result<Option<Job>, AgentError> {
         let jobs = self.jobs();
         let Some(mut job) = jobs.load()? else {
             return Ok(None);
@@ -155,7 +161,7 @@ impl<C: Channel + Send + 'static> Agent<C> {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Err(e) = open_card_session(&mut guard, &imei) {
+        if open && let Err(e) = open_card_session(&mut guard, &imei) {
             (self.say)(&format!(
                 "the card does not answer ({e}); the update continues without it as far as it can"
             ));
@@ -260,7 +266,7 @@ impl<C: Channel + Send + 'static> Agent<C> {
             job.operation = operation;
             self.jobs().save(&job)?;
             (self.say)(&format!("the server started a firmware update ({url})"));
-            match self.resume() {
+            match self.resume_inner(false) {
                 Ok(_) => {}
                 Err(AgentError::Update(e @ UpdateError::CardUnavailable { .. })) => {
                     (self.say)(&e.to_string());

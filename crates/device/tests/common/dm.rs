@@ -12,7 +12,7 @@ use std::thread;
 use base64::Engine as _;
 use simfota_syncml::auth::{AuthScheme, Credentials, Nonce};
 use simfota_syncml::model::{Alert, Data};
-use simfota_syncml::session::{ServerConfig, ServerEvent, ServerSession};
+use simfota_syncml::session::{CommandHandle, ServerConfig, ServerEvent, ServerSession};
 use simfota_syncml::tree::NodeValue;
 use simfota_syncml::uri::NodeUri;
 use simfota_syncml::{AlertCode, Encoding, Limits};
@@ -41,7 +41,7 @@ pub struct DmState {
     pub offer: Option<Offer>,
     pub seen: Seen,
     session: Option<ServerSession>,
-    nonce_handle: Option<u32>,
+    nonce_handle: Option<CommandHandle>,
     client_nonce: Nonce,
     server_nonce: Nonce,
     config: ServerConfig,
@@ -169,7 +169,10 @@ fn handle(
             ServerEvent::NextClientNonce(n) => state.client_nonce = n,
             ServerEvent::ClientAlert(a) => state.seen.alerts.push(a),
             ServerEvent::Status { cmd, code, .. } => state.seen.statuses.push((cmd, code.0)),
-            ServerEvent::Results { handle, items } if Some(handle) == state.nonce_handle => {
+            ServerEvent::Results {
+                handle: Some(h),
+                items,
+            } if Some(h) == state.nonce_handle => {
                 let d = items[0].data.as_ref().unwrap();
                 let text = d.as_text().unwrap();
                 nonce = Some(
