@@ -863,3 +863,34 @@ fn overlong_uri_is_414() {
         ("Delete".into(), 414)
     );
 }
+
+#[test]
+fn client_abort_ends_both_sides() {
+    let mut t = tree();
+    let mut client = ClientSession::new(
+        client_config(AuthScheme::Md5, Encoding::Wbxml, "device-secret"),
+        1,
+        Nonce(b"cn".to_vec()),
+        Nonce(b"sn".to_vec()),
+    );
+    let mut stored = serde_json::to_string(&ServerSession::new(
+        server_config(AuthScheme::Md5, Encoding::Wbxml),
+        Nonce(b"cn".to_vec()),
+        Nonce(b"sn".to_vec()),
+    ))
+    .unwrap();
+    let p1 = client
+        .start(AlertCode::CLIENT_INITIATED_MGMT, &mut t)
+        .unwrap();
+    let (p2, _) = round(&mut stored, &p1, 1, |s, _| {
+        s.get(&u("./DevInfo/Mod"));
+    });
+    client.receive(&p2.body, None, &mut t).unwrap();
+    let bye = client.abort().unwrap();
+    assert!(client.is_over());
+    assert_eq!(client.abort(), Err(SessionError::Ended));
+    let (_, events) = round(&mut stored, &bye, 2, |_, _| {});
+    assert!(events.contains(&ServerEvent::Aborted));
+    let server: ServerSession = serde_json::from_str(&stored).unwrap();
+    assert!(server.is_over() && !server.is_finished());
+}

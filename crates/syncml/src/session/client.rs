@@ -208,6 +208,21 @@ impl ClientSession {
         self.outbox.push_back(Queued::plain(Command::Alert(alert)));
     }
 
+    /// Sends Alert 1223 (session abort, DM Pro §8.7) in place of anything queued, and ends
+    /// the session.
+    pub fn abort(&mut self) -> Result<Outgoing, SessionError> {
+        if self.is_over() {
+            return Err(SessionError::Ended);
+        }
+        self.outbox.clear();
+        self.outbox.push_back(Queued::plain(common::simple_alert(
+            AlertCode::SESSION_ABORT,
+        )));
+        let out = self.send(true)?;
+        self.phase = Phase::Aborted;
+        Ok(out)
+    }
+
     /// True once the session is over (finished or aborted).
     pub fn is_over(&self) -> bool {
         matches!(self.phase, Phase::Finished | Phase::Aborted)

@@ -710,7 +710,11 @@ impl ServerSession {
             || (self.auth_failed_now && self.auth_attempts >= self.config.limits.max_auth_attempts)
         {
             self.phase = Phase::Aborted;
-        } else if msg.is_final && only_statuses && self.authenticated {
+        } else if msg.is_final
+            && only_statuses
+            && self.authenticated
+            && self.phase != Phase::Aborted
+        {
             // §8.6: a final package without commands ends the session.
             self.phase = Phase::Finished;
         }
