@@ -316,3 +316,131 @@ fn run_answers_a_notification_with_a_server_initiated_session() {
         "{codes:?}"
     );
 }
+
+/// R4: the server reads the card log through the device: Replace LogRequest (signed, with the
+/// card nonce) then Get LogResponse in one package; only the server can open the export.
+#[test]
+fn the_server_reads_the_card_log_through_the_device() {
+    use simfota_wire::{LogEntry, LogReadRequest, open_export};
+    let mut r = rig(Encoding::Xml, None);
+    offer_v2(&r);
+    r.agent.check_update().unwrap();
+    let server_key = r.keys.server.clone();
+    r.dm.with(|s| {
+        s.log_read = Some(Box::new(move |nonce: &[u8]| {
+            let mut buf = vec![0u8; 1024];
+            let n = LogReadRequest {
+                server: ServerId::new(SERVER).unwrap(),
+                nonce: Nonce(nonce.try_into().unwrap()),
+                first_seq: 0,
+                max_count: 64,
+            }
+            .sign(&server_key, &mut buf)
+            .unwrap();
+            buf.truncate(n);
+            buf
+        }))
+    });
+    r.agent.check_update().unwrap();
+    let export =
+        r.dm.with(|s| s.log_response.clone())
+            .expect("the device relayed the log");
+    let secret = simfota_wire::p256::SecretKey::from(r.keys.server.as_nonzero_scalar());
+    let contents = open_export(
+        &export,
+        &r.card_key,
+        &secret,
+        &simfota_wire::Limits::default(),
+    )
+    .unwrap();
+    let contents = contents.get();
+    assert_eq!(contents.iccid.as_str(), ICCID);
+    assert!(
+        contents.records.len() >= 3,
+        "authorized, integrity, installed: {}",
+        contents.records.len()
+    );
+    let last = LogEntry::decode(contents.records.last().unwrap()).unwrap();
+    assert_eq!(
+        last.update_id.map(|u| u.as_bytes().to_vec()),
+        Some(b"update-42".to_vec())
+    );
+}
+
+/// The card subtree as a relay: public reads decode, an issuer-signed admin command applies
+/// once (AdminResult 9000) and its replay is refused by the card (403, AdminResult 66xx).
+#[test]
+fn the_card_nodes_relay_reads_and_admin_commands() {
+    use base64::Engine as _;
+    use simfota_wire::{AdminChange, AdminCommand, OriginatorId};
+    let mut r = rig(Encoding::Wbxml, None);
+    let new_oem = SigningKey::random(&mut rand_core::OsRng);
+    let mut buf = vec![0u8; 2048];
+    let n = AdminCommand {
+        target: Iccid::parse(ICCID).unwrap(),
+        counter: 1,
+        change: AdminChange::PutOriginator {
+            id: OriginatorId::new("oem2.example").unwrap(),
+            key: PublicKey::from(&new_oem),
+        },
+    }
+    .sign(&r.keys.issuer, &mut buf)
+    .unwrap();
+    let admin = buf[..n].to_vec();
+    let card = "./SIMFOTA/Card";
+    r.dm.with(|s| {
+        s.commands = vec![
+            (format!("{card}/Info"), None),
+            (format!("{card}/Servers"), None),
+            (format!("{card}/Policy"), None),
+            (format!("{card}/Admin"), Some(admin.clone())),
+            (format!("{card}/AdminResult"), None),
+            (format!("{card}/Originators"), None),
+            (format!("{card}/Admin"), Some(admin.clone())),
+            (format!("{card}/AdminResult"), None),
+            (format!("{card}/LogResponse"), None),
+        ]
+    });
+    r.agent.check_update().unwrap();
+    let answers = r.dm.with(|s| s.answers.clone());
+    let data = |uri: &str, nth: usize| -> Option<String> {
+        answers
+            .iter()
+            .filter(|(u, _, d)| u.ends_with(uri) && d.is_some())
+            .nth(nth)
+            .and_then(|a| a.2.clone())
+    };
+    let status = |uri: &str, nth: usize| -> u16 {
+        answers
+            .iter()
+            .filter(|(u, _, d)| u.ends_with(uri) && d.is_none())
+            .nth(nth)
+            .map(|a| a.1)
+            .unwrap()
+    };
+    let b64 = |t: String| base64::engine::general_purpose::STANDARD.decode(t).unwrap();
+    let info = b64(data("/Info", 0).unwrap());
+    let mut d = minicbor::Decoder::new(&info);
+    assert_eq!(d.map().unwrap(), Some(10));
+    assert_eq!(d.u8().unwrap(), 1);
+    assert_eq!(d.str().unwrap(), ICCID);
+    let servers = b64(data("/Servers", 0).unwrap());
+    let mut d = minicbor::Decoder::new(&servers);
+    assert_eq!(d.array().unwrap(), Some(1));
+    d.array().unwrap();
+    assert_eq!(d.str().unwrap(), SERVER);
+    let policy = b64(data("/Policy", 0).unwrap());
+    assert_eq!(
+        Policy::decode(&policy, &simfota_wire::Limits::default()).unwrap(),
+        Policy::new(UnauthorizedRule::Refuse, IntegrityMode::DeviceDigest)
+    );
+    assert_eq!(status("/Admin", 0), 200);
+    assert_eq!(data("/AdminResult", 0).as_deref(), Some("9000"));
+    let originators = b64(data("/Originators", 0).unwrap());
+    assert!(originators.windows(12).any(|w| w == b"oem2.example"));
+    // The replay: refused by the card.
+    assert_eq!(status("/Admin", 1), 403);
+    assert!(data("/AdminResult", 1).unwrap().starts_with("66"));
+    // No log request in this session: nothing to answer.
+    assert_eq!(status("/LogResponse", 0), 404);
+}

@@ -39,6 +39,16 @@ pub struct Seen {
 
 pub struct DmState {
     pub offer: Option<Offer>,
+    /// Builds a signed log-read request for the card nonce; the next session relays it.
+    pub log_read: Option<TokenMaker>,
+    /// The card's answer to the log-read request (LogResponse), once received.
+    pub log_response: Option<Vec<u8>>,
+    log_handle: Option<CommandHandle>,
+    /// Commands for the next session: Replace (b64 value) or Get (None), in order.
+    pub commands: Vec<(String, Option<Vec<u8>>)>,
+    /// Results and statuses of those commands, by URI: (status, data as text).
+    pub answers: Vec<(String, u16, Option<String>)>,
+    handles: Vec<(CommandHandle, String)>,
     pub seen: Seen,
     session: Option<ServerSession>,
     nonce_handle: Option<CommandHandle>,
@@ -73,6 +83,12 @@ impl DmServer {
         };
         let state = Arc::new(Mutex::new(DmState {
             offer: None,
+            log_read: None,
+            log_response: None,
+            log_handle: None,
+            commands: Vec::new(),
+            answers: Vec::new(),
+            handles: Vec::new(),
             seen: Seen::default(),
             session: None,
             nonce_handle: None,
@@ -168,7 +184,32 @@ fn handle(
             ServerEvent::Authenticated { .. } => state.seen.authenticated += 1,
             ServerEvent::NextClientNonce(n) => state.client_nonce = n,
             ServerEvent::ClientAlert(a) => state.seen.alerts.push(a),
-            ServerEvent::Status { cmd, code, .. } => state.seen.statuses.push((cmd, code.0)),
+            ServerEvent::Status {
+                handle, cmd, code, ..
+            } => {
+                if let Some((_, uri)) = state.handles.iter().find(|(h, _)| *h == handle) {
+                    state.answers.push((uri.clone(), code.0, None));
+                }
+                state.seen.statuses.push((cmd, code.0))
+            }
+            ServerEvent::Results {
+                handle: Some(h),
+                items,
+            } if state.handles.iter().any(|(x, _)| *x == h) => {
+                let uri = state
+                    .handles
+                    .iter()
+                    .find(|(x, _)| *x == h)
+                    .unwrap()
+                    .1
+                    .clone();
+                let text = items[0]
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.as_text())
+                    .map(str::to_owned);
+                state.answers.push((uri, 200, text));
+            }
             ServerEvent::Results {
                 handle: Some(h),
                 items,
@@ -181,12 +222,66 @@ fn handle(
                         .unwrap(),
                 );
             }
+            ServerEvent::Results {
+                handle: Some(h),
+                items,
+            } if Some(h) == state.log_handle => {
+                let text = items[0]
+                    .data
+                    .as_ref()
+                    .unwrap()
+                    .as_text()
+                    .unwrap()
+                    .to_owned();
+                state.log_response = Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(text.trim())
+                        .unwrap(),
+                );
+            }
             _ => {}
         }
     }
     let session = state.session.as_mut().unwrap();
-    if session.is_authenticated() && state.nonce_handle.is_none() && state.offer.is_some() {
+    if session.is_authenticated() && !state.commands.is_empty() {
+        for (uri, value) in std::mem::take(&mut state.commands) {
+            let u = NodeUri::parse(&uri).unwrap();
+            let h = match value {
+                Some(v) => {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(&v);
+                    session.replace(
+                        &u,
+                        &NodeValue {
+                            format: "b64".into(),
+                            mime_type: None,
+                            data: b64.into_bytes(),
+                        },
+                    )
+                }
+                None => session.get(&u),
+            };
+            state.handles.push((h, uri));
+        }
+    }
+    if session.is_authenticated()
+        && state.nonce_handle.is_none()
+        && (state.offer.is_some() || state.log_read.is_some())
+    {
         state.nonce_handle = Some(session.get(&NodeUri::parse("./SIMFOTA/Card/Nonce").unwrap()));
+    }
+    if let Some(nonce) = nonce.as_ref()
+        && let Some(make) = state.log_read.take()
+    {
+        let request = make(nonce);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&request);
+        let v = NodeValue {
+            format: "b64".into(),
+            mime_type: None,
+            data: b64.into_bytes(),
+        };
+        session.replace(&NodeUri::parse("./SIMFOTA/Card/LogRequest").unwrap(), &v);
+        state.log_handle =
+            Some(session.get(&NodeUri::parse("./SIMFOTA/Card/LogResponse").unwrap()));
     }
     if let Some(nonce) = nonce
         && let Some(offer) = state.offer.take()
