@@ -179,7 +179,13 @@ impl<C: Channel> Updater<'_, C> {
     pub fn run(&mut self, mut job: Job) -> Result<Job, UpdateError> {
         loop {
             let step = match job.stage.clone() {
-                Stage::Accepted => self.authorize(&mut job),
+                Stage::Accepted => match self.prepare(&mut job) {
+                    Ok(()) => {
+                        self.jobs.save(&job)?;
+                        self.authorize(&job)
+                    }
+                    Err(f) => Err(f),
+                },
                 Stage::Authorized { package } => self.download(package),
                 Stage::Downloaded {
                     package,
@@ -228,34 +234,35 @@ impl<C: Channel> Updater<'_, C> {
         }
     }
 
-    /// Envelope, authorization (with consent when needed), package facts.
-    fn authorize(&mut self, job: &mut Job) -> Result<Stage, Fail> {
-        let envelope = match &job.envelope {
-            Some(e) => e.clone(),
-            None => {
-                (self.say)(&format!(
-                    "fetching the package description from {}",
-                    job.envelope_url
-                ));
-                let e = self
-                    .downloader
-                    .fetch_bytes(&job.envelope_url, self.limits.max_envelope_bytes)
-                    .map_err(|e| fail(Failure::from_download(&e), false))?;
-                job.envelope = Some(e.clone());
-                e
-            }
-        };
-        let limits = wire::Limits::DEFAULT;
-        let claims = DeliveryToken::decode(&job.token, &limits)
+    /// Fetches the envelope and reads the update id from the token (unverified: it only names
+    /// the update in the result report, the card checks it).
+    fn prepare(&mut self, job: &mut Job) -> Result<(), Fail> {
+        if job.envelope.is_none() {
+            (self.say)(&format!(
+                "fetching the package description from {}",
+                job.envelope_url
+            ));
+            let e = self
+                .downloader
+                .fetch_bytes(&job.envelope_url, self.limits.max_envelope_bytes)
+                .map_err(|e| fail(Failure::from_download(&e), false))?;
+            job.envelope = Some(e);
+        }
+        let claims = DeliveryToken::decode(&job.token, &wire::Limits::DEFAULT)
             .ok()
             .map(|t| *t.dangerous_unverified());
         job.update_id = claims.map(|c| c.cti.as_bytes().to_vec());
-        // Persist envelope and update id before the card is asked: after a crash the same
-        // authorization is recognised on the card.
-        self.jobs
-            .save(job)
-            .map_err(|e| fail(Failure::InstallFailed(e.to_string()), false))?;
+        Ok(())
+    }
 
+    /// Authorization (with consent when needed) and package facts. `job` was saved with its
+    /// envelope and update id before: after a crash the same authorization is recognised on
+    /// the card.
+    fn authorize(&mut self, job: &Job) -> Result<Stage, Fail> {
+        let envelope = job.envelope.clone().unwrap_or_default();
+        let claims = DeliveryToken::decode(&job.token, &wire::Limits::DEFAULT)
+            .ok()
+            .map(|t| *t.dangerous_unverified());
         let pending = self
             .card
             .pending_update()
