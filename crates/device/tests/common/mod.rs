@@ -35,6 +35,8 @@ pub struct State {
     pub ignore_if_range: bool,
     /// Announce this Content-Length instead of the real one (full responses).
     pub announce_len: Option<usize>,
+    /// Send bodies in pieces of this many bytes with this pause between them.
+    pub throttle: Option<(usize, std::time::Duration)>,
     pub seen: Vec<Seen>,
 }
 
@@ -181,9 +183,22 @@ fn handle(stream: TcpStream, state: &Mutex<State>) {
     }
     st.seen.push(seen);
     let body = body[..send].to_vec();
+    let throttle = st.throttle;
     drop(st);
     let _ = out.write_all(head.as_bytes());
-    let _ = out.write_all(&body);
+    match throttle {
+        Some((piece, pause)) => {
+            for chunk in body.chunks(piece.max(1)) {
+                if out.write_all(chunk).and_then(|_| out.flush()).is_err() {
+                    return;
+                }
+                thread::sleep(pause);
+            }
+        }
+        None => {
+            let _ = out.write_all(&body);
+        }
+    }
     let _ = out.flush();
     let _ = out.shutdown(Shutdown::Both);
 }
