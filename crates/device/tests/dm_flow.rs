@@ -86,6 +86,10 @@ struct Rig {
 }
 
 fn rig(encoding: Encoding, port: Option<u16>) -> Rig {
+    rig_with(encoding, port, false)
+}
+
+fn rig_with(encoding: Encoding, port: Option<u16>, hmac: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand_core::OsRng;
     let keys = Keys {
@@ -116,8 +120,22 @@ fn rig(encoding: Encoding, port: Option<u16>) -> Rig {
         Encoding::Xml => (Encoding::Xml, "xml"),
         Encoding::Wbxml => (Encoding::Wbxml, "wbxml"),
     };
-    let dm = DmServer::start(SERVER, ("dev-1", "client-secret"), "server-secret", enc);
-    let cfg = config(dir.path(), &dm.url, enc_name, port);
+    let auth = if hmac {
+        simfota_syncml::auth::AuthScheme::Hmac
+    } else {
+        simfota_syncml::auth::AuthScheme::Md5
+    };
+    let dm = DmServer::start_with(
+        SERVER,
+        ("dev-1", "client-secret"),
+        "server-secret",
+        enc,
+        auth,
+    );
+    let mut cfg = config(dir.path(), &dm.url, enc_name, port);
+    if hmac {
+        cfg.credentials.auth = simfota_device::config::AuthScheme::Hmac;
+    }
     SlotStore::init(cfg.data().slots(), &dir.path().join("v1.bin"), "1.0").unwrap();
     let said = Arc::new(Mutex::new(Vec::new()));
     let sink = said.clone();
@@ -189,7 +207,11 @@ fn offer_v2(r: &Rig) -> Vec<u8> {
 }
 
 fn check_update_installs(encoding: Encoding) {
-    let mut r = rig(encoding, None);
+    check_update_installs_with(encoding, false);
+}
+
+fn check_update_installs_with(encoding: Encoding, hmac: bool) {
+    let mut r = rig_with(encoding, None, hmac);
     offer_v2(&r);
     let outcome = r.agent.check_update().unwrap();
     let said = r.said.lock().unwrap().clone();
@@ -233,10 +255,22 @@ fn check_update_installs(encoding: Encoding) {
         JobStore::new(&r.cfg.data().fumo_state()).load().unwrap(),
         None
     );
-    // A later session reports nothing again.
+    // A later session reports nothing again, and the server reads the new FwV.
+    r.dm.with(|s| s.commands = vec![("./DevDetail/FwV".into(), None)]);
     let again = r.agent.check_update().unwrap();
     assert_eq!(again.reported, None);
     assert_eq!(r.dm.results().len(), 1);
+    let fwv = r.dm.with(|s| {
+        s.answers
+            .iter()
+            .find_map(|(u, _, d)| (u == "./DevDetail/FwV").then(|| d.clone()).flatten())
+    });
+    assert_eq!(fwv.as_deref(), Some("2.0"));
+}
+
+#[test]
+fn check_update_with_hmac_integrity_installs_and_reports() {
+    check_update_installs_with(Encoding::Xml, true);
 }
 
 #[test]

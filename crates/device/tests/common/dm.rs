@@ -69,6 +69,22 @@ impl DmServer {
         server_password: &str,
         encoding: Encoding,
     ) -> DmServer {
+        Self::start_with(
+            server_id,
+            client,
+            server_password,
+            encoding,
+            AuthScheme::Md5,
+        )
+    }
+
+    pub fn start_with(
+        server_id: &str,
+        client: (&str, &str),
+        server_password: &str,
+        encoding: Encoding,
+        auth: AuthScheme,
+    ) -> DmServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let config = ServerConfig {
@@ -77,7 +93,7 @@ impl DmServer {
             resp_uri: None,
             client_credentials: Credentials::new(client.0, client.1),
             server_credentials: Credentials::new(server_id, server_password),
-            auth: AuthScheme::Md5,
+            auth,
             encoding,
             limits: Limits::default(),
         };
