@@ -533,6 +533,21 @@ state = "CARD.state"
         ));
     }
 
+    /// The example in docs/dm-tree.md is a valid configuration.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../../../docs/dm-tree.md");
+        let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
+        let end = start + doc[start..].find("```").unwrap();
+        let c = DeviceConfig::parse(&doc[start..end]).unwrap();
+        assert_eq!(c.info.class_uuid().unwrap().unwrap()[15], 2);
+        assert_eq!(c.limits.max_envelope_bytes, 16384);
+        assert_eq!(
+            c.card_source(None, None).unwrap(),
+            CardSource::State("CARD.state".into())
+        );
+    }
+
     #[test]
     fn missing_card_is_a_clear_error() {
         let text = GOOD.replace("state = \"CARD.state\"", "");
