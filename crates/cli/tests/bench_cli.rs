@@ -5,18 +5,21 @@ use std::process::Command;
 
 #[test]
 fn bench_delta_runs_and_reports() {
-    let out = Command::new(env!("CARGO_BIN_EXE_simfota"))
-        .args(["bench", "delta", "--size-mib", "1", "--changed-pct", "5"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    for field in ["target image", "delta", "diff", "apply"] {
-        assert!(text.contains(field), "{text}");
+    for content in ["random", "code"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_simfota"))
+            .args(["bench", "delta", "--size-mib", "1", "--changed-pct", "5"])
+            .args(["--content", content])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        for field in ["target image", "zstd -9", "delta", "diff", "apply"] {
+            assert!(text.contains(field), "{content}: {text}");
+        }
     }
 }
 
