@@ -206,6 +206,16 @@ fn account_node(server_id: &str) -> String {
         .collect()
 }
 
+/// The Generic Alert type for the result of an Exec on `node` (OMA-TS-DM-FUMO-V1_0 §8.2).
+fn alert_type(node: &str) -> &'static str {
+    use simfota_syncml::codes::fumo_alert_type;
+    match node {
+        "Download" => fumo_alert_type::DOWNLOAD,
+        "Update" => fumo_alert_type::UPDATE,
+        _ => fumo_alert_type::DOWNLOAD_AND_UPDATE,
+    }
+}
+
 /// The Generic Alert 1226 for a finished job (docs/dm-tree.md; DM Protocol 1.2 §8.7).
 pub fn result_alert(job: &Job) -> Option<Alert> {
     let Stage::Reported {
@@ -221,7 +231,7 @@ pub fn result_alert(job: &Job) -> Option<Alert> {
         ))),
         meta: Some(Meta {
             format: Some("int".into()),
-            mime_type: Some(simfota_syncml::codes::fumo_alert_type::DOWNLOAD_AND_UPDATE.into()),
+            mime_type: Some(alert_type(job.operation_node()).into()),
             mark: Some(
                 if (200..300).contains(result) {
                     "informational"

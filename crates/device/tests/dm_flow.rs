@@ -478,3 +478,37 @@ fn the_card_nodes_relay_reads_and_admin_commands() {
     // No log request in this session: nothing to answer.
     assert_eq!(status("/LogResponse", 0), 404);
 }
+
+/// Only DownloadAndUpdate is implemented: an Exec of `Download` is answered 202 (the protocol
+/// layer accepts it) and then reported with FUMO result 408, naming the node it came from.
+#[test]
+fn an_exec_of_download_alone_is_reported_as_not_implemented() {
+    let mut r = rig(Encoding::Xml, None);
+    offer_v2(&r);
+    r.dm.with(|s| s.exec_node = Some("Download".into()));
+    let outcome = r.agent.check_update().unwrap();
+    assert_eq!(outcome.reported, Some((408, true)));
+    let alert = r.dm.with(|s| {
+        s.seen
+            .alerts
+            .iter()
+            .rev()
+            .find(|a| a.code == AlertCode::GENERIC_ALERT)
+            .unwrap()
+            .clone()
+    });
+    let item = &alert.items[0];
+    assert_eq!(item.source.as_ref().unwrap().uri, "./FUMO/fw/Download");
+    assert_eq!(
+        item.meta.as_ref().unwrap().mime_type.as_deref(),
+        Some("org.openmobilealliance.dm.firmwareupdate.download")
+    );
+    assert_eq!(alert.correlator.as_deref(), Some("job-42"));
+    assert_eq!(
+        SlotStore::open(r.cfg.data().slots())
+            .unwrap()
+            .active_version()
+            .unwrap(),
+        "1.0"
+    );
+}

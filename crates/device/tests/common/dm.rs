@@ -44,6 +44,8 @@ pub struct DmState {
     /// The card's answer to the log-read request (LogResponse), once received.
     pub log_response: Option<Vec<u8>>,
     log_handle: Option<CommandHandle>,
+    /// Exec this FUMO node instead of DownloadAndUpdate (e.g. `Download`).
+    pub exec_node: Option<String>,
     /// Commands for the next session: Replace (b64 value) or Get (None), in order.
     pub commands: Vec<(String, Option<Vec<u8>>)>,
     /// Results and statuses of those commands, by URI: (status, data as text).
@@ -102,6 +104,7 @@ impl DmServer {
             log_read: None,
             log_response: None,
             log_handle: None,
+            exec_node: None,
             commands: Vec::new(),
             answers: Vec::new(),
             handles: Vec::new(),
@@ -143,7 +146,10 @@ impl DmServer {
                         .first()
                         .and_then(|i| i.meta.as_ref())
                         .and_then(|m| m.mime_type.as_deref())
-                        == Some("org.openmobilealliance.dm.firmwareupdate.downloadandupdate")
+                        .is_some_and(|t| {
+                            t.starts_with("org.openmobilealliance.dm.firmwareupdate.")
+                                && !t.ends_with("userrequest")
+                        })
                 })
                 .map(|a| {
                     let code = a.items[0]
@@ -314,8 +320,12 @@ fn handle(
             &NodeUri::parse("./FUMO/fw/DownloadAndUpdate/PkgURL").unwrap(),
             &NodeValue::chr(&offer.envelope_url),
         );
+        let node = state
+            .exec_node
+            .clone()
+            .unwrap_or_else(|| "DownloadAndUpdate".into());
         session.exec(
-            &NodeUri::parse("./FUMO/fw/DownloadAndUpdate").unwrap(),
+            &NodeUri::parse(&format!("./FUMO/fw/{node}")).unwrap(),
             Some(&offer.correlator),
             Some(Data::text("")),
         );
