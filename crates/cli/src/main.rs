@@ -15,6 +15,7 @@ mod device;
 mod files;
 mod keys;
 mod pack;
+mod server;
 
 /// simfota: firmware-over-the-air updates controlled and audited through the subscriber's
 /// smart card.
@@ -35,6 +36,8 @@ enum Command {
     Bench(bench::Args),
     /// Card tools: serve a virtual card into PC/SC, personalize, inspect, administer.
     Card(card::Args),
+    /// Run the operator's DM server (campaigns, package hosting, card logs, API, dashboard).
+    Server(server::Args),
     /// The device agent: OMA DM client with FUMO, card-gated updates, A/B slots.
     Device(device::Args),
 }
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Pack(args) => pack::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Card(args) => card::run(args),
+        Command::Server(args) => server::run(args),
         Command::Device(args) => device::run(args),
     };
     match result {

@@ -107,7 +107,11 @@ impl From<sqlx::Error> for ServerError {
             sqlx::Error::Database(db) => {
                 // PostgreSQL class 08 (connection exception) and 57P0x (admin/crash shutdown).
                 let code = db.code().unwrap_or_default();
-                if code.starts_with("08") || code.starts_with("57P0") {
+                // SQLite: SQLITE_BUSY (5) / SQLITE_LOCKED (6) and their extended codes, after
+                // the busy timeout ran out: another process holds the lock; try again later.
+                let sqlite_busy =
+                    code.len() < 5 && code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6));
+                if code.starts_with("08") || code.starts_with("57P0") || sqlite_busy {
                     Self::DbUnavailable(e.to_string())
                 } else {
                     Self::Db(e.to_string())

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod campaign;
 pub mod config;
 pub mod db;
+pub mod dm;
 pub mod error;
 mod http;
 pub mod keys;

@@ -18,6 +18,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/dm", axum::routing::post(crate::dm::handle))
         .route("/packages/{id}/envelope", get(packages::serve_envelope))
         .route("/packages/{id}/payload", get(packages::serve_payload))
         .nest("/api/v1", api)
@@ -44,7 +45,13 @@ async fn count_responses(State(s): State<AppState>, req: Request, next: Next) ->
 
 /// `GET /healthz`: 200 when the database answers, 503 otherwise (load balancers use it).
 async fn healthz(State(s): State<AppState>) -> Result<&'static str> {
-    s.db.ping().await?;
+    // Any database failure makes this replica unfit for traffic, whatever its kind.
+    s.db.ping().await.map_err(|e| match e {
+        crate::error::ServerError::DbUnavailable(m) | crate::error::ServerError::Db(m) => {
+            crate::error::ServerError::DbUnavailable(m)
+        }
+        other => other,
+    })?;
     Ok("ok\n")
 }
 

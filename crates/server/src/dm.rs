@@ -1,0 +1,816 @@
+//! The OMA DM endpoint (`POST /dm`): device sessions over crate `simfota-syncml`.
+//!
+//! Each HTTP request carries one SyncML message (XML or WBXML, by `Content-Type`; the reply
+//! uses the same). The server keeps NO session state in memory: the `ServerSession` of the
+//! protocol crate and this module's [`Flow`] are loaded from `dm_sessions`, advanced by the
+//! message, and stored back with a compare-and-set on a version number, so consecutive
+//! messages of one session may land on different replicas sharing one PostgreSQL.
+//!
+//! Device authentication (OMA DM Security 1.2 §5.3): `syncml:auth-md5`, or HMAC
+//! (`x-syncml-hmac`) per device; wrong credentials get status 401 with a challenge carrying a
+//! fresh nonce, which is persisted with the device (`devices.device_nonce`). Unknown devices
+//! follow the enrolment rule ([`crate::config::Enrolment`]).
+//!
+//! What a session does, once the device is authenticated (issue 6 item 7):
+//! 1. Get `./DevDetail/FwV` (firmware version) and `./SIMFOTA/Card/Info` (ICCID, certificate:
+//!    the card is registered when its certificate verifies under an issuer key);
+//! 2. with a pending job: Get `./SIMFOTA/Card/Nonce`; on the answer, issue the CWT delivery
+//!    token (server key; bound to card nonce, ICCID, IMEI, manifest digest), Replace
+//!    `./FUMO/fw/Ext/DeliveryToken` and `./FUMO/fw/DownloadAndUpdate/PkgURL`, Exec
+//!    `./FUMO/fw/DownloadAndUpdate` with the job's Correlator; `202` marks the job delivered;
+//! 3. a Generic Alert 1226 with a known Correlator records the FUMO result code and the card
+//!    receipt (verified with the card key: update id, ICCID and result must match).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use simfota_syncml::auth::{AuthScheme, Credentials, HMAC_HEADER, Nonce as DmNonce};
+use simfota_syncml::model::Item;
+use simfota_syncml::session::{
+    CommandHandle, ServerConfig as DmConfig, ServerEvent, ServerSession,
+};
+use simfota_syncml::tree::NodeValue;
+use simfota_syncml::{Encoding, Limits as DmLimits, NodeUri};
+use simfota_wire::{
+    DeliveryToken, Digest, Iccid, Imei, Limits, Nonce, PublicKey, Receipt, ServerId, UpdateId,
+};
+
+use crate::AppState;
+use crate::campaign;
+use crate::db::{RowExt, now_ms};
+use crate::error::{Result, ServerError};
+
+/// FUMO node of the DownloadAndUpdate result (FUMO 1.0 §5.3, DM-CONTRACT.md).
+const DOWNLOAD_AND_UPDATE: &str = "./FUMO/fw/DownloadAndUpdate";
+/// Lifetime of a delivery token: long enough for a slow download before authorization.
+const TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
+
+/// This module's per-session progress, stored next to the protocol session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Flow {
+    /// The first authenticated message was handled (session counted, Gets queued).
+    started: bool,
+    fwv: Option<CommandHandle>,
+    card_info: Option<CommandHandle>,
+    nonce: Option<CommandHandle>,
+    exec: Option<CommandHandle>,
+    /// The job being delivered in this session.
+    job: Option<i64>,
+    /// Update id and token issued in this session for `job`.
+    update_id: Option<Vec<u8>>,
+    token: Option<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    session: ServerSession,
+    flow: Flow,
+}
+
+/// A registered device's DM account.
+struct Account {
+    id: i64,
+    imei: String,
+    username: String,
+    password: String,
+    server_password: String,
+    auth: AuthScheme,
+    device_nonce: Option<Vec<u8>>,
+    server_nonce: Option<Vec<u8>>,
+    iccid: Option<String>,
+}
+
+fn fresh_nonce() -> DmNonce {
+    let mut n = vec![0u8; 16];
+    OsRng.fill_bytes(&mut n);
+    DmNonce(n)
+}
+
+fn dm_limits() -> DmLimits {
+    DmLimits::default()
+}
+
+fn uri(s: &str) -> Result<NodeUri> {
+    NodeUri::parse(s).map_err(|e| ServerError::Db(format!("node URI {s}: {e}")))
+}
+
+fn reply(out: simfota_syncml::session::Outgoing) -> Response {
+    let mut resp = (StatusCode::OK, out.body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(out.content_type),
+    );
+    if let Some(h) = out.hmac
+        && let Ok(v) = HeaderValue::from_str(&h)
+    {
+        resp.headers_mut().insert(HMAC_HEADER, v);
+    }
+    resp
+}
+
+fn session_err(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        format!("SyncML message refused: {e}\n"),
+    )
+        .into_response()
+}
+
+/// `POST /dm`.
+pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match handle_inner(&state, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Response> {
+    state.metrics.dm_messages.inc();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(encoding) = Encoding::from_content_type(ct) else {
+        return Ok((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/vnd.syncml.dm+xml or application/vnd.syncml.dm+wbxml\n",
+        )
+            .into_response());
+    };
+    let hmac = headers
+        .get(HMAC_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let limits = dm_limits();
+    let hdr = match encoding.decode_header(body, &limits) {
+        Ok(h) => h,
+        // Without a readable SyncHdr there is nothing a SyncML Status could refer to.
+        Err(e) => return Ok(session_err(e)),
+    };
+    let dev_id = hdr.source.uri.clone();
+    let session_id = hdr.session_id.clone();
+    let account = match lookup(state, &dev_id).await? {
+        Some(a) => a,
+        None => match enrol_candidate(state, &dev_id, hdr.source.name.as_deref()) {
+            Some(a) => a,
+            None => return refuse_unknown(state, encoding, &dev_id, body, hmac.as_deref()),
+        },
+    };
+
+    let row = if account.id > 0 {
+        sqlx::query(
+            "SELECT state, version FROM dm_sessions WHERE device_id = $1 AND session_id = $2",
+        )
+        .bind(account.id)
+        .bind(session_id.clone())
+        .fetch_optional(state.db.pool())
+        .await?
+    } else {
+        None
+    };
+    let (mut stored, version) = match &row {
+        Some(r) => {
+            let s: Stored = serde_json::from_slice(&r.bytes("state")?)
+                .map_err(|e| ServerError::Db(format!("stored DM session: {e}")))?;
+            (s, Some(r.i64("version")?))
+        }
+        None => (
+            Stored {
+                session: ServerSession::new(
+                    dm_config(state, &account, encoding),
+                    account
+                        .device_nonce
+                        .clone()
+                        .map_or_else(fresh_nonce, DmNonce),
+                    DmNonce(account.server_nonce.clone().unwrap_or_default()),
+                ),
+                flow: Flow::default(),
+            },
+            None,
+        ),
+    };
+    let events = match stored.session.receive(body, hmac.as_deref(), fresh_nonce()) {
+        Ok(ev) => ev,
+        Err(e) => return Ok(session_err(e)),
+    };
+    let mut account = account;
+    for ev in events {
+        on_event(state, &mut account, &mut stored, ev).await?;
+    }
+    let out = match stored.session.reply() {
+        Ok(o) => o,
+        Err(e) => return Ok(session_err(e)),
+    };
+    if account.id > 0 {
+        save(state, account.id, &session_id, &stored, version).await?;
+    }
+    Ok(reply(out))
+}
+
+fn dm_config(state: &AppState, a: &Account, encoding: Encoding) -> DmConfig {
+    DmConfig {
+        server_id: state.config.server_id.clone(),
+        server_uri: format!("{}/dm", state.base_url),
+        resp_uri: None,
+        client_credentials: Credentials::new(a.username.clone(), a.password.clone()),
+        server_credentials: Credentials::new(
+            state.config.server_id.clone(),
+            a.server_password.clone(),
+        ),
+        auth: a.auth,
+        encoding,
+        limits: dm_limits(),
+    }
+}
+
+/// The IMEI in a DevId `IMEI:<15 digits>` (DM StdObj 1.2 §5.3.1).
+fn imei_of(dev_id: &str) -> Option<&str> {
+    dev_id
+        .strip_prefix("IMEI:")
+        .filter(|i| Imei::parse(i).is_ok())
+}
+
+async fn lookup(state: &AppState, dev_id: &str) -> Result<Option<Account>> {
+    let Some(imei) = imei_of(dev_id) else {
+        return Ok(None);
+    };
+    let row = sqlx::query(
+        "SELECT id, imei, dm_username, dm_password, server_password, auth_scheme, device_nonce, \
+         server_nonce, iccid FROM devices WHERE imei = $1",
+    )
+    .bind(imei.to_owned())
+    .fetch_optional(state.db.pool())
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    Ok(Some(Account {
+        id: r.i64("id")?,
+        imei: r.text("imei")?,
+        username: r.text("dm_username")?,
+        password: r.text("dm_password")?,
+        server_password: r.text("server_password")?,
+        auth: if r.text("auth_scheme")? == "hmac" {
+            AuthScheme::Hmac
+        } else {
+            AuthScheme::Md5
+        },
+        device_nonce: r.opt_bytes("device_nonce")?,
+        server_nonce: r.opt_bytes("server_nonce")?,
+        iccid: r.opt_text("iccid")?,
+    }))
+}
+
+/// Under `shared-secret` enrolment, an unknown device with a valid IMEI DevId may authenticate
+/// with the enrolment password (user name: its `Source/LocName`, else the DevId); it is stored
+/// only once that authentication succeeded (id 0 until then).
+fn enrol_candidate(state: &AppState, dev_id: &str, loc_name: Option<&str>) -> Option<Account> {
+    if state.config.enrolment != crate::config::Enrolment::SharedSecret {
+        return None;
+    }
+    let imei = imei_of(dev_id)?;
+    let pw = state.config.enrolment_password.clone()?;
+    Some(Account {
+        id: 0,
+        imei: imei.to_owned(),
+        username: loc_name.unwrap_or(dev_id).to_owned(),
+        password: pw.clone(),
+        server_password: pw,
+        auth: AuthScheme::Md5,
+        device_nonce: None,
+        server_nonce: None,
+        iccid: None,
+    })
+}
+
+/// An unknown device under `preregistered`: the protocol session runs with credentials no
+/// device can know, so the device gets 401 with a challenge; the attempt is recorded.
+fn refuse_unknown(
+    state: &AppState,
+    encoding: Encoding,
+    dev_id: &str,
+    body: &[u8],
+    hmac: Option<&str>,
+) -> Result<Response> {
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    let config = DmConfig {
+        server_id: state.config.server_id.clone(),
+        server_uri: format!("{}/dm", state.base_url),
+        resp_uri: None,
+        client_credentials: Credentials::new(dev_id.to_owned(), hex::encode(secret)),
+        server_credentials: Credentials::new(state.config.server_id.clone(), hex::encode(secret)),
+        auth: AuthScheme::Md5,
+        encoding,
+        limits: dm_limits(),
+    };
+    let mut s = ServerSession::new(config, fresh_nonce(), fresh_nonce());
+    if let Err(e) = s.receive(body, hmac, fresh_nonce()) {
+        return Ok(session_err(e));
+    }
+    state
+        .metrics
+        .verification_failures
+        .with_label_values(&["device_auth"])
+        .inc();
+    let db = state.db.clone();
+    let detail = format!(
+        "unknown device {}",
+        dev_id.chars().take(64).collect::<String>()
+    );
+    tokio::spawn(async move {
+        let _ = record_event(&db, "unknown_device", None, &detail).await;
+    });
+    match s.reply() {
+        Ok(out) => Ok(reply(out)),
+        Err(e) => Ok(session_err(e)),
+    }
+}
+
+/// Appends a security event (refused device, forged export, bad receipt, ...).
+pub async fn record_event(
+    db: &crate::db::Db,
+    kind: &str,
+    device_id: Option<i64>,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO security_events (kind, device_id, detail, created_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(kind.to_owned())
+    .bind(device_id)
+    .bind(detail.to_owned())
+    .bind(now_ms())
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+async fn save(
+    state: &AppState,
+    device_id: i64,
+    session_id: &str,
+    s: &Stored,
+    version: Option<i64>,
+) -> Result<()> {
+    let now = now_ms();
+    if s.session.is_over() {
+        sqlx::query("DELETE FROM dm_sessions WHERE device_id = $1 AND session_id = $2")
+            .bind(device_id)
+            .bind(session_id.to_owned())
+            .execute(state.db.pool())
+            .await?;
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(s).map_err(|e| ServerError::Db(format!("DM session: {e}")))?;
+    let done = match version {
+        Some(v) => sqlx::query(
+            "UPDATE dm_sessions SET state = $1, version = $2, updated_ms = $3 \
+             WHERE device_id = $4 AND session_id = $5 AND version = $6",
+        )
+        .bind(bytes)
+        .bind(v + 1)
+        .bind(now)
+        .bind(device_id)
+        .bind(session_id.to_owned())
+        .bind(v)
+        .execute(state.db.pool())
+        .await?
+        .rows_affected(),
+        None => sqlx::query(
+            "INSERT INTO dm_sessions (device_id, session_id, next_msg_id, version, state, updated_ms) \
+             VALUES ($1, $2, 0, 1, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(device_id)
+        .bind(session_id.to_owned())
+        .bind(bytes)
+        .bind(now)
+        .execute(state.db.pool())
+        .await?
+        .rows_affected(),
+    };
+    if done != 1 {
+        // Another replica advanced this session meanwhile (a duplicated request): ours loses.
+        return Err(ServerError::DbUnavailable(format!(
+            "DM session {session_id} changed concurrently; retry"
+        )));
+    }
+    // Sessions abandoned by their device are dropped after a day.
+    sqlx::query("DELETE FROM dm_sessions WHERE updated_ms < $1")
+        .bind(now - 24 * 3600 * 1000)
+        .execute(state.db.pool())
+        .await?;
+    Ok(())
+}
+
+/// The bytes of an item's data: base64 for `b64` (and for text that decodes as such when no
+/// format is given), raw otherwise.
+fn item_bytes(item: &Item) -> Option<Vec<u8>> {
+    let data = item.data.as_ref()?;
+    let format = item.meta.as_ref().and_then(|m| m.format.as_deref());
+    match format {
+        Some("bin") => Some(data.0.clone()),
+        _ => {
+            let text: String = String::from_utf8_lossy(&data.0)
+                .split_whitespace()
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()
+                .or_else(|| {
+                    if format == Some("b64") {
+                        None
+                    } else {
+                        Some(data.0.clone())
+                    }
+                })
+        }
+    }
+}
+
+fn item_text(item: &Item) -> Option<String> {
+    item.data
+        .as_ref()
+        .and_then(|d| std::str::from_utf8(&d.0).ok())
+        .map(|s| s.trim().to_owned())
+}
+
+fn item_uri(item: &Item) -> &str {
+    item.source
+        .as_ref()
+        .or(item.target.as_ref())
+        .map_or("", |l| l.uri.as_str())
+}
+
+async fn on_event(
+    state: &AppState,
+    account: &mut Account,
+    stored: &mut Stored,
+    ev: ServerEvent,
+) -> Result<()> {
+    match ev {
+        ServerEvent::Authenticated { .. } => {
+            if account.id == 0 {
+                let created = crate::registry::create_device(
+                    &state.db,
+                    &crate::registry::NewDevice {
+                        imei: account.imei.clone(),
+                        username: account.username.clone(),
+                        password: account.password.clone(),
+                        server_password: account.server_password.clone(),
+                        auth: "md5".into(),
+                        model: None,
+                        manufacturer: None,
+                        fw_version: None,
+                        notify_addr: None,
+                        groups: Vec::new(),
+                    },
+                    "enrolment",
+                )
+                .await?;
+                account.id = created.id;
+                tracing::info!(imei = %account.imei, "device enrolled");
+            }
+            sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2")
+                .bind(now_ms())
+                .bind(account.id)
+                .execute(state.db.pool())
+                .await?;
+            if !stored.flow.started {
+                stored.flow.started = true;
+                state.metrics.dm_sessions.inc();
+                let s = &mut stored.session;
+                stored.flow.fwv = Some(s.get(&uri("./DevDetail/FwV")?));
+                stored.flow.card_info = Some(s.get(&uri("./SIMFOTA/Card/Info")?));
+                if let Some(job) = campaign::next_job_for_device(&state.db, account.id).await? {
+                    stored.flow.job = Some(job.id);
+                    stored.flow.nonce = Some(s.get(&uri("./SIMFOTA/Card/Nonce")?));
+                }
+            }
+        }
+        ServerEvent::AuthenticationRejected(code) => {
+            state
+                .metrics
+                .verification_failures
+                .with_label_values(&["device_auth"])
+                .inc();
+            let id = (account.id > 0).then_some(account.id);
+            record_event(
+                &state.db,
+                "device_auth",
+                id,
+                &format!("credentials refused ({})", code.value()),
+            )
+            .await?;
+        }
+        ServerEvent::NextClientNonce(n) => {
+            account.device_nonce = Some(n.0.clone());
+            if account.id > 0 {
+                sqlx::query("UPDATE devices SET device_nonce = $1 WHERE id = $2")
+                    .bind(n.0)
+                    .bind(account.id)
+                    .execute(state.db.pool())
+                    .await?;
+            }
+        }
+        ServerEvent::DeviceData(items) => {
+            for item in &items {
+                let text = item_text(item);
+                let col = match item_uri(item) {
+                    "./DevInfo/Mod" => "model",
+                    "./DevInfo/Man" => "manufacturer",
+                    _ => continue,
+                };
+                if account.id > 0
+                    && let Some(t) = text
+                {
+                    let sql = if col == "model" {
+                        "UPDATE devices SET model = $1 WHERE id = $2"
+                    } else {
+                        "UPDATE devices SET manufacturer = $1 WHERE id = $2"
+                    };
+                    sqlx::query(sql)
+                        .bind(t)
+                        .bind(account.id)
+                        .execute(state.db.pool())
+                        .await?;
+                }
+            }
+        }
+        ServerEvent::Results {
+            handle: Some(h),
+            items,
+        } => {
+            let Some(item) = items.first() else {
+                return Ok(());
+            };
+            if Some(h) == stored.flow.fwv {
+                if let Some(fw) = item_text(item) {
+                    sqlx::query("UPDATE devices SET fw_version = $1 WHERE id = $2")
+                        .bind(fw)
+                        .bind(account.id)
+                        .execute(state.db.pool())
+                        .await?;
+                }
+            } else if Some(h) == stored.flow.card_info {
+                if let Some(bytes) = item_bytes(item) {
+                    on_card_info(state, account, &bytes).await?;
+                }
+            } else if Some(h) == stored.flow.nonce {
+                match item_bytes(item).and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok()) {
+                    Some(n) => deliver(state, account, stored, Nonce(n)).await?,
+                    None => {
+                        tracing::warn!(imei = %account.imei, "card nonce missing or not 16 bytes")
+                    }
+                }
+            }
+        }
+        ServerEvent::Status { handle, code, .. } => {
+            if Some(handle) == stored.flow.exec
+                && let (Some(job), Some(uid), Some(token)) =
+                    (stored.flow.job, &stored.flow.update_id, &stored.flow.token)
+            {
+                if code.value() == 202 || code.value() == 200 {
+                    match campaign::mark_delivered(&state.db, job, uid, token).await {
+                        Ok(()) => tracing::info!(job, imei = %account.imei, "update delivered"),
+                        Err(ServerError::Conflict(m)) => {
+                            tracing::warn!(job, %m, "delivery not recorded")
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    tracing::warn!(job, code = code.value(), "device refused the FUMO Exec");
+                }
+            }
+        }
+        ServerEvent::ClientAlert(alert) if alert.code.value() == 1226 => {
+            on_generic_alert(state, account, &alert).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Card Info (docs/dm-tree.md "Card answers"): `{1: ICCID, 2: IMSI, 3: card key, 4: certificate, ...}`.
+async fn on_card_info(state: &AppState, account: &mut Account, bytes: &[u8]) -> Result<()> {
+    let mut cert: Option<Vec<u8>> = None;
+    let mut iccid: Option<String> = None;
+    let mut d = minicbor::Decoder::new(bytes);
+    let parsed: std::result::Result<(), minicbor::decode::Error> = (|| {
+        let n = d.map()?.unwrap_or(0);
+        for _ in 0..n.min(32) {
+            match d.u32()? {
+                1 => iccid = Some(d.str()?.to_owned()),
+                4 => cert = Some(d.bytes()?.to_vec()),
+                _ => d.skip()?,
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = parsed {
+        tracing::warn!(imei = %account.imei, error = %e, "card info not decodable");
+        return Ok(());
+    }
+    if let Some(cert) = cert {
+        match crate::registry::register_card(&state.db, &state.keys.issuers, &cert).await {
+            Ok(card) => {
+                if Some(&card.iccid) != iccid.as_ref() {
+                    tracing::warn!(imei = %account.imei, "card info ICCID differs from its certificate");
+                }
+                iccid = Some(card.iccid);
+            }
+            Err(ServerError::Verification(m)) => {
+                state
+                    .metrics
+                    .verification_failures
+                    .with_label_values(&["certificate"])
+                    .inc();
+                record_event(&state.db, "card_certificate", Some(account.id), &m).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // The ICCID the server binds tokens to is the certificate's (an unverified card has none).
+    if let Some(i) = iccid
+        && crate::registry::get_card(&state.db, &i)
+            .await
+            .is_ok_and(|c| c.cert_status == "verified")
+    {
+        sqlx::query("UPDATE devices SET iccid = $1 WHERE id = $2")
+            .bind(i.clone())
+            .bind(account.id)
+            .execute(state.db.pool())
+            .await?;
+        account.iccid = Some(i);
+    }
+    Ok(())
+}
+
+/// Issues the delivery token for the session's job and queues the FUMO commands.
+async fn deliver(
+    state: &AppState,
+    account: &Account,
+    stored: &mut Stored,
+    nonce: Nonce,
+) -> Result<()> {
+    let Some(job_id) = stored.flow.job else {
+        return Ok(());
+    };
+    let Some(iccid) = account.iccid.clone() else {
+        tracing::warn!(imei = %account.imei, job = job_id, "no verified card for this device: update not sent");
+        return Ok(());
+    };
+    let job = campaign::job(&state.db, job_id).await?;
+    let c = campaign::get(&state.db, job.campaign_id).await?;
+    let pkg = sqlx::query("SELECT manifest_digest FROM packages WHERE id = $1")
+        .bind(c.package_id)
+        .fetch_one(state.db.pool())
+        .await?;
+    let md: [u8; 32] = pkg
+        .bytes("manifest_digest")?
+        .try_into()
+        .map_err(|_| ServerError::Db("manifest digest length".into()))?;
+    let mut cti = [0u8; 16];
+    OsRng.fill_bytes(&mut cti);
+    let iat = u64::try_from(now_ms() / 1000).unwrap_or(0);
+    let bad = |e: simfota_wire::Error| ServerError::Db(format!("delivery token: {e}"));
+    let token = DeliveryToken {
+        iss: ServerId::new(&state.config.server_id).map_err(bad)?,
+        iat,
+        exp: iat + TOKEN_LIFETIME_SECS,
+        cti: UpdateId::new(&cti).map_err(bad)?,
+        nonce,
+        iccid: Iccid::parse(&iccid).map_err(bad)?,
+        imei: Imei::parse(&account.imei).map_err(bad)?,
+        manifest_digest: Digest(md),
+        charging_ref: None,
+    };
+    let bytes = token.to_vec(&state.keys.server).map_err(bad)?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let s = &mut stored.session;
+    s.replace(
+        &uri("./FUMO/fw/Ext/DeliveryToken")?,
+        &NodeValue {
+            format: "b64".into(),
+            mime_type: Some("application/cwt".into()),
+            data: b64.into_bytes(),
+        },
+    );
+    let url = format!("{}/packages/{}/envelope", state.base_url, c.package_id);
+    s.replace(
+        &uri("./FUMO/fw/DownloadAndUpdate/PkgURL")?,
+        &NodeValue::chr(url),
+    );
+    stored.flow.exec = Some(s.exec(&uri(DOWNLOAD_AND_UPDATE)?, Some(&job.correlator), None));
+    stored.flow.update_id = Some(cti.to_vec());
+    stored.flow.token = Some(bytes);
+    Ok(())
+}
+
+/// Generic Alert 1226 (DM Protocol 1.2 §8.7, FUMO 1.0 §8): result code and card receipt.
+async fn on_generic_alert(
+    state: &AppState,
+    account: &Account,
+    alert: &simfota_syncml::model::Alert,
+) -> Result<()> {
+    let Some(correlator) = alert.correlator.as_deref() else {
+        return Ok(());
+    };
+    let row = sqlx::query(
+        "SELECT id, state, update_id FROM jobs WHERE correlator = $1 AND device_id = $2",
+    )
+    .bind(correlator.to_owned())
+    .bind(account.id)
+    .fetch_optional(state.db.pool())
+    .await?;
+    let Some(row) = row else {
+        record_event(
+            &state.db,
+            "unknown_correlator",
+            Some(account.id),
+            correlator,
+        )
+        .await?;
+        return Ok(());
+    };
+    let job_id = row.i64("id")?;
+    if row.text("state")? != "delivered" {
+        // Reported again (the device repeats the alert until it sees our 200): already recorded.
+        return Ok(());
+    }
+    let mut code: Option<u16> = None;
+    let mut receipt: Option<Vec<u8>> = None;
+    for item in &alert.items {
+        let u = item_uri(item);
+        if u == DOWNLOAD_AND_UPDATE {
+            code = item_text(item).and_then(|t| t.parse().ok());
+        } else if u == "./FUMO/fw/Ext/Receipt" {
+            receipt = item_bytes(item);
+        }
+    }
+    let Some(code) = code else {
+        tracing::warn!(job = job_id, "1226 alert without a result code");
+        return Ok(());
+    };
+    let update_id = row.opt_bytes("update_id")?.unwrap_or_default();
+    let status = match &receipt {
+        None => "absent".to_owned(),
+        Some(r) => match check_receipt(state, account, r, &update_id, code).await {
+            Ok(()) => "verified".to_owned(),
+            Err(m) => {
+                state
+                    .metrics
+                    .verification_failures
+                    .with_label_values(&["receipt"])
+                    .inc();
+                record_event(&state.db, "receipt", Some(account.id), &m).await?;
+                format!("invalid: {m}")
+            }
+        },
+    };
+    match campaign::record_result(&state.db, job_id, code, receipt.as_deref(), &status, None).await
+    {
+        Ok(_) | Err(ServerError::Conflict(_)) => {}
+        Err(e) => return Err(e),
+    }
+    tracing::info!(job = job_id, result = code, receipt = %status, "update result recorded");
+    Ok(())
+}
+
+async fn check_receipt(
+    state: &AppState,
+    account: &Account,
+    bytes: &[u8],
+    update_id: &[u8],
+    code: u16,
+) -> std::result::Result<(), String> {
+    let iccid = account
+        .iccid
+        .clone()
+        .ok_or("no verified card known for this device")?;
+    let card = crate::registry::get_card(&state.db, &iccid)
+        .await
+        .map_err(|e| e.to_string())?;
+    let key_hex = card.card_pub.ok_or("card has no key")?;
+    let key_bytes = hex::decode(key_hex).map_err(|e| e.to_string())?;
+    let key = PublicKey::from_sec1(&key_bytes).map_err(|e| e.to_string())?;
+    let v = Receipt::verify(bytes, &key, &Limits::DEFAULT)
+        .map_err(|e| format!("receipt signature: {e}"))?;
+    let r = v.get();
+    if r.update_id.as_bytes() != update_id {
+        return Err("receipt names another update".into());
+    }
+    if r.iccid.as_str() != iccid {
+        return Err("receipt from another card".into());
+    }
+    if r.result.0 != code {
+        return Err(format!(
+            "receipt says result {}, alert says {code}",
+            r.result.0
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,507 @@
+//! The operator API: tokens, registry, campaigns (waves, thresholds, pause/resume/cancel),
+//! OpenAPI document, metrics, first run and restart, database outage.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Env, Server, imei};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use simfota_server::campaign;
+
+async fn register(s: &Server, n: u32, model: &str, fw: &str) -> String {
+    let imei = imei(n);
+    let r = s
+        .post("/api/v1/devices")
+        .json(&json!({"imei": imei, "username": format!("u{n}"), "password": "p", "server_password": "sp",
+                      "model": model, "fw_version": fw}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    imei
+}
+
+async fn package(s: &Server, env: &Env) -> i64 {
+    let img = vec![5u8; 1000];
+    let envelope = simfota_wire::suit::build(
+        &simfota_wire::suit::BuildParams {
+            vendor_id: [1; 16],
+            class_id: [2; 16],
+            sequence: 1,
+            image: simfota_wire::suit::ImageSource::Bytes(&img),
+            name: None,
+            version: Some("2.0"),
+            uri: Some("payload"),
+            integrate: false,
+            precursor_digest: None,
+        },
+        &env.originator,
+    )
+    .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("envelope", reqwest::multipart::Part::bytes(envelope))
+        .part("payload", reqwest::multipart::Part::bytes(img));
+    let p: Value = s
+        .post("/api/v1/packages")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    p["id"].as_i64().unwrap()
+}
+
+/// Plays the device side of a job: delivered, then the given FUMO result.
+async fn finish(s: &Server, job: &Value, code: u16) {
+    let db = &s.running.state().db;
+    let id = job["id"].as_i64().unwrap();
+    campaign::mark_delivered(db, id, &id.to_be_bytes(), b"token")
+        .await
+        .unwrap();
+    campaign::record_result(db, id, code, None, "absent", None)
+        .await
+        .unwrap();
+}
+
+async fn jobs(s: &Server, c: i64) -> Vec<Value> {
+    s.json(&format!("/api/v1/jobs?campaign={c}"))
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn auth_and_registry(env: Env) {
+    let s = env.start().await;
+    // No token, a wrong token: 401 with a Bearer challenge.
+    let r = reqwest::get(format!("{}/api/v1/devices", s.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/devices", s.url))
+        .bearer_auth("sft_0000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    let a = register(&s, 1, "EX-1", "1.0").await;
+    // Duplicate IMEI, bad IMEI (Luhn), unknown field.
+    let r = s
+        .post("/api/v1/devices")
+        .json(&json!({"imei": a, "username": "other", "password": "p", "server_password": "sp"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = s
+        .post("/api/v1/devices")
+        .json(&json!({"imei": "350000000000001", "username": "x", "password": "p", "server_password": "sp"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = s
+        .post("/api/v1/groups")
+        .json(&json!({"name": "lab", "color": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+
+    let r = s
+        .post("/api/v1/groups")
+        .json(&json!({"name": "lab"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = s
+        .put(&format!("/api/v1/groups/lab/devices/{a}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let d = s.json(&format!("/api/v1/devices/{a}")).await;
+    assert_eq!(d["device"]["groups"], json!(["lab"]));
+    // Credentials never leave the server.
+    let text = s
+        .get("/api/v1/devices")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("\"password\"") && !text.contains("sp\""),
+        "{text}"
+    );
+
+    // A second token works; the first run wrote the first one.
+    let t2 = simfota_server::new_api_token(&env.config("data"), "ci")
+        .await
+        .unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/groups", s.url))
+        .bearer_auth(&t2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The OpenAPI document lists exactly the routes that answer.
+    let doc: Value = reqwest::get(format!("{}/api/v1/openapi.json", s.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut n = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for method in methods.as_object().unwrap().keys() {
+            n += 1;
+            let concrete = path
+                .replace("{imei}", &a)
+                .replace("{name}", "lab")
+                .replace("{iccid}", "1")
+                .replace("{id}", "1");
+            let req = s.http.request(
+                method.to_uppercase().parse().unwrap(),
+                format!("{}/api/v1{concrete}", s.url),
+            );
+            let r = req.send().await.unwrap();
+            // Unauthenticated: every listed route exists and asks for a token (not 404/405).
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        }
+    }
+    assert_eq!(n, simfota_server::api::ROUTES.len());
+    s.stop().await;
+}
+both!(tokens_registry_and_openapi, super::auth_and_registry);
+
+async fn waves_and_thresholds(env: Env) {
+    let s = env.start().await;
+    for n in 1..=10 {
+        register(&s, n, "EX-1", "1.0").await;
+    }
+    register(&s, 11, "EX-2", "1.0").await;
+    register(&s, 12, "EX-1", "0.9").await;
+    let pkg = package(&s, &env).await;
+
+    // Bad specs.
+    let r = s
+        .post("/api/v1/campaigns")
+        .json(&json!({"name": "x", "package_id": pkg, "waves": [50, 40, 100]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = s
+        .post("/api/v1/campaigns")
+        .json(&json!({"name": "x", "package_id": 999}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let c: Value = s
+        .post("/api/v1/campaigns")
+        .json(
+            &json!({"name": "2.0", "package_id": pkg, "target_model": "EX-1", "target_fw": "1.0",
+                      "waves": [20, 100], "success_threshold": 100, "error_threshold": 50}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = c["id"].as_i64().unwrap();
+    assert_eq!(c["progress"]["total"], 10, "model and firmware filters");
+    assert_eq!(c["progress"]["released"], 2);
+    let js = jobs(&s, id).await;
+    let pending: Vec<_> = js.iter().filter(|j| j["state"] == "pending").collect();
+    assert_eq!(pending.len(), 2);
+
+    // Pause: nothing is delivered to a paused campaign's devices.
+    let r = s
+        .post(&format!("/api/v1/campaigns/{id}/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let dev = pending[0]["device_id"].as_i64().unwrap();
+    assert!(
+        campaign::next_job_for_device(&s.running.state().db, dev)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let r = s
+        .post(&format!("/api/v1/campaigns/{id}/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    s.post(&format!("/api/v1/campaigns/{id}/resume"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        campaign::next_job_for_device(&s.running.state().db, dev)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // First wave all succeeds -> second wave released.
+    finish(&s, pending[0], 200).await;
+    let c = s.json(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(c["current_wave"], 0, "one of two is not 100 %");
+    finish(&s, pending[1], 200).await;
+    let c = s.json(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(c["current_wave"], 1);
+    assert_eq!(c["progress"]["released"], 10);
+
+    // Failures in wave 2 reach the error threshold (50 % of released) -> halted.
+    let js = jobs(&s, id).await;
+    let wave2: Vec<_> = js
+        .iter()
+        .filter(|j| j["state"] == "pending")
+        .cloned()
+        .collect();
+    assert_eq!(wave2.len(), 8);
+    for j in &wave2[..5] {
+        finish(&s, j, 402).await;
+    }
+    let c = s.json(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(c["state"], "halted", "{c}");
+    assert!(
+        c["halt_reason"].as_str().unwrap().contains("5 of 10"),
+        "{c}"
+    );
+    // A halted campaign delivers nothing.
+    let dev = wave2[6]["device_id"].as_i64().unwrap();
+    assert!(
+        campaign::next_job_for_device(&s.running.state().db, dev)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A result is recorded once.
+    let db = &s.running.state().db;
+    let again = campaign::record_result(
+        db,
+        wave2[0]["id"].as_i64().unwrap(),
+        200,
+        None,
+        "absent",
+        None,
+    )
+    .await;
+    assert!(again.is_err());
+
+    // Cancel: pending jobs are cancelled.
+    let r = s
+        .post(&format!("/api/v1/campaigns/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let js = jobs(&s, id).await;
+    assert_eq!(js.iter().filter(|j| j["state"] == "cancelled").count(), 3);
+    assert!(js.iter().all(|j| j["state"] != "pending"));
+
+    let m = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("simfota_jobs{state=\"failed\"} 5"), "{m}");
+    assert!(m.contains("simfota_jobs{state=\"succeeded\"} 2"), "{m}");
+    s.stop().await;
+}
+both!(
+    campaign_waves_thresholds_and_actions,
+    super::waves_and_thresholds
+);
+
+async fn restart_keeps_data(env: Env) {
+    let s = env.start().await;
+    let token = s.token.clone();
+    register(&s, 1, "EX-1", "1.0").await;
+    s.stop().await;
+    // Second start: migrations are already applied, the token and the device are still there,
+    // no second initial token is written.
+    let s = env.start().await;
+    assert_eq!(s.token, token);
+    assert_eq!(s.json("/api/v1/devices").await.as_array().unwrap().len(), 1);
+    let health = reqwest::get(format!("{}/healthz", s.url)).await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    s.stop().await;
+}
+both!(restart_keeps_data_and_migrations, super::restart_keeps_data);
+
+/// A TCP relay to PostgreSQL that the test can cut and restore: while cut, nothing listens on
+/// its port (connections are refused, as when the database host is down) and the open
+/// connections are gone.
+struct Relay {
+    addr: std::net::SocketAddr,
+    target: String,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = Self {
+            addr,
+            target,
+            tasks: Default::default(),
+        };
+        r.serve(listener);
+        r
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (target, tasks) = (self.target.clone(), self.tasks.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                tasks.lock().unwrap().push(h);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    fn cut(&self) {
+        for h in self.tasks.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    async fn restore(&self) {
+        // The aborted accept task dropped the listener; bind the same port again.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("rebind {}: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+async fn outage(env: Env) {
+    let mut cfg = env.config("data");
+    cfg.db_acquire_timeout = std::time::Duration::from_millis(1500);
+    match env.engine {
+        common::Engine::Postgres => {
+            let url = env.database.clone().unwrap();
+            let host = url
+                .split('@')
+                .nth(1)
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_owned();
+            let relay = Relay::start(host.clone()).await;
+            cfg.database = Some(url.replace(&host, &relay.addr.to_string()));
+            let s = Server::start(cfg).await;
+            assert_eq!(
+                s.get("/api/v1/devices").send().await.unwrap().status(),
+                StatusCode::OK
+            );
+            relay.cut();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let r = s.get("/api/v1/devices").send().await.unwrap();
+            let status = r.status();
+            let retry = r.headers().get("retry-after").cloned();
+            assert_eq!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                r.text().await.unwrap()
+            );
+            assert_eq!(retry.unwrap(), "2");
+            let h = reqwest::get(format!("{}/healthz", s.url)).await.unwrap();
+            assert_eq!(
+                h.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                h.text().await.unwrap()
+            );
+            relay.restore().await;
+            // Recovery without a restart.
+            let r = s.get("/api/v1/devices").send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            s.stop().await;
+        }
+        common::Engine::Sqlite => {
+            // Another process holds the write lock longer than the busy timeout.
+            let s = Server::start(cfg).await;
+            let file = env.path("data").join("simfota.db");
+            let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+                "sqlite://{}",
+                file.display()
+            ))
+            .await
+            .unwrap();
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut other)
+                .await
+                .unwrap();
+            let r = s
+                .post("/api/v1/groups")
+                .json(&json!({"name": "g"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+            let r = s
+                .post("/api/v1/groups")
+                .json(&json!({"name": "g"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            s.stop().await;
+        }
+    }
+}
+both!(database_outage_answers_503_then_recovers, super::outage);

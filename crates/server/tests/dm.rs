@@ -1,0 +1,396 @@
+//! The `/dm` endpoint driven by the protocol crate's real client session: authentication with
+//! challenge, session state in the database (messages alternate between two server
+//! processes on one database), the FUMO delivery (card nonce -> token -> Replace + Exec) and
+//! the 1226 result with a card-signed receipt.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use base64::Engine as _;
+use common::{Env, Server, imei};
+use reqwest::StatusCode;
+use simfota_syncml::auth::{AuthScheme, Credentials, Nonce as DmNonce};
+use simfota_syncml::codes::FumoResult as DmFumoResult;
+use simfota_syncml::fumo::Fumo;
+use simfota_syncml::model::{Data, Item, Location, Meta};
+use simfota_syncml::session::{ClientConfig, ClientEvent, ClientSession};
+use simfota_syncml::tree::{DevDetail, DevInfo, DmTree, NodeValue};
+use simfota_syncml::{AlertCode, Encoding, Limits, NodeUri};
+use simfota_wire::p256::ecdsa::SigningKey;
+use simfota_wire::{
+    CardCertificate, DeliveryToken, Digest, FumoResult, Iccid, IssuerId, PublicKey, Receipt,
+    UpdateId,
+};
+
+const ICCID: &str = "8949440000001234564";
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+struct Device {
+    imei: String,
+    tree: DmTree,
+    card: SigningKey,
+    nonce: DmNonce,
+    encoding: Encoding,
+    password: String,
+}
+
+fn card_info(env: &Env, card: &SigningKey) -> Vec<u8> {
+    let cert = CardCertificate {
+        issuer: IssuerId::new("test-issuer").unwrap(),
+        iccid: Iccid::parse(ICCID).unwrap(),
+        card_key: PublicKey::from(card),
+        imsi: None,
+    };
+    let mut buf = [0u8; 512];
+    let n = cert.sign(&env.issuer, &mut buf).unwrap();
+    // {1: ICCID, 4: certificate} (docs/dm-tree.md "Card answers")
+    let mut out = vec![0xa2, 0x01, 0x60 + ICCID.len() as u8];
+    out.extend_from_slice(ICCID.as_bytes());
+    out.push(0x04);
+    out.push(0x59);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    out.extend_from_slice(&buf[..n]);
+    out
+}
+
+impl Device {
+    fn new(env: &Env, n: u32, encoding: Encoding) -> Self {
+        let imei = imei(n);
+        let info = DevInfo {
+            dev_id: format!("IMEI:{imei}"),
+            manufacturer: "Acme".into(),
+            model: "EX-1".into(),
+            lang: "en".into(),
+        };
+        let detail = DevDetail {
+            dev_type: "phone".into(),
+            oem: "Acme".into(),
+            fw_version: "1.0".into(),
+            sw_version: "1.0".into(),
+            hw_version: "A".into(),
+        };
+        let mut tree = DmTree::with_standard_objects(&info, &detail).unwrap();
+        let card = SigningKey::random(&mut rand_core::OsRng);
+        tree.put_interior("./SIMFOTA", "Get=*").unwrap();
+        tree.put_interior("./SIMFOTA/Card", "Get=*").unwrap();
+        let b = |v: Vec<u8>| NodeValue {
+            format: "b64".into(),
+            mime_type: None,
+            data: b64(&v).into_bytes(),
+        };
+        tree.put_leaf("./SIMFOTA/Card/Info", "Get=*", b(card_info(env, &card)))
+            .unwrap();
+        tree.put_leaf("./SIMFOTA/Card/Nonce", "Get=*", b(vec![7u8; 16]))
+            .unwrap();
+        tree.put_interior("./FUMO", "Get=*").unwrap();
+        // As on the device (docs/dm-tree.md), Ext/DeliveryToken exists and is Replaced.
+        let mut fumo = Fumo::new(NodeUri::parse("./FUMO/fw").unwrap());
+        fumo.ext.insert("DeliveryToken".into(), Vec::new());
+        tree.mount_fumo("./FUMO/fw", "Get=*&Replace=*&Exec=*&Add=*", fumo)
+            .unwrap();
+        Self {
+            imei,
+            tree,
+            card,
+            nonce: DmNonce(b"initial".to_vec()),
+            encoding,
+            password: "dev-secret".into(),
+        }
+    }
+
+    async fn register(&self, s: &Server) {
+        let r = s
+            .post("/api/v1/devices")
+            .json(&serde_json::json!({
+                "imei": self.imei, "username": format!("dev-{}", self.imei),
+                "password": self.password, "server_password": "srv-secret", "model": "EX-1",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+
+    /// Runs one session, sending message k to `urls[k % urls.len()]`. Returns the events.
+    async fn session(&mut self, urls: &[&str], id: u16) -> Vec<ClientEvent> {
+        self.session_with(urls, id, None).await
+    }
+
+    async fn session_with(
+        &mut self,
+        urls: &[&str],
+        id: u16,
+        alert: Option<simfota_syncml::model::Alert>,
+    ) -> Vec<ClientEvent> {
+        let mut client = ClientSession::new(
+            ClientConfig {
+                client_id: format!("IMEI:{}", self.imei),
+                server_id: "simfota".into(),
+                server_uri: format!("{}/dm", urls[0]),
+                client_credentials: Credentials::new(
+                    format!("dev-{}", self.imei),
+                    self.password.clone(),
+                ),
+                server_credentials: Credentials::new("simfota", "srv-secret"),
+                auth: AuthScheme::Md5,
+                require_server_auth: true,
+                encoding: self.encoding,
+                limits: Limits::default(),
+            },
+            id,
+            self.nonce.clone(),
+            DmNonce(Vec::new()),
+        );
+        if let Some(a) = alert {
+            client.queue_alert(a);
+        }
+        let mut out = client
+            .start(AlertCode::CLIENT_INITIATED_MGMT, &mut self.tree)
+            .unwrap();
+        let http = reqwest::Client::new();
+        let mut events = Vec::new();
+        for k in 0..20 {
+            let url = format!("{}/dm", urls[k % urls.len()]);
+            let mut req = http
+                .post(url)
+                .header("content-type", out.content_type)
+                .body(out.body.clone());
+            if let Some(h) = &out.hmac {
+                req = req.header("x-syncml-hmac", h);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "message {k}");
+            let body = resp.bytes().await.unwrap();
+            let step = match client.receive(&body, None, &mut self.tree) {
+                Ok(step) => step,
+                // The client gives up after repeated 401s: that is the refusal under test.
+                Err(e) => {
+                    events.push(ClientEvent::Display(format!("client error: {e:?}")));
+                    return events;
+                }
+            };
+            for e in &step.events {
+                if let ClientEvent::NextNonce(n) = e {
+                    self.nonce = n.clone();
+                }
+            }
+            events.extend(step.events);
+            match step.reply {
+                Some(next) => out = next,
+                None => return events,
+            }
+        }
+        panic!("session did not end");
+    }
+}
+
+async fn replicas_share_sessions_and_deliver(env: Env) {
+    // Two server processes on one database (SQLite: one file in WAL mode; PostgreSQL: one DB).
+    let a = env.start().await;
+    let mut cfg_b = env.config("data");
+    cfg_b.server_key = Some(env.path("data").join("server-key.pem"));
+    let b = Server::start(cfg_b).await;
+    let mut dev = Device::new(&env, 1, Encoding::Wbxml);
+    dev.register(&a).await;
+
+    // First session: the stored nonce is unknown to the device, so it is challenged (401 +
+    // NextNonce) and authenticates on the retry; FwV and the card get registered.
+    let ev = dev.session(&[&a.url, &b.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Authenticated), "{ev:?}");
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    let d = a.json(&format!("/api/v1/devices/{}", dev.imei)).await;
+    assert_eq!(d["device"]["fw_version"], "1.0");
+    assert_eq!(d["device"]["iccid"], ICCID);
+    let card = a.json(&format!("/api/v1/cards/{ICCID}")).await;
+    assert_eq!(card["cert_status"], "verified");
+
+    // A package and a campaign for this model.
+    let img: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    let envelope = simfota_wire::suit::build(
+        &simfota_wire::suit::BuildParams {
+            vendor_id: [1; 16],
+            class_id: [2; 16],
+            sequence: 2,
+            image: simfota_wire::suit::ImageSource::Bytes(&img),
+            name: Some("fw"),
+            version: Some("2.0"),
+            uri: Some("payload"),
+            integrate: false,
+            precursor_digest: None,
+        },
+        &env.originator,
+    )
+    .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("envelope", reqwest::multipart::Part::bytes(envelope))
+        .part("payload", reqwest::multipart::Part::bytes(img));
+    let p: serde_json::Value = a
+        .post("/api/v1/packages")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let c: serde_json::Value = a
+        .post("/api/v1/campaigns")
+        .json(&serde_json::json!({"name": "to 2.0", "package_id": p["id"], "target_model": "EX-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["progress"]["total"], 1);
+
+    // Second session, again alternating replicas: nonce Get, token + PkgURL Replace, Exec 202.
+    let ev = dev.session(&[&b.url, &a.url], 2).await;
+    let correlator = ev
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::ExecAccepted { correlator, .. } => correlator.clone(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Exec accepted: {ev:?}"));
+    let fumo = NodeUri::parse("./FUMO/fw").unwrap();
+    let f = dev.tree.fumo(&fumo).unwrap();
+    assert_eq!(
+        f.download_and_update_url,
+        format!("{}/packages/{}/envelope", a.url, p["id"])
+    );
+    let token_b64 = f.ext.get("DeliveryToken").expect("token replaced");
+    // The node holds the decoded bytes (format b64 is a transfer encoding).
+    let token_bytes = token_b64.clone();
+    let server_pub = simfota_wire::pem::public_key_from_pem(
+        &std::fs::read_to_string(env.path("data").join("server-pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let token =
+        DeliveryToken::verify(&token_bytes, &server_pub, &simfota_wire::Limits::DEFAULT).unwrap();
+    let t = token.get();
+    assert_eq!(t.nonce.0, [7u8; 16]);
+    assert_eq!(t.iccid.as_str(), ICCID);
+    assert_eq!(t.imei.as_str(), dev.imei);
+    assert_eq!(
+        hex::encode(t.manifest_digest.0),
+        p["manifest_digest"].as_str().unwrap()
+    );
+    let jobs = a.json(&format!("/api/v1/jobs?campaign={}", c["id"])).await;
+    assert_eq!(jobs[0]["state"], "delivered");
+    assert_eq!(jobs[0]["correlator"], correlator.as_str());
+
+    // The device installs, the card signs a receipt, the device reports 1226 in a new session.
+    let receipt = Receipt {
+        iccid: Iccid::parse(ICCID).unwrap(),
+        update_id: UpdateId::new(t.cti.as_bytes()).unwrap(),
+        result: FumoResult(200),
+        log_seq: 3,
+        chain_head: Digest([9; 32]),
+    };
+    let mut buf = [0u8; 512];
+    let n = receipt.sign(&dev.card, &mut buf).unwrap();
+    let mut alert = dev
+        .tree
+        .fumo_mut(&fumo)
+        .unwrap()
+        .finish(DmFumoResult(200))
+        .unwrap();
+    alert.items.push(Item {
+        source: Some(Location::new("./FUMO/fw/Ext/Receipt")),
+        meta: Some(Meta {
+            format: Some("b64".into()),
+            mime_type: Some("application/vnd.simfota.receipt+cbor".into()),
+            ..Meta::default()
+        }),
+        data: Some(Data::text(b64(&buf[..n]))),
+        ..Item::default()
+    });
+    dev.tree
+        .set_value(
+            &NodeUri::parse("./DevDetail/FwV").unwrap(),
+            NodeValue::chr("2.0"),
+        )
+        .unwrap();
+    let ev = dev.session_with(&[&a.url, &b.url], 3, Some(alert)).await;
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, ClientEvent::Status { correlator: Some(c), code, .. }
+        if *c == correlator && code.value() == 200)
+        ),
+        "{ev:?}"
+    );
+    let job = a.json(&format!("/api/v1/jobs/{}", jobs[0]["id"])).await;
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["result_code"], 200);
+    assert_eq!(job["receipt_status"], "verified");
+    let c = a.json(&format!("/api/v1/campaigns/{}", c["id"])).await;
+    assert_eq!(c["state"], "completed");
+    let d = a.json(&format!("/api/v1/devices/{}", dev.imei)).await;
+    assert_eq!(d["device"]["fw_version"], "2.0");
+    b.stop().await;
+    a.stop().await;
+}
+both!(
+    replicas_share_sessions_and_deliver_an_update,
+    super::replicas_share_sessions_and_deliver
+);
+
+async fn bad_input(env: Env) {
+    let s = env.start().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/dm", s.url);
+    // Not XML at all: no header to answer to.
+    let r = http
+        .post(&url)
+        .header("content-type", "application/vnd.syncml.dm+xml")
+        .body("<<<")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Wrong media type.
+    let r = http
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Oversized.
+    let r = http
+        .post(&url)
+        .header("content-type", "application/vnd.syncml.dm+xml")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Unknown device (preregistered rule) and wrong password: SyncML 401 with a challenge.
+    let mut stranger = Device::new(&env, 2, Encoding::Xml);
+    let ev = stranger.session(&[&s.url], 1).await;
+    assert!(!ev.contains(&ClientEvent::Authenticated), "{ev:?}");
+    assert!(format!("{ev:?}").contains("AuthenticationFailed"), "{ev:?}");
+    let mut dev = Device::new(&env, 3, Encoding::Xml);
+    dev.register(&s).await;
+    dev.password = "wrong".into();
+    let ev = dev.session(&[&s.url], 1).await;
+    assert!(!ev.contains(&ClientEvent::Authenticated), "{ev:?}");
+    let m = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("simfota_verification_failures_total{kind=\"device_auth\"}"),
+        "{m}"
+    );
+    s.stop().await;
+}
+both!(bad_input_gets_refusals_not_panics, super::bad_input);
