@@ -32,6 +32,7 @@ pub fn routes(upload_limit: usize) -> Router<AppState> {
         )
         .route("/cards", get(list_cards).post(register_card))
         .route("/cards/{iccid}", get(get_card))
+        .route("/cards/{iccid}/log", get(card_log))
         .route(
             "/packages",
             get(list_packages)
@@ -76,6 +77,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Register a card by its issuer-signed certificate (base64)",
     ),
     ("get", "/cards/{iccid}", "One card"),
+    (
+        "get",
+        "/cards/{iccid}/log",
+        "The card's verified log entries (raw and decoded)",
+    ),
     ("get", "/packages", "List packages"),
     (
         "post",
@@ -243,6 +249,16 @@ async fn get_card(
     Path(iccid): Path<String>,
 ) -> Result<impl IntoResponse> {
     Ok(Json(registry::get_card(&s.db, &iccid).await?))
+}
+
+async fn card_log(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(iccid): Path<String>,
+) -> Result<impl IntoResponse> {
+    let card = registry::get_card(&s.db, &iccid).await?;
+    let entries = crate::cardlog::entries(&s, &iccid).await?;
+    Ok(Json(json!({ "card": card, "entries": entries })))
 }
 
 async fn list_packages(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {

@@ -63,6 +63,12 @@ pub struct Flow {
     /// Update id and token issued in this session for `job`.
     update_id: Option<Vec<u8>>,
     token: Option<Vec<u8>>,
+    /// Card log: the Get of LogResponse, the nonce Get for the acknowledgement, the Replace
+    /// of LogAck and the sequence number it acknowledges.
+    log_response: Option<CommandHandle>,
+    ack_nonce: Option<CommandHandle>,
+    ack: Option<CommandHandle>,
+    ack_up_to: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -430,6 +436,16 @@ fn item_bytes(item: &Item) -> Option<Vec<u8>> {
     }
 }
 
+fn b64_value(bytes: &[u8]) -> NodeValue {
+    NodeValue {
+        format: "b64".into(),
+        mime_type: Some("application/cose".into()),
+        data: base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into_bytes(),
+    }
+}
+
 fn item_text(item: &Item) -> Option<String> {
     item.data
         .as_ref()
@@ -484,10 +500,12 @@ async fn on_event(
                 let s = &mut stored.session;
                 stored.flow.fwv = Some(s.get(&uri("./DevDetail/FwV")?));
                 stored.flow.card_info = Some(s.get(&uri("./SIMFOTA/Card/Info")?));
+                // One card nonce per session: it serves the delivery token when a job is
+                // pending, else the log-read request (the card keeps one nonce at a time).
                 if let Some(job) = campaign::next_job_for_device(&state.db, account.id).await? {
                     stored.flow.job = Some(job.id);
-                    stored.flow.nonce = Some(s.get(&uri("./SIMFOTA/Card/Nonce")?));
                 }
+                stored.flow.nonce = Some(s.get(&uri("./SIMFOTA/Card/Nonce")?));
             }
         }
         ServerEvent::AuthenticationRejected(code) => {
@@ -558,16 +576,56 @@ async fn on_event(
                 if let Some(bytes) = item_bytes(item) {
                     on_card_info(state, account, &bytes).await?;
                 }
-            } else if Some(h) == stored.flow.nonce {
-                match item_bytes(item).and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok()) {
-                    Some(n) => deliver(state, account, stored, Nonce(n)).await?,
-                    None => {
-                        tracing::warn!(imei = %account.imei, "card nonce missing or not 16 bytes")
+            } else if Some(h) == stored.flow.nonce || Some(h) == stored.flow.ack_nonce {
+                let Some(n) =
+                    item_bytes(item).and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+                else {
+                    tracing::warn!(imei = %account.imei, "card nonce missing or not 16 bytes");
+                    return Ok(());
+                };
+                if Some(h) == stored.flow.ack_nonce {
+                    if let Some(up_to) = stored.flow.ack_up_to {
+                        let ack = crate::cardlog::ack(state, Nonce(n), up_to)?;
+                        stored.flow.ack = Some(
+                            stored
+                                .session
+                                .replace(&uri("./SIMFOTA/Card/LogAck")?, &b64_value(&ack)),
+                        );
                     }
+                } else if stored.flow.job.is_some() {
+                    deliver(state, account, stored, Nonce(n)).await?;
+                } else if let Some(iccid) = account.iccid.clone()
+                    && let Some(req) =
+                        crate::cardlog::request(state, &iccid, account.id, Nonce(n)).await?
+                {
+                    // Card subtree: Replace LogRequest then Get LogResponse in one package
+                    // (the device processes them in order, docs/dm-tree.md).
+                    stored
+                        .session
+                        .replace(&uri("./SIMFOTA/Card/LogRequest")?, &b64_value(&req));
+                    stored.flow.log_response =
+                        Some(stored.session.get(&uri("./SIMFOTA/Card/LogResponse")?));
+                }
+            } else if Some(h) == stored.flow.log_response {
+                let (Some(bytes), Some(iccid)) = (item_bytes(item), account.iccid.clone()) else {
+                    return Ok(());
+                };
+                if let crate::cardlog::Outcome::Accepted {
+                    up_to: Some(up_to), ..
+                } = crate::cardlog::on_export(state, &iccid, account.id, &bytes).await?
+                {
+                    stored.flow.ack_up_to = Some(up_to);
+                    stored.flow.ack_nonce = Some(stored.session.get(&uri("./SIMFOTA/Card/Nonce")?));
                 }
             }
         }
         ServerEvent::Status { handle, code, .. } => {
+            if Some(handle) == stored.flow.ack
+                && code.value() == 200
+                && let (Some(iccid), Some(up_to)) = (account.iccid.clone(), stored.flow.ack_up_to)
+            {
+                crate::cardlog::acked(state, &iccid, up_to).await?;
+            }
             if Some(handle) == stored.flow.exec
                 && let (Some(job), Some(uid), Some(token)) =
                     (stored.flow.job, &stored.flow.update_id, &stored.flow.token)

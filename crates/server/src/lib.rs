@@ -17,6 +17,7 @@
 pub mod api;
 pub mod auth;
 pub mod campaign;
+pub mod cardlog;
 pub mod config;
 pub mod db;
 pub mod dm;

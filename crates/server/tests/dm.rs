@@ -14,13 +14,14 @@ use simfota_syncml::codes::FumoResult as DmFumoResult;
 use simfota_syncml::fumo::Fumo;
 use simfota_syncml::model::{Data, Item, Location, Meta};
 use simfota_syncml::session::{ClientConfig, ClientEvent, ClientSession};
-use simfota_syncml::tree::{DevDetail, DevInfo, DmTree, NodeValue};
+use simfota_syncml::tree::{DevDetail, DevInfo, DmTree, NodeValue, SubtreeHandler};
 use simfota_syncml::{AlertCode, Encoding, Limits, NodeUri};
 use simfota_wire::p256::ecdsa::SigningKey;
 use simfota_wire::{
     CardCertificate, DeliveryToken, Digest, FumoResult, Iccid, IssuerId, PublicKey, Receipt,
     UpdateId,
 };
+use simfota_wire::{Event, ExportHeader, LogEntry, build_export};
 
 const ICCID: &str = "8949440000001234564";
 
@@ -58,6 +59,15 @@ fn card_info(env: &Env, card: &SigningKey) -> Vec<u8> {
 
 impl Device {
     fn new(env: &Env, n: u32, encoding: Encoding) -> Self {
+        Self::build(env, n, encoding, None)
+    }
+
+    fn build(
+        env: &Env,
+        n: u32,
+        encoding: Encoding,
+        card_handler: Option<Box<dyn SubtreeHandler>>,
+    ) -> Self {
         let imei = imei(n);
         let info = DevInfo {
             dev_id: format!("IMEI:{imei}"),
@@ -73,18 +83,25 @@ impl Device {
             hw_version: "A".into(),
         };
         let mut tree = DmTree::with_standard_objects(&info, &detail).unwrap();
-        let card = SigningKey::random(&mut rand_core::OsRng);
+        let card = CARD_KEY
+            .with(|k| k.borrow().clone())
+            .unwrap_or_else(|| SigningKey::random(&mut rand_core::OsRng));
         tree.put_interior("./SIMFOTA", "Get=*").unwrap();
-        tree.put_interior("./SIMFOTA/Card", "Get=*").unwrap();
-        let b = |v: Vec<u8>| NodeValue {
-            format: "b64".into(),
-            mime_type: None,
-            data: b64(&v).into_bytes(),
-        };
-        tree.put_leaf("./SIMFOTA/Card/Info", "Get=*", b(card_info(env, &card)))
-            .unwrap();
-        tree.put_leaf("./SIMFOTA/Card/Nonce", "Get=*", b(vec![7u8; 16]))
-            .unwrap();
+        match card_handler {
+            Some(h) => tree.mount("./SIMFOTA/Card", "Get=*&Replace=*", h).unwrap(),
+            None => {
+                tree.put_interior("./SIMFOTA/Card", "Get=*").unwrap();
+                let b = |v: Vec<u8>| NodeValue {
+                    format: "b64".into(),
+                    mime_type: None,
+                    data: b64(&v).into_bytes(),
+                };
+                tree.put_leaf("./SIMFOTA/Card/Info", "Get=*", b(card_info(env, &card)))
+                    .unwrap();
+                tree.put_leaf("./SIMFOTA/Card/Nonce", "Get=*", b(vec![7u8; 16]))
+                    .unwrap();
+            }
+        }
         tree.put_interior("./FUMO", "Get=*").unwrap();
         // As on the device (docs/dm-tree.md), Ext/DeliveryToken exists and is Replaced.
         let mut fumo = Fumo::new(NodeUri::parse("./FUMO/fw").unwrap());
@@ -394,3 +411,259 @@ async fn bad_input(env: Env) {
     s.stop().await;
 }
 both!(bad_input_gets_refusals_not_panics, super::bad_input);
+
+thread_local! {
+    /// The card key the next `Device::build` uses (None: a fresh one).
+    static CARD_KEY: std::cell::RefCell<Option<SigningKey>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What the test card holds; shared with the test so it can change the log between sessions.
+struct CardState {
+    key: SigningKey,
+    info: Vec<u8>,
+    server_pub: PublicKey,
+    nonce: Option<[u8; 16]>,
+    request: Option<simfota_wire::LogReadRequest>,
+    records: Vec<[u8; LogEntry::RECORD_LEN]>,
+    acked: Option<u32>,
+    /// When set, LogResponse answers with these bytes (a replayed export).
+    replay: Option<Vec<u8>>,
+    last_export: Option<Vec<u8>>,
+}
+
+struct TestCard(std::sync::Arc<std::sync::Mutex<CardState>>);
+
+fn raw_or_b64(v: &NodeValue) -> Vec<u8> {
+    std::str::from_utf8(&v.data)
+        .ok()
+        .and_then(|t| {
+            base64::engine::general_purpose::STANDARD
+                .decode(t.trim())
+                .ok()
+        })
+        .unwrap_or_else(|| v.data.clone())
+}
+
+impl SubtreeHandler for TestCard {
+    fn get(&mut self, uri: &NodeUri) -> Result<NodeValue, simfota_syncml::codes::StatusCode> {
+        let mut c = self.0.lock().unwrap();
+        let out = match uri.as_str() {
+            "./SIMFOTA/Card/Info" => c.info.clone(),
+            "./SIMFOTA/Card/Nonce" => {
+                let mut n = [0u8; 16];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut n);
+                c.nonce = Some(n);
+                n.to_vec()
+            }
+            "./SIMFOTA/Card/LogResponse" => {
+                if let Some(r) = c.replay.clone() {
+                    r
+                } else {
+                    let req = c
+                        .request
+                        .take()
+                        .ok_or(simfota_syncml::codes::StatusCode::NOT_FOUND)?;
+                    let end = c.records.len() as u32;
+                    let first = req.first_seq.min(end);
+                    let count = (end - first).min(req.max_count);
+                    let head = c
+                        .records
+                        .last()
+                        .map(LogEntry::record_hash)
+                        .unwrap_or(Digest([0; 32]));
+                    let header = ExportHeader {
+                        iccid: Iccid::parse(ICCID).unwrap(),
+                        nonce: req.nonce,
+                        first_seq: first,
+                        count,
+                        chain_head: head,
+                        log_end: end,
+                    };
+                    let mut out = vec![0u8; 300 * (count as usize + 2)];
+                    let records = c.records.clone();
+                    let n = build_export(
+                        &mut out,
+                        &header,
+                        &c.server_pub,
+                        b"srv",
+                        &c.key,
+                        &mut rand_core::OsRng,
+                        |seq, slot| {
+                            *slot = records[seq as usize];
+                            true
+                        },
+                    )
+                    .unwrap();
+                    out.truncate(n);
+                    c.last_export = Some(out.clone());
+                    out
+                }
+            }
+            _ => return Err(simfota_syncml::codes::StatusCode::NOT_FOUND),
+        };
+        Ok(NodeValue {
+            format: "b64".into(),
+            mime_type: None,
+            data: b64(&out).into_bytes(),
+        })
+    }
+
+    fn replace(
+        &mut self,
+        uri: &NodeUri,
+        value: NodeValue,
+    ) -> Result<(), simfota_syncml::codes::StatusCode> {
+        let mut c = self.0.lock().unwrap();
+        let bytes = raw_or_b64(&value);
+        let refused = simfota_syncml::codes::StatusCode::FORBIDDEN;
+        let limits = simfota_wire::Limits::DEFAULT;
+        match uri.as_str() {
+            "./SIMFOTA/Card/LogRequest" => {
+                let r = simfota_wire::LogReadRequest::verify(&bytes, &c.server_pub, &limits)
+                    .map_err(|_| refused)?;
+                if Some(r.get().nonce.0) != c.nonce.take() {
+                    return Err(refused);
+                }
+                c.request = Some(*r.get());
+                Ok(())
+            }
+            "./SIMFOTA/Card/LogAck" => {
+                let a = simfota_wire::LogAck::verify(&bytes, &c.server_pub, &limits)
+                    .map_err(|_| refused)?;
+                if Some(a.get().nonce.0) != c.nonce.take() {
+                    return Err(refused);
+                }
+                c.acked = Some(a.get().up_to_seq);
+                Ok(())
+            }
+            _ => Err(simfota_syncml::codes::StatusCode::NOT_FOUND),
+        }
+    }
+}
+
+fn chain(records: &mut Vec<[u8; LogEntry::RECORD_LEN]>, events: &[Event]) {
+    for ev in events {
+        let seq = records.len() as u32;
+        let prev = records
+            .last()
+            .map(LogEntry::record_hash)
+            .unwrap_or(Digest([0; 32]));
+        let mut e = LogEntry::new(seq, prev, *ev);
+        e.imei = Some(simfota_wire::Imei::parse(&imei(9)).unwrap());
+        records.push(e.encode().unwrap());
+    }
+}
+
+async fn card_log(env: Env) {
+    let s = env.start().await;
+    let server_pub = simfota_wire::pem::public_key_from_pem(
+        &std::fs::read_to_string(env.path("data").join("server-pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let key = SigningKey::random(&mut rand_core::OsRng);
+    let mut records = Vec::new();
+    chain(
+        &mut records,
+        &[
+            Event::Authorized,
+            Event::IntegrityOk,
+            Event::Installed(FumoResult(200)),
+        ],
+    );
+    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
+        key: key.clone(),
+        info: card_info(&env, &key),
+        server_pub,
+        nonce: None,
+        request: None,
+        records,
+        acked: None,
+        replay: None,
+        last_export: None,
+    }));
+    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let mut dev = Device::build(
+        &env,
+        9,
+        Encoding::Xml,
+        Some(Box::new(TestCard(state.clone()))),
+    );
+    dev.register(&s).await;
+    let log_url = format!("/api/v1/cards/{ICCID}/log");
+
+    // Session 1: request, verified export, three entries stored, acknowledged up to 2.
+    dev.session(&[&s.url], 1).await;
+    let log = s.json(&log_url).await;
+    let events: Vec<_> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["authorized", "integrity_ok", "installed"]);
+    assert_eq!(log["entries"][2]["fumo_result"], 200);
+    assert_eq!(log["card"]["acked_seq"], 2);
+    assert_eq!(state.lock().unwrap().acked, Some(2));
+    let first_export = state.lock().unwrap().last_export.clone().unwrap();
+
+    // Session 2: two more entries; only they are new (each entry stored exactly once).
+    chain(
+        &mut state.lock().unwrap().records,
+        &[
+            Event::Authorized,
+            Event::Denied(simfota_wire::DenyReason(3)),
+        ],
+    );
+    dev.session(&[&s.url], 2).await;
+    let log = s.json(&log_url).await;
+    assert_eq!(log["entries"].as_array().unwrap().len(), 5);
+    assert_eq!(log["card"]["log_head_seq"], 4);
+    assert_eq!(log["card"]["log_status"], "ok");
+
+    // Session 3: the device replays the first export: refused, recorded, nothing stored.
+    state.lock().unwrap().replay = Some(first_export);
+    dev.session(&[&s.url], 3).await;
+    assert_eq!(
+        s.json(&log_url).await["entries"].as_array().unwrap().len(),
+        5
+    );
+    state.lock().unwrap().replay = None;
+
+    // Session 4: the card's history was rewritten from entry 3 on (a fork): refused and flagged.
+    {
+        let mut c = state.lock().unwrap();
+        c.records.truncate(3);
+        chain(
+            &mut c.records,
+            &[
+                Event::IntegrityFailed,
+                Event::Authorized,
+                Event::IntegrityOk,
+            ],
+        );
+    }
+    dev.session(&[&s.url], 4).await;
+    let log = s.json(&log_url).await;
+    assert_eq!(
+        log["entries"].as_array().unwrap().len(),
+        5,
+        "nothing of the fork stored"
+    );
+    assert_eq!(log["card"]["log_status"], "fork");
+    let m = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("simfota_verification_failures_total{kind=\"export\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("simfota_card_log_entries_stored_total 5"), "{m}");
+    s.stop().await;
+}
+both!(
+    card_log_is_verified_stored_once_and_acknowledged,
+    super::card_log
+);

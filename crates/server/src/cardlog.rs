@@ -1,0 +1,427 @@
+//! Card log retrieval (issue 6 item 8, design §4 step 9): signed log-read request, export
+//! verification, storage of each entry exactly once, acknowledgement.
+//!
+//! The export is trusted only after every check: the card signature under the card key from
+//! the issuer-verified certificate, decryption with the server key (ECDH-ES, RFC 9053 §6.3),
+//! the ICCID, the nonce of the request this server sent (a replayed export answers an older
+//! nonce and is refused), the first sequence number asked for, the hash chain inside the page,
+//! and continuity with what is stored: the first entry must chain to the stored entry before it
+//! (else `fork`), must not leave a hole after the stored head (else `gap`), and an entry stored
+//! before must come back byte-identical (else `fork`). Refused exports are stored with their
+//! reason in `log_exports` and counted; nothing of them reaches `card_log_entries`.
+
+use serde::Serialize;
+use simfota_wire::{
+    Digest, Event, Limits, LogAck, LogEntry, LogReadRequest, Nonce, PublicKey, ServerId,
+    open_export,
+};
+
+use crate::AppState;
+use crate::db::{RowExt, now_ms};
+use crate::error::{Result, ServerError};
+
+/// Entries asked for per page.
+pub const PAGE: u32 = 16;
+
+fn wire_err(e: simfota_wire::Error) -> ServerError {
+    ServerError::Db(format!("signing: {e}"))
+}
+
+/// Card row facts the log flow needs.
+struct CardRow {
+    id: i64,
+    key: PublicKey,
+    head_seq: Option<i64>,
+    head_hash: Option<Vec<u8>>,
+}
+
+async fn card_row(state: &AppState, iccid: &str) -> Result<Option<CardRow>> {
+    let row = sqlx::query(
+        "SELECT id, card_pub, log_head_seq, log_head_hash FROM cards WHERE iccid = $1 AND cert_status = 'verified'",
+    )
+    .bind(iccid.to_owned())
+    .fetch_optional(state.db.pool())
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let Some(pk) = r.opt_bytes("card_pub")? else {
+        return Ok(None);
+    };
+    let key =
+        PublicKey::from_sec1(&pk).map_err(|e| ServerError::Db(format!("stored card key: {e}")))?;
+    Ok(Some(CardRow {
+        id: r.i64("id")?,
+        key,
+        head_seq: r.opt_i64("log_head_seq")?,
+        head_hash: r.opt_bytes("log_head_hash")?,
+    }))
+}
+
+/// Builds and records a signed log-read request for the card, answering `nonce`.
+pub async fn request(
+    state: &AppState,
+    iccid: &str,
+    device_id: i64,
+    nonce: Nonce,
+) -> Result<Option<Vec<u8>>> {
+    let Some(card) = card_row(state, iccid).await? else {
+        return Ok(None);
+    };
+    let first_seq = card.head_seq.map_or(0, |s| s + 1);
+    let req = LogReadRequest {
+        server: ServerId::new(&state.config.server_id).map_err(wire_err)?,
+        nonce,
+        first_seq: u32::try_from(first_seq)
+            .map_err(|_| ServerError::Db("log sequence overflow".into()))?,
+        max_count: PAGE,
+    };
+    let mut buf = [0u8; 512];
+    let n = req.sign(&state.keys.server, &mut buf).map_err(wire_err)?;
+    let bytes = buf[..n].to_vec();
+    sqlx::query(
+        "INSERT INTO log_requests (card_id, device_id, card_nonce, first_seq, request, state, created_ms) \
+         VALUES ($1, $2, $3, $4, $5, 'sent', $6)",
+    )
+    .bind(card.id)
+    .bind(device_id)
+    .bind(nonce.0.to_vec())
+    .bind(first_seq)
+    .bind(bytes.clone())
+    .bind(now_ms())
+    .execute(state.db.pool())
+    .await?;
+    Ok(Some(bytes))
+}
+
+/// What became of an export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Verified and stored: `new` entries were not stored before; `up_to` is the newest
+    /// stored sequence number (to acknowledge); `more` when the card holds further entries.
+    Accepted {
+        /// Newly stored entries.
+        new: u64,
+        /// Highest stored sequence number, if any entry exists.
+        up_to: Option<u32>,
+        /// The card has entries past this page.
+        more: bool,
+    },
+    /// Refused, with the reason (recorded).
+    Rejected(String),
+}
+
+/// Verifies and stores an export relayed by the device.
+pub async fn on_export(
+    state: &AppState,
+    iccid: &str,
+    device_id: i64,
+    bytes: &[u8],
+) -> Result<Outcome> {
+    let Some(card) = card_row(state, iccid).await? else {
+        return Ok(Outcome::Rejected("no verified card".into()));
+    };
+    let req = sqlx::query(
+        "SELECT id, card_nonce, first_seq FROM log_requests WHERE card_id = $1 AND state = 'sent' \
+         ORDER BY id DESC LIMIT 1",
+    )
+    .bind(card.id)
+    .fetch_optional(state.db.pool())
+    .await?;
+    let verdict = check(state, &card, iccid, req.as_ref(), bytes).await;
+    let (verdict_text, reason, first, last) = match &verdict {
+        Ok((first, entries, _)) => (
+            "accepted",
+            None,
+            Some(i64::from(*first)),
+            entries.last().map(|(e, _)| i64::from(e.seq)),
+        ),
+        Err(m) => ("rejected", Some(m.clone()), None, None),
+    };
+    let export_id = sqlx::query(
+        "INSERT INTO log_exports (card_id, device_id, request_id, raw, verdict, reason, first_seq, last_seq, received_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(card.id)
+    .bind(device_id)
+    .bind(req.as_ref().map(|r| r.i64("id")).transpose()?)
+    .bind(bytes.to_vec())
+    .bind(verdict_text)
+    .bind(reason.clone())
+    .bind(first)
+    .bind(last)
+    .bind(now_ms())
+    .fetch_one(state.db.pool())
+    .await?
+    .i64("id")?;
+    let (first_seq, entries, log_end) = match verdict {
+        Ok(v) => v,
+        Err(m) => {
+            state
+                .metrics
+                .verification_failures
+                .with_label_values(&["export"])
+                .inc();
+            crate::dm::record_event(&state.db, "card_export", Some(device_id), &m).await?;
+            if m.starts_with("gap") || m.starts_with("fork") {
+                let status = if m.starts_with("gap") { "gap" } else { "fork" };
+                sqlx::query("UPDATE cards SET log_status = $1, updated_ms = $2 WHERE id = $3")
+                    .bind(status)
+                    .bind(now_ms())
+                    .bind(card.id)
+                    .execute(state.db.pool())
+                    .await?;
+            }
+            tracing::warn!(%iccid, reason = %m, "card log export rejected");
+            return Ok(Outcome::Rejected(m));
+        }
+    };
+    if let Some(r) = &req {
+        sqlx::query("UPDATE log_requests SET state = 'answered' WHERE id = $1")
+            .bind(r.i64("id")?)
+            .execute(state.db.pool())
+            .await?;
+    }
+    let mut new = 0u64;
+    let now = now_ms();
+    for (e, raw) in &entries {
+        let d = describe(e);
+        let done = sqlx::query(
+            "INSERT INTO card_log_entries (card_id, seq, raw, entry_hash, prev_hash, event, detail, update_id, \
+             server_id, originator, release_name, release_version, manifest_digest, imei, trusted_time, \
+             device_time, fumo_result, export_id, stored_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT (card_id, seq) DO NOTHING",
+        )
+        .bind(card.id)
+        .bind(i64::from(e.seq))
+        .bind(raw.to_vec())
+        .bind(LogEntry::record_hash(raw).0.to_vec())
+        .bind(e.prev_hash.0.to_vec())
+        .bind(d.event)
+        .bind(d.detail)
+        .bind(e.update_id.map(|u| u.as_bytes().to_vec()))
+        .bind(e.server.map(|s| s.as_str().to_owned()))
+        .bind(e.originator.map(|s| s.as_str().to_owned()))
+        .bind(e.release.map(|s| s.as_str().to_owned()))
+        .bind(e.version.map(|s| s.as_str().to_owned()))
+        .bind(e.manifest_digest.map(|m| m.0.to_vec()))
+        .bind(e.imei.map(|i| i.as_str().to_owned()))
+        .bind(e.trusted_time.and_then(|t| i64::try_from(t).ok()))
+        .bind(e.device_time.and_then(|t| i64::try_from(t).ok()))
+        .bind(d.fumo_result)
+        .bind(export_id)
+        .bind(now)
+        .execute(state.db.pool())
+        .await?;
+        new += done.rows_affected();
+    }
+    state.metrics.log_entries_stored.inc_by(new);
+    let up_to = match entries.last() {
+        Some((e, raw)) => {
+            sqlx::query(
+                "UPDATE cards SET log_head_seq = $1, log_head_hash = $2, updated_ms = $3 \
+                 WHERE id = $4 AND (log_head_seq IS NULL OR log_head_seq < $1)",
+            )
+            .bind(i64::from(e.seq))
+            .bind(LogEntry::record_hash(raw).0.to_vec())
+            .bind(now)
+            .bind(card.id)
+            .execute(state.db.pool())
+            .await?;
+            Some(e.seq)
+        }
+        None => card.head_seq.and_then(|s| u32::try_from(s).ok()),
+    };
+    let more = u64::from(first_seq) + (entries.len() as u64) < u64::from(log_end);
+    tracing::info!(%iccid, new, ?up_to, "card log export verified");
+    Ok(Outcome::Accepted { new, up_to, more })
+}
+
+type Page = (u32, Vec<(LogEntry, [u8; LogEntry::RECORD_LEN])>, u32);
+
+async fn check(
+    state: &AppState,
+    card: &CardRow,
+    iccid: &str,
+    req: Option<&sqlx::any::AnyRow>,
+    bytes: &[u8],
+) -> std::result::Result<Page, String> {
+    let req = req.ok_or("no log-read request is outstanding for this card (replayed export?)")?;
+    let secret = simfota_wire::p256::SecretKey::from(state.keys.server.as_nonzero_scalar());
+    let v = open_export(bytes, &card.key, &secret, &Limits::DEFAULT)
+        .map_err(|e| format!("export refused: {e}"))?;
+    let c = v.get();
+    if c.iccid.as_str() != iccid {
+        return Err("export from another card".into());
+    }
+    let nonce = req.bytes("card_nonce").map_err(|e| e.to_string())?;
+    if c.nonce.0.as_slice() != nonce.as_slice() {
+        return Err("export answers another request nonce (replayed export)".into());
+    }
+    let asked = req.i64("first_seq").map_err(|e| e.to_string())?;
+    if i64::from(c.first_seq) != asked {
+        return Err(format!(
+            "export starts at {} but {asked} was asked for",
+            c.first_seq
+        ));
+    }
+    let entries = c
+        .entries()
+        .map_err(|e| format!("fork: chain inside the export is broken ({e})"))?;
+    // Continuity with what is stored (the stored head is entry first_seq - 1).
+    if let (Some(first), Some(head_seq), Some(head_hash)) =
+        (entries.first(), card.head_seq, &card.head_hash)
+    {
+        if i64::from(first.seq) > head_seq + 1 {
+            return Err(format!(
+                "gap: entries {}..{} missing",
+                head_seq + 1,
+                first.seq
+            ));
+        }
+        if i64::from(first.seq) == head_seq + 1
+            && first.prev_hash.0.as_slice() != head_hash.as_slice()
+        {
+            return Err(format!(
+                "fork: entry {} does not chain to the stored entry {head_seq}",
+                first.seq
+            ));
+        }
+    } else if let Some(first) = entries.first()
+        && card.head_seq.is_none()
+        && first.seq == 0
+        && first.prev_hash != Digest([0; 32])
+    {
+        return Err("fork: entry 0 has a previous hash".into());
+    }
+    // Entries stored before must come back identical.
+    for (e, raw) in entries.iter().zip(&c.records) {
+        let stored =
+            sqlx::query("SELECT entry_hash FROM card_log_entries WHERE card_id = $1 AND seq = $2")
+                .bind(card.id)
+                .bind(i64::from(e.seq))
+                .fetch_optional(state.db.pool())
+                .await
+                .map_err(|e| e.to_string())?;
+        if let Some(s) = stored
+            && s.bytes("entry_hash").map_err(|e| e.to_string())?
+                != LogEntry::record_hash(raw).0.to_vec()
+        {
+            return Err(format!("fork: entry {} differs from the stored one", e.seq));
+        }
+    }
+    let pairs = entries.into_iter().zip(c.records.iter().copied()).collect();
+    Ok((c.first_seq, pairs, c.log_end))
+}
+
+/// Signs a log acknowledgement "stored everything up to `up_to`" for `nonce`.
+pub fn ack(state: &AppState, nonce: Nonce, up_to: u32) -> Result<Vec<u8>> {
+    let a = LogAck {
+        server: ServerId::new(&state.config.server_id).map_err(wire_err)?,
+        nonce,
+        up_to_seq: up_to,
+    };
+    let mut buf = [0u8; 256];
+    let n = a.sign(&state.keys.server, &mut buf).map_err(wire_err)?;
+    Ok(buf[..n].to_vec())
+}
+
+/// Records that the card accepted the acknowledgement.
+pub async fn acked(state: &AppState, iccid: &str, up_to: u32) -> Result<()> {
+    sqlx::query("UPDATE cards SET acked_seq = $1, updated_ms = $2 WHERE iccid = $3")
+        .bind(i64::from(up_to))
+        .bind(now_ms())
+        .bind(iccid.to_owned())
+        .execute(state.db.pool())
+        .await?;
+    Ok(())
+}
+
+struct Described {
+    event: &'static str,
+    detail: Option<String>,
+    fumo_result: Option<i64>,
+}
+
+fn describe(e: &LogEntry) -> Described {
+    let (event, detail, fumo_result) = match e.event {
+        Event::Authorized => ("authorized", None, None),
+        Event::Denied(r) => ("denied", Some(format!("reason {}", r.0)), None),
+        Event::Consent { pin_verified } => (
+            "consent",
+            Some(format!("pin_verified={pin_verified}")),
+            None,
+        ),
+        Event::IntegrityOk => ("integrity_ok", None, None),
+        Event::IntegrityFailed => ("integrity_failed", None, None),
+        Event::Installed(f) => ("installed", None, Some(i64::from(f.0))),
+        Event::Acknowledged(n) => ("acknowledged", Some(format!("up to {n}")), None),
+        Event::AdminApplied(c) => ("admin_applied", Some(format!("counter {c}")), None),
+    };
+    Described {
+        event,
+        detail,
+        fumo_result,
+    }
+}
+
+/// A stored entry as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEntry {
+    /// Sequence number.
+    pub seq: i64,
+    /// Event name.
+    pub event: String,
+    /// Event detail.
+    pub detail: Option<String>,
+    /// Update id (hex).
+    pub update_id: Option<String>,
+    /// Server id.
+    pub server_id: Option<String>,
+    /// Originator.
+    pub originator: Option<String>,
+    /// Release name.
+    pub release_name: Option<String>,
+    /// Release version.
+    pub release_version: Option<String>,
+    /// IMEI.
+    pub imei: Option<String>,
+    /// FUMO result for `installed`.
+    pub fumo_result: Option<i64>,
+    /// Card trusted time (s).
+    pub trusted_time: Option<i64>,
+    /// Entry hash (hex).
+    pub entry_hash: String,
+    /// Raw record (hex): what the card signed, for third-party checks.
+    pub raw: String,
+    /// Entries only reach this table after verification.
+    pub verified: bool,
+}
+
+/// The stored log of a card, oldest first.
+pub async fn entries(state: &AppState, iccid: &str) -> Result<Vec<StoredEntry>> {
+    let rows = sqlx::query(
+        "SELECT e.* FROM card_log_entries e JOIN cards c ON c.id = e.card_id WHERE c.iccid = $1 ORDER BY e.seq",
+    )
+    .bind(iccid.to_owned())
+    .fetch_all(state.db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StoredEntry {
+                seq: r.i64("seq")?,
+                event: r.text("event")?,
+                detail: r.opt_text("detail")?,
+                update_id: r.opt_bytes("update_id")?.map(hex::encode),
+                server_id: r.opt_text("server_id")?,
+                originator: r.opt_text("originator")?,
+                release_name: r.opt_text("release_name")?,
+                release_version: r.opt_text("release_version")?,
+                imei: r.opt_text("imei")?,
+                fumo_result: r.opt_i64("fumo_result")?,
+                trusted_time: r.opt_i64("trusted_time")?,
+                entry_hash: hex::encode(r.bytes("entry_hash")?),
+                raw: hex::encode(r.bytes("raw")?),
+                verified: true,
+            })
+        })
+        .collect()
+}
