@@ -81,7 +81,4 @@ pub enum LinkError {
         /// The limit.
         limit: usize,
     },
-    /// The in-process card cannot run (its state file, for example).
-    #[error("in-process card: {0}")]
-    Local(String),
 }
