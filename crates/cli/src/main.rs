@@ -15,6 +15,7 @@ mod device;
 mod files;
 mod keys;
 mod pack;
+mod proof;
 mod server;
 
 /// simfota: firmware-over-the-air updates controlled and audited through the subscriber's
@@ -38,6 +39,8 @@ enum Command {
     Card(card::Args),
     /// Run the operator's DM server (campaigns, package hosting, card logs, API, dashboard).
     Server(server::Args),
+    /// Check an update's proof bundle offline against the card issuer's key.
+    Proof(proof::Args),
     /// The device agent: OMA DM client with FUMO, card-gated updates, A/B slots.
     Device(device::Args),
 }
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Card(args) => card::run(args),
         Command::Server(args) => server::run(args),
+        Command::Proof(args) => proof::run(args),
         Command::Device(args) => device::run(args),
     };
     match result {

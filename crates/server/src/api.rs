@@ -47,6 +47,7 @@ pub fn routes(upload_limit: usize) -> Router<AppState> {
         .route("/campaigns/{id}/cancel", post(cancel))
         .route("/jobs", get(list_jobs))
         .route("/jobs/{id}", get(get_job))
+        .route("/updates/{id}/proof", get(proof))
 }
 
 /// Every (method, path) the API serves, as the OpenAPI document lists them.
@@ -105,6 +106,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ),
     ("get", "/jobs", "List jobs (?campaign=ID)"),
     ("get", "/jobs/{id}", "One job"),
+    (
+        "get",
+        "/updates/{id}/proof",
+        "Proof bundle of an update (update id hex); check with `simfota proof verify`",
+    ),
 ];
 
 async fn openapi() -> Json<Value> {
@@ -353,4 +359,12 @@ async fn get_job(
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse> {
     Ok(Json(campaign::job(&s.db, id).await?))
+}
+
+async fn proof(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(crate::proof::bundle(&s, &id).await?))
 }

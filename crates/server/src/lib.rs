@@ -26,6 +26,7 @@ mod http;
 pub mod keys;
 pub mod metrics;
 pub mod packages;
+pub mod proof;
 pub mod registry;
 pub mod tls;
 

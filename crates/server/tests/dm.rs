@@ -667,3 +667,176 @@ both!(
     card_log_is_verified_stored_once_and_acknowledged,
     super::card_log
 );
+
+async fn proof_bundle(env: Env) {
+    let s = env.start().await;
+    let server_pub = simfota_wire::pem::public_key_from_pem(
+        &std::fs::read_to_string(env.path("data").join("server-pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let key = SigningKey::random(&mut rand_core::OsRng);
+    let mut records = Vec::new();
+    chain(&mut records, &[Event::Acknowledged(0)]);
+    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
+        key: key.clone(),
+        info: card_info(&env, &key),
+        server_pub,
+        nonce: None,
+        request: None,
+        records,
+        acked: None,
+        replay: None,
+        last_export: None,
+    }));
+    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let mut dev = Device::build(
+        &env,
+        7,
+        Encoding::Wbxml,
+        Some(Box::new(TestCard(state.clone()))),
+    );
+    dev.register(&s).await;
+    dev.session(&[&s.url], 1).await;
+
+    // A campaign; the next session delivers the token.
+    let img = vec![3u8; 2000];
+    let envelope = simfota_wire::suit::build(
+        &simfota_wire::suit::BuildParams {
+            vendor_id: [1; 16],
+            class_id: [2; 16],
+            sequence: 5,
+            image: simfota_wire::suit::ImageSource::Bytes(&img),
+            name: Some("fw"),
+            version: Some("3.0"),
+            uri: Some("payload"),
+            integrate: false,
+            precursor_digest: None,
+        },
+        &env.originator,
+    )
+    .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("envelope", reqwest::multipart::Part::bytes(envelope))
+        .part("payload", reqwest::multipart::Part::bytes(img));
+    let p: serde_json::Value = s
+        .post("/api/v1/packages")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = s
+        .post("/api/v1/campaigns")
+        .json(&serde_json::json!({"name": "3.0", "package_id": p["id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    dev.session(&[&s.url], 2).await;
+    let fumo = NodeUri::parse("./FUMO/fw").unwrap();
+    let token = dev
+        .tree
+        .fumo(&fumo)
+        .unwrap()
+        .ext
+        .get("DeliveryToken")
+        .cloned()
+        .unwrap();
+    let t = DeliveryToken::verify(
+        &token,
+        &state.lock().unwrap().server_pub,
+        &simfota_wire::Limits::DEFAULT,
+    )
+    .unwrap()
+    .into_inner();
+
+    // The card logs authorization, integrity and install of this update and signs a receipt.
+    let receipt = {
+        let mut c = state.lock().unwrap();
+        for ev in [
+            Event::Authorized,
+            Event::IntegrityOk,
+            Event::Installed(FumoResult(200)),
+        ] {
+            let seq = c.records.len() as u32;
+            let prev = LogEntry::record_hash(c.records.last().unwrap());
+            let mut e = LogEntry::new(seq, prev, ev);
+            e.update_id = Some(t.cti);
+            e.imei = Some(t.imei);
+            c.records.push(e.encode().unwrap());
+        }
+        let r = Receipt {
+            iccid: Iccid::parse(ICCID).unwrap(),
+            update_id: t.cti,
+            result: FumoResult(200),
+            log_seq: c.records.len() as u32 - 1,
+            chain_head: LogEntry::record_hash(c.records.last().unwrap()),
+        };
+        let mut buf = [0u8; 512];
+        let n = r.sign(&c.key, &mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+    let mut alert = dev
+        .tree
+        .fumo_mut(&fumo)
+        .unwrap()
+        .finish(DmFumoResult(200))
+        .unwrap();
+    alert.items.push(Item {
+        source: Some(Location::new("./FUMO/fw/Ext/Receipt")),
+        meta: Some(Meta {
+            format: Some("b64".into()),
+            ..Meta::default()
+        }),
+        data: Some(Data::text(b64(&receipt))),
+        ..Item::default()
+    });
+    let uid = hex::encode(t.cti.as_bytes());
+    // Before the result and receipt arrive there is no proof.
+    let r = s
+        .get(&format!("/api/v1/updates/{uid}/proof"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // The session reporting the result also reads the card log (no job left to deliver).
+    dev.session_with(&[&s.url], 3, Some(alert)).await;
+    let r = s
+        .get(&format!("/api/v1/updates/{uid}/proof"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let bundle: simfota_server::proof::Bundle = r.json().await.unwrap();
+
+    let issuer = PublicKey::from(&env.issuer);
+    let proven = simfota_server::proof::verify(&bundle, &issuer).unwrap();
+    assert_eq!(proven.iccid, ICCID);
+    assert_eq!(proven.fumo_result, 200);
+    assert_eq!(proven.imei, dev.imei);
+    assert_eq!(
+        proven.events,
+        ["authorized", "integrity_ok", "installed(200)"]
+    );
+
+    // Another issuer, a tampered record, a dropped record: refused.
+    let other = PublicKey::from(&SigningKey::random(&mut rand_core::OsRng));
+    assert!(simfota_server::proof::verify(&bundle, &other).is_err());
+    let mut forged = bundle.clone();
+    let mut rec = base64::engine::general_purpose::STANDARD
+        .decode(&forged.log_records[2])
+        .unwrap();
+    rec[40] ^= 1;
+    forged.log_records[2] = b64(&rec);
+    assert!(simfota_server::proof::verify(&forged, &issuer).is_err());
+    let mut cut = bundle.clone();
+    cut.log_records.pop();
+    assert!(simfota_server::proof::verify(&cut, &issuer).is_err());
+    s.stop().await;
+}
+both!(
+    proof_bundle_verifies_offline_and_refuses_tampering,
+    super::proof_bundle
+);
