@@ -25,6 +25,7 @@ pub fn routes(upload_limit: usize) -> Router<AppState> {
         .route("/openapi.json", get(openapi))
         .route("/devices", get(list_devices).post(create_device))
         .route("/devices/{imei}", get(get_device))
+        .route("/devices/{imei}/notify", post(notify_device))
         .route("/groups", get(list_groups).post(create_group))
         .route(
             "/groups/{name}/devices/{imei}",
@@ -59,6 +60,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Register a device with its DM credentials",
     ),
     ("get", "/devices/{imei}", "One device"),
+    (
+        "post",
+        "/devices/{imei}/notify",
+        "Send package 0 (UDP) to the device's notification address",
+    ),
     ("get", "/groups", "List groups and members"),
     ("post", "/groups", "Create a group"),
     (
@@ -302,10 +308,11 @@ async fn create_campaign(
     State(s): State<AppState>,
     Json(spec): Json<CampaignSpec>,
 ) -> Result<impl IntoResponse> {
-    Ok((
-        StatusCode::CREATED,
-        Json(campaign::create(&s.db, &spec).await?),
-    ))
+    let c = campaign::create(&s.db, &spec).await?;
+    // Devices with a notification address are woken up; the others find the job when they poll.
+    let notified = crate::notify::pending_devices(&s, c.id).await?;
+    tracing::info!(campaign = c.id, notified, "campaign created");
+    Ok((StatusCode::CREATED, Json(c)))
 }
 
 async fn get_campaign(
@@ -367,4 +374,13 @@ async fn proof(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
     Ok(Json(crate::proof::bundle(&s, &id).await?))
+}
+
+async fn notify_device(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(imei): Path<String>,
+) -> Result<impl IntoResponse> {
+    let session_id = crate::notify::send(&s, &imei).await?;
+    Ok(Json(json!({ "imei": imei, "session_id": session_id })))
 }

@@ -25,6 +25,7 @@ pub mod error;
 mod http;
 pub mod keys;
 pub mod metrics;
+pub mod notify;
 pub mod packages;
 pub mod proof;
 pub mod registry;

@@ -505,3 +505,77 @@ async fn outage(env: Env) {
     }
 }
 both!(database_outage_answers_503_then_recovers, super::outage);
+
+async fn package0(env: Env) {
+    let s = env.start().await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let imei = imei(42);
+    let r = s
+        .post("/api/v1/devices")
+        .json(
+            &json!({"imei": imei, "username": "n", "password": "p", "server_password": "srv-pw",
+                      "model": "EX-9", "notify_addr": sock.local_addr().unwrap().to_string()}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r: Value = s
+        .post(&format!("/api/v1/devices/{imei}/notify"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = simfota_syncml::notification::UnverifiedNotification::parse(&buf[..n])
+        .unwrap()
+        .verify(
+            "simfota",
+            "srv-pw",
+            &simfota_syncml::auth::Nonce(Vec::new()),
+        )
+        .unwrap();
+    assert_eq!(i64::from(got.session_id), r["session_id"].as_i64().unwrap());
+    // A wrong password does not verify (the digest covers the server's credentials).
+    assert!(
+        simfota_syncml::notification::UnverifiedNotification::parse(&buf[..n])
+            .unwrap()
+            .verify("simfota", "other", &simfota_syncml::auth::Nonce(Vec::new()))
+            .is_err()
+    );
+    // Creating a campaign notifies the targeted devices.
+    let pkg = package(&s, &env).await;
+    let r = s
+        .post("/api/v1/campaigns")
+        .json(&json!({"name": "n", "package_id": pkg, "target_model": "EX-9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(simfota_syncml::notification::UnverifiedNotification::parse(&buf[..n]).is_ok());
+    // No address: 409.
+    let other = register(&s, 43, "EX-1", "1.0").await;
+    let r = s
+        .post(&format!("/api/v1/devices/{other}/notify"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    s.stop().await;
+}
+both!(package0_over_udp, super::package0);

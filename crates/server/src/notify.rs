@@ -1,0 +1,77 @@
+//! Package 0 (OMA-TS-DM_Notification-V1_2 §6): tells a device to open a DM session.
+//!
+//! The notification is built by the protocol crate and sent as one UDP datagram to the
+//! device's registered notification address (`devices.notify_addr`), the stand-in for an SMS
+//! or WAP-push gateway. Its digest (§6.3) uses the server's credentials towards the device and
+//! the nonce the device expects from the server (`devices.server_nonce`; empty until the device
+//! gave one). Devices also poll, so a lost datagram only delays the session.
+
+use rand_core::{OsRng, RngCore};
+use simfota_syncml::auth::Nonce as DmNonce;
+use simfota_syncml::notification::{Notification, UiMode};
+
+use crate::AppState;
+use crate::db::RowExt;
+use crate::error::{Result, ServerError};
+
+/// Sends package 0 to the device; returns the session id it announces.
+pub async fn send(state: &AppState, imei: &str) -> Result<u16> {
+    let row = sqlx::query(
+        "SELECT notify_addr, server_password, server_nonce FROM devices WHERE imei = $1",
+    )
+    .bind(imei.to_owned())
+    .fetch_optional(state.db.pool())
+    .await?
+    .ok_or_else(|| ServerError::NotFound(format!("device {imei}")))?;
+    let addr: std::net::SocketAddr = row
+        .opt_text("notify_addr")?
+        .ok_or_else(|| ServerError::Conflict(format!("device {imei} has no notification address")))?
+        .parse()
+        .map_err(|_| ServerError::Db("stored notification address".into()))?;
+    let mut id = [0u8; 2];
+    OsRng.fill_bytes(&mut id);
+    let session_id = u16::from_be_bytes(id);
+    let n = Notification::new(
+        session_id,
+        state.config.server_id.clone(),
+        UiMode::Background,
+    );
+    let nonce = DmNonce(row.opt_bytes("server_nonce")?.unwrap_or_default());
+    let bytes = n
+        .encode(&row.text("server_password")?, &nonce)
+        .map_err(|e| ServerError::Config(format!("package 0: {e}")))?;
+    let bind: std::net::SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| ServerError::io("cannot open a UDP socket", "", e))?;
+    sock.send_to(&bytes, addr)
+        .await
+        .map_err(|e| ServerError::io("cannot send package 0", addr.to_string(), e))?;
+    tracing::info!(%imei, %addr, session_id, "package 0 sent");
+    Ok(session_id)
+}
+
+/// Notifies every device with a pending job of a running campaign that has an address
+/// (best effort: failures are logged; devices poll anyway). Returns how many were sent.
+pub async fn pending_devices(state: &AppState, campaign_id: i64) -> Result<usize> {
+    let rows = sqlx::query(
+        "SELECT d.imei FROM jobs j JOIN devices d ON d.id = j.device_id JOIN campaigns c ON c.id = j.campaign_id \
+         WHERE j.campaign_id = $1 AND j.state = 'pending' AND c.state = 'running' AND d.notify_addr IS NOT NULL",
+    )
+    .bind(campaign_id)
+    .fetch_all(state.db.pool())
+    .await?;
+    let mut sent = 0;
+    for r in rows {
+        let imei = r.text("imei")?;
+        match send(state, &imei).await {
+            Ok(_) => sent += 1,
+            Err(e) => tracing::warn!(%imei, error = %e, "package 0 not sent"),
+        }
+    }
+    Ok(sent)
+}
