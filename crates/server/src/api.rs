@@ -34,6 +34,7 @@ pub fn routes(upload_limit: usize) -> Router<AppState> {
         .route("/cards", get(list_cards).post(register_card))
         .route("/cards/{iccid}", get(get_card))
         .route("/cards/{iccid}/log", get(card_log))
+        .route("/cards/{iccid}/admin", get(list_admin).post(queue_admin))
         .route(
             "/packages",
             get(list_packages)
@@ -383,4 +384,36 @@ async fn notify_device(
 ) -> Result<impl IntoResponse> {
     let session_id = crate::notify::send(&s, &imei).await?;
     Ok(Json(json!({ "imei": imei, "session_id": session_id })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAdmin {
+    /// Base64 of the issuer-signed admin command.
+    command: String,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn queue_admin(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(iccid): Path<String>,
+    Json(a): Json<NewAdmin>,
+) -> Result<impl IntoResponse> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(a.command.trim())
+        .map_err(|e| ServerError::BadRequest(format!("command: not base64 ({e})")))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(crate::admin::queue(&s, &iccid, &bytes, a.note.as_deref()).await?),
+    ))
+}
+
+async fn list_admin(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(iccid): Path<String>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(crate::admin::list(&s, &iccid).await?))
 }

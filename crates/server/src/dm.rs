@@ -69,6 +69,9 @@ pub struct Flow {
     ack_nonce: Option<CommandHandle>,
     ack: Option<CommandHandle>,
     ack_up_to: Option<u32>,
+    /// Issuer admin relay: the queued command sent and the Get of its result.
+    admin: Option<i64>,
+    admin_result: Option<CommandHandle>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -506,6 +509,15 @@ async fn on_event(
                     stored.flow.job = Some(job.id);
                 }
                 stored.flow.nonce = Some(s.get(&uri("./SIMFOTA/Card/Nonce")?));
+                // Issuer admin relay: the next queued command for the card in this device.
+                if let Some(iccid) = account.iccid.clone()
+                    && let Some((id, cmd)) = crate::admin::next_for_card(state, &iccid).await?
+                {
+                    let s = &mut stored.session;
+                    s.replace(&uri("./SIMFOTA/Card/Admin")?, &b64_value(&cmd));
+                    stored.flow.admin = Some(id);
+                    stored.flow.admin_result = Some(s.get(&uri("./SIMFOTA/Card/AdminResult")?));
+                }
             }
         }
         ServerEvent::AuthenticationRejected(code) => {
@@ -564,7 +576,11 @@ async fn on_event(
             let Some(item) = items.first() else {
                 return Ok(());
             };
-            if Some(h) == stored.flow.fwv {
+            if Some(h) == stored.flow.admin_result {
+                if let (Some(id), Some(answer)) = (stored.flow.admin, item_text(item)) {
+                    crate::admin::record(state, id, &answer).await?;
+                }
+            } else if Some(h) == stored.flow.fwv {
                 if let Some(fw) = item_text(item) {
                     sqlx::query("UPDATE devices SET fw_version = $1 WHERE id = $2")
                         .bind(fw)

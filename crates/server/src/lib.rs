@@ -14,6 +14,7 @@
 //! checked against keys the server holds (card certificates against the issuer key, exports and
 //! receipts against the card key).
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod campaign;

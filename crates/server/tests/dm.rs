@@ -429,6 +429,10 @@ struct CardState {
     /// When set, LogResponse answers with these bytes (a replayed export).
     replay: Option<Vec<u8>>,
     last_export: Option<Vec<u8>>,
+    /// Admin commands: the issuer key, the highest counter applied, the last answer.
+    issuer_pub: Option<PublicKey>,
+    admin_counter: u64,
+    admin_result: Option<String>,
 }
 
 struct TestCard(std::sync::Arc<std::sync::Mutex<CardState>>);
@@ -454,6 +458,13 @@ impl SubtreeHandler for TestCard {
                 rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut n);
                 c.nonce = Some(n);
                 n.to_vec()
+            }
+            "./SIMFOTA/Card/AdminResult" => {
+                let r = c
+                    .admin_result
+                    .clone()
+                    .ok_or(simfota_syncml::codes::StatusCode::NOT_FOUND)?;
+                return Ok(NodeValue::chr(r));
             }
             "./SIMFOTA/Card/LogResponse" => {
                 if let Some(r) = c.replay.clone() {
@@ -527,6 +538,22 @@ impl SubtreeHandler for TestCard {
                 c.request = Some(*r.get());
                 Ok(())
             }
+            "./SIMFOTA/Card/Admin" => {
+                let issuer = c.issuer_pub.ok_or(refused)?;
+                let cmd = simfota_wire::AdminCommand::verify(&bytes, &issuer, &limits)
+                    .map_err(|_| refused)?
+                    .into_inner();
+                // The card's rules: its own ICCID, a growing counter ("6602": replayed).
+                c.admin_result = Some(if cmd.target.as_str() != ICCID {
+                    "6601".into()
+                } else if cmd.counter <= c.admin_counter {
+                    "6602".into()
+                } else {
+                    c.admin_counter = cmd.counter;
+                    "9000".into()
+                });
+                Ok(())
+            }
             "./SIMFOTA/Card/LogAck" => {
                 let a = simfota_wire::LogAck::verify(&bytes, &c.server_pub, &limits)
                     .map_err(|_| refused)?;
@@ -580,6 +607,9 @@ async fn card_log(env: Env) {
         acked: None,
         replay: None,
         last_export: None,
+        issuer_pub: Some(PublicKey::from(&env.issuer)),
+        admin_counter: 0,
+        admin_result: None,
     }));
     CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
     let mut dev = Device::build(
@@ -687,6 +717,9 @@ async fn proof_bundle(env: Env) {
         acked: None,
         replay: None,
         last_export: None,
+        issuer_pub: Some(PublicKey::from(&env.issuer)),
+        admin_counter: 0,
+        admin_result: None,
     }));
     CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
     let mut dev = Device::build(
@@ -840,3 +873,90 @@ both!(
     proof_bundle_verifies_offline_and_refuses_tampering,
     super::proof_bundle
 );
+
+async fn admin_relay(env: Env) {
+    let s = env.start().await;
+    let server_pub = simfota_wire::pem::public_key_from_pem(
+        &std::fs::read_to_string(env.path("data").join("server-pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let key = SigningKey::random(&mut rand_core::OsRng);
+    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
+        key: key.clone(),
+        info: card_info(&env, &key),
+        server_pub,
+        nonce: None,
+        request: None,
+        records: Vec::new(),
+        acked: None,
+        replay: None,
+        last_export: None,
+        issuer_pub: Some(PublicKey::from(&env.issuer)),
+        admin_counter: 0,
+        admin_result: None,
+    }));
+    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let mut dev = Device::build(
+        &env,
+        11,
+        Encoding::Xml,
+        Some(Box::new(TestCard(state.clone()))),
+    );
+    dev.register(&s).await;
+    dev.session(&[&s.url], 1).await; // the card becomes known
+
+    let command = |target: &str, counter: u64, signer: &SigningKey| {
+        let cmd = simfota_wire::AdminCommand {
+            target: Iccid::parse(target).unwrap(),
+            counter,
+            change: simfota_wire::AdminChange::RemoveServer {
+                id: simfota_wire::ServerId::new("old-dm").unwrap(),
+            },
+        };
+        let mut buf = [0u8; 512];
+        let n = cmd.sign(signer, &mut buf).unwrap();
+        b64(&buf[..n])
+    };
+    let url = format!("/api/v1/cards/{ICCID}/admin");
+    let cmd1 = command(ICCID, 1, &env.issuer);
+    let r = s
+        .post(&url)
+        .json(&serde_json::json!({"command": cmd1, "note": "drop old-dm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Not signed by the issuer, or for another card: refused at the door.
+    let stranger = SigningKey::random(&mut rand_core::OsRng);
+    let r = s
+        .post(&url)
+        .json(&serde_json::json!({"command": command(ICCID, 2, &stranger)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = s
+        .post(&url)
+        .json(&serde_json::json!({"command": command("8949440000001234572", 2, &env.issuer)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    dev.session(&[&s.url], 2).await;
+    let q = s.json(&url).await;
+    assert_eq!(q[0]["state"], "applied", "{q}");
+    assert_eq!(q[0]["result"], "9000");
+    // The same command again: relayed, the card refuses the replay, the refusal is recorded.
+    s.post(&url)
+        .json(&serde_json::json!({"command": cmd1}))
+        .send()
+        .await
+        .unwrap();
+    dev.session(&[&s.url], 3).await;
+    let q = s.json(&url).await;
+    assert_eq!(q[1]["state"], "refused", "{q}");
+    assert_eq!(q[1]["result"], "6602");
+    s.stop().await;
+}
+both!(admin_commands_are_relayed_and_answered, super::admin_relay);
