@@ -70,6 +70,19 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| ServerError::io("cannot write", path, e))
 }
 
+/// Checks an operator token; answers its name.
+pub async fn check_token(db: &Db, token: &str) -> Result<String> {
+    if !token.starts_with(PREFIX) || token.len() > 128 {
+        return Err(ServerError::Unauthorized);
+    }
+    let row = sqlx::query("SELECT name FROM api_tokens WHERE token_hash = $1 AND revoked = 0")
+        .bind(hash(token))
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or(ServerError::Unauthorized)?;
+    row.text("name")
+}
+
 /// An authenticated operator (extractor): present on every `/api/v1` handler but the OpenAPI
 /// document.
 #[derive(Debug, Clone)]

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod campaign;
 pub mod cardlog;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod dm;
 pub mod error;

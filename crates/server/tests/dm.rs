@@ -960,3 +960,183 @@ async fn admin_relay(env: Env) {
     s.stop().await;
 }
 both!(admin_commands_are_relayed_and_answered, super::admin_relay);
+
+/// Runs headless Chromium (Debian `chromium`) with the given mode flag on `url`; `None` when
+/// it is not installed (and SIMFOTA_REQUIRE_EXTERNAL is not set).
+fn chromium(args: &[&str], url: &str) -> Option<std::process::Output> {
+    let bin = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        std::process::Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(bin) = bin else {
+        if std::env::var("SIMFOTA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
+            panic!("chromium is required (SIMFOTA_REQUIRE_EXTERNAL=1) but not installed");
+        }
+        eprintln!("skipped: chromium missing");
+        return None;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    Some(out)
+}
+
+async fn dashboard(env: Env) {
+    let s = env.start().await;
+    let server_pub = simfota_wire::pem::public_key_from_pem(
+        &std::fs::read_to_string(env.path("data").join("server-pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let key = SigningKey::random(&mut rand_core::OsRng);
+    let mut records = Vec::new();
+    chain(
+        &mut records,
+        &[
+            Event::Authorized,
+            Event::IntegrityOk,
+            Event::Installed(FumoResult(200)),
+        ],
+    );
+    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
+        key: key.clone(),
+        info: card_info(&env, &key),
+        server_pub,
+        nonce: None,
+        request: None,
+        records,
+        acked: None,
+        replay: None,
+        last_export: None,
+        issuer_pub: None,
+        admin_counter: 0,
+        admin_result: None,
+    }));
+    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let mut dev = Device::build(&env, 21, Encoding::Xml, Some(Box::new(TestCard(state))));
+    dev.register(&s).await;
+    dev.session(&[&s.url], 1).await;
+
+    // A finished campaign: the job is delivered and reports 200.
+    let img = vec![1u8; 1500];
+    let envelope = simfota_wire::suit::build(
+        &simfota_wire::suit::BuildParams {
+            vendor_id: [1; 16],
+            class_id: [2; 16],
+            sequence: 9,
+            image: simfota_wire::suit::ImageSource::Bytes(&img),
+            name: Some("fw"),
+            version: Some("2.0"),
+            uri: Some("payload"),
+            integrate: false,
+            precursor_digest: None,
+        },
+        &env.originator,
+    )
+    .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("envelope", reqwest::multipart::Part::bytes(envelope))
+        .part("payload", reqwest::multipart::Part::bytes(img));
+    let p: serde_json::Value = s
+        .post("/api/v1/packages")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let c: serde_json::Value = s
+        .post("/api/v1/campaigns")
+        .json(&serde_json::json!({"name": "Spring rollout", "package_id": p["id"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = &s.json(&format!("/api/v1/jobs?campaign={}", c["id"])).await[0];
+    let db = &s.running.state().db;
+    let jid = job["id"].as_i64().unwrap();
+    simfota_server::campaign::mark_delivered(db, jid, b"u1", b"t")
+        .await
+        .unwrap();
+    simfota_server::campaign::record_result(db, jid, 200, None, "absent", None)
+        .await
+        .unwrap();
+
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard");
+    std::fs::create_dir_all(&shots).unwrap();
+    let engine = format!("{:?}", env.engine).to_lowercase();
+    // Overview: what a person sees after signing in.
+    let url = format!("{}/ui/login?token={}", s.url, s.token);
+    let Some(out) = chromium(&["--dump-dom"], &url) else {
+        s.stop().await;
+        return;
+    };
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("Fleet overview"), "{dom}");
+    assert!(
+        dom.contains("Spring rollout") && dom.contains("completed"),
+        "{dom}"
+    );
+    assert!(dom.contains(&dev.imei), "{dom}");
+    let shot = shots.join(format!("overview-{engine}.png"));
+    let arg = format!("--screenshot={}", shot.display());
+    chromium(&[arg.as_str(), "--window-size=1200,900"], &url);
+    assert!(shot.exists(), "screenshot written");
+
+    // The device page: its card log as the server verified it.
+    let url = format!(
+        "{}/ui/login?token={}&next=/ui/devices/{}",
+        s.url, s.token, dev.imei
+    );
+    let dom =
+        String::from_utf8_lossy(&chromium(&["--dump-dom"], &url).unwrap().stdout).into_owned();
+    assert!(dom.contains("Card log (verified by the server)"), "{dom}");
+    assert!(
+        dom.contains("authorized") && dom.contains("integrity_ok") && dom.contains("installed"),
+        "{dom}"
+    );
+    assert_eq!(dom.matches(">verified<").count(), 3, "{dom}");
+    let shot = shots.join(format!("device-{engine}.png"));
+    let arg = format!("--screenshot={}", shot.display());
+    chromium(&[arg.as_str(), "--window-size=1200,700"], &url);
+    assert!(shot.exists());
+    // The campaign page with its live (htmx) progress.
+    let url = format!(
+        "{}/ui/login?token={}&next=/ui/campaigns/{}",
+        s.url, s.token, c["id"]
+    );
+    let dom =
+        String::from_utf8_lossy(&chromium(&["--dump-dom"], &url).unwrap().stdout).into_owned();
+    assert!(
+        dom.contains("1 of 1 updated") && dom.contains("succeeded"),
+        "{dom}"
+    );
+    let shot = shots.join(format!("campaign-{engine}.png"));
+    let arg = format!("--screenshot={}", shot.display());
+    chromium(&[arg.as_str(), "--window-size=1200,600"], &url);
+
+    // Without the token: a sign-in hint, no data.
+    let out = chromium(&["--dump-dom"], &format!("{}/ui", s.url)).unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("Sign in") && !dom.contains(&dev.imei), "{dom}");
+    s.stop().await;
+}
+both!(dashboard_shows_a_finished_campaign, super::dashboard);

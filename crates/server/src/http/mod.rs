@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .route("/packages/{id}/envelope", get(packages::serve_envelope))
         .route("/packages/{id}/payload", get(packages::serve_payload))
         .nest("/api/v1", api)
+        .merge(crate::dashboard::routes())
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),

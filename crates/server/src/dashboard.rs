@@ -1,0 +1,219 @@
+//! The operator dashboard: server-rendered HTML (askama) with htmx for live campaign progress
+//! (a vendored `htmx.min.js`, no JavaScript build step).
+//!
+//! Sign-in: `GET /ui/login?token=<API token>` checks the token and stores it in an HttpOnly,
+//! SameSite=Strict cookie scoped to `/ui`; every page checks that cookie like the API checks
+//! its bearer token.
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::campaign::{self, Campaign, Job};
+use crate::cardlog::StoredEntry;
+use crate::error::ServerError;
+use crate::packages::Package;
+use crate::registry::{self, Card, Device};
+
+const COOKIE: &str = "simfota_token";
+const HTMX: &[u8] = include_bytes!("../static/htmx.min.js");
+
+/// The dashboard routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/ui", get(overview))
+        .route("/ui/login", get(login))
+        .route("/ui/devices/{imei}", get(device))
+        .route("/ui/campaigns/{id}", get(campaign_page))
+        .route("/ui/campaigns/{id}/progress", get(progress))
+        .route("/static/htmx.min.js", get(htmx))
+}
+
+async fn htmx() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        HTMX,
+    )
+}
+
+/// A page failure shown as HTML.
+struct PageError(ServerError);
+
+impl From<ServerError> for PageError {
+    fn from(e: ServerError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        let body = if status == StatusCode::UNAUTHORIZED {
+            "<p>Sign in with an operator API token: <code>/ui/login?token=&lt;token&gt;</code></p>"
+                .to_owned()
+        } else {
+            format!("<p>{}</p>", escape(&self.0.to_string()))
+        };
+        (status, Html(body)).into_response()
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn render(t: &impl Template) -> Result<Html<String>, PageError> {
+    t.render()
+        .map(Html)
+        .map_err(|e| PageError(ServerError::Db(format!("template: {e}"))))
+}
+
+/// An operator signed in through the cookie.
+struct UiOperator;
+
+impl FromRequestParts<AppState> for UiOperator {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, PageError> {
+        let token = parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix("simfota_token=").map(str::to_owned))
+            .ok_or(PageError(ServerError::Unauthorized))?;
+        crate::auth::check_token(&state.db, &token).await?;
+        Ok(Self)
+    }
+}
+
+#[derive(Deserialize)]
+struct Login {
+    token: String,
+    /// Where to go after signing in (a dashboard path; anything else goes to `/ui`).
+    #[serde(default)]
+    next: Option<String>,
+}
+
+async fn login(State(s): State<AppState>, Query(q): Query<Login>) -> Result<Response, PageError> {
+    crate::auth::check_token(&s.db, &q.token).await?;
+    let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", q.token);
+    // Only dashboard paths: never an open redirect to another site.
+    let next = q
+        .next
+        .as_deref()
+        .filter(|n| n.starts_with("/ui/") && !n.contains("//") && !n.contains(['\\', '\r', '\n']))
+        .unwrap_or("/ui");
+    let mut resp = Redirect::to(next).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct Overview {
+    devices: Vec<Device>,
+    cards: Vec<Card>,
+    packages: Vec<Package>,
+    campaigns: Vec<Campaign>,
+}
+
+async fn overview(_: UiOperator, State(s): State<AppState>) -> Result<Html<String>, PageError> {
+    render(&Overview {
+        devices: registry::list_devices(&s.db).await?,
+        cards: registry::list_cards(&s.db).await?,
+        packages: crate::packages::list(&s.db).await?,
+        campaigns: campaign::list(&s.db).await?,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "device.html")]
+struct DevicePage {
+    device: Device,
+    entries: Vec<StoredEntry>,
+}
+
+async fn device(
+    _: UiOperator,
+    State(s): State<AppState>,
+    Path(imei): Path<String>,
+) -> Result<Html<String>, PageError> {
+    let device = registry::get_device(&s.db, &imei).await?;
+    let entries = match &device.iccid {
+        Some(i) => crate::cardlog::entries(&s, i).await?,
+        None => Vec::new(),
+    };
+    render(&DevicePage { device, entries })
+}
+
+#[derive(Template)]
+#[template(path = "campaign.html")]
+struct CampaignPage {
+    c: Campaign,
+    jobs: Vec<Job>,
+    waves: String,
+    percent: i64,
+}
+
+#[derive(Template)]
+#[template(path = "progress.html")]
+struct ProgressFragment {
+    c: Campaign,
+    jobs: Vec<Job>,
+    percent: i64,
+}
+
+async fn load(s: &AppState, id: i64) -> Result<(Campaign, Vec<Job>, i64), PageError> {
+    let c = campaign::get(&s.db, id).await?;
+    let jobs = campaign::jobs(&s.db, Some(id)).await?;
+    let percent = if c.progress.total > 0 {
+        c.progress.succeeded * 100 / c.progress.total
+    } else {
+        0
+    };
+    Ok((c, jobs, percent))
+}
+
+async fn campaign_page(
+    _: UiOperator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Html<String>, PageError> {
+    let (c, jobs, percent) = load(&s, id).await?;
+    let waves = c
+        .waves
+        .iter()
+        .map(|w| format!("{w}%"))
+        .collect::<Vec<_>>()
+        .join(" → ");
+    render(&CampaignPage {
+        c,
+        jobs,
+        waves,
+        percent,
+    })
+}
+
+async fn progress(
+    _: UiOperator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Html<String>, PageError> {
+    let (c, jobs, percent) = load(&s, id).await?;
+    render(&ProgressFragment { c, jobs, percent })
+}
