@@ -72,6 +72,8 @@ pub struct Flow {
     /// Issuer admin relay: the queued command sent and the Get of its result.
     admin: Option<i64>,
     admin_result: Option<CommandHandle>,
+    /// The card's authorized-server list.
+    servers: Option<CommandHandle>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -503,6 +505,7 @@ async fn on_event(
                 let s = &mut stored.session;
                 stored.flow.fwv = Some(s.get(&uri("./DevDetail/FwV")?));
                 stored.flow.card_info = Some(s.get(&uri("./SIMFOTA/Card/Info")?));
+                stored.flow.servers = Some(s.get(&uri("./SIMFOTA/Card/Servers")?));
                 // One card nonce per session: it serves the delivery token when a job is
                 // pending, else the log-read request (the card keeps one nonce at a time).
                 if let Some(job) = campaign::next_job_for_device(&state.db, account.id).await? {
@@ -576,7 +579,11 @@ async fn on_event(
             let Some(item) = items.first() else {
                 return Ok(());
             };
-            if Some(h) == stored.flow.admin_result {
+            if Some(h) == stored.flow.servers {
+                if let (Some(bytes), Some(iccid)) = (item_bytes(item), account.iccid.clone()) {
+                    store_servers(state, &iccid, &bytes).await?;
+                }
+            } else if Some(h) == stored.flow.admin_result {
                 if let (Some(id), Some(answer)) = (stored.flow.admin, item_text(item)) {
                     crate::admin::record(state, id, &answer).await?;
                 }
@@ -720,6 +727,49 @@ async fn on_card_info(state: &AppState, account: &mut Account, bytes: &[u8]) -> 
             .await?;
         account.iccid = Some(i);
     }
+    Ok(())
+}
+
+/// The card's server list (docs/dm-tree.md): `[* [id tstr, key bstr, rights uint]]`, rights
+/// bits 1 firmware update, 2 log read, 4 log acknowledge, 8 other DM. Stored raw and decoded;
+/// an undecodable list is ignored (it is the device's relay, not a signed object).
+async fn store_servers(state: &AppState, iccid: &str, bytes: &[u8]) -> Result<()> {
+    let mut list = Vec::new();
+    let mut d = minicbor::Decoder::new(bytes);
+    let parsed: std::result::Result<(), minicbor::decode::Error> = (|| {
+        let n = d.array()?.unwrap_or(0);
+        for _ in 0..n.min(64) {
+            d.array()?;
+            let id = d.str()?.to_owned();
+            let key = hex::encode(d.bytes()?);
+            let bits = d.u32()?;
+            let rights: Vec<&str> = [
+                (1, "firmware_update"),
+                (2, "log_read"),
+                (4, "log_ack"),
+                (8, "dm_other"),
+            ]
+            .into_iter()
+            .filter(|(b, _)| bits & b != 0)
+            .map(|(_, n)| n)
+            .collect();
+            list.push(serde_json::json!({ "id": id, "key": key, "rights": rights }));
+        }
+        Ok(())
+    })();
+    if parsed.is_err() {
+        tracing::warn!(%iccid, "card server list not decodable");
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE cards SET servers = $1, servers_json = $2, updated_ms = $3 WHERE iccid = $4",
+    )
+    .bind(bytes.to_vec())
+    .bind(serde_json::Value::Array(list).to_string())
+    .bind(now_ms())
+    .bind(iccid.to_owned())
+    .execute(state.db.pool())
+    .await?;
     Ok(())
 }
 

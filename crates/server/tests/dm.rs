@@ -459,6 +459,16 @@ impl SubtreeHandler for TestCard {
                 c.nonce = Some(n);
                 n.to_vec()
             }
+            "./SIMFOTA/Card/Servers" => {
+                // [["simfota", key, 7]]: this server with update, log read and log ack rights.
+                let key = c.server_pub.to_sec1();
+                let mut v = vec![0x81, 0x83, 0x67];
+                v.extend_from_slice(b"simfota");
+                v.extend_from_slice(&[0x58, key.len() as u8]);
+                v.extend_from_slice(&key);
+                v.push(0x07);
+                v
+            }
             "./SIMFOTA/Card/AdminResult" => {
                 let r = c
                     .admin_result
@@ -633,6 +643,11 @@ async fn card_log(env: Env) {
     assert_eq!(events, ["authorized", "integrity_ok", "installed"]);
     assert_eq!(log["entries"][2]["fumo_result"], 200);
     assert_eq!(log["card"]["acked_seq"], 2);
+    assert_eq!(log["card"]["servers"][0]["id"], "simfota");
+    assert_eq!(
+        log["card"]["servers"][0]["rights"],
+        serde_json::json!(["firmware_update", "log_read", "log_ack"])
+    );
     assert_eq!(state.lock().unwrap().acked, Some(2));
     let first_export = state.lock().unwrap().last_export.clone().unwrap();
 
