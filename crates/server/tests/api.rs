@@ -579,3 +579,126 @@ async fn package0(env: Env) {
     s.stop().await;
 }
 both!(package0_over_udp, super::package0);
+
+/// A test CA and a server certificate for 127.0.0.1 it signed, made with the `openssl`
+/// command: `(ca, cert, key)`, or None when openssl is missing.
+fn test_pki(
+    dir: &std::path::Path,
+) -> Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    let p = |n: &str| dir.join(n);
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<String>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec[..],
+            &["-days", "1", "-subj", "/CN=simfota test CA", "-keyout"],
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            p("ca.key").display().to_string(),
+            "-out".into(),
+            p("ca.crt").display().to_string(),
+        ])
+        .collect(),
+        [
+            &["req"][..],
+            &ec[..],
+            &["-subj", "/CN=127.0.0.1", "-keyout"],
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            p("tls.key").display().to_string(),
+            "-out".into(),
+            p("tls.csr").display().to_string(),
+        ])
+        .collect(),
+        ["x509", "-req", "-days", "1", "-CAcreateserial", "-in"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                p("tls.csr").display().to_string(),
+                "-CA".into(),
+                p("ca.crt").display().to_string(),
+                "-CAkey".into(),
+                p("ca.key").display().to_string(),
+                "-extfile".into(),
+                p("ext.cnf").display().to_string(),
+                "-out".into(),
+                p("tls.crt").display().to_string(),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let ok = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            if std::env::var("SIMFOTA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
+                panic!(
+                    "openssl is required (SIMFOTA_REQUIRE_EXTERNAL=1): `openssl {}` failed",
+                    args.join(" ")
+                );
+            }
+            eprintln!("skipped: openssl missing or failing");
+            return None;
+        }
+    }
+    Some((p("ca.crt"), p("tls.crt"), p("tls.key")))
+}
+
+async fn tls(env: Env) {
+    let Some((ca, cert, key)) = test_pki(env.dir.path()) else {
+        return;
+    };
+    let mut cfg = env.config("data");
+    cfg.tls = Some(simfota_server::config::TlsFiles { cert, key });
+    let s = Server::start(cfg).await;
+    assert!(s.url.starts_with("https://"), "{}", s.url);
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .build()
+        .unwrap();
+    let r = https
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = https
+        .get(format!("{}/api/v1/devices", s.url))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A client that does not trust the certificate is refused at the handshake.
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{}/healthz", s.url))
+            .send()
+            .await
+            .is_err()
+    );
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = s.url.replace("https://", "http://");
+    assert!(reqwest::get(format!("{plain}/healthz")).await.is_err());
+    s.stop().await;
+}
+both!(tls_listener_serves_https, super::tls);
