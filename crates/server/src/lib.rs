@@ -8,7 +8,11 @@
 //! [`db`].
 //!
 //! Layers: [`config`] (flags, file, environment), [`db`] (pool, migrations), [`packages`]
-//! (upload, hosting), [`campaign`] (targeting and waves), [`api`] (JSON surface), [`tls`].
+//! (upload, hosting), [`campaign`] (targeting and waves), [`dm`] (the OMA DM endpoint: device
+//! auth, sessions in the database, FUMO delivery with delivery tokens), [`cardlog`] (log-read
+//! requests, export verification, acknowledgements), [`admin`] (issuer admin relay),
+//! [`notify`] (package 0), [`proof`] (proof bundles), [`api`] (JSON surface), [`dashboard`]
+//! (HTML), [`tls`]. See docs/server.md.
 //!
 //! What it does not do: trust the device. Everything the device relays from the card is
 //! checked against keys the server holds (card certificates against the issuer key, exports and
