@@ -365,8 +365,9 @@ impl<S: Store, P: Platform> Applet<S, P> {
         self.io.buf[start..end].copy_from_slice(cmd.data);
         if cmd.chained() {
             if !chaining_allowed(cmd.ins) {
+                // ISO/IEC 7816-4 §5.6 table 6: `6884`, command chaining not supported.
                 self.abort_chain();
-                return Err(CardError::Conditions("command chaining not supported here"));
+                return Err(CardError::ChainingNotSupported);
             }
             self.io.len = end as u16;
             self.io.chain = Some(header);

@@ -201,6 +201,9 @@ pub enum CardError {
     /// A chain was interrupted by another command.
     #[error("last command of the chain expected")]
     ChainBroken,
+    /// CLA b5 (command chaining) set on an instruction that does not take long data.
+    #[error("command chaining not supported for this instruction")]
+    ChainingNotSupported,
     /// The command data is malformed.
     #[error("malformed command data: {0}")]
     WrongData(&'static str),
@@ -266,6 +269,7 @@ impl CardError {
             CardError::ChannelNotSupported => StatusWord::CHANNEL_NOT_SUPPORTED,
             CardError::SecureMessagingNotSupported => StatusWord::SECURE_MESSAGING_NOT_SUPPORTED,
             CardError::ChainBroken => StatusWord::LAST_COMMAND_EXPECTED,
+            CardError::ChainingNotSupported => StatusWord::CHAINING_NOT_SUPPORTED,
             CardError::WrongData(_) => StatusWord::WRONG_DATA,
             CardError::Conditions(_) => StatusWord::CONDITIONS,
             CardError::SecurityStatus(_) => StatusWord::SECURITY_STATUS,
@@ -306,5 +310,16 @@ mod tests {
         assert_eq!(Reason::UserDeclined.fumo_result(), Some(401));
         assert_eq!(fumo_result_for(StatusWord::OK), None);
         assert_eq!(CardError::WrongPin(2).status_word(), StatusWord(0x63C2));
+    }
+
+    #[test]
+    fn iso_status_words_for_selection_and_chaining() {
+        // ISO/IEC 7816-4 §5.6 table 6: application not found, chaining not supported.
+        assert_eq!(CardError::AppletNotFound.status_word(), StatusWord(0x6A82));
+        assert_eq!(
+            CardError::ChainingNotSupported.status_word(),
+            StatusWord(0x6884)
+        );
+        assert_eq!(CardError::NotFound.status_word(), StatusWord(0x6A88));
     }
 }

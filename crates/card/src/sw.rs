@@ -20,6 +20,8 @@ impl StatusWord {
     pub const SECURE_MESSAGING_NOT_SUPPORTED: Self = Self(0x6882);
     /// `6883`: last command of the chain expected.
     pub const LAST_COMMAND_EXPECTED: Self = Self(0x6883);
+    /// `6884`: command chaining not supported (the instruction does not take a chain).
+    pub const CHAINING_NOT_SUPPORTED: Self = Self(0x6884);
     /// `6982`: security status not satisfied (PIN not verified, right missing).
     pub const SECURITY_STATUS: Self = Self(0x6982);
     /// `6983`: authentication method blocked (PIN or PUK try counter at zero).
