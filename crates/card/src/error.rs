@@ -1,105 +1,115 @@
 //! The applet's errors and the ONE mapping from them to ISO/IEC 7816-4 status words, plus the
 //! refusal reasons and their FUMO result codes (OMA FUMO 1.0 §10.1, result codes).
 
+use simfota_wire::DenyReason;
+
 use crate::StatusWord;
 use crate::store::StoreError;
 
-/// Why a security check refused a request. The code travels as SW2 of `66RR`, and the
-/// device maps it to a FUMO result code with [`Reason::fumo_result`].
+/// A code of the wire crate's table as the one byte it takes here (every code is below
+/// `0x100`: SW2 of `66RR`; `tests::reasons_are_the_wire_table` checks each one).
+const fn code(r: DenyReason) -> u8 {
+    r.0 as u8
+}
+
+/// Why a security check refused a request. The code travels as SW2 of `66RR`, is the code a
+/// "denied" log entry carries ([`Reason::deny_reason`]), and the device maps it to a FUMO
+/// result code with [`Reason::fumo_result`]. The codes are the wire crate's [`DenyReason`]
+/// table (one table for the card, its log and its readers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[repr(u8)]
 pub enum Reason {
     /// The token's issuer is not listed with the firmware-update right, and the policy
     /// refuses unauthorized servers.
     #[error("the server is not authorized for firmware updates")]
-    ServerNotAuthorized = 0x01,
+    ServerNotAuthorized = code(DenyReason::SERVER_NOT_AUTHORIZED),
     /// The token's signature does not verify under the listed server's key.
     #[error("the delivery token's signature is invalid")]
-    TokenSignature = 0x02,
+    TokenSignature = code(DenyReason::TOKEN_SIGNATURE),
     /// No nonce is outstanding (never issued, already used, or lost with a reset).
     #[error("no unused card nonce: the token is a replay or the card was reset")]
-    NonceUnavailable = 0x03,
+    NonceUnavailable = code(DenyReason::NONCE_UNAVAILABLE),
     /// The token carries another nonce than the one the card issued.
     #[error("the token's nonce is not the card's")]
-    NonceMismatch = 0x04,
+    NonceMismatch = code(DenyReason::NONCE_MISMATCH),
     /// The token names another subscription (ICCID).
     #[error("the token is for another card (ICCID)")]
-    WrongCard = 0x05,
+    WrongCard = code(DenyReason::WRONG_CARD),
     /// The token names another device than the one bound at session open (IMEI).
     #[error("the token is for another device (IMEI)")]
-    WrongDevice = 0x06,
+    WrongDevice = code(DenyReason::WRONG_DEVICE),
     /// The token's `exp` lies before the card's trusted time.
     #[error("the token has expired")]
-    TokenExpired = 0x07,
+    TokenExpired = code(DenyReason::TOKEN_EXPIRED),
     /// The manifest's signer is not a trusted originator.
     #[error("the software originator is not trusted")]
-    OriginatorUnknown = 0x08,
+    OriginatorUnknown = code(DenyReason::ORIGINATOR_UNKNOWN),
     /// The manifest's signature does not verify under the originator's key.
     #[error("the manifest's signature is invalid")]
-    ManifestSignature = 0x09,
+    ManifestSignature = code(DenyReason::MANIFEST_SIGNATURE),
     /// The manifest digest differs from the one the token binds.
     #[error("the manifest is not the one the token authorizes")]
-    ManifestMismatch = 0x0A,
+    ManifestMismatch = code(DenyReason::MANIFEST_MISMATCH),
     /// The policy does not allow this vendor-id/class-id.
     #[error("the policy does not allow this device class")]
-    ClassNotAllowed = 0x0B,
+    ClassNotAllowed = code(DenyReason::CLASS_NOT_ALLOWED),
     /// The manifest's sequence number is not above the installed one.
     #[error("rollback: the sequence number is not above the installed one")]
-    Rollback = 0x0C,
+    Rollback = code(DenyReason::ROLLBACK),
     /// Every log slot holds an entry no server has acknowledged.
     #[error("the log is full of unacknowledged entries")]
-    LogFull = 0x0D,
+    LogFull = code(DenyReason::LOG_FULL),
     /// Unauthorized server, policy "warn and confirm": the user must confirm first.
     #[error("the user must confirm this update (unauthorized server)")]
-    ConsentRequired = 0x0E,
+    ConsentRequired = code(DenyReason::CONSENT_REQUIRED),
     /// Unauthorized server, policy "confirm with PIN": the user must confirm with the PIN.
     #[error("the user must confirm this update with the PIN (unauthorized server)")]
-    PinConsentRequired = 0x0F,
+    PinConsentRequired = code(DenyReason::PIN_CONSENT_REQUIRED),
     /// The user declined the update.
     #[error("the user declined the update")]
-    UserDeclined = 0x10,
+    UserDeclined = code(DenyReason::USER_DECLINED),
     /// The token or the envelope does not decode.
     #[error("the token or manifest is malformed")]
-    Malformed = 0x11,
+    Malformed = code(DenyReason::MALFORMED),
     /// Another authorized update has not ended yet.
     #[error("another update is pending: report its result first")]
-    UpdatePending = 0x12,
+    UpdatePending = code(DenyReason::UPDATE_PENDING),
     /// The payload digest differs from the signed one.
     #[error("the payload digest differs from the signed one")]
-    IntegrityFailed = 0x20,
+    IntegrityFailed = code(DenyReason::INTEGRITY_FAILED),
     /// The payload size differs from the signed one, or exceeds the card-digest cap.
     #[error("the payload size is wrong or above the policy's cap")]
-    SizeMismatch = 0x21,
+    SizeMismatch = code(DenyReason::SIZE_MISMATCH),
     /// The policy requires the card to hash the payload; a device digest is not enough.
     #[error("the policy requires card-side hashing of the payload")]
-    CardDigestRequired = 0x22,
+    CardDigestRequired = code(DenyReason::CARD_DIGEST_REQUIRED),
     /// Success reported for an update whose integrity did not pass.
     #[error("success reported but the payload's integrity did not pass")]
-    IntegrityNotPassed = 0x23,
+    IntegrityNotPassed = code(DenyReason::INTEGRITY_NOT_PASSED),
     /// A result for an update this card did not authorize, or that already ended.
     #[error("no such authorized update in progress")]
-    UnknownUpdate = 0x30,
+    UnknownUpdate = code(DenyReason::UNKNOWN_UPDATE),
     /// The log-read request's server is not listed with the log-read right.
     #[error("the server may not read the log")]
-    LogReadNotAuthorized = 0x40,
+    LogReadNotAuthorized = code(DenyReason::LOG_READ_NOT_AUTHORIZED),
     /// The acknowledgement's server is not listed with the log-ack right.
     #[error("the server may not acknowledge the log")]
-    LogAckNotAuthorized = 0x41,
+    LogAckNotAuthorized = code(DenyReason::LOG_ACK_NOT_AUTHORIZED),
     /// The signature of a log-read request or acknowledgement is invalid.
     #[error("the request's signature is invalid")]
-    RequestSignature = 0x42,
+    RequestSignature = code(DenyReason::REQUEST_SIGNATURE),
     /// The acknowledgement covers entries that were never exported/written.
     #[error("the acknowledgement covers entries that do not exist")]
-    AckBeyondLog = 0x43,
+    AckBeyondLog = code(DenyReason::ACK_BEYOND_LOG),
     /// The admin command's issuer signature is invalid.
     #[error("the admin command's signature is invalid")]
-    AdminSignature = 0x50,
+    AdminSignature = code(DenyReason::ADMIN_SIGNATURE),
     /// The admin command targets another card.
     #[error("the admin command is for another card")]
-    AdminWrongCard = 0x51,
+    AdminWrongCard = code(DenyReason::ADMIN_WRONG_CARD),
     /// The admin command's counter does not grow (replay).
     #[error("the admin command was already applied (counter does not grow)")]
-    AdminReplay = 0x52,
+    AdminReplay = code(DenyReason::ADMIN_REPLAY),
 }
 
 impl Reason {
@@ -142,6 +152,11 @@ impl Reason {
         self as u8
     }
 
+    /// The code a "denied" log entry carries for this reason.
+    pub const fn deny_reason(self) -> DenyReason {
+        DenyReason(self as u16)
+    }
+
     /// The reason with this code.
     pub fn from_code(code: u8) -> Option<Self> {
         Self::ALL.iter().copied().find(|r| r.code() == code)
@@ -165,6 +180,12 @@ impl Reason {
             UnknownUpdate | LogReadNotAuthorized | LogAckNotAuthorized | RequestSignature
             | AckBeyondLog | AdminSignature | AdminWrongCard | AdminReplay => return None,
         })
+    }
+}
+
+impl From<Reason> for DenyReason {
+    fn from(r: Reason) -> Self {
+        r.deny_reason()
     }
 }
 
@@ -297,6 +318,23 @@ mod tests {
                 assert_ne!(a.code(), b.code(), "{a:?} and {b:?} share a code");
             }
         }
+    }
+
+    #[test]
+    fn reasons_are_the_wire_table() {
+        // One table: every card reason is a wire code and every wire code a card reason,
+        // in the same order, with the values docs/apdu.md lists.
+        assert_eq!(Reason::ALL.len(), DenyReason::ALL.len());
+        for (r, d) in Reason::ALL.iter().zip(DenyReason::ALL) {
+            assert_eq!(r.deny_reason(), d, "{r:?}");
+            assert_eq!(u16::from(r.code()), d.0, "{r:?} truncated");
+            assert_eq!(DenyReason::from(*r), d);
+        }
+        assert_eq!(Reason::ServerNotAuthorized.deny_reason(), DenyReason(0x01));
+        assert_eq!(Reason::NonceUnavailable.deny_reason(), DenyReason(0x03));
+        assert_eq!(Reason::UserDeclined.deny_reason(), DenyReason(0x10));
+        assert_eq!(Reason::SizeMismatch.deny_reason(), DenyReason(0x21));
+        assert_eq!(Reason::AdminReplay.deny_reason(), DenyReason(0x52));
     }
 
     #[test]

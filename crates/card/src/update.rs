@@ -31,8 +31,8 @@ use minicbor::encode::write::Cursor;
 use sha2::Digest as _;
 use simfota_wire::DeliveryToken;
 use simfota_wire::cose::PublicKey;
-use simfota_wire::{DenyReason, Event, FumoResult, LogEntry};
 use simfota_wire::{Digest, Imei, Nonce};
+use simfota_wire::{Event, FumoResult, LogEntry};
 use simfota_wire::{IntegrityMode, Receipt, Rights, UnauthorizedRule};
 use subtle::ConstantTimeEq;
 
@@ -242,7 +242,7 @@ fn conclude<S: Store, P: Platform>(
                 p.write(O_PENDING, &pending)?;
             }
             Err(reason) => {
-                att.entry.event = Event::Denied(DenyReason(u16::from(reason.code())));
+                att.entry.event = Event::Denied(reason.deny_reason());
                 crypto::append_entry(p, &mut att.entry)?;
             }
         }

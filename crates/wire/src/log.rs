@@ -35,40 +35,116 @@ impl FumoResult {
     }
 }
 
-/// Why the card refused an update (logged with [`Event::Denied`]). The card owns the meaning
-/// of each code; the constants are the ones simfota uses.
+/// A card refusal reason code: the code a "denied" log entry ([`Event::Denied`]) carries, and
+/// SW2 of the card's `66RR` refusal status word. This is the ONE table of these codes: the
+/// card applet's `Reason` enum (crate `simfota-card`) takes its discriminants from these
+/// constants, and `docs/apdu.md` / `docs/formats.md` list the same values. A code not listed
+/// here (a newer card) still decodes, as a bare number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DenyReason(pub u16);
 
 impl DenyReason {
-    /// Token signature did not verify under any listed server key.
-    pub const UNKNOWN_SERVER: DenyReason = DenyReason(1);
-    /// Server lacks the right.
-    pub const NO_RIGHT: DenyReason = DenyReason(2);
-    /// Nonce unknown or already used.
-    pub const REPLAY: DenyReason = DenyReason(3);
-    /// Token for another ICCID.
-    pub const WRONG_CARD: DenyReason = DenyReason(4);
-    /// Token for another IMEI.
-    pub const WRONG_DEVICE: DenyReason = DenyReason(5);
-    /// Token expired against the card's trusted time.
-    pub const EXPIRED: DenyReason = DenyReason(6);
-    /// Manifest not signed by a listed originator.
-    pub const BAD_ORIGINATOR: DenyReason = DenyReason(7);
-    /// Sequence number not above the installed one.
-    pub const ROLLBACK: DenyReason = DenyReason(8);
-    /// Token's manifest digest differs from the manifest's.
-    pub const MANIFEST_MISMATCH: DenyReason = DenyReason(9);
-    /// Policy refuses unauthorized servers.
-    pub const POLICY: DenyReason = DenyReason(10);
-    /// Vendor/class not in the policy allow list.
-    pub const NOT_ALLOWED: DenyReason = DenyReason(11);
-    /// Log full of unacknowledged entries.
-    pub const LOG_FULL: DenyReason = DenyReason(12);
-    /// User declined or PIN failed.
-    pub const USER_DECLINED: DenyReason = DenyReason(13);
-    /// Malformed token or manifest.
-    pub const MALFORMED: DenyReason = DenyReason(14);
+    /// `01`: The token's issuer is not listed with the firmware-update right and the policy refuses
+    /// unauthorized servers.
+    pub const SERVER_NOT_AUTHORIZED: DenyReason = DenyReason(0x01);
+    /// `02`: The delivery token's signature does not verify under the listed server's key.
+    pub const TOKEN_SIGNATURE: DenyReason = DenyReason(0x02);
+    /// `03`: No unused card nonce (a replayed token, or a card reset since GET CHALLENGE).
+    pub const NONCE_UNAVAILABLE: DenyReason = DenyReason(0x03);
+    /// `04`: The token carries another nonce than the one the card issued.
+    pub const NONCE_MISMATCH: DenyReason = DenyReason(0x04);
+    /// `05`: The token names another subscription (ICCID).
+    pub const WRONG_CARD: DenyReason = DenyReason(0x05);
+    /// `06`: The token (or a result) names another device (IMEI) than the bound one.
+    pub const WRONG_DEVICE: DenyReason = DenyReason(0x06);
+    /// `07`: The token's `exp` lies before the card's trusted time.
+    pub const TOKEN_EXPIRED: DenyReason = DenyReason(0x07);
+    /// `08`: The manifest's signer is not a trusted originator (unknown or removed).
+    pub const ORIGINATOR_UNKNOWN: DenyReason = DenyReason(0x08);
+    /// `09`: The manifest's signature or the envelope's integrity does not verify.
+    pub const MANIFEST_SIGNATURE: DenyReason = DenyReason(0x09);
+    /// `0A`: The manifest is not the one the token authorizes (digest differs).
+    pub const MANIFEST_MISMATCH: DenyReason = DenyReason(0x0A);
+    /// `0B`: The policy does not allow this vendor-id/class-id.
+    pub const CLASS_NOT_ALLOWED: DenyReason = DenyReason(0x0B);
+    /// `0C`: The manifest's sequence number is not above the installed one.
+    pub const ROLLBACK: DenyReason = DenyReason(0x0C);
+    /// `0D`: Every log slot holds an entry no server has acknowledged.
+    pub const LOG_FULL: DenyReason = DenyReason(0x0D);
+    /// `0E`: Unauthorized server, policy "warn and confirm": the user must confirm first.
+    pub const CONSENT_REQUIRED: DenyReason = DenyReason(0x0E);
+    /// `0F`: Unauthorized server, policy "confirm with PIN": the user must confirm with the PIN.
+    pub const PIN_CONSENT_REQUIRED: DenyReason = DenyReason(0x0F);
+    /// `10`: The user declined the update.
+    pub const USER_DECLINED: DenyReason = DenyReason(0x10);
+    /// `11`: The token or the envelope does not decode.
+    pub const MALFORMED: DenyReason = DenyReason(0x11);
+    /// `12`: Another authorized update has not ended yet.
+    pub const UPDATE_PENDING: DenyReason = DenyReason(0x12);
+    /// `20`: The payload digest differs from the signed one.
+    pub const INTEGRITY_FAILED: DenyReason = DenyReason(0x20);
+    /// `21`: The payload size differs from the signed one, or exceeds the card-digest cap.
+    pub const SIZE_MISMATCH: DenyReason = DenyReason(0x21);
+    /// `22`: The policy requires card-side hashing; a device digest is not enough.
+    pub const CARD_DIGEST_REQUIRED: DenyReason = DenyReason(0x22);
+    /// `23`: Success reported for an update whose integrity did not pass.
+    pub const INTEGRITY_NOT_PASSED: DenyReason = DenyReason(0x23);
+    /// `30`: A result for an update the card did not authorize, or that already ended.
+    pub const UNKNOWN_UPDATE: DenyReason = DenyReason(0x30);
+    /// `40`: The log-read request's server is not listed with the log-read right.
+    pub const LOG_READ_NOT_AUTHORIZED: DenyReason = DenyReason(0x40);
+    /// `41`: The acknowledgement's server is not listed with the log-ack right.
+    pub const LOG_ACK_NOT_AUTHORIZED: DenyReason = DenyReason(0x41);
+    /// `42`: The signature of a log-read request or acknowledgement is invalid.
+    pub const REQUEST_SIGNATURE: DenyReason = DenyReason(0x42);
+    /// `43`: The acknowledgement covers entries that do not exist.
+    pub const ACK_BEYOND_LOG: DenyReason = DenyReason(0x43);
+    /// `50`: The admin command's issuer signature is invalid.
+    pub const ADMIN_SIGNATURE: DenyReason = DenyReason(0x50);
+    /// `51`: The admin command targets another card.
+    pub const ADMIN_WRONG_CARD: DenyReason = DenyReason(0x51);
+    /// `52`: The admin command's counter does not grow (replay).
+    pub const ADMIN_REPLAY: DenyReason = DenyReason(0x52);
+
+    /// Every code of the table, in code order.
+    pub const ALL: [DenyReason; 30] = [
+        Self::SERVER_NOT_AUTHORIZED,
+        Self::TOKEN_SIGNATURE,
+        Self::NONCE_UNAVAILABLE,
+        Self::NONCE_MISMATCH,
+        Self::WRONG_CARD,
+        Self::WRONG_DEVICE,
+        Self::TOKEN_EXPIRED,
+        Self::ORIGINATOR_UNKNOWN,
+        Self::MANIFEST_SIGNATURE,
+        Self::MANIFEST_MISMATCH,
+        Self::CLASS_NOT_ALLOWED,
+        Self::ROLLBACK,
+        Self::LOG_FULL,
+        Self::CONSENT_REQUIRED,
+        Self::PIN_CONSENT_REQUIRED,
+        Self::USER_DECLINED,
+        Self::MALFORMED,
+        Self::UPDATE_PENDING,
+        Self::INTEGRITY_FAILED,
+        Self::SIZE_MISMATCH,
+        Self::CARD_DIGEST_REQUIRED,
+        Self::INTEGRITY_NOT_PASSED,
+        Self::UNKNOWN_UPDATE,
+        Self::LOG_READ_NOT_AUTHORIZED,
+        Self::LOG_ACK_NOT_AUTHORIZED,
+        Self::REQUEST_SIGNATURE,
+        Self::ACK_BEYOND_LOG,
+        Self::ADMIN_SIGNATURE,
+        Self::ADMIN_WRONG_CARD,
+        Self::ADMIN_REPLAY,
+    ];
+
+    /// Whether the code is one of the table's (a newer card may log codes this build does
+    /// not know).
+    pub fn is_known(self) -> bool {
+        Self::ALL.contains(&self)
+    }
 }
 
 /// What a log entry records. Encoded as `[kind]` or `[kind, argument]`.
@@ -295,5 +371,30 @@ impl LogEntry {
     /// SHA-256 of an already encoded record.
     pub fn record_hash(rec: &[u8; Self::RECORD_LEN]) -> Digest {
         sha256(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_reason_table_is_ordered_unique_and_one_byte() {
+        // The codes travel as SW2 of the card's `66RR` too: one byte each, no duplicates.
+        for w in DenyReason::ALL.windows(2) {
+            assert!(w[0].0 < w[1].0, "{:?} before {:?}", w[0], w[1]);
+        }
+        assert!(DenyReason::ALL.iter().all(|r| r.0 < 0x100 && r.0 != 0));
+        assert!(DenyReason::NONCE_UNAVAILABLE.is_known());
+        assert!(!DenyReason(0x13).is_known());
+    }
+
+    #[test]
+    fn denied_entries_carry_the_code() {
+        for r in DenyReason::ALL.into_iter().chain([DenyReason(0x99)]) {
+            let e = LogEntry::new(7, Digest::default(), Event::Denied(r));
+            let back = LogEntry::decode(&e.encode().unwrap()).unwrap();
+            assert_eq!(back.event, Event::Denied(r));
+        }
     }
 }

@@ -221,7 +221,7 @@ fn export_decrypts_with_pycose() {
     let mut recs = Vec::new();
     let mut prev = Digest::default();
     for s in 0..3u32 {
-        let mut e = LogEntry::new(s, prev, Event::Denied(DenyReason::REPLAY));
+        let mut e = LogEntry::new(s, prev, Event::Denied(DenyReason::NONCE_UNAVAILABLE));
         e.imei = Some(Imei::parse("490154203237518").unwrap());
         let r = e.encode().unwrap();
         prev = sha256(&r);
