@@ -79,7 +79,12 @@ fn room_for_extra<S: Store>(p: &Persist<S>) -> Result<bool, CardError> {
 fn load_pending_entry<S: Store>(p: &Persist<S>) -> Result<LogEntry, CardError> {
     let mut rec = [0u8; RECORD_LEN];
     p.read(O_PENDING + P_ENTRY, &mut rec)?;
-    LogEntry::decode(&rec).map_err(|_| CardError::Internal("pending update record is corrupt"))
+    let mut entry = LogEntry::decode(&rec)
+        .map_err(|_| CardError::Internal("pending update record is corrupt"))?;
+    // The template for the update's later entries (integrity, result): the free-device flag
+    // belongs to the authorization entry only.
+    entry.free_device = false;
+    Ok(entry)
 }
 
 fn card_iccid<S: Store>(p: &Persist<S>, buf: &mut [u8; ICCID_MAX]) -> Result<usize, CardError> {
@@ -104,6 +109,9 @@ struct Attempt {
     /// `iat` of a token whose signature verified (advances the trusted time).
     verified_iat: Option<u64>,
     facts: Option<ManifestFacts>,
+    /// The server is not authorized and the free-device policy let the request through:
+    /// an authorization is logged as such (`[0, true]`, docs/formats.md §5).
+    free_device: bool,
 }
 
 /// Runs checks 0c-11. `consent` is `Some(pin_verified)` when the user already said yes to
@@ -175,6 +183,7 @@ fn check<S: Store, P: Platform>(
             UnauthorizedRule::ConfirmWithPin if consent != Some(true) => {
                 return Err(Reason::PinConsentRequired);
             }
+            UnauthorizedRule::FreeDevice => att.free_device = true,
             _ => {}
         }
         att.entry.trusted_time = crypto::trusted_time(p).map_err(|_| Reason::Malformed)?;
@@ -226,6 +235,7 @@ fn conclude<S: Store, P: Platform>(
                     .as_ref()
                     .ok_or(CardError::Internal("no manifest facts"))?;
                 att.entry.event = Event::Authorized;
+                att.entry.free_device = att.free_device;
                 crypto::append_entry(p, &mut att.entry)?;
                 let record = att
                     .entry
@@ -271,6 +281,7 @@ fn new_attempt<S: Store, P: Platform>(core: &Core<S, P>) -> Result<Attempt, Card
         entry,
         verified_iat: None,
         facts: None,
+        free_device: false,
     })
 }
 

@@ -98,6 +98,10 @@ fn consent_with_pin_through_unauthorized_server() {
     let entries = w.read_all(&mut card);
     assert_eq!(entries[0].event, Event::Consent { pin_verified: true });
     assert_eq!(entries[1].event, Event::Authorized);
+    assert!(
+        !entries[1].free_device,
+        "a consent is not the free-device policy"
+    );
     assert_eq!(entries[1].server.unwrap().as_str(), ROGUE);
     assert!(chain_ok(&entries));
 }
@@ -145,6 +149,35 @@ fn free_device_policy_logs_but_still_checks_rollback() {
         StatusWord(0x660C),
         "rollback still refused"
     );
+    // The log tells a free-device authorization from a normal one: the authorization entry
+    // is flagged (`[0, true]`), the update's later entries and the refusal are not.
+    let e = w.read_all(&mut card);
+    let shape: Vec<_> = e.iter().map(|e| (e.event, e.free_device)).collect();
+    assert_eq!(
+        shape,
+        [
+            (Event::Authorized, true),
+            (Event::IntegrityOk, false),
+            (Event::Installed(simfota_wire::FumoResult(200)), false),
+            (Event::Denied(simfota_wire::DenyReason::ROLLBACK), false),
+        ]
+    );
+    assert_eq!(e[0].server.unwrap().as_str(), ROGUE);
+}
+
+#[test]
+fn listed_server_authorization_is_not_flagged_free_device() {
+    // Same policy, listed server: a plain authorization entry.
+    let mut w = World::new();
+    let mut card = w.card(&policy(UnauthorizedRule::FreeDevice));
+    let (env, md) = w.package(4);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    let e = w.read_all(&mut card);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].event, Event::Authorized);
+    assert!(!e[0].free_device);
 }
 
 #[test]

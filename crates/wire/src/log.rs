@@ -147,7 +147,8 @@ impl DenyReason {
     }
 }
 
-/// What a log entry records. Encoded as `[kind]` or `[kind, argument]`.
+/// What a log entry records. Encoded as `[kind]` or `[kind, argument]`; an authorization
+/// under the free-device policy is `[0, true]` (see [`LogEntry::free_device`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
     /// `[0]` update authorized.
@@ -185,15 +186,24 @@ impl Event {
         };
         Ok(())
     }
-    fn read(r: &mut Reader<'_, '_>) -> Result<Self> {
+    /// Reads an event and the free-device flag (only `[0, true]` sets it).
+    fn read(r: &mut Reader<'_, '_>) -> Result<(Self, bool)> {
         let at = r.position();
         let n = r.array()?;
         let kind = r.u64()?;
+        if kind == 0 && n == 2 {
+            // `[0, true]`: authorized under the free-device policy. `[0, false]` is not the
+            // one encoding of a plain authorization (`[0]`), so it is refused.
+            if !r.bool()? {
+                return Err(Error::InvalidField("free-device flag"));
+            }
+            return Ok((Event::Authorized, true));
+        }
         let want = if matches!(kind, 0 | 3 | 4) { 1 } else { 2 };
         if n != want {
             return Err(Error::BadCbor { at });
         }
-        Ok(match kind {
+        let event = match kind {
             0 => Event::Authorized,
             1 => Event::Denied(DenyReason(
                 u16::try_from(r.u64()?).map_err(|_| Error::InvalidField("deny reason"))?,
@@ -207,7 +217,8 @@ impl Event {
             6 => Event::Acknowledged(r.u32("ack seq")?),
             7 => Event::AdminApplied(r.u64()?),
             _ => return Err(Error::InvalidField("event kind")),
-        })
+        };
+        Ok((event, false))
     }
 }
 
@@ -238,6 +249,11 @@ pub struct LogEntry {
     pub trusted_time: Option<u64>,
     /// Time the device reported (seconds), not trusted.
     pub device_time: Option<u64>,
+    /// With [`Event::Authorized`] only: the token's server was not authorized (not listed,
+    /// or without the firmware-update right) and the card let the update through because
+    /// its policy is "free device" (log only, design R6). Encoded in the event as `[0, true]`;
+    /// [`LogEntry::encode`] refuses the flag on any other event.
+    pub free_device: bool,
 }
 
 impl LogEntry {
@@ -261,6 +277,7 @@ impl LogEntry {
             imei: None,
             trusted_time: None,
             device_time: None,
+            free_device: false,
         }
     }
 
@@ -271,7 +288,13 @@ impl LogEntry {
         w.array(13)?
             .u64(u64::from(self.seq))?
             .bytes(&self.prev_hash.0)?;
-        self.event.write(&mut w)?;
+        match (self.free_device, self.event) {
+            (false, event) => event.write(&mut w)?,
+            (true, Event::Authorized) => {
+                w.array(2)?.u64(0)?.bool(true)?;
+            }
+            (true, _) => return Err(Error::InvalidField("free-device flag on this event")),
+        }
         match &self.update_id {
             Some(u) => w.bytes(u.as_bytes())?,
             None => w.null()?,
@@ -321,7 +344,7 @@ impl LogEntry {
         r.array_n(13)?;
         let seq = r.u32("seq")?;
         let prev_hash = Digest(r.bytes_n("prev hash")?);
-        let event = Event::read(&mut r)?;
+        let (event, free_device) = Event::read(&mut r)?;
         fn opt<'a, T>(
             r: &mut Reader<'a, '_>,
             f: impl FnOnce(&mut Reader<'a, '_>) -> Result<T>,
@@ -360,6 +383,7 @@ impl LogEntry {
             imei,
             trusted_time,
             device_time,
+            free_device,
         })
     }
 
@@ -396,5 +420,28 @@ mod tests {
             let back = LogEntry::decode(&e.encode().unwrap()).unwrap();
             assert_eq!(back.event, Event::Denied(r));
         }
+    }
+
+    #[test]
+    fn free_device_authorization_is_its_own_event_form() {
+        let plain = LogEntry::new(1, Digest::default(), Event::Authorized);
+        let mut free = plain;
+        free.free_device = true;
+        let (a, b) = (plain.encode().unwrap(), free.encode().unwrap());
+        // Same record length; the event is `[0]` (81 00) vs `[0, true]` (82 00 F5), right
+        // after the seq (01) and the prev-hash (58 20 + 32 bytes) at offset 1 + 1 + 34.
+        assert_eq!(a.len(), b.len());
+        assert_eq!(&a[36..38], &[0x81, 0x00]);
+        assert_eq!(&b[36..39], &[0x82, 0x00, 0xF5]);
+        assert_eq!(LogEntry::decode(&b).unwrap(), free);
+        assert!(!LogEntry::decode(&a).unwrap().free_device);
+        // `[0, false]` is not an encoding of anything.
+        let mut c = b;
+        c[38] = 0xF4;
+        assert!(LogEntry::decode(&c).is_err());
+        // The flag belongs to authorizations only.
+        let mut bad = free;
+        bad.event = Event::IntegrityOk;
+        assert!(bad.encode().is_err());
     }
 }

@@ -117,8 +117,11 @@ proptest! {
 
     #[test]
     fn log_entry_round_trip(seq in any::<u32>(), prev in digest(), ev in event(), rel in proptest::option::of(".{0,40}"),
-                            srv in proptest::option::of(ident()), tt in proptest::option::of(any::<u64>()), dt in proptest::option::of(any::<u64>())) {
+                            srv in proptest::option::of(ident()), tt in proptest::option::of(any::<u64>()), dt in proptest::option::of(any::<u64>()),
+                            free in any::<bool>()) {
         let mut e = LogEntry::new(seq, prev, ev);
+        // The free-device flag exists on authorizations only.
+        e.free_device = free && ev == Event::Authorized;
         e.release = rel.as_deref().map(ShortText::truncated).filter(|t| !t.as_str().is_empty());
         e.server = srv.map(|s| ServerId::new(&s).unwrap());
         e.trusted_time = tt;
