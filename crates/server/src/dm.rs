@@ -212,6 +212,7 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
     for ev in events {
         on_event(state, &mut account, &mut stored, ev).await?;
     }
+    learn_server_nonce(state, &mut account, &stored.session).await?;
     let out = match stored.session.reply() {
         Ok(o) => o,
         Err(e) => return Ok(session_err(e)),
@@ -220,6 +221,27 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         save(state, account.id, &session_id, &stored, version).await?;
     }
     Ok(reply(out))
+}
+
+/// Persists the nonce the device expects our credentials with once its challenge changed it
+/// (DM Security 1.2 §5.4): the next session starts with it, and package 0's digest uses it
+/// (DM Notification 1.2 §6.3).
+async fn learn_server_nonce(
+    state: &AppState,
+    account: &mut Account,
+    session: &ServerSession,
+) -> Result<()> {
+    let now = &session.server_nonce().0;
+    if account.id <= 0 || account.server_nonce.as_deref().unwrap_or_default() == now.as_slice() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE devices SET server_nonce = $1 WHERE id = $2")
+        .bind(now.clone())
+        .bind(account.id)
+        .execute(state.db.pool())
+        .await?;
+    account.server_nonce = Some(now.clone());
+    Ok(())
 }
 
 fn dm_config(state: &AppState, a: &Account, encoding: Encoding) -> DmConfig {

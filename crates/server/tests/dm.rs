@@ -36,6 +36,8 @@ struct Device {
     nonce: DmNonce,
     encoding: Encoding,
     password: String,
+    /// The nonce this device expects the server's credentials with.
+    server_nonce: DmNonce,
 }
 
 fn card_info(env: &Env, card: &SigningKey) -> Vec<u8> {
@@ -115,6 +117,7 @@ impl Device {
             nonce: DmNonce(b"initial".to_vec()),
             encoding,
             password: "dev-secret".into(),
+            server_nonce: DmNonce(Vec::new()),
         }
     }
 
@@ -159,7 +162,7 @@ impl Device {
             },
             id,
             self.nonce.clone(),
-            DmNonce(Vec::new()),
+            self.server_nonce.clone(),
         );
         if let Some(a) = alert {
             client.queue_alert(a);
@@ -411,6 +414,72 @@ async fn bad_input(env: Env) {
     s.stop().await;
 }
 both!(bad_input_gets_refusals_not_panics, super::bad_input);
+
+async fn server_nonce(env: Env) {
+    let s = env.start().await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut dev = Device::new(&env, 5, Encoding::Xml);
+    dev.server_nonce = DmNonce(b"device-expects".to_vec());
+    let r = s
+        .post("/api/v1/devices")
+        .json(&serde_json::json!({
+            "imei": dev.imei, "username": format!("dev-{}", dev.imei),
+            "password": dev.password, "server_password": "srv-secret", "model": "EX-1",
+            "notify_addr": sock.local_addr().unwrap().to_string(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // The server starts with the stored (empty) nonce; the device refuses its credentials and
+    // challenges with the nonce it expects, which the server then uses.
+    let ev = dev.session(&[&s.url], 1).await;
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ClientEvent::ServerRejected(_))),
+        "{ev:?}"
+    );
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+
+    // Package 0 is digested with the nonce the device expects, not the empty default.
+    let r = s
+        .post(&format!("/api/v1/devices/{}/notify", dev.imei))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let parse = || simfota_syncml::notification::UnverifiedNotification::parse(&buf[..n]).unwrap();
+    assert!(
+        parse()
+            .verify("simfota", "srv-secret", &dev.server_nonce)
+            .is_ok()
+    );
+    assert!(
+        parse()
+            .verify("simfota", "srv-secret", &DmNonce(Vec::new()))
+            .is_err()
+    );
+
+    // The next session starts with the learned nonce: no refusal this time.
+    let ev = dev.session(&[&s.url], 2).await;
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, ClientEvent::ServerRejected(_))),
+        "{ev:?}"
+    );
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    s.stop().await;
+}
+both!(
+    server_nonce_is_learned_for_sessions_and_package0,
+    super::server_nonce
+);
 
 thread_local! {
     /// The card key the next `Device::build` uses (None: a fresh one).

@@ -180,6 +180,14 @@ impl ServerSession {
         self.client_id.as_deref()
     }
 
+    /// The nonce our credentials are computed with: the one given to [`ServerSession::new`]
+    /// until the client challenges us with a `NextNonce` (DM Security 1.2 §5.4). Store it with
+    /// the account: the next session, and the digest of a package 0 (DM Notification 1.2
+    /// §6.3), use the nonce the client expects.
+    pub fn server_nonce(&self) -> &Nonce {
+        &self.server_nonce
+    }
+
     /// True once the client authenticated.
     pub fn is_authenticated(&self) -> bool {
         self.authenticated
