@@ -1,13 +1,13 @@
 //! `simfota device`: the device agent (crates/device) on this machine.
 //!
 //! `init` lays out the A/B slots with a factory image; `run` polls the DM server and answers
-//! package 0 notifications; `check-update` asks the server for an update once; `status` shows
+//! package 0 notifications until SIGTERM or SIGINT, which let the session in progress finish; `check-update` asks the server for an update once; `status` shows
 //! the running firmware, the slots and the update in progress. The card is the in-process
 //! applet of a state file (`--state`) or a card in a PC/SC reader (`--reader`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -113,8 +113,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
             answers,
             sessions,
         } => with_card(&common, answers, |agent| {
-            let stop = AtomicBool::new(false);
+            let stop = Arc::new(AtomicBool::new(false));
+            let caught = Arc::new(Mutex::new(None));
+            stop_on_signals(stop.clone(), caught.clone())?;
+            eprintln!("agent running (SIGTERM or Ctrl-C stops it after the step in progress)");
             agent.run(&stop, sessions)?;
+            if let Some(name) = *caught.lock().unwrap_or_else(|e| e.into_inner()) {
+                // The agent persists its state after every step (fumo.json, slots, dm.json),
+                // so a stop between steps leaves nothing to save here.
+                eprintln!("stopped on {name}: the step in progress finished, state saved");
+            }
             Ok(ExitCode::SUCCESS)
         }),
         Cmd::CheckUpdate { common, answers } => with_card(&common, answers, |agent| {
@@ -122,6 +130,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Ok(report(&outcome))
         }),
     }
+}
+
+/// Sets `stop` when SIGTERM (what service managers send) or SIGINT (Ctrl-C) arrives, and notes
+/// which in `caught`. The handlers are in place when this returns, so a signal sent after the
+/// "agent running" line can no longer kill the process mid-step.
+fn stop_on_signals(stop: Arc<AtomicBool>, caught: Arc<Mutex<Option<&'static str>>>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal listener")?;
+    let (mut term, mut int) = {
+        let _in_runtime = rt.enter();
+        (
+            signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let name = rt.block_on(async {
+                tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                }
+            });
+            *caught.lock().unwrap_or_else(|e| e.into_inner()) = Some(name);
+            stop.store(true, Ordering::Relaxed);
+        })
+        .context("starting the signal listener")?;
+    Ok(())
 }
 
 fn load(config: &Path) -> Result<DeviceConfig> {
