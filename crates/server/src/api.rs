@@ -337,7 +337,12 @@ async fn resume(
     State(s): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse> {
-    Ok(Json(campaign::act(&s.db, id, Action::Resume).await?))
+    let before = campaign::get(&s.db, id).await?.current_wave;
+    let c = campaign::act(&s.db, id, Action::Resume).await?;
+    // Resuming can release waves (the engine re-evaluates): wake their devices.
+    let notified = crate::notify::released_since(&s, id, before).await?;
+    tracing::info!(campaign = id, notified, "campaign resumed");
+    Ok(Json(c))
 }
 
 async fn cancel(

@@ -917,7 +917,7 @@ async fn on_generic_alert(
             }
         },
     };
-    match campaign::record_result(&state.db, job_id, code, receipt.as_deref(), &status, None).await
+    match crate::notify::record_result(state, job_id, code, receipt.as_deref(), &status, None).await
     {
         Ok(_) | Err(ServerError::Conflict(_)) => {}
         Err(e) => return Err(e),

@@ -75,3 +75,59 @@ pub async fn pending_devices(state: &AppState, campaign_id: i64) -> Result<usize
     }
     Ok(sent)
 }
+
+/// Records a job's result through the campaign engine and, when that released later waves,
+/// sends package 0 to their devices that have an address (best effort, as at creation).
+pub async fn record_result(
+    state: &AppState,
+    job_id: i64,
+    result_code: u16,
+    receipt: Option<&[u8]>,
+    receipt_status: &str,
+    detail: Option<&str>,
+) -> Result<crate::campaign::Job> {
+    let campaign_id = crate::campaign::job(&state.db, job_id).await?.campaign_id;
+    let before = current_wave(state, campaign_id).await?;
+    let job = crate::campaign::record_result(
+        &state.db,
+        job_id,
+        result_code,
+        receipt,
+        receipt_status,
+        detail,
+    )
+    .await?;
+    released_since(state, campaign_id, before).await?;
+    Ok(job)
+}
+
+async fn current_wave(state: &AppState, campaign_id: i64) -> Result<i64> {
+    sqlx::query("SELECT current_wave FROM campaigns WHERE id = $1")
+        .bind(campaign_id)
+        .fetch_optional(state.db.pool())
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("campaign {campaign_id}")))?
+        .i64("current_wave")
+}
+
+/// Notifies the pending devices of the waves released after `wave` (none if no wave moved).
+pub(crate) async fn released_since(state: &AppState, campaign_id: i64, wave: i64) -> Result<usize> {
+    let rows = sqlx::query(
+        "SELECT d.imei FROM jobs j JOIN devices d ON d.id = j.device_id JOIN campaigns c ON c.id = j.campaign_id \
+         WHERE j.campaign_id = $1 AND j.wave > $2 AND j.state = 'pending' AND c.state = 'running' \
+         AND d.notify_addr IS NOT NULL",
+    )
+    .bind(campaign_id)
+    .bind(wave)
+    .fetch_all(state.db.pool())
+    .await?;
+    let mut sent = 0;
+    for r in rows {
+        let imei = r.text("imei")?;
+        match send(state, &imei).await {
+            Ok(_) => sent += 1,
+            Err(e) => tracing::warn!(%imei, error = %e, "package 0 not sent"),
+        }
+    }
+    Ok(sent)
+}

@@ -580,6 +580,91 @@ async fn package0(env: Env) {
 }
 both!(package0_over_udp, super::package0);
 
+async fn later_wave_package0(env: Env) {
+    let s = env.start().await;
+    let mut socks = Vec::new();
+    for n in [60u32, 61] {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let r = s
+            .post("/api/v1/devices")
+            .json(
+                &json!({"imei": imei(n), "username": format!("w{n}"), "password": "p",
+                          "server_password": "srv-pw", "model": "EX-W",
+                          "notify_addr": sock.local_addr().unwrap().to_string()}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        socks.push(sock);
+    }
+    let pkg = package(&s, &env).await;
+    let c: Value = s
+        .post("/api/v1/campaigns")
+        .json(
+            &json!({"name": "w", "package_id": pkg, "target_model": "EX-W",
+                      "waves": [50, 100], "success_threshold": 100, "error_threshold": 100}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cid = c["id"].as_i64().unwrap();
+    let js = jobs(&s, cid).await;
+    let first = js.iter().find(|j| j["state"] == "pending").unwrap().clone();
+    let later = js.iter().find(|j| j["state"] == "waiting").unwrap().clone();
+    let sock_of = |j: &Value| {
+        let i = if j["imei"] == imei(60).as_str() { 0 } else { 1 };
+        &socks[i]
+    };
+    let mut buf = [0u8; 512];
+    let wait = std::time::Duration::from_secs(5);
+    // Creation woke the first wave only.
+    tokio::time::timeout(wait, sock_of(&first).recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let quiet = std::time::Duration::from_millis(300);
+    assert!(
+        tokio::time::timeout(quiet, sock_of(&later).recv_from(&mut buf))
+            .await
+            .is_err()
+    );
+    // The first device succeeds: the engine releases the second wave and its device is woken.
+    let state = s.running.state();
+    let id = first["id"].as_i64().unwrap();
+    campaign::mark_delivered(&state.db, id, &id.to_be_bytes(), b"token")
+        .await
+        .unwrap();
+    simfota_server::notify::record_result(state, id, 200, None, "absent", None)
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(wait, sock_of(&later).recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    simfota_syncml::notification::UnverifiedNotification::parse(&buf[..n])
+        .unwrap()
+        .verify(
+            "simfota",
+            "srv-pw",
+            &simfota_syncml::auth::Nonce(Vec::new()),
+        )
+        .unwrap();
+    assert_eq!(
+        jobs(&s, cid)
+            .await
+            .iter()
+            .filter(|j| j["state"] == "pending")
+            .count(),
+        1
+    );
+    s.stop().await;
+}
+both!(later_wave_is_notified, super::later_wave_package0);
+
 /// A test CA and a server certificate for 127.0.0.1 it signed, made with the `openssl`
 /// command: `(ca, cert, key)`, or None when openssl is missing.
 fn test_pki(
