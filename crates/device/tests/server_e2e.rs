@@ -6,201 +6,25 @@
 // Test fixtures: a failure in a helper is a test failure.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use std::sync::{Arc, Mutex};
+mod common;
 
-use simfota_cardlink::client::{CardClient, Personalization};
+use common::real_server::RealServer;
+use simfota_cardlink::client::CardClient;
 use simfota_cardlink::{FileCard, InProcessChannel};
-use simfota_device::agent::Agent;
-use simfota_device::config::DeviceConfig;
-use simfota_device::prompt::{PromptChoice, StandardPrompter};
-use simfota_device::slots::{SlotStore, StandardBootCheck};
-use simfota_wire::p256::ecdsa::SigningKey;
-use simfota_wire::p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
-use simfota_wire::suit::{self, BuildParams, ImageSource};
-use simfota_wire::{Iccid, IntegrityMode, Policy, PublicKey, Rights, UnauthorizedRule};
-
-const IMEI: &str = "490154203237518";
-const ICCID: &str = "89882110000000000010";
-
-fn content(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[0] ^ seed)
-        .collect()
-}
-
-fn pem(key: &SigningKey) -> String {
-    key.verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap()
-}
 
 #[test]
 fn check_update_against_the_real_dm_server() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut rng = rand_core::OsRng;
-    let issuer = SigningKey::random(&mut rng);
-    let oem = SigningKey::random(&mut rng);
-    std::fs::write(d.join("issuer.pub.pem"), pem(&issuer)).unwrap();
-    std::fs::write(d.join("oem.pub.pem"), pem(&oem)).unwrap();
-
-    // The server, in this process, on a free port.
-    let mut cfg = simfota_server::ServerConfig::with_data_dir(d.join("srv"));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.server_id = "simfota-demo".into();
-    cfg.issuer_keys = vec![d.join("issuer.pub.pem")];
-    cfg.originators = vec![simfota_server::config::OriginatorConfig {
-        id: "oem".into(),
-        key: d.join("oem.pub.pem"),
-    }];
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(simfota_server::start(cfg)).unwrap();
-    let base = server.base_url().to_owned();
-    let token = std::fs::read_to_string(d.join("srv/api-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let server_pub = std::fs::read_to_string(d.join("srv/server-pub.pem")).unwrap();
-    let server_pub = simfota_wire::p256::PublicKey::from_public_key_pem(&server_pub).unwrap();
-    let server_pub = PublicKey::from_sec1(server_pub.to_sec1_bytes().as_ref()).unwrap();
-
-    // The card: the server authorized, the originator trusted.
-    let card = FileCard::open(&d.join("CARD.state")).unwrap();
-    let mut client = CardClient::new(InProcessChannel::new(card, "in-process"));
-    let card_key = client
-        .personalize(
-            &issuer,
-            &Personalization {
-                issuer_name: "operator.example".into(),
-                iccid: Iccid::parse(ICCID).unwrap(),
-                imsi: "001010123456789".into(),
-                pin: ("1234".into(), 3),
-                puk: ("12345678".into(), 10),
-                servers: vec![("simfota-demo".into(), server_pub, Rights::ALL)],
-                originators: vec![("oem".into(), PublicKey::from(&oem))],
-                policy: Policy::new(UnauthorizedRule::Refuse, IntegrityMode::DeviceDigest),
-            },
-        )
-        .unwrap();
-    let _ = card_key;
-
-    // The operator: device, package (payload by relative URI), campaign.
-    let http = simfota_device::download::http_agent();
-    let api = |path: &str| format!("{base}/api/v1/{path}");
-    let auth = format!("Bearer {token}");
-    let mut r = http
-        .post(&api("devices"))
-        .header("Authorization", &auth)
-        .header("Content-Type", "application/json")
-        .send(format!(
-            r#"{{"imei":"{IMEI}","username":"dev-1","password":"client-secret","server_password":"server-secret","model":"EX-1"}}"#
-        ))
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "{}",
-        r.body_mut().read_to_string().unwrap()
-    );
-    let v2 = content(200_000, 2);
-    let env = suit::build(
-        &BuildParams {
-            vendor_id: [1; 16],
-            class_id: [2; 16],
-            sequence: 2,
-            image: ImageSource::Bytes(&v2),
-            name: Some("firmware"),
-            version: Some("2.0"),
-            uri: Some("payload"),
-            integrate: false,
-            precursor_digest: None,
-        },
-        &oem,
-    )
-    .unwrap();
-    let boundary = "simfota-boundary-7";
-    let mut body = Vec::new();
-    for (name, bytes) in [("envelope", &env), ("payload", &v2)] {
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let mut r = http
-        .post(&api("packages"))
-        .header("Authorization", &auth)
-        .header(
-            "Content-Type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .send(&body[..])
-        .unwrap();
-    let pkg = r.body_mut().read_to_string().unwrap();
-    let pkg: serde_json::Value = serde_json::from_str(&pkg).unwrap_or_else(|_| panic!("{pkg}"));
-    let pkg_id = pkg["id"].as_i64().unwrap();
-    let mut r = http
-        .post(&api("campaigns"))
-        .header("Authorization", &auth)
-        .header("Content-Type", "application/json")
-        .send(format!(
-            r#"{{"name":"c1","package_id":{pkg_id},"waves":[100],"success_threshold":90,"error_threshold":10}}"#
-        ))
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "{}",
-        r.body_mut().read_to_string().unwrap()
-    );
-
-    // The device.
-    let text = format!(
-        "server_url = \"{base}\"\nserver_id = \"simfota-demo\"\nimei = \"{IMEI}\"\ndata_dir = \"{}\"\n\
-         [credentials]\nusername = \"dev-1\"\npassword = \"client-secret\"\nserver_password = \"server-secret\"\n\
-         [card]\nstate = \"{}\"\n[info]\nmodel = \"EX-1\"\n",
-        d.join("dev").display(),
-        d.join("CARD.state").display()
-    );
-    let dcfg = DeviceConfig::parse(&text).unwrap();
-    std::fs::write(d.join("v1.bin"), content(150_000, 1)).unwrap();
-    SlotStore::init(dcfg.data().slots(), &d.join("v1.bin"), "1.0").unwrap();
-    let said = Arc::new(Mutex::new(Vec::new()));
-    let sink = said.clone();
-    let mut agent = Agent {
-        cfg: dcfg.clone(),
-        card: Arc::new(Mutex::new(client)),
-        prompter: Box::new(StandardPrompter::unattended(PromptChoice::default())),
-        boot_check: Box::new(StandardBootCheck),
-        progress: false,
-        say: Box::new(move |s: &str| sink.lock().unwrap().push(s.to_owned())),
-    };
-    let outcome = agent.check_update().unwrap();
-    let said = said.lock().unwrap().clone();
-    assert_eq!(outcome.reported, Some((200, true)), "{said:?}");
-    assert_eq!(
-        SlotStore::open(dcfg.data().slots())
-            .unwrap()
-            .active_version()
-            .unwrap(),
-        "2.0"
-    );
-
-    // What the server recorded.
-    let mut r = http
-        .get(&api(&format!("devices/{IMEI}")))
-        .header("Authorization", &auth)
-        .call()
-        .unwrap();
-    let dev: serde_json::Value =
-        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-    let job = &dev["jobs"][0];
-    assert_eq!(job["state"], "succeeded", "{dev}");
-    assert_eq!(job["result_code"], 200, "{dev}");
-    assert_eq!(job["receipt_status"], "verified", "{dev}");
-    assert_eq!(dev["device"]["iccid"], ICCID, "{dev}");
-    assert_eq!(dev["device"]["fw_version"], "2.0", "{dev}");
-    rt.block_on(server.shutdown()).unwrap();
+    let server = RealServer::start(d);
+    let state = d.join("CARD.state");
+    server.personalize_card(&state);
+    server.publish_update();
+    let dcfg = server.device_config(d, &format!("state = \"{}\"", state.display()));
+    let client = CardClient::new(InProcessChannel::new(
+        FileCard::open(&state).unwrap(),
+        "in-process",
+    ));
+    server.check_update_succeeds(&dcfg, client);
+    server.shutdown();
 }

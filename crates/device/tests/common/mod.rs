@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 pub mod dm;
+pub mod real_server;
 
 /// One served file.
 #[derive(Clone, Debug)]
