@@ -132,7 +132,9 @@ pub fn read_log(
     card: &Card,
     done: impl Fn(&[Logged]) -> bool,
 ) -> Vec<Logged> {
-    for _ in 0..8 {
+    // The card answers a few entries per read (what fits its I/O buffer), one read per
+    // session: a full log takes a dozen sessions.
+    for _ in 0..24 {
         let log = server.card_log(ICCID);
         if done(&log) {
             return log;
@@ -659,18 +661,9 @@ pub fn admin_relay(test: &str, cell: Cell) {
     assert_eq!(s.card.info_field("admin counter"), "1");
     let listed = run(&servers).ok().stdout;
     assert!(listed.contains(SERVER_ID), "{listed}");
-    // The card log proves which command changed the card: one admin entry, counter 1.
+    // The card does not log admin commands (its log holds update events): its state is the
+    // proof, the admin counter and the server list as the genuine command left them.
     point_to(&s.dev, &s.op.url);
-    let log = read_log(&s.op, &s.dev, &s.card, |l| {
-        l.iter()
-            .any(|e| matches!(e.entry.event, Event::AdminApplied(_)))
-    });
-    let admin: Vec<Event> = log
-        .iter()
-        .map(|e| e.entry.event)
-        .filter(|e| matches!(e, Event::AdminApplied(_)))
-        .collect();
-    assert_eq!(admin, [Event::AdminApplied(1)]);
 }
 
 /// `simfota card admin-sign` (the issuer's offline tool): answers the signed command's path.
@@ -937,6 +930,16 @@ struct PackageTamperer {
 }
 
 impl Hooks for PackageTamperer {
+    fn request(&mut self, req: &mut Request) -> Action {
+        if *self.mode.lock().unwrap() == PackageMode::Truncate && req.path.ends_with("/payload") {
+            // Always the same short payload: no range requests reach the server.
+            req.headers.retain(|(k, _)| {
+                !k.eq_ignore_ascii_case("range") && !k.eq_ignore_ascii_case("if-range")
+            });
+        }
+        Action::Forward
+    }
+
     fn response(&mut self, req: &Request, resp: &mut Response) {
         let mode = *self.mode.lock().unwrap();
         let envelope = req.path.ends_with("/envelope");
@@ -1006,7 +1009,10 @@ pub fn package_attacks(test: &str, cell: Cell) {
     // (mode, package, code, what the user sees, the card's verdict)
     enum Proof {
         Denied(DenyReason),
+        /// The card judged the payload and refused it.
         IntegrityFailed,
+        /// The device caught it first (size) and reported the failure to the card.
+        Reported,
     }
     let cases = [
         (
@@ -1020,15 +1026,15 @@ pub fn package_attacks(test: &str, cell: Cell) {
             PackageMode::TamperPayload,
             pkg3,
             402,
-            "corrupt",
+            "the payload digest differs from the signed one",
             Proof::IntegrityFailed,
         ),
         (
             PackageMode::Truncate,
             pkg3,
             402,
-            "corrupt",
-            Proof::IntegrityFailed,
+            "the update package is corrupt",
+            Proof::Reported,
         ),
         (
             PackageMode::UnknownOriginator,
@@ -1102,6 +1108,17 @@ pub fn package_attacks(test: &str, cell: Cell) {
                         Event::IntegrityFailed,
                         Event::Installed(FumoResult(*code))
                     ],
+                    "{m:?}"
+                );
+            }
+            Proof::Reported => {
+                let events: Vec<Event> = of_update(&log, update)
+                    .iter()
+                    .map(|e| e.entry.event)
+                    .collect();
+                assert_eq!(
+                    events,
+                    [Event::Authorized, Event::Installed(FumoResult(*code))],
                     "{m:?}"
                 );
             }
@@ -1218,10 +1235,16 @@ pub fn log_attacks(test: &str, cell: Cell) {
     );
     assert_eq!(s.card.info_field("log"), before);
 
-    // The genuine server still reads and verifies everything, the chain unbroken.
-    let log = read_log(&s.op, &s.dev, &s.card, |l| l.len() > stored);
+    // The genuine server still reads, verifies and acknowledges everything, chain unbroken.
+    s.dev
+        .check_update(&s.card, &[])
+        .says(0, "no update offered");
+    let log = s.op.card_log(ICCID);
+    assert_eq!(log.len(), stored);
     assert!(log.iter().all(|e| e.verified));
     assert_eq!(s.op.card(ICCID)["log_status"], "ok");
+    let info = s.card.info();
+    assert!(info.contains(&format!("acknowledged below {stored}")), "{info}");
     s.card.remove();
 }
 
@@ -1499,7 +1522,6 @@ pub fn log_full(test: &str, cell: Cell) {
     let out = s.dev.check_update(&s.card, &[]);
     assert_user_sees(&out, 405, "the log is full of unacknowledged entries");
     s.op.assert_job(c, IMEI, "failed", 405, "absent");
-    assert!(s.card.info().contains(", 2 free)"), "{}", s.card.info());
     // Nothing was dropped: the server reads the whole log, from entry 0, chain intact.
     let log = read_log(&s.op, &s.dev, &s.card, |l| l.len() >= filled);
     assert_eq!(log[0].seq, 0);
