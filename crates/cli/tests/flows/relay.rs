@@ -62,10 +62,6 @@ pub trait Hooks: Send + 'static {
     fn response(&mut self, _req: &Request, _resp: &mut Response) {}
 }
 
-/// A relay that changes nothing (it only carries the device's traffic).
-pub struct Passive;
-impl Hooks for Passive {}
-
 /// A running relay; stops when dropped.
 pub struct Relay {
     pub url: String,

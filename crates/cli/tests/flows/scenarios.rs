@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use simfota_wire::{DenyReason, Event, FumoResult};
 
-use super::relay::{self, Action, Hooks, Passive, Relay, Request, Response};
+use super::relay::{self, Action, Hooks, Relay, Request, Response};
 use super::world::*;
 
 const V1_LEN: usize = 40_000;
@@ -265,7 +265,7 @@ pub fn delta_update(test: &str, cell: Cell) {
     };
     let v2 = edited(&s.v1);
     let served = Arc::new(Mutex::new(Vec::<(String, usize)>::new()));
-    let files = Arc::new(Mutex::new(Vec::new()));
+    let files: Files = Arc::new(Mutex::new(Vec::new()));
     let cdn = Relay::start(
         &s.op.url,
         StaticHost {
@@ -324,9 +324,12 @@ pub fn delta_update(test: &str, cell: Cell) {
     );
 }
 
+/// Files by path.
+type Files = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A static file host (the distribution network a delta is fetched from).
 struct StaticHost {
-    files: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    files: Files,
     served: Arc<Mutex<Vec<(String, usize)>>>,
 }
 
@@ -531,11 +534,24 @@ pub fn notification(test: &str, cell: Cell) {
     });
     let v2 = firmware(V1_LEN, 2);
     let pkg = publish(&w, &op, "v2", &v2, "2.0", 2);
+    // One entry on the card, so that the agent's first session (at start) ends with a log
+    // read and its acknowledgement: once the server has that ack, the session is over and
+    // only package 0 can start the next one.
+    card.in_hand(|c| {
+        c.select().unwrap();
+        c.bind_terminal(&simfota_wire::Imei::parse(IMEI).unwrap())
+            .unwrap();
+        let _ = c.authorize(b"x", b"y");
+    });
     let child = dev.spawn_run(&card, &["--sessions", "2"]);
-    // The first session (at start) makes the card known to the server.
     wait_until(30, "the agent's first session", || {
-        let d = op.get(&format!("devices/{IMEI}"));
-        (d["device"]["iccid"] == ICCID).then_some(())
+        let known = op.get("cards");
+        let known = known.as_array().is_some_and(|cards| {
+            cards
+                .iter()
+                .any(|c| c["iccid"] == ICCID && c["acked_seq"] == 0)
+        });
+        known.then_some(())
     });
     // Creating the campaign sends package 0 to the device's address.
     let c = op.campaign(pkg);
@@ -1244,7 +1260,10 @@ pub fn log_attacks(test: &str, cell: Cell) {
     assert!(log.iter().all(|e| e.verified));
     assert_eq!(s.op.card(ICCID)["log_status"], "ok");
     let info = s.card.info();
-    assert!(info.contains(&format!("acknowledged below {stored}")), "{info}");
+    assert!(
+        info.contains(&format!("acknowledged below {stored}")),
+        "{info}"
+    );
     s.card.remove();
 }
 
@@ -1283,11 +1302,7 @@ impl Hooks for LogTamperer {
                 relay::set_data(&mut text, LOG_RESPONSE, &relay::b64(&bytes));
                 *self.acted.lock().unwrap() += 1;
             }
-            LogMode::Keep => {
-                if self.kept.is_none() {
-                    self.kept = Some(export);
-                }
-            }
+            LogMode::Keep if self.kept.is_none() => self.kept = Some(export),
             LogMode::Replay => {
                 let kept = self.kept.clone().unwrap();
                 relay::set_data(&mut text, LOG_RESPONSE, &kept);
@@ -1640,7 +1655,6 @@ pub fn server_crash_mid_campaign(test: &str, cell: Cell) {
         .check_update(&s.card, &[])
         .says(0, "no update offered");
     s.op.assert_job(c, IMEI, "succeeded", 200, "verified");
-    let _ = &mut s;
 }
 
 struct CrashOnResult {
@@ -1792,9 +1806,4 @@ impl Hooks for Capture {
         }
         Action::Forward
     }
-}
-
-/// Not used by every test binary.
-pub fn passive_relay(upstream: &str) -> Relay {
-    Relay::start(upstream, Passive)
 }
