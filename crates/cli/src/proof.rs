@@ -62,8 +62,50 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     proven.log_seq,
                     proven.events.join(", ")
                 );
+                println!(
+                    "  server           {}",
+                    if proven.free_device {
+                        "not on the card's list; let through by the card's free-device policy"
+                    } else if proven.consent.is_some() {
+                        "not on the card's list; let through on the user's consent"
+                    } else {
+                        "on the card's list of authorized servers"
+                    }
+                );
+                println!(
+                    "  user consent     {}",
+                    match proven.consent {
+                        Some(true) => "confirmed with the PIN",
+                        Some(false) => "confirmed (no PIN)",
+                        None => "none needed",
+                    }
+                );
+                for e in &proven.entries {
+                    println!("  entry {:>5}      {}", e.seq, entry_line(e));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// One decoded log entry on one line: event, release, server, IMEI (what is known).
+fn entry_line(e: &simfota_server::proof::EntrySummary) -> String {
+    let mut parts = vec![e.event.clone()];
+    match (&e.release, &e.version) {
+        (Some(r), Some(v)) => parts.push(format!("release {r} {v}")),
+        (Some(r), None) => parts.push(format!("release {r}")),
+        (None, Some(v)) => parts.push(format!("version {v}")),
+        (None, None) => {}
+    }
+    if let Some(s) = &e.server {
+        parts.push(format!("server {s}"));
+    }
+    if let Some(o) = &e.originator {
+        parts.push(format!("originator {o}"));
+    }
+    if let Some(i) = &e.imei {
+        parts.push(format!("IMEI {i}"));
+    }
+    parts.join(" · ")
 }

@@ -90,6 +90,16 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/cards/{iccid}/log",
         "The card's verified log entries (raw and decoded)",
     ),
+    (
+        "get",
+        "/cards/{iccid}/admin",
+        "Issuer admin commands queued for the card, with their state and result",
+    ),
+    (
+        "post",
+        "/cards/{iccid}/admin",
+        "Queue an issuer-signed admin command (base64) for the card's next session",
+    ),
     ("get", "/packages", "List packages"),
     (
         "post",
@@ -120,6 +130,101 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The schema of a route's 200 answer, where the document describes one.
+fn response_schema(method: &str, path: &str) -> Option<Value> {
+    let card = json!({"$ref": "#/components/schemas/Card"});
+    Some(match (method, path) {
+        ("get", "/cards") => json!({"type": "array", "items": card}),
+        ("get", "/cards/{iccid}") | ("post", "/cards") => card,
+        ("get", "/cards/{iccid}/log") => json!({
+            "type": "object",
+            "properties": {
+                "card": card,
+                "entries": {"type": "array", "items": {"$ref": "#/components/schemas/CardLogEntry"}}
+            }
+        }),
+        ("get", "/updates/{id}/proof") => json!({"$ref": "#/components/schemas/ProofBundle"}),
+        _ => return None,
+    })
+}
+
+/// Component schemas: the card resource, its log entries and the proof bundle.
+fn schemas() -> Value {
+    let text = json!({"type": ["string", "null"]});
+    let int = json!({"type": ["integer", "null"]});
+    json!({
+        "Card": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "iccid": {"type": "string"},
+                "imsi": text,
+                "card_pub": {"type": ["string", "null"], "description": "SEC1 public key, hex"},
+                "cert_status": {"type": "string", "description": "verified when the certificate checked out under an issuer key"},
+                "servers": {
+                    "type": ["array", "null"],
+                    "description": "The card's authorized servers as last read (docs/dm-tree.md)",
+                    "items": {"type": "object", "properties": {
+                        "id": {"type": "string"}, "key": {"type": "string"},
+                        "rights": {"type": "array", "items": {"enum": ["firmware_update", "log_read", "log_ack", "dm_other"]}}
+                    }}
+                },
+                "policy": {
+                    "type": ["object", "null"],
+                    "description": "The card's update policy as last read",
+                    "properties": {
+                        "unauthorized": {"enum": ["refuse", "warn_confirm", "confirm_with_pin", "free_device"]},
+                        "integrity": {"enum": ["device_digest", "card_digest"]},
+                        "card_digest_max_bytes": int,
+                        "allowed_classes": {"type": "array", "items": {"type": "object", "properties": {
+                            "vendor_id": {"type": "string"}, "class_id": {"type": "string"}
+                        }}}
+                    }
+                },
+                "originators": {
+                    "type": ["array", "null"],
+                    "description": "The card's trusted software originators as last read",
+                    "items": {"type": "object", "properties": {"id": {"type": "string"}, "key": {"type": "string"}}}
+                },
+                "log_head_seq": int,
+                "log_status": {"enum": ["ok", "gap", "fork"]},
+                "acked_seq": int
+            }
+        },
+        "CardLogEntry": {
+            "type": "object",
+            "properties": {
+                "seq": {"type": "integer"},
+                "event": {"enum": ["authorized", "denied", "consent", "integrity_ok", "integrity_failed", "installed", "acknowledged", "admin_applied"]},
+                "detail": text,
+                "deny_reason": {"type": ["string", "null"], "description": "refusal name from the card's reason table (user_declined, rollback, ...)"},
+                "deny_code": int,
+                "free_device": {"type": "boolean", "description": "authorized through an unauthorized server under the free-device policy"},
+                "consent_pin_verified": {"type": ["boolean", "null"]},
+                "update_id": text, "server_id": text, "originator": text,
+                "release_name": text, "release_version": text, "imei": text,
+                "fumo_result": int, "trusted_time": int, "device_time": int,
+                "entry_hash": {"type": "string"},
+                "raw": {"type": "string", "description": "the record the card chained, hex"},
+                "verified": {"type": "boolean"}
+            }
+        },
+        "ProofBundle": {
+            "type": "object",
+            "properties": {
+                "format": {"const": crate::proof::FORMAT},
+                "update_id": {"type": "string"},
+                "card_certificate": {"type": "string"},
+                "receipt": {"type": "string"},
+                "delivery_token": {"type": "string"},
+                "server_public_key": {"type": "string"},
+                "log_records": {"type": "array", "items": {"type": "string"}},
+                "entries": {"type": "array", "items": {"type": "object"}, "description": "log_records decoded (checked against them by simfota proof verify)"}
+            }
+        }
+    })
+}
+
 async fn openapi() -> Json<Value> {
     let mut paths = serde_json::Map::new();
     for (method, path, summary) in ROUTES {
@@ -129,6 +234,12 @@ async fn openapi() -> Json<Value> {
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
+        let ok = match response_schema(method, path) {
+            Some(schema) => {
+                json!({"description": "OK (JSON)", "content": {"application/json": {"schema": schema}}})
+            }
+            None => json!({"description": "OK (JSON)"}),
+        };
         if let Value::Object(m) = entry {
             m.insert(
                 (*method).to_owned(),
@@ -136,7 +247,7 @@ async fn openapi() -> Json<Value> {
                     "summary": summary,
                     "parameters": params,
                     "responses": {
-                        "200": {"description": "OK (JSON)"},
+                        "200": ok,
                         "400": {"description": "Bad request: {\"error\": message}"},
                         "401": {"description": "Missing or invalid API token"},
                         "404": {"description": "Not found"},
@@ -151,7 +262,10 @@ async fn openapi() -> Json<Value> {
         "openapi": "3.1.0",
         "info": {"title": "simfota operator API", "version": env!("CARGO_PKG_VERSION")},
         "servers": [{"url": "/api/v1"}],
-        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas(),
+        },
         "security": [{"token": []}],
         "paths": paths,
     }))

@@ -11,7 +11,8 @@
 //! Job states follow the FUMO flow (OMA-TS-DM-FUMO-V1_0 §6 states, §8 result codes): a job is
 //! `waiting` (wave not released), `pending` (to deliver in the device's next session),
 //! `delivered` (token and Exec sent, the device accepted with 202: download/update under way),
-//! then `succeeded` (result 200) or `failed` (any other FUMO result code), or `cancelled`.
+//! then `succeeded` (result 200, or 250-299) or `failed` (any other FUMO result code, or a
+//! success the card's receipt does not confirm), or `cancelled`.
 //! Every state change is a compare-and-set in the database, so replicas never step on each
 //! other.
 
@@ -73,7 +74,7 @@ pub enum JobState {
     Pending,
     /// Token and Exec sent; the device accepted (FUMO download/update in progress).
     Delivered,
-    /// The device reported FUMO result 200.
+    /// The device reported a FUMO success (200, 250-299), confirmed where a card is known.
     Succeeded,
     /// The device reported another FUMO result code.
     Failed,
@@ -730,6 +731,12 @@ pub async fn mark_delivered(db: &Db, job_id: i64, update_id: &[u8], token: &[u8]
     Ok(())
 }
 
+/// Whether a FUMO result code reports success (OMA-TS-DM-FUMO-V1_0 §6.3: 200 Successful, and
+/// 250-299 "Successful - Vendor Specified").
+pub fn fumo_success(code: u16) -> bool {
+    code == 200 || (250..=299).contains(&code)
+}
+
 /// Records the FUMO result of a delivered job (from the 1226 Generic Alert) and re-evaluates
 /// its campaign. A result for a job that is not `delivered` is refused (`Conflict`): results are
 /// recorded once.
@@ -741,11 +748,54 @@ pub async fn record_result(
     receipt_status: &str,
     detail: Option<&str>,
 ) -> Result<Job> {
-    // FUMO §8: 200 is the only success code; everything else is a failure of some kind.
-    let (state, fumo_state) = if result_code == 200 {
-        (JobState::Succeeded, 100)
+    let ok = fumo_success(result_code);
+    record(
+        db,
+        job_id,
+        (result_code, ok),
+        receipt,
+        receipt_status,
+        detail,
+    )
+    .await
+}
+
+/// Records a success code the server could not confirm (the card's receipt is missing or does
+/// not verify, for a device whose card the server knows): the code is kept as reported, the job
+/// counts as `failed` for the campaign, `detail` says why.
+pub async fn record_unconfirmed_result(
+    db: &Db,
+    job_id: i64,
+    result_code: u16,
+    receipt: Option<&[u8]>,
+    receipt_status: &str,
+    detail: Option<&str>,
+) -> Result<Job> {
+    record(
+        db,
+        job_id,
+        (result_code, false),
+        receipt,
+        receipt_status,
+        detail,
+    )
+    .await
+}
+
+async fn record(
+    db: &Db,
+    job_id: i64,
+    (result_code, succeeded): (u16, bool),
+    receipt: Option<&[u8]>,
+    receipt_status: &str,
+    detail: Option<&str>,
+) -> Result<Job> {
+    // FUMO 1.0 §6.1 states as the device reports them: 100 update successful, 80 failed.
+    let fumo_state = if fumo_success(result_code) { 100 } else { 80 };
+    let state = if succeeded {
+        JobState::Succeeded
     } else {
-        (JobState::Failed, 80)
+        JobState::Failed
     };
     let done = sqlx::query(
         "UPDATE jobs SET state = $1, result_code = $2, fumo_state = $3, receipt = $4, \

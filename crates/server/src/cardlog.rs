@@ -9,19 +9,86 @@
 //! (else `fork`), must not leave a hole after the stored head (else `gap`), and an entry stored
 //! before must come back byte-identical (else `fork`). Refused exports are stored with their
 //! reason in `log_exports` and counted; nothing of them reaches `card_log_entries`.
+//!
+//! A card answers at most one page per request (the real applet: 4 records, what fits its I/O
+//! buffer), each request needs a fresh card nonce, and the export says where the card's log
+//! ends. The DM session ([`crate::dm`]) therefore reads page after page in one session,
+//! acknowledging each, up to [`MAX_PAGES_PER_SESSION`].
 
 use serde::Serialize;
 use simfota_wire::{
-    Digest, Event, Limits, LogAck, LogEntry, LogReadRequest, Nonce, PublicKey, ServerId,
-    open_export,
+    DenyReason, Digest, Event, Limits, LogAck, LogEntry, LogReadRequest, Nonce, PublicKey,
+    ServerId, open_export,
 };
 
 use crate::AppState;
 use crate::db::{RowExt, now_ms};
 use crate::error::{Result, ServerError};
 
-/// Entries asked for per page.
+/// Entries asked for per page (a card answers with fewer when its page is smaller).
 pub const PAGE: u32 = 16;
+
+/// Most export pages read in one DM session. Each page costs the card one ECDSA verification,
+/// one ECDH and one signature, and the session three round trips (request + export, nonce,
+/// acknowledgement + next nonce), so the bound keeps one session's card work and length finite.
+/// 16 pages cover a whole card log (64 entries at the applet's 4 per page) in one session; a
+/// card with more unread entries is read on in its next session.
+pub const MAX_PAGES_PER_SESSION: u32 = 16;
+
+/// The name of a card refusal code, from the wire crate's `DenyReason` table (`unknown` for a
+/// code this build does not know: a newer card may log it).
+pub fn deny_reason_name(r: DenyReason) -> &'static str {
+    match r {
+        DenyReason::SERVER_NOT_AUTHORIZED => "server_not_authorized",
+        DenyReason::TOKEN_SIGNATURE => "token_signature",
+        DenyReason::NONCE_UNAVAILABLE => "nonce_unavailable",
+        DenyReason::NONCE_MISMATCH => "nonce_mismatch",
+        DenyReason::WRONG_CARD => "wrong_card",
+        DenyReason::WRONG_DEVICE => "wrong_device",
+        DenyReason::TOKEN_EXPIRED => "token_expired",
+        DenyReason::ORIGINATOR_UNKNOWN => "originator_unknown",
+        DenyReason::MANIFEST_SIGNATURE => "manifest_signature",
+        DenyReason::MANIFEST_MISMATCH => "manifest_mismatch",
+        DenyReason::CLASS_NOT_ALLOWED => "class_not_allowed",
+        DenyReason::ROLLBACK => "rollback",
+        DenyReason::LOG_FULL => "log_full",
+        DenyReason::CONSENT_REQUIRED => "consent_required",
+        DenyReason::PIN_CONSENT_REQUIRED => "pin_consent_required",
+        DenyReason::USER_DECLINED => "user_declined",
+        DenyReason::MALFORMED => "malformed",
+        DenyReason::UPDATE_PENDING => "update_pending",
+        DenyReason::INTEGRITY_FAILED => "integrity_failed",
+        DenyReason::SIZE_MISMATCH => "size_mismatch",
+        DenyReason::CARD_DIGEST_REQUIRED => "card_digest_required",
+        DenyReason::INTEGRITY_NOT_PASSED => "integrity_not_passed",
+        DenyReason::UNKNOWN_UPDATE => "unknown_update",
+        DenyReason::LOG_READ_NOT_AUTHORIZED => "log_read_not_authorized",
+        DenyReason::LOG_ACK_NOT_AUTHORIZED => "log_ack_not_authorized",
+        DenyReason::REQUEST_SIGNATURE => "request_signature",
+        DenyReason::ACK_BEYOND_LOG => "ack_beyond_log",
+        DenyReason::ADMIN_SIGNATURE => "admin_signature",
+        DenyReason::ADMIN_WRONG_CARD => "admin_wrong_card",
+        DenyReason::ADMIN_REPLAY => "admin_replay",
+        _ => "unknown",
+    }
+}
+
+/// An entry's event as one short text: `authorized`, `authorized(free_device)`,
+/// `denied(user_declined)`, `consent(pin_verified=true)`, `installed(200)`, ... (proof
+/// bundles and `simfota proof verify` print these).
+pub fn event_text(e: &LogEntry) -> String {
+    match e.event {
+        Event::Authorized if e.free_device => "authorized(free_device)".to_owned(),
+        Event::Authorized => "authorized".to_owned(),
+        Event::Denied(r) => format!("denied({})", deny_reason_name(r)),
+        Event::Consent { pin_verified } => format!("consent(pin_verified={pin_verified})"),
+        Event::IntegrityOk => "integrity_ok".to_owned(),
+        Event::IntegrityFailed => "integrity_failed".to_owned(),
+        Event::Installed(f) => format!("installed({})", f.0),
+        Event::Acknowledged(n) => format!("acknowledged({n})"),
+        Event::AdminApplied(c) => format!("admin_applied({c})"),
+    }
+}
 
 fn wire_err(e: simfota_wire::Error) -> ServerError {
     ServerError::Db(format!("signing: {e}"))
@@ -187,8 +254,9 @@ pub async fn on_export(
         let done = sqlx::query(
             "INSERT INTO card_log_entries (card_id, seq, raw, entry_hash, prev_hash, event, detail, update_id, \
              server_id, originator, release_name, release_version, manifest_digest, imei, trusted_time, \
-             device_time, fumo_result, export_id, stored_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT (card_id, seq) DO NOTHING",
+             device_time, fumo_result, export_id, stored_ms, deny_code, free_device, consent_pin) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             $20, $21, $22) ON CONFLICT (card_id, seq) DO NOTHING",
         )
         .bind(card.id)
         .bind(i64::from(e.seq))
@@ -209,6 +277,9 @@ pub async fn on_export(
         .bind(d.fumo_result)
         .bind(export_id)
         .bind(now)
+        .bind(d.deny_code)
+        .bind(i64::from(e.free_device))
+        .bind(d.consent_pin)
         .execute(state.db.pool())
         .await?;
         new += done.rows_affected();
@@ -257,6 +328,14 @@ async fn check(
         return Err("export answers another request nonce (replayed export)".into());
     }
     let asked = req.i64("first_seq").map_err(|e| e.to_string())?;
+    if i64::from(c.first_seq) > asked {
+        // The card no longer holds the entries asked for (another server acknowledged them and
+        // the slots were reused): entries this server never stored are gone.
+        return Err(format!(
+            "gap: the card's export starts at {} but {asked} was asked for (entries {asked}..{} are no longer on the card)",
+            c.first_seq, c.first_seq
+        ));
+    }
     if i64::from(c.first_seq) != asked {
         return Err(format!(
             "export starts at {} but {asked} was asked for",
@@ -339,28 +418,55 @@ struct Described {
     event: &'static str,
     detail: Option<String>,
     fumo_result: Option<i64>,
+    deny_code: Option<i64>,
+    consent_pin: Option<i64>,
 }
 
 fn describe(e: &LogEntry) -> Described {
-    let (event, detail, fumo_result) = match e.event {
-        Event::Authorized => ("authorized", None, None),
-        Event::Denied(r) => ("denied", Some(format!("reason {}", r.0)), None),
-        Event::Consent { pin_verified } => (
-            "consent",
-            Some(format!("pin_verified={pin_verified}")),
-            None,
-        ),
-        Event::IntegrityOk => ("integrity_ok", None, None),
-        Event::IntegrityFailed => ("integrity_failed", None, None),
-        Event::Installed(f) => ("installed", None, Some(i64::from(f.0))),
-        Event::Acknowledged(n) => ("acknowledged", Some(format!("up to {n}")), None),
-        Event::AdminApplied(c) => ("admin_applied", Some(format!("counter {c}")), None),
+    let mut d = Described {
+        event: "",
+        detail: None,
+        fumo_result: None,
+        deny_code: None,
+        consent_pin: None,
     };
-    Described {
-        event,
-        detail,
-        fumo_result,
-    }
+    d.event = match e.event {
+        Event::Authorized => {
+            if e.free_device {
+                d.detail = Some("free device: server not authorized, policy allows".into());
+            }
+            "authorized"
+        }
+        Event::Denied(r) => {
+            d.detail = Some(deny_reason_name(r).to_owned());
+            d.deny_code = Some(i64::from(r.0));
+            "denied"
+        }
+        Event::Consent { pin_verified } => {
+            d.detail = Some(if pin_verified {
+                "user confirmed with PIN".into()
+            } else {
+                "user confirmed".into()
+            });
+            d.consent_pin = Some(i64::from(pin_verified));
+            "consent"
+        }
+        Event::IntegrityOk => "integrity_ok",
+        Event::IntegrityFailed => "integrity_failed",
+        Event::Installed(f) => {
+            d.fumo_result = Some(i64::from(f.0));
+            "installed"
+        }
+        Event::Acknowledged(n) => {
+            d.detail = Some(format!("up to {n}"));
+            "acknowledged"
+        }
+        Event::AdminApplied(c) => {
+            d.detail = Some(format!("counter {c}"));
+            "admin_applied"
+        }
+    };
+    d
 }
 
 /// A stored entry as the API shows it.
@@ -370,8 +476,17 @@ pub struct StoredEntry {
     pub seq: i64,
     /// Event name.
     pub event: String,
-    /// Event detail.
+    /// Event detail (the refusal's name, the consent, ...).
     pub detail: Option<String>,
+    /// For `denied`: the refusal's name from the card's reason table (`user_declined`, ...).
+    pub deny_reason: Option<String>,
+    /// For `denied`: the refusal code as the card logged it.
+    pub deny_code: Option<i64>,
+    /// For `authorized`: the server was not authorized and the card's free-device policy let
+    /// the update through.
+    pub free_device: bool,
+    /// For `consent`: whether the user's confirmation came with a verified PIN.
+    pub consent_pin_verified: Option<bool>,
     /// Update id (hex).
     pub update_id: Option<String>,
     /// Server id.
@@ -388,6 +503,8 @@ pub struct StoredEntry {
     pub fumo_result: Option<i64>,
     /// Card trusted time (s).
     pub trusted_time: Option<i64>,
+    /// Time the device reported (s), not trusted.
+    pub device_time: Option<i64>,
     /// Entry hash (hex).
     pub entry_hash: String,
     /// Raw record (hex): what the card signed, for third-party checks.
@@ -410,6 +527,13 @@ pub async fn entries(state: &AppState, iccid: &str) -> Result<Vec<StoredEntry>> 
                 seq: r.i64("seq")?,
                 event: r.text("event")?,
                 detail: r.opt_text("detail")?,
+                deny_reason: r
+                    .opt_i64("deny_code")?
+                    .and_then(|c| u16::try_from(c).ok())
+                    .map(|c| deny_reason_name(DenyReason(c)).to_owned()),
+                deny_code: r.opt_i64("deny_code")?,
+                free_device: r.i64("free_device")? != 0,
+                consent_pin_verified: r.opt_i64("consent_pin")?.map(|p| p != 0),
                 update_id: r.opt_bytes("update_id")?.map(hex::encode),
                 server_id: r.opt_text("server_id")?,
                 originator: r.opt_text("originator")?,
@@ -418,10 +542,54 @@ pub async fn entries(state: &AppState, iccid: &str) -> Result<Vec<StoredEntry>> 
                 imei: r.opt_text("imei")?,
                 fumo_result: r.opt_i64("fumo_result")?,
                 trusted_time: r.opt_i64("trusted_time")?,
+                device_time: r.opt_i64("device_time")?,
                 entry_hash: hex::encode(r.bytes("entry_hash")?),
                 raw: hex::encode(r.bytes("raw")?),
                 verified: true,
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_code_has_its_own_name() {
+        let names: Vec<&str> = DenyReason::ALL
+            .iter()
+            .map(|r| deny_reason_name(*r))
+            .collect();
+        assert!(names.iter().all(|n| *n != "unknown"), "{names:?}");
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_eq!(deny_reason_name(DenyReason(0x13)), "unknown");
+    }
+
+    #[test]
+    fn events_read_with_their_flags() {
+        let mut e = LogEntry::new(0, Digest::default(), Event::Authorized);
+        assert_eq!(event_text(&e), "authorized");
+        e.free_device = true;
+        assert_eq!(event_text(&e), "authorized(free_device)");
+        assert!(
+            describe(&e)
+                .detail
+                .is_some_and(|d| d.contains("free device"))
+        );
+        let e = LogEntry::new(
+            1,
+            Digest::default(),
+            Event::Denied(DenyReason::USER_DECLINED),
+        );
+        assert_eq!(event_text(&e), "denied(user_declined)");
+        let d = describe(&e);
+        assert_eq!((d.event, d.deny_code), ("denied", Some(0x10)));
+        let e = LogEntry::new(2, Digest::default(), Event::Consent { pin_verified: true });
+        assert_eq!(event_text(&e), "consent(pin_verified=true)");
+        assert_eq!(describe(&e).consent_pin, Some(1));
+    }
 }

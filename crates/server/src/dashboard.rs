@@ -30,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui", get(overview))
         .route("/ui/login", get(login))
         .route("/ui/devices/{imei}", get(device))
+        .route("/ui/cards/{iccid}", get(card_page))
         .route("/ui/campaigns/{id}", get(campaign_page))
         .route("/ui/campaigns/{id}/progress", get(progress))
         .route("/static/htmx.min.js", get(htmx))
@@ -123,11 +124,61 @@ async fn login(State(s): State<AppState>, Query(q): Query<Login>) -> Result<Resp
     Ok(resp)
 }
 
+/// A card as a row of the overview.
+struct CardRow {
+    iccid: String,
+    cert_status: String,
+    /// `id (rights)` per authorized server; `None` until the card's list was read.
+    servers: Option<String>,
+    /// The unauthorized-server rule of the card's policy.
+    policy: Option<String>,
+    log_status: String,
+}
+
+impl CardRow {
+    fn of(c: Card) -> Self {
+        let servers = c.servers.as_ref().and_then(|v| v.as_array()).map(|a| {
+            a.iter()
+                .map(|e| {
+                    let rights: Vec<String> = e["rights"]
+                        .as_array()
+                        .map(|r| {
+                            r.iter()
+                                .filter_map(|x| x.as_str())
+                                .map(|x| x.replace('_', " "))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    format!(
+                        "{} ({})",
+                        e["id"].as_str().unwrap_or("?"),
+                        rights.join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let policy = c.policy.as_ref().map(|p| {
+            format!(
+                "unauthorized servers: {}",
+                p["unauthorized"].as_str().unwrap_or("?").replace('_', " ")
+            )
+        });
+        Self {
+            iccid: c.iccid,
+            cert_status: c.cert_status,
+            servers,
+            policy,
+            log_status: c.log_status,
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "overview.html")]
 struct Overview {
     devices: Vec<Device>,
-    cards: Vec<Card>,
+    cards: Vec<CardRow>,
     packages: Vec<Package>,
     campaigns: Vec<Campaign>,
 }
@@ -135,17 +186,61 @@ struct Overview {
 async fn overview(_: UiOperator, State(s): State<AppState>) -> Result<Html<String>, PageError> {
     render(&Overview {
         devices: registry::list_devices(&s.db).await?,
-        cards: registry::list_cards(&s.db).await?,
+        cards: registry::list_cards(&s.db)
+            .await?
+            .into_iter()
+            .map(CardRow::of)
+            .collect(),
         packages: crate::packages::list(&s.db).await?,
         campaigns: campaign::list(&s.db).await?,
     })
+}
+
+/// One card log entry as a table row.
+struct LogRow {
+    seq: i64,
+    event: String,
+    /// The refusal by name, the free-device or consent flag, other event details.
+    details: String,
+    release: String,
+    server: String,
+    imei: String,
+    result: String,
+}
+
+impl LogRow {
+    fn of(e: StoredEntry) -> Self {
+        let details = match (&e.deny_reason, e.consent_pin_verified) {
+            (Some(r), _) => format!("refused: {r}"),
+            (None, Some(true)) => "user confirmed with PIN".to_owned(),
+            (None, Some(false)) => "user confirmed".to_owned(),
+            (None, None) if e.free_device => {
+                "free device: server not authorized, policy allows".to_owned()
+            }
+            (None, None) => e.detail.unwrap_or_default(),
+        };
+        let release = [e.release_name, e.release_version]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        Self {
+            seq: e.seq,
+            event: e.event,
+            details,
+            release,
+            server: e.server_id.unwrap_or_default(),
+            imei: e.imei.unwrap_or_default(),
+            result: e.fumo_result.map(|r| r.to_string()).unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Template)]
 #[template(path = "device.html")]
 struct DevicePage {
     device: Device,
-    entries: Vec<StoredEntry>,
+    entries: Vec<LogRow>,
 }
 
 async fn device(
@@ -158,7 +253,136 @@ async fn device(
         Some(i) => crate::cardlog::entries(&s, i).await?,
         None => Vec::new(),
     };
-    render(&DevicePage { device, entries })
+    render(&DevicePage {
+        device,
+        entries: entries.into_iter().map(LogRow::of).collect(),
+    })
+}
+
+/// An authorized server as the card lists it.
+struct ServerRow {
+    id: String,
+    rights: String,
+    key: String,
+}
+
+/// A trusted originator as the card lists it.
+struct OriginatorRow {
+    id: String,
+    key: String,
+}
+
+/// The first bytes of a key (hex) for display: enough to tell keys apart.
+fn key_prefix(v: &serde_json::Value) -> String {
+    let k = v["key"].as_str().unwrap_or_default();
+    // SEC1 uncompressed keys start with 04; the X coordinate's head tells them apart.
+    format!("{}…", k.get(..18).unwrap_or(k))
+}
+
+#[derive(Template)]
+#[template(path = "card.html")]
+struct CardPage {
+    card: Card,
+    servers: Option<Vec<ServerRow>>,
+    originators: Option<Vec<OriginatorRow>>,
+    /// Policy lines: (what, value).
+    policy: Option<Vec<(String, String)>>,
+    devices: Vec<Device>,
+    entries: Vec<LogRow>,
+}
+
+fn policy_lines(p: &serde_json::Value) -> Vec<(String, String)> {
+    let text = |k: &str| p[k].as_str().unwrap_or("?").replace('_', " ");
+    let mut lines = vec![
+        ("Unauthorized servers".to_owned(), text("unauthorized")),
+        ("Integrity check".to_owned(), text("integrity")),
+    ];
+    if let Some(max) = p["card_digest_max_bytes"].as_u64() {
+        lines.push((
+            "Card hashes payloads up to".to_owned(),
+            format!("{max} bytes"),
+        ));
+    }
+    let classes: Vec<String> = p["allowed_classes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    format!(
+                        "vendor {} / class {}",
+                        c["vendor_id"].as_str().unwrap_or("?"),
+                        c["class_id"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    lines.push((
+        "Allowed device classes".to_owned(),
+        if classes.is_empty() {
+            "any".to_owned()
+        } else {
+            classes.join("; ")
+        },
+    ));
+    lines
+}
+
+async fn card_page(
+    _: UiOperator,
+    State(s): State<AppState>,
+    Path(iccid): Path<String>,
+) -> Result<Html<String>, PageError> {
+    let card = registry::get_card(&s.db, &iccid).await?;
+    let servers = card.servers.as_ref().and_then(|v| v.as_array()).map(|a| {
+        a.iter()
+            .map(|e| ServerRow {
+                id: e["id"].as_str().unwrap_or("?").to_owned(),
+                rights: e["rights"]
+                    .as_array()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|x| x.as_str())
+                            .map(|x| x.replace('_', " "))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default(),
+                key: key_prefix(e),
+            })
+            .collect()
+    });
+    let originators = card
+        .originators
+        .as_ref()
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|e| OriginatorRow {
+                    id: e["id"].as_str().unwrap_or("?").to_owned(),
+                    key: key_prefix(e),
+                })
+                .collect()
+        });
+    let policy = card.policy.as_ref().map(policy_lines);
+    let devices = registry::list_devices(&s.db)
+        .await?
+        .into_iter()
+        .filter(|d| d.iccid.as_deref() == Some(iccid.as_str()))
+        .collect();
+    let entries = crate::cardlog::entries(&s, &iccid)
+        .await?
+        .into_iter()
+        .map(LogRow::of)
+        .collect();
+    render(&CardPage {
+        card,
+        servers,
+        originators,
+        policy,
+        devices,
+        entries,
+    })
 }
 
 #[derive(Template)]

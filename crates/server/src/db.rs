@@ -85,6 +85,9 @@ impl Db {
             .connect_lazy(&url)
             .map_err(ServerError::from)?;
         let db = Self { pool, backend };
+        if backend == Backend::Postgres {
+            db.create_if_missing(&url).await?;
+        }
         if backend == Backend::Sqlite {
             // WAL is a property of the file: set once, it stays. Readers then never block the writer.
             sqlx::query("PRAGMA journal_mode=WAL")
@@ -93,6 +96,34 @@ impl Db {
         }
         db.migrate().await?;
         Ok(db)
+    }
+
+    /// First run on PostgreSQL: when the database the URL names does not exist (SQLSTATE 3D000,
+    /// "invalid catalog name"), creates it (as `createdb` does, through the maintenance
+    /// database; the role needs CREATEDB). An existing database is never touched here, so a
+    /// role without access to the maintenance database works once the database exists.
+    async fn create_if_missing(&self, url: &str) -> Result<()> {
+        use sqlx::migrate::MigrateDatabase as _;
+        let missing = match sqlx::query("SELECT 1").fetch_one(&self.pool).await {
+            Ok(_) => false,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => true,
+            Err(e) => return Err(e.into()),
+        };
+        if !missing {
+            return Ok(());
+        }
+        match sqlx::Postgres::create_database(url).await {
+            Ok(()) => {
+                tracing::info!("created the PostgreSQL database (first run)");
+                Ok(())
+            }
+            // Another replica created it meanwhile (42P04 duplicate_database).
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+            Err(e) => Err(ServerError::Migrate(format!(
+                "the database does not exist and cannot be created: {}",
+                ServerError::from(e)
+            ))),
+        }
     }
 
     /// Applies the pending migrations of this engine.

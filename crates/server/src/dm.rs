@@ -51,6 +51,7 @@ const TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
 /// This module's per-session progress, stored next to the protocol session.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Flow {
     /// The first authenticated message was handled (session counted, Gets queued).
     started: bool,
@@ -72,8 +73,15 @@ pub struct Flow {
     /// Issuer admin relay: the queued command sent and the Get of its result.
     admin: Option<i64>,
     admin_result: Option<CommandHandle>,
-    /// The card's authorized-server list.
+    /// The card's authorized-server list, policy and originator list.
     servers: Option<CommandHandle>,
+    policy: Option<CommandHandle>,
+    originators: Option<CommandHandle>,
+    /// Card log paging: export pages accepted in this session, whether the card holds more
+    /// that this session still reads, and the nonce Get that serves the next page's request.
+    log_pages: u32,
+    log_more: bool,
+    page_nonce: Option<CommandHandle>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -166,7 +174,7 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
     let session_id = hdr.session_id.clone();
     let account = match lookup(state, &dev_id).await? {
         Some(a) => a,
-        None => match enrol_candidate(state, &dev_id, hdr.source.name.as_deref()) {
+        None => match enrol_candidate(state, &dev_id, hdr.source.name.as_deref()).await? {
             Some(a) => a,
             None => return refuse_unknown(state, encoding, &dev_id, body, hmac.as_deref()),
         },
@@ -296,26 +304,44 @@ async fn lookup(state: &AppState, dev_id: &str) -> Result<Option<Account>> {
     }))
 }
 
+/// How long the nonce a not yet enrolled device was challenged with stays valid.
+const ENROLMENT_NONCE_MS: i64 = 3600 * 1000;
+
 /// Under `shared-secret` enrolment, an unknown device with a valid IMEI DevId may authenticate
 /// with the enrolment password (user name: its `Source/LocName`, else the DevId); it is stored
-/// only once that authentication succeeded (id 0 until then).
-fn enrol_candidate(state: &AppState, dev_id: &str, loc_name: Option<&str>) -> Option<Account> {
+/// only once that authentication succeeded (id 0 until then). The nonce it was challenged
+/// with lives in `enrolment_nonces` meanwhile (DM Security 1.2 §5.4: the retry's digest uses
+/// it, and the retry may reach another replica).
+async fn enrol_candidate(
+    state: &AppState,
+    dev_id: &str,
+    loc_name: Option<&str>,
+) -> Result<Option<Account>> {
     if state.config.enrolment != crate::config::Enrolment::SharedSecret {
-        return None;
+        return Ok(None);
     }
-    let imei = imei_of(dev_id)?;
-    let pw = state.config.enrolment_password.clone()?;
-    Some(Account {
+    let (Some(imei), Some(pw)) = (imei_of(dev_id), state.config.enrolment_password.clone()) else {
+        return Ok(None);
+    };
+    let nonce =
+        sqlx::query("SELECT nonce FROM enrolment_nonces WHERE dev_id = $1 AND created_ms > $2")
+            .bind(dev_id.to_owned())
+            .bind(now_ms() - ENROLMENT_NONCE_MS)
+            .fetch_optional(state.db.pool())
+            .await?
+            .map(|r| r.bytes("nonce"))
+            .transpose()?;
+    Ok(Some(Account {
         id: 0,
         imei: imei.to_owned(),
         username: loc_name.unwrap_or(dev_id).to_owned(),
         password: pw.clone(),
         server_password: pw,
         auth: AuthScheme::Md5,
-        device_nonce: None,
+        device_nonce: nonce,
         server_nonce: None,
         iccid: None,
-    })
+    }))
 }
 
 /// An unknown device under `preregistered`: the protocol session runs with credentials no
@@ -514,6 +540,16 @@ async fn on_event(
                 )
                 .await?;
                 account.id = created.id;
+                let dev_id = format!("IMEI:{}", account.imei);
+                sqlx::query("UPDATE devices SET device_nonce = $1 WHERE id = $2")
+                    .bind(account.device_nonce.clone())
+                    .bind(account.id)
+                    .execute(state.db.pool())
+                    .await?;
+                sqlx::query("DELETE FROM enrolment_nonces WHERE dev_id = $1")
+                    .bind(dev_id)
+                    .execute(state.db.pool())
+                    .await?;
                 tracing::info!(imei = %account.imei, "device enrolled");
             }
             sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2")
@@ -528,6 +564,8 @@ async fn on_event(
                 stored.flow.fwv = Some(s.get(&uri("./DevDetail/FwV")?));
                 stored.flow.card_info = Some(s.get(&uri("./SIMFOTA/Card/Info")?));
                 stored.flow.servers = Some(s.get(&uri("./SIMFOTA/Card/Servers")?));
+                stored.flow.policy = Some(s.get(&uri("./SIMFOTA/Card/Policy")?));
+                stored.flow.originators = Some(s.get(&uri("./SIMFOTA/Card/Originators")?));
                 // One card nonce per session: it serves the delivery token when a job is
                 // pending, else the log-read request (the card keeps one nonce at a time).
                 if let Some(job) = campaign::next_job_for_device(&state.db, account.id).await? {
@@ -568,6 +606,22 @@ async fn on_event(
                     .bind(account.id)
                     .execute(state.db.pool())
                     .await?;
+            } else {
+                // A device not enrolled yet: keep the challenge for its retry; stale ones go.
+                let now = now_ms();
+                sqlx::query("DELETE FROM enrolment_nonces WHERE created_ms < $1")
+                    .bind(now - ENROLMENT_NONCE_MS)
+                    .execute(state.db.pool())
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO enrolment_nonces (dev_id, nonce, created_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (dev_id) DO UPDATE SET nonce = $2, created_ms = $3",
+                )
+                .bind(format!("IMEI:{}", account.imei))
+                .bind(n.0)
+                .bind(now)
+                .execute(state.db.pool())
+                .await?;
             }
         }
         ServerEvent::DeviceData(items) => {
@@ -601,9 +655,19 @@ async fn on_event(
             let Some(item) = items.first() else {
                 return Ok(());
             };
-            if Some(h) == stored.flow.servers {
+            if Some(h) == stored.flow.servers
+                || Some(h) == stored.flow.policy
+                || Some(h) == stored.flow.originators
+            {
                 if let (Some(bytes), Some(iccid)) = (item_bytes(item), account.iccid.clone()) {
-                    store_servers(state, &iccid, &bytes).await?;
+                    let what = if Some(h) == stored.flow.servers {
+                        crate::cardinfo::Relayed::Servers
+                    } else if Some(h) == stored.flow.policy {
+                        crate::cardinfo::Relayed::Policy
+                    } else {
+                        crate::cardinfo::Relayed::Originators
+                    };
+                    crate::cardinfo::store(state, &iccid, what, &bytes).await?;
                 }
             } else if Some(h) == stored.flow.admin_result {
                 if let (Some(id), Some(answer)) = (stored.flow.admin, item_text(item)) {
@@ -621,7 +685,10 @@ async fn on_event(
                 if let Some(bytes) = item_bytes(item) {
                     on_card_info(state, account, &bytes).await?;
                 }
-            } else if Some(h) == stored.flow.nonce || Some(h) == stored.flow.ack_nonce {
+            } else if Some(h) == stored.flow.nonce
+                || Some(h) == stored.flow.ack_nonce
+                || Some(h) == stored.flow.page_nonce
+            {
                 let Some(n) =
                     item_bytes(item).and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
                 else {
@@ -636,29 +703,40 @@ async fn on_event(
                                 .session
                                 .replace(&uri("./SIMFOTA/Card/LogAck")?, &b64_value(&ack)),
                         );
+                        if stored.flow.log_more {
+                            // The next page needs its own nonce; Got after the acknowledgement
+                            // in the same package (the device runs commands in order, SyncML
+                            // RepPro 1.2 §6.1.11), so the ack consumes the previous one first.
+                            stored.flow.page_nonce =
+                                Some(stored.session.get(&uri("./SIMFOTA/Card/Nonce")?));
+                        }
                     }
-                } else if stored.flow.job.is_some() {
+                } else if Some(h) == stored.flow.nonce && stored.flow.job.is_some() {
                     deliver(state, account, stored, Nonce(n)).await?;
-                } else if let Some(iccid) = account.iccid.clone()
-                    && let Some(req) =
-                        crate::cardlog::request(state, &iccid, account.id, Nonce(n)).await?
-                {
-                    // Card subtree: Replace LogRequest then Get LogResponse in one package
-                    // (the device processes them in order, docs/dm-tree.md).
-                    stored
-                        .session
-                        .replace(&uri("./SIMFOTA/Card/LogRequest")?, &b64_value(&req));
-                    stored.flow.log_response =
-                        Some(stored.session.get(&uri("./SIMFOTA/Card/LogResponse")?));
+                } else {
+                    request_log_page(state, account, stored, Nonce(n)).await?;
                 }
             } else if Some(h) == stored.flow.log_response {
                 let (Some(bytes), Some(iccid)) = (item_bytes(item), account.iccid.clone()) else {
                     return Ok(());
                 };
+                stored.flow.log_more = false;
                 if let crate::cardlog::Outcome::Accepted {
-                    up_to: Some(up_to), ..
+                    up_to: Some(up_to),
+                    more,
+                    ..
                 } = crate::cardlog::on_export(state, &iccid, account.id, &bytes).await?
                 {
+                    stored.flow.log_pages += 1;
+                    stored.flow.log_more =
+                        more && stored.flow.log_pages < crate::cardlog::MAX_PAGES_PER_SESSION;
+                    if more && !stored.flow.log_more {
+                        tracing::info!(
+                            %iccid,
+                            pages = stored.flow.log_pages,
+                            "card log: page bound of this session reached; the rest is read next session"
+                        );
+                    }
                     stored.flow.ack_up_to = Some(up_to);
                     stored.flow.ack_nonce = Some(stored.session.get(&uri("./SIMFOTA/Card/Nonce")?));
                 }
@@ -752,46 +830,24 @@ async fn on_card_info(state: &AppState, account: &mut Account, bytes: &[u8]) -> 
     Ok(())
 }
 
-/// The card's server list (docs/dm-tree.md): `[* [id tstr, key bstr, rights uint]]`, rights
-/// bits 1 firmware update, 2 log read, 4 log acknowledge, 8 other DM. Stored raw and decoded;
-/// an undecodable list is ignored (it is the device's relay, not a signed object).
-async fn store_servers(state: &AppState, iccid: &str, bytes: &[u8]) -> Result<()> {
-    let mut list = Vec::new();
-    let mut d = minicbor::Decoder::new(bytes);
-    let parsed: std::result::Result<(), minicbor::decode::Error> = (|| {
-        let n = d.array()?.unwrap_or(0);
-        for _ in 0..n.min(64) {
-            d.array()?;
-            let id = d.str()?.to_owned();
-            let key = hex::encode(d.bytes()?);
-            let bits = d.u32()?;
-            let rights: Vec<&str> = [
-                (1, "firmware_update"),
-                (2, "log_read"),
-                (4, "log_ack"),
-                (8, "dm_other"),
-            ]
-            .into_iter()
-            .filter(|(b, _)| bits & b != 0)
-            .map(|(_, n)| n)
-            .collect();
-            list.push(serde_json::json!({ "id": id, "key": key, "rights": rights }));
-        }
-        Ok(())
-    })();
-    if parsed.is_err() {
-        tracing::warn!(%iccid, "card server list not decodable");
+/// Card subtree: Replace LogRequest (signed, answering `nonce`) then Get LogResponse in one
+/// package (the device processes them in order, docs/dm-tree.md).
+async fn request_log_page(
+    state: &AppState,
+    account: &Account,
+    stored: &mut Stored,
+    nonce: Nonce,
+) -> Result<()> {
+    let Some(iccid) = account.iccid.clone() else {
         return Ok(());
-    }
-    sqlx::query(
-        "UPDATE cards SET servers = $1, servers_json = $2, updated_ms = $3 WHERE iccid = $4",
-    )
-    .bind(bytes.to_vec())
-    .bind(serde_json::Value::Array(list).to_string())
-    .bind(now_ms())
-    .bind(iccid.to_owned())
-    .execute(state.db.pool())
-    .await?;
+    };
+    let Some(req) = crate::cardlog::request(state, &iccid, account.id, nonce).await? else {
+        return Ok(());
+    };
+    stored
+        .session
+        .replace(&uri("./SIMFOTA/Card/LogRequest")?, &b64_value(&req));
+    stored.flow.log_response = Some(stored.session.get(&uri("./SIMFOTA/Card/LogResponse")?));
     Ok(())
 }
 
@@ -917,12 +973,44 @@ async fn on_generic_alert(
             }
         },
     };
-    match crate::notify::record_result(state, job_id, code, receipt.as_deref(), &status, None).await
-    {
+    // A success claim for a device whose card the server knows must come with the card's
+    // receipt (the card signs one for every result it is told, design §4 step 7): without a
+    // verified one it is not believed, and the job fails rather than count for the campaign.
+    let confirmed =
+        !campaign::fumo_success(code) || status == "verified" || account.iccid.is_none();
+    let recorded = if confirmed {
+        crate::notify::record_result(state, job_id, code, receipt.as_deref(), &status, None).await
+    } else {
+        if receipt.is_none() {
+            state
+                .metrics
+                .verification_failures
+                .with_label_values(&["receipt"])
+                .inc();
+            record_event(
+                &state.db,
+                "receipt",
+                Some(account.id),
+                &format!("result {code} reported without the card's receipt"),
+            )
+            .await?;
+        }
+        let detail = format!("result {code} not confirmed: card receipt {status}");
+        crate::notify::record_unconfirmed_result(
+            state,
+            job_id,
+            code,
+            receipt.as_deref(),
+            &status,
+            Some(&detail),
+        )
+        .await
+    };
+    match recorded {
         Ok(_) | Err(ServerError::Conflict(_)) => {}
         Err(e) => return Err(e),
     }
-    tracing::info!(job = job_id, result = code, receipt = %status, "update result recorded");
+    tracing::info!(job = job_id, result = code, receipt = %status, confirmed, "update result recorded");
     Ok(())
 }
 

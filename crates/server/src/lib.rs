@@ -10,7 +10,8 @@
 //! Layers: [`config`] (flags, file, environment), [`db`] (pool, migrations), [`packages`]
 //! (upload, hosting), [`campaign`] (targeting and waves), [`dm`] (the OMA DM endpoint: device
 //! auth, sessions in the database, FUMO delivery with delivery tokens), [`cardlog`] (log-read
-//! requests, export verification, acknowledgements), [`admin`] (issuer admin relay),
+//! requests, export verification, acknowledgements, page after page), [`cardinfo`] (the card's
+//! server list, policy and originators as the device relays them), [`admin`] (issuer admin relay),
 //! [`notify`] (package 0), [`proof`] (proof bundles), [`api`] (JSON surface), [`dashboard`]
 //! (HTML), [`tls`]. See docs/server.md.
 //!
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod campaign;
+pub mod cardinfo;
 pub mod cardlog;
 pub mod config;
 pub mod dashboard;
@@ -186,7 +188,9 @@ pub async fn run(
     let server = start(config).await?;
     shutdown.await;
     tracing::info!("shutting down: finishing requests in flight");
-    server.shutdown().await
+    server.shutdown().await?;
+    tracing::info!("simfota server stopped");
+    Ok(())
 }
 
 /// Opens the configured database (creating and migrating it if needed) and creates one more

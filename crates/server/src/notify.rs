@@ -86,17 +86,69 @@ pub async fn record_result(
     receipt_status: &str,
     detail: Option<&str>,
 ) -> Result<crate::campaign::Job> {
-    let campaign_id = crate::campaign::job(&state.db, job_id).await?.campaign_id;
-    let before = current_wave(state, campaign_id).await?;
-    let job = crate::campaign::record_result(
-        &state.db,
+    record(
+        state,
         job_id,
-        result_code,
+        (result_code, true),
         receipt,
         receipt_status,
         detail,
     )
-    .await?;
+    .await
+}
+
+/// [`record_result`] for a success the card's receipt does not confirm: the job fails (see
+/// [`crate::campaign::record_unconfirmed_result`]).
+pub async fn record_unconfirmed_result(
+    state: &AppState,
+    job_id: i64,
+    result_code: u16,
+    receipt: Option<&[u8]>,
+    receipt_status: &str,
+    detail: Option<&str>,
+) -> Result<crate::campaign::Job> {
+    record(
+        state,
+        job_id,
+        (result_code, false),
+        receipt,
+        receipt_status,
+        detail,
+    )
+    .await
+}
+
+async fn record(
+    state: &AppState,
+    job_id: i64,
+    (result_code, confirmed): (u16, bool),
+    receipt: Option<&[u8]>,
+    receipt_status: &str,
+    detail: Option<&str>,
+) -> Result<crate::campaign::Job> {
+    let campaign_id = crate::campaign::job(&state.db, job_id).await?.campaign_id;
+    let before = current_wave(state, campaign_id).await?;
+    let job = if confirmed {
+        crate::campaign::record_result(
+            &state.db,
+            job_id,
+            result_code,
+            receipt,
+            receipt_status,
+            detail,
+        )
+        .await?
+    } else {
+        crate::campaign::record_unconfirmed_result(
+            &state.db,
+            job_id,
+            result_code,
+            receipt,
+            receipt_status,
+            detail,
+        )
+        .await?
+    };
     released_since(state, campaign_id, before).await?;
     Ok(job)
 }

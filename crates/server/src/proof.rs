@@ -14,6 +14,11 @@
 //! 4. the delivery token (signed by the server, whose public key is included) binds the update
 //!    id to the card nonce, ICCID, IMEI and manifest digest.
 //!
+//! The bundle also carries the records decoded (`entries`: event with the refusal's name, the
+//! free-device and consent flags, release, server, IMEI) for a reader's convenience; they are
+//! not trusted: [`verify`] decodes the records itself and refuses a bundle whose decoded
+//! entries say anything else.
+//!
 //! [`verify`] is what `simfota proof verify` runs.
 
 use base64::Engine as _;
@@ -46,6 +51,68 @@ pub struct Bundle {
     pub server_public_key: String,
     /// Card log records from the oldest stored one up to the receipt's entry, base64 each.
     pub log_records: Vec<String>,
+    /// The same records decoded, for reading (checked against `log_records` by [`verify`]).
+    #[serde(default)]
+    pub entries: Vec<EntrySummary>,
+}
+
+/// One card log record, decoded for reading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntrySummary {
+    /// Sequence number.
+    pub seq: u32,
+    /// The event with its argument: `authorized`, `authorized(free_device)`,
+    /// `denied(<reason name>)`, `consent(pin_verified=...)`, `installed(<FUMO result>)`, ...
+    pub event: String,
+    /// For a refusal: the reason's name from the card's table.
+    pub deny_reason: Option<String>,
+    /// An authorization through an unauthorized server under the free-device policy.
+    pub free_device: bool,
+    /// For a consent: whether the PIN was verified with it.
+    pub consent_pin_verified: Option<bool>,
+    /// Update id, hex.
+    pub update_id: Option<String>,
+    /// Server id the card logged.
+    pub server: Option<String>,
+    /// Software originator.
+    pub originator: Option<String>,
+    /// Release name.
+    pub release: Option<String>,
+    /// Release version.
+    pub version: Option<String>,
+    /// Device IMEI.
+    pub imei: Option<String>,
+    /// FUMO result of an install.
+    pub fumo_result: Option<u16>,
+}
+
+impl EntrySummary {
+    /// Decodes the summary of an entry.
+    pub fn of(e: &LogEntry) -> Self {
+        Self {
+            seq: e.seq,
+            event: crate::cardlog::event_text(e),
+            deny_reason: match e.event {
+                Event::Denied(r) => Some(crate::cardlog::deny_reason_name(r).to_owned()),
+                _ => None,
+            },
+            free_device: e.free_device,
+            consent_pin_verified: match e.event {
+                Event::Consent { pin_verified } => Some(pin_verified),
+                _ => None,
+            },
+            update_id: e.update_id.map(|u| hex::encode(u.as_bytes())),
+            server: e.server.map(|s| s.as_str().to_owned()),
+            originator: e.originator.map(|s| s.as_str().to_owned()),
+            release: e.release.map(|s| s.as_str().to_owned()),
+            version: e.version.map(|s| s.as_str().to_owned()),
+            imei: e.imei.map(|i| i.as_str().to_owned()),
+            fumo_result: match e.event {
+                Event::Installed(f) => Some(f.0),
+                _ => None,
+            },
+        }
+    }
 }
 
 fn b64(b: &[u8]) -> String {
@@ -97,6 +164,19 @@ pub async fn bundle(state: &AppState, update_id_hex: &str) -> Result<Bundle> {
             "the card log is not yet read up to entry {n}; it is read in the device's next DM session"
         )));
     }
+    let mut log_records = Vec::with_capacity(rows.len());
+    let mut entries = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let raw = r.bytes("raw")?;
+        let rec: [u8; LogEntry::RECORD_LEN] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| ServerError::Db("stored log record length".into()))?;
+        let e = LogEntry::decode(&rec)
+            .map_err(|e| ServerError::Db(format!("stored log record: {e}")))?;
+        entries.push(EntrySummary::of(&e));
+        log_records.push(b64(&raw));
+    }
     Ok(Bundle {
         format: FORMAT.into(),
         update_id: hex::encode(&uid),
@@ -104,10 +184,8 @@ pub async fn bundle(state: &AppState, update_id_hex: &str) -> Result<Bundle> {
         receipt: b64(&receipt),
         delivery_token: b64(&token),
         server_public_key: hex::encode(state.keys.server_pub.to_sec1()),
-        log_records: rows
-            .iter()
-            .map(|r| r.bytes("raw").map(|b| b64(&b)))
-            .collect::<Result<_>>()?,
+        log_records,
+        entries,
     })
 }
 
@@ -143,8 +221,16 @@ pub struct Proven {
     pub imei: String,
     /// Manifest digest bound in the token, hex.
     pub manifest_digest: String,
-    /// Events of this update in the card log, in order (authorized, consent, integrity_ok, installed ...).
+    /// Events of this update in the card log, in order (authorized, consent, integrity_ok,
+    /// installed ...), with their flags (`authorized(free_device)`, `denied(<reason>)`,
+    /// `consent(pin_verified=true)`).
     pub events: Vec<String>,
+    /// The same entries decoded (release, server, IMEI, flags).
+    pub entries: Vec<EntrySummary>,
+    /// The update went through an unauthorized server under the card's free-device policy.
+    pub free_device: bool,
+    /// The user consented to this update through an unauthorized server: `Some(pin_verified)`.
+    pub consent: Option<bool>,
     /// Log sequence number of the receipt's entry.
     pub log_seq: u32,
 }
@@ -204,6 +290,8 @@ pub fn verify(bundle: &Bundle, issuer: &PublicKey) -> std::result::Result<Proven
     // The records chain to each other and end at the chain head the card signed.
     let mut last: Option<(u32, Digest)> = None;
     let mut events = Vec::new();
+    let mut entries = Vec::new();
+    let mut decoded = Vec::with_capacity(bundle.log_records.len());
     for (i, s) in bundle.log_records.iter().enumerate() {
         let raw = unb64("log record", s)?;
         let rec: [u8; LogEntry::RECORD_LEN] = raw
@@ -227,17 +315,15 @@ pub fn verify(bundle: &Bundle, issuer: &PublicKey) -> std::result::Result<Proven
             .is_some_and(|u| u.as_bytes() == receipt.update_id.as_bytes())
             || matches!(e.event, Event::Consent { .. })
         {
-            events.push(match e.event {
-                Event::Authorized => "authorized".to_owned(),
-                Event::Denied(r) => format!("denied({})", r.0),
-                Event::Consent { pin_verified } => format!("consent(pin_verified={pin_verified})"),
-                Event::IntegrityOk => "integrity_ok".to_owned(),
-                Event::IntegrityFailed => "integrity_failed".to_owned(),
-                Event::Installed(f) => format!("installed({})", f.0),
-                Event::Acknowledged(n) => format!("acknowledged({n})"),
-                Event::AdminApplied(c) => format!("admin_applied({c})"),
-            });
+            events.push(crate::cardlog::event_text(&e));
+            entries.push(EntrySummary::of(&e));
         }
+        decoded.push(EntrySummary::of(&e));
+    }
+    if !bundle.entries.is_empty() && bundle.entries != decoded {
+        return Err(ProofError::Mismatch(
+            "the bundle's decoded entries differ from its log records".into(),
+        ));
     }
     match last {
         Some((seq, h)) if seq == receipt.log_seq && h == receipt.chain_head => {}
@@ -254,7 +340,13 @@ pub fn verify(bundle: &Bundle, issuer: &PublicKey) -> std::result::Result<Proven
         fumo_result: receipt.result.0,
         imei: token.imei.as_str().to_owned(),
         manifest_digest: hex::encode(token.manifest_digest.0),
+        free_device: entries.iter().any(|e| e.free_device),
+        consent: entries
+            .iter()
+            .filter(|e| e.update_id.as_deref() == Some(bundle.update_id.as_str()))
+            .find_map(|e| e.consent_pin_verified),
         events,
+        entries,
         log_seq: receipt.log_seq,
     })
 }

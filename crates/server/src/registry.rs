@@ -288,8 +288,11 @@ pub struct Card {
     pub cert_status: String,
     /// The card's authorized-server list as last read (decoded, JSON).
     pub servers: Option<serde_json::Value>,
-    /// The card's policy as last read (decoded, JSON).
+    /// The card's policy as last read (decoded, JSON: `unauthorized`, `integrity`,
+    /// `card_digest_max_bytes`, `allowed_classes`).
     pub policy: Option<serde_json::Value>,
+    /// The card's trusted originators as last read (decoded, JSON: `[{id, key}]`).
+    pub originators: Option<serde_json::Value>,
     /// Newest stored log sequence number.
     pub log_head_seq: Option<i64>,
     /// `ok`, or `gap` / `fork` when a chain problem was seen.
@@ -308,6 +311,7 @@ fn card_from_row(r: &sqlx::any::AnyRow) -> Result<Card> {
         cert_status: r.text("cert_status")?,
         servers: json(r.opt_text("servers_json")?),
         policy: json(r.opt_text("policy_json")?),
+        originators: json(r.opt_text("originators_json")?),
         log_head_seq: r.opt_i64("log_head_seq")?,
         log_status: r.text("log_status")?,
         acked_seq: r.opt_i64("acked_seq")?,

@@ -38,6 +38,8 @@ struct Device {
     password: String,
     /// The nonce this device expects the server's credentials with.
     server_nonce: DmNonce,
+    /// `syncml:auth-md5` or HMAC (`x-syncml-hmac`).
+    auth: AuthScheme,
 }
 
 fn card_info(env: &Env, card: &SigningKey) -> Vec<u8> {
@@ -118,6 +120,7 @@ impl Device {
             encoding,
             password: "dev-secret".into(),
             server_nonce: DmNonce(Vec::new()),
+            auth: AuthScheme::Md5,
         }
     }
 
@@ -127,6 +130,7 @@ impl Device {
             .json(&serde_json::json!({
                 "imei": self.imei, "username": format!("dev-{}", self.imei),
                 "password": self.password, "server_password": "srv-secret", "model": "EX-1",
+                "auth": if self.auth == AuthScheme::Hmac { "hmac" } else { "md5" },
             }))
             .send()
             .await
@@ -155,7 +159,7 @@ impl Device {
                     self.password.clone(),
                 ),
                 server_credentials: Credentials::new("simfota", "srv-secret"),
-                auth: AuthScheme::Md5,
+                auth: self.auth,
                 require_server_auth: true,
                 encoding: self.encoding,
                 limits: Limits::default(),
@@ -172,7 +176,8 @@ impl Device {
             .unwrap();
         let http = reqwest::Client::new();
         let mut events = Vec::new();
-        for k in 0..20 {
+        // A session reading a whole card log takes about 3 messages per export page.
+        for k in 0..120 {
             let url = format!("{}/dm", urls[k % urls.len()]);
             let mut req = http
                 .post(url)
@@ -183,8 +188,12 @@ impl Device {
             }
             let resp = req.send().await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK, "message {k}");
+            let hmac = resp
+                .headers()
+                .get("x-syncml-hmac")
+                .map(|v| v.to_str().unwrap().to_owned());
             let body = resp.bytes().await.unwrap();
-            let step = match client.receive(&body, None, &mut self.tree) {
+            let step = match client.receive(&body, hmac.as_deref(), &mut self.tree) {
                 Ok(step) => step,
                 // The client gives up after repeated 401s: that is the refusal under test.
                 Err(e) => {
@@ -741,6 +750,16 @@ async fn card_log(env: Env) {
         s.json(&log_url).await["entries"].as_array().unwrap().len(),
         5
     );
+    // Session 3b: a forged export (one byte of the card's signature changed): refused too.
+    let mut forged = state.lock().unwrap().last_export.clone().unwrap();
+    let at = forged.len() - 10;
+    forged[at] ^= 0x01;
+    state.lock().unwrap().replay = Some(forged);
+    dev.session(&[&s.url], 30).await;
+    assert_eq!(
+        s.json(&log_url).await["entries"].as_array().unwrap().len(),
+        5
+    );
     state.lock().unwrap().replay = None;
 
     // Session 4: the card's history was rewritten from entry 3 on (a fork): refused and flagged.
@@ -771,10 +790,27 @@ async fn card_log(env: Env) {
         .await
         .unwrap();
     assert!(
-        m.contains("simfota_verification_failures_total{kind=\"export\"} 2"),
+        m.contains("simfota_verification_failures_total{kind=\"export\"} 3"),
         "{m}"
     );
     assert!(m.contains("simfota_card_log_entries_stored_total 5"), "{m}");
+    // Each refusal is recorded: the export with its reason, and a security event.
+    assert_eq!(
+        count(
+            &s,
+            "SELECT COUNT(*) FROM security_events WHERE kind = 'card_export'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(
+            &s,
+            "SELECT COUNT(*) FROM log_exports WHERE verdict = 'rejected' AND reason LIKE 'export refused%'"
+        )
+        .await,
+        1
+    );
     s.stop().await;
 }
 both!(
@@ -1081,61 +1117,36 @@ fn chromium(args: &[&str], url: &str) -> Option<std::process::Output> {
     Some(out)
 }
 
+/// The `<tr>` of `dom` with a cell (`td` or `th`) holding exactly `cell`.
+fn row_with<'a>(dom: &'a str, cell: &str) -> &'a str {
+    let at = dom
+        .find(&format!(">{cell}</t"))
+        .unwrap_or_else(|| panic!("no cell {cell}: {dom}"));
+    let start = dom[..at].rfind("<tr").unwrap();
+    let end = at + dom[at..].find("</tr>").unwrap();
+    &dom[start..end]
+}
+
 async fn dashboard(env: Env) {
     let s = env.start().await;
-    let server_pub = simfota_wire::pem::public_key_from_pem(
-        &std::fs::read_to_string(env.path("data").join("server-pub.pem")).unwrap(),
-    )
-    .unwrap();
-    let key = SigningKey::random(&mut rand_core::OsRng);
-    let mut records = Vec::new();
-    chain(
-        &mut records,
-        &[
-            Event::Authorized,
-            Event::IntegrityOk,
-            Event::Installed(FumoResult(200)),
-        ],
-    );
-    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
-        key: key.clone(),
-        info: card_info(&env, &key),
-        server_pub,
-        nonce: None,
-        request: None,
-        records,
-        acked: None,
-        replay: None,
-        last_export: None,
-        issuer_pub: None,
-        admin_counter: 0,
-        admin_result: None,
-    }));
-    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
-    let mut dev = Device::build(&env, 21, Encoding::Xml, Some(Box::new(TestCard(state))));
+    let imei = imei(21);
+    let card = real_card(&env, &imei);
+    let mut dev = device_with_card(&env, 21, Encoding::Xml, &card);
     dev.register(&s).await;
+    // One refused attempt through a server the card does not list.
+    unlisted_server_attempts(&env, &card, &imei, 1);
     dev.session(&[&s.url], 1).await;
 
-    // A finished campaign: the job is delivered and reports 200.
+    // A campaign, delivered in a DM session; the card authorizes, checks integrity, logs the
+    // install and signs the receipt; the device reports 1226 and the log is read.
     let img = vec![1u8; 1500];
-    let envelope = simfota_wire::suit::build(
-        &simfota_wire::suit::BuildParams {
-            vendor_id: [1; 16],
-            class_id: [2; 16],
-            sequence: 9,
-            image: simfota_wire::suit::ImageSource::Bytes(&img),
-            name: Some("fw"),
-            version: Some("2.0"),
-            uri: Some("payload"),
-            integrate: false,
-            precursor_digest: None,
-        },
-        &env.originator,
-    )
-    .unwrap();
+    let envelope = test_envelope(&env, &img, 9);
     let form = reqwest::multipart::Form::new()
-        .part("envelope", reqwest::multipart::Part::bytes(envelope))
-        .part("payload", reqwest::multipart::Part::bytes(img));
+        .part(
+            "envelope",
+            reqwest::multipart::Part::bytes(envelope.clone()),
+        )
+        .part("payload", reqwest::multipart::Part::bytes(img.clone()));
     let p: serde_json::Value = s
         .post("/api/v1/packages")
         .multipart(form)
@@ -1154,15 +1165,85 @@ async fn dashboard(env: Env) {
         .json()
         .await
         .unwrap();
+    dev.session(&[&s.url], 2).await;
+    let fumo = NodeUri::parse("./FUMO/fw").unwrap();
+    let token = dev.tree.fumo(&fumo).unwrap().ext["DeliveryToken"].clone();
+    let t = DeliveryToken::verify(&token, &server_pub(&env), &simfota_wire::Limits::DEFAULT)
+        .unwrap()
+        .into_inner();
+    let receipt = {
+        use sha2::Digest as _;
+        let mut c = card.lock().unwrap();
+        c.authorize(&token, &envelope).unwrap();
+        let digest = Digest(sha2::Sha256::digest(&img).into());
+        c.payload_digest(&digest, img.len() as u64).unwrap();
+        c.report_result(t.cti.as_bytes(), 200, None).unwrap()
+    };
+    let mut alert = dev
+        .tree
+        .fumo_mut(&fumo)
+        .unwrap()
+        .finish(DmFumoResult(200))
+        .unwrap();
+    alert.items.push(Item {
+        source: Some(Location::new("./FUMO/fw/Ext/Receipt")),
+        meta: Some(Meta {
+            format: Some("b64".into()),
+            ..Meta::default()
+        }),
+        data: Some(Data::text(b64(&receipt))),
+        ..Item::default()
+    });
+    dev.session_with(&[&s.url], 3, Some(alert)).await;
     let job = &s.json(&format!("/api/v1/jobs?campaign={}", c["id"])).await[0];
-    let db = &s.running.state().db;
-    let jid = job["id"].as_i64().unwrap();
-    simfota_server::campaign::mark_delivered(db, jid, b"u1", b"t")
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["receipt_status"], "verified");
+
+    // What the card wrote, as the API gives it: the install entry names release and server.
+    let log = s.json(&format!("/api/v1/cards/{ICCID}/log")).await;
+    let events: Vec<_> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        events,
+        ["denied", "authorized", "integrity_ok", "installed"]
+    );
+    let installed = &log["entries"][3];
+    assert_eq!(installed["release_name"], "fw");
+    assert_eq!(installed["release_version"], "2.0");
+    assert_eq!(installed["server_id"], "simfota");
+    assert_eq!(installed["originator"], "oem");
+    assert_eq!(installed["fumo_result"], 200);
+    assert_eq!(installed["free_device"], false);
+
+    // The proof bundle of this update, from the real card's records.
+    let uid = hex::encode(t.cti.as_bytes());
+    let bundle: simfota_server::proof::Bundle = s
+        .get(&format!("/api/v1/updates/{uid}/proof"))
+        .send()
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
-    simfota_server::campaign::record_result(db, jid, 200, None, "absent", None)
-        .await
-        .unwrap();
+    assert_eq!(
+        bundle.entries[0].deny_reason.as_deref(),
+        Some("server_not_authorized")
+    );
+    let proven = simfota_server::proof::verify(&bundle, &PublicKey::from(&env.issuer)).unwrap();
+    assert_eq!(
+        proven.events,
+        ["authorized", "integrity_ok", "installed(200)"]
+    );
+    assert!(!proven.free_device && proven.consent.is_none());
+    assert_eq!(proven.entries[2].release.as_deref(), Some("fw"));
+    // A bundle whose decoded entries do not match its records is refused.
+    let mut lying = bundle.clone();
+    lying.entries[0].deny_reason = Some("user_declined".into());
+    assert!(simfota_server::proof::verify(&lying, &PublicKey::from(&env.issuer)).is_err());
 
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard");
     std::fs::create_dir_all(&shots).unwrap();
@@ -1180,6 +1261,10 @@ async fn dashboard(env: Env) {
         "{dom}"
     );
     assert!(dom.contains(&dev.imei), "{dom}");
+    assert!(
+        dom.contains("simfota (firmware update, log read, log ack, dm other)"),
+        "{dom}"
+    );
     let shot = shots.join(format!("overview-{engine}.png"));
     let arg = format!("--screenshot={}", shot.display());
     chromium(&[arg.as_str(), "--window-size=1200,900"], &url);
@@ -1193,15 +1278,49 @@ async fn dashboard(env: Env) {
     let dom =
         String::from_utf8_lossy(&chromium(&["--dump-dom"], &url).unwrap().stdout).into_owned();
     assert!(dom.contains("Card log (verified by the server)"), "{dom}");
+    let row = row_with(&dom, "installed");
     assert!(
-        dom.contains("authorized") && dom.contains("integrity_ok") && dom.contains("installed"),
-        "{dom}"
+        row.contains(">fw 2.0<") && row.contains(">simfota<") && row.contains(">200<"),
+        "{row}"
     );
-    assert_eq!(dom.matches(">verified<").count(), 3, "{dom}");
+    let row = row_with(&dom, "denied");
+    assert!(
+        row.contains(">refused: server_not_authorized<") && row.contains(">rogue<"),
+        "{row}"
+    );
+    assert_eq!(dom.matches(">verified<").count(), 4, "{dom}");
     let shot = shots.join(format!("device-{engine}.png"));
     let arg = format!("--screenshot={}", shot.display());
     chromium(&[arg.as_str(), "--window-size=1200,700"], &url);
     assert!(shot.exists());
+
+    // The card page: authorized servers, policy, originators, log.
+    let url = format!(
+        "{}/ui/login?token={}&next=/ui/cards/{ICCID}",
+        s.url, s.token
+    );
+    let dom =
+        String::from_utf8_lossy(&chromium(&["--dump-dom"], &url).unwrap().stdout).into_owned();
+    let row = row_with(&dom, "simfota");
+    assert!(
+        row.contains("firmware update, log read, log ack, dm other"),
+        "{row}"
+    );
+    assert!(
+        row_with(&dom, "Unauthorized servers").contains(">refuse<"),
+        "{dom}"
+    );
+    assert!(
+        row_with(&dom, "Integrity check").contains(">device digest<"),
+        "{dom}"
+    );
+    assert!(row_with(&dom, "oem").contains("<code>04"), "{dom}");
+    assert!(row_with(&dom, "installed").contains(">fw 2.0<"), "{dom}");
+    let shot = shots.join(format!("card-{engine}.png"));
+    let arg = format!("--screenshot={}", shot.display());
+    chromium(&[arg.as_str(), "--window-size=1200,900"], &url);
+    assert!(shot.exists());
+
     // The campaign page with its live (htmx) progress.
     let url = format!(
         "{}/ui/login?token={}&next=/ui/campaigns/{}",
@@ -1224,3 +1343,283 @@ async fn dashboard(env: Env) {
     s.stop().await;
 }
 both!(dashboard_shows_a_finished_campaign, super::dashboard);
+
+// ---- The real card: the applet in process, reached through the device's card subtree ----
+
+type InProc = simfota_cardlink::InProcessChannel<
+    simfota_cardlink::AppletCard<simfota_cardlink::card::CardMemory>,
+>;
+type RealCard = simfota_device::cardnodes::SharedCard<InProc>;
+
+fn server_pub(env: &Env) -> PublicKey {
+    simfota_wire::pem::public_key_from_pem(
+        &std::fs::read_to_string(env.path("data").join("server-pub.pem")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A blank card personalized by the test issuer for this server (every right), trusting the
+/// test originator, refusing unlisted servers; opened and bound to `imei` as the agent does.
+fn real_card(env: &Env, imei: &str) -> RealCard {
+    use simfota_cardlink::client::{CardClient, Personalization};
+    use simfota_wire::{IntegrityMode, Policy, Rights, UnauthorizedRule};
+    let mut c = CardClient::new(simfota_cardlink::InProcessChannel::new(
+        simfota_cardlink::AppletCard::new(simfota_cardlink::card::CardMemory::new()),
+        "in-process",
+    ));
+    c.personalize(
+        &env.issuer,
+        &Personalization {
+            issuer_name: "test-issuer".into(),
+            iccid: Iccid::parse(ICCID).unwrap(),
+            imsi: "001010123456789".into(),
+            pin: ("1234".into(), 3),
+            puk: ("12345678".into(), 10),
+            servers: vec![("simfota".into(), server_pub(env), Rights::ALL)],
+            originators: vec![("oem".into(), PublicKey::from(&env.originator))],
+            policy: Policy::new(UnauthorizedRule::Refuse, IntegrityMode::DeviceDigest),
+        },
+    )
+    .unwrap();
+    c.reopen(Some(&simfota_wire::Imei::parse(imei).unwrap()))
+        .unwrap();
+    std::sync::Arc::new(std::sync::Mutex::new(c))
+}
+
+/// A device whose `./SIMFOTA/Card` is the agent's own card subtree over `card`.
+fn device_with_card(env: &Env, n: u32, encoding: Encoding, card: &RealCard) -> Device {
+    let nodes = simfota_device::cardnodes::CardNodes::new(card.clone()).unwrap();
+    Device::build(env, n, encoding, Some(Box::new(nodes)))
+}
+
+fn test_envelope(env: &Env, img: &[u8], sequence: u64) -> Vec<u8> {
+    simfota_wire::suit::build(
+        &simfota_wire::suit::BuildParams {
+            vendor_id: [1; 16],
+            class_id: [2; 16],
+            sequence,
+            image: simfota_wire::suit::ImageSource::Bytes(img),
+            name: Some("fw"),
+            version: Some("2.0"),
+            uri: Some("payload"),
+            integrate: false,
+            precursor_digest: None,
+        },
+        &env.originator,
+    )
+    .unwrap()
+}
+
+/// `n` update attempts through a server the card does not list: each one is refused by the
+/// card (policy Refuse) and logged as a `denied` entry.
+fn unlisted_server_attempts(env: &Env, card: &RealCard, imei: &str, n: u8) {
+    let rogue = SigningKey::random(&mut rand_core::OsRng);
+    let envelope = test_envelope(env, &[5u8; 100], 3);
+    let mut c = card.lock().unwrap();
+    for i in 0..n {
+        let nonce = c.get_nonce().unwrap();
+        let token = DeliveryToken {
+            iss: simfota_wire::ServerId::new("rogue").unwrap(),
+            iat: 1_700_000_000,
+            exp: 1_800_000_000,
+            cti: UpdateId::new(&[i; 8]).unwrap(),
+            nonce,
+            iccid: Iccid::parse(ICCID).unwrap(),
+            imei: simfota_wire::Imei::parse(imei).unwrap(),
+            manifest_digest: Digest([0; 32]),
+            charging_ref: None,
+        }
+        .to_vec(&rogue)
+        .unwrap();
+        let err = c.authorize(&token, &envelope).unwrap_err();
+        assert_eq!(
+            err.reason(),
+            Some(simfota_cardlink::card::Reason::ServerNotAuthorized)
+        );
+    }
+}
+
+async fn count(s: &Server, sql: &str) -> i64 {
+    use sqlx::Row as _;
+    sqlx::query(sql)
+        .fetch_one(s.running.state().db.pool())
+        .await
+        .unwrap()
+        .try_get::<i64, _>(0)
+        .unwrap()
+}
+
+async fn card_log_pages(env: Env) {
+    let s = env.start().await;
+    let imei = imei(31);
+    let card = real_card(&env, &imei);
+    let mut dev = device_with_card(&env, 31, Encoding::Wbxml, &card);
+    dev.register(&s).await;
+    // 45 entries: 12 pages of the applet's 4 records.
+    unlisted_server_attempts(&env, &card, &imei, 45);
+
+    // One session reads the whole log, page after page, each page acknowledged.
+    let ev = dev.session(&[&s.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    let log = s.json(&format!("/api/v1/cards/{ICCID}/log")).await;
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 45);
+    let mut prev = hex::encode([0u8; 32]);
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e["seq"], i as i64);
+        assert_eq!(e["event"], "denied");
+        assert_eq!(e["deny_reason"], "server_not_authorized");
+        assert_eq!(e["deny_code"], 1);
+        assert_eq!(e["server_id"], "rogue");
+        assert_eq!(e["imei"], imei.as_str());
+        // The chain runs unbroken across page boundaries.
+        let raw: [u8; LogEntry::RECORD_LEN] = hex::decode(e["raw"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let decoded = LogEntry::decode(&raw).unwrap();
+        assert_eq!(hex::encode(decoded.prev_hash.0), prev, "entry {i}");
+        prev = e["entry_hash"].as_str().unwrap().to_owned();
+        assert_eq!(prev, hex::encode(LogEntry::record_hash(&raw).0));
+    }
+    assert_eq!(log["card"]["log_status"], "ok");
+    assert_eq!(log["card"]["log_head_seq"], 44);
+    assert_eq!(log["card"]["acked_seq"], 44);
+    assert_eq!(card.lock().unwrap().card_info().unwrap().log_acked, 45);
+    assert_eq!(
+        count(
+            &s,
+            "SELECT COUNT(*) FROM log_exports WHERE verdict = 'accepted'"
+        )
+        .await,
+        12
+    );
+    // The card's own configuration came along in the same session.
+    assert_eq!(log["card"]["policy"]["unauthorized"], "refuse");
+    assert_eq!(log["card"]["policy"]["integrity"], "device_digest");
+    assert_eq!(log["card"]["originators"][0]["id"], "oem");
+    assert_eq!(
+        log["card"]["originators"][0]["key"],
+        hex::encode(PublicKey::from(&env.originator).to_sec1())
+    );
+    assert_eq!(log["card"]["servers"][0]["id"], "simfota");
+
+    // Later entries continue the stored chain in the next session; nothing is stored twice.
+    unlisted_server_attempts(&env, &card, &imei, 6);
+    dev.session(&[&s.url], 2).await;
+    let log = s.json(&format!("/api/v1/cards/{ICCID}/log")).await;
+    assert_eq!(log["entries"].as_array().unwrap().len(), 51);
+    assert_eq!(log["card"]["log_status"], "ok");
+    assert_eq!(log["card"]["acked_seq"], 50);
+    let m = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("simfota_card_log_entries_stored_total 51"),
+        "{m}"
+    );
+    s.stop().await;
+}
+both!(
+    real_card_log_is_read_across_pages_in_one_session,
+    super::card_log_pages
+);
+
+async fn page_bound(env: Env) {
+    // A card whose pages are large (16 records, the server's request size) and whose log is
+    // longer than one session's bound: the session stops at the bound, the next one goes on.
+    let s = env.start().await;
+    let key = SigningKey::random(&mut rand_core::OsRng);
+    let per_session =
+        (simfota_server::cardlog::MAX_PAGES_PER_SESSION * simfota_server::cardlog::PAGE) as usize;
+    let mut records = Vec::new();
+    chain(&mut records, &vec![Event::IntegrityOk; per_session + 5]);
+    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
+        key: key.clone(),
+        info: card_info(&env, &key),
+        server_pub: server_pub(&env),
+        nonce: None,
+        request: None,
+        records,
+        acked: None,
+        replay: None,
+        last_export: None,
+        issuer_pub: None,
+        admin_counter: 0,
+        admin_result: None,
+    }));
+    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let mut dev = Device::build(
+        &env,
+        33,
+        Encoding::Xml,
+        Some(Box::new(TestCard(state.clone()))),
+    );
+    dev.register(&s).await;
+    let url = format!("/api/v1/cards/{ICCID}/log");
+    dev.session(&[&s.url], 1).await;
+    let log = s.json(&url).await;
+    assert_eq!(log["entries"].as_array().unwrap().len(), per_session);
+    assert_eq!(state.lock().unwrap().acked, Some(per_session as u32 - 1));
+    dev.session(&[&s.url], 2).await;
+    let log = s.json(&url).await;
+    assert_eq!(log["entries"].as_array().unwrap().len(), per_session + 5);
+    assert_eq!(log["card"]["log_status"], "ok");
+    assert_eq!(state.lock().unwrap().acked, Some(per_session as u32 + 4));
+    s.stop().await;
+}
+both!(
+    log_read_stops_at_the_page_bound_and_resumes,
+    super::page_bound
+);
+
+async fn hmac_and_enrolment(env: Env) {
+    let mut cfg = env.config("data");
+    cfg.enrolment = simfota_server::Enrolment::SharedSecret;
+    cfg.enrolment_password = Some("enrol-pw".into());
+    let s = Server::start(cfg).await;
+
+    // A registered device on HMAC (DM Security 1.2 §5.4): both sides prove themselves in the
+    // x-syncml-hmac header.
+    let mut dev = Device::new(&env, 41, Encoding::Xml);
+    dev.auth = AuthScheme::Hmac;
+    dev.register(&s).await;
+    let ev = dev.session(&[&s.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Authenticated), "{ev:?}");
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    let d = s.json(&format!("/api/v1/devices/{}", dev.imei)).await;
+    assert_eq!(d["device"]["auth"], "hmac");
+    assert_eq!(d["device"]["fw_version"], "1.0");
+
+    // Shared-secret enrolment: an unknown device with the enrolment password is registered.
+    let mut newcomer = Device::new(&env, 42, Encoding::Wbxml);
+    newcomer.password = "enrol-pw".into();
+    let ev = newcomer.session(&[&s.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Authenticated), "{ev:?}");
+    let d = s.json(&format!("/api/v1/devices/{}", newcomer.imei)).await;
+    assert_eq!(d["device"]["enrolled_by"], "enrolment");
+    assert_eq!(d["device"]["username"], format!("dev-{}", newcomer.imei));
+    // It keeps working with its credentials in the next session.
+    let ev = newcomer.session(&[&s.url], 2).await;
+    assert!(ev.contains(&ClientEvent::Authenticated), "{ev:?}");
+
+    // An unknown device with another password is refused and not registered.
+    let mut stranger = Device::new(&env, 43, Encoding::Xml);
+    stranger.password = "guess".into();
+    let ev = stranger.session(&[&s.url], 1).await;
+    assert!(!ev.contains(&ClientEvent::Authenticated), "{ev:?}");
+    let r = s
+        .get(&format!("/api/v1/devices/{}", stranger.imei))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+both!(
+    hmac_devices_and_shared_secret_enrolment,
+    super::hmac_and_enrolment
+);

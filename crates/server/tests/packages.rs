@@ -281,3 +281,63 @@ async fn oversized_upload(env: Env) {
     s.stop().await;
 }
 both!(oversized_upload_is_refused, super::oversized_upload);
+
+async fn delta_package(env: Env) {
+    use sha2::Digest as _;
+    let s = env.start().await;
+    let base = image(50_000);
+    let mut new = base.clone();
+    new[100..200].fill(9);
+    // The transported payload of a delta package is not the image: any bytes whose digest and
+    // size the manifest signs (the device rebuilds the image from them and its running one).
+    let delta = b"a delta that turns the base image into the new one".repeat(20);
+    let env_bytes = simfota_wire::suit::build_delta(
+        &BuildParams {
+            vendor_id: [1; 16],
+            class_id: [2; 16],
+            sequence: 4,
+            image: ImageSource::Bytes(&new),
+            name: Some("firmware"),
+            version: Some("2.1"),
+            uri: Some("payload"),
+            integrate: false,
+            precursor_digest: Some(simfota_wire::Digest(sha2::Sha256::digest(&base).into())),
+        },
+        &delta,
+        &env.originator,
+    )
+    .unwrap();
+    // The full image is not what this package transports: refused.
+    let r = upload(&s, env_bytes.clone(), Some(new.clone())).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        r.text().await.unwrap().contains("delta payload"),
+        "the refusal names the delta"
+    );
+    let r = upload(&s, env_bytes, Some(delta.clone())).await;
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let p: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // The package describes the image it produces; the download is the delta, tagged by its
+    // own signed digest.
+    assert_eq!(p["image_digest"], hex::encode(sha2::Sha256::digest(&new)));
+    assert!(p["precursor_digest"].is_string());
+    let r = s
+        .http
+        .get(format!("{}/packages/{}/payload", s.url, p["id"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["etag"].to_str().unwrap(),
+        format!("\"sha256-{}\"", hex::encode(sha2::Sha256::digest(&delta)))
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), delta.as_slice());
+    s.stop().await;
+}
+both!(
+    delta_package_is_checked_against_its_signed_payload,
+    super::delta_package
+);

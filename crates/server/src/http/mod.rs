@@ -28,8 +28,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             count_responses,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The span of a request in the logs: method and path only. The query string stays out
+/// (`/ui/login?token=...` carries an API token) and so do the headers (`Authorization`).
+fn request_span(req: &Request) -> tracing::Span {
+    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
 }
 
 async fn count_responses(State(s): State<AppState>, req: Request, next: Next) -> Response {
