@@ -110,6 +110,11 @@ impl RunningServer {
 /// listener and starts serving in the background.
 pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     config.validate()?;
+    // TLS files first: a bad certificate or key refuses the start before anything is created.
+    let tls_config = match &config.tls {
+        Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
     for dir in [config.data_dir.clone(), config.package_dir()] {
         std::fs::create_dir_all(&dir)
             .map_err(|e| ServerError::io("cannot create the data folder", &dir, e))?;
@@ -146,10 +151,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    let task = match &state.config.tls {
-        Some(files) => {
-            let listener =
-                tls::TlsListener::new(tcp, tls::server_config(&files.cert, &files.key)?)?;
+    let task = match tls_config {
+        Some(tls_config) => {
+            let listener = tls::TlsListener::new(tcp, tls_config)?;
             tokio::spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(shutdown)
