@@ -243,7 +243,8 @@ impl<'a> World<'a> {
         self.firmware().context("step 4 (firmware packages)")?;
         self.device().context("step 5 (device)")?;
 
-        self.update(6, Kind::Full, 0).context("step 6 (full update)")?;
+        self.update(6, Kind::Full, 0)
+            .context("step 6 (full update)")?;
         self.update(7, Kind::Delta, 1)
             .context("step 7 (delta update)")?;
         self.update(8, Kind::Unauthorized, 2)
@@ -338,8 +339,10 @@ impl<'a> World<'a> {
 
     /// Step 2: the operator's server and a second one the card does not list.
     fn servers(&mut self) -> Result<()> {
-        self.out
-            .step(2, "DM servers: the operator's, and one the card does not list");
+        self.out.step(
+            2,
+            "DM servers: the operator's, and one the card does not list",
+        );
         let a = self.start_server(AUTHORIZED_ID, "server")?;
         self.out.detail(&format!(
             "\"{AUTHORIZED_ID}\" at {} (SQLite and server key in {})",
@@ -590,7 +593,7 @@ impl<'a> World<'a> {
                 Expected::Succeeded,
             ),
             Kind::Unauthorized => (
-                format!("2.1 -> 2.2 from \"{UNLISTED_ID}\" (not on the card)"),
+                "unlisted server, PIN consent: 2.2".to_owned(),
                 false,
                 Expected::Succeeded,
             ),
@@ -611,7 +614,17 @@ impl<'a> World<'a> {
                 },
             ),
         };
-        self.out.step(n, &title);
+        self.out.step(
+            n,
+            &match kind {
+                Kind::Unauthorized => format!(
+                    "update 2.1 -> 2.2 offered by \"{UNLISTED_ID}\", a server the card does not list"
+                ),
+                Kind::Replay => "replayed delivery token: an attacker on the network path".into(),
+                Kind::Rollback => "rollback: 1.0 signed again with its old sequence number".into(),
+                Kind::Full | Kind::Delta => title.clone(),
+            },
+        );
         let server = if authorized {
             self.authorized()?
         } else {
@@ -676,11 +689,14 @@ impl<'a> World<'a> {
         let receipt = job
             .and_then(|j| j["receipt_status"].as_str())
             .map_or_else(String::new, |r| format!(", receipt {r}"));
+        let entries = match log_after.saturating_sub(log_before) {
+            0 => "no card log entry".to_owned(),
+            1 => format!("card log entry {log_before}"),
+            _ => format!("card log entries {log_before}-{}", log_after - 1),
+        };
         let line = format!(
-            "\"{}\" recorded: {state}{code}{receipt}; card log entries {}..{}",
-            server.id,
-            log_before,
-            log_after.saturating_sub(1)
+            "\"{}\" recorded: {state}{code}{receipt}; {entries}",
+            server.id
         );
         let as_expected = match expected {
             Expected::Succeeded => state == "succeeded",
@@ -784,20 +800,25 @@ impl<'a> World<'a> {
             } else {
                 &device_b
             };
-            let (u, bad) =
-                summary::check_step(run, summary::job_of(device, run.campaign_id), &card_log.entries);
+            let (u, bad) = summary::check_step(
+                run,
+                summary::job_of(device, run.campaign_id),
+                &card_log.entries,
+            );
             failures.extend(bad.into_iter().map(|m| summary::Failure {
                 step: run.title.clone(),
                 message: m,
             }));
             updates.push(u);
         }
-        failures.extend(summary::check_log(&card_log).into_iter().map(|m| {
-            summary::Failure {
-                step: "card log".into(),
-                message: m,
-            }
-        }));
+        failures.extend(
+            summary::check_log(&card_log)
+                .into_iter()
+                .map(|m| summary::Failure {
+                    step: "card log".into(),
+                    message: m,
+                }),
+        );
         let slots = self.dir.join("device/slots");
         let running = SlotStore::open(&slots)
             .and_then(|s| s.active_version().map(str::to_owned))
@@ -850,7 +871,8 @@ impl<'a> World<'a> {
                 .block_on(s.shutdown())
                 .map_err(|e| anyhow!("stopping {UNLISTED_ID}: {e}"))?;
         }
-        self.out.heading("The authorized server keeps running (Ctrl-C stops it)");
+        self.out
+            .heading("The authorized server keeps running (Ctrl-C stops it)");
         self.out
             .line(&format!("  dashboard  {}", summary.server.dashboard));
         self.out.line(&format!(
@@ -882,11 +904,11 @@ impl<'a> World<'a> {
             .into_iter()
             .flatten()
         {
-            if let Some(s) = server.running {
-                if let Err(e) = self.rt.block_on(s.shutdown()) {
-                    self.out
-                        .line(&format!("simfota: stopping server {}: {e}", server.id));
-                }
+            if let Some(s) = server.running
+                && let Err(e) = self.rt.block_on(s.shutdown())
+            {
+                self.out
+                    .line(&format!("simfota: stopping server {}: {e}", server.id));
             }
         }
     }

@@ -59,7 +59,10 @@ fn demo_runs_every_step_and_prints_one_json_summary() {
     assert!(!stderr.contains('\x1b'));
 
     let updates = s["updates"].as_array().unwrap();
-    let steps: Vec<&str> = updates.iter().map(|u| u["step"].as_str().unwrap()).collect();
+    let steps: Vec<&str> = updates
+        .iter()
+        .map(|u| u["step"].as_str().unwrap())
+        .collect();
     assert_eq!(
         steps,
         ["full", "delta", "unauthorized", "replay", "rollback"]

@@ -76,7 +76,12 @@ pub fn patched(base: &[u8], version: &str) -> Vec<u8> {
     let mut out = base.to_vec();
     let header = format!("SIMFOTA-DEMO-FIRMWARE {version}\n");
     let mut rng = SplitMix(0x21);
-    for (at, len) in [(0, header.len()), (40_000, 96), (150_000, 200), (300_000, 64)] {
+    for (at, len) in [
+        (0, header.len()),
+        (40_000, 96),
+        (150_000, 200),
+        (300_000, 64),
+    ] {
         let end = (at + len).min(out.len());
         for b in &mut out[at..end] {
             *b = rng.next() as u8;

@@ -60,7 +60,11 @@ impl Out {
     /// `[n/11] text`, bold on a terminal.
     pub fn step(&self, n: usize, text: &str) {
         let tag = format!("[{n:>2}/{STEPS}]");
-        self.line(&format!("{} {}", self.paint(BOLD, &tag), self.paint(BOLD, text)));
+        self.line(&format!(
+            "{} {}",
+            self.paint(BOLD, &tag),
+            self.paint(BOLD, text)
+        ));
     }
 
     /// A detail under the current step.
@@ -70,13 +74,19 @@ impl Out {
 
     /// A line the device agent printed (dimmed: it is the agent's own voice).
     pub fn device(&self, text: &str) {
-        self.line(&format!("        {}", self.paint(DIM, &format!("device: {text}"))));
+        self.line(&format!(
+            "        {}",
+            self.paint(DIM, &format!("device: {text}"))
+        ));
     }
 
     /// The consent warning, quoted as the device's user sees it.
     pub fn quote(&self, text: &str) {
         for l in text.lines() {
-            self.line(&format!("        {}", self.paint(YELLOW, &format!("| {l}"))));
+            self.line(&format!(
+                "        {}",
+                self.paint(YELLOW, &format!("| {l}"))
+            ));
         }
     }
 

@@ -299,7 +299,9 @@ pub fn check_step(run: &StepRun, job: Option<&Value>, log: &[LogRow]) -> (Update
     }
     let state = job.and_then(|j| j["state"].as_str()).map(str::to_owned);
     let fumo = job.and_then(|j| j["result_code"].as_i64());
-    let receipt = job.and_then(|j| j["receipt_status"].as_str()).map(str::to_owned);
+    let receipt = job
+        .and_then(|j| j["receipt_status"].as_str())
+        .map(str::to_owned);
     if job.is_none() {
         bad.push(format!(
             "server {} recorded no job for campaign {}",
@@ -328,7 +330,10 @@ pub fn check_step(run: &StepRun, job: Option<&Value>, log: &[LogRow]) -> (Update
                 bad.push("no `installed` entry with result 200 in the card log".into());
             }
         }
-        Expected::Refused { fumo: want, reasons } => {
+        Expected::Refused {
+            fumo: want,
+            reasons,
+        } => {
             if state.as_deref() != Some("failed") || fumo != Some(i64::from(want)) {
                 bad.push(format!(
                     "expected a refusal with FUMO {want}; the server recorded {} with {}",
@@ -454,7 +459,7 @@ pub fn print(out: &Out, s: &Summary) {
     out.heading("Updates (results as the servers recorded them)");
     out.line(&format!(
         "  {} {} {} {} {} {}",
-        pad("step", 36),
+        pad("step", 34),
         pad("server", 13),
         pad("result", 20),
         pad("receipt", 9),
@@ -474,7 +479,7 @@ pub fn print(out: &Out, s: &Summary) {
         };
         out.line(&format!(
             "  {} {} {} {} {} {}",
-            pad(&u.title, 36),
+            pad(&u.title, 34),
             pad(&u.server_id, 13),
             pad(&result, 20),
             pad(cell(u.receipt.as_deref()), 9),
@@ -487,10 +492,11 @@ pub fn print(out: &Out, s: &Summary) {
         s.card_log.read_by
     ));
     out.line(&format!(
-        "  {} {} {} {} {} {}",
+        "  {} {} {} {} {} {} {}",
         pad("#", 3),
         pad("event", 13),
-        pad("detail", 24),
+        pad("detail", 18),
+        pad("update", 9),
         pad("server", 13),
         pad("version", 8),
         "verified"
@@ -503,11 +509,18 @@ pub fn print(out: &Out, s: &Summary) {
             (_, _, Some(f)) => format!("FUMO {f}"),
             _ => String::new(),
         };
+        // The first bytes of the update id are enough to tell updates apart (and to see
+        // that the replayed token carries the id of an earlier update).
+        let update = e
+            .update_id
+            .as_deref()
+            .map_or("-".to_owned(), |u| u.chars().take(8).collect());
         out.line(&format!(
-            "  {} {} {} {} {} {}",
+            "  {} {} {} {} {} {} {}",
             pad(&e.seq.to_string(), 3),
             pad(&e.event, 13),
-            pad(&detail, 24),
+            pad(&detail, 18),
+            pad(&update, 9),
             pad(cell(e.server_id.as_deref()), 13),
             pad(cell(e.version.as_deref()), 8),
             out.verdict(e.verified, if e.verified { "yes" } else { "NO" })
@@ -549,10 +562,7 @@ mod tests {
     fn reason_names_follow_the_wire_table() {
         use simfota_wire::DenyReason;
         assert_eq!(reason_name(DenyReason::ROLLBACK.0), "rollback");
-        assert_eq!(
-            reason_name(DenyReason::NONCE_MISMATCH.0),
-            "nonce_mismatch"
-        );
+        assert_eq!(reason_name(DenyReason::NONCE_MISMATCH.0), "nonce_mismatch");
         assert_eq!(
             reason_name(DenyReason::PIN_CONSENT_REQUIRED.0),
             "pin_consent_required"
@@ -562,7 +572,10 @@ mod tests {
         let names: std::collections::BTreeSet<String> =
             DenyReason::ALL.iter().map(|r| reason_name(r.0)).collect();
         assert_eq!(names.len(), DenyReason::ALL.len());
-        assert!(names.iter().all(|n| !n.starts_with("unknown")));
+        assert!(
+            names.iter().all(|n| !n.starts_with("unknown_0x")),
+            "{names:?}"
+        );
     }
 
     fn row(seq: u32, event: &str) -> LogRow {
@@ -619,11 +632,7 @@ mod tests {
         let mut other = row(3, "denied");
         other.reason = Some("token_expired".into());
         let job = serde_json::json!({"campaign_id": 7, "state": "failed", "result_code": 404});
-        let (u, bad) = check_step(
-            &run(Kind::Rollback, expected, (3, 4)),
-            Some(&job),
-            &[other],
-        );
+        let (u, bad) = check_step(&run(Kind::Rollback, expected, (3, 4)), Some(&job), &[other]);
         assert!(!u.ok);
         assert_eq!(bad.len(), 2, "{bad:?}");
         // No job at all, and the entry never reached the server.
@@ -639,7 +648,11 @@ mod tests {
         let mut installed = row(2, "installed");
         installed.fumo_result = Some(200);
         let log = [row(0, "authorized"), row(1, "integrity_ok"), installed];
-        let (_, bad) = check_step(&run(Kind::Full, Expected::Succeeded, (0, 3)), Some(&job), &log);
+        let (_, bad) = check_step(
+            &run(Kind::Full, Expected::Succeeded, (0, 3)),
+            Some(&job),
+            &log,
+        );
         assert!(bad.is_empty(), "{bad:?}");
         // The same, but the device never rebuilt from a delta.
         let (_, bad) = check_step(
@@ -650,7 +663,11 @@ mod tests {
         assert_eq!(bad.len(), 1, "{bad:?}");
         let job = serde_json::json!({"campaign_id": 7, "state": "succeeded", "result_code": 200,
             "receipt_status": "missing"});
-        let (_, bad) = check_step(&run(Kind::Full, Expected::Succeeded, (0, 3)), Some(&job), &log);
+        let (_, bad) = check_step(
+            &run(Kind::Full, Expected::Succeeded, (0, 3)),
+            Some(&job),
+            &log,
+        );
         assert!(bad[0].contains("receipt"), "{bad:?}");
     }
 
