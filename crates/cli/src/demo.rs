@@ -28,6 +28,7 @@ mod relay;
 mod summary;
 
 use std::cell::{Cell, RefCell};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -102,7 +103,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let started = Instant::now();
     let out = Out::new(args.json);
     let dir = args.dir.clone().unwrap_or_else(folder::default_dir);
-    let prepared = folder::prepare(&dir).context("cannot use the demo folder")?;
+    // Held until the demo ends: a second run cannot clear this folder meanwhile.
+    let claimed = folder::prepare(&dir).context("cannot use the demo folder")?;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
@@ -115,7 +117,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     out.line(&format!(
         "simfota demo in {} ({})",
         dir.display(),
-        match prepared {
+        match claimed.prepared {
             folder::Prepared::Created => "new folder",
             folder::Prepared::Empty => "empty folder",
             folder::Prepared::Reused => "an earlier demo's files were removed",
@@ -139,7 +141,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     )?;
     if args.json {
         let text = serde_json::to_string(&summary).context("cannot encode the summary")?;
-        println!("{text}");
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{text}")
+            .and_then(|()| stdout.flush())
+            .context("cannot write the summary to stdout")?;
     }
     summary::print(&out, &summary);
     if args.serve {

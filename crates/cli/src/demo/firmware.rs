@@ -82,6 +82,7 @@ pub fn patched(base: &[u8], version: &str) -> Vec<u8> {
         (150_000, 200),
         (300_000, 64),
     ] {
+        let at = at.min(out.len());
         let end = (at + len).min(out.len());
         for b in &mut out[at..end] {
             *b = rng.next() as u8;

@@ -3,8 +3,11 @@
 //! `--dir` takes a missing or empty folder, or a folder an earlier `simfota demo` made (it
 //! holds the marker file [`MARKER`]): the demo then removes what it wrote there before and
 //! starts over. Any other non-empty folder is refused with its first unknown entry named,
-//! so the demo never deletes a file it did not write.
+//! so the demo never deletes a file it did not write. A running demo keeps its marker file
+//! locked, so a second run refuses to clear the folder under it.
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -77,14 +80,50 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// A demo folder in use: the marker file, locked for as long as this value lives, so a
+/// second `simfota demo --dir` cannot clear the folder of a demo that still runs.
+#[derive(Debug)]
+pub struct Claimed {
+    /// What happened to the folder.
+    pub prepared: Prepared,
+    _lock: File,
+}
+
+/// Opens and locks the marker file (creating it).
+fn lock_marker(dir: &Path) -> Result<File> {
+    let path = dir.join(MARKER);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot write in the demo folder {}", dir.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => bail!(
+            "{} is in use by a running `simfota demo`; stop it or give another folder",
+            dir.display()
+        ),
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(b"simfota demo folder\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(file)
+}
+
 /// Makes `dir` ready for a demo run (see the module documentation).
-pub fn prepare(dir: &Path) -> Result<Prepared> {
+pub fn prepare(dir: &Path) -> Result<Claimed> {
     if !dir.exists() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the demo folder {}", dir.display()))?;
-        std::fs::write(dir.join(MARKER), b"simfota demo folder\n")
-            .with_context(|| format!("cannot write in the demo folder {}", dir.display()))?;
-        return Ok(Prepared::Created);
+        return Ok(Claimed {
+            _lock: lock_marker(dir)?,
+            prepared: Prepared::Created,
+        });
     }
     if !dir.is_dir() {
         bail!("{} exists and is not a folder", dir.display());
@@ -97,38 +136,42 @@ pub fn prepare(dir: &Path) -> Result<Prepared> {
         names.push(entry.file_name());
     }
     names.sort();
-    let state = if names.is_empty() {
-        Prepared::Empty
-    } else {
-        if !names.iter().any(|n| n == MARKER) {
-            bail!(
-                "{} is not empty and is not a folder made by `simfota demo` (no {MARKER} in it); \
-                 give an empty or new folder",
-                dir.display()
-            );
-        }
-        if let Some(foreign) = names.iter().find(|n| !OWNED.iter().any(|o| *n == *o)) {
-            bail!(
-                "{} holds {:?}, which `simfota demo` did not write; move it away or give another \
-                 folder",
-                dir.display(),
-                foreign
-            );
-        }
-        for name in &names {
-            let path = dir.join(name);
-            let removed = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            removed.with_context(|| format!("cannot clear {}", path.display()))?;
-        }
-        Prepared::Reused
-    };
-    std::fs::write(dir.join(MARKER), b"simfota demo folder\n")
-        .with_context(|| format!("cannot write in the demo folder {}", dir.display()))?;
-    Ok(state)
+    if names.is_empty() {
+        return Ok(Claimed {
+            _lock: lock_marker(dir)?,
+            prepared: Prepared::Empty,
+        });
+    }
+    if !names.iter().any(|n| n == MARKER) {
+        bail!(
+            "{} is not empty and is not a folder made by `simfota demo` (no {MARKER} in it); \
+             give an empty or new folder",
+            dir.display()
+        );
+    }
+    if let Some(foreign) = names.iter().find(|n| !OWNED.iter().any(|o| *n == *o)) {
+        bail!(
+            "{} holds {:?}, which `simfota demo` did not write; move it away or give another \
+             folder",
+            dir.display(),
+            foreign
+        );
+    }
+    // Locked before anything is removed; the marker itself stays (and stays locked).
+    let lock = lock_marker(dir)?;
+    for name in names.iter().filter(|n| *n != MARKER) {
+        let path = dir.join(name);
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cannot clear {}", path.display()))?;
+    }
+    Ok(Claimed {
+        _lock: lock,
+        prepared: Prepared::Reused,
+    })
 }
 
 #[cfg(test)]
@@ -148,13 +191,19 @@ mod tests {
     fn only_empty_or_earlier_demo_folders_are_taken() {
         let tmp = tempfile::tempdir().unwrap();
         let fresh = tmp.path().join("new");
-        assert_eq!(prepare(&fresh).unwrap(), Prepared::Created);
-        assert_eq!(prepare(&fresh).unwrap(), Prepared::Reused);
-
+        let first = prepare(&fresh).unwrap();
+        assert_eq!(first.prepared, Prepared::Created);
+        // In use by a running demo: refused, and nothing removed.
         std::fs::create_dir_all(fresh.join("server")).unwrap();
+        let e = prepare(&fresh).unwrap_err().to_string();
+        assert!(e.contains("in use by a running `simfota demo`"), "{e}");
+        assert!(fresh.join("server").exists());
+        drop(first);
+
         std::fs::write(fresh.join("server/x"), b"x").unwrap();
-        assert_eq!(prepare(&fresh).unwrap(), Prepared::Reused);
+        assert_eq!(prepare(&fresh).unwrap().prepared, Prepared::Reused);
         assert!(!fresh.join("server").exists());
+        assert!(fresh.join(MARKER).exists());
 
         std::fs::write(fresh.join("notes.txt"), b"mine").unwrap();
         let e = prepare(&fresh).unwrap_err().to_string();
@@ -169,6 +218,6 @@ mod tests {
 
         let empty = tmp.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        assert_eq!(prepare(&empty).unwrap(), Prepared::Empty);
+        assert_eq!(prepare(&empty).unwrap().prepared, Prepared::Empty);
     }
 }
