@@ -77,6 +77,9 @@ pub mod ins {
     pub const ACK_LOG: u8 = 0x1C;
     /// ADMIN, CLA `80`: issuer-signed admin command.
     pub const ADMIN: u8 = 0x1E;
+    /// GET RECEIPT, CLA `80`: the receipt of an update whose result the card recorded,
+    /// signed again (for a device that lost it in a crash).
+    pub const GET_RECEIPT: u8 = 0x22;
 }
 
 /// The transient I/O state: buffer, chaining and the pending response.

@@ -30,6 +30,7 @@ pub(crate) fn dispatch<S: Store, P: Platform>(
         (false, ins::RECORD_CONSENT) => crate::update::record_consent(core, cmd, io, n),
         (false, ins::PAYLOAD) => crate::update::payload(core, cmd, &io[..n]),
         (false, ins::REPORT_RESULT) => crate::update::report_result(core, cmd, io, n),
+        (false, ins::GET_RECEIPT) => crate::update::get_receipt(core, cmd, io, n),
         (false, ins::READ_LOG) => crate::logcmd::read_log(core, cmd, io, n),
         (false, ins::ACK_LOG) => crate::logcmd::ack_log(core, cmd, io, n),
         (false, ins::ADMIN) => crate::admin::admin(core, cmd, io, n),

@@ -31,7 +31,7 @@ use minicbor::encode::write::Cursor;
 use sha2::Digest as _;
 use simfota_wire::DeliveryToken;
 use simfota_wire::cose::PublicKey;
-use simfota_wire::{Digest, Imei, Nonce};
+use simfota_wire::{Digest, Imei, Nonce, UpdateId};
 use simfota_wire::{Event, FumoResult, LogEntry};
 use simfota_wire::{IntegrityMode, Receipt, Rights, UnauthorizedRule};
 use subtle::ConstantTimeEq;
@@ -576,6 +576,21 @@ pub(crate) fn report_result<S: Store, P: Platform>(
             p.write(O_PENDING, &[0u8; PENDING_LEN])?;
             Ok(r)
         })?;
+    let update_id = entry.update_id.ok_or(CardError::Internal("update id"))?;
+    sign_receipt(core, update_id, result, seq, head, io)
+}
+
+/// Signs the receipt `{ICCID, update id, result, log seq, chain head}` with the card key
+/// into `io`. The signature is deterministic (RFC 6979), so the same facts always give the
+/// same bytes: a receipt signed again by GET RECEIPT equals the one REPORT RESULT answered.
+fn sign_receipt<S: Store, P: Platform>(
+    core: &Core<S, P>,
+    update_id: UpdateId,
+    result: FumoResult,
+    log_seq: u32,
+    chain_head: Digest,
+    io: &mut [u8],
+) -> Result<usize, CardError> {
     let mut iccid = [0u8; ICCID_MAX];
     let len = card_iccid(&core.p, &mut iccid)?;
     let iccid = core::str::from_utf8(&iccid[..len])
@@ -584,16 +599,73 @@ pub(crate) fn report_result<S: Store, P: Platform>(
         .ok_or(CardError::Internal("stored ICCID"))?;
     let receipt = Receipt {
         iccid,
-        update_id: entry.update_id.ok_or(CardError::Internal("update id"))?,
+        update_id,
         result,
-        log_seq: seq,
-        chain_head: head,
+        log_seq,
+        chain_head,
     };
     let key = crypto::card_key(&core.p)?;
     core.ops.sign();
     receipt
         .sign(&key, io)
         .map_err(|_| CardError::Internal("receipt does not fit the I/O buffer"))
+}
+
+/// GET RECEIPT (CLA `80`, INS `22`, P1-P2 `0000`): data = update id (the token's `cti`).
+/// Answers the card-signed receipt of that update again, for a device that crashed between
+/// REPORT RESULT and saving its answer (the card refuses a second report).
+///
+/// Nothing new is stored for this: the receipt is a signed pointer into the log, and the
+/// log already holds every fact it states. The card looks for the newest "installed"
+/// record of that update still in its slot (newest first, at most the ring's capacity),
+/// takes the result from it, its sequence number as `log_seq` and its hash as the chain
+/// head REPORT RESULT answered, and signs them again. The record stays in its slot until a
+/// server has acknowledged it and the ring wrapped round (design §3: slots are reused only
+/// after acknowledgement) — by then that server holds the result from the log itself. The
+/// command writes nothing, so it adds no tearing case.
+///
+/// Refusals: no such record (never reported, reported under another id, or its slot
+/// reused) `6A88`; the update was authorized for another device than the bound one `6606`
+/// (as REPORT RESULT).
+pub(crate) fn get_receipt<S: Store, P: Platform>(
+    core: &mut Core<S, P>,
+    cmd: &Command<'_>,
+    io: &mut [u8],
+    n: usize,
+) -> Result<usize, CardError> {
+    require_operational(core)?;
+    require_p1p2(cmd, 0, 0)?;
+    if n == 0 || n > UpdateId::MAX_LEN {
+        return Err(CardError::WrongLength);
+    }
+    let wanted = UpdateId::new(&io[..n]).map_err(|_| CardError::WrongData("update id"))?;
+    let st = ring::state(&core.p)?;
+    let mut rec = [0u8; RECORD_LEN];
+    let mut seq = st.next;
+    let (entry, result) = loop {
+        if seq <= st.oldest() {
+            return Err(CardError::NotFound);
+        }
+        seq -= 1;
+        ring::read(&core.p, seq, &mut rec)?;
+        let entry =
+            LogEntry::decode(&rec).map_err(|_| CardError::Internal("log record is corrupt"))?;
+        if let Event::Installed(result) = entry.event
+            && entry.update_id == Some(wanted)
+        {
+            break (entry, result);
+        }
+    };
+    let bound = core.session.imei;
+    if entry
+        .imei
+        .map(|i| i.as_str().as_bytes() == &bound.unwrap_or([0; 15])[..])
+        != Some(true)
+    {
+        return Err(CardError::Refused(Reason::WrongDevice));
+    }
+    let head = LogEntry::record_hash(&rec);
+    sign_receipt(core, wanted, result, seq, head, io)
 }
 
 /// GET DATA `0106`: `{1: update-id, 2: integrity (0 none, 1 passed, 2 failed), 3: sequence,

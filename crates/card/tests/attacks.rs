@@ -394,6 +394,103 @@ fn result_for_unknown_update() {
 }
 
 #[test]
+fn receipt_for_an_update_never_reported() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    // Nothing in the log at all.
+    assert_eq!(card.receipt(b"never").1, StatusWord::DATA_NOT_FOUND);
+    // Authorized and pending, not reported: no receipt before the result.
+    let (env, md) = w.package(4);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    assert_eq!(card.receipt(&cti).1, StatusWord::DATA_NOT_FOUND);
+    let p = w.payload.clone();
+    assert_eq!(card.device_digest(&p), StatusWord::OK);
+    assert_eq!(card.receipt(&cti).1, StatusWord::DATA_NOT_FOUND);
+    // Refused at authorization (logged under its id): no result, no receipt.
+    let (_, sw) = card.report(200, &cti);
+    assert_eq!(sw, StatusWord::OK);
+    let (env, md) = w.package(3);
+    let refused_cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(
+        card.authorize(&w.token(&refused_cti, n, md), &env),
+        refused(Reason::Rollback)
+    );
+    assert_eq!(card.receipt(&refused_cti).1, StatusWord::DATA_NOT_FOUND);
+    // Malformed ids are refused before any lookup.
+    assert_eq!(card.receipt(&[]).1, StatusWord::WRONG_LENGTH);
+    assert_eq!(card.receipt(&[7; 17]).1, StatusWord::WRONG_LENGTH);
+    assert_eq!(
+        card.cmd(0x80, ins::GET_RECEIPT, 1, 0, &cti).1,
+        StatusWord::WRONG_P1P2
+    );
+}
+
+#[test]
+fn receipt_for_another_update_id() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (cti, receipt) = w.full_update(&mut card, 3);
+    // Ids next to the recorded one (a prefix, an extension, one byte off) are not it.
+    let mut longer = cti.clone();
+    longer.push(0);
+    let mut flipped = cti.clone();
+    flipped[1] ^= 1;
+    for other in [&cti[..1], &longer[..], &flipped[..]] {
+        assert_eq!(
+            card.receipt(other).1,
+            StatusWord::DATA_NOT_FOUND,
+            "{other:?}"
+        );
+    }
+    // The one recorded answers its own receipt, naming its own id only.
+    let (again, sw) = card.receipt(&cti);
+    assert_eq!((again == receipt, sw), (true, StatusWord::OK));
+    let r = simfota_wire::Receipt::verify(
+        &again,
+        &card_public_key(&mut card),
+        &simfota_wire::Limits::DEFAULT,
+    )
+    .unwrap();
+    assert_eq!(r.update_id.as_bytes(), &cti[..]);
+}
+
+#[test]
+fn receipt_from_another_device() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (cti, _) = w.full_update(&mut card, 3);
+    assert_eq!(card.bind(OTHER_IMEI), StatusWord::OK);
+    assert_eq!(card.receipt(&cti).1, refused(Reason::WrongDevice));
+    // No terminal bound at all (a fresh selection): the same refusal.
+    assert_eq!(card.select(), StatusWord::OK);
+    assert_eq!(card.receipt(&cti).1, refused(Reason::WrongDevice));
+    assert_eq!(card.bind(IMEI), StatusWord::OK);
+    assert_eq!(card.receipt(&cti).1, StatusWord::OK);
+}
+
+#[test]
+fn receipt_is_gone_once_its_record_is_acknowledged_and_overwritten() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (cti, _) = w.full_update(&mut card, 1);
+    // The reader stores and acknowledges everything, then later updates reuse the slots.
+    let mut seq = 2;
+    for sequence in 2..=23u64 {
+        let n = card.nonce();
+        let ack = w.log_ack(&w.reader, READER, n, seq);
+        assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, StatusWord::OK);
+        w.full_update(&mut card, sequence);
+        seq += 3;
+    }
+    // Entry 2 (the result) was in slot 2, now holding entry 66.
+    assert!(card.log_status().next > 66);
+    assert_eq!(card.receipt(&cti).1, StatusWord::DATA_NOT_FOUND);
+}
+
+#[test]
 fn result_from_another_device() {
     let mut w = World::new();
     let mut card = w.default_card();

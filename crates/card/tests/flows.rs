@@ -41,6 +41,66 @@ fn authorized_update_end_to_end() {
 }
 
 #[test]
+fn a_recorded_result_gives_its_receipt_again() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (first, first_receipt) = w.full_update(&mut card, 5);
+    // The device lost the receipt (crash) and restarts: a new card session.
+    let mut card = card.power_cycle();
+    assert_eq!(card.select(), StatusWord::OK);
+    assert_eq!(card.bind(IMEI), StatusWord::OK);
+    let before = store_writes(&card);
+    let (again, sw) = card.receipt(&first);
+    assert_eq!(sw, StatusWord::OK);
+    // Deterministic signature over the same facts: the very same bytes.
+    assert_eq!(again, first_receipt);
+    assert_eq!(store_writes(&card), before, "GET RECEIPT writes nothing");
+    // A second report is still refused; the log holds one result.
+    assert_eq!(
+        card.report(200, &first).1,
+        StatusWord::refused(simfota_card::Reason::UnknownUpdate.code())
+    );
+    // Later updates and refusals do not hide an earlier receipt while its record is stored.
+    let (second, second_receipt) = w.full_update(&mut card, 6);
+    let (env, md) = w.package(7);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let stale = w.token_with(&w.server, SERVER, &cti, n, ICCID, IMEI, md, NOW, NOW);
+    assert!(!card.authorize(&stale, &env).is_success());
+    assert_eq!(card.receipt(&first).0, first_receipt);
+    assert_eq!(card.receipt(&second).0, second_receipt);
+    let card_pk = card_public_key(&mut card);
+    let r = Receipt::verify(&second_receipt, &card_pk, &simfota_wire::Limits::DEFAULT).unwrap();
+    assert_eq!((r.update_id.as_bytes(), r.log_seq), (&second[..], 5));
+    let entries = w.read_all(&mut card);
+    let installed = entries
+        .iter()
+        .filter(|e| matches!(e.event, Event::Installed(_)))
+        .count();
+    assert_eq!(installed, 2);
+}
+
+#[test]
+fn a_failed_result_gives_its_receipt_again_in_extended_mode() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    card.extended = true;
+    let (env, md) = w.package(2);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    let (receipt, sw) = card.report(410, &cti);
+    assert_eq!(sw, StatusWord::OK);
+    assert_eq!(card.receipt(&cti), (receipt.clone(), StatusWord::OK));
+    let card_pk = card_public_key(&mut card);
+    let r = Receipt::verify(&receipt, &card_pk, &simfota_wire::Limits::DEFAULT).unwrap();
+    assert_eq!(r.result, FumoResult(410));
+    // The installed sequence did not move: a failure is no install.
+    let ci_bytes = card.info();
+    assert_eq!(CardInfo::decode(&ci_bytes).unwrap().installed_sequence, 0);
+}
+
+#[test]
 fn extended_apdus_carry_the_same_flow() {
     let mut w = World::new();
     let mut card = w.default_card();

@@ -27,7 +27,7 @@ proptest! {
     /// Well-formed headers of this applet's instructions with arbitrary data.
     #[test]
     fn arbitrary_data_for_every_instruction_never_panics(
-        ins_i in 0usize..18,
+        ins_i in 0usize..19,
         p1 in any::<u8>(),
         p2 in any::<u8>(),
         data in proptest::collection::vec(any::<u8>(), 0..1600),
@@ -39,7 +39,7 @@ proptest! {
             (0x00, ins::GENERATE_KEY_PAIR), (0x80, ins::GET_DATA), (0x80, ins::STORE_DATA),
             (0x80, ins::BIND_TERMINAL), (0x80, ins::AUTHORIZE_UPDATE), (0x80, ins::RECORD_CONSENT),
             (0x80, ins::PAYLOAD), (0x80, ins::REPORT_RESULT), (0x80, ins::READ_LOG),
-            (0x80, ins::ACK_LOG), (0x80, ins::ADMIN), (0x80, 0x77),
+            (0x80, ins::ACK_LOG), (0x80, ins::ADMIN), (0x80, ins::GET_RECEIPT), (0x80, 0x77),
         ];
         let (cla, i) = all[ins_i];
         let mut card = personalized();

@@ -370,3 +370,69 @@ fn power_cut_at_every_write_of_personalization() {
         assert!(n < 100, "personalization writes are bounded");
     }
 }
+
+/// The device's crash window seen from the card: the power goes at any write of REPORT
+/// RESULT. After the restart the card either still holds the update (no receipt yet; the
+/// report goes through once) or has recorded the result (GET RECEIPT answers the receipt
+/// the uncut report gave, byte for byte); never both, never neither.
+#[test]
+fn power_cut_during_report_then_receipt_or_report_exactly_once() {
+    let report = |w: &World| {
+        let mut d = 200u16.to_be_bytes().to_vec();
+        d.extend_from_slice(&NOW.to_be_bytes());
+        d.extend_from_slice(&[0xC7, w.cti]);
+        d
+    };
+    let fresh = || {
+        let mut w = World::new();
+        let mut card = w.card(&refuse());
+        authorized_and_checked(&mut w, &mut card);
+        (w, card)
+    };
+    let (w, mut card) = fresh();
+    card.applet.store_mut().arm(None);
+    let (reference, sw) = card.cmd(0x80, ins::REPORT_RESULT, 0, 0, &report(&w));
+    assert_eq!(sw, StatusWord::OK);
+    let writes = card.applet.store().writes();
+    let cti = [0xC7, w.cti];
+    let mut seen = (0, 0);
+    for n in 1..=writes + 1 {
+        let (w, mut card) = fresh();
+        card.applet.store_mut().arm(Some(n));
+        let (answer, sw) = card.cmd(0x80, ins::REPORT_RESULT, 0, 0, &report(&w));
+        if sw == StatusWord::OK {
+            // Past the last write: the command completed, then the device died.
+            assert_eq!(answer, reference);
+        } else {
+            assert_eq!(sw, StatusWord::MEMORY_FAILURE, "cut at write {n}");
+        }
+        let mut card = card.power_cycle();
+        assert_eq!(card.select(), StatusWord::OK);
+        assert_eq!(card.bind(IMEI), StatusWord::OK);
+        let (receipt, sw) = card.receipt(&cti);
+        if sw == StatusWord::OK {
+            seen.1 += 1;
+            assert_eq!(receipt, reference, "cut at write {n}");
+            assert_eq!(
+                card.cmd(0x80, ins::REPORT_RESULT, 0, 0, &report(&w)).1,
+                StatusWord::refused(simfota_card::Reason::UnknownUpdate.code()),
+                "cut at write {n}: reported twice"
+            );
+        } else {
+            seen.0 += 1;
+            assert_eq!(sw, StatusWord::DATA_NOT_FOUND, "cut at write {n}");
+            let (again, sw) = card.cmd(0x80, ins::REPORT_RESULT, 0, 0, &report(&w));
+            assert_eq!((again == reference, sw), (true, StatusWord::OK), "cut {n}");
+            assert_eq!(card.receipt(&cti).0, reference);
+        }
+        let entries = w.read_all(&mut card);
+        assert!(chain_ok(&entries));
+        let results = entries
+            .iter()
+            .filter(|e| matches!(e.event, simfota_wire::Event::Installed(_)))
+            .count();
+        assert_eq!(results, 1, "cut at write {n}: one result in the log");
+    }
+    // Every cut inside the command left "before"; the run past its end left "after".
+    assert_eq!(seen, (writes as usize, 1));
+}

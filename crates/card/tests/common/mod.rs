@@ -264,6 +264,11 @@ impl Card {
         self.cmd(0x80, ins::REPORT_RESULT, 0, 0, &d)
     }
 
+    /// GET RECEIPT: the receipt of a recorded result, signed again.
+    pub fn receipt(&mut self, update_id: &[u8]) -> (Vec<u8>, StatusWord) {
+        self.cmd(0x80, ins::GET_RECEIPT, 0, 0, update_id)
+    }
+
     pub fn log_status(&mut self) -> simfota_card::info::decode::LogStatus {
         let (d, sw) = self.cmd(0x80, ins::GET_DATA, 0x01, 0x05, &[]);
         assert_eq!(sw, StatusWord::OK);
