@@ -49,6 +49,11 @@ fn demo_runs_every_step_and_prints_one_json_summary() {
     assert_eq!(s["ok"], true, "{s:#}");
     assert_eq!(s["failures"], serde_json::json!([]));
     assert!(stderr.contains("[11/11]"), "{stderr}");
+    // The human summary went to stderr too.
+    assert!(
+        stderr.contains("Every step behaved as expected"),
+        "{stderr}"
+    );
     // The user of step 8 saw the agent's warning, naming the server.
     assert!(
         stderr.contains("NOT authorized by your SIM card"),
