@@ -33,8 +33,6 @@ use crate::slots::{BootCheck, BootOutcome, ImageSource, SlotError, SlotStore};
 
 /// The download file name of the payload inside the download folder.
 const PAYLOAD_NAME: &str = "payload";
-/// The file name of an image rebuilt from a delta, inside the download folder.
-const IMAGE_NAME: &str = "image";
 
 /// Why a job could not be driven further now (its state is kept; run it again later).
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +223,10 @@ impl<C: Channel> Updater<'_, C> {
                 } => {
                     let receipt = self.report(&job, result, report_to_card)?;
                     let _ = self.downloader.discard(PAYLOAD_NAME);
-                    let _ = self.downloader.discard(IMAGE_NAME);
+                    // An image rebuilt from a delta but never installed.
+                    if let Ok(store) = SlotStore::open(&self.slots) {
+                        let _ = store.discard_staged();
+                    }
                     job.stage = Stage::Reported {
                         result,
                         message,
@@ -660,10 +661,12 @@ impl<C: Channel> Updater<'_, C> {
         })
     }
 
-    /// Applies a delta payload to the running image into `<download>/image`; answers the
-    /// rebuilt image with its digest and size. The delta is checked against its signed digest
-    /// and size right before it is applied (the file may have sat on disk across a restart),
-    /// and the rebuilt image against the signed image digest and size.
+    /// Rebuilds the new image from the delta and the running image, straight into the
+    /// inactive slot's temp file (streamed: neither image is held in memory; the slot record
+    /// is untouched until the install); answers the staged image with its digest and size. The
+    /// delta is checked against its signed digest and size right before it is applied (the
+    /// file may have sat on disk across a restart), and the rebuilt image against the signed
+    /// image digest and size.
     fn rebuild(
         &mut self,
         delta_path: &Path,
@@ -697,32 +700,29 @@ impl<C: Channel> Updater<'_, C> {
                 true,
             ));
         }
-        let old = std::fs::read(store.slot_path(store.active())).map_err(io)?;
         (self.say)(&format!(
             "rebuilding the new image from the delta and the running {}",
             active.version
         ));
         // The signed image size bounds what the patcher may produce.
         let limits = simfota_delta::Limits {
-            max_source: old.len() as u64,
+            max_source: active.size,
             max_target: package.image_size,
         };
-        let image = simfota_delta::apply_with(&old, &delta, &limits)
-            .map_err(|e| fail(delta_failure(e), true))?;
-        let sha = hex::encode(simfota_wire::sha256(&image).0);
-        if sha != package.image_sha256 || image.len() as u64 != package.image_size {
+        let staged = store
+            .stage_delta(&delta, &limits)
+            .map_err(|e| fail(Failure::from_slots(&e), true))?;
+        if staged.sha256 != package.image_sha256 || staged.size != package.image_size {
+            let _ = store.discard_staged();
             return Err(fail(
                 Failure::Corrupt(format!(
-                    "the image rebuilt from the delta ({} bytes, SHA-256 {sha}) is not the signed image",
-                    image.len()
+                    "the image rebuilt from the delta ({} bytes, SHA-256 {}) is not the signed image",
+                    staged.size, staged.sha256
                 )),
                 true,
             ));
         }
-        let path = self.downloader.path_of(IMAGE_NAME);
-        crate::fsutil::write_atomic(&path, &image, &crate::fsutil::Faults::default())
-            .map_err(io)?;
-        Ok((path, sha, image.len() as u64))
+        Ok((staged.path, staged.sha256, staged.size))
     }
 
     /// Writes the (rebuilt) image into the inactive slot; the slot installer checks it against
@@ -733,13 +733,14 @@ impl<C: Channel> Updater<'_, C> {
         let mut sha = [0u8; 32];
         hex::decode_to_slice(&package.image_sha256, &mut sha)
             .map_err(|e| fail(Failure::Corrupt(e.to_string()), true))?;
+        // A delta was rebuilt into the inactive slot's temp file already (`rebuild`).
+        let source = if package.precursor_sha256.is_some() {
+            ImageSource::Staged
+        } else {
+            ImageSource::Full(image)
+        };
         let slot = store
-            .install(
-                ImageSource::Full(image),
-                &package.version,
-                package.image_size,
-                &sha,
-            )
+            .install(source, &package.version, package.image_size, &sha)
             .map_err(|e| fail(Failure::from_slots(&e), true))?;
         (self.say)(&format!(
             "installed {} into slot {slot}; booting it",
@@ -826,18 +827,6 @@ impl<C: Channel> Updater<'_, C> {
                 Ok(None)
             }
         }
-    }
-}
-
-/// The failure a delta that does not apply means: the wrong base is "not for this device"
-/// (403), anything else a corrupt package (402).
-fn delta_failure(e: simfota_delta::DeltaError) -> Failure {
-    match e {
-        simfota_delta::DeltaError::SourceSizeMismatch { .. }
-        | simfota_delta::DeltaError::SourceDigestMismatch => {
-            Failure::WrongDevice(format!("delta: {e}"))
-        }
-        other => Failure::Corrupt(format!("delta: {other}")),
     }
 }
 

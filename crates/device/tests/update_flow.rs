@@ -966,3 +966,44 @@ fn a_delta_package_without_a_signed_delta_digest_is_refused_404() {
     assert!(!payload_requested(&srv));
     assert_eq!(dev.running(), "1.0");
 }
+
+/// The delta path stopped after each saved stage, the device rebooted, and run again: the
+/// image staged in the inactive slot's temp file is installed once, after its digest is
+/// checked again, and the update completes exactly once.
+#[test]
+fn a_delta_update_stopped_after_any_stage_resumes_and_installs_once() {
+    let w = World::new();
+    let srv = TestServer::start();
+    for stop_after in 1..8 {
+        let mut dev = Device::new(&w, device_digest());
+        let v2 = v21(&dev);
+        let delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
+        let pre = simfota_wire::sha256(&dev.v1).0;
+        let job = delta_offer(&w, &mut dev, &srv, &v2, pre, &delta, Carry::ByUri);
+        let (res, _) = dev.run_until(
+            job,
+            PromptChoice::default(),
+            ModelFilter::default(),
+            stop_after,
+        );
+        let job = match res {
+            Err(UpdateError::Stopped) => dev.jobs().load().unwrap().unwrap(),
+            Ok(job) => job,
+            Err(e) => panic!("stop {stop_after}: {e}"),
+        };
+        dev.reboot();
+        let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+        assert_eq!(
+            result_of(&res.unwrap()).0,
+            200,
+            "stop after {stop_after}: {said:?}"
+        );
+        assert_installed(&dev, &v2);
+        let left: Vec<String> = std::fs::read_dir(dev.slots())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "stop after {stop_after}: {left:?} left");
+    }
+}
