@@ -64,6 +64,9 @@ pub struct SessionOutcome {
     pub update: Option<Job>,
     /// Texts the server asked to display.
     pub displayed: Vec<String>,
+    /// The server tried to start another update while one was unfinished; it was answered
+    /// 425 (and, once the unfinished one was reported, a new session was opened for it).
+    pub exec_refused: bool,
 }
 
 /// The state `simfota device status` shows.
@@ -227,6 +230,19 @@ impl<C: Channel + Send + 'static> Agent<C> {
         let mut tree = dm::build_tree(&self.cfg, &fw, job.as_ref(), self.card.clone())?;
         let summary = dm::run_session(&self.cfg, &mut tree, reason, session_id, alerts)?;
         outcome.displayed = summary.displayed.clone();
+        let root = NodeUri::parse(FUMO_ROOT).map_err(|e| DmError::Tree(e.into()))?;
+        // The server set a new PkgURL but its Exec found the node without Exec rights.
+        outcome.exec_refused = job.is_some()
+            && summary.exec.is_none()
+            && tree
+                .fumo(&root)
+                .is_some_and(|f| !f.download_and_update_url.is_empty());
+        if outcome.exec_refused {
+            (self.say)(
+                "the server asked for another update while one is unfinished; refused (425) \
+                 until this one is reported",
+            );
+        }
         if let Some((result, taken)) = outcome.reported.as_mut() {
             *taken = !summary.alert_statuses.is_empty()
                 && summary.alert_statuses.iter().all(|c| c.is_success());
@@ -239,8 +255,19 @@ impl<C: Channel + Send + 'static> Agent<C> {
                 );
             }
         }
+        if outcome.exec_refused && matches!(outcome.reported, Some((_, true))) {
+            // The unfinished update is reported and forgotten: ask for the refused one now
+            // rather than at the next poll.
+            (self.say)("asking the server again for the update it offered");
+            let again = self.session(AlertCode::CLIENT_INITIATED_MGMT, None, false)?;
+            outcome.update = again.update;
+            outcome.displayed.extend(again.displayed);
+            if again.reported.is_some() {
+                outcome.reported = again.reported;
+            }
+            return Ok(outcome);
+        }
         if let Some((uri, correlator)) = summary.exec {
-            let root = NodeUri::parse(FUMO_ROOT).map_err(|e| DmError::Tree(e.into()))?;
             let Some(fumo) = tree.fumo(&root) else {
                 return Ok(outcome);
             };

@@ -199,7 +199,8 @@ impl Default for DeviceInfo {
 pub struct Limits {
     /// Largest payload (full image or delta) the agent downloads.
     pub max_payload_bytes: u64,
-    /// Largest SUIT envelope (without integrated payload).
+    /// Largest SUIT envelope fetched from PkgURL, integrated payload included (the card is
+    /// given it severed).
     pub max_envelope_bytes: u64,
     /// Largest DM message the agent accepts.
     pub max_message_bytes: u64,

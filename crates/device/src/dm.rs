@@ -177,9 +177,18 @@ pub fn build_tree<C: Channel + Send + 'static>(
     }
     let sid = &cfg.server_id;
     tree.put_interior("./FUMO", "Get=*")?;
+    // One update at a time (docs/dm-tree.md): while the job file holds an unfinished job
+    // (or a result the server has not taken yet) the FUMO node does not grant Exec, so a new
+    // Exec is answered 425 Permission denied (SyncML RepPro 1.2 §10) and the running job,
+    // its Correlator and its result stay as they are. The server delivers again later.
+    let exec = if job.is_some() {
+        String::new()
+    } else {
+        format!("&Exec={sid}")
+    };
     tree.mount_fumo(
         FUMO_ROOT,
-        &format!("Get={sid}&Replace={sid}&Add={sid}&Exec={sid}"),
+        &format!("Get={sid}&Replace={sid}&Add={sid}{exec}"),
         fumo,
     )?;
     tree.put_interior("./SIMFOTA", "Get=*")?;

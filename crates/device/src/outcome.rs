@@ -117,6 +117,15 @@ impl Failure {
         }
     }
 
+    /// The failure for a local file error while preparing or installing the image.
+    pub fn from_io(e: &std::io::Error) -> Failure {
+        if is_no_space(e) {
+            Failure::InstallNoSpace(e.to_string())
+        } else {
+            Failure::InstallFailed(e.to_string())
+        }
+    }
+
     /// The failure for a slot installer error.
     pub fn from_slots(e: &crate::slots::SlotError) -> Failure {
         use crate::slots::SlotError as S;

@@ -110,6 +110,12 @@ impl RealServer {
     /// The operator's side: registers the device, uploads firmware 2.0 (payload by relative
     /// URI) and starts a campaign for it.
     pub fn publish_update(&self) {
+        self.register_device();
+        self.publish(&content(200_000, 2), "2.0", 2, "c1");
+    }
+
+    /// Registers the device through the REST API.
+    pub fn register_device(&self) {
         let http = simfota_device::download::http_agent();
         let mut r = http
             .post(&self.api("devices"))
@@ -124,15 +130,21 @@ impl RealServer {
             "{}",
             r.body_mut().read_to_string().unwrap()
         );
-        let v2 = content(200_000, 2);
+    }
+
+    /// Uploads a full package for `image` (payload by relative URI) and starts a campaign
+    /// `campaign` for it on every registered device.
+    pub fn publish(&self, image: &[u8], version: &str, sequence: u64, campaign: &str) {
+        let http = simfota_device::download::http_agent();
+        let v2 = image;
         let env = suit::build(
             &BuildParams {
                 vendor_id: [1; 16],
                 class_id: [2; 16],
-                sequence: 2,
-                image: ImageSource::Bytes(&v2),
+                sequence,
+                image: ImageSource::Bytes(v2),
                 name: Some("firmware"),
-                version: Some("2.0"),
+                version: Some(version),
                 uri: Some("payload"),
                 integrate: false,
                 precursor_digest: None,
@@ -142,7 +154,7 @@ impl RealServer {
         .unwrap();
         let boundary = "simfota-boundary-7";
         let mut body = Vec::new();
-        for (name, bytes) in [("envelope", &env), ("payload", &v2)] {
+        for (name, bytes) in [("envelope", &env[..]), ("payload", v2)] {
             body.extend_from_slice(
                 format!(
                     "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
@@ -170,7 +182,7 @@ impl RealServer {
             .header("Authorization", &self.auth)
             .header("Content-Type", "application/json")
             .send(format!(
-                r#"{{"name":"c1","package_id":{pkg_id},"waves":[100],"success_threshold":90,"error_threshold":10}}"#
+                r#"{{"name":"{campaign}","package_id":{pkg_id},"waves":[100],"success_threshold":90,"error_threshold":10}}"#
             ))
             .unwrap();
         assert!(
@@ -238,6 +250,17 @@ impl RealServer {
         assert_eq!(job["receipt_status"], "verified", "{dev}");
         assert_eq!(dev["device"]["iccid"], ICCID, "{dev}");
         assert_eq!(dev["device"]["fw_version"], "2.0", "{dev}");
+    }
+
+    /// The device's record as the REST API shows it (`device` and its `jobs`).
+    pub fn device_record(&self) -> serde_json::Value {
+        let http = simfota_device::download::http_agent();
+        let mut r = http
+            .get(&self.api(&format!("devices/{IMEI}")))
+            .header("Authorization", &self.auth)
+            .call()
+            .unwrap();
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
     }
 
     /// Stops the server gracefully.
