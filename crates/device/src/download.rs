@@ -145,6 +145,91 @@ pub struct Downloaded {
     pub restarts: u32,
 }
 
+/// Sees every byte of a download in file order from byte 0: after a restart the bytes an
+/// earlier run left on disk first, then what arrives, as it arrives (design §4 step 6: the
+/// card can hash the payload during the download). On a successful fetch the tap has seen
+/// exactly the whole file since its last [`restart`](DownloadTap::restart).
+pub trait DownloadTap {
+    /// The file starts again at byte 0 (first bytes, or the server's copy changed): forget
+    /// what was seen.
+    fn restart(&mut self) -> Result<(), String>;
+    /// The next bytes of the file. An error stops the download (the partial file is kept);
+    /// it comes back as [`DownloadError::Io`] on the file, as a failed write would.
+    fn data(&mut self, bytes: &[u8]) -> Result<(), String>;
+}
+
+/// A tap that looks at nothing.
+struct NoTap;
+
+impl DownloadTap for NoTap {
+    fn restart(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn data(&mut self, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The SHA-256 of the file so far, and the tap that sees the same bytes.
+struct Hashing<'t> {
+    sha: Sha256,
+    tap: &'t mut dyn DownloadTap,
+    /// The file being written (named by a tap's refusal).
+    path: &'t Path,
+}
+
+impl<'t> Hashing<'t> {
+    fn new(path: &'t Path, tap: &'t mut dyn DownloadTap) -> Result<Self, DownloadError> {
+        let mut h = Hashing {
+            sha: Sha256::new(),
+            tap,
+            path,
+        };
+        h.restart()?;
+        Ok(h)
+    }
+
+    fn stopped(&self, message: String) -> DownloadError {
+        DownloadError::Io {
+            path: self.path.to_owned(),
+            source: io::Error::other(message),
+        }
+    }
+
+    fn restart(&mut self) -> Result<(), DownloadError> {
+        self.sha = Sha256::new();
+        self.tap.restart().map_err(|m| self.stopped(m))
+    }
+
+    fn update(&mut self, bytes: &[u8]) -> Result<(), DownloadError> {
+        self.sha.update(bytes);
+        self.tap.data(bytes).map_err(|m| self.stopped(m))
+    }
+
+    /// Feeds the first `len` bytes of `file` (kept by an earlier run).
+    fn prefix(&mut self, file: &mut File, len: u64) -> Result<(), DownloadError> {
+        let path = self.path;
+        let io = |source| DownloadError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut reader = (&mut *file).take(len);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.update(&buf[..n])?;
+        }
+    }
+
+    fn finalize(self) -> [u8; 32] {
+        self.sha.finalize().into()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct PartialMeta {
     url: String,
@@ -269,6 +354,17 @@ impl Downloader {
         spec: &FetchSpec<'_>,
         bar: &ProgressBar,
     ) -> Result<Downloaded, DownloadError> {
+        self.fetch_with_tap(spec, bar, &mut NoTap)
+    }
+
+    /// [`fetch`](Self::fetch), showing every byte of the file to `tap` in order as it is
+    /// written (the kept prefix first after a restart).
+    pub fn fetch_with_tap(
+        &self,
+        spec: &FetchSpec<'_>,
+        bar: &ProgressBar,
+        tap: &mut dyn DownloadTap,
+    ) -> Result<Downloaded, DownloadError> {
         let io_err = |path: &Path| {
             let path = path.to_owned();
             move |source| DownloadError::Io { path, source }
@@ -281,7 +377,11 @@ impl Downloader {
 
         // A finished file from an earlier run (crash between rename and the caller's record).
         if dest.exists() && !meta_path.exists() {
-            let (len, sha256) = hash_file(&dest, None).map_err(io_err(&dest))?;
+            let mut file = File::open(&dest).map_err(io_err(&dest))?;
+            let len = file.metadata().map_err(io_err(&dest))?.len();
+            let mut hasher = Hashing::new(&dest, tap)?;
+            hasher.prefix(&mut file, len)?;
+            let sha256 = hasher.finalize();
             if spec.expected_len.is_none_or(|l| l == len)
                 && spec.expected_sha256.is_none_or(|d| d == sha256)
             {
@@ -316,9 +416,9 @@ impl Downloader {
             offset = 0;
         }
         file.set_len(offset).map_err(io_err(&part))?;
-        let mut hasher = Sha256::new();
+        let mut hasher = Hashing::new(&part, tap)?;
         if offset > 0 {
-            hash_prefix(&mut file, offset, &mut hasher).map_err(io_err(&part))?;
+            hasher.prefix(&mut file, offset)?;
         }
         let reused = offset;
         let mut restarts = 0u32;
@@ -360,7 +460,7 @@ impl Downloader {
                         // The server's file changed under a server that ignores If-Range.
                         restarts += 1;
                         offset = 0;
-                        hasher = Sha256::new();
+                        hasher.restart()?;
                         file.set_len(0).map_err(io_err(&part))?;
                         meta.etag = None;
                         if attempts >= self.max_attempts.saturating_add(restarts.min(MAX_RESTARTS))
@@ -381,7 +481,7 @@ impl Downloader {
                         restarts += 1;
                     }
                     offset = 0;
-                    hasher = Sha256::new();
+                    hasher.restart()?;
                     file.set_len(0).map_err(io_err(&part))?;
                     meta.etag = etag;
                     total = resp.body().content_length();
@@ -447,7 +547,7 @@ impl Downloader {
                         });
                     }
                     file.write_all(&buf[..n]).map_err(io_err(&part))?;
-                    hasher.update(&buf[..n]);
+                    hasher.update(&buf[..n])?;
                     offset += n as u64;
                     since_sync += n as u64;
                     bar.set_position(offset);
@@ -474,7 +574,7 @@ impl Downloader {
             }
         }
         drop(file);
-        let sha256: [u8; 32] = hasher.finalize().into();
+        let sha256 = hasher.finalize();
         if let Some(expected) = spec.expected_sha256.filter(|&e| e != sha256) {
             self.discard(spec.name)?;
             return Err(DownloadError::DigestMismatch {

@@ -557,10 +557,29 @@ impl<C: Channel> Updater<'_, C> {
             expected_len: Some(expected_len),
             expected_sha256,
         };
-        let got = self
-            .downloader
-            .fetch(&spec, &bar)
-            .map_err(|e| fail(Failure::from_download(&e), true))?;
+        // Card-digest policy and a full image: the card hashes each chunk as it arrives, so
+        // the integrity verdict needs no second pass over the file (design §4 step 6).
+        let card_hashes = package.precursor_sha256.is_none()
+            && matches!(
+                self.card.policy().map(|p| p.integrity),
+                Ok(IntegrityMode::CardDigest { .. })
+            );
+        let got = if card_hashes {
+            (self.say)("streaming the image to the card as it downloads; the card hashes it");
+            let mut tap = CardTap {
+                card: &mut *self.card,
+                refusal: None,
+            };
+            let got = self.downloader.fetch_with_tap(&spec, &bar, &mut tap);
+            if let Some(e) = tap.refusal {
+                // The card's verdict (more bytes than signed), logged on the card.
+                return Err(fail(card_failure(&e), true));
+            }
+            got
+        } else {
+            self.downloader.fetch(&spec, &bar)
+        }
+        .map_err(|e| fail(Failure::from_download(&e), true))?;
         Ok(Stage::Downloaded {
             package,
             payload: got.path,
@@ -642,6 +661,15 @@ impl<C: Channel> Updater<'_, C> {
                     (self.say)("the card compares the image digest with the signed one");
                     self.card
                         .payload_digest(&Digest(d), image_size)
+                        .map_err(|e| fail(card_failure(&e), true))?;
+                }
+                IntegrityMode::CardDigest { .. }
+                    if package.precursor_sha256.is_none()
+                        && self.card.payload_stream_len() == Some(image_size) =>
+                {
+                    (self.say)("the card hashed the image during the download; it compares now");
+                    self.card
+                        .payload_stream_finish()
                         .map_err(|e| fail(card_failure(&e), true))?;
                 }
                 IntegrityMode::CardDigest { .. } => {
@@ -807,8 +835,18 @@ impl<C: Channel> Updater<'_, C> {
         let pending = decode_pending(&raw).unwrap_or_default();
         if pending.update_id.as_ref() != Some(update_id) {
             // The card no longer holds this update: the result reached it before a crash, or
-            // it never authorized it. Never report twice.
-            return Ok(None);
+            // it never authorized it. Never report twice; ask for the receipt of a result the
+            // card already recorded (GET RECEIPT), so the 1226 still carries it.
+            return match self.card.receipt(update_id) {
+                Ok(receipt) => {
+                    (self.say)(
+                        "the card had already recorded the result; it signed the receipt again",
+                    );
+                    Ok(Some(receipt))
+                }
+                Err(e @ ClientError::Link(_)) => Err(unavailable(&e)),
+                Err(_) => Ok(None),
+            };
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -826,6 +864,40 @@ impl<C: Channel> Updater<'_, C> {
                 (self.say)(&format!("the card did not take the result: {e}"));
                 Ok(None)
             }
+        }
+    }
+}
+
+/// Streams the payload to the card as the downloader writes it (card-digest policy): every
+/// byte from 0, the prefix kept on disk first after a restart, so the card's hash — RAM
+/// state that died with any earlier card session — starts over cleanly with P1 `01`.
+struct CardTap<'c, C: Channel> {
+    card: &'c mut CardClient<C>,
+    /// The card's refusal (its integrity verdict), which ends the download.
+    refusal: Option<ClientError>,
+}
+
+impl<C: Channel> download::DownloadTap for CardTap<'_, C> {
+    fn restart(&mut self) -> Result<(), String> {
+        self.card.payload_stream_start();
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if self.card.payload_stream_len().is_none() {
+            // The stream broke earlier (card link): the download goes on, and the integrity
+            // step streams the file again.
+            return Ok(());
+        }
+        match self.card.payload_stream_feed(bytes) {
+            Ok(()) => Ok(()),
+            Err(e @ ClientError::Refused { .. }) => {
+                let message = e.to_string();
+                self.refusal = Some(e);
+                Err(message)
+            }
+            // A link failure or an unexpected status ends only the streaming.
+            Err(_) => Ok(()),
         }
     }
 }
