@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod card;
+mod demo;
 mod device;
 mod files;
 mod keys;
@@ -29,6 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole system in one process: updates, attacks, the verified card log.
+    Demo(demo::Args),
     /// Make and show P-256 keys (PEM files).
     Keys(keys::Args),
     /// Build, inspect and apply signed SUIT update packages.
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Keys(args) => keys::run(args),
         Command::Pack(args) => pack::run(args),
         Command::Bench(args) => bench::run(args),

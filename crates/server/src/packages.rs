@@ -3,7 +3,8 @@
 //! An upload is `multipart/form-data` with a part `envelope` (a SUIT envelope, RFC 9124 model)
 //! and, unless the envelope integrates its payload, a part `payload`. The envelope must verify
 //! under one of the configured originator keys (draft-ietf-suit-manifest §8.3); the payload's
-//! size and SHA-256 must equal the signed image size and digest. The server keeps the envelope
+//! size and SHA-256 must equal the signed image size and digest (for a delta package, the
+//! signed size and digest of the delta payload itself). The server keeps the envelope
 //! severed of any integrated payload (a few hundred bytes: what the device hands to the card)
 //! and writes the payload to `DATA/packages/<manifest digest>.payload`.
 //!
@@ -124,6 +125,8 @@ struct Checked {
     image_digest: [u8; 32],
     image_size: u64,
     precursor_digest: Option<[u8; 32]>,
+    /// For a delta: the signed size and digest of the transported delta payload.
+    delta: Option<(u64, [u8; 32])>,
     integrated: Option<Vec<u8>>,
     severed: Vec<u8>,
 }
@@ -162,6 +165,7 @@ fn check_envelope(bytes: &[u8], originators: &[(String, PublicKey)]) -> Result<C
                     image_digest: image_digest.0,
                     image_size,
                     precursor_digest: m.precursor_digest.map(|d| d.0),
+                    delta: m.payload_digest.zip(m.payload_size).map(|(d, n)| (n, d.0)),
                     integrated: m.payload.map(<[u8]>::to_vec),
                     severed,
                 });
@@ -251,13 +255,18 @@ pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
         };
         // The signed digest and size are what the card will hold the device to (design §4
         // step 6): a payload that differs is refused now rather than failing on every device.
-        if size != checked.image_size || digest != checked.image_digest {
+        // A delta package signs its transported payload separately (docs/formats.md, SUIT
+        // parameters -258/-259); the image digest then describes the rebuilt image.
+        let (want_size, want_digest, what) = match checked.delta {
+            Some((n, d)) => (n, d, "delta payload"),
+            None => (checked.image_size, checked.image_digest, "image"),
+        };
+        if size != want_size || digest != want_digest {
             state.metrics.verification_failures.with_label_values(&["package"]).inc();
             return Err(ServerError::Verification(format!(
-                "payload ({size} bytes, sha256 {}) does not match the signed image ({} bytes, sha256 {})",
+                "payload ({size} bytes, sha256 {}) does not match the signed {what} ({want_size} bytes, sha256 {})",
                 hex::encode(digest),
-                checked.image_size,
-                hex::encode(checked.image_digest)
+                hex::encode(want_digest)
             )));
         }
         let file_name = format!("{}.payload", hex::encode(checked.manifest_digest));
@@ -265,7 +274,7 @@ pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
         tokio::fs::rename(&tmp, &final_path)
             .await
             .map_err(|e| ServerError::io("cannot store the payload", &final_path, e))?;
-        let etag = format!("\"sha256-{}\"", hex::encode(checked.image_digest));
+        let etag = format!("\"sha256-{}\"", hex::encode(want_digest));
         let row = sqlx::query(
             "INSERT INTO packages (name, version, originator, vendor_id, class_id, sequence, \
              manifest_digest, image_digest, image_size, precursor_digest, envelope, payload_file, \
