@@ -565,7 +565,7 @@ impl<C: Channel> Updater<'_, C> {
                 Ok(IntegrityMode::CardDigest { .. })
             );
         let got = if card_hashes {
-            (self.say)("streaming the image to the card as it downloads; the card hashes it");
+            (self.say)("streaming the image to the card, which hashes it, as it downloads");
             let mut tap = CardTap {
                 card: &mut *self.card,
                 refusal: None,
@@ -673,7 +673,7 @@ impl<C: Channel> Updater<'_, C> {
                         .map_err(|e| fail(card_failure(&e), true))?;
                 }
                 IntegrityMode::CardDigest { .. } => {
-                    (self.say)("streaming the image to the card, which hashes it");
+                    (self.say)("streaming the image from disk to the card, which hashes it");
                     let mut file = std::fs::File::open(&image)
                         .map_err(|e| fail(Failure::InstallFailed(e.to_string()), true))?;
                     self.card

@@ -574,7 +574,7 @@ fn card_digest_streams_during_the_download_and_after_a_kill_restreams_what_is_on
     assert_eq!(outcome.reported, Some((200, true)), "{said:?}");
     assert!(
         said.iter()
-            .any(|s| s.contains("streaming the image to the card as it downloads")),
+            .any(|s| s.contains("to the card, which hashes it, as it downloads")),
         "{said:?}"
     );
     assert!(
@@ -585,7 +585,7 @@ fn card_digest_streams_during_the_download_and_after_a_kill_restreams_what_is_on
     assert!(
         !said
             .iter()
-            .any(|s| s.contains("streaming the image to the card, which hashes it")),
+            .any(|s| s.contains("streaming the image from disk to the card")),
         "the image went to the card a second time: {said:?}"
     );
     let ranges = w.proxy.payload_requests();
