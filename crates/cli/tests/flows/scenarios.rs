@@ -374,7 +374,7 @@ pub fn card_digest_update(test: &str, cell: Cell) {
     assert_user_sees(
         &out,
         200,
-        "streaming the image to the card as it downloads; the card hashes it",
+        "streaming the image to the card, which hashes it, as it downloads",
     );
     out.says(0, "the card accepted the image's integrity");
     s.op.assert_job(c, IMEI, "succeeded", 200, "verified");
