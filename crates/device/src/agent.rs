@@ -129,12 +129,14 @@ impl<C: Channel + Send + 'static> Agent<C> {
     /// Drives the pending job (if any) to its reported stage. A job whose result waits for
     /// the card stays where it is (the error says why).
     pub fn resume(&mut self) -> Result<Option<Job>, AgentError> {
-        self.resume_inner(true)
+        let http = self.cfg.http_agent()?;
+        self.resume_inner(true, &http)
     }
 
     /// `open`: open the card session first. Inside a DM session it is already open, and must
     /// stay as it is: the nonce the server read lives in that card session.
-    fn resume_inner(&mut self, open: bool) -> Result<Option<Job>, AgentError> {
+    /// `http`: the device's HTTP client (the session's, when inside one).
+    fn resume_inner(&mut self, open: bool, http: &ureq::Agent) -> Result<Option<Job>, AgentError> {
         let jobs = self.jobs();
         let Some(mut job) = jobs.load()? else {
             return Ok(None);
@@ -173,7 +175,7 @@ impl<C: Channel + Send + 'static> Agent<C> {
         let mut updater = Updater {
             card: &mut guard,
             imei,
-            downloader: Downloader::new(data.downloads()),
+            downloader: Downloader::with_agent(data.downloads(), http.clone()),
             slots: data.slots().to_owned(),
             jobs: jobs.clone(),
             prompter: self.prompter.as_mut(),
@@ -197,7 +199,9 @@ impl<C: Channel + Send + 'static> Agent<C> {
         user_request: bool,
     ) -> Result<SessionOutcome, AgentError> {
         let mut outcome = SessionOutcome::default();
-        let job = match self.resume() {
+        // One client for the session's DM messages and the downloads it starts.
+        let http = self.cfg.http_agent()?;
+        let job = match self.resume_inner(true, &http) {
             Ok(job) => job,
             Err(AgentError::Update(e @ UpdateError::CardUnavailable { .. })) => {
                 (self.say)(&e.to_string());
@@ -228,7 +232,7 @@ impl<C: Channel + Send + 'static> Agent<C> {
             (self.say)(&format!("the card does not answer: {e}"));
         }
         let mut tree = dm::build_tree(&self.cfg, &fw, job.as_ref(), self.card.clone())?;
-        let summary = dm::run_session(&self.cfg, &mut tree, reason, session_id, alerts)?;
+        let summary = dm::run_session(&self.cfg, &http, &mut tree, reason, session_id, alerts)?;
         outcome.displayed = summary.displayed.clone();
         let root = NodeUri::parse(FUMO_ROOT).map_err(|e| DmError::Tree(e.into()))?;
         // The server set a new PkgURL but its Exec found the node without Exec rights.
@@ -293,7 +297,7 @@ impl<C: Channel + Send + 'static> Agent<C> {
             job.operation = operation;
             self.jobs().save(&job)?;
             (self.say)(&format!("the server started a firmware update ({url})"));
-            match self.resume_inner(false) {
+            match self.resume_inner(false, &http) {
                 Ok(_) => {}
                 Err(AgentError::Update(e @ UpdateError::CardUnavailable { .. })) => {
                     (self.say)(&e.to_string());

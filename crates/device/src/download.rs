@@ -7,16 +7,23 @@
 //! over. A partial download without an ETag is never resumed: there is no way to know the bytes
 //! on disk belong to the same file. Every size is bounded; the SHA-256 of the whole file is
 //! computed on the way (re-reading the kept prefix after a restart) and checked when expected.
+//!
+//! The one HTTP client of the device (DM messages and downloads alike) is built here
+//! ([`http_agent_with`]): `https://` servers are checked against the system's CA bundle plus
+//! the CA certificates of the configuration's `ca_file` ([`TlsTrust`]), and a refused
+//! certificate comes back as a [`TlsProblem`] that names what is wrong with it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::config::ConfigError;
 use crate::fsutil::{self, Faults};
 
 /// Why a download failed. Partial data stays on disk for resumption unless stated otherwise.
@@ -29,6 +36,14 @@ pub enum DownloadError {
         url: String,
         /// The transport's explanation.
         message: String,
+    },
+    /// The TLS connection was refused: the server's certificate, or the handshake.
+    #[error("cannot reach {url} securely: {problem}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        problem: TlsProblem,
     },
     /// The server has no such file (HTTP 404 / 410).
     #[error("the server has no file at {url} (HTTP {status})")]
@@ -109,6 +124,7 @@ impl DownloadError {
         matches!(
             self,
             DownloadError::Unreachable { .. }
+                | DownloadError::Tls { .. }
                 | DownloadError::Status { .. }
                 | DownloadError::Truncated { .. }
         )
@@ -251,9 +267,213 @@ const MAX_RESTARTS: u32 = 3;
 /// How often (in bytes) the partial file is synced, bounding what a power cut can lose.
 const SYNC_EVERY: u64 = 1024 * 1024;
 
-/// The HTTP agent the device uses (DM messages and downloads alike): no automatic redirects
-/// into other hosts beyond a few, statuses handled by the caller, bounded waits.
+/// Why a TLS connection was refused, in the words a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsProblem {
+    /// No trusted CA signed the chain (RFC 5280 §6.1: path validation found no trust anchor).
+    #[error(
+        "the server's certificate is not signed by a trusted CA (add the CA with ca_file in \
+         the device configuration, or --ca)"
+    )]
+    UnknownIssuer,
+    /// The certificate does not name the host the device connected to (RFC 6125 §6).
+    #[error("the server's certificate is not valid for the host name {host}{names}")]
+    WrongHost {
+        /// The name the device asked for.
+        host: String,
+        /// ` (it is for a, b)` when the certificate's names are known, else empty.
+        names: String,
+    },
+    /// The certificate's validity ended (RFC 5280 §4.1.2.5 notAfter).
+    #[error("the server's certificate has expired")]
+    Expired,
+    /// The certificate's validity has not begun (notBefore in the future).
+    #[error("the server's certificate is not valid yet (is the device clock right?)")]
+    NotYetValid,
+    /// The issuer revoked the certificate.
+    #[error("the server's certificate is revoked")]
+    Revoked,
+    /// Any other reason the certificate was refused.
+    #[error("the server's certificate is refused: {0}")]
+    BadCertificate(String),
+    /// The handshake failed for a reason other than the certificate.
+    #[error("the TLS handshake failed: {0}")]
+    Handshake(String),
+}
+
+impl TlsProblem {
+    /// The TLS problem behind a transport error, if it is one. rustls's errors arrive either
+    /// as they are or wrapped in the I/O error of the handshake.
+    pub fn of(e: &ureq::Error) -> Option<TlsProblem> {
+        let tls: &rustls::Error = match e {
+            ureq::Error::Rustls(r) => r,
+            ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
+            ureq::Error::Tls(text) => return Some(TlsProblem::Handshake((*text).to_owned())),
+            _ => return None,
+        };
+        use rustls::CertificateError as C;
+        Some(match tls {
+            rustls::Error::InvalidCertificate(cert) => match cert {
+                C::UnknownIssuer => TlsProblem::UnknownIssuer,
+                C::NotValidForNameContext {
+                    expected,
+                    presented,
+                } => TlsProblem::WrongHost {
+                    host: expected.to_str().into_owned(),
+                    names: if presented.is_empty() {
+                        " (it names no host)".to_owned()
+                    } else {
+                        let names: Vec<_> = presented.iter().map(|n| plain_name(n)).collect();
+                        format!(" (it is for {})", names.join(", "))
+                    },
+                },
+                C::NotValidForName => TlsProblem::WrongHost {
+                    host: "asked for".to_owned(),
+                    names: String::new(),
+                },
+                C::Expired | C::ExpiredContext { .. } => TlsProblem::Expired,
+                C::NotValidYet | C::NotValidYetContext { .. } => TlsProblem::NotYetValid,
+                C::Revoked => TlsProblem::Revoked,
+                other => TlsProblem::BadCertificate(other.to_string()),
+            },
+            other => TlsProblem::Handshake(other.to_string()),
+        })
+    }
+}
+
+/// A certificate name as webpki presents it (`DnsName("a.example")`, `IpAddress(10.0.0.1)`),
+/// without the wrapping.
+fn plain_name(presented: &str) -> &str {
+    presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|n| n.strip_suffix("\")"))
+        .or_else(|| {
+            presented
+                .strip_prefix("IpAddress(")
+                .and_then(|n| n.strip_suffix(')'))
+        })
+        .unwrap_or(presented)
+}
+
+/// The CA certificates the device trusts for `https://`: the system's bundle, plus those of a
+/// CA file (a private CA the operator runs its DM and package servers under).
+#[derive(Debug, Clone, Default)]
+pub struct TlsTrust {
+    /// The CA file's certificates (DER).
+    extra: Vec<ureq::tls::Certificate<'static>>,
+}
+
+/// Where the system's CA bundle is, in the order looked at: `SSL_CERT_FILE` first (the
+/// override OpenSSL honours too), then the bundles of Debian/Ubuntu/Alpine, Fedora/RHEL,
+/// openSUSE, and BSD/macOS.
+const SYSTEM_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CA certificates, read once per process (empty when no bundle is found).
+fn system_roots() -> &'static [ureq::tls::Certificate<'static>] {
+    static ROOTS: OnceLock<Vec<ureq::tls::Certificate<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+        from_env
+            .into_iter()
+            .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
+            .find_map(|path| {
+                let pem = fs::read(path).ok()?;
+                let certs: Vec<_> = pem_certificates(&pem).filter_map(Result::ok).collect();
+                (!certs.is_empty()).then_some(certs)
+            })
+            .unwrap_or_default()
+    })
+}
+
+fn pem_certificates(
+    pem: &[u8],
+) -> impl Iterator<Item = Result<ureq::tls::Certificate<'static>, String>> + '_ {
+    ureq::tls::parse_pem(pem).filter_map(|item| match item {
+        Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+        Ok(_) => None,
+        Err(e) => Some(Err(e.to_string())),
+    })
+}
+
+impl TlsTrust {
+    /// The system's CA bundle only.
+    pub fn system() -> Self {
+        TlsTrust::default()
+    }
+
+    /// The system's CA bundle plus every certificate of the PEM file `path`. A file that
+    /// cannot be read, holds no PEM certificate, or a certificate that is no usable trust
+    /// anchor is refused, naming the file and the reason.
+    pub fn with_ca_file(path: &Path) -> Result<Self, ConfigError> {
+        let refuse = |reason: String| ConfigError::CaFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let pem = fs::read(path).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+        let mut extra = Vec::new();
+        for (i, cert) in pem_certificates(&pem).enumerate() {
+            let cert =
+                cert.map_err(|e| refuse(format!("certificate {} is not PEM: {e}", i + 1)))?;
+            // The same check rustls makes when the certificate becomes a root (RFC 5280 §4.1
+            // structure, a subject and a key it can use), so a bad file fails here, not at
+            // the first connection.
+            rustls::RootCertStore::empty()
+                .add(rustls::pki_types::CertificateDer::from(cert.der()))
+                .map_err(|e| {
+                    refuse(format!(
+                        "certificate {} is not a usable CA certificate: {e}",
+                        i + 1
+                    ))
+                })?;
+            extra.push(cert);
+        }
+        if extra.is_empty() {
+            return Err(refuse(
+                "it holds no PEM certificate (a block starting -----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        Ok(TlsTrust { extra })
+    }
+
+    /// How many certificates the CA file added.
+    pub fn extra_count(&self) -> usize {
+        self.extra.len()
+    }
+
+    fn root_certs(&self) -> ureq::tls::RootCerts {
+        let system = system_roots();
+        if self.extra.is_empty() {
+            static SYSTEM: OnceLock<ureq::tls::RootCerts> = OnceLock::new();
+            return SYSTEM
+                .get_or_init(|| {
+                    if system.is_empty() {
+                        // No bundle on this system: the Mozilla list compiled into the client.
+                        ureq::tls::RootCerts::WebPki
+                    } else {
+                        ureq::tls::RootCerts::Specific(Arc::new(system.to_vec()))
+                    }
+                })
+                .clone();
+        }
+        let all: Vec<_> = system.iter().chain(&self.extra).cloned().collect();
+        ureq::tls::RootCerts::Specific(Arc::new(all))
+    }
+}
+
+/// The HTTP agent the device uses (DM messages and downloads alike) trusting the system's CA
+/// bundle: no automatic redirects into other hosts beyond a few, statuses handled by the
+/// caller, bounded waits.
 pub fn http_agent() -> ureq::Agent {
+    http_agent_with(&TlsTrust::system())
+}
+
+/// The HTTP agent the device uses, trusting `trust` for `https://`.
+pub fn http_agent_with(trust: &TlsTrust) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(3)
@@ -261,6 +481,11 @@ pub fn http_agent() -> ureq::Agent {
         .timeout_recv_response(Some(Duration::from_secs(60)))
         .timeout_per_read(Some(Duration::from_secs(60)))
         .user_agent(concat!("simfota-device/", env!("CARGO_PKG_VERSION")))
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(trust.root_certs())
+                .build(),
+        )
         .build()
         .into()
 }
@@ -282,6 +507,16 @@ impl Downloader {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Downloader {
             agent: http_agent(),
+            dir: dir.into(),
+            max_attempts: 3,
+        }
+    }
+
+    /// A downloader storing into `dir` through `agent` (the one the DM session uses, with
+    /// the configuration's CA trust).
+    pub fn with_agent(dir: impl Into<PathBuf>, agent: ureq::Agent) -> Self {
+        Downloader {
+            agent,
             dir: dir.into(),
             max_attempts: 3,
         }
@@ -436,6 +671,8 @@ impl Downloader {
             }
             let mut resp = match req.call() {
                 Ok(r) => r,
+                // A refused certificate stays refused: no point in asking again.
+                Err(e) if TlsProblem::of(&e).is_some() => return Err(unreachable(spec.url, &e)),
                 Err(_) if attempts < self.max_attempts => {
                     std::thread::sleep(Duration::from_millis(200 * u64::from(attempts)));
                     continue;
@@ -596,10 +833,17 @@ impl Downloader {
     }
 }
 
+/// The error for a request that got no answer: the TLS problem when there is one.
 fn unreachable(url: &str, e: &ureq::Error) -> DownloadError {
-    DownloadError::Unreachable {
-        url: url.into(),
-        message: e.to_string(),
+    match TlsProblem::of(e) {
+        Some(problem) => DownloadError::Tls {
+            url: url.into(),
+            problem,
+        },
+        None => DownloadError::Unreachable {
+            url: url.into(),
+            message: e.to_string(),
+        },
     }
 }
 
@@ -677,6 +921,13 @@ pub fn hash_file(path: &Path, limit: Option<u64>) -> io::Result<(u64, [u8; 32])>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_names_lose_their_wrapping() {
+        assert_eq!(plain_name("DnsName(\"localhost\")"), "localhost");
+        assert_eq!(plain_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(plain_name("DirectoryName"), "DirectoryName");
+    }
 
     #[test]
     fn content_range_parsing() {

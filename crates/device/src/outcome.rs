@@ -104,7 +104,7 @@ impl Failure {
     pub fn from_download(e: &crate::download::DownloadError) -> Failure {
         use crate::download::DownloadError as D;
         match e {
-            D::Unreachable { .. } | D::Status { .. } | D::Truncated { .. } => {
+            D::Unreachable { .. } | D::Tls { .. } | D::Status { .. } | D::Truncated { .. } => {
                 Failure::ServerUnavailable(e.to_string())
             }
             D::NotFound { .. } => Failure::BadUrl(e.to_string()),
@@ -197,6 +197,13 @@ mod tests {
                 D::Unreachable {
                     url: url(),
                     message: "refused".into(),
+                },
+                503,
+            ),
+            (
+                D::Tls {
+                    url: url(),
+                    problem: crate::download::TlsProblem::UnknownIssuer,
                 },
                 503,
             ),

@@ -12,6 +12,7 @@ use simfota_cardlink::client::{CardClient, Personalization};
 use simfota_cardlink::{Channel, FileCard, InProcessChannel};
 use simfota_device::agent::Agent;
 use simfota_device::config::DeviceConfig;
+use simfota_device::download::{TlsTrust, http_agent, http_agent_with};
 use simfota_device::prompt::{PromptChoice, StandardPrompter};
 use simfota_device::slots::{SlotStore, StandardBootCheck};
 use simfota_wire::p256::ecdsa::SigningKey;
@@ -35,11 +36,23 @@ fn pem(key: &SigningKey) -> String {
         .unwrap()
 }
 
+/// How a server under test serves HTTPS.
+pub struct TlsSetup {
+    /// Its certificate chain and key.
+    pub files: simfota_server::config::TlsFiles,
+    /// The CA that signed the certificate.
+    pub ca: std::path::PathBuf,
+    /// The host name the operator and the device use for it (`127.0.0.1` or `localhost`).
+    pub host: String,
+}
+
 /// A running server and the operator's keys and API access.
 pub struct RealServer {
     rt: tokio::runtime::Runtime,
     server: simfota_server::RunningServer,
     base: String,
+    /// The operator's HTTP client (trusting the test CA when the server serves TLS).
+    http: ureq::Agent,
     auth: String,
     issuer: SigningKey,
     oem: SigningKey,
@@ -49,6 +62,13 @@ pub struct RealServer {
 impl RealServer {
     /// Starts the server in this process on a free port, data under `d/srv`.
     pub fn start(d: &Path) -> Self {
+        Self::start_with_tls(d, None)
+    }
+
+    /// [`start`](Self::start), serving HTTPS with `tls` when given. The operator's API calls
+    /// and [`device_config`](Self::device_config) then reach the server at `tls.host`, trusting
+    /// `tls.ca`; the server still tells devices its own `https://127.0.0.1:PORT` base.
+    pub fn start_with_tls(d: &Path, tls: Option<TlsSetup>) -> Self {
         let mut rng = rand_core::OsRng;
         let issuer = SigningKey::random(&mut rng);
         let oem = SigningKey::random(&mut rng);
@@ -58,6 +78,7 @@ impl RealServer {
         let mut cfg = simfota_server::ServerConfig::with_data_dir(d.join("srv"));
         cfg.listen = "127.0.0.1:0".parse().unwrap();
         cfg.server_id = SERVER_ID.into();
+        cfg.tls = tls.as_ref().map(|t| t.files.clone());
         cfg.issuer_keys = vec![d.join("issuer.pub.pem")];
         cfg.originators = vec![simfota_server::config::OriginatorConfig {
             id: "oem".into(),
@@ -65,7 +86,13 @@ impl RealServer {
         }];
         let rt = tokio::runtime::Runtime::new().unwrap();
         let server = rt.block_on(simfota_server::start(cfg)).unwrap();
-        let base = server.base_url().to_owned();
+        let (base, http) = match &tls {
+            Some(t) => (
+                server.base_url().replace("127.0.0.1", &t.host),
+                http_agent_with(&TlsTrust::with_ca_file(&t.ca).unwrap()),
+            ),
+            None => (server.base_url().to_owned(), http_agent()),
+        };
         let token = std::fs::read_to_string(d.join("srv/api-token")).unwrap();
         let server_pub = std::fs::read_to_string(d.join("srv/server-pub.pem")).unwrap();
         let server_pub = simfota_wire::p256::PublicKey::from_public_key_pem(&server_pub).unwrap();
@@ -74,6 +101,7 @@ impl RealServer {
             rt,
             server,
             base,
+            http,
             auth: format!("Bearer {}", token.trim()),
             issuer,
             oem,
@@ -116,7 +144,7 @@ impl RealServer {
 
     /// Registers the device through the REST API.
     pub fn register_device(&self) {
-        let http = simfota_device::download::http_agent();
+        let http = &self.http;
         let mut r = http
             .post(&self.api("devices"))
             .header("Authorization", &self.auth)
@@ -135,7 +163,7 @@ impl RealServer {
     /// Uploads a full package for `image` (payload by relative URI) and starts a campaign
     /// `campaign` for it on every registered device.
     pub fn publish(&self, image: &[u8], version: &str, sequence: u64, campaign: &str) {
-        let http = simfota_device::download::http_agent();
+        let http = &self.http;
         let v2 = image;
         let env = suit::build(
             &BuildParams {
@@ -236,7 +264,7 @@ impl RealServer {
             "2.0"
         );
 
-        let http = simfota_device::download::http_agent();
+        let http = &self.http;
         let mut r = http
             .get(&self.api(&format!("devices/{IMEI}")))
             .header("Authorization", &self.auth)
@@ -254,7 +282,7 @@ impl RealServer {
 
     /// The device's record as the REST API shows it (`device` and its `jobs`).
     pub fn device_record(&self) -> serde_json::Value {
-        let http = simfota_device::download::http_agent();
+        let http = &self.http;
         let mut r = http
             .get(&self.api(&format!("devices/{IMEI}")))
             .header("Authorization", &self.auth)
