@@ -470,6 +470,7 @@ impl<'a> World<'a> {
             slot_dir: Some(device.join("slots")),
             notification_port: None,
             poll_interval_secs: 300,
+            ca_file: None,
             info: DeviceInfo {
                 model: MODEL.to_owned(),
                 vendor_id: Some(hex::encode(firmware::VENDOR_ID)),
