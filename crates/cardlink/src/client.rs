@@ -301,10 +301,26 @@ fn dgi_bytes(tag: u16, value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(value);
 }
 
+/// A card-digest payload stream of this card session (PAYLOAD INTEGRITY P1 `01`/`02`/`03`):
+/// what the card took so far and the bytes waiting to fill the next chunk.
+#[derive(Debug, Default)]
+struct PayloadStream {
+    /// Whether the first chunk (P1 `01`, which restarts the card's hash) went out.
+    started: bool,
+    /// Bytes the card has hashed.
+    sent: u64,
+    /// Bytes held back until a whole chunk is there (or the stream finishes).
+    held: Vec<u8>,
+}
+
 /// The client of the applet over a channel.
 pub struct CardClient<C> {
     link: Link<C>,
     limits: Limits,
+    /// The payload stream open on the card in this session, as far as the client knows. The
+    /// card keeps its hash state in RAM (`docs/apdu.md`): a reset, SELECT, BIND TERMINAL, a
+    /// new authorization or any verdict ends it, and so does any failure of a stream command.
+    stream: Option<PayloadStream>,
 }
 
 impl<C: Channel> CardClient<C> {
@@ -318,6 +334,7 @@ impl<C: Channel> CardClient<C> {
         Self {
             link,
             limits: Limits::default(),
+            stream: None,
         }
     }
 
@@ -343,6 +360,7 @@ impl<C: Channel> CardClient<C> {
 
     /// Resets the card: its session (selection, nonce, binding, PIN status) is gone.
     pub fn reset(&mut self, kind: ResetKind) -> Result<(), ClientError> {
+        self.stream = None;
         self.link.reset(kind)?;
         Ok(())
     }
@@ -369,6 +387,8 @@ impl<C: Channel> CardClient<C> {
     /// SELECT the applet by AID (ISO/IEC 7816-4 §11.2.2).
     pub fn select(&mut self) -> Result<Selected, ClientError> {
         const C: &str = "SELECT";
+        // SELECT clears the card's session, a payload stream included.
+        self.stream = None;
         let fci = self.run(
             C,
             Command::new(CLA_ISO, 0xA4, 0x04, 0x00)
@@ -511,6 +531,7 @@ impl<C: Channel> CardClient<C> {
 
     /// BIND TERMINAL: tells the card the device's IMEI for this session.
     pub fn bind_terminal(&mut self, imei: &Imei) -> Result<(), ClientError> {
+        self.stream = None;
         self.run(
             "BIND TERMINAL",
             Command::new(CLA_PROPRIETARY, ins::BIND_TERMINAL, 0, 0)
@@ -583,6 +604,8 @@ impl<C: Channel> CardClient<C> {
     /// card does not list under a confirming policy.
     pub fn authorize(&mut self, token: &[u8], envelope: &[u8]) -> Result<(), ClientError> {
         let data = Self::update_request(token, envelope)?;
+        // A new authorization ends any stream of an earlier update on the card.
+        self.stream = None;
         self.run(
             "AUTHORIZE UPDATE",
             Command::new(CLA_PROPRIETARY, ins::AUTHORIZE_UPDATE, 0, 0).with_data(data),
@@ -599,6 +622,7 @@ impl<C: Channel> CardClient<C> {
         accept: bool,
     ) -> Result<(), ClientError> {
         let data = Self::update_request(token, envelope)?;
+        self.stream = None;
         self.run(
             "RECORD CONSENT",
             Command::new(CLA_PROPRIETARY, ins::RECORD_CONSENT, u8::from(accept), 0).with_data(data),
@@ -618,47 +642,97 @@ impl<C: Channel> CardClient<C> {
     }
 
     /// PAYLOAD INTEGRITY, card-digest mode: streams the payload to the card, which hashes it
-    /// and compares with the signed digest at the end. Returns the bytes streamed.
+    /// and compares with the signed digest at the end. Returns the bytes streamed. Starts a
+    /// new stream (any stream open in this session is dropped on both sides).
     pub fn stream_payload(&mut self, payload: &mut dyn Read) -> Result<u64, ClientError> {
-        const C: &str = "PAYLOAD INTEGRITY";
-        let mut current = vec![0u8; PAYLOAD_CHUNK];
-        let mut filled = read_full(payload, &mut current)?;
-        let mut next = vec![0u8; PAYLOAD_CHUNK];
-        let mut total = 0u64;
-        let mut p1 = 0x01; // start
+        self.payload_stream_start();
+        let mut chunk = vec![0u8; PAYLOAD_CHUNK];
         loop {
-            // Look ahead one chunk, so the last chunk goes out with P1 = finish.
-            let next_filled = if filled == PAYLOAD_CHUNK {
-                read_full(payload, &mut next)?
-            } else {
-                0
-            };
-            let last = next_filled == 0;
-            let this_p1 = if last { 0x03 } else { p1 };
-            if last && p1 == 0x01 {
-                // A payload of one chunk: start, then finish with no data.
-                self.run(
-                    C,
-                    Command::new(CLA_PROPRIETARY, ins::PAYLOAD, 0x01, 0)
-                        .with_data(current[..filled].to_vec()),
-                )?;
-                total += filled as u64;
-                self.run(C, Command::new(CLA_PROPRIETARY, ins::PAYLOAD, 0x03, 0))?;
-                return Ok(total);
+            let n = read_full(payload, &mut chunk).inspect_err(|_| self.stream = None)?;
+            if n == 0 {
+                return self.payload_stream_finish();
             }
-            self.run(
-                C,
-                Command::new(CLA_PROPRIETARY, ins::PAYLOAD, this_p1, 0)
-                    .with_data(current[..filled].to_vec()),
-            )?;
-            total += filled as u64;
-            if last {
-                return Ok(total);
-            }
-            std::mem::swap(&mut current, &mut next);
-            filled = next_filled;
-            p1 = 0x02;
+            self.payload_stream_feed(&chunk[..n])?;
         }
+    }
+
+    /// Opens a card-digest payload stream in this card session, replacing any earlier one:
+    /// the first chunk goes out with P1 `01`, which restarts the card's hash from byte 0
+    /// (after a restart mid-download the device streams the bytes on disk first, then the
+    /// rest as it arrives). Nothing is sent until a whole chunk is there.
+    pub fn payload_stream_start(&mut self) {
+        self.stream = Some(PayloadStream::default());
+    }
+
+    /// Bytes fed into the open payload stream (sent or held back), or `None` when no stream
+    /// is open in this card session as far as the client knows.
+    pub fn payload_stream_len(&self) -> Option<u64> {
+        self.stream.as_ref().map(|s| s.sent + s.held.len() as u64)
+    }
+
+    fn stream_chunk(&mut self, p1: u8, chunk: Vec<u8>) -> Result<(), ClientError> {
+        let n = chunk.len() as u64;
+        let sent = self.run(
+            "PAYLOAD INTEGRITY",
+            Command::new(CLA_PROPRIETARY, ins::PAYLOAD, p1, 0).with_data(chunk),
+        );
+        match (sent, self.stream.as_mut()) {
+            (Ok(_), Some(s)) => {
+                s.started = true;
+                s.sent += n;
+                Ok(())
+            }
+            (Ok(_), None) => Ok(()),
+            (Err(e), _) => {
+                // A refusal is the card's verdict (logged, stream over); any other failure
+                // leaves the card's stream state unknown: either way it is gone.
+                self.stream = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Feeds the next bytes of the payload into the open stream; whole 255-byte chunks go to
+    /// the card at once (one short APDU each), the rest waits. A refusal here is the card's
+    /// verdict (more bytes than signed: `SizeMismatch`, logged) and ends the stream.
+    pub fn payload_stream_feed(&mut self, mut data: &[u8]) -> Result<(), ClientError> {
+        loop {
+            let Some(s) = self.stream.as_mut() else {
+                return Err(ClientError::Input(
+                    "no payload stream is open in this card session".into(),
+                ));
+            };
+            let room = PAYLOAD_CHUNK - s.held.len();
+            let take = room.min(data.len());
+            s.held.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if s.held.len() < PAYLOAD_CHUNK {
+                return Ok(());
+            }
+            let p1 = if s.started { 0x02 } else { 0x01 };
+            let chunk = std::mem::take(&mut s.held);
+            self.stream_chunk(p1, chunk)?;
+        }
+    }
+
+    /// Ends the open stream (P1 `03`, with the bytes held back): the card compares size and
+    /// digest with the signed ones and logs its verdict. Returns the bytes streamed in all.
+    pub fn payload_stream_finish(&mut self) -> Result<u64, ClientError> {
+        let Some(s) = self.stream.as_mut() else {
+            return Err(ClientError::Input(
+                "no payload stream is open in this card session".into(),
+            ));
+        };
+        let held = std::mem::take(&mut s.held);
+        if !s.started {
+            // A payload shorter than one chunk: start with it, then finish with no data.
+            self.stream_chunk(0x01, held)?;
+            self.stream_chunk(0x03, Vec::new())?;
+        } else {
+            self.stream_chunk(0x03, held)?;
+        }
+        let total = self.stream.take().map_or(0, |s| s.sent);
+        Ok(total)
     }
 
     /// REPORT RESULT: the install's FUMO result code for the authorized update `update_id`;
@@ -676,6 +750,20 @@ impl<C: Channel> CardClient<C> {
             "REPORT RESULT",
             Command::new(CLA_PROPRIETARY, ins::REPORT_RESULT, 0, 0)
                 .with_data(data)
+                .with_ne(NE_ALL),
+        )
+    }
+
+    /// GET RECEIPT: the card-signed receipt (COSE_Sign1) of an update whose result the card
+    /// already recorded, signed again — the same bytes REPORT RESULT answered. For a device
+    /// that lost the receipt in a crash: the card refuses a second report. Refusals:
+    /// `Status { sw: 6A88 }` when no result of `update_id` is in the card's log,
+    /// `Refused { WrongDevice }` when it was reported from another device.
+    pub fn receipt(&mut self, update_id: &[u8]) -> Result<Vec<u8>, ClientError> {
+        self.run(
+            "GET RECEIPT",
+            Command::new(CLA_PROPRIETARY, ins::GET_RECEIPT, 0, 0)
+                .with_data(update_id.to_vec())
                 .with_ne(NE_ALL),
         )
     }

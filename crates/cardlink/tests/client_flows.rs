@@ -65,3 +65,75 @@ fn a_reset_forgets_the_session_but_not_the_card() {
     );
     assert_eq!(c.card_info().unwrap().iccid, flows::ICCID);
 }
+
+/// A card-digest stream of every size around the 255-byte chunk (one byte, a chunk, a chunk
+/// and one, two chunks), through `stream_payload` (which rides the incremental stream calls);
+/// then a stream cut by a card reset: the client knows the card's hash state is gone and the
+/// card refuses to continue it, and a new stream from byte 0 passes.
+#[test]
+fn card_digest_streams_of_every_size_around_a_chunk_and_a_reset_midway() {
+    use simfota_cardlink::{ClientError, ResetKind};
+    use simfota_wire::{AdminChange, IntegrityMode, Policy, UnauthorizedRule};
+    let world = flows::World::new();
+    let mut c = client(ExtendedMode::Never);
+    c.personalize(&world.issuer, &world.personalization())
+        .unwrap();
+    c.select().unwrap();
+    let policy = Policy::new(
+        UnauthorizedRule::Refuse,
+        IntegrityMode::CardDigest { max_size: 1 << 16 },
+    );
+    c.admin(&world.admin(1, AdminChange::SetPolicy(policy), flows::ICCID))
+        .unwrap();
+    let imei = simfota_wire::Imei::parse(flows::IMEI).unwrap();
+    c.bind_terminal(&imei).unwrap();
+    let mut sequence = 0;
+    let mut authorize = |c: &mut CardClient<_>, payload: &[u8], id: &str| {
+        sequence += 1;
+        let envelope = world.envelope(payload, sequence);
+        let nonce = c.get_nonce().unwrap();
+        c.authorize(&world.token(&world.server, nonce, &envelope, id), &envelope)
+            .unwrap();
+    };
+    for (i, len) in [1usize, 255, 256, 510, 700].into_iter().enumerate() {
+        let payload: Vec<u8> = (0..len).map(|b| (b * 31 + i) as u8).collect();
+        let id = format!("size-{len}");
+        authorize(&mut c, &payload, &id);
+        assert_eq!(
+            c.stream_payload(&mut payload.as_slice()).unwrap(),
+            len as u64
+        );
+        c.report_result(id.as_bytes(), 200, None).unwrap();
+    }
+
+    let payload: Vec<u8> = (0..2000u32).map(|b| (b % 253) as u8).collect();
+    authorize(&mut c, &payload, "reset");
+    c.payload_stream_start();
+    c.payload_stream_feed(&payload[..1000]).unwrap();
+    c.reset(ResetKind::Warm).unwrap();
+    assert_eq!(c.payload_stream_len(), None);
+    assert!(matches!(
+        c.payload_stream_feed(&payload[1000..]),
+        Err(ClientError::Input(_))
+    ));
+    c.reopen(Some(&imei)).unwrap();
+    // The card itself has no stream to continue either (its hash state died with the reset).
+    let cont = c
+        .link_mut()
+        .transmit(
+            &simfota_cardlink::Command::new(0x80, simfota_card::ins::PAYLOAD, 0x02, 0)
+                .with_data(payload[1000..1255].to_vec()),
+        )
+        .unwrap();
+    assert_eq!(cont.sw, simfota_cardlink::StatusWord(0x6985));
+    assert_eq!(c.stream_payload(&mut payload.as_slice()).unwrap(), 2000);
+    c.report_result(b"reset", 200, None).unwrap();
+    // A finish without a stream is the client's refusal, not an APDU.
+    assert!(matches!(
+        c.payload_stream_finish(),
+        Err(ClientError::Input(_))
+    ));
+    let err = c.receipt(b"never").unwrap_err();
+    assert_eq!(err.reason(), None);
+    assert_eq!(err.status(), Some(simfota_cardlink::StatusWord(0x6A88)));
+}

@@ -39,6 +39,10 @@ struct Common {
     /// The card in this PC/SC reader (overrides [card] in the configuration).
     #[arg(long, value_name = "NAME")]
     reader: Option<String>,
+    /// A PEM file of CA certificates trusted for https:// besides the system's (overrides
+    /// ca_file in the configuration).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 /// How to answer the card's questions about an unauthorized server.
@@ -304,7 +308,12 @@ fn with_card(
     answers: Answers,
     f: impl FnOnce(&mut dyn AgentOps) -> Result<ExitCode>,
 ) -> Result<ExitCode> {
-    let cfg = load(&common.config)?;
+    let mut cfg = load(&common.config)?;
+    if let Some(ca) = &common.ca {
+        // Relative to the working folder, as any path typed on the command line.
+        cfg.ca_file = Some(ca.clone());
+        cfg.tls_trust()?;
+    }
     cfg.data()
         .create()
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;

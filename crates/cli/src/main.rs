@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod card;
+mod demo;
 mod device;
 mod files;
 mod keys;
@@ -29,6 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole system in one process: updates, attacks, the verified card log.
+    Demo(demo::Args),
     /// Make and show P-256 keys (PEM files).
     Keys(keys::Args),
     /// Build, inspect and apply signed SUIT update packages.
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Keys(args) => keys::run(args),
         Command::Pack(args) => pack::run(args),
         Command::Bench(args) => bench::run(args),
@@ -86,7 +90,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         }
         _ => {
             // clap renders "error: <what>", maybe an indented list, a blank line, tips and
-            // "Usage: simfota <sub> ...": keep the first paragraph and the command path.
+            // "Usage: ...": keep the first paragraph; the command path comes from the arguments.
             let text = e.render().to_string();
             let what: Vec<&str> = text
                 .lines()
@@ -95,17 +99,30 @@ fn usage_error(e: clap::Error) -> ExitCode {
                 .collect();
             let what = what.join(" ");
             let what = what.strip_prefix("error: ").unwrap_or(&what);
-            let command: Vec<&str> = text
-                .lines()
-                .find_map(|l| l.strip_prefix("Usage: "))
-                .unwrap_or("simfota")
-                .split_whitespace()
-                .take_while(|w| !w.starts_with(['[', '<', '-']))
-                .collect();
-            eprintln!("simfota: {what} (see '{} --help')", command.join(" "));
+            let command = command_path(std::env::args().skip(1));
+            eprintln!("simfota: {what} (see '{command} --help')");
             ExitCode::from(2)
         }
     }
+}
+
+/// The subcommand path the user typed ("simfota server", "simfota card admin"): the leading
+/// arguments that name subcommands, followed down the real command tree. clap's rendered usage
+/// line is no guide here, since value errors do not always carry one.
+fn command_path(args: impl Iterator<Item = String>) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut path = vec!["simfota".to_owned()];
+    for arg in args {
+        match cmd.find_subcommand(&arg) {
+            Some(sub) => {
+                path.push(sub.get_name().to_owned());
+                cmd = sub.clone();
+            }
+            None => break,
+        }
+    }
+    path.join(" ")
 }
 
 /// Messages from libraries can hold newlines; the user gets one line.
@@ -123,5 +140,17 @@ mod tests {
         // (e.g. a `--version` argument against the automatic flag) fails the build's tests
         // instead of panicking in front of a user.
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_name_the_subcommand_typed() {
+        let path = |args: &[&str]| super::command_path(args.iter().map(|a| (*a).to_owned()));
+        assert_eq!(path(&["server", "--listen", "nope"]), "simfota server");
+        assert_eq!(
+            path(&["card", "admin-sign", "--x"]),
+            "simfota card admin-sign"
+        );
+        assert_eq!(path(&["--bogus"]), "simfota");
+        assert_eq!(path(&["nosuch", "server"]), "simfota");
     }
 }

@@ -7,14 +7,15 @@
 //! this module adds files, deltas and presentation.
 //!
 //! Delta packages. The manifest states the digest and size of the *full new image* (what the
-//! device ends up running and what the card compares), plus the digest of the image the delta
-//! applies to (`PARAM_PRECURSOR_DIGEST`). The payload is a `simfota-delta` container. Carried
-//! inside the envelope, it is the member [`DELTA_MEMBER`] (draft §7.5 integrated payloads);
-//! by URI, it is a separate file the operator hosts. The container records the SHA-256 of its
-//! source and of its target; `inspect` requires both, and its sizes, to equal the signed
-//! precursor and image digests, and `apply` checks the rebuilt image against the signed
-//! digest. The signature does not cover the delta bytes themselves (see docs/cli.md): a
-//! tampered delta is refused when it is applied, never installed.
+//! device ends up running and what the card compares), the digest of the image the delta
+//! applies to (`PARAM_PRECURSOR_DIGEST`, -257) and the digest and size of the delta itself
+//! (`PARAM_PAYLOAD_DIGEST` / `PARAM_PAYLOAD_SIZE`, -258 / -259): `suit::build_delta` signs all
+//! of them. The payload is a `simfota-delta` container, carried inside the envelope as the
+//! member `"#delta"` (draft §7.5 integrated payloads), or in a separate file the operator
+//! hosts at the manifest's URI. Every delta is checked against its signed digest and size
+//! before it is parsed (`Envelope::verify` does it for the integrated one, `apply` for a
+//! `--payload` file); its container header must then name the signed precursor and image, and
+//! `apply` checks the rebuilt image against the signed image digest before writing it.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -30,9 +31,6 @@ use simfota_wire::{Digest, Limits, PublicKey, Sha256Stream, Verified};
 
 use crate::files::{self, Overwrite};
 use crate::keys;
-
-/// Name of the envelope member that carries an integrated delta payload.
-pub const DELTA_MEMBER: &str = "#delta";
 
 /// Read size for hashing payload files: small enough that the buffer the kernel copies into is
 /// still in the CPU's L2 cache when SHA-256 reads it, large enough to keep system calls rare
@@ -243,17 +241,24 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
         size: image.len() as u64,
     };
     let precursor = Some(simfota_wire::sha256(&base));
-    let envelope = built(&params(&a, target, false, precursor))?;
+    // The delta's own digest and size are signed too (SUIT parameters -258 / -259): a device
+    // checks the delta against them before it parses a byte of it.
+    let envelope = suit::build_delta(
+        &params(&a, target, a.uri.is_none(), precursor),
+        &delta,
+        &key,
+    )
+    .map_err(|e| anyhow!("cannot build the package: {e}"))?;
     let summary = format!(
-        "delta package, sequence {}, image {} bytes, delta {} bytes ({:.1}%)",
+        "delta package, sequence {}, image {} bytes, delta {} bytes ({:.1}%) sha256 {}",
         a.sequence,
         image.len(),
         delta.len(),
-        100.0 * delta.len() as f64 / (image.len().max(1)) as f64
+        100.0 * delta.len() as f64 / (image.len().max(1)) as f64,
+        simfota_wire::sha256(&delta)
     );
     match &a.uri {
         None => {
-            let envelope = integrate_delta(&envelope, &delta)?;
             files::write_atomic(&a.out, &envelope, 0o644, Overwrite::Allow)?;
             println!(
                 "wrote {} ({} bytes): {summary}",
@@ -280,48 +285,6 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-/// Adds the delta to an envelope as the integrated member [`DELTA_MEMBER`].
-///
-/// The SUIT builder writes a tagged envelope (tag 107) holding a definite-length map of the
-/// authentication wrapper and the manifest when no payload is integrated. Appending one more
-/// pair, with a text key sorting after the integer keys (RFC 8949 §4.2.1), keeps the
-/// encoding deterministic; the signed parts are untouched.
-fn integrate_delta(envelope: &[u8], delta: &[u8]) -> Result<Vec<u8>> {
-    const TAG_MAP2: [u8; 3] = [0xd8, 0x6b, 0xa2];
-    let rest = envelope
-        .strip_prefix(&TAG_MAP2)
-        .context("the SUIT builder returned an unexpected envelope layout")?;
-    let mut out = Vec::with_capacity(envelope.len() + delta.len() + 16);
-    out.extend_from_slice(&[0xd8, 0x6b, 0xa3]);
-    out.extend_from_slice(rest);
-    cbor_head(&mut out, 3, DELTA_MEMBER.len() as u64);
-    out.extend_from_slice(DELTA_MEMBER.as_bytes());
-    cbor_head(&mut out, 2, delta.len() as u64);
-    out.extend_from_slice(delta);
-    Ok(out)
-}
-
-/// A CBOR data item head (RFC 8949 §3), shortest form.
-fn cbor_head(out: &mut Vec<u8>, major: u8, value: u64) {
-    let m = major << 5;
-    match value {
-        0..=23 => out.push(m | value as u8),
-        24..=0xff => out.extend_from_slice(&[m | 24, value as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend_from_slice(&(value as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(m | 26);
-            out.extend_from_slice(&(value as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&value.to_be_bytes());
-        }
-    }
-}
-
 /// A verified package and where its payload is.
 struct Package<'a> {
     manifest: Verified<Manifest<'a>>,
@@ -331,10 +294,33 @@ struct Package<'a> {
 enum Payload<'a> {
     /// Full image inside the envelope (wire checked it against the signed digest and size).
     Integrated(&'a [u8]),
-    /// Delta inside the envelope, its header checked against the manifest.
+    /// Delta inside the envelope: wire checked it against the signed delta digest and size,
+    /// and its header against the manifest.
     IntegratedDelta(&'a [u8], simfota_delta::Header),
     /// Fetched by URI (or not named at all, as in some official examples).
     External,
+}
+
+/// The signed facts of a delta package: the transported delta's digest and size.
+struct SignedDelta {
+    digest: Digest,
+    size: u64,
+}
+
+/// A delta package must sign its delta (-258 / -259) as well as its precursor (-257); a
+/// package signing one without the other is refused rather than half-checked.
+fn signed_delta(m: &Manifest<'_>) -> Result<Option<SignedDelta>> {
+    match (m.precursor_digest, m.payload_digest, m.payload_size) {
+        (None, None, None) => Ok(None),
+        (Some(_), Some(digest), Some(size)) => Ok(Some(SignedDelta { digest, size })),
+        (Some(_), _, _) => bail!(
+            "delta package without a signed delta digest and size (SUIT parameters -258/-259; \
+             older simfota builds left the delta unsigned): rebuild it with `simfota pack build --base`"
+        ),
+        (None, _, _) => {
+            bail!("the manifest signs a delta digest but names no precursor image")
+        }
+    }
 }
 
 fn open<'a>(path: &Path, bytes: &'a [u8], key: &PublicKey) -> Result<Package<'a>> {
@@ -343,14 +329,15 @@ fn open<'a>(path: &Path, bytes: &'a [u8], key: &PublicKey) -> Result<Package<'a>
     let manifest = envelope
         .verify(key)
         .map_err(|e| anyhow!("{}: verification failed: {e}", path.display()))?;
-    let payload = if let Some(p) = manifest.payload {
-        Payload::Integrated(p)
-    } else if let Some(delta) = envelope.integrated(DELTA_MEMBER) {
-        let header = check_delta_header(&manifest, delta)
-            .map_err(|e| anyhow!("{}: delta payload refused: {e}", path.display()))?;
-        Payload::IntegratedDelta(delta, header)
-    } else {
-        Payload::External
+    let delta = signed_delta(&manifest).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let payload = match (manifest.payload, delta) {
+        (Some(p), None) => Payload::Integrated(p),
+        (Some(d), Some(_)) => {
+            let header = check_delta_header(&manifest, d)
+                .map_err(|e| anyhow!("{}: delta payload refused: {e}", path.display()))?;
+            Payload::IntegratedDelta(d, header)
+        }
+        (None, _) => Payload::External,
     };
     Ok(Package { manifest, payload })
 }
@@ -391,22 +378,20 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
     } else {
         "full"
     };
-    let (payload_kind, payload_len, delta_info) = match &pkg.payload {
+    let (payload_kind, payload_len, header) = match &pkg.payload {
         Payload::Integrated(p) => ("integrated", Some(p.len()), None),
-        Payload::IntegratedDelta(d, h) => (
-            "integrated",
-            Some(d.len()),
-            Some((simfota_wire::sha256(d), h)),
-        ),
+        Payload::IntegratedDelta(d, h) => ("integrated", Some(d.len()), Some(h)),
         Payload::External => (if m.uri.is_some() { "uri" } else { "none" }, None, None),
     };
     if a.json {
-        let delta = delta_info.map(|(digest, h)| {
+        // `open` refused a delta package without a signed delta digest and size.
+        let delta = m.payload_digest.map(|digest| {
             serde_json::json!({
                 "sha256": digest.to_string(),
-                "source_size": h.source_size,
-                "target_size": h.target_size,
-                "matches_manifest": true,
+                "size": m.payload_size,
+                "source_size": header.map(|h| h.source_size),
+                "target_size": header.map(|h| h.target_size),
+                "matches_manifest": header.is_some(),
             })
         });
         let out = serde_json::json!({
@@ -481,16 +466,25 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
         (Payload::IntegratedDelta(d, h), _) => {
             let _ = writeln!(
                 t,
-                "payload           integrated delta, {} bytes, sha256 {} ({} -> {} bytes, header matches the manifest)",
+                "payload           integrated delta, {} bytes, sha256 {} as signed ({} -> {} bytes, header matches the manifest)",
                 d.len(),
                 simfota_wire::sha256(d),
                 h.source_size,
                 h.target_size
             );
         }
-        (Payload::External, Some(uri)) => {
-            let _ = writeln!(t, "payload           by URI {}", uri.escape_debug());
-        }
+        (Payload::External, Some(uri)) => match (m.payload_digest, m.payload_size) {
+            (Some(d), Some(size)) => {
+                let _ = writeln!(
+                    t,
+                    "payload           delta by URI {}, signed: {size} bytes, sha256 {d}",
+                    uri.escape_debug()
+                );
+            }
+            _ => {
+                let _ = writeln!(t, "payload           by URI {}", uri.escape_debug());
+            }
+        },
         (Payload::External, None) => {
             let _ = writeln!(t, "payload           not named by the manifest");
         }
@@ -530,6 +524,21 @@ fn apply_cmd(a: ApplyArgs) -> Result<()> {
                 )
             })?;
             external = files::read(path, "payload")?;
+            if let Some(delta) = signed_delta(m)? {
+                // The delta is checked against its signed digest and size before it is parsed.
+                let actual = simfota_wire::sha256(&external);
+                if external.len() as u64 != delta.size || actual != delta.digest {
+                    bail!(
+                        "{} is not the signed delta ({} bytes, sha256 {actual}; the package signs {} bytes, sha256 {}); nothing written",
+                        path.display(),
+                        external.len(),
+                        delta.size,
+                        delta.digest
+                    );
+                }
+                check_delta_header(m, &external)
+                    .map_err(|e| anyhow!("{}: delta payload refused: {e}", path.display()))?;
+            }
             &external
         }
     };

@@ -226,6 +226,14 @@ fn delta_integrated_package_round_trip() {
     assert_eq!(j["delta"]["source_size"], s.old.len());
     assert_eq!(j["delta"]["target_size"], s.new.len());
     assert_eq!(j["delta"]["matches_manifest"], true);
+    assert_eq!(j["uri"], "#delta");
+    // The delta's own digest and size are signed, and are those of the integrated member.
+    let size = j["delta"]["size"].as_u64().unwrap() as usize;
+    assert_eq!(j["payload"]["size"], size);
+    let pkg = std::fs::read(s.path("delta.suit")).unwrap();
+    let delta = &pkg[pkg.len() - size..];
+    assert!(delta.starts_with(b"SFDELTA\0"));
+    assert_eq!(j["delta"]["sha256"], hex_sha256(delta));
     let text = ok(s.run(&["pack", "inspect", "delta.suit", "--key", "orig.pub.pem"]));
     assert!(text.contains(&format!("precursor         sha256 {}", hex_sha256(&s.old))));
 
@@ -289,6 +297,47 @@ fn delta_package_by_uri() {
     let j = s.inspect_json("d.suit");
     assert_eq!(j["kind"], "delta");
     assert_eq!(j["payload"]["kind"], "uri");
+    assert_eq!(j["delta"]["sha256"], hex_sha256(&delta));
+    assert_eq!(j["delta"]["size"], delta.len());
+    assert_eq!(j["delta"]["matches_manifest"], false);
+    let text = ok(s.run(&["pack", "inspect", "d.suit", "--key", "orig.pub.pem"]));
+    assert!(
+        text.contains(&format!(
+            "delta by URI https://updates.example/d, signed: {} bytes, sha256 {}",
+            delta.len(),
+            hex_sha256(&delta)
+        )),
+        "{text}"
+    );
+    // A payload file that is not the signed delta is refused before it is parsed.
+    let mut tampered = delta.clone();
+    let at = tampered.len() - 10;
+    tampered[at] ^= 0x01;
+    std::fs::write(s.path("tampered.delta"), &tampered).unwrap();
+    let apply = |payload: &str, base: &str| {
+        s.run(&[
+            "pack",
+            "apply",
+            "d.suit",
+            "--base",
+            base,
+            "--out",
+            "never.bin",
+            "--key",
+            "orig.pub.pem",
+            "--payload",
+            payload,
+        ])
+    };
+    assert_refused(
+        &apply("tampered.delta", "old.bin"),
+        "is not the signed delta",
+    );
+    // The full image given as the payload of a delta package: not the signed delta either.
+    assert_refused(&apply("new.bin", "old.bin"), "is not the signed delta");
+    // The right delta on the wrong base.
+    assert_refused(&apply("d.suit.delta", "new.bin"), "precursor");
+    assert!(!s.path("never.bin").exists());
     ok(s.run(&[
         "pack",
         "apply",
@@ -336,13 +385,16 @@ fn delta_apply_refusals_write_nothing() {
     ]);
     assert_refused(&out, "--base");
 
-    // A flipped byte deep inside the delta streams: the signature still verifies (it covers
-    // the manifest), but the rebuilt image cannot match and nothing is written.
+    // A flipped byte deep inside the delta streams: the signed delta digest no longer
+    // matches, so the package is refused before the delta is parsed; nothing is written.
     let mut pkg = std::fs::read(s.path("delta.suit")).unwrap();
     let at = pkg.len() - 40;
     pkg[at] ^= 0x01;
     std::fs::write(s.path("bad.suit"), &pkg).unwrap();
-    assert_refused(&apply("old.bin", "bad.suit"), "rebuild");
+    assert_refused(
+        &apply("old.bin", "bad.suit"),
+        "digest mismatch: integrated payload",
+    );
     assert!(!s.path("never.bin").exists());
 }
 
@@ -396,14 +448,15 @@ fn inspect_refusal_classes() {
         assert_refused(&inspect("cut.suit", "orig.pub.pem"), "cut.suit");
     }
 
-    // A delta whose header no longer matches the signed manifest (target digest flipped).
+    // An integrated delta changed after signing (here its header's target digest): refused
+    // against the signed delta digest.
     let mut d = std::fs::read(s.path("delta.suit")).unwrap();
     let at = d.windows(8).position(|w| w == b"SFDELTA\0").unwrap() + 56 + 32;
     d[at] ^= 1;
     std::fs::write(s.path("dhdr.suit"), &d).unwrap();
     assert_refused(
         &inspect("dhdr.suit", "orig.pub.pem"),
-        "delta payload refused",
+        "digest mismatch: integrated payload",
     );
 
     // Missing package and missing key files.
@@ -548,4 +601,79 @@ fn bad_command_lines_are_refused_clearly() {
     ]);
     assert_refused(&out, "holds a public key");
     assert_refused(&s.run(&["pack", "inspect", "x.suit"]), "--key");
+}
+
+/// A delta package that signs its precursor but not its delta (the layout of earlier builds,
+/// whose delta travelled unsigned) is refused by inspect and apply.
+#[test]
+fn delta_package_without_a_signed_delta_is_refused() {
+    use p256::pkcs8::DecodePrivateKey;
+    use simfota_wire::suit::{self, BuildParams, ImageSource};
+    let s = Setup::new();
+    let pem = std::fs::read_to_string(s.path("orig.pem")).unwrap();
+    let key = p256::ecdsa::SigningKey::from(p256::SecretKey::from_pkcs8_pem(&pem).unwrap());
+    let env = suit::build(
+        &BuildParams {
+            vendor_id: [1; 16],
+            class_id: [2; 16],
+            sequence: 3,
+            image: ImageSource::Digest {
+                digest: simfota_wire::sha256(&s.new),
+                size: s.new.len() as u64,
+            },
+            name: None,
+            version: Some("2.0.0"),
+            uri: Some("https://updates.example/d"),
+            integrate: false,
+            precursor_digest: Some(simfota_wire::sha256(&s.old)),
+        },
+        &key,
+    )
+    .unwrap();
+    std::fs::write(s.path("old-layout.suit"), &env).unwrap();
+    let out = s.run(&[
+        "pack",
+        "inspect",
+        "old-layout.suit",
+        "--key",
+        "orig.pub.pem",
+    ]);
+    assert_refused(&out, "without a signed delta digest and size");
+    ok(s.run(&[
+        "pack",
+        "build",
+        "--image",
+        "new.bin",
+        "--key",
+        "orig.pem",
+        "--vendor-id",
+        VENDOR,
+        "--class-id",
+        CLASS,
+        "--version",
+        "2",
+        "--sequence",
+        "3",
+        "--base",
+        "old.bin",
+        "--uri",
+        "https://updates.example/d",
+        "--out",
+        "d.suit",
+    ]));
+    let out = s.run(&[
+        "pack",
+        "apply",
+        "old-layout.suit",
+        "--base",
+        "old.bin",
+        "--out",
+        "never.bin",
+        "--key",
+        "orig.pub.pem",
+        "--payload",
+        "d.suit.delta",
+    ]);
+    assert_refused(&out, "-258/-259");
+    assert!(!s.path("never.bin").exists());
 }

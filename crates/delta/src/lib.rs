@@ -57,11 +57,14 @@
 //! [`Limits`] and against the actual source before anything is reserved, the three frames are
 //! decompressed as streams straight into the output (zstd windows capped at 2^27 bytes), and
 //! every record is checked against the source and the remaining target size before it is
-//! applied. Applying a delta needs the source, the target and a few MiB of buffers.
+//! applied. [`apply`] holds the source and the target in memory. [`apply_to`] streams: it
+//! reads the source from any seekable reader (a slot file) through a 1 MiB window, writes the
+//! target to any writer in 64 KiB pieces while hashing it, and so needs the delta itself plus
+//! a few MiB of buffers whatever the image size (figures in docs/performance.md).
 //! [`diff`] needs about 5 bytes per source byte for the suffix array plus the compressed
 //! output: roughly 330 MiB for a 64 MiB image.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -225,6 +228,43 @@ pub enum DeltaError {
     /// The compressor failed while building a delta.
     #[error("compression failed: {0}")]
     Compression(String),
+    /// Reading the source or writing the target failed ([`apply_to`]).
+    #[error("cannot {action}: {detail}")]
+    Io {
+        /// What was being done ("read the source image", "write the target image").
+        action: &'static str,
+        /// The kind of the I/O error (a full disk is `StorageFull`).
+        kind: io::ErrorKind,
+        /// The operating system's explanation.
+        detail: String,
+    },
+}
+
+impl DeltaError {
+    fn read_source(e: &io::Error) -> DeltaError {
+        DeltaError::Io {
+            action: "read the source image",
+            kind: e.kind(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn write_target(e: &io::Error) -> DeltaError {
+        DeltaError::Io {
+            action: "write the target image",
+            kind: e.kind(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// What [`apply_to`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Bytes written: the target size the delta declares.
+    pub size: u64,
+    /// SHA-256 of the bytes written.
+    pub sha256: [u8; 32],
 }
 
 /// Limits [`apply_with`] enforces before allocating anything.
@@ -440,50 +480,76 @@ pub fn apply(old: &[u8], delta: &[u8]) -> Result<Vec<u8>, DeltaError> {
     apply_with(old, delta, &Limits::default())
 }
 
-/// Rebuilds the target from `old` and `delta`.
+/// Rebuilds the target from `old` and `delta`, in memory.
 ///
 /// Refuses (never panics on) truncated, corrupt or hostile deltas; see the crate docs for
 /// what is checked and when.
 pub fn apply_with(old: &[u8], delta: &[u8], limits: &Limits) -> Result<Vec<u8>, DeltaError> {
+    let (header, _) = Header::parse(delta)?;
+    check_limits(&header, limits)?;
+    // Bounded by `limits.max_target`, checked above.
+    let capacity = usize::try_from(header.target_size).map_err(|_| too_large(&header))?;
+    let mut out = Vec::with_capacity(capacity);
+    apply_to(
+        io::Cursor::new(old),
+        old.len() as u64,
+        delta,
+        &mut out,
+        limits,
+    )?;
+    Ok(out)
+}
+
+/// Read window over the source image in [`apply_to`].
+const SOURCE_WINDOW: usize = 1 << 20;
+/// Piece size of the difference / verbatim copies in [`apply_to`].
+const PIECE: usize = 64 << 10;
+
+/// Rebuilds the target by streaming: the source is read from `source` (whose length is
+/// `source_len`, e.g. a slot file), the target is written to `out` in order, and its size and
+/// SHA-256 are returned. Memory: the delta, a 1 MiB source window and 64 KiB pieces.
+///
+/// The checks are those of [`apply_with`]. When the delta records the source digest, the
+/// source is hashed in a first pass before anything is written. When it records the target
+/// digest and the rebuilt bytes differ, [`DeltaError::TargetDigestMismatch`] comes after the
+/// bytes were written: the caller discards what it wrote on any error.
+pub fn apply_to<S: Read + Seek, W: Write>(
+    mut source: S,
+    source_len: u64,
+    delta: &[u8],
+    out: W,
+    limits: &Limits,
+) -> Result<Applied, DeltaError> {
     let (header, [control, difference, verbatim]) = Header::parse(delta)?;
-    if header.source_size > limits.max_source {
-        return Err(DeltaError::SourceTooLarge {
-            size: header.source_size,
-            limit: limits.max_source,
-        });
-    }
-    if header.target_size > limits.max_target {
-        return Err(DeltaError::TargetTooLarge {
-            size: header.target_size,
-            limit: limits.max_target,
-        });
-    }
-    if old.len() as u64 != header.source_size {
+    check_limits(&header, limits)?;
+    if source_len != header.source_size {
         return Err(DeltaError::SourceSizeMismatch {
             expected: header.source_size,
-            actual: old.len() as u64,
+            actual: source_len,
         });
     }
     if let Some(expected) = header.source_digest
-        && Sha256::digest(old)[..] != expected[..]
+        && hash_source(&mut source, source_len)? != expected
     {
         return Err(DeltaError::SourceDigestMismatch);
     }
-    let target_size =
-        usize::try_from(header.target_size).map_err(|_| DeltaError::TargetTooLarge {
-            size: header.target_size,
-            limit: usize::MAX as u64,
-        })?;
+    let target_size = header.target_size;
 
     let mut control = BufReader::new(frame_reader(control, StreamKind::Control)?);
     let mut difference = frame_reader(difference, StreamKind::Difference)?;
     let mut verbatim = frame_reader(verbatim, StreamKind::Verbatim)?;
+    let mut window = SourceWindow::new(source, source_len);
+    let mut out = HashingWriter {
+        inner: out,
+        hasher: Sha256::new(),
+        written: 0,
+    };
+    let mut piece = vec![0u8; PIECE];
+    let mut base = vec![0u8; PIECE];
 
-    // Bounded by `limits.max_target`, checked above.
-    let mut out = Vec::with_capacity(target_size);
     let mut cursor: i64 = 0;
     let mut record: u64 = 0;
-    while out.len() < target_size {
+    while out.written < target_size {
         let bad = |fault| DeltaError::BadControl { record, fault };
         let seek = zigzag_decode(read_varint(&mut control, record)?);
         let add = read_varint(&mut control, record)?;
@@ -491,37 +557,47 @@ pub fn apply_with(old: &[u8], delta: &[u8], limits: &Limits) -> Result<Vec<u8>, 
         if add == 0 && copy == 0 {
             return Err(bad(ControlFault::Empty));
         }
-        let remaining = (target_size - out.len()) as u64;
+        let remaining = target_size - out.written;
         if add > remaining || copy > remaining - add {
             return Err(bad(ControlFault::OverrunsTarget));
         }
-        // Both fit in usize: they are at most `remaining`.
-        let (add, copy) = (add as usize, copy as usize);
 
         cursor = cursor
             .checked_add(seek)
             .ok_or(bad(ControlFault::OutsideSource))?;
         if add > 0 {
-            let from = usize::try_from(cursor).map_err(|_| bad(ControlFault::OutsideSource))?;
-            let source = from
-                .checked_add(add)
-                .and_then(|to| old.get(from..to))
-                .ok_or(bad(ControlFault::OutsideSource))?;
-            let start = out.len();
-            out.resize(start + add, 0);
-            read_exact(&mut difference, &mut out[start..], StreamKind::Difference)?;
-            for (byte, &base) in out[start..].iter_mut().zip(source) {
-                *byte = byte.wrapping_add(base);
+            let from = u64::try_from(cursor).map_err(|_| bad(ControlFault::OutsideSource))?;
+            if from.checked_add(add).is_none_or(|to| to > source_len) {
+                return Err(bad(ControlFault::OutsideSource));
             }
-            // `add` <= target size <= i64::MAX on every supported platform.
-            cursor = cursor
-                .checked_add(add as i64)
+            let mut done = 0u64;
+            while done < add {
+                // At most PIECE, so it fits in usize.
+                let n = (add - done).min(PIECE as u64) as usize;
+                window
+                    .read_at(from + done, &mut base[..n])
+                    .map_err(|e| DeltaError::read_source(&e))?;
+                read_exact(&mut difference, &mut piece[..n], StreamKind::Difference)?;
+                for (byte, &b) in piece[..n].iter_mut().zip(&base[..n]) {
+                    *byte = byte.wrapping_add(b);
+                }
+                out.write_all(&piece[..n])
+                    .map_err(|e| DeltaError::write_target(&e))?;
+                done += n as u64;
+            }
+            // `add` <= target size <= limits, far below i64::MAX.
+            cursor = i64::try_from(add)
+                .ok()
+                .and_then(|a| cursor.checked_add(a))
                 .ok_or(bad(ControlFault::OutsideSource))?;
         }
-        if copy > 0 {
-            let start = out.len();
-            out.resize(start + copy, 0);
-            read_exact(&mut verbatim, &mut out[start..], StreamKind::Verbatim)?;
+        let mut done = 0u64;
+        while done < copy {
+            let n = (copy - done).min(PIECE as u64) as usize;
+            read_exact(&mut verbatim, &mut piece[..n], StreamKind::Verbatim)?;
+            out.write_all(&piece[..n])
+                .map_err(|e| DeltaError::write_target(&e))?;
+            done += n as u64;
         }
         record += 1;
     }
@@ -537,12 +613,144 @@ pub fn apply_with(old: &[u8], delta: &[u8], limits: &Limits) -> Result<Vec<u8>, 
             return Err(DeltaError::TrailingData { stream });
         }
     }
-    if let Some(expected) = header.target_digest
-        && Sha256::digest(&out)[..] != expected[..]
+    out.inner
+        .flush()
+        .map_err(|e| DeltaError::write_target(&e))?;
+    let sha256: [u8; 32] = out.hasher.finalize().into();
+    if header
+        .target_digest
+        .is_some_and(|expected| expected != sha256)
     {
         return Err(DeltaError::TargetDigestMismatch);
     }
-    Ok(out)
+    Ok(Applied {
+        size: out.written,
+        sha256,
+    })
+}
+
+fn too_large(header: &Header) -> DeltaError {
+    DeltaError::TargetTooLarge {
+        size: header.target_size,
+        limit: usize::MAX as u64,
+    }
+}
+
+fn check_limits(header: &Header, limits: &Limits) -> Result<(), DeltaError> {
+    if header.source_size > limits.max_source {
+        return Err(DeltaError::SourceTooLarge {
+            size: header.source_size,
+            limit: limits.max_source,
+        });
+    }
+    if header.target_size > limits.max_target {
+        return Err(DeltaError::TargetTooLarge {
+            size: header.target_size,
+            limit: limits.max_target,
+        });
+    }
+    Ok(())
+}
+
+/// SHA-256 of the first `len` bytes of `source`, read from its start.
+fn hash_source<S: Read + Seek>(source: &mut S, len: u64) -> Result<[u8; 32], DeltaError> {
+    let err = |e: io::Error| DeltaError::read_source(&e);
+    source.seek(SeekFrom::Start(0)).map_err(err)?;
+    let mut hasher = Sha256::new();
+    let mut reader = source.take(len);
+    let mut buf = vec![0u8; PIECE];
+    let mut seen = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        seen += n as u64;
+    }
+    if seen != len {
+        return Err(DeltaError::SourceSizeMismatch {
+            expected: len,
+            actual: seen,
+        });
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// A read window over a seekable source: random reads at record positions cost a seek only
+/// when they leave the window (records mostly move forward through the source).
+struct SourceWindow<S> {
+    inner: S,
+    len: u64,
+    buf: Vec<u8>,
+    start: u64,
+    filled: usize,
+}
+
+impl<S: Read + Seek> SourceWindow<S> {
+    fn new(inner: S, len: u64) -> Self {
+        SourceWindow {
+            inner,
+            len,
+            buf: Vec::new(),
+            start: 0,
+            filled: 0,
+        }
+    }
+
+    /// Fills `out` from position `pos`; the caller checked `pos + out.len() <= len`.
+    fn read_at(&mut self, pos: u64, out: &mut [u8]) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < out.len() {
+            let p = pos + done as u64;
+            let end = self.start + self.filled as u64;
+            if p < self.start || p >= end {
+                self.fill(p)?;
+            }
+            // `p` is inside the window now; the offset is below its length.
+            let off = (p - self.start) as usize;
+            let n = (self.filled - off).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&self.buf[off..off + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn fill(&mut self, p: u64) -> io::Result<()> {
+        if self.buf.is_empty() {
+            let want = self.len.min(SOURCE_WINDOW as u64) as usize;
+            self.buf = vec![0u8; want.max(1)];
+        }
+        let want = (self.len.saturating_sub(p)).min(self.buf.len() as u64) as usize;
+        if want == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the source image",
+            ));
+        }
+        self.inner.seek(SeekFrom::Start(p))?;
+        // A source shorter than its stated length ends here with UnexpectedEof.
+        self.inner.read_exact(&mut self.buf[..want])?;
+        self.start = p;
+        self.filled = want;
+        Ok(())
+    }
+}
+
+/// Counts and hashes what goes to the target.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
 }
 
 type FrameReader<'a> = zstd::stream::read::Decoder<'static, &'a [u8]>;

@@ -468,3 +468,121 @@ proptest! {
         }
     }
 }
+
+/// A writer that fails after `left` bytes, like a full disk.
+struct FullDisk {
+    left: usize,
+}
+
+impl Write for FullDisk {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left"));
+        }
+        let n = buf.len().min(self.left);
+        self.left -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn streaming_apply_writes_the_same_image_and_its_digest() {
+    // Larger than the source window, so records cross window refills.
+    let old = noise(3 << 20, 21);
+    let new = edited(&old, 22);
+    let delta = diff(&old, &new).unwrap();
+    let mut out = Vec::new();
+    let applied = apply_to(
+        io::Cursor::new(&old),
+        old.len() as u64,
+        &delta,
+        &mut out,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(out, new);
+    assert_eq!(applied.size, new.len() as u64);
+    assert_eq!(applied.sha256[..], Sha256::digest(&new)[..]);
+    // Through a real file, as the device reads its active slot.
+    let dir = std::env::temp_dir().join(format!("simfota-delta-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("old.bin");
+    std::fs::write(&path, &old).unwrap();
+    let mut out = Vec::new();
+    let file = std::fs::File::open(&path).unwrap();
+    apply_to(file, old.len() as u64, &delta, &mut out, &Limits::default()).unwrap();
+    assert_eq!(out, new);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn streaming_apply_reports_source_and_target_io_errors() {
+    let old = noise(100_000, 23);
+    let new = edited(&old, 24);
+    let opts = DiffOptions {
+        source_digest: false,
+        ..DiffOptions::default()
+    };
+    let delta = diff_with(&old, &new, &opts).unwrap();
+    // The source is shorter than it claims to be (a truncated slot file).
+    let err = apply_to(
+        io::Cursor::new(&old[..50_000]),
+        old.len() as u64,
+        &delta,
+        Vec::new(),
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeltaError::Io {
+                action: "read the source image",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The target cannot be written.
+    let err = apply_to(
+        io::Cursor::new(&old),
+        old.len() as u64,
+        &delta,
+        FullDisk { left: 1000 },
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeltaError::Io {
+                action: "write the target image",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no space left"), "{err}");
+    // With the source digest recorded, a short source is caught before anything is written.
+    let delta = diff(&old, &new).unwrap();
+    let mut out = Vec::new();
+    let err = apply_to(
+        io::Cursor::new(&old[..50_000]),
+        old.len() as u64,
+        &delta,
+        &mut out,
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        DeltaError::SourceSizeMismatch {
+            expected: old.len() as u64,
+            actual: 50_000
+        }
+    );
+    assert!(out.is_empty());
+}

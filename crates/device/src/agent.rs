@@ -64,6 +64,9 @@ pub struct SessionOutcome {
     pub update: Option<Job>,
     /// Texts the server asked to display.
     pub displayed: Vec<String>,
+    /// The server tried to start another update while one was unfinished; it was answered
+    /// 425 (and, once the unfinished one was reported, a new session was opened for it).
+    pub exec_refused: bool,
 }
 
 /// The state `simfota device status` shows.
@@ -126,12 +129,14 @@ impl<C: Channel + Send + 'static> Agent<C> {
     /// Drives the pending job (if any) to its reported stage. A job whose result waits for
     /// the card stays where it is (the error says why).
     pub fn resume(&mut self) -> Result<Option<Job>, AgentError> {
-        self.resume_inner(true)
+        let http = self.cfg.http_agent()?;
+        self.resume_inner(true, &http)
     }
 
     /// `open`: open the card session first. Inside a DM session it is already open, and must
     /// stay as it is: the nonce the server read lives in that card session.
-    fn resume_inner(&mut self, open: bool) -> Result<Option<Job>, AgentError> {
+    /// `http`: the device's HTTP client (the session's, when inside one).
+    fn resume_inner(&mut self, open: bool, http: &ureq::Agent) -> Result<Option<Job>, AgentError> {
         let jobs = self.jobs();
         let Some(mut job) = jobs.load()? else {
             return Ok(None);
@@ -170,7 +175,7 @@ impl<C: Channel + Send + 'static> Agent<C> {
         let mut updater = Updater {
             card: &mut guard,
             imei,
-            downloader: Downloader::new(data.downloads()),
+            downloader: Downloader::with_agent(data.downloads(), http.clone()),
             slots: data.slots().to_owned(),
             jobs: jobs.clone(),
             prompter: self.prompter.as_mut(),
@@ -194,7 +199,9 @@ impl<C: Channel + Send + 'static> Agent<C> {
         user_request: bool,
     ) -> Result<SessionOutcome, AgentError> {
         let mut outcome = SessionOutcome::default();
-        let job = match self.resume() {
+        // One client for the session's DM messages and the downloads it starts.
+        let http = self.cfg.http_agent()?;
+        let job = match self.resume_inner(true, &http) {
             Ok(job) => job,
             Err(AgentError::Update(e @ UpdateError::CardUnavailable { .. })) => {
                 (self.say)(&e.to_string());
@@ -225,8 +232,21 @@ impl<C: Channel + Send + 'static> Agent<C> {
             (self.say)(&format!("the card does not answer: {e}"));
         }
         let mut tree = dm::build_tree(&self.cfg, &fw, job.as_ref(), self.card.clone())?;
-        let summary = dm::run_session(&self.cfg, &mut tree, reason, session_id, alerts)?;
+        let summary = dm::run_session(&self.cfg, &http, &mut tree, reason, session_id, alerts)?;
         outcome.displayed = summary.displayed.clone();
+        let root = NodeUri::parse(FUMO_ROOT).map_err(|e| DmError::Tree(e.into()))?;
+        // The server set a new PkgURL but its Exec found the node without Exec rights.
+        outcome.exec_refused = job.is_some()
+            && summary.exec.is_none()
+            && tree
+                .fumo(&root)
+                .is_some_and(|f| !f.download_and_update_url.is_empty());
+        if outcome.exec_refused {
+            (self.say)(
+                "the server asked for another update while one is unfinished; refused (425) \
+                 until this one is reported",
+            );
+        }
         if let Some((result, taken)) = outcome.reported.as_mut() {
             *taken = !summary.alert_statuses.is_empty()
                 && summary.alert_statuses.iter().all(|c| c.is_success());
@@ -239,8 +259,19 @@ impl<C: Channel + Send + 'static> Agent<C> {
                 );
             }
         }
+        if outcome.exec_refused && matches!(outcome.reported, Some((_, true))) {
+            // The unfinished update is reported and forgotten: ask for the refused one now
+            // rather than at the next poll.
+            (self.say)("asking the server again for the update it offered");
+            let again = self.session(AlertCode::CLIENT_INITIATED_MGMT, None, false)?;
+            outcome.update = again.update;
+            outcome.displayed.extend(again.displayed);
+            if again.reported.is_some() {
+                outcome.reported = again.reported;
+            }
+            return Ok(outcome);
+        }
         if let Some((uri, correlator)) = summary.exec {
-            let root = NodeUri::parse(FUMO_ROOT).map_err(|e| DmError::Tree(e.into()))?;
             let Some(fumo) = tree.fumo(&root) else {
                 return Ok(outcome);
             };
@@ -266,7 +297,7 @@ impl<C: Channel + Send + 'static> Agent<C> {
             job.operation = operation;
             self.jobs().save(&job)?;
             (self.say)(&format!("the server started a firmware update ({url})"));
-            match self.resume_inner(false) {
+            match self.resume_inner(false, &http) {
                 Ok(_) => {}
                 Err(AgentError::Update(e @ UpdateError::CardUnavailable { .. })) => {
                     (self.say)(&e.to_string());

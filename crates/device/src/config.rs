@@ -10,6 +10,7 @@
 //! data_dir = "device-data"               # relative paths are relative to this file
 //! notification_port = 47001              # UDP port for package 0; absent = poll only
 //! poll_interval_secs = 300
+//! ca_file = "operator-ca.pem"            # extra CA for https:// (the system's bundle is used too)
 //!
 //! [credentials]
 //! auth = "md5"                           # syncml:auth-md5, or "hmac" (syncml:auth-MAC)
@@ -29,11 +30,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::download::TlsTrust;
+
 /// Why a configuration file was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read the device configuration {path}: {source}")]
+    /// The file could not be read. The I/O error is the source, not part of this text:
+    /// the binary prints the chain (`{:#}`), which would otherwise say it twice.
+    #[error("cannot read the device configuration {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -47,6 +51,14 @@ pub enum ConfigError {
         path: PathBuf,
         /// What the parser said.
         message: String,
+    },
+    /// The CA file (`ca_file`, `--ca`) cannot be used.
+    #[error("the CA file {path} cannot be used: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why: unreadable, no PEM certificate, or a certificate that is no usable CA.
+        reason: String,
     },
     /// A value is out of its allowed range.
     #[error("the device configuration has a bad value for `{field}`: {reason}")]
@@ -199,7 +211,8 @@ impl Default for DeviceInfo {
 pub struct Limits {
     /// Largest payload (full image or delta) the agent downloads.
     pub max_payload_bytes: u64,
-    /// Largest SUIT envelope (without integrated payload).
+    /// Largest SUIT envelope fetched from PkgURL, integrated payload included (the card is
+    /// given it severed).
     pub max_envelope_bytes: u64,
     /// Largest DM message the agent accepts.
     pub max_message_bytes: u64,
@@ -244,6 +257,10 @@ pub struct DeviceConfig {
     /// Seconds between client-initiated sessions in `device run`.
     #[serde(default = "default_poll_interval")]
     pub poll_interval_secs: u64,
+    /// A PEM file of CA certificates trusted for `https://` besides the system's bundle
+    /// (a private CA of the DM and package servers).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// DevInfo / DevDetail values.
     #[serde(default)]
     pub info: DeviceInfo,
@@ -273,6 +290,8 @@ impl DeviceConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
+        // A bad CA file is a configuration error now, not a refused connection later.
+        config.tls_trust()?;
         Ok(config)
     }
 
@@ -307,6 +326,22 @@ impl DeviceConfig {
         if let Some(p) = self.card.state.as_mut() {
             join(p);
         }
+        if let Some(p) = self.ca_file.as_mut() {
+            join(p);
+        }
+    }
+
+    /// The CA certificates trusted for `https://`: the system's bundle, plus `ca_file`.
+    pub fn tls_trust(&self) -> Result<TlsTrust, ConfigError> {
+        match &self.ca_file {
+            Some(path) => TlsTrust::with_ca_file(path),
+            None => Ok(TlsTrust::system()),
+        }
+    }
+
+    /// The device's HTTP client (DM sessions and downloads) with this configuration's trust.
+    pub fn http_agent(&self) -> Result<ureq::Agent, ConfigError> {
+        Ok(crate::download::http_agent_with(&self.tls_trust()?))
     }
 
     /// Checks every value that has a format.
@@ -546,6 +581,51 @@ state = "CARD.state"
             c.card_source(None, None).unwrap(),
             CardSource::State("CARD.state".into())
         );
+    }
+
+    /// The I/O error is the source of `Read`, so the chain the binary prints (`{:#}`) says
+    /// it once.
+    #[test]
+    fn unreadable_file_names_the_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nothere.toml");
+        let err = anyhow::Error::from(DeviceConfig::load(&path).unwrap_err());
+        let text = format!("{err:#}");
+        assert_eq!(
+            text,
+            format!(
+                "cannot read the device configuration {}: No such file or directory (os error 2)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn ca_file_is_relative_to_the_config_and_checked_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("DEVICE.toml");
+        std::fs::write(&path, format!("ca_file = \"ca.pem\"\n{GOOD}")).unwrap();
+        let refused = |want: &str| {
+            let err = DeviceConfig::load(&path).unwrap_err();
+            assert!(matches!(err, ConfigError::CaFile { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "the CA file {} cannot be used: ",
+                    dir.path().join("ca.pem").display()
+                )) && text.contains(want),
+                "{text}"
+            );
+        };
+        refused("cannot read it: No such file or directory");
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+        refused("it holds no PEM certificate");
+        std::fs::write(
+            dir.path().join("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        refused("certificate 1 is not a usable CA certificate");
     }
 
     #[test]

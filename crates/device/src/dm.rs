@@ -39,6 +39,14 @@ pub enum DmError {
         /// The transport's explanation.
         message: String,
     },
+    /// The TLS connection to the server was refused (its certificate, or the handshake).
+    #[error("cannot reach the DM server at {url} securely: {problem}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        problem: crate::download::TlsProblem,
+    },
     /// The server answered with an HTTP error.
     #[error("the DM server at {url} answered HTTP {status}")]
     Http {
@@ -177,9 +185,18 @@ pub fn build_tree<C: Channel + Send + 'static>(
     }
     let sid = &cfg.server_id;
     tree.put_interior("./FUMO", "Get=*")?;
+    // One update at a time (docs/dm-tree.md): while the job file holds an unfinished job
+    // (or a result the server has not taken yet) the FUMO node does not grant Exec, so a new
+    // Exec is answered 425 Permission denied (SyncML RepPro 1.2 §10) and the running job,
+    // its Correlator and its result stay as they are. The server delivers again later.
+    let exec = if job.is_some() {
+        String::new()
+    } else {
+        format!("&Exec={sid}")
+    };
     tree.mount_fumo(
         FUMO_ROOT,
-        &format!("Get={sid}&Replace={sid}&Add={sid}&Exec={sid}"),
+        &format!("Get={sid}&Replace={sid}&Add={sid}{exec}"),
         fumo,
     )?;
     tree.put_interior("./SIMFOTA", "Get=*")?;
@@ -303,9 +320,11 @@ pub struct SessionSummary {
     pub messages: u32,
 }
 
-/// Runs one DM session with the configured server over HTTP(S).
+/// Runs one DM session with the configured server over HTTP(S), through `http` (the
+/// device's client: [`DeviceConfig::http_agent`]).
 pub fn run_session(
     cfg: &DeviceConfig,
+    http: &ureq::Agent,
     tree: &mut DmTree,
     reason: AlertCode,
     session_id: Option<u16>,
@@ -346,20 +365,25 @@ pub fn run_session(
     for a in alerts {
         session.queue_alert(a);
     }
-    let agent = crate::download::http_agent();
     let mut out = session.start(reason, tree)?;
     let mut summary = SessionSummary::default();
     loop {
-        let mut req = agent
-            .post(&out.uri)
-            .header("Content-Type", out.content_type);
+        let mut req = http.post(&out.uri).header("Content-Type", out.content_type);
         if let Some(h) = &out.hmac {
             req = req.header("x-syncml-hmac", h);
         }
-        let mut resp = req.send(&out.body[..]).map_err(|e| DmError::Unreachable {
-            url: out.uri.clone(),
-            message: e.to_string(),
-        })?;
+        let mut resp =
+            req.send(&out.body[..])
+                .map_err(|e| match crate::download::TlsProblem::of(&e) {
+                    Some(problem) => DmError::Tls {
+                        url: out.uri.clone(),
+                        problem,
+                    },
+                    None => DmError::Unreachable {
+                        url: out.uri.clone(),
+                        message: e.to_string(),
+                    },
+                })?;
         let status = resp.status().as_u16();
         if status != 200 {
             return Err(DmError::Http {

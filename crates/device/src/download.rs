@@ -7,16 +7,23 @@
 //! over. A partial download without an ETag is never resumed: there is no way to know the bytes
 //! on disk belong to the same file. Every size is bounded; the SHA-256 of the whole file is
 //! computed on the way (re-reading the kept prefix after a restart) and checked when expected.
+//!
+//! The one HTTP client of the device (DM messages and downloads alike) is built here
+//! ([`http_agent_with`]): `https://` servers are checked against the system's CA bundle plus
+//! the CA certificates of the configuration's `ca_file` ([`TlsTrust`]), and a refused
+//! certificate comes back as a [`TlsProblem`] that names what is wrong with it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::config::ConfigError;
 use crate::fsutil::{self, Faults};
 
 /// Why a download failed. Partial data stays on disk for resumption unless stated otherwise.
@@ -29,6 +36,14 @@ pub enum DownloadError {
         url: String,
         /// The transport's explanation.
         message: String,
+    },
+    /// The TLS connection was refused: the server's certificate, or the handshake.
+    #[error("cannot reach {url} securely: {problem}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        problem: TlsProblem,
     },
     /// The server has no such file (HTTP 404 / 410).
     #[error("the server has no file at {url} (HTTP {status})")]
@@ -109,6 +124,7 @@ impl DownloadError {
         matches!(
             self,
             DownloadError::Unreachable { .. }
+                | DownloadError::Tls { .. }
                 | DownloadError::Status { .. }
                 | DownloadError::Truncated { .. }
         )
@@ -145,6 +161,91 @@ pub struct Downloaded {
     pub restarts: u32,
 }
 
+/// Sees every byte of a download in file order from byte 0: after a restart the bytes an
+/// earlier run left on disk first, then what arrives, as it arrives (design §4 step 6: the
+/// card can hash the payload during the download). On a successful fetch the tap has seen
+/// exactly the whole file since its last [`restart`](DownloadTap::restart).
+pub trait DownloadTap {
+    /// The file starts again at byte 0 (first bytes, or the server's copy changed): forget
+    /// what was seen.
+    fn restart(&mut self) -> Result<(), String>;
+    /// The next bytes of the file. An error stops the download (the partial file is kept);
+    /// it comes back as [`DownloadError::Io`] on the file, as a failed write would.
+    fn data(&mut self, bytes: &[u8]) -> Result<(), String>;
+}
+
+/// A tap that looks at nothing.
+struct NoTap;
+
+impl DownloadTap for NoTap {
+    fn restart(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn data(&mut self, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The SHA-256 of the file so far, and the tap that sees the same bytes.
+struct Hashing<'t> {
+    sha: Sha256,
+    tap: &'t mut dyn DownloadTap,
+    /// The file being written (named by a tap's refusal).
+    path: &'t Path,
+}
+
+impl<'t> Hashing<'t> {
+    fn new(path: &'t Path, tap: &'t mut dyn DownloadTap) -> Result<Self, DownloadError> {
+        let mut h = Hashing {
+            sha: Sha256::new(),
+            tap,
+            path,
+        };
+        h.restart()?;
+        Ok(h)
+    }
+
+    fn stopped(&self, message: String) -> DownloadError {
+        DownloadError::Io {
+            path: self.path.to_owned(),
+            source: io::Error::other(message),
+        }
+    }
+
+    fn restart(&mut self) -> Result<(), DownloadError> {
+        self.sha = Sha256::new();
+        self.tap.restart().map_err(|m| self.stopped(m))
+    }
+
+    fn update(&mut self, bytes: &[u8]) -> Result<(), DownloadError> {
+        self.sha.update(bytes);
+        self.tap.data(bytes).map_err(|m| self.stopped(m))
+    }
+
+    /// Feeds the first `len` bytes of `file` (kept by an earlier run).
+    fn prefix(&mut self, file: &mut File, len: u64) -> Result<(), DownloadError> {
+        let path = self.path;
+        let io = |source| DownloadError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut reader = (&mut *file).take(len);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.update(&buf[..n])?;
+        }
+    }
+
+    fn finalize(self) -> [u8; 32] {
+        self.sha.finalize().into()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct PartialMeta {
     url: String,
@@ -166,9 +267,213 @@ const MAX_RESTARTS: u32 = 3;
 /// How often (in bytes) the partial file is synced, bounding what a power cut can lose.
 const SYNC_EVERY: u64 = 1024 * 1024;
 
-/// The HTTP agent the device uses (DM messages and downloads alike): no automatic redirects
-/// into other hosts beyond a few, statuses handled by the caller, bounded waits.
+/// Why a TLS connection was refused, in the words a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsProblem {
+    /// No trusted CA signed the chain (RFC 5280 §6.1: path validation found no trust anchor).
+    #[error(
+        "the server's certificate is not signed by a trusted CA (add the CA with ca_file in \
+         the device configuration, or --ca)"
+    )]
+    UnknownIssuer,
+    /// The certificate does not name the host the device connected to (RFC 6125 §6).
+    #[error("the server's certificate is not valid for the host name {host}{names}")]
+    WrongHost {
+        /// The name the device asked for.
+        host: String,
+        /// ` (it is for a, b)` when the certificate's names are known, else empty.
+        names: String,
+    },
+    /// The certificate's validity ended (RFC 5280 §4.1.2.5 notAfter).
+    #[error("the server's certificate has expired")]
+    Expired,
+    /// The certificate's validity has not begun (notBefore in the future).
+    #[error("the server's certificate is not valid yet (is the device clock right?)")]
+    NotYetValid,
+    /// The issuer revoked the certificate.
+    #[error("the server's certificate is revoked")]
+    Revoked,
+    /// Any other reason the certificate was refused.
+    #[error("the server's certificate is refused: {0}")]
+    BadCertificate(String),
+    /// The handshake failed for a reason other than the certificate.
+    #[error("the TLS handshake failed: {0}")]
+    Handshake(String),
+}
+
+impl TlsProblem {
+    /// The TLS problem behind a transport error, if it is one. rustls's errors arrive either
+    /// as they are or wrapped in the I/O error of the handshake.
+    pub fn of(e: &ureq::Error) -> Option<TlsProblem> {
+        let tls: &rustls::Error = match e {
+            ureq::Error::Rustls(r) => r,
+            ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
+            ureq::Error::Tls(text) => return Some(TlsProblem::Handshake((*text).to_owned())),
+            _ => return None,
+        };
+        use rustls::CertificateError as C;
+        Some(match tls {
+            rustls::Error::InvalidCertificate(cert) => match cert {
+                C::UnknownIssuer => TlsProblem::UnknownIssuer,
+                C::NotValidForNameContext {
+                    expected,
+                    presented,
+                } => TlsProblem::WrongHost {
+                    host: expected.to_str().into_owned(),
+                    names: if presented.is_empty() {
+                        " (it names no host)".to_owned()
+                    } else {
+                        let names: Vec<_> = presented.iter().map(|n| plain_name(n)).collect();
+                        format!(" (it is for {})", names.join(", "))
+                    },
+                },
+                C::NotValidForName => TlsProblem::WrongHost {
+                    host: "asked for".to_owned(),
+                    names: String::new(),
+                },
+                C::Expired | C::ExpiredContext { .. } => TlsProblem::Expired,
+                C::NotValidYet | C::NotValidYetContext { .. } => TlsProblem::NotYetValid,
+                C::Revoked => TlsProblem::Revoked,
+                other => TlsProblem::BadCertificate(other.to_string()),
+            },
+            other => TlsProblem::Handshake(other.to_string()),
+        })
+    }
+}
+
+/// A certificate name as webpki presents it (`DnsName("a.example")`, `IpAddress(10.0.0.1)`),
+/// without the wrapping.
+fn plain_name(presented: &str) -> &str {
+    presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|n| n.strip_suffix("\")"))
+        .or_else(|| {
+            presented
+                .strip_prefix("IpAddress(")
+                .and_then(|n| n.strip_suffix(')'))
+        })
+        .unwrap_or(presented)
+}
+
+/// The CA certificates the device trusts for `https://`: the system's bundle, plus those of a
+/// CA file (a private CA the operator runs its DM and package servers under).
+#[derive(Debug, Clone, Default)]
+pub struct TlsTrust {
+    /// The CA file's certificates (DER).
+    extra: Vec<ureq::tls::Certificate<'static>>,
+}
+
+/// Where the system's CA bundle is, in the order looked at: `SSL_CERT_FILE` first (the
+/// override OpenSSL honours too), then the bundles of Debian/Ubuntu/Alpine, Fedora/RHEL,
+/// openSUSE, and BSD/macOS.
+const SYSTEM_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CA certificates, read once per process (empty when no bundle is found).
+fn system_roots() -> &'static [ureq::tls::Certificate<'static>] {
+    static ROOTS: OnceLock<Vec<ureq::tls::Certificate<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+        from_env
+            .into_iter()
+            .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
+            .find_map(|path| {
+                let pem = fs::read(path).ok()?;
+                let certs: Vec<_> = pem_certificates(&pem).filter_map(Result::ok).collect();
+                (!certs.is_empty()).then_some(certs)
+            })
+            .unwrap_or_default()
+    })
+}
+
+fn pem_certificates(
+    pem: &[u8],
+) -> impl Iterator<Item = Result<ureq::tls::Certificate<'static>, String>> + '_ {
+    ureq::tls::parse_pem(pem).filter_map(|item| match item {
+        Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+        Ok(_) => None,
+        Err(e) => Some(Err(e.to_string())),
+    })
+}
+
+impl TlsTrust {
+    /// The system's CA bundle only.
+    pub fn system() -> Self {
+        TlsTrust::default()
+    }
+
+    /// The system's CA bundle plus every certificate of the PEM file `path`. A file that
+    /// cannot be read, holds no PEM certificate, or a certificate that is no usable trust
+    /// anchor is refused, naming the file and the reason.
+    pub fn with_ca_file(path: &Path) -> Result<Self, ConfigError> {
+        let refuse = |reason: String| ConfigError::CaFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let pem = fs::read(path).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+        let mut extra = Vec::new();
+        for (i, cert) in pem_certificates(&pem).enumerate() {
+            let cert =
+                cert.map_err(|e| refuse(format!("certificate {} is not PEM: {e}", i + 1)))?;
+            // The same check rustls makes when the certificate becomes a root (RFC 5280 §4.1
+            // structure, a subject and a key it can use), so a bad file fails here, not at
+            // the first connection.
+            rustls::RootCertStore::empty()
+                .add(rustls::pki_types::CertificateDer::from(cert.der()))
+                .map_err(|e| {
+                    refuse(format!(
+                        "certificate {} is not a usable CA certificate: {e}",
+                        i + 1
+                    ))
+                })?;
+            extra.push(cert);
+        }
+        if extra.is_empty() {
+            return Err(refuse(
+                "it holds no PEM certificate (a block starting -----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        Ok(TlsTrust { extra })
+    }
+
+    /// How many certificates the CA file added.
+    pub fn extra_count(&self) -> usize {
+        self.extra.len()
+    }
+
+    fn root_certs(&self) -> ureq::tls::RootCerts {
+        let system = system_roots();
+        if self.extra.is_empty() {
+            static SYSTEM: OnceLock<ureq::tls::RootCerts> = OnceLock::new();
+            return SYSTEM
+                .get_or_init(|| {
+                    if system.is_empty() {
+                        // No bundle on this system: the Mozilla list compiled into the client.
+                        ureq::tls::RootCerts::WebPki
+                    } else {
+                        ureq::tls::RootCerts::Specific(Arc::new(system.to_vec()))
+                    }
+                })
+                .clone();
+        }
+        let all: Vec<_> = system.iter().chain(&self.extra).cloned().collect();
+        ureq::tls::RootCerts::Specific(Arc::new(all))
+    }
+}
+
+/// The HTTP agent the device uses (DM messages and downloads alike) trusting the system's CA
+/// bundle: no automatic redirects into other hosts beyond a few, statuses handled by the
+/// caller, bounded waits.
 pub fn http_agent() -> ureq::Agent {
+    http_agent_with(&TlsTrust::system())
+}
+
+/// The HTTP agent the device uses, trusting `trust` for `https://`.
+pub fn http_agent_with(trust: &TlsTrust) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(3)
@@ -176,6 +481,11 @@ pub fn http_agent() -> ureq::Agent {
         .timeout_recv_response(Some(Duration::from_secs(60)))
         .timeout_per_read(Some(Duration::from_secs(60)))
         .user_agent(concat!("simfota-device/", env!("CARGO_PKG_VERSION")))
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(trust.root_certs())
+                .build(),
+        )
         .build()
         .into()
 }
@@ -197,6 +507,16 @@ impl Downloader {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Downloader {
             agent: http_agent(),
+            dir: dir.into(),
+            max_attempts: 3,
+        }
+    }
+
+    /// A downloader storing into `dir` through `agent` (the one the DM session uses, with
+    /// the configuration's CA trust).
+    pub fn with_agent(dir: impl Into<PathBuf>, agent: ureq::Agent) -> Self {
+        Downloader {
+            agent,
             dir: dir.into(),
             max_attempts: 3,
         }
@@ -269,6 +589,17 @@ impl Downloader {
         spec: &FetchSpec<'_>,
         bar: &ProgressBar,
     ) -> Result<Downloaded, DownloadError> {
+        self.fetch_with_tap(spec, bar, &mut NoTap)
+    }
+
+    /// [`fetch`](Self::fetch), showing every byte of the file to `tap` in order as it is
+    /// written (the kept prefix first after a restart).
+    pub fn fetch_with_tap(
+        &self,
+        spec: &FetchSpec<'_>,
+        bar: &ProgressBar,
+        tap: &mut dyn DownloadTap,
+    ) -> Result<Downloaded, DownloadError> {
         let io_err = |path: &Path| {
             let path = path.to_owned();
             move |source| DownloadError::Io { path, source }
@@ -281,7 +612,11 @@ impl Downloader {
 
         // A finished file from an earlier run (crash between rename and the caller's record).
         if dest.exists() && !meta_path.exists() {
-            let (len, sha256) = hash_file(&dest, None).map_err(io_err(&dest))?;
+            let mut file = File::open(&dest).map_err(io_err(&dest))?;
+            let len = file.metadata().map_err(io_err(&dest))?.len();
+            let mut hasher = Hashing::new(&dest, tap)?;
+            hasher.prefix(&mut file, len)?;
+            let sha256 = hasher.finalize();
             if spec.expected_len.is_none_or(|l| l == len)
                 && spec.expected_sha256.is_none_or(|d| d == sha256)
             {
@@ -316,9 +651,9 @@ impl Downloader {
             offset = 0;
         }
         file.set_len(offset).map_err(io_err(&part))?;
-        let mut hasher = Sha256::new();
+        let mut hasher = Hashing::new(&part, tap)?;
         if offset > 0 {
-            hash_prefix(&mut file, offset, &mut hasher).map_err(io_err(&part))?;
+            hasher.prefix(&mut file, offset)?;
         }
         let reused = offset;
         let mut restarts = 0u32;
@@ -336,6 +671,8 @@ impl Downloader {
             }
             let mut resp = match req.call() {
                 Ok(r) => r,
+                // A refused certificate stays refused: no point in asking again.
+                Err(e) if TlsProblem::of(&e).is_some() => return Err(unreachable(spec.url, &e)),
                 Err(_) if attempts < self.max_attempts => {
                     std::thread::sleep(Duration::from_millis(200 * u64::from(attempts)));
                     continue;
@@ -360,7 +697,7 @@ impl Downloader {
                         // The server's file changed under a server that ignores If-Range.
                         restarts += 1;
                         offset = 0;
-                        hasher = Sha256::new();
+                        hasher.restart()?;
                         file.set_len(0).map_err(io_err(&part))?;
                         meta.etag = None;
                         if attempts >= self.max_attempts.saturating_add(restarts.min(MAX_RESTARTS))
@@ -381,7 +718,7 @@ impl Downloader {
                         restarts += 1;
                     }
                     offset = 0;
-                    hasher = Sha256::new();
+                    hasher.restart()?;
                     file.set_len(0).map_err(io_err(&part))?;
                     meta.etag = etag;
                     total = resp.body().content_length();
@@ -447,7 +784,7 @@ impl Downloader {
                         });
                     }
                     file.write_all(&buf[..n]).map_err(io_err(&part))?;
-                    hasher.update(&buf[..n]);
+                    hasher.update(&buf[..n])?;
                     offset += n as u64;
                     since_sync += n as u64;
                     bar.set_position(offset);
@@ -474,7 +811,7 @@ impl Downloader {
             }
         }
         drop(file);
-        let sha256: [u8; 32] = hasher.finalize().into();
+        let sha256 = hasher.finalize();
         if let Some(expected) = spec.expected_sha256.filter(|&e| e != sha256) {
             self.discard(spec.name)?;
             return Err(DownloadError::DigestMismatch {
@@ -496,10 +833,17 @@ impl Downloader {
     }
 }
 
+/// The error for a request that got no answer: the TLS problem when there is one.
 fn unreachable(url: &str, e: &ureq::Error) -> DownloadError {
-    DownloadError::Unreachable {
-        url: url.into(),
-        message: e.to_string(),
+    match TlsProblem::of(e) {
+        Some(problem) => DownloadError::Tls {
+            url: url.into(),
+            problem,
+        },
+        None => DownloadError::Unreachable {
+            url: url.into(),
+            message: e.to_string(),
+        },
     }
 }
 
@@ -577,6 +921,13 @@ pub fn hash_file(path: &Path, limit: Option<u64>) -> io::Result<(u64, [u8; 32])>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_names_lose_their_wrapping() {
+        assert_eq!(plain_name("DnsName(\"localhost\")"), "localhost");
+        assert_eq!(plain_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(plain_name("DirectoryName"), "DirectoryName");
+    }
 
     #[test]
     fn content_range_parsing() {

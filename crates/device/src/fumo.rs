@@ -98,6 +98,17 @@ pub struct PackageFacts {
     pub sequence: u64,
     /// For a delta: the SHA-256 (hex) of the image it applies to.
     pub precursor_sha256: Option<String>,
+    /// For a delta: the signed SHA-256 (hex) of the delta itself (SUIT parameter -258).
+    #[serde(default)]
+    pub payload_sha256: Option<String>,
+    /// For a delta: the signed size of the delta itself (SUIT parameter -259).
+    #[serde(default)]
+    pub payload_size: Option<u64>,
+    /// The envelope member that carries the payload (`"#delta"`, `"#image"`) when the manifest
+    /// names one (draft-ietf-suit-manifest §7.5); `payload_url` is then where a server that
+    /// severed the envelope hosts it.
+    #[serde(default)]
+    pub integrated: Option<String>,
 }
 
 /// How far the job got.
@@ -353,6 +364,9 @@ mod tests {
             version: "2.0".into(),
             sequence: 2,
             precursor_sha256: None,
+            payload_sha256: None,
+            payload_size: None,
+            integrated: None,
         }
     }
 

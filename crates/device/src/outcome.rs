@@ -104,7 +104,7 @@ impl Failure {
     pub fn from_download(e: &crate::download::DownloadError) -> Failure {
         use crate::download::DownloadError as D;
         match e {
-            D::Unreachable { .. } | D::Status { .. } | D::Truncated { .. } => {
+            D::Unreachable { .. } | D::Tls { .. } | D::Status { .. } | D::Truncated { .. } => {
                 Failure::ServerUnavailable(e.to_string())
             }
             D::NotFound { .. } => Failure::BadUrl(e.to_string()),
@@ -114,6 +114,15 @@ impl Failure {
             D::BadContentRange { .. } => Failure::ServerUnavailable(e.to_string()),
             D::Io { source, .. } if is_no_space(source) => Failure::DownloadNoSpace(e.to_string()),
             D::Io { .. } => Failure::InstallFailed(e.to_string()),
+        }
+    }
+
+    /// The failure for a local file error while preparing or installing the image.
+    pub fn from_io(e: &std::io::Error) -> Failure {
+        if is_no_space(e) {
+            Failure::InstallNoSpace(e.to_string())
+        } else {
+            Failure::InstallFailed(e.to_string())
         }
     }
 
@@ -188,6 +197,13 @@ mod tests {
                 D::Unreachable {
                     url: url(),
                     message: "refused".into(),
+                },
+                503,
+            ),
+            (
+                D::Tls {
+                    url: url(),
+                    problem: crate::download::TlsProblem::UnknownIssuer,
                 },
                 503,
             ),

@@ -14,6 +14,11 @@
 //!    renamed over the inactive slot;
 //! 3. the record marks that slot pending, with [`BOOT_TRIES`] tries.
 //!
+//! A delta is rebuilt by streaming ([`SlotStore::stage_delta`]): the active slot file is read
+//! through the delta crate's window and the new image goes straight into the inactive slot's
+//! temp file, hashed as it is written; [`ImageSource::Staged`] then installs that temp file
+//! after checking its digest again (steps 1 and 3 as above).
+//!
 //! [`SlotStore::boot`] is the bootloader's view: it spends one try *before* running the boot
 //! check (so a crash while booting counts as a failed try), switches the active slot when the
 //! check passes, and rolls back to the old slot when the tries are spent.
@@ -242,8 +247,22 @@ impl BootCheck for StandardBootCheck {
 pub enum ImageSource<'a> {
     /// A complete image file.
     Full(&'a Path),
-    /// A delta file (crates/delta format) against the active image.
+    /// A delta file (crates/delta format) against the active image, applied by streaming the
+    /// active slot into the inactive slot's temp file.
     Delta(&'a Path),
+    /// The image [`SlotStore::stage_delta`] already wrote to the inactive slot's temp file.
+    Staged,
+}
+
+/// An image written to the inactive slot's temp file, not yet installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// The temp file (what the card may be streamed, and what `ImageSource::Staged` installs).
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256, hex.
+    pub sha256: String,
 }
 
 /// The A/B slot folder.
@@ -375,18 +394,23 @@ impl SlotStore {
             }
             ImageSource::Delta(path) => {
                 let delta = fs::read(path).map_err(io_at(path))?;
-                let active_path = self.slot_path(self.record.active);
-                let old = fs::read(&active_path).map_err(io_at(&active_path))?;
-                let new =
-                    simfota_delta::apply(&old, &delta).map_err(|source| SlotError::Delta {
-                        active_version: self
-                            .record
-                            .info(self.record.active)
-                            .map(|i| i.version.clone())
-                            .unwrap_or_default(),
-                        source,
-                    })?;
-                self.write_slot(target, &mut new.as_slice(), version)?
+                let staged = self.stage_delta(&delta, &simfota_delta::Limits::default())?;
+                SlotInfo {
+                    version: version.to_owned(),
+                    size: staged.size,
+                    sha256: staged.sha256,
+                }
+            }
+            ImageSource::Staged => {
+                // Hashed again: the temp file was written in an earlier step (maybe before a
+                // restart), and only bytes with the signed digest become a slot.
+                let tmp = fsutil::temp_path(&self.slot_path(target));
+                let (size, digest) = hash_path(&tmp).map_err(io_at(&tmp))?;
+                SlotInfo {
+                    version: version.to_owned(),
+                    size,
+                    sha256: hex::encode(digest),
+                }
             }
         };
         if info.size != expected_len || info.sha256 != hex::encode(expected_sha256) {
@@ -410,6 +434,68 @@ impl SlotStore {
         });
         self.save()?;
         Ok(target)
+    }
+
+    /// Rebuilds the new image from `delta` and the active slot into the inactive slot's temp
+    /// file, streaming: the active image is read through the delta crate's window, the new
+    /// image is written and hashed as it is produced (never both images in memory). The
+    /// record is not touched: the slots stay as they are until [`SlotStore::install`] with
+    /// [`ImageSource::Staged`]. On error the temp file is removed.
+    pub fn stage_delta(
+        &self,
+        delta: &[u8],
+        limits: &simfota_delta::Limits,
+    ) -> Result<Staged, SlotError> {
+        let active_path = self.slot_path(self.record.active);
+        let tmp = fsutil::temp_path(&self.slot_path(self.record.active.other()));
+        let res = (|| {
+            let src = File::open(&active_path).map_err(io_at(&active_path))?;
+            let len = src.metadata().map_err(io_at(&active_path))?.len();
+            let err = io_at(&tmp);
+            self.faults.step("create slot temp file").map_err(&err)?;
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(&err)?;
+            let mut out = io::BufWriter::with_capacity(256 << 10, file);
+            let applied =
+                simfota_delta::apply_to(src, len, delta, &mut out, limits).map_err(|source| {
+                    match source {
+                        simfota_delta::DeltaError::Io { kind, .. } => SlotError::Io {
+                            path: tmp.clone(),
+                            source: io::Error::new(kind, source.to_string()),
+                        },
+                        source => SlotError::Delta {
+                            active_version: self
+                                .record
+                                .info(self.record.active)
+                                .map(|i| i.version.clone())
+                                .unwrap_or_default(),
+                            source,
+                        },
+                    }
+                })?;
+            let file = out.into_inner().map_err(|e| err(e.into_error()))?;
+            self.faults.step("fsync slot image").map_err(&err)?;
+            file.sync_all().map_err(&err)?;
+            Ok(Staged {
+                path: tmp.clone(),
+                size: applied.size,
+                sha256: hex::encode(applied.sha256),
+            })
+        })();
+        if res.is_err() {
+            let _ = fsutil::remove_if_exists(&tmp);
+        }
+        res
+    }
+
+    /// Removes a staged image that will not be installed.
+    pub fn discard_staged(&self) -> Result<(), SlotError> {
+        let tmp = fsutil::temp_path(&self.slot_path(self.record.active.other()));
+        fsutil::remove_if_exists(&tmp).map_err(io_at(&tmp))
     }
 
     /// One boot: tries the pending slot (if any) and switches or rolls back.
@@ -720,6 +806,49 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, SlotError::Delta { .. }), "{err}");
         assert_eq!(store.active_version().unwrap(), "2.1");
+    }
+
+    #[test]
+    fn a_staged_delta_image_installs_only_with_the_signed_digest() {
+        let mut v2 = image(200_000, 1);
+        v2[70_000..70_100].copy_from_slice(&[9u8; 100]);
+        let f = fixture(v2.clone());
+        let delta = simfota_delta::diff(&f.v1, &v2).unwrap();
+        let mut store = SlotStore::open(&f.slots).unwrap();
+        let staged = store
+            .stage_delta(&delta, &simfota_delta::Limits::default())
+            .unwrap();
+        assert_eq!(staged.size, v2.len() as u64);
+        assert_eq!(staged.sha256, hex::encode(sha(&v2)));
+        assert_eq!(fs::read(&staged.path).unwrap(), v2);
+        // Staging changes no slot: the record and both slot files are as before.
+        assert_eq!(SlotStore::open(&f.slots).unwrap().record(), store.record());
+        assert!(!store.slot_path(Slot::B).exists());
+        // Bytes changed between staging and install are refused against the signed digest.
+        let mut tampered = v2.clone();
+        tampered[5] ^= 1;
+        fs::write(&staged.path, &tampered).unwrap();
+        let err = store
+            .install(ImageSource::Staged, "2.1", v2.len() as u64, &sha(&v2))
+            .unwrap_err();
+        assert!(matches!(err, SlotError::ImageMismatch { .. }), "{err}");
+        assert_boots_old(&f, "after a tampered staged image");
+        // Staged again and installed.
+        store
+            .stage_delta(&delta, &simfota_delta::Limits::default())
+            .unwrap();
+        store
+            .install(ImageSource::Staged, "2.1", v2.len() as u64, &sha(&v2))
+            .unwrap();
+        store.boot_until_settled(&StandardBootCheck).unwrap();
+        assert_eq!(store.active_version().unwrap(), "2.1");
+        assert!(!staged.path.exists());
+        // A delta for another source is refused and leaves no temp file behind.
+        let err = store
+            .stage_delta(&delta, &simfota_delta::Limits::default())
+            .unwrap_err();
+        assert!(matches!(err, SlotError::Delta { .. }), "{err}");
+        assert!(!fsutil::temp_path(&store.slot_path(Slot::A)).exists());
     }
 
     #[test]

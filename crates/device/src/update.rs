@@ -9,6 +9,13 @@
 //! The agent trusts nothing it relays: it reads the token's claims only to show the user who
 //! asks and to name the update in the result report, and it takes the manifest's facts only
 //! after verifying the manifest with an originator key the card itself lists.
+//!
+//! Delta packages (docs/formats.md §3): the manifest signs the digest and size of the delta
+//! (SUIT parameters -258 / -259) besides those of the image it rebuilds. The delta, integrated
+//! in the envelope or fetched by URI, is checked against that signed digest and size before a
+//! byte of it is parsed, and it is applied only to an active image whose digest is the signed
+//! precursor; the rebuilt image is then checked against the signed image digest, judged by the
+//! card, and checked once more by the slot installer.
 
 use std::path::{Path, PathBuf};
 
@@ -26,8 +33,6 @@ use crate::slots::{BootCheck, BootOutcome, ImageSource, SlotError, SlotStore};
 
 /// The download file name of the payload inside the download folder.
 const PAYLOAD_NAME: &str = "payload";
-/// The file name of an image rebuilt from a delta, inside the download folder.
-const IMAGE_NAME: &str = "image";
 
 /// Why a job could not be driven further now (its state is kept; run it again later).
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +153,22 @@ fn decode_pending(raw: &[u8]) -> Result<CardPending, minicbor::decode::Error> {
     Ok(out)
 }
 
+/// Where a server that severed an integrated payload from the envelope hosts it: `payload`
+/// next to the envelope's URL (the simfota server's `/packages/{id}/envelope` and
+/// `/packages/{id}/payload`; docs/dm-tree.md).
+const SEVERED_PAYLOAD_REF: &str = "payload";
+
+/// What the card receives: the envelope without integrated payloads (`suit::sever`; the
+/// manifest, and so the token's binding to it, is unchanged byte for byte).
+fn severed_for_card(envelope: &[u8]) -> Result<Vec<u8>, Fail> {
+    wire::suit::sever(envelope, &wire::Limits::DEFAULT).map_err(|e| {
+        fail(
+            Failure::Corrupt(format!("the package description does not decode: {e}")),
+            false,
+        )
+    })
+}
+
 /// Resolves the manifest's payload URI against the envelope's URL (RFC 3986 §5.2, the two
 /// forms a server uses: absolute, or an absolute path on the same origin).
 fn resolve_url(base: &str, uri: &str) -> Result<String, Failure> {
@@ -186,7 +207,7 @@ impl<C: Channel> Updater<'_, C> {
                     }
                     Err(f) => Err(f),
                 },
-                Stage::Authorized { package } => self.download(package),
+                Stage::Authorized { package } => self.download(package, job.envelope.as_deref()),
                 Stage::Downloaded {
                     package,
                     payload,
@@ -202,7 +223,10 @@ impl<C: Channel> Updater<'_, C> {
                 } => {
                     let receipt = self.report(&job, result, report_to_card)?;
                     let _ = self.downloader.discard(PAYLOAD_NAME);
-                    let _ = self.downloader.discard(IMAGE_NAME);
+                    // An image rebuilt from a delta but never installed.
+                    if let Ok(store) = SlotStore::open(&self.slots) {
+                        let _ = store.discard_staged();
+                    }
                     job.stage = Stage::Reported {
                         result,
                         message,
@@ -259,7 +283,7 @@ impl<C: Channel> Updater<'_, C> {
     /// envelope and update id before: after a crash the same authorization is recognised on
     /// the card.
     fn authorize(&mut self, job: &Job) -> Result<Stage, Fail> {
-        let envelope = job.envelope.clone().unwrap_or_default();
+        let envelope = severed_for_card(job.envelope.as_deref().unwrap_or_default())?;
         let claims = DeliveryToken::decode(&job.token, &wire::Limits::DEFAULT)
             .ok()
             .map(|t| *t.dangerous_unverified());
@@ -423,38 +447,103 @@ impl<C: Channel> Updater<'_, C> {
         let uri = m
             .uri
             .ok_or_else(|| Failure::Corrupt("the manifest names no payload".into()))?;
+        // A delta must sign its own digest and size as well as its precursor: the device
+        // checks the delta against them before parsing it (docs/formats.md §3).
+        let (payload_sha256, payload_size) =
+            match (m.precursor_digest, m.payload_digest, m.payload_size) {
+                (None, None, None) => (None, None),
+                (Some(_), Some(d), Some(s)) => (Some(hex::encode(d.0)), Some(s)),
+                (Some(_), _, _) => {
+                    return Err(Failure::Invalid(
+                        "the delta package does not sign the delta's digest and size (SUIT \
+                         parameters -258/-259)"
+                            .into(),
+                    ));
+                }
+                (None, _, _) => {
+                    return Err(Failure::Invalid(
+                        "the package signs a delta digest but names no precursor image".into(),
+                    ));
+                }
+            };
+        // "#name": an envelope member (draft §7.5). The envelope fetched may still carry it;
+        // a server that severed it hosts it next to the envelope.
+        let (payload_url, integrated) = match uri.strip_prefix('#') {
+            Some(_) => (
+                resolve_url(base_url, SEVERED_PAYLOAD_REF)?,
+                Some(uri.to_owned()),
+            ),
+            None => (resolve_url(base_url, uri)?, None),
+        };
         Ok(PackageFacts {
-            payload_url: resolve_url(base_url, uri)?,
+            payload_url,
             image_size: size,
             image_sha256: hex::encode(digest.0),
             name: m.name.unwrap_or("firmware").to_owned(),
             version: m.version.unwrap_or("unknown").to_owned(),
             sequence: m.sequence,
             precursor_sha256: m.precursor_digest.map(|d| hex::encode(d.0)),
+            payload_sha256,
+            payload_size,
+            integrated,
         })
     }
 
-    fn download(&mut self, package: PackageFacts) -> Result<Stage, Fail> {
-        // A delta must fit the running image before anything is downloaded.
-        if let Some(pre) = &package.precursor_sha256 {
-            let store = SlotStore::open(&self.slots)
-                .map_err(|e| fail(Failure::InstallFailed(e.to_string()), true))?;
-            let active = store
-                .active_info()
-                .map_err(|e| fail(Failure::from_slots(&e), true))?;
-            if &active.sha256 != pre {
-                return Err(fail(
-                    Failure::WrongDevice(format!(
-                        "the delta applies to another image than the running {}",
-                        active.version
-                    )),
-                    true,
-                ));
+    fn download(&mut self, package: PackageFacts, envelope: Option<&[u8]>) -> Result<Stage, Fail> {
+        // What the payload must be: a delta is held to its own signed digest and size (checked
+        // here, before it is ever parsed); a full image to the signed size, its digest being
+        // the card's to judge (design §4 step 6).
+        let (expected_len, expected_sha256) = match &package.precursor_sha256 {
+            None => (package.image_size, None),
+            Some(pre) => {
+                let (Some(size), Some(sha)) = (package.payload_size, &package.payload_sha256)
+                else {
+                    return Err(fail(
+                        Failure::Invalid(
+                            "the delta package does not sign the delta's digest and size".into(),
+                        ),
+                        true,
+                    ));
+                };
+                let mut d = [0u8; 32];
+                hex::decode_to_slice(sha, &mut d)
+                    .map_err(|e| fail(Failure::Corrupt(e.to_string()), true))?;
+                // A delta must fit the running image before anything is downloaded.
+                let store = SlotStore::open(&self.slots)
+                    .map_err(|e| fail(Failure::from_slots(&e), true))?;
+                let active = store
+                    .active_info()
+                    .map_err(|e| fail(Failure::from_slots(&e), true))?;
+                if &active.sha256 != pre {
+                    return Err(fail(
+                        Failure::WrongDevice(format!(
+                            "the delta applies to another image than the running {}",
+                            active.version
+                        )),
+                        true,
+                    ));
+                }
+                (size, Some(d))
             }
+        };
+        let carried = package.integrated.as_deref().and_then(|name| {
+            envelope
+                .and_then(|e| wire::suit::Envelope::decode(e, &wire::Limits::DEFAULT).ok())
+                .and_then(|e| e.integrated(name))
+        });
+        if let Some(bytes) = carried {
+            return self.take_integrated(package, bytes, expected_len, expected_sha256);
         }
         (self.say)(&format!(
-            "downloading {} {} ({} bytes)",
-            package.name, package.version, package.image_size
+            "downloading {} {} ({} bytes{})",
+            package.name,
+            package.version,
+            expected_len,
+            if package.precursor_sha256.is_some() {
+                ", a delta"
+            } else {
+                ""
+            }
         ));
         let bar = if self.progress {
             download::progress_bar("download")
@@ -465,25 +554,77 @@ impl<C: Channel> Updater<'_, C> {
             url: &package.payload_url,
             name: PAYLOAD_NAME,
             max_len: self.limits.max_payload_bytes,
-            // A full payload is the image; a delta payload's size is not signed (the rebuilt
-            // image is checked instead).
-            expected_len: package
-                .precursor_sha256
-                .is_none()
-                .then_some(package.image_size),
-            // The card judges the digest (design §4 step 6); the device checks it too only to
-            // avoid installing bytes the card is about to refuse.
-            expected_sha256: None,
+            expected_len: Some(expected_len),
+            expected_sha256,
         };
-        let got = self
-            .downloader
-            .fetch(&spec, &bar)
-            .map_err(|e| fail(Failure::from_download(&e), true))?;
+        // Card-digest policy and a full image: the card hashes each chunk as it arrives, so
+        // the integrity verdict needs no second pass over the file (design §4 step 6).
+        let card_hashes = package.precursor_sha256.is_none()
+            && matches!(
+                self.card.policy().map(|p| p.integrity),
+                Ok(IntegrityMode::CardDigest { .. })
+            );
+        let got = if card_hashes {
+            (self.say)("streaming the image to the card, which hashes it, as it downloads");
+            let mut tap = CardTap {
+                card: &mut *self.card,
+                refusal: None,
+            };
+            let got = self.downloader.fetch_with_tap(&spec, &bar, &mut tap);
+            if let Some(e) = tap.refusal {
+                // The card's verdict (more bytes than signed), logged on the card.
+                return Err(fail(card_failure(&e), true));
+            }
+            got
+        } else {
+            self.downloader.fetch(&spec, &bar)
+        }
+        .map_err(|e| fail(Failure::from_download(&e), true))?;
         Ok(Stage::Downloaded {
             package,
             payload: got.path,
             payload_sha256: hex::encode(got.sha256),
             payload_size: got.len,
+        })
+    }
+
+    /// The payload travels inside the envelope: it is checked like a download (signed size,
+    /// and the signed digest for a delta) and stored where a download would be.
+    fn take_integrated(
+        &mut self,
+        package: PackageFacts,
+        bytes: &[u8],
+        expected_len: u64,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> Result<Stage, Fail> {
+        let sha = simfota_wire::sha256(bytes).0;
+        if bytes.len() as u64 != expected_len || expected_sha256.is_some_and(|d| d != sha) {
+            return Err(fail(
+                Failure::Corrupt(format!(
+                    "the payload carried in the package ({} bytes, SHA-256 {}) is not the signed one ({expected_len} bytes{})",
+                    bytes.len(),
+                    hex::encode(sha),
+                    expected_sha256
+                        .map_or_else(String::new, |d| format!(", SHA-256 {}", hex::encode(d)))
+                )),
+                true,
+            ));
+        }
+        (self.say)(&format!(
+            "the package carries its payload ({} bytes, as signed)",
+            bytes.len()
+        ));
+        let path = self.downloader.path_of(PAYLOAD_NAME);
+        let io = |e: std::io::Error| fail(Failure::from_io(&e), true);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        crate::fsutil::write_atomic(&path, bytes, &crate::fsutil::Faults::default()).map_err(io)?;
+        Ok(Stage::Downloaded {
+            package,
+            payload: path,
+            payload_sha256: hex::encode(sha),
+            payload_size: bytes.len() as u64,
         })
     }
 
@@ -499,7 +640,7 @@ impl<C: Channel> Updater<'_, C> {
     ) -> Result<Stage, Fail> {
         let (image, image_sha256, image_size) = match &package.precursor_sha256 {
             None => (payload, payload_sha256.to_owned(), payload_size),
-            Some(precursor) => self.rebuild(&payload, precursor)?,
+            Some(_) => self.rebuild(&payload, &package)?,
         };
         let pending = self
             .card
@@ -522,8 +663,17 @@ impl<C: Channel> Updater<'_, C> {
                         .payload_digest(&Digest(d), image_size)
                         .map_err(|e| fail(card_failure(&e), true))?;
                 }
+                IntegrityMode::CardDigest { .. }
+                    if package.precursor_sha256.is_none()
+                        && self.card.payload_stream_len() == Some(image_size) =>
+                {
+                    (self.say)("the card hashed the image during the download; it compares now");
+                    self.card
+                        .payload_stream_finish()
+                        .map_err(|e| fail(card_failure(&e), true))?;
+                }
                 IntegrityMode::CardDigest { .. } => {
-                    (self.say)("streaming the image to the card, which hashes it");
+                    (self.say)("streaming the image from disk to the card, which hashes it");
                     let mut file = std::fs::File::open(&image)
                         .map_err(|e| fail(Failure::InstallFailed(e.to_string()), true))?;
                     self.card
@@ -539,19 +689,23 @@ impl<C: Channel> Updater<'_, C> {
         })
     }
 
-    /// Applies a delta payload to the running image into `<download>/image`; answers the
-    /// rebuilt image with its digest and size.
+    /// Rebuilds the new image from the delta and the running image, straight into the
+    /// inactive slot's temp file (streamed: neither image is held in memory; the slot record
+    /// is untouched until the install); answers the staged image with its digest and size. The
+    /// delta is checked against its signed digest and size right before it is applied (the
+    /// file may have sat on disk across a restart), and the rebuilt image against the signed
+    /// image digest and size.
     fn rebuild(
         &mut self,
         delta_path: &Path,
-        precursor: &str,
+        package: &PackageFacts,
     ) -> Result<(PathBuf, String, u64), Fail> {
         let store =
             SlotStore::open(&self.slots).map_err(|e| fail(Failure::from_slots(&e), true))?;
         let active = store
             .active_info()
             .map_err(|e| fail(Failure::from_slots(&e), true))?;
-        if active.sha256 != precursor {
+        if package.precursor_sha256.as_ref() != Some(&active.sha256) {
             return Err(fail(
                 Failure::WrongDevice(format!(
                     "the delta applies to another image than the running {}",
@@ -560,28 +714,43 @@ impl<C: Channel> Updater<'_, C> {
                 true,
             ));
         }
-        let io = |e: std::io::Error| fail(Failure::InstallFailed(e.to_string()), true);
-        let old = std::fs::read(store.slot_path(store.active())).map_err(io)?;
+        let io = |e: std::io::Error| fail(Failure::from_io(&e), true);
         let delta = std::fs::read(delta_path).map_err(io)?;
+        let delta_sha = hex::encode(simfota_wire::sha256(&delta).0);
+        if Some(delta.len() as u64) != package.payload_size
+            || Some(&delta_sha) != package.payload_sha256.as_ref()
+        {
+            return Err(fail(
+                Failure::Corrupt(format!(
+                    "the delta ({} bytes, SHA-256 {delta_sha}) is not the one the package signs",
+                    delta.len()
+                )),
+                true,
+            ));
+        }
         (self.say)(&format!(
             "rebuilding the new image from the delta and the running {}",
             active.version
         ));
-        let image = simfota_delta::apply(&old, &delta).map_err(|e| {
-            let f = match e {
-                simfota_delta::DeltaError::SourceSizeMismatch { .. }
-                | simfota_delta::DeltaError::SourceDigestMismatch => {
-                    Failure::WrongDevice(format!("delta: {e}"))
-                }
-                other => Failure::Corrupt(format!("delta: {other}")),
-            };
-            fail(f, true)
-        })?;
-        let path = self.downloader.path_of(IMAGE_NAME);
-        crate::fsutil::write_atomic(&path, &image, &crate::fsutil::Faults::default())
-            .map_err(io)?;
-        let sha = hex::encode(simfota_wire::sha256(&image).0);
-        Ok((path, sha, image.len() as u64))
+        // The signed image size bounds what the patcher may produce.
+        let limits = simfota_delta::Limits {
+            max_source: active.size,
+            max_target: package.image_size,
+        };
+        let staged = store
+            .stage_delta(&delta, &limits)
+            .map_err(|e| fail(Failure::from_slots(&e), true))?;
+        if staged.sha256 != package.image_sha256 || staged.size != package.image_size {
+            let _ = store.discard_staged();
+            return Err(fail(
+                Failure::Corrupt(format!(
+                    "the image rebuilt from the delta ({} bytes, SHA-256 {}) is not the signed image",
+                    staged.size, staged.sha256
+                )),
+                true,
+            ));
+        }
+        Ok((staged.path, staged.sha256, staged.size))
     }
 
     /// Writes the (rebuilt) image into the inactive slot; the slot installer checks it against
@@ -592,13 +761,14 @@ impl<C: Channel> Updater<'_, C> {
         let mut sha = [0u8; 32];
         hex::decode_to_slice(&package.image_sha256, &mut sha)
             .map_err(|e| fail(Failure::Corrupt(e.to_string()), true))?;
+        // A delta was rebuilt into the inactive slot's temp file already (`rebuild`).
+        let source = if package.precursor_sha256.is_some() {
+            ImageSource::Staged
+        } else {
+            ImageSource::Full(image)
+        };
         let slot = store
-            .install(
-                ImageSource::Full(image),
-                &package.version,
-                package.image_size,
-                &sha,
-            )
+            .install(source, &package.version, package.image_size, &sha)
             .map_err(|e| fail(Failure::from_slots(&e), true))?;
         (self.say)(&format!(
             "installed {} into slot {slot}; booting it",
@@ -665,8 +835,18 @@ impl<C: Channel> Updater<'_, C> {
         let pending = decode_pending(&raw).unwrap_or_default();
         if pending.update_id.as_ref() != Some(update_id) {
             // The card no longer holds this update: the result reached it before a crash, or
-            // it never authorized it. Never report twice.
-            return Ok(None);
+            // it never authorized it. Never report twice; ask for the receipt of a result the
+            // card already recorded (GET RECEIPT), so the 1226 still carries it.
+            return match self.card.receipt(update_id) {
+                Ok(receipt) => {
+                    (self.say)(
+                        "the card had already recorded the result; it signed the receipt again",
+                    );
+                    Ok(Some(receipt))
+                }
+                Err(e @ ClientError::Link(_)) => Err(unavailable(&e)),
+                Err(_) => Ok(None),
+            };
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -684,6 +864,40 @@ impl<C: Channel> Updater<'_, C> {
                 (self.say)(&format!("the card did not take the result: {e}"));
                 Ok(None)
             }
+        }
+    }
+}
+
+/// Streams the payload to the card as the downloader writes it (card-digest policy): every
+/// byte from 0, the prefix kept on disk first after a restart, so the card's hash — RAM
+/// state that died with any earlier card session — starts over cleanly with P1 `01`.
+struct CardTap<'c, C: Channel> {
+    card: &'c mut CardClient<C>,
+    /// The card's refusal (its integrity verdict), which ends the download.
+    refusal: Option<ClientError>,
+}
+
+impl<C: Channel> download::DownloadTap for CardTap<'_, C> {
+    fn restart(&mut self) -> Result<(), String> {
+        self.card.payload_stream_start();
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if self.card.payload_stream_len().is_none() {
+            // The stream broke earlier (card link): the download goes on, and the integrity
+            // step streams the file again.
+            return Ok(());
+        }
+        match self.card.payload_stream_feed(bytes) {
+            Ok(()) => Ok(()),
+            Err(e @ ClientError::Refused { .. }) => {
+                let message = e.to_string();
+                self.refusal = Some(e);
+                Err(message)
+            }
+            // A link failure or an unexpected status ends only the streaming.
+            Err(_) => Ok(()),
         }
     }
 }

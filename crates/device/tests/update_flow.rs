@@ -474,48 +474,6 @@ fn an_image_that_does_not_boot_is_rolled_back_and_reported_410() {
     assert_eq!(dev.card.card_info().unwrap().installed_sequence, 0);
 }
 
-#[test]
-fn a_delta_package_is_applied_against_the_running_image() {
-    let w = World::new();
-    let mut dev = Device::new(&w, device_digest());
-    let srv = TestServer::start();
-    let mut v2 = dev.v1.clone();
-    v2[100..200].copy_from_slice(&[0xAB; 100]);
-    v2.extend_from_slice(b"2.1 tail");
-    let delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
-    let pre: [u8; 32] = simfota_wire::sha256(&dev.v1).0;
-    // The manifest describes the full new image (what the card checks); the payload at the
-    // URI is the delta.
-    let env = suit::build(
-        &BuildParams {
-            vendor_id: VENDOR,
-            class_id: CLASS,
-            sequence: 2,
-            image: ImageSource::Digest {
-                digest: simfota_wire::sha256(&v2),
-                size: v2.len() as u64,
-            },
-            name: Some("firmware"),
-            version: Some("2.1"),
-            uri: Some("/p/payload"),
-            integrate: false,
-            precursor_digest: Some(simfota_wire::Digest(pre)),
-        },
-        &w.originator,
-    )
-    .unwrap();
-    let env = suit::sever(&env, &simfota_wire::Limits::default()).unwrap();
-    srv.put("/p/envelope", &env, Some("\"e\""));
-    srv.put("/p/payload", &delta, Some("\"d\""));
-    let token = w.token(&w.server, SERVER, &mut dev.card, &env, "upd-1", IMEI);
-    let job = Job::new(SERVER, None, &srv.url("/p/envelope"), &token);
-    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
-    assert_eq!(result_of(&res.unwrap()).0, 200, "{said:?}");
-    assert_eq!(dev.running(), "2.1");
-    let store = SlotStore::open(&dev.slots()).unwrap();
-    assert_eq!(std::fs::read(store.slot_path(store.active())).unwrap(), v2);
-}
-
 fn rogue_offer(w: &World, dev: &mut Device, srv: &TestServer) -> Job {
     let v2 = content(10_000, 13);
     let env = w.envelope(&w.originator, &v2, 2, "2.0", "/p/payload", None, CLASS);
@@ -698,16 +656,14 @@ fn a_kill_after_the_card_took_the_result_does_not_report_twice() {
         job.stage
     );
     // The report reaches the card, then the power goes.
-    dev.card.report_result(b"upd-1", 200, None).unwrap();
+    let lost = dev.card.report_result(b"upd-1", 200, None).unwrap();
     let log_after_report = dev.log_next();
     dev.reboot();
     let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
     let (result, receipt) = result_of(&res.unwrap());
     assert_eq!(result, 200, "{said:?}");
-    assert!(
-        receipt.is_none(),
-        "the receipt went with the power cut; no second report"
-    );
+    // No second report: the card signs the receipt that went with the power cut again.
+    assert_eq!(receipt, Some(lost), "{said:?}");
     assert_eq!(
         dev.log_next(),
         log_after_report,
@@ -715,7 +671,20 @@ fn a_kill_after_the_card_took_the_result_does_not_report_twice() {
     );
 }
 
-/// A delta package whose manifest names `precursor` and whose payload is `delta`.
+/// How a delta package carries its delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carry {
+    /// Fetched from the manifest's URI.
+    ByUri,
+    /// Integrated in the envelope the device fetches (`"#delta"`).
+    Integrated,
+    /// Integrated when signed, but the hosting server severed it and serves it as `payload`
+    /// next to the envelope.
+    SeveredByServer,
+}
+
+/// A delta package (signed with `suit::build_delta`: precursor, image, and the delta's own
+/// digest and size) turning `precursor` into `v2`, published at `/p/envelope`.
 fn delta_offer(
     w: &World,
     dev: &mut Device,
@@ -723,8 +692,10 @@ fn delta_offer(
     v2: &[u8],
     precursor: [u8; 32],
     delta: &[u8],
+    carry: Carry,
 ) -> Job {
-    let env = suit::build(
+    let integrate = carry != Carry::ByUri;
+    let env = suit::build_delta(
         &BuildParams {
             vendor_id: VENDOR,
             class_id: CLASS,
@@ -735,18 +706,110 @@ fn delta_offer(
             },
             name: Some("firmware"),
             version: Some("2.1"),
-            uri: Some("/p/payload"),
-            integrate: false,
+            uri: (!integrate).then_some("/p/payload"),
+            integrate,
             precursor_digest: Some(simfota_wire::Digest(precursor)),
         },
+        delta,
         &w.originator,
     )
     .unwrap();
-    let env = suit::sever(&env, &simfota_wire::Limits::default()).unwrap();
-    srv.put("/p/envelope", &env, Some("\"e\""));
-    srv.put("/p/payload", delta, Some("\"d\""));
-    let token = w.token(&w.server, SERVER, &mut dev.card, &env, "upd-1", IMEI);
+    let served = match carry {
+        Carry::Integrated => env,
+        Carry::ByUri | Carry::SeveredByServer => {
+            srv.put("/p/payload", delta, Some("\"d\""));
+            suit::sever(&env, &simfota_wire::Limits::default()).unwrap()
+        }
+    };
+    srv.put("/p/envelope", &served, Some("\"e\""));
+    let token = w.token(&w.server, SERVER, &mut dev.card, &served, "upd-1", IMEI);
     Job::new(SERVER, None, &srv.url("/p/envelope"), &token)
+}
+
+/// Firmware 2.1: the running 1.0 with a few bytes changed and a tail added.
+fn v21(dev: &Device) -> Vec<u8> {
+    let mut v2 = dev.v1.clone();
+    v2[100..200].copy_from_slice(&[0xAB; 100]);
+    v2[5000..5100].copy_from_slice(&[0x5A; 100]);
+    v2.extend_from_slice(b"2.1 tail");
+    v2
+}
+
+fn payload_requested(srv: &TestServer) -> bool {
+    srv.seen().iter().any(|s| s.path == "/p/payload")
+}
+
+fn assert_installed(dev: &Device, image: &[u8]) {
+    assert_eq!(dev.running(), "2.1");
+    let store = SlotStore::open(&dev.slots()).unwrap();
+    assert_eq!(
+        std::fs::read(store.slot_path(store.active())).unwrap(),
+        image
+    );
+}
+
+#[test]
+fn a_delta_by_uri_is_checked_against_its_signed_digest_and_applied_to_the_running_image() {
+    let w = World::new();
+    let mut dev = Device::new(&w, device_digest());
+    let srv = TestServer::start();
+    let v2 = v21(&dev);
+    let delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
+    let pre = simfota_wire::sha256(&dev.v1).0;
+    let job = delta_offer(&w, &mut dev, &srv, &v2, pre, &delta, Carry::ByUri);
+    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+    let (result, receipt) = result_of(&res.unwrap());
+    assert_eq!(result, 200, "{said:?}");
+    assert_eq!(receipt_result(&dev, &receipt.unwrap()), 200);
+    assert!(payload_requested(&srv));
+    assert!(
+        said.iter()
+            .any(|s| s.contains(&format!("({} bytes, a delta)", delta.len()))),
+        "{said:?}"
+    );
+    assert!(said.iter().any(|s| s.contains("rebuilding")), "{said:?}");
+    assert_installed(&dev, &v2);
+}
+
+#[test]
+fn an_integrated_delta_travels_in_the_envelope_and_the_card_gets_it_severed() {
+    let w = World::new();
+    let mut dev = Device::new(&w, device_digest());
+    let srv = TestServer::start();
+    // Large enough that the envelope with its delta exceeds what the card takes (2 KiB):
+    // the card must be given the severed form.
+    let mut v2 = v21(&dev);
+    let mut fresh = vec![0u8; 3000];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut fresh);
+    v2.extend(fresh);
+    let delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
+    assert!(delta.len() > 2048, "{}", delta.len());
+    let pre = simfota_wire::sha256(&dev.v1).0;
+    let job = delta_offer(&w, &mut dev, &srv, &v2, pre, &delta, Carry::Integrated);
+    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+    assert_eq!(result_of(&res.unwrap()).0, 200, "{said:?}");
+    assert!(!payload_requested(&srv), "nothing but the envelope fetched");
+    assert!(
+        said.iter()
+            .any(|s| s.contains("carries its payload") && s.contains("as signed")),
+        "{said:?}"
+    );
+    assert_installed(&dev, &v2);
+}
+
+#[test]
+fn an_integrated_delta_severed_by_the_server_is_fetched_next_to_the_envelope() {
+    let w = World::new();
+    let mut dev = Device::new(&w, device_digest());
+    let srv = TestServer::start();
+    let v2 = v21(&dev);
+    let delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
+    let pre = simfota_wire::sha256(&dev.v1).0;
+    let job = delta_offer(&w, &mut dev, &srv, &v2, pre, &delta, Carry::SeveredByServer);
+    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+    assert_eq!(result_of(&res.unwrap()).0, 200, "{said:?}");
+    assert!(payload_requested(&srv));
+    assert_installed(&dev, &v2);
 }
 
 #[test]
@@ -764,31 +827,181 @@ fn a_delta_for_another_base_image_is_refused_403_before_the_download() {
         &v2,
         simfota_wire::sha256(&other_base).0,
         &delta,
+        Carry::ByUri,
     );
     let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
-    assert_eq!(result_of(&res.unwrap()).0, 403, "{said:?}");
+    let (result, receipt) = result_of(&res.unwrap());
+    assert_eq!(result, 403, "{said:?}");
+    assert_eq!(receipt_result(&dev, &receipt.unwrap()), 403);
     assert!(
-        srv.seen().iter().all(|s| s.path != "/p/payload"),
-        "nothing was downloaded"
+        said.iter()
+            .any(|s| s.contains("another image than the running 1.0")),
+        "{said:?}"
     );
+    assert!(!payload_requested(&srv), "nothing was downloaded");
     assert_eq!(dev.running(), "1.0");
 }
 
 #[test]
-fn a_tampered_delta_is_refused_402_and_nothing_installs() {
+fn a_tampered_delta_by_uri_is_refused_402_before_it_is_applied() {
     let w = World::new();
     let mut dev = Device::new(&w, device_digest());
     let srv = TestServer::start();
-    let mut v2 = dev.v1.clone();
-    v2[5000..5100].copy_from_slice(&[0x5A; 100]);
-    let mut delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
-    let last = delta.len() - 1;
-    delta[last] ^= 0xFF;
+    let v2 = v21(&dev);
+    let delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
     let pre = simfota_wire::sha256(&dev.v1).0;
-    let job = delta_offer(&w, &mut dev, &srv, &v2, pre, &delta);
+    let job = delta_offer(&w, &mut dev, &srv, &v2, pre, &delta, Carry::ByUri);
+    // One byte of the hosted delta changes after signing (a compromised mirror).
+    let mut tampered = delta.clone();
+    tampered[60] ^= 0x01;
+    srv.put("/p/payload", &tampered, Some("\"d\""));
     let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
     let (result, receipt) = result_of(&res.unwrap());
     assert_eq!(result, 402, "{said:?}");
     assert_eq!(receipt_result(&dev, &receipt.unwrap()), 402);
+    assert!(
+        said.iter()
+            .any(|s| s.contains("corrupt") && s.contains("SHA-256")),
+        "{said:?}"
+    );
+    assert!(
+        !said.iter().any(|s| s.contains("rebuilding")),
+        "refused before it was applied: {said:?}"
+    );
+    assert!(!dev.dir.path().join("download/payload").exists());
     assert_eq!(dev.running(), "1.0");
+}
+
+#[test]
+fn a_tampered_integrated_delta_is_refused_402_before_it_is_applied() {
+    let w = World::new();
+    let mut dev = Device::new(&w, device_digest());
+    let srv = TestServer::start();
+    let v2 = v21(&dev);
+    let delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
+    let pre = simfota_wire::sha256(&dev.v1).0;
+    let job = delta_offer(&w, &mut dev, &srv, &v2, pre, &delta, Carry::Integrated);
+    // The delta is the envelope's last member: flip its last byte. The manifest (and the
+    // token's binding to it) is untouched.
+    let mut env = srv.state.lock().unwrap().files["/p/envelope"].body.clone();
+    let last = env.len() - 1;
+    env[last] ^= 0x80;
+    srv.put("/p/envelope", &env, Some("\"e2\""));
+    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+    let (result, receipt) = result_of(&res.unwrap());
+    assert_eq!(result, 402, "{said:?}");
+    assert_eq!(receipt_result(&dev, &receipt.unwrap()), 402);
+    assert!(
+        said.iter()
+            .any(|s| s.contains("carried in the package") && s.contains("not the signed one")),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|s| s.contains("rebuilding")), "{said:?}");
+    assert_eq!(dev.running(), "1.0");
+}
+
+/// The originator signed a delta and its digest, but the delta rebuilds another image than
+/// the signed one: refused after the rebuild, before the card or a slot sees it.
+#[test]
+fn a_signed_delta_that_rebuilds_another_image_is_refused_402() {
+    let w = World::new();
+    let mut dev = Device::new(&w, device_digest());
+    let srv = TestServer::start();
+    let v2 = v21(&dev);
+    let mut v3 = v2.clone();
+    v3[30_000] ^= 0xFF;
+    let delta_to_v3 = simfota_delta::diff(&dev.v1, &v3).unwrap();
+    let pre = simfota_wire::sha256(&dev.v1).0;
+    let job = delta_offer(&w, &mut dev, &srv, &v2, pre, &delta_to_v3, Carry::ByUri);
+    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+    let (result, receipt) = result_of(&res.unwrap());
+    assert_eq!(result, 402, "{said:?}");
+    assert_eq!(receipt_result(&dev, &receipt.unwrap()), 402);
+    assert!(
+        said.iter().any(|s| s.contains("is not the signed image")),
+        "{said:?}"
+    );
+    assert_eq!(dev.running(), "1.0");
+    assert!(SlotStore::open(&dev.slots()).unwrap().record().b.is_none());
+}
+
+/// A delta package that signs its precursor but not the delta (the layout of older builds,
+/// the delta carried unsigned) is not half-checked: refused as failing validation.
+#[test]
+fn a_delta_package_without_a_signed_delta_digest_is_refused_404() {
+    let w = World::new();
+    let mut dev = Device::new(&w, device_digest());
+    let srv = TestServer::start();
+    let v2 = v21(&dev);
+    let delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
+    let env = suit::build(
+        &BuildParams {
+            vendor_id: VENDOR,
+            class_id: CLASS,
+            sequence: 2,
+            image: ImageSource::Digest {
+                digest: simfota_wire::sha256(&v2),
+                size: v2.len() as u64,
+            },
+            name: Some("firmware"),
+            version: Some("2.1"),
+            uri: Some("/p/payload"),
+            integrate: false,
+            precursor_digest: Some(simfota_wire::sha256(&dev.v1)),
+        },
+        &w.originator,
+    )
+    .unwrap();
+    srv.put("/p/envelope", &env, Some("\"e\""));
+    srv.put("/p/payload", &delta, Some("\"d\""));
+    let token = w.token(&w.server, SERVER, &mut dev.card, &env, "upd-1", IMEI);
+    let job = Job::new(SERVER, None, &srv.url("/p/envelope"), &token);
+    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+    let (result, receipt) = result_of(&res.unwrap());
+    assert_eq!(result, 404, "{said:?}");
+    assert_eq!(receipt_result(&dev, &receipt.unwrap()), 404);
+    assert!(said.iter().any(|s| s.contains("-258")), "{said:?}");
+    assert!(!payload_requested(&srv));
+    assert_eq!(dev.running(), "1.0");
+}
+
+/// The delta path stopped after each saved stage, the device rebooted, and run again: the
+/// image staged in the inactive slot's temp file is installed once, after its digest is
+/// checked again, and the update completes exactly once.
+#[test]
+fn a_delta_update_stopped_after_any_stage_resumes_and_installs_once() {
+    let w = World::new();
+    let srv = TestServer::start();
+    for stop_after in 1..8 {
+        let mut dev = Device::new(&w, device_digest());
+        let v2 = v21(&dev);
+        let delta = simfota_delta::diff(&dev.v1, &v2).unwrap();
+        let pre = simfota_wire::sha256(&dev.v1).0;
+        let job = delta_offer(&w, &mut dev, &srv, &v2, pre, &delta, Carry::ByUri);
+        let (res, _) = dev.run_until(
+            job,
+            PromptChoice::default(),
+            ModelFilter::default(),
+            stop_after,
+        );
+        let job = match res {
+            Err(UpdateError::Stopped) => dev.jobs().load().unwrap().unwrap(),
+            Ok(job) => job,
+            Err(e) => panic!("stop {stop_after}: {e}"),
+        };
+        dev.reboot();
+        let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+        assert_eq!(
+            result_of(&res.unwrap()).0,
+            200,
+            "stop after {stop_after}: {said:?}"
+        );
+        assert_installed(&dev, &v2);
+        let left: Vec<String> = std::fs::read_dir(dev.slots())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "stop after {stop_after}: {left:?} left");
+    }
 }

@@ -167,13 +167,17 @@ pub fn every_flow<C: Channel>(client: &mut CardClient<C>, w: &World) {
     client
         .payload_digest(&sha256(&payload), payload.len() as u64)
         .unwrap();
-    let receipt = client.report_result(b"update-1", 200, Some(now())).unwrap();
-    let receipt = Receipt::verify(&receipt, &card_key, &limits).unwrap();
+    let receipt_bytes = client.report_result(b"update-1", 200, Some(now())).unwrap();
+    let receipt = Receipt::verify(&receipt_bytes, &card_key, &limits).unwrap();
     assert_eq!(receipt.get().result.0, 200);
     assert_eq!(client.card_info().unwrap().installed_sequence, 1);
     // A result for an update that already ended.
     let err = client.report_result(b"update-1", 200, None).unwrap_err();
     assert_eq!(err.reason(), Some(Reason::UnknownUpdate));
+    // Its receipt again (a device that lost it), the same bytes; none for another id.
+    assert_eq!(client.receipt(b"update-1").unwrap(), receipt_bytes);
+    let err = client.receipt(b"update-9").unwrap_err();
+    assert_eq!(err.status(), Some(simfota_cardlink::StatusWord(0x6A88)));
 
     // Replayed token (nonce spent) and a token from an unlisted server.
     let replay = refused(client.authorize(&token, &envelope));
@@ -261,10 +265,24 @@ pub fn every_flow<C: Channel>(client: &mut CardClient<C>, w: &World) {
         .payload_digest(&sha256(&payload), payload.len() as u64)
         .unwrap_err();
     assert_eq!(err.reason(), Some(Reason::CardDigestRequired));
-    let streamed = client.stream_payload(&mut payload.as_slice()).unwrap();
+    // Streamed as a download delivers it: pieces of any size, a restart from byte 0 midway
+    // (the card's hash starts over with the next first chunk), then the whole payload.
+    client.payload_stream_start();
+    for piece in payload[..3000].chunks(7) {
+        client.payload_stream_feed(piece).unwrap();
+    }
+    assert_eq!(client.payload_stream_len(), Some(3000));
+    client.payload_stream_start();
+    for piece in payload.chunks(1000) {
+        client.payload_stream_feed(piece).unwrap();
+    }
+    assert_eq!(client.payload_stream_len(), Some(payload.len() as u64));
+    let streamed = client.payload_stream_finish().unwrap();
     assert_eq!(streamed, payload.len() as u64);
-    client.report_result(b"update-2", 200, None).unwrap();
+    assert_eq!(client.payload_stream_len(), None);
+    let receipt_bytes = client.report_result(b"update-2", 200, None).unwrap();
     assert_eq!(client.card_info().unwrap().installed_sequence, 2);
+    assert_eq!(client.receipt(b"update-2").unwrap(), receipt_bytes);
 }
 
 /// The wrong-PIN sequence to blocking, and the PUK unblocking (on a personalized card).

@@ -12,6 +12,7 @@ use simfota_cardlink::client::{CardClient, Personalization};
 use simfota_cardlink::{Channel, FileCard, InProcessChannel};
 use simfota_device::agent::Agent;
 use simfota_device::config::DeviceConfig;
+use simfota_device::download::{TlsTrust, http_agent, http_agent_with};
 use simfota_device::prompt::{PromptChoice, StandardPrompter};
 use simfota_device::slots::{SlotStore, StandardBootCheck};
 use simfota_wire::p256::ecdsa::SigningKey;
@@ -35,11 +36,23 @@ fn pem(key: &SigningKey) -> String {
         .unwrap()
 }
 
+/// How a server under test serves HTTPS.
+pub struct TlsSetup {
+    /// Its certificate chain and key.
+    pub files: simfota_server::config::TlsFiles,
+    /// The CA that signed the certificate.
+    pub ca: std::path::PathBuf,
+    /// The host name the operator and the device use for it (`127.0.0.1` or `localhost`).
+    pub host: String,
+}
+
 /// A running server and the operator's keys and API access.
 pub struct RealServer {
     rt: tokio::runtime::Runtime,
     server: simfota_server::RunningServer,
     base: String,
+    /// The operator's HTTP client (trusting the test CA when the server serves TLS).
+    http: ureq::Agent,
     auth: String,
     issuer: SigningKey,
     oem: SigningKey,
@@ -49,6 +62,13 @@ pub struct RealServer {
 impl RealServer {
     /// Starts the server in this process on a free port, data under `d/srv`.
     pub fn start(d: &Path) -> Self {
+        Self::start_with_tls(d, None)
+    }
+
+    /// [`start`](Self::start), serving HTTPS with `tls` when given. The operator's API calls
+    /// and [`device_config`](Self::device_config) then reach the server at `tls.host`, trusting
+    /// `tls.ca`; the server still tells devices its own `https://127.0.0.1:PORT` base.
+    pub fn start_with_tls(d: &Path, tls: Option<TlsSetup>) -> Self {
         let mut rng = rand_core::OsRng;
         let issuer = SigningKey::random(&mut rng);
         let oem = SigningKey::random(&mut rng);
@@ -58,6 +78,7 @@ impl RealServer {
         let mut cfg = simfota_server::ServerConfig::with_data_dir(d.join("srv"));
         cfg.listen = "127.0.0.1:0".parse().unwrap();
         cfg.server_id = SERVER_ID.into();
+        cfg.tls = tls.as_ref().map(|t| t.files.clone());
         cfg.issuer_keys = vec![d.join("issuer.pub.pem")];
         cfg.originators = vec![simfota_server::config::OriginatorConfig {
             id: "oem".into(),
@@ -65,7 +86,13 @@ impl RealServer {
         }];
         let rt = tokio::runtime::Runtime::new().unwrap();
         let server = rt.block_on(simfota_server::start(cfg)).unwrap();
-        let base = server.base_url().to_owned();
+        let (base, http) = match &tls {
+            Some(t) => (
+                server.base_url().replace("127.0.0.1", &t.host),
+                http_agent_with(&TlsTrust::with_ca_file(&t.ca).unwrap()),
+            ),
+            None => (server.base_url().to_owned(), http_agent()),
+        };
         let token = std::fs::read_to_string(d.join("srv/api-token")).unwrap();
         let server_pub = std::fs::read_to_string(d.join("srv/server-pub.pem")).unwrap();
         let server_pub = simfota_wire::p256::PublicKey::from_public_key_pem(&server_pub).unwrap();
@@ -74,6 +101,7 @@ impl RealServer {
             rt,
             server,
             base,
+            http,
             auth: format!("Bearer {}", token.trim()),
             issuer,
             oem,
@@ -110,7 +138,13 @@ impl RealServer {
     /// The operator's side: registers the device, uploads firmware 2.0 (payload by relative
     /// URI) and starts a campaign for it.
     pub fn publish_update(&self) {
-        let http = simfota_device::download::http_agent();
+        self.register_device();
+        self.publish(&content(200_000, 2), "2.0", 2, "c1");
+    }
+
+    /// Registers the device through the REST API.
+    pub fn register_device(&self) {
+        let http = &self.http;
         let mut r = http
             .post(&self.api("devices"))
             .header("Authorization", &self.auth)
@@ -124,15 +158,21 @@ impl RealServer {
             "{}",
             r.body_mut().read_to_string().unwrap()
         );
-        let v2 = content(200_000, 2);
+    }
+
+    /// Uploads a full package for `image` (payload by relative URI) and starts a campaign
+    /// `campaign` for it on every registered device.
+    pub fn publish(&self, image: &[u8], version: &str, sequence: u64, campaign: &str) {
+        let http = &self.http;
+        let v2 = image;
         let env = suit::build(
             &BuildParams {
                 vendor_id: [1; 16],
                 class_id: [2; 16],
-                sequence: 2,
-                image: ImageSource::Bytes(&v2),
+                sequence,
+                image: ImageSource::Bytes(v2),
                 name: Some("firmware"),
-                version: Some("2.0"),
+                version: Some(version),
                 uri: Some("payload"),
                 integrate: false,
                 precursor_digest: None,
@@ -142,7 +182,7 @@ impl RealServer {
         .unwrap();
         let boundary = "simfota-boundary-7";
         let mut body = Vec::new();
-        for (name, bytes) in [("envelope", &env), ("payload", &v2)] {
+        for (name, bytes) in [("envelope", &env[..]), ("payload", v2)] {
             body.extend_from_slice(
                 format!(
                     "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
@@ -170,7 +210,7 @@ impl RealServer {
             .header("Authorization", &self.auth)
             .header("Content-Type", "application/json")
             .send(format!(
-                r#"{{"name":"c1","package_id":{pkg_id},"waves":[100],"success_threshold":90,"error_threshold":10}}"#
+                r#"{{"name":"{campaign}","package_id":{pkg_id},"waves":[100],"success_threshold":90,"error_threshold":10}}"#
             ))
             .unwrap();
         assert!(
@@ -224,7 +264,7 @@ impl RealServer {
             "2.0"
         );
 
-        let http = simfota_device::download::http_agent();
+        let http = &self.http;
         let mut r = http
             .get(&self.api(&format!("devices/{IMEI}")))
             .header("Authorization", &self.auth)
@@ -238,6 +278,17 @@ impl RealServer {
         assert_eq!(job["receipt_status"], "verified", "{dev}");
         assert_eq!(dev["device"]["iccid"], ICCID, "{dev}");
         assert_eq!(dev["device"]["fw_version"], "2.0", "{dev}");
+    }
+
+    /// The device's record as the REST API shows it (`device` and its `jobs`).
+    pub fn device_record(&self) -> serde_json::Value {
+        let http = &self.http;
+        let mut r = http
+            .get(&self.api(&format!("devices/{IMEI}")))
+            .header("Authorization", &self.auth)
+            .call()
+            .unwrap();
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
     }
 
     /// Stops the server gracefully.
