@@ -38,39 +38,7 @@ pub const MAX_PAGES_PER_SESSION: u32 = 16;
 /// The name of a card refusal code, from the wire crate's `DenyReason` table (`unknown` for a
 /// code this build does not know: a newer card may log it).
 pub fn deny_reason_name(r: DenyReason) -> &'static str {
-    match r {
-        DenyReason::SERVER_NOT_AUTHORIZED => "server_not_authorized",
-        DenyReason::TOKEN_SIGNATURE => "token_signature",
-        DenyReason::NONCE_UNAVAILABLE => "nonce_unavailable",
-        DenyReason::NONCE_MISMATCH => "nonce_mismatch",
-        DenyReason::WRONG_CARD => "wrong_card",
-        DenyReason::WRONG_DEVICE => "wrong_device",
-        DenyReason::TOKEN_EXPIRED => "token_expired",
-        DenyReason::ORIGINATOR_UNKNOWN => "originator_unknown",
-        DenyReason::MANIFEST_SIGNATURE => "manifest_signature",
-        DenyReason::MANIFEST_MISMATCH => "manifest_mismatch",
-        DenyReason::CLASS_NOT_ALLOWED => "class_not_allowed",
-        DenyReason::ROLLBACK => "rollback",
-        DenyReason::LOG_FULL => "log_full",
-        DenyReason::CONSENT_REQUIRED => "consent_required",
-        DenyReason::PIN_CONSENT_REQUIRED => "pin_consent_required",
-        DenyReason::USER_DECLINED => "user_declined",
-        DenyReason::MALFORMED => "malformed",
-        DenyReason::UPDATE_PENDING => "update_pending",
-        DenyReason::INTEGRITY_FAILED => "integrity_failed",
-        DenyReason::SIZE_MISMATCH => "size_mismatch",
-        DenyReason::CARD_DIGEST_REQUIRED => "card_digest_required",
-        DenyReason::INTEGRITY_NOT_PASSED => "integrity_not_passed",
-        DenyReason::UNKNOWN_UPDATE => "unknown_update",
-        DenyReason::LOG_READ_NOT_AUTHORIZED => "log_read_not_authorized",
-        DenyReason::LOG_ACK_NOT_AUTHORIZED => "log_ack_not_authorized",
-        DenyReason::REQUEST_SIGNATURE => "request_signature",
-        DenyReason::ACK_BEYOND_LOG => "ack_beyond_log",
-        DenyReason::ADMIN_SIGNATURE => "admin_signature",
-        DenyReason::ADMIN_WRONG_CARD => "admin_wrong_card",
-        DenyReason::ADMIN_REPLAY => "admin_replay",
-        _ => "unknown",
-    }
+    r.name().unwrap_or("unknown")
 }
 
 /// An entry's event as one short text: `authorized`, `authorized(free_device)`,

@@ -106,6 +106,45 @@ impl DenyReason {
     /// `52`: The admin command's counter does not grow (replay).
     pub const ADMIN_REPLAY: DenyReason = DenyReason(0x52);
 
+    /// The code's name, as logs, the REST API and proof bundles print it (`nonce_mismatch`,
+    /// `rollback`, ...): the constant's name in lower case. `None` for a code this build does
+    /// not know (a newer card may log it).
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::SERVER_NOT_AUTHORIZED => "server_not_authorized",
+            Self::TOKEN_SIGNATURE => "token_signature",
+            Self::NONCE_UNAVAILABLE => "nonce_unavailable",
+            Self::NONCE_MISMATCH => "nonce_mismatch",
+            Self::WRONG_CARD => "wrong_card",
+            Self::WRONG_DEVICE => "wrong_device",
+            Self::TOKEN_EXPIRED => "token_expired",
+            Self::ORIGINATOR_UNKNOWN => "originator_unknown",
+            Self::MANIFEST_SIGNATURE => "manifest_signature",
+            Self::MANIFEST_MISMATCH => "manifest_mismatch",
+            Self::CLASS_NOT_ALLOWED => "class_not_allowed",
+            Self::ROLLBACK => "rollback",
+            Self::LOG_FULL => "log_full",
+            Self::CONSENT_REQUIRED => "consent_required",
+            Self::PIN_CONSENT_REQUIRED => "pin_consent_required",
+            Self::USER_DECLINED => "user_declined",
+            Self::MALFORMED => "malformed",
+            Self::UPDATE_PENDING => "update_pending",
+            Self::INTEGRITY_FAILED => "integrity_failed",
+            Self::SIZE_MISMATCH => "size_mismatch",
+            Self::CARD_DIGEST_REQUIRED => "card_digest_required",
+            Self::INTEGRITY_NOT_PASSED => "integrity_not_passed",
+            Self::UNKNOWN_UPDATE => "unknown_update",
+            Self::LOG_READ_NOT_AUTHORIZED => "log_read_not_authorized",
+            Self::LOG_ACK_NOT_AUTHORIZED => "log_ack_not_authorized",
+            Self::REQUEST_SIGNATURE => "request_signature",
+            Self::ACK_BEYOND_LOG => "ack_beyond_log",
+            Self::ADMIN_SIGNATURE => "admin_signature",
+            Self::ADMIN_WRONG_CARD => "admin_wrong_card",
+            Self::ADMIN_REPLAY => "admin_replay",
+            _ => return None,
+        })
+    }
+
     /// Every code of the table, in code order.
     pub const ALL: [DenyReason; 30] = [
         Self::SERVER_NOT_AUTHORIZED,
@@ -401,6 +440,21 @@ impl LogEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_deny_reason_has_its_own_name() {
+        let mut names = [""; DenyReason::ALL.len()];
+        for (slot, r) in names.iter_mut().zip(DenyReason::ALL) {
+            *slot = r.name().unwrap_or_else(|| panic!("{r:?} has no name"));
+            assert!(
+                slot.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{slot}"
+            );
+        }
+        names.sort_unstable();
+        assert!(names.windows(2).all(|w| w[0] != w[1]), "{names:?}");
+        assert_eq!(DenyReason(0x13).name(), None);
+    }
 
     #[test]
     fn deny_reason_table_is_ordered_unique_and_one_byte() {

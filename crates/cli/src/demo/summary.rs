@@ -211,28 +211,11 @@ pub struct Failure {
     pub message: String,
 }
 
-/// The reason's name: wire's `DenyReason` constant in snake case (the card crate's
-/// `Reason` variants carry the same names, one table).
+/// The reason's name from wire's `DenyReason` table (`unknown_0x..` for a code this build
+/// does not know).
 pub fn reason_name(code: u16) -> String {
-    let known = u8::try_from(code)
-        .ok()
-        .and_then(simfota_cardlink::card::Reason::from_code);
-    match known {
-        Some(r) => {
-            let camel = format!("{r:?}");
-            let mut out = String::with_capacity(camel.len() + 4);
-            for (i, c) in camel.chars().enumerate() {
-                if c.is_ascii_uppercase() {
-                    if i > 0 {
-                        out.push('_');
-                    }
-                    out.push(c.to_ascii_lowercase());
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        }
+    match simfota_wire::DenyReason(code).name() {
+        Some(name) => name.to_owned(),
         None => format!("unknown_{code:#04x}"),
     }
 }
