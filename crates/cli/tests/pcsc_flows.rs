@@ -114,3 +114,9 @@ fn pcsc_flow_malformed_and_flood_postgres() {
     const T: &str = "pcsc_flow_malformed_and_flood_postgres";
     s::malformed_and_flood(T, CELL);
 }
+
+#[test]
+fn pcsc_flow_replicas_postgres() {
+    const T: &str = "pcsc_flow_replicas_postgres";
+    s::replicas(T, CELL);
+}

@@ -73,22 +73,29 @@ pub struct Relay {
 impl Relay {
     /// Listens on a free loopback port and relays to `upstream` (`http://host:port`).
     pub fn start(upstream: &str, hooks: impl Hooks) -> Relay {
+        Self::start_balanced(&[upstream], hooks)
+    }
+
+    /// A round-robin load balancer: each request goes to the next of `upstreams` in turn, so
+    /// consecutive messages of one DM session reach different servers.
+    pub fn start_balanced(upstreams: &[&str], hooks: impl Hooks) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let url = format!("http://127.0.0.1:{port}");
         let stop = Arc::new(AtomicBool::new(false));
         let hooks: Arc<Mutex<Box<dyn Hooks>>> = Arc::new(Mutex::new(Box::new(hooks)));
-        let (up, me, flag) = (upstream.to_owned(), url.clone(), stop.clone());
+        let ups: Vec<String> = upstreams.iter().map(|u| (*u).to_owned()).collect();
+        let (me, flag) = (url.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let http = simfota_device::download::http_agent();
-            for conn in listener.incoming() {
+            for (n, conn) in listener.incoming().enumerate() {
                 if flag.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
                 // One exchange per connection (the answer says `Connection: close`); a broken
                 // exchange only concerns that connection.
-                let _ = serve(conn, &http, &up, &me, &hooks);
+                let _ = serve(conn, &http, &ups, n % ups.len(), &me, &hooks);
             }
         });
         Relay {
@@ -191,10 +198,12 @@ fn forward(http: &ureq::Agent, upstream: &str, req: &Request) -> Option<Response
 fn serve(
     conn: TcpStream,
     http: &ureq::Agent,
-    upstream: &str,
+    upstreams: &[String],
+    turn: usize,
     me: &str,
     hooks: &Mutex<Box<dyn Hooks>>,
 ) -> std::io::Result<()> {
+    let upstream = upstreams[turn].as_str();
     let mut reader = BufReader::new(conn.try_clone()?);
     let Some(mut req) = read_request(&mut reader)? else {
         return Ok(());
@@ -210,7 +219,10 @@ fn serve(
     };
     if req.path.starts_with("/dm") {
         // Keep the device on this path: package URLs and RespURI point back here.
-        let text = resp.text().replace(upstream, me);
+        let mut text = resp.text();
+        for up in upstreams {
+            text = text.replace(up.as_str(), me);
+        }
         resp.body = text.into_bytes();
     }
     hooks.lock().unwrap().response(&req, &mut resp);

@@ -1807,3 +1807,69 @@ impl Hooks for Capture {
         Action::Forward
     }
 }
+
+/// Stateless replicas (design §6): two `simfota server` processes on one PostgreSQL
+/// database, behind a round-robin balancer, so consecutive messages of the device's DM
+/// sessions and its downloads alternate between them. The package is uploaded through one
+/// replica, the campaign started through the other; the update and the log read complete
+/// as with one server, and both processes did part of the work.
+pub fn replicas(test: &str, cell: Cell) {
+    assert_eq!(
+        cell.storage,
+        Storage::Postgres,
+        "replicas share a PostgreSQL database"
+    );
+    let Some(mut w) = World::new(test, cell) else {
+        return;
+    };
+    let a = w.server("op", SERVER_ID);
+    let b = w.replica(&a, "op-b");
+    let balancer = Relay::start_balanced(&[&a.url, &b.url], PassThrough);
+    let mut card = w.card("card", ICCID);
+    card.personalize(
+        &w.oem.1,
+        &Perso {
+            servers: vec![(SERVER_ID, a.key.1.as_path(), "all")],
+            policy: "refuse",
+            pin_tries: 3,
+        },
+    );
+    a.register(IMEI, None);
+    let v1 = firmware(V1_LEN, 1);
+    let dev = w.device(&DeviceSpec {
+        name: "dev",
+        server_url: &balancer.url,
+        server_id: SERVER_ID,
+        imei: IMEI,
+        v1: &v1,
+        slots: None,
+        notify_port: None,
+        poll_secs: 300,
+    });
+    let v2 = firmware(V1_LEN, 2);
+    let pkg = publish(&w, &b, "v2", &v2, "2.0", 2);
+    let c = a.campaign(pkg);
+    let out = dev.check_update(&card, &[]);
+    assert_user_sees(&out, 200, "the server has the result");
+    // One database: each replica tells the same story.
+    a.assert_job(c, IMEI, "succeeded", 200, "verified");
+    b.assert_job(c, IMEI, "succeeded", 200, "verified");
+    assert_eq!(dev.firmware(), "2.0");
+    let log = read_log(&a, &dev, &card, |l| {
+        l.iter()
+            .any(|e| e.entry.event == Event::Installed(FumoResult(200)))
+    });
+    assert!(log.iter().all(|e| e.verified), "{log:#?}");
+    assert_eq!(b.card_log(ICCID).len(), log.len());
+    // Both processes took DM messages of the same sessions.
+    let (ma, mb) = (
+        a.metric("simfota_dm_messages_total"),
+        b.metric("simfota_dm_messages_total"),
+    );
+    assert!(ma >= 2.0 && mb >= 2.0, "DM messages: {ma} and {mb}");
+}
+
+/// A relay that changes nothing (a plain load balancer).
+struct PassThrough;
+
+impl Hooks for PassThrough {}

@@ -391,6 +391,39 @@ impl World {
         s
     }
 
+    /// A second process of `of`'s server, as a replica behind a load balancer: the same key,
+    /// server id and database, its own data folder and port, and `of`'s package folder (a
+    /// package uploaded through one replica is served by all).
+    pub fn replica(&self, of: &Server, name: &str) -> Server {
+        let data = self.path(name);
+        std::fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(of.data.join("packages"), data.join("packages")).unwrap();
+        let port = free_port();
+        let mut args = of.args.clone();
+        for i in 1..args.len() {
+            if args[i - 1] == "--data" {
+                args[i] = data.clone().into();
+            } else if args[i - 1] == "--listen" {
+                args[i] = format!("127.0.0.1:{port}").into();
+            }
+        }
+        let mut s = Server {
+            name: name.into(),
+            id: of.id.clone(),
+            args,
+            child: None,
+            log: self.path(&format!("{name}.log")),
+            data,
+            url: format!("http://127.0.0.1:{port}"),
+            // Operator API tokens live in the shared database: the first replica's serves all.
+            token: of.token.clone(),
+            key: of.key.clone(),
+            http: simfota_device::download::http_agent(),
+        };
+        s.spawn();
+        s
+    }
+
     /// A blank card for this world (personalize it with [`Card::personalize`]).
     pub fn card(&self, name: &str, iccid: &str) -> Card {
         Card {
