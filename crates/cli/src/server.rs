@@ -120,7 +120,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{token}");
             return Ok(ExitCode::SUCCESS);
         }
-        simfota_server::run(config, shutdown_signal()).await?;
+        let stop = shutdown_signal()?;
+        simfota_server::run(config, stop).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -142,24 +143,24 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
-/// Completes on Ctrl-C or SIGTERM (what service managers send).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on Ctrl-C (SIGINT) or SIGTERM (what service managers send). The handlers are
+/// installed here, before the server says it listens, so a signal that follows that line
+/// stops the server gracefully instead of killing it; call it inside the runtime.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        })
     }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
