@@ -782,7 +782,9 @@ pub async fn record_unconfirmed_result(
     .await
 }
 
-async fn record(
+/// Records `result_code` for a delivered job; `succeeded` says whether it counts as a success
+/// for the campaign (what [`record_result`] and [`record_unconfirmed_result`] decide).
+pub(crate) async fn record(
     db: &Db,
     job_id: i64,
     (result_code, succeeded): (u16, bool),

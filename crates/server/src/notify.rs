@@ -58,22 +58,8 @@ pub async fn send(state: &AppState, imei: &str) -> Result<u16> {
 /// Notifies every device with a pending job of a running campaign that has an address
 /// (best effort: failures are logged; devices poll anyway). Returns how many were sent.
 pub async fn pending_devices(state: &AppState, campaign_id: i64) -> Result<usize> {
-    let rows = sqlx::query(
-        "SELECT d.imei FROM jobs j JOIN devices d ON d.id = j.device_id JOIN campaigns c ON c.id = j.campaign_id \
-         WHERE j.campaign_id = $1 AND j.state = 'pending' AND c.state = 'running' AND d.notify_addr IS NOT NULL",
-    )
-    .bind(campaign_id)
-    .fetch_all(state.db.pool())
-    .await?;
-    let mut sent = 0;
-    for r in rows {
-        let imei = r.text("imei")?;
-        match send(state, &imei).await {
-            Ok(_) => sent += 1,
-            Err(e) => tracing::warn!(%imei, error = %e, "package 0 not sent"),
-        }
-    }
-    Ok(sent)
+    // Every wave: waves are numbered from 0.
+    released_since(state, campaign_id, i64::MIN).await
 }
 
 /// Records a job's result through the campaign engine and, when that released later waves,
@@ -128,27 +114,16 @@ async fn record(
 ) -> Result<crate::campaign::Job> {
     let campaign_id = crate::campaign::job(&state.db, job_id).await?.campaign_id;
     let before = current_wave(state, campaign_id).await?;
-    let job = if confirmed {
-        crate::campaign::record_result(
-            &state.db,
-            job_id,
-            result_code,
-            receipt,
-            receipt_status,
-            detail,
-        )
-        .await?
-    } else {
-        crate::campaign::record_unconfirmed_result(
-            &state.db,
-            job_id,
-            result_code,
-            receipt,
-            receipt_status,
-            detail,
-        )
-        .await?
-    };
+    let succeeded = confirmed && crate::campaign::fumo_success(result_code);
+    let job = crate::campaign::record(
+        &state.db,
+        job_id,
+        (result_code, succeeded),
+        receipt,
+        receipt_status,
+        detail,
+    )
+    .await?;
     released_since(state, campaign_id, before).await?;
     Ok(job)
 }
