@@ -154,14 +154,17 @@ pub(crate) struct ManifestFacts {
 }
 
 /// Check 7: the envelope's signer is a trusted originator and its signature verifies; fills
-/// the log fields (originator, release, version, manifest digest).
+/// the log fields (originator, release, version, manifest digest) only once a signature has
+/// verified, so a refusal names nothing the card has not checked.
 ///
 /// The SUIT authentication block carries no key id, so the card tries each trusted
-/// originator's key in table order: a key under which the COSE signature fails is not the
-/// signer; the first key under which it holds is. If no key verifies the signature, the
-/// originator is unknown (or was removed); if a key verifies the signature but a later check
-/// of the envelope fails (manifest digest, structure — draft-ietf-suit-manifest §8.3), the
-/// manifest was tampered with.
+/// originator's key in table order. A key under which no authentication block verifies
+/// (bad signature, an algorithm the card does not implement, a malformed COSE_Sign1) is not
+/// the signer; the first key under which one verifies is. If no key verifies, the originator
+/// is unknown (or was removed) and no originator is named. If a key verifies the signature but
+/// a later check of the envelope fails (manifest digest, structure — draft-ietf-suit-manifest
+/// §8.3), the manifest was altered (`ManifestSignature`); if the manifest uses a command the
+/// card does not process, it is refused as such (`ManifestUnsupported`, §8.4.6).
 pub(crate) fn verify_manifest<S: Store>(
     p: &Persist<S>,
     ops: &OpCount,
@@ -169,14 +172,13 @@ pub(crate) fn verify_manifest<S: Store>(
     entry: &mut LogEntry,
 ) -> Result<ManifestFacts, crate::Reason> {
     use crate::Reason;
-    use simfota_wire::suit::Envelope;
+    use simfota_wire::suit::{Envelope, SignerCheck};
     use simfota_wire::{OriginatorId, ShortText};
 
     if envelope.len() > LIMITS.max_envelope_len {
         return Err(Reason::Malformed);
     }
     let env = Envelope::decode(envelope, &LIMITS).map_err(|_| Reason::Malformed)?;
-    entry.manifest_digest = Some(env.stated_manifest_digest());
     let mut outcome: Result<ManifestFacts, Reason> = Err(Reason::OriginatorUnknown);
     crate::tables::for_each_originator(p, |id, key| {
         if !matches!(outcome, Err(Reason::OriginatorUnknown)) {
@@ -186,7 +188,7 @@ pub(crate) fn verify_manifest<S: Store>(
             return Ok(());
         };
         ops.verify();
-        match env.verify(&key) {
+        match env.verify_as_signer(&key) {
             Ok(m) => {
                 entry.originator = OriginatorId::new(id).ok();
                 entry.release = m.name.map(ShortText::truncated);
@@ -204,13 +206,17 @@ pub(crate) fn verify_manifest<S: Store>(
                             image_size,
                         })
                     }
-                    _ => Err(Reason::Malformed),
+                    _ => Err(Reason::ManifestUnsupported),
                 };
             }
-            Err(simfota_wire::Error::BadSignature) => {}
-            Err(_) => {
+            Err(SignerCheck::NotSigned(_)) => {}
+            Err(SignerCheck::Invalid(e)) => {
+                // This originator signed the envelope: it may be named.
                 entry.originator = OriginatorId::new(id).ok();
-                outcome = Err(Reason::ManifestSignature);
+                outcome = Err(match e {
+                    simfota_wire::Error::UnsupportedSuit { .. } => Reason::ManifestUnsupported,
+                    _ => Reason::ManifestSignature,
+                });
             }
         }
         Ok(())

@@ -74,6 +74,16 @@ pub enum Reason {
     /// Another authorized update has not ended yet.
     #[error("another update is pending: report its result first")]
     UpdatePending = code(DenyReason::UPDATE_PENDING),
+    /// The token's `nbf` lies after the card's trusted time.
+    #[error("the token is not valid yet (nbf)")]
+    TokenNotYetValid = code(DenyReason::TOKEN_NOT_YET_VALID),
+    /// The manifest verifies but uses a SUIT command, condition or parameter the card does
+    /// not process.
+    #[error("the manifest uses a SUIT command the card does not process")]
+    ManifestUnsupported = code(DenyReason::MANIFEST_UNSUPPORTED),
+    /// Too many updates through unlisted servers wait for an authorized server to read the log.
+    #[error("updates through unlisted servers must wait until an authorized server reads the log")]
+    UnverifiedBudget = code(DenyReason::UNVERIFIED_BUDGET),
     /// The payload digest differs from the signed one.
     #[error("the payload digest differs from the signed one")]
     IntegrityFailed = code(DenyReason::INTEGRITY_FAILED),
@@ -114,7 +124,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in code order (for documentation and tests).
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 33] = [
         Self::ServerNotAuthorized,
         Self::TokenSignature,
         Self::NonceUnavailable,
@@ -133,6 +143,9 @@ impl Reason {
         Self::UserDeclined,
         Self::Malformed,
         Self::UpdatePending,
+        Self::TokenNotYetValid,
+        Self::ManifestUnsupported,
+        Self::UnverifiedBudget,
         Self::IntegrityFailed,
         Self::SizeMismatch,
         Self::CardDigestRequired,
@@ -174,9 +187,10 @@ impl Reason {
             IntegrityFailed | SizeMismatch | CardDigestRequired | IntegrityNotPassed => 402,
             WrongCard | WrongDevice => 403,
             TokenSignature | OriginatorUnknown | ManifestSignature | ManifestMismatch
-            | Malformed => 404,
+            | ManifestUnsupported | Malformed => 404,
             ServerNotAuthorized | NonceUnavailable | NonceMismatch | TokenExpired
-            | ClassNotAllowed | Rollback | LogFull | UpdatePending => 405,
+            | TokenNotYetValid | ClassNotAllowed | Rollback | LogFull | UpdatePending
+            | UnverifiedBudget => 405,
             UnknownUpdate | LogReadNotAuthorized | LogAckNotAuthorized | RequestSignature
             | AckBeyondLog | AdminSignature | AdminWrongCard | AdminReplay => return None,
         })

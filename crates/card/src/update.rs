@@ -14,7 +14,7 @@
 //! | 3 | the card's nonce is outstanding (it is consumed by this attempt) and equals the token's | `NonceUnavailable`, `NonceMismatch` |
 //! | 4 | token ICCID = this card's | `WrongCard` |
 //! | 5 | token IMEI = the IMEI bound at session open | `WrongDevice` |
-//! | 6 | token `exp` after the trusted time (max of stored time and this token's `iat`) | `TokenExpired` |
+//! | 6 | token `exp` after the trusted time (max of stored time and this token's `iat`), `iat` not after `exp`, `nbf` (if any) not after the trusted time | `TokenExpired`, `TokenNotYetValid` |
 //! | 7 | manifest signer is a trusted originator, and its signature verifies | `OriginatorUnknown`, `ManifestSignature` |
 //! | 8 | manifest digest = token's | `ManifestMismatch` |
 //! | 9 | vendor-id/class-id allowed by the policy | `ClassNotAllowed` |
@@ -163,9 +163,15 @@ fn check<S: Store, P: Platform>(
         if token.imei != bound {
             return Err(Reason::WrongDevice);
         }
-        // 6. Expiry against the trusted time (RFC 8392 §3.1.4: not on or after exp).
-        if token.exp <= now {
+        // 6. Validity window against the trusted time. RFC 8392 §3.1.4 / RFC 7519 §4.1.4:
+        // not on or after `exp`; a token issued after it expires (`iat` > `exp`) was never
+        // valid. RFC 8392 §3.1.5 / RFC 7519 §4.1.5: not before `nbf`. The profile requires
+        // `iat` and `exp` (the token does not decode without them): a delivery must expire.
+        if token.exp <= now || token.iat > token.exp {
             return Err(Reason::TokenExpired);
+        }
+        if token.nbf.is_some_and(|nbf| nbf > now) {
+            return Err(Reason::TokenNotYetValid);
         }
         // 7. Originator and manifest signature.
         let facts = crypto::verify_manifest(p, ops, envelope, &mut att.entry)?;

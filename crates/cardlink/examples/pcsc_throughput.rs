@@ -87,6 +87,7 @@ fn prepare<C: Channel>(client: &mut CardClient<C>) {
         manifest_digest: suit::Envelope::decode(&envelope, &limits)
             .unwrap()
             .stated_manifest_digest(),
+        nbf: None,
         charging_ref: None,
     }
     .to_vec(&server)

@@ -197,6 +197,7 @@ fn offer_v2(r: &Rig) -> Vec<u8> {
                 iccid: Iccid::parse(ICCID).unwrap(),
                 imei: Imei::parse(IMEI).unwrap(),
                 manifest_digest: digest,
+                nbf: None,
                 charging_ref: None,
             }
             .to_vec(&server_key)

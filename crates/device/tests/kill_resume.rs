@@ -151,6 +151,7 @@ fn a_sigkill_mid_download_resumes_with_a_range_request_and_reports_once() {
             iccid: Iccid::parse(ICCID).unwrap(),
             imei,
             manifest_digest: digest,
+            nbf: None,
             charging_ref: None,
         }
         .to_vec(&server)

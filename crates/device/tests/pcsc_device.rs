@@ -196,6 +196,7 @@ fn publish(
             iccid: Iccid::parse(ICCID).unwrap(),
             imei: Imei::parse(IMEI).unwrap(),
             manifest_digest: digest,
+            nbf: None,
             charging_ref: None,
         }
         .to_vec(&key)

@@ -115,6 +115,7 @@ impl World {
             iccid: Iccid::parse(ICCID).unwrap(),
             imei: Imei::parse(imei).unwrap(),
             manifest_digest: digest,
+            nbf: None,
             charging_ref: None,
         }
         .to_vec(key)

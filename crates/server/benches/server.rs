@@ -209,6 +209,7 @@ fn rogue_tokens(imei: &str, iccid_s: &str, rogue: &SigningKey) -> Vec<Vec<u8>> {
                 iccid: Iccid::parse(iccid_s).unwrap(),
                 imei: Imei::parse(imei).unwrap(),
                 manifest_digest: Digest([0; 32]),
+                nbf: None,
                 charging_ref: None,
             }
             .to_vec(rogue)

@@ -888,6 +888,7 @@ async fn deliver(
         iccid: Iccid::parse(&iccid).map_err(bad)?,
         imei: Imei::parse(&account.imei).map_err(bad)?,
         manifest_digest: Digest(md),
+        nbf: None,
         charging_ref: None,
     };
     let bytes = token.to_vec(&state.keys.server).map_err(bad)?;

@@ -1427,6 +1427,7 @@ fn unlisted_server_attempts(env: &Env, card: &RealCard, imei: &str, n: u8) {
             iccid: Iccid::parse(ICCID).unwrap(),
             imei: simfota_wire::Imei::parse(imei).unwrap(),
             manifest_digest: Digest([0; 32]),
+            nbf: None,
             charging_ref: None,
         }
         .to_vec(&rogue)

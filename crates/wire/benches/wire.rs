@@ -79,6 +79,7 @@ fn token(c: &mut Criterion) {
         iccid: Iccid::parse("89014103211118510720").unwrap(),
         imei: Imei::parse("490154203237518").unwrap(),
         manifest_digest: Digest([0xab; 32]),
+        nbf: None,
         charging_ref: None,
     };
     let mut buf = [0u8; 512];

@@ -91,6 +91,16 @@ pub enum Error {
     /// A size does not match the signed one.
     #[error("size mismatch: {0}")]
     SizeMismatch(&'static str),
+    /// A verified SUIT manifest uses a command, condition, parameter or structure this
+    /// processor does not implement (draft-ietf-suit-manifest §8.4.6: such a manifest must not
+    /// be processed). `code` is the command or parameter number.
+    #[error("unsupported SUIT {what} {code}")]
+    UnsupportedSuit {
+        /// What kind of item ("command", "condition", "parameter", ...).
+        what: &'static str,
+        /// Its number in the manifest.
+        code: i64,
+    },
     /// The SUIT manifest version is not 1 (draft-ietf-suit-manifest §8.4.1).
     #[error("unsupported SUIT manifest version {0}")]
     UnsupportedVersion(u64),

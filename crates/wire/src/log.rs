@@ -81,6 +81,14 @@ impl DenyReason {
     pub const MALFORMED: DenyReason = DenyReason(0x11);
     /// `12`: Another authorized update has not ended yet.
     pub const UPDATE_PENDING: DenyReason = DenyReason(0x12);
+    /// `13`: The token's `nbf` lies after the card's trusted time (RFC 8392 §3.1.5).
+    pub const TOKEN_NOT_YET_VALID: DenyReason = DenyReason(0x13);
+    /// `14`: The manifest verifies, but uses a SUIT command, condition or parameter the card
+    /// does not process (draft-ietf-suit-manifest §8.4.6: such a manifest is not processed).
+    pub const MANIFEST_UNSUPPORTED: DenyReason = DenyReason(0x14);
+    /// `15`: Too many updates through unlisted servers wait for an authorized server to read
+    /// the log; the rest of the log is kept for authorized servers (docs/card.md, the log).
+    pub const UNVERIFIED_BUDGET: DenyReason = DenyReason(0x15);
     /// `20`: The payload digest differs from the signed one.
     pub const INTEGRITY_FAILED: DenyReason = DenyReason(0x20);
     /// `21`: The payload size differs from the signed one, or exceeds the card-digest cap.
@@ -129,6 +137,9 @@ impl DenyReason {
             Self::USER_DECLINED => "user_declined",
             Self::MALFORMED => "malformed",
             Self::UPDATE_PENDING => "update_pending",
+            Self::TOKEN_NOT_YET_VALID => "token_not_yet_valid",
+            Self::MANIFEST_UNSUPPORTED => "manifest_unsupported",
+            Self::UNVERIFIED_BUDGET => "unverified_budget",
             Self::INTEGRITY_FAILED => "integrity_failed",
             Self::SIZE_MISMATCH => "size_mismatch",
             Self::CARD_DIGEST_REQUIRED => "card_digest_required",
@@ -146,7 +157,7 @@ impl DenyReason {
     }
 
     /// Every code of the table, in code order.
-    pub const ALL: [DenyReason; 30] = [
+    pub const ALL: [DenyReason; 33] = [
         Self::SERVER_NOT_AUTHORIZED,
         Self::TOKEN_SIGNATURE,
         Self::NONCE_UNAVAILABLE,
@@ -165,6 +176,9 @@ impl DenyReason {
         Self::USER_DECLINED,
         Self::MALFORMED,
         Self::UPDATE_PENDING,
+        Self::TOKEN_NOT_YET_VALID,
+        Self::MANIFEST_UNSUPPORTED,
+        Self::UNVERIFIED_BUDGET,
         Self::INTEGRITY_FAILED,
         Self::SIZE_MISMATCH,
         Self::CARD_DIGEST_REQUIRED,
@@ -453,7 +467,7 @@ mod tests {
         }
         names.sort_unstable();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "{names:?}");
-        assert_eq!(DenyReason(0x13).name(), None);
+        assert_eq!(DenyReason(0x16).name(), None);
     }
 
     #[test]
@@ -464,7 +478,7 @@ mod tests {
         }
         assert!(DenyReason::ALL.iter().all(|r| r.0 < 0x100 && r.0 != 0));
         assert!(DenyReason::NONCE_UNAVAILABLE.is_known());
-        assert!(!DenyReason(0x13).is_known());
+        assert!(!DenyReason(0x16).is_known());
     }
 
     #[test]

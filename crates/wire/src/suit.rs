@@ -129,6 +129,26 @@ pub mod key {
 const MAX_AUTH_BLOCKS: usize = 4;
 const MAX_INTEGRATED: usize = 4;
 
+/// Why [`Envelope::verify_as_signer`] refused an envelope under one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignerCheck {
+    /// No authentication block verifies under this key (or none can be checked with it: an
+    /// unsupported algorithm, a malformed COSE_Sign1). Nothing says this key's owner signed.
+    NotSigned(Error),
+    /// A block's signature verifies under this key, but the envelope fails a later check
+    /// (manifest digest, structure, an unsupported command): the signer is known.
+    Invalid(Error),
+}
+
+impl SignerCheck {
+    /// The underlying error.
+    pub fn into_error(self) -> Error {
+        match self {
+            SignerCheck::NotSigned(e) | SignerCheck::Invalid(e) => e,
+        }
+    }
+}
+
 /// A decoded, unverified SUIT envelope.
 #[derive(Debug, Clone, Copy)]
 pub struct Envelope<'a> {
@@ -325,6 +345,17 @@ impl<'a> Envelope<'a> {
 
     /// Runs the checks listed in the module documentation with the originator's key.
     pub fn verify(&self, key: &PublicKey) -> Result<Verified<Manifest<'a>>> {
+        self.verify_as_signer(key).map_err(SignerCheck::into_error)
+    }
+
+    /// [`Envelope::verify`], telling apart "this key did not sign the envelope" from "this key
+    /// signed it, and a later check failed". A verifier that tries several originator keys (the
+    /// SUIT authentication block carries no key id) must name an originator only in the second
+    /// case: until a signature verifies, nothing in the envelope says who made it.
+    pub fn verify_as_signer(
+        &self,
+        key: &PublicKey,
+    ) -> core::result::Result<Verified<Manifest<'a>>, SignerCheck> {
         // Step 1: authentication blocks (draft §8.3). Any block verifying under `key` will do;
         // the first failure is reported if none does.
         let mut first_err = None;
@@ -350,15 +381,17 @@ impl<'a> Envelope<'a> {
             }
         }
         if !ok {
-            return Err(first_err.unwrap_or(Error::MissingField("authentication block")));
+            return Err(SignerCheck::NotSigned(
+                first_err.unwrap_or(Error::MissingField("authentication block")),
+            ));
         }
         // Step 2: the manifest digest over the bstr-wrapped manifest.
         let md = sha256(self.manifest_wrapped);
         if md != self.stated_digest {
-            return Err(Error::DigestMismatch("manifest"));
+            return Err(SignerCheck::Invalid(Error::DigestMismatch("manifest")));
         }
         // Steps 3-5.
-        let m = self.read_manifest(md)?;
+        let m = self.read_manifest(md).map_err(SignerCheck::Invalid)?;
         Ok(Verified::new(m))
     }
 

@@ -16,6 +16,8 @@ pub mod claims {
     pub const ISS: i64 = 1;
     /// `exp`: expiry, NumericDate.
     pub const EXP: i64 = 4;
+    /// `nbf`: not before, NumericDate.
+    pub const NBF: i64 = 5;
     /// `iat`: issue time, NumericDate.
     pub const IAT: i64 = 6;
     /// `cti`: the update id.
@@ -41,6 +43,8 @@ pub struct DeliveryToken {
     pub iat: u64,
     /// Expiry, seconds since the epoch (`exp`).
     pub exp: u64,
+    /// Not before, seconds since the epoch (`nbf`, RFC 8392 §3.1.5); optional.
+    pub nbf: Option<u64>,
     /// Update id (`cti`).
     pub cti: UpdateId,
     /// The card nonce this token answers.
@@ -87,12 +91,15 @@ impl SignedPayload for DeliveryToken {
     const NAME: &'static str = "delivery token";
 
     fn write_payload(&self, w: &mut Writer<'_>) -> Result<()> {
-        // Deterministic order (RFC 8949 §4.2.1: by encoded key bytes): 1, 4, 6, 7, then the
+        // Deterministic order (RFC 8949 §4.2.1: by encoded key bytes): 1, 4, (5), 6, 7, then the
         // negative private claims -65537.. in increasing magnitude.
-        let n = 8 + usize::from(self.charging_ref.is_some());
+        let n = 8 + usize::from(self.charging_ref.is_some()) + usize::from(self.nbf.is_some());
         w.map(n)?;
         w.i64(claims::ISS)?.str(self.iss.as_str())?;
         w.i64(claims::EXP)?.u64(self.exp)?;
+        if let Some(nbf) = self.nbf {
+            w.i64(claims::NBF)?.u64(nbf)?;
+        }
         w.i64(claims::IAT)?.u64(self.iat)?;
         w.i64(claims::CTI)?.bytes(self.cti.as_bytes())?;
         w.i64(claims::NONCE)?.bytes(&self.nonce.0)?;
@@ -108,6 +115,7 @@ impl SignedPayload for DeliveryToken {
 
     fn read_payload(r: &mut Reader<'_, '_>) -> Result<Self> {
         let (mut iss, mut iat, mut exp, mut cti, mut nonce) = (None, None, None, None, None);
+        let mut nbf = None;
         let (mut iccid, mut imei, mut md, mut cref) = (None, None, None, None);
         // RFC 8392 §7.2 step 6-7: unknown claims are ignored; duplicates are refused.
         r.map(false, |r, k| {
@@ -115,6 +123,7 @@ impl SignedPayload for DeliveryToken {
                 Key::Int(claims::ISS) => iss = Some(ServerId::new(r.str()?)?),
                 Key::Int(claims::EXP) => exp = Some(r.u64()?),
                 Key::Int(claims::IAT) => iat = Some(r.u64()?),
+                Key::Int(claims::NBF) => nbf = Some(r.u64()?),
                 Key::Int(claims::CTI) => cti = Some(UpdateId::new(r.bytes()?)?),
                 Key::Int(claims::NONCE) => nonce = Some(Nonce(r.bytes_n("nonce")?)),
                 Key::Int(claims::ICCID) => iccid = Some(Iccid::parse(r.str()?)?),
@@ -131,6 +140,7 @@ impl SignedPayload for DeliveryToken {
             iss: iss.ok_or(Error::MissingField("iss"))?,
             iat: iat.ok_or(Error::MissingField("iat"))?,
             exp: exp.ok_or(Error::MissingField("exp"))?,
+            nbf,
             cti: cti.ok_or(Error::MissingField("cti"))?,
             nonce: nonce.ok_or(Error::MissingField("nonce"))?,
             iccid: iccid.ok_or(Error::MissingField("iccid"))?,

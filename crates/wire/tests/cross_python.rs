@@ -38,6 +38,7 @@ fn our_token_verifies_with_python_cwt_and_pycose() {
         iccid: Iccid::parse("89014103211118510720").unwrap(),
         imei: Imei::parse("490154203237518").unwrap(),
         manifest_digest: Digest([0xab; 32]),
+        nbf: None,
         charging_ref: Some(ChargingRef::new("ch-42").unwrap()),
     };
     let bytes = t.to_vec(&k).unwrap();

@@ -36,6 +36,7 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
         iccid: iccid(),
         imei: Imei::parse("490154203237518").unwrap(),
         manifest_digest: Digest([0xab; 32]),
+        nbf: None,
         charging_ref: Some(ChargingRef::new("CH-2026-0042").unwrap()),
     };
     let mut entry = LogEntry::new(

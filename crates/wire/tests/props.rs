@@ -107,6 +107,7 @@ proptest! {
         let t = DeliveryToken {
             iss: ServerId::new(&iss).unwrap(), iat, exp, cti: UpdateId::new(&cti).unwrap(), nonce: Nonce(nonce), iccid,
             imei: Imei::parse("490154203237518").unwrap(), manifest_digest: md,
+            nbf: None,
             charging_ref: cref.map(|c| ChargingRef::new(&c).unwrap()),
         };
         let k = common::key(3);

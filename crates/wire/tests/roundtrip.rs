@@ -18,6 +18,7 @@ fn sample_token() -> DeliveryToken {
         iccid: Iccid::parse("89014103211118510720").unwrap(),
         imei: Imei::parse("490154203237518").unwrap(),
         manifest_digest: Digest([0xab; 32]),
+        nbf: None,
         charging_ref: Some(ChargingRef::new("ch-42").unwrap()),
     }
 }

@@ -458,6 +458,7 @@ impl World {
             iccid: Iccid::parse(iccid).unwrap(),
             imei: Imei::parse(imei).unwrap(),
             manifest_digest: md,
+            nbf: None,
             charging_ref: None,
         };
         let mut b = [0u8; 1024];

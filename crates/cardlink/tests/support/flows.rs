@@ -91,6 +91,7 @@ impl World {
             iccid: Iccid::parse(ICCID).unwrap(),
             imei: Imei::parse(IMEI).unwrap(),
             manifest_digest: digest,
+            nbf: None,
             charging_ref: None,
         }
         .to_vec(key)
