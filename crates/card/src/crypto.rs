@@ -9,7 +9,7 @@ use simfota_wire::cose::PublicKey;
 use simfota_wire::{CardCertificate, Policy};
 
 use crate::CardError;
-use crate::layout::{KEY_LEN, O_CARD_SK, O_TRUSTED_TIME, Persist, RECORD_LEN};
+use crate::layout::{KEY_LEN, O_CARD_SK, O_LOG_FLAGS, O_TRUSTED_TIME, Persist, RECORD_LEN};
 use crate::ring::{self, LogState};
 use crate::store::Store;
 
@@ -126,7 +126,8 @@ pub(crate) fn trusted_time<S: Store>(p: &Persist<S>) -> Result<Option<u64>, Card
 }
 
 /// Appends `entry` to the log (inside a transaction): sets its sequence number and chain
-/// link, encodes the fixed record, advances the ring. Returns the new chain head.
+/// link, encodes the fixed record, advances the ring. Returns the new chain head. An open
+/// refusal tally before it is sealed: it is no longer the newest record.
 pub(crate) fn append_entry<S: Store>(
     p: &mut Persist<S>,
     entry: &mut LogEntry,
@@ -139,7 +140,83 @@ pub(crate) fn append_entry<S: Store>(
         .map_err(|_| CardError::Internal("log entry does not encode"))?;
     let hash = LogEntry::record_hash(&record);
     ring::append(p, &st, &record, &hash.0)?;
+    seal_tally(p)?;
     Ok((st.next, hash))
+}
+
+/// Closes the open refusal tally, if any (inside a transaction): from now on the record
+/// stays as it is, and the next refusal starts a new tally.
+pub(crate) fn seal_tally<S: Store>(p: &mut Persist<S>) -> Result<(), CardError> {
+    if p.u8_at(O_LOG_FLAGS)? & FLAG_OPEN_TALLY != 0 {
+        p.put_u8(O_LOG_FLAGS, 0)?;
+    }
+    Ok(())
+}
+
+/// Whether the newest record is an open refusal tally.
+pub(crate) fn tally_open<S: Store>(p: &Persist<S>) -> Result<bool, CardError> {
+    Ok(p.u8_at(O_LOG_FLAGS)? & FLAG_OPEN_TALLY != 0)
+}
+
+/// Header bit of [`O_LOG_FLAGS`]: the newest record is an open refusal tally.
+const FLAG_OPEN_TALLY: u8 = 1;
+
+/// Where and when a refusal happened, as far as the card knows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RefusalContext {
+    pub(crate) imei: Option<simfota_wire::Imei>,
+    pub(crate) trusted_time: Option<u64>,
+    pub(crate) device_time: Option<u64>,
+}
+
+/// Counts a refusal of a request nothing authenticated (inside a transaction): in the open
+/// tally when there is one, else in a new tally record when `room` allows one. Returns
+/// whether the refusal was recorded. A device can repeat such requests at will, so they
+/// never take more than one record between two entries an authorized party caused
+/// (docs/card.md, the log).
+pub(crate) fn count_refusal<S: Store>(
+    p: &mut Persist<S>,
+    reason: simfota_wire::DenyReason,
+    at: &RefusalContext,
+    room: bool,
+) -> Result<bool, CardError> {
+    use simfota_wire::{Event, RefusalTally, Unverified};
+    let st = ring::state(p)?;
+    if tally_open(p)? {
+        let mut rec = [0u8; RECORD_LEN];
+        ring::read(p, st.next.wrapping_sub(1), &mut rec)?;
+        let mut entry = LogEntry::decode(&rec)
+            .map_err(|_| CardError::Internal("open tally record is corrupt"))?;
+        if let Event::Refusals(mut tally) = entry.event
+            && tally.add(reason)
+        {
+            entry.event = Event::Refusals(tally);
+            entry.imei = at.imei;
+            entry.trusted_time = at.trusted_time;
+            entry.device_time = at.device_time;
+            let record = entry
+                .encode()
+                .map_err(|_| CardError::Internal("log entry does not encode"))?;
+            let hash = LogEntry::record_hash(&record);
+            ring::replace_newest(p, &st, &record, &hash.0)?;
+            return Ok(true);
+        }
+        // Not a tally after all, or every reason slot taken: start a new one.
+        seal_tally(p)?;
+    }
+    if !room {
+        return Ok(false);
+    }
+    let mut tally = RefusalTally::new(at.trusted_time, at.device_time);
+    tally.add(reason);
+    let mut entry = LogEntry::new(0, Digest::default(), Event::Refusals(tally));
+    entry.imei = at.imei;
+    entry.trusted_time = at.trusted_time;
+    entry.device_time = at.device_time;
+    entry.unverified = Some(Unverified::IMEI);
+    append_entry(p, &mut entry)?;
+    p.put_u8(O_LOG_FLAGS, FLAG_OPEN_TALLY)?;
+    Ok(true)
 }
 
 /// What the card keeps from a verified SUIT manifest.

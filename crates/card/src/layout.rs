@@ -37,6 +37,12 @@ const MAGIC: [u8; 3] = *b"SFC";
 // Offsets. Each block follows the previous one; sizes in the comments.
 pub(crate) const O_MAGIC: usize = 0; // 3 magic + 1 layout version
 pub(crate) const O_LIFECYCLE: usize = 4; // 1: 0 blank, 1 personalizing, 2 operational
+/// Log flags (1 byte in the header's padding, zero on cards written before it): bit 0 set
+/// while the newest log record is an open refusal tally that may still count refusals.
+pub(crate) const O_LOG_FLAGS: usize = 5;
+/// Updates through unlisted servers authorized since the log was last acknowledged to its end
+/// (1 byte in the header's padding, zero on cards written before it).
+pub(crate) const O_UNVERIFIED_UPDATES: usize = 6;
 pub(crate) const O_ICCID: usize = 8; // 1 len + 20
 pub(crate) const O_IMSI: usize = O_ICCID + 1 + ICCID_MAX; // 1 len + 15
 pub(crate) const O_CARD_SK: usize = O_IMSI + 1 + IMSI_MAX; // 32 scalar

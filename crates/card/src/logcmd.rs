@@ -86,6 +86,11 @@ pub(crate) fn read_log<S: Store, P: Platform>(
         chain_head: simfota_wire::Digest(st.head),
         log_end: st.next,
     };
+    // A page that shows an open refusal tally seals it first: what a server has seen never
+    // changes (a later refusal starts a new record instead of rewriting this one).
+    if count > 0 && first + count == st.next && crypto::tally_open(&core.p)? {
+        core.p.transaction(crypto::seal_tally)?;
+    }
     let card_key = crypto::card_key(&core.p)?;
     let kid = req.server;
     core.ops.ecdh();

@@ -10,7 +10,8 @@
 
 use crate::CardError;
 use crate::layout::{
-    LOG_CAPACITY, O_LOG, O_LOG_ACKED, O_LOG_HEAD, O_LOG_NEXT, Persist, RECORD_LEN,
+    LOG_CAPACITY, O_LOG, O_LOG_ACKED, O_LOG_HEAD, O_LOG_NEXT, O_UNVERIFIED_UPDATES, Persist,
+    RECORD_LEN,
 };
 use crate::store::Store;
 
@@ -74,6 +75,24 @@ pub(crate) fn append<S: Store>(
     Ok(())
 }
 
+/// Replaces the newest record (an open refusal tally) and the chain head, inside a
+/// transaction. Its predecessor's link is unchanged; nothing follows it yet, so no link
+/// breaks. Only a record no export has shown may be replaced (the caller seals it first).
+pub(crate) fn replace_newest<S: Store>(
+    p: &mut Persist<S>,
+    st: &LogState,
+    record: &[u8; RECORD_LEN],
+    hash: &[u8; 32],
+) -> Result<(), CardError> {
+    let newest = st
+        .next
+        .checked_sub(1)
+        .ok_or(CardError::Internal("no record to replace"))?;
+    p.write(slot(newest), record)?;
+    p.write(O_LOG_HEAD, hash)?;
+    Ok(())
+}
+
 /// Reads the record with sequence number `seq`, if it is still in its slot.
 pub(crate) fn read<S: Store>(
     p: &Persist<S>,
@@ -96,6 +115,11 @@ pub(crate) fn acknowledge<S: Store>(p: &mut Persist<S>, upto: u32) -> Result<(),
     }
     if upto > st.acked {
         p.put_u32(O_LOG_ACKED, upto)?;
+    }
+    // Every entry is stored by a server: the updates through unlisted servers it holds no
+    // longer count against their budget (docs/card.md, the log).
+    if upto == st.next && p.u8_at(O_UNVERIFIED_UPDATES)? != 0 {
+        p.put_u8(O_UNVERIFIED_UPDATES, 0)?;
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ use simfota_wire::DeliveryToken;
 use simfota_wire::cose::PublicKey;
 use simfota_wire::{Digest, Imei, Nonce, UpdateId};
 use simfota_wire::{Event, FumoResult, LogEntry};
-use simfota_wire::{IntegrityMode, Receipt, Rights, UnauthorizedRule};
+use simfota_wire::{IntegrityMode, Receipt, Rights, UnauthorizedRule, Unverified};
 use subtle::ConstantTimeEq;
 
 use crate::apdu::Command;
@@ -41,14 +41,21 @@ use crate::applet::{Core, Platform, Stream};
 use crate::commands::{require_operational, require_p1p2};
 use crate::crypto::{self, LIMITS, ManifestFacts};
 use crate::layout::{
-    ICCID_MAX, O_ICCID, O_INSTALLED_SEQ, O_PENDING, O_TRUSTED_TIME, P_ENTRY, P_IMAGE_DIGEST,
-    P_IMAGE_SIZE, P_INTEGRITY, P_SEQUENCE, P_STATE, PENDING_LEN, Persist, RECORD_LEN,
+    ICCID_MAX, O_ICCID, O_INSTALLED_SEQ, O_PENDING, O_TRUSTED_TIME, O_UNVERIFIED_UPDATES, P_ENTRY,
+    P_IMAGE_DIGEST, P_IMAGE_SIZE, P_INTEGRITY, P_SEQUENCE, P_STATE, PENDING_LEN, Persist,
+    RECORD_LEN,
 };
 use crate::store::Store;
 use crate::{CardError, Reason, ring, tables};
 
 /// Log entries an authorized update may still write: integrity verdict + install result.
 const UPDATE_RESERVE: u32 = 2;
+
+/// Updates through unlisted servers (the policy lets the device's user decide) that may be
+/// authorized before an authorized server has read and acknowledged the log: each writes up to
+/// four entries, so at most half of the 64-entry log holds them and the rest stays for
+/// updates through authorized servers (docs/card.md, the log).
+pub(crate) const UNVERIFIED_BUDGET: u8 = 8;
 
 const INTEGRITY_NONE: u8 = 0;
 const INTEGRITY_PASSED: u8 = 1;
@@ -112,6 +119,13 @@ struct Attempt {
     /// The server is not authorized and the free-device policy let the request through:
     /// an authorization is logged as such (`[0, true]`, docs/formats.md §5).
     free_device: bool,
+    /// A listed server's token verified and carried the card's outstanding nonce: the
+    /// request is that server's, now. Only such refusals get a log entry of their own; the
+    /// rest are counted (a device can repeat them at will).
+    fresh: bool,
+    /// The request came through an unlisted server the policy let the user allow: its
+    /// server and update id are claims.
+    unlisted: bool,
 }
 
 /// Runs checks 0c-11. `consent` is `Some(pin_verified)` when the user already said yes to
@@ -129,9 +143,6 @@ fn check<S: Store, P: Platform>(
     let (token_bytes, envelope) = split_request(data).map_err(internal)?;
     let signed = DeliveryToken::decode(token_bytes, &LIMITS).map_err(|_| Reason::Malformed)?;
     let claims = *signed.dangerous_unverified();
-    // Logged fields from the (not yet trusted) token: who claims to send what.
-    att.entry.update_id = Some(claims.cti);
-    att.entry.server = Some(claims.iss);
 
     // 1. Server listed with the firmware-update right?
     let server = tables::find_server(p, claims.iss.as_str()).map_err(|_| Reason::Malformed)?;
@@ -144,6 +155,9 @@ fn check<S: Store, P: Platform>(
         ops.verify();
         let token = signed.verify(&key).map_err(|_| Reason::TokenSignature)?;
         att.verified_iat = Some(token.iat);
+        // From here on the token's names are the listed server's own words.
+        att.entry.update_id = Some(token.cti);
+        att.entry.server = Some(token.iss);
         let stored_time = p.u64_at(O_TRUSTED_TIME).map_err(|_| Reason::Malformed)?;
         let now = stored_time.max(token.iat);
         att.entry.trusted_time = Some(now);
@@ -152,6 +166,7 @@ fn check<S: Store, P: Platform>(
         if !bool::from(ours.ct_eq(&token.nonce.0)) {
             return Err(Reason::NonceMismatch);
         }
+        att.fresh = true;
         // 4. ICCID.
         let mut iccid = [0u8; ICCID_MAX];
         let n = card_iccid(p, &mut iccid).map_err(|_| Reason::Malformed)?;
@@ -163,6 +178,7 @@ fn check<S: Store, P: Platform>(
         if token.imei != bound {
             return Err(Reason::WrongDevice);
         }
+        att.entry.unverified = Some(Unverified::NONE);
         // 6. Validity window against the trusted time. RFC 8392 §3.1.4 / RFC 7519 §4.1.4:
         // not on or after `exp`; a token issued after it expires (`iat` > `exp`) was never
         // valid. RFC 8392 §3.1.5 / RFC 7519 §4.1.5: not before `nbf`. The profile requires
@@ -181,6 +197,24 @@ fn check<S: Store, P: Platform>(
         }
         att.facts = Some(facts);
     } else {
+        if policy.unauthorized == UnauthorizedRule::Refuse {
+            return Err(Reason::ServerNotAuthorized);
+        }
+        // The user may allow this server: the token's names are claims, logged as such.
+        att.unlisted = true;
+        att.entry.update_id = Some(claims.cti);
+        att.entry.server = Some(claims.iss);
+        att.entry.unverified = Some(
+            Unverified::SERVER
+                .with(Unverified::UPDATE_ID)
+                .with(Unverified::IMEI),
+        );
+        if p.u8_at(O_UNVERIFIED_UPDATES)
+            .map_err(|_| Reason::Malformed)?
+            >= UNVERIFIED_BUDGET
+        {
+            return Err(Reason::UnverifiedBudget);
+        }
         match policy.unauthorized {
             UnauthorizedRule::Refuse => return Err(Reason::ServerNotAuthorized),
             UnauthorizedRule::WarnConfirm if consent.is_none() => {
@@ -215,27 +249,29 @@ fn check<S: Store, P: Platform>(
     Ok(())
 }
 
-/// Writes the verdict in one transaction: trusted time, consent entry, decision entry and,
-/// when allowed, the pending update record.
+/// Writes the verdict in one transaction: trusted time, consent entry, decision entry (or
+/// the refusal counted in the open tally) and, when allowed, the pending update record.
 fn conclude<S: Store, P: Platform>(
     core: &mut Core<S, P>,
     mut att: Attempt,
     verdict: Result<(), Reason>,
     consent: Option<bool>,
 ) -> Result<usize, CardError> {
+    let room = room_for_extra(&core.p)?;
     core.p.transaction(|p| -> Result<(), CardError> {
         if let Some(iat) = att.verified_iat
             && iat > p.u64_at(O_TRUSTED_TIME)?
         {
             p.put_u64(O_TRUSTED_TIME, iat)?;
         }
-        if let Some(pin_verified) = consent {
-            let mut e = att.entry;
-            e.event = Event::Consent { pin_verified };
-            crypto::append_entry(p, &mut e)?;
-        }
         match verdict {
             Ok(()) => {
+                if let Some(pin_verified) = consent {
+                    // R7: the user's consent, written with the decision it led to.
+                    let mut e = att.entry;
+                    e.event = Event::Consent { pin_verified };
+                    crypto::append_entry(p, &mut e)?;
+                }
                 let facts = att
                     .facts
                     .as_ref()
@@ -243,6 +279,10 @@ fn conclude<S: Store, P: Platform>(
                 att.entry.event = Event::Authorized;
                 att.entry.free_device = att.free_device;
                 crypto::append_entry(p, &mut att.entry)?;
+                if att.unlisted {
+                    let n = p.u8_at(O_UNVERIFIED_UPDATES)?;
+                    p.put_u8(O_UNVERIFIED_UPDATES, n.saturating_add(1))?;
+                }
                 let record = att
                     .entry
                     .encode()
@@ -257,9 +297,19 @@ fn conclude<S: Store, P: Platform>(
                 pending[P_ENTRY..P_ENTRY + RECORD_LEN].copy_from_slice(&record);
                 p.write(O_PENDING, &pending)?;
             }
-            Err(reason) => {
+            Err(reason) if att.fresh => {
+                // A listed server's fresh token: its names are verified facts.
                 att.entry.event = Event::Denied(reason.deny_reason());
                 crypto::append_entry(p, &mut att.entry)?;
+            }
+            Err(reason) => {
+                // Nothing authenticated this request: count it, name nothing from it.
+                let at = crypto::RefusalContext {
+                    imei: att.entry.imei,
+                    trusted_time: att.entry.trusted_time,
+                    device_time: att.entry.device_time,
+                };
+                crypto::count_refusal(p, reason.deny_reason(), &at, room)?;
             }
         }
         Ok(())
@@ -283,17 +333,21 @@ fn new_attempt<S: Store, P: Platform>(core: &Core<S, P>) -> Result<Attempt, Card
     };
     entry.device_time = core.session.device_time;
     entry.trusted_time = crypto::trusted_time(&core.p)?;
+    // The bound IMEI is the device's word until a server's token names the same one.
+    entry.unverified = Some(Unverified::IMEI);
     Ok(Attempt {
         entry,
         verified_iat: None,
         facts: None,
         free_device: false,
+        fresh: false,
+        unlisted: false,
     })
 }
 
 /// Preconditions shared by AUTHORIZE UPDATE and RECORD CONSENT: terminal bound, no update
-/// pending, log room. `Ok(Some(reason))` is a refusal to log; `Err` one that cannot be
-/// logged (no terminal, or no room in the log).
+/// pending, log room. `Ok(Some(reason))` is a refusal to count; `Err` one that cannot be
+/// recorded at all (no terminal bound).
 fn preconditions<S: Store, P: Platform>(
     core: &Core<S, P>,
     with_consent: bool,
@@ -304,35 +358,23 @@ fn preconditions<S: Store, P: Platform>(
     let st = ring::state(&core.p)?;
     // 0a. One update at a time: the device must end the pending one with a result.
     if pending_exists(&core.p)? {
-        if st.free() > reserved(&core.p)? {
-            return Ok(Some(Reason::UpdatePending));
-        }
-        return Err(CardError::Refused(Reason::LogFull));
+        return Ok(Some(Reason::UpdatePending));
     }
     // 0b. Room for the decision, the integrity verdict and the result (and a consent).
     let need = 1 + UPDATE_RESERVE + u32::from(with_consent);
     if st.free() < need {
-        return Err(CardError::Refused(Reason::LogFull));
+        return Ok(Some(Reason::LogFull));
     }
     Ok(None)
 }
 
-/// Logs a refusal decided before the checks, with what the (unverified) request names.
+/// Records a refusal decided before the checks: counted, naming nothing from the request.
 fn refuse_early<S: Store, P: Platform>(
     core: &mut Core<S, P>,
-    mut att: Attempt,
-    data: &[u8],
+    att: Attempt,
     reason: Reason,
-    consent: Option<bool>,
 ) -> Result<usize, CardError> {
-    if let Ok((token, _)) = split_request(data)
-        && let Ok(signed) = DeliveryToken::decode(token, &LIMITS)
-    {
-        let claims = signed.dangerous_unverified();
-        att.entry.update_id = Some(claims.cti);
-        att.entry.server = Some(claims.iss);
-    }
-    conclude(core, att, Err(reason), consent)
+    conclude(core, att, Err(reason), None)
 }
 
 /// AUTHORIZE UPDATE (CLA `80`, INS `12`, P1-P2 `0000`): data = `len(token) || token ||
@@ -352,7 +394,7 @@ pub(crate) fn authorize<S: Store, P: Platform>(
     let data = &io[..n];
     let mut att = new_attempt(core)?;
     if let Some(refusal) = preconditions(core, false)? {
-        return refuse_early(core, att, data, refusal, None);
+        return refuse_early(core, att, refusal);
     }
     let verdict = check(core, data, nonce, None, &mut att);
     if let Err(r @ (Reason::ConsentRequired | Reason::PinConsentRequired)) = verdict {
@@ -396,11 +438,10 @@ pub(crate) fn record_consent<S: Store, P: Platform>(
     }
     let mut att = new_attempt(core)?;
     if let Some(refusal) = preconditions(core, yes)? {
-        return refuse_early(core, att, data, refusal, None);
+        return refuse_early(core, att, refusal);
     }
     if !yes {
-        // Fill the logged fields from the request, then record the refusal.
-        let _ = check(core, data, None, None, &mut att);
+        // The device's word alone: counted like any refusal nothing authenticated.
         return conclude(core, att, Err(Reason::UserDeclined), None);
     }
     let pin = core.session.pin_verified;
@@ -415,6 +456,20 @@ fn integrity_verdict<S: Store, P: Platform>(
     reason: Reason,
 ) -> Result<usize, CardError> {
     core.session.stream = None;
+    let already_failed = core.p.u8_at(O_PENDING + P_INTEGRITY)? == INTEGRITY_FAILED;
+    if !ok && already_failed {
+        // The device may try again (a corrupted download fetched anew), but its failed tries
+        // after the first are counted, not logged one by one.
+        let room = room_for_extra(&core.p)?;
+        let at = crypto::RefusalContext {
+            imei: load_pending_entry(&core.p)?.imei,
+            trusted_time: crypto::trusted_time(&core.p)?,
+            device_time: core.session.device_time,
+        };
+        core.p
+            .transaction(|p| crypto::count_refusal(p, reason.deny_reason(), &at, room))?;
+        return Err(CardError::Refused(reason));
+    }
     if !ok && !room_for_extra(&core.p)? {
         // No room beyond the reservation: refuse without a new entry (the result report
         // will log the failure).

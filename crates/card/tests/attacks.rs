@@ -8,7 +8,9 @@ mod common;
 use common::*;
 use simfota_card::info::decode::CardInfo;
 use simfota_card::{Reason, StatusWord, fumo_result_for, ins};
-use simfota_wire::{AdminChange, DenyReason, Event, IntegrityMode, OriginatorId, UnauthorizedRule};
+use simfota_wire::{
+    AdminChange, DenyReason, Event, IntegrityMode, Nonce, OriginatorId, UnauthorizedRule,
+};
 
 fn refused(r: Reason) -> StatusWord {
     StatusWord::refused(r.code())
@@ -25,6 +27,14 @@ fn try_token(
     let n = card.nonce();
     let tok = f(w, &cti, n, md);
     card.authorize(&tok, &env)
+}
+
+/// The counts of a refusal-tally record (panics on any other record).
+fn tally(e: &simfota_wire::LogEntry) -> Vec<(DenyReason, u32)> {
+    match e.event {
+        Event::Refusals(t) => t.counts().to_vec(),
+        other => panic!("expected a refusal tally, found {other:?}"),
+    }
 }
 
 fn last_event(w: &World, card: &mut Card) -> Event {
@@ -52,10 +62,17 @@ fn replayed_token() {
     card.nonce();
     assert_eq!(card.authorize(&tok, &env), refused(Reason::NonceMismatch));
     assert_eq!(fumo_result_for(refused(Reason::NonceMismatch)), Some(405));
+    // A replay is the device's doing: both refusals are counted in one record that names
+    // nothing from the replayed token.
+    let last = w.read_all(&mut card).pop().unwrap();
     assert_eq!(
-        last_event(&w, &mut card),
-        Event::Denied(DenyReason(u16::from(Reason::NonceMismatch.code())))
+        tally(&last),
+        vec![
+            (Reason::NonceUnavailable.deny_reason(), 1),
+            (Reason::NonceMismatch.deny_reason(), 1)
+        ]
     );
+    assert_eq!((last.server, last.update_id), (None, None));
 }
 
 #[test]
@@ -198,9 +215,10 @@ fn token_from_unlisted_server() {
     });
     assert_eq!(sw, refused(Reason::ServerNotAuthorized));
     assert_eq!(fumo_result_for(sw), Some(405));
+    // The rogue's name is not a fact the card verified: it is not logged.
     let e = w.read_all(&mut card);
-    assert_eq!(e[0].event, Event::Denied(DenyReason(1)));
-    assert_eq!(e[0].server.unwrap().as_str(), ROGUE);
+    assert_eq!(tally(&e[0]), vec![(DenyReason(1), 1)]);
+    assert_eq!(e[0].server, None);
 }
 
 #[test]
@@ -779,25 +797,31 @@ fn log_full_refuses_new_updates() {
         assert_eq!(sw, refused(Reason::WrongCard));
         denied += 1;
     }
-    // Room for a whole update (decision, integrity, result) is kept: 62 refusals fit.
+    // Room for a whole update (decision, integrity, result) is kept: 62 refusals of a
+    // listed server's fresh tokens fit, each its own entry (the server made each one).
     assert_eq!(denied, 62);
     let cti = w.next_cti();
     let n = card.nonce();
     let sw = card.authorize(&w.token(&cti, n, md), &env);
     assert_eq!(sw, refused(Reason::LogFull));
     assert_eq!(fumo_result_for(sw), Some(405));
-    // Nothing was dropped: all 62 entries are there and chained.
+    // Nothing was dropped: all 62 entries are there and chained, and the LogFull refusals
+    // are counted in one more record.
     let entries = w.read_all(&mut card);
-    assert_eq!(entries.len(), 62);
+    assert_eq!(entries.len(), 63);
     assert!(chain_ok(&entries));
+    assert_eq!(
+        tally(&entries[62]),
+        vec![(Reason::LogFull.deny_reason(), 2)]
+    );
     // An acknowledgement frees the space.
     let n = card.nonce();
-    let ack = w.log_ack(&w.reader, READER, n, 61);
+    let ack = w.log_ack(&w.reader, READER, n, 62);
     assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, StatusWord::OK);
     assert_eq!(card.log_status().free, 64);
     w.full_update(&mut card, 11);
     let ci_bytes = card.info();
-    assert_eq!(CardInfo::decode(&ci_bytes).unwrap().log_next, 65);
+    assert_eq!(CardInfo::decode(&ci_bytes).unwrap().log_next, 66);
 }
 
 #[test]
@@ -843,14 +867,273 @@ fn second_update_while_one_is_pending() {
     let n = card.nonce();
     let sw = card.authorize(&w.token(&cti2, n, md2), &env2);
     assert_eq!(sw, refused(Reason::UpdatePending));
-    // The refusal is logged with what the request named, and the pending update goes on.
+    // The refusal is counted (it was decided before any check of the request, so it names
+    // nothing from it), and the pending update goes on.
     let e = w.read_all(&mut card);
-    assert_eq!(
-        e[1].event,
-        Event::Denied(DenyReason(u16::from(Reason::UpdatePending.code())))
-    );
-    assert_eq!(e[1].update_id.unwrap().as_bytes(), &cti2[..]);
+    assert_eq!(tally(&e[1]), vec![(Reason::UpdatePending.deny_reason(), 1)]);
+    assert_eq!(e[1].update_id, None);
     let p = w.payload.clone();
     assert_eq!(card.device_digest(&p), StatusWord::OK);
     assert_eq!(card.report(200, &cti).1, StatusWord::OK);
+}
+
+#[test]
+fn forged_token_flood_takes_one_record_and_blocks_nothing() {
+    // A bound device sends AUTHORIZE UPDATE again and again, without GET CHALLENGE, with a
+    // token naming a listed server but signed by another key, and with garbage: nothing
+    // authenticates these requests, so the card counts them in one record and a genuine
+    // update still goes through.
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(10);
+    let forged = w.token_with(
+        &w.rogue,
+        SERVER,
+        b"chosen-id",
+        Nonce([7; 16]),
+        ICCID,
+        IMEI,
+        md,
+        NOW,
+        NOW + 60,
+    );
+    for _ in 0..80 {
+        assert_eq!(
+            card.authorize(&forged, &env),
+            refused(Reason::TokenSignature)
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            card.authorize(&[0xA1, 0x00], &env),
+            refused(Reason::Malformed)
+        );
+    }
+    assert_eq!(card.log_status().free, 63);
+    w.full_update(&mut card, 11);
+    let e = w.read_all(&mut card);
+    assert_eq!(e.len(), 4);
+    assert_eq!(
+        tally(&e[0]),
+        vec![
+            (Reason::TokenSignature.deny_reason(), 80),
+            (Reason::Malformed.deny_reason(), 5)
+        ]
+    );
+    // The attacker's names are not in the log as facts: the tally names no server or update.
+    assert_eq!(
+        (e[0].server, e[0].update_id, e[0].originator),
+        (None, None, None)
+    );
+    assert!(
+        e[0].unverified
+            .unwrap()
+            .contains(simfota_wire::Unverified::IMEI)
+    );
+    assert_eq!(e[1].event, Event::Authorized);
+    assert_eq!(e[1].unverified, Some(simfota_wire::Unverified::NONE));
+    assert!(chain_ok(&e));
+}
+
+#[test]
+fn an_exported_tally_is_never_rewritten() {
+    // What a server has read stays as it read it: a refusal after an export starts a new
+    // record, and the chain read across both exports holds (no fork at the old head).
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(10);
+    let forged = w.token_with(
+        &w.rogue,
+        SERVER,
+        b"x",
+        Nonce([7; 16]),
+        ICCID,
+        IMEI,
+        md,
+        NOW,
+        NOW + 60,
+    );
+    assert_eq!(
+        card.authorize(&forged, &env),
+        refused(Reason::TokenSignature)
+    );
+    let first = w.read_all(&mut card);
+    assert_eq!(
+        tally(&first[0]),
+        vec![(Reason::TokenSignature.deny_reason(), 1)]
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            card.authorize(&forged, &env),
+            refused(Reason::TokenSignature)
+        );
+    }
+    let second = w.read_all(&mut card);
+    assert_eq!(second.len(), 2);
+    assert_eq!(second[0], first[0], "the exported record is unchanged");
+    assert_eq!(
+        tally(&second[1]),
+        vec![(Reason::TokenSignature.deny_reason(), 3)]
+    );
+    assert!(chain_ok(&second));
+}
+
+#[test]
+fn alternating_refusal_reasons_share_the_open_record() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(10);
+    let rogue = w.token_with(
+        &w.rogue,
+        ROGUE,
+        b"r",
+        Nonce([1; 16]),
+        ICCID,
+        IMEI,
+        md,
+        NOW,
+        NOW + 60,
+    );
+    let forged = w.token_with(
+        &w.rogue,
+        SERVER,
+        b"f",
+        Nonce([1; 16]),
+        ICCID,
+        IMEI,
+        md,
+        NOW,
+        NOW + 60,
+    );
+    for _ in 0..30 {
+        assert_eq!(
+            card.authorize(&rogue, &env),
+            refused(Reason::ServerNotAuthorized)
+        );
+        assert_eq!(
+            card.authorize(&forged, &env),
+            refused(Reason::TokenSignature)
+        );
+        card.nonce();
+        assert_eq!(
+            card.authorize(&forged, &env),
+            refused(Reason::TokenSignature)
+        );
+    }
+    let e = w.read_all(&mut card);
+    assert_eq!(e.len(), 1);
+    assert_eq!(
+        tally(&e[0]),
+        vec![
+            (Reason::ServerNotAuthorized.deny_reason(), 30),
+            (Reason::TokenSignature.deny_reason(), 60)
+        ]
+    );
+}
+
+#[test]
+fn unlisted_server_updates_have_a_budget() {
+    // Free-device policy: the device alone decides, so its updates through unlisted servers
+    // may hold at most half the log; then it must wait for an authorized server to read and
+    // acknowledge, and updates through the listed server still go through meanwhile.
+    let mut w = World::new();
+    let mut card = w.card(&policy(UnauthorizedRule::FreeDevice));
+    let (env, md) = w.package(10);
+    let mut refused_at = None;
+    for i in 0..20 {
+        let cti = w.next_cti();
+        let n = card.nonce();
+        let tok = w.token_with(&w.rogue, ROGUE, &cti, n, ICCID, IMEI, md, NOW, NOW + 60);
+        let sw = card.authorize(&tok, &env);
+        if sw != StatusWord::OK {
+            assert_eq!(sw, refused(Reason::UnverifiedBudget));
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(card.report(500, &cti).1, StatusWord::OK);
+    }
+    assert_eq!(refused_at, Some(8));
+    assert_eq!(
+        fumo_result_for(refused(Reason::UnverifiedBudget)),
+        Some(405)
+    );
+    // The listed server's update goes through.
+    w.full_update(&mut card, 11);
+    // Once a server stored everything, the budget is back.
+    let e = w.read_all(&mut card);
+    let last = e.last().unwrap().seq;
+    let n = card.nonce();
+    let ack = w.log_ack(&w.reader, READER, n, last);
+    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, StatusWord::OK);
+    let (env, md) = w.package(12);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let tok = w.token_with(&w.rogue, ROGUE, &cti, n, ICCID, IMEI, md, NOW, NOW + 60);
+    assert_eq!(card.authorize(&tok, &env), StatusWord::OK);
+}
+
+#[test]
+fn repeated_integrity_failures_are_counted() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let (env, md) = w.package(10);
+    let cti = w.next_cti();
+    let n = card.nonce();
+    assert_eq!(card.authorize(&w.token(&cti, n, md), &env), StatusWord::OK);
+    let mut bad = w.payload.clone();
+    bad[0] ^= 1;
+    for _ in 0..40 {
+        assert_eq!(card.device_digest(&bad), refused(Reason::IntegrityFailed));
+    }
+    let p = w.payload.clone();
+    assert_eq!(card.device_digest(&p), StatusWord::OK);
+    assert_eq!(card.report(200, &cti).1, StatusWord::OK);
+    let e = w.read_all(&mut card);
+    let kinds: Vec<_> = e.iter().map(|e| e.event).collect();
+    assert_eq!(kinds[0], Event::Authorized);
+    assert_eq!(kinds[1], Event::IntegrityFailed);
+    assert_eq!(
+        tally(&e[2]),
+        vec![(Reason::IntegrityFailed.deny_reason(), 39)]
+    );
+    assert_eq!(kinds[3], Event::IntegrityOk);
+    assert_eq!(e.len(), 5);
+}
+
+#[test]
+fn untrusted_signer_with_an_unsupported_algorithm_names_no_originator() {
+    // An envelope signed by a key the card does not trust, with an algorithm the card does
+    // not implement: no trusted originator's signature verifies, so the refusal is
+    // "originator unknown" and names no originator.
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let payload = w.payload.clone();
+    let (mut env, _) = w.package_by(&w.unknown_originator, 10, &payload, CLASS);
+    // The protected header {1: -7} (A1 01 26) becomes {1: -35} (A1 01 38 22 would change the
+    // length); use ES512 -36 in one byte's place: 0x26 (-7) -> 0x23 (-4, not a signature alg).
+    let at = env
+        .windows(3)
+        .position(|x| x == [0xA1, 0x01, 0x26])
+        .unwrap();
+    env[at + 2] = 0x23;
+    let md = simfota_wire::suit::Envelope::decode(&env, &simfota_wire::Limits::DEFAULT)
+        .unwrap()
+        .stated_manifest_digest();
+    let cti = w.next_cti();
+    let n = card.nonce();
+    let sw = card.authorize(&w.token(&cti, n, md), &env);
+    assert_eq!(sw, refused(Reason::OriginatorUnknown));
+    let e = w.read_all(&mut card);
+    assert_eq!(
+        e[0].event,
+        Event::Denied(Reason::OriginatorUnknown.deny_reason())
+    );
+    assert_eq!(e[0].originator, None);
+    assert_eq!(
+        e[0].manifest_digest, None,
+        "an unverified manifest digest is not logged"
+    );
+    // The listed server's fresh token made this request: its names are facts.
+    assert_eq!(e[0].server.unwrap().as_str(), SERVER);
+    assert_eq!(e[0].unverified, Some(simfota_wire::Unverified::NONE));
 }

@@ -163,6 +163,11 @@ fn consent_with_pin_through_unauthorized_server() {
         "a consent is not the free-device policy"
     );
     assert_eq!(entries[1].server.unwrap().as_str(), ROGUE);
+    assert!(entries[..2].iter().all(|e| {
+        e.unverified
+            .unwrap()
+            .contains(simfota_wire::Unverified::SERVER)
+    }));
     assert!(chain_ok(&entries));
 }
 
@@ -181,11 +186,15 @@ fn warn_confirm_declined_is_logged() {
     assert_eq!(sw, StatusWord(0x6610));
     assert_eq!(simfota_card::fumo_result_for(sw), Some(401));
     let entries = w.read_all(&mut card);
+    // The device's "no" is counted, like every refusal nothing authenticated.
     assert_eq!(entries.len(), 1);
-    assert_eq!(
-        entries[0].event,
-        Event::Denied(simfota_wire::DenyReason(0x10))
-    );
+    match entries[0].event {
+        Event::Refusals(t) => {
+            assert_eq!(t.counts(), &[(simfota_wire::DenyReason(0x10), 1)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(entries[0].server, None);
 }
 
 #[test]
@@ -213,16 +222,24 @@ fn free_device_policy_logs_but_still_checks_rollback() {
     // is flagged (`[0, true]`), the update's later entries and the refusal are not.
     let e = w.read_all(&mut card);
     let shape: Vec<_> = e.iter().map(|e| (e.event, e.free_device)).collect();
+    let mut rollback = simfota_wire::RefusalTally::new(None, Some(NOW - 100));
+    rollback.add(simfota_wire::DenyReason::ROLLBACK);
     assert_eq!(
         shape,
         [
             (Event::Authorized, true),
             (Event::IntegrityOk, false),
             (Event::Installed(simfota_wire::FumoResult(200)), false),
-            (Event::Denied(simfota_wire::DenyReason::ROLLBACK), false),
+            (Event::Refusals(rollback), false),
         ]
     );
+    // The unlisted server's names are logged as claims, never as verified facts.
     assert_eq!(e[0].server.unwrap().as_str(), ROGUE);
+    let claims = simfota_wire::Unverified::SERVER
+        .with(simfota_wire::Unverified::UPDATE_ID)
+        .with(simfota_wire::Unverified::IMEI);
+    assert!(e[..3].iter().all(|e| e.unverified == Some(claims)));
+    assert_eq!(e[3].server, None);
 }
 
 #[test]

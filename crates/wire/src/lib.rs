@@ -59,7 +59,7 @@ pub use ids::{
     Uuid,
 };
 pub use limits::Limits;
-pub use log::{DenyReason, Event, FumoResult, LogEntry};
+pub use log::{DenyReason, Event, FumoResult, LogEntry, RefusalTally, Unverified};
 pub use objects::{
     AdminChange, AdminCommand, CardCertificate, IntegrityMode, LogAck, LogReadRequest, Policy,
     Receipt, Rights, UnauthorizedRule,

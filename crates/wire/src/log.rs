@@ -1,11 +1,12 @@
 //! Card log entries: fixed-size CBOR records, hash-chained (design §3, R1, R7, R12).
 //!
-//! A record is a CBOR array of 13 items, the last a zero-filled byte string that pads the
-//! record to exactly [`LogEntry::RECORD_LEN`] bytes, so the card stores entries in fixed slots
+//! A record is a CBOR array of 14 items (13 in records written before the unverified marks,
+//! item 13), the last a zero-filled byte string that pads the record to exactly
+//! [`LogEntry::RECORD_LEN`] bytes, so the card stores entries in fixed slots
 //! and any CBOR decoder reads a record as is. `entry_hash` is SHA-256 over the whole record;
 //! each entry carries the hash of the one before it (all zeros before the first).
 
-use crate::cbor::{Reader, Writer};
+use crate::cbor::{Key, Reader, Writer};
 use crate::error::{Error, Result};
 use crate::hash::sha256;
 use crate::ids::{Digest, Imei, OriginatorId, ServerId, ShortText, UpdateId};
@@ -223,6 +224,105 @@ pub enum Event {
     Acknowledged(u32),
     /// `[7, counter]` an admin command was applied.
     AdminApplied(u64),
+    /// `[8, first-trusted-time, first-device-time, {reason => count}]` refusals of requests
+    /// nothing authenticated (no server signature with a fresh card nonce), counted instead of
+    /// logged one by one: a device cannot fill the log with them (docs/card.md, the log).
+    Refusals(RefusalTally),
+}
+
+/// Refusals the card counted in one log record ([`Event::Refusals`]): per reason code, how
+/// many, and when the first one happened; the record's own times are those of the last one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RefusalTally {
+    /// Card trusted time at the first refusal counted.
+    pub first_trusted_time: Option<u64>,
+    /// Device-reported time at the first refusal counted (not trusted).
+    pub first_device_time: Option<u64>,
+    counts: [(DenyReason, u32); RefusalTally::MAX_REASONS],
+    len: u8,
+}
+
+impl core::fmt::Debug for RefusalTally {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RefusalTally")
+            .field("first_trusted_time", &self.first_trusted_time)
+            .field("first_device_time", &self.first_device_time)
+            .field("counts", &self.counts())
+            .finish()
+    }
+}
+
+impl RefusalTally {
+    /// Distinct reason codes one record counts (every code of the table fits).
+    pub const MAX_REASONS: usize = 16;
+
+    /// An empty tally that started at these times.
+    pub const fn new(first_trusted_time: Option<u64>, first_device_time: Option<u64>) -> Self {
+        RefusalTally {
+            first_trusted_time,
+            first_device_time,
+            counts: [(DenyReason(0), 0); Self::MAX_REASONS],
+            len: 0,
+        }
+    }
+
+    /// Counts one more refusal for `reason` (saturating). `false` when the tally already
+    /// holds [`Self::MAX_REASONS`] other codes.
+    pub fn add(&mut self, reason: DenyReason) -> bool {
+        let len = usize::from(self.len);
+        if let Some((_, n)) = self.counts[..len].iter_mut().find(|(r, _)| *r == reason) {
+            *n = n.saturating_add(1);
+            return true;
+        }
+        if len == Self::MAX_REASONS {
+            return false;
+        }
+        self.counts[len] = (reason, 1);
+        self.len += 1;
+        true
+    }
+
+    /// The counts, in the order the reasons first occurred.
+    pub fn counts(&self) -> &[(DenyReason, u32)] {
+        &self.counts[..usize::from(self.len)]
+    }
+
+    /// All refusals counted.
+    pub fn total(&self) -> u64 {
+        self.counts().iter().map(|(_, n)| u64::from(*n)).sum()
+    }
+}
+
+/// Which of a log entry's fields the card took from the request without verifying them
+/// (a bit set per field). The update id and server of a token whose signature did not verify
+/// (an unlisted server the user allowed) are claims, not facts; the IMEI is verified when a
+/// server's token bound it, otherwise it is the device's word. The originator, release,
+/// version and manifest digest are only ever written once a trusted originator's signature
+/// verified; the device time is never trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Unverified(pub u8);
+
+impl Unverified {
+    /// Every field verified.
+    pub const NONE: Unverified = Unverified(0);
+    /// The server id is a claim.
+    pub const SERVER: Unverified = Unverified(1);
+    /// The update id is a claim.
+    pub const UPDATE_ID: Unverified = Unverified(2);
+    /// The IMEI is the device's word (no server token bound it).
+    pub const IMEI: Unverified = Unverified(4);
+    const KNOWN: u8 = 7;
+
+    /// Whether every bit of `other` is set.
+    pub const fn contains(self, other: Unverified) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The union.
+    #[must_use]
+    pub const fn with(self, other: Unverified) -> Unverified {
+        Unverified(self.0 | other.0)
+    }
 }
 
 impl Event {
@@ -236,6 +336,20 @@ impl Event {
             Event::Installed(f) => w.array(2)?.u64(5)?.u64(u64::from(f.0))?,
             Event::Acknowledged(s) => w.array(2)?.u64(6)?.u64(u64::from(s))?,
             Event::AdminApplied(c) => w.array(2)?.u64(7)?.u64(c)?,
+            Event::Refusals(t) => {
+                w.array(4)?.u64(8)?;
+                for v in [t.first_trusted_time, t.first_device_time] {
+                    match v {
+                        Some(v) => w.u64(v)?,
+                        None => w.null()?,
+                    };
+                }
+                w.map(usize::from(t.len))?;
+                for (r, n) in t.counts() {
+                    w.u64(u64::from(r.0))?.u64(u64::from(*n))?;
+                }
+                w
+            }
         };
         Ok(())
     }
@@ -252,7 +366,11 @@ impl Event {
             }
             return Ok((Event::Authorized, true));
         }
-        let want = if matches!(kind, 0 | 3 | 4) { 1 } else { 2 };
+        let want = match kind {
+            0 | 3 | 4 => 1,
+            8 => 4,
+            _ => 2,
+        };
         if n != want {
             return Err(Error::BadCbor { at });
         }
@@ -269,6 +387,41 @@ impl Event {
             5 => Event::Installed(FumoResult::read(r)?),
             6 => Event::Acknowledged(r.u32("ack seq")?),
             7 => Event::AdminApplied(r.u64()?),
+            8 => {
+                let mut times = [None; 2];
+                for t in &mut times {
+                    *t = if r.is_null()? {
+                        r.null()?;
+                        None
+                    } else {
+                        Some(r.u64()?)
+                    };
+                }
+                let mut tally = RefusalTally::new(times[0], times[1]);
+                let mut bad = false;
+                r.map(false, |r, k| {
+                    let code = match k {
+                        Key::Int(c) => u16::try_from(c).ok(),
+                        _ => None,
+                    };
+                    let count = r.u32("refusal count")?;
+                    match code {
+                        Some(code)
+                            if count > 0 && usize::from(tally.len) < RefusalTally::MAX_REASONS =>
+                        {
+                            let i = usize::from(tally.len);
+                            tally.counts[i] = (DenyReason(code), count);
+                            tally.len += 1;
+                        }
+                        _ => bad = true,
+                    }
+                    Ok(true)
+                })?;
+                if bad || tally.len == 0 {
+                    return Err(Error::InvalidField("refusal counts"));
+                }
+                Event::Refusals(tally)
+            }
             _ => return Err(Error::InvalidField("event kind")),
         };
         Ok((event, false))
@@ -307,6 +460,9 @@ pub struct LogEntry {
     /// its policy is "free device" (log only, design R6). Encoded in the event as `[0, true]`;
     /// [`LogEntry::encode`] refuses the flag on any other event.
     pub free_device: bool,
+    /// Which fields the card did not verify. `None` for records written before cards kept
+    /// this mark (13-item records): nothing is known about them.
+    pub unverified: Option<Unverified>,
 }
 
 impl LogEntry {
@@ -331,6 +487,7 @@ impl LogEntry {
             trusted_time: None,
             device_time: None,
             free_device: false,
+            unverified: Some(Unverified::NONE),
         }
     }
 
@@ -338,7 +495,7 @@ impl LogEntry {
     pub fn encode(&self) -> Result<[u8; Self::RECORD_LEN]> {
         let mut rec = [0u8; Self::RECORD_LEN];
         let mut w = Writer::new(&mut rec);
-        w.array(13)?
+        w.array(if self.unverified.is_some() { 14 } else { 13 })?
             .u64(u64::from(self.seq))?
             .bytes(&self.prev_hash.0)?;
         match (self.free_device, self.event) {
@@ -377,6 +534,12 @@ impl LogEntry {
                 None => w.null()?,
             };
         }
+        if let Some(u) = self.unverified {
+            if u.0 & !Unverified::KNOWN != 0 {
+                return Err(Error::InvalidField("unverified marks"));
+            }
+            w.u64(u64::from(u.0))?;
+        }
         let used = w.len();
         let pad = Self::RECORD_LEN - used;
         // Padding bstr: head 0x58 <len> then zeros; pad >= 26 keeps <len> >= 24 (preferred form).
@@ -394,7 +557,10 @@ impl LogEntry {
         }
         let lim = Limits::CARD;
         let mut r = Reader::new(rec, &lim);
-        r.array_n(13)?;
+        let items = r.array()?;
+        if items != 13 && items != 14 {
+            return Err(Error::InvalidField("log record item count"));
+        }
         let seq = r.u32("seq")?;
         let prev_hash = Digest(r.bytes_n("prev hash")?);
         let (event, free_device) = Event::read(&mut r)?;
@@ -418,6 +584,15 @@ impl LogEntry {
         let imei = opt(&mut r, |r| Imei::parse(r.str()?))?;
         let trusted_time = opt(&mut r, |r| r.u64())?;
         let device_time = opt(&mut r, |r| r.u64())?;
+        let unverified = if items == 14 {
+            let v = u8::try_from(r.u64()?)
+                .ok()
+                .filter(|v| v & !Unverified::KNOWN == 0)
+                .ok_or(Error::InvalidField("unverified marks"))?;
+            Some(Unverified(v))
+        } else {
+            None
+        };
         let pad = r.bytes()?;
         if pad.iter().any(|&b| b != 0) || pad.len() < 24 {
             return Err(Error::InvalidField("log record padding"));
@@ -437,6 +612,7 @@ impl LogEntry {
             trusted_time,
             device_time,
             free_device,
+            unverified,
         })
     }
 
