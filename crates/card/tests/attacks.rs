@@ -37,10 +37,6 @@ fn tally(e: &simfota_wire::LogEntry) -> Vec<(DenyReason, u32)> {
     }
 }
 
-fn last_event(w: &World, card: &mut Card) -> Event {
-    w.read_all(card).last().unwrap().event
-}
-
 #[test]
 fn replayed_token() {
     let mut w = World::new();
@@ -939,7 +935,7 @@ fn forged_token_flood_takes_one_record_and_blocks_nothing() {
 fn an_exported_tally_is_never_rewritten() {
     // What a server has read stays as it read it: a refusal after an export starts a new
     // record, and the chain read across both exports holds (no fork at the old head).
-    let mut w = World::new();
+    let w = World::new();
     let mut card = w.default_card();
     let (env, md) = w.package(10);
     let forged = w.token_with(
@@ -980,7 +976,7 @@ fn an_exported_tally_is_never_rewritten() {
 
 #[test]
 fn alternating_refusal_reasons_share_the_open_record() {
-    let mut w = World::new();
+    let w = World::new();
     let mut card = w.default_card();
     let (env, md) = w.package(10);
     let rogue = w.token_with(

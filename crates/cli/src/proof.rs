@@ -98,14 +98,21 @@ fn entry_line(e: &simfota_server::proof::EntrySummary) -> String {
         (None, Some(v)) => parts.push(format!("version {v}")),
         (None, None) => {}
     }
+    // A field the card marked as a claim is shown as one.
+    let claimed = |field: &str| {
+        e.unverified_fields
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|x| x == field))
+    };
+    let tag = |field: &str| if claimed(field) { " (claimed)" } else { "" };
     if let Some(s) = &e.server {
-        parts.push(format!("server {s}"));
+        parts.push(format!("server {s}{}", tag("server_id")));
     }
     if let Some(o) = &e.originator {
         parts.push(format!("originator {o}"));
     }
     if let Some(i) = &e.imei {
-        parts.push(format!("IMEI {i}"));
+        parts.push(format!("IMEI {i}{}", tag("imei")));
     }
     parts.join(" · ")
 }

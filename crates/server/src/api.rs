@@ -195,7 +195,7 @@ fn schemas() -> Value {
             "type": "object",
             "properties": {
                 "seq": {"type": "integer"},
-                "event": {"enum": ["authorized", "denied", "consent", "integrity_ok", "integrity_failed", "installed", "acknowledged", "admin_applied"]},
+                "event": {"enum": ["authorized", "denied", "consent", "integrity_ok", "integrity_failed", "installed", "acknowledged", "admin_applied", "refusals"]},
                 "detail": text,
                 "deny_reason": {"type": ["string", "null"], "description": "refusal name from the card's reason table (user_declined, rollback, ...)"},
                 "deny_code": int,
@@ -206,7 +206,10 @@ fn schemas() -> Value {
                 "fumo_result": int, "trusted_time": int, "device_time": int,
                 "entry_hash": {"type": "string"},
                 "raw": {"type": "string", "description": "the record the card chained, hex"},
-                "verified": {"type": "boolean"}
+                "verified": {"type": "boolean"},
+                "unverified_fields": {"type": ["array", "null"], "items": {"enum": ["server_id", "update_id", "imei"]}, "description": "fields the card took from the request without verifying them (claims); null for records written before cards marked them"},
+                "refusal_counts": {"type": "array", "items": {"type": "object", "properties": {"reason": {"type": "string"}, "code": {"type": "integer"}, "count": {"type": "integer"}}}, "description": "for refusals: requests nothing authenticated, counted by reason"},
+                "first_trusted_time": int, "first_device_time": int
             }
         },
         "ProofBundle": {

@@ -18,7 +18,7 @@
 use serde::Serialize;
 use simfota_wire::{
     DenyReason, Digest, Event, Limits, LogAck, LogEntry, LogReadRequest, Nonce, PublicKey,
-    ServerId, open_export,
+    RefusalTally, ServerId, Unverified, open_export,
 };
 
 use crate::AppState;
@@ -55,7 +55,35 @@ pub fn event_text(e: &LogEntry) -> String {
         Event::Installed(f) => format!("installed({})", f.0),
         Event::Acknowledged(n) => format!("acknowledged({n})"),
         Event::AdminApplied(c) => format!("admin_applied({c})"),
+        Event::Refusals(t) => format!("refusals({})", refusal_counts_text(&t, "=", ",")),
     }
+}
+
+/// A tally's counts as `name{eq}count` joined by `sep` (`token_signature=80,malformed=5`).
+pub fn refusal_counts_text(t: &RefusalTally, eq: &str, sep: &str) -> String {
+    t.counts()
+        .iter()
+        .map(|(r, n)| format!("{}{eq}{n}", deny_reason_name(*r)))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// The names of the fields a record marks as claims the card did not verify (`server_id`,
+/// `update_id`, `imei`), in that order; `None` for a record written before the marks.
+pub fn unverified_fields(e: &LogEntry) -> Option<Vec<&'static str>> {
+    let u = e.unverified?;
+    let fields = [
+        (Unverified::SERVER, "server_id"),
+        (Unverified::UPDATE_ID, "update_id"),
+        (Unverified::IMEI, "imei"),
+    ];
+    Some(
+        fields
+            .into_iter()
+            .filter(|(bit, _)| u.contains(*bit))
+            .map(|(_, name)| name)
+            .collect(),
+    )
 }
 
 fn wire_err(e: simfota_wire::Error) -> ServerError {
@@ -433,8 +461,23 @@ fn describe(e: &LogEntry) -> Described {
             d.detail = Some(format!("counter {c}"));
             "admin_applied"
         }
+        Event::Refusals(t) => {
+            d.detail = Some(refusal_counts_text(&t, " × ", ", "));
+            "refusals"
+        }
     };
     d
+}
+
+/// A reason counted in a refusal tally, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusalCount {
+    /// The refusal's name from the card's reason table.
+    pub reason: String,
+    /// The code as the card logged it.
+    pub code: i64,
+    /// How many such refusals the record counts.
+    pub count: i64,
 }
 
 /// A stored entry as the API shows it.
@@ -479,6 +522,15 @@ pub struct StoredEntry {
     pub raw: String,
     /// Entries only reach this table after verification.
     pub verified: bool,
+    /// Fields the card took from the request without verifying them (claims, not facts):
+    /// `server_id`, `update_id`, `imei`. `None` for a record written before cards marked them.
+    pub unverified_fields: Option<Vec<String>>,
+    /// For `refusals`: the refusals the record counts, by reason.
+    pub refusal_counts: Vec<RefusalCount>,
+    /// For `refusals`: the card's trusted time at the first refusal counted (s).
+    pub first_trusted_time: Option<i64>,
+    /// For `refusals`: the device-reported time of the first refusal counted (s), not trusted.
+    pub first_device_time: Option<i64>,
 }
 
 /// The stored log of a card, oldest first.
@@ -491,6 +543,14 @@ pub async fn entries(state: &AppState, iccid: &str) -> Result<Vec<StoredEntry>> 
     .await?;
     rows.iter()
         .map(|r| {
+            // The marks and tallies are read from the record the card chained.
+            let raw = r.bytes("raw")?;
+            let decoded = LogEntry::decode(&raw).ok();
+            let tally = match decoded.as_ref().map(|e| e.event) {
+                Some(Event::Refusals(t)) => Some(t),
+                _ => None,
+            };
+            let as_i64 = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
             Ok(StoredEntry {
                 seq: r.i64("seq")?,
                 event: r.text("event")?,
@@ -512,8 +572,23 @@ pub async fn entries(state: &AppState, iccid: &str) -> Result<Vec<StoredEntry>> 
                 trusted_time: r.opt_i64("trusted_time")?,
                 device_time: r.opt_i64("device_time")?,
                 entry_hash: hex::encode(r.bytes("entry_hash")?),
-                raw: hex::encode(r.bytes("raw")?),
+                raw: hex::encode(&raw),
                 verified: true,
+                unverified_fields: decoded
+                    .as_ref()
+                    .and_then(unverified_fields)
+                    .map(|f| f.into_iter().map(str::to_owned).collect()),
+                refusal_counts: tally
+                    .iter()
+                    .flat_map(|t| t.counts().iter().copied())
+                    .map(|(r, n)| RefusalCount {
+                        reason: deny_reason_name(r).to_owned(),
+                        code: i64::from(r.0),
+                        count: i64::from(n),
+                    })
+                    .collect(),
+                first_trusted_time: as_i64(tally.and_then(|t| t.first_trusted_time)),
+                first_device_time: as_i64(tally.and_then(|t| t.first_device_time)),
             })
         })
         .collect()

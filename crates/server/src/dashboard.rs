@@ -219,6 +219,30 @@ impl LogRow {
             }
             (None, None) => e.detail.unwrap_or_default(),
         };
+        let claimed = |field: &str| {
+            e.unverified_fields
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|x| x == field))
+        };
+        // A claim the card did not verify is shown as such, never as a fact.
+        let mark = |v: Option<String>, field: &str| match v {
+            Some(v) if claimed(field) => format!("{v} (claimed, unverified)"),
+            v => v.unwrap_or_default(),
+        };
+        let server = mark(e.server_id.clone(), "server_id");
+        let imei = mark(e.imei.clone(), "imei");
+        let details = if e.refusal_counts.is_empty() {
+            details
+        } else {
+            format!(
+                "refusals counted: {}",
+                e.refusal_counts
+                    .iter()
+                    .map(|c| format!("{} × {}", c.count, c.reason))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         let release = [e.release_name, e.release_version]
             .into_iter()
             .flatten()
@@ -229,8 +253,8 @@ impl LogRow {
             event: e.event,
             details,
             release,
-            server: e.server_id.unwrap_or_default(),
-            imei: e.imei.unwrap_or_default(),
+            server,
+            imei,
             result: e.fumo_result.map(|r| r.to_string()).unwrap_or_default(),
         }
     }

@@ -84,6 +84,10 @@ pub struct EntrySummary {
     pub imei: Option<String>,
     /// FUMO result of an install.
     pub fumo_result: Option<u16>,
+    /// Fields the card marked as claims it did not verify (`server_id`, `update_id`, `imei`);
+    /// absent for records written before cards marked them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified_fields: Option<Vec<String>>,
 }
 
 impl EntrySummary {
@@ -111,6 +115,8 @@ impl EntrySummary {
                 Event::Installed(f) => Some(f.0),
                 _ => None,
             },
+            unverified_fields: crate::cardlog::unverified_fields(e)
+                .map(|f| f.into_iter().map(str::to_owned).collect()),
         }
     }
 }

@@ -202,8 +202,28 @@ fn log_entry_fixed_records() {
     big.device_time = Some(u64::MAX);
     let rec = big.encode().unwrap();
     assert_eq!(LogEntry::decode(&rec).unwrap(), big);
-    // 255 bytes of fields, then the pad: head 0x58 with 31 zero bytes (docs/formats.md §5).
-    assert_eq!(&rec[255..257], &[0x58, 31]);
+    // 256 bytes of fields, then the pad: head 0x58 with 30 zero bytes (docs/formats.md §5).
+    assert_eq!(&rec[256..258], &[0x58, 30]);
+    // The largest refusal tally (every reason slot, every count at its maximum) fits too.
+    let mut tally = simfota_wire::RefusalTally::new(Some(u64::MAX), Some(u64::MAX));
+    for code in 0..simfota_wire::RefusalTally::MAX_REASONS as u16 {
+        assert!(tally.add(simfota_wire::DenyReason(0x100 + code)));
+    }
+    assert!(!tally.add(simfota_wire::DenyReason(1)), "no 17th reason");
+    let mut max = LogEntry::new(u32::MAX, Digest([0xff; 32]), Event::Refusals(tally));
+    max.imei = big.imei;
+    max.trusted_time = Some(u64::MAX);
+    max.device_time = Some(u64::MAX);
+    max.unverified = Some(simfota_wire::Unverified::IMEI);
+    let rec = max.encode().unwrap();
+    assert_eq!(LogEntry::decode(&rec).unwrap(), max);
+    // A record written before the unverified marks (13 items) still decodes, as such, and
+    // encodes back to the same bytes.
+    let mut old = sample_entry(4, Digest([2; 32]));
+    old.unverified = None;
+    let rec = old.encode().unwrap();
+    assert_eq!(rec[0], 0x8D);
+    assert_eq!(LogEntry::decode(&rec).unwrap(), old);
     let mut bad = rec;
     bad[LogEntry::RECORD_LEN - 1] = 1;
     assert_eq!(
