@@ -15,16 +15,20 @@
 //! | 4 | token ICCID = this card's | `WrongCard` |
 //! | 5 | token IMEI = the IMEI bound at session open | `WrongDevice` |
 //! | 6 | token `exp` after the trusted time (max of stored time and this token's `iat`), `iat` not after `exp`, `nbf` (if any) not after the trusted time | `TokenExpired`, `TokenNotYetValid` |
-//! | 7 | manifest signer is a trusted originator, and its signature verifies | `OriginatorUnknown`, `ManifestSignature` |
+//! | 7 | manifest signer is a trusted originator, its signature verifies, and the card processes every SUIT command in it | `OriginatorUnknown`, `ManifestSignature`, `ManifestUnsupported` |
 //! | 8 | manifest digest = token's | `ManifestMismatch` |
 //! | 9 | vendor-id/class-id allowed by the policy | `ClassNotAllowed` |
 //! | 10 | manifest sequence number > installed one | `Rollback` |
 //! | 11 | card-digest mode: image size within the policy's cap | `SizeMismatch` |
 //!
 //! Through an unauthorized server (step 1 fails, policy other than "refuse"), steps 2-6 and
-//! 8 do not apply (nothing in the token can be trusted) but 7, 9, 10, 11 and the later
-//! integrity check do. Every decision, allowed or refused, is one log entry, written in the
-//! same transaction as its effects (trusted time, pending update).
+//! 8 do not apply (nothing in the token can be trusted: its names are logged as claims) but
+//! 7, 9, 10, 11 and the later integrity check do, within a budget of [`UNVERIFIED_BUDGET`]
+//! such updates between acknowledgements (`UnverifiedBudget`). Every decision is recorded in
+//! the same transaction as its effects (trusted time, pending update): an authorization, or a
+//! refusal of a listed server's fresh token (signature and nonce verified), as a log entry of
+//! its own; any other refusal counted in the open refusal tally, naming nothing from the
+//! request (docs/card.md, "What no device can do to the log").
 
 use minicbor::Encoder;
 use minicbor::encode::write::Cursor;

@@ -609,7 +609,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
-        assert_eq!(deny_reason_name(DenyReason(0x13)), "unknown");
+        assert_eq!(deny_reason_name(DenyReason(0x16)), "unknown");
     }
 
     #[test]
@@ -634,5 +634,28 @@ mod tests {
         let e = LogEntry::new(2, Digest::default(), Event::Consent { pin_verified: true });
         assert_eq!(event_text(&e), "consent(pin_verified=true)");
         assert_eq!(describe(&e).consent_pin, Some(1));
+    }
+
+    #[test]
+    fn tallies_and_claims_read_as_such() {
+        let mut t = RefusalTally::new(None, Some(5));
+        for _ in 0..80 {
+            t.add(DenyReason::TOKEN_SIGNATURE);
+        }
+        t.add(DenyReason::MALFORMED);
+        let e = LogEntry::new(3, Digest::default(), Event::Refusals(t));
+        assert_eq!(event_text(&e), "refusals(token_signature=80,malformed=1)");
+        let d = describe(&e);
+        assert_eq!(d.event, "refusals");
+        assert_eq!(
+            d.detail.as_deref(),
+            Some("token_signature × 80, malformed × 1")
+        );
+        assert_eq!(unverified_fields(&e), Some(vec![]));
+        let mut e = LogEntry::new(4, Digest::default(), Event::Authorized);
+        e.unverified = Some(Unverified::SERVER.with(Unverified::IMEI));
+        assert_eq!(unverified_fields(&e), Some(vec!["server_id", "imei"]));
+        e.unverified = None;
+        assert_eq!(unverified_fields(&e), None);
     }
 }

@@ -1209,7 +1209,19 @@ async fn dashboard(env: Env) {
         .collect();
     assert_eq!(
         events,
-        ["denied", "authorized", "integrity_ok", "installed"]
+        ["refusals", "authorized", "integrity_ok", "installed"]
+    );
+    // The unlisted server's attempt is counted, naming nothing the card did not verify.
+    let refusals = &log["entries"][0];
+    assert_eq!(refusals["server_id"], serde_json::Value::Null);
+    assert_eq!(
+        refusals["refusal_counts"][0]["reason"],
+        "server_not_authorized"
+    );
+    assert_eq!(refusals["refusal_counts"][0]["count"], 1);
+    assert_eq!(
+        log["entries"][1]["unverified_fields"],
+        serde_json::json!([])
     );
     let installed = &log["entries"][3];
     assert_eq!(installed["release_name"], "fw");
@@ -1229,10 +1241,7 @@ async fn dashboard(env: Env) {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        bundle.entries[0].deny_reason.as_deref(),
-        Some("server_not_authorized")
-    );
+    assert_eq!(bundle.entries[0].event, "refusals(server_not_authorized=1)");
     let proven = simfota_server::proof::verify(&bundle, &PublicKey::from(&env.issuer)).unwrap();
     assert_eq!(
         proven.events,
@@ -1242,7 +1251,7 @@ async fn dashboard(env: Env) {
     assert_eq!(proven.entries[2].release.as_deref(), Some("fw"));
     // A bundle whose decoded entries do not match its records is refused.
     let mut lying = bundle.clone();
-    lying.entries[0].deny_reason = Some("user_declined".into());
+    lying.entries[0].event = "refusals(user_declined=1)".into();
     assert!(simfota_server::proof::verify(&lying, &PublicKey::from(&env.issuer)).is_err());
 
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard");
@@ -1283,9 +1292,9 @@ async fn dashboard(env: Env) {
         row.contains(">fw 2.0<") && row.contains(">simfota<") && row.contains(">200<"),
         "{row}"
     );
-    let row = row_with(&dom, "denied");
+    let row = row_with(&dom, "refusals");
     assert!(
-        row.contains(">refused: server_not_authorized<") && row.contains(">rogue<"),
+        row.contains(">refusals counted: 1 × server_not_authorized<") && !row.contains("rogue"),
         "{row}"
     );
     assert_eq!(dom.matches(">verified<").count(), 4, "{dom}");
@@ -1411,7 +1420,7 @@ fn test_envelope(env: &Env, img: &[u8], sequence: u64) -> Vec<u8> {
 }
 
 /// `n` update attempts through a server the card does not list: each one is refused by the
-/// card (policy Refuse) and logged as a `denied` entry.
+/// card (policy Refuse) and counted in the card's open refusal tally.
 fn unlisted_server_attempts(env: &Env, card: &RealCard, imei: &str, n: u8) {
     let rogue = SigningKey::random(&mut rand_core::OsRng);
     let envelope = test_envelope(env, &[5u8; 100], 3);
@@ -1440,6 +1449,38 @@ fn unlisted_server_attempts(env: &Env, card: &RealCard, imei: &str, n: u8) {
     }
 }
 
+/// `n` refusals of the server's own fresh tokens naming another card: each one a log entry
+/// of its own (a listed server's fresh token is what the card logs one by one).
+fn wrong_card_attempts(s: &Server, card: &RealCard, imei: &str, n: u8) {
+    let key = s.running.state().keys.server.clone();
+    let mut c = card.lock().unwrap();
+    for i in 0..n {
+        let nonce = c.get_nonce().unwrap();
+        let token = DeliveryToken {
+            iss: simfota_wire::ServerId::new("simfota").unwrap(),
+            iat: 1_700_000_000,
+            exp: 1_800_000_000,
+            cti: UpdateId::new(&[0xAA, i]).unwrap(),
+            nonce,
+            iccid: (0..10)
+                .map(|d| format!("8988211000000000002{d}"))
+                .find_map(|s| Iccid::parse(&s).ok())
+                .unwrap(),
+            imei: simfota_wire::Imei::parse(imei).unwrap(),
+            manifest_digest: Digest([0; 32]),
+            nbf: None,
+            charging_ref: None,
+        }
+        .to_vec(&key)
+        .unwrap();
+        let err = c.authorize(&token, b"-").unwrap_err();
+        assert_eq!(
+            err.reason(),
+            Some(simfota_cardlink::card::Reason::WrongCard)
+        );
+    }
+}
+
 async fn count(s: &Server, sql: &str) -> i64 {
     use sqlx::Row as _;
     sqlx::query(sql)
@@ -1457,7 +1498,7 @@ async fn card_log_pages(env: Env) {
     let mut dev = device_with_card(&env, 31, Encoding::Wbxml, &card);
     dev.register(&s).await;
     // 45 entries: 12 pages of the applet's 4 records.
-    unlisted_server_attempts(&env, &card, &imei, 45);
+    wrong_card_attempts(&s, &card, &imei, 45);
 
     // One session reads the whole log, page after page, each page acknowledged.
     let ev = dev.session(&[&s.url], 1).await;
@@ -1469,10 +1510,13 @@ async fn card_log_pages(env: Env) {
     for (i, e) in entries.iter().enumerate() {
         assert_eq!(e["seq"], i as i64);
         assert_eq!(e["event"], "denied");
-        assert_eq!(e["deny_reason"], "server_not_authorized");
-        assert_eq!(e["deny_code"], 1);
-        assert_eq!(e["server_id"], "rogue");
+        assert_eq!(e["deny_reason"], "wrong_card");
+        assert_eq!(e["deny_code"], 5);
+        assert_eq!(e["server_id"], "simfota");
         assert_eq!(e["imei"], imei.as_str());
+        // The server's signed token named these (the IMEI: refused before the card compared
+        // it, so it stays the device's word).
+        assert_eq!(e["unverified_fields"], serde_json::json!(["imei"]));
         // The chain runs unbroken across page boundaries.
         let raw: [u8; LogEntry::RECORD_LEN] = hex::decode(e["raw"].as_str().unwrap())
             .unwrap()
@@ -1506,7 +1550,7 @@ async fn card_log_pages(env: Env) {
     assert_eq!(log["card"]["servers"][0]["id"], "simfota");
 
     // Later entries continue the stored chain in the next session; nothing is stored twice.
-    unlisted_server_attempts(&env, &card, &imei, 6);
+    wrong_card_attempts(&s, &card, &imei, 6);
     dev.session(&[&s.url], 2).await;
     let log = s.json(&format!("/api/v1/cards/{ICCID}/log")).await;
     assert_eq!(log["entries"].as_array().unwrap().len(), 51);

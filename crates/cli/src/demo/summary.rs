@@ -188,6 +188,9 @@ pub struct LogRow {
     pub reason: Option<String>,
     /// For `denied`: the reason code.
     pub reason_code: Option<u16>,
+    /// For `refusals`: the refusals the card counted (nothing authenticated them), by reason
+    /// name, with their count.
+    pub counted: Vec<(String, u32)>,
     /// For `consent`: whether the PIN was verified.
     pub pin_verified: Option<bool>,
     /// For `installed`: the FUMO result.
@@ -226,8 +229,16 @@ pub fn log_row(v: &Value) -> LogRow {
     let raw = v["raw"].as_str().and_then(|h| hex::decode(h).ok());
     let entry = raw.as_deref().and_then(|r| LogEntry::decode(r).ok());
     let (mut reason, mut reason_code, mut pin_verified, mut fumo) = (None, None, None, None);
+    let mut counted = Vec::new();
     if let Some(e) = &entry {
         match e.event {
+            Event::Refusals(t) => {
+                counted = t
+                    .counts()
+                    .iter()
+                    .map(|(r, n)| (reason_name(r.0), *n))
+                    .collect();
+            }
             Event::Denied(r) => {
                 reason = Some(reason_name(r.0));
                 reason_code = Some(r.0);
@@ -245,6 +256,7 @@ pub fn log_row(v: &Value) -> LogRow {
         event: v["event"].as_str().unwrap_or("?").to_owned(),
         reason,
         reason_code,
+        counted,
         pin_verified,
         fumo_result: fumo,
         update_id: v["update_id"].as_str().map(str::to_owned),
@@ -324,11 +336,17 @@ pub fn check_step(run: &StepRun, job: Option<&Value>, log: &[LogRow]) -> (Update
                     fumo.map_or("no result".to_owned(), |c| format!("FUMO {c}"))
                 ));
             }
-            if !has("denied", &|e| {
+            // A refusal of a listed server's fresh token is an entry of its own; one nothing
+            // authenticated (a replay) is counted in a refusal tally.
+            let denied = has("denied", &|e| {
                 e.reason.as_deref().is_some_and(|r| reasons.contains(&r))
-            }) {
+            });
+            let counted = has("refusals", &|e| {
+                e.counted.iter().any(|(r, _)| reasons.contains(&r.as_str()))
+            });
+            if !denied && !counted {
                 bad.push(format!(
-                    "no `denied` entry with reason {} in the card log",
+                    "no `denied` entry or counted refusal with reason {} in the card log",
                     reasons.join(" or ")
                 ));
             }
@@ -485,7 +503,14 @@ pub fn print(out: &Out, s: &Summary) {
         "verified"
     ));
     for e in &s.card_log.entries {
+        let counted = e
+            .counted
+            .iter()
+            .map(|(r, n)| format!("{r}×{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         let detail = match (&e.reason, e.pin_verified, e.fumo_result) {
+            _ if !counted.is_empty() => counted,
             (Some(r), _, _) => r.clone(),
             (_, Some(true), _) => "PIN verified".to_owned(),
             (_, Some(false), _) => "confirmed, no PIN".to_owned(),
@@ -567,6 +592,7 @@ mod tests {
             event: event.into(),
             reason: None,
             reason_code: None,
+            counted: Vec::new(),
             pin_verified: None,
             fumo_result: None,
             update_id: None,

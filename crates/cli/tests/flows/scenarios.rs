@@ -176,6 +176,46 @@ pub fn assert_denied(log: &[Logged], update_id: &str, reason: DenyReason) {
     );
 }
 
+/// How many refusals with `reason` the verified refusal tallies of the log count (refusals
+/// nothing authenticated are counted, not logged one by one).
+pub fn counted(log: &[Logged], reason: DenyReason) -> u64 {
+    log.iter()
+        .filter(|e| e.verified)
+        .filter_map(|e| match e.entry.event {
+            Event::Refusals(t) => Some(t),
+            _ => None,
+        })
+        .flat_map(|t| t.counts().to_vec())
+        .filter(|(r, _)| *r == reason)
+        .map(|(_, n)| u64::from(n))
+        .sum()
+}
+
+/// Asserts that the card counted at least `n` refusals with `reason` (verified by the
+/// server), that no tally names a server or an update (nothing in them was verified), and
+/// that the unauthenticated update left no decision naming it.
+#[track_caller]
+pub fn assert_counted(log: &[Logged], update_id: &str, reason: DenyReason, n: u64) {
+    assert!(
+        counted(log, reason) >= n,
+        "fewer than {n} counted refusals {}: {log:#?}",
+        reason.0
+    );
+    for e in log {
+        if matches!(e.entry.event, Event::Refusals(_)) {
+            assert_eq!(
+                (e.entry.server, e.entry.update_id),
+                (None, None),
+                "a tally names what nothing verified: {e:#?}"
+            );
+        }
+    }
+    assert!(
+        of_update(log, update_id).is_empty(),
+        "the unauthenticated update {update_id} is named in the log: {log:#?}"
+    );
+}
+
 fn job_update_id(server: &Server, campaign: i64) -> String {
     server.job(campaign, IMEI)["update_id"]
         .as_str()
@@ -464,21 +504,23 @@ pub fn unauthorized_server(test: &str, cell: Cell, policy: Unauthorized) {
     }
     // The operator's server reads the card log: the decision on the rogue server's update.
     let log = read_log(&s.op, &s.dev, &s.card, |l| {
-        !of_update(l, &update).is_empty()
-            && of_update(l, &update)
+        counted(l, DenyReason::SERVER_NOT_AUTHORIZED) > 0
+            || of_update(l, &update)
                 .iter()
                 .any(|e| matches!(e.entry.event, Event::Denied(_) | Event::Installed(_)))
     });
     let entries = of_update(&log, &update);
     assert!(entries.iter().all(|e| e.verified));
-    assert!(
-        entries
-            .iter()
-            .all(|e| e.entry.server.map(|x| x.as_str().to_owned()) == Some(ROGUE_ID.to_owned()))
-    );
+    // The rogue server's name is logged only as the claim it is.
+    assert!(entries.iter().all(|e| {
+        e.entry.server.map(|x| x.as_str().to_owned()) == Some(ROGUE_ID.to_owned())
+            && e.entry
+                .unverified
+                .is_some_and(|u| u.contains(simfota_wire::Unverified::SERVER))
+    }));
     match policy {
         Unauthorized::Refuse => {
-            assert_denied(&log, &update, DenyReason::SERVER_NOT_AUTHORIZED);
+            assert_counted(&log, &update, DenyReason::SERVER_NOT_AUTHORIZED, 1);
         }
         Unauthorized::Confirm | Unauthorized::ConfirmWithPin => {
             let pin = policy == Unauthorized::ConfirmWithPin;
@@ -908,21 +950,42 @@ pub fn token_attacks(test: &str, cell: Cell) {
     assert_eq!(s.dev.firmware(), "2.0");
     assert_eq!(installed_sequence(&s.card), 2);
     *mode.lock().unwrap() = TokenMode::Capture;
+    // A listed server's fresh token refused (another device, card, expired) is an entry of
+    // its own; a replay, a forged signature and an unlisted server are refusals nothing
+    // authenticated: counted, naming nothing from the token.
+    let own_entry = |r: DenyReason| {
+        matches!(
+            r,
+            DenyReason::WRONG_DEVICE | DenyReason::WRONG_CARD | DenyReason::TOKEN_EXPIRED
+        )
+    };
     let log = read_log(&s.op, &s.dev, &s.card, |l| {
-        l.iter()
-            .filter(|e| matches!(e.entry.event, Event::Denied(_)))
-            .count()
-            >= cases.len()
+        cases.iter().all(|c| own_entry(c.2) || counted(l, c.2) > 0)
+            && l.iter()
+                .filter(|e| matches!(e.entry.event, Event::Denied(_)))
+                .count()
+                >= 3
     });
     let denied: Vec<Event> = log
         .iter()
         .filter(|e| matches!(e.entry.event, Event::Denied(_)))
         .map(|e| e.entry.event)
         .collect();
-    let want: Vec<Event> = cases.iter().map(|c| Event::Denied(c.2)).collect();
+    let want: Vec<Event> = cases
+        .iter()
+        .filter(|c| own_entry(c.2))
+        .map(|c| Event::Denied(c.2))
+        .collect();
     assert_eq!(denied, want, "{log:#?}");
-    for ((_, _, reason, _), update) in cases.iter().zip(&updates).skip(1) {
-        assert_denied(&log, update, *reason);
+    for ((m, _, reason, _), update) in cases.iter().zip(&updates) {
+        if own_entry(*reason) {
+            assert_denied(&log, update, *reason);
+        } else if *m != TokenMode::Replay {
+            // (The replayed token's update id is the first update's, which the log names.)
+            assert_counted(&log, update, *reason, 1);
+        } else {
+            assert!(counted(&log, *reason) >= 1, "{log:#?}");
+        }
     }
 }
 
@@ -1377,9 +1440,9 @@ pub fn forged_result(test: &str, cell: Cell) {
     let update = job_update_id(&s.op, c);
     state.lock().unwrap().forge = false;
     let log = read_log(&s.op, &s.dev, &s.card, |l| {
-        !of_update(l, &update).is_empty()
+        counted(l, DenyReason::SERVER_NOT_AUTHORIZED) > 0
     });
-    assert_denied(&log, &update, DenyReason::SERVER_NOT_AUTHORIZED);
+    assert_counted(&log, &update, DenyReason::SERVER_NOT_AUTHORIZED, 1);
     assert_eq!(installed_sequence(&s.card), 2);
 }
 
@@ -1502,11 +1565,12 @@ pub fn pin_brute_force(test: &str, cell: Cell) {
         matches!(tries, simfota_cardlink::client::PinStatus::Blocked),
         "{tries:?}"
     );
+    let n = updates.len() as u64;
     let log = read_log(&s.op, &s.dev, &s.card, |l| {
-        updates.iter().all(|u| !of_update(l, u).is_empty())
+        counted(l, DenyReason::USER_DECLINED) >= n
     });
     for u in &updates {
-        assert_denied(&log, u, DenyReason::USER_DECLINED);
+        assert_counted(&log, u, DenyReason::USER_DECLINED, n);
     }
     s.card.remove();
 }
@@ -1518,14 +1582,35 @@ pub fn log_full(test: &str, cell: Cell) {
     let Some(mut s) = setup(test, cell, &Opts::default()) else {
         return;
     };
+    let server_key = signing_key(&s.op.key.0);
     let filled = s.card.in_hand(|c| {
+        use simfota_wire::{DeliveryToken, Digest, Iccid, Imei, ServerId, UpdateId};
         c.select().unwrap();
-        c.bind_terminal(&simfota_wire::Imei::parse(IMEI).unwrap())
-            .unwrap();
-        let mut n = 0;
-        while c.card_info().unwrap().log_free > 2 {
-            // A request that does not decode: refused and logged (reason Malformed).
+        c.bind_terminal(&Imei::parse(IMEI).unwrap()).unwrap();
+        // A flood of requests nothing authenticates (they do not even decode) takes one
+        // record: the device alone cannot fill the log.
+        for _ in 0..200 {
             let _ = c.authorize(b"x", b"y");
+        }
+        assert_eq!(c.card_info().unwrap().log_free, 63);
+        // Refusals of the listed server's own fresh tokens each take an entry: a server that
+        // keeps sending tokens for another card fills the log.
+        let mut n = 1;
+        while c.card_info().unwrap().log_free > 2 {
+            let nonce = c.get_nonce().unwrap();
+            let token = DeliveryToken {
+                iss: ServerId::new(SERVER_ID).unwrap(),
+                iat: 1_790_000_000,
+                exp: 1_790_003_600,
+                nbf: None,
+                cti: UpdateId::new(&[0xF1, n as u8]).unwrap(),
+                nonce,
+                iccid: Iccid::parse(&other_iccid()).unwrap(),
+                imei: Imei::parse(IMEI).unwrap(),
+                manifest_digest: Digest([0; 32]),
+                charging_ref: None,
+            };
+            let _ = c.authorize(&token.to_vec(&server_key).unwrap(), b"y");
             n += 1;
         }
         n
@@ -1541,11 +1626,12 @@ pub fn log_full(test: &str, cell: Cell) {
     let log = read_log(&s.op, &s.dev, &s.card, |l| l.len() >= filled);
     assert_eq!(log[0].seq, 0);
     assert!(log.iter().all(|e| e.verified));
+    assert_eq!(counted(&log[..1], DenyReason::MALFORMED), 200);
     assert_eq!(
         log.iter()
-            .filter(|e| e.entry.event == Event::Denied(DenyReason::MALFORMED))
+            .filter(|e| e.entry.event == Event::Denied(DenyReason::WRONG_CARD))
             .count(),
-        filled
+        filled - 1
     );
     // Acknowledged, the space is free again: the next campaign installs.
     let c = s.op.campaign(pkg);
