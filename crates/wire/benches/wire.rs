@@ -11,7 +11,7 @@ use simfota_wire::suit::Envelope;
 use simfota_wire::*;
 
 fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/test-vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
 }
 
 fn key(label: u8) -> SigningKey {

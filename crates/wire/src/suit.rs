@@ -12,16 +12,30 @@
 //! 4. every severable member present in the envelope matches the digest the manifest keeps for
 //!    it (draft §8.4.11); a member severed away is simply absent;
 //! 5. an integrated payload the manifest points to (`uri` "#name", draft §7.5) matches the
-//!    signed image digest and size.
+//!    signed image digest and size (checked after step 6, which decides the uri);
+//! 6. the command sequences are processed as draft §6 and §8.4.5-§8.4.10 define them, at
+//!    authorization time (private fn `process`): the shared sequence before each of
+//!    dependency-resolution, payload-fetch, install, validate, load and invoke, every try-each
+//!    option and run-sequence included. A command, condition, parameter or argument this
+//!    processor does not implement, or a manifest that does not describe exactly one image
+//!    the card can authorize, is refused with [`Error::UnsupportedSuit`] (draft §8.4.6: such a
+//!    manifest must not be processed). Implemented: conditions vendor-id, class-id and
+//!    image-match; directives set-component-index, try-each, override-parameters, fetch, copy,
+//!    invoke and run-sequence; parameters vendor-id, class-id, image-digest, image-size, uri,
+//!    source-component and simfota's own negative ones below.
 //!
-//! The fields simfota reads come from the parameters the command sequences set (draft §8.4.8):
-//! the first vendor-id, class-id, image-digest, image-size and uri seen, walking the common
-//! shared sequence, then install, then payload-fetch (into try-each and run-sequence). Delta
-//! packages carry the digest of the image they apply to in a custom parameter,
-//! [`PARAM_PRECURSOR_DIGEST`] (draft §8.4.8.1 allows negative-integer custom parameters), and
-//! the digest and size of the delta itself in [`PARAM_PAYLOAD_DIGEST`] / [`PARAM_PAYLOAD_SIZE`].
-//! Release name and version come from the text member (draft §8.4.4): the manifest-level
-//! `manifest-description` (1) and the first component's `component-version` (6).
+//! The fields simfota reports are the parameters of the component the install sequence
+//! writes, as they are when its fetch or copy runs (override-parameters replaces, draft
+//! §8.4.10.4; parameters are per component, §8.4.8). Delta packages carry the digest of the
+//! image they apply to in a custom parameter, [`PARAM_PRECURSOR_DIGEST`] (negative numbers are
+//! custom parameters, draft §8.4.8), and the digest and size of the delta itself in
+//! [`PARAM_PAYLOAD_DIGEST`] / [`PARAM_PAYLOAD_SIZE`]. Release name and version come from the
+//! text member (draft §8.4.4): the manifest-level `manifest-description` (1) and the first
+//! component's `component-version` (6).
+//!
+//! Not done here: conditions on device state (component slot, current image, device id) and
+//! dependencies on other manifests are refused rather than evaluated; image-match on the
+//! installed image is the integrity check the card performs itself against the reported digest.
 
 use crate::cbor::{Key, Reader};
 use crate::cose::{CoseSign1, PublicKey, Verified};
@@ -434,7 +448,7 @@ impl<'a> Envelope<'a> {
                 key::COMMON => common = Some(r.bytes()?),
                 key::REFERENCE_URI => m.reference_uri = Some(r.str()?),
                 // The manifest's own component id only matters to a dependent manifest
-                // (draft §8.4.?); simfota processes no dependencies, so it is not read.
+                // (draft-ietf-suit-trust-domains); simfota processes no dependencies, so it is not read.
                 key::MANIFEST_COMPONENT_ID => return Ok(false),
                 // Unseverable sequences (draft §8.4.6): always inline.
                 key::VALIDATE => validate = Some(r.bytes()?),
@@ -908,10 +922,9 @@ impl<'a> Machine<'a> {
                 // The payload is what payload-fetch brought into the source component; a copy
                 // does not transform it, so a different signed digest there cannot both hold.
                 let src = self.fetched[s];
-                if let Some(f) = src {
-                    if f.image_digest.is_some() && f.image_digest != p.image_digest {
-                        return Err(refuse("copy source digest differs from the image", code));
-                    }
+                if src.is_some_and(|f| f.image_digest.is_some() && f.image_digest != p.image_digest)
+                {
+                    return Err(refuse("copy source digest differs from the image", code));
                 }
                 self.install(c, p, src.and_then(|f| f.uri), code)
             }
