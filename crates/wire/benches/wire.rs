@@ -11,7 +11,7 @@ use simfota_wire::suit::Envelope;
 use simfota_wire::*;
 
 fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/test-vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
 }
 
 fn key(label: u8) -> SigningKey {
@@ -60,7 +60,9 @@ fn suit_examples(c: &mut Criterion) {
         g.bench_function(format!("example{i}"), |b| {
             b.iter(|| {
                 let e = Envelope::decode(black_box(&bytes), &Limits::DEFAULT).unwrap();
-                black_box(e.verify(&key).unwrap().sequence)
+                // Examples 3 and 5 are refused after their signature verifies (A/B slots, two
+                // images): the same work, measured up to the refusal.
+                black_box(e.verify_as_signer(&key).map(|m| m.sequence).ok())
             })
         });
     }

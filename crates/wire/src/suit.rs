@@ -12,16 +12,30 @@
 //! 4. every severable member present in the envelope matches the digest the manifest keeps for
 //!    it (draft §8.4.11); a member severed away is simply absent;
 //! 5. an integrated payload the manifest points to (`uri` "#name", draft §7.5) matches the
-//!    signed image digest and size.
+//!    signed image digest and size (checked after step 6, which decides the uri);
+//! 6. the command sequences are processed as draft §6 and §8.4.5-§8.4.10 define them, at
+//!    authorization time (private fn `process`): the shared sequence before each of
+//!    dependency-resolution, payload-fetch, install, validate, load and invoke, every try-each
+//!    option and run-sequence included. A command, condition, parameter or argument this
+//!    processor does not implement, or a manifest that does not describe exactly one image
+//!    the card can authorize, is refused with [`Error::UnsupportedSuit`] (draft §8.4.6: such a
+//!    manifest must not be processed). Implemented: conditions vendor-id, class-id and
+//!    image-match; directives set-component-index, try-each, override-parameters, fetch, copy,
+//!    invoke and run-sequence; parameters vendor-id, class-id, image-digest, image-size, uri,
+//!    source-component and simfota's own negative ones below.
 //!
-//! The fields simfota reads come from the parameters the command sequences set (draft §8.4.8):
-//! the first vendor-id, class-id, image-digest, image-size and uri seen, walking the common
-//! shared sequence, then install, then payload-fetch (into try-each and run-sequence). Delta
-//! packages carry the digest of the image they apply to in a custom parameter,
-//! [`PARAM_PRECURSOR_DIGEST`] (draft §8.4.8.1 allows negative-integer custom parameters), and
-//! the digest and size of the delta itself in [`PARAM_PAYLOAD_DIGEST`] / [`PARAM_PAYLOAD_SIZE`].
-//! Release name and version come from the text member (draft §8.4.4): the manifest-level
-//! `manifest-description` (1) and the first component's `component-version` (6).
+//! The fields simfota reports are the parameters of the component the install sequence
+//! writes, as they are when its fetch or copy runs (override-parameters replaces, draft
+//! §8.4.10.4; parameters are per component, §8.4.8). Delta packages carry the digest of the
+//! image they apply to in a custom parameter, [`PARAM_PRECURSOR_DIGEST`] (negative numbers are
+//! custom parameters, draft §8.4.8), and the digest and size of the delta itself in
+//! [`PARAM_PAYLOAD_DIGEST`] / [`PARAM_PAYLOAD_SIZE`]. Release name and version come from the
+//! text member (draft §8.4.4): the manifest-level `manifest-description` (1) and the first
+//! component's `component-version` (6).
+//!
+//! Not done here: conditions on device state (component slot, current image, device id) and
+//! dependencies on other manifests are refused rather than evaluated; image-match on the
+//! installed image is the integrity check the card performs itself against the reported digest.
 
 use crate::cbor::{Key, Reader};
 use crate::cose::{CoseSign1, PublicKey, Verified};
@@ -98,7 +112,8 @@ pub mod key {
     pub const DIR_TRY_EACH: i64 = 15;
     /// Command: directive write.
     pub const DIR_WRITE: i64 = 18;
-    /// Command: directive set parameters (older drafts).
+    /// Command number 19: set-parameters in earlier drafts; draft-37 does not assign it, so
+    /// it is refused like any unknown command.
     pub const DIR_SET_PARAMETERS: i64 = 19;
     /// Command: directive override parameters.
     pub const DIR_OVERRIDE_PARAMETERS: i64 = 20;
@@ -120,6 +135,8 @@ pub mod key {
     pub const P_IMAGE_SIZE: i64 = 14;
     /// Parameter: uri.
     pub const P_URI: i64 = 21;
+    /// Parameter: source component (copy, draft §8.4.8.12).
+    pub const P_SOURCE_COMPONENT: i64 = 22;
     /// Text: manifest description (manifest level).
     pub const T_MANIFEST_DESCRIPTION: i64 = 1;
     /// Text: component version (component level).
@@ -417,6 +434,7 @@ impl<'a> Envelope<'a> {
         };
         let (mut version, mut seq) = (None, None);
         let mut common: Option<&'a [u8]> = None;
+        let (mut validate, mut load, mut invoke): (Option<&'a [u8]>, _, _) = (None, None, None);
         // Install, payload-fetch and text bodies (inline or from the envelope), walked after.
         let mut bodies: [Option<&'a [u8]>; 4] = [None; 4];
         r.map(false, |r, k| {
@@ -429,9 +447,13 @@ impl<'a> Envelope<'a> {
                 key::SEQUENCE => seq = Some(r.u64()?),
                 key::COMMON => common = Some(r.bytes()?),
                 key::REFERENCE_URI => m.reference_uri = Some(r.str()?),
-                key::MANIFEST_COMPONENT_ID | key::VALIDATE | key::LOAD | key::INVOKE => {
-                    return Ok(false);
-                }
+                // The manifest's own component id only matters to a dependent manifest
+                // (draft-ietf-suit-trust-domains); simfota processes no dependencies, so it is not read.
+                key::MANIFEST_COMPONENT_ID => return Ok(false),
+                // Unseverable sequences (draft §8.4.6): always inline.
+                key::VALIDATE => validate = Some(r.bytes()?),
+                key::LOAD => load = Some(r.bytes()?),
+                key::INVOKE => invoke = Some(r.bytes()?),
                 k => {
                     let i = severable_index(k).ok_or(Error::UnknownField {
                         object: "SUIT manifest",
@@ -483,13 +505,32 @@ impl<'a> Envelope<'a> {
                     if n == 0 {
                         return Err(Error::InvalidField("components"));
                     }
+                    if n > MAX_COMPONENTS {
+                        return Err(Error::TooLarge {
+                            what: "SUIT components",
+                            max: MAX_COMPONENTS,
+                        });
+                    }
                     m.components = n;
+                    // SUIT_Component_Identifier = [* bstr] (draft §8.4.5.1).
                     for _ in 0..n {
-                        r.skip()?;
+                        let parts = r.array()?;
+                        for _ in 0..parts {
+                            r.bytes()?;
+                        }
                     }
                 }
                 Key::Int(key::SHARED_SEQUENCE) => shared = Some(r.bytes()?),
-                Key::Int(key::DEPENDENCIES) => return Ok(false),
+                // Dependencies (draft-ietf-suit-trust-domains) let another manifest's
+                // sequences run as part of this one: simfota authorizes one manifest, so a
+                // manifest that needs others is not processed (draft §8.4.6: a manifest using
+                // what the processor does not implement must not be processed).
+                Key::Int(key::DEPENDENCIES) => {
+                    return Err(Error::UnsupportedSuit {
+                        what: "common member",
+                        code: key::DEPENDENCIES,
+                    });
+                }
                 Key::Int(k) => {
                     return Err(Error::UnknownField {
                         object: "SUIT common",
@@ -502,11 +543,22 @@ impl<'a> Envelope<'a> {
         })?;
         cr.finish()?;
 
-        for seq in [shared, bodies[2], bodies[1]].into_iter().flatten() {
-            let mut sr = Reader::new(seq, lim);
-            walk_sequence(&mut sr, &mut m)?;
-            sr.finish()?;
-        }
+        let n_components = m.components;
+        let process = process(
+            lim,
+            n_components,
+            shared,
+            [bodies[0], bodies[1], bodies[2], validate, load, invoke],
+        )?;
+        let r = process.reported;
+        m.vendor_id = r.vendor_id;
+        m.class_id = r.class_id;
+        m.image_digest = r.image_digest;
+        m.image_size = r.image_size;
+        m.uri = process.uri;
+        m.precursor_digest = r.precursor_digest;
+        m.payload_digest = r.payload_digest;
+        m.payload_size = r.payload_size;
         if let Some(text) = bodies[3] {
             let mut tr = Reader::new(text, lim);
             read_text(&mut tr, &mut m)?;
@@ -540,81 +592,495 @@ impl<'a> Envelope<'a> {
     }
 }
 
-/// Walks a SUIT_Command_Sequence (draft §8.4.6) collecting the first value of each parameter.
-fn walk_sequence<'a>(r: &mut Reader<'a, '_>, m: &mut Manifest<'a>) -> Result<()> {
-    let n = r.array()?;
-    if n % 2 != 0 {
-        return Err(Error::InvalidField("command sequence"));
-    }
-    for _ in 0..n / 2 {
-        match r.i64()? {
-            key::DIR_OVERRIDE_PARAMETERS | key::DIR_SET_PARAMETERS => read_parameters(r, m)?,
-            key::DIR_TRY_EACH => {
-                let k = r.array()?;
-                for _ in 0..k {
-                    if r.is_null()? {
-                        r.null()?;
-                    } else {
-                        let (_, mut sub) = r.nested()?;
-                        walk_sequence(&mut sub, m)?;
-                        sub.finish()?;
-                    }
-                }
-            }
-            key::DIR_RUN_SEQUENCE => {
-                let (_, mut sub) = r.nested()?;
-                walk_sequence(&mut sub, m)?;
-                sub.finish()?;
-            }
-            _ => r.skip()?,
-        }
-    }
-    Ok(())
+/// Most components a manifest may declare (draft §8.4.5.1): the parameters of each are kept
+/// on the stack (no heap on the card) while the sequences are processed.
+const MAX_COMPONENTS: usize = 4;
+/// Deepest nesting of try-each / run-sequence arguments (draft §8.4.10.2, §8.4.10.9).
+const MAX_NESTING: u8 = 3;
+/// Distinct image-match checks remembered for the consistency check after processing.
+const MAX_IMAGE_CHECKS: usize = 8;
+
+/// A processing refusal: the manifest uses something this processor does not implement, or
+/// something simfota cannot represent as one authorized image (draft §8.4.6: such a manifest
+/// must not be processed; RFC 9124 REQ.SEC.AUTHENTIC: nothing unauthenticated is guessed).
+fn refuse(what: &'static str, code: i64) -> Error {
+    Error::UnsupportedSuit { what, code }
 }
 
-fn read_parameters<'a>(r: &mut Reader<'a, '_>, m: &mut Manifest<'a>) -> Result<()> {
-    r.map(false, |r, k| {
-        let k = match k {
-            Key::Int(k) => k,
-            _ => return Err(Error::InvalidField("SUIT parameter key")),
-        };
-        match k {
-            key::P_VENDOR_ID => {
-                let v = r.bytes_n::<16>("vendor-id")?;
-                m.vendor_id.get_or_insert(v);
-            }
-            key::P_CLASS_ID => {
-                let v = r.bytes_n::<16>("class-id")?;
-                m.class_id.get_or_insert(v);
-            }
-            key::P_IMAGE_DIGEST => {
-                let d = read_wrapped_digest(r)?;
-                m.image_digest.get_or_insert(d);
-            }
-            key::P_IMAGE_SIZE => {
-                let s = r.u64()?;
-                m.image_size.get_or_insert(s);
-            }
-            key::P_URI => {
-                let u = r.str()?;
-                m.uri.get_or_insert(u);
-            }
-            PARAM_PRECURSOR_DIGEST => {
-                let d = read_wrapped_digest(r)?;
-                m.precursor_digest.get_or_insert(d);
-            }
-            PARAM_PAYLOAD_DIGEST => {
-                let d = read_wrapped_digest(r)?;
-                m.payload_digest.get_or_insert(d);
-            }
-            PARAM_PAYLOAD_SIZE => {
-                let s = r.u64()?;
-                m.payload_size.get_or_insert(s);
-            }
-            _ => return Ok(false),
+/// The parameters of one component (draft §8.4.8) this processor implements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Params<'a> {
+    vendor_id: Option<Uuid>,
+    class_id: Option<Uuid>,
+    image_digest: Option<Digest>,
+    image_size: Option<u64>,
+    uri: Option<&'a str>,
+    source_component: Option<usize>,
+    precursor_digest: Option<Digest>,
+    payload_digest: Option<Digest>,
+    payload_size: Option<u64>,
+}
+
+/// Which command sequence is running (draft §8.4.6 names them; §6.4 orders them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Shared,
+    DependencyResolution,
+    PayloadFetch,
+    Install,
+    Validate,
+    Load,
+    Invoke,
+}
+
+/// The sequences after the shared one, in the order draft §6.4 runs them: the update
+/// procedure (dependency resolution, payload fetch, install), then the invocation procedure
+/// (validate, load, invoke).
+const ORDER: [Phase; 6] = [
+    Phase::DependencyResolution,
+    Phase::PayloadFetch,
+    Phase::Install,
+    Phase::Validate,
+    Phase::Load,
+    Phase::Invoke,
+];
+
+/// What processing the manifest yields: the parameters of the installed component as they
+/// were when the install directive ran, and where its payload comes from.
+struct Processed<'a> {
+    reported: Params<'a>,
+    uri: Option<&'a str>,
+}
+
+/// The abstract machine of draft §6.4, run at authorization time: parameters per component,
+/// a current component index, and what the card must remember to decide on the manifest.
+struct Machine<'a> {
+    components: usize,
+    params: [Params<'a>; MAX_COMPONENTS],
+    index: usize,
+    phase: Phase,
+    /// The component the install sequence writes (fetch or copy) and its parameters then.
+    installed: Option<(usize, Params<'a>)>,
+    /// Where the installed payload comes from: the uri of the fetch that brought it.
+    installed_uri: Option<&'a str>,
+    /// Parameters of each component at its fetch in the payload-fetch sequence.
+    fetched: [Option<Params<'a>>; MAX_COMPONENTS],
+    vendor_checked: Option<Uuid>,
+    class_checked: Option<Uuid>,
+    /// (component, before any install directive, digest) of each image-match condition.
+    image_checks: [(usize, bool, Digest); MAX_IMAGE_CHECKS],
+    n_image_checks: usize,
+}
+
+/// Processes the command sequences of a verified manifest (draft §6, §8.4.6-§8.4.10).
+/// `sequences` are the dependency-resolution, payload-fetch, install, validate, load and
+/// invoke bodies the envelope carries (a member severed away is `None`).
+fn process<'a>(
+    lim: &Limits,
+    components: usize,
+    shared: Option<&'a [u8]>,
+    sequences: [Option<&'a [u8]>; 6],
+) -> Result<Processed<'a>> {
+    if components == 0 {
+        return Err(Error::MissingField("components"));
+    }
+    let mut m = Machine {
+        components,
+        params: [Params::default(); MAX_COMPONENTS],
+        index: 0,
+        phase: Phase::Shared,
+        installed: None,
+        installed_uri: None,
+        fetched: [None; MAX_COMPONENTS],
+        vendor_checked: None,
+        class_checked: None,
+        image_checks: [(0, false, Digest::default()); MAX_IMAGE_CHECKS],
+        n_image_checks: 0,
+    };
+    // The shared sequence on its own: what holds for a manifest without an install sequence
+    // (secure boot, or install severed away), and it is checked even when nothing follows.
+    m.run(lim, Phase::Shared, shared, None)?;
+    let after_shared = m.params;
+    for (phase, seq) in ORDER.into_iter().zip(sequences) {
+        if let Some(seq) = seq {
+            m.run(lim, phase, shared, Some(seq))?;
         }
-        Ok(true)
-    })
+    }
+    m.finish(&after_shared)
+}
+
+impl<'a> Machine<'a> {
+    /// Runs one sequence, preceded by the shared sequence (draft §8.4.5: the shared sequence
+    /// runs before each other sequence). Each sequence starts from component index 0 and
+    /// from unset parameters: a sequence relying on a value another sequence left behind
+    /// (rather than on the shared sequence or itself) fails its conditions and is refused,
+    /// the fail-closed reading of draft §6.4.
+    fn run(
+        &mut self,
+        lim: &Limits,
+        phase: Phase,
+        shared: Option<&'a [u8]>,
+        seq: Option<&'a [u8]>,
+    ) -> Result<()> {
+        self.params = [Params::default(); MAX_COMPONENTS];
+        self.index = 0;
+        self.phase = Phase::Shared;
+        if let Some(s) = shared {
+            self.walk(lim, s, 0, false, false)?;
+        }
+        self.phase = phase;
+        if let Some(s) = seq {
+            self.walk(lim, s, 0, false, false)?;
+        }
+        Ok(())
+    }
+
+    /// Walks a SUIT_Command_Sequence (draft §8.4.6): `[+ (command, argument)]`. Every command
+    /// must be one this processor implements (draft §8.4.6, §8.4.9.6: custom commands are
+    /// not). `in_try`: inside a try-each option; `dry`: an option that never takes effect,
+    /// checked only.
+    fn walk(
+        &mut self,
+        lim: &Limits,
+        seq: &'a [u8],
+        depth: u8,
+        in_try: bool,
+        dry: bool,
+    ) -> Result<()> {
+        if depth > MAX_NESTING {
+            return Err(Error::TooDeep);
+        }
+        let mut r = Reader::new(seq, lim);
+        let n = r.array()?;
+        if n == 0 || n % 2 != 0 {
+            return Err(Error::InvalidField("command sequence"));
+        }
+        for _ in 0..n / 2 {
+            let code = r.i64()?;
+            self.command(&mut r, lim, code, depth, in_try, dry)?;
+        }
+        r.finish()
+    }
+
+    fn command(
+        &mut self,
+        r: &mut Reader<'a, '_>,
+        lim: &Limits,
+        code: i64,
+        depth: u8,
+        in_try: bool,
+        dry: bool,
+    ) -> Result<()> {
+        match code {
+            key::COND_VENDOR | key::COND_CLASS | key::COND_IMAGE_MATCH => {
+                reporting_policy(r, code)?;
+                // A condition inside try-each selects an option by the device's state, which
+                // the card does not see at authorization time: the outcome would be a guess.
+                if in_try {
+                    return Err(refuse("condition inside try-each", code));
+                }
+                self.condition(code)
+            }
+            key::DIR_SET_COMPONENT => {
+                // Draft §8.4.10.1: IndexArg = uint / true / [+ uint]; only one component at a
+                // time is implemented here.
+                if !is_uint(r)? {
+                    return Err(refuse("component index form", code));
+                }
+                let i = r.u64()?;
+                if i >= self.components as u64 {
+                    return Err(refuse("component index out of range", code));
+                }
+                if !dry {
+                    self.index = i as usize;
+                }
+                Ok(())
+            }
+            key::DIR_OVERRIDE_PARAMETERS => self.override_parameters(r, dry),
+            key::DIR_TRY_EACH => {
+                // Draft §8.4.10.2: [2* bstr .cbor SUIT_Command_Sequence, ? nil]. Options run
+                // in order until one succeeds. No condition or fallible directive may appear
+                // in an option (see above and below), so the first always succeeds: it is the
+                // one that takes effect; the others are checked but never run.
+                let k = r.array()?;
+                if k < 2 {
+                    return Err(refuse("try-each argument", code));
+                }
+                for i in 0..k {
+                    if r.is_null()? {
+                        if i + 1 != k || i < 2 {
+                            return Err(refuse("try-each argument", code));
+                        }
+                        r.null()?;
+                    } else {
+                        let seq = r.bytes()?;
+                        self.walk(lim, seq, depth + 1, true, dry || i > 0)?;
+                    }
+                }
+                Ok(())
+            }
+            key::DIR_RUN_SEQUENCE => {
+                // Draft §8.4.10.9: bstr .cbor SUIT_Command_Sequence, run in place.
+                let seq = r.bytes()?;
+                self.walk(lim, seq, depth + 1, in_try, dry)
+            }
+            key::DIR_FETCH | key::DIR_COPY | key::DIR_INVOKE => {
+                reporting_policy(r, code)?;
+                // These can fail on the device (network, storage), moving try-each on to an
+                // option the card did not authorize.
+                if in_try {
+                    return Err(refuse("fallible directive inside try-each", code));
+                }
+                self.directive(code)
+            }
+            c if c < 0 => Err(refuse("custom command", c)),
+            // Write, swap, abort, component-slot, check-content, device-identifier, the
+            // dependency and update-management extensions, and draft -37's unassigned numbers
+            // (19 was set-parameters in earlier drafts; -37 has override-parameters only).
+            c => Err(refuse("command", c)),
+        }
+    }
+
+    /// Conditions (draft §8.4.9). A condition whose parameter is unset fails (§8.4.9.1,
+    /// §8.4.9.2): refused. What the card cannot evaluate now is recorded and checked for
+    /// consistency with what it will enforce later (see [`Machine::finish`]).
+    fn condition(&mut self, code: i64) -> Result<()> {
+        let p = self.params[self.index];
+        let unset = || refuse("condition on an unset parameter", code);
+        match code {
+            key::COND_VENDOR => {
+                // RFC 9124 REQ.SEC.COMPATIBLE (THREAT.IMG.INCOMPATIBLE): the card compares
+                // the reported vendor id with its policy; every vendor condition must name
+                // that one id, or no device could pass them all.
+                let v = p.vendor_id.ok_or_else(unset)?;
+                if *self.vendor_checked.get_or_insert(v) != v {
+                    return Err(refuse("conflicting identifier conditions", code));
+                }
+            }
+            key::COND_CLASS => {
+                let v = p.class_id.ok_or_else(unset)?;
+                if *self.class_checked.get_or_insert(v) != v {
+                    return Err(refuse("conflicting identifier conditions", code));
+                }
+            }
+            _ => {
+                // Image match (draft §8.4.9.2) compares a component's content with its
+                // image-digest. On the installed component after the install directive this
+                // is the integrity check the card performs itself against the signed digest
+                // (device digest or streamed payload), so the digest must be that one.
+                let d = p.image_digest.ok_or_else(unset)?;
+                let entry = (self.index, self.installed.is_none(), d);
+                let seen = &self.image_checks[..self.n_image_checks];
+                if !seen.contains(&entry) {
+                    if self.n_image_checks == MAX_IMAGE_CHECKS {
+                        return Err(Error::TooLarge {
+                            what: "image-match conditions",
+                            max: MAX_IMAGE_CHECKS,
+                        });
+                    }
+                    self.image_checks[self.n_image_checks] = entry;
+                    self.n_image_checks += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetch, copy and invoke (draft §8.4.10.5, §8.4.10.6, §8.4.10.8).
+    fn directive(&mut self, code: i64) -> Result<()> {
+        let c = self.index;
+        let p = self.params[c];
+        match (code, self.phase) {
+            // The shared sequence holds conditions and parameter directives only (draft
+            // §8.4.5, SUIT_Shared_Sequence).
+            (_, Phase::Shared) => Err(refuse("directive in the shared sequence", code)),
+            // Invoking installed code is the device's business after the update.
+            (key::DIR_INVOKE, _) => Ok(()),
+            (key::DIR_FETCH, Phase::PayloadFetch | Phase::Install) => {
+                let uri = p.uri.ok_or_else(|| refuse("fetch without uri", code))?;
+                if self.phase == Phase::PayloadFetch {
+                    self.fetched[c] = Some(p);
+                    Ok(())
+                } else {
+                    self.install(c, p, Some(uri), code)
+                }
+            }
+            (key::DIR_COPY, Phase::Install | Phase::Load) => {
+                let s = p
+                    .source_component
+                    .ok_or_else(|| refuse("copy without source-component", code))?;
+                if s == c {
+                    return Err(refuse("copy onto its source", code));
+                }
+                if self.phase == Phase::Load {
+                    // A load-time copy (e.g. into RAM) must not rewrite the installed image.
+                    if self.installed.is_some_and(|(t, _)| t == c) {
+                        return Err(refuse("copy onto the installed component", code));
+                    }
+                    return Ok(());
+                }
+                // The payload is what payload-fetch brought into the source component; a copy
+                // does not transform it, so a different signed digest there cannot both hold.
+                let src = self.fetched[s];
+                if src.is_some_and(|f| f.image_digest.is_some() && f.image_digest != p.image_digest)
+                {
+                    return Err(refuse("copy source digest differs from the image", code));
+                }
+                self.install(c, p, src.and_then(|f| f.uri), code)
+            }
+            // Dependency resolution fetches manifests (not processed here); validate and
+            // invoke only check and start images.
+            _ => Err(refuse("directive in this sequence", code)),
+        }
+    }
+
+    /// Records the install directive: simfota authorizes one image per manifest, so a second
+    /// one (several components, or one written twice) is refused rather than choosing.
+    fn install(&mut self, c: usize, p: Params<'a>, uri: Option<&'a str>, code: i64) -> Result<()> {
+        if self.installed.is_some() {
+            return Err(refuse("second install directive", code));
+        }
+        self.installed = Some((c, p));
+        self.installed_uri = uri;
+        Ok(())
+    }
+
+    /// Override parameters (draft §8.4.10.4): each given value replaces the current one of
+    /// the current component. Every parameter must be one this processor implements (draft
+    /// §8.4.8); negative numbers are custom parameters (§8.4.8.14) and only simfota's own
+    /// are understood.
+    fn override_parameters(&mut self, r: &mut Reader<'a, '_>, dry: bool) -> Result<()> {
+        const CODE: i64 = key::DIR_OVERRIDE_PARAMETERS;
+        if r.datatype()? != minicbor::data::Type::Map {
+            return Err(refuse("override-parameters argument", CODE));
+        }
+        let components = self.components;
+        let mut p = self.params[self.index];
+        let mut any = false;
+        r.map(false, |r, k| {
+            any = true;
+            let Key::Int(k) = k else {
+                return Err(refuse("parameter key", CODE));
+            };
+            let bad = |_: Error| refuse("parameter value", k);
+            match k {
+                key::P_VENDOR_ID => p.vendor_id = Some(r.bytes_n::<16>("vendor-id").map_err(bad)?),
+                key::P_CLASS_ID => p.class_id = Some(r.bytes_n::<16>("class-id").map_err(bad)?),
+                key::P_IMAGE_DIGEST => p.image_digest = Some(read_wrapped_digest(r).map_err(bad)?),
+                key::P_IMAGE_SIZE => p.image_size = Some(uint_value(r, k)?),
+                key::P_URI => p.uri = Some(r.str().map_err(bad)?),
+                key::P_SOURCE_COMPONENT => {
+                    let s = uint_value(r, k)?;
+                    if s >= components as u64 {
+                        return Err(refuse("source-component out of range", k));
+                    }
+                    p.source_component = Some(s as usize);
+                }
+                PARAM_PRECURSOR_DIGEST => {
+                    p.precursor_digest = Some(read_wrapped_digest(r).map_err(bad)?);
+                }
+                PARAM_PAYLOAD_DIGEST => {
+                    p.payload_digest = Some(read_wrapped_digest(r).map_err(bad)?)
+                }
+                PARAM_PAYLOAD_SIZE => p.payload_size = Some(uint_value(r, k)?),
+                k if k < 0 => return Err(refuse("custom parameter", k)),
+                k => return Err(refuse("parameter", k)),
+            }
+            Ok(true)
+        })?;
+        // {+ SUIT_Parameters}: at least one.
+        if !any {
+            return Err(refuse("override-parameters argument", CODE));
+        }
+        if !dry {
+            self.params[self.index] = p;
+        }
+        Ok(())
+    }
+
+    /// Decides which component's values the manifest reports and checks that the conditions
+    /// the card could not evaluate agree with what it will enforce.
+    fn finish(self, after_shared: &[Params<'a>; MAX_COMPONENTS]) -> Result<Processed<'a>> {
+        // The reported component is the one the install sequence writes. Without an install
+        // directive (secure boot, install severed), only a one-component manifest says which
+        // image it describes.
+        let (target, reported, uri, installs) = match self.installed {
+            Some((c, p)) => (c, p, self.installed_uri, true),
+            None if self.components == 1 => (0, after_shared[0], None, false),
+            None => {
+                return Err(refuse(
+                    "components without an install directive",
+                    self.components as i64,
+                ));
+            }
+        };
+        for &(c, before, d) in &self.image_checks[..self.n_image_checks] {
+            if c != target {
+                // Staging or load-time copies: checked by the device on content the card
+                // never sees; their parameter was set (checked above).
+                continue;
+            }
+            // Before the install directive it would test the image being replaced: device
+            // state the card cannot see (simfota states it with PARAM_PRECURSOR_DIGEST,
+            // RFC 9124 REQ.SEC.AUTH.PRECURSOR).
+            if installs && before {
+                return Err(refuse(
+                    "image-match on the installed component before install",
+                    key::COND_IMAGE_MATCH,
+                ));
+            }
+            if Some(d) != reported.image_digest {
+                return Err(refuse(
+                    "image-match against another image",
+                    key::COND_IMAGE_MATCH,
+                ));
+            }
+        }
+        if self.vendor_checked.is_some() && self.vendor_checked != reported.vendor_id {
+            return Err(refuse(
+                "conflicting identifier conditions",
+                key::COND_VENDOR,
+            ));
+        }
+        if self.class_checked.is_some() && self.class_checked != reported.class_id {
+            return Err(refuse("conflicting identifier conditions", key::COND_CLASS));
+        }
+        Ok(Processed { reported, uri })
+    }
+}
+
+fn is_uint(r: &Reader<'_, '_>) -> Result<bool> {
+    use minicbor::data::Type;
+    Ok(matches!(
+        r.datatype()?,
+        Type::U8 | Type::U16 | Type::U32 | Type::U64
+    ))
+}
+
+/// An unsigned integer, or `None` (nothing consumed) for any other type.
+fn uint(r: &mut Reader<'_, '_>) -> Option<Result<u64>> {
+    match is_uint(r) {
+        Ok(true) => Some(r.u64()),
+        Ok(false) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// A parameter's uint value (image-size, source-component, payload-size).
+fn uint_value(r: &mut Reader<'_, '_>, k: i64) -> Result<u64> {
+    match uint(r) {
+        Some(v) => v,
+        None => Err(refuse("parameter value", k)),
+    }
+}
+
+/// SUIT_Rep_Policy = uint .bits suit-reporting-bits (draft §8.4.7): bits 0-3 only.
+fn reporting_policy(r: &mut Reader<'_, '_>, code: i64) -> Result<()> {
+    match uint(r) {
+        Some(Ok(v)) if v <= 0x0f => Ok(()),
+        Some(Err(e)) => Err(e),
+        _ => Err(refuse("reporting policy", code)),
+    }
 }
 
 /// SUIT_Text_Map (draft §8.4.4): `{ lang => { int => tstr, component-id => { int => tstr } } }`.

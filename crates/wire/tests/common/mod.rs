@@ -7,9 +7,9 @@ use std::process::Command;
 
 use simfota_wire::p256::ecdsa::SigningKey;
 
-/// `shared/test-vectors`, found relative to this crate.
+/// The third-party vectors copied into this crate (tests/vectors/README.md says from where).
 pub fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/test-vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
 }
 
 /// Reads a hex file (whitespace ignored).
