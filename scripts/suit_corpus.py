@@ -49,7 +49,6 @@ DELTA = b"simfota corpus delta A->B " * 7
 URI = "https://fw.example/a.bin"
 
 UNSUPPORTED_SW = "6614"  # Reason::ManifestUnsupported
-SIGNATURE_SW = "6609"  # Reason::ManifestSignature: any other check after the signature
 
 
 def sha(b):
@@ -277,7 +276,7 @@ def cases():
     for _ in range(5):
         deep = seq(DIR_RUN_SEQ, deep)
     refuse("nesting-too-deep", manifest(install=seq(DIR_RUN_SEQ, deep, DIR_FETCH, 2)),
-           {"kind": "TooDeep", "card": SIGNATURE_SW}, "nesting is bounded (card stack)")
+           {"kind": "TooDeep", "card": UNSUPPORTED_SW}, "nesting is bounded (card stack)")
 
     # --- refused: conditions and parameters in effect ------------------------------------
     refuse("vendor-condition-unset",

@@ -291,7 +291,10 @@ pub(crate) fn verify_manifest<S: Store>(
                 // This originator signed the envelope: it may be named.
                 entry.originator = OriginatorId::new(id).ok();
                 outcome = Err(match e {
-                    simfota_wire::Error::UnsupportedSuit { .. } => Reason::ManifestUnsupported,
+                    // A command, or a nesting of sequences, beyond what the card processes.
+                    simfota_wire::Error::UnsupportedSuit { .. } | simfota_wire::Error::TooDeep => {
+                        Reason::ManifestUnsupported
+                    }
                     _ => Reason::ManifestSignature,
                 });
             }
