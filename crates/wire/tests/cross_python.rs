@@ -68,6 +68,7 @@ fn python_made_token_and_sign1_verify_with_ours() {
     let v = DeliveryToken::verify(&tok, &PublicKey::from(&k), &Limits::CARD).unwrap();
     assert_eq!(v.iss.as_str(), "py.dm.example");
     assert_eq!(v.exp, exp);
+    assert_eq!(v.nbf, Some(exp - 600));
     assert_eq!(v.nonce, Nonce(core::array::from_fn(|i| i as u8)));
     assert_eq!(v.manifest_digest, Digest([0xcd; 32]));
     assert_eq!(

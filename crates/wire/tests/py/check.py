@@ -94,7 +94,8 @@ def cmd_suit(obj, x, y):
 
 def cmd_mktoken(x, y, d, exp, tagged="0"):
     claims = {
-        1: "py.dm.example", 4: int(exp), 6: int(exp) - 600, 7: b"py-upd",
+        # nbf given: python-cwt would otherwise add one of its own, at the current second.
+        1: "py.dm.example", 4: int(exp), 5: int(exp) - 600, 6: int(exp) - 600, 7: b"py-upd",
         -65537: bytes(range(16)), -65538: "89014103211118510720",
         -65539: "490154203237518", -65540: bytes([0xcd] * 32),
     }
