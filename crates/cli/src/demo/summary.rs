@@ -199,6 +199,8 @@ pub struct LogRow {
     pub update_id: Option<String>,
     /// Server concerned.
     pub server_id: Option<String>,
+    /// The card marked the server id as a claim it did not verify (an unlisted server).
+    pub server_claimed: bool,
     /// Release version.
     pub version: Option<String>,
     /// The server verified the entry (card signature over the export, chain).
@@ -261,6 +263,9 @@ pub fn log_row(v: &Value) -> LogRow {
         fumo_result: fumo,
         update_id: v["update_id"].as_str().map(str::to_owned),
         server_id: v["server_id"].as_str().map(str::to_owned),
+        server_claimed: v["unverified_fields"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "server_id")),
         version: v["release_version"].as_str().map(str::to_owned),
         // An entry whose record does not decode here is not counted as verified.
         verified: v["verified"].as_bool().unwrap_or(false) && entry.is_some(),
@@ -461,7 +466,7 @@ pub fn print(out: &Out, s: &Summary) {
     out.line(&format!(
         "  {} {} {} {} {} {}",
         pad("step", 34),
-        pad("server", 13),
+        pad("server", 21),
         pad("result", 20),
         pad("receipt", 9),
         pad("card log", 9),
@@ -498,7 +503,7 @@ pub fn print(out: &Out, s: &Summary) {
         pad("event", 13),
         pad("detail", 18),
         pad("update", 9),
-        pad("server", 13),
+        pad("server", 21),
         pad("version", 8),
         "verified"
     ));
@@ -529,7 +534,13 @@ pub fn print(out: &Out, s: &Summary) {
             pad(&e.event, 13),
             pad(&detail, 18),
             pad(&update, 9),
-            pad(cell(e.server_id.as_deref()), 13),
+            pad(
+                &match (&e.server_id, e.server_claimed) {
+                    (Some(s), true) => format!("{s} (claimed)"),
+                    (s, _) => cell(s.as_deref()).to_owned(),
+                },
+                21
+            ),
             pad(cell(e.version.as_deref()), 8),
             out.verdict(e.verified, if e.verified { "yes" } else { "NO" })
         ));
@@ -597,6 +608,7 @@ mod tests {
             fumo_result: None,
             update_id: None,
             server_id: None,
+            server_claimed: false,
             version: None,
             verified: true,
         }
