@@ -29,6 +29,22 @@ fn try_token(
     card.authorize(&tok, &env)
 }
 
+/// A token naming `iss`, signed by the rogue key, with a nonce the card never issued: a
+/// request nothing authenticates.
+fn rogue_signed(w: &World, iss: &str, cti: &[u8], nonce: u8, md: simfota_wire::Digest) -> Vec<u8> {
+    w.token_with(
+        &w.rogue,
+        iss,
+        cti,
+        Nonce([nonce; 16]),
+        ICCID,
+        IMEI,
+        md,
+        NOW,
+        NOW + 60,
+    )
+}
+
 /// The counts of a refusal-tally record (panics on any other record).
 fn tally(e: &simfota_wire::LogEntry) -> Vec<(DenyReason, u32)> {
     match e.event {
@@ -882,17 +898,7 @@ fn forged_token_flood_takes_one_record_and_blocks_nothing() {
     let mut w = World::new();
     let mut card = w.default_card();
     let (env, md) = w.package(10);
-    let forged = w.token_with(
-        &w.rogue,
-        SERVER,
-        b"chosen-id",
-        Nonce([7; 16]),
-        ICCID,
-        IMEI,
-        md,
-        NOW,
-        NOW + 60,
-    );
+    let forged = rogue_signed(&w, SERVER, b"chosen-id", 7, md);
     for _ in 0..80 {
         assert_eq!(
             card.authorize(&forged, &env),
@@ -938,17 +944,7 @@ fn an_exported_tally_is_never_rewritten() {
     let w = World::new();
     let mut card = w.default_card();
     let (env, md) = w.package(10);
-    let forged = w.token_with(
-        &w.rogue,
-        SERVER,
-        b"x",
-        Nonce([7; 16]),
-        ICCID,
-        IMEI,
-        md,
-        NOW,
-        NOW + 60,
-    );
+    let forged = rogue_signed(&w, SERVER, b"x", 7, md);
     assert_eq!(
         card.authorize(&forged, &env),
         refused(Reason::TokenSignature)
@@ -979,28 +975,8 @@ fn alternating_refusal_reasons_share_the_open_record() {
     let w = World::new();
     let mut card = w.default_card();
     let (env, md) = w.package(10);
-    let rogue = w.token_with(
-        &w.rogue,
-        ROGUE,
-        b"r",
-        Nonce([1; 16]),
-        ICCID,
-        IMEI,
-        md,
-        NOW,
-        NOW + 60,
-    );
-    let forged = w.token_with(
-        &w.rogue,
-        SERVER,
-        b"f",
-        Nonce([1; 16]),
-        ICCID,
-        IMEI,
-        md,
-        NOW,
-        NOW + 60,
-    );
+    let rogue = rogue_signed(&w, ROGUE, b"r", 1, md);
+    let forged = rogue_signed(&w, SERVER, b"f", 1, md);
     for _ in 0..30 {
         assert_eq!(
             card.authorize(&rogue, &env),
