@@ -183,10 +183,10 @@ fn hash(size_mib: u32, runs: u32, dir: Option<&Path>) -> Result<()> {
     // One untimed pass so every timed run reads from the page cache alike.
     hash_file(&image, 1 << 20)?;
 
-    println!("simfota bench hash: {size_mib} MiB image, best of {runs} runs");
-    println!("cpu: {}", cpu_summary());
+    outln!("simfota bench hash: {size_mib} MiB image, best of {runs} runs");
+    outln!("cpu: {}", cpu_summary());
     let (t_ref, d_ref) = best(runs, || sha256sum(&image))?;
-    println!(
+    outln!(
         "{:<44} {:>9.1} ms {:>9.1} MiB/s",
         "sha256sum (coreutils)",
         t_ref.as_secs_f64() * 1e3,
@@ -197,7 +197,7 @@ fn hash(size_mib: u32, runs: u32, dir: Option<&Path>) -> Result<()> {
         if d != d_ref {
             bail!("digest differs from sha256sum's");
         }
-        println!(
+        outln!(
             "{:<44} {:>9.1} ms {:>9.1} MiB/s  {:.2}x sha256sum",
             format!("sha2 streaming, {} KiB reads", buf_len >> 10),
             t.as_secs_f64() * 1e3,
@@ -213,7 +213,7 @@ fn hash(size_mib: u32, runs: u32, dir: Option<&Path>) -> Result<()> {
     if d.0 != d_ref {
         bail!("digest differs from sha256sum's");
     }
-    println!(
+    outln!(
         "{:<44} {:>9.1} ms {:>9.1} MiB/s  {:.2}x sha256sum",
         "sha2 in memory (no I/O)",
         t.as_secs_f64() * 1e3,
@@ -224,7 +224,7 @@ fn hash(size_mib: u32, runs: u32, dir: Option<&Path>) -> Result<()> {
     let key = p256::SecretKey::random(&mut rand_core::OsRng);
     let fields = pack::BuildFields::bench_defaults();
     let (t_build, envelope) = best(runs, || pack::build_for_bench(&image, &key, &fields))?;
-    println!(
+    outln!(
         "{:<44} {:>9.1} ms {:>9.1} MiB/s  {:.2}x sha256sum",
         "pack build (hash + manifest + sign, by URI)",
         t_build.as_secs_f64() * 1e3,
@@ -233,7 +233,7 @@ fn hash(size_mib: u32, runs: u32, dir: Option<&Path>) -> Result<()> {
     );
     let public = key.public_key();
     let (t_verify, ()) = best(runs, || pack::verify_for_bench(&envelope, &public, &image))?;
-    println!(
+    outln!(
         "{:<44} {:>9.1} ms {:>9.1} MiB/s  {:.2}x sha256sum",
         "pack verify (signature + payload digest)",
         t_verify.as_secs_f64() * 1e3,
@@ -398,7 +398,7 @@ fn delta(size_mib: u32, changed_pct: f64, content: Content, level: i32) -> Resul
         Content::Code => code_images(size, changed_pct, &mut noise),
     };
 
-    println!(
+    outln!(
         "simfota bench delta: {size_mib} MiB {} image, {blocks} of {} 4 KiB blocks rewritten ({changed_pct}%), 64 KiB inserted, 16 KiB removed",
         match content {
             Content::Random => "random",
@@ -406,7 +406,7 @@ fn delta(size_mib: u32, changed_pct: f64, content: Content, level: i32) -> Resul
         },
         size / 4096
     );
-    println!("cpu: {}", cpu_summary());
+    outln!("cpu: {}", cpu_summary());
     let start = Instant::now();
     let options = simfota_delta::DiffOptions {
         level,
@@ -423,35 +423,37 @@ fn delta(size_mib: u32, changed_pct: f64, content: Content, level: i32) -> Resul
     }
     let (header, _) = simfota_delta::Header::parse(&delta).context("own delta unreadable")?;
     let full = new.len() as f64;
-    println!("target image      {:>12} bytes", new.len());
+    outln!("target image      {:>12} bytes", new.len());
     let start = Instant::now();
     let compressed = zstd_size(&new, level)?;
-    println!(
+    outln!(
         "target, zstd -{level:<2}  {:>12} bytes  ({:.2}% of the full image; {:.2} s): what a full package could shrink to",
         compressed,
         100.0 * compressed as f64 / full,
         start.elapsed().as_secs_f64()
     );
-    println!(
+    outln!(
         "delta             {:>12} bytes  ({:.2}% of the full image)",
         delta.len(),
         100.0 * delta.len() as f64 / full
     );
-    println!(
+    outln!(
         "  control/difference/verbatim frames: {} / {} / {} bytes",
-        header.control_len, header.difference_len, header.verbatim_len
+        header.control_len,
+        header.difference_len,
+        header.verbatim_len
     );
     if content == Content::Random {
         let rewritten = blocks * 4096 + (64 << 10);
-        println!(
+        outln!(
             "  new bytes in the change: {rewritten} ({:.2}% of the image): the floor for random content",
             100.0 * rewritten as f64 / full
         );
     }
-    println!("diff              {:>9.2} s", t_diff.as_secs_f64());
-    println!("apply             {:>9.3} s", t_apply.as_secs_f64());
+    outln!("diff              {:>9.2} s", t_diff.as_secs_f64());
+    outln!("apply             {:>9.3} s", t_apply.as_secs_f64());
     if let Some(rss) = rss_after_diff {
-        println!("peak RSS          {rss:>9} MiB (whole process, after diff; images included)");
+        outln!("peak RSS          {rss:>9} MiB (whole process, after diff; images included)");
     }
     Ok(())
 }

@@ -202,7 +202,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 bail!("no smart-card reader is connected");
             }
             for r in readers {
-                println!("{r}");
+                outln!("{r}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -242,7 +242,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let key = client
                 .personalize(&issuer, &perso)
                 .context("personalization refused")?;
-            println!(
+            outln!(
                 "personalized card {} (card key {})",
                 perso.iccid,
                 hex::encode(key.to_sec1())
@@ -258,10 +258,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let mut client = open(&target, false)?;
             let servers = client.servers()?;
             if servers.is_empty() {
-                println!("no authorized server");
+                outln!("no authorized server");
             }
             for s in servers {
-                println!(
+                outln!(
                     "{}\trights={}\tkey={}",
                     s.id,
                     rights_text(s.rights),
@@ -274,10 +274,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let mut client = open(&target, false)?;
             let list = client.originators()?;
             if list.is_empty() {
-                println!("no trusted originator");
+                outln!("no trusted originator");
             }
             for o in list {
-                println!("{}\tkey={}", o.id, hex::encode(o.key.to_sec1()));
+                outln!("{}\tkey={}", o.id, hex::encode(o.key.to_sec1()));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -293,7 +293,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .admin(&bytes)
                 .with_context(|| format!("admin command {} refused", signed.display()))?;
             let counter = client.card_info()?.admin_counter;
-            println!("admin command applied (card admin counter now {counter})");
+            outln!("admin command applied (card admin counter now {counter})");
             Ok(ExitCode::SUCCESS)
         }
         CardCommand::AdminSign {
@@ -346,7 +346,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 Overwrite::Refuse
             };
             files::write_atomic(&out, &buf[..n], 0o644, overwrite)?;
-            println!(
+            outln!(
                 "signed admin command for card {iccid}, counter {counter}: {}",
                 out.display()
             );
@@ -393,7 +393,7 @@ fn serve(state: &Path, vpcd: &str, verbose: bool) -> Result<ExitCode> {
         35964 => " (reader \"Virtual PCD 00 01\")",
         _ => "",
     };
-    eprintln!(
+    errln!(
         "serving card {} on vpcd {vpcd}{slot}; stop with Ctrl-C",
         state.display()
     );
@@ -405,11 +405,11 @@ fn serve(state: &Path, vpcd: &str, verbose: bool) -> Result<ExitCode> {
                     command_len,
                     response_len,
                     sw,
-                } => eprintln!(
+                } => errln!(
                     "apdu {} ({command_len} bytes) -> {response_len} bytes, SW {sw:04X}",
                     hex::encode(header)
                 ),
-                other => eprintln!("{other:?}"),
+                other => errln!("{other:?}"),
             }
         }
     };
@@ -545,18 +545,18 @@ fn print_policy(p: &Policy) {
         UnauthorizedRule::ConfirmWithPin => "confirm-with-pin",
         UnauthorizedRule::FreeDevice => "free-device",
     };
-    println!("unauthorized servers: {rule}");
+    outln!("unauthorized servers: {rule}");
     match p.integrity {
-        IntegrityMode::DeviceDigest => println!("integrity: device-digest"),
+        IntegrityMode::DeviceDigest => outln!("integrity: device-digest"),
         IntegrityMode::CardDigest { max_size } => {
-            println!("integrity: card-digest (payloads up to {max_size} bytes)")
+            outln!("integrity: card-digest (payloads up to {max_size} bytes)")
         }
     }
     if p.allowed().is_empty() {
-        println!("allowed classes: any");
+        outln!("allowed classes: any");
     }
     for (v, c) in p.allowed() {
-        println!(
+        outln!(
             "allowed: vendor {} class {}",
             uuid::Uuid::from_bytes(*v),
             uuid::Uuid::from_bytes(*c)
@@ -565,16 +565,16 @@ fn print_policy(p: &Policy) {
 }
 
 fn print_info(ci: &CardInfo) {
-    println!("iccid: {}", ci.iccid);
-    println!("imsi: {}", ci.imsi);
-    println!("applet version: {}.{}", ci.version.0, ci.version.1);
-    println!("lifecycle: {:?}", ci.lifecycle);
+    outln!("iccid: {}", ci.iccid);
+    outln!("imsi: {}", ci.imsi);
+    outln!("applet version: {}.{}", ci.version.0, ci.version.1);
+    outln!("lifecycle: {:?}", ci.lifecycle);
     match &ci.card_key {
-        Some(k) => println!("card key: {}", hex::encode(k)),
-        None => println!("card key: none"),
+        Some(k) => outln!("card key: {}", hex::encode(k)),
+        None => outln!("card key: none"),
     }
-    println!("certificate: {} bytes", ci.certificate.len());
-    println!(
+    outln!("certificate: {} bytes", ci.certificate.len());
+    outln!(
         "log: {} used of {} entries (next seq {}, acknowledged below {}, {} free)",
         ci.log_next - ci.log_acked.min(ci.log_next),
         ci.log_capacity,
@@ -582,12 +582,15 @@ fn print_info(ci: &CardInfo) {
         ci.log_acked,
         ci.log_free
     );
-    println!(
+    outln!(
         "capacities: {} servers, {} originators, {}-byte commands, {} persistent bytes",
-        ci.max_servers, ci.max_originators, ci.io_capacity, ci.persistent_size
+        ci.max_servers,
+        ci.max_originators,
+        ci.io_capacity,
+        ci.persistent_size
     );
-    println!("installed sequence: {}", ci.installed_sequence);
-    println!("trusted time: {}", ci.trusted_time);
-    println!("admin counter: {}", ci.admin_counter);
-    println!("update pending: {}", ci.update_pending);
+    outln!("installed sequence: {}", ci.installed_sequence);
+    outln!("trusted time: {}", ci.trusted_time);
+    outln!("admin counter: {}", ci.admin_counter);
+    outln!("update pending: {}", ci.update_pending);
 }

@@ -28,7 +28,6 @@ mod relay;
 mod summary;
 
 use std::cell::{Cell, RefCell};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -141,10 +140,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     )?;
     if args.json {
         let text = serde_json::to_string(&summary).context("cannot encode the summary")?;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{text}")
-            .and_then(|()| stdout.flush())
-            .context("cannot write the summary to stdout")?;
+        outln!("{text}");
     }
     summary::print(&out, &summary);
     if args.serve {

@@ -120,12 +120,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let stop = Arc::new(AtomicBool::new(false));
             let caught = Arc::new(Mutex::new(None));
             stop_on_signals(stop.clone(), caught.clone())?;
-            eprintln!("agent running (SIGTERM or Ctrl-C stops it after the step in progress)");
+            errln!("agent running (SIGTERM or Ctrl-C stops it after the step in progress)");
             agent.run(&stop, sessions)?;
             if let Some(name) = *caught.lock().unwrap_or_else(|e| e.into_inner()) {
                 // The agent persists its state after every step (fumo.json, slots, dm.json),
                 // so a stop between steps leaves nothing to save here.
-                eprintln!("stopped on {name}: the step in progress finished, state saved");
+                errln!("stopped on {name}: the step in progress finished, state saved");
             }
             Ok(ExitCode::SUCCESS)
         }),
@@ -178,7 +178,7 @@ fn init(config: &Path, image: &Path, version: &str) -> Result<ExitCode> {
         .create()
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let store = SlotStore::init(cfg.data().slots(), image, version)?;
-    println!(
+    outln!(
         "slots ready in {}: slot {} runs {} ({} bytes)",
         cfg.data().slots().display(),
         store.active(),
@@ -192,14 +192,14 @@ fn status(config: &Path) -> Result<ExitCode> {
     let cfg = load(config)?;
     let store = SlotStore::open(cfg.data().slots())?;
     let rec = store.record();
-    println!(
+    outln!(
         "device     {} ({} {})",
         cfg.dev_id(),
         cfg.info.manufacturer,
         cfg.info.model
     );
-    println!("server     {} at {}", cfg.server_id, cfg.dm_url());
-    println!(
+    outln!("server     {} at {}", cfg.server_id, cfg.dm_url());
+    outln!(
         "firmware   {} (slot {})",
         store.active_version()?,
         store.active()
@@ -209,27 +209,28 @@ fn status(config: &Path) -> Result<ExitCode> {
         simfota_device::slots::Slot::B,
     ] {
         match rec.info(slot) {
-            Some(i) => println!(
+            Some(i) => outln!(
                 "slot {slot}     {} ({} bytes, sha256 {})",
                 i.version,
                 i.size,
                 &i.sha256[..16]
             ),
-            None => println!("slot {slot}     empty"),
+            None => outln!("slot {slot}     empty"),
         }
     }
     if let Some(p) = &rec.pending {
-        println!(
+        outln!(
             "pending    slot {} waits for its boot check ({} tries left)",
-            p.slot, p.tries_left
+            p.slot,
+            p.tries_left
         );
     }
     if let Some(b) = &rec.last_boot {
-        println!("last boot  {b:?}");
+        outln!("last boot  {b:?}");
     }
     let jobs = simfota_device::fumo::JobStore::new(&cfg.data().fumo_state());
     match jobs.load()? {
-        None => println!("update     none (FUMO state 10, idle)"),
+        None => outln!("update     none (FUMO state 10, idle)"),
         Some(job) => {
             let stage = match &job.stage {
                 Stage::Accepted => "accepted, waiting for the card's authorization".to_owned(),
@@ -252,7 +253,7 @@ fn status(config: &Path) -> Result<ExitCode> {
                     result, message, ..
                 } => format!("result {result} for the server: {message}"),
             };
-            println!(
+            outln!(
                 "update     {stage} (FUMO state {}, from {})",
                 job.fumo_state().value(),
                 job.server_id
@@ -264,7 +265,7 @@ fn status(config: &Path) -> Result<ExitCode> {
 
 fn report(outcome: &SessionOutcome) -> ExitCode {
     for text in &outcome.displayed {
-        println!("server says: {text}");
+        outln!("server says: {text}");
     }
     match (&outcome.update, outcome.reported) {
         (Some(job), reported) => {
@@ -272,21 +273,21 @@ fn report(outcome: &SessionOutcome) -> ExitCode {
                 result, message, ..
             } = &job.stage
             {
-                println!("update result {result}: {message}");
+                outln!("update result {result}: {message}");
                 match reported {
-                    Some((_, true)) => println!("the server has the result"),
-                    _ => println!("the result is sent to the server in the next session"),
+                    Some((_, true)) => outln!("the server has the result"),
+                    _ => outln!("the result is sent to the server in the next session"),
                 }
                 if (200..300).contains(result) {
                     return ExitCode::SUCCESS;
                 }
                 return ExitCode::from(3);
             }
-            println!("the update is not finished; it continues on the next run");
+            outln!("the update is not finished; it continues on the next run");
             ExitCode::from(3)
         }
         (None, Some((result, taken))) => {
-            println!(
+            outln!(
                 "reported the earlier update result {result}{}",
                 if taken {
                     ""
@@ -297,7 +298,7 @@ fn report(outcome: &SessionOutcome) -> ExitCode {
             ExitCode::SUCCESS
         }
         (None, None) => {
-            println!("no update offered");
+            outln!("no update offered");
             ExitCode::SUCCESS
         }
     }
@@ -348,7 +349,7 @@ fn agent<C: Channel + Send + 'static>(
         prompter: Box::new(StandardPrompter::new(choice)),
         boot_check: Box::new(StandardBootCheck),
         progress: true,
-        say: Box::new(|s: &str| eprintln!("{s}")),
+        say: Box::new(|s: &str| errln!("{s}")),
     }
 }
 

@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         KeysCommand::Pub { key } => {
             let secret = load_private(&key)?;
-            print!("{}", public_pem(&secret.public_key())?);
+            out!("{}", public_pem(&secret.public_key())?);
             Ok(ExitCode::SUCCESS)
         }
     }

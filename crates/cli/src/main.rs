@@ -3,11 +3,16 @@
 //! This file only parses the command line and dispatches; each area (`keys`, `pack`, `bench`,
 //! and the ones added later) is its own module with its own `Args` and `run`. Every failure
 //! reaches the user as one line on stderr, `simfota: <what was refused>: <why>`, and a
-//! non-zero exit status: never a panic, never a bare "error".
+//! non-zero exit status: never a panic, never a bare "error". Output to a pipe whose reader
+//! has gone ends the program quietly (see [`output`]).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+// First: the output macros the other modules use.
+#[macro_use]
+mod output;
 
 mod bench;
 mod card;
@@ -67,7 +72,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // `{:#}` joins the context chain on one line: "reading x: No such file".
-            eprintln!("simfota: {}", one_line(&format!("{e:#}")));
+            errln!("simfota: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -80,8 +85,12 @@ fn usage_error(e: clap::Error) -> ExitCode {
         ErrorKind::DisplayHelp
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            // Printing help can only fail on a closed stdout; nothing more to say then.
-            let _ = e.print();
+            // Printing help can only fail on a closed stdout: end as every command does then.
+            if let Err(io) = e.print()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::from(output::CLOSED_PIPE);
+            }
             if e.use_stderr() {
                 ExitCode::from(2)
             } else {
@@ -100,7 +109,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
             let what = what.join(" ");
             let what = what.strip_prefix("error: ").unwrap_or(&what);
             let command = command_path(std::env::args().skip(1));
-            eprintln!("simfota: {what} (see '{command} --help')");
+            errln!("simfota: {what} (see '{command} --help')");
             ExitCode::from(2)
         }
     }

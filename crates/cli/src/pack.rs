@@ -199,7 +199,7 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
             None,
         ))?;
         files::write_atomic(&a.out, &envelope, 0o644, Overwrite::Allow)?;
-        println!(
+        outln!(
             "wrote {} ({} bytes): full package, sequence {}, image {size} bytes sha256 {digest}, payload by URI {uri}",
             a.out.display(),
             envelope.len(),
@@ -218,7 +218,7 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
             None,
         ))?;
         files::write_atomic(&a.out, &envelope, 0o644, Overwrite::Allow)?;
-        println!(
+        outln!(
             "wrote {} ({} bytes): full package, sequence {}, image {} bytes sha256 {}",
             a.out.display(),
             envelope.len(),
@@ -260,7 +260,7 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
     match &a.uri {
         None => {
             files::write_atomic(&a.out, &envelope, 0o644, Overwrite::Allow)?;
-            println!(
+            outln!(
                 "wrote {} ({} bytes): {summary}",
                 a.out.display(),
                 envelope.len()
@@ -274,7 +274,7 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
             });
             files::write_atomic(&payload_out, &delta, 0o644, Overwrite::Allow)?;
             files::write_atomic(&a.out, &envelope, 0o644, Overwrite::Allow)?;
-            println!(
+            outln!(
                 "wrote {} ({} bytes) and payload {}: {summary}",
                 a.out.display(),
                 envelope.len(),
@@ -414,7 +414,7 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
             "manifest_digest": m.manifest_digest().to_string(),
             "components": m.components,
         });
-        println!("{out}");
+        outln!("{out}");
         return Ok(());
     }
     let mut t = String::new();
@@ -493,7 +493,7 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
         let _ = writeln!(t, "reference-uri     {}", r.escape_debug());
     }
     let _ = writeln!(t, "manifest          sha256 {}", m.manifest_digest());
-    print!("{t}");
+    out!("{t}");
     Ok(())
 }
 
@@ -546,7 +546,7 @@ fn apply_cmd(a: ApplyArgs) -> Result<()> {
     let image = match m.precursor_digest {
         None => {
             if a.base.is_some() {
-                eprintln!(
+                errln!(
                     "simfota: note: {} is a full package; --base is not used",
                     a.package.display()
                 );
@@ -588,7 +588,7 @@ fn apply_cmd(a: ApplyArgs) -> Result<()> {
         bail!("the rebuilt image is not the signed size; nothing written");
     }
     files::write_atomic(&a.out, &image, 0o644, Overwrite::Allow)?;
-    println!(
+    outln!(
         "wrote {} ({} bytes, sha256 {image_digest} as signed)",
         a.out.display(),
         image.len()

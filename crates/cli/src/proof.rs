@@ -49,20 +49,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let proven = simfota_server::proof::verify(&b, &issuer)
                 .map_err(|e| anyhow::anyhow!("proof refused: {e}"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&proven)?);
+                outln!("{}", serde_json::to_string_pretty(&proven)?);
             } else {
-                println!("proof verified");
-                println!("  card (ICCID)     {}", proven.iccid);
-                println!("  device (IMEI)    {}", proven.imei);
-                println!("  update id        {}", proven.update_id);
-                println!("  manifest digest  {}", proven.manifest_digest);
-                println!("  FUMO result      {}", proven.fumo_result);
-                println!(
+                outln!("proof verified");
+                outln!("  card (ICCID)     {}", proven.iccid);
+                outln!("  device (IMEI)    {}", proven.imei);
+                outln!("  update id        {}", proven.update_id);
+                outln!("  manifest digest  {}", proven.manifest_digest);
+                outln!("  FUMO result      {}", proven.fumo_result);
+                outln!(
                     "  card log         entry {}: {}",
                     proven.log_seq,
                     proven.events.join(", ")
                 );
-                println!(
+                outln!(
                     "  server           {}",
                     if proven.free_device {
                         "not on the card's list; let through by the card's free-device policy"
@@ -72,7 +72,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                         "on the card's list of authorized servers"
                     }
                 );
-                println!(
+                outln!(
                     "  user consent     {}",
                     match proven.consent {
                         Some(true) => "confirmed with the PIN",
@@ -81,7 +81,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     }
                 );
                 for e in &proven.entries {
-                    println!("  entry {:>5}      {}", e.seq, entry_line(e));
+                    outln!("  entry {:>5}      {}", e.seq, entry_line(e));
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -117,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         if let Some(name) = new_token {
             let token = simfota_server::new_api_token(&config, &name).await?;
-            println!("{token}");
+            outln!("{token}");
             return Ok(ExitCode::SUCCESS);
         }
         let stop = shutdown_signal()?;
