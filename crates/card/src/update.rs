@@ -158,13 +158,22 @@ fn check<S: Store, P: Platform>(
         let key = PublicKey::from_sec1(&s.key).map_err(|_| Reason::TokenSignature)?;
         ops.verify();
         let token = signed.verify(&key).map_err(|_| Reason::TokenSignature)?;
-        att.verified_iat = Some(token.iat);
+        // A token issued after it expires was never valid (RFC 7519 §4.1.4, §4.1.6): its
+        // `iat` is not a time the card takes (it is refused at step 6).
+        let consistent = token.iat <= token.exp;
+        if consistent {
+            att.verified_iat = Some(token.iat);
+        }
         // From here on the token's names are the listed server's own words.
         att.entry.update_id = Some(token.cti);
         att.entry.server = Some(token.iss);
         let stored_time = p.u64_at(O_TRUSTED_TIME).map_err(|_| Reason::Malformed)?;
-        let now = stored_time.max(token.iat);
-        att.entry.trusted_time = Some(now);
+        let now = if consistent {
+            stored_time.max(token.iat)
+        } else {
+            stored_time
+        };
+        att.entry.trusted_time = (now != 0).then_some(now);
         // 3. Nonce: outstanding (consumed by the caller already) and equal.
         let ours = nonce.ok_or(Reason::NonceUnavailable)?;
         if !bool::from(ours.ct_eq(&token.nonce.0)) {
@@ -187,7 +196,7 @@ fn check<S: Store, P: Platform>(
         // not on or after `exp`; a token issued after it expires (`iat` > `exp`) was never
         // valid. RFC 8392 §3.1.5 / RFC 7519 §4.1.5: not before `nbf`. The profile requires
         // `iat` and `exp` (the token does not decode without them): a delivery must expire.
-        if token.exp <= now || token.iat > token.exp {
+        if token.exp <= now || !consistent {
             return Err(Reason::TokenExpired);
         }
         if token.nbf.is_some_and(|nbf| nbf > now) {
