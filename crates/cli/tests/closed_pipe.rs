@@ -24,18 +24,25 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Runs `simfota ARGS` with stdout a pipe that is closed before the program writes to it.
+/// A pipe whose read end is already closed: every write to the other end fails with EPIPE
+/// (closing it only after the program started would race with its first write, which the
+/// pipe's buffer would take).
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
+/// Runs `simfota ARGS` with stdout a pipe whose reader has gone.
 fn into_closed_pipe(dir: &Path, args: &[&str]) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_simfota"))
         .current_dir(dir)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(closed_pipe())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The reader goes away at once: every write the program makes fails with EPIPE.
-    drop(child.stdout.take());
     let mut stderr = String::new();
     child
         .stderr
@@ -134,14 +141,13 @@ fn commands_writing_to_a_closed_pipe_end_quietly_with_status_141() {
 #[test]
 fn help_to_a_closed_pipe_ends_quietly_with_status_141() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_simfota"))
+    let child = Command::new(env!("CARGO_BIN_EXE_simfota"))
         .arg("--help")
-        .stdout(Stdio::piped())
+        .stdout(closed_pipe())
         .stderr(Stdio::piped())
         .current_dir(dir.path())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
