@@ -10,14 +10,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{TestServer, content};
+use common::{SelfTestBootCheck, TestServer, UNBOOTABLE, content};
 use simfota_cardlink::client::{CardClient, Personalization};
 use simfota_cardlink::{FileCard, InProcessChannel, ResetKind};
 use simfota_device::config::Limits;
 use simfota_device::download::Downloader;
 use simfota_device::fumo::{Job, JobStore, Stage};
 use simfota_device::prompt::{PromptChoice, StandardPrompter};
-use simfota_device::slots::{SlotStore, StandardBootCheck, UNBOOTABLE_MAGIC};
+use simfota_device::slots::SlotStore;
 use simfota_device::update::{ModelFilter, UpdateError, Updater, open_card_session};
 use simfota_wire::p256::ecdsa::SigningKey;
 use simfota_wire::suit::{self, BuildParams, ImageSource};
@@ -218,7 +218,7 @@ impl Device {
             slots: self.dir.path().join("slots"),
             jobs,
             prompter: &mut prompter,
-            boot_check: &StandardBootCheck,
+            boot_check: &SelfTestBootCheck,
             limits: Limits::default(),
             model,
             progress: false,
@@ -463,7 +463,7 @@ fn an_image_that_does_not_boot_is_rolled_back_and_reported_410() {
     let w = World::new();
     let mut dev = Device::new(&w, device_digest());
     let srv = TestServer::start();
-    let mut bad = UNBOOTABLE_MAGIC.to_vec();
+    let mut bad = UNBOOTABLE.to_vec();
     bad.extend(content(5000, 12));
     let job = offer(&w, &mut dev, &srv, &bad, 2, "2.0", "upd-1");
     let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());

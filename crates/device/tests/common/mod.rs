@@ -11,6 +11,29 @@ use std::thread;
 pub mod dm;
 pub mod real_server;
 
+/// A simulated image starting with these bytes fails [`SelfTestBootCheck`].
+pub const UNBOOTABLE: &[u8] = b"SIMFOTA-UNBOOTABLE";
+
+/// The standard boot check plus a simulated self-test that fails for an image starting with
+/// [`UNBOOTABLE`]: how the tests make a firmware that does not come up (the production check
+/// looks at nothing but the slot's digest).
+pub struct SelfTestBootCheck;
+
+impl simfota_device::slots::BootCheck for SelfTestBootCheck {
+    fn check(
+        &self,
+        path: &std::path::Path,
+        info: &simfota_device::slots::SlotInfo,
+    ) -> Result<(), String> {
+        simfota_device::slots::StandardBootCheck.check(path, info)?;
+        let image = std::fs::read(path).map_err(|e| e.to_string())?;
+        if image.starts_with(UNBOOTABLE) {
+            return Err(format!("firmware {} failed its self-test", info.version));
+        }
+        Ok(())
+    }
+}
+
 /// One served file.
 #[derive(Clone, Debug)]
 pub struct Served {
