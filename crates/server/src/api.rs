@@ -60,7 +60,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/devices",
         "Register a device with its DM credentials",
     ),
-    ("get", "/devices/{imei}", "One device"),
+    (
+        "get",
+        "/devices/{imei}",
+        "One device and its jobs (newest first, at most 500)",
+    ),
     (
         "post",
         "/devices/{imei}/notify",
@@ -295,11 +299,7 @@ async fn get_device(
     Path(imei): Path<String>,
 ) -> Result<impl IntoResponse> {
     let device = registry::get_device(&s.db, &imei).await?;
-    let jobs: Vec<_> = campaign::jobs(&s.db, None)
-        .await?
-        .into_iter()
-        .filter(|j| j.device_id == device.id)
-        .collect();
+    let jobs = campaign::device_jobs(&s.db, device.id).await?;
     Ok(Json(json!({ "device": device, "jobs": jobs })))
 }
 

@@ -683,6 +683,24 @@ pub async fn jobs(db: &Db, campaign_id: Option<i64>) -> Result<Vec<Job>> {
     rows.iter().map(job_from_row).collect()
 }
 
+/// Most jobs [`device_jobs`] returns for one device: a device gets one job per campaign that
+/// targeted it, so this bounds the answer without hiding anything in practice.
+pub const DEVICE_JOBS_MAX: i64 = 500;
+
+/// A device's jobs, newest first, at most [`DEVICE_JOBS_MAX`] (selected in SQL by device, so
+/// other devices' jobs never push this device's out of the answer).
+pub async fn device_jobs(db: &Db, device_id: i64) -> Result<Vec<Job>> {
+    let rows = sqlx::query(
+        "SELECT j.*, d.imei FROM jobs j JOIN devices d ON d.id = j.device_id \
+         WHERE j.device_id = $1 ORDER BY j.id DESC LIMIT $2",
+    )
+    .bind(device_id)
+    .bind(DEVICE_JOBS_MAX)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(job_from_row).collect()
+}
+
 /// Reads a job.
 pub async fn job(db: &Db, id: i64) -> Result<Job> {
     let row = sqlx::query(

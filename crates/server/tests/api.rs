@@ -787,3 +787,74 @@ async fn tls(env: Env) {
     s.stop().await;
 }
 both!(tls_listener_serves_https, super::tls);
+
+/// A device's jobs are selected by device: more than 1,000 newer jobs of other devices (the
+/// fleet-wide job listing's bound) do not hide this device's older job.
+async fn device_jobs_survive_a_busy_fleet(env: Env) {
+    let s = env.start().await;
+    let a = register(&s, 1, "EX-1", "1.0").await;
+    let pkg = package(&s, &env).await;
+    let c: Value = s
+        .post("/api/v1/campaigns")
+        .json(&json!({"name": "2.0", "package_id": pkg, "target_model": "EX-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cid = c["id"].as_i64().unwrap();
+    assert_eq!(jobs(&s, cid).await.len(), 1);
+
+    // 1,001 other devices, each with a newer job in the same campaign.
+    let db = s.running.state().db.pool();
+    let others = 1001;
+    let devices: Vec<String> = (0..others)
+        .map(|n| {
+            format!(
+                "('{}', 'bulk{n}', 'p', 'sp', 'md5', 'test', 0)",
+                imei(1000 + n)
+            )
+        })
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
+         enrolled_by, created_ms) VALUES {}",
+        devices.join(", ")
+    ))
+    .execute(db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (campaign_id, device_id, wave, state, correlator, created_ms, updated_ms) \
+         SELECT $1, id, 0, 'pending', 'bulk-' || dm_username, 0, 0 FROM devices \
+         WHERE dm_username LIKE 'bulk%' ORDER BY id",
+    )
+    .bind(cid)
+    .execute(db)
+    .await
+    .unwrap();
+    let all = s.json("/api/v1/jobs").await;
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        1000,
+        "the fleet listing is bounded"
+    );
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["imei"] != a.as_str()),
+        "the device's job is older than the newest 1,000"
+    );
+
+    let d = s.json(&format!("/api/v1/devices/{a}")).await;
+    let js = d["jobs"].as_array().unwrap();
+    assert_eq!(js.len(), 1, "{d}");
+    assert_eq!(js[0]["campaign_id"], cid);
+    assert_eq!(js[0]["device_id"], d["device"]["id"]);
+}
+both!(
+    device_jobs_survive_a_busy_fleet,
+    super::device_jobs_survive_a_busy_fleet
+);
