@@ -241,21 +241,24 @@ pub(crate) struct ManifestFacts {
 /// is unknown (or was removed) and no originator is named. If a key verifies the signature but
 /// a later check of the envelope fails (manifest digest, structure — draft-ietf-suit-manifest
 /// §8.3), the manifest was altered (`ManifestSignature`); if the manifest uses a command the
-/// card does not process, it is refused as such (`ManifestUnsupported`, §8.4.6).
+/// card does not process, it is refused as such (`ManifestUnsupported`, §8.4.6). The outer
+/// error is the card's own failure (reading the originator table), not a verdict.
 pub(crate) fn verify_manifest<S: Store>(
     p: &Persist<S>,
     ops: &OpCount,
     envelope: &[u8],
     entry: &mut LogEntry,
-) -> Result<ManifestFacts, crate::Reason> {
+) -> Result<Result<ManifestFacts, crate::Reason>, CardError> {
     use crate::Reason;
     use simfota_wire::suit::{Envelope, SignerCheck};
     use simfota_wire::{OriginatorId, ShortText};
 
     if envelope.len() > LIMITS.max_envelope_len {
-        return Err(Reason::Malformed);
+        return Ok(Err(Reason::Malformed));
     }
-    let env = Envelope::decode(envelope, &LIMITS).map_err(|_| Reason::Malformed)?;
+    let Ok(env) = Envelope::decode(envelope, &LIMITS) else {
+        return Ok(Err(Reason::Malformed));
+    };
     let mut outcome: Result<ManifestFacts, Reason> = Err(Reason::OriginatorUnknown);
     crate::tables::for_each_originator(p, |id, key| {
         if !matches!(outcome, Err(Reason::OriginatorUnknown)) {
@@ -300,7 +303,6 @@ pub(crate) fn verify_manifest<S: Store>(
             }
         }
         Ok(())
-    })
-    .map_err(|_| Reason::Malformed)?;
-    outcome
+    })?;
+    Ok(outcome)
 }

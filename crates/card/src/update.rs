@@ -114,6 +114,36 @@ fn split_request(data: &[u8]) -> Result<(&[u8], &[u8]), CardError> {
     Ok(rest.split_at(n))
 }
 
+/// Why the checks stopped: the request is refused for a reason (recorded), or the card itself
+/// failed (a persistent-memory read) — not the request's fault: answered as that failure
+/// (`6581`), and nothing is recorded about the request.
+#[derive(Debug)]
+enum CheckError {
+    Refused(Reason),
+    Card(CardError),
+}
+
+impl From<Reason> for CheckError {
+    fn from(r: Reason) -> Self {
+        CheckError::Refused(r)
+    }
+}
+
+impl From<CardError> for CheckError {
+    fn from(e: CardError) -> Self {
+        match e {
+            CardError::Refused(r) => CheckError::Refused(r),
+            e => CheckError::Card(e),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for CheckError {
+    fn from(e: crate::store::StoreError) -> Self {
+        CheckError::Card(e.into())
+    }
+}
+
 /// What one authorization attempt learned, to log it whatever the verdict.
 struct Attempt {
     entry: LogEntry,
@@ -140,19 +170,18 @@ fn check<S: Store, P: Platform>(
     nonce: Option<[u8; 16]>,
     consent: Option<bool>,
     att: &mut Attempt,
-) -> Result<(), Reason> {
+) -> Result<(), CheckError> {
     let p = &core.p;
     let ops = &core.ops;
-    let internal = |_| Reason::Malformed;
-    let (token_bytes, envelope) = split_request(data).map_err(internal)?;
+    let (token_bytes, envelope) = split_request(data).map_err(|_| Reason::Malformed)?;
     let signed = DeliveryToken::decode(token_bytes, &LIMITS).map_err(|_| Reason::Malformed)?;
     let claims = *signed.dangerous_unverified();
 
     // 1. Server listed with the firmware-update right?
-    let server = tables::find_server(p, claims.iss.as_str()).map_err(|_| Reason::Malformed)?;
+    let server = tables::find_server(p, claims.iss.as_str())?;
     let authorized =
         matches!(server, Some(s) if Rights(s.rights).contains(Rights::FIRMWARE_UPDATE));
-    let policy = crypto::policy(p).map_err(|_| Reason::Malformed)?;
+    let policy = crypto::policy(p)?;
     if let (true, Some(s)) = (authorized, server) {
         // 2. Token signature.
         let key = PublicKey::from_sec1(&s.key).map_err(|_| Reason::TokenSignature)?;
@@ -167,7 +196,7 @@ fn check<S: Store, P: Platform>(
         // From here on the token's names are the listed server's own words.
         att.entry.update_id = Some(token.cti);
         att.entry.server = Some(token.iss);
-        let stored_time = p.u64_at(O_TRUSTED_TIME).map_err(|_| Reason::Malformed)?;
+        let stored_time = p.u64_at(O_TRUSTED_TIME)?;
         let now = if consistent {
             stored_time.max(token.iat)
         } else {
@@ -177,19 +206,19 @@ fn check<S: Store, P: Platform>(
         // 3. Nonce: outstanding (consumed by the caller already) and equal.
         let ours = nonce.ok_or(Reason::NonceUnavailable)?;
         if !bool::from(ours.ct_eq(&token.nonce.0)) {
-            return Err(Reason::NonceMismatch);
+            return Err(Reason::NonceMismatch.into());
         }
         att.fresh = true;
         // 4. ICCID.
         let mut iccid = [0u8; ICCID_MAX];
-        let n = card_iccid(p, &mut iccid).map_err(|_| Reason::Malformed)?;
+        let n = card_iccid(p, &mut iccid)?;
         if token.iccid.as_str().as_bytes() != &iccid[..n] {
-            return Err(Reason::WrongCard);
+            return Err(Reason::WrongCard.into());
         }
         // 5. IMEI bound at session open.
         let bound = att.entry.imei.ok_or(Reason::WrongDevice)?;
         if token.imei != bound {
-            return Err(Reason::WrongDevice);
+            return Err(Reason::WrongDevice.into());
         }
         att.entry.unverified = Some(Unverified::NONE);
         // 6. Validity window against the trusted time. RFC 8392 §3.1.4 / RFC 7519 §4.1.4:
@@ -197,21 +226,21 @@ fn check<S: Store, P: Platform>(
         // valid. RFC 8392 §3.1.5 / RFC 7519 §4.1.5: not before `nbf`. The profile requires
         // `iat` and `exp` (the token does not decode without them): a delivery must expire.
         if token.exp <= now || !consistent {
-            return Err(Reason::TokenExpired);
+            return Err(Reason::TokenExpired.into());
         }
         if token.nbf.is_some_and(|nbf| nbf > now) {
-            return Err(Reason::TokenNotYetValid);
+            return Err(Reason::TokenNotYetValid.into());
         }
         // 7. Originator and manifest signature.
-        let facts = crypto::verify_manifest(p, ops, envelope, &mut att.entry)?;
+        let facts = crypto::verify_manifest(p, ops, envelope, &mut att.entry)??;
         // 8. Manifest digest bound by the token.
         if facts.manifest_digest != token.manifest_digest {
-            return Err(Reason::ManifestMismatch);
+            return Err(Reason::ManifestMismatch.into());
         }
         att.facts = Some(facts);
     } else {
         if policy.unauthorized == UnauthorizedRule::Refuse {
-            return Err(Reason::ServerNotAuthorized);
+            return Err(Reason::ServerNotAuthorized.into());
         }
         // The user may allow this server: the token's names are claims, logged as such.
         att.unlisted = true;
@@ -222,42 +251,42 @@ fn check<S: Store, P: Platform>(
                 .with(Unverified::UPDATE_ID)
                 .with(Unverified::IMEI),
         );
-        if p.u8_at(O_UNVERIFIED_UPDATES)
-            .map_err(|_| Reason::Malformed)?
-            >= UNVERIFIED_BUDGET
-        {
-            return Err(Reason::UnverifiedBudget);
+        if p.u8_at(O_UNVERIFIED_UPDATES)? >= UNVERIFIED_BUDGET {
+            return Err(Reason::UnverifiedBudget.into());
         }
         match policy.unauthorized {
-            UnauthorizedRule::Refuse => return Err(Reason::ServerNotAuthorized),
+            UnauthorizedRule::Refuse => return Err(Reason::ServerNotAuthorized.into()),
             UnauthorizedRule::WarnConfirm if consent.is_none() => {
-                return Err(Reason::ConsentRequired);
+                return Err(Reason::ConsentRequired.into());
             }
             UnauthorizedRule::ConfirmWithPin if consent != Some(true) => {
-                return Err(Reason::PinConsentRequired);
+                return Err(Reason::PinConsentRequired.into());
             }
             UnauthorizedRule::FreeDevice => att.free_device = true,
             _ => {}
         }
-        att.entry.trusted_time = crypto::trusted_time(p).map_err(|_| Reason::Malformed)?;
+        att.entry.trusted_time = crypto::trusted_time(p)?;
         // 7. Originator and manifest signature still apply.
-        att.facts = Some(crypto::verify_manifest(p, ops, envelope, &mut att.entry)?);
+        att.facts = Some(crypto::verify_manifest(p, ops, envelope, &mut att.entry)??);
     }
-    let facts = att.facts.as_ref().ok_or(Reason::Malformed)?;
+    let facts = att
+        .facts
+        .as_ref()
+        .ok_or(CardError::Internal("no manifest facts"))?;
     // 9. Vendor/class allowed by the policy.
     if !policy.permits(&facts.vendor, &facts.class) {
-        return Err(Reason::ClassNotAllowed);
+        return Err(Reason::ClassNotAllowed.into());
     }
     // 10. Anti-rollback.
-    let installed = p.u64_at(O_INSTALLED_SEQ).map_err(|_| Reason::Malformed)?;
+    let installed = p.u64_at(O_INSTALLED_SEQ)?;
     if facts.sequence <= installed {
-        return Err(Reason::Rollback);
+        return Err(Reason::Rollback.into());
     }
     // 11. Card-digest mode: the card must be able to hash the whole image.
     if let IntegrityMode::CardDigest { max_size } = policy.integrity
         && facts.image_size > max_size
     {
-        return Err(Reason::SizeMismatch);
+        return Err(Reason::SizeMismatch.into());
     }
     Ok(())
 }
@@ -409,7 +438,11 @@ pub(crate) fn authorize<S: Store, P: Platform>(
     if let Some(refusal) = preconditions(core, false)? {
         return refuse_early(core, att, refusal);
     }
-    let verdict = check(core, data, nonce, None, &mut att);
+    let verdict = match check(core, data, nonce, None, &mut att) {
+        Ok(()) => Ok(()),
+        Err(CheckError::Refused(r)) => Err(r),
+        Err(CheckError::Card(e)) => return Err(e),
+    };
     if let Err(r @ (Reason::ConsentRequired | Reason::PinConsentRequired)) = verdict {
         // A question for the user, not a decision: remember which request it is about.
         core.session.consent = Some(crate::applet::Consent {
@@ -458,7 +491,11 @@ pub(crate) fn record_consent<S: Store, P: Platform>(
         return conclude(core, att, Err(Reason::UserDeclined), None);
     }
     let pin = core.session.pin_verified;
-    let verdict = check(core, data, None, Some(pin), &mut att);
+    let verdict = match check(core, data, None, Some(pin), &mut att) {
+        Ok(()) => Ok(()),
+        Err(CheckError::Refused(r)) => Err(r),
+        Err(CheckError::Card(e)) => return Err(e),
+    };
     conclude(core, att, verdict, Some(pin))
 }
 

@@ -150,3 +150,91 @@ fn virtual_card_survives_restart_on_file_store() {
     let n = applet.process(&[0x00, ins::VERIFY, 0, 0x81], &mut out);
     assert_eq!(&out[..n], &[0x63, 0xC2]);
 }
+
+/// A store whose reads of one range fail once `failing` is set (a worn or faulty persistent
+/// memory cell).
+struct FailingReads {
+    inner: simfota_card::CardMemory,
+    range: std::ops::Range<usize>,
+    failing: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl Store for FailingReads {
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+    fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), simfota_card::StoreError> {
+        let overlaps = offset < self.range.end && offset + buf.len() > self.range.start;
+        if self.failing.get() && overlaps {
+            return Err(simfota_card::StoreError::PowerLost);
+        }
+        self.inner.read(offset, buf)
+    }
+    fn begin(&mut self) -> Result<(), simfota_card::StoreError> {
+        self.inner.begin()
+    }
+    fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), simfota_card::StoreError> {
+        self.inner.write(offset, data)
+    }
+    fn commit(&mut self) -> Result<(), simfota_card::StoreError> {
+        self.inner.commit()
+    }
+    fn abort(&mut self) {
+        self.inner.abort()
+    }
+}
+
+#[test]
+fn a_failing_memory_read_is_a_memory_error_not_a_refusal() {
+    // Before, a failed read of the card's own tables during AUTHORIZE UPDATE was refused and
+    // logged as "malformed request", blaming the request for the card's fault. Now it answers
+    // 6581 (memory failure) and records nothing about the request.
+    let mut w = World::new();
+    let mut card = w.default_card();
+    let image = card.image();
+    let mut mem = simfota_card::CardMemory::new();
+    mem.begin().unwrap();
+    mem.write(0, &image).unwrap();
+    mem.commit().unwrap();
+    let failing = std::rc::Rc::new(std::cell::Cell::new(false));
+    // The server table (docs/card.md, persistent layout: offset 1031, 8 × 100 bytes).
+    let store = FailingReads {
+        inner: mem,
+        range: 1031..1831,
+        failing: failing.clone(),
+    };
+    let mut applet = simfota_card::Applet::new(store, simfota_card::RngPlatform(TestRng::new("f")));
+    let mut send = |apdu: &[u8]| -> (Vec<u8>, StatusWord) {
+        let mut out = vec![0u8; 65_538];
+        let n = applet.process(apdu, &mut out);
+        let sw = StatusWord(u16::from_be_bytes([out[n - 2], out[n - 1]]));
+        out.truncate(n - 2);
+        (out, sw)
+    };
+    let aid = simfota_card::AID;
+    let mut select = vec![0x00, ins::SELECT, 0x04, 0x00, aid.len() as u8];
+    select.extend_from_slice(&aid);
+    assert_eq!(send(&select).1, StatusWord::OK);
+    let mut bind = vec![0x80, ins::BIND_TERMINAL, 0, 0, 15];
+    bind.extend_from_slice(IMEI.as_bytes());
+    assert_eq!(send(&bind).1, StatusWord::OK);
+    let (nonce, sw) = send(&[0x00, ins::GET_CHALLENGE, 0, 0, 16]);
+    assert_eq!(sw, StatusWord::OK);
+    let (env, md) = w.package(10);
+    let cti = w.next_cti();
+    let token = w.token(&cti, simfota_wire::Nonce(nonce.try_into().unwrap()), md);
+    let data = request(&token, &env);
+    let mut apdu = vec![0x80, ins::AUTHORIZE_UPDATE, 0, 0, 0];
+    apdu.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    apdu.extend_from_slice(&data);
+    failing.set(true);
+    assert_eq!(send(&apdu).1, StatusWord::MEMORY_FAILURE);
+    failing.set(false);
+    // Nothing was recorded: the log is as before, and no tally counts a "malformed" request.
+    let (info, sw) = send(&[0x80, ins::GET_DATA, 0x01, 0x01, 0, 0, 0]);
+    assert_eq!(sw, StatusWord::OK);
+    let before_info = card.info();
+    let before = simfota_card::info::decode::CardInfo::decode(&before_info).unwrap();
+    let after = simfota_card::info::decode::CardInfo::decode(&info).unwrap();
+    assert_eq!((after.log_next, before.log_next), (0, 0));
+}
