@@ -67,6 +67,26 @@ pub struct SessionOutcome {
     /// The server tried to start another update while one was unfinished; it was answered
     /// 425 (and, once the unfinished one was reported, a new session was opened for it).
     pub exec_refused: bool,
+    /// Another follow-up session was called for after [`MAX_FOLLOW_UP_SESSIONS`]; it was left
+    /// to the next session.
+    pub follow_ups_exhausted: bool,
+}
+
+/// Follow-up sessions one [`Agent::session`] opens at most. A normal run needs two: one to
+/// report the update the server started, after asking again for an update refused 425. The
+/// bound ends the run of a server that answers every result with another update that fails
+/// at once.
+pub const MAX_FOLLOW_UP_SESSIONS: u32 = 4;
+
+/// The client-initiated session a session calls for right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FollowUp {
+    /// None.
+    None,
+    /// Report the result of the update the server started in it.
+    Report,
+    /// Ask again for the update refused 425 while the unfinished one is now reported.
+    AskAgain,
 }
 
 /// The state `simfota device status` shows.
@@ -191,13 +211,58 @@ impl<C: Channel + Send + 'static> Agent<C> {
     }
 
     /// One DM session of kind `reason` (1201 client-initiated, 1200 after package 0 with its
-    /// session id), with the user-request alert when `user_request` (check-update).
+    /// session id), with the user-request alert when `user_request` (check-update), and the
+    /// client-initiated follow-up sessions it calls for: one to report an update the server
+    /// started (right after the update ran), one to ask again for an update refused 425 while
+    /// another was unfinished. At most [`MAX_FOLLOW_UP_SESSIONS`] follow-ups are opened, so a
+    /// server that keeps starting updates that end at once cannot keep the agent in one run;
+    /// what is left (a result not yet reported) goes out in the next session.
     pub fn session(
         &mut self,
         reason: AlertCode,
         session_id: Option<u16>,
         user_request: bool,
     ) -> Result<SessionOutcome, AgentError> {
+        let (mut outcome, mut next) = self.one_session(reason, session_id, user_request)?;
+        let mut follow_ups = 0;
+        while next != FollowUp::None {
+            if follow_ups == MAX_FOLLOW_UP_SESSIONS {
+                outcome.follow_ups_exhausted = true;
+                (self.say)(&format!(
+                    "stopping after {MAX_FOLLOW_UP_SESSIONS} follow-up sessions in a row: the \
+                     server keeps starting updates that end at once; {}",
+                    match next {
+                        FollowUp::Report => "the last result is reported in the next session",
+                        _ => "its offer is taken up in the next session",
+                    }
+                ));
+                break;
+            }
+            follow_ups += 1;
+            if next == FollowUp::AskAgain {
+                (self.say)("asking the server again for the update it offered");
+            }
+            let (again, then) = self.one_session(AlertCode::CLIENT_INITIATED_MGMT, None, false)?;
+            outcome.displayed.extend(again.displayed);
+            outcome.exec_refused |= again.exec_refused;
+            if again.reported.is_some() {
+                outcome.reported = again.reported;
+            }
+            if again.update.is_some() {
+                outcome.update = again.update;
+            }
+            next = then;
+        }
+        Ok(outcome)
+    }
+
+    /// One DM session, and the follow-up session it calls for.
+    fn one_session(
+        &mut self,
+        reason: AlertCode,
+        session_id: Option<u16>,
+        user_request: bool,
+    ) -> Result<(SessionOutcome, FollowUp), AgentError> {
         let mut outcome = SessionOutcome::default();
         // One client for the session's DM messages and the downloads it starts.
         let http = self.cfg.http_agent()?;
@@ -262,18 +327,12 @@ impl<C: Channel + Send + 'static> Agent<C> {
         if outcome.exec_refused && matches!(outcome.reported, Some((_, true))) {
             // The unfinished update is reported and forgotten: ask for the refused one now
             // rather than at the next poll.
-            (self.say)("asking the server again for the update it offered");
-            let again = self.session(AlertCode::CLIENT_INITIATED_MGMT, None, false)?;
-            outcome.update = again.update;
-            outcome.displayed.extend(again.displayed);
-            if again.reported.is_some() {
-                outcome.reported = again.reported;
-            }
-            return Ok(outcome);
+            return Ok((outcome, FollowUp::AskAgain));
         }
+        let mut next = FollowUp::None;
         if let Some((uri, correlator)) = summary.exec {
             let Some(fumo) = tree.fumo(&root) else {
-                return Ok(outcome);
+                return Ok((outcome, next));
             };
             let token = fumo
                 .ext
@@ -311,12 +370,11 @@ impl<C: Channel + Send + 'static> Agent<C> {
             {
                 (self.say)(&format!("update result {result}: {message}"));
                 // Report it now, in a new client-initiated session.
-                let again = self.session(AlertCode::CLIENT_INITIATED_MGMT, None, false)?;
-                outcome.reported = again.reported;
+                next = FollowUp::Report;
             }
             outcome.update = job;
         }
-        Ok(outcome)
+        Ok((outcome, next))
     }
 
     /// `simfota device check-update`: a client-initiated session asking for an update.

@@ -14,7 +14,7 @@ use common::dm::{DmServer, Offer};
 use common::{TestServer, content};
 use simfota_cardlink::client::{CardClient, Personalization};
 use simfota_cardlink::{FileCard, InProcessChannel};
-use simfota_device::agent::Agent;
+use simfota_device::agent::{Agent, MAX_FOLLOW_UP_SESSIONS};
 use simfota_device::config::DeviceConfig;
 use simfota_device::fumo::JobStore;
 use simfota_device::prompt::{PromptChoice, StandardPrompter};
@@ -512,4 +512,42 @@ fn an_exec_of_download_alone_is_reported_as_not_implemented() {
             .unwrap(),
         "1.0"
     );
+}
+
+/// A server that answers every result with another Exec of an update that fails at once (its
+/// package is not there): one `check-update` ends after a bounded number of sessions, says why,
+/// and the result still waiting goes out in the next session.
+#[test]
+fn a_server_that_keeps_starting_failing_updates_gets_a_bounded_number_of_sessions() {
+    let mut r = rig(Encoding::Xml, None);
+    let missing = r.pkgs.url("/packages/9/envelope");
+    r.dm.offer(Offer {
+        envelope_url: missing,
+        correlator: "job-9".into(),
+        make_token: Box::new(|_: &[u8]| b"not a token".to_vec()),
+    });
+    r.dm.with(|s| s.keep_offering = true);
+    let outcome = r.agent.check_update().unwrap();
+    let said = r.said.lock().unwrap().clone();
+    assert!(outcome.follow_ups_exhausted, "{said:?}");
+    assert!(
+        said.iter().any(|s| s.contains(&format!(
+            "after {MAX_FOLLOW_UP_SESSIONS} follow-up sessions"
+        ))),
+        "{said:?}"
+    );
+    let sessions = r.dm.with(|s| s.seen.sessions.len());
+    assert_eq!(sessions, 1 + MAX_FOLLOW_UP_SESSIONS as usize, "{said:?}");
+    // Every update the server started failed on its missing package (411).
+    let results = r.dm.results();
+    assert!(!results.is_empty(), "{said:?}");
+    assert!(
+        results.iter().all(|(_, code, _)| *code == 411),
+        "{results:?}"
+    );
+    // The next session carries on where the bound stopped, and is bounded again.
+    r.dm.with(|s| s.keep_offering = false);
+    let outcome = r.agent.check_update().unwrap();
+    assert!(!outcome.follow_ups_exhausted);
+    assert_eq!(outcome.reported.map(|(code, _)| code), Some(411));
 }

@@ -39,6 +39,9 @@ pub struct Seen {
 
 pub struct DmState {
     pub offer: Option<Offer>,
+    /// Offer the same update again in every session (a server that answers every result with
+    /// another Exec).
+    pub keep_offering: bool,
     /// Builds a signed log-read request for the card nonce; the next session relays it.
     pub log_read: Option<TokenMaker>,
     /// The card's answer to the log-read request (LogResponse), once received.
@@ -101,6 +104,7 @@ impl DmServer {
         };
         let state = Arc::new(Mutex::new(DmState {
             offer: None,
+            keep_offering: false,
             log_read: None,
             log_response: None,
             log_handle: None,
@@ -306,7 +310,7 @@ fn handle(
             Some(session.get(&NodeUri::parse("./SIMFOTA/Card/LogResponse").unwrap()));
     }
     if let Some(nonce) = nonce
-        && let Some(offer) = state.offer.take()
+        && let Some(offer) = state.offer.as_ref()
     {
         let token = (offer.make_token)(&nonce);
         let b64 = base64::engine::general_purpose::STANDARD.encode(&token);
@@ -329,6 +333,9 @@ fn handle(
             Some(&offer.correlator),
             Some(Data::text("")),
         );
+        if !state.keep_offering {
+            state.offer = None;
+        }
     }
     let out = session.reply().unwrap();
     (out.body, out.content_type, out.hmac)
