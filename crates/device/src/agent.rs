@@ -268,7 +268,9 @@ impl<C: Channel + Send + 'static> Agent<C> {
         let http = self.cfg.http_agent()?;
         let job = match self.resume_inner(true, &http) {
             Ok(job) => job,
-            Err(AgentError::Update(e @ UpdateError::CardUnavailable { .. })) => {
+            Err(AgentError::Update(
+                e @ (UpdateError::CardUnavailable { .. } | UpdateError::CardUnreadable { .. }),
+            )) => {
                 (self.say)(&e.to_string());
                 self.jobs().load()?
             }
@@ -358,7 +360,9 @@ impl<C: Channel + Send + 'static> Agent<C> {
             (self.say)(&format!("the server started a firmware update ({url})"));
             match self.resume_inner(false, &http) {
                 Ok(_) => {}
-                Err(AgentError::Update(e @ UpdateError::CardUnavailable { .. })) => {
+                Err(AgentError::Update(
+                    e @ (UpdateError::CardUnavailable { .. } | UpdateError::CardUnreadable { .. }),
+                )) => {
                     (self.say)(&e.to_string());
                 }
                 Err(e) => return Err(e),

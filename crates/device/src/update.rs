@@ -54,6 +54,18 @@ pub enum UpdateError {
         /// The link error.
         detail: String,
     },
+    /// The result must reach the card, and the card's pending-update record cannot be read or
+    /// decoded: whether the card still holds this update is unknown, so nothing is assumed.
+    #[error(
+        "the result ({result}) is kept until the card's pending-update record can be read: \
+         {detail}"
+    )]
+    CardUnreadable {
+        /// The FUMO result waiting.
+        result: u16,
+        /// What went wrong reading the record.
+        detail: String,
+    },
 }
 
 /// The device's own model, to refuse packages for another one before the download (403).
@@ -137,6 +149,25 @@ fn card_failure(e: &ClientError) -> Failure {
 struct CardPending {
     update_id: Option<Vec<u8>>,
     integrity_passed: bool,
+}
+
+/// Reads the card's pending-update record. A record that cannot be read or decoded is a
+/// failure, never "nothing pending": the integrity verdict and the authorization it would hide
+/// are the card's.
+fn read_pending<C: Channel>(card: &mut CardClient<C>) -> Result<CardPending, Failure> {
+    let raw = card.pending_update().map_err(|e| match e {
+        ClientError::Link(link) => {
+            Failure::CardUnavailable(format!("reading its pending-update record: {link}"))
+        }
+        other => Failure::CardRefused {
+            reason: format!("its pending-update record cannot be read: {other}"),
+            fumo: code::NOT_ACCEPTABLE.0,
+        },
+    })?;
+    decode_pending(&raw).map_err(|e| Failure::CardRefused {
+        reason: format!("its pending-update record does not decode: {e}"),
+        fumo: code::NOT_ACCEPTABLE.0,
+    })
 }
 
 fn decode_pending(raw: &[u8]) -> Result<CardPending, minicbor::decode::Error> {
@@ -287,21 +318,7 @@ impl<C: Channel> Updater<'_, C> {
         let claims = DeliveryToken::decode(&job.token, &wire::Limits::DEFAULT)
             .ok()
             .map(|t| *t.dangerous_unverified());
-        let pending = self
-            .card
-            .pending_update()
-            .map_err(|e| fail(card_failure(&e), false))
-            .and_then(|raw| {
-                decode_pending(&raw).map_err(|e| {
-                    fail(
-                        Failure::CardRefused {
-                            reason: e.to_string(),
-                            fumo: 405,
-                        },
-                        false,
-                    )
-                })
-            })?;
+        let pending = read_pending(self.card).map_err(|f| fail(f, false))?;
         let already = pending.update_id.is_some() && pending.update_id == job.update_id;
         if already {
             (self.say)("the card had already authorized this update; continuing");
@@ -642,12 +659,8 @@ impl<C: Channel> Updater<'_, C> {
             None => (payload, payload_sha256.to_owned(), payload_size),
             Some(_) => self.rebuild(&payload, &package)?,
         };
-        let pending = self
-            .card
-            .pending_update()
-            .ok()
-            .and_then(|raw| decode_pending(&raw).ok())
-            .unwrap_or_default();
+        // The card holds an authorization from here on: a failure must end it (report).
+        let pending = read_pending(self.card).map_err(|f| fail(f, true))?;
         if !pending.integrity_passed {
             let policy = self
                 .card
@@ -827,12 +840,19 @@ impl<C: Channel> Updater<'_, C> {
             result,
             detail: e.to_string(),
         };
-        let raw = match self.card.pending_update() {
-            Ok(raw) => raw,
+        let pending = match self.card.pending_update() {
+            Ok(raw) => decode_pending(&raw).map_err(|e| UpdateError::CardUnreadable {
+                result,
+                detail: format!("it does not decode: {e}"),
+            })?,
             Err(e @ ClientError::Link(_)) => return Err(unavailable(&e)),
-            Err(_) => Vec::new(),
+            Err(e) => {
+                return Err(UpdateError::CardUnreadable {
+                    result,
+                    detail: e.to_string(),
+                });
+            }
         };
-        let pending = decode_pending(&raw).unwrap_or_default();
         if pending.update_id.as_ref() != Some(update_id) {
             // The card no longer holds this update: the result reached it before a crash, or
             // it never authorized it. Never report twice; ask for the receipt of a result the

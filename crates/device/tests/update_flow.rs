@@ -8,11 +8,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{SelfTestBootCheck, TestServer, UNBOOTABLE, content};
+use simfota_cardlink::channel::Capabilities;
 use simfota_cardlink::client::{CardClient, Personalization};
-use simfota_cardlink::{FileCard, InProcessChannel, ResetKind};
+use simfota_cardlink::{
+    Channel, FileCard, InProcessChannel, LinkError, ResetKind, Response, Transmit,
+};
 use simfota_device::config::Limits;
 use simfota_device::download::Downloader;
 use simfota_device::fumo::{Job, JobStore, Stage};
@@ -35,7 +39,72 @@ const ROGUE: &str = "dm.rogue.example";
 const VENDOR: [u8; 16] = [1; 16];
 const CLASS: [u8; 16] = [2; 16];
 
-type Card = CardClient<InProcessChannel<FileCard>>;
+type Card = CardClient<Faulty>;
+
+/// How the card's pending-update record (GET DATA `0106`) fails to be read.
+#[derive(Clone, Copy, Debug)]
+enum PendingFault {
+    /// The link breaks on that command.
+    Link,
+    /// The card answers `6F00` (no precise diagnosis).
+    Status,
+}
+
+/// The in-process card, whose pending-update record the test can make unreadable.
+struct Faulty {
+    inner: InProcessChannel<FileCard>,
+    pending: Arc<Mutex<Option<PendingFault>>>,
+}
+
+/// The transmit side of [`Faulty`]: the GET DATA `0106` command meets the fault.
+struct FaultyTransmit<'t> {
+    inner: &'t mut dyn Transmit,
+    fault: Option<PendingFault>,
+}
+
+impl Transmit for FaultyTransmit<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkError> {
+        let reads_pending = apdu.get(1..4) == Some(&[0xCA, 0x01, 0x06][..]);
+        match self.fault.filter(|_| reads_pending) {
+            Some(PendingFault::Link) => Err(LinkError::CardRemoved {
+                reader: "test slot".into(),
+            }),
+            Some(PendingFault::Status) => Ok(vec![0x6F, 0x00]),
+            None => self.inner.transmit(apdu),
+        }
+    }
+}
+
+impl Channel for Faulty {
+    fn exchange(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Transmit) -> Result<Response, LinkError>,
+    ) -> Result<Response, LinkError> {
+        let fault = *self.pending.lock().unwrap();
+        self.inner
+            .exchange(&mut |t: &mut dyn Transmit| f(&mut FaultyTransmit { inner: t, fault }))
+    }
+
+    fn reset(&mut self, kind: ResetKind) -> Result<Vec<u8>, LinkError> {
+        self.inner.reset(kind)
+    }
+
+    fn reconnect(&mut self) -> Result<Vec<u8>, LinkError> {
+        self.inner.reconnect()
+    }
+
+    fn atr(&self) -> &[u8] {
+        self.inner.atr()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+}
 
 struct World {
     issuer: SigningKey,
@@ -126,6 +195,8 @@ impl World {
 struct Device {
     dir: tempfile::TempDir,
     card: Card,
+    /// Makes the card's pending-update record unreadable while set.
+    pending_fault: Arc<Mutex<Option<PendingFault>>>,
     card_key: PublicKey,
     v1: Vec<u8>,
 }
@@ -134,7 +205,11 @@ impl Device {
     fn new(w: &World, policy: Policy) -> Device {
         let dir = tempfile::tempdir().unwrap();
         let card = FileCard::open(&dir.path().join("CARD.state")).unwrap();
-        let mut card = CardClient::new(InProcessChannel::new(card, "in-process"));
+        let pending_fault = Arc::new(Mutex::new(None));
+        let mut card = CardClient::new(Faulty {
+            inner: InProcessChannel::new(card, "in-process"),
+            pending: pending_fault.clone(),
+        });
         let perso = Personalization {
             issuer_name: "operator.example".into(),
             iccid: Iccid::parse(ICCID).unwrap(),
@@ -153,6 +228,7 @@ impl Device {
         Device {
             dir,
             card,
+            pending_fault,
             card_key,
             v1,
         }
@@ -473,6 +549,63 @@ fn an_image_that_does_not_boot_is_rolled_back_and_reported_410() {
     assert_eq!(dev.running(), "1.0");
     // The anti-rollback counter moves only on success.
     assert_eq!(dev.card.card_info().unwrap().installed_sequence, 0);
+}
+
+/// The card's pending-update record fails to be read once the image is downloaded: the
+/// integrity step must not take that for "nothing verified yet" (nor the report for "nothing
+/// pending"). The update ends with `code`, and its result reaches the card once the record
+/// reads again.
+fn an_unreadable_pending_record_ends_the_update(fault: PendingFault, code: u16) {
+    let w = World::new();
+    let mut dev = Device::new(&w, device_digest());
+    let srv = TestServer::start();
+    let job = offer(&w, &mut dev, &srv, &content(10_000, 14), 2, "2.0", "upd-1");
+    // Accepted -> Authorized -> Downloaded, then stop.
+    let (res, said) = dev.run_until(job, PromptChoice::default(), ModelFilter::default(), 2);
+    assert!(matches!(res, Err(UpdateError::Stopped)), "{res:?} {said:?}");
+    let job = dev.jobs().load().unwrap().unwrap();
+    assert!(
+        matches!(job.stage, Stage::Downloaded { .. }),
+        "{:?}",
+        job.stage
+    );
+
+    *dev.pending_fault.lock().unwrap() = Some(fault);
+    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+    let all = said.join("\n");
+    assert!(all.contains("pending-update record"), "{said:?}");
+    match (fault, res) {
+        (PendingFault::Link, Err(UpdateError::CardUnavailable { result, .. }))
+        | (PendingFault::Status, Err(UpdateError::CardUnreadable { result, .. })) => {
+            assert_eq!(result, code, "{said:?}")
+        }
+        (_, other) => panic!("{other:?} {said:?}"),
+    }
+    assert_eq!(dev.running(), "1.0");
+    let job = dev.jobs().load().unwrap().unwrap();
+    assert!(
+        matches!(job.stage, Stage::Finished { result, .. } if result == code),
+        "{:?}",
+        job.stage
+    );
+
+    // The record reads again: the card records the failure and signs its receipt.
+    *dev.pending_fault.lock().unwrap() = None;
+    let (res, said) = dev.run(job, PromptChoice::default(), ModelFilter::default());
+    let (result, receipt) = result_of(&res.unwrap());
+    assert_eq!(result, code, "{said:?}");
+    assert_eq!(receipt_result(&dev, &receipt.unwrap()), code);
+    assert_eq!(dev.running(), "1.0");
+}
+
+#[test]
+fn a_link_failure_reading_the_pending_record_ends_the_update_503() {
+    an_unreadable_pending_record_ends_the_update(PendingFault::Link, 503);
+}
+
+#[test]
+fn a_card_that_refuses_to_read_its_pending_record_ends_the_update_405() {
+    an_unreadable_pending_record_ends_the_update(PendingFault::Status, 405);
 }
 
 fn rogue_offer(w: &World, dev: &mut Device, srv: &TestServer) -> Job {
