@@ -794,39 +794,50 @@ async fn on_card_info(state: &AppState, account: &mut Account, bytes: &[u8]) -> 
         tracing::warn!(imei = %account.imei, error = %e, "card info not decodable");
         return Ok(());
     }
-    if let Some(cert) = cert {
-        match crate::registry::register_card(&state.db, &state.keys.issuers, &cert).await {
-            Ok(card) => {
-                if Some(&card.iccid) != iccid.as_ref() {
-                    tracing::warn!(imei = %account.imei, "card info ICCID differs from its certificate");
-                }
-                iccid = Some(card.iccid);
-            }
-            Err(ServerError::Verification(m)) => {
-                state
-                    .metrics
-                    .verification_failures
-                    .with_label_values(&["certificate"])
-                    .inc();
-                record_event(&state.db, "card_certificate", Some(account.id), &m).await?;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    // The ICCID the server binds tokens to is the certificate's (an unverified card has none).
-    if let Some(i) = iccid
-        && crate::registry::get_card(&state.db, &i)
-            .await
-            .is_ok_and(|c| c.cert_status == "verified")
-    {
-        sqlx::query("UPDATE devices SET iccid = $1 WHERE id = $2")
-            .bind(i.clone())
-            .bind(account.id)
-            .execute(state.db.pool())
+    // The ICCID the server binds tokens to is the one in a certificate that verified under an
+    // issuer key in this session. A bare ICCID is only the device's word: it binds nothing
+    // (else a device could take over another device's verified card, and tokens for that card)
+    // and is recorded as an unverified claim; the device keeps whatever binding it had.
+    let Some(cert) = cert else {
+        if let Some(claimed) = iccid {
+            // Device-chosen text: shown only once it parses as an ICCID.
+            let claimed = Iccid::parse(&claimed).map_or_else(
+                |_| "(not a valid ICCID)".to_owned(),
+                |i| i.as_str().to_owned(),
+            );
+            tracing::warn!(imei = %account.imei, iccid = %claimed, "card info claims an ICCID without a certificate; not bound");
+            record_event(
+                &state.db,
+                "card_claim",
+                Some(account.id),
+                &format!("ICCID {claimed} claimed without a card certificate; not bound"),
+            )
             .await?;
-        account.iccid = Some(i);
+        }
+        return Ok(());
+    };
+    let card = match crate::registry::register_card(&state.db, &state.keys.issuers, &cert).await {
+        Ok(card) => card,
+        Err(ServerError::Verification(m)) => {
+            state
+                .metrics
+                .verification_failures
+                .with_label_values(&["certificate"])
+                .inc();
+            record_event(&state.db, "card_certificate", Some(account.id), &m).await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if iccid.as_ref().is_some_and(|i| *i != card.iccid) {
+        tracing::warn!(imei = %account.imei, "card info ICCID differs from its certificate; the certificate's is bound");
     }
+    sqlx::query("UPDATE devices SET iccid = $1 WHERE id = $2")
+        .bind(card.iccid.clone())
+        .bind(account.id)
+        .execute(state.db.pool())
+        .await?;
+    account.iccid = Some(card.iccid);
     Ok(())
 }
 

@@ -1668,3 +1668,67 @@ both!(
     hmac_devices_and_shared_secret_enrolment,
     super::hmac_and_enrolment
 );
+
+/// Card Info that claims an ICCID without a certificate (threat: a device takes over another
+/// device's verified card): the device is not bound to that card and the claim is recorded.
+async fn claimed_iccid(env: Env) {
+    let s = env.start().await;
+    let info_node = NodeUri::parse("./SIMFOTA/Card/Info").unwrap();
+    let b64_value = |v: Vec<u8>| NodeValue {
+        format: "b64".into(),
+        mime_type: None,
+        data: b64(&v).into_bytes(),
+    };
+    // The card's own device: its certificate verifies, the card is known and verified.
+    let mut owner = Device::new(&env, 31, Encoding::Xml);
+    owner.register(&s).await;
+    owner.session(&[&s.url], 1).await;
+    let d = s.json(&format!("/api/v1/devices/{}", owner.imei)).await;
+    assert_eq!(d["device"]["iccid"], ICCID);
+
+    // Another device claims that ICCID: {1: ICCID}, no certificate.
+    let mut other = Device::new(&env, 32, Encoding::Xml);
+    let mut claim = vec![0xa1, 0x01, 0x60 + ICCID.len() as u8];
+    claim.extend_from_slice(ICCID.as_bytes());
+    other.tree.set_value(&info_node, b64_value(claim)).unwrap();
+    other.register(&s).await;
+    other.session(&[&s.url], 1).await;
+    let d = s.json(&format!("/api/v1/devices/{}", other.imei)).await;
+    assert_eq!(d["device"]["iccid"], serde_json::Value::Null, "{d}");
+    let detail: String = sqlx::query_scalar(
+        "SELECT detail FROM security_events WHERE kind = 'card_claim' AND device_id = $1",
+    )
+    .bind(d["device"]["id"].as_i64().unwrap())
+    .fetch_one(s.running.state().db.pool())
+    .await
+    .unwrap();
+    assert!(detail.contains(ICCID), "{detail}");
+
+    // The same claim with a certificate from another issuer: not bound either.
+    let forger = SigningKey::random(&mut rand_core::OsRng);
+    let cert = CardCertificate {
+        issuer: IssuerId::new("test-issuer").unwrap(),
+        iccid: Iccid::parse(ICCID).unwrap(),
+        card_key: PublicKey::from(&other.card),
+        imsi: None,
+    };
+    let mut buf = [0u8; 512];
+    let n = cert.sign(&forger, &mut buf).unwrap();
+    let mut forged = vec![0xa2, 0x01, 0x60 + ICCID.len() as u8];
+    forged.extend_from_slice(ICCID.as_bytes());
+    forged.extend_from_slice(&[0x04, 0x59]);
+    forged.extend_from_slice(&(n as u16).to_be_bytes());
+    forged.extend_from_slice(&buf[..n]);
+    other.tree.set_value(&info_node, b64_value(forged)).unwrap();
+    other.session(&[&s.url], 2).await;
+    let d = s.json(&format!("/api/v1/devices/{}", other.imei)).await;
+    assert_eq!(d["device"]["iccid"], serde_json::Value::Null, "{d}");
+    // The owner keeps its card.
+    let d = s.json(&format!("/api/v1/devices/{}", owner.imei)).await;
+    assert_eq!(d["device"]["iccid"], ICCID);
+    s.stop().await;
+}
+both!(
+    claimed_iccid_without_certificate_binds_nothing,
+    super::claimed_iccid
+);
