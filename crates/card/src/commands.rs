@@ -8,37 +8,134 @@ use crate::pin::{self, PIN_LEN, valid_pin_block};
 use crate::store::Store;
 use rand_core::RngCore;
 
+/// The applet's instructions, recognized once from the class (ISO or proprietary) and INS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Instruction {
+    GetChallenge,
+    Verify,
+    ChangeReferenceData,
+    ResetRetryCounter,
+    GenerateKeyPair,
+    StoreData,
+    GetData,
+    BindTerminal,
+    AuthorizeUpdate,
+    RecordConsent,
+    Payload,
+    ReportResult,
+    GetReceipt,
+    ReadLog,
+    AckLog,
+    Admin,
+}
+
+/// The life-cycle phase an instruction runs in (GlobalPlatform Card Specification §5.3: an
+/// applet personalized and locked refuses personalization; one not yet locked serves only it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Until the card is locked (STORE DATA with the last-block bit).
+    Personalization,
+    /// Once it is locked.
+    Operational,
+    /// Decided by the handler (GET DATA: card info is readable while personalizing).
+    Handler,
+}
+
+impl Instruction {
+    /// The instruction `cmd` names, or `6D00`.
+    fn of(cmd: &Command<'_>) -> Result<Self, CardError> {
+        use Instruction::*;
+        Ok(match (!cmd.proprietary(), cmd.ins) {
+            (true, ins::GET_CHALLENGE) => GetChallenge,
+            (true, ins::VERIFY) => Verify,
+            (true, ins::CHANGE_REFERENCE_DATA) => ChangeReferenceData,
+            (true, ins::RESET_RETRY_COUNTER) => ResetRetryCounter,
+            (true, ins::GENERATE_KEY_PAIR) => GenerateKeyPair,
+            (false, ins::STORE_DATA) => StoreData,
+            (false, ins::GET_DATA) => GetData,
+            (false, ins::BIND_TERMINAL) => BindTerminal,
+            (false, ins::AUTHORIZE_UPDATE) => AuthorizeUpdate,
+            (false, ins::RECORD_CONSENT) => RecordConsent,
+            (false, ins::PAYLOAD) => Payload,
+            (false, ins::REPORT_RESULT) => ReportResult,
+            (false, ins::GET_RECEIPT) => GetReceipt,
+            (false, ins::READ_LOG) => ReadLog,
+            (false, ins::ACK_LOG) => AckLog,
+            (false, ins::ADMIN) => Admin,
+            _ => return Err(CardError::InsNotSupported),
+        })
+    }
+
+    fn phase(self) -> Phase {
+        use Instruction::*;
+        match self {
+            GenerateKeyPair | StoreData => Phase::Personalization,
+            GetData => Phase::Handler,
+            _ => Phase::Operational,
+        }
+    }
+
+    /// P1-P2 when the instruction takes exactly one value (`docs/apdu.md`); `None` when the
+    /// handler reads them (PIN references, GET DATA tags, STORE DATA blocks, PAYLOAD steps,
+    /// RECORD CONSENT's answer).
+    fn fixed_p1p2(self) -> Option<(u8, u8)> {
+        use Instruction::*;
+        match self {
+            GetChallenge | GenerateKeyPair | BindTerminal | AuthorizeUpdate | ReportResult
+            | GetReceipt | ReadLog | AckLog | Admin => Some((0, 0)),
+            Verify | ChangeReferenceData | ResetRetryCounter | StoreData | GetData
+            | RecordConsent | Payload => None,
+        }
+    }
+}
+
 /// Runs one complete command whose data is `io[..n]`; the response data is written to the
-/// start of `io` and its length returned.
+/// start of `io` and its length returned. The life-cycle gate and fixed P1-P2 are checked
+/// here, once, in that order, before any handler runs.
 pub(crate) fn dispatch<S: Store, P: Platform>(
     core: &mut Core<S, P>,
     cmd: &Command<'_>,
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
-    let iso = !cmd.proprietary();
-    match (iso, cmd.ins) {
-        (true, ins::GET_CHALLENGE) => get_challenge(core, cmd, io),
-        (true, ins::VERIFY) => verify(core, cmd, &io[..n]),
-        (true, ins::CHANGE_REFERENCE_DATA) => change_reference_data(core, cmd, &io[..n]),
-        (true, ins::RESET_RETRY_COUNTER) => reset_retry_counter(core, cmd, &io[..n]),
-        (true, ins::GENERATE_KEY_PAIR) => crate::perso::generate_key_pair(core, cmd, io),
-        (false, ins::STORE_DATA) => crate::perso::store_data(core, cmd, io, n),
-        (false, ins::GET_DATA) => crate::info::get_data(core, cmd, io),
-        (false, ins::BIND_TERMINAL) => bind_terminal(core, cmd, &io[..n]),
-        (false, ins::AUTHORIZE_UPDATE) => crate::update::authorize(core, cmd, io, n),
-        (false, ins::RECORD_CONSENT) => crate::update::record_consent(core, cmd, io, n),
-        (false, ins::PAYLOAD) => crate::update::payload(core, cmd, &io[..n]),
-        (false, ins::REPORT_RESULT) => crate::update::report_result(core, cmd, io, n),
-        (false, ins::GET_RECEIPT) => crate::update::get_receipt(core, cmd, io, n),
-        (false, ins::READ_LOG) => crate::logcmd::read_log(core, cmd, io, n),
-        (false, ins::ACK_LOG) => crate::logcmd::ack_log(core, cmd, io, n),
-        (false, ins::ADMIN) => crate::admin::admin(core, cmd, io, n),
-        _ => Err(CardError::InsNotSupported),
+    let instruction = Instruction::of(cmd)?;
+    match (instruction.phase(), core.p.lifecycle()?) {
+        (Phase::Operational, Lifecycle::Operational)
+        | (Phase::Personalization, Lifecycle::Blank | Lifecycle::Personalizing)
+        | (Phase::Handler, _) => {}
+        (Phase::Operational, _) => return Err(CardError::Conditions("card not personalized")),
+        (Phase::Personalization, Lifecycle::Operational) => {
+            return Err(CardError::Conditions(
+                "card locked: personalization is over",
+            ));
+        }
+    }
+    if let Some((p1, p2)) = instruction.fixed_p1p2() {
+        require_p1p2(cmd, p1, p2)?;
+    }
+    use Instruction::*;
+    match instruction {
+        GetChallenge => get_challenge(core, io),
+        Verify => verify(core, cmd, &io[..n]),
+        ChangeReferenceData => change_reference_data(core, cmd, &io[..n]),
+        ResetRetryCounter => reset_retry_counter(core, cmd, &io[..n]),
+        GenerateKeyPair => crate::perso::generate_key_pair(core, io),
+        StoreData => crate::perso::store_data(core, cmd, io, n),
+        GetData => crate::info::get_data(core, cmd, io),
+        BindTerminal => bind_terminal(core, &io[..n]),
+        AuthorizeUpdate => crate::update::authorize(core, io, n),
+        RecordConsent => crate::update::record_consent(core, cmd, io, n),
+        Payload => crate::update::payload(core, cmd, &io[..n]),
+        ReportResult => crate::update::report_result(core, io, n),
+        GetReceipt => crate::update::get_receipt(core, io, n),
+        ReadLog => crate::logcmd::read_log(core, io, n),
+        AckLog => crate::logcmd::ack_log(core, io, n),
+        Admin => crate::admin::admin(core, io, n),
     }
 }
 
-/// Refuses commands of the operational phase before personalization is locked.
+/// Refuses what needs the operational phase before personalization is locked (the handlers
+/// whose phase depends on their parameters: GET DATA).
 pub(crate) fn require_operational<S: Store, P: Platform>(
     core: &Core<S, P>,
 ) -> Result<(), CardError> {
@@ -48,7 +145,7 @@ pub(crate) fn require_operational<S: Store, P: Platform>(
     }
 }
 
-pub(crate) fn require_p1p2(cmd: &Command<'_>, p1: u8, p2: u8) -> Result<(), CardError> {
+fn require_p1p2(cmd: &Command<'_>, p1: u8, p2: u8) -> Result<(), CardError> {
     if cmd.p1 == p1 && cmd.p2 == p2 {
         Ok(())
     } else {
@@ -60,11 +157,8 @@ pub(crate) fn require_p1p2(cmd: &Command<'_>, p1: u8, p2: u8) -> Result<(), Card
 /// replacing any earlier one. Every AUTHORIZE UPDATE, READ LOG and ACKNOWLEDGE LOG consumes it.
 fn get_challenge<S: Store, P: Platform>(
     core: &mut Core<S, P>,
-    cmd: &Command<'_>,
     io: &mut [u8],
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
-    require_p1p2(cmd, 0, 0)?;
     let mut nonce = [0u8; 16];
     core.platform.rng().fill_bytes(&mut nonce);
     core.session.nonce = Some(nonce);
@@ -78,11 +172,8 @@ fn get_challenge<S: Store, P: Platform>(
 /// rest of the session.
 fn bind_terminal<S: Store, P: Platform>(
     core: &mut Core<S, P>,
-    cmd: &Command<'_>,
     data: &[u8],
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
-    require_p1p2(cmd, 0, 0)?;
     let (imei, time) = match data.len() {
         IMEI_LEN => (data, None),
         23 => {
@@ -119,7 +210,6 @@ fn verify<S: Store, P: Platform>(
     cmd: &Command<'_>,
     data: &[u8],
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
     if cmd.p1 != 0 || pin_slot(cmd.p2)? != PinSlot::Pin {
         return Err(CardError::WrongP1P2);
     }
@@ -146,7 +236,6 @@ fn change_reference_data<S: Store, P: Platform>(
     cmd: &Command<'_>,
     data: &[u8],
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
     if cmd.p1 != 0 || pin_slot(cmd.p2)? != PinSlot::Pin {
         return Err(CardError::WrongP1P2);
     }
@@ -174,7 +263,6 @@ fn reset_retry_counter<S: Store, P: Platform>(
     cmd: &Command<'_>,
     data: &[u8],
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
     if pin_slot(cmd.p2)? != PinSlot::Pin {
         return Err(CardError::WrongP1P2);
     }

@@ -5,9 +5,7 @@ use simfota_wire::{
     ExportHeader, LogAck, LogEntry, LogReadRequest, PublicKey, Rights, build_export,
 };
 
-use crate::apdu::Command;
 use crate::applet::{Core, IO_CAP, Platform};
-use crate::commands::{require_operational, require_p1p2};
 use crate::crypto::{self, LIMITS};
 use crate::layout::{ICCID_MAX, O_ICCID};
 use crate::store::Store;
@@ -47,12 +45,9 @@ fn server_key_with<S: Store>(
 /// and signed by the card. The server asks again (new nonce) from the next sequence number.
 pub(crate) fn read_log<S: Store, P: Platform>(
     core: &mut Core<S, P>,
-    cmd: &Command<'_>,
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
-    require_p1p2(cmd, 0, 0)?;
     let nonce = core.session.nonce.take();
     let signed = LogReadRequest::decode(&io[..n], &LIMITS)
         .map_err(|_| CardError::WrongData("log-read request"))?;
@@ -114,12 +109,9 @@ pub(crate) fn read_log<S: Store, P: Platform>(
 /// of entries 0..=N.
 pub(crate) fn ack_log<S: Store, P: Platform>(
     core: &mut Core<S, P>,
-    cmd: &Command<'_>,
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
-    require_p1p2(cmd, 0, 0)?;
     let nonce = core.session.nonce.take();
     let signed = LogAck::decode(&io[..n], &LIMITS)
         .map_err(|_| CardError::WrongData("log acknowledgement"))?;

@@ -41,15 +41,6 @@ pub mod dgi {
     pub const POLICY: u16 = 0x0303;
 }
 
-fn require_personalizing<S: Store>(p: &Persist<S>) -> Result<(), CardError> {
-    match p.lifecycle()? {
-        Lifecycle::Operational => Err(CardError::Conditions(
-            "card locked: personalization is over",
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Formats a blank store (inside the caller's transaction).
 fn ensure_formatted<S: Store>(p: &mut Persist<S>) -> Result<(), CardError> {
     if p.lifecycle()? == Lifecycle::Blank {
@@ -64,11 +55,8 @@ fn ensure_formatted<S: Store>(p: &mut Persist<S>) -> Result<(), CardError> {
 /// uncompressed, 65 bytes). The private key never leaves the card. Personalization only.
 pub(crate) fn generate_key_pair<S: Store, P: Platform>(
     core: &mut Core<S, P>,
-    cmd: &Command<'_>,
     io: &mut [u8],
 ) -> Result<usize, CardError> {
-    require_personalizing(&core.p)?;
-    crate::commands::require_p1p2(cmd, 0, 0)?;
     let sk = SecretKey::random(core.platform.rng());
     let pk = sk.public_key().to_encoded_point(false);
     let pk = pk.as_bytes();
@@ -128,7 +116,6 @@ pub(crate) fn store_data<S: Store, P: Platform>(
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
-    require_personalizing(&core.p)?;
     if cmd.p1 & 0x7F != 0 {
         return Err(CardError::WrongP1P2);
     }

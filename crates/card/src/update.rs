@@ -42,7 +42,6 @@ use subtle::ConstantTimeEq;
 
 use crate::apdu::Command;
 use crate::applet::{Core, Platform, Stream};
-use crate::commands::{require_operational, require_p1p2};
 use crate::crypto::{self, LIMITS, ManifestFacts};
 use crate::layout::{
     ICCID_MAX, O_ICCID, O_INSTALLED_SEQ, O_PENDING, O_TRUSTED_TIME, O_UNVERIFIED_UPDATES, P_ENTRY,
@@ -424,12 +423,9 @@ fn refuse_early<S: Store, P: Platform>(
 /// otherwise.
 pub(crate) fn authorize<S: Store, P: Platform>(
     core: &mut Core<S, P>,
-    cmd: &Command<'_>,
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
-    require_p1p2(cmd, 0, 0)?;
     // The nonce is consumed by this attempt whatever happens next, before any persistent
     // write: a power cut cannot leave it usable (it lives in RAM only).
     let nonce = core.session.nonce.take();
@@ -465,7 +461,6 @@ pub(crate) fn record_consent<S: Store, P: Platform>(
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
     if cmd.p2 != 0 || cmd.p1 > 1 {
         return Err(CardError::WrongP1P2);
     }
@@ -561,7 +556,6 @@ pub(crate) fn payload<S: Store, P: Platform>(
     cmd: &Command<'_>,
     data: &[u8],
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
     if cmd.p2 != 0 || cmd.p1 > 3 {
         return Err(CardError::WrongP1P2);
     }
@@ -635,12 +629,9 @@ pub(crate) fn payload<S: Store, P: Platform>(
 /// the card-signed receipt.
 pub(crate) fn report_result<S: Store, P: Platform>(
     core: &mut Core<S, P>,
-    cmd: &Command<'_>,
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
-    require_p1p2(cmd, 0, 0)?;
     let data = &io[..n];
     if data.len() < 11 {
         return Err(CardError::WrongLength);
@@ -740,12 +731,9 @@ fn sign_receipt<S: Store, P: Platform>(
 /// (as REPORT RESULT).
 pub(crate) fn get_receipt<S: Store, P: Platform>(
     core: &mut Core<S, P>,
-    cmd: &Command<'_>,
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
-    require_operational(core)?;
-    require_p1p2(cmd, 0, 0)?;
     if n == 0 || n > UpdateId::MAX_LEN {
         return Err(CardError::WrongLength);
     }
