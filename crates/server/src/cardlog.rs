@@ -169,7 +169,80 @@ pub enum Outcome {
         more: bool,
     },
     /// Refused, with the reason (recorded).
-    Rejected(String),
+    Rejected(ExportRefusal),
+}
+
+/// Why an export was refused. The kind, not the wording, decides what the refusal does to the
+/// card's log status ([`ExportRefusal::log_status`]); the text is what `log_exports.reason`
+/// and the security event record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExportRefusal {
+    /// The ICCID names no card whose certificate verified.
+    #[error("no verified card")]
+    NoVerifiedCard,
+    /// No request of this server is waiting for an answer.
+    #[error("no log-read request is outstanding for this card (replayed export?)")]
+    NoRequest,
+    /// Signature, decryption or encoding refused (the wire crate's reason).
+    #[error("export refused: {0}")]
+    Unopened(String),
+    /// Signed by this card's key but naming another ICCID.
+    #[error("export from another card")]
+    OtherCard,
+    /// Answers an older request's nonce.
+    #[error("export answers another request nonce (replayed export)")]
+    OtherNonce,
+    /// Starts after the first entry asked for, but not because entries are gone.
+    #[error("export starts at {first} but {asked} was asked for")]
+    WrongStart {
+        /// The export's first sequence number.
+        first: u32,
+        /// The one asked for.
+        asked: i64,
+    },
+    /// Entries the server never stored are missing (the card reused their slots, or the
+    /// export skips past the stored head).
+    #[error("gap: {0}")]
+    Gap(String),
+    /// The card's history contradicts itself or what is stored.
+    #[error("fork: {0}")]
+    Fork(String),
+}
+
+/// `cards.log_status` besides `ok`: what a refused export says about the card's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStatus {
+    /// Entries are missing: the stored log has a hole.
+    Gap,
+    /// The card's log and the stored one disagree.
+    Fork,
+}
+
+impl LogStatus {
+    /// The stored and shown name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gap => "gap",
+            Self::Fork => "fork",
+        }
+    }
+}
+
+impl ExportRefusal {
+    /// The log status this refusal sets on the card; `None` leaves it as it is (a replayed or
+    /// forged export says nothing about the card's own log).
+    pub fn log_status(&self) -> Option<LogStatus> {
+        match self {
+            Self::Gap(_) => Some(LogStatus::Gap),
+            Self::Fork(_) => Some(LogStatus::Fork),
+            Self::NoVerifiedCard
+            | Self::NoRequest
+            | Self::Unopened(_)
+            | Self::OtherCard
+            | Self::OtherNonce
+            | Self::WrongStart { .. } => None,
+        }
+    }
 }
 
 /// Verifies and stores an export relayed by the device.
@@ -180,7 +253,7 @@ pub async fn on_export(
     bytes: &[u8],
 ) -> Result<Outcome> {
     let Some(card) = card_row(state, iccid).await? else {
-        return Ok(Outcome::Rejected("no verified card".into()));
+        return Ok(Outcome::Rejected(ExportRefusal::NoVerifiedCard));
     };
     let req = sqlx::query(
         "SELECT id, card_nonce, first_seq FROM log_requests WHERE card_id = $1 AND state = 'sent' \
@@ -189,7 +262,7 @@ pub async fn on_export(
     .bind(card.id)
     .fetch_optional(state.db.pool())
     .await?;
-    let verdict = check(state, &card, iccid, req.as_ref(), bytes).await;
+    let verdict = check(state, &card, iccid, req.as_ref(), bytes).await?;
     let (verdict_text, reason, first, last) = match &verdict {
         Ok((first, entries, _)) => (
             "accepted",
@@ -197,7 +270,7 @@ pub async fn on_export(
             Some(i64::from(*first)),
             entries.last().map(|(e, _)| i64::from(e.seq)),
         ),
-        Err(m) => ("rejected", Some(m.clone()), None, None),
+        Err(r) => ("rejected", Some(r.to_string()), None, None),
     };
     let export_id = sqlx::query(
         "INSERT INTO log_exports (card_id, device_id, request_id, raw, verdict, reason, first_seq, last_seq, received_ms) \
@@ -217,24 +290,24 @@ pub async fn on_export(
     .i64("id")?;
     let (first_seq, entries, log_end) = match verdict {
         Ok(v) => v,
-        Err(m) => {
+        Err(refusal) => {
             state
                 .metrics
                 .verification_failures
                 .with_label_values(&["export"])
                 .inc();
+            let m = refusal.to_string();
             crate::dm::record_event(&state.db, "card_export", Some(device_id), &m).await?;
-            if m.starts_with("gap") || m.starts_with("fork") {
-                let status = if m.starts_with("gap") { "gap" } else { "fork" };
+            if let Some(status) = refusal.log_status() {
                 sqlx::query("UPDATE cards SET log_status = $1, updated_ms = $2 WHERE id = $3")
-                    .bind(status)
+                    .bind(status.as_str())
                     .bind(now_ms())
                     .bind(card.id)
                     .execute(state.db.pool())
                     .await?;
             }
             tracing::warn!(%iccid, reason = %m, "card log export rejected");
-            return Ok(Outcome::Rejected(m));
+            return Ok(Outcome::Rejected(refusal));
         }
     };
     if let Some(r) = &req {
@@ -310,62 +383,73 @@ async fn check(
     iccid: &str,
     req: Option<&sqlx::any::AnyRow>,
     bytes: &[u8],
-) -> std::result::Result<Page, String> {
-    let req = req.ok_or("no log-read request is outstanding for this card (replayed export?)")?;
+) -> Result<std::result::Result<Page, ExportRefusal>> {
+    let Some(req) = req else {
+        return Ok(Err(ExportRefusal::NoRequest));
+    };
     let secret = simfota_wire::p256::SecretKey::from(state.keys.server.as_nonzero_scalar());
-    let v = open_export(bytes, &card.key, &secret, &Limits::DEFAULT)
-        .map_err(|e| format!("export refused: {e}"))?;
+    let v = match open_export(bytes, &card.key, &secret, &Limits::DEFAULT) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(ExportRefusal::Unopened(e.to_string()))),
+    };
     let c = v.get();
     if c.iccid.as_str() != iccid {
-        return Err("export from another card".into());
+        return Ok(Err(ExportRefusal::OtherCard));
     }
-    let nonce = req.bytes("card_nonce").map_err(|e| e.to_string())?;
+    let nonce = req.bytes("card_nonce")?;
     if c.nonce.0.as_slice() != nonce.as_slice() {
-        return Err("export answers another request nonce (replayed export)".into());
+        return Ok(Err(ExportRefusal::OtherNonce));
     }
-    let asked = req.i64("first_seq").map_err(|e| e.to_string())?;
+    let asked = req.i64("first_seq")?;
     if i64::from(c.first_seq) > asked {
         // The card no longer holds the entries asked for (another server acknowledged them and
         // the slots were reused): entries this server never stored are gone.
-        return Err(format!(
-            "gap: the card's export starts at {} but {asked} was asked for (entries {asked}..{} are no longer on the card)",
+        return Ok(Err(ExportRefusal::Gap(format!(
+            "the card's export starts at {} but {asked} was asked for (entries {asked}..{} are no longer on the card)",
             c.first_seq, c.first_seq
-        ));
+        ))));
     }
     if i64::from(c.first_seq) != asked {
-        return Err(format!(
-            "export starts at {} but {asked} was asked for",
-            c.first_seq
-        ));
+        return Ok(Err(ExportRefusal::WrongStart {
+            first: c.first_seq,
+            asked,
+        }));
     }
-    let entries = c
-        .entries()
-        .map_err(|e| format!("fork: chain inside the export is broken ({e})"))?;
+    let entries = match c.entries() {
+        Ok(e) => e,
+        Err(e) => {
+            return Ok(Err(ExportRefusal::Fork(format!(
+                "chain inside the export is broken ({e})"
+            ))));
+        }
+    };
     // Continuity with what is stored (the stored head is entry first_seq - 1).
     if let (Some(first), Some(head_seq), Some(head_hash)) =
         (entries.first(), card.head_seq, &card.head_hash)
     {
         if i64::from(first.seq) > head_seq + 1 {
-            return Err(format!(
-                "gap: entries {}..{} missing",
+            return Ok(Err(ExportRefusal::Gap(format!(
+                "entries {}..{} missing",
                 head_seq + 1,
                 first.seq
-            ));
+            ))));
         }
         if i64::from(first.seq) == head_seq + 1
             && first.prev_hash.0.as_slice() != head_hash.as_slice()
         {
-            return Err(format!(
-                "fork: entry {} does not chain to the stored entry {head_seq}",
+            return Ok(Err(ExportRefusal::Fork(format!(
+                "entry {} does not chain to the stored entry {head_seq}",
                 first.seq
-            ));
+            ))));
         }
     } else if let Some(first) = entries.first()
         && card.head_seq.is_none()
         && first.seq == 0
         && first.prev_hash != Digest([0; 32])
     {
-        return Err("fork: entry 0 has a previous hash".into());
+        return Ok(Err(ExportRefusal::Fork(
+            "entry 0 has a previous hash".into(),
+        )));
     }
     // Entries stored before must come back identical.
     for (e, raw) in entries.iter().zip(&c.records) {
@@ -374,17 +458,18 @@ async fn check(
                 .bind(card.id)
                 .bind(i64::from(e.seq))
                 .fetch_optional(state.db.pool())
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         if let Some(s) = stored
-            && s.bytes("entry_hash").map_err(|e| e.to_string())?
-                != LogEntry::record_hash(raw).0.to_vec()
+            && s.bytes("entry_hash")? != LogEntry::record_hash(raw).0.to_vec()
         {
-            return Err(format!("fork: entry {} differs from the stored one", e.seq));
+            return Ok(Err(ExportRefusal::Fork(format!(
+                "entry {} differs from the stored one",
+                e.seq
+            ))));
         }
     }
     let pairs = entries.into_iter().zip(c.records.iter().copied()).collect();
-    Ok((c.first_seq, pairs, c.log_end))
+    Ok(Ok((c.first_seq, pairs, c.log_end)))
 }
 
 /// Signs a log acknowledgement "stored everything up to `up_to`" for `nonce`.
@@ -597,6 +682,39 @@ pub async fn entries(state: &AppState, iccid: &str) -> Result<Vec<StoredEntry>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_gaps_and_forks_change_the_log_status() {
+        // The kind decides, not the wording: a wire-crate reason that mentions a gap is no gap.
+        assert_eq!(
+            ExportRefusal::Gap("entries 3..5 missing".into()).log_status(),
+            Some(LogStatus::Gap)
+        );
+        assert_eq!(
+            ExportRefusal::Fork("entry 0 has a previous hash".into()).log_status(),
+            Some(LogStatus::Fork)
+        );
+        for r in [
+            ExportRefusal::NoVerifiedCard,
+            ExportRefusal::NoRequest,
+            ExportRefusal::Unopened("gap in the ciphertext".into()),
+            ExportRefusal::OtherCard,
+            ExportRefusal::OtherNonce,
+            ExportRefusal::WrongStart { first: 4, asked: 2 },
+        ] {
+            assert_eq!(r.log_status(), None, "{r}");
+        }
+        // The recorded reasons read as before the kinds existed.
+        assert_eq!(
+            ExportRefusal::Gap("entries 3..5 missing".into()).to_string(),
+            "gap: entries 3..5 missing"
+        );
+        assert_eq!(
+            ExportRefusal::Unopened("bad signature".into()).to_string(),
+            "export refused: bad signature"
+        );
+        assert_eq!(LogStatus::Fork.as_str(), "fork");
+    }
 
     #[test]
     fn every_refusal_code_has_its_own_name() {
