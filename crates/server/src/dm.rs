@@ -275,6 +275,16 @@ fn imei_of(dev_id: &str) -> Option<&str> {
         .filter(|i| Imei::parse(i).is_ok())
 }
 
+/// The scheme a device account is stored with (`devices.auth_scheme`, written by the registry
+/// as `md5` or `hmac`); `None` for anything else.
+fn auth_scheme(stored: &str) -> Option<AuthScheme> {
+    match stored {
+        "md5" => Some(AuthScheme::Md5),
+        "hmac" => Some(AuthScheme::Hmac),
+        _ => None,
+    }
+}
+
 async fn lookup(state: &AppState, dev_id: &str) -> Result<Option<Account>> {
     let Some(imei) = imei_of(dev_id) else {
         return Ok(None);
@@ -287,17 +297,22 @@ async fn lookup(state: &AppState, dev_id: &str) -> Result<Option<Account>> {
     .fetch_optional(state.db.pool())
     .await?;
     let Some(r) = row else { return Ok(None) };
+    let stored = r.text("auth_scheme")?;
+    let Some(auth) = auth_scheme(&stored) else {
+        // Guessing a scheme would authenticate the device some other way than the operator
+        // registered it; the account is unusable until its scheme is fixed.
+        tracing::error!(%imei, scheme = %stored, "stored auth scheme is neither md5 nor hmac: DM session refused");
+        return Err(ServerError::Db(format!(
+            "device {imei}: stored auth scheme {stored:?} is neither md5 nor hmac; session refused"
+        )));
+    };
     Ok(Some(Account {
         id: r.i64("id")?,
         imei: r.text("imei")?,
         username: r.text("dm_username")?,
         password: r.text("dm_password")?,
         server_password: r.text("server_password")?,
-        auth: if r.text("auth_scheme")? == "hmac" {
-            AuthScheme::Hmac
-        } else {
-            AuthScheme::Md5
-        },
+        auth,
         device_nonce: r.opt_bytes("device_nonce")?,
         server_nonce: r.opt_bytes("server_nonce")?,
         iccid: r.opt_text("iccid")?,
@@ -1059,4 +1074,18 @@ async fn check_receipt(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_registry_spellings_are_auth_schemes() {
+        assert_eq!(auth_scheme("md5"), Some(AuthScheme::Md5));
+        assert_eq!(auth_scheme("hmac"), Some(AuthScheme::Hmac));
+        for unknown in ["", "MD5", "sha256", "basic", "hmac "] {
+            assert_eq!(auth_scheme(unknown), None, "{unknown:?}");
+        }
+    }
 }

@@ -1732,3 +1732,50 @@ both!(
     claimed_iccid_without_certificate_binds_nothing,
     super::claimed_iccid
 );
+
+/// A device account whose stored auth scheme is neither md5 nor hmac (a hand-edited or
+/// future row): the session is refused with the reason, not run as md5.
+async fn unknown_auth_scheme(env: Env) {
+    let s = env.start().await;
+    let mut dev = Device::new(&env, 41, Encoding::Xml);
+    dev.register(&s).await;
+    sqlx::query("UPDATE devices SET auth_scheme = 'sha256' WHERE imei = $1")
+        .bind(dev.imei.clone())
+        .execute(s.running.state().db.pool())
+        .await
+        .unwrap();
+    let mut client = ClientSession::new(
+        ClientConfig {
+            client_id: format!("IMEI:{}", dev.imei),
+            server_id: "simfota".into(),
+            server_uri: format!("{}/dm", s.url),
+            client_credentials: Credentials::new(format!("dev-{}", dev.imei), dev.password.clone()),
+            server_credentials: Credentials::new("simfota", "srv-secret"),
+            auth: AuthScheme::Md5,
+            require_server_auth: true,
+            encoding: Encoding::Xml,
+            limits: Limits::default(),
+        },
+        1,
+        dev.nonce.clone(),
+        dev.server_nonce.clone(),
+    );
+    let out = client
+        .start(AlertCode::CLIENT_INITIATED_MGMT, &mut dev.tree)
+        .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/dm", s.url))
+        .header("content-type", out.content_type)
+        .body(out.body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("auth scheme \\\"sha256\\\""), "{body}");
+    s.stop().await;
+}
+both!(
+    unknown_stored_auth_scheme_refuses_the_session,
+    super::unknown_auth_scheme
+);
