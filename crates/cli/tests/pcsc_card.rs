@@ -4,8 +4,8 @@
 //! and reset, and its state on disk must be whole.
 //!
 //! Needs `SIMFOTA_PCSCD=1` (pcscd running with vsmartcard-vpcd), opensc-tool, scriptor and
-//! /usr/bin/python3 with pyscard; without them the tests skip, or fail under
-//! `SIMFOTA_REQUIRE_EXTERNAL=1`.
+//! /usr/bin/python3 with pyscard; without them the tests fail, or skip under
+//! `SIMFOTA_SKIP_EXTERNAL=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ fn require(what: &str, present: bool, test: &str) -> bool {
     if present {
         return true;
     }
-    if std::env::var("SIMFOTA_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+    if std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1") {
         panic!("{test}: {what} is required");
     }
     println!("skipped: {test}: {what} missing");

@@ -1,7 +1,7 @@
 //! The full-flow suite on PostgreSQL with the card served into pcscd (vpcd reader "Virtual
 //! PCD 00 00"): the same scenarios as `flows.rs` (see `flows/scenarios.rs`, docs/flows.md).
 //! Needs `SIMFOTA_PCSCD=1` and PostgreSQL (`SIMFOTA_POSTGRES_URL`); without them each test
-//! prints "skipped: ..." unless `SIMFOTA_REQUIRE_EXTERNAL=1`. The `pcsc_` tests run one at a
+//! fails, or prints "skipped: ..." under `SIMFOTA_SKIP_EXTERNAL=1`. The `pcsc_` tests run one at a
 //! time (.config/nextest.toml): they share the reader.
 
 // Test functions: a failed expectation is a test failure.

@@ -34,7 +34,7 @@ const SERVER_VARS: &[&str] = &[
 ];
 
 fn require_external() -> bool {
-    std::env::var("SIMFOTA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1")
+    std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1")
 }
 
 fn simfota() -> Command {
@@ -435,8 +435,8 @@ fn bad_flags_and_bad_configuration_are_one_line_refusals() {
     assert_one_line(&err, "enrolment password");
 }
 
-/// Runs `sql` on the admin URL; `None` when PostgreSQL is unreachable (a skip, or a failure
-/// under SIMFOTA_REQUIRE_EXTERNAL=1).
+/// Runs `sql` on the admin URL; `None` when PostgreSQL is unreachable (a failure, or a skip
+/// under SIMFOTA_SKIP_EXTERNAL=1).
 fn pg(admin_url: &str, sql: &str) -> Option<()> {
     use sqlx::Connection as _;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -457,7 +457,7 @@ fn pg(admin_url: &str, sql: &str) -> Option<()> {
         Ok(()) => Some(()),
         Err(why) => {
             if require_external() {
-                panic!("PostgreSQL required (SIMFOTA_REQUIRE_EXTERNAL=1): {why}");
+                panic!("PostgreSQL required (set SIMFOTA_SKIP_EXTERNAL=1 to skip instead): {why}");
             }
             eprintln!("skipped: PostgreSQL missing ({why})");
             None
@@ -579,7 +579,9 @@ fn test_pki(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
             .is_ok_and(|o| o.status.success());
         if !ok {
             if require_external() {
-                panic!("openssl is required (SIMFOTA_REQUIRE_EXTERNAL=1): `openssl {step}` failed");
+                panic!(
+                    "openssl is required (set SIMFOTA_SKIP_EXTERNAL=1 to skip instead): `openssl {step}` failed"
+                );
             }
             eprintln!("skipped: openssl missing or failing");
             return None;

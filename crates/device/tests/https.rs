@@ -37,8 +37,10 @@ fn openssl(dir: &Path, args: &[&str]) -> Option<()> {
             Some(())
         }
         Err(e) => {
-            if std::env::var("SIMFOTA_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
-                panic!("openssl is required (SIMFOTA_REQUIRE_EXTERNAL=1) but cannot run: {e}");
+            if std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1") {
+                panic!(
+                    "openssl is required (set SIMFOTA_SKIP_EXTERNAL=1 to skip instead) but cannot run: {e}"
+                );
             }
             println!("skipped: the openssl command line is not available ({e})");
             None

@@ -23,11 +23,11 @@ const READER: &str = "Virtual PCD 00 00";
 
 fn pcscd_or_skip(test: &str) -> bool {
     if std::env::var("SIMFOTA_PCSCD").as_deref() != Ok("1") {
-        if std::env::var("SIMFOTA_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+        if std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1") {
             panic!("{test}: pcscd with vsmartcard-vpcd is required (SIMFOTA_PCSCD=1 not set)");
         }
         println!(
-            "skipped: {test}: pcscd with vsmartcard-vpcd missing (set SIMFOTA_PCSCD=1 when it runs)"
+            "skipped: {test}: pcscd with vsmartcard-vpcd missing (set SIMFOTA_PCSCD=1 when it runs; skipped under SIMFOTA_SKIP_EXTERNAL=1)"
         );
         return false;
     }

@@ -42,7 +42,7 @@ fn tmux_or_skip(test: &str) -> bool {
     {
         return true;
     }
-    if std::env::var("SIMFOTA_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+    if std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1") {
         panic!("{test}: tmux is required (Debian package tmux)");
     }
     println!("skipped: {test}: tmux missing");

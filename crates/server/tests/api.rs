@@ -734,9 +734,9 @@ fn test_pki(
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            if std::env::var("SIMFOTA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
+            if std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1") {
                 panic!(
-                    "openssl is required (SIMFOTA_REQUIRE_EXTERNAL=1): `openssl {}` failed",
+                    "openssl is required (set SIMFOTA_SKIP_EXTERNAL=1 to skip instead): `openssl {}` failed",
                     args.join(" ")
                 );
             }

@@ -1082,7 +1082,7 @@ async fn admin_relay(env: Env) {
 both!(admin_commands_are_relayed_and_answered, super::admin_relay);
 
 /// Runs headless Chromium (Debian `chromium`) with the given mode flag on `url`; `None` when
-/// it is not installed (and SIMFOTA_REQUIRE_EXTERNAL is not set).
+/// it is not installed and SIMFOTA_SKIP_EXTERNAL=1 allows skipping (else it panics).
 fn chromium(args: &[&str], url: &str) -> Option<std::process::Output> {
     let bin = ["chromium", "chromium-browser"].into_iter().find(|b| {
         std::process::Command::new(b)
@@ -1091,8 +1091,10 @@ fn chromium(args: &[&str], url: &str) -> Option<std::process::Output> {
             .is_ok_and(|o| o.status.success())
     });
     let Some(bin) = bin else {
-        if std::env::var("SIMFOTA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
-            panic!("chromium is required (SIMFOTA_REQUIRE_EXTERNAL=1) but not installed");
+        if std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1") {
+            panic!(
+                "chromium is required (set SIMFOTA_SKIP_EXTERNAL=1 to skip instead) but not installed"
+            );
         }
         eprintln!("skipped: chromium missing");
         return None;

@@ -160,11 +160,11 @@ fn wbxml_variants() -> Vec<WbxmlOptions> {
 // The libwbxml oracle
 // ---------------------------------------------------------------------------------------
 
-/// Looks for a tool; missing is a failure under SIMFOTA_REQUIRE_EXTERNAL=1, a skip otherwise.
+/// Looks for a tool; missing is a failure, or a skip under SIMFOTA_SKIP_EXTERNAL=1.
 fn have(tool: &str) -> bool {
     match Process::new(tool).arg("-h").output() {
         Ok(_) => true,
-        Err(_) if std::env::var("SIMFOTA_REQUIRE_EXTERNAL").as_deref() == Ok("1") => {
+        Err(_) if std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1") => {
             panic!("{tool} missing: install the Debian package libwbxml2-utils")
         }
         Err(_) => {

@@ -66,12 +66,12 @@ pub const VENDOR: &str = "6a1bd3e5-0b37-4b7e-9b2f-1f0c8d5e2a10";
 pub const CLASS: &str = "0f5cc7d2-11aa-4c3e-8e55-3a9d27c0b001";
 
 fn require_external() -> bool {
-    std::env::var("SIMFOTA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1")
+    std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1")
 }
 
 fn skip(test: &str, why: &str) -> bool {
     if require_external() {
-        panic!("{test}: {why} (SIMFOTA_REQUIRE_EXTERNAL=1)");
+        panic!("{test}: {why} (set SIMFOTA_SKIP_EXTERNAL=1 to skip instead)");
     }
     println!("skipped: {test}: {why}");
     false
@@ -275,7 +275,7 @@ pub struct World {
 
 impl World {
     /// The world of `test` in `cell`, or `None` (after a "skipped:" line) when the cell's
-    /// outside pieces are missing and `SIMFOTA_REQUIRE_EXTERNAL` is not set.
+    /// outside pieces are missing and `SIMFOTA_SKIP_EXTERNAL=1` allows skipping (else it panics).
     pub fn new(test: &str, cell: Cell) -> Option<World> {
         if cell.card == CardPath::Pcscd && std::env::var("SIMFOTA_PCSCD").as_deref() != Ok("1") {
             skip(
@@ -286,7 +286,7 @@ impl World {
         }
         let mut probe = None;
         if cell.storage == Storage::Postgres {
-            // Probe once: a missing PostgreSQL is a skip, not a failure.
+            // Probe once: a missing PostgreSQL fails the test (or skips it, see `skip`).
             match PgDb::create() {
                 Ok(db) => probe = Some(db),
                 Err(e) => {

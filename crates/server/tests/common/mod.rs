@@ -2,8 +2,8 @@
 //!
 //! PostgreSQL comes from `SIMFOTA_POSTGRES_URL` (default postgres://postgres@127.0.0.1:5432/test);
 //! each test gets a fresh database, dropped afterwards, so tests run in parallel. When
-//! PostgreSQL is unreachable the PostgreSQL variant prints a skip line, or fails when
-//! `SIMFOTA_REQUIRE_EXTERNAL=1`.
+//! PostgreSQL is unreachable the PostgreSQL variant fails, or prints a skip line when
+//! `SIMFOTA_SKIP_EXTERNAL=1`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::future::Future;
@@ -65,7 +65,7 @@ pub fn postgres_url() -> String {
 }
 
 fn require_external() -> bool {
-    std::env::var("SIMFOTA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1")
+    std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1")
 }
 
 /// Replaces the database name at the end of a postgres URL.

@@ -56,9 +56,9 @@ impl simfota_wire::rand_core::RngCore for TestRng {
 impl simfota_wire::rand_core::CryptoRng for TestRng {}
 
 /// The Python interpreter with pycose/cwt/cbor2, or `None` (after printing why) when the test
-/// should be skipped. Panics when SIMFOTA_REQUIRE_EXTERNAL=1 and it is missing.
+/// may be skipped (SIMFOTA_SKIP_EXTERNAL=1); panics when it is missing otherwise.
 pub fn python() -> Option<PathBuf> {
-    let require = std::env::var("SIMFOTA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
+    let require = std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1");
     let candidate = std::env::var_os("SIMFOTA_PYTHON").map(PathBuf::from);
     let ok = candidate.as_ref().is_some_and(|p| {
         Command::new(p)
@@ -71,7 +71,7 @@ pub fn python() -> Option<PathBuf> {
     }
     if require {
         panic!(
-            "SIMFOTA_PYTHON with pycose, cwt and cbor2 is required (SIMFOTA_REQUIRE_EXTERNAL=1)"
+            "SIMFOTA_PYTHON with pycose, cwt and cbor2 is required (set SIMFOTA_SKIP_EXTERNAL=1 to skip instead)"
         );
     }
     eprintln!("skipped: SIMFOTA_PYTHON with pycose/cwt/cbor2 missing");
