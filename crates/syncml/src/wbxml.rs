@@ -188,6 +188,81 @@ pub fn decode_element(bytes: &[u8], limits: &Limits) -> Result<Element, DecodeEr
         });
     }
     let mut c = Cursor { bytes, pos: 0 };
+    let table = read_header(&mut c)?;
+    let mut tree = TreeBuilder {
+        stack: Vec::new(),
+        elements: 0,
+        limits,
+    };
+    let mut page = CodePage::SyncMl;
+    loop {
+        let at = c.pos;
+        match WbxmlToken(c.byte()?) {
+            WbxmlToken::SWITCH_PAGE => page = code_page(c.byte()?, at)?,
+            WbxmlToken::END => {
+                if let Some(root) = tree.close(at)? {
+                    // Trailing bytes after the root are not part of the document.
+                    if c.pos != bytes.len() {
+                        return Err(malformed(c.pos, "bytes after the root element"));
+                    }
+                    return Ok(root);
+                }
+            }
+            WbxmlToken::STR_I => {
+                let s = utf8(c.cstr()?)?;
+                tree.text(s, at)?;
+            }
+            WbxmlToken::STR_T => {
+                let index = c.mb_u32()?;
+                let s = utf8(table_string(table, index, at)?)?;
+                tree.text(s, at)?;
+            }
+            WbxmlToken::ENTITY => {
+                let code = c.mb_u32()?;
+                let ch = char::from_u32(code).ok_or(malformed(at, "entity is not a character"))?;
+                tree.text(ch.encode_utf8(&mut [0u8; 4]), at)?;
+            }
+            WbxmlToken::OPAQUE => {
+                let len = c.mb_u32()? as usize;
+                if len > limits.max_text_bytes {
+                    return Err(DecodeError::ValueTooLarge {
+                        size: len,
+                        limit: limits.max_text_bytes,
+                    });
+                }
+                tree.opaque(c.take(len)?, at)?;
+            }
+            WbxmlToken::LITERAL
+            | WbxmlToken::LITERAL_A
+            | WbxmlToken::LITERAL_C
+            | WbxmlToken::LITERAL_AC => {
+                return Err(DecodeError::UnknownElement("(literal tag)".into()));
+            }
+            WbxmlToken::PI => {
+                return Err(malformed(
+                    at,
+                    "processing instructions are not used in SyncML",
+                ));
+            }
+            WbxmlToken(0x40..=0x42 | 0x80..=0x82 | 0xC0..=0xC2) => {
+                return Err(malformed(at, "extension tokens are not used in SyncML"));
+            }
+            WbxmlToken(t) => {
+                if let Some(root) = tree.open(page, t, at)? {
+                    return Ok(root);
+                }
+            }
+        }
+    }
+}
+
+fn malformed(offset: usize, reason: &'static str) -> DecodeError {
+    DecodeError::MalformedWbxml { offset, reason }
+}
+
+/// Reads the document header (WAP-192 §5.3-§5.5): version, public id, charset and string
+/// table; refuses anything but SyncML 1.2 in UTF-8. Answers the string table.
+fn read_header<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8], DecodeError> {
     let version = c.byte()?;
     if version > 0x03 {
         return Err(DecodeError::UnsupportedWbxmlVersion(version));
@@ -222,149 +297,103 @@ pub fn decode_element(bytes: &[u8], limits: &Limits) -> Result<Element, DecodeEr
         }
         (other, _) => return Err(DecodeError::UnsupportedPublicId(format!("{other:#x}"))),
     }
+    Ok(table)
+}
 
-    let mut page = CodePage::SyncMl;
-    let mut stack: Vec<Element> = Vec::new();
-    let mut elements = 0usize;
-    loop {
-        let at = c.pos;
-        let token = c.byte()?;
-        match WbxmlToken(token) {
-            WbxmlToken::SWITCH_PAGE => {
-                page = match c.byte()? {
-                    0 => CodePage::SyncMl,
-                    1 => CodePage::MetInf,
-                    _ => {
-                        return Err(DecodeError::MalformedWbxml {
-                            offset: at,
-                            reason: "unknown code page",
-                        });
-                    }
-                };
-            }
-            WbxmlToken::END => {
-                let done = stack.pop().ok_or(DecodeError::MalformedWbxml {
-                    offset: at,
-                    reason: "END without an open element",
-                })?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(Node::Element(done)),
-                    None => {
-                        // Trailing bytes after the root are not part of the document.
-                        if c.pos != bytes.len() {
-                            return Err(DecodeError::MalformedWbxml {
-                                offset: c.pos,
-                                reason: "bytes after the root element",
-                            });
-                        }
-                        return Ok(done);
-                    }
-                }
-            }
-            WbxmlToken::STR_I => {
-                let s = utf8(c.cstr()?)?;
-                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml {
-                    offset: at,
-                    reason: "text outside the root element",
-                })?;
-                add_text(e, s, limits)?;
-            }
-            WbxmlToken::STR_T => {
-                let index = c.mb_u32()?;
-                let s = utf8(table_string(table, index, at)?)?;
-                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml {
-                    offset: at,
-                    reason: "text outside the root element",
-                })?;
-                add_text(e, s, limits)?;
-            }
-            WbxmlToken::ENTITY => {
-                let code = c.mb_u32()?;
-                let ch = char::from_u32(code).ok_or(DecodeError::MalformedWbxml {
-                    offset: at,
-                    reason: "entity is not a character",
-                })?;
-                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml {
-                    offset: at,
-                    reason: "text outside the root element",
-                })?;
-                add_text(e, ch.encode_utf8(&mut [0u8; 4]), limits)?;
-            }
-            WbxmlToken::OPAQUE => {
-                let len = c.mb_u32()? as usize;
-                if len > limits.max_text_bytes {
-                    return Err(DecodeError::ValueTooLarge {
-                        size: len,
-                        limit: limits.max_text_bytes,
-                    });
-                }
-                let data = c.take(len)?.to_vec();
-                let e = stack.last_mut().ok_or(DecodeError::MalformedWbxml {
-                    offset: at,
-                    reason: "opaque data outside the root element",
-                })?;
-                match e.children.last_mut() {
-                    Some(Node::Opaque(prev)) => {
-                        prev.extend_from_slice(&data);
-                        if prev.len() > limits.max_text_bytes {
-                            return Err(DecodeError::ValueTooLarge {
-                                size: prev.len(),
-                                limit: limits.max_text_bytes,
-                            });
-                        }
-                    }
-                    _ => e.children.push(Node::Opaque(data)),
-                }
-            }
-            WbxmlToken::LITERAL
-            | WbxmlToken::LITERAL_A
-            | WbxmlToken::LITERAL_C
-            | WbxmlToken::LITERAL_AC => {
-                return Err(DecodeError::UnknownElement("(literal tag)".into()));
-            }
-            WbxmlToken::PI => {
-                return Err(DecodeError::MalformedWbxml {
-                    offset: at,
-                    reason: "processing instructions are not used in SyncML",
-                });
-            }
-            WbxmlToken(0x40..=0x42 | 0x80..=0x82 | 0xC0..=0xC2) => {
-                return Err(DecodeError::MalformedWbxml {
-                    offset: at,
-                    reason: "extension tokens are not used in SyncML",
-                });
-            }
-            WbxmlToken(t) => {
-                if t & WbxmlToken::HAS_ATTRIBUTES != 0 {
-                    return Err(DecodeError::MalformedWbxml {
-                        offset: at,
-                        reason: "attributes are not used in SyncML",
-                    });
-                }
-                let tag = Tag::by_token(page, t).ok_or_else(|| {
-                    DecodeError::UnknownElement(format!("token {t:#04x} on page {}", page as u8))
-                })?;
-                if stack.is_empty() && (elements > 0 || tag != crate::element::tag::SYNC_ML) {
-                    return Err(DecodeError::NotSyncMl(tag.name.to_owned()));
-                }
-                elements += 1;
-                if elements > limits.max_elements {
-                    return Err(DecodeError::TooManyElements(limits.max_elements));
-                }
-                let element = Element::new(tag);
-                if t & WbxmlToken::HAS_CONTENT != 0 {
-                    if stack.len() >= limits.max_depth {
-                        return Err(DecodeError::TooDeep(limits.max_depth));
-                    }
-                    stack.push(element);
-                } else {
-                    match stack.last_mut() {
-                        Some(parent) => parent.children.push(Node::Element(element)),
-                        None => return Ok(element),
-                    }
-                }
-            }
+/// The code page a SWITCH_PAGE names (SyncML RepPro 1.2 §8.2: 0 SyncML, 1 MetInf).
+fn code_page(index: u8, at: usize) -> Result<CodePage, DecodeError> {
+    match index {
+        0 => Ok(CodePage::SyncMl),
+        1 => Ok(CodePage::MetInf),
+        _ => Err(malformed(at, "unknown code page")),
+    }
+}
+
+/// The element tree under construction: the open elements, innermost last, within the limits.
+struct TreeBuilder<'l> {
+    stack: Vec<Element>,
+    elements: usize,
+    limits: &'l Limits,
+}
+
+impl TreeBuilder<'_> {
+    /// The innermost open element, for content at offset `at`.
+    fn current(&mut self, at: usize, what: &'static str) -> Result<&mut Element, DecodeError> {
+        self.stack.last_mut().ok_or(malformed(at, what))
+    }
+
+    /// A tag token: opens an element (with content) or adds an empty one. Answers the root
+    /// when the document is a single empty element.
+    fn open(&mut self, page: CodePage, t: u8, at: usize) -> Result<Option<Element>, DecodeError> {
+        if t & WbxmlToken::HAS_ATTRIBUTES != 0 {
+            return Err(malformed(at, "attributes are not used in SyncML"));
         }
+        let tag = Tag::by_token(page, t).ok_or_else(|| {
+            DecodeError::UnknownElement(format!("token {t:#04x} on page {}", page as u8))
+        })?;
+        if self.stack.is_empty() && (self.elements > 0 || tag != crate::element::tag::SYNC_ML) {
+            return Err(DecodeError::NotSyncMl(tag.name.to_owned()));
+        }
+        self.elements += 1;
+        if self.elements > self.limits.max_elements {
+            return Err(DecodeError::TooManyElements(self.limits.max_elements));
+        }
+        let element = Element::new(tag);
+        if t & WbxmlToken::HAS_CONTENT != 0 {
+            if self.stack.len() >= self.limits.max_depth {
+                return Err(DecodeError::TooDeep(self.limits.max_depth));
+            }
+            self.stack.push(element);
+            return Ok(None);
+        }
+        match self.stack.last_mut() {
+            Some(parent) => {
+                parent.children.push(Node::Element(element));
+                Ok(None)
+            }
+            None => Ok(Some(element)),
+        }
+    }
+
+    /// END: closes the innermost element; answers the root when it was the root.
+    fn close(&mut self, at: usize) -> Result<Option<Element>, DecodeError> {
+        let done = self
+            .stack
+            .pop()
+            .ok_or(malformed(at, "END without an open element"))?;
+        match self.stack.last_mut() {
+            Some(parent) => {
+                parent.children.push(Node::Element(done));
+                Ok(None)
+            }
+            None => Ok(Some(done)),
+        }
+    }
+
+    /// Text content of the innermost element.
+    fn text(&mut self, s: &str, at: usize) -> Result<(), DecodeError> {
+        let limits = self.limits;
+        let e = self.current(at, "text outside the root element")?;
+        add_text(e, s, limits)
+    }
+
+    /// Opaque content of the innermost element; adjacent opaque runs join.
+    fn opaque(&mut self, data: &[u8], at: usize) -> Result<(), DecodeError> {
+        let max = self.limits.max_text_bytes;
+        let e = self.current(at, "opaque data outside the root element")?;
+        match e.children.last_mut() {
+            Some(Node::Opaque(prev)) => {
+                prev.extend_from_slice(data);
+                if prev.len() > max {
+                    return Err(DecodeError::ValueTooLarge {
+                        size: prev.len(),
+                        limit: max,
+                    });
+                }
+            }
+            _ => e.children.push(Node::Opaque(data.to_vec())),
+        }
+        Ok(())
     }
 }
 
