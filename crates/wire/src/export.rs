@@ -267,16 +267,28 @@ mod host {
         r.finish()?;
         let s1 = s1.verify(card_key, &[], None)?;
         let enc = s1.payload.ok_or(Error::MissingField("payload"))?;
+        let encrypted = Encrypted::read(enc, limits)?;
+        let plain = encrypted.decrypt(server_secret)?;
+        read_contents(&plain, limits).map(Verified::new)
+    }
 
-        let mut r = Reader::new(enc, limits);
-        match r.opt_tag()? {
-            None | Some(TAG_ENCRYPT) => {}
-            Some(found) => return Err(Error::UnexpectedTag { found }),
-        }
-        r.array_n(4)?;
-        let (prot, mut pr) = r.nested()?;
+    /// The parts of the COSE_Encrypt (RFC 9052 §5.1) an export carries: one recipient,
+    /// ECDH-ES + HKDF-256 with an ephemeral key (RFC 9053 §6.3.1), content in A128GCM.
+    struct Encrypted<'a> {
+        /// The content layer's protected header, as encoded (part of the AAD).
+        protected: &'a [u8],
+        iv: [u8; 12],
+        /// Ciphertext followed by the 16-byte tag.
+        ciphertext: &'a [u8],
+        /// The recipient layer's protected header, as encoded (HKDF context).
+        recipient_protected: &'a [u8],
+        ephemeral: PublicKey,
+    }
+
+    /// The `alg` (label 1) of an encoded protected header; `AlgNotProtected` without one.
+    fn protected_alg(r: &mut Reader<'_, '_>) -> Result<i64> {
         let mut alg = None;
-        pr.map(false, |r, k| {
+        r.map(false, |r, k| {
             if k == Key::Int(1) {
                 alg = Some(r.i64()?);
                 Ok(true)
@@ -284,79 +296,101 @@ mod host {
                 Ok(false)
             }
         })?;
-        pr.finish()?;
-        match alg {
-            Some(ALG_A128GCM) => {}
-            Some(a) => return Err(Error::UnsupportedAlg(a)),
-            None => return Err(Error::AlgNotProtected),
-        }
-        let mut iv = None;
-        r.map(false, |r, k| {
-            if k == Key::Int(5) {
-                iv = Some(r.bytes_n::<12>("iv")?);
-                Ok(true)
-            } else {
-                Ok(false)
-            }
-        })?;
-        let iv = iv.ok_or(Error::MissingField("iv"))?;
-        let ct = r.bytes()?;
-        if ct.len() < 16 {
-            return Err(Error::InvalidField("ciphertext"));
-        }
-        r.array_n(1)?;
-        r.array_n(3)?;
-        let (rprot, mut rpr) = r.nested()?;
-        let mut ralg = None;
-        rpr.map(false, |r, k| {
-            if k == Key::Int(1) {
-                ralg = Some(r.i64()?);
-                Ok(true)
-            } else {
-                Ok(false)
-            }
-        })?;
-        rpr.finish()?;
-        match ralg {
-            Some(ALG_ECDH_ES_HKDF_256) => {}
-            Some(a) => return Err(Error::UnsupportedAlg(a)),
-            None => return Err(Error::AlgNotProtected),
-        }
-        let mut eph = None;
-        r.map(false, |r, k| {
-            if k == Key::Int(-1) {
-                eph = Some(PublicKey::read_cose_key(r)?);
-                Ok(true)
-            } else {
-                Ok(false)
-            }
-        })?;
-        let eph = eph.ok_or(Error::MissingField("ephemeral key"))?;
-        if !r.bytes()?.is_empty() {
-            return Err(Error::InvalidField("recipient ciphertext"));
-        }
         r.finish()?;
+        alg.ok_or(Error::AlgNotProtected)
+    }
 
-        let eph_point =
-            p256::PublicKey::from_sec1_bytes(&eph.to_sec1()).map_err(|_| Error::BadKey)?;
-        let shared =
-            p256::ecdh::diffie_hellman(server_secret.to_nonzero_scalar(), eph_point.as_affine());
-        let cek = derive_cek(shared.raw_secret_bytes(), rprot)?;
-        let mut aad = [0u8; 64];
-        let aad_len = enc_aad(prot, &mut aad).map_err(|_| Error::InvalidField("protected"))?;
-        let (body, tag) = ct.split_at(ct.len() - 16);
-        let mut plain = body.to_vec();
-        Aes128Gcm::new_from_slice(&cek)
-            .map_err(|_| Error::BadKey)?
-            .decrypt_in_place_detached(
-                &GcmNonce::from(iv),
-                &aad[..aad_len],
-                &mut plain,
-                &aes_gcm::Tag::from(<[u8; 16]>::try_from(tag).map_err(|_| Error::DecryptFailed)?),
-            )
-            .map_err(|_| Error::DecryptFailed)?;
+    /// The unprotected header's value under `label`, read by `f`.
+    fn unprotected<'a, T>(
+        r: &mut Reader<'a, '_>,
+        label: i64,
+        f: impl Fn(&mut Reader<'a, '_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let mut value = None;
+        r.map(false, |r, k| {
+            if k == Key::Int(label) {
+                value = Some(f(r)?);
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        })?;
+        Ok(value)
+    }
 
-        let mut r = Reader::new(&plain, limits);
+    impl<'a> Encrypted<'a> {
+        fn read(enc: &'a [u8], limits: &Limits) -> Result<Self> {
+            let mut r = Reader::new(enc, limits);
+            match r.opt_tag()? {
+                None | Some(TAG_ENCRYPT) => {}
+                Some(found) => return Err(Error::UnexpectedTag { found }),
+            }
+            r.array_n(4)?;
+            let (protected, mut pr) = r.nested()?;
+            match protected_alg(&mut pr)? {
+                ALG_A128GCM => {}
+                a => return Err(Error::UnsupportedAlg(a)),
+            }
+            let iv = unprotected(&mut r, 5, |r| r.bytes_n::<12>("iv"))?
+                .ok_or(Error::MissingField("iv"))?;
+            let ciphertext = r.bytes()?;
+            if ciphertext.len() < 16 {
+                return Err(Error::InvalidField("ciphertext"));
+            }
+            // recipients: [[protected, unprotected, ciphertext (empty for ECDH-ES)]]
+            r.array_n(1)?;
+            r.array_n(3)?;
+            let (recipient_protected, mut rpr) = r.nested()?;
+            match protected_alg(&mut rpr)? {
+                ALG_ECDH_ES_HKDF_256 => {}
+                a => return Err(Error::UnsupportedAlg(a)),
+            }
+            let ephemeral = unprotected(&mut r, -1, PublicKey::read_cose_key)?
+                .ok_or(Error::MissingField("ephemeral key"))?;
+            if !r.bytes()?.is_empty() {
+                return Err(Error::InvalidField("recipient ciphertext"));
+            }
+            r.finish()?;
+            Ok(Encrypted {
+                protected,
+                iv,
+                ciphertext,
+                recipient_protected,
+                ephemeral,
+            })
+        }
+
+        /// ECDH with the ephemeral key, HKDF to the content key, AES-GCM open.
+        fn decrypt(&self, server_secret: &p256::SecretKey) -> Result<Vec<u8>> {
+            let eph_point = p256::PublicKey::from_sec1_bytes(&self.ephemeral.to_sec1())
+                .map_err(|_| Error::BadKey)?;
+            let shared = p256::ecdh::diffie_hellman(
+                server_secret.to_nonzero_scalar(),
+                eph_point.as_affine(),
+            );
+            let cek = derive_cek(shared.raw_secret_bytes(), self.recipient_protected)?;
+            let mut aad = [0u8; 64];
+            let aad_len =
+                enc_aad(self.protected, &mut aad).map_err(|_| Error::InvalidField("protected"))?;
+            let (body, tag) = self.ciphertext.split_at(self.ciphertext.len() - 16);
+            let tag = <[u8; 16]>::try_from(tag).map_err(|_| Error::DecryptFailed)?;
+            let mut plain = body.to_vec();
+            Aes128Gcm::new_from_slice(&cek)
+                .map_err(|_| Error::BadKey)?
+                .decrypt_in_place_detached(
+                    &GcmNonce::from(self.iv),
+                    &aad[..aad_len],
+                    &mut plain,
+                    &aes_gcm::Tag::from(tag),
+                )
+                .map_err(|_| Error::DecryptFailed)?;
+            Ok(plain)
+        }
+    }
+
+    /// The decrypted export map (docs/formats.md §7): type code first, then the fields.
+    fn read_contents(plain: &[u8], limits: &Limits) -> Result<ExportContents> {
+        let mut r = Reader::new(plain, limits);
         let (mut iccid, mut nonce, mut first, mut recs, mut headh, mut end) =
             (None, None, None, None, None, None);
         let (mut first_key, mut typed) = (true, false);
@@ -371,20 +405,7 @@ mod host {
                 Key::Int(1) => iccid = Some(Iccid::parse(r.str()?)?),
                 Key::Int(2) => nonce = Some(Nonce(r.bytes_n("nonce")?)),
                 Key::Int(3) => first = Some(r.u32("first seq")?),
-                Key::Int(4) => {
-                    let n = r.array()?;
-                    if n > limits.max_export_entries as usize {
-                        return Err(Error::TooLarge {
-                            what: "export entries",
-                            max: limits.max_export_entries as usize,
-                        });
-                    }
-                    let mut v = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        v.push(r.bytes_n::<{ LogEntry::RECORD_LEN }>("log record")?);
-                    }
-                    recs = Some(v);
-                }
+                Key::Int(4) => recs = Some(read_records(r, limits)?),
                 Key::Int(5) => headh = Some(Digest(r.bytes_n("chain head")?)),
                 Key::Int(6) => end = Some(r.u32("log end")?),
                 Key::Int(key) => {
@@ -406,13 +427,32 @@ mod host {
         if !typed {
             return Err(Error::MissingField("type code"));
         }
-        Ok(Verified::new(ExportContents {
+        Ok(ExportContents {
             iccid: iccid.ok_or(Error::MissingField("iccid"))?,
             nonce: nonce.ok_or(Error::MissingField("nonce"))?,
             first_seq: first.ok_or(Error::MissingField("first seq"))?,
             records: recs.ok_or(Error::MissingField("records"))?,
             chain_head: headh.ok_or(Error::MissingField("chain head"))?,
             log_end: end.ok_or(Error::MissingField("log end"))?,
-        }))
+        })
+    }
+
+    /// The records array, at most `max_export_entries` fixed-size records.
+    fn read_records(
+        r: &mut Reader<'_, '_>,
+        limits: &Limits,
+    ) -> Result<Vec<[u8; LogEntry::RECORD_LEN]>> {
+        let n = r.array()?;
+        if n > limits.max_export_entries as usize {
+            return Err(Error::TooLarge {
+                what: "export entries",
+                max: limits.max_export_entries as usize,
+            });
+        }
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(r.bytes_n::<{ LogEntry::RECORD_LEN }>("log record")?);
+        }
+        Ok(v)
     }
 }
