@@ -610,25 +610,8 @@ impl Downloader {
         let meta_path = self.meta_path(spec.name);
         let faults = Faults::default();
 
-        // A finished file from an earlier run (crash between rename and the caller's record).
-        if dest.exists() && !meta_path.exists() {
-            let mut file = File::open(&dest).map_err(io_err(&dest))?;
-            let len = file.metadata().map_err(io_err(&dest))?.len();
-            let mut hasher = Hashing::new(&dest, tap)?;
-            hasher.prefix(&mut file, len)?;
-            let sha256 = hasher.finalize();
-            if spec.expected_len.is_none_or(|l| l == len)
-                && spec.expected_sha256.is_none_or(|d| d == sha256)
-            {
-                return Ok(Downloaded {
-                    path: dest,
-                    len,
-                    sha256,
-                    reused: len,
-                    restarts: 0,
-                });
-            }
-            fsutil::remove_if_exists(&dest).map_err(io_err(&dest))?;
+        if let Some(done) = reuse_finished(spec, &dest, &meta_path, tap)? {
+            return Ok(done);
         }
 
         let mut meta = read_meta(&meta_path)
@@ -729,21 +712,7 @@ impl Downloader {
                 }
                 _ => return Err(status_error(spec.url, status)),
             }
-            if let Some(t) = total {
-                if t > spec.max_len {
-                    return Err(DownloadError::TooLarge {
-                        url: spec.url.into(),
-                        limit: spec.max_len,
-                    });
-                }
-                if let Some(expected) = spec.expected_len.filter(|&e| e != t) {
-                    return Err(DownloadError::LengthMismatch {
-                        url: spec.url.into(),
-                        expected,
-                        actual: t,
-                    });
-                }
-            }
+            check_announced(spec, total)?;
             meta.total = total;
             let meta_bytes = serde_json::to_vec(&meta).map_err(|e| DownloadError::Io {
                 path: meta_path.clone(),
@@ -754,45 +723,16 @@ impl Downloader {
             bar.set_length(total.unwrap_or(0));
             bar.set_position(offset);
             file.seek(SeekFrom::Start(offset)).map_err(io_err(&part))?;
-            let mut reader = resp.body_mut().as_reader();
-            let mut buf = vec![0u8; CHUNK];
-            let mut since_sync = 0u64;
             let mut broke = false;
             if status != 416 {
-                loop {
-                    let n = match reader.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(_) => {
-                            broke = true;
-                            break;
-                        }
-                    };
-                    let limit = total.unwrap_or(spec.max_len);
-                    if offset + n as u64 > limit {
-                        if total.is_none() {
-                            return Err(DownloadError::TooLarge {
-                                url: spec.url.into(),
-                                limit: spec.max_len,
-                            });
-                        }
-                        // More than announced: the stream is not what the headers said.
-                        return Err(DownloadError::LengthMismatch {
-                            url: spec.url.into(),
-                            expected: limit,
-                            actual: offset + n as u64,
-                        });
-                    }
-                    file.write_all(&buf[..n]).map_err(io_err(&part))?;
-                    hasher.update(&buf[..n])?;
-                    offset += n as u64;
-                    since_sync += n as u64;
-                    bar.set_position(offset);
-                    if since_sync >= SYNC_EVERY {
-                        file.sync_data().map_err(io_err(&part))?;
-                        since_sync = 0;
-                    }
-                }
+                let mut sink = PartFile {
+                    file: &mut file,
+                    path: &part,
+                    hasher: &mut hasher,
+                    bar,
+                };
+                let reader = resp.body_mut().as_reader();
+                broke = sink.append_body(reader, &mut offset, total, spec)?;
             }
             file.sync_data().map_err(io_err(&part))?;
             let complete = match total {
@@ -830,6 +770,119 @@ impl Downloader {
             reused,
             restarts,
         })
+    }
+}
+
+/// A finished file from an earlier run (a crash between the rename and the caller's record):
+/// reused when it is what `spec` asks for, removed otherwise.
+fn reuse_finished(
+    spec: &FetchSpec<'_>,
+    dest: &Path,
+    meta_path: &Path,
+    tap: &mut dyn DownloadTap,
+) -> Result<Option<Downloaded>, DownloadError> {
+    if !dest.exists() || meta_path.exists() {
+        return Ok(None);
+    }
+    let io_err = |source| DownloadError::Io {
+        path: dest.to_owned(),
+        source,
+    };
+    let mut file = File::open(dest).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    let mut hasher = Hashing::new(dest, tap)?;
+    hasher.prefix(&mut file, len)?;
+    let sha256 = hasher.finalize();
+    if spec.expected_len.is_none_or(|l| l == len)
+        && spec.expected_sha256.is_none_or(|d| d == sha256)
+    {
+        return Ok(Some(Downloaded {
+            path: dest.to_owned(),
+            len,
+            sha256,
+            reused: len,
+            restarts: 0,
+        }));
+    }
+    fsutil::remove_if_exists(dest).map_err(io_err)?;
+    Ok(None)
+}
+
+/// The length the server announced, against the caller's cap and expectation.
+fn check_announced(spec: &FetchSpec<'_>, total: Option<u64>) -> Result<(), DownloadError> {
+    let Some(t) = total else { return Ok(()) };
+    if t > spec.max_len {
+        return Err(DownloadError::TooLarge {
+            url: spec.url.into(),
+            limit: spec.max_len,
+        });
+    }
+    if let Some(expected) = spec.expected_len.filter(|&e| e != t) {
+        return Err(DownloadError::LengthMismatch {
+            url: spec.url.into(),
+            expected,
+            actual: t,
+        });
+    }
+    Ok(())
+}
+
+/// The partial file a response body is appended to, with its running hash and progress.
+struct PartFile<'a, 't> {
+    file: &'a mut File,
+    path: &'a Path,
+    hasher: &'a mut Hashing<'t>,
+    bar: &'a ProgressBar,
+}
+
+impl PartFile<'_, '_> {
+    /// Appends the body at `offset` (moved forward as bytes land), never past the announced
+    /// `total` (or the cap when none was announced), syncing every `SYNC_EVERY` bytes.
+    /// Answers whether the connection broke before the body ended.
+    fn append_body(
+        &mut self,
+        mut reader: impl Read,
+        offset: &mut u64,
+        total: Option<u64>,
+        spec: &FetchSpec<'_>,
+    ) -> Result<bool, DownloadError> {
+        let io_err = |source| DownloadError::Io {
+            path: self.path.to_owned(),
+            source,
+        };
+        let mut buf = vec![0u8; CHUNK];
+        let mut since_sync = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => n,
+                Err(_) => return Ok(true),
+            };
+            let limit = total.unwrap_or(spec.max_len);
+            if *offset + n as u64 > limit {
+                if total.is_none() {
+                    return Err(DownloadError::TooLarge {
+                        url: spec.url.into(),
+                        limit: spec.max_len,
+                    });
+                }
+                // More than announced: the stream is not what the headers said.
+                return Err(DownloadError::LengthMismatch {
+                    url: spec.url.into(),
+                    expected: limit,
+                    actual: *offset + n as u64,
+                });
+            }
+            self.file.write_all(&buf[..n]).map_err(io_err)?;
+            self.hasher.update(&buf[..n])?;
+            *offset += n as u64;
+            since_sync += n as u64;
+            self.bar.set_position(*offset);
+            if since_sync >= SYNC_EVERY {
+                self.file.sync_data().map_err(io_err)?;
+                since_sync = 0;
+            }
+        }
     }
 }
 
