@@ -17,6 +17,7 @@
 //! other.
 
 use serde::{Deserialize, Serialize};
+use simfota_syncml::{FumoResult, FumoState};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
@@ -59,7 +60,12 @@ impl CampaignState {
             "halted" => Self::Halted,
             "cancelled" => Self::Cancelled,
             "completed" => Self::Completed,
-            other => return Err(ServerError::Db(format!("unknown campaign state {other}"))),
+            other => {
+                return Err(ServerError::internal(
+                    "stored campaign state",
+                    format!("unknown state {other:?}"),
+                ));
+            }
         })
     }
 }
@@ -110,7 +116,9 @@ impl JobState {
         Self::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| ServerError::Db(format!("unknown job state {s}")))
+            .ok_or_else(|| {
+                ServerError::internal("stored job state", format!("unknown state {s:?}"))
+            })
     }
 
     /// Whether the job has ended.
@@ -310,8 +318,9 @@ fn pct(v: i64) -> u8 {
 
 async fn campaign_from_row(db: &Db, r: &AnyRow) -> Result<Campaign> {
     let id = r.i64("id")?;
-    let waves: Vec<u8> = serde_json::from_str(&r.text("waves")?)
-        .map_err(|e| ServerError::Db(format!("campaign {id} waves: {e}")))?;
+    let waves: Vec<u8> = serde_json::from_str(&r.text("waves")?).map_err(|e| {
+        ServerError::internal("stored campaign waves", format!("campaign {id}: {e}"))
+    })?;
     let current_wave = r.i64("current_wave")?;
     Ok(Campaign {
         id,
@@ -749,12 +758,6 @@ pub async fn mark_delivered(db: &Db, job_id: i64, update_id: &[u8], token: &[u8]
     Ok(())
 }
 
-/// Whether a FUMO result code reports success (OMA-TS-DM-FUMO-V1_0 §6.3: 200 Successful, and
-/// 250-299 "Successful - Vendor Specified").
-pub fn fumo_success(code: u16) -> bool {
-    code == 200 || (250..=299).contains(&code)
-}
-
 /// Records the FUMO result of a delivered job (from the 1226 Generic Alert) and re-evaluates
 /// its campaign. A result for a job that is not `delivered` is refused (`Conflict`): results are
 /// recorded once.
@@ -766,7 +769,8 @@ pub async fn record_result(
     receipt_status: &str,
     detail: Option<&str>,
 ) -> Result<Job> {
-    let ok = fumo_success(result_code);
+    // OMA-TS-DM-FUMO-V1_0 §6.3: 200 Successful, and 250-299 "Successful - Vendor Specified".
+    let ok = FumoResult(result_code).is_success();
     record(
         db,
         job_id,
@@ -810,8 +814,12 @@ pub(crate) async fn record(
     receipt_status: &str,
     detail: Option<&str>,
 ) -> Result<Job> {
-    // FUMO 1.0 §6.1 states as the device reports them: 100 update successful, 80 failed.
-    let fumo_state = if fumo_success(result_code) { 100 } else { 80 };
+    // FUMO 1.0 §7.1 states as the device reports them: update successful or failed, no data.
+    let fumo_state = if FumoResult(result_code).is_success() {
+        FumoState::UPDATE_SUCCESSFUL_NO_DATA
+    } else {
+        FumoState::UPDATE_FAILED_NO_DATA
+    };
     let state = if succeeded {
         JobState::Succeeded
     } else {
@@ -823,7 +831,7 @@ pub(crate) async fn record(
     )
     .bind(state.as_str())
     .bind(i64::from(result_code))
-    .bind(fumo_state)
+    .bind(i64::from(fumo_state.value()))
     .bind(receipt.map(<[u8]>::to_vec))
     .bind(receipt_status.to_owned())
     .bind(detail.map(str::to_owned))

@@ -86,10 +86,6 @@ pub fn unverified_fields(e: &LogEntry) -> Option<Vec<&'static str>> {
     )
 }
 
-fn wire_err(e: simfota_wire::Error) -> ServerError {
-    ServerError::Db(format!("signing: {e}"))
-}
-
 /// Card row facts the log flow needs.
 struct CardRow {
     id: i64,
@@ -109,8 +105,8 @@ async fn card_row(state: &AppState, iccid: &str) -> Result<Option<CardRow>> {
     let Some(pk) = r.opt_bytes("card_pub")? else {
         return Ok(None);
     };
-    let key =
-        PublicKey::from_sec1(&pk).map_err(|e| ServerError::Db(format!("stored card key: {e}")))?;
+    let key = PublicKey::from_sec1(&pk)
+        .map_err(|e| ServerError::internal("stored card key", e.to_string()))?;
     Ok(Some(CardRow {
         id: r.i64("id")?,
         key,
@@ -131,14 +127,17 @@ pub async fn request(
     };
     let first_seq = card.head_seq.map_or(0, |s| s + 1);
     let req = LogReadRequest {
-        server: ServerId::new(&state.config.server_id).map_err(wire_err)?,
+        server: ServerId::new(&state.config.server_id)
+            .map_err(ServerError::signing("card log-read request"))?,
         nonce,
         first_seq: u32::try_from(first_seq)
-            .map_err(|_| ServerError::Db("log sequence overflow".into()))?,
+            .map_err(|e| ServerError::internal("card log sequence", e))?,
         max_count: PAGE,
     };
     let mut buf = [0u8; 512];
-    let n = req.sign(&state.keys.server, &mut buf).map_err(wire_err)?;
+    let n = req
+        .sign(&state.keys.server, &mut buf)
+        .map_err(ServerError::signing("card log-read request"))?;
     let bytes = buf[..n].to_vec();
     sqlx::query(
         "INSERT INTO log_requests (card_id, device_id, card_nonce, first_seq, request, state, created_ms) \
@@ -475,12 +474,15 @@ async fn check(
 /// Signs a log acknowledgement "stored everything up to `up_to`" for `nonce`.
 pub fn ack(state: &AppState, nonce: Nonce, up_to: u32) -> Result<Vec<u8>> {
     let a = LogAck {
-        server: ServerId::new(&state.config.server_id).map_err(wire_err)?,
+        server: ServerId::new(&state.config.server_id)
+            .map_err(ServerError::signing("card log acknowledgement"))?,
         nonce,
         up_to_seq: up_to,
     };
     let mut buf = [0u8; 256];
-    let n = a.sign(&state.keys.server, &mut buf).map_err(wire_err)?;
+    let n = a
+        .sign(&state.keys.server, &mut buf)
+        .map_err(ServerError::signing("card log acknowledgement"))?;
     Ok(buf[..n].to_vec())
 }
 

@@ -58,11 +58,14 @@ impl From<ServerError> for PageError {
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let status = self.0.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self.0, "page failed");
+        }
         let body = if status == StatusCode::UNAUTHORIZED {
             "<p>Sign in with an operator API token: <code>/ui/login?token=&lt;token&gt;</code></p>"
                 .to_owned()
         } else {
-            format!("<p>{}</p>", escape(&self.0.to_string()))
+            format!("<p>{}</p>", escape(&self.0.public_message()))
         };
         (status, Html(body)).into_response()
     }
@@ -77,7 +80,7 @@ fn escape(s: &str) -> String {
 fn render(t: &impl Template) -> Result<Html<String>, PageError> {
     t.render()
         .map(Html)
-        .map_err(|e| PageError(ServerError::Db(format!("template: {e}"))))
+        .map_err(|e| PageError(ServerError::Template(e)))
 }
 
 /// An operator signed in through the cookie.
@@ -464,4 +467,27 @@ async fn progress(
 ) -> Result<Html<String>, PageError> {
     let (c, jobs, percent) = load(&s, id).await?;
     render(&ProgressFragment { c, jobs, percent })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_page_shows_no_internal_detail() {
+        let e = PageError(ServerError::internal(
+            "stored DM session",
+            "column state: bad JSON",
+        ));
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(
+            body,
+            "<p>internal server error; the server log has the details</p>"
+        );
+    }
 }

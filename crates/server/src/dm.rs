@@ -34,7 +34,10 @@ use simfota_syncml::session::{
     CommandHandle, ServerConfig as DmConfig, ServerEvent, ServerSession,
 };
 use simfota_syncml::tree::NodeValue;
-use simfota_syncml::{Encoding, Limits as DmLimits, NodeUri};
+use simfota_syncml::{
+    AlertCode, Encoding, FumoResult as DmFumoResult, Limits as DmLimits, NodeUri,
+    StatusCode as DmStatus,
+};
 use simfota_wire::{
     DeliveryToken, Digest, Iccid, Imei, Limits, Nonce, PublicKey, Receipt, ServerId, UpdateId,
 };
@@ -114,7 +117,7 @@ fn dm_limits() -> DmLimits {
 }
 
 fn uri(s: &str) -> Result<NodeUri> {
-    NodeUri::parse(s).map_err(|e| ServerError::Db(format!("node URI {s}: {e}")))
+    NodeUri::parse(s).map_err(|e| ServerError::internal("node URI", format!("{s}: {e}")))
 }
 
 fn reply(out: simfota_syncml::session::Outgoing) -> Response {
@@ -194,7 +197,7 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
     let (mut stored, version) = match &row {
         Some(r) => {
             let s: Stored = serde_json::from_slice(&r.bytes("state")?)
-                .map_err(|e| ServerError::Db(format!("stored DM session: {e}")))?;
+                .map_err(|e| ServerError::internal("stored DM session", e))?;
             (s, Some(r.i64("version")?))
         }
         None => (
@@ -302,9 +305,10 @@ async fn lookup(state: &AppState, dev_id: &str) -> Result<Option<Account>> {
         // Guessing a scheme would authenticate the device some other way than the operator
         // registered it; the account is unusable until its scheme is fixed.
         tracing::error!(%imei, scheme = %stored, "stored auth scheme is neither md5 nor hmac: DM session refused");
-        return Err(ServerError::Db(format!(
-            "device {imei}: stored auth scheme {stored:?} is neither md5 nor hmac; session refused"
-        )));
+        return Err(ServerError::internal(
+            "stored auth scheme",
+            format!("device {imei}: {stored:?} is neither md5 nor hmac; session refused"),
+        ));
     };
     Ok(Some(Account {
         id: r.i64("id")?,
@@ -438,7 +442,7 @@ async fn save(
             .await?;
         return Ok(());
     }
-    let bytes = serde_json::to_vec(s).map_err(|e| ServerError::Db(format!("DM session: {e}")))?;
+    let bytes = serde_json::to_vec(s).map_err(|e| ServerError::internal("DM session", e))?;
     let done = match version {
         Some(v) => sqlx::query(
             "UPDATE dm_sessions SET state = $1, version = $2, updated_ms = $3 \
@@ -467,9 +471,9 @@ async fn save(
     };
     if done != 1 {
         // Another replica advanced this session meanwhile (a duplicated request): ours loses.
-        return Err(ServerError::DbUnavailable(format!(
-            "DM session {session_id} changed concurrently; retry"
-        )));
+        return Err(ServerError::Contended {
+            what: format!("DM session {session_id}"),
+        });
     }
     // Sessions abandoned by their device are dropped after a day.
     sqlx::query("DELETE FROM dm_sessions WHERE updated_ms < $1")
@@ -759,7 +763,7 @@ async fn on_event(
         }
         ServerEvent::Status { handle, code, .. } => {
             if Some(handle) == stored.flow.ack
-                && code.value() == 200
+                && code == DmStatus::OK
                 && let (Some(iccid), Some(up_to)) = (account.iccid.clone(), stored.flow.ack_up_to)
             {
                 crate::cardlog::acked(state, &iccid, up_to).await?;
@@ -768,7 +772,9 @@ async fn on_event(
                 && let (Some(job), Some(uid), Some(token)) =
                     (stored.flow.job, &stored.flow.update_id, &stored.flow.token)
             {
-                if code.value() == 202 || code.value() == 200 {
+                // DM Protocol 1.2 §10: 202 accepted (the FUMO operation runs and reports later by
+                // Generic Alert), or 200 when the device finished it synchronously.
+                if code == DmStatus::ACCEPTED_FOR_PROCESSING || code == DmStatus::OK {
                     match campaign::mark_delivered(&state.db, job, uid, token).await {
                         Ok(()) => tracing::info!(job, imei = %account.imei, "update delivered"),
                         Err(ServerError::Conflict(m)) => {
@@ -781,7 +787,7 @@ async fn on_event(
                 }
             }
         }
-        ServerEvent::ClientAlert(alert) if alert.code.value() == 1226 => {
+        ServerEvent::ClientAlert(alert) if alert.code == AlertCode::GENERIC_ALERT => {
             on_generic_alert(state, account, &alert).await?;
         }
         _ => {}
@@ -900,11 +906,16 @@ async fn deliver(
     let md: [u8; 32] = pkg
         .bytes("manifest_digest")?
         .try_into()
-        .map_err(|_| ServerError::Db("manifest digest length".into()))?;
+        .map_err(|d: Vec<u8>| {
+            ServerError::internal(
+                "stored manifest digest",
+                format!("{} bytes, not 32", d.len()),
+            )
+        })?;
     let mut cti = [0u8; 16];
     OsRng.fill_bytes(&mut cti);
     let iat = u64::try_from(now_ms() / 1000).unwrap_or(0);
-    let bad = |e: simfota_wire::Error| ServerError::Db(format!("delivery token: {e}"));
+    let bad = ServerError::signing("delivery token");
     let token = DeliveryToken {
         iss: ServerId::new(&state.config.server_id).map_err(bad)?,
         iat,
@@ -987,7 +998,7 @@ async fn on_generic_alert(
     let update_id = row.opt_bytes("update_id")?.unwrap_or_default();
     let status = match &receipt {
         None => "absent".to_owned(),
-        Some(r) => match check_receipt(state, account, r, &update_id, code).await {
+        Some(r) => match check_receipt(state, account, r, &update_id, code).await? {
             Ok(()) => "verified".to_owned(),
             Err(m) => {
                 state
@@ -1004,7 +1015,7 @@ async fn on_generic_alert(
     // receipt (the card signs one for every result it is told, design §4 step 7): without a
     // verified one it is not believed, and the job fails rather than count for the campaign.
     let confirmed =
-        !campaign::fumo_success(code) || status == "verified" || account.iccid.is_none();
+        !DmFumoResult(code).is_success() || status == "verified" || account.iccid.is_none();
     let recorded = if confirmed {
         crate::notify::record_result(state, job_id, code, receipt.as_deref(), &status, None).await
     } else {
@@ -1047,14 +1058,28 @@ async fn check_receipt(
     bytes: &[u8],
     update_id: &[u8],
     code: u16,
+) -> Result<std::result::Result<(), String>> {
+    let Some(iccid) = account.iccid.clone() else {
+        return Ok(Err("no verified card known for this device".into()));
+    };
+    // A database failure is the server's problem, not the receipt's: it fails the request (the
+    // device repeats the alert) instead of being recorded as the receipt's verdict.
+    let card = match crate::registry::get_card(&state.db, &iccid).await {
+        Ok(card) => card,
+        Err(e @ ServerError::NotFound(_)) => return Ok(Err(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    Ok(verify_receipt(card, &iccid, bytes, update_id, code))
+}
+
+/// The receipt checks of [`check_receipt`] once the card is known; `Err` says what failed.
+fn verify_receipt(
+    card: crate::registry::Card,
+    iccid: &str,
+    bytes: &[u8],
+    update_id: &[u8],
+    code: u16,
 ) -> std::result::Result<(), String> {
-    let iccid = account
-        .iccid
-        .clone()
-        .ok_or("no verified card known for this device")?;
-    let card = crate::registry::get_card(&state.db, &iccid)
-        .await
-        .map_err(|e| e.to_string())?;
     let key_hex = card.card_pub.ok_or("card has no key")?;
     let key_bytes = hex::decode(key_hex).map_err(|e| e.to_string())?;
     let key = PublicKey::from_sec1(&key_bytes).map_err(|e| e.to_string())?;

@@ -35,10 +35,37 @@ pub enum ServerError {
     /// The database cannot be reached right now (connection refused, pool timed out, ...).
     /// Requests answer 503 and the server keeps trying: this is not fatal.
     #[error("the database is unavailable: {0}")]
-    DbUnavailable(String),
+    DbUnavailable(sqlx::Error),
     /// The database answered with an error that is not about reachability.
     #[error("database error: {0}")]
-    Db(String),
+    Db(sqlx::Error),
+    /// Another request changed the same row first (optimistic concurrency lost, e.g. a device
+    /// that repeated a DM message). Answers 503 so the client retries.
+    #[error("{what} changed concurrently; retry")]
+    Contended {
+        /// What changed (e.g. `DM session 7`).
+        what: String,
+    },
+    /// A signed object (delivery token, card log-read request) could not be built.
+    #[error("cannot build the {what}: {source}")]
+    Signing {
+        /// The object being built.
+        what: &'static str,
+        /// The cause.
+        source: simfota_wire::Error,
+    },
+    /// A dashboard page could not be rendered.
+    #[error("dashboard template: {0}")]
+    Template(#[from] askama::Error),
+    /// Any other failure inside the server (stored data that does not decode, a response that
+    /// cannot be built, ...): a bug or damaged data, never the client's fault.
+    #[error("{what}: {source}")]
+    Internal {
+        /// What the server was doing or reading.
+        what: &'static str,
+        /// The cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Applying the schema migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(String),
@@ -75,10 +102,41 @@ impl ServerError {
         }
     }
 
+    /// Wraps any other failure inside the server with what was being done; `source` may be an
+    /// error or a message.
+    pub fn internal(
+        what: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Internal {
+            what,
+            source: source.into(),
+        }
+    }
+
+    /// Wraps a failure to build a signed object.
+    pub fn signing(what: &'static str) -> impl Fn(simfota_wire::Error) -> Self + Copy {
+        move |source| Self::Signing { what, source }
+    }
+
+    /// What an HTTP client is told. Client errors (4xx) say what was refused; server errors say
+    /// only what kind of failure it was: database messages, file paths and internal details go
+    /// to the log ([`IntoResponse`] writes them there), never into a response body.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::DbUnavailable(_) => "the database is unavailable; retry later".into(),
+            Self::Contended { .. } => self.to_string(),
+            _ if self.status().is_server_error() => {
+                "internal server error; the server log has the details".into()
+            }
+            _ => self.to_string(),
+        }
+    }
+
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::DbUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DbUnavailable(_) | Self::Contended { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_) | Self::Verification(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -89,7 +147,10 @@ impl ServerError {
             | Self::Listen { .. }
             | Self::Tls(_)
             | Self::Db(_)
-            | Self::Migrate(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Self::Migrate(_)
+            | Self::Signing { .. }
+            | Self::Template(_)
+            | Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -103,7 +164,7 @@ impl From<sqlx::Error> for ServerError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Self::DbUnavailable(e.to_string()),
+            | sqlx::Error::WorkerCrashed => Self::DbUnavailable(e),
             sqlx::Error::Database(db) => {
                 // PostgreSQL class 08 (connection exception) and 57P0x (admin/crash shutdown).
                 let code = db.code().unwrap_or_default();
@@ -112,12 +173,12 @@ impl From<sqlx::Error> for ServerError {
                 let sqlite_busy =
                     code.len() < 5 && code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6));
                 if code.starts_with("08") || code.starts_with("57P0") || sqlite_busy {
-                    Self::DbUnavailable(e.to_string())
+                    Self::DbUnavailable(e)
                 } else {
-                    Self::Db(e.to_string())
+                    Self::Db(e)
                 }
             }
-            _ => Self::Db(e.to_string()),
+            _ => Self::Db(e),
         }
     }
 }
@@ -140,7 +201,7 @@ impl IntoResponse for ServerError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        let body = serde_json::json!({ "error": self.to_string() });
+        let body = serde_json::json!({ "error": self.public_message() });
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(
@@ -160,3 +221,90 @@ impl IntoResponse for ServerError {
 
 /// Result alias for the server.
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(e: ServerError) -> (StatusCode, axum::http::HeaderMap, String) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        (
+            status,
+            headers,
+            v["error"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_internal_error_answers_500_with_a_generic_body() {
+        let e = ServerError::internal("stored card key", "secret detail at /var/lib/simfota");
+        let (status, _, body) = answer(e).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body,
+            "internal server error; the server log has the details"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_database_error_is_logged_not_answered() {
+        let e = ServerError::from(sqlx::Error::ColumnNotFound("card_pub".into()));
+        assert!(matches!(e, ServerError::Db(sqlx::Error::ColumnNotFound(_))));
+        let (status, _, body) = answer(e).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !body.contains("card_pub") && !body.contains("database"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_database_outage_answers_503_retry_after_without_its_message() {
+        let e = ServerError::from(sqlx::Error::PoolTimedOut);
+        assert!(matches!(
+            e,
+            ServerError::DbUnavailable(sqlx::Error::PoolTimedOut)
+        ));
+        let (status, headers, body) = answer(e).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[axum::http::header::RETRY_AFTER], "2");
+        assert_eq!(body, "the database is unavailable; retry later");
+    }
+
+    #[tokio::test]
+    async fn a_lost_concurrent_update_answers_503_and_says_so() {
+        let e = ServerError::Contended {
+            what: "DM session 7".into(),
+        };
+        let (status, headers, body) = answer(e).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(headers.contains_key(axum::http::header::RETRY_AFTER));
+        assert_eq!(body, "DM session 7 changed concurrently; retry");
+    }
+
+    #[tokio::test]
+    async fn a_signing_failure_is_internal() {
+        let e = ServerError::signing("delivery token")(simfota_wire::Error::InvalidField("iss"));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            e.to_string()
+                .starts_with("cannot build the delivery token: ")
+        );
+        let (_, _, body) = answer(e).await;
+        assert!(!body.contains("delivery token"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn client_errors_still_say_what_was_refused() {
+        let (status, _, body) =
+            answer(ServerError::BadRequest("imei: bad check digit".into())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body, "imei: bad check digit");
+    }
+}

@@ -101,6 +101,6 @@ impl Metrics {
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .map_err(reg_err)?;
-        String::from_utf8(buf).map_err(|e| ServerError::Config(e.to_string()))
+        String::from_utf8(buf).map_err(|e| ServerError::internal("metrics text", e))
     }
 }

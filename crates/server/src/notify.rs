@@ -27,7 +27,7 @@ pub async fn send(state: &AppState, imei: &str) -> Result<u16> {
         .opt_text("notify_addr")?
         .ok_or_else(|| ServerError::Conflict(format!("device {imei} has no notification address")))?
         .parse()
-        .map_err(|_| ServerError::Db("stored notification address".into()))?;
+        .map_err(|e| ServerError::internal("stored notification address", e))?;
     let mut id = [0u8; 2];
     OsRng.fill_bytes(&mut id);
     let session_id = u16::from_be_bytes(id);
@@ -114,7 +114,7 @@ async fn record(
 ) -> Result<crate::campaign::Job> {
     let campaign_id = crate::campaign::job(&state.db, job_id).await?.campaign_id;
     let before = current_wave(state, campaign_id).await?;
-    let succeeded = confirmed && crate::campaign::fumo_success(result_code);
+    let succeeded = confirmed && simfota_syncml::FumoResult(result_code).is_success();
     let job = crate::campaign::record(
         &state.db,
         job_id,

@@ -348,7 +348,8 @@ pub async fn serve_payload(
         .map_err(|e| ServerError::io("cannot stat", &path, e))?
         .len();
     let h = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ServerError::Db(e.to_string()))?;
+    let etag_value =
+        HeaderValue::from_str(&etag).map_err(|e| ServerError::internal("stored ETag", e))?;
 
     // RFC 9110 §13.1.2: If-None-Match with our tag -> 304 without a body.
     if let Some(inm) = h(header::IF_NONE_MATCH)
@@ -384,5 +385,5 @@ pub async fn serve_payload(
             .header(header::CONTENT_RANGE, format!("bytes */{len}"))
             .body(Body::empty()),
     };
-    resp.map_err(|e| ServerError::Db(format!("response: {e}")))
+    resp.map_err(|e| ServerError::internal("package response", e))
 }

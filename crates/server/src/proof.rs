@@ -154,7 +154,7 @@ pub async fn bundle(state: &AppState, update_id_hex: &str) -> Result<Bundle> {
         .fetch_one(state.db.pool())
         .await?;
     let key = PublicKey::from_sec1(&card.bytes("card_pub")?)
-        .map_err(|e| ServerError::Db(format!("card key: {e}")))?;
+        .map_err(|e| ServerError::internal("stored card key", e.to_string()))?;
     let r = Receipt::verify(&receipt, &key, &Limits::DEFAULT)
         .map_err(|e| ServerError::Verification(format!("stored receipt: {e}")))?;
     let n = i64::from(r.get().log_seq);
@@ -174,12 +174,14 @@ pub async fn bundle(state: &AppState, update_id_hex: &str) -> Result<Bundle> {
     let mut entries = Vec::with_capacity(rows.len());
     for r in &rows {
         let raw = r.bytes("raw")?;
-        let rec: [u8; LogEntry::RECORD_LEN] = raw
-            .as_slice()
-            .try_into()
-            .map_err(|_| ServerError::Db("stored log record length".into()))?;
-        let e = LogEntry::decode(&rec)
-            .map_err(|e| ServerError::Db(format!("stored log record: {e}")))?;
+        let rec: [u8; LogEntry::RECORD_LEN] = raw.as_slice().try_into().map_err(|_| {
+            ServerError::internal(
+                "stored log record",
+                format!("{} bytes, not {}", raw.len(), LogEntry::RECORD_LEN),
+            )
+        })?;
+        let e =
+            LogEntry::decode(&rec).map_err(|e| ServerError::internal("stored log record", e))?;
         entries.push(EntrySummary::of(&e));
         log_records.push(b64(&raw));
     }
