@@ -254,7 +254,6 @@ fn check<S: Store, P: Platform>(
             return Err(Reason::UnverifiedBudget.into());
         }
         match policy.unauthorized {
-            UnauthorizedRule::Refuse => return Err(Reason::ServerNotAuthorized.into()),
             UnauthorizedRule::WarnConfirm if consent.is_none() => {
                 return Err(Reason::ConsentRequired.into());
             }
