@@ -217,6 +217,9 @@ fn log_entry_fixed_records() {
     max.unverified = Some(simfota_wire::Unverified::IMEI);
     let rec = max.encode().unwrap();
     assert_eq!(LogEntry::decode(&rec).unwrap(), max);
+    // With 16 reasons counted once each, its fields take 166 of the 288 bytes (docs/card.md):
+    // the pad head follows them. Each count can grow by 4 bytes (to a 5-byte u32), 230 at most.
+    assert_eq!(&rec[166..168], &[0x58, (288 - 168) as u8]);
     // A record written before the unverified marks (13 items) still decodes, as such, and
     // encodes back to the same bytes.
     let mut old = sample_entry(4, Digest([2; 32]));
