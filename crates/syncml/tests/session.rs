@@ -894,3 +894,20 @@ fn client_abort_ends_both_sides() {
     let server: ServerSession = serde_json::from_str(&stored).unwrap();
     assert!(server.is_over() && !server.is_finished());
 }
+
+/// A session stored by the server before the session state was one phase enum (the layout
+/// with `reply_due`, `auth_failed_now`, `refused`, ... flags) does not load: the server gets
+/// a `serde` error for that message, never a half-read session, and the device starts a new
+/// session.
+#[test]
+fn a_session_stored_in_the_boolean_layout_is_refused_cleanly() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/stored/server-session-boolean-layout.json"
+    );
+    let json = std::fs::read_to_string(path).unwrap();
+    let old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(old["reply_due"], serde_json::Value::Bool(false));
+    let err = serde_json::from_str::<ServerSession>(&json).unwrap_err();
+    assert!(err.is_data(), "{err}");
+}

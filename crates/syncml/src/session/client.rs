@@ -8,8 +8,8 @@ use crate::codec::Encoding;
 use crate::codes::{AlertCode, StatusCode};
 use crate::limits::Limits;
 use crate::model::{
-    Alert, CmdId, Command, Container, Data, Item, ItemCommand, Location, Message, Meta, MsgId,
-    Results, Status, SyncHdr, VER_DTD, VER_PROTO,
+    Alert, CmdId, Command, Container, Data, Exec, Item, ItemCommand, Location, Message, Meta,
+    MsgId, Results, Status, SyncHdr, VER_DTD, VER_PROTO,
 };
 use crate::tree::{DmTree, ExecOutcome, ExecRequest};
 use crate::uri::NodeUri;
@@ -164,6 +164,52 @@ fn item_status(cmd: &Command, item: Option<&Item>, msg_ref: MsgId, code: StatusC
         s.source_refs = it.source.iter().map(|t| t.uri.clone()).collect();
     }
     s
+}
+
+/// What the commands of one server message asked of the reply.
+struct BodyOutcome {
+    /// The server refused our credentials: our last message goes again.
+    resend: bool,
+    /// The message carried commands to answer (not only Statuses and Results).
+    has_commands: bool,
+}
+
+/// How an Add or Replace arrived (DM Protocol §7.1.3).
+// One lives at a time, on the stack of `run`.
+#[allow(clippy::large_enum_variant)]
+enum Reassembled {
+    /// Not a chunk: execute the command as received.
+    AsReceived,
+    /// The last chunk: execute this whole object.
+    Whole(Command),
+    /// A chunk answered on its own (213 buffered, or a refusal).
+    Answered(StatusCode),
+}
+
+/// Which write an Add or Replace makes.
+#[derive(Clone, Copy)]
+enum Write {
+    Add,
+    Replace,
+}
+
+/// Alert from the server: 1222 and 1100 are answered here; confirmation and input alerts need
+/// the user interface, which the device drives outside this crate.
+fn run_alert(a: &Alert, events: &mut Vec<ClientEvent>) -> StatusCode {
+    match a.code {
+        AlertCode::NEXT_MESSAGE => StatusCode::OK,
+        AlertCode::DISPLAY => {
+            let text = a
+                .items
+                .iter()
+                .filter_map(|i| i.data.as_ref().and_then(|d| d.as_text()))
+                .collect::<Vec<_>>()
+                .join("\n");
+            events.push(ClientEvent::Display(text));
+            StatusCode::OK
+        }
+        _ => StatusCode::OPTIONAL_FEATURE_NOT_SUPPORTED,
+    }
 }
 
 impl ClientSession {
@@ -389,6 +435,47 @@ impl ClientSession {
             Phase::Finished | Phase::Aborted => return Err(SessionError::Ended),
             Phase::Waiting => {}
         }
+        let msg = self.read_message(body)?;
+        let mut events = Vec::new();
+        let (header_status, server_ok) = self.authenticate_server(&msg, body, hmac, &mut events)?;
+        let mut statuses = vec![Queued::plain(Command::Status(header_status))];
+        let Some(body_outcome) =
+            self.handle_body(&msg, server_ok, tree, &mut statuses, &mut events)?
+        else {
+            // Alert 1223 from the server.
+            self.phase = Phase::Aborted;
+            events.push(ClientEvent::Aborted);
+            return Ok(ClientStep {
+                reply: None,
+                events,
+            });
+        };
+        if body_outcome.resend {
+            self.requeue_last_sent();
+        }
+        // DM Protocol §8.6: a final server package with no commands ends the session.
+        if msg.is_final
+            && !body_outcome.has_commands
+            && !body_outcome.resend
+            && self.outbox.is_empty()
+        {
+            self.phase = Phase::Finished;
+            events.push(ClientEvent::Finished);
+            return Ok(ClientStep {
+                reply: None,
+                events,
+            });
+        }
+        let reply = self.answer(&msg, statuses)?;
+        Ok(ClientStep {
+            reply: Some(reply),
+            events,
+        })
+    }
+
+    /// Decodes a server message and checks that it belongs to this DM 1.2 session; notes
+    /// the server's RespURI and MaxMsgSize.
+    fn read_message(&mut self, body: &[u8]) -> Result<Message, SessionError> {
         let msg = Encoding::sniff(body).decode(body, &self.config.limits)?;
         if msg.header.session_id != self.session_id {
             return Err(SessionError::WrongSession {
@@ -411,17 +498,25 @@ impl ClientSession {
                     .min(self.config.limits.max_message_bytes.max(1024)),
             );
         }
-        let msg_ref = msg.header.msg_id;
-        let mut events = Vec::new();
-        let mut statuses: Vec<Queued> = Vec::new();
+        Ok(msg)
+    }
 
-        // DM Security §5.1: the server authenticates (every message with HMAC, else once).
+    /// DM Security §5.1: the server authenticates (every message with HMAC, else once).
+    /// Gives the Status for the server's SyncHdr (with a challenge when its credentials
+    /// failed) and whether its commands may run.
+    fn authenticate_server(
+        &mut self,
+        msg: &Message,
+        body: &[u8],
+        hmac: Option<&str>,
+        events: &mut Vec<ClientEvent>,
+    ) -> Result<(Status, bool), SessionError> {
         let mut header_code = StatusCode::OK;
         let mut header_chal = None;
         let needs_check = self.config.auth == AuthScheme::Hmac || !self.server_authenticated;
         let mut server_ok = true;
         if needs_check {
-            match self.verify_server(&msg, body, hmac) {
+            match self.verify_server(msg, body, hmac) {
                 Ok(()) => {
                     if !self.server_authenticated {
                         self.server_authenticated = true;
@@ -454,77 +549,80 @@ impl ClientSession {
                 Err(_) => {}
             }
         }
-        let mut hs = common::header_status(msg_ref, &msg.header, header_code);
+        let mut hs = common::header_status(msg.header.msg_id, &msg.header, header_code);
         hs.chal = header_chal;
-        statuses.push(Queued::plain(Command::Status(hs)));
+        Ok((hs, server_ok))
+    }
 
-        let mut resend = false;
-        let mut has_commands = false;
+    /// Takes the server's Statuses and executes its commands (answered 215 when the server
+    /// did not authenticate). `None` when the server aborted the session (Alert 1223).
+    fn handle_body(
+        &mut self,
+        msg: &Message,
+        server_ok: bool,
+        tree: &mut DmTree,
+        statuses: &mut Vec<Queued>,
+        events: &mut Vec<ClientEvent>,
+    ) -> Result<Option<BodyOutcome>, SessionError> {
+        let msg_ref = msg.header.msg_id;
+        let mut outcome = BodyOutcome {
+            resend: false,
+            has_commands: false,
+        };
         for cmd in &msg.body {
             match cmd {
                 Command::Status(s) => {
-                    if self.handle_status(s, &mut events)? {
-                        resend = true;
+                    if self.handle_status(s, events)? {
+                        outcome.resend = true;
                     }
                 }
                 Command::Results(_) => {}
-                Command::Alert(a) if a.code == AlertCode::SESSION_ABORT => {
-                    self.phase = Phase::Aborted;
-                    events.push(ClientEvent::Aborted);
-                    return Ok(ClientStep {
-                        reply: None,
-                        events,
-                    });
-                }
+                Command::Alert(a) if a.code == AlertCode::SESSION_ABORT => return Ok(None),
                 other => {
-                    has_commands = true;
-                    if !server_ok {
-                        if !other.no_resp() {
-                            statuses.push(Queued::plain(Command::Status(common::status_for(
-                                other,
-                                msg_ref,
-                                StatusCode::NOT_EXECUTED,
-                            ))));
-                        }
-                        continue;
+                    outcome.has_commands = true;
+                    if server_ok {
+                        self.execute(other, msg_ref, tree, statuses, events);
+                    } else if !other.no_resp() {
+                        statuses.push(Queued::plain(Command::Status(common::status_for(
+                            other,
+                            msg_ref,
+                            StatusCode::NOT_EXECUTED,
+                        ))));
                     }
-                    self.execute(other, msg_ref, tree, &mut statuses, &mut events);
                 }
             }
         }
+        Ok(Some(outcome))
+    }
 
-        if resend {
-            let again: Vec<Queued> = std::mem::take(&mut self.last_sent)
-                .into_iter()
-                .filter(|q| !matches!(q.cmd, Command::Status(_)))
-                .collect();
-            for q in again.into_iter().rev() {
-                self.outbox.push_front(q);
-            }
+    /// The server refused our credentials: the commands of our last message go again, ahead
+    /// of anything queued since.
+    fn requeue_last_sent(&mut self) {
+        let again: Vec<Queued> = std::mem::take(&mut self.last_sent)
+            .into_iter()
+            .filter(|q| !matches!(q.cmd, Command::Status(_)))
+            .collect();
+        for q in again.into_iter().rev() {
+            self.outbox.push_front(q);
         }
-        // DM Protocol §8.6: a final server package with no commands ends the session.
-        if msg.is_final && !has_commands && !resend && self.outbox.is_empty() {
-            self.phase = Phase::Finished;
-            events.push(ClientEvent::Finished);
-            return Ok(ClientStep {
-                reply: None,
-                events,
-            });
-        }
+    }
+
+    /// Our reply: the statuses first, then what is queued; while the server's package goes
+    /// on, Alert 1222 asks for its next message and our message is not final (§8.2).
+    fn answer(
+        &mut self,
+        msg: &Message,
+        mut statuses: Vec<Queued>,
+    ) -> Result<Outgoing, SessionError> {
         let mut final_allowed = true;
-        if !msg.is_final && !common::asks_next_message(&msg) {
-            // The server's package continues: ask for its next message.
+        if !msg.is_final && !common::asks_next_message(msg) {
             statuses.push(Queued::plain(common::simple_alert(AlertCode::NEXT_MESSAGE)));
             final_allowed = false;
         }
         for q in statuses.into_iter().rev() {
             self.outbox.push_front(q);
         }
-        let reply = self.send(final_allowed)?;
-        Ok(ClientStep {
-            reply: Some(reply),
-            events,
-        })
+        self.send(final_allowed)
     }
 
     /// Returns true if our last message must be sent again (authentication challenge).
@@ -609,158 +707,22 @@ impl ClientSession {
         out: &mut Vec<Command>,
         events: &mut Vec<ClientEvent>,
     ) {
-        let server = self.config.server_id.clone();
-        let limits = self.config.limits;
         let status = |code| Command::Status(common::status_for(cmd, msg_ref, code));
-        // Large objects (DM Protocol §7.1.3) arrive in Add/Replace chunks.
-        let mut whole = None;
-        if matches!(cmd, Command::Add(_) | Command::Replace(_)) {
-            match common::accept_chunk(
-                &mut self.reassembly,
-                cmd,
-                self.config.limits.max_object_bytes,
-            ) {
-                Chunk::NotChunked => {}
-                Chunk::Buffered => return out.push(status(StatusCode::CHUNKED_ITEM_ACCEPTED)),
-                Chunk::Failed(code) => return out.push(status(code)),
-                Chunk::Complete(c) => whole = Some(c),
+        let whole = match self.reassemble(cmd, out) {
+            Reassembled::Answered(code) => return out.push(status(code)),
+            Reassembled::AsReceived => None,
+            Reassembled::Whole(c) => Some(c),
+        };
+        match whole.as_ref().unwrap_or(cmd) {
+            Command::Get(c) => self.run_get(cmd, c, msg_ref, tree, out),
+            Command::Add(c) => self.run_add_or_replace(cmd, c, Write::Add, msg_ref, tree, out),
+            Command::Replace(c) => {
+                self.run_add_or_replace(cmd, c, Write::Replace, msg_ref, tree, out)
             }
-        } else if let Some(r) = self.reassembly.take() {
-            out.push(common::no_end_of_data(r.key()));
-        }
-        let cmd_ref = whole.as_ref().unwrap_or(cmd);
-        match cmd_ref {
-            Command::Get(c) => {
-                let mut items = Vec::new();
-                for item in &c.items {
-                    let got = parse_target(item, &limits)
-                        .and_then(|u| tree.get(&u, &server).map(|v| (u, v)));
-                    match got {
-                        Ok((u, v)) => {
-                            let (format, data) = common::transport_value(self.config.encoding, &v);
-                            items.push(Item {
-                                source: Some(Location::new(u.as_str())),
-                                meta: Some(Meta {
-                                    format: Some(format),
-                                    mime_type: v.mime_type,
-                                    ..Meta::default()
-                                }),
-                                data: Some(data),
-                                ..Item::default()
-                            });
-                            out.push(Command::Status(item_status(
-                                cmd,
-                                Some(item),
-                                msg_ref,
-                                StatusCode::OK,
-                            )));
-                        }
-                        Err(code) => {
-                            out.push(Command::Status(item_status(cmd, Some(item), msg_ref, code)))
-                        }
-                    }
-                }
-                if !items.is_empty() {
-                    out.push(Command::Results(Results {
-                        cmd_id: CmdId(0),
-                        msg_ref: Some(msg_ref),
-                        cmd_ref: cmd.cmd_id(),
-                        meta: None,
-                        target_refs: Vec::new(),
-                        source_refs: Vec::new(),
-                        items,
-                    }));
-                }
-            }
-            Command::Add(c) | Command::Replace(c) => {
-                let is_add = matches!(cmd_ref, Command::Add(_));
-                for item in &c.items {
-                    let code = parse_target(item, &limits)
-                        .and_then(|u| {
-                            let (fmt, ty) = effective_meta(item, c.meta.as_ref());
-                            let data = item.data.as_ref().map(|d| d.0.as_slice()).unwrap_or(&[]);
-                            let value = common::received_value(fmt.unwrap_or("chr"), ty, data)?;
-                            if is_add {
-                                tree.add(&u, &server, (value.format != "node").then_some(value))
-                            } else {
-                                tree.replace(&u, &server, value)
-                            }
-                        })
-                        .map_or_else(|e| e, |()| StatusCode::OK);
-                    out.push(Command::Status(item_status(cmd, Some(item), msg_ref, code)));
-                }
-            }
-            Command::Delete(c) => {
-                for item in &c.items {
-                    let code = parse_target(item, &limits)
-                        .and_then(|u| tree.delete(&u, &server))
-                        .map_or_else(|e| e, |()| StatusCode::OK);
-                    out.push(Command::Status(item_status(cmd, Some(item), msg_ref, code)));
-                }
-            }
-            Command::Copy(c) => {
-                for item in &c.items {
-                    let code = (|| {
-                        let target = parse_target(item, &limits)?;
-                        let src = item.source.as_ref().ok_or(StatusCode::INCOMPLETE_COMMAND)?;
-                        let src = NodeUri::parse(&src.uri).map_err(|_| StatusCode::NOT_FOUND)?;
-                        let value = tree.get(&src, &server)?;
-                        match tree.add(&target, &server, Some(value.clone())) {
-                            Err(StatusCode::ALREADY_EXISTS) => {
-                                tree.replace(&target, &server, value)
-                            }
-                            other => other,
-                        }
-                    })()
-                    .map_or_else(|e| e, |()| StatusCode::OK);
-                    out.push(Command::Status(item_status(cmd, Some(item), msg_ref, code)));
-                }
-            }
-            Command::Exec(x) => {
-                let code = parse_target(&x.item, &limits)
-                    .and_then(|u| {
-                        let req = ExecRequest {
-                            server_id: &server,
-                            data: x.item.data.as_ref().map(|d| d.0.as_slice()),
-                            correlator: x.correlator.as_deref(),
-                        };
-                        let outcome = tree.exec(&u, req)?;
-                        if outcome == ExecOutcome::Accepted {
-                            events.push(ClientEvent::ExecAccepted {
-                                uri: u,
-                                correlator: x.correlator.clone(),
-                            });
-                        }
-                        Ok(outcome)
-                    })
-                    .map_or_else(
-                        |e| e,
-                        |o| match o {
-                            ExecOutcome::Done => StatusCode::OK,
-                            ExecOutcome::Accepted => StatusCode::ACCEPTED_FOR_PROCESSING,
-                        },
-                    );
-                out.push(status(code));
-            }
-            Command::Alert(a) => {
-                let code = match a.code {
-                    AlertCode::NEXT_MESSAGE => StatusCode::OK,
-                    AlertCode::DISPLAY => {
-                        let text = a
-                            .items
-                            .iter()
-                            .filter_map(|i| i.data.as_ref().and_then(|d| d.as_text()))
-                            .collect::<Vec<_>>()
-                            .join("\n");
-                        events.push(ClientEvent::Display(text));
-                        StatusCode::OK
-                    }
-                    // Confirmation and input alerts need the user interface, which the
-                    // device drives outside this crate.
-                    _ => StatusCode::OPTIONAL_FEATURE_NOT_SUPPORTED,
-                };
-                out.push(status(code));
-            }
+            Command::Delete(c) => self.run_delete(cmd, c, msg_ref, tree, out),
+            Command::Copy(c) => self.run_copy(cmd, c, msg_ref, tree, out),
+            Command::Exec(x) => out.push(status(self.run_exec(x, tree, events))),
+            Command::Alert(a) => out.push(status(run_alert(a, events))),
             Command::Atomic(k) => self.run_atomic(cmd, k, msg_ref, tree, out, events),
             Command::Sequence(k) => {
                 out.push(status(StatusCode::OK));
@@ -773,6 +735,171 @@ impl ClientSession {
             }
             Command::Status(_) | Command::Results(_) => {}
         }
+    }
+
+    /// Large objects (DM Protocol §7.1.3) arrive in Add/Replace chunks; any other command
+    /// interrupts an object in flight, which is reported with Alert 1225.
+    fn reassemble(&mut self, cmd: &Command, out: &mut Vec<Command>) -> Reassembled {
+        if !matches!(cmd, Command::Add(_) | Command::Replace(_)) {
+            if let Some(r) = self.reassembly.take() {
+                out.push(common::no_end_of_data(r.key()));
+            }
+            return Reassembled::AsReceived;
+        }
+        match common::accept_chunk(
+            &mut self.reassembly,
+            cmd,
+            self.config.limits.max_object_bytes,
+        ) {
+            Chunk::NotChunked => Reassembled::AsReceived,
+            Chunk::Buffered => Reassembled::Answered(StatusCode::CHUNKED_ITEM_ACCEPTED),
+            Chunk::Failed(code) => Reassembled::Answered(code),
+            Chunk::Complete(c) => Reassembled::Whole(c),
+        }
+    }
+
+    /// Get: a Status per item, and one Results with the values read.
+    fn run_get(
+        &self,
+        cmd: &Command,
+        c: &ItemCommand,
+        msg_ref: MsgId,
+        tree: &mut DmTree,
+        out: &mut Vec<Command>,
+    ) {
+        let server = &self.config.server_id;
+        let mut items = Vec::new();
+        for item in &c.items {
+            let got = parse_target(item, &self.config.limits)
+                .and_then(|u| tree.get(&u, server).map(|v| (u, v)));
+            let code = match got {
+                Ok((u, v)) => {
+                    let (format, data) = common::transport_value(self.config.encoding, &v);
+                    items.push(Item {
+                        source: Some(Location::new(u.as_str())),
+                        meta: Some(Meta {
+                            format: Some(format),
+                            mime_type: v.mime_type,
+                            ..Meta::default()
+                        }),
+                        data: Some(data),
+                        ..Item::default()
+                    });
+                    StatusCode::OK
+                }
+                Err(code) => code,
+            };
+            out.push(Command::Status(item_status(cmd, Some(item), msg_ref, code)));
+        }
+        if !items.is_empty() {
+            out.push(Command::Results(Results {
+                cmd_id: CmdId(0),
+                msg_ref: Some(msg_ref),
+                cmd_ref: cmd.cmd_id(),
+                meta: None,
+                target_refs: Vec::new(),
+                source_refs: Vec::new(),
+                items,
+            }));
+        }
+    }
+
+    /// Add or Replace (`c` may be a reassembled large object; `cmd` is what is answered).
+    fn run_add_or_replace(
+        &self,
+        cmd: &Command,
+        c: &ItemCommand,
+        write: Write,
+        msg_ref: MsgId,
+        tree: &mut DmTree,
+        out: &mut Vec<Command>,
+    ) {
+        let server = &self.config.server_id;
+        for item in &c.items {
+            let code = parse_target(item, &self.config.limits)
+                .and_then(|u| {
+                    let (fmt, ty) = effective_meta(item, c.meta.as_ref());
+                    let data = item.data.as_ref().map(|d| d.0.as_slice()).unwrap_or(&[]);
+                    let value = common::received_value(fmt.unwrap_or("chr"), ty, data)?;
+                    match write {
+                        Write::Add => {
+                            tree.add(&u, server, (value.format != "node").then_some(value))
+                        }
+                        Write::Replace => tree.replace(&u, server, value),
+                    }
+                })
+                .map_or_else(|e| e, |()| StatusCode::OK);
+            out.push(Command::Status(item_status(cmd, Some(item), msg_ref, code)));
+        }
+    }
+
+    fn run_delete(
+        &self,
+        cmd: &Command,
+        c: &ItemCommand,
+        msg_ref: MsgId,
+        tree: &mut DmTree,
+        out: &mut Vec<Command>,
+    ) {
+        for item in &c.items {
+            let code = parse_target(item, &self.config.limits)
+                .and_then(|u| tree.delete(&u, &self.config.server_id))
+                .map_or_else(|e| e, |()| StatusCode::OK);
+            out.push(Command::Status(item_status(cmd, Some(item), msg_ref, code)));
+        }
+    }
+
+    /// Copy: the source's value is added at the target, or replaces it if it exists.
+    fn run_copy(
+        &self,
+        cmd: &Command,
+        c: &ItemCommand,
+        msg_ref: MsgId,
+        tree: &mut DmTree,
+        out: &mut Vec<Command>,
+    ) {
+        let server = &self.config.server_id;
+        for item in &c.items {
+            let code = (|| {
+                let target = parse_target(item, &self.config.limits)?;
+                let src = item.source.as_ref().ok_or(StatusCode::INCOMPLETE_COMMAND)?;
+                let src = NodeUri::parse(&src.uri).map_err(|_| StatusCode::NOT_FOUND)?;
+                let value = tree.get(&src, server)?;
+                match tree.add(&target, server, Some(value.clone())) {
+                    Err(StatusCode::ALREADY_EXISTS) => tree.replace(&target, server, value),
+                    other => other,
+                }
+            })()
+            .map_or_else(|e| e, |()| StatusCode::OK);
+            out.push(Command::Status(item_status(cmd, Some(item), msg_ref, code)));
+        }
+    }
+
+    /// Exec: 200 when the handler is done, 202 when it accepted a job for later.
+    fn run_exec(&self, x: &Exec, tree: &mut DmTree, events: &mut Vec<ClientEvent>) -> StatusCode {
+        parse_target(&x.item, &self.config.limits)
+            .and_then(|u| {
+                let req = ExecRequest {
+                    server_id: &self.config.server_id,
+                    data: x.item.data.as_ref().map(|d| d.0.as_slice()),
+                    correlator: x.correlator.as_deref(),
+                };
+                let outcome = tree.exec(&u, req)?;
+                if outcome == ExecOutcome::Accepted {
+                    events.push(ClientEvent::ExecAccepted {
+                        uri: u,
+                        correlator: x.correlator.clone(),
+                    });
+                }
+                Ok(outcome)
+            })
+            .map_or_else(
+                |e| e,
+                |o| match o {
+                    ExecOutcome::Done => StatusCode::OK,
+                    ExecOutcome::Accepted => StatusCode::ACCEPTED_FOR_PROCESSING,
+                },
+            )
     }
 
     /// Atomic (RepPro §6.6.3): all or nothing. Stored nodes are restored on failure; changes a
