@@ -280,12 +280,6 @@ impl From<StoreError> for CardError {
     }
 }
 
-impl From<minicbor::encode::Error<minicbor::encode::write::EndOfSlice>> for CardError {
-    fn from(_: minicbor::encode::Error<minicbor::encode::write::EndOfSlice>) -> Self {
-        CardError::Internal("answer does not fit the I/O buffer")
-    }
-}
-
 impl From<Reason> for CardError {
     fn from(r: Reason) -> Self {
         CardError::Refused(r)

@@ -30,10 +30,9 @@
 //! its own; any other refusal counted in the open refusal tally, naming nothing from the
 //! request (docs/card.md, "What no device can do to the log").
 
-use minicbor::Encoder;
-use minicbor::encode::write::Cursor;
 use sha2::Digest as _;
 use simfota_wire::DeliveryToken;
+use simfota_wire::contract::{Integrity, PendingUpdate};
 use simfota_wire::cose::PublicKey;
 use simfota_wire::{Digest, Imei, Nonce, UpdateId};
 use simfota_wire::{Event, FumoResult, LogEntry};
@@ -60,9 +59,9 @@ const UPDATE_RESERVE: u32 = 2;
 /// updates through authorized servers (docs/card.md, the log).
 pub(crate) const UNVERIFIED_BUDGET: u8 = 8;
 
-const INTEGRITY_NONE: u8 = 0;
-const INTEGRITY_PASSED: u8 = 1;
-const INTEGRITY_FAILED: u8 = 2;
+const INTEGRITY_NONE: u8 = Integrity::NotChecked.code();
+const INTEGRITY_PASSED: u8 = Integrity::Passed.code();
+const INTEGRITY_FAILED: u8 = Integrity::Failed.code();
 
 /// Whether an authorized update is in progress.
 pub(crate) fn pending_exists<S: Store>(p: &Persist<S>) -> Result<bool, CardError> {
@@ -766,43 +765,28 @@ pub(crate) fn get_receipt<S: Store, P: Platform>(
     sign_receipt(core, wanted, result, seq, head, io)
 }
 
-/// GET DATA `0106`: `{1: update-id, 2: integrity (0 none, 1 passed, 2 failed), 3: sequence,
-/// 4: image size, 5: image digest}`, or an empty map when no update is in progress.
-pub(crate) fn encode_pending<S: Store>(
-    p: &Persist<S>,
-    enc: &mut Encoder<Cursor<&mut [u8]>>,
-) -> Result<(), CardError> {
-    let e = |_| CardError::Internal("answer does not fit the I/O buffer");
+/// GET DATA `0106`: the pending-update record of the contract module
+/// (`simfota_wire::contract::PendingUpdate`), or an empty map when no update is in progress.
+pub(crate) fn encode_pending<S: Store>(p: &Persist<S>, out: &mut [u8]) -> Result<usize, CardError> {
+    let fits = |_| CardError::Internal("answer does not fit the I/O buffer");
     if !pending_exists(p)? {
-        enc.map(0).map_err(e)?;
-        return Ok(());
+        return PendingUpdate::encode(None, out).map_err(fits);
     }
     let entry = load_pending_entry(p)?;
     let mut digest = [0u8; 32];
     p.read(O_PENDING + P_IMAGE_DIGEST, &mut digest)?;
-    enc.map(5).map_err(e)?;
-    enc.u8(1)
-        .and_then(|e| {
-            e.bytes(
-                entry
-                    .update_id
-                    .as_ref()
-                    .map(|u| u.as_bytes())
-                    .unwrap_or(&[]),
-            )
-        })
-        .map_err(e)?;
-    enc.u8(2)
-        .and_then(|x| x.u8(p.u8_at(O_PENDING + P_INTEGRITY).unwrap_or(0)))
-        .map_err(e)?;
-    enc.u8(3)
-        .and_then(|x| x.u64(p.u64_at(O_PENDING + P_SEQUENCE).unwrap_or(0)))
-        .map_err(e)?;
-    enc.u8(4)
-        .and_then(|x| x.u64(p.u64_at(O_PENDING + P_IMAGE_SIZE).unwrap_or(0)))
-        .map_err(e)?;
-    enc.u8(5).and_then(|x| x.bytes(&digest)).map_err(e)?;
-    Ok(())
+    let pending = PendingUpdate {
+        // An authorization always names its update (the token's `cti` is required).
+        update_id: entry
+            .update_id
+            .ok_or(CardError::Internal("pending update has no id"))?,
+        integrity: Integrity::from_code(p.u8_at(O_PENDING + P_INTEGRITY)?)
+            .ok_or(CardError::Internal("pending integrity state is corrupt"))?,
+        sequence: p.u64_at(O_PENDING + P_SEQUENCE)?,
+        image_size: p.u64_at(O_PENDING + P_IMAGE_SIZE)?,
+        image_digest: Digest(digest),
+    };
+    PendingUpdate::encode(Some(&pending), out).map_err(fits)
 }
 
 /// Checks a received nonce against the outstanding one (already taken out of RAM).

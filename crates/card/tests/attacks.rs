@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use simfota_card::info::decode::CardInfo;
 use simfota_card::{Reason, StatusWord, fumo_result_for, ins};
+use simfota_wire::contract::{CardInfo, ServerEntry};
 use simfota_wire::{
     AdminChange, DenyReason, Event, IntegrityMode, Nonce, OriginatorId, UnauthorizedRule,
 };
@@ -718,9 +718,10 @@ fn admin_command_not_from_the_issuer() {
         refused(Reason::AdminSignature)
     );
     let (d, _) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x02, &[]);
-    let mut out = [("", &[][..], 0u8); 8];
     assert_eq!(
-        simfota_card::info::decode::servers(&d, &mut out).unwrap(),
+        ServerEntry::decode_vec(&d, &simfota_wire::Limits::DEFAULT)
+            .unwrap()
+            .len(),
         2
     );
 }
@@ -833,7 +834,12 @@ fn log_full_refuses_new_updates() {
     assert_eq!(card.log_status().free, 64);
     w.full_update(&mut card, 11);
     let ci_bytes = card.info();
-    assert_eq!(CardInfo::decode(&ci_bytes).unwrap().log_next, 66);
+    assert_eq!(
+        CardInfo::decode(&ci_bytes, &simfota_wire::Limits::DEFAULT)
+            .unwrap()
+            .log_next,
+        66
+    );
 }
 
 #[test]

@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use simfota_card::info::decode::CardInfo;
 use simfota_card::{Applet, CardMemory, StatusWord, ins};
+use simfota_wire::contract::{CardInfo, OriginatorEntry, ServerEntry};
 use simfota_wire::{Event, FumoResult, IntegrityMode, Receipt, UnauthorizedRule};
 
 #[test]
@@ -19,7 +19,7 @@ fn authorized_update_end_to_end() {
     assert_eq!(r.result, FumoResult::SUCCESSFUL);
     assert_eq!(r.log_seq, 2);
     let ci_bytes = card.info();
-    let ci = CardInfo::decode(&ci_bytes).unwrap();
+    let ci = CardInfo::decode(&ci_bytes, &simfota_wire::Limits::DEFAULT).unwrap();
     assert_eq!(ci.installed_sequence, 5);
     assert_eq!(ci.trusted_time, NOW);
     assert!(!ci.update_pending);
@@ -97,7 +97,12 @@ fn a_failed_result_gives_its_receipt_again_in_extended_mode() {
     assert_eq!(r.result, FumoResult(410));
     // The installed sequence did not move: a failure is no install.
     let ci_bytes = card.info();
-    assert_eq!(CardInfo::decode(&ci_bytes).unwrap().installed_sequence, 0);
+    assert_eq!(
+        CardInfo::decode(&ci_bytes, &simfota_wire::Limits::DEFAULT)
+            .unwrap()
+            .installed_sequence,
+        0
+    );
 }
 
 #[test]
@@ -285,7 +290,12 @@ fn failed_install_does_not_advance_the_sequence() {
     assert_eq!(card.device_digest(&p), StatusWord::OK);
     assert_eq!(card.report(410, &cti).1, StatusWord::OK);
     let ci_bytes = card.info();
-    assert_eq!(CardInfo::decode(&ci_bytes).unwrap().installed_sequence, 0);
+    assert_eq!(
+        CardInfo::decode(&ci_bytes, &simfota_wire::Limits::DEFAULT)
+            .unwrap()
+            .installed_sequence,
+        0
+    );
     // The same release can be authorized again.
     w.full_update(&mut card, 9);
 }
@@ -326,23 +336,20 @@ fn device_reads_servers_policy_originators_without_authentication() {
     let mut card = w.default_card();
     let (d, sw) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x02, &[]);
     assert_eq!(sw, StatusWord::OK);
-    let mut out = [("", &[][..], 0u8); 8];
-    let n = simfota_card::info::decode::servers(&d, &mut out).unwrap();
-    assert_eq!(n, 2);
-    assert_eq!(out[0].0, SERVER);
-    assert_eq!(out[0].1, &sec1(&w.server)[..]);
+    let servers = ServerEntry::decode_vec(&d, &simfota_wire::Limits::DEFAULT).unwrap();
+    assert_eq!(servers.len(), 2);
+    assert_eq!(servers[0].id.as_str(), SERVER);
+    assert_eq!(servers[0].key.to_sec1(), sec1(&w.server));
+    assert_eq!(servers[0].rights, simfota_wire::Rights::ALL);
     let (d, sw) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x03, &[]);
     assert_eq!(sw, StatusWord::OK);
     let p = simfota_wire::Policy::decode(&d, &simfota_wire::Limits::DEFAULT).unwrap();
     assert_eq!(p.unauthorized, UnauthorizedRule::Refuse);
     let (d, sw) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x04, &[]);
     assert_eq!(sw, StatusWord::OK);
-    let mut out = [("", &[][..]); 8];
-    assert_eq!(
-        simfota_card::info::decode::originators(&d, &mut out).unwrap(),
-        1
-    );
-    assert_eq!(out[0].0, ORIGINATOR);
+    let originators = OriginatorEntry::decode_vec(&d, &simfota_wire::Limits::DEFAULT).unwrap();
+    assert_eq!(originators.len(), 1);
+    assert_eq!(originators[0].id.as_str(), ORIGINATOR);
 }
 
 #[test]
@@ -350,8 +357,8 @@ fn card_info_reports_identity_and_capacities() {
     let w = World::new();
     let mut card = w.default_card();
     let b = card.info();
-    let ci = CardInfo::decode(&b).unwrap();
-    assert_eq!((ci.iccid, ci.imsi), (ICCID, IMSI));
+    let ci = CardInfo::decode(&b, &simfota_wire::Limits::DEFAULT).unwrap();
+    assert_eq!((ci.iccid.as_str(), ci.imsi.as_str()), (ICCID, IMSI));
     assert_eq!(ci.log_capacity, 64);
     assert_eq!(ci.log_free, 64);
     assert_eq!(ci.version, simfota_card::APPLET_VERSION);
@@ -432,12 +439,13 @@ fn ram_and_persistent_budget() {
 
 #[test]
 fn pending_update_is_readable_after_a_reboot() {
-    use simfota_card::info::decode::PendingUpdate;
+    use simfota_wire::contract::{Integrity, PendingUpdate};
+    let lim = simfota_wire::Limits::DEFAULT;
     let mut w = World::new();
     let mut card = w.default_card();
     let (d, sw) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x06, &[]);
     assert_eq!(sw, StatusWord::OK);
-    assert_eq!(PendingUpdate::decode(&d).unwrap(), None);
+    assert_eq!(PendingUpdate::decode(&d, &lim).unwrap(), None);
     let (env, md) = w.package(8);
     let cti = w.next_cti();
     let n = card.nonce();
@@ -446,14 +454,14 @@ fn pending_update_is_readable_after_a_reboot() {
     assert_eq!(card.select(), StatusWord::OK);
     let (d, sw) = card.cmd(0x80, ins::GET_DATA, 0x01, 0x06, &[]);
     assert_eq!(sw, StatusWord::OK);
-    let p = PendingUpdate::decode(&d).unwrap().unwrap();
-    assert_eq!(p.update_id, &cti[..]);
+    let p = PendingUpdate::decode(&d, &lim).unwrap().unwrap();
+    assert_eq!(p.update_id.as_bytes(), &cti[..]);
     assert_eq!(
         (p.integrity, p.sequence, p.image_size),
-        (0, 8, w.payload.len() as u64)
+        (Integrity::NotChecked, 8, w.payload.len() as u64)
     );
     assert_eq!(
-        &p.image_digest[..],
+        &p.image_digest.0[..],
         &<sha2::Sha256 as sha2::Digest>::digest(&w.payload)[..]
     );
 }

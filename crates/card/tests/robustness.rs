@@ -130,7 +130,9 @@ fn virtual_card_survives_restart_on_file_store() {
     assert_eq!(&out[..n], &[0x90, 0x00]);
     let n = applet.process(&[0x80, ins::GET_DATA, 0x01, 0x05, 0x00], &mut out);
     assert_eq!(&out[n - 2..n], &[0x90, 0x00]);
-    let st = simfota_card::info::decode::LogStatus::decode(&out[..n - 2]).unwrap();
+    let st =
+        simfota_wire::contract::LogStatus::decode(&out[..n - 2], &simfota_wire::Limits::DEFAULT)
+            .unwrap();
     assert_eq!(st.next, 3);
     // A change goes to the file.
     let mut imei = vec![0x80, ins::BIND_TERMINAL, 0, 0, 15];
@@ -234,7 +236,10 @@ fn a_failing_memory_read_is_a_memory_error_not_a_refusal() {
     let (info, sw) = send(&[0x80, ins::GET_DATA, 0x01, 0x01, 0, 0, 0]);
     assert_eq!(sw, StatusWord::OK);
     let before_info = card.info();
-    let before = simfota_card::info::decode::CardInfo::decode(&before_info).unwrap();
-    let after = simfota_card::info::decode::CardInfo::decode(&info).unwrap();
+    let before =
+        simfota_wire::contract::CardInfo::decode(&before_info, &simfota_wire::Limits::DEFAULT)
+            .unwrap();
+    let after =
+        simfota_wire::contract::CardInfo::decode(&info, &simfota_wire::Limits::DEFAULT).unwrap();
     assert_eq!((after.log_next, before.log_next), (0, 0));
 }

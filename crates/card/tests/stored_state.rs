@@ -7,8 +7,8 @@
 mod common;
 
 use common::*;
-use simfota_card::info::decode::CardInfo;
 use simfota_card::{CardMemory, PERSISTENT_SIZE, PowerCut, Store};
+use simfota_wire::contract::{CardInfo, Lifecycle};
 
 const IMAGE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -33,10 +33,15 @@ fn layout_v1_image_still_works() {
     let mut card = load();
     assert_eq!(card.select(), simfota_card::StatusWord::OK);
     let info = card.info();
-    let ci = CardInfo::decode(&info).unwrap();
+    let ci = CardInfo::decode(&info, &simfota_wire::Limits::DEFAULT).unwrap();
     assert_eq!(
-        (ci.iccid, ci.lifecycle, ci.installed_sequence, ci.log_next),
-        (ICCID, 2, 1, 3)
+        (
+            ci.iccid.as_str(),
+            ci.lifecycle,
+            ci.installed_sequence,
+            ci.log_next
+        ),
+        (ICCID, Lifecycle::Operational, 1, 3)
     );
     assert_eq!(card.bind(IMEI), simfota_card::StatusWord::OK);
     w.full_update(&mut card, 2);

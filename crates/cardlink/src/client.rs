@@ -11,7 +11,6 @@
 
 use std::io::Read;
 
-use simfota_card::info::decode as answers;
 use simfota_card::info::tag;
 use simfota_card::perso::dgi;
 use simfota_card::{AID, Reason, ins};
@@ -26,7 +25,12 @@ use crate::channel::{Channel, ResetKind};
 use crate::error::LinkError;
 use crate::link::Link;
 
-pub use answers::LogStatus;
+pub use simfota_wire::contract::{
+    Lifecycle, LogStatus, OriginatorEntry, PendingUpdate, ServerEntry,
+};
+
+/// Card information (GET DATA `0101`, the contract module's layout), owning its certificate.
+pub type CardInfo = simfota_wire::contract::CardInfo<Vec<u8>>;
 
 /// CLA of the ISO/IEC 7816-4 interindustry commands (SELECT, VERIFY, GET CHALLENGE, ...).
 const CLA_ISO: u8 = 0x00;
@@ -150,28 +154,6 @@ fn bad(command: &'static str, detail: impl std::fmt::Display) -> ClientError {
     }
 }
 
-/// The applet's life cycle (from SELECT's FCI or card info).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifecycle {
-    /// Installed, nothing stored.
-    Blank,
-    /// Personalization begun, not locked.
-    Personalizing,
-    /// Locked and in service.
-    Operational,
-}
-
-impl Lifecycle {
-    fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0 => Some(Self::Blank),
-            1 => Some(Self::Personalizing),
-            2 => Some(Self::Operational),
-            _ => None,
-        }
-    }
-}
-
 /// What SELECT answers (FCI proprietary template, `docs/apdu.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selected {
@@ -179,69 +161,6 @@ pub struct Selected {
     pub version: (u8, u8),
     /// Life cycle.
     pub lifecycle: Lifecycle,
-}
-
-/// Card information (GET DATA `0101`), owned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CardInfo {
-    /// ICCID digits.
-    pub iccid: String,
-    /// IMSI digits.
-    pub imsi: String,
-    /// Applet version (major, minor).
-    pub version: (u8, u8),
-    /// Card public key, SEC1 uncompressed (absent before key generation).
-    pub card_key: Option<Vec<u8>>,
-    /// Issuer-signed card certificate (COSE_Sign1), empty before personalization.
-    pub certificate: Vec<u8>,
-    /// Log capacity in entries.
-    pub log_capacity: u32,
-    /// Server table capacity.
-    pub max_servers: u32,
-    /// Originator table capacity.
-    pub max_originators: u32,
-    /// Largest command data (after chaining) and largest answer.
-    pub io_capacity: u32,
-    /// Persistent bytes the applet allocates.
-    pub persistent_size: u32,
-    /// Log record size in bytes.
-    pub record_len: u32,
-    /// Sequence number of the next log entry.
-    pub log_next: u32,
-    /// Every entry below this one is acknowledged.
-    pub log_acked: u32,
-    /// Free log slots.
-    pub log_free: u32,
-    /// Life cycle.
-    pub lifecycle: Lifecycle,
-    /// Installed firmware sequence number (anti-rollback).
-    pub installed_sequence: u64,
-    /// Trusted time: newest verified token `iat`.
-    pub trusted_time: u64,
-    /// Counter of the last applied admin command.
-    pub admin_counter: u64,
-    /// Whether an authorized update is in progress.
-    pub update_pending: bool,
-}
-
-/// One authorized DM server on the card.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerEntry {
-    /// Server id (a token's `iss`).
-    pub id: String,
-    /// Its signature key.
-    pub key: PublicKey,
-    /// What it may do.
-    pub rights: Rights,
-}
-
-/// One trusted software originator on the card.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OriginatorEntry {
-    /// Originator id.
-    pub id: String,
-    /// Its manifest signing key.
-    pub key: PublicKey,
 }
 
 /// PIN state as VERIFY without data reports it (ISO/IEC 7816-4 §7.5.6).
@@ -435,64 +354,32 @@ impl<C: Channel> CardClient<C> {
     pub fn card_info(&mut self) -> Result<CardInfo, ClientError> {
         const C: &str = "GET DATA card info";
         let raw = self.get_data(C, tag::CARD_INFO)?;
-        let ci = answers::CardInfo::decode(&raw).map_err(|e| bad(C, e))?;
-        Ok(CardInfo {
-            iccid: ci.iccid.to_owned(),
-            imsi: ci.imsi.to_owned(),
-            version: ci.version,
-            card_key: ci.card_key.map(<[u8]>::to_vec),
-            certificate: ci.certificate.to_vec(),
-            log_capacity: ci.log_capacity,
-            max_servers: ci.max_servers,
-            max_originators: ci.max_originators,
-            io_capacity: ci.io_capacity,
-            persistent_size: ci.persistent_size,
-            record_len: ci.record_len,
-            log_next: ci.log_next,
-            log_acked: ci.log_acked,
-            log_free: ci.log_free,
-            lifecycle: Lifecycle::from_code(ci.lifecycle)
-                .ok_or_else(|| bad(C, "unknown life cycle"))?,
-            installed_sequence: ci.installed_sequence,
-            trusted_time: ci.trusted_time,
-            admin_counter: ci.admin_counter,
-            update_pending: ci.update_pending,
-        })
+        simfota_wire::contract::CardInfo::decode(&raw, &self.limits)
+            .map(simfota_wire::contract::CardInfo::into_owned)
+            .map_err(|e| bad(C, e))
+    }
+
+    /// The card's answer to GET DATA `0101` as it came, checked against the contract (what
+    /// the device relays as `./SIMFOTA/Card/Info`).
+    pub fn card_info_bytes(&mut self) -> Result<Vec<u8>, ClientError> {
+        const C: &str = "GET DATA card info";
+        let raw = self.get_data(C, tag::CARD_INFO)?;
+        simfota_wire::contract::CardInfo::decode(&raw, &self.limits).map_err(|e| bad(C, e))?;
+        Ok(raw)
     }
 
     /// The authorized servers (GET DATA `0102`), readable without authentication (R5).
     pub fn servers(&mut self) -> Result<Vec<ServerEntry>, ClientError> {
         const C: &str = "GET DATA servers";
         let raw = self.get_data(C, tag::SERVERS)?;
-        let mut slots = vec![("", &[][..], 0u8); 64];
-        let n = answers::servers(&raw, &mut slots).map_err(|e| bad(C, e))?;
-        slots[..n]
-            .iter()
-            .map(|(id, key, rights)| {
-                Ok(ServerEntry {
-                    id: (*id).to_owned(),
-                    key: PublicKey::from_sec1(key).map_err(|e| bad(C, e))?,
-                    rights: Rights(*rights),
-                })
-            })
-            .collect()
+        ServerEntry::decode_vec(&raw, &self.limits).map_err(|e| bad(C, e))
     }
 
     /// The trusted originators (GET DATA `0104`), readable without authentication.
     pub fn originators(&mut self) -> Result<Vec<OriginatorEntry>, ClientError> {
         const C: &str = "GET DATA originators";
         let raw = self.get_data(C, tag::ORIGINATORS)?;
-        let mut slots = vec![("", &[][..]); 64];
-        let n = answers::originators(&raw, &mut slots).map_err(|e| bad(C, e))?;
-        slots[..n]
-            .iter()
-            .map(|(id, key)| {
-                Ok(OriginatorEntry {
-                    id: (*id).to_owned(),
-                    key: PublicKey::from_sec1(key).map_err(|e| bad(C, e))?,
-                })
-            })
-            .collect()
+        OriginatorEntry::decode_vec(&raw, &self.limits).map_err(|e| bad(C, e))
     }
 
     /// The update policy (GET DATA `0103`), readable without authentication (R6).
@@ -506,12 +393,14 @@ impl<C: Channel> CardClient<C> {
     pub fn log_status(&mut self) -> Result<LogStatus, ClientError> {
         const C: &str = "GET DATA log status";
         let raw = self.get_data(C, tag::LOG_STATUS)?;
-        LogStatus::decode(&raw).map_err(|e| bad(C, e))
+        LogStatus::decode(&raw, &self.limits).map_err(|e| bad(C, e))
     }
 
-    /// The authorized update in progress, raw (GET DATA `0106`, CBOR map, empty when none).
-    pub fn pending_update(&mut self) -> Result<Vec<u8>, ClientError> {
-        self.get_data("GET DATA pending update", tag::PENDING_UPDATE)
+    /// The authorized update in progress (GET DATA `0106`), `None` when there is none.
+    pub fn pending_update(&mut self) -> Result<Option<PendingUpdate>, ClientError> {
+        const C: &str = "GET DATA pending update";
+        let raw = self.get_data(C, tag::PENDING_UPDATE)?;
+        PendingUpdate::decode(&raw, &self.limits).map_err(|e| bad(C, e))
     }
 
     /// A fresh one-time nonce (GET CHALLENGE, ISO/IEC 7816-4 §7.5.3). It lives in card RAM

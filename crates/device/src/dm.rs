@@ -7,6 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use simfota_cardlink::Channel;
+use simfota_cardlink::wire::contract::Node;
 use simfota_syncml::auth::{AuthScheme, Credentials, Nonce};
 use simfota_syncml::fumo::Fumo;
 use simfota_syncml::model::{Alert, CmdId, Data, Item, Location, Meta};
@@ -21,12 +22,15 @@ use crate::fsutil::{self, Faults};
 use crate::fumo::{Job, Stage};
 
 /// Where the FUMO object is mounted (`<x>` = `fw`, DM contract).
-pub const FUMO_ROOT: &str = "./FUMO/fw";
+pub const FUMO_ROOT: &str = Node::FUMO_ROOT;
 /// The Generic Alert type of a user-requested update check (OMA-TS-DM-FUMO-V1_0 §8.2,
 /// client-initiated firmware update request).
 pub const USER_REQUEST_ALERT_TYPE: &str = "org.openmobilealliance.dm.firmwareupdate.userrequest";
 /// The MIME type of the receipt item in the Generic Alert.
-pub const RECEIPT_TYPE: &str = "application/vnd.simfota.receipt+cbor";
+pub const RECEIPT_TYPE: &str = match Node::FumoReceipt.mime_type() {
+    Some(t) => t,
+    None => "",
+};
 
 /// Why a DM session failed.
 #[derive(Debug, thiserror::Error)]
@@ -264,9 +268,9 @@ pub fn result_alert(job: &Job) -> Option<Alert> {
     }];
     if let Some(r) = receipt {
         items.push(Item {
-            source: Some(Location::new(format!("{FUMO_ROOT}/Ext/Receipt"))),
+            source: Some(Location::new(Node::FumoReceipt.uri())),
             meta: Some(Meta {
-                format: Some("b64".into()),
+                format: Some(Node::FumoReceipt.format().as_str().into()),
                 mime_type: Some(RECEIPT_TYPE.into()),
                 ..Meta::default()
             }),

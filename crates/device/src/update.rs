@@ -20,7 +20,8 @@
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use simfota_cardlink::client::ClientError;
+use simfota_cardlink::client::{ClientError, PendingUpdate};
+use simfota_cardlink::wire::contract::Integrity;
 use simfota_cardlink::wire::{self, DeliveryToken, Digest, Imei, IntegrityMode, Rights};
 use simfota_cardlink::{CardClient, Channel};
 
@@ -144,18 +145,11 @@ fn card_failure(e: &ClientError) -> Failure {
     }
 }
 
-/// The card's pending-update record (GET DATA `0106`): `{1: update id, 2: integrity state}`.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct CardPending {
-    update_id: Option<Vec<u8>>,
-    integrity_passed: bool,
-}
-
-/// Reads the card's pending-update record. A record that cannot be read or decoded is a
-/// failure, never "nothing pending": the integrity verdict and the authorization it would hide
-/// are the card's.
-fn read_pending<C: Channel>(card: &mut CardClient<C>) -> Result<CardPending, Failure> {
-    let raw = card.pending_update().map_err(|e| match e {
+/// Reads the card's pending-update record (GET DATA `0106`, the contract module's
+/// `PendingUpdate`). A record that cannot be read or decoded is a failure, never "nothing
+/// pending": the integrity verdict and the authorization it would hide are the card's.
+fn read_pending<C: Channel>(card: &mut CardClient<C>) -> Result<Option<PendingUpdate>, Failure> {
+    card.pending_update().map_err(|e| match e {
         ClientError::Link(link) => {
             Failure::CardUnavailable(format!("reading its pending-update record: {link}"))
         }
@@ -163,25 +157,12 @@ fn read_pending<C: Channel>(card: &mut CardClient<C>) -> Result<CardPending, Fai
             reason: format!("its pending-update record cannot be read: {other}"),
             fumo: code::NOT_ACCEPTABLE.0,
         },
-    })?;
-    decode_pending(&raw).map_err(|e| Failure::CardRefused {
-        reason: format!("its pending-update record does not decode: {e}"),
-        fumo: code::NOT_ACCEPTABLE.0,
     })
 }
 
-fn decode_pending(raw: &[u8]) -> Result<CardPending, minicbor::decode::Error> {
-    let mut d = minicbor::Decoder::new(raw);
-    let n = d.map()?.unwrap_or(0);
-    let mut out = CardPending::default();
-    for _ in 0..n {
-        match d.u8()? {
-            1 => out.update_id = Some(d.bytes()?.to_vec()),
-            2 => out.integrity_passed = d.u8()? == 1,
-            _ => d.skip()?,
-        }
-    }
-    Ok(out)
+/// Whether the card's pending update is the job's update.
+fn names_update(pending: Option<&PendingUpdate>, update_id: Option<&Vec<u8>>) -> bool {
+    matches!((pending, update_id), (Some(p), Some(id)) if p.update_id.as_bytes() == id.as_slice())
 }
 
 /// Where a server that severed an integrated payload from the envelope hosts it: `payload`
@@ -200,28 +181,26 @@ fn severed_for_card(envelope: &[u8]) -> Result<Vec<u8>, Fail> {
     })
 }
 
-/// Resolves the manifest's payload URI against the envelope's URL (RFC 3986 §5.2, the two
-/// forms a server uses: absolute, or an absolute path on the same origin).
+/// Resolves the manifest's payload URI against the envelope's URL (RFC 3986 §5.2, with the
+/// WHATWG URL parser): an absolute `http(s)` URL, an absolute path on the same origin, or a
+/// path relative to the envelope's folder. Refused: an envelope URL or a result that is not
+/// `http`/`https`, an empty reference and a bare fragment (an envelope member is named by
+/// `#...` and never downloaded).
 fn resolve_url(base: &str, uri: &str) -> Result<String, Failure> {
-    if uri.starts_with("http://") || uri.starts_with("https://") {
-        return Ok(uri.to_owned());
-    }
     let bad = || Failure::BadUrl(format!("payload URI `{uri}` (envelope at {base})"));
-    let scheme_end = base.find("://").ok_or_else(bad)? + 3;
-    let origin_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    if let Some(path) = uri.strip_prefix('/') {
-        return Ok(format!("{}/{path}", &base[..origin_end]));
-    }
-    if uri.is_empty() || uri.starts_with('#') || uri.contains("://") {
+    let web = |u: &url::Url| matches!(u.scheme(), "http" | "https");
+    if uri.is_empty() || uri.starts_with('#') {
         return Err(bad());
     }
-    let dir_end = base
-        .rfind('/')
-        .filter(|&i| i >= origin_end)
-        .unwrap_or(base.len());
-    Ok(format!("{}/{uri}", &base[..dir_end]))
+    let base = url::Url::parse(base).map_err(|_| bad())?;
+    if !web(&base) {
+        return Err(bad());
+    }
+    let joined = base.join(uri).map_err(|_| bad())?;
+    if !web(&joined) {
+        return Err(bad());
+    }
+    Ok(joined.into())
 }
 
 impl<C: Channel> Updater<'_, C> {
@@ -319,7 +298,7 @@ impl<C: Channel> Updater<'_, C> {
             .ok()
             .map(|t| *t.dangerous_unverified());
         let pending = read_pending(self.card).map_err(|f| fail(f, false))?;
-        let already = pending.update_id.is_some() && pending.update_id == job.update_id;
+        let already = names_update(pending.as_ref(), job.update_id.as_ref());
         if already {
             (self.say)("the card had already authorized this update; continuing");
         } else {
@@ -358,7 +337,7 @@ impl<C: Channel> Updater<'_, C> {
             .map(|list| {
                 list.into_iter()
                     .filter(|s| s.rights.contains(Rights::FIRMWARE_UPDATE))
-                    .map(|s| s.id)
+                    .map(|s| s.id.to_string())
                     .collect()
             })
             .unwrap_or_default();
@@ -661,7 +640,7 @@ impl<C: Channel> Updater<'_, C> {
         };
         // The card holds an authorization from here on: a failure must end it (report).
         let pending = read_pending(self.card).map_err(|f| fail(f, true))?;
-        if !pending.integrity_passed {
+        if pending.map(|p| p.integrity) != Some(Integrity::Passed) {
             let policy = self
                 .card
                 .policy()
@@ -841,10 +820,7 @@ impl<C: Channel> Updater<'_, C> {
             detail: e.to_string(),
         };
         let pending = match self.card.pending_update() {
-            Ok(raw) => decode_pending(&raw).map_err(|e| UpdateError::CardUnreadable {
-                result,
-                detail: format!("it does not decode: {e}"),
-            })?,
+            Ok(pending) => pending,
             Err(e @ ClientError::Link(_)) => return Err(unavailable(&e)),
             Err(e) => {
                 return Err(UpdateError::CardUnreadable {
@@ -853,7 +829,7 @@ impl<C: Channel> Updater<'_, C> {
                 });
             }
         };
-        if pending.update_id.as_ref() != Some(update_id) {
+        if !names_update(pending.as_ref(), Some(update_id)) {
             // The card no longer holds this update: the result reached it before a crash, or
             // it never authorized it. Never report twice; ask for the receipt of a result the
             // card already recorded (GET RECEIPT), so the 1226 still carries it.
@@ -944,16 +920,30 @@ mod tests {
         assert!(resolve_url(base, "#image").is_err());
         assert!(resolve_url("nonsense", "/p").is_err());
         assert_eq!(resolve_url("http://h:1", "/p").unwrap(), "http://h:1/p");
+        assert_eq!(
+            resolve_url("https://h/a/b/envelope", "../payload").unwrap(),
+            "https://h/a/payload"
+        );
+        // Other schemes, in the reference or the base, are refused.
+        assert!(resolve_url(base, "ftp://h/p").is_err());
+        assert!(resolve_url(base, "file:///etc/passwd").is_err());
+        assert!(resolve_url(base, "mailto:x@example.net").is_err());
+        assert!(resolve_url("ftp://h/envelope", "payload").is_err());
+        assert!(resolve_url(base, "").is_err());
     }
 
     #[test]
-    fn pending_record_decodes() {
-        // {1: h'0102', 2: 1, 3: 5}
-        let raw = [0xA3, 0x01, 0x42, 0x01, 0x02, 0x02, 0x01, 0x03, 0x05];
-        let p = decode_pending(&raw).unwrap();
-        assert_eq!(p.update_id.as_deref(), Some(&[1u8, 2][..]));
-        assert!(p.integrity_passed);
-        assert_eq!(decode_pending(&[0xA0]).unwrap(), CardPending::default());
-        assert!(decode_pending(&[0xA1, 0x01]).is_err());
+    fn the_pending_record_names_an_update_by_its_id() {
+        let p = PendingUpdate {
+            update_id: wire::UpdateId::new(&[1, 2]).unwrap(),
+            integrity: Integrity::NotChecked,
+            sequence: 5,
+            image_size: 1,
+            image_digest: Digest([0; 32]),
+        };
+        assert!(names_update(Some(&p), Some(&vec![1, 2])));
+        assert!(!names_update(Some(&p), Some(&vec![1])));
+        assert!(!names_update(Some(&p), None));
+        assert!(!names_update(None, Some(&vec![1, 2])));
     }
 }

@@ -9,16 +9,15 @@
 //! kept out of the database and logged.
 
 use serde_json::{Value, json};
+use simfota_wire::contract::{OriginatorEntry, Rights, ServerEntry};
 use simfota_wire::{IntegrityMode, Limits, Policy, UnauthorizedRule};
 
 use crate::AppState;
 use crate::db::now_ms;
 use crate::error::Result;
 
-/// Most entries decoded from a list (the applet holds 8 servers and 8 originators).
-const MAX_LIST: u64 = 64;
-
-/// Which card node an answer came from.
+/// Which card node an answer came from (its layout is the contract module's,
+/// `simfota_wire::contract`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relayed {
     /// `[* [id tstr, key bstr, rights uint]]`.
@@ -41,61 +40,32 @@ impl Relayed {
 
 /// Decodes an answer into the JSON the API and dashboard show; `Err` names what is wrong.
 pub fn decode(what: Relayed, bytes: &[u8]) -> std::result::Result<Value, String> {
+    let limits = Limits::DEFAULT;
     match what {
-        Relayed::Servers => decode_list(bytes, true),
-        Relayed::Originators => decode_list(bytes, false),
-        Relayed::Policy => Policy::decode(bytes, &Limits::DEFAULT)
-            .map(|p| policy_json(&p))
-            .map_err(|e| e.to_string()),
+        Relayed::Servers => ServerEntry::decode_vec(bytes, &limits).map(|list| {
+            list.iter()
+                .map(|s| {
+                    json!({
+                        "id": s.id.as_str(),
+                        "key": hex::encode(s.key.to_sec1()),
+                        "rights": rights_json(s.rights),
+                    })
+                })
+                .collect()
+        }),
+        Relayed::Originators => OriginatorEntry::decode_vec(bytes, &limits).map(|list| {
+            list.iter()
+                .map(|o| json!({ "id": o.id.as_str(), "key": hex::encode(o.key.to_sec1()) }))
+                .collect()
+        }),
+        Relayed::Policy => Policy::decode(bytes, &limits).map(|p| policy_json(&p)),
     }
+    .map_err(|e| e.to_string())
 }
 
-/// The names the rights bits of a server entry stand for (docs/dm-tree.md).
-const RIGHTS: [(u32, &str); 4] = [
-    (1, "firmware_update"),
-    (2, "log_read"),
-    (4, "log_ack"),
-    (8, "dm_other"),
-];
-
-fn decode_list(bytes: &[u8], with_rights: bool) -> std::result::Result<Value, String> {
-    let mut d = minicbor::Decoder::new(bytes);
-    let mut list = Vec::new();
-    let parsed: std::result::Result<(), minicbor::decode::Error> = (|| {
-        let n = d
-            .array()?
-            .ok_or_else(|| minicbor::decode::Error::message("indefinite-length list"))?;
-        if n > MAX_LIST {
-            return Err(minicbor::decode::Error::message("list too long"));
-        }
-        for _ in 0..n {
-            let want = if with_rights { 3 } else { 2 };
-            if d.array()? != Some(want) {
-                return Err(minicbor::decode::Error::message(
-                    "an entry has the wrong number of items",
-                ));
-            }
-            let id = d.str()?.to_owned();
-            let key = hex::encode(d.bytes()?);
-            if with_rights {
-                let bits = d.u32()?;
-                let rights: Vec<&str> = RIGHTS
-                    .into_iter()
-                    .filter(|(b, _)| bits & b != 0)
-                    .map(|(_, n)| n)
-                    .collect();
-                list.push(json!({ "id": id, "key": key, "rights": rights }));
-            } else {
-                list.push(json!({ "id": id, "key": key }));
-            }
-        }
-        Ok(())
-    })();
-    parsed.map_err(|e| e.to_string())?;
-    if d.position() != bytes.len() {
-        return Err("bytes after the list".into());
-    }
-    Ok(Value::Array(list))
+/// The names of a server's rights, from the contract's one table ([`Rights::NAMES`]).
+fn rights_json(rights: Rights) -> Value {
+    rights.names().collect::<Vec<_>>().into()
 }
 
 fn uuid_text(b: &[u8; 16]) -> String {
@@ -129,6 +99,18 @@ pub fn policy_json(p: &Policy) -> Value {
 
 /// Stores an answer with the card `iccid` (raw and decoded), or logs why it was not stored.
 pub async fn store(state: &AppState, iccid: &str, what: Relayed, bytes: &[u8]) -> Result<()> {
+    let mut conn = state.db.pool().acquire().await?;
+    store_with(&mut conn, iccid, what, bytes).await
+}
+
+/// [`store`] on a connection the caller holds (the DM flow's transaction: its writes commit
+/// together with the session).
+pub async fn store_with(
+    conn: &mut sqlx::AnyConnection,
+    iccid: &str,
+    what: Relayed,
+    bytes: &[u8],
+) -> Result<()> {
     let json = match decode(what, bytes) {
         Ok(v) => v,
         Err(why) => {
@@ -152,7 +134,7 @@ pub async fn store(state: &AppState, iccid: &str, what: Relayed, bytes: &[u8]) -
         .bind(json.to_string())
         .bind(now_ms())
         .bind(iccid.to_owned())
-        .execute(state.db.pool())
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
@@ -183,19 +165,36 @@ mod tests {
 
     #[test]
     fn lists_decode_and_refuse_garbage() {
-        // [["oem", h'0102']]
-        let originators = [0x81, 0x82, 0x63, b'o', b'e', b'm', 0x42, 1, 2];
+        use simfota_wire::p256::ecdsa::SigningKey;
+        use simfota_wire::{OriginatorId, PublicKey, ServerId};
+        let key = PublicKey::from(&SigningKey::from_slice(&[3; 32]).unwrap());
+        let sec1 = hex::encode(key.to_sec1());
+        let originators = OriginatorEntry::encode_vec(&[OriginatorEntry {
+            id: OriginatorId::new("oem").unwrap(),
+            key,
+        }])
+        .unwrap();
         let v = decode(Relayed::Originators, &originators).unwrap();
-        assert_eq!(v, json!([{ "id": "oem", "key": "0102" }]));
-        // [["srv", h'01', 5]]
-        let servers = [0x81, 0x83, 0x63, b's', b'r', b'v', 0x41, 1, 5];
+        assert_eq!(v, json!([{ "id": "oem", "key": sec1 }]));
+        let servers = ServerEntry::encode_vec(&[ServerEntry {
+            id: ServerId::new("srv").unwrap(),
+            key,
+            rights: Rights::FIRMWARE_UPDATE | Rights::LOG_ACK,
+        }])
+        .unwrap();
         let v = decode(Relayed::Servers, &servers).unwrap();
-        assert_eq!(v[0]["rights"], json!(["firmware_update", "log_ack"]));
-        // An originator entry where a server entry belongs, trailing bytes, not CBOR.
+        assert_eq!(
+            v,
+            json!([{ "id": "srv", "key": sec1, "rights": ["firmware_update", "log_ack"] }])
+        );
+        // An originator entry where a server entry belongs, trailing bytes, not CBOR, a key
+        // that is not a P-256 point ([["oem", h'0102']]).
         assert!(decode(Relayed::Servers, &originators).is_err());
-        let mut long = originators.to_vec();
+        let mut long = originators.clone();
         long.push(0);
         assert!(decode(Relayed::Originators, &long).is_err());
         assert!(decode(Relayed::Originators, b"junk").is_err());
+        let short_key = [0x81, 0x82, 0x63, b'o', b'e', b'm', 0x42, 1, 2];
+        assert!(decode(Relayed::Originators, &short_key).is_err());
     }
 }

@@ -21,6 +21,7 @@
 //! | log entry | [`LogEntry::encode`] -> `[u8; RECORD_LEN]`, [`LogEntry::entry_hash`] | [`LogEntry::decode`] |
 //! | log export | [`build_export`] (fixed buffer, records by callback) | `open_export` (std) then `ExportContents::entries` |
 //! | any COSE_Sign1 | [`cose::sign1_into`], [`cose::sign1_bytes_into`], [`cose::sign1_detached_into`] | [`CoseSign1::decode`] + [`CoseSign1::verify`] |
+//! | card info, pending update, log status, server and originator lists, DM node table | [`contract`]: `X::encode` | [`contract`]: `X::decode`; node values by Format: `contract::Node::decode_value` (std) |
 //! | keys | [`PublicKey::from_sec1`], [`PublicKey::from_xy`], `From<&SigningKey>` | `pem` (std): PKCS#8 / SPKI PEM files |
 //! | hashing | [`Sha256Stream`], [`sha256`], `sha256_reader` (std) | |
 //!
@@ -33,6 +34,7 @@
 extern crate std;
 
 mod cbor;
+pub mod contract;
 pub mod cose;
 mod error;
 pub mod export;

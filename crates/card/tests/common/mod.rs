@@ -6,9 +6,9 @@
 use p256::ecdsa::SigningKey;
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest as _, Sha256};
-use simfota_card::info::decode::CardInfo;
 use simfota_card::perso::dgi;
 use simfota_card::{Applet, CardMemory, PIN_LEN, PowerCut, RngPlatform, StatusWord, Store, ins};
+use simfota_wire::contract::CardInfo;
 use simfota_wire::suit::{BuildParams, ImageSource, build};
 use simfota_wire::{
     AdminChange, AdminCommand, CardCertificate, DeliveryToken, Digest, Iccid, Imei, IntegrityMode,
@@ -269,10 +269,10 @@ impl Card {
         self.cmd(0x80, ins::GET_RECEIPT, 0, 0, update_id)
     }
 
-    pub fn log_status(&mut self) -> simfota_card::info::decode::LogStatus {
+    pub fn log_status(&mut self) -> simfota_wire::contract::LogStatus {
         let (d, sw) = self.cmd(0x80, ins::GET_DATA, 0x01, 0x05, &[]);
         assert_eq!(sw, StatusWord::OK);
-        simfota_card::info::decode::LogStatus::decode(&d).unwrap()
+        simfota_wire::contract::LogStatus::decode(&d, &simfota_wire::Limits::DEFAULT).unwrap()
     }
 }
 
@@ -380,8 +380,8 @@ impl World {
             StatusWord::OK
         );
         let info = card.info();
-        let ci = CardInfo::decode(&info).unwrap();
-        assert_eq!(ci.lifecycle, 2);
+        let ci = CardInfo::decode(&info, &simfota_wire::Limits::DEFAULT).unwrap();
+        assert_eq!(ci.lifecycle, simfota_wire::contract::Lifecycle::Operational);
     }
 
     /// A fresh personalized card, selected, terminal bound.
@@ -578,8 +578,8 @@ impl World {
 
 pub fn card_public_key(card: &mut Card) -> PublicKey {
     let info = card.info();
-    let ci = CardInfo::decode(&info).unwrap();
-    PublicKey::from_sec1(ci.card_key.unwrap()).unwrap()
+    let ci = CardInfo::decode(&info, &simfota_wire::Limits::DEFAULT).unwrap();
+    PublicKey::from_sec1(&ci.card_key.unwrap()).unwrap()
 }
 
 /// Checks the hash chain of consecutive entries.

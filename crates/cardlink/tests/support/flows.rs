@@ -139,7 +139,7 @@ pub fn every_flow<C: Channel>(client: &mut CardClient<C>, w: &World) {
     let info = client.card_info().unwrap();
     assert_eq!(info.iccid, ICCID);
     assert_eq!(info.imsi, IMSI);
-    assert_eq!(info.card_key.as_deref(), Some(&card_key.to_sec1()[..]));
+    assert_eq!(info.card_key, Some(card_key.to_sec1()));
     assert_eq!(info.lifecycle, Lifecycle::Operational);
     assert_eq!(info.log_next, 0);
     let servers = client.servers().unwrap();
