@@ -32,6 +32,10 @@ use simfota_wire::{
 };
 use sqlx::Connection as _;
 
+// The tests' HTTP client (ureq on the blocking pool, see its module docs).
+#[path = "../tests/common/http.rs"]
+mod http;
+
 type Card =
     Arc<Mutex<CardClient<InProcessChannel<AppletCard<simfota_cardlink::card::CardMemory>>>>>;
 
@@ -123,7 +127,7 @@ impl Sim {
     }
 
     /// One full DM session; returns the round-trip time of each `/dm` message.
-    async fn session(&mut self, http: &reqwest::Client, base: &str, id: u16) -> Vec<Duration> {
+    async fn session(&mut self, http: &http::Client, base: &str, id: u16) -> Vec<Duration> {
         let mut client = ClientSession::new(
             ClientConfig {
                 client_id: format!("IMEI:{}", self.imei),
@@ -269,7 +273,7 @@ async fn run_engine(
         &std::fs::read_to_string(dir.path().join("data/server-pub.pem")).unwrap(),
     )
     .unwrap();
-    let http = reqwest::Client::new();
+    let http = http::Client::new();
     let rogue = SigningKey::random(&mut rand_core::OsRng);
     let envelope = simfota_wire::suit::build(
         &simfota_wire::suit::BuildParams {
@@ -379,9 +383,9 @@ async fn run_engine(
         &oem,
     )
     .unwrap();
-    let form = reqwest::multipart::Form::new()
-        .part("envelope", reqwest::multipart::Part::bytes(env))
-        .part("payload", reqwest::multipart::Part::bytes(img.clone()));
+    let form = http::Form::new()
+        .part("envelope", http::Part::bytes(env))
+        .part("payload", http::Part::bytes(img.clone()));
     let p: serde_json::Value = http
         .post(format!("{base}/api/v1/packages"))
         .bearer_auth(token.trim())

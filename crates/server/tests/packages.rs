@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::http::{self, StatusCode};
+use common::http::{Form, Part};
 use common::{Env, Server};
-use reqwest::StatusCode;
-use reqwest::multipart::{Form, Part};
 use simfota_wire::p256::ecdsa::SigningKey;
 use simfota_wire::suit::{BuildParams, ImageSource, build};
 
@@ -32,7 +32,7 @@ fn envelope(key: &SigningKey, img: &[u8], seq: u64, integrate: bool) -> Vec<u8> 
     .unwrap()
 }
 
-async fn upload(s: &Server, env: Vec<u8>, payload: Option<Vec<u8>>) -> reqwest::Response {
+async fn upload(s: &Server, env: Vec<u8>, payload: Option<Vec<u8>>) -> http::Response {
     let mut form = Form::new().part("envelope", Part::bytes(env));
     if let Some(p) = payload {
         form = form.part("payload", Part::bytes(p));
@@ -71,13 +71,13 @@ async fn upload_and_serve(env: Env) {
     assert_eq!(r.status(), StatusCode::CONFLICT);
 
     let payload_url = format!("{}/packages/{id}/payload", s.url);
-    let http = reqwest::Client::new();
+    let http = http::Client::new();
     let full = http.get(&payload_url).send().await.unwrap();
     assert_eq!(full.status(), StatusCode::OK);
     assert_eq!(full.headers()["accept-ranges"], "bytes");
     let etag = full.headers()["etag"].to_str().unwrap().to_owned();
     assert!(etag.starts_with("\"sha256-"), "{etag}");
-    assert_eq!(full.bytes().await.unwrap().as_ref(), &img[..]);
+    assert_eq!(full.bytes().await.unwrap().as_slice(), &img[..]);
 
     // Resume: the first 40 000 bytes were received, ask for the rest with If-Range.
     let r = http
@@ -102,14 +102,14 @@ async fn upload_and_serve(env: Env) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(r.bytes().await.unwrap().as_ref(), &img[10..20]);
+    assert_eq!(r.bytes().await.unwrap().as_slice(), &img[10..20]);
     let r = http
         .get(&payload_url)
         .header("range", "bytes=-5")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.bytes().await.unwrap().as_ref(), &img[99_995..]);
+    assert_eq!(r.bytes().await.unwrap().as_slice(), &img[99_995..]);
 
     // Past the end: 416 with the length.
     let r = http
@@ -151,7 +151,7 @@ async fn upload_and_serve(env: Env) {
     let e = e.bytes().await.unwrap();
     assert!(e.len() < 1024, "severed envelope is small: {}", e.len());
     assert_eq!(
-        e.as_ref(),
+        e.as_slice(),
         envelope(&env.originator, &img, 3, false).as_slice()
     );
     s.stop().await;
@@ -169,7 +169,7 @@ async fn integrated_payload_is_severed(env: Env) {
         r.text().await.unwrap()
     );
     let id = s.json("/api/v1/packages").await[0]["id"].as_i64().unwrap();
-    let http = reqwest::Client::new();
+    let http = http::Client::new();
     let env_bytes = http
         .get(format!("{}/packages/{id}/envelope", s.url))
         .send()
@@ -191,7 +191,7 @@ async fn integrated_payload_is_severed(env: Env) {
         .bytes()
         .await
         .unwrap();
-    assert_eq!(payload.as_ref(), &img[..]);
+    assert_eq!(payload.as_slice(), &img[..]);
     s.stop().await;
 }
 both!(
@@ -240,7 +240,7 @@ async fn refused_uploads(env: Env) {
         "envelope",
         Part::bytes(envelope(&env.originator, &img, 1, false)),
     );
-    let r = reqwest::Client::new()
+    let r = http::Client::new()
         .post(format!("{}/api/v1/packages", s.url))
         .multipart(form)
         .send()
@@ -257,7 +257,7 @@ async fn refused_uploads(env: Env) {
         .unwrap()
         .count();
     assert_eq!(leftovers, 0);
-    let metrics = reqwest::get(format!("{}/metrics", s.url))
+    let metrics = http::get(format!("{}/metrics", s.url))
         .await
         .unwrap()
         .text()
@@ -334,7 +334,7 @@ async fn delta_package(env: Env) {
         r.headers()["etag"].to_str().unwrap(),
         format!("\"sha256-{}\"", hex::encode(sha2::Sha256::digest(&delta)))
     );
-    assert_eq!(r.bytes().await.unwrap().as_ref(), delta.as_slice());
+    assert_eq!(r.bytes().await.unwrap().as_slice(), delta.as_slice());
     s.stop().await;
 }
 both!(

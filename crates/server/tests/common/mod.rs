@@ -6,6 +6,8 @@
 //! `SIMFOTA_SKIP_EXTERNAL=1`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod http;
+
 use std::future::Future;
 use std::path::PathBuf;
 
@@ -159,7 +161,7 @@ pub struct Server {
     pub running: RunningServer,
     pub url: String,
     pub token: String,
-    pub http: reqwest::Client,
+    pub http: http::Client,
 }
 
 impl Server {
@@ -175,23 +177,23 @@ impl Server {
             running,
             url,
             token,
-            http: reqwest::Client::new(),
+            http: http::Client::new(),
         }
     }
 
-    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+    pub fn get(&self, path: &str) -> http::RequestBuilder {
         self.http
             .get(format!("{}{path}", self.url))
             .bearer_auth(&self.token)
     }
 
-    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+    pub fn post(&self, path: &str) -> http::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.url))
             .bearer_auth(&self.token)
     }
 
-    pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
+    pub fn put(&self, path: &str) -> http::RequestBuilder {
         self.http
             .put(format!("{}{path}", self.url))
             .bearer_auth(&self.token)
