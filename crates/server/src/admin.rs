@@ -11,11 +11,14 @@ use serde::Serialize;
 use simfota_wire::{AdminCommand, Limits};
 
 use crate::AppState;
+use sqlx::AnyConnection;
+
 use crate::db::{RowExt, now_ms};
 use crate::error::{Result, ServerError};
 
 /// A queued command as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = AdminCommand)]
 pub struct Queued {
     /// Id.
     pub id: i64,
@@ -38,7 +41,7 @@ pub async fn queue(
     command: &[u8],
     note: Option<&str>,
 ) -> Result<Queued> {
-    let card = crate::registry::get_card(&state.db, iccid).await?;
+    let card = crate::registry::get_card(&mut *state.db.conn().await?, iccid).await?;
     let mut verified = None;
     for k in &state.keys.issuers {
         if let Ok(v) = AdminCommand::verify(command, k, &Limits::DEFAULT) {
@@ -107,13 +110,16 @@ pub async fn list(state: &AppState, iccid: &str) -> Result<Vec<Queued>> {
 }
 
 /// The oldest queued command of the card, marked sent.
-pub async fn next_for_card(state: &AppState, iccid: &str) -> Result<Option<(i64, Vec<u8>)>> {
+pub async fn next_for_card(
+    conn: &mut AnyConnection,
+    iccid: &str,
+) -> Result<Option<(i64, Vec<u8>)>> {
     let row = sqlx::query(
         "SELECT a.id, a.command FROM admin_queue a JOIN cards c ON c.id = a.card_id \
          WHERE c.iccid = $1 AND a.state = 'queued' ORDER BY a.id LIMIT 1",
     )
     .bind(iccid.to_owned())
-    .fetch_optional(state.db.pool())
+    .fetch_optional(&mut *conn)
     .await?;
     let Some(r) = row else { return Ok(None) };
     let id = r.i64("id")?;
@@ -122,7 +128,7 @@ pub async fn next_for_card(state: &AppState, iccid: &str) -> Result<Option<(i64,
     )
     .bind(now_ms())
     .bind(id)
-    .execute(state.db.pool())
+    .execute(&mut *conn)
     .await?;
     if done.rows_affected() != 1 {
         return Ok(None);
@@ -131,7 +137,7 @@ pub async fn next_for_card(state: &AppState, iccid: &str) -> Result<Option<(i64,
 }
 
 /// Records the card's answer: `9000` applied, anything else refused.
-pub async fn record(state: &AppState, id: i64, answer: &str) -> Result<()> {
+pub async fn record(conn: &mut AnyConnection, id: i64, answer: &str) -> Result<()> {
     let st = if answer == "9000" {
         "applied"
     } else {
@@ -142,7 +148,7 @@ pub async fn record(state: &AppState, id: i64, answer: &str) -> Result<()> {
         .bind(answer.as_bytes().to_vec())
         .bind(now_ms())
         .bind(id)
-        .execute(state.db.pool())
+        .execute(conn)
         .await?;
     tracing::info!(admin = id, %answer, "admin command result recorded");
     Ok(())

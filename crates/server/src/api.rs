@@ -1,17 +1,27 @@
 //! The operator REST API under `/api/v1` (JSON; `Authorization: Bearer <token>`).
 //!
-//! The OpenAPI 3.1 document at `/api/v1/openapi.json` lists every route below; a test checks
-//! that the document and the router agree.
+//! Each handler carries its own OpenAPI description (`#[utoipa::path]`), and the request and
+//! response types derive their schemas (`utoipa::ToSchema`). One list (`fn api`) registers every
+//! handler in the router and in the document served at `/api/v1/openapi.json` together, with
+//! the HTTP method and path taken from the description: a route cannot be served without being
+//! documented, nor documented without being served.
+
+use std::sync::OnceLock;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
+use axum::routing::{MethodFilter, MethodRouter};
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::path::{HttpMethod, Operation, Paths};
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::AppState;
 use crate::auth::Operator;
@@ -19,269 +29,255 @@ use crate::campaign::{self, Action, CampaignSpec};
 use crate::error::{Result, ServerError};
 use crate::{packages, registry};
 
+/// Name of the bearer-token security scheme in the document (the `OpenApi` derive below
+/// spells it as a literal; a test checks the two agree).
+const TOKEN_SCHEME: &str = "token";
+
 /// The `/api/v1` routes.
 pub fn routes(upload_limit: usize) -> Router<AppState> {
-    Router::new()
-        .route("/openapi.json", get(openapi))
-        .route("/devices", get(list_devices).post(create_device))
-        .route("/devices/{imei}", get(get_device))
-        .route("/devices/{imei}/notify", post(notify_device))
-        .route("/groups", get(list_groups).post(create_group))
-        .route(
-            "/groups/{name}/devices/{imei}",
-            put(add_member).delete(remove_member),
-        )
-        .route("/cards", get(list_cards).post(register_card))
-        .route("/cards/{iccid}", get(get_card))
-        .route("/cards/{iccid}/log", get(card_log))
-        .route("/cards/{iccid}/admin", get(list_admin).post(queue_admin))
-        .route(
-            "/packages",
-            get(list_packages)
-                .post(upload_package)
-                .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
-        )
-        .route("/packages/{id}", get(get_package))
-        .route("/campaigns", get(list_campaigns).post(create_campaign))
-        .route("/campaigns/{id}", get(get_campaign))
-        .route("/campaigns/{id}/pause", post(pause))
-        .route("/campaigns/{id}/resume", post(resume))
-        .route("/campaigns/{id}/cancel", post(cancel))
-        .route("/jobs", get(list_jobs))
-        .route("/jobs/{id}", get(get_job))
-        .route("/updates/{id}/proof", get(proof))
+    api(upload_limit).router
 }
 
-/// Every (method, path) the API serves, as the OpenAPI document lists them.
-pub const ROUTES: &[(&str, &str, &str)] = &[
-    ("get", "/devices", "List devices"),
+/// The OpenAPI 3.1 document of [`routes`], built once from the same list.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    // The body limit shapes the router only; the document does not depend on it.
+    DOCUMENT.get_or_init(|| api(0).into_document())
+}
+
+/// Every route of the API: the one list both the router and the document are built from.
+fn api(upload_limit: usize) -> Api {
+    Api::default()
+        .op(__path_openapi, openapi)
+        .op(__path_list_devices, list_devices)
+        .op(__path_create_device, create_device)
+        .op(__path_get_device, get_device)
+        .op(__path_notify_device, notify_device)
+        .op(__path_list_groups, list_groups)
+        .op(__path_create_group, create_group)
+        .op(__path_add_member, add_member)
+        .op(__path_remove_member, remove_member)
+        .op(__path_list_cards, list_cards)
+        .op(__path_register_card, register_card)
+        .op(__path_get_card, get_card)
+        .op(__path_card_log, card_log)
+        .op(__path_list_admin, list_admin)
+        .op(__path_queue_admin, queue_admin)
+        .op(__path_list_packages, list_packages)
+        .op_with(__path_upload_package, upload_package, |m| {
+            // Uploads carry whole firmware images: their own, larger body limit.
+            m.layer(DefaultBodyLimit::max(upload_limit))
+        })
+        .op(__path_get_package, get_package)
+        .op(__path_list_campaigns, list_campaigns)
+        .op(__path_create_campaign, create_campaign)
+        .op(__path_get_campaign, get_campaign)
+        .op(__path_pause, pause)
+        .op(__path_resume, resume)
+        .op(__path_cancel, cancel)
+        .op(__path_list_jobs, list_jobs)
+        .op(__path_get_job, get_job)
+        .op(__path_proof, proof)
+}
+
+/// The router and the document's paths, grown one operation at a time.
+#[derive(Default)]
+struct Api {
+    router: Router<AppState>,
+    paths: Paths,
+    /// Component schemas the operations refer to (request and response bodies).
+    schemas: Vec<(String, RefOr<Schema>)>,
+    /// Each operation's id next to the handler registered for it, for the test that the two
+    /// arguments of [`Api::op`] name the same function.
+    handlers: Vec<(String, &'static str)>,
+}
+
+impl Api {
+    /// Serves `handler` at the method and path its description `doc` (the `__path_*` type of
+    /// `#[utoipa::path]`) declares, and adds that description to the document.
+    fn op<P, H, T>(self, doc: P, handler: H) -> Self
+    where
+        P: utoipa::Path + utoipa::__dev::SchemaReferences,
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.op_with(doc, handler, |m| m)
+    }
+
+    /// [`Api::op`], with `wrap` applied to the route (a layer that only this route needs).
+    fn op_with<P, H, T>(
+        mut self,
+        _doc: P,
+        handler: H,
+        wrap: impl FnOnce(MethodRouter<AppState>) -> MethodRouter<AppState>,
+    ) -> Self
+    where
+        P: utoipa::Path + utoipa::__dev::SchemaReferences,
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        // `SchemaReferences` (hidden in utoipa, and what its own `OpenApi` derive and axum
+        // bindings use) yields the component schemas the description refers to: the document
+        // carries exactly the schemas its operations need, with no list to keep by hand.
+        let path = P::path();
+        let methods = P::methods();
+        let route = methods.iter().fold(MethodRouter::new(), |route, method| {
+            route.on(method_filter(method), handler.clone())
+        });
+        let mut operation = P::operation();
+        add_common_errors(&mut operation);
+        self.handlers.push((
+            operation.operation_id.clone().unwrap_or_default(),
+            std::any::type_name::<H>(),
+        ));
+        P::schemas(&mut self.schemas);
+        self.paths.add_path_operation(&path, methods, operation);
+        // axum merges the method routers of one path (a method served twice panics at start-up).
+        self.router = self.router.route(&path, wrap(route));
+        self
+    }
+
+    fn into_document(self) -> utoipa::openapi::OpenApi {
+        let mut doc = Document::openapi();
+        doc.paths = self.paths;
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.schemas.extend(self.schemas);
+        doc
+    }
+}
+
+fn method_filter(method: &HttpMethod) -> MethodFilter {
+    match method {
+        HttpMethod::Get => MethodFilter::GET,
+        HttpMethod::Post => MethodFilter::POST,
+        HttpMethod::Put => MethodFilter::PUT,
+        HttpMethod::Delete => MethodFilter::DELETE,
+        HttpMethod::Options => MethodFilter::OPTIONS,
+        HttpMethod::Head => MethodFilter::HEAD,
+        HttpMethod::Patch => MethodFilter::PATCH,
+        HttpMethod::Trace => MethodFilter::TRACE,
+    }
+}
+
+/// The error answers every authenticated operation can give (see [`ServerError::status`]),
+/// as references to the document's shared responses; an operation's own description of a
+/// status wins.
+const COMMON_ERRORS: &[(&str, &str, &str)] = &[
     (
-        "post",
-        "/devices",
-        "Register a device with its DM credentials",
+        "400",
+        "BadRequest",
+        "Bad request: the message says which field and why",
     ),
     (
-        "get",
-        "/devices/{imei}",
-        "One device and its jobs (newest first, at most 500)",
+        "401",
+        "Unauthorized",
+        "Missing, unknown or revoked API token",
     ),
+    ("404", "NotFound", "No such resource"),
+    ("409", "Conflict", "Conflict with the current state"),
     (
-        "post",
-        "/devices/{imei}/notify",
-        "Send package 0 (UDP) to the device's notification address",
-    ),
-    ("get", "/groups", "List groups and members"),
-    ("post", "/groups", "Create a group"),
-    (
-        "put",
-        "/groups/{name}/devices/{imei}",
-        "Add a device to a group",
-    ),
-    (
-        "delete",
-        "/groups/{name}/devices/{imei}",
-        "Remove a device from a group",
-    ),
-    ("get", "/cards", "List cards"),
-    (
-        "post",
-        "/cards",
-        "Register a card by its issuer-signed certificate (base64)",
-    ),
-    ("get", "/cards/{iccid}", "One card"),
-    (
-        "get",
-        "/cards/{iccid}/log",
-        "The card's verified log entries (raw and decoded)",
-    ),
-    (
-        "get",
-        "/cards/{iccid}/admin",
-        "Issuer admin commands queued for the card, with their state and result",
-    ),
-    (
-        "post",
-        "/cards/{iccid}/admin",
-        "Queue an issuer-signed admin command (base64) for the card's next session",
-    ),
-    ("get", "/packages", "List packages"),
-    (
-        "post",
-        "/packages",
-        "Upload a SUIT package (multipart: envelope, payload)",
-    ),
-    ("get", "/packages/{id}", "One package"),
-    ("get", "/campaigns", "List campaigns with progress"),
-    ("post", "/campaigns", "Create a campaign"),
-    ("get", "/campaigns/{id}", "One campaign with progress"),
-    ("post", "/campaigns/{id}/pause", "Pause a running campaign"),
-    (
-        "post",
-        "/campaigns/{id}/resume",
-        "Resume a paused or halted campaign",
-    ),
-    (
-        "post",
-        "/campaigns/{id}/cancel",
-        "Cancel a campaign (undelivered jobs cancelled)",
-    ),
-    ("get", "/jobs", "List jobs (?campaign=ID)"),
-    ("get", "/jobs/{id}", "One job"),
-    (
-        "get",
-        "/updates/{id}/proof",
-        "Proof bundle of an update (update id hex); check with `simfota proof verify`",
+        "503",
+        "Unavailable",
+        "Database unavailable or contended; retry (Retry-After)",
     ),
 ];
 
-/// The schema of a route's 200 answer, where the document describes one.
-fn response_schema(method: &str, path: &str) -> Option<Value> {
-    let card = json!({"$ref": "#/components/schemas/Card"});
-    Some(match (method, path) {
-        ("get", "/cards") => json!({"type": "array", "items": card}),
-        ("get", "/cards/{iccid}") | ("post", "/cards") => card,
-        ("get", "/cards/{iccid}/log") => json!({
-            "type": "object",
-            "properties": {
-                "card": card,
-                "entries": {"type": "array", "items": {"$ref": "#/components/schemas/CardLogEntry"}}
-            }
-        }),
-        ("get", "/updates/{id}/proof") => json!({"$ref": "#/components/schemas/ProofBundle"}),
-        _ => return None,
-    })
+fn add_common_errors(operation: &mut Operation) {
+    // Operations that override the document's security (the document itself) are public and
+    // touch no database.
+    if operation.security.is_some() {
+        return;
+    }
+    for (status, name, _) in COMMON_ERRORS {
+        operation
+            .responses
+            .responses
+            .entry((*status).to_owned())
+            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(*name)));
+    }
 }
 
-/// Component schemas: the card resource, its log entries and the proof bundle.
-fn schemas() -> Value {
-    let text = json!({"type": ["string", "null"]});
-    let int = json!({"type": ["integer", "null"]});
-    json!({
-        "Card": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "integer"},
-                "iccid": {"type": "string"},
-                "imsi": text,
-                "card_pub": {"type": ["string", "null"], "description": "SEC1 public key, hex"},
-                "cert_status": {"type": "string", "description": "verified when the certificate checked out under an issuer key"},
-                "servers": {
-                    "type": ["array", "null"],
-                    "description": "The card's authorized servers as last read (docs/dm-tree.md)",
-                    "items": {"type": "object", "properties": {
-                        "id": {"type": "string"}, "key": {"type": "string"},
-                        "rights": {"type": "array", "items": {"enum": ["firmware_update", "log_read", "log_ack", "dm_other"]}}
-                    }}
-                },
-                "policy": {
-                    "type": ["object", "null"],
-                    "description": "The card's update policy as last read",
-                    "properties": {
-                        "unauthorized": {"enum": ["refuse", "warn_confirm", "confirm_with_pin", "free_device"]},
-                        "integrity": {"enum": ["device_digest", "card_digest"]},
-                        "card_digest_max_bytes": int,
-                        "allowed_classes": {"type": "array", "items": {"type": "object", "properties": {
-                            "vendor_id": {"type": "string"}, "class_id": {"type": "string"}
-                        }}}
-                    }
-                },
-                "originators": {
-                    "type": ["array", "null"],
-                    "description": "The card's trusted software originators as last read",
-                    "items": {"type": "object", "properties": {"id": {"type": "string"}, "key": {"type": "string"}}}
-                },
-                "log_head_seq": int,
-                "log_status": {"enum": ["ok", "gap", "fork"]},
-                "acked_seq": int
-            }
-        },
-        "CardLogEntry": {
-            "type": "object",
-            "properties": {
-                "seq": {"type": "integer"},
-                "event": {"enum": ["authorized", "denied", "consent", "integrity_ok", "integrity_failed", "installed", "acknowledged", "admin_applied", "refusals"]},
-                "detail": text,
-                "deny_reason": {"type": ["string", "null"], "description": "refusal name from the card's reason table (user_declined, rollback, ...)"},
-                "deny_code": int,
-                "free_device": {"type": "boolean", "description": "authorized through an unauthorized server under the free-device policy"},
-                "consent_pin_verified": {"type": ["boolean", "null"]},
-                "update_id": text, "server_id": text, "originator": text,
-                "release_name": text, "release_version": text, "imei": text,
-                "fumo_result": int, "trusted_time": int, "device_time": int,
-                "entry_hash": {"type": "string"},
-                "raw": {"type": "string", "description": "the record the card chained, hex"},
-                "verified": {"type": "boolean"},
-                "unverified_fields": {"type": ["array", "null"], "items": {"enum": ["server_id", "update_id", "imei"]}, "description": "fields the card took from the request without verifying them (claims); null for records written before cards marked them"},
-                "refusal_counts": {"type": "array", "items": {"type": "object", "properties": {"reason": {"type": "string"}, "code": {"type": "integer"}, "count": {"type": "integer"}}}, "description": "for refusals: requests nothing authenticated, counted by reason"},
-                "first_trusted_time": int, "first_device_time": int
-            }
-        },
-        "ProofBundle": {
-            "type": "object",
-            "properties": {
-                "format": {"const": crate::proof::FORMAT},
-                "update_id": {"type": "string"},
-                "card_certificate": {"type": "string"},
-                "receipt": {"type": "string"},
-                "delivery_token": {"type": "string"},
-                "server_public_key": {"type": "string"},
-                "log_records": {"type": "array", "items": {"type": "string"}},
-                "entries": {"type": "array", "items": {"type": "object"}, "description": "log_records decoded (checked against them by simfota proof verify)"}
-            }
-        }
-    })
-}
+/// The document without its paths: metadata, the bearer-token scheme, the error body.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "simfota operator API",
+        description = "Devices, groups, cards, packages, campaigns and update proofs of a simfota DM server."
+    ),
+    servers((url = "/api/v1")),
+    security(("token" = [])),
+    components(schemas(ErrorBody)),
+    modifiers(&Shared)
+)]
+struct Document;
 
-async fn openapi() -> Json<Value> {
-    let mut paths = serde_json::Map::new();
-    for (method, path, summary) in ROUTES {
-        let entry = paths.entry((*path).to_owned()).or_insert_with(|| json!({}));
-        let params: Vec<Value> = path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        let ok = match response_schema(method, path) {
-            Some(schema) => {
-                json!({"description": "OK (JSON)", "content": {"application/json": {"schema": schema}}})
-            }
-            None => json!({"description": "OK (JSON)"}),
-        };
-        if let Value::Object(m) = entry {
-            m.insert(
-                (*method).to_owned(),
-                json!({
-                    "summary": summary,
-                    "parameters": params,
-                    "responses": {
-                        "200": ok,
-                        "400": {"description": "Bad request: {\"error\": message}"},
-                        "401": {"description": "Missing or invalid API token"},
-                        "404": {"description": "Not found"},
-                        "409": {"description": "Conflict with the current state"},
-                        "503": {"description": "Database unavailable; retry"}
-                    }
-                }),
+/// Adds what the derive cannot express: the security scheme and the shared error responses.
+struct Shared;
+
+impl utoipa::Modify for Shared {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            TOKEN_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An operator API token: `DATA/api-token` after the first run, or `simfota server --new-api-token NAME`"))
+                    .build(),
+            ),
+        );
+        for (_, name, description) in COMMON_ERRORS {
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(ErrorBody::name())))
+                .build();
+            components.responses.insert(
+                (*name).to_owned(),
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description(*description)
+                        .content("application/json", content)
+                        .build(),
+                ),
             );
         }
     }
-    Json(json!({
-        "openapi": "3.1.0",
-        "info": {"title": "simfota operator API", "version": env!("CARGO_PKG_VERSION")},
-        "servers": [{"url": "/api/v1"}],
-        "components": {
-            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
-            "schemas": schemas(),
-        },
-        "security": [{"token": []}],
-        "paths": paths,
-    }))
 }
 
+/// The body of every error answer.
+#[derive(ToSchema)]
+#[expect(
+    dead_code,
+    reason = "describes the body ServerError answers with; never built here"
+)]
+struct ErrorBody {
+    /// What was refused and why (never a secret or an internal detail).
+    error: String,
+}
+
+/// The document describing every route of this API.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    security(()),
+    responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json"))
+)]
+async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(document())
+}
+
+/// List devices.
+#[utoipa::path(get, path = "/devices", responses((status = 200, description = "Every device", body = [registry::Device])))]
 async fn list_devices(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
     Ok(Json(registry::list_devices(&s.db).await?))
 }
 
+/// Register a device with its DM credentials.
+#[utoipa::path(
+    post,
+    path = "/devices",
+    request_body = registry::NewDevice,
+    responses((status = 201, description = "Registered (credentials are never shown)", body = registry::Device))
+)]
 async fn create_device(
     _: Operator,
     State(s): State<AppState>,
@@ -289,39 +285,82 @@ async fn create_device(
 ) -> Result<impl IntoResponse> {
     Ok((
         StatusCode::CREATED,
-        Json(registry::create_device(&s.db, &d, "api").await?),
+        Json(registry::create_device(&mut *s.db.conn().await?, &d, "api").await?),
     ))
 }
 
+/// A device and its jobs.
+#[derive(Serialize, ToSchema)]
+struct DeviceDetail {
+    device: registry::Device,
+    /// The device's jobs, newest first, at most [`campaign::DEVICE_JOBS_MAX`].
+    jobs: Vec<campaign::Job>,
+}
+
+/// One device and its jobs (newest first, at most 500).
+#[utoipa::path(
+    get,
+    path = "/devices/{imei}",
+    params(("imei" = String, Path, description = "The device's IMEI")),
+    responses((status = 200, description = "The device and its jobs", body = DeviceDetail))
+)]
 async fn get_device(
     _: Operator,
     State(s): State<AppState>,
     Path(imei): Path<String>,
 ) -> Result<impl IntoResponse> {
-    let device = registry::get_device(&s.db, &imei).await?;
+    let device = registry::get_device(&mut *s.db.conn().await?, &imei).await?;
     let jobs = campaign::device_jobs(&s.db, device.id).await?;
-    Ok(Json(json!({ "device": device, "jobs": jobs })))
+    Ok(Json(DeviceDetail { device, jobs }))
 }
 
-#[derive(Deserialize)]
+/// `POST /groups`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewGroup {
+    /// The group's name.
     name: String,
 }
 
+/// A group just created.
+#[derive(Serialize, ToSchema)]
+struct GroupCreated {
+    /// The group's name.
+    name: String,
+}
+
+/// List groups and members.
+#[utoipa::path(get, path = "/groups", responses((status = 200, description = "Every group with its members", body = [registry::Group])))]
 async fn list_groups(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
     Ok(Json(registry::list_groups(&s.db).await?))
 }
 
+/// Create a group.
+#[utoipa::path(
+    post,
+    path = "/groups",
+    request_body = NewGroup,
+    responses((status = 201, description = "Created", body = GroupCreated))
+)]
 async fn create_group(
     _: Operator,
     State(s): State<AppState>,
     Json(g): Json<NewGroup>,
 ) -> Result<impl IntoResponse> {
     registry::create_group(&s.db, &g.name).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "name": g.name }))))
+    Ok((StatusCode::CREATED, Json(GroupCreated { name: g.name })))
 }
 
+/// Add a device to a group.
+#[utoipa::path(
+    put,
+    path = "/groups/{name}/devices/{imei}",
+    params(
+        ("name" = String, Path, description = "The group's name"),
+        ("imei" = String, Path, description = "The device's IMEI")
+    ),
+    responses((status = 204, description = "The device is a member"))
+)]
 async fn add_member(
     _: Operator,
     State(s): State<AppState>,
@@ -331,6 +370,16 @@ async fn add_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Remove a device from a group.
+#[utoipa::path(
+    delete,
+    path = "/groups/{name}/devices/{imei}",
+    params(
+        ("name" = String, Path, description = "The group's name"),
+        ("imei" = String, Path, description = "The device's IMEI")
+    ),
+    responses((status = 204, description = "The device is not a member"))
+)]
 async fn remove_member(
     _: Operator,
     State(s): State<AppState>,
@@ -340,17 +389,27 @@ async fn remove_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// List cards.
+#[utoipa::path(get, path = "/cards", responses((status = 200, description = "Every card", body = [registry::Card])))]
 async fn list_cards(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
     Ok(Json(registry::list_cards(&s.db).await?))
 }
 
-#[derive(Deserialize)]
+/// `POST /cards`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewCard {
     /// Base64 (standard alphabet) of the issuer-signed card certificate.
     certificate: String,
 }
 
+/// Register a card by its issuer-signed certificate (base64).
+#[utoipa::path(
+    post,
+    path = "/cards",
+    request_body = NewCard,
+    responses((status = 201, description = "Verified under an issuer key and registered", body = registry::Card))
+)]
 async fn register_card(
     _: Operator,
     State(s): State<AppState>,
@@ -359,7 +418,7 @@ async fn register_card(
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(c.certificate.trim())
         .map_err(|e| ServerError::BadRequest(format!("certificate: not base64 ({e})")))?;
-    match registry::register_card(&s.db, &s.keys.issuers, &bytes).await {
+    match registry::register_card(&mut *s.db.conn().await?, &s.keys.issuers, &bytes).await {
         Ok(card) => Ok((StatusCode::CREATED, Json(card))),
         Err(e) => {
             if matches!(e, ServerError::Verification(_)) {
@@ -373,28 +432,79 @@ async fn register_card(
     }
 }
 
+/// One card.
+#[utoipa::path(
+    get,
+    path = "/cards/{iccid}",
+    params(("iccid" = String, Path, description = "The card's ICCID")),
+    responses((status = 200, description = "The card", body = registry::Card))
+)]
 async fn get_card(
     _: Operator,
     State(s): State<AppState>,
     Path(iccid): Path<String>,
 ) -> Result<impl IntoResponse> {
-    Ok(Json(registry::get_card(&s.db, &iccid).await?))
+    Ok(Json(
+        registry::get_card(&mut *s.db.conn().await?, &iccid).await?,
+    ))
 }
 
+/// A card and its verified log.
+#[derive(Serialize, ToSchema)]
+struct CardLog {
+    card: registry::Card,
+    /// The stored entries, oldest first.
+    entries: Vec<crate::cardlog::StoredEntry>,
+}
+
+/// The card's verified log entries (raw and decoded).
+#[utoipa::path(
+    get,
+    path = "/cards/{iccid}/log",
+    params(("iccid" = String, Path, description = "The card's ICCID")),
+    responses((status = 200, description = "The card and its log, oldest entry first", body = CardLog))
+)]
 async fn card_log(
     _: Operator,
     State(s): State<AppState>,
     Path(iccid): Path<String>,
 ) -> Result<impl IntoResponse> {
-    let card = registry::get_card(&s.db, &iccid).await?;
+    let card = registry::get_card(&mut *s.db.conn().await?, &iccid).await?;
     let entries = crate::cardlog::entries(&s, &iccid).await?;
-    Ok(Json(json!({ "card": card, "entries": entries })))
+    Ok(Json(CardLog { card, entries }))
 }
 
+/// List packages.
+#[utoipa::path(get, path = "/packages", responses((status = 200, description = "Every package", body = [packages::Package])))]
 async fn list_packages(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
     Ok(Json(packages::list(&s.db).await?))
 }
 
+/// The parts of `POST /packages`.
+#[derive(ToSchema)]
+#[expect(
+    dead_code,
+    reason = "describes the multipart form packages::upload reads"
+)]
+struct PackageUpload {
+    /// The SUIT envelope (COSE-signed manifest).
+    #[schema(value_type = String, format = Binary)]
+    envelope: Vec<u8>,
+    /// The firmware image (or delta) the manifest describes.
+    #[schema(value_type = String, format = Binary)]
+    payload: Vec<u8>,
+}
+
+/// Upload a SUIT package (multipart: envelope, payload).
+#[utoipa::path(
+    post,
+    path = "/packages",
+    request_body(content = PackageUpload, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Verified under an originator key and stored", body = packages::Package),
+        (status = 413, description = "Envelope or payload over the configured limit", body = ErrorBody)
+    )
+)]
 async fn upload_package(
     _: Operator,
     State(s): State<AppState>,
@@ -404,23 +514,55 @@ async fn upload_package(
     Ok((StatusCode::CREATED, Json(p)))
 }
 
+/// Where devices download a package's parts.
+#[derive(Serialize, ToSchema)]
+struct PackageUrls {
+    /// URL of the SUIT envelope.
+    envelope: String,
+    /// URL of the payload (HTTP range requests allowed).
+    payload: String,
+}
+
+/// A package and its download URLs.
+#[derive(Serialize, ToSchema)]
+struct PackageDetail {
+    package: packages::Package,
+    urls: PackageUrls,
+}
+
+/// One package.
+#[utoipa::path(
+    get,
+    path = "/packages/{id}",
+    params(("id" = i64, Path, description = "The package's id")),
+    responses((status = 200, description = "The package and its download URLs", body = PackageDetail))
+)]
 async fn get_package(
     _: Operator,
     State(s): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse> {
     let p = packages::get(&s.db, id).await?;
-    let urls = json!({
-        "envelope": format!("{}/packages/{id}/envelope", s.base_url),
-        "payload": format!("{}/packages/{id}/payload", s.base_url),
-    });
-    Ok(Json(json!({ "package": p, "urls": urls })))
+    let urls = PackageUrls {
+        envelope: format!("{}/packages/{id}/envelope", s.base_url),
+        payload: format!("{}/packages/{id}/payload", s.base_url),
+    };
+    Ok(Json(PackageDetail { package: p, urls }))
 }
 
+/// List campaigns with progress.
+#[utoipa::path(get, path = "/campaigns", responses((status = 200, description = "Every campaign", body = [campaign::Campaign])))]
 async fn list_campaigns(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
     Ok(Json(campaign::list(&s.db).await?))
 }
 
+/// Create a campaign.
+#[utoipa::path(
+    post,
+    path = "/campaigns",
+    request_body = CampaignSpec,
+    responses((status = 201, description = "Created; devices with a notification address are woken up", body = campaign::Campaign))
+)]
 async fn create_campaign(
     _: Operator,
     State(s): State<AppState>,
@@ -433,14 +575,28 @@ async fn create_campaign(
     Ok((StatusCode::CREATED, Json(c)))
 }
 
+/// One campaign with progress.
+#[utoipa::path(
+    get,
+    path = "/campaigns/{id}",
+    params(("id" = i64, Path, description = "The campaign's id")),
+    responses((status = 200, description = "The campaign", body = campaign::Campaign))
+)]
 async fn get_campaign(
     _: Operator,
     State(s): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse> {
-    Ok(Json(campaign::get(&s.db, id).await?))
+    Ok(Json(campaign::get(&mut *s.db.conn().await?, id).await?))
 }
 
+/// Pause a running campaign.
+#[utoipa::path(
+    post,
+    path = "/campaigns/{id}/pause",
+    params(("id" = i64, Path, description = "The campaign's id")),
+    responses((status = 200, description = "The campaign, paused (409 unless it was running)", body = campaign::Campaign))
+)]
 async fn pause(
     _: Operator,
     State(s): State<AppState>,
@@ -449,12 +605,21 @@ async fn pause(
     Ok(Json(campaign::act(&s.db, id, Action::Pause).await?))
 }
 
+/// Resume a paused or halted campaign.
+#[utoipa::path(
+    post,
+    path = "/campaigns/{id}/resume",
+    params(("id" = i64, Path, description = "The campaign's id")),
+    responses((status = 200, description = "The campaign, running again (409 unless it was paused or halted)", body = campaign::Campaign))
+)]
 async fn resume(
     _: Operator,
     State(s): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse> {
-    let before = campaign::get(&s.db, id).await?.current_wave;
+    let before = campaign::get(&mut *s.db.conn().await?, id)
+        .await?
+        .current_wave;
     let c = campaign::act(&s.db, id, Action::Resume).await?;
     // Resuming can release waves (the engine re-evaluates): wake their devices.
     let notified = crate::notify::released_since(&s, id, before).await?;
@@ -462,6 +627,13 @@ async fn resume(
     Ok(Json(c))
 }
 
+/// Cancel a campaign (undelivered jobs cancelled).
+#[utoipa::path(
+    post,
+    path = "/campaigns/{id}/cancel",
+    params(("id" = i64, Path, description = "The campaign's id")),
+    responses((status = 200, description = "The campaign, cancelled", body = campaign::Campaign))
+)]
 async fn cancel(
     _: Operator,
     State(s): State<AppState>,
@@ -470,11 +642,21 @@ async fn cancel(
     Ok(Json(campaign::act(&s.db, id, Action::Cancel).await?))
 }
 
-#[derive(Deserialize)]
+/// `GET /jobs` filters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct JobQuery {
+    /// Only the jobs of this campaign.
     campaign: Option<i64>,
 }
 
+/// List jobs.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    params(JobQuery),
+    responses((status = 200, description = "The jobs, of one campaign when asked", body = [campaign::Job]))
+)]
 async fn list_jobs(
     _: Operator,
     State(s): State<AppState>,
@@ -483,14 +665,28 @@ async fn list_jobs(
     Ok(Json(campaign::jobs(&s.db, q.campaign).await?))
 }
 
+/// One job.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses((status = 200, description = "The job", body = campaign::Job))
+)]
 async fn get_job(
     _: Operator,
     State(s): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse> {
-    Ok(Json(campaign::job(&s.db, id).await?))
+    Ok(Json(campaign::job(&mut *s.db.conn().await?, id).await?))
 }
 
+/// Proof bundle of an update; check it with `simfota proof verify`.
+#[utoipa::path(
+    get,
+    path = "/updates/{id}/proof",
+    params(("id" = String, Path, description = "The update id (the delivery token's `cti`), hex")),
+    responses((status = 200, description = "The proof bundle", body = crate::proof::Bundle))
+)]
 async fn proof(
     _: Operator,
     State(s): State<AppState>,
@@ -499,24 +695,50 @@ async fn proof(
     Ok(Json(crate::proof::bundle(&s, &id).await?))
 }
 
+/// A notification sent.
+#[derive(Serialize, ToSchema)]
+struct Notification {
+    /// The device's IMEI.
+    imei: String,
+    /// The DM session id the notification (package 0) announces.
+    session_id: u16,
+}
+
+/// Send package 0 (UDP) to the device's notification address.
+#[utoipa::path(
+    post,
+    path = "/devices/{imei}/notify",
+    params(("imei" = String, Path, description = "The device's IMEI")),
+    responses((status = 200, description = "Package 0 sent", body = Notification))
+)]
 async fn notify_device(
     _: Operator,
     State(s): State<AppState>,
     Path(imei): Path<String>,
 ) -> Result<impl IntoResponse> {
     let session_id = crate::notify::send(&s, &imei).await?;
-    Ok(Json(json!({ "imei": imei, "session_id": session_id })))
+    Ok(Json(Notification { imei, session_id }))
 }
 
-#[derive(Deserialize)]
+/// `POST /cards/{iccid}/admin`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewAdmin {
     /// Base64 of the issuer-signed admin command.
     command: String,
+    /// A note for operators.
     #[serde(default)]
     note: Option<String>,
 }
 
+/// Queue an issuer-signed admin command (base64) for the card's next session.
+#[utoipa::path(
+    post,
+    path = "/cards/{iccid}/admin",
+    params(("iccid" = String, Path, description = "The card's ICCID")),
+    request_body = NewAdmin,
+    responses((status = 201, description = "Verified under an issuer key and queued", body = crate::admin::Queued))
+)]
 async fn queue_admin(
     _: Operator,
     State(s): State<AppState>,
@@ -532,10 +754,183 @@ async fn queue_admin(
     ))
 }
 
+/// Issuer admin commands queued for the card, with their state and result.
+#[utoipa::path(
+    get,
+    path = "/cards/{iccid}/admin",
+    params(("iccid" = String, Path, description = "The card's ICCID")),
+    responses((status = 200, description = "The card's admin commands", body = [crate::admin::Queued]))
+)]
 async fn list_admin(
     _: Operator,
     State(s): State<AppState>,
     Path(iccid): Path<String>,
 ) -> Result<impl IntoResponse> {
     Ok(Json(crate::admin::list(&s, &iccid).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    fn doc() -> Value {
+        serde_json::to_value(document()).unwrap()
+    }
+
+    /// The HTTP methods an OpenAPI 3.1 path item can hold (OpenAPI 3.1 §4.8.9).
+    const METHODS: &[&str] = &[
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+
+    /// The two arguments of each [`Api::op`] name the same function: the description of one
+    /// handler cannot route requests to another.
+    #[test]
+    fn each_description_belongs_to_its_handler() {
+        let api = api(0);
+        assert!(!api.handlers.is_empty());
+        for (operation_id, handler) in &api.handlers {
+            assert_eq!(
+                handler.rsplit("::").next(),
+                Some(operation_id.as_str()),
+                "{handler}"
+            );
+        }
+    }
+
+    /// Every operation the router gets is in the document, once.
+    #[test]
+    fn document_lists_every_registered_operation() {
+        let api = api(0);
+        let registered: BTreeSet<&str> = api.handlers.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            registered.len(),
+            api.handlers.len(),
+            "an operation id twice"
+        );
+        let doc = doc();
+        let mut documented = BTreeSet::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for method in METHODS {
+                if let Some(op) = item.get(*method) {
+                    assert!(documented.insert(op["operationId"].as_str().unwrap().to_owned()));
+                }
+            }
+        }
+        let registered: BTreeSet<String> = registered.into_iter().map(str::to_owned).collect();
+        assert_eq!(documented, registered);
+    }
+
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push(r),
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    /// Every `$ref` points at a component of the document itself.
+    #[test]
+    fn every_reference_resolves() {
+        let doc = doc();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.len() > 20, "{found:?}");
+        for r in found {
+            let pointer = r
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("{r}: not local"));
+            assert!(pointer.starts_with("/components/"), "{r}");
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+    }
+
+    /// The document has the structure OpenAPI 3.1 requires (§4.8): the version, `info` with a
+    /// title and version, paths starting with `/`, each operation with a summary and a
+    /// response, each path template parameter declared once as a required path parameter, and
+    /// security requirements naming declared schemes.
+    #[test]
+    fn document_is_openapi_3_1() {
+        let doc = doc();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert!(doc["info"]["title"].is_string());
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(doc["servers"][0]["url"], "/api/v1");
+        let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+        assert_eq!(schemes[TOKEN_SCHEME]["type"], "http");
+        assert_eq!(schemes[TOKEN_SCHEME]["scheme"], "bearer");
+        let check_security = |security: &Value| {
+            for requirement in security.as_array().unwrap() {
+                for name in requirement.as_object().unwrap().keys() {
+                    assert!(schemes.contains_key(name), "unknown scheme {name}");
+                }
+            }
+        };
+        check_security(&doc["security"]);
+        assert_eq!(doc["security"], serde_json::json!([{ TOKEN_SCHEME: [] }]));
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for (name, schema) in schemas {
+            assert!(schema.is_object(), "{name}");
+        }
+        for name in ["Card", "CardLogEntry", "ProofBundle", "ErrorBody"] {
+            assert!(schemas.contains_key(name), "{name}");
+        }
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.contains_key("/openapi.json"));
+        for (path, item) in paths {
+            assert!(path.starts_with('/'), "{path}");
+            let in_template: BTreeSet<&str> = path
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .collect();
+            let item = item.as_object().unwrap();
+            assert!(!item.is_empty(), "{path}");
+            for (method, op) in item {
+                assert!(METHODS.contains(&method.as_str()), "{method} {path}");
+                assert!(op["summary"].is_string(), "{method} {path}: no summary");
+                let responses = op["responses"].as_object().unwrap();
+                assert!(
+                    responses.keys().any(|s| s.starts_with('2')),
+                    "{method} {path}: no success response"
+                );
+                for (status, r) in responses {
+                    assert!(
+                        status.len() == 3 && status.parse::<u16>().is_ok(),
+                        "{status}"
+                    );
+                    assert!(
+                        r.get("$ref").is_some() || r["description"].is_string(),
+                        "{method} {path} {status}: a response needs a description"
+                    );
+                }
+                let mut declared = BTreeSet::new();
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    let name = p["name"].as_str().unwrap();
+                    assert!(
+                        ["path", "query", "header", "cookie"].contains(&p["in"].as_str().unwrap())
+                    );
+                    if p["in"] == "path" {
+                        assert_eq!(p["required"], true, "{method} {path} {name}");
+                        assert!(declared.insert(name), "{method} {path}: {name} twice");
+                    }
+                }
+                assert_eq!(declared, in_template, "{method} {path}");
+                if let Some(security) = op.get("security") {
+                    check_security(security);
+                }
+            }
+        }
+    }
 }

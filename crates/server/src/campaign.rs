@@ -21,11 +21,13 @@ use simfota_syncml::{FumoResult, FumoState};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
+use sqlx::{AnyConnection, Connection as _};
+
 use crate::db::{Db, RowExt, now_ms};
 use crate::error::{Result, ServerError};
 
 /// A campaign's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignState {
     /// Delivering released waves.
@@ -71,7 +73,7 @@ impl CampaignState {
 }
 
 /// A job's state (see the module documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// In a wave not yet released.
@@ -128,7 +130,7 @@ impl JobState {
 }
 
 /// What an operator asks for when creating a campaign.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
     /// A label.
@@ -222,7 +224,7 @@ pub fn assign_waves(total: usize, waves: &[u8]) -> Vec<usize> {
 }
 
 /// Counts of released jobs, for the thresholds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Progress {
     /// All jobs.
     pub total: i64,
@@ -278,7 +280,7 @@ pub fn evaluate(
 }
 
 /// A campaign as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Campaign {
     /// Id.
     pub id: i64,
@@ -316,7 +318,7 @@ fn pct(v: i64) -> u8 {
     u8::try_from(v.clamp(0, 100)).unwrap_or(100)
 }
 
-async fn campaign_from_row(db: &Db, r: &AnyRow) -> Result<Campaign> {
+async fn campaign_from_row(conn: &mut AnyConnection, r: &AnyRow) -> Result<Campaign> {
     let id = r.i64("id")?;
     let waves: Vec<u8> = serde_json::from_str(&r.text("waves")?).map_err(|e| {
         ServerError::internal("stored campaign waves", format!("campaign {id}: {e}"))
@@ -335,21 +337,25 @@ async fn campaign_from_row(db: &Db, r: &AnyRow) -> Result<Campaign> {
         state: CampaignState::parse(&r.text("state")?)?,
         current_wave,
         halt_reason: r.opt_text("halt_reason")?,
-        progress: progress(db, id, current_wave).await?,
+        progress: progress(conn, id, current_wave).await?,
         created_ms: r.i64("created_ms")?,
         updated_ms: r.i64("updated_ms")?,
     })
 }
 
 /// Counts the campaign's jobs.
-pub async fn progress(db: &Db, campaign_id: i64, current_wave: i64) -> Result<Progress> {
+pub async fn progress(
+    conn: &mut AnyConnection,
+    campaign_id: i64,
+    current_wave: i64,
+) -> Result<Progress> {
     let rows = sqlx::query(
         "SELECT state, wave <= $2 AS released, COUNT(*) AS n FROM jobs WHERE campaign_id = $1 \
          GROUP BY state, wave <= $2",
     )
     .bind(campaign_id)
     .bind(current_wave)
-    .fetch_all(db.pool())
+    .fetch_all(&mut *conn)
     .await?;
     let mut p = Progress::default();
     for r in rows {
@@ -451,28 +457,29 @@ pub async fn create(db: &Db, spec: &CampaignSpec) -> Result<Campaign> {
         .await?;
     }
     tx.commit().await?;
-    advance(db, id).await?;
-    get(db, id).await
+    advance(&mut *db.conn().await?, id).await?;
+    get(&mut *db.conn().await?, id).await
 }
 
 /// Reads a campaign.
-pub async fn get(db: &Db, id: i64) -> Result<Campaign> {
+pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<Campaign> {
     let row = sqlx::query("SELECT * FROM campaigns WHERE id = $1")
         .bind(id)
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| ServerError::NotFound(format!("campaign {id}")))?;
-    campaign_from_row(db, &row).await
+    campaign_from_row(&mut *conn, &row).await
 }
 
 /// Lists campaigns, newest first.
 pub async fn list(db: &Db) -> Result<Vec<Campaign>> {
+    let mut conn = db.conn().await?;
     let rows = sqlx::query("SELECT * FROM campaigns ORDER BY id DESC")
-        .fetch_all(db.pool())
+        .fetch_all(&mut *conn)
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
-        out.push(campaign_from_row(db, r).await?);
+        out.push(campaign_from_row(&mut conn, r).await?);
     }
     Ok(out)
 }
@@ -490,7 +497,7 @@ pub enum Action {
 
 /// Applies an operator action (compare-and-set on the state).
 pub async fn act(db: &Db, id: i64, action: Action) -> Result<Campaign> {
-    let current = get(db, id).await?;
+    let current = get(&mut *db.conn().await?, id).await?;
     let (from, to): (&[CampaignState], CampaignState) = match action {
         Action::Pause => (&[CampaignState::Running], CampaignState::Paused),
         Action::Resume => (
@@ -545,17 +552,17 @@ pub async fn act(db: &Db, id: i64, action: Action) -> Result<Campaign> {
     }
     tx.commit().await?;
     if action == Action::Resume {
-        advance(db, id).await?;
+        advance(&mut *db.conn().await?, id).await?;
     }
-    get(db, id).await
+    get(&mut *db.conn().await?, id).await
 }
 
 /// Re-evaluates a running campaign after a change, releasing waves (possibly several, when a
 /// wave is already fully decided), halting or completing it.
-pub async fn advance(db: &Db, id: i64) -> Result<()> {
+pub async fn advance(conn: &mut AnyConnection, id: i64) -> Result<()> {
     // Bounded: at most one step per wave, plus the final one.
     for _ in 0..32 {
-        let c = get(db, id).await?;
+        let c = get(&mut *conn, id).await?;
         if c.state != CampaignState::Running {
             return Ok(());
         }
@@ -572,7 +579,7 @@ pub async fn advance(db: &Db, id: i64) -> Result<()> {
                 .bind(reason)
                 .bind(now)
                 .bind(id)
-                .execute(db.pool())
+                .execute(&mut *conn)
                 .await?;
                 return Ok(());
             }
@@ -583,13 +590,13 @@ pub async fn advance(db: &Db, id: i64) -> Result<()> {
                 )
                 .bind(now)
                 .bind(id)
-                .execute(db.pool())
+                .execute(&mut *conn)
                 .await?;
                 return Ok(());
             }
             Step::NextWave => {
                 let next = c.current_wave + 1;
-                let mut tx = db.pool().begin().await?;
+                let mut tx = conn.begin().await?;
                 let moved = sqlx::query(
                     "UPDATE campaigns SET current_wave = $1, updated_ms = $2 \
                      WHERE id = $3 AND current_wave = $4 AND state = 'running'",
@@ -620,7 +627,7 @@ pub async fn advance(db: &Db, id: i64) -> Result<()> {
 }
 
 /// A job as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Job {
     /// Id.
     pub id: i64,
@@ -711,19 +718,19 @@ pub async fn device_jobs(db: &Db, device_id: i64) -> Result<Vec<Job>> {
 }
 
 /// Reads a job.
-pub async fn job(db: &Db, id: i64) -> Result<Job> {
+pub async fn job(conn: &mut AnyConnection, id: i64) -> Result<Job> {
     let row = sqlx::query(
         "SELECT j.*, d.imei FROM jobs j JOIN devices d ON d.id = j.device_id WHERE j.id = $1",
     )
     .bind(id)
-    .fetch_optional(db.pool())
+    .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| ServerError::NotFound(format!("job {id}")))?;
     job_from_row(&row)
 }
 
 /// The job to deliver to a device now: its oldest pending job of a running campaign.
-pub async fn next_job_for_device(db: &Db, device_id: i64) -> Result<Option<Job>> {
+pub async fn next_job_for_device(conn: &mut AnyConnection, device_id: i64) -> Result<Option<Job>> {
     let row = sqlx::query(
         "SELECT j.*, d.imei FROM jobs j JOIN devices d ON d.id = j.device_id \
          JOIN campaigns c ON c.id = j.campaign_id \
@@ -731,7 +738,7 @@ pub async fn next_job_for_device(db: &Db, device_id: i64) -> Result<Option<Job>>
          ORDER BY j.id LIMIT 1",
     )
     .bind(device_id)
-    .fetch_optional(db.pool())
+    .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(job_from_row).transpose()
 }
@@ -739,7 +746,12 @@ pub async fn next_job_for_device(db: &Db, device_id: i64) -> Result<Option<Job>>
 /// Marks a pending job delivered (token issued, Exec accepted), recording the update id and
 /// token. Fails with `Conflict` if the job is no longer pending (another replica took it, or it
 /// was cancelled).
-pub async fn mark_delivered(db: &Db, job_id: i64, update_id: &[u8], token: &[u8]) -> Result<()> {
+pub async fn mark_delivered(
+    conn: &mut AnyConnection,
+    job_id: i64,
+    update_id: &[u8],
+    token: &[u8],
+) -> Result<()> {
     let done = sqlx::query(
         "UPDATE jobs SET state = 'delivered', update_id = $1, token = $2, fumo_state = 30, \
          updated_ms = $3 WHERE id = $4 AND state = 'pending'",
@@ -748,7 +760,7 @@ pub async fn mark_delivered(db: &Db, job_id: i64, update_id: &[u8], token: &[u8]
     .bind(token.to_vec())
     .bind(now_ms())
     .bind(job_id)
-    .execute(db.pool())
+    .execute(&mut *conn)
     .await?;
     if done.rows_affected() != 1 {
         return Err(ServerError::Conflict(format!(
@@ -762,7 +774,7 @@ pub async fn mark_delivered(db: &Db, job_id: i64, update_id: &[u8], token: &[u8]
 /// its campaign. A result for a job that is not `delivered` is refused (`Conflict`): results are
 /// recorded once.
 pub async fn record_result(
-    db: &Db,
+    conn: &mut AnyConnection,
     job_id: i64,
     result_code: u16,
     receipt: Option<&[u8]>,
@@ -772,7 +784,7 @@ pub async fn record_result(
     // OMA-TS-DM-FUMO-V1_0 §6.3: 200 Successful, and 250-299 "Successful - Vendor Specified".
     let ok = FumoResult(result_code).is_success();
     record(
-        db,
+        conn,
         job_id,
         (result_code, ok),
         receipt,
@@ -786,7 +798,7 @@ pub async fn record_result(
 /// not verify, for a device whose card the server knows): the code is kept as reported, the job
 /// counts as `failed` for the campaign, `detail` says why.
 pub async fn record_unconfirmed_result(
-    db: &Db,
+    conn: &mut AnyConnection,
     job_id: i64,
     result_code: u16,
     receipt: Option<&[u8]>,
@@ -794,7 +806,7 @@ pub async fn record_unconfirmed_result(
     detail: Option<&str>,
 ) -> Result<Job> {
     record(
-        db,
+        conn,
         job_id,
         (result_code, false),
         receipt,
@@ -807,7 +819,7 @@ pub async fn record_unconfirmed_result(
 /// Records `result_code` for a delivered job; `succeeded` says whether it counts as a success
 /// for the campaign (what [`record_result`] and [`record_unconfirmed_result`] decide).
 pub(crate) async fn record(
-    db: &Db,
+    conn: &mut AnyConnection,
     job_id: i64,
     (result_code, succeeded): (u16, bool),
     receipt: Option<&[u8]>,
@@ -837,15 +849,15 @@ pub(crate) async fn record(
     .bind(detail.map(str::to_owned))
     .bind(now_ms())
     .bind(job_id)
-    .execute(db.pool())
+    .execute(&mut *conn)
     .await?;
     if done.rows_affected() != 1 {
         return Err(ServerError::Conflict(format!(
             "job {job_id} has no delivery awaiting a result"
         )));
     }
-    let j = job(db, job_id).await?;
-    advance(db, j.campaign_id).await?;
+    let j = job(&mut *conn, job_id).await?;
+    advance(&mut *conn, j.campaign_id).await?;
     Ok(j)
 }
 

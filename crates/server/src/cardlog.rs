@@ -22,6 +22,8 @@ use simfota_wire::{
 };
 
 use crate::AppState;
+use sqlx::AnyConnection;
+
 use crate::db::{RowExt, now_ms};
 use crate::error::{Result, ServerError};
 
@@ -94,12 +96,12 @@ struct CardRow {
     head_hash: Option<Vec<u8>>,
 }
 
-async fn card_row(state: &AppState, iccid: &str) -> Result<Option<CardRow>> {
+async fn card_row(conn: &mut AnyConnection, iccid: &str) -> Result<Option<CardRow>> {
     let row = sqlx::query(
         "SELECT id, card_pub, log_head_seq, log_head_hash FROM cards WHERE iccid = $1 AND cert_status = 'verified'",
     )
     .bind(iccid.to_owned())
-    .fetch_optional(state.db.pool())
+    .fetch_optional(&mut *conn)
     .await?;
     let Some(r) = row else { return Ok(None) };
     let Some(pk) = r.opt_bytes("card_pub")? else {
@@ -118,11 +120,12 @@ async fn card_row(state: &AppState, iccid: &str) -> Result<Option<CardRow>> {
 /// Builds and records a signed log-read request for the card, answering `nonce`.
 pub async fn request(
     state: &AppState,
+    conn: &mut AnyConnection,
     iccid: &str,
     device_id: i64,
     nonce: Nonce,
 ) -> Result<Option<Vec<u8>>> {
-    let Some(card) = card_row(state, iccid).await? else {
+    let Some(card) = card_row(conn, iccid).await? else {
         return Ok(None);
     };
     let first_seq = card.head_seq.map_or(0, |s| s + 1);
@@ -149,7 +152,7 @@ pub async fn request(
     .bind(first_seq)
     .bind(bytes.clone())
     .bind(now_ms())
-    .execute(state.db.pool())
+    .execute(&mut *conn)
     .await?;
     Ok(Some(bytes))
 }
@@ -247,11 +250,12 @@ impl ExportRefusal {
 /// Verifies and stores an export relayed by the device.
 pub async fn on_export(
     state: &AppState,
+    conn: &mut AnyConnection,
     iccid: &str,
     device_id: i64,
     bytes: &[u8],
 ) -> Result<Outcome> {
-    let Some(card) = card_row(state, iccid).await? else {
+    let Some(card) = card_row(conn, iccid).await? else {
         return Ok(Outcome::Rejected(ExportRefusal::NoVerifiedCard));
     };
     let req = sqlx::query(
@@ -259,9 +263,9 @@ pub async fn on_export(
          ORDER BY id DESC LIMIT 1",
     )
     .bind(card.id)
-    .fetch_optional(state.db.pool())
+    .fetch_optional(&mut *conn)
     .await?;
-    let verdict = check(state, &card, iccid, req.as_ref(), bytes).await?;
+    let verdict = check(state, conn, &card, iccid, req.as_ref(), bytes).await?;
     let (verdict_text, reason, first, last) = match &verdict {
         Ok((first, entries, _)) => (
             "accepted",
@@ -284,7 +288,7 @@ pub async fn on_export(
     .bind(first)
     .bind(last)
     .bind(now_ms())
-    .fetch_one(state.db.pool())
+    .fetch_one(&mut *conn)
     .await?
     .i64("id")?;
     let (first_seq, entries, log_end) = match verdict {
@@ -296,13 +300,13 @@ pub async fn on_export(
                 .with_label_values(&["export"])
                 .inc();
             let m = refusal.to_string();
-            crate::dm::record_event(&state.db, "card_export", Some(device_id), &m).await?;
+            crate::dm::record_event(&mut *conn, "card_export", Some(device_id), &m).await?;
             if let Some(status) = refusal.log_status() {
                 sqlx::query("UPDATE cards SET log_status = $1, updated_ms = $2 WHERE id = $3")
                     .bind(status.as_str())
                     .bind(now_ms())
                     .bind(card.id)
-                    .execute(state.db.pool())
+                    .execute(&mut *conn)
                     .await?;
             }
             tracing::warn!(%iccid, reason = %m, "card log export rejected");
@@ -312,7 +316,7 @@ pub async fn on_export(
     if let Some(r) = &req {
         sqlx::query("UPDATE log_requests SET state = 'answered' WHERE id = $1")
             .bind(r.i64("id")?)
-            .execute(state.db.pool())
+            .execute(&mut *conn)
             .await?;
     }
     let mut new = 0u64;
@@ -348,7 +352,7 @@ pub async fn on_export(
         .bind(d.deny_code)
         .bind(i64::from(e.free_device))
         .bind(d.consent_pin)
-        .execute(state.db.pool())
+        .execute(&mut *conn)
         .await?;
         new += done.rows_affected();
     }
@@ -363,7 +367,7 @@ pub async fn on_export(
             .bind(LogEntry::record_hash(raw).0.to_vec())
             .bind(now)
             .bind(card.id)
-            .execute(state.db.pool())
+            .execute(&mut *conn)
             .await?;
             Some(e.seq)
         }
@@ -378,6 +382,7 @@ type Page = (u32, Vec<(LogEntry, [u8; LogEntry::RECORD_LEN])>, u32);
 
 async fn check(
     state: &AppState,
+    conn: &mut AnyConnection,
     card: &CardRow,
     iccid: &str,
     req: Option<&sqlx::any::AnyRow>,
@@ -456,7 +461,7 @@ async fn check(
             sqlx::query("SELECT entry_hash FROM card_log_entries WHERE card_id = $1 AND seq = $2")
                 .bind(card.id)
                 .bind(i64::from(e.seq))
-                .fetch_optional(state.db.pool())
+                .fetch_optional(&mut *conn)
                 .await?;
         if let Some(s) = stored
             && s.bytes("entry_hash")? != LogEntry::record_hash(raw).0.to_vec()
@@ -487,12 +492,12 @@ pub fn ack(state: &AppState, nonce: Nonce, up_to: u32) -> Result<Vec<u8>> {
 }
 
 /// Records that the card accepted the acknowledgement.
-pub async fn acked(state: &AppState, iccid: &str, up_to: u32) -> Result<()> {
+pub async fn acked(conn: &mut AnyConnection, iccid: &str, up_to: u32) -> Result<()> {
     sqlx::query("UPDATE cards SET acked_seq = $1, updated_ms = $2 WHERE iccid = $3")
         .bind(i64::from(up_to))
         .bind(now_ms())
         .bind(iccid.to_owned())
-        .execute(state.db.pool())
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
@@ -557,7 +562,7 @@ fn describe(e: &LogEntry) -> Described {
 }
 
 /// A reason counted in a refusal tally, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RefusalCount {
     /// The refusal's name from the card's reason table.
     pub reason: String,
@@ -568,7 +573,8 @@ pub struct RefusalCount {
 }
 
 /// A stored entry as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = CardLogEntry)]
 pub struct StoredEntry {
     /// Sequence number.
     pub seq: i64,

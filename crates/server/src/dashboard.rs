@@ -275,7 +275,7 @@ async fn device(
     State(s): State<AppState>,
     Path(imei): Path<String>,
 ) -> Result<Html<String>, PageError> {
-    let device = registry::get_device(&s.db, &imei).await?;
+    let device = registry::get_device(&mut *s.db.conn().await?, &imei).await?;
     let entries = match &device.iccid {
         Some(i) => crate::cardlog::entries(&s, i).await?,
         None => Vec::new(),
@@ -360,7 +360,7 @@ async fn card_page(
     State(s): State<AppState>,
     Path(iccid): Path<String>,
 ) -> Result<Html<String>, PageError> {
-    let card = registry::get_card(&s.db, &iccid).await?;
+    let card = registry::get_card(&mut *s.db.conn().await?, &iccid).await?;
     let servers = card.servers.as_ref().and_then(|v| v.as_array()).map(|a| {
         a.iter()
             .map(|e| ServerRow {
@@ -430,7 +430,7 @@ struct ProgressFragment {
 }
 
 async fn load(s: &AppState, id: i64) -> Result<(Campaign, Vec<Job>, i64), PageError> {
-    let c = campaign::get(&s.db, id).await?;
+    let c = campaign::get(&mut *s.db.conn().await?, id).await?;
     let jobs = campaign::jobs(&s.db, Some(id)).await?;
     let percent = if c.progress.total > 0 {
         c.progress.succeeded * 100 / c.progress.total

@@ -15,7 +15,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::error::{Result, ServerError};
 
@@ -138,6 +139,22 @@ impl Db {
     /// The pool (for queries).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A pooled connection, for a series of queries (functions that may also run inside the
+    /// caller's transaction take `&mut AnyConnection`).
+    pub async fn conn(&self) -> Result<PoolConnection<Any>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later fails
+    /// with `SQLITE_BUSY` when another connection committed in between, instead of waiting.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// The engine.

@@ -148,6 +148,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     };
     let app = http::router(state.clone());
     let (stop, mut stopped) = watch::channel(false);
+    spawn_session_sweep(state.db.clone(), stop.subscribe());
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
@@ -182,6 +183,31 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         task,
         state,
     })
+}
+
+/// How often abandoned DM sessions are swept out of `dm_sessions`.
+const SESSION_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Drops abandoned DM sessions every [`SESSION_SWEEP_EVERY`] until the server stops (every
+/// replica sweeps; the deletions are idempotent).
+fn spawn_session_sweep(db: db::Db, mut stopped: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SESSION_SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => match dm::sweep_stale_sessions(&db).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(sessions = n, "abandoned DM sessions dropped"),
+                    Err(e) => tracing::warn!(error = %e, "DM session sweep failed"),
+                },
+                changed = stopped.changed() => {
+                    if changed.is_err() || *stopped.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Runs until `shutdown` completes (Ctrl-C / SIGTERM in the CLI), then stops gracefully.

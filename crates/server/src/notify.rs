@@ -112,11 +112,12 @@ async fn record(
     receipt_status: &str,
     detail: Option<&str>,
 ) -> Result<crate::campaign::Job> {
-    let campaign_id = crate::campaign::job(&state.db, job_id).await?.campaign_id;
-    let before = current_wave(state, campaign_id).await?;
+    let mut conn = state.db.conn().await?;
+    let campaign_id = crate::campaign::job(&mut conn, job_id).await?.campaign_id;
+    let before = current_wave(&mut conn, campaign_id).await?;
     let succeeded = confirmed && simfota_syncml::FumoResult(result_code).is_success();
     let job = crate::campaign::record(
-        &state.db,
+        &mut conn,
         job_id,
         (result_code, succeeded),
         receipt,
@@ -128,10 +129,10 @@ async fn record(
     Ok(job)
 }
 
-async fn current_wave(state: &AppState, campaign_id: i64) -> Result<i64> {
+pub(crate) async fn current_wave(conn: &mut sqlx::AnyConnection, campaign_id: i64) -> Result<i64> {
     sqlx::query("SELECT current_wave FROM campaigns WHERE id = $1")
         .bind(campaign_id)
-        .fetch_optional(state.db.pool())
+        .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| ServerError::NotFound(format!("campaign {campaign_id}")))?
         .i64("current_wave")

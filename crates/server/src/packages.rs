@@ -34,7 +34,7 @@ use crate::error::{Result, ServerError};
 use crate::http::range::{RangeDecision, decide};
 
 /// A stored package, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Package {
     /// Id (used in URLs).
     pub id: i64,

@@ -35,7 +35,8 @@ use crate::error::{Result, ServerError};
 pub const FORMAT: &str = "simfota-proof-1";
 
 /// A proof bundle.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ProofBundle)]
 pub struct Bundle {
     /// [`FORMAT`].
     pub format: String,
@@ -57,7 +58,7 @@ pub struct Bundle {
 }
 
 /// One card log record, decoded for reading.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EntrySummary {
     /// Sequence number.
     pub seq: u32,

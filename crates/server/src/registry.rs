@@ -8,11 +8,13 @@
 use serde::{Deserialize, Serialize};
 use simfota_wire::{CardCertificate, Iccid, Imei, Limits, PublicKey};
 
+use sqlx::{AnyConnection, Connection as _};
+
 use crate::db::{Db, RowExt, now_ms};
 use crate::error::{Result, ServerError};
 
 /// `POST /api/v1/devices`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
     /// 15-digit IMEI (Luhn-checked).
@@ -58,7 +60,7 @@ fn default_auth() -> String {
 }
 
 /// A device as the API shows it (no credentials).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Device {
     /// Database id.
     pub id: i64,
@@ -96,7 +98,11 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<()> {
 }
 
 /// Registers a device.
-pub async fn create_device(db: &Db, d: &NewDevice, enrolled_by: &str) -> Result<Device> {
+pub async fn create_device(
+    conn: &mut AnyConnection,
+    d: &NewDevice,
+    enrolled_by: &str,
+) -> Result<Device> {
     Imei::parse(&d.imei).map_err(|e| ServerError::BadRequest(format!("imei: {e}")))?;
     check_text("username", &d.username, 128)?;
     check_text("password", &d.password, 256)?;
@@ -108,7 +114,7 @@ pub async fn create_device(db: &Db, d: &NewDevice, enrolled_by: &str) -> Result<
         a.parse::<std::net::SocketAddr>()
             .map_err(|_| ServerError::BadRequest("notify_addr must be host:port (an IP)".into()))?;
     }
-    let mut tx = db.pool().begin().await?;
+    let mut tx = conn.begin().await?;
     let row = sqlx::query(
         "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
          manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms) \
@@ -151,21 +157,21 @@ pub async fn create_device(db: &Db, d: &NewDevice, enrolled_by: &str) -> Result<
         .await?;
     }
     tx.commit().await?;
-    get_device(db, &d.imei).await
+    get_device(&mut *conn, &d.imei).await
 }
 
-async fn groups_of(db: &Db, device_id: i64) -> Result<Vec<String>> {
+async fn groups_of(conn: &mut AnyConnection, device_id: i64) -> Result<Vec<String>> {
     let rows = sqlx::query(
         "SELECT g.name FROM device_groups g JOIN group_members m ON m.group_id = g.id \
          WHERE m.device_id = $1 ORDER BY g.name",
     )
     .bind(device_id)
-    .fetch_all(db.pool())
+    .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(|r| r.text("name")).collect()
 }
 
-async fn device_from_row(db: &Db, r: &sqlx::any::AnyRow) -> Result<Device> {
+async fn device_from_row(conn: &mut AnyConnection, r: &sqlx::any::AnyRow) -> Result<Device> {
     let id = r.i64("id")?;
     Ok(Device {
         id,
@@ -177,7 +183,7 @@ async fn device_from_row(db: &Db, r: &sqlx::any::AnyRow) -> Result<Device> {
         fw_version: r.opt_text("fw_version")?,
         iccid: r.opt_text("iccid")?,
         notify_addr: r.opt_text("notify_addr")?,
-        groups: groups_of(db, id).await?,
+        groups: groups_of(conn, id).await?,
         enrolled_by: r.text("enrolled_by")?,
         last_seen_ms: r.opt_i64("last_seen_ms")?,
     })
@@ -187,23 +193,24 @@ const DEVICE_COLS: &str = "id, imei, dm_username, auth_scheme, manufacturer, mod
                            iccid, notify_addr, enrolled_by, last_seen_ms";
 
 /// Reads a device by IMEI.
-pub async fn get_device(db: &Db, imei: &str) -> Result<Device> {
+pub async fn get_device(conn: &mut AnyConnection, imei: &str) -> Result<Device> {
     let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE imei = $1");
     let row = sqlx::query(&sql)
         .bind(imei.to_owned())
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| ServerError::NotFound(format!("device {imei}")))?;
-    device_from_row(db, &row).await
+    device_from_row(&mut *conn, &row).await
 }
 
 /// Lists devices.
 pub async fn list_devices(db: &Db) -> Result<Vec<Device>> {
     let sql = format!("SELECT {DEVICE_COLS} FROM devices ORDER BY id");
-    let rows = sqlx::query(&sql).fetch_all(db.pool()).await?;
+    let mut conn = db.conn().await?;
+    let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
-        out.push(device_from_row(db, r).await?);
+        out.push(device_from_row(&mut conn, r).await?);
     }
     Ok(out)
 }
@@ -219,7 +226,7 @@ pub async fn create_group(db: &Db, name: &str) -> Result<()> {
 }
 
 /// A group and its members.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Group {
     /// Name.
     pub name: String,
@@ -253,7 +260,7 @@ pub async fn list_groups(db: &Db) -> Result<Vec<Group>> {
 
 /// Adds (or with `remove`, removes) a device to a group.
 pub async fn set_membership(db: &Db, group: &str, imei: &str, remove: bool) -> Result<()> {
-    let dev = get_device(db, imei).await?;
+    let dev = get_device(&mut *db.conn().await?, imei).await?;
     let g = sqlx::query("SELECT id FROM device_groups WHERE name = $1")
         .bind(group.to_owned())
         .fetch_optional(db.pool())
@@ -274,7 +281,7 @@ pub async fn set_membership(db: &Db, group: &str, imei: &str, remove: bool) -> R
 }
 
 /// A card as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Card {
     /// Database id.
     pub id: i64,
@@ -287,11 +294,14 @@ pub struct Card {
     /// `verified` when the certificate checked out under an issuer key.
     pub cert_status: String,
     /// The card's authorized-server list as last read (decoded, JSON).
+    #[schema(value_type = Option<Vec<Object>>)]
     pub servers: Option<serde_json::Value>,
     /// The card's policy as last read (decoded, JSON: `unauthorized`, `integrity`,
     /// `card_digest_max_bytes`, `allowed_classes`).
+    #[schema(value_type = Option<Object>)]
     pub policy: Option<serde_json::Value>,
     /// The card's trusted originators as last read (decoded, JSON: `[{id, key}]`).
+    #[schema(value_type = Option<Vec<Object>>)]
     pub originators: Option<serde_json::Value>,
     /// Newest stored log sequence number.
     pub log_head_seq: Option<i64>,
@@ -319,10 +329,10 @@ fn card_from_row(r: &sqlx::any::AnyRow) -> Result<Card> {
 }
 
 /// Reads a card by ICCID.
-pub async fn get_card(db: &Db, iccid: &str) -> Result<Card> {
+pub async fn get_card(conn: &mut AnyConnection, iccid: &str) -> Result<Card> {
     let row = sqlx::query("SELECT * FROM cards WHERE iccid = $1")
         .bind(iccid.to_owned())
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| ServerError::NotFound(format!("card {iccid}")))?;
     card_from_row(&row)
@@ -339,7 +349,11 @@ pub async fn list_cards(db: &Db) -> Result<Vec<Card>> {
 /// Verifies a card certificate under the configured issuer keys and registers (or updates)
 /// the card. A certificate that verifies under no issuer key is refused: the server then has
 /// no card key to check exports and receipts with.
-pub async fn register_card(db: &Db, issuers: &[PublicKey], certificate: &[u8]) -> Result<Card> {
+pub async fn register_card(
+    conn: &mut AnyConnection,
+    issuers: &[PublicKey],
+    certificate: &[u8],
+) -> Result<Card> {
     if issuers.is_empty() {
         return Err(ServerError::Verification(
             "no issuer keys are configured (--issuer-key ISSUER.pem)".into(),
@@ -376,7 +390,7 @@ pub async fn register_card(db: &Db, issuers: &[PublicKey], certificate: &[u8]) -
     .bind(cert.card_key.to_sec1().to_vec())
     .bind(certificate.to_vec())
     .bind(now)
-    .execute(db.pool())
+    .execute(&mut *conn)
     .await?;
-    get_card(db, iccid.as_str()).await
+    get_card(&mut *conn, iccid.as_str()).await
 }

@@ -7,8 +7,8 @@
 mod common;
 
 use base64::Engine as _;
+use common::http::{self, StatusCode};
 use common::{Env, Server, imei};
-use reqwest::StatusCode;
 use simfota_syncml::auth::{AuthScheme, Credentials, Nonce as DmNonce};
 use simfota_syncml::codes::FumoResult as DmFumoResult;
 use simfota_syncml::fumo::Fumo;
@@ -143,17 +143,13 @@ impl Device {
         self.session_with(urls, id, None).await
     }
 
-    async fn session_with(
-        &mut self,
-        urls: &[&str],
-        id: u16,
-        alert: Option<simfota_syncml::model::Alert>,
-    ) -> Vec<ClientEvent> {
-        let mut client = ClientSession::new(
+    /// The device's client side of session `id`, addressed to `url`.
+    fn client(&self, url: &str, id: u16) -> ClientSession {
+        ClientSession::new(
             ClientConfig {
                 client_id: format!("IMEI:{}", self.imei),
                 server_id: "simfota".into(),
-                server_uri: format!("{}/dm", urls[0]),
+                server_uri: format!("{url}/dm"),
                 client_credentials: Credentials::new(
                     format!("dev-{}", self.imei),
                     self.password.clone(),
@@ -167,14 +163,23 @@ impl Device {
             id,
             self.nonce.clone(),
             self.server_nonce.clone(),
-        );
+        )
+    }
+
+    async fn session_with(
+        &mut self,
+        urls: &[&str],
+        id: u16,
+        alert: Option<simfota_syncml::model::Alert>,
+    ) -> Vec<ClientEvent> {
+        let mut client = self.client(urls[0], id);
         if let Some(a) = alert {
             client.queue_alert(a);
         }
         let mut out = client
             .start(AlertCode::CLIENT_INITIATED_MGMT, &mut self.tree)
             .unwrap();
-        let http = reqwest::Client::new();
+        let http = http::Client::new();
         let mut events = Vec::new();
         // A session reading a whole card log takes about 3 messages per export page.
         for k in 0..120 {
@@ -253,9 +258,9 @@ async fn replicas_share_sessions_and_deliver(env: Env) {
         &env.originator,
     )
     .unwrap();
-    let form = reqwest::multipart::Form::new()
-        .part("envelope", reqwest::multipart::Part::bytes(envelope))
-        .part("payload", reqwest::multipart::Part::bytes(img));
+    let form = http::Form::new()
+        .part("envelope", http::Part::bytes(envelope))
+        .part("payload", http::Part::bytes(img));
     let p: serde_json::Value = a
         .post("/api/v1/packages")
         .multipart(form)
@@ -368,9 +373,131 @@ both!(
     super::replicas_share_sessions_and_deliver
 );
 
+/// Sends one client message to `url`; answers the status and the body.
+async fn send(url: &str, out: &simfota_syncml::session::Outgoing) -> (StatusCode, Vec<u8>) {
+    let mut req = http::Client::new()
+        .post(format!("{url}/dm"))
+        .header("content-type", out.content_type)
+        .body(out.body.clone());
+    if let Some(h) = &out.hmac {
+        req = req.header("x-syncml-hmac", h);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.bytes().await.unwrap().to_vec())
+}
+
+/// One message reaches two replicas at once (a device retrying through a load balancer).
+/// The session's row is held locked until both have done the message's work and wait to
+/// store the session: one wins, the other answers 503, and of the loser's work nothing is
+/// kept. The work here is a security event each handling records (a card that claims an
+/// ICCID without a certificate): it is recorded once.
+async fn losing_replica_writes_nothing(env: Env) {
+    let a = env.start().await;
+    let mut cfg_b = env.config("data");
+    cfg_b.server_key = Some(env.path("data").join("server-key.pem"));
+    let b = Server::start(cfg_b).await;
+    let mut dev = Device::new(&env, 7, Encoding::Xml);
+    // {1: ICCID} and no certificate.
+    let mut claim = vec![0xa1, 0x01, 0x60 + ICCID.len() as u8];
+    claim.extend_from_slice(ICCID.as_bytes());
+    dev.tree
+        .set_value(
+            &NodeUri::parse("./SIMFOTA/Card/Info").unwrap(),
+            NodeValue {
+                format: "b64".into(),
+                mime_type: None,
+                data: b64(&claim).into_bytes(),
+            },
+        )
+        .unwrap();
+    dev.register(&a).await;
+    // A first session settles the device's nonce, so the next one authenticates at once.
+    let ev = dev.session(&[&a.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+
+    let pool = a.running.state().db.pool().clone();
+    let device_id: i64 = sqlx::query_scalar("SELECT id FROM devices WHERE imei = $1")
+        .bind(dev.imei.clone())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let claims = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM security_events WHERE kind = 'card_claim' AND device_id = $1",
+        )
+        .bind(device_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = claims().await;
+
+    // Package 1 to replica a: authenticated, the Gets are queued and the session stored.
+    let mut client = dev.client(&a.url, 2);
+    let out = client
+        .start(AlertCode::CLIENT_INITIATED_MGMT, &mut dev.tree)
+        .unwrap();
+    let (status, body) = send(&a.url, &out).await;
+    assert_eq!(status, StatusCode::OK);
+    let step = client.receive(&body, None, &mut dev.tree).unwrap();
+    let answers = step.reply.expect("the device answers the Gets");
+
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT version FROM dm_sessions WHERE device_id = $1 FOR UPDATE")
+        .bind(device_id)
+        .fetch_one(&mut *lock)
+        .await
+        .unwrap();
+    let to_a = tokio::spawn({
+        let (url, out) = (a.url.clone(), answers.clone());
+        async move { send(&url, &out).await.0 }
+    });
+    let to_b = tokio::spawn({
+        let (url, out) = (b.url.clone(), answers.clone());
+        async move { send(&url, &out).await.0 }
+    });
+    // Both handlings did their work and wait for the session row.
+    let mut waiting = 0;
+    for _ in 0..200 {
+        waiting = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        waiting, 2,
+        "both replicas reach the session's compare-and-set"
+    );
+    assert_eq!(claims().await, before, "nothing is visible before a commit");
+    lock.commit().await.unwrap();
+    let mut statuses = [to_a.await.unwrap(), to_b.await.unwrap()];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE],
+        "one replica wins, the other is told to retry"
+    );
+    assert_eq!(claims().await, before + 1, "the loser's event is not kept");
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_losing_replica_writes_nothing() {
+    common::on_postgres(losing_replica_writes_nothing).await;
+}
+
 async fn bad_input(env: Env) {
     let s = env.start().await;
-    let http = reqwest::Client::new();
+    let http = http::Client::new();
     let url = format!("{}/dm", s.url);
     // Not XML at all: no header to answer to.
     let r = http
@@ -391,14 +518,13 @@ async fn bad_input(env: Env) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // Oversized.
-    let r = http
-        .post(&url)
-        .header("content-type", "application/vnd.syncml.dm+xml")
-        .body(vec![b' '; 2 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let status = http::post_oversized(
+        &url,
+        "application/vnd.syncml.dm+xml",
+        vec![b' '; 2 * 1024 * 1024],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
     // Unknown device (preregistered rule) and wrong password: SyncML 401 with a challenge.
     let mut stranger = Device::new(&env, 2, Encoding::Xml);
@@ -410,7 +536,7 @@ async fn bad_input(env: Env) {
     dev.password = "wrong".into();
     let ev = dev.session(&[&s.url], 1).await;
     assert!(!ev.contains(&ClientEvent::Authenticated), "{ev:?}");
-    let m = reqwest::get(format!("{}/metrics", s.url))
+    let m = http::get(format!("{}/metrics", s.url))
         .await
         .unwrap()
         .text()
@@ -783,7 +909,7 @@ async fn card_log(env: Env) {
         "nothing of the fork stored"
     );
     assert_eq!(log["card"]["log_status"], "fork");
-    let m = reqwest::get(format!("{}/metrics", s.url))
+    let m = http::get(format!("{}/metrics", s.url))
         .await
         .unwrap()
         .text()
@@ -868,9 +994,9 @@ async fn proof_bundle(env: Env) {
         &env.originator,
     )
     .unwrap();
-    let form = reqwest::multipart::Form::new()
-        .part("envelope", reqwest::multipart::Part::bytes(envelope))
-        .part("payload", reqwest::multipart::Part::bytes(img));
+    let form = http::Form::new()
+        .part("envelope", http::Part::bytes(envelope))
+        .part("payload", http::Part::bytes(img));
     let p: serde_json::Value = s
         .post("/api/v1/packages")
         .multipart(form)
@@ -1143,12 +1269,9 @@ async fn dashboard(env: Env) {
     // install and signs the receipt; the device reports 1226 and the log is read.
     let img = vec![1u8; 1500];
     let envelope = test_envelope(&env, &img, 9);
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "envelope",
-            reqwest::multipart::Part::bytes(envelope.clone()),
-        )
-        .part("payload", reqwest::multipart::Part::bytes(img.clone()));
+    let form = http::Form::new()
+        .part("envelope", http::Part::bytes(envelope.clone()))
+        .part("payload", http::Part::bytes(img.clone()));
     let p: serde_json::Value = s
         .post("/api/v1/packages")
         .multipart(form)
@@ -1558,7 +1681,7 @@ async fn card_log_pages(env: Env) {
     assert_eq!(log["entries"].as_array().unwrap().len(), 51);
     assert_eq!(log["card"]["log_status"], "ok");
     assert_eq!(log["card"]["acked_seq"], 50);
-    let m = reqwest::get(format!("{}/metrics", s.url))
+    let m = http::get(format!("{}/metrics", s.url))
         .await
         .unwrap()
         .text()
@@ -1765,7 +1888,7 @@ async fn unknown_auth_scheme(env: Env) {
     let out = client
         .start(AlertCode::CLIENT_INITIATED_MGMT, &mut dev.tree)
         .unwrap();
-    let r = reqwest::Client::new()
+    let r = http::Client::new()
         .post(format!("{}/dm", s.url))
         .header("content-type", out.content_type)
         .body(out.body)

@@ -1,0 +1,222 @@
+//! Who is at the other end of a DM message: a registered device's account, an unknown device
+//! that may enrol, or one that is refused (DM Security 1.2 §5.3, §5.4).
+
+use axum::response::Response;
+use rand_core::{OsRng, RngCore};
+use simfota_syncml::auth::{AuthScheme, Credentials, Nonce as DmNonce};
+use simfota_syncml::session::{ServerConfig as DmConfig, ServerSession};
+use simfota_syncml::{Encoding, Limits as DmLimits};
+use simfota_wire::Imei;
+
+use super::{reply, session_err};
+use crate::AppState;
+use crate::db::{RowExt, now_ms};
+use crate::error::{Result, ServerError};
+
+/// How long the nonce a not yet enrolled device was challenged with stays valid.
+pub const ENROLMENT_NONCE_MS: i64 = 3600 * 1000;
+
+/// A device's DM account, as stored in `devices` (id 0: an enrolment candidate, stored once
+/// it authenticated).
+pub struct Account {
+    pub id: i64,
+    pub imei: String,
+    pub username: String,
+    pub password: String,
+    pub server_password: String,
+    pub auth: AuthScheme,
+    pub device_nonce: Option<Vec<u8>>,
+    pub server_nonce: Option<Vec<u8>>,
+    pub iccid: Option<String>,
+    /// What the device reported last: a report that changes nothing writes nothing.
+    pub fw_version: Option<String>,
+    pub model: Option<String>,
+    pub manufacturer: Option<String>,
+}
+
+pub fn fresh_nonce() -> DmNonce {
+    let mut n = vec![0u8; 16];
+    OsRng.fill_bytes(&mut n);
+    DmNonce(n)
+}
+
+pub fn dm_limits() -> DmLimits {
+    DmLimits::default()
+}
+
+/// The protocol session's configuration for this account.
+pub fn dm_config(state: &AppState, a: &Account, encoding: Encoding) -> DmConfig {
+    DmConfig {
+        server_id: state.config.server_id.clone(),
+        server_uri: format!("{}/dm", state.base_url),
+        resp_uri: None,
+        client_credentials: Credentials::new(a.username.clone(), a.password.clone()),
+        server_credentials: Credentials::new(
+            state.config.server_id.clone(),
+            a.server_password.clone(),
+        ),
+        auth: a.auth,
+        encoding,
+        limits: dm_limits(),
+    }
+}
+
+/// The IMEI in a DevId `IMEI:<15 digits>` (DM StdObj 1.2 §5.3.1).
+pub fn imei_of(dev_id: &str) -> Option<&str> {
+    dev_id
+        .strip_prefix("IMEI:")
+        .filter(|i| Imei::parse(i).is_ok())
+}
+
+/// The scheme a device account is stored with (`devices.auth_scheme`, written by the registry
+/// as `md5` or `hmac`); `None` for anything else.
+pub fn auth_scheme(stored: &str) -> Option<AuthScheme> {
+    match stored {
+        "md5" => Some(AuthScheme::Md5),
+        "hmac" => Some(AuthScheme::Hmac),
+        _ => None,
+    }
+}
+
+/// The registered device whose DevId this is, if any.
+pub async fn lookup(state: &AppState, dev_id: &str) -> Result<Option<Account>> {
+    let Some(imei) = imei_of(dev_id) else {
+        return Ok(None);
+    };
+    let row = sqlx::query(
+        "SELECT id, imei, dm_username, dm_password, server_password, auth_scheme, device_nonce, \
+         server_nonce, iccid, fw_version, model, manufacturer FROM devices WHERE imei = $1",
+    )
+    .bind(imei.to_owned())
+    .fetch_optional(state.db.pool())
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let stored = r.text("auth_scheme")?;
+    let Some(auth) = auth_scheme(&stored) else {
+        // Guessing a scheme would authenticate the device some other way than the operator
+        // registered it; the account is unusable until its scheme is fixed.
+        tracing::error!(%imei, scheme = %stored, "stored auth scheme is neither md5 nor hmac: DM session refused");
+        return Err(ServerError::internal(
+            "stored auth scheme",
+            format!("device {imei}: {stored:?} is neither md5 nor hmac; session refused"),
+        ));
+    };
+    Ok(Some(Account {
+        id: r.i64("id")?,
+        imei: r.text("imei")?,
+        username: r.text("dm_username")?,
+        password: r.text("dm_password")?,
+        server_password: r.text("server_password")?,
+        auth,
+        device_nonce: r.opt_bytes("device_nonce")?,
+        server_nonce: r.opt_bytes("server_nonce")?,
+        iccid: r.opt_text("iccid")?,
+        fw_version: r.opt_text("fw_version")?,
+        model: r.opt_text("model")?,
+        manufacturer: r.opt_text("manufacturer")?,
+    }))
+}
+
+/// Under `shared-secret` enrolment, an unknown device with a valid IMEI DevId may authenticate
+/// with the enrolment password (user name: its `Source/LocName`, else the DevId); it is stored
+/// only once that authentication succeeded (id 0 until then). The nonce it was challenged
+/// with lives in `enrolment_nonces` meanwhile (DM Security 1.2 §5.4: the retry's digest uses
+/// it, and the retry may reach another replica).
+pub async fn enrol_candidate(
+    state: &AppState,
+    dev_id: &str,
+    loc_name: Option<&str>,
+) -> Result<Option<Account>> {
+    if state.config.enrolment != crate::config::Enrolment::SharedSecret {
+        return Ok(None);
+    }
+    let (Some(imei), Some(pw)) = (imei_of(dev_id), state.config.enrolment_password.clone()) else {
+        return Ok(None);
+    };
+    let nonce =
+        sqlx::query("SELECT nonce FROM enrolment_nonces WHERE dev_id = $1 AND created_ms > $2")
+            .bind(dev_id.to_owned())
+            .bind(now_ms() - ENROLMENT_NONCE_MS)
+            .fetch_optional(state.db.pool())
+            .await?
+            .map(|r| r.bytes("nonce"))
+            .transpose()?;
+    Ok(Some(Account {
+        id: 0,
+        imei: imei.to_owned(),
+        username: loc_name.unwrap_or(dev_id).to_owned(),
+        password: pw.clone(),
+        server_password: pw,
+        auth: AuthScheme::Md5,
+        device_nonce: nonce,
+        server_nonce: None,
+        iccid: None,
+        fw_version: None,
+        model: None,
+        manufacturer: None,
+    }))
+}
+
+/// An unknown device under `preregistered`: the protocol session runs with credentials no
+/// device can know, so the device gets 401 with a challenge; the attempt is recorded.
+pub fn refuse_unknown(
+    state: &AppState,
+    encoding: Encoding,
+    dev_id: &str,
+    body: &[u8],
+    hmac: Option<&str>,
+) -> Response {
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    let config = DmConfig {
+        server_id: state.config.server_id.clone(),
+        server_uri: format!("{}/dm", state.base_url),
+        resp_uri: None,
+        client_credentials: Credentials::new(dev_id.to_owned(), hex::encode(secret)),
+        server_credentials: Credentials::new(state.config.server_id.clone(), hex::encode(secret)),
+        auth: AuthScheme::Md5,
+        encoding,
+        limits: dm_limits(),
+    };
+    let mut s = ServerSession::new(config, fresh_nonce(), fresh_nonce());
+    if let Err(e) = s.receive(body, hmac, fresh_nonce()) {
+        return session_err(e);
+    }
+    state
+        .metrics
+        .verification_failures
+        .with_label_values(&["device_auth"])
+        .inc();
+    let db = state.db.clone();
+    let detail = format!(
+        "unknown device {}",
+        dev_id.chars().take(64).collect::<String>()
+    );
+    tokio::spawn(async move {
+        let recorded = match db.conn().await {
+            Ok(mut conn) => super::record_event(&mut conn, "unknown_device", None, &detail).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "security event not recorded");
+        }
+    });
+    match s.reply() {
+        Ok(out) => reply(out),
+        Err(e) => session_err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_registry_spellings_are_auth_schemes() {
+        assert_eq!(auth_scheme("md5"), Some(AuthScheme::Md5));
+        assert_eq!(auth_scheme("hmac"), Some(AuthScheme::Hmac));
+        for unknown in ["", "MD5", "sha256", "basic", "hmac "] {
+            assert_eq!(auth_scheme(unknown), None, "{unknown:?}");
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! The session's requests and one function per kind of answer ([`Expect`]).
+
+use rand_core::{OsRng, RngCore};
+use simfota_syncml::model::Item;
+use simfota_syncml::session::{CommandHandle, ServerEvent};
+use simfota_syncml::tree::NodeValue;
+use simfota_syncml::{AlertCode, NodeUri, StatusCode as DmStatus};
+use simfota_wire::contract::{CardIdentity, Node};
+use simfota_wire::{DeliveryToken, Digest, Iccid, Imei, Limits, Nonce, ServerId, UpdateId};
+
+use super::Step;
+use super::account::ENROLMENT_NONCE_MS;
+use super::flow::{CardList, Delivery, Expect, NonceUse};
+use crate::campaign;
+use crate::db::{RowExt, now_ms};
+use crate::error::{Result, ServerError};
+
+/// Lifetime of a delivery token: long enough for a slow download before authorization.
+const TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
+
+/// `./DevInfo` leaves the device sends in package 1 (DM StdObj 1.2 §5.3).
+const DEVINFO_MODEL: &str = "./DevInfo/Mod";
+const DEVINFO_MANUFACTURER: &str = "./DevInfo/Man";
+
+fn uri(node: Node) -> Result<NodeUri> {
+    let s = node.uri();
+    NodeUri::parse(s).map_err(|e| ServerError::internal("node URI", format!("{s}: {e}")))
+}
+
+/// The octets of `node`'s value in `item`, read by the Format the item declares (or the
+/// node's own): b64 that is not base64, a Format the node does not take, or an oversized value
+/// is refused, never taken raw. `None` (and a log line) when there is no usable value.
+pub(super) fn item_value(node: Node, item: &Item) -> Option<Vec<u8>> {
+    let data = item.data.as_ref()?;
+    let format = item.meta.as_ref().and_then(|m| m.format.as_deref());
+    match node.decode_value(format, &data.0) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(node = node.uri(), error = %e, "node value refused");
+            None
+        }
+    }
+}
+
+/// `bytes` as the value of `node`, in its Format and MIME type.
+fn node_value(node: Node, bytes: &[u8]) -> NodeValue {
+    NodeValue {
+        format: node.format().as_str().into(),
+        mime_type: node.mime_type().map(Into::into),
+        data: node.encode_value(bytes),
+    }
+}
+
+pub(super) fn item_text(item: &Item) -> Option<String> {
+    item.data
+        .as_ref()
+        .and_then(|d| std::str::from_utf8(&d.0).ok())
+        .map(|s| s.trim().to_owned())
+}
+
+pub(super) fn item_uri(item: &Item) -> &str {
+    item.source
+        .as_ref()
+        .or(item.target.as_ref())
+        .map_or("", |l| l.uri.as_str())
+}
+
+impl Step<'_> {
+    /// Dispatches one protocol event.
+    pub(super) async fn on_event(&mut self, ev: ServerEvent) -> Result<()> {
+        match ev {
+            ServerEvent::Authenticated { .. } => self.on_authenticated().await,
+            ServerEvent::AuthenticationRejected(code) => self.on_auth_rejected(code).await,
+            ServerEvent::NextClientNonce(n) => self.on_next_client_nonce(n.0).await,
+            ServerEvent::DeviceData(items) => self.on_device_data(&items).await,
+            ServerEvent::Results {
+                handle: Some(h),
+                items,
+            } => match self.flow.take_results(h) {
+                Some(expect) => match items.first() {
+                    Some(item) => self.on_results(expect, item).await,
+                    None => Ok(()),
+                },
+                None => Ok(()),
+            },
+            ServerEvent::Status { handle, code, .. } => match self.flow.take_status(handle, code) {
+                Some(expect) => self.on_status(expect, code).await,
+                None => Ok(()),
+            },
+            ServerEvent::ClientAlert(alert) if alert.code == AlertCode::GENERIC_ALERT => {
+                self.on_generic_alert(&alert).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn get(&mut self, node: Node, what: Expect) -> Result<()> {
+        let h = self.session.get(&uri(node)?);
+        self.flow.expect(h, what);
+        Ok(())
+    }
+
+    fn replace(&mut self, node: Node, bytes: &[u8]) -> Result<CommandHandle> {
+        Ok(self.session.replace(&uri(node)?, &node_value(node, bytes)))
+    }
+
+    /// The device authenticated: an enrolment candidate is stored, and the first authenticated
+    /// message of a session queues the session's requests.
+    async fn on_authenticated(&mut self) -> Result<()> {
+        if self.account.id == 0 {
+            self.enrol().await?;
+        }
+        if !self.flow.open() {
+            return Ok(());
+        }
+        self.state.metrics.dm_sessions.inc();
+        sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(self.account.id)
+            .execute(&mut *self.tx)
+            .await?;
+        self.get(Node::DevDetailFwV, Expect::FirmwareVersion)?;
+        self.get(Node::CardInfo, Expect::CardInfo)?;
+        self.get(Node::CardServers, Expect::CardList(CardList::Servers))?;
+        self.get(Node::CardPolicy, Expect::CardList(CardList::Policy))?;
+        self.get(
+            Node::CardOriginators,
+            Expect::CardList(CardList::Originators),
+        )?;
+        // One card nonce per session: it serves the delivery token when a job is pending, else
+        // the log-read request (the card keeps one nonce at a time).
+        let use_ = match campaign::next_job_for_device(&mut *self.tx, self.account.id).await? {
+            Some(job) => NonceUse::Deliver { job: job.id },
+            None => NonceUse::RequestLogPage,
+        };
+        self.get(Node::CardNonce, Expect::CardNonce(use_))?;
+        // Issuer admin relay: the next queued command for the card in this device.
+        if let Some(iccid) = self.account.iccid.clone()
+            && let Some((id, cmd)) = crate::admin::next_for_card(self.tx, &iccid).await?
+        {
+            self.replace(Node::CardAdmin, &cmd)?;
+            self.get(Node::CardAdminResult, Expect::AdminResult { command: id })?;
+        }
+        Ok(())
+    }
+
+    /// Stores a device that authenticated with the enrolment secret.
+    async fn enrol(&mut self) -> Result<()> {
+        let a = &mut *self.account;
+        let created = crate::registry::create_device(
+            &mut *self.tx,
+            &crate::registry::NewDevice {
+                imei: a.imei.clone(),
+                username: a.username.clone(),
+                password: a.password.clone(),
+                server_password: a.server_password.clone(),
+                auth: "md5".into(),
+                model: None,
+                manufacturer: None,
+                fw_version: None,
+                notify_addr: None,
+                groups: Vec::new(),
+            },
+            "enrolment",
+        )
+        .await?;
+        a.id = created.id;
+        sqlx::query("UPDATE devices SET device_nonce = $1 WHERE id = $2")
+            .bind(a.device_nonce.clone())
+            .bind(a.id)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM enrolment_nonces WHERE dev_id = $1")
+            .bind(format!("IMEI:{}", a.imei))
+            .execute(&mut *self.tx)
+            .await?;
+        tracing::info!(imei = %a.imei, "device enrolled");
+        Ok(())
+    }
+
+    async fn on_auth_rejected(&mut self, code: DmStatus) -> Result<()> {
+        self.state
+            .metrics
+            .verification_failures
+            .with_label_values(&["device_auth"])
+            .inc();
+        let id = (self.account.id > 0).then_some(self.account.id);
+        super::record_event(
+            &mut *self.tx,
+            "device_auth",
+            id,
+            &format!("credentials refused ({})", code.value()),
+        )
+        .await
+    }
+
+    /// The nonce the device must use next: kept with the account, or for a device not enrolled
+    /// yet, with its DevId until its retry.
+    async fn on_next_client_nonce(&mut self, nonce: Vec<u8>) -> Result<()> {
+        self.account.device_nonce = Some(nonce.clone());
+        if self.account.id > 0 {
+            sqlx::query("UPDATE devices SET device_nonce = $1 WHERE id = $2")
+                .bind(nonce)
+                .bind(self.account.id)
+                .execute(&mut *self.tx)
+                .await?;
+            return Ok(());
+        }
+        let now = now_ms();
+        sqlx::query("DELETE FROM enrolment_nonces WHERE created_ms < $1")
+            .bind(now - ENROLMENT_NONCE_MS)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO enrolment_nonces (dev_id, nonce, created_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (dev_id) DO UPDATE SET nonce = $2, created_ms = $3",
+        )
+        .bind(format!("IMEI:{}", self.account.imei))
+        .bind(nonce)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// `./DevInfo` sent with package 1: model and manufacturer, written when they changed.
+    async fn on_device_data(&mut self, items: &[Item]) -> Result<()> {
+        if self.account.id <= 0 {
+            return Ok(());
+        }
+        for item in items {
+            let Some(text) = item_text(item) else {
+                continue;
+            };
+            let (sql, known) = match item_uri(item) {
+                DEVINFO_MODEL => (
+                    "UPDATE devices SET model = $1 WHERE id = $2",
+                    &mut self.account.model,
+                ),
+                DEVINFO_MANUFACTURER => (
+                    "UPDATE devices SET manufacturer = $1 WHERE id = $2",
+                    &mut self.account.manufacturer,
+                ),
+                _ => continue,
+            };
+            if known.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            *known = Some(text.clone());
+            sqlx::query(sql)
+                .bind(text)
+                .bind(self.account.id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The Results of one of the session's Gets.
+    async fn on_results(&mut self, expect: Expect, item: &Item) -> Result<()> {
+        match expect {
+            Expect::FirmwareVersion => self.on_firmware_version(item).await,
+            Expect::CardInfo => match item_value(Node::CardInfo, item) {
+                Some(bytes) => self.on_card_info(&bytes).await,
+                None => Ok(()),
+            },
+            Expect::CardList(which) => self.on_card_list(which, item).await,
+            Expect::CardNonce(use_) => self.on_card_nonce(use_, item).await,
+            Expect::AdminResult { command } => match item_value(Node::CardAdminResult, item)
+                .and_then(|v| String::from_utf8(v).ok())
+            {
+                Some(answer) => crate::admin::record(self.tx, command, &answer).await,
+                None => Ok(()),
+            },
+            Expect::LogPage => self.on_log_page(item).await,
+            // Answered by a Status only (`Flow::take_results` never yields them).
+            Expect::LogAck { .. } | Expect::Delivery(_) => Ok(()),
+        }
+    }
+
+    /// The Status of a Replace or Exec, or the failure of a Get.
+    async fn on_status(&mut self, expect: Expect, code: DmStatus) -> Result<()> {
+        match expect {
+            Expect::LogAck { up_to } if code == DmStatus::OK => match self.account.iccid.clone() {
+                Some(iccid) => crate::cardlog::acked(self.tx, &iccid, up_to).await,
+                None => Ok(()),
+            },
+            Expect::LogAck { up_to } => {
+                tracing::warn!(imei = %self.account.imei, up_to, code = code.value(), "card refused the log acknowledgement");
+                Ok(())
+            }
+            Expect::Delivery(d) => self.on_exec_status(d, code).await,
+            get => {
+                tracing::debug!(imei = %self.account.imei, ?get, code = code.value(), "Get failed");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_firmware_version(&mut self, item: &Item) -> Result<()> {
+        let Some(fw) = item_value(Node::DevDetailFwV, item).and_then(|v| String::from_utf8(v).ok())
+        else {
+            return Ok(());
+        };
+        if self.account.fw_version.as_deref() == Some(fw.as_str()) {
+            return Ok(());
+        }
+        sqlx::query("UPDATE devices SET fw_version = $1 WHERE id = $2")
+            .bind(fw.clone())
+            .bind(self.account.id)
+            .execute(&mut *self.tx)
+            .await?;
+        self.account.fw_version = Some(fw);
+        Ok(())
+    }
+
+    async fn on_card_list(&mut self, which: CardList, item: &Item) -> Result<()> {
+        use crate::cardinfo::Relayed;
+        let (node, what) = match which {
+            CardList::Servers => (Node::CardServers, Relayed::Servers),
+            CardList::Policy => (Node::CardPolicy, Relayed::Policy),
+            CardList::Originators => (Node::CardOriginators, Relayed::Originators),
+        };
+        let (Some(bytes), Some(iccid)) = (item_value(node, item), self.account.iccid.clone())
+        else {
+            return Ok(());
+        };
+        crate::cardinfo::store_with(self.tx, &iccid, what, &bytes).await
+    }
+
+    /// Card Info (docs/dm-tree.md "Card answers"): the claimed ICCID and the certificate.
+    async fn on_card_info(&mut self, bytes: &[u8]) -> Result<()> {
+        let id = match CardIdentity::decode(bytes, &Limits::DEFAULT) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(imei = %self.account.imei, error = %e, "card info not decodable");
+                return Ok(());
+            }
+        };
+        match id.certificate {
+            Some(cert) => self.bind_card(cert, id.iccid).await,
+            None => self.on_claimed_iccid(id.iccid).await,
+        }
+    }
+
+    /// A bare ICCID is only the device's word: it binds nothing (else a device could take over
+    /// another device's verified card, and tokens for that card) and is recorded as an
+    /// unverified claim; the device keeps whatever binding it had.
+    async fn on_claimed_iccid(&mut self, claimed: Option<&str>) -> Result<()> {
+        let Some(claimed) = claimed else {
+            return Ok(());
+        };
+        // Device-chosen text: shown only once it parses as an ICCID.
+        let claimed = Iccid::parse(claimed).map_or_else(
+            |_| "(not a valid ICCID)".to_owned(),
+            |i| i.as_str().to_owned(),
+        );
+        tracing::warn!(imei = %self.account.imei, iccid = %claimed, "card info claims an ICCID without a certificate; not bound");
+        super::record_event(
+            &mut *self.tx,
+            "card_claim",
+            Some(self.account.id),
+            &format!("ICCID {claimed} claimed without a card certificate; not bound"),
+        )
+        .await
+    }
+
+    /// The ICCID the server binds tokens to is the one in a certificate that verified under
+    /// an issuer key in this session.
+    async fn bind_card(&mut self, cert: &[u8], claimed: Option<&str>) -> Result<()> {
+        let state = self.state;
+        let card =
+            match crate::registry::register_card(&mut *self.tx, &state.keys.issuers, cert).await {
+                Ok(card) => card,
+                Err(ServerError::Verification(m)) => {
+                    state
+                        .metrics
+                        .verification_failures
+                        .with_label_values(&["certificate"])
+                        .inc();
+                    return super::record_event(
+                        &mut *self.tx,
+                        "card_certificate",
+                        Some(self.account.id),
+                        &m,
+                    )
+                    .await;
+                }
+                Err(e) => return Err(e),
+            };
+        if claimed.is_some_and(|i| i != card.iccid) {
+            tracing::warn!(imei = %self.account.imei, "card info ICCID differs from its certificate; the certificate's is bound");
+        }
+        if self.account.iccid.as_deref() != Some(card.iccid.as_str()) {
+            sqlx::query("UPDATE devices SET iccid = $1 WHERE id = $2")
+                .bind(card.iccid.clone())
+                .bind(self.account.id)
+                .execute(&mut *self.tx)
+                .await?;
+            self.account.iccid = Some(card.iccid);
+        }
+        Ok(())
+    }
+
+    /// A card nonce arrived: it serves the use it was asked for.
+    async fn on_card_nonce(&mut self, use_: NonceUse, item: &Item) -> Result<()> {
+        let Some(n) =
+            item_value(Node::CardNonce, item).and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+        else {
+            tracing::warn!(imei = %self.account.imei, "card nonce missing or not 16 bytes");
+            return Ok(());
+        };
+        match use_ {
+            NonceUse::Deliver { job } => self.deliver(job, Nonce(n)).await,
+            NonceUse::RequestLogPage => self.request_log_page(Nonce(n)).await,
+            NonceUse::Acknowledge { up_to, more } => {
+                let ack = crate::cardlog::ack(self.state, Nonce(n), up_to)?;
+                let h = self.replace(Node::CardLogAck, &ack)?;
+                self.flow.expect(h, Expect::LogAck { up_to });
+                if more {
+                    // The next page needs its own nonce; Got after the acknowledgement in the
+                    // same package (the device runs commands in order, SyncML RepPro 1.2
+                    // §6.1.11), so the ack consumes the previous one first.
+                    self.get(Node::CardNonce, Expect::CardNonce(NonceUse::RequestLogPage))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Card subtree: Replace LogRequest (signed, answering `nonce`) then Get LogResponse in
+    /// one package (the device processes them in order, docs/dm-tree.md).
+    async fn request_log_page(&mut self, nonce: Nonce) -> Result<()> {
+        let Some(iccid) = self.account.iccid.clone() else {
+            return Ok(());
+        };
+        let Some(req) =
+            crate::cardlog::request(self.state, self.tx, &iccid, self.account.id, nonce).await?
+        else {
+            return Ok(());
+        };
+        self.replace(Node::CardLogRequest, &req)?;
+        self.get(Node::CardLogResponse, Expect::LogPage)
+    }
+
+    /// An export page: verified and stored; an accepted page is acknowledged with the next
+    /// card nonce, and the page after it is requested while the session's bound allows.
+    async fn on_log_page(&mut self, item: &Item) -> Result<()> {
+        let (Some(bytes), Some(iccid)) = (
+            item_value(Node::CardLogResponse, item),
+            self.account.iccid.clone(),
+        ) else {
+            return Ok(());
+        };
+        let outcome =
+            crate::cardlog::on_export(self.state, self.tx, &iccid, self.account.id, &bytes).await?;
+        let crate::cardlog::Outcome::Accepted {
+            up_to: Some(up_to),
+            more,
+            ..
+        } = outcome
+        else {
+            return Ok(());
+        };
+        let Some(open) = self.flow.as_open() else {
+            return Ok(());
+        };
+        open.log_pages += 1;
+        let pages = open.log_pages;
+        let next = more && pages < crate::cardlog::MAX_PAGES_PER_SESSION;
+        if more && !next {
+            tracing::info!(%iccid, pages, "card log: page bound of this session reached; the rest is read next session");
+        }
+        self.get(
+            Node::CardNonce,
+            Expect::CardNonce(NonceUse::Acknowledge { up_to, more: next }),
+        )
+    }
+
+    /// Issues the delivery token for `job_id` and queues the FUMO commands.
+    async fn deliver(&mut self, job_id: i64, nonce: Nonce) -> Result<()> {
+        let Some(iccid) = self.account.iccid.clone() else {
+            tracing::warn!(imei = %self.account.imei, job = job_id, "no verified card for this device: update not sent");
+            return Ok(());
+        };
+        let row = sqlx::query(
+            "SELECT j.correlator, c.package_id, p.manifest_digest FROM jobs j \
+             JOIN campaigns c ON c.id = j.campaign_id JOIN packages p ON p.id = c.package_id \
+             WHERE j.id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("job {job_id}")))?;
+        let md: [u8; 32] = row
+            .bytes("manifest_digest")?
+            .try_into()
+            .map_err(|d: Vec<u8>| {
+                ServerError::internal(
+                    "stored manifest digest",
+                    format!("{} bytes, not 32", d.len()),
+                )
+            })?;
+        let mut cti = [0u8; 16];
+        OsRng.fill_bytes(&mut cti);
+        let iat = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let bad = ServerError::signing("delivery token");
+        let state = self.state;
+        let token = DeliveryToken {
+            iss: ServerId::new(&state.config.server_id).map_err(bad)?,
+            iat,
+            exp: iat + TOKEN_LIFETIME_SECS,
+            cti: UpdateId::new(&cti).map_err(bad)?,
+            nonce,
+            iccid: Iccid::parse(&iccid).map_err(bad)?,
+            imei: Imei::parse(&self.account.imei).map_err(bad)?,
+            manifest_digest: Digest(md),
+            nbf: None,
+            charging_ref: None,
+        };
+        let bytes = token.to_vec(&state.keys.server).map_err(bad)?;
+        self.replace(Node::FumoDeliveryToken, &bytes)?;
+        let url = format!(
+            "{}/packages/{}/envelope",
+            state.base_url,
+            row.i64("package_id")?
+        );
+        self.replace(Node::FumoPkgUrl, url.as_bytes())?;
+        let correlator = row.text("correlator")?;
+        let h = self
+            .session
+            .exec(&uri(Node::FumoDownloadAndUpdate)?, Some(&correlator), None);
+        self.flow.expect(
+            h,
+            Expect::Delivery(Delivery {
+                job: job_id,
+                update_id: cti.to_vec(),
+                token: bytes,
+            }),
+        );
+        Ok(())
+    }
+
+    /// DM Protocol 1.2 §10: 202 accepted (the FUMO operation runs and reports later by Generic
+    /// Alert), or 200 when the device finished it synchronously: the job is delivered.
+    async fn on_exec_status(&mut self, d: Delivery, code: DmStatus) -> Result<()> {
+        if code != DmStatus::ACCEPTED_FOR_PROCESSING && code != DmStatus::OK {
+            tracing::warn!(
+                job = d.job,
+                code = code.value(),
+                "device refused the FUMO Exec"
+            );
+            return Ok(());
+        }
+        match campaign::mark_delivered(&mut *self.tx, d.job, &d.update_id, &d.token).await {
+            Ok(()) => {
+                tracing::info!(job = d.job, imei = %self.account.imei, "update delivered");
+                Ok(())
+            }
+            Err(ServerError::Conflict(m)) => {
+                tracing::warn!(job = d.job, %m, "delivery not recorded");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

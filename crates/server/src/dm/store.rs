@@ -1,0 +1,116 @@
+//! Where a DM session lives between messages: the protocol session and the [`Flow`], as one
+//! JSON row of `dm_sessions`, written with a compare-and-set on its version so that a message
+//! handled twice (a device's retry reaching another replica) is applied once.
+
+use serde::{Deserialize, Serialize};
+use simfota_syncml::session::ServerSession;
+use sqlx::AnyConnection;
+
+use super::flow::Flow;
+use crate::db::{Db, RowExt, now_ms};
+use crate::error::{Result, ServerError};
+
+/// A session abandoned by its device is dropped this long after its last message.
+pub const STALE_AFTER_MS: i64 = 24 * 3600 * 1000;
+
+/// One session's stored state.
+#[derive(Serialize, Deserialize)]
+pub struct Stored {
+    /// The protocol session.
+    pub session: ServerSession,
+    /// The server's flow in it.
+    pub flow: Flow,
+}
+
+/// The stored session `session_id` of device `device_id` and its version, if there is one.
+pub async fn load(db: &Db, device_id: i64, session_id: &str) -> Result<Option<(Stored, i64)>> {
+    let row = sqlx::query(
+        "SELECT state, version FROM dm_sessions WHERE device_id = $1 AND session_id = $2",
+    )
+    .bind(device_id)
+    .bind(session_id.to_owned())
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    // A row that no longer decodes (written by another version of the flow) is the server's
+    // problem: the message fails and the device starts a new session.
+    let stored: Stored = serde_json::from_slice(&r.bytes("state")?)
+        .map_err(|e| ServerError::internal("stored DM session", e))?;
+    Ok(Some((stored, r.i64("version")?)))
+}
+
+/// Writes the session as advanced by one message, in the transaction holding the message's
+/// other writes: `version` is what [`load`] returned (`None` for a session this message
+/// started). Another replica that advanced the session meanwhile makes this fail with
+/// `Contended`, and the caller's transaction rolls everything back.
+pub async fn save(
+    conn: &mut AnyConnection,
+    device_id: i64,
+    session_id: &str,
+    stored: &Stored,
+    version: Option<i64>,
+) -> Result<()> {
+    let now = now_ms();
+    let done = match (stored.session.is_over(), version) {
+        // Started and ended by one message: nothing was stored.
+        (true, None) => return Ok(()),
+        (true, Some(v)) => {
+            sqlx::query(
+                "DELETE FROM dm_sessions WHERE device_id = $1 AND session_id = $2 AND version = $3",
+            )
+            .bind(device_id)
+            .bind(session_id.to_owned())
+            .bind(v)
+            .execute(&mut *conn)
+            .await?
+        }
+        (false, Some(v)) => {
+            let bytes = encode(stored)?;
+            sqlx::query(
+                "UPDATE dm_sessions SET state = $1, version = $2, updated_ms = $3 \
+                 WHERE device_id = $4 AND session_id = $5 AND version = $6",
+            )
+            .bind(bytes)
+            .bind(v + 1)
+            .bind(now)
+            .bind(device_id)
+            .bind(session_id.to_owned())
+            .bind(v)
+            .execute(&mut *conn)
+            .await?
+        }
+        (false, None) => {
+            let bytes = encode(stored)?;
+            sqlx::query(
+                "INSERT INTO dm_sessions (device_id, session_id, next_msg_id, version, state, updated_ms) \
+                 VALUES ($1, $2, 0, 1, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(device_id)
+            .bind(session_id.to_owned())
+            .bind(bytes)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+        }
+    };
+    if done.rows_affected() != 1 {
+        return Err(ServerError::Contended {
+            what: format!("DM session {session_id}"),
+        });
+    }
+    Ok(())
+}
+
+fn encode(stored: &Stored) -> Result<Vec<u8>> {
+    serde_json::to_vec(stored).map_err(|e| ServerError::internal("DM session", e))
+}
+
+/// Drops the sessions whose device went silent more than [`STALE_AFTER_MS`] ago; answers how
+/// many. Run periodically by the server, not per message.
+pub async fn sweep_stale(db: &Db) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM dm_sessions WHERE updated_ms < $1")
+        .bind(now_ms() - STALE_AFTER_MS)
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected())
+}
