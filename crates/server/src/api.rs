@@ -51,6 +51,10 @@ fn api(upload_limit: usize) -> Api {
         .op(__path_openapi, openapi)
         .op(__path_list_devices, list_devices)
         .op(__path_create_device, create_device)
+        .op_with(__path_create_devices, create_devices, |m| {
+            // 10,000 entries of a few hundred bytes each.
+            m.layer(DefaultBodyLimit::max(BULK_BODY_MAX))
+        })
         .op(__path_get_device, get_device)
         .op(__path_notify_device, notify_device)
         .op(__path_list_groups, list_groups)
@@ -287,6 +291,41 @@ async fn create_device(
         StatusCode::CREATED,
         Json(registry::create_device(&mut *s.db.conn().await?, &d, "api").await?),
     ))
+}
+
+/// Largest body of a bulk registration.
+const BULK_BODY_MAX: usize = 16 * 1024 * 1024;
+
+/// `POST /api/v1/devices/bulk`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewDevices {
+    /// The devices, at most 10,000 (`registry::BULK_MAX`).
+    devices: Vec<registry::NewDevice>,
+}
+
+/// How many devices a bulk registration created.
+#[derive(Serialize, ToSchema)]
+struct Created {
+    /// Devices registered.
+    created: u64,
+}
+
+/// Register many devices at once, all or none (a fleet's provisioning).
+#[utoipa::path(
+    post,
+    path = "/devices/bulk",
+    request_body = NewDevices,
+    responses((status = 201, description = "Every device registered", body = Created))
+)]
+async fn create_devices(
+    _: Operator,
+    State(s): State<AppState>,
+    Json(batch): Json<NewDevices>,
+) -> Result<impl IntoResponse> {
+    let created =
+        registry::create_devices(&mut *s.db.conn().await?, &batch.devices, "api").await?;
+    Ok((StatusCode::CREATED, Json(Created { created })))
 }
 
 /// A device and its jobs.

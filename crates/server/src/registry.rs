@@ -97,23 +97,126 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+impl NewDevice {
+    /// Refuses a field the registry would not store.
+    fn check(&self) -> Result<()> {
+        Imei::parse(&self.imei).map_err(|e| ServerError::BadRequest(format!("imei: {e}")))?;
+        check_text("username", &self.username, 128)?;
+        check_text("password", &self.password, 256)?;
+        check_text("server_password", &self.server_password, 256)?;
+        if self.auth != "md5" && self.auth != "hmac" {
+            return Err(ServerError::BadRequest("auth must be md5 or hmac".into()));
+        }
+        if let Some(a) = &self.notify_addr {
+            a.parse::<std::net::SocketAddr>().map_err(|_| {
+                ServerError::BadRequest("notify_addr must be host:port (an IP)".into())
+            })?;
+        }
+        for g in &self.groups {
+            check_text("group", g, 100)?;
+        }
+        Ok(())
+    }
+}
+
+/// Most devices one bulk registration takes.
+pub const BULK_MAX: usize = 10_000;
+/// Rows per INSERT statement of a bulk registration (11 parameters each: well under both
+/// engines' limits on bound parameters).
+const BULK_ROWS_PER_STATEMENT: usize = 500;
+
+/// Registers many devices at once, all or none: every entry is checked first, then they are
+/// inserted in one transaction, [`BULK_ROWS_PER_STATEMENT`] rows per statement. An IMEI or
+/// user name that exists already (or repeats within the batch) refuses the whole batch.
+pub async fn create_devices(
+    conn: &mut AnyConnection,
+    devices: &[NewDevice],
+    enrolled_by: &str,
+) -> Result<u64> {
+    if devices.len() > BULK_MAX {
+        return Err(ServerError::BadRequest(format!(
+            "at most {BULK_MAX} devices per request ({} given)",
+            devices.len()
+        )));
+    }
+    for (i, d) in devices.iter().enumerate() {
+        d.check()
+            .map_err(|e| ServerError::BadRequest(format!("devices[{i}]: {e}")))?;
+    }
+    let now = now_ms();
+    let mut tx = conn.begin().await?;
+    let mut created = 0;
+    for chunk in devices.chunks(BULK_ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let p: Vec<String> = (1..=11).map(|c| format!("${}", r * 11 + c)).collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
+             manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms) VALUES {} \
+             ON CONFLICT DO NOTHING",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for d in chunk {
+            q = q
+                .bind(d.imei.clone())
+                .bind(d.username.clone())
+                .bind(d.password.clone())
+                .bind(d.server_password.clone())
+                .bind(d.auth.clone())
+                .bind(d.manufacturer.clone())
+                .bind(d.model.clone())
+                .bind(d.fw_version.clone())
+                .bind(d.notify_addr.clone())
+                .bind(enrolled_by.to_owned())
+                .bind(now);
+        }
+        let done = q.execute(&mut *tx).await?.rows_affected();
+        if done != chunk.len() as u64 {
+            // Nothing of the batch is kept (the transaction rolls back when dropped).
+            return Err(ServerError::Conflict(format!(
+                "{} of the devices exist already or repeat in the batch (IMEI or user name); none was registered",
+                chunk.len() as u64 - done
+            )));
+        }
+        created += done;
+        for d in chunk {
+            for g in &d.groups {
+                add_to_group(&mut tx, &d.imei, g).await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(created)
+}
+
+async fn add_to_group(conn: &mut AnyConnection, imei: &str, group: &str) -> Result<()> {
+    sqlx::query("INSERT INTO device_groups (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(group.to_owned())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO group_members (group_id, device_id) \
+         SELECT g.id, d.id FROM device_groups g, devices d WHERE g.name = $1 AND d.imei = $2 \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(group.to_owned())
+    .bind(imei.to_owned())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Registers a device.
 pub async fn create_device(
     conn: &mut AnyConnection,
     d: &NewDevice,
     enrolled_by: &str,
 ) -> Result<Device> {
-    Imei::parse(&d.imei).map_err(|e| ServerError::BadRequest(format!("imei: {e}")))?;
-    check_text("username", &d.username, 128)?;
-    check_text("password", &d.password, 256)?;
-    check_text("server_password", &d.server_password, 256)?;
-    if d.auth != "md5" && d.auth != "hmac" {
-        return Err(ServerError::BadRequest("auth must be md5 or hmac".into()));
-    }
-    if let Some(a) = &d.notify_addr {
-        a.parse::<std::net::SocketAddr>()
-            .map_err(|_| ServerError::BadRequest("notify_addr must be host:port (an IP)".into()))?;
-    }
+    d.check()?;
     let mut tx = conn.begin().await?;
     let row = sqlx::query(
         "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
@@ -134,27 +237,14 @@ pub async fn create_device(
     .bind(now_ms())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(row) = row else {
+    if row.is_none() {
         return Err(ServerError::Conflict(format!(
             "a device with IMEI {} or user name {} exists already",
             d.imei, d.username
         )));
     };
-    let id = row.i64("id")?;
     for g in &d.groups {
-        check_text("group", g, 100)?;
-        sqlx::query("INSERT INTO device_groups (name) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(g.clone())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO group_members (group_id, device_id) \
-             SELECT id, $1 FROM device_groups WHERE name = $2 ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(g.clone())
-        .execute(&mut *tx)
-        .await?;
+        add_to_group(&mut tx, &d.imei, g).await?;
     }
     tx.commit().await?;
     get_device(&mut *conn, &d.imei).await

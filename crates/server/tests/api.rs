@@ -879,3 +879,49 @@ both!(
     device_jobs_survive_a_busy_fleet,
     super::device_jobs_survive_a_busy_fleet
 );
+
+/// A fleet's provisioning: many devices in one request, all or none.
+async fn bulk_registration(env: Env) {
+    let s = env.start().await;
+    let device = |n: u32| {
+        json!({"imei": imei(n), "username": format!("bulk{n}"), "password": "p",
+               "server_password": "sp", "model": "EX-9", "groups": ["fleet"]})
+    };
+    let post = |devices: Vec<Value>| {
+        s.post("/api/v1/devices/bulk")
+            .json(&json!({ "devices": devices }))
+            .send()
+    };
+    let count = || async { s.json("/api/v1/devices").await.as_array().unwrap().len() };
+    // More rows than one INSERT statement carries.
+    let r = post((0..1200).map(device).collect()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"created": 1200}));
+    assert_eq!(count().await, 1200);
+    let d = s.json(&format!("/api/v1/devices/{}", imei(1199))).await;
+    assert_eq!(d["device"]["groups"], json!(["fleet"]));
+    assert_eq!(d["device"]["model"], "EX-9");
+
+    // One existing IMEI in the last statement's rows refuses the batch: the rows of the
+    // statements before it are not kept either.
+    let mut batch: Vec<Value> = (5000..5600).map(device).collect();
+    batch.push(device(3));
+    let r = post(batch).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(count().await, 1200, "nothing of a refused batch is kept");
+    // A repeat within the batch, the same.
+    let r = post(vec![device(7000), device(7000)]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // An invalid entry is named; nothing is registered.
+    let mut bad = device(7001);
+    bad["imei"] = json!("350000000000001");
+    let r = post(vec![device(7002), bad]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("devices[1]"));
+    // Over the bound.
+    let r = post((0..10_001).map(device).collect()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(count().await, 1200);
+    s.stop().await;
+}
+both!(bulk_registration_is_all_or_none, super::bulk_registration);
