@@ -107,6 +107,8 @@ pub struct FileConfig {
     pub max_package_bytes: Option<usize>,
     /// How long a request waits for a database connection before answering 503.
     pub db_acquire_timeout_ms: Option<u64>,
+    /// SQLite durability: `normal` (default) or `full` ([`crate::db::SqliteSync`]).
+    pub sqlite_synchronous: Option<crate::db::SqliteSync>,
     /// Log format.
     pub log_format: Option<LogFormat>,
 }
@@ -195,6 +197,8 @@ pub struct ServerConfig {
     pub max_package_bytes: usize,
     /// How long a request waits for a database connection before it answers 503.
     pub db_acquire_timeout: Duration,
+    /// SQLite durability ([`crate::db::SqliteSync`]).
+    pub sqlite_synchronous: crate::db::SqliteSync,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -220,6 +224,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_package_bytes", &self.max_package_bytes)
             .field("db_acquire_timeout", &self.db_acquire_timeout)
+            .field("sqlite_synchronous", &self.sqlite_synchronous)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -273,6 +278,7 @@ impl ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY,
             max_package_bytes: DEFAULT_MAX_PACKAGE,
             db_acquire_timeout: Duration::from_secs(3),
+            sqlite_synchronous: crate::db::SqliteSync::default(),
             log_format: LogFormat::default(),
         }
     }
@@ -354,6 +360,9 @@ impl ServerConfig {
         }
         if let Some(ms) = file.db_acquire_timeout_ms {
             cfg.db_acquire_timeout = Duration::from_millis(ms);
+        }
+        if let Some(s) = file.sqlite_synchronous {
+            cfg.sqlite_synchronous = s;
         }
         if let Some(f) = settings.log_format.or(file.log_format) {
             cfg.log_format = f;

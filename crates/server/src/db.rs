@@ -32,6 +32,35 @@ pub enum Backend {
     Postgres,
 }
 
+/// How SQLite makes a commit durable (`PRAGMA synchronous`, in WAL mode).
+///
+/// `Normal` (the default): a commit is written to the WAL without waiting for the disk; the
+/// WAL is synced when it is checkpointed into the database. The database stays consistent
+/// through a crash or power loss, but the last commits before a power loss may be lost (not
+/// before a process crash: they are in the operating system's cache). For this server that
+/// means a device repeats what it sent then: a result alert is repeated until it is answered,
+/// a delivery whose record was lost is offered again, card log entries are read again. `Full`
+/// syncs the WAL at every commit: nothing acknowledged is lost, at the cost of one fsync per
+/// commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    /// Sync at checkpoints.
+    #[default]
+    Normal,
+    /// Sync at every commit.
+    Full,
+}
+
+impl SqliteSync {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Normal => "PRAGMA synchronous = NORMAL",
+            Self::Full => "PRAGMA synchronous = FULL",
+        }
+    }
+}
+
 /// The connection pool and its engine.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -54,6 +83,7 @@ impl Db {
         url: Option<&str>,
         data_dir: &Path,
         acquire_timeout: Duration,
+        sync: SqliteSync,
     ) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let url = match url {
@@ -83,6 +113,15 @@ impl Db {
             // A connection that died while idle (database restarted) is noticed and replaced
             // before use, so the server recovers by itself when the database returns.
             .test_before_acquire(true)
+            // `synchronous` is a property of each connection, not of the file.
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if conn.backend_name() == "SQLite" {
+                        sqlx::query(sync.pragma()).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_lazy(&url)
             .map_err(ServerError::from)?;
         let db = Self { pool, backend };
@@ -238,6 +277,29 @@ mod tests {
                 .collect();
             let pg_lines: Vec<String> = pg.lines().skip(1).map(str::to_owned).collect();
             assert_eq!(mapped, pg_lines, "{name:?}: flavours differ");
+        }
+    }
+
+    /// The durability setting reaches every pooled connection (it is per connection).
+    #[tokio::test]
+    async fn sqlite_synchronous_is_set_on_every_connection() {
+        for (sync, expected) in [(super::SqliteSync::Normal, 1), (super::SqliteSync::Full, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = super::Db::open(None, dir.path(), std::time::Duration::from_secs(3), sync)
+                .await
+                .unwrap();
+            let mut conns = Vec::new();
+            for _ in 0..3 {
+                let mut c = db.conn().await.unwrap();
+                let v: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                    .fetch_one(&mut *c)
+                    .await
+                    .unwrap();
+                assert_eq!(v, expected, "{sync:?}");
+                conns.push(c);
+            }
+            drop(conns);
+            db.close().await;
         }
     }
 }

@@ -124,6 +124,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         config.database.as_deref(),
         &config.data_dir,
         config.db_acquire_timeout,
+        config.sqlite_synchronous,
     )
     .await?;
     auth::ensure_initial_token(&db, &config.data_dir).await?;
@@ -232,6 +233,7 @@ pub async fn new_api_token(config: &ServerConfig, name: &str) -> Result<String> 
         config.database.as_deref(),
         &config.data_dir,
         config.db_acquire_timeout,
+        config.sqlite_synchronous,
     )
     .await?;
     let token = auth::create_token(&db, name).await;
