@@ -318,7 +318,7 @@ fn pct(v: i64) -> u8 {
     u8::try_from(v.clamp(0, 100)).unwrap_or(100)
 }
 
-async fn campaign_from_row(conn: &mut AnyConnection, r: &AnyRow) -> Result<Campaign> {
+fn campaign_from_row(r: &AnyRow) -> Result<Campaign> {
     let id = r.i64("id")?;
     let waves: Vec<u8> = serde_json::from_str(&r.text("waves")?).map_err(|e| {
         ServerError::internal("stored campaign waves", format!("campaign {id}: {e}"))
@@ -337,14 +337,23 @@ async fn campaign_from_row(conn: &mut AnyConnection, r: &AnyRow) -> Result<Campa
         state: CampaignState::parse(&r.text("state")?)?,
         current_wave,
         halt_reason: r.opt_text("halt_reason")?,
-        progress: progress(conn, id, current_wave).await?,
+        progress: Progress {
+            total: r.i64("jobs_total")?,
+            released: r.i64("jobs_released")?,
+            succeeded: r.i64("jobs_succeeded")?,
+            failed: r.i64("jobs_failed")?,
+            cancelled: r.i64("jobs_cancelled")?,
+            delivered: r.i64("jobs_delivered")?,
+        },
         created_ms: r.i64("created_ms")?,
         updated_ms: r.i64("updated_ms")?,
     })
 }
 
-/// Counts the campaign's jobs.
-pub async fn progress(
+/// Counts the campaign's jobs from scratch. The server reads the counters kept with the
+/// campaign instead (changed with each job, [`Progress`]); this recount is what they must
+/// always equal, for tests and checks.
+pub async fn recount(
     conn: &mut AnyConnection,
     campaign_id: i64,
     current_wave: i64,
@@ -437,28 +446,66 @@ pub async fn create(db: &Db, spec: &CampaignSpec) -> Result<Campaign> {
     .fetch_all(&mut *tx)
     .await?;
     let waves = assign_waves(devices.len(), &spec.waves);
-    for (dev, wave) in devices.iter().zip(waves) {
+    let jobs: Vec<(i64, i64)> = devices
+        .iter()
+        .zip(waves)
+        .map(|(d, w)| Ok((d.i64("id")?, i64::try_from(w).unwrap_or(i64::MAX))))
+        .collect::<Result<_>>()?;
+    for chunk in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
+        insert_jobs(&mut tx, id, chunk, now).await?;
+    }
+    let first_wave = jobs.iter().filter(|(_, w)| *w == 0).count();
+    sqlx::query("UPDATE campaigns SET jobs_total = $1, jobs_released = $2 WHERE id = $3")
+        .bind(i64::try_from(jobs.len()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(first_wave).unwrap_or(i64::MAX))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    advance(&mut *db.conn().await?, id).await?;
+    get(&mut *db.conn().await?, id).await
+}
+
+/// Job rows per INSERT statement when a campaign is created (6 parameters each: well under
+/// both engines' limits on bound parameters).
+const JOB_ROWS_PER_STATEMENT: usize = 500;
+
+/// Inserts the jobs `(device, wave)` of campaign `id`: wave 0 pending, the others waiting.
+async fn insert_jobs(
+    conn: &mut AnyConnection,
+    id: i64,
+    jobs: &[(i64, i64)],
+    now: i64,
+) -> Result<()> {
+    let rows: Vec<String> = (0..jobs.len())
+        .map(|r| {
+            let p: Vec<String> = (1..=6).map(|c| format!("${}", r * 6 + c)).collect();
+            // created_ms and updated_ms are the same parameter.
+            format!("({}, ${})", p.join(", "), r * 6 + 6)
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO jobs (campaign_id, device_id, wave, state, correlator, created_ms, \
+         updated_ms) VALUES {}",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for &(device, wave) in jobs {
         let state = if wave == 0 {
             JobState::Pending
         } else {
             JobState::Waiting
         };
-        sqlx::query(
-            "INSERT INTO jobs (campaign_id, device_id, wave, state, correlator, created_ms, \
-             updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(id)
-        .bind(dev.i64("id")?)
-        .bind(i64::try_from(wave).unwrap_or(i64::MAX))
-        .bind(state.as_str())
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        q = q
+            .bind(id)
+            .bind(device)
+            .bind(wave)
+            .bind(state.as_str())
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(now);
     }
-    tx.commit().await?;
-    advance(&mut *db.conn().await?, id).await?;
-    get(&mut *db.conn().await?, id).await
+    q.execute(conn).await?;
+    Ok(())
 }
 
 /// Reads a campaign.
@@ -468,7 +515,7 @@ pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<Campaign> {
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| ServerError::NotFound(format!("campaign {id}")))?;
-    campaign_from_row(&mut *conn, &row).await
+    campaign_from_row(&row)
 }
 
 /// Lists campaigns, newest first.
@@ -479,7 +526,7 @@ pub async fn list(db: &Db) -> Result<Vec<Campaign>> {
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
-        out.push(campaign_from_row(&mut conn, r).await?);
+        out.push(campaign_from_row(r)?);
     }
     Ok(out)
 }
@@ -541,14 +588,20 @@ pub async fn act(db: &Db, id: i64, action: Action) -> Result<Campaign> {
         )));
     }
     if action == Action::Cancel {
-        sqlx::query(
+        let cancelled = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', updated_ms = $1 WHERE campaign_id = $2 \
              AND state IN ('waiting', 'pending')",
         )
         .bind(now_ms())
         .bind(id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE campaigns SET jobs_cancelled = jobs_cancelled + $1 WHERE id = $2")
+            .bind(i64::try_from(cancelled).unwrap_or(i64::MAX))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     if action == Action::Resume {
@@ -613,6 +666,16 @@ pub async fn advance(conn: &mut AnyConnection, id: i64) -> Result<()> {
                          WHERE campaign_id = $2 AND wave = $3 AND state = 'waiting'",
                     )
                     .bind(now)
+                    .bind(id)
+                    .bind(next)
+                    .execute(&mut *tx)
+                    .await?;
+                    // Released: every job of the wave, whatever its state.
+                    sqlx::query(
+                        "UPDATE campaigns SET jobs_released = jobs_released + \
+                         (SELECT COUNT(*) FROM jobs WHERE campaign_id = $1 AND wave = $2) \
+                         WHERE id = $1",
+                    )
                     .bind(id)
                     .bind(next)
                     .execute(&mut *tx)
@@ -767,6 +830,13 @@ pub async fn mark_delivered(
             "job {job_id} is no longer pending"
         )));
     }
+    sqlx::query(
+        "UPDATE campaigns SET jobs_delivered = jobs_delivered + 1 \
+         WHERE id = (SELECT campaign_id FROM jobs WHERE id = $1)",
+    )
+    .bind(job_id)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -856,6 +926,14 @@ pub(crate) async fn record(
             "job {job_id} has no delivery awaiting a result"
         )));
     }
+    let counter = if succeeded {
+        "UPDATE campaigns SET jobs_delivered = jobs_delivered - 1, \
+         jobs_succeeded = jobs_succeeded + 1 WHERE id = (SELECT campaign_id FROM jobs WHERE id = $1)"
+    } else {
+        "UPDATE campaigns SET jobs_delivered = jobs_delivered - 1, \
+         jobs_failed = jobs_failed + 1 WHERE id = (SELECT campaign_id FROM jobs WHERE id = $1)"
+    };
+    sqlx::query(counter).bind(job_id).execute(&mut *conn).await?;
     let j = job(&mut *conn, job_id).await?;
     advance(&mut *conn, j.campaign_id).await?;
     Ok(j)

@@ -59,6 +59,26 @@ async fn package(s: &Server, env: &Env) -> i64 {
     p["id"].as_i64().unwrap()
 }
 
+/// The campaign's progress as served (counters kept with each job change) equals a recount
+/// of its jobs.
+async fn assert_counted(s: &Server, campaign_id: i64) {
+    let served = s.json(&format!("/api/v1/campaigns/{campaign_id}")).await;
+    let c = &served["progress"];
+    let mut conn = s.running.state().db.conn().await.unwrap();
+    let wave = served["current_wave"].as_i64().unwrap();
+    let r = campaign::recount(&mut conn, campaign_id, wave).await.unwrap();
+    assert_eq!(
+        (c["total"].as_i64(), c["released"].as_i64(), c["delivered"].as_i64()),
+        (Some(r.total), Some(r.released), Some(r.delivered)),
+        "{served}"
+    );
+    assert_eq!(
+        (c["succeeded"].as_i64(), c["failed"].as_i64(), c["cancelled"].as_i64()),
+        (Some(r.succeeded), Some(r.failed), Some(r.cancelled)),
+        "{served}"
+    );
+}
+
 /// Plays the device side of a job: delivered, then the given FUMO result.
 async fn finish(s: &Server, job: &Value, code: u16) {
     let db = &s.running.state().db;
@@ -70,6 +90,7 @@ async fn finish(s: &Server, job: &Value, code: u16) {
     campaign::record_result(&mut conn, id, code, None, "absent", None)
         .await
         .unwrap();
+    assert_counted(s, job["campaign_id"].as_i64().unwrap()).await;
 }
 
 async fn jobs(s: &Server, c: i64) -> Vec<Value> {
@@ -346,6 +367,7 @@ async fn waves_and_thresholds(env: Env) {
     let js = jobs(&s, id).await;
     assert_eq!(js.iter().filter(|j| j["state"] == "cancelled").count(), 3);
     assert!(js.iter().all(|j| j["state"] != "pending"));
+    assert_counted(&s, id).await;
 
     let m = http::get(format!("{}/metrics", s.url))
         .await

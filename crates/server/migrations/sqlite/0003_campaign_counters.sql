@@ -1,0 +1,21 @@
+-- simfota server schema, SQLite flavour. Keep in step with ../postgres/0003_campaign_counters.sql.
+-- Campaign progress kept with the campaign and changed in the transaction that changes a job
+-- (campaign::Progress), instead of counted from its jobs at every read and every result.
+ALTER TABLE campaigns ADD COLUMN jobs_total INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN jobs_released INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN jobs_delivered INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN jobs_succeeded INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN jobs_failed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN jobs_cancelled INTEGER NOT NULL DEFAULT 0;
+UPDATE campaigns SET
+    jobs_total = (SELECT COUNT(*) FROM jobs j WHERE j.campaign_id = campaigns.id),
+    jobs_released = (SELECT COUNT(*) FROM jobs j WHERE j.campaign_id = campaigns.id
+                     AND j.wave <= campaigns.current_wave),
+    jobs_delivered = (SELECT COUNT(*) FROM jobs j WHERE j.campaign_id = campaigns.id
+                      AND j.state = 'delivered'),
+    jobs_succeeded = (SELECT COUNT(*) FROM jobs j WHERE j.campaign_id = campaigns.id
+                      AND j.state = 'succeeded'),
+    jobs_failed = (SELECT COUNT(*) FROM jobs j WHERE j.campaign_id = campaigns.id
+                   AND j.state = 'failed'),
+    jobs_cancelled = (SELECT COUNT(*) FROM jobs j WHERE j.campaign_id = campaigns.id
+                      AND j.state = 'cancelled');
