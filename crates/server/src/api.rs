@@ -323,8 +323,7 @@ async fn create_devices(
     State(s): State<AppState>,
     Json(batch): Json<NewDevices>,
 ) -> Result<impl IntoResponse> {
-    let created =
-        registry::create_devices(&mut *s.db.conn().await?, &batch.devices, "api").await?;
+    let created = registry::create_devices(&mut *s.db.conn().await?, &batch.devices, "api").await?;
     Ok((StatusCode::CREATED, Json(Created { created })))
 }
 

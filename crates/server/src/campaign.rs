@@ -714,8 +714,10 @@ pub struct Job {
     pub update_id: Option<String>,
     /// Whether the card receipt verified (`verified`, `invalid: ...`, `absent`).
     pub receipt_status: Option<String>,
-    /// A note (why it failed, ...).
+    /// A note (why it failed, why it was offered again, ...).
     pub detail: Option<String>,
+    /// How many times it was delivered (more than once when its device lost it).
+    pub deliveries: i64,
     /// Updated (Unix ms).
     pub updated_ms: i64,
 }
@@ -734,6 +736,7 @@ fn job_from_row(r: &AnyRow) -> Result<Job> {
         update_id: r.opt_bytes("update_id")?.map(hex::encode),
         receipt_status: r.opt_text("receipt_status")?,
         detail: r.opt_text("detail")?,
+        deliveries: r.i64("deliveries")?,
         updated_ms: r.i64("updated_ms")?,
     })
 }
@@ -806,6 +809,93 @@ pub async fn next_job_for_device(conn: &mut AnyConnection, device_id: i64) -> Re
     row.as_ref().map(job_from_row).transpose()
 }
 
+/// The job a device's session deals with: a delivered one awaiting its result comes first (it
+/// may have to be offered again), else its oldest pending job of a running campaign.
+pub async fn job_for_device(
+    conn: &mut AnyConnection,
+    device_id: i64,
+) -> Result<Option<(i64, JobState)>> {
+    let row = sqlx::query(
+        "SELECT j.id, j.state FROM jobs j JOIN campaigns c ON c.id = j.campaign_id \
+         WHERE j.device_id = $1 AND (j.state = 'delivered' OR (j.state = 'pending' AND c.state = 'running')) \
+         ORDER BY CASE WHEN j.state = 'delivered' THEN 0 ELSE 1 END, j.id LIMIT 1",
+    )
+    .bind(device_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| Ok((r.i64("id")?, JobState::parse(&r.text("state")?)?)))
+        .transpose()
+}
+
+/// Most deliveries of one job: a device that keeps losing its update (it reports FUMO state
+/// idle with no result, session after session) fails the job rather than take it forever.
+pub const MAX_DELIVERIES: i64 = 3;
+
+/// What became of a delivered job its device no longer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reoffer {
+    /// Pending again: the device's session delivers it anew.
+    Pending,
+    /// Failed: it was delivered [`MAX_DELIVERIES`] times.
+    Failed,
+    /// Nothing changed: the job is no longer delivered (its result arrived meanwhile).
+    Unchanged,
+}
+
+/// A delivered job whose device holds no update (FUMO state idle, no result reported): offered
+/// again, or failed once it was delivered [`MAX_DELIVERIES`] times; `why` is recorded as the
+/// job's detail. The campaign's counters move in the same transaction.
+pub async fn reoffer(conn: &mut AnyConnection, job_id: i64, why: &str) -> Result<Reoffer> {
+    let Some(row) = sqlx::query(
+        "SELECT campaign_id, deliveries FROM jobs WHERE id = $1 AND state = 'delivered'",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(Reoffer::Unchanged);
+    };
+    let campaign_id = row.i64("campaign_id")?;
+    let deliveries = row.i64("deliveries")?;
+    let (state, outcome, detail, counter) = if deliveries >= MAX_DELIVERIES {
+        (
+            JobState::Failed,
+            Reoffer::Failed,
+            format!("{why}; failed after {deliveries} deliveries"),
+            ", jobs_failed = jobs_failed + 1",
+        )
+    } else {
+        (
+            JobState::Pending,
+            Reoffer::Pending,
+            format!("{why}; offered again"),
+            "",
+        )
+    };
+    let done = sqlx::query(
+        "UPDATE jobs SET state = $1, detail = $2, updated_ms = $3 WHERE id = $4 AND state = 'delivered'",
+    )
+    .bind(state.as_str())
+    .bind(detail)
+    .bind(now_ms())
+    .bind(job_id)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(Reoffer::Unchanged);
+    }
+    sqlx::query(&format!(
+        "UPDATE campaigns SET jobs_delivered = jobs_delivered - 1{counter} WHERE id = $1"
+    ))
+    .bind(campaign_id)
+    .execute(&mut *conn)
+    .await?;
+    if outcome == Reoffer::Failed {
+        advance(&mut *conn, campaign_id).await?;
+    }
+    Ok(outcome)
+}
+
 /// Marks a pending job delivered (token issued, Exec accepted), recording the update id and
 /// token. Fails with `Conflict` if the job is no longer pending (another replica took it, or it
 /// was cancelled).
@@ -817,6 +907,7 @@ pub async fn mark_delivered(
 ) -> Result<()> {
     let done = sqlx::query(
         "UPDATE jobs SET state = 'delivered', update_id = $1, token = $2, fumo_state = 30, \
+         deliveries = deliveries + 1, \
          updated_ms = $3 WHERE id = $4 AND state = 'pending'",
     )
     .bind(update_id.to_vec())
@@ -933,7 +1024,10 @@ pub(crate) async fn record(
         "UPDATE campaigns SET jobs_delivered = jobs_delivered - 1, \
          jobs_failed = jobs_failed + 1 WHERE id = (SELECT campaign_id FROM jobs WHERE id = $1)"
     };
-    sqlx::query(counter).bind(job_id).execute(&mut *conn).await?;
+    sqlx::query(counter)
+        .bind(job_id)
+        .execute(&mut *conn)
+        .await?;
     let j = job(&mut *conn, job_id).await?;
     advance(&mut *conn, j.campaign_id).await?;
     Ok(j)

@@ -66,14 +66,24 @@ async fn assert_counted(s: &Server, campaign_id: i64) {
     let c = &served["progress"];
     let mut conn = s.running.state().db.conn().await.unwrap();
     let wave = served["current_wave"].as_i64().unwrap();
-    let r = campaign::recount(&mut conn, campaign_id, wave).await.unwrap();
+    let r = campaign::recount(&mut conn, campaign_id, wave)
+        .await
+        .unwrap();
     assert_eq!(
-        (c["total"].as_i64(), c["released"].as_i64(), c["delivered"].as_i64()),
+        (
+            c["total"].as_i64(),
+            c["released"].as_i64(),
+            c["delivered"].as_i64()
+        ),
         (Some(r.total), Some(r.released), Some(r.delivered)),
         "{served}"
     );
     assert_eq!(
-        (c["succeeded"].as_i64(), c["failed"].as_i64(), c["cancelled"].as_i64()),
+        (
+            c["succeeded"].as_i64(),
+            c["failed"].as_i64(),
+            c["cancelled"].as_i64()
+        ),
         (Some(r.succeeded), Some(r.failed), Some(r.cancelled)),
         "{served}"
     );

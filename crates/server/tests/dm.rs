@@ -10,7 +10,7 @@ use base64::Engine as _;
 use common::http::{self, StatusCode};
 use common::{Env, Server, imei};
 use simfota_syncml::auth::{AuthScheme, Credentials, Nonce as DmNonce};
-use simfota_syncml::codes::FumoResult as DmFumoResult;
+use simfota_syncml::codes::{FumoResult as DmFumoResult, FumoState as DmFumoState};
 use simfota_syncml::fumo::Fumo;
 use simfota_syncml::model::{Data, Item, Location, Meta};
 use simfota_syncml::session::{ClientConfig, ClientEvent, ClientSession};
@@ -221,27 +221,8 @@ impl Device {
     }
 }
 
-async fn replicas_share_sessions_and_deliver(env: Env) {
-    // Two server processes on one database (SQLite: one file in WAL mode; PostgreSQL: one DB).
-    let a = env.start().await;
-    let mut cfg_b = env.config("data");
-    cfg_b.server_key = Some(env.path("data").join("server-key.pem"));
-    let b = Server::start(cfg_b).await;
-    let mut dev = Device::new(&env, 1, Encoding::Wbxml);
-    dev.register(&a).await;
-
-    // First session: the stored nonce is unknown to the device, so it is challenged (401 +
-    // NextNonce) and authenticates on the retry; FwV and the card get registered.
-    let ev = dev.session(&[&a.url, &b.url], 1).await;
-    assert!(ev.contains(&ClientEvent::Authenticated), "{ev:?}");
-    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
-    let d = a.json(&format!("/api/v1/devices/{}", dev.imei)).await;
-    assert_eq!(d["device"]["fw_version"], "1.0");
-    assert_eq!(d["device"]["iccid"], ICCID);
-    let card = a.json(&format!("/api/v1/cards/{ICCID}")).await;
-    assert_eq!(card["cert_status"], "verified");
-
-    // A package and a campaign for this model.
+/// Uploads a package and starts a campaign for model EX-1; answers both as the API shows them.
+async fn package_and_campaign(env: &Env, a: &Server) -> (serde_json::Value, serde_json::Value) {
     let img: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
     let envelope = simfota_wire::suit::build(
         &simfota_wire::suit::BuildParams {
@@ -279,6 +260,31 @@ async fn replicas_share_sessions_and_deliver(env: Env) {
         .json()
         .await
         .unwrap();
+    (p, c)
+}
+
+async fn replicas_share_sessions_and_deliver(env: Env) {
+    // Two server processes on one database (SQLite: one file in WAL mode; PostgreSQL: one DB).
+    let a = env.start().await;
+    let mut cfg_b = env.config("data");
+    cfg_b.server_key = Some(env.path("data").join("server-key.pem"));
+    let b = Server::start(cfg_b).await;
+    let mut dev = Device::new(&env, 1, Encoding::Wbxml);
+    dev.register(&a).await;
+
+    // First session: the stored nonce is unknown to the device, so it is challenged (401 +
+    // NextNonce) and authenticates on the retry; FwV and the card get registered.
+    let ev = dev.session(&[&a.url, &b.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Authenticated), "{ev:?}");
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    let d = a.json(&format!("/api/v1/devices/{}", dev.imei)).await;
+    assert_eq!(d["device"]["fw_version"], "1.0");
+    assert_eq!(d["device"]["iccid"], ICCID);
+    let card = a.json(&format!("/api/v1/cards/{ICCID}")).await;
+    assert_eq!(card["cert_status"], "verified");
+
+    // A package and a campaign for this model.
+    let (p, c) = package_and_campaign(&env, &a).await;
     assert_eq!(c["progress"]["total"], 1);
 
     // Second session, again alternating replicas: nonce Get, token + PkgURL Replace, Exec 202.
@@ -371,6 +377,89 @@ async fn replicas_share_sessions_and_deliver(env: Env) {
 both!(
     replicas_share_sessions_and_deliver_an_update,
     super::replicas_share_sessions_and_deliver
+);
+
+/// The correlator of the Exec the device accepted in a session, if any.
+fn exec_accepted(ev: &[ClientEvent]) -> Option<String> {
+    ev.iter().find_map(|e| match e {
+        ClientEvent::ExecAccepted { correlator, .. } => correlator.clone(),
+        _ => None,
+    })
+}
+
+/// A device that accepted the Exec and then lost the update (it reports FUMO state idle and no
+/// result) has the job offered again in that same session; while it works on it (any other
+/// state) nothing is sent; after `MAX_DELIVERIES` deliveries the job fails, with the reason.
+async fn lost_delivery(env: Env) {
+    let a = env.start().await;
+    let mut dev = Device::new(&env, 5, Encoding::Xml);
+    dev.register(&a).await;
+    let ev = dev.session(&[&a.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    let (_, c) = package_and_campaign(&env, &a).await;
+    let fumo = NodeUri::parse("./FUMO/fw").unwrap();
+    let job = || async { a.json(&format!("/api/v1/jobs?campaign={}", c["id"])).await[0].clone() };
+
+    let ev = dev.session(&[&a.url], 2).await;
+    let first = exec_accepted(&ev).unwrap_or_else(|| panic!("no Exec: {ev:?}"));
+    let j = job().await;
+    assert_eq!(
+        (j["state"].as_str(), j["deliveries"].as_i64()),
+        (Some("delivered"), Some(1))
+    );
+    let first_update = j["update_id"].clone();
+
+    // Still at work (the Exec left FUMO state at download progressing): nothing new is sent.
+    let ev = dev.session(&[&a.url], 3).await;
+    assert_eq!(exec_accepted(&ev), None, "{ev:?}");
+    assert_eq!(job().await["deliveries"], 1);
+
+    // The device loses the update (reset, storage wiped): no job, FUMO state idle.
+    let forget = |dev: &mut Device| {
+        let f = dev.tree.fumo_mut(&fumo).unwrap();
+        let _unsent = f.finish(DmFumoResult(500));
+        f.set_state(DmFumoState::IDLE);
+    };
+    for (session, deliveries) in [(4u16, 2i64), (5, 3)] {
+        forget(&mut dev);
+        let ev = dev.session(&[&a.url], session).await;
+        assert_eq!(
+            exec_accepted(&ev).as_deref(),
+            Some(first.as_str()),
+            "{ev:?}"
+        );
+        let j = job().await;
+        assert_eq!(j["state"], "delivered");
+        assert_eq!(j["deliveries"], deliveries);
+        assert_ne!(
+            j["update_id"], first_update,
+            "each delivery has its own token"
+        );
+        assert!(
+            j["detail"].as_str().unwrap().contains("offered again"),
+            "{j}"
+        );
+    }
+    forget(&mut dev);
+    let ev = dev.session(&[&a.url], 6).await;
+    assert_eq!(exec_accepted(&ev), None, "{ev:?}");
+    let j = job().await;
+    assert_eq!(j["state"], "failed");
+    assert!(
+        j["detail"]
+            .as_str()
+            .unwrap()
+            .contains("failed after 3 deliveries"),
+        "{j}"
+    );
+    let c = a.json(&format!("/api/v1/campaigns/{}", c["id"])).await;
+    assert_eq!(c["progress"]["failed"], 1, "{c}");
+    assert_eq!(c["progress"]["delivered"], 0, "{c}");
+    a.stop().await;
+}
+both!(
+    a_lost_delivery_is_offered_again_then_failed,
+    super::lost_delivery
 );
 
 /// Sends one client message to `url`; answers the status and the body.

@@ -1,6 +1,10 @@
 -- simfota server schema, SQLite flavour. Keep in step with ../postgres/0003_campaign_counters.sql.
 -- Campaign progress kept with the campaign and changed in the transaction that changes a job
--- (campaign::Progress), instead of counted from its jobs at every read and every result.
+-- (campaign::Progress), instead of counted from its jobs at every read and every result; and
+-- how many times each job was delivered (a job its device lost is offered again, a bounded
+-- number of times: campaign::reoffer).
+ALTER TABLE jobs ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET deliveries = 1 WHERE update_id IS NOT NULL;
 ALTER TABLE campaigns ADD COLUMN jobs_total INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE campaigns ADD COLUMN jobs_released INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE campaigns ADD COLUMN jobs_delivered INTEGER NOT NULL DEFAULT 0;

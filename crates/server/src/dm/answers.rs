@@ -4,14 +4,14 @@ use rand_core::{OsRng, RngCore};
 use simfota_syncml::model::Item;
 use simfota_syncml::session::{CommandHandle, ServerEvent};
 use simfota_syncml::tree::NodeValue;
-use simfota_syncml::{AlertCode, NodeUri, StatusCode as DmStatus};
+use simfota_syncml::{AlertCode, FumoState as DmFumoState, NodeUri, StatusCode as DmStatus};
 use simfota_wire::contract::{CardIdentity, Node};
 use simfota_wire::{DeliveryToken, Digest, Iccid, Imei, Limits, Nonce, ServerId, UpdateId};
 
 use super::Step;
 use super::account::ENROLMENT_NONCE_MS;
 use super::flow::{CardList, Delivery, Expect, NonceUse};
-use crate::campaign;
+use crate::campaign::{self, JobState};
 use crate::db::{RowExt, now_ms};
 use crate::error::{Result, ServerError};
 
@@ -128,9 +128,15 @@ impl Step<'_> {
             Expect::CardList(CardList::Originators),
         )?;
         // One card nonce per session: it serves the delivery token when a job is pending, else
-        // the log-read request (the card keeps one nonce at a time).
-        let use_ = match campaign::next_job_for_device(&mut *self.tx, self.account.id).await? {
-            Some(job) => NonceUse::Deliver { job: job.id },
+        // the log-read request (the card keeps one nonce at a time). A delivered job awaiting
+        // its result is asked after first: the State answer comes before the nonce's, and an
+        // idle device has it offered again (`on_fumo_state`), delivered with this nonce.
+        let use_ = match campaign::job_for_device(self.tx, self.account.id).await? {
+            Some((job, JobState::Delivered)) => {
+                self.get(Node::FumoState, Expect::FumoState { job })?;
+                NonceUse::Deliver { job }
+            }
+            Some((job, _)) => NonceUse::Deliver { job },
             None => NonceUse::RequestLogPage,
         };
         self.get(Node::CardNonce, Expect::CardNonce(use_))?;
@@ -266,6 +272,7 @@ impl Step<'_> {
             },
             Expect::CardList(which) => self.on_card_list(which, item).await,
             Expect::CardNonce(use_) => self.on_card_nonce(use_, item).await,
+            Expect::FumoState { job } => self.on_fumo_state(job, item).await,
             Expect::AdminResult { command } => match item_value(Node::CardAdminResult, item)
                 .and_then(|v| String::from_utf8(v).ok())
             {
@@ -402,6 +409,27 @@ impl Step<'_> {
         Ok(())
     }
 
+    /// The device's FUMO state while `job` awaits its result (FUMO 1.0 §6.1). Idle (10) with no
+    /// result reported in this session (a Generic Alert comes in package 1, before this
+    /// answer) means the device no longer holds the update: it is offered again, up to
+    /// [`campaign::MAX_DELIVERIES`] deliveries. Any other state is the device working on it or
+    /// about to report.
+    async fn on_fumo_state(&mut self, job: i64, item: &Item) -> Result<()> {
+        let Some(state) = item_value(Node::FumoState, item)
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|t| t.trim().parse::<u8>().ok())
+        else {
+            return Ok(());
+        };
+        if state != DmFumoState::IDLE.value() {
+            return Ok(());
+        }
+        let why = format!("the device reported FUMO state {state} (idle) without a result");
+        let outcome = campaign::reoffer(self.tx, job, &why).await?;
+        tracing::warn!(job, imei = %self.account.imei, ?outcome, "delivered update lost by the device");
+        Ok(())
+    }
+
     /// A card nonce arrived: it serves the use it was asked for.
     async fn on_card_nonce(&mut self, use_: NonceUse, item: &Item) -> Result<()> {
         let Some(n) =
@@ -486,12 +514,16 @@ impl Step<'_> {
         let row = sqlx::query(
             "SELECT j.correlator, c.package_id, p.manifest_digest FROM jobs j \
              JOIN campaigns c ON c.id = j.campaign_id JOIN packages p ON p.id = c.package_id \
-             WHERE j.id = $1",
+             WHERE j.id = $1 AND j.state = 'pending'",
         )
         .bind(job_id)
         .fetch_optional(&mut *self.tx)
-        .await?
-        .ok_or_else(|| ServerError::NotFound(format!("job {job_id}")))?;
+        .await?;
+        let Some(row) = row else {
+            // Still delivered (the device works on it), or ended meanwhile: the nonce serves
+            // the card log instead.
+            return self.request_log_page(nonce).await;
+        };
         let md: [u8; 32] = row
             .bytes("manifest_digest")?
             .try_into()

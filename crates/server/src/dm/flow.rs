@@ -36,6 +36,12 @@ pub enum Expect {
     CardInfo,
     /// Get of one of the card's lists, shown to the operator as last read.
     CardList(CardList),
+    /// Get of `./FUMO/fw/State` while `job` is delivered and awaits its result: idle means the
+    /// device no longer holds it.
+    FumoState {
+        /// The delivered job.
+        job: i64,
+    },
     /// Get of a fresh card nonce, for the purpose given.
     CardNonce(NonceUse),
     /// Get of the card's answer to a relayed issuer command (`admin_queue` row id).
