@@ -62,6 +62,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Server key, trusted originator and issuer keys.
     pub keys: Arc<keys::Keys>,
+    /// Card certificates verified by this process.
+    pub verified_cards: Arc<registry::VerifiedCards>,
 }
 
 /// A server started with [`start`]: its address, and a handle to stop it.
@@ -146,6 +148,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         metrics: Arc::new(metrics::Metrics::new()?),
         keys: Arc::new(keys),
         config: Arc::new(config),
+        verified_cards: Arc::default(),
     };
     let app = http::router(state.clone());
     let (stop, mut stopped) = watch::channel(false);

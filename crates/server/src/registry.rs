@@ -436,6 +436,54 @@ pub async fn list_cards(db: &Db) -> Result<Vec<Card>> {
     rows.iter().map(card_from_row).collect()
 }
 
+/// Card certificates this process verified and registered, by SHA-256 of their bytes, with the
+/// ICCID each names. A device relays its card's certificate in every session; verifying it (a
+/// P-256 signature) and writing the card row once per process is enough: a certificate's bytes
+/// never change meaning, and issuer keys change only with a restart. Bounded: when full it is
+/// emptied, and the next sessions verify again.
+#[derive(Debug, Default)]
+pub struct VerifiedCards {
+    by_digest: std::sync::Mutex<std::collections::HashMap<[u8; 32], String>>,
+}
+
+/// Most certificates [`VerifiedCards`] remembers (about 100 bytes each).
+pub const VERIFIED_CARDS_MAX: usize = 100_000;
+
+impl VerifiedCards {
+    fn digest(certificate: &[u8]) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(certificate).into()
+    }
+
+    /// The ICCID of `certificate` if this process verified it before.
+    pub fn get(&self, certificate: &[u8]) -> Option<String> {
+        let map = self.by_digest.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&Self::digest(certificate)).cloned()
+    }
+
+    /// Remembers that `certificate` verified and names `iccid`.
+    pub fn insert(&self, certificate: &[u8], iccid: &str) {
+        let mut map = self.by_digest.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= VERIFIED_CARDS_MAX {
+            map.clear();
+        }
+        map.insert(Self::digest(certificate), iccid.to_owned());
+    }
+
+    /// How many certificates are remembered.
+    pub fn len(&self) -> usize {
+        self.by_digest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Verifies a card certificate under the configured issuer keys and registers (or updates)
 /// the card. A certificate that verifies under no issuer key is refused: the server then has
 /// no card key to check exports and receipts with.

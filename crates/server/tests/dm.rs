@@ -462,6 +462,36 @@ both!(
     super::lost_delivery
 );
 
+/// A card's certificate is verified and its card row written in the first session only: the
+/// server remembers the certificate once the session's transaction committed.
+async fn certificate_once(env: Env) {
+    let a = env.start().await;
+    let mut dev = Device::new(&env, 6, Encoding::Xml);
+    dev.register(&a).await;
+    let state = a.running.state();
+    assert!(state.verified_cards.is_empty());
+    let ev = dev.session(&[&a.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    assert_eq!(state.verified_cards.len(), 1);
+    let pool = state.db.pool().clone();
+    let written = || async {
+        sqlx::query_scalar::<_, i64>("SELECT updated_ms FROM cards WHERE iccid = $1")
+            .bind(ICCID)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let first = written().await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let ev = dev.session(&[&a.url], 2).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    assert_eq!(written().await, first, "the card row is not rewritten");
+    let d = a.json(&format!("/api/v1/devices/{}", dev.imei)).await;
+    assert_eq!(d["device"]["iccid"], ICCID);
+    a.stop().await;
+}
+both!(a_card_certificate_is_verified_once, super::certificate_once);
+
 /// Sends one client message to `url`; answers the status and the body.
 async fn send(url: &str, out: &simfota_syncml::session::Outgoing) -> (StatusCode, Vec<u8>) {
     let mut req = http::Client::new()

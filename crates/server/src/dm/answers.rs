@@ -8,9 +8,9 @@ use simfota_syncml::{AlertCode, FumoState as DmFumoState, NodeUri, StatusCode as
 use simfota_wire::contract::{CardIdentity, Node};
 use simfota_wire::{DeliveryToken, Digest, Iccid, Imei, Limits, Nonce, ServerId, UpdateId};
 
-use super::Step;
 use super::account::ENROLMENT_NONCE_MS;
 use super::flow::{CardList, Delivery, Expect, NonceUse};
+use super::{AfterCommit, Step};
 use crate::campaign::{self, JobState};
 use crate::db::{RowExt, now_ms};
 use crate::error::{Result, ServerError};
@@ -376,35 +376,48 @@ impl Step<'_> {
     /// an issuer key in this session.
     async fn bind_card(&mut self, cert: &[u8], claimed: Option<&str>) -> Result<()> {
         let state = self.state;
-        let card =
-            match crate::registry::register_card(&mut *self.tx, &state.keys.issuers, cert).await {
-                Ok(card) => card,
-                Err(ServerError::Verification(m)) => {
-                    state
-                        .metrics
-                        .verification_failures
-                        .with_label_values(&["certificate"])
-                        .inc();
-                    return super::record_event(
-                        &mut *self.tx,
-                        "card_certificate",
-                        Some(self.account.id),
-                        &m,
-                    )
-                    .await;
+        let iccid = match state.verified_cards.get(cert) {
+            Some(iccid) => iccid,
+            None => {
+                match crate::registry::register_card(&mut *self.tx, &state.keys.issuers, cert).await
+                {
+                    Ok(card) => {
+                        // Remembered once the registration commits with this message (a
+                        // message that fails leaves the next session to verify again).
+                        self.after.push(AfterCommit::RememberCard {
+                            certificate: cert.to_vec(),
+                            iccid: card.iccid.clone(),
+                        });
+                        card.iccid
+                    }
+                    Err(ServerError::Verification(m)) => {
+                        state
+                            .metrics
+                            .verification_failures
+                            .with_label_values(&["certificate"])
+                            .inc();
+                        return super::record_event(
+                            &mut *self.tx,
+                            "card_certificate",
+                            Some(self.account.id),
+                            &m,
+                        )
+                        .await;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            };
-        if claimed.is_some_and(|i| i != card.iccid) {
+            }
+        };
+        if claimed.is_some_and(|i| i != iccid) {
             tracing::warn!(imei = %self.account.imei, "card info ICCID differs from its certificate; the certificate's is bound");
         }
-        if self.account.iccid.as_deref() != Some(card.iccid.as_str()) {
+        if self.account.iccid.as_deref() != Some(iccid.as_str()) {
             sqlx::query("UPDATE devices SET iccid = $1 WHERE id = $2")
-                .bind(card.iccid.clone())
+                .bind(iccid.clone())
                 .bind(self.account.id)
                 .execute(&mut *self.tx)
                 .await?;
-            self.account.iccid = Some(card.iccid);
+            self.account.iccid = Some(iccid);
         }
         Ok(())
     }

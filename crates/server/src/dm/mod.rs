@@ -57,6 +57,8 @@ enum AfterCommit {
     /// A recorded result may have released later waves of this campaign: notify their devices
     /// (the wave the campaign was at before).
     NotifyReleased { campaign: i64, before_wave: i64 },
+    /// A card certificate verified and its card registered: later sessions skip both.
+    RememberCard { certificate: Vec<u8>, iccid: String },
 }
 
 /// One message being handled: the account, the session and its flow, and the transaction
@@ -209,6 +211,9 @@ async fn run_after_commit(state: &AppState, task: AfterCommit) {
             if let Err(e) = crate::notify::released_since(state, campaign, before_wave).await {
                 tracing::warn!(campaign, error = %e, "released wave not notified");
             }
+        }
+        AfterCommit::RememberCard { certificate, iccid } => {
+            state.verified_cards.insert(&certificate, &iccid);
         }
     }
 }
