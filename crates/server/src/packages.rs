@@ -370,10 +370,9 @@ pub async fn serve_payload(
         RangeDecision::Full => builder
             .status(StatusCode::OK)
             .header(header::CONTENT_LENGTH, len)
-            .body(Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                file,
-                PAYLOAD_CHUNK,
-            ))),
+            .body(Body::from_stream(
+                tokio_util::io::ReaderStream::with_capacity(file, PAYLOAD_CHUNK),
+            )),
         RangeDecision::Partial { start, end } => {
             file.seek(std::io::SeekFrom::Start(start))
                 .await
@@ -383,10 +382,9 @@ pub async fn serve_payload(
                 .status(StatusCode::PARTIAL_CONTENT)
                 .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
                 .header(header::CONTENT_LENGTH, n);
-            builder.body(Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                file.take(n),
-                PAYLOAD_CHUNK,
-            )))
+            builder.body(Body::from_stream(
+                tokio_util::io::ReaderStream::with_capacity(file.take(n), PAYLOAD_CHUNK),
+            ))
         }
         RangeDecision::Unsatisfiable => builder
             .status(StatusCode::RANGE_NOT_SATISFIABLE)

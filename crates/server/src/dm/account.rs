@@ -8,6 +8,7 @@ use simfota_syncml::session::{ServerConfig as DmConfig, ServerSession};
 use simfota_syncml::{Encoding, Limits as DmLimits};
 use simfota_wire::Imei;
 
+use super::store::{self, Stored};
 use super::{reply, session_err};
 use crate::AppState;
 use crate::db::{RowExt, now_ms};
@@ -32,6 +33,67 @@ pub struct Account {
     pub fw_version: Option<String>,
     pub model: Option<String>,
     pub manufacturer: Option<String>,
+}
+
+/// A column value of [`DevicePatch`].
+enum Column {
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// What one message changes in the device's row, written as one UPDATE when the message has
+/// been handled (and only when something changed).
+#[derive(Default)]
+pub struct DevicePatch {
+    set: Vec<(&'static str, Column)>,
+}
+
+impl DevicePatch {
+    fn put(&mut self, column: &'static str, value: Column) {
+        self.set.retain(|(c, _)| *c != column);
+        self.set.push((column, value));
+    }
+
+    pub fn int(&mut self, column: &'static str, value: i64) {
+        self.put(column, Column::Int(value));
+    }
+
+    pub fn text(&mut self, column: &'static str, value: String) {
+        self.put(column, Column::Text(value));
+    }
+
+    pub fn bytes(&mut self, column: &'static str, value: Vec<u8>) {
+        self.put(column, Column::Bytes(value));
+    }
+
+    /// Writes the changes to device `id`; nothing when there are none.
+    pub async fn write(self, conn: &mut sqlx::AnyConnection, id: i64) -> Result<()> {
+        if self.set.is_empty() {
+            return Ok(());
+        }
+        let assignments: Vec<String> = self
+            .set
+            .iter()
+            .enumerate()
+            .map(|(i, (c, _))| format!("{c} = ${}", i + 1))
+            .collect();
+        let sql = format!(
+            "UPDATE devices SET {} WHERE id = ${}",
+            assignments.join(", "),
+            self.set.len() + 1
+        );
+        let mut q = sqlx::query(&sql);
+        for (_, v) in self.set {
+            q = match v {
+                Column::Int(i) => q.bind(i),
+                Column::Text(t) => q.bind(t),
+                Column::Bytes(b) => q.bind(b),
+            };
+        }
+        q.bind(id).execute(conn).await?;
+        Ok(())
+    }
 }
 
 pub fn fresh_nonce() -> DmNonce {
@@ -78,16 +140,24 @@ pub fn auth_scheme(stored: &str) -> Option<AuthScheme> {
     }
 }
 
-/// The registered device whose DevId this is, if any.
-pub async fn lookup(state: &AppState, dev_id: &str) -> Result<Option<Account>> {
+/// A registered device and its stored session, if it has one by that id: `(session, version)`.
+pub type Known = (Account, Option<(Stored, i64)>);
+
+/// The registered device whose DevId this is, if any, with its stored session `session_id`
+/// (one statement for both).
+pub async fn lookup(state: &AppState, dev_id: &str, session_id: &str) -> Result<Option<Known>> {
     let Some(imei) = imei_of(dev_id) else {
         return Ok(None);
     };
     let row = sqlx::query(
-        "SELECT id, imei, dm_username, dm_password, server_password, auth_scheme, device_nonce, \
-         server_nonce, iccid, fw_version, model, manufacturer FROM devices WHERE imei = $1",
+        "SELECT d.id, d.imei, d.dm_username, d.dm_password, d.server_password, d.auth_scheme, \
+         d.device_nonce, d.server_nonce, d.iccid, d.fw_version, d.model, d.manufacturer, \
+         s.state AS session_state, s.version AS session_version \
+         FROM devices d LEFT JOIN dm_sessions s ON s.device_id = d.id AND s.session_id = $2 \
+         WHERE d.imei = $1",
     )
     .bind(imei.to_owned())
+    .bind(session_id.to_owned())
     .fetch_optional(state.db.pool())
     .await?;
     let Some(r) = row else { return Ok(None) };
@@ -101,7 +171,11 @@ pub async fn lookup(state: &AppState, dev_id: &str) -> Result<Option<Account>> {
             format!("device {imei}: {stored:?} is neither md5 nor hmac; session refused"),
         ));
     };
-    Ok(Some(Account {
+    let session = match (r.opt_bytes("session_state")?, r.opt_i64("session_version")?) {
+        (Some(bytes), Some(version)) => Some((store::decode(&bytes)?, version)),
+        _ => None,
+    };
+    let account = Account {
         id: r.i64("id")?,
         imei: r.text("imei")?,
         username: r.text("dm_username")?,
@@ -114,7 +188,8 @@ pub async fn lookup(state: &AppState, dev_id: &str) -> Result<Option<Account>> {
         fw_version: r.opt_text("fw_version")?,
         model: r.opt_text("model")?,
         manufacturer: r.opt_text("manufacturer")?,
-    }))
+    };
+    Ok(Some((account, session)))
 }
 
 /// Under `shared-secret` enrolment, an unknown device with a valid IMEI DevId may authenticate

@@ -114,11 +114,7 @@ impl Step<'_> {
             return Ok(());
         }
         self.state.metrics.dm_sessions.inc();
-        sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(self.account.id)
-            .execute(&mut *self.tx)
-            .await?;
+        self.device.int("last_seen_ms", now_ms());
         self.get(Node::DevDetailFwV, Expect::FirmwareVersion)?;
         self.get(Node::CardInfo, Expect::CardInfo)?;
         self.get(Node::CardServers, Expect::CardList(CardList::Servers))?;
@@ -171,11 +167,9 @@ impl Step<'_> {
         )
         .await?;
         a.id = created.id;
-        sqlx::query("UPDATE devices SET device_nonce = $1 WHERE id = $2")
-            .bind(a.device_nonce.clone())
-            .bind(a.id)
-            .execute(&mut *self.tx)
-            .await?;
+        if let Some(n) = a.device_nonce.clone() {
+            self.device.bytes("device_nonce", n);
+        }
         sqlx::query("DELETE FROM enrolment_nonces WHERE dev_id = $1")
             .bind(format!("IMEI:{}", a.imei))
             .execute(&mut *self.tx)
@@ -205,11 +199,7 @@ impl Step<'_> {
     async fn on_next_client_nonce(&mut self, nonce: Vec<u8>) -> Result<()> {
         self.account.device_nonce = Some(nonce.clone());
         if self.account.id > 0 {
-            sqlx::query("UPDATE devices SET device_nonce = $1 WHERE id = $2")
-                .bind(nonce)
-                .bind(self.account.id)
-                .execute(&mut *self.tx)
-                .await?;
+            self.device.bytes("device_nonce", nonce);
             return Ok(());
         }
         let now = now_ms();
@@ -238,26 +228,16 @@ impl Step<'_> {
             let Some(text) = item_text(item) else {
                 continue;
             };
-            let (sql, known) = match item_uri(item) {
-                DEVINFO_MODEL => (
-                    "UPDATE devices SET model = $1 WHERE id = $2",
-                    &mut self.account.model,
-                ),
-                DEVINFO_MANUFACTURER => (
-                    "UPDATE devices SET manufacturer = $1 WHERE id = $2",
-                    &mut self.account.manufacturer,
-                ),
+            let (column, known) = match item_uri(item) {
+                DEVINFO_MODEL => ("model", &mut self.account.model),
+                DEVINFO_MANUFACTURER => ("manufacturer", &mut self.account.manufacturer),
                 _ => continue,
             };
             if known.as_deref() == Some(text.as_str()) {
                 continue;
             }
             *known = Some(text.clone());
-            sqlx::query(sql)
-                .bind(text)
-                .bind(self.account.id)
-                .execute(&mut *self.tx)
-                .await?;
+            self.device.text(column, text);
         }
         Ok(())
     }
@@ -312,11 +292,7 @@ impl Step<'_> {
         if self.account.fw_version.as_deref() == Some(fw.as_str()) {
             return Ok(());
         }
-        sqlx::query("UPDATE devices SET fw_version = $1 WHERE id = $2")
-            .bind(fw.clone())
-            .bind(self.account.id)
-            .execute(&mut *self.tx)
-            .await?;
+        self.device.text("fw_version", fw.clone());
         self.account.fw_version = Some(fw);
         Ok(())
     }
@@ -412,11 +388,7 @@ impl Step<'_> {
             tracing::warn!(imei = %self.account.imei, "card info ICCID differs from its certificate; the certificate's is bound");
         }
         if self.account.iccid.as_deref() != Some(iccid.as_str()) {
-            sqlx::query("UPDATE devices SET iccid = $1 WHERE id = $2")
-                .bind(iccid.clone())
-                .bind(self.account.id)
-                .execute(&mut *self.tx)
-                .await?;
+            self.device.text("iccid", iccid.clone());
             self.account.iccid = Some(iccid);
         }
         Ok(())

@@ -43,7 +43,7 @@ use simfota_syncml::auth::{HMAC_HEADER, Nonce as DmNonce};
 use simfota_syncml::session::{Outgoing, ServerSession};
 use sqlx::AnyConnection;
 
-use self::account::Account;
+use self::account::{Account, DevicePatch};
 use self::flow::Flow;
 use self::store::Stored;
 use crate::AppState;
@@ -69,6 +69,8 @@ struct Step<'a> {
     account: &'a mut Account,
     session: &'a mut ServerSession,
     flow: &'a mut Flow,
+    /// What the message changes in the device's row (written once, before the session).
+    device: DevicePatch,
     after: Vec<AfterCommit>,
 }
 
@@ -126,10 +128,10 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
     };
     let dev_id = hdr.source.uri.clone();
     let session_id = hdr.session_id.clone();
-    let mut account = match account::lookup(state, &dev_id).await? {
-        Some(a) => a,
+    let (mut account, loaded) = match account::lookup(state, &dev_id, &session_id).await? {
+        Some(known) => known,
         None => match account::enrol_candidate(state, &dev_id, hdr.source.name.as_deref()).await? {
-            Some(a) => a,
+            Some(a) => (a, None),
             None => {
                 return Ok(account::refuse_unknown(
                     state,
@@ -140,11 +142,6 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
                 ));
             }
         },
-    };
-    let loaded = if account.id > 0 {
-        store::load(&state.db, account.id, &session_id).await?
-    } else {
-        None
     };
     let (mut stored, version) = match loaded {
         Some((s, v)) => (s, Some(v)),
@@ -178,12 +175,14 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         account: &mut account,
         session: &mut stored.session,
         flow: &mut stored.flow,
+        device: DevicePatch::default(),
         after: Vec::new(),
     };
     for ev in events {
         step.on_event(ev).await?;
     }
-    step.learn_server_nonce().await?;
+    step.learn_server_nonce();
+    let device = std::mem::take(&mut step.device);
     let after = std::mem::take(&mut step.after);
     let out = match stored.session.reply() {
         Ok(o) => o,
@@ -191,6 +190,7 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         Err(e) => return Ok(session_err(e)),
     };
     if account.id > 0 {
+        device.write(&mut tx, account.id).await?;
         store::save(&mut tx, account.id, &session_id, &stored, version).await?;
     }
     tx.commit().await?;
@@ -222,20 +222,15 @@ impl Step<'_> {
     /// Persists the nonce the device expects our credentials with once its challenge changed
     /// it (DM Security 1.2 §5.4): the next session starts with it, and package 0's digest uses
     /// it (DM Notification 1.2 §6.3).
-    async fn learn_server_nonce(&mut self) -> Result<()> {
+    fn learn_server_nonce(&mut self) {
         let now = &self.session.server_nonce().0;
         let account = &mut *self.account;
         if account.id <= 0 || account.server_nonce.as_deref().unwrap_or_default() == now.as_slice()
         {
-            return Ok(());
+            return;
         }
-        sqlx::query("UPDATE devices SET server_nonce = $1 WHERE id = $2")
-            .bind(now.clone())
-            .bind(account.id)
-            .execute(&mut *self.tx)
-            .await?;
+        self.device.bytes("server_nonce", now.clone());
         account.server_nonce = Some(now.clone());
-        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use simfota_syncml::session::ServerSession;
 use sqlx::AnyConnection;
 
 use super::flow::Flow;
-use crate::db::{Db, RowExt, now_ms};
+use crate::db::{Db, now_ms};
 use crate::error::{Result, ServerError};
 
 /// A session abandoned by its device is dropped this long after its last message.
@@ -22,21 +22,11 @@ pub struct Stored {
     pub flow: Flow,
 }
 
-/// The stored session `session_id` of device `device_id` and its version, if there is one.
-pub async fn load(db: &Db, device_id: i64, session_id: &str) -> Result<Option<(Stored, i64)>> {
-    let row = sqlx::query(
-        "SELECT state, version FROM dm_sessions WHERE device_id = $1 AND session_id = $2",
-    )
-    .bind(device_id)
-    .bind(session_id.to_owned())
-    .fetch_optional(db.pool())
-    .await?;
-    let Some(r) = row else { return Ok(None) };
-    // A row that no longer decodes (written by another version of the flow) is the server's
-    // problem: the message fails and the device starts a new session.
-    let stored: Stored = serde_json::from_slice(&r.bytes("state")?)
-        .map_err(|e| ServerError::internal("stored DM session", e))?;
-    Ok(Some((stored, r.i64("version")?)))
+/// A stored session as read from its row (`state`). A row that no longer decodes (written by
+/// another version of the flow) is the server's problem: the message fails and the device
+/// starts a new session.
+pub fn decode(state: &[u8]) -> Result<Stored> {
+    serde_json::from_slice(state).map_err(|e| ServerError::internal("stored DM session", e))
 }
 
 /// Writes the session as advanced by one message, in the transaction holding the message's
