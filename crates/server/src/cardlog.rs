@@ -139,7 +139,7 @@ pub async fn request(
     };
     let mut buf = [0u8; 512];
     let n = req
-        .sign(&state.keys.server, &mut buf)
+        .sign(&state.keys.server_signer, &mut buf)
         .map_err(ServerError::signing("card log-read request"))?;
     let bytes = buf[..n].to_vec();
     sqlx::query(
@@ -486,7 +486,7 @@ pub fn ack(state: &AppState, nonce: Nonce, up_to: u32) -> Result<Vec<u8>> {
     };
     let mut buf = [0u8; 256];
     let n = a
-        .sign(&state.keys.server, &mut buf)
+        .sign(&state.keys.server_signer, &mut buf)
         .map_err(ServerError::signing("card log acknowledgement"))?;
     Ok(buf[..n].to_vec())
 }

@@ -335,11 +335,7 @@ impl<'a> CoseSign1<'a> {
             (Some(_), Some(_)) => return Err(Error::InvalidField("payload attached and detached")),
             (None, None) => return Err(Error::MissingField("payload")),
         };
-        let digest = sig_structure_digest(self.protected, external_aad, payload);
-        let sig = Signature::from_slice(self.signature).map_err(|_| Error::BadSignature)?;
-        key.0
-            .verify_prehash(&digest, &sig)
-            .map_err(|_| Error::BadSignature)?;
+        key.verify_structure(self.protected, external_aad, payload, self.signature)?;
         Ok(Verified::new(self))
     }
 }
@@ -359,12 +355,130 @@ pub(crate) fn sig_structure_digest(protected: &[u8], aad: &[u8], payload: &[u8])
     h.finalize().into()
 }
 
-/// Deterministic ECDSA (RFC 6979) over a Sig_structure digest.
-pub(crate) fn sign_digest(key: &SigningKey, digest: &[u8; 32]) -> Result<[u8; 64]> {
-    let sig: Signature = key.sign_prehash(digest).map_err(|_| Error::BadKey)?;
-    let mut out = [0u8; 64];
-    out.copy_from_slice(&sig.to_bytes());
-    Ok(out)
+/// The Sig_structure `["Signature1", protected, external_aad, payload]` (RFC 9052 §4.4) as
+/// bytes, for back-ends that hash the message themselves.
+#[cfg(feature = "ring")]
+fn sig_structure(protected: &[u8], aad: &[u8], payload: &[u8]) -> std::vec::Vec<u8> {
+    let mut v = std::vec::Vec::with_capacity(16 + protected.len() + aad.len() + payload.len());
+    v.extend_from_slice(&[0x84, 0x6a]);
+    v.extend_from_slice(b"Signature1");
+    for part in [protected, aad, payload] {
+        let (hd, n) = head(2, part.len() as u64);
+        v.extend_from_slice(&hd[..n]);
+        v.extend_from_slice(part);
+    }
+    v
+}
+
+impl PublicKey {
+    /// Checks an ES256 signature (r ‖ s) over the Sig_structure of these parts, with ring
+    /// on a host that has it, else with the no_std code (the two agree: `ring_tests`).
+    fn verify_structure(
+        &self,
+        protected: &[u8],
+        aad: &[u8],
+        payload: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<()> {
+        #[cfg(feature = "ring")]
+        return self.verify_ring(protected, aad, payload, signature);
+        #[cfg(not(feature = "ring"))]
+        return self.verify_p256(protected, aad, payload, signature);
+    }
+
+    /// [`Self::verify_structure`] by the no_std code.
+    #[cfg_attr(feature = "ring", allow(dead_code))]
+    fn verify_p256(
+        &self,
+        protected: &[u8],
+        aad: &[u8],
+        payload: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<()> {
+        let digest = sig_structure_digest(protected, aad, payload);
+        let sig = Signature::from_slice(signature).map_err(|_| Error::BadSignature)?;
+        self.0
+            .verify_prehash(&digest, &sig)
+            .map_err(|_| Error::BadSignature)
+    }
+
+    /// [`Self::verify_structure`] by ring.
+    #[cfg(feature = "ring")]
+    fn verify_ring(
+        &self,
+        protected: &[u8],
+        aad: &[u8],
+        payload: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<()> {
+        let point = self.0.to_encoded_point(false);
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            point.as_bytes(),
+        )
+        .verify(&sig_structure(protected, aad, payload), signature)
+        .map_err(|_| Error::BadSignature)
+    }
+}
+
+/// What signs COSE_Sign1 messages with ES256: the card's no_std key ([`SigningKey`],
+/// deterministic ECDSA per RFC 6979) or, on a host, [`RingSigningKey`].
+pub trait Es256Signer {
+    /// The signature (r ‖ s) over the Sig_structure `["Signature1", protected, aad, payload]`.
+    fn sign_structure(&self, protected: &[u8], aad: &[u8], payload: &[u8]) -> Result<[u8; 64]>;
+}
+
+impl Es256Signer for SigningKey {
+    fn sign_structure(&self, protected: &[u8], aad: &[u8], payload: &[u8]) -> Result<[u8; 64]> {
+        let digest = sig_structure_digest(protected, aad, payload);
+        let sig: Signature = self.sign_prehash(&digest).map_err(|_| Error::BadKey)?;
+        let mut out = [0u8; 64];
+        out.copy_from_slice(&sig.to_bytes());
+        Ok(out)
+    }
+}
+
+/// A P-256 signing key held by ring (randomized ECDSA, about ten times faster than
+/// [`SigningKey`] on a host). Made from the same key, it signs for the same public key.
+#[cfg(feature = "ring")]
+pub struct RingSigningKey {
+    pair: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+}
+
+#[cfg(feature = "ring")]
+impl RingSigningKey {
+    /// The ring form of `key`.
+    pub fn new(key: &SigningKey) -> Result<Self> {
+        let rng = ring::rand::SystemRandom::new();
+        let public = key.verifying_key().to_encoded_point(false);
+        let pair = ring::signature::EcdsaKeyPair::from_private_key_and_public_key(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.to_bytes(),
+            public.as_bytes(),
+            &rng,
+        )
+        .map_err(|_| Error::BadKey)?;
+        Ok(Self { pair, rng })
+    }
+}
+
+#[cfg(feature = "ring")]
+impl core::fmt::Debug for RingSigningKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("RingSigningKey(..)")
+    }
+}
+
+#[cfg(feature = "ring")]
+impl Es256Signer for RingSigningKey {
+    fn sign_structure(&self, protected: &[u8], aad: &[u8], payload: &[u8]) -> Result<[u8; 64]> {
+        let sig = self
+            .pair
+            .sign(&self.rng, &sig_structure(protected, aad, payload))
+            .map_err(|_| Error::BadKey)?;
+        sig.as_ref().try_into().map_err(|_| Error::BadKey)
+    }
 }
 
 /// Room kept in front of a payload written in place before the COSE_Sign1 head is known.
@@ -377,7 +491,7 @@ pub(crate) const SIGN1_RESERVE: usize = 48;
 /// buffer is needed) and returns their length; the COSE head is then put in front of them.
 pub fn sign1_into<F>(
     out: &mut [u8],
-    key: &SigningKey,
+    key: &(impl Es256Signer + ?Sized),
     kid: Option<&[u8]>,
     external_aad: &[u8],
     payload: F,
@@ -398,7 +512,7 @@ pub(crate) fn finish_sign1(
     out: &mut [u8],
     at: usize,
     plen: usize,
-    key: &SigningKey,
+    key: &(impl Es256Signer + ?Sized),
     kid: Option<&[u8]>,
     external_aad: &[u8],
 ) -> Result<usize> {
@@ -420,8 +534,7 @@ pub(crate) fn finish_sign1(
     }
     out.copy_within(at..at + plen, start);
     out[..plen_hdr].copy_from_slice(&prefix[..plen_hdr]);
-    let digest = sig_structure_digest(&PROTECTED_ES256, external_aad, &out[start..end]);
-    let sig = sign_digest(key, &digest)?;
+    let sig = key.sign_structure(&PROTECTED_ES256, external_aad, &out[start..end])?;
     let mut w = Writer::new(&mut out[end..]);
     w.bytes(&sig)?;
     Ok(end + w.len())
@@ -430,7 +543,7 @@ pub(crate) fn finish_sign1(
 /// Signs `payload` as an attached COSE_Sign1 into `out` (see [`sign1_into`]).
 pub fn sign1_bytes_into(
     out: &mut [u8],
-    key: &SigningKey,
+    key: &(impl Es256Signer + ?Sized),
     kid: Option<&[u8]>,
     external_aad: &[u8],
     payload: &[u8],
@@ -446,12 +559,11 @@ pub fn sign1_bytes_into(
 /// (draft-ietf-suit-manifest §8.3: the payload is the SUIT_Digest).
 pub fn sign1_detached_into(
     out: &mut [u8],
-    key: &SigningKey,
+    key: &(impl Es256Signer + ?Sized),
     external_aad: &[u8],
     payload: &[u8],
 ) -> Result<usize> {
-    let digest = sig_structure_digest(&PROTECTED_ES256, external_aad, payload);
-    let sig = sign_digest(key, &digest)?;
+    let sig = key.sign_structure(&PROTECTED_ES256, external_aad, payload)?;
     let mut w = Writer::new(out);
     w.tag(TAG_SIGN1)?
         .array(4)?
@@ -522,7 +634,7 @@ impl<'a, T: SignedPayload> Signed<'a, T> {
 /// Writes `obj` as a signed COSE_Sign1 into `out`, returns the length used.
 pub(crate) fn sign_object<T: SignedPayload>(
     obj: &T,
-    key: &SigningKey,
+    key: &(impl Es256Signer + ?Sized),
     kid: Option<&[u8]>,
     out: &mut [u8],
 ) -> Result<usize> {
@@ -540,4 +652,52 @@ pub(crate) fn check_type(r: &mut Reader<'_, '_>, expected: u64) -> Result<()> {
         return Err(Error::WrongObjectType { expected, found });
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "ring"))]
+mod ring_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_slice(&[seed; 32]).unwrap()
+    }
+
+    /// Both back-ends give the same verdict on signatures from both signers, and on tampered
+    /// ones; a ring signature is a valid ES256 signature for the same public key.
+    #[test]
+    fn ring_and_the_no_std_code_agree() {
+        let k = key(7);
+        let public = PublicKey::from(&k);
+        let ring_key = RingSigningKey::new(&k).unwrap();
+        let (prot, aad) = (&PROTECTED_ES256[..], &b"context"[..]);
+        for payload in [&b""[..], b"hello", &[0xa5; 3000]] {
+            let signers: [&dyn Es256Signer; 2] = [&k, &ring_key];
+            for signer in signers {
+                let sig = signer.sign_structure(prot, aad, payload).unwrap();
+                assert!(public.verify_p256(prot, aad, payload, &sig).is_ok());
+                assert!(public.verify_ring(prot, aad, payload, &sig).is_ok());
+                let mut bad = sig;
+                bad[10] ^= 1;
+                assert!(public.verify_p256(prot, aad, payload, &bad).is_err());
+                assert!(public.verify_ring(prot, aad, payload, &bad).is_err());
+                assert!(public.verify_p256(prot, b"other", payload, &sig).is_err());
+                assert!(public.verify_ring(prot, b"other", payload, &sig).is_err());
+                let other = PublicKey::from(&key(8));
+                assert!(other.verify_p256(prot, aad, payload, &sig).is_err());
+                assert!(other.verify_ring(prot, aad, payload, &sig).is_err());
+            }
+        }
+    }
+
+    /// A whole COSE_Sign1 made with the ring key decodes and verifies.
+    #[test]
+    fn a_ring_signed_message_verifies() {
+        let k = key(9);
+        let ring_key = RingSigningKey::new(&k).unwrap();
+        let mut out = [0u8; 256];
+        let n = sign1_bytes_into(&mut out, &ring_key, Some(b"kid"), b"aad", b"payload").unwrap();
+        let m = CoseSign1::decode(&out[..n], &crate::Limits::DEFAULT).unwrap();
+        assert!(m.verify(&PublicKey::from(&k), b"aad", None).is_ok());
+    }
 }

@@ -48,7 +48,9 @@ pub mod pem;
 pub mod suit;
 pub mod token;
 
-pub use cose::{CoseSign1, PublicKey, Signed, SignedPayload, Verified};
+#[cfg(feature = "ring")]
+pub use cose::RingSigningKey;
+pub use cose::{CoseSign1, Es256Signer, PublicKey, Signed, SignedPayload, Verified};
 pub use error::{Error, Result};
 #[cfg(feature = "std")]
 pub use export::{ExportContents, open_export};

@@ -6,10 +6,10 @@
 //! presented as another kind. Unknown keys are refused (these formats are ours and versioned by
 //! the type code).
 
-use p256::ecdsa::SigningKey;
-
 use crate::cbor::{Key, Reader, Writer};
-use crate::cose::{PublicKey, Signed, SignedPayload, Verified, check_type, sign_object};
+use crate::cose::{
+    Es256Signer, PublicKey, Signed, SignedPayload, Verified, check_type, sign_object,
+};
 use crate::error::{Error, Result};
 use crate::ids::{Digest, Iccid, IssuerId, Nonce, OriginatorId, ServerId, UpdateId, Uuid};
 use crate::limits::Limits;
@@ -284,7 +284,7 @@ macro_rules! signed_api {
     ($t:ty, $doc_sign:literal, $doc_verify:literal) => {
         impl $t {
             #[doc = $doc_sign]
-            pub fn sign(&self, key: &SigningKey, out: &mut [u8]) -> Result<usize> {
+            pub fn sign(&self, key: &(impl Es256Signer + ?Sized), out: &mut [u8]) -> Result<usize> {
                 sign_object(self, key, None, out)
             }
             /// Decodes without verifying (pick the key from `dangerous_unverified()`).

@@ -1,10 +1,8 @@
 //! The delivery token: a CWT (RFC 8392) signed by an authorized DM server with COSE_Sign1
 //! ES256, binding one update to one card nonce, one subscription (ICCID) and one device (IMEI).
 
-use p256::ecdsa::SigningKey;
-
 use crate::cbor::{Key, Reader, Writer};
-use crate::cose::{PublicKey, Signed, SignedPayload, Verified, sign_object};
+use crate::cose::{Es256Signer, PublicKey, Signed, SignedPayload, Verified, sign_object};
 use crate::error::{Error, Result};
 use crate::ids::{ChargingRef, Digest, Iccid, Imei, Nonce, ServerId, UpdateId};
 use crate::limits::Limits;
@@ -62,7 +60,7 @@ pub struct DeliveryToken {
 impl DeliveryToken {
     /// Signs the token (COSE_Sign1 ES256, RFC 6979) into `out`; the server id goes into the
     /// unprotected `kid` too, so verifiers can pick the key without parsing the claims.
-    pub fn sign(&self, key: &SigningKey, out: &mut [u8]) -> Result<usize> {
+    pub fn sign(&self, key: &(impl Es256Signer + ?Sized), out: &mut [u8]) -> Result<usize> {
         sign_object(self, key, Some(self.iss.as_str().as_bytes()), out)
     }
 
@@ -78,7 +76,7 @@ impl DeliveryToken {
 
     /// Encodes and signs into a new vector (host side).
     #[cfg(feature = "std")]
-    pub fn to_vec(&self, key: &SigningKey) -> Result<std::vec::Vec<u8>> {
+    pub fn to_vec(&self, key: &(impl Es256Signer + ?Sized)) -> Result<std::vec::Vec<u8>> {
         let mut buf = std::vec![0u8; 1024];
         let n = self.sign(key, &mut buf)?;
         buf.truncate(n);

@@ -490,24 +490,38 @@ impl Step<'_> {
         )
     }
 
-    /// Issues the delivery token for `job_id` and queues the FUMO commands.
-    async fn deliver(&mut self, job_id: i64, nonce: Nonce) -> Result<()> {
-        let Some(iccid) = self.account.iccid.clone() else {
-            tracing::warn!(imei = %self.account.imei, job = job_id, "no verified card for this device: update not sent");
-            return Ok(());
-        };
-        let row = sqlx::query(
+    /// What a delivery of `job_id` needs, if the job is pending: correlator, package, manifest
+    /// digest.
+    async fn pending_delivery(&mut self, job_id: i64) -> Result<Option<sqlx::any::AnyRow>> {
+        Ok(sqlx::query(
             "SELECT j.correlator, c.package_id, p.manifest_digest FROM jobs j \
              JOIN campaigns c ON c.id = j.campaign_id JOIN packages p ON p.id = c.package_id \
              WHERE j.id = $1 AND j.state = 'pending'",
         )
         .bind(job_id)
         .fetch_optional(&mut *self.tx)
-        .await?;
-        let Some(row) = row else {
-            // Still delivered (the device works on it), or ended meanwhile: the nonce serves
-            // the card log instead.
-            return self.request_log_page(nonce).await;
+        .await?)
+    }
+
+    /// Issues the delivery token for `job_id` and queues the FUMO commands.
+    async fn deliver(&mut self, job_id: i64, nonce: Nonce) -> Result<()> {
+        let Some(iccid) = self.account.iccid.clone() else {
+            tracing::warn!(imei = %self.account.imei, job = job_id, "no verified card for this device: update not sent");
+            return Ok(());
+        };
+        // The job asked for when it is (again) pending; else the device's next pending job,
+        // if any (the one asked for ended in this session, or its device still works on it:
+        // then the device answers 425 and keeps its update). With none, the nonce serves the
+        // card log.
+        let (job_id, row) = match self.pending_delivery(job_id).await? {
+            Some(row) => (job_id, row),
+            None => match campaign::next_job_for_device(self.tx, self.account.id).await? {
+                Some(next) => match self.pending_delivery(next.id).await? {
+                    Some(row) => (next.id, row),
+                    None => return self.request_log_page(nonce).await,
+                },
+                None => return self.request_log_page(nonce).await,
+            },
         };
         let md: [u8; 32] = row
             .bytes("manifest_digest")?
@@ -535,7 +549,7 @@ impl Step<'_> {
             nbf: None,
             charging_ref: None,
         };
-        let bytes = token.to_vec(&state.keys.server).map_err(bad)?;
+        let bytes = token.to_vec(&state.keys.server_signer).map_err(bad)?;
         self.replace(Node::FumoDeliveryToken, &bytes)?;
         let url = format!(
             "{}/packages/{}/envelope",
