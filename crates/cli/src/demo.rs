@@ -20,9 +20,7 @@
 //! prints a summary built from what the servers recorded ([`summary`]). The exit status is 0
 //! only if every step behaved as expected.
 
-mod firmware;
 mod folder;
-mod operator;
 mod out;
 mod relay;
 mod summary;
@@ -36,9 +34,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use p256::ecdsa::{SigningKey, VerifyingKey};
-use p256::pkcs8::{EncodePrivateKey, LineEnding};
-use rand_core::OsRng;
-use simfota_cardlink::client::{CardClient, Personalization};
+use simfota_cardlink::client::CardClient;
 use simfota_cardlink::{FileCard, InProcessChannel};
 use simfota_device::agent::Agent;
 use simfota_device::cardnodes::SharedCard;
@@ -49,13 +45,16 @@ use simfota_device::prompt::{Answer, ConsentRequest, PromptError, Prompter};
 use simfota_device::slots::{SlotStore, StandardBootCheck};
 use simfota_server::RunningServer;
 use simfota_server::config::OriginatorConfig;
-use simfota_wire::{Iccid, IntegrityMode, Policy, PublicKey, Rights, UnauthorizedRule};
+use simfota_wire::{IntegrityMode, Policy, PublicKey, Rights, UnauthorizedRule};
 use zeroize::Zeroizing;
 
 use crate::files::{self, Overwrite};
 use crate::keys;
-use firmware::Package;
-use operator::{Account, Operator};
+use crate::setup::operator::{Account, Operator};
+use crate::setup::{
+    self,
+    firmware::{self, Package},
+};
 use out::Out;
 use relay::Relay;
 use summary::{Expected, Kind, StepRun, Summary};
@@ -280,33 +279,13 @@ impl<'a> World<'a> {
     fn keys(&mut self) -> Result<(SigningKey, SigningKey)> {
         self.out
             .step(1, "keys: card issuer and software originator (P-256)");
-        let mut made = Vec::new();
-        for name in ["issuer", "oem"] {
-            let secret = p256::SecretKey::random(&mut OsRng);
-            let pem = secret
-                .to_pkcs8_pem(LineEnding::LF)
-                .context("cannot encode a new key")?;
-            files::write_atomic(
-                &self.dir.join(format!("{name}.pem")),
-                pem.as_bytes(),
-                0o600,
-                Overwrite::Allow,
-            )?;
-            files::write_atomic(
-                &self.dir.join(format!("{name}.pub.pem")),
-                keys::public_pem(&secret.public_key())?.as_bytes(),
-                0o644,
-                Overwrite::Allow,
-            )?;
-            made.push(SigningKey::from(&secret));
-        }
+        let issuer = setup::new_key_files(self.dir, "issuer")?;
+        let oem = setup::new_key_files(self.dir, "oem")?;
         self.out.detail(&format!(
             "issuer.pem (signs card certificates and admin commands), oem.pem (signs \
              packages), with their .pub.pem, in {}",
             self.dir.display()
         ));
-        let oem = made.pop().ok_or_else(|| anyhow!("no originator key"))?;
-        let issuer = made.pop().ok_or_else(|| anyhow!("no issuer key"))?;
         Ok((issuer, oem))
     }
 
@@ -368,24 +347,23 @@ impl<'a> World<'a> {
         let card = FileCard::open(&state).context("cannot open the card state")?;
         let mut client = CardClient::new(InProcessChannel::new(card, "in-process"));
         let server = self.authorized()?;
-        client
-            .personalize(
-                issuer,
-                &Personalization {
-                    issuer_name: "operator.example".into(),
-                    iccid: Iccid::parse(ICCID).map_err(|e| anyhow!("ICCID: {e}"))?,
-                    imsi: IMSI.into(),
-                    pin: (PIN.into(), 3),
-                    puk: (PUK.into(), 10),
-                    servers: vec![(server.id.to_owned(), server.public_key, Rights::ALL)],
-                    originators: vec![(ORIGINATOR_ID.into(), PublicKey::from(oem))],
-                    policy: Policy::new(
-                        UnauthorizedRule::ConfirmWithPin,
-                        IntegrityMode::DeviceDigest,
-                    ),
-                },
-            )
-            .map_err(|e| anyhow!("the card refused personalization: {e}"))?;
+        setup::personalize(
+            &mut client,
+            issuer,
+            &setup::CardSpec {
+                issuer_name: "operator.example",
+                iccid: ICCID,
+                imsi: IMSI,
+                pin: PIN,
+                puk: PUK,
+                server: (server.id, server.public_key, Rights::ALL),
+                originator: (ORIGINATOR_ID, oem),
+                policy: Policy::new(
+                    UnauthorizedRule::ConfirmWithPin,
+                    IntegrityMode::DeviceDigest,
+                ),
+            },
+        )?;
         self.out.detail(&format!(
             "ICCID {ICCID}, card key certified by the issuer; authorized server \
              \"{AUTHORIZED_ID}\" (all rights); originator \"{ORIGINATOR_ID}\"; other servers: \

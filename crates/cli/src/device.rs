@@ -139,7 +139,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// Sets `stop` when SIGTERM (what service managers send) or SIGINT (Ctrl-C) arrives, and notes
 /// which in `caught`. The handlers are in place when this returns, so a signal sent after the
 /// "agent running" line can no longer kill the process mid-step.
-fn stop_on_signals(stop: Arc<AtomicBool>, caught: Arc<Mutex<Option<&'static str>>>) -> Result<()> {
+pub(crate) fn stop_on_signals(
+    stop: Arc<AtomicBool>,
+    caught: Arc<Mutex<Option<&'static str>>>,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

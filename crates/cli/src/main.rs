@@ -19,10 +19,12 @@ mod card;
 mod demo;
 mod device;
 mod files;
+mod fleet;
 mod keys;
 mod pack;
 mod proof;
 mod server;
+mod setup;
 
 /// simfota: firmware-over-the-air updates controlled and audited through the subscriber's
 /// smart card.
@@ -51,6 +53,8 @@ enum Command {
     Proof(proof::Args),
     /// The device agent: OMA DM client with FUMO, card-gated updates, A/B slots.
     Device(device::Args),
+    /// Simulate a fleet of card-gated devices against a server; measure updates per second.
+    Fleet(fleet::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Command::Server(args) => server::run(args),
         Command::Proof(args) => proof::run(args),
         Command::Device(args) => device::run(args),
+        Command::Fleet(args) => fleet::run(args),
     };
     match result {
         Ok(code) => code,

@@ -336,6 +336,46 @@ pub fn run_session(
 ) -> Result<SessionSummary, DmError> {
     let state_path = cfg.data().dm_state();
     let mut state = DmState::load(&state_path);
+    drive_session(
+        cfg,
+        http,
+        tree,
+        reason,
+        session_id,
+        alerts,
+        &mut state,
+        Some(&state_path),
+    )
+}
+
+/// [`run_session`] with the DM authentication state held by the caller instead of
+/// `<data>/dm.json`: nothing is written to disk. For a simulator that runs many devices in one
+/// process (`simfota fleet`); a real device keeps the state on disk, so that a restart finds
+/// the nonces again.
+pub fn run_session_in_memory(
+    cfg: &DeviceConfig,
+    http: &ureq::Agent,
+    tree: &mut DmTree,
+    reason: AlertCode,
+    session_id: Option<u16>,
+    alerts: Vec<Alert>,
+    state: &mut DmState,
+) -> Result<SessionSummary, DmError> {
+    drive_session(cfg, http, tree, reason, session_id, alerts, state, None)
+}
+
+/// One session, its state saved to `persist` after every message when given.
+#[allow(clippy::too_many_arguments)]
+fn drive_session(
+    cfg: &DeviceConfig,
+    http: &ureq::Agent,
+    tree: &mut DmTree,
+    reason: AlertCode,
+    session_id: Option<u16>,
+    alerts: Vec<Alert>,
+    state: &mut DmState,
+    persist: Option<&Path>,
+) -> Result<SessionSummary, DmError> {
     let sid = session_id.unwrap_or_else(|| {
         state.next_session = state.next_session.wrapping_add(1).max(1);
         state.next_session
@@ -431,7 +471,9 @@ pub fn run_session(
                 _ => {}
             }
         }
-        state.save(&state_path)?;
+        if let Some(path) = persist {
+            state.save(path)?;
+        }
         match step.reply {
             Some(next) => out = next,
             None => break,

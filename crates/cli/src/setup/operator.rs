@@ -1,6 +1,7 @@
-//! The operator's side of the demo, through the server's REST API (`/api/v1`, bearer token
-//! from `DATA/api-token`), exactly as an operator's scripts would use it: register the
-//! device, upload packages (multipart), start campaigns, and read back jobs and the card log.
+//! The operator's side of the demo and the fleet simulator, through the server's REST API
+//! (`/api/v1`, bearer token from `DATA/api-token` or given), exactly as an operator's scripts
+//! would use it: register devices (one, or in bulk), upload packages (multipart), start
+//! campaigns, and read back jobs, campaign progress and the card log.
 
 use std::path::Path;
 
@@ -37,11 +38,16 @@ impl Operator {
         let token_file = data.join("api-token");
         let token = std::fs::read_to_string(&token_file)
             .with_context(|| format!("cannot read the API token {}", token_file.display()))?;
-        Ok(Operator {
+        Ok(Operator::with_token(base, &token))
+    }
+
+    /// A client for the server at `base` with the operator API token `token`.
+    pub fn with_token(base: &str, token: &str) -> Operator {
+        Operator {
             base: base.trim_end_matches('/').to_owned(),
             auth: format!("Bearer {}", token.trim()),
             http: simfota_device::download::http_agent(),
-        })
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -104,12 +110,31 @@ impl Operator {
             .map(drop)
     }
 
+    /// `POST /devices/bulk`: many devices in one all-or-nothing request (`devices`: objects
+    /// with the fields of `POST /devices`); answers how many the server created.
+    pub fn register_bulk(&self, devices: &[Value]) -> Result<u64> {
+        let what = format!("registering {} devices", devices.len());
+        let v = self.post_json(
+            &what,
+            "devices/bulk",
+            &serde_json::json!({ "devices": devices }),
+        )?;
+        v["created"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("{what}: the answer names no count: {v}"))
+    }
+
     /// `POST /packages` (multipart: `envelope`, `payload`); answers the package id.
     pub fn upload(&self, p: &Package) -> Result<i64> {
-        let what = format!("uploading package {}", p.version);
-        let boundary = format!("simfota-demo-{}", uuid::Uuid::new_v4().simple());
-        let mut body = Vec::with_capacity(p.envelope.len() + p.payload.len() + 512);
-        for (name, bytes) in [("envelope", &p.envelope), ("payload", &p.payload)] {
+        self.upload_parts(&p.version, &p.envelope, &p.payload)
+    }
+
+    /// `POST /packages` of release `version` from its envelope and payload bytes.
+    pub fn upload_parts(&self, version: &str, envelope: &[u8], payload: &[u8]) -> Result<i64> {
+        let what = format!("uploading package {version}");
+        let boundary = format!("simfota-{}", uuid::Uuid::new_v4().simple());
+        let mut body = Vec::with_capacity(envelope.len() + payload.len() + 512);
+        for (name, bytes) in [("envelope", envelope), ("payload", payload)] {
             body.extend_from_slice(
                 format!(
                     "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; \
@@ -139,10 +164,17 @@ impl Operator {
 
     /// `POST /campaigns` for every device, one wave; answers the campaign id.
     pub fn campaign(&self, name: &str, package_id: i64) -> Result<i64> {
+        self.campaign_for(name, package_id, None)
+    }
+
+    /// `POST /campaigns` for the devices of `model` (every device when `None`), one wave,
+    /// never halted by failures; answers the campaign id.
+    pub fn campaign_for(&self, name: &str, package_id: i64, model: Option<&str>) -> Result<i64> {
         let what = format!("starting campaign {name}");
         let body = serde_json::json!({
             "name": name,
             "package_id": package_id,
+            "target_model": model,
             "waves": [100],
             "success_threshold": 100,
             "error_threshold": 100,
@@ -151,6 +183,16 @@ impl Operator {
         v["id"]
             .as_i64()
             .ok_or_else(|| anyhow!("{what}: the answer names no campaign id: {v}"))
+    }
+
+    /// `GET /campaigns`: every campaign.
+    pub fn campaigns(&self) -> Result<Value> {
+        self.get("reading the campaigns", "campaigns")
+    }
+
+    /// `GET /campaigns/{id}`: the campaign with its progress counts.
+    pub fn campaign_status(&self, id: i64) -> Result<Value> {
+        self.get("reading the campaign", &format!("campaigns/{id}"))
     }
 
     /// `GET /devices/{imei}`: the device and its jobs.

@@ -1,6 +1,8 @@
-//! The demo's firmware: deterministic pseudo-random images and the originator-signed SUIT
-//! packages for them, written to `DIR/firmware/` so they can be looked at afterwards
-//! (`simfota pack inspect DIR/firmware/fw-2.1.suit --key DIR/oem.pub.pem`).
+//! Firmware for the demo and the fleet simulator: deterministic pseudo-random images and the
+//! originator-signed SUIT packages for them. The demo writes its images and envelopes to
+//! `DIR/firmware/` so they can be looked at afterwards
+//! (`simfota pack inspect DIR/firmware/fw-2.1.suit --key DIR/oem.pub.pem`); the fleet keeps
+//! its one package in memory.
 //!
 //! Each image starts with a readable header naming its version; the rest is a SplitMix64
 //! stream seeded per release, so every run builds the same bytes. Release 2.1 is 2.0 with a
@@ -61,12 +63,18 @@ impl SplitMix {
 
 /// The image of release `version`: a header, then filler from `seed`.
 pub fn image(version: &str, seed: u64) -> Vec<u8> {
+    image_of_len(version, seed, IMAGE_LEN)
+}
+
+/// An image of exactly `len` bytes: the header of release `version` (cut short if `len` is
+/// smaller), then filler from `seed`.
+pub fn image_of_len(version: &str, seed: u64, len: usize) -> Vec<u8> {
     let mut out = format!("SIMFOTA-DEMO-FIRMWARE {version}\n").into_bytes();
     let mut rng = SplitMix(seed);
-    while out.len() < IMAGE_LEN {
+    while out.len() < len {
         out.extend_from_slice(&rng.next().to_le_bytes());
     }
-    out.truncate(IMAGE_LEN);
+    out.truncate(len);
     out
 }
 
@@ -112,6 +120,18 @@ fn params<'a>(
     }
 }
 
+/// The signed SUIT envelope of a full package for `image` (payload fetched by the relative
+/// URI `payload`).
+pub fn full_envelope(
+    image: &[u8],
+    version: &str,
+    sequence: u64,
+    key: &SigningKey,
+) -> Result<Vec<u8>> {
+    suit::build(&params(image, version, sequence, None), key)
+        .map_err(|e| anyhow!("cannot build the package for {version}: {e}"))
+}
+
 /// Builds a full package for `image` and writes `fw-<file_tag>.bin` and `.suit` in `dir`.
 pub fn full(
     dir: &Path,
@@ -121,8 +141,7 @@ pub fn full(
     sequence: u64,
     key: &SigningKey,
 ) -> Result<Package> {
-    let envelope = suit::build(&params(image, version, sequence, None), key)
-        .map_err(|e| anyhow!("cannot build the package for {version}: {e}"))?;
+    let envelope = full_envelope(image, version, sequence, key)?;
     let file = dir.join(format!("fw-{file_tag}.suit"));
     files::write_atomic(
         &dir.join(format!("fw-{file_tag}.bin")),

@@ -1,0 +1,770 @@
+//! `simfota fleet`: a fleet of simulated devices, each with its own real card applet in this
+//! process, updated through a DM server; measures complete card-gated updates per second.
+//!
+//! Without `--target` it starts its own server processes (this binary's `simfota server`):
+//! one on SQLite in a temporary folder, or `--replicas K` on one PostgreSQL (`--database`)
+//! behind a round-robin TCP relay. With `--target URL` it drives an existing server with the
+//! operator token and keys it is given. Either way it then:
+//!
+//! 1. registers the devices through `POST /api/v1/devices/bulk` (at most 10 000 a request),
+//!    personalizes one card per device (issuer key, the server with the firmware and log
+//!    rights, the originator key, device-digest policy), uploads a package signed by the
+//!    originator and starts a campaign for the run's model: the setup, timed apart;
+//! 2. runs `--concurrency` worker threads, each taking the next device through one complete
+//!    update ([`device::SimDevice::update`]) until every device is done or `--duration` is
+//!    over (then no new device starts): the measured phase;
+//! 3. reads the campaign back from the server and checks that the server counts as many
+//!    succeeded jobs as the simulator counted complete updates.
+//!
+//! The figures (rate, latencies, CPU of the servers and of the simulator, errors by kind) are
+//! printed, or written as one JSON object with `--json`. The exit status is 0 only when every
+//! started update completed and the server agrees.
+
+mod device;
+mod report;
+mod servers;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use p256::ecdsa::{SigningKey, VerifyingKey};
+use simfota_device::config::{AuthScheme, Encoding};
+use simfota_wire::{IntegrityMode, Policy, PublicKey, Rights, UnauthorizedRule};
+
+use crate::keys;
+use crate::setup::{self, firmware, operator::Operator};
+use device::{Behaviour, Identity, Protocol, SimDevice, Timings};
+use report::{ErrorGroup, ErrorKind, Percentiles, Report};
+
+/// The fleet's manufacturer (DevInfo/Man).
+const MANUFACTURER: &str = "simfota fleet";
+/// ServerID of the servers the fleet starts.
+const OWN_SERVER_ID: &str = "simfota-fleet";
+/// The originator's id on the cards and the servers the fleet starts.
+const OWN_ORIGINATOR_ID: &str = "oem";
+/// The firmware version every device runs before its update.
+const FROM_VERSION: &str = "1.0";
+/// The release the campaign delivers.
+const TO_VERSION: &str = "2.0";
+/// Devices per bulk registration request (the API's bound).
+const BULK_MAX: usize = 10_000;
+/// Stack of the worker threads: a card's RAM store (two images of its persistent memory)
+/// passes through the stack when it is created.
+const WORKER_STACK: usize = 4 << 20;
+
+/// Options of `simfota fleet`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Devices to register and update (each holds a card in memory, about 45 KB).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    devices: u32,
+    /// Worker threads, each driving one device at a time.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    concurrency: u32,
+    /// Stop starting new devices after this many seconds (the ones running finish).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    duration: Option<u64>,
+    /// SyncML encoding of the DM messages.
+    #[arg(long, default_value = "xml", value_parser = ["xml", "wbxml"])]
+    encoding: String,
+    /// DM authentication: MD5 digest or HMAC (syncml:auth-MAC).
+    #[arg(long, default_value = "md5", value_parser = ["md5", "hmac"])]
+    auth: String,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
+    payload_size: u32,
+    /// Devices also fetch the payload (by default they fetch the envelope only).
+    #[arg(long)]
+    download: bool,
+    /// Print one JSON object with the figures on stdout (progress stays on stderr).
+    #[arg(long)]
+    json: bool,
+    /// PostgreSQL URL for the servers the fleet starts [default: SQLite in a temporary folder].
+    #[arg(long, value_name = "URL", conflicts_with = "target")]
+    database: Option<String>,
+    /// Server processes on the one PostgreSQL database, behind a round-robin relay.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16), conflicts_with = "target")]
+    replicas: u32,
+    /// Drive an existing server at this URL instead of starting one.
+    #[arg(long, value_name = "URL", requires_all = ["token_file", "server_id", "server_key", "issuer_key", "originator_key"])]
+    target: Option<String>,
+    /// With --target: a file holding an operator API token.
+    #[arg(long, value_name = "FILE", requires = "target")]
+    token_file: Option<PathBuf>,
+    /// With --target: the server's ServerID (the `iss` of its delivery tokens).
+    #[arg(long, value_name = "ID", requires = "target")]
+    server_id: Option<String>,
+    /// With --target: the server's public key (its DATA/server-pub.pem).
+    #[arg(long, value_name = "PEM", requires = "target")]
+    server_key: Option<PathBuf>,
+    /// With --target: a card issuer's private key whose public key the server trusts.
+    #[arg(long, value_name = "PEM", requires = "target")]
+    issuer_key: Option<PathBuf>,
+    /// With --target: a software originator's private key the server trusts.
+    #[arg(long, value_name = "PEM", requires = "target")]
+    originator_key: Option<PathBuf>,
+    /// With --target: that originator's id on the server.
+    #[arg(long, value_name = "ID", default_value = OWN_ORIGINATOR_ID)]
+    originator_id: String,
+}
+
+/// Runs `simfota fleet`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    if args.replicas > 1 && args.database.is_none() {
+        bail!(
+            "--replicas {} needs --database postgres://...: replicas share one PostgreSQL \
+             database (SQLite serves one process)",
+            args.replicas
+        );
+    }
+    if let Some(db) = &args.database
+        && !(db.starts_with("postgres://") || db.starts_with("postgresql://"))
+    {
+        bail!("--database takes a PostgreSQL URL (postgres://user@host/db); SQLite is the default");
+    }
+    if let Some(t) = &args.target
+        && !(t.starts_with("http://") || t.starts_with("https://"))
+    {
+        bail!("--target takes the server's base URL (http://host:port or https://...)");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::device::stop_on_signals(stop.clone(), Arc::new(Mutex::new(None)))?;
+    let progress = Progress::new();
+    let setup_started = Instant::now();
+    let world = World::set_up(&args, &progress, &stop)?;
+    let setup_s = setup_started.elapsed().as_secs_f64();
+    // The servers stop and the temporary folder goes when `drive` is done with them.
+    let report = world.drive(&args, &progress, &stop, setup_s)?;
+    if args.json {
+        let text = serde_json::to_string(&report).context("cannot encode the report")?;
+        outln!("{text}");
+    } else {
+        report::print(&report);
+    }
+    if stop.load(Ordering::Relaxed) {
+        errln!(
+            "fleet: stopped by a signal; the servers are stopped and the temporary folder removed"
+        );
+        return Ok(ExitCode::from(130));
+    }
+    if report.ok {
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &report.verification {
+        Some(v) if !v.matches => bail!(
+            "the server counts {} succeeded updates in campaign {}, the simulator {}",
+            v.server_succeeded,
+            v.campaign_id,
+            report.complete_updates
+        ),
+        None => bail!("the server's count of the campaign could not be read"),
+        _ => bail!(
+            "{} of {} started updates did not complete (errors above)",
+            report.failed_updates,
+            report.started
+        ),
+    }
+}
+
+/// Progress on stderr: one line rewritten in place at a terminal, a line every few seconds
+/// otherwise.
+#[derive(Clone, Copy)]
+struct Progress {
+    terminal: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn say(&self, line: &str) {
+        errln!("fleet: {line}");
+    }
+
+    fn every(&self) -> Duration {
+        if self.terminal {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(5)
+        }
+    }
+
+    fn tick(&self, line: &str) {
+        if self.terminal {
+            crate::output::stderr(format_args!("\r\x1b[2Kfleet: {line}"));
+        } else {
+            errln!("fleet: {line}");
+        }
+    }
+
+    fn done(&self) {
+        if self.terminal {
+            crate::output::stderr(format_args!("\r\x1b[2K"));
+        }
+    }
+}
+
+/// Everything set up before the measured phase.
+struct World {
+    // Dropped in this order: the servers stop before their folder goes.
+    servers: Option<servers::Servers>,
+    _temp: Option<tempfile::TempDir>,
+    operator: Operator,
+    devices: Vec<SimDevice>,
+    campaign_id: i64,
+    behaviour: Behaviour,
+    database: &'static str,
+    replicas: usize,
+}
+
+/// Keys and identity of the server the devices talk to.
+struct ServerSide {
+    url: String,
+    server_id: String,
+    server_key: PublicKey,
+    operator: Operator,
+    issuer: SigningKey,
+    originator: SigningKey,
+    originator_id: String,
+}
+
+impl World {
+    fn set_up(args: &Args, progress: &Progress, stop: &AtomicBool) -> Result<World> {
+        let (side, servers, temp) = match &args.target {
+            Some(url) => (target_side(args, url)?, None, None),
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("simfota-fleet-")
+                    .tempdir()
+                    .context("cannot create a temporary folder")?;
+                let (side, servers) = own_servers(args, temp.path(), progress)?;
+                (side, Some(servers), Some(temp))
+            }
+        };
+        let database = match (&args.target, &args.database) {
+            (Some(_), _) => "target",
+            (None, Some(_)) => "postgres",
+            (None, None) => "sqlite",
+        };
+        let protocol = Protocol {
+            encoding: if args.encoding == "wbxml" {
+                Encoding::Wbxml
+            } else {
+                Encoding::Xml
+            },
+            auth: if args.auth == "hmac" {
+                AuthScheme::Hmac
+            } else {
+                AuthScheme::Md5
+            },
+        };
+        // A run's own block of IMEIs, ICCIDs and its own model: runs against one database
+        // never collide, and the campaign targets this run's devices only.
+        let run_tag = random_digits(6);
+        let model = format!("FLEET-{run_tag}");
+        let n = args.devices as usize;
+        let ids: Vec<Identity> = (0..n).map(|i| identity(&run_tag, i)).collect();
+
+        progress.say(&format!("registering {n} devices (model {model})"));
+        for chunk in ids.chunks(BULK_MAX) {
+            if stop.load(Ordering::Relaxed) {
+                bail!("stopped by a signal during the setup");
+            }
+            let body: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "imei": d.imei,
+                        "username": d.username,
+                        "password": d.password,
+                        "server_password": d.server_password,
+                        "auth": args.auth,
+                        "model": model,
+                        "manufacturer": MANUFACTURER,
+                        "fw_version": FROM_VERSION,
+                    })
+                })
+                .collect();
+            let created = side.operator.register_bulk(&body)?;
+            if created != chunk.len() as u64 {
+                bail!(
+                    "the server created {created} of the {} devices sent",
+                    chunk.len()
+                );
+            }
+        }
+
+        progress.say(&format!("personalizing {n} cards"));
+        let devices = personalize_all(&side, &ids, &model, protocol, args.concurrency, stop)?;
+
+        progress.say(&format!(
+            "uploading a package ({} bytes) and starting the campaign",
+            args.payload_size
+        ));
+        let payload = firmware::image_of_len(
+            TO_VERSION,
+            run_tag.parse().unwrap_or(0),
+            args.payload_size as usize,
+        );
+        let envelope = firmware::full_envelope(&payload, TO_VERSION, 2, &side.originator)?;
+        let package_id = side
+            .operator
+            .upload_parts(TO_VERSION, &envelope, &payload)?;
+        let campaign_id =
+            side.operator
+                .campaign_for(&format!("fleet {model}"), package_id, Some(&model))?;
+        Ok(World {
+            servers,
+            _temp: temp,
+            operator: side.operator,
+            devices,
+            campaign_id,
+            behaviour: Behaviour {
+                download: args.download,
+                payload: Arc::new(payload),
+            },
+            database,
+            replicas: if args.target.is_some() {
+                0
+            } else {
+                args.replicas as usize
+            },
+        })
+    }
+
+    /// The measured phase, then the server's count.
+    fn drive(
+        mut self,
+        args: &Args,
+        progress: &Progress,
+        stop: &AtomicBool,
+        setup_s: f64,
+    ) -> Result<Report> {
+        let total = self.devices.len();
+        let queue = Mutex::new(std::mem::take(&mut self.devices).into_iter());
+        let deadline = args
+            .duration
+            .map(|s| Instant::now() + Duration::from_secs(s));
+        let pids = self
+            .servers
+            .as_ref()
+            .map(servers::Servers::pids)
+            .unwrap_or_default();
+        let server_cpu = || -> Option<f64> {
+            if pids.is_empty() {
+                return None;
+            }
+            pids.iter().map(|p| servers::cpu_ms(Some(*p))).sum()
+        };
+        let started_count = AtomicUsize::new(0);
+        let done = AtomicU64::new(0);
+        let failed = AtomicU64::new(0);
+        let finished = AtomicBool::new(false);
+        let results: Mutex<Collected> = Mutex::new(Collected::default());
+        let server_before = server_cpu();
+        let self_before = servers::cpu_ms(None).unwrap_or(0.0);
+        let started = Instant::now();
+        let behaviour = &self.behaviour;
+        let mut stopped_early = false;
+        std::thread::scope(|scope| -> Result<()> {
+            let mut workers = Vec::new();
+            for w in 0..args.concurrency {
+                let worker = std::thread::Builder::new()
+                    .name(format!("device-{w}"))
+                    .stack_size(WORKER_STACK)
+                    .spawn_scoped(scope, || {
+                        let http = simfota_device::download::http_agent();
+                        let mut mine = Collected::default();
+                        loop {
+                            if stop.load(Ordering::Relaxed)
+                                || deadline.is_some_and(|d| Instant::now() >= d)
+                            {
+                                break;
+                            }
+                            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+                            let Some(mut dev) = next else { break };
+                            started_count.fetch_add(1, Ordering::Relaxed);
+                            let mut t = Timings::default();
+                            match dev.update(&http, behaviour, &mut t) {
+                                Ok(()) => {
+                                    done.fetch_add(1, Ordering::Relaxed);
+                                    mine.updates.push(t.update);
+                                }
+                                Err(f) => {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                    mine.error(f.kind, &format!("{}: {}", dev.cfg.imei, f.message));
+                                }
+                            }
+                            mine.sessions.extend(t.sessions);
+                        }
+                        results
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .merge(mine);
+                    })
+                    .context("cannot start a worker thread")?;
+                workers.push(worker);
+            }
+            // Progress until the workers are done.
+            let ticker = scope.spawn(|| {
+                let mut last = Instant::now();
+                while !finished.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last.elapsed() < progress.every() {
+                        continue;
+                    }
+                    last = Instant::now();
+                    let secs = started.elapsed().as_secs_f64();
+                    let d = done.load(Ordering::Relaxed);
+                    progress.tick(&format!(
+                        "{d}/{total} updates, {:.1}/s, {} errors, {:.0} s",
+                        d as f64 / secs.max(1e-9),
+                        failed.load(Ordering::Relaxed),
+                        secs
+                    ));
+                }
+            });
+            for w in workers {
+                if w.join().is_err() {
+                    let mut r = results.lock().unwrap_or_else(PoisonError::into_inner);
+                    r.error(ErrorKind::Internal, "a worker thread ended abnormally");
+                }
+            }
+            finished.store(true, Ordering::Relaxed);
+            let _ = ticker.join();
+            Ok(())
+        })?;
+        progress.done();
+        let elapsed = started.elapsed().as_secs_f64();
+        let self_after = servers::cpu_ms(None).unwrap_or(0.0);
+        let server_after = server_cpu();
+        let started_n = started_count.load(Ordering::Relaxed);
+        if started_n < total {
+            stopped_early = true;
+        }
+        let mut collected = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let complete = done.load(Ordering::Relaxed);
+        let failed_n = failed.load(Ordering::Relaxed)
+            + collected
+                .errors
+                .get(&ErrorKind::Internal)
+                .map_or(0, |g| g.count);
+        if let Some(why) = self.servers.as_mut().and_then(servers::Servers::exited) {
+            collected.error(ErrorKind::Internal, &why);
+        }
+        let verification = match self.operator.campaign_status(self.campaign_id) {
+            Ok(c) => {
+                let succeeded = c["progress"]["succeeded"].as_i64().unwrap_or(-1);
+                Some(report::Verification {
+                    campaign_id: self.campaign_id,
+                    server_succeeded: succeeded,
+                    server_failed: c["progress"]["failed"].as_i64().unwrap_or(-1),
+                    matches: u64::try_from(succeeded).ok() == Some(complete),
+                })
+            }
+            Err(e) => {
+                progress.say(&format!("cannot read the campaign back: {e:#}"));
+                None
+            }
+        };
+        let per = |ms: f64| (complete > 0).then(|| report::round2(ms / complete as f64));
+        let server_ms = match (server_before, server_after) {
+            (Some(b), Some(a)) => Some(report::round2(a - b)),
+            _ => None,
+        };
+        let simulator_ms = report::round2(self_after - self_before);
+        let errors: BTreeMap<&'static str, ErrorGroup> = collected
+            .errors
+            .iter()
+            .map(|(k, g)| (k.name(), g.clone()))
+            .collect();
+        let ok = errors.is_empty() && verification.as_ref().is_some_and(|v| v.matches);
+        Ok(Report {
+            ok,
+            devices: total,
+            started: started_n,
+            complete_updates: complete,
+            failed_updates: failed_n,
+            elapsed_s: report::round2(elapsed),
+            updates_per_s: report::round2(complete as f64 / elapsed.max(1e-9)),
+            session_latency: Percentiles::of(&mut collected.sessions),
+            update_latency: Percentiles::of(&mut collected.updates),
+            cpu: report::Cpu {
+                server_ms,
+                server_ms_per_update: server_ms.and_then(per),
+                simulator_ms,
+                simulator_ms_per_update: per(simulator_ms),
+            },
+            errors,
+            verification,
+            stopped_early,
+            setup: report::Setup {
+                database: self.database,
+                replicas: self.replicas,
+                encoding: if args.encoding == "wbxml" {
+                    "wbxml"
+                } else {
+                    "xml"
+                },
+                auth: if args.auth == "hmac" { "hmac" } else { "md5" },
+                concurrency: args.concurrency as usize,
+                payload_size: args.payload_size as usize,
+                download: args.download,
+                setup_s: report::round2(setup_s),
+            },
+        })
+    }
+}
+
+/// What the workers measured.
+#[derive(Default)]
+struct Collected {
+    sessions: Vec<Duration>,
+    updates: Vec<Duration>,
+    errors: BTreeMap<ErrorKind, ErrorGroup>,
+}
+
+impl Collected {
+    fn error(&mut self, kind: ErrorKind, message: &str) {
+        self.errors
+            .entry(kind)
+            .and_modify(|g| g.count += 1)
+            .or_insert_with(|| ErrorGroup {
+                count: 1,
+                example: message.to_owned(),
+            });
+    }
+
+    fn merge(&mut self, other: Collected) {
+        self.sessions.extend(other.sessions);
+        self.updates.extend(other.updates);
+        for (k, g) in other.errors {
+            self.errors
+                .entry(k)
+                .and_modify(|mine| mine.count += g.count)
+                .or_insert(g);
+        }
+    }
+}
+
+/// Starts the fleet's own servers in `dir`, with new issuer and originator keys.
+fn own_servers(
+    args: &Args,
+    dir: &std::path::Path,
+    progress: &Progress,
+) -> Result<(ServerSide, servers::Servers)> {
+    let issuer = setup::new_key_files(dir, "issuer")?;
+    let originator = setup::new_key_files(dir, "oem")?;
+    let data = dir.join("server");
+    progress.say(&format!(
+        "starting {} server process{} ({})",
+        args.replicas,
+        if args.replicas == 1 { "" } else { "es" },
+        if args.database.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    ));
+    let issuer_pub = dir.join("issuer.pub.pem");
+    let originator_pub = dir.join("oem.pub.pem");
+    let plan = servers::Plan {
+        data: &data,
+        database: args.database.as_deref(),
+        replicas: args.replicas as usize,
+        server_id: OWN_SERVER_ID,
+        issuer_pub: &issuer_pub,
+        originator: (OWN_ORIGINATOR_ID, &originator_pub),
+    };
+    let token = servers::Servers::new_api_token(&plan, "simfota-fleet")?;
+    let servers = servers::Servers::start(&plan)?;
+    let url = servers.url().to_owned();
+    let operator = Operator::with_token(&url, &token);
+    let key = keys::load_public(&data.join("server-pub.pem"))?;
+    Ok((
+        ServerSide {
+            url,
+            server_id: OWN_SERVER_ID.to_owned(),
+            server_key: PublicKey::from(VerifyingKey::from(key)),
+            operator,
+            issuer,
+            originator,
+            originator_id: OWN_ORIGINATOR_ID.to_owned(),
+        },
+        servers,
+    ))
+}
+
+/// The server at `--target`, with the keys and token given.
+fn target_side(args: &Args, url: &str) -> Result<ServerSide> {
+    let need =
+        |v: &Option<PathBuf>, flag: &str| v.clone().ok_or_else(|| anyhow!("--target needs {flag}"));
+    let token_file = need(&args.token_file, "--token-file")?;
+    let token = crate::files::read_text(&token_file, "the API token")?;
+    let server_id = args
+        .server_id
+        .clone()
+        .ok_or_else(|| anyhow!("--target needs --server-id"))?;
+    let server_key = keys::load_public(&need(&args.server_key, "--server-key")?)?;
+    let issuer = SigningKey::from(keys::load_private(&need(
+        &args.issuer_key,
+        "--issuer-key",
+    )?)?);
+    let originator = SigningKey::from(keys::load_private(&need(
+        &args.originator_key,
+        "--originator-key",
+    )?)?);
+    let operator = Operator::with_token(url, &token);
+    // Reachable, and the token accepted, before anything is created.
+    operator
+        .campaigns()
+        .with_context(|| format!("cannot use the server at {url}"))?;
+    Ok(ServerSide {
+        url: url.trim_end_matches('/').to_owned(),
+        server_id,
+        server_key: PublicKey::from(VerifyingKey::from(server_key)),
+        operator,
+        issuer,
+        originator,
+        originator_id: args.originator_id.clone(),
+    })
+}
+
+/// One device per identity, each card personalized, spread over `threads` threads.
+fn personalize_all(
+    side: &ServerSide,
+    ids: &[Identity],
+    model: &str,
+    protocol: Protocol,
+    threads: u32,
+    stop: &AtomicBool,
+) -> Result<Vec<SimDevice>> {
+    let threads = (threads as usize).clamp(1, 8).min(ids.len().max(1));
+    let per = ids.len().div_ceil(threads);
+    let policy = Policy::new(UnauthorizedRule::Refuse, IntegrityMode::DeviceDigest);
+    let rights = Rights::FIRMWARE_UPDATE | Rights::LOG_READ | Rights::LOG_ACK;
+    std::thread::scope(|scope| {
+        let mut parts = Vec::new();
+        for chunk in ids.chunks(per.max(1)) {
+            let part = std::thread::Builder::new()
+                .name("personalize".into())
+                .stack_size(WORKER_STACK)
+                .spawn_scoped(scope, move || -> Result<Vec<SimDevice>> {
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for id in chunk {
+                        if stop.load(Ordering::Relaxed) {
+                            bail!("stopped by a signal during the setup");
+                        }
+                        let dev = SimDevice::new(
+                            id,
+                            &side.url,
+                            &side.server_id,
+                            model,
+                            protocol,
+                            FROM_VERSION,
+                        );
+                        {
+                            let mut card =
+                                dev.card().lock().unwrap_or_else(PoisonError::into_inner);
+                            setup::personalize(
+                                &mut card,
+                                &side.issuer,
+                                &setup::CardSpec {
+                                    issuer_name: "operator.example",
+                                    iccid: &id.iccid,
+                                    imsi: "001010000000001",
+                                    pin: "1234",
+                                    puk: "12345678",
+                                    server: (&side.server_id, side.server_key, rights),
+                                    originator: (&side.originator_id, &side.originator),
+                                    policy,
+                                },
+                            )
+                            .with_context(|| format!("card {}", id.iccid))?;
+                        }
+                        out.push(dev);
+                    }
+                    Ok(out)
+                })
+                .context("cannot start a personalization thread")?;
+            parts.push(part);
+        }
+        let mut all = Vec::with_capacity(ids.len());
+        for p in parts {
+            let devices = p
+                .join()
+                .map_err(|_| anyhow!("a personalization thread ended abnormally"))??;
+            all.extend(devices);
+        }
+        Ok(all)
+    })
+}
+
+/// The identity of device `i` of the run `tag` (6 digits): IMEI `35` + tag + 6-digit serial +
+/// Luhn digit; ICCID `89882` + tag + 8-digit serial + Luhn digit.
+fn identity(tag: &str, i: usize) -> Identity {
+    let imei = with_luhn(&format!("35{tag}{i:06}"));
+    let iccid = with_luhn(&format!("89882{tag}{i:08}"));
+    Identity {
+        username: format!("fleet-{imei}"),
+        password: uuid::Uuid::new_v4().simple().to_string(),
+        server_password: uuid::Uuid::new_v4().simple().to_string(),
+        imei,
+        iccid,
+    }
+}
+
+/// `digits` followed by its Luhn check digit (ISO/IEC 7812-1 Annex B).
+fn with_luhn(digits: &str) -> String {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    format!("{digits}{}", (10 - sum % 10) % 10)
+}
+
+/// `n` random decimal digits.
+fn random_digits(n: usize) -> String {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes
+        .iter()
+        .take(n)
+        .map(|b| char::from(b'0' + b % 10))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_are_valid_and_distinct() {
+        let a = identity("123456", 0);
+        let b = identity("123456", 99_999);
+        assert!(simfota_wire::Imei::parse(&a.imei).is_ok(), "{}", a.imei);
+        assert!(simfota_wire::Imei::parse(&b.imei).is_ok(), "{}", b.imei);
+        assert!(simfota_wire::Iccid::parse(&a.iccid).is_ok(), "{}", a.iccid);
+        assert!(simfota_wire::Iccid::parse(&b.iccid).is_ok(), "{}", b.iccid);
+        assert_ne!(a.imei, b.imei);
+        assert_eq!(with_luhn("49015420323751"), "490154203237518");
+    }
+}

@@ -1,0 +1,277 @@
+//! What a fleet run measured: counts, rates, latency percentiles, CPU, errors by kind, and the
+//! server's own count of the campaign; printed for a person or as one JSON object.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The step at which a device's update stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The card did not answer as a personalized card should.
+    Card,
+    /// The delivery session failed (transport, authentication, protocol).
+    DeliverySession,
+    /// The delivery session ended without a token and an Exec.
+    NoUpdate,
+    /// The envelope could not be fetched or read.
+    Envelope,
+    /// The card refused the authorization.
+    Authorize,
+    /// The payload could not be fetched, or is not the signed one.
+    Download,
+    /// The card refused the integrity verdict.
+    Integrity,
+    /// The card refused the result report.
+    Report,
+    /// The result session failed (transport, authentication, protocol).
+    ResultSession,
+    /// The server did not accept the result alert.
+    ResultRefused,
+    /// A worker thread ended abnormally.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The name used in the output (the JSON key).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Card => "card",
+            ErrorKind::DeliverySession => "delivery_session",
+            ErrorKind::NoUpdate => "no_update",
+            ErrorKind::Envelope => "envelope",
+            ErrorKind::Authorize => "authorize",
+            ErrorKind::Download => "download",
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Report => "report",
+            ErrorKind::ResultSession => "result_session",
+            ErrorKind::ResultRefused => "result_refused",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Errors of one kind: how many, and the first message.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorGroup {
+    /// How many devices stopped there.
+    pub count: u64,
+    /// The first device's message.
+    pub example: String,
+}
+
+/// p50 and p99 of a set of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    /// How many values.
+    pub count: usize,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `values` (sorted here).
+    pub fn of(values: &mut [Duration]) -> Percentiles {
+        values.sort_unstable();
+        let at = |p: f64| -> f64 {
+            if values.is_empty() {
+                return 0.0;
+            }
+            let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
+            round2(values[rank - 1].as_secs_f64() * 1000.0)
+        };
+        Percentiles {
+            count: values.len(),
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+        }
+    }
+}
+
+/// Two decimals.
+pub fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// CPU time spent during the measured phase.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Cpu {
+    /// The server processes' user + system CPU, when the simulator started them.
+    pub server_ms: Option<f64>,
+    /// The server's CPU per complete update.
+    pub server_ms_per_update: Option<f64>,
+    /// This process's user + system CPU (devices, cards, relay, progress).
+    pub simulator_ms: f64,
+    /// The simulator's CPU per complete update.
+    pub simulator_ms_per_update: Option<f64>,
+}
+
+/// The server's count of the campaign, read after the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    /// The campaign.
+    pub campaign_id: i64,
+    /// Jobs the server counts as succeeded.
+    pub server_succeeded: i64,
+    /// Jobs the server counts as failed.
+    pub server_failed: i64,
+    /// Whether the server's succeeded count equals the simulator's complete updates.
+    pub matches: bool,
+}
+
+/// How the run was set up.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
+    /// `sqlite`, `postgres`, or `target` (an existing server).
+    pub database: &'static str,
+    /// Server processes started (0 with `--target`).
+    pub replicas: usize,
+    /// `xml` or `wbxml`.
+    pub encoding: &'static str,
+    /// `md5` or `hmac`.
+    pub auth: &'static str,
+    /// Worker threads.
+    pub concurrency: usize,
+    /// Payload bytes.
+    pub payload_size: usize,
+    /// Whether devices fetched the payload.
+    pub download: bool,
+    /// Server start, registration, personalization, package upload and campaign, in seconds.
+    pub setup_s: f64,
+}
+
+/// Everything the run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Whether every started device completed and the server agrees.
+    pub ok: bool,
+    /// Devices registered and personalized.
+    pub devices: usize,
+    /// Devices whose update was started.
+    pub started: usize,
+    /// Complete updates.
+    pub complete_updates: u64,
+    /// Updates that stopped with an error.
+    pub failed_updates: u64,
+    /// The measured phase, in seconds.
+    pub elapsed_s: f64,
+    /// Complete updates per second of the measured phase.
+    pub updates_per_s: f64,
+    /// Each DM session (delivery and result).
+    pub session_latency: Percentiles,
+    /// Each complete update, first message to last answer.
+    pub update_latency: Percentiles,
+    /// CPU time during the measured phase.
+    pub cpu: Cpu,
+    /// Errors by kind.
+    pub errors: BTreeMap<&'static str, ErrorGroup>,
+    /// The server's own count.
+    pub verification: Option<Verification>,
+    /// Whether the run was stopped early (`--duration` or a signal).
+    pub stopped_early: bool,
+    /// Settings.
+    pub setup: Setup,
+}
+
+/// Prints the report for a person (stdout).
+pub fn print(r: &Report) {
+    let s = &r.setup;
+    outln!(
+        "fleet: {} devices ({} started), {} on {} ({} server process{}), {} + {}, concurrency {}, \
+         payload {} bytes{}",
+        r.devices,
+        r.started,
+        if s.database == "target" {
+            "an existing server"
+        } else {
+            "own servers"
+        },
+        s.database,
+        s.replicas,
+        if s.replicas == 1 { "" } else { "es" },
+        s.encoding,
+        s.auth,
+        s.concurrency,
+        s.payload_size,
+        if s.download { ", downloaded" } else { "" }
+    );
+    outln!(
+        "  setup              {:.2} s (servers, registration, cards, package, campaign)",
+        s.setup_s
+    );
+    outln!("  complete updates   {}", r.complete_updates);
+    outln!("  elapsed            {:.2} s", r.elapsed_s);
+    outln!("  updates/s          {:.1}", r.updates_per_s);
+    outln!(
+        "  session latency    p50 {:.1} ms, p99 {:.1} ms ({} sessions)",
+        r.session_latency.p50_ms,
+        r.session_latency.p99_ms,
+        r.session_latency.count
+    );
+    outln!(
+        "  update latency     p50 {:.1} ms, p99 {:.1} ms",
+        r.update_latency.p50_ms,
+        r.update_latency.p99_ms
+    );
+    match (r.cpu.server_ms, r.cpu.server_ms_per_update) {
+        (Some(total), Some(per)) => outln!(
+            "  server CPU         {per:.2} ms per update ({:.2} s in all)",
+            total / 1000.0
+        ),
+        (Some(total), None) => outln!("  server CPU         {:.2} s, no update", total / 1000.0),
+        _ => outln!("  server CPU         not measured (an existing server)"),
+    }
+    match r.cpu.simulator_ms_per_update {
+        Some(per) => outln!(
+            "  simulator CPU      {per:.2} ms per update ({:.2} s in all)",
+            r.cpu.simulator_ms / 1000.0
+        ),
+        None => outln!("  simulator CPU      {:.2} s", r.cpu.simulator_ms / 1000.0),
+    }
+    if r.errors.is_empty() {
+        outln!("  errors             none");
+    } else {
+        outln!("  errors             {}", r.failed_updates);
+        for (kind, g) in &r.errors {
+            outln!("    {kind}: {} (first: {})", g.count, g.example);
+        }
+    }
+    match &r.verification {
+        Some(v) if v.matches => outln!(
+            "  server agrees      campaign {}: {} succeeded",
+            v.campaign_id,
+            v.server_succeeded
+        ),
+        Some(v) => outln!(
+            "  SERVER DISAGREES   campaign {}: {} succeeded, {} failed; the simulator counted {}",
+            v.campaign_id,
+            v.server_succeeded,
+            v.server_failed,
+            r.complete_updates
+        ),
+        None => outln!("  server count       not read"),
+    }
+    if r.stopped_early {
+        outln!("  stopped early: devices not started were left as they are");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let p = Percentiles::of(&mut v);
+        assert_eq!((p.count, p.p50_ms, p.p99_ms), (100, 50.0, 99.0));
+        let mut one = vec![Duration::from_millis(7)];
+        let p = Percentiles::of(&mut one);
+        assert_eq!((p.p50_ms, p.p99_ms), (7.0, 7.0));
+        assert_eq!(Percentiles::of(&mut []).count, 0);
+    }
+}
