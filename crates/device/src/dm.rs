@@ -324,6 +324,22 @@ pub struct SessionSummary {
     pub messages: u32,
 }
 
+/// What package 1 offers besides `./DevInfo` (docs/dm-tree.md "Package 1"): the firmware
+/// version, the card's info, a fresh card nonce and the FUMO state. A server that reads them
+/// there skips its Gets: a delivery takes two round trips instead of three. A node that
+/// cannot be read (no card) is left out, and the server Gets what it lacks.
+fn offered_nodes() -> Vec<NodeUri> {
+    [
+        Node::DevDetailFwV,
+        Node::CardInfo,
+        Node::CardNonce,
+        Node::FumoState,
+    ]
+    .into_iter()
+    .filter_map(|n| NodeUri::parse(n.uri()).ok())
+    .collect()
+}
+
 /// Runs one DM session with the configured server over HTTP(S), through `http` (the
 /// device's client: [`DeviceConfig::http_agent`]).
 pub fn run_session(
@@ -409,7 +425,7 @@ fn drive_session(
     for a in alerts {
         session.queue_alert(a);
     }
-    let mut out = session.start(reason, tree)?;
+    let mut out = session.start_offering(reason, tree, &offered_nodes())?;
     let mut summary = SessionSummary::default();
     loop {
         let mut req = http.post(&out.uri).header("Content-Type", out.content_type);

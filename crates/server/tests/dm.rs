@@ -40,6 +40,10 @@ struct Device {
     server_nonce: DmNonce,
     /// `syncml:auth-md5` or HMAC (`x-syncml-hmac`).
     auth: AuthScheme,
+    /// Offers FwV, the card's Info and Nonce and the FUMO state in package 1.
+    offer: bool,
+    /// HTTP exchanges of the last session.
+    exchanges: usize,
 }
 
 fn card_info(env: &Env, card: &SigningKey) -> Vec<u8> {
@@ -121,6 +125,8 @@ impl Device {
             password: "dev-secret".into(),
             server_nonce: DmNonce(Vec::new()),
             auth: AuthScheme::Md5,
+            offer: false,
+            exchanges: 0,
         }
     }
 
@@ -176,8 +182,18 @@ impl Device {
         if let Some(a) = alert {
             client.queue_alert(a);
         }
+        let offered: Vec<NodeUri> = [
+            "./DevDetail/FwV",
+            "./SIMFOTA/Card/Info",
+            "./SIMFOTA/Card/Nonce",
+            "./FUMO/fw/State",
+        ]
+        .into_iter()
+        .filter(|_| self.offer)
+        .map(|u| NodeUri::parse(u).unwrap())
+        .collect();
         let mut out = client
-            .start(AlertCode::CLIENT_INITIATED_MGMT, &mut self.tree)
+            .start_offering(AlertCode::CLIENT_INITIATED_MGMT, &mut self.tree, &offered)
             .unwrap();
         let http = http::Client::new();
         let mut events = Vec::new();
@@ -193,6 +209,7 @@ impl Device {
             }
             let resp = req.send().await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK, "message {k}");
+            self.exchanges = k + 1;
             let hmac = resp
                 .headers()
                 .get("x-syncml-hmac")
@@ -491,6 +508,63 @@ async fn certificate_once(env: Env) {
     a.stop().await;
 }
 both!(a_card_certificate_is_verified_once, super::certificate_once);
+
+/// A device that offers FwV, the card's Info and Nonce and its FUMO state in package 1
+/// (docs/dm-tree.md "Package 1") gets its update in two exchanges instead of three, with the
+/// same token checks; the server still Gets what a device does not offer.
+async fn offered_values(env: Env) {
+    let a = env.start().await;
+    let mut old = Device::new(&env, 8, Encoding::Xml);
+    let mut new = Device::new(&env, 9, Encoding::Wbxml);
+    new.offer = true;
+    for d in [&old, &new] {
+        d.register(&a).await;
+    }
+    // Settles each device's nonce and card.
+    for (d, id) in [(&mut old, 1), (&mut new, 1)] {
+        let ev = d.session(&[&a.url], id).await;
+        assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    }
+    let d = a.json(&format!("/api/v1/devices/{}", new.imei)).await;
+    assert_eq!(
+        d["device"]["iccid"], ICCID,
+        "the offered card info binds the card: {d}"
+    );
+    assert_eq!(d["device"]["fw_version"], "1.0");
+    let (_, c) = package_and_campaign(&env, &a).await;
+    assert_eq!(c["progress"]["total"], 2);
+    let ev = old.session(&[&a.url], 2).await;
+    assert!(exec_accepted(&ev).is_some(), "{ev:?}");
+    assert_eq!(old.exchanges, 3);
+    let ev = new.session(&[&a.url], 2).await;
+    assert!(exec_accepted(&ev).is_some(), "{ev:?}");
+    assert_eq!(
+        new.exchanges, 2,
+        "the delivery rides on the reply to package 1"
+    );
+    let fumo = NodeUri::parse("./FUMO/fw").unwrap();
+    let token = new.tree.fumo(&fumo).unwrap().ext["DeliveryToken"].clone();
+    let server_pub = simfota_wire::pem::public_key_from_pem(
+        &std::fs::read_to_string(env.path("data").join("server-pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let t = DeliveryToken::verify(&token, &server_pub, &simfota_wire::Limits::DEFAULT).unwrap();
+    assert_eq!(
+        t.get().nonce.0,
+        [7u8; 16],
+        "bound to the offered card nonce"
+    );
+    let jobs = a.json(&format!("/api/v1/jobs?campaign={}", c["id"])).await;
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["state"] == "delivered"),
+        "{jobs}"
+    );
+    a.stop().await;
+}
+both!(offered_values_save_a_round_trip, super::offered_values);
 
 /// Sends one client message to `url`; answers the status and the body.
 async fn send(url: &str, out: &simfota_syncml::session::Outgoing) -> (StatusCode, Vec<u8>) {

@@ -65,6 +65,39 @@ pub(super) fn item_uri(item: &Item) -> &str {
         .map_or("", |l| l.uri.as_str())
 }
 
+/// Values a device sends in package 1 besides `./DevInfo` (docs/dm-tree.md "Package 1"):
+/// each one offered is used where the session would otherwise Get it.
+#[derive(Default)]
+pub(super) struct Offered {
+    firmware_version: Option<Item>,
+    card_info: Option<Item>,
+    card_nonce: Option<Item>,
+    fumo_state: Option<Item>,
+}
+
+impl Offered {
+    /// The offered values among the message's device data.
+    pub(super) fn from_events(events: &[ServerEvent]) -> Self {
+        let mut o = Offered::default();
+        for ev in events {
+            let ServerEvent::DeviceData(items) = ev else {
+                continue;
+            };
+            for item in items {
+                let slot = match Node::from_uri(item_uri(item)) {
+                    Some(Node::DevDetailFwV) => &mut o.firmware_version,
+                    Some(Node::CardInfo) => &mut o.card_info,
+                    Some(Node::CardNonce) => &mut o.card_nonce,
+                    Some(Node::FumoState) => &mut o.fumo_state,
+                    _ => continue,
+                };
+                *slot = Some(item.clone());
+            }
+        }
+        o
+    }
+}
+
 impl Step<'_> {
     /// Dispatches one protocol event.
     pub(super) async fn on_event(&mut self, ev: ServerEvent) -> Result<()> {
@@ -115,8 +148,18 @@ impl Step<'_> {
         }
         self.state.metrics.dm_sessions.inc();
         self.device.int("last_seen_ms", now_ms());
-        self.get(Node::DevDetailFwV, Expect::FirmwareVersion)?;
-        self.get(Node::CardInfo, Expect::CardInfo)?;
+        match self.offered.firmware_version.take() {
+            Some(item) => self.on_firmware_version(&item).await?,
+            None => self.get(Node::DevDetailFwV, Expect::FirmwareVersion)?,
+        }
+        match self.offered.card_info.take() {
+            Some(item) => {
+                if let Some(bytes) = item_value(Node::CardInfo, &item) {
+                    self.on_card_info(&bytes).await?;
+                }
+            }
+            None => self.get(Node::CardInfo, Expect::CardInfo)?,
+        }
         self.get(Node::CardServers, Expect::CardList(CardList::Servers))?;
         self.get(Node::CardPolicy, Expect::CardList(CardList::Policy))?;
         self.get(
@@ -127,15 +170,27 @@ impl Step<'_> {
         // the log-read request (the card keeps one nonce at a time). A delivered job awaiting
         // its result is asked after first: the State answer comes before the nonce's, and an
         // idle device has it offered again (`on_fumo_state`), delivered with this nonce.
+        // An offered nonce serves at once, unless a delivered job's fate waits for the FUMO
+        // state the device did not offer.
+        let mut nonce_now = true;
         let use_ = match campaign::job_for_device(self.tx, self.account.id).await? {
             Some((job, JobState::Delivered)) => {
-                self.get(Node::FumoState, Expect::FumoState { job })?;
+                match self.offered.fumo_state.take() {
+                    Some(item) => self.on_fumo_state(job, &item).await?,
+                    None => {
+                        self.get(Node::FumoState, Expect::FumoState { job })?;
+                        nonce_now = false;
+                    }
+                }
                 NonceUse::Deliver { job }
             }
             Some((job, _)) => NonceUse::Deliver { job },
             None => NonceUse::RequestLogPage,
         };
-        self.get(Node::CardNonce, Expect::CardNonce(use_))?;
+        match self.offered.card_nonce.take().filter(|_| nonce_now) {
+            Some(item) => self.on_card_nonce(use_, &item).await?,
+            None => self.get(Node::CardNonce, Expect::CardNonce(use_))?,
+        }
         // Issuer admin relay: the next queued command for the card in this device.
         if let Some(iccid) = self.account.iccid.clone()
             && let Some((id, cmd)) = crate::admin::next_for_card(self.tx, &iccid).await?

@@ -44,6 +44,7 @@ use simfota_syncml::session::{Outgoing, ServerSession};
 use sqlx::AnyConnection;
 
 use self::account::{Account, DevicePatch};
+use self::answers::Offered;
 use self::flow::Flow;
 use self::store::Stored;
 use crate::AppState;
@@ -71,6 +72,8 @@ struct Step<'a> {
     flow: &'a mut Flow,
     /// What the message changes in the device's row (written once, before the session).
     device: DevicePatch,
+    /// What the device offered in package 1, so the session need not Get it.
+    offered: Offered,
     after: Vec<AfterCommit>,
 }
 
@@ -168,6 +171,7 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         Err(e) => return Ok(session_err(e)),
     };
 
+    let offered = Offered::from_events(&events);
     let mut tx = state.db.begin_write().await?;
     let mut step = Step {
         state,
@@ -176,6 +180,7 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         session: &mut stored.session,
         flow: &mut stored.flow,
         device: DevicePatch::default(),
+        offered,
         after: Vec::new(),
     };
     for ev in events {

@@ -286,17 +286,41 @@ impl ClientSession {
         reason: AlertCode,
         tree: &mut DmTree,
     ) -> Result<Outgoing, SessionError> {
+        self.start_offering(reason, tree, &[])
+    }
+
+    /// [`ClientSession::start`], with the values of `offered` (read from the tree as the server
+    /// would Get them, with the same access rights) sent in package 1's Replace after
+    /// `./DevInfo`: a server that knows them need not Get them, which saves it a round trip. A
+    /// node the server may not Get, or that has no value, is left out.
+    pub fn start_offering(
+        &mut self,
+        reason: AlertCode,
+        tree: &mut DmTree,
+        offered: &[NodeUri],
+    ) -> Result<Outgoing, SessionError> {
         if self.phase != Phase::Created {
             return Err(SessionError::OutOfOrder("start called twice"));
         }
         let mut items = Vec::new();
+        let mut uris = Vec::with_capacity(5 + offered.len());
         for leaf in ["DevId", "Man", "Mod", "DmV", "Lang"] {
-            let uri = NodeUri::parse(&format!("./DevInfo/{leaf}"))
-                .map_err(|_| SessionError::OutOfOrder("DevInfo URI"))?;
-            if let Ok(v) = tree.get(&uri, &self.config.server_id) {
+            uris.push(
+                NodeUri::parse(&format!("./DevInfo/{leaf}"))
+                    .map_err(|_| SessionError::OutOfOrder("DevInfo URI"))?,
+            );
+        }
+        uris.extend(offered.iter().cloned());
+        for (i, uri) in uris.iter().enumerate() {
+            if let Ok(v) = tree.get(uri, &self.config.server_id) {
+                let mut meta = Meta::format(v.format);
+                // DevInfo goes as before (format only); an offered value keeps its type.
+                if i >= 5 {
+                    meta.mime_type = v.mime_type;
+                }
                 items.push(Item {
                     source: Some(Location::new(uri.as_str())),
-                    meta: Some(Meta::format(v.format)),
+                    meta: Some(meta),
                     data: Some(Data(v.data)),
                     ..Item::default()
                 });
