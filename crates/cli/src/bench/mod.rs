@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 
 use crate::pack;
 
+mod serve;
+
 /// Arguments of `simfota bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -53,6 +55,16 @@ enum BenchCommand {
               value_parser = clap::value_parser!(i32).range(1..=19))]
         level: i32,
     },
+    /// Payload download speed from `simfota server` next to nginx serving the same file, both
+    /// fetched by curl on loopback in alternation.
+    Serve {
+        /// Payload size in MiB.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        size_mib: u32,
+        /// Downloads from each server.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+    },
 }
 
 /// The kind of image `bench delta` measures.
@@ -83,6 +95,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             delta(size_mib, changed_pct, content, level)?
         }
+        BenchCommand::Serve { size_mib, runs } => serve::run(size_mib, runs)?,
     }
     Ok(ExitCode::SUCCESS)
 }
