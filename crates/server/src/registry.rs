@@ -161,18 +161,7 @@ pub async fn create_devices(
         );
         let mut q = sqlx::query(&sql);
         for d in chunk {
-            q = q
-                .bind(d.imei.clone())
-                .bind(d.username.clone())
-                .bind(d.password.clone())
-                .bind(d.server_password.clone())
-                .bind(d.auth.clone())
-                .bind(d.manufacturer.clone())
-                .bind(d.model.clone())
-                .bind(d.fw_version.clone())
-                .bind(d.notify_addr.clone())
-                .bind(enrolled_by.to_owned())
-                .bind(now);
+            q = bind_device(q, d, enrolled_by, now);
         }
         let done = q.execute(&mut *tx).await?.rows_affected();
         if done != chunk.len() as u64 {
@@ -191,6 +180,23 @@ pub async fn create_devices(
     }
     tx.commit().await?;
     Ok(created)
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds the 11 values of a `devices` row in the column order of the INSERTs above.
+fn bind_device<'q>(q: Query<'q>, d: &NewDevice, enrolled_by: &str, now: i64) -> Query<'q> {
+    q.bind(d.imei.clone())
+        .bind(d.username.clone())
+        .bind(d.password.clone())
+        .bind(d.server_password.clone())
+        .bind(d.auth.clone())
+        .bind(d.manufacturer.clone())
+        .bind(d.model.clone())
+        .bind(d.fw_version.clone())
+        .bind(d.notify_addr.clone())
+        .bind(enrolled_by.to_owned())
+        .bind(now)
 }
 
 async fn add_to_group(conn: &mut AnyConnection, imei: &str, group: &str) -> Result<()> {
@@ -218,25 +224,15 @@ pub async fn create_device(
 ) -> Result<Device> {
     d.check()?;
     let mut tx = conn.begin().await?;
-    let row = sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
          manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
          ON CONFLICT DO NOTHING RETURNING id",
-    )
-    .bind(d.imei.clone())
-    .bind(d.username.clone())
-    .bind(d.password.clone())
-    .bind(d.server_password.clone())
-    .bind(d.auth.clone())
-    .bind(d.manufacturer.clone())
-    .bind(d.model.clone())
-    .bind(d.fw_version.clone())
-    .bind(d.notify_addr.clone())
-    .bind(enrolled_by.to_owned())
-    .bind(now_ms())
-    .fetch_optional(&mut *tx)
-    .await?;
+    );
+    let row = bind_device(query, d, enrolled_by, now_ms())
+        .fetch_optional(&mut *tx)
+        .await?;
     if row.is_none() {
         return Err(ServerError::Conflict(format!(
             "a device with IMEI {} or user name {} exists already",
