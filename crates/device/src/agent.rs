@@ -9,13 +9,12 @@ use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use simfota_cardlink::Channel;
 use simfota_syncml::AlertCode;
 use simfota_syncml::notification::UnverifiedNotification;
 use simfota_syncml::uri::NodeUri;
 use simfota_wire::Imei;
+use simfota_wire::contract::Node;
 
 use crate::cardnodes::SharedCard;
 use crate::config::{ConfigError, DeviceConfig};
@@ -336,11 +335,7 @@ impl<C: Channel + Send + 'static> Agent<C> {
             let Some(fumo) = tree.fumo(&root) else {
                 return Ok((outcome, next));
             };
-            let token = fumo
-                .ext
-                .get("DeliveryToken")
-                .map(|t| decode_b64_or_raw(t))
-                .unwrap_or_default();
+            let token = delivery_token(fumo);
             let operation = uri
                 .rsplit('/')
                 .next()
@@ -457,12 +452,54 @@ impl<C: Channel + Send + 'static> Agent<C> {
     }
 }
 
-/// A node value that arrived as `b64` is already bytes; one that arrived as `chr` base64 text
-/// is decoded here.
-fn decode_b64_or_raw(v: &[u8]) -> Vec<u8> {
-    std::str::from_utf8(v)
-        .ok()
-        .and_then(|t| B64.decode(t.trim()).ok())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| v.to_vec())
+/// The delivery token the server wrote to `Ext/DeliveryToken`, read by the Format it was
+/// written with (the contract's node table: `b64`, which the session already decoded to
+/// octets, or base64 text sent as `chr`). A value that is neither gives no token: the card
+/// then refuses the update for want of one, and the refusal is reported.
+fn delivery_token(fumo: &simfota_syncml::fumo::Fumo) -> Vec<u8> {
+    let Some(value) = fumo.ext.get("DeliveryToken") else {
+        return Vec::new();
+    };
+    let format = fumo.ext_format.get("DeliveryToken").map(String::as_str);
+    Node::FumoDeliveryToken
+        .decode_value(format, value)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod token_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::delivery_token;
+    use simfota_syncml::fumo::Fumo;
+    use simfota_syncml::uri::NodeUri;
+
+    fn fumo_with(format: Option<&str>, value: &[u8]) -> Fumo {
+        let mut f = Fumo::new(NodeUri::parse("./FUMO/fw").unwrap());
+        f.ext.insert("DeliveryToken".into(), value.to_vec());
+        if let Some(format) = format {
+            f.ext_format.insert("DeliveryToken".into(), format.into());
+        }
+        f
+    }
+
+    /// The token is read by the Format it was written with, never guessed.
+    #[test]
+    fn the_token_is_read_by_its_format() {
+        // Sent as b64: the session already decoded it (format bin).
+        assert_eq!(
+            delivery_token(&fumo_with(Some("bin"), b"\xd2\x84")),
+            b"\xd2\x84"
+        );
+        // Sent as chr: base64 text, decoded here.
+        assert_eq!(
+            delivery_token(&fumo_with(Some("chr"), b"0oQ=")),
+            b"\xd2\x84"
+        );
+        // chr that is not base64 is no token, not the raw text.
+        assert!(delivery_token(&fumo_with(Some("chr"), b"not base64!")).is_empty());
+        // Octets that happen to look like base64 text stay octets when they came as bin.
+        assert_eq!(delivery_token(&fumo_with(Some("bin"), b"0oQ=")), b"0oQ=");
+        // Nothing written yet.
+        assert!(delivery_token(&fumo_with(None, b"")).is_empty());
+    }
 }

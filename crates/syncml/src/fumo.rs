@@ -87,6 +87,10 @@ pub struct Fumo {
     pub state: FumoState,
     /// Leaves under `Ext` by relative path (the delivery token travels here).
     pub ext: BTreeMap<String, Vec<u8>>,
+    /// The Format each `Ext` leaf was last written with (`bin` for a value that came as
+    /// `b64`: the session decoded it), so its reader decodes by it instead of guessing.
+    #[serde(default)]
+    pub ext_format: BTreeMap<String, String>,
     job: Option<FumoJob>,
 }
 
@@ -102,6 +106,7 @@ impl Fumo {
             download_and_update_url: String::new(),
             state: FumoState::IDLE,
             ext: BTreeMap::new(),
+            ext_format: BTreeMap::new(),
             job: None,
         }
     }
@@ -209,6 +214,7 @@ impl SubtreeHandler for Fumo {
             "Update/PkgData" => self.update_data = value.data,
             other => match other.strip_prefix("Ext/") {
                 Some(k) if self.ext.contains_key(k) => {
+                    self.ext_format.insert(k.to_owned(), value.format);
                     self.ext.insert(k.to_owned(), value.data);
                 }
                 Some(_) => return Err(StatusCode::NOT_FOUND),
@@ -225,6 +231,7 @@ impl SubtreeHandler for Fumo {
                 if self.ext.contains_key(k) {
                     return Err(StatusCode::ALREADY_EXISTS);
                 }
+                self.ext_format.insert(k.to_owned(), v.format);
                 self.ext.insert(k.to_owned(), v.data);
                 Ok(())
             }
@@ -234,7 +241,10 @@ impl SubtreeHandler for Fumo {
 
     fn delete(&mut self, uri: &NodeUri) -> Result<(), StatusCode> {
         match self.rel(uri)?.strip_prefix("Ext/") {
-            Some(k) => self.ext.remove(k).map(|_| ()).ok_or(StatusCode::NOT_FOUND),
+            Some(k) => {
+                self.ext_format.remove(k);
+                self.ext.remove(k).map(|_| ()).ok_or(StatusCode::NOT_FOUND)
+            }
             None => Err(StatusCode::COMMAND_NOT_ALLOWED),
         }
     }
