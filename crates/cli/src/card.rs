@@ -441,33 +441,42 @@ fn originator_id(s: &str) -> Result<OriginatorId> {
     OriginatorId::new(s).map_err(|e| anyhow!("originator id {s:?}: {e}"))
 }
 
+/// The command line's short name of each right of the contract's table
+/// (`simfota_wire::contract::Rights::NAMES`), which it also accepts.
+fn short_name(right: Rights) -> &'static str {
+    match right {
+        Rights::FIRMWARE_UPDATE => "fw",
+        Rights::LOG_READ => "log-read",
+        Rights::LOG_ACK => "log-ack",
+        Rights::DM_OTHER => "dm",
+        _ => "?",
+    }
+}
+
 fn parse_rights(s: &str) -> Result<Rights> {
     let mut rights = Rights(0);
     for part in s.split(',').map(str::trim) {
-        rights = rights
-            | match part {
-                "all" => Rights::ALL,
-                "fw" | "firmware" => Rights::FIRMWARE_UPDATE,
-                "log-read" => Rights::LOG_READ,
-                "log-ack" => Rights::LOG_ACK,
-                "dm" => Rights::DM_OTHER,
-                other => bail!("unknown right {other:?} (fw, log-read, log-ack, dm, all)"),
-            };
+        let found = match part {
+            "all" => Some(Rights::ALL),
+            "firmware" => Some(Rights::FIRMWARE_UPDATE),
+            _ => Rights::NAMES
+                .into_iter()
+                .find(|(r, name)| part == short_name(*r) || part == *name)
+                .map(|(r, _)| r),
+        };
+        let Some(r) = found else {
+            bail!("unknown right {part:?} (fw, log-read, log-ack, dm, all)");
+        };
+        rights = rights | r;
     }
     Ok(rights)
 }
 
 fn rights_text(r: Rights) -> String {
-    let names = [
-        (Rights::FIRMWARE_UPDATE, "fw"),
-        (Rights::LOG_READ, "log-read"),
-        (Rights::LOG_ACK, "log-ack"),
-        (Rights::DM_OTHER, "dm"),
-    ];
-    let list: Vec<&str> = names
-        .iter()
+    let list: Vec<&str> = Rights::NAMES
+        .into_iter()
         .filter(|(bit, _)| r.contains(*bit))
-        .map(|(_, n)| *n)
+        .map(|(bit, _)| short_name(bit))
         .collect();
     if list.is_empty() {
         "none".into()
@@ -593,4 +602,32 @@ fn print_info(ci: &CardInfo) {
     outln!("trusted time: {}", ci.trusted_time);
     outln!("admin counter: {}", ci.admin_counter);
     outln!("update pending: {}", ci.update_pending);
+}
+
+#[cfg(test)]
+mod rights_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The short names and the contract's names both parse; every set prints back as the
+    /// short names it parses from.
+    #[test]
+    fn rights_names_round_trip() {
+        assert_eq!(
+            parse_rights("fw,log_read").unwrap(),
+            Rights::FIRMWARE_UPDATE | Rights::LOG_READ
+        );
+        assert_eq!(parse_rights("all").unwrap(), Rights::ALL);
+        assert!(parse_rights("fw,root").is_err());
+        for bits in 0..16u8 {
+            let r = Rights(bits);
+            let text = rights_text(r);
+            let back = if text == "none" {
+                Rights(0)
+            } else {
+                parse_rights(&text).unwrap()
+            };
+            assert_eq!(back, r, "{text}");
+        }
+    }
 }
