@@ -1,7 +1,8 @@
 //! `simfota fleet` as a script runs it: small fleets on the server processes it starts, on
 //! SQLite (XML + MD5, WBXML + HMAC with the payload downloaded) and on PostgreSQL with two
 //! replicas behind its relay; every started device completes, the JSON carries the figures,
-//! and the server's campaign count agrees. Also its refusals of bad input.
+//! and the server's campaign count agrees, also when its servers are killed during the run
+//! (`--kills`). Also its refusals of bad input.
 
 // Test fixtures: a failure in a helper is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -62,7 +63,10 @@ fn complete_run(devices: u64, args: &[&str]) -> Value {
     assert_eq!(v["matches"], true, "{r}");
     assert_eq!(v["server_succeeded"], devices, "{r}");
     assert_eq!(v["server_failed"], 0, "{r}");
+    assert_eq!(v["jobs_unsettled"], 0, "{r}");
+    assert_eq!(v["counters_match_recount"], true, "{r}");
     assert_eq!(r["stopped_early"], false, "{r}");
+    assert_eq!(r["kills"], 0, "{r}");
     // Progress went to stderr, never into the JSON.
     assert!(stderr.contains("fleet: registering"), "{stderr}");
     r
@@ -96,6 +100,44 @@ fn fleet_with_wbxml_hmac_and_downloads() {
     assert_eq!(r["setup"]["encoding"], "wbxml", "{r}");
     assert_eq!(r["setup"]["auth"], "hmac", "{r}");
     assert_eq!(r["setup"]["download"], true, "{r}");
+}
+
+/// Runs a fleet whose servers are killed `kills` times during the measured phase and checks
+/// that every device still converged: all complete, no job left delivered or pending, the
+/// campaign's counters equal the recount of its jobs, and the only errors are retried steps.
+fn run_with_kills(devices: u64, kills: u64, args: &[&str]) -> Value {
+    let n = devices.to_string();
+    let k = kills.to_string();
+    let mut all = vec!["--devices", &n, "--kills", &k, "--json"];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = fleet(&all);
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["kills"], kills, "{r}");
+    assert_eq!(r["started"], devices, "{r}");
+    assert_eq!(r["complete_updates"], devices, "{r}");
+    assert_eq!(r["failed_updates"], 0, "{r}");
+    for kind in r["errors"].as_object().unwrap().keys() {
+        assert!(kind.ends_with("_retried"), "{kind}: {r}");
+    }
+    let v = &r["verification"];
+    assert_eq!(v["matches"], true, "{r}");
+    assert_eq!(v["server_succeeded"], devices, "{r}");
+    assert_eq!(v["jobs_unsettled"], 0, "{r}");
+    assert_eq!(v["counters_match_recount"], true, "{r}");
+    assert_eq!(
+        stderr.matches("(SIGKILL) and restarted it").count() as u64,
+        kills,
+        "{stderr}"
+    );
+    r
+}
+
+#[test]
+fn fleet_on_sqlite_converges_through_server_kills() {
+    let r = run_with_kills(40, 2, &["--concurrency", "4"]);
+    assert_eq!(r["setup"]["database"], "sqlite", "{r}");
 }
 
 /// Runs `sql` on the admin URL; `false` when PostgreSQL is unreachable (a failure, or a skip
@@ -175,6 +217,27 @@ fn fleet_on_postgres_with_two_replicas_behind_the_relay() {
         &["--concurrency", "4", "--database", &url, "--replicas", "2"],
     );
     assert_eq!(r["setup"]["database"], "postgres", "{r}");
+    assert_eq!(r["setup"]["replicas"], 2, "{r}");
+}
+
+#[test]
+fn fleet_on_postgres_converges_while_replicas_are_killed_in_turn() {
+    let admin = std::env::var("SIMFOTA_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    if !pg(&admin, "SELECT 1") {
+        return;
+    }
+    let name = format!("simfota_fleet_{}", uuid::Uuid::new_v4().simple());
+    let _cleanup = DropDb {
+        admin: admin.clone(),
+        name: name.clone(),
+    };
+    let url = with_db_name(&admin, &name);
+    let r = run_with_kills(
+        30,
+        2,
+        &["--concurrency", "4", "--database", &url, "--replicas", "2"],
+    );
     assert_eq!(r["setup"]["replicas"], 2, "{r}");
 }
 

@@ -16,7 +16,7 @@ use simfota_device::config::{
     AuthScheme, CardConfig, Credentials, DeviceConfig, DeviceInfo, Encoding, Limits,
 };
 use simfota_device::dm::{self, DmState};
-use simfota_device::download::Downloader;
+use simfota_device::download::{DownloadError, Downloader};
 use simfota_device::fumo::{Job, Stage};
 use simfota_device::update::open_card_session;
 use simfota_syncml::AlertCode;
@@ -31,6 +31,14 @@ pub type FleetCard = InProcessChannel<AppletCard<CardMemory>>;
 /// The FUMO result code of a successful update (OMA-TS-DM-FUMO-V1_0 §6.3).
 const SUCCESSFUL: u16 = 200;
 
+/// How often a step that found the server unreachable is tried, in all.
+const ATTEMPTS: u32 = 40;
+/// The pause before the first retry; each further one waits one more of these, up to
+/// [`MAX_BACKOFF`]. With [`ATTEMPTS`] that covers about 15 s of a server being down.
+const BACKOFF: Duration = Duration::from_millis(50);
+/// The longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(400);
+
 /// Why one device's update did not complete.
 #[derive(Debug)]
 pub struct Failure {
@@ -38,10 +46,62 @@ pub struct Failure {
     pub kind: ErrorKind,
     /// What went wrong.
     pub message: String,
+    /// The server could not be reached (refused or broken connection): worth another try.
+    pub unreachable: bool,
 }
 
 fn failed(kind: ErrorKind) -> impl FnOnce(String) -> Failure {
-    move |message| Failure { kind, message }
+    move |message| Failure {
+        kind,
+        message,
+        unreachable: false,
+    }
+}
+
+/// A failed DM session, marked unreachable when the transport failed.
+fn session_failure(kind: ErrorKind, e: &dm::DmError) -> Failure {
+    Failure {
+        kind,
+        message: e.to_string(),
+        unreachable: matches!(e, dm::DmError::Unreachable { .. }),
+    }
+}
+
+/// A failed fetch, marked unreachable when the transport failed.
+fn fetch_failure(kind: ErrorKind, e: &DownloadError) -> Failure {
+    Failure {
+        kind,
+        message: e.to_string(),
+        unreachable: matches!(e, DownloadError::Unreachable { .. }),
+    }
+}
+
+/// The pause before attempt `attempt + 1`.
+fn backoff(attempt: u32) -> Duration {
+    (BACKOFF * attempt).min(MAX_BACKOFF)
+}
+
+/// Runs `step` until it succeeds, fails other than by an unreachable server, or has been tried
+/// [`ATTEMPTS`] times; each retry is noted in `timings`.
+fn retrying<T>(
+    timings: &mut Timings,
+    mut step: impl FnMut(&mut Timings) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let mut attempt = 1;
+    loop {
+        match step(timings) {
+            Err(f) if f.unreachable && attempt < ATTEMPTS => {
+                timings.retried(ErrorKind::ServerUnreachableRetried, &f.message);
+                std::thread::sleep(backoff(attempt));
+                attempt += 1;
+            }
+            Err(mut f) if f.unreachable => {
+                f.message = format!("{} (tried {ATTEMPTS} times)", f.message);
+                return Err(f);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// How every device of the run behaves.
@@ -61,6 +121,14 @@ pub struct Timings {
     pub sessions: Vec<Duration>,
     /// From the delivery session's first message to the result session's last answer.
     pub update: Duration,
+    /// Steps tried again, with why (the server was down, or had not yet re-offered).
+    pub retries: Vec<(ErrorKind, String)>,
+}
+
+impl Timings {
+    fn retried(&mut self, kind: ErrorKind, why: &str) {
+        self.retries.push((kind, why.to_owned()));
+    }
 }
 
 /// A simulated device.
@@ -182,7 +250,7 @@ impl SimDevice {
             alerts,
             &mut self.state,
         )
-        .map_err(|e| failed(kind)(e.to_string()))?;
+        .map_err(|e| session_failure(kind, &e))?;
         timings.sessions.push(started.elapsed());
         Ok((summary, tree))
     }
@@ -201,17 +269,39 @@ impl SimDevice {
         let started = Instant::now();
         // 1-3: the delivery session. The user-request alert is what `simfota device
         // check-update` sends (FUMO §8.2, client-initiated update request).
-        let (summary, tree) = self.session(
-            http,
-            None,
-            vec![dm::user_request_alert()],
-            ErrorKind::DeliverySession,
-            timings,
-        )?;
-        let Some((_, correlator)) = summary.exec else {
-            return Err(failed(ErrorKind::NoUpdate)(
-                "the server started no update in the session".into(),
-            ));
+        // A session the server's death cut short may have left the job delivered on the
+        // server: the next session reports FUMO state idle, the server puts the job back to
+        // pending (and counts the delivery) and offers it in the session after.
+        let mut lost = false;
+        let mut attempt = 1;
+        let (tree, correlator) = loop {
+            let tried = retrying(timings, |t| {
+                self.session(
+                    http,
+                    None,
+                    vec![dm::user_request_alert()],
+                    ErrorKind::DeliverySession,
+                    t,
+                )
+            });
+            let (summary, tree) = tried?;
+            lost |= !timings.retries.is_empty();
+            match summary.exec {
+                Some((_, correlator)) => break (tree, correlator),
+                None if lost && attempt < ATTEMPTS => {
+                    timings.retried(
+                        ErrorKind::NoUpdateRetried,
+                        "no update offered after a lost delivery session",
+                    );
+                    std::thread::sleep(backoff(attempt));
+                    attempt += 1;
+                }
+                None => {
+                    return Err(failed(ErrorKind::NoUpdate)(
+                        "the server started no update in the session".into(),
+                    ));
+                }
+            }
         };
         let root = NodeUri::parse(dm::FUMO_ROOT)
             .map_err(|e| failed(ErrorKind::DeliverySession)(e.to_string()))?;
@@ -235,9 +325,11 @@ impl SimDevice {
 
         // 4: the envelope, over HTTP.
         let fetch = Downloader::with_agent("fleet-downloads-in-memory", http.clone());
-        let envelope = fetch
-            .fetch_bytes(&envelope_url, self.cfg.limits.max_envelope_bytes)
-            .map_err(|e| failed(ErrorKind::Envelope)(e.to_string()))?;
+        let envelope = retrying(timings, |_| {
+            fetch
+                .fetch_bytes(&envelope_url, self.cfg.limits.max_envelope_bytes)
+                .map_err(|e| fetch_failure(ErrorKind::Envelope, &e))
+        })?;
         let severed = simfota_wire::suit::sever(&envelope, &simfota_wire::Limits::DEFAULT)
             .map_err(|e| failed(ErrorKind::Envelope)(format!("the envelope: {e}")))?;
 
@@ -272,9 +364,12 @@ impl SimDevice {
         // 6: the payload: fetched, or the copy the device holds in this simulation.
         let got = if behaviour.download {
             let url = payload_url(&envelope_url, &payload_uri);
-            let bytes = fetch
-                .fetch_bytes(&url, self.cfg.limits.max_payload_bytes)
-                .map_err(|e| failed(ErrorKind::Download)(e.to_string()))?;
+            let max = self.cfg.limits.max_payload_bytes;
+            let bytes = retrying(timings, |_| {
+                fetch
+                    .fetch_bytes(&url, max)
+                    .map_err(|e| fetch_failure(ErrorKind::Download, &e))
+            })?;
             simfota_wire::sha256(&bytes)
         } else {
             simfota_wire::sha256(&behaviour.payload)
@@ -321,13 +416,17 @@ impl SimDevice {
         let alert = dm::result_alert(&job).ok_or_else(|| {
             failed(ErrorKind::ResultSession)("no result alert for the job".into())
         })?;
-        let (summary, _) = self.session(
-            http,
-            Some(&job),
-            vec![alert],
-            ErrorKind::ResultSession,
-            timings,
-        )?;
+        // The device repeats the alert until the server answers it; a result the server
+        // recorded before it died is taken again as already recorded.
+        let (summary, _) = retrying(timings, |t| {
+            self.session(
+                http,
+                Some(&job),
+                vec![alert.clone()],
+                ErrorKind::ResultSession,
+                t,
+            )
+        })?;
         let taken = !summary.alert_statuses.is_empty()
             && summary.alert_statuses.iter().all(|c| c.is_success());
         if !taken {

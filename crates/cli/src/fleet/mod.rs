@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,11 @@ pub struct Args {
     /// Server processes on the one PostgreSQL database, behind a round-robin relay.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16), conflicts_with = "target")]
     replicas: u32,
+    /// Kill a server process with SIGKILL this many times during the measured phase, spread
+    /// over it (after each 1/(N+1) of the devices completed), and restart it on the same data
+    /// folder and port; replicas are killed in turn. Devices retry while it is down.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000), conflicts_with = "target")]
+    kills: u32,
     /// Drive an existing server at this URL instead of starting one.
     #[arg(long, value_name = "URL", requires_all = ["token_file", "server_id", "server_key", "issuer_key", "originator_key"])]
     target: Option<String>,
@@ -163,6 +168,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
             v.campaign_id,
             report.complete_updates
         ),
+        Some(v) if v.jobs_unsettled != 0 || !v.counters_match_recount => bail!(
+            "campaign {}: {} jobs left delivered or pending; its counters {} the recount of its jobs",
+            v.campaign_id,
+            v.jobs_unsettled,
+            if v.counters_match_recount {
+                "equal"
+            } else {
+                "differ from"
+            }
+        ),
         None => bail!("the server's count of the campaign could not be read"),
         _ => bail!(
             "{} of {} started updates did not complete (errors above)",
@@ -219,6 +234,8 @@ struct World {
     servers: Option<servers::Servers>,
     _temp: Option<tempfile::TempDir>,
     operator: Operator,
+    /// The server's base URL and the operator token, for the job listing.
+    api: (String, String),
     devices: Vec<SimDevice>,
     campaign_id: i64,
     behaviour: Behaviour,
@@ -229,6 +246,7 @@ struct World {
 /// Keys and identity of the server the devices talk to.
 struct ServerSide {
     url: String,
+    token: String,
     server_id: String,
     server_key: PublicKey,
     operator: Operator,
@@ -325,6 +343,7 @@ impl World {
         Ok(World {
             servers,
             _temp: temp,
+            api: (side.url.clone(), side.token.clone()),
             operator: side.operator,
             devices,
             campaign_id,
@@ -354,27 +373,22 @@ impl World {
         let deadline = args
             .duration
             .map(|s| Instant::now() + Duration::from_secs(s));
-        let pids = self
-            .servers
-            .as_ref()
-            .map(servers::Servers::pids)
-            .unwrap_or_default();
-        let server_cpu = || -> Option<f64> {
-            if pids.is_empty() {
-                return None;
-            }
-            pids.iter().map(|p| servers::cpu_ms(Some(*p))).sum()
+        let server_cpu = |servers: &Option<servers::Servers>| -> Option<f64> {
+            servers.as_ref().and_then(servers::Servers::cpu_ms)
         };
         let started_count = AtomicUsize::new(0);
         let done = AtomicU64::new(0);
         let failed = AtomicU64::new(0);
         let finished = AtomicBool::new(false);
         let results: Mutex<Collected> = Mutex::new(Collected::default());
-        let server_before = server_cpu();
+        let server_before = server_cpu(&self.servers);
         let self_before = servers::cpu_ms(None).unwrap_or(0.0);
         let started = Instant::now();
         let behaviour = &self.behaviour;
         let mut stopped_early = false;
+        let kills = AtomicU32::new(0);
+        let kill_failure: Mutex<Option<String>> = Mutex::new(None);
+        let own = self.servers.as_mut();
         std::thread::scope(|scope| -> Result<()> {
             let mut workers = Vec::new();
             for w in 0..args.concurrency {
@@ -405,6 +419,9 @@ impl World {
                                 }
                             }
                             mine.sessions.extend(t.sessions);
+                            for (kind, why) in t.retries {
+                                mine.error(kind, &format!("{}: {why}", dev.cfg.imei));
+                            }
                         }
                         results
                             .lock()
@@ -414,6 +431,38 @@ impl World {
                     .context("cannot start a worker thread")?;
                 workers.push(worker);
             }
+            // The kills: the k-th of N once k/(N+1) of the devices completed, so that each
+            // falls while updates are in flight, whatever the rate.
+            let killer = own.filter(|_| args.kills > 0).map(|servers| {
+                let (kills, kill_failure, done, finished) =
+                    (&kills, &kill_failure, &done, &finished);
+                scope.spawn(move || {
+                    let n = u64::from(args.kills);
+                    while !finished.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(5));
+                        let k = u64::from(kills.load(Ordering::Relaxed));
+                        if k >= n || done.load(Ordering::Relaxed) < total as u64 * (k + 1) / (n + 1)
+                        {
+                            continue;
+                        }
+                        let which = (k as usize) % servers.count().max(1);
+                        match servers.kill_and_restart(which) {
+                            Ok(()) => {
+                                kills.fetch_add(1, Ordering::Relaxed);
+                                progress.say(&format!(
+                                    "killed server process {} (SIGKILL) and restarted it",
+                                    which + 1
+                                ));
+                            }
+                            Err(e) => {
+                                *kill_failure.lock().unwrap_or_else(PoisonError::into_inner) =
+                                    Some(format!("{e:#}"));
+                                break;
+                            }
+                        }
+                    }
+                })
+            });
             // Progress until the workers are done.
             let ticker = scope.spawn(|| {
                 let mut last = Instant::now();
@@ -441,12 +490,21 @@ impl World {
             }
             finished.store(true, Ordering::Relaxed);
             let _ = ticker.join();
+            if let Some(k) = killer
+                && k.join().is_err()
+            {
+                let mut r = results.lock().unwrap_or_else(PoisonError::into_inner);
+                r.error(
+                    ErrorKind::Internal,
+                    "the thread killing servers ended abnormally",
+                );
+            }
             Ok(())
         })?;
         progress.done();
         let elapsed = started.elapsed().as_secs_f64();
         let self_after = servers::cpu_ms(None).unwrap_or(0.0);
-        let server_after = server_cpu();
+        let server_after = server_cpu(&self.servers);
         let started_n = started_count.load(Ordering::Relaxed);
         if started_n < total {
             stopped_early = true;
@@ -461,16 +519,14 @@ impl World {
         if let Some(why) = self.servers.as_mut().and_then(servers::Servers::exited) {
             collected.error(ErrorKind::Internal, &why);
         }
-        let verification = match self.operator.campaign_status(self.campaign_id) {
-            Ok(c) => {
-                let succeeded = c["progress"]["succeeded"].as_i64().unwrap_or(-1);
-                Some(report::Verification {
-                    campaign_id: self.campaign_id,
-                    server_succeeded: succeeded,
-                    server_failed: c["progress"]["failed"].as_i64().unwrap_or(-1),
-                    matches: u64::try_from(succeeded).ok() == Some(complete),
-                })
-            }
+        if let Some(why) = kill_failure
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            collected.error(ErrorKind::Internal, &why);
+        }
+        let verification = match self.verify(complete) {
+            Ok(v) => Some(v),
             Err(e) => {
                 progress.say(&format!("cannot read the campaign back: {e:#}"));
                 None
@@ -487,7 +543,12 @@ impl World {
             .iter()
             .map(|(k, g)| (k.name(), g.clone()))
             .collect();
-        let ok = errors.is_empty() && verification.as_ref().is_some_and(|v| v.matches);
+        // Retried steps are counted in `errors` but are no failure: the run is good when every
+        // started update completed and the server agrees and settled.
+        let ok = collected.errors.keys().all(|k| k.is_retry())
+            && verification
+                .as_ref()
+                .is_some_and(|v| v.matches && v.jobs_unsettled == 0 && v.counters_match_recount);
         Ok(Report {
             ok,
             devices: total,
@@ -507,6 +568,7 @@ impl World {
             errors,
             verification,
             stopped_early,
+            kills: kills.load(Ordering::Relaxed),
             setup: report::Setup {
                 database: self.database,
                 replicas: self.replicas,
@@ -522,6 +584,68 @@ impl World {
                 setup_s: report::round2(setup_s),
             },
         })
+    }
+}
+
+impl World {
+    /// The server's view of the campaign after the run: its succeeded count against the
+    /// simulator's `complete` updates, no job left delivered or pending (every device that
+    /// lost an update to a kill got it again), and its progress counters equal to a recount
+    /// of the job states it lists.
+    fn verify(&self, complete: u64) -> Result<report::Verification> {
+        let c = self.operator.campaign_status(self.campaign_id)?;
+        let p = &c["progress"];
+        let counter = |name: &str| p[name].as_i64().unwrap_or(-1);
+        let succeeded = counter("succeeded");
+        let jobs = self.campaign_jobs()?;
+        let current_wave = c["current_wave"].as_i64().unwrap_or(i64::MAX);
+        let mut recount: BTreeMap<&str, i64> = BTreeMap::new();
+        for j in &jobs {
+            let state = j["state"].as_str().unwrap_or("unknown");
+            let slot = match state {
+                "succeeded" | "failed" | "cancelled" | "delivered" | "pending" | "waiting" => state,
+                _ => "unknown",
+            };
+            *recount.entry(slot).or_default() += 1;
+            if j["wave"].as_i64().is_some_and(|w| w <= current_wave) {
+                *recount.entry("released").or_default() += 1;
+            }
+        }
+        let n = |k: &str| recount.get(k).copied().unwrap_or(0);
+        let counters_match_recount = n("unknown") == 0
+            && counter("total") == jobs.len() as i64
+            && ["released", "succeeded", "failed", "cancelled", "delivered"]
+                .iter()
+                .all(|k| counter(k) == n(k));
+        Ok(report::Verification {
+            campaign_id: self.campaign_id,
+            server_succeeded: succeeded,
+            server_failed: counter("failed"),
+            matches: u64::try_from(succeeded).ok() == Some(complete),
+            jobs_unsettled: n("delivered") + n("pending"),
+            counters_match_recount,
+        })
+    }
+
+    /// `GET /api/v1/jobs?campaign=ID`: the campaign's jobs.
+    fn campaign_jobs(&self) -> Result<Vec<serde_json::Value>> {
+        let (base, token) = &self.api;
+        let url = format!("{base}/api/v1/jobs?campaign={}", self.campaign_id);
+        let mut r = simfota_device::download::http_agent()
+            .get(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .map_err(|e| anyhow!("listing the campaign's jobs: the server did not answer: {e}"))?;
+        let status = r.status();
+        let body = r
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| anyhow!("listing the campaign's jobs: reading the answer: {e}"))?;
+        if !status.is_success() {
+            bail!("listing the campaign's jobs: the server answered {status}: {body}");
+        }
+        serde_json::from_str(&body)
+            .map_err(|e| anyhow!("listing the campaign's jobs: the answer is not a JSON list: {e}"))
     }
 }
 
@@ -593,6 +717,7 @@ fn own_servers(
     Ok((
         ServerSide {
             url,
+            token,
             server_id: OWN_SERVER_ID.to_owned(),
             server_key: PublicKey::from(VerifyingKey::from(key)),
             operator,
@@ -630,6 +755,7 @@ fn target_side(args: &Args, url: &str) -> Result<ServerSide> {
         .with_context(|| format!("cannot use the server at {url}"))?;
     Ok(ServerSide {
         url: url.trim_end_matches('/').to_owned(),
+        token: token.trim().to_owned(),
         server_id,
         server_key: PublicKey::from(VerifyingKey::from(server_key)),
         operator,

@@ -32,6 +32,12 @@ pub enum ErrorKind {
     ResultRefused,
     /// A worker thread ended abnormally.
     Internal,
+    /// A step found the server unreachable (down, or restarting after `--kills`) and was
+    /// tried again after a backoff: counted, not a failure.
+    ServerUnreachableRetried,
+    /// A delivery session offered no update after a lost one (the server re-offers the job
+    /// only once the device reports FUMO state idle): tried again, not a failure.
+    NoUpdateRetried,
 }
 
 impl ErrorKind {
@@ -49,7 +55,17 @@ impl ErrorKind {
             ErrorKind::ResultSession => "result_session",
             ErrorKind::ResultRefused => "result_refused",
             ErrorKind::Internal => "internal",
+            ErrorKind::ServerUnreachableRetried => "server_unreachable_retried",
+            ErrorKind::NoUpdateRetried => "no_update_retried",
         }
+    }
+
+    /// Whether errors of this kind were retried steps rather than failed updates.
+    pub fn is_retry(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ServerUnreachableRetried | ErrorKind::NoUpdateRetried
+        )
     }
 }
 
@@ -121,6 +137,11 @@ pub struct Verification {
     pub server_failed: i64,
     /// Whether the server's succeeded count equals the simulator's complete updates.
     pub matches: bool,
+    /// Jobs of the campaign the server still lists as delivered or pending.
+    pub jobs_unsettled: i64,
+    /// Whether the campaign's progress counters equal a recount of the job states listed
+    /// by `GET /api/v1/jobs?campaign=ID`.
+    pub counters_match_recount: bool,
 }
 
 /// How the run was set up.
@@ -173,6 +194,8 @@ pub struct Report {
     pub verification: Option<Verification>,
     /// Whether the run was stopped early (`--duration` or a signal).
     pub stopped_early: bool,
+    /// Server processes killed (SIGKILL) and restarted during the measured phase (`--kills`).
+    pub kills: u32,
     /// Settings.
     pub setup: Setup,
 }
@@ -232,19 +255,34 @@ pub fn print(r: &Report) {
         ),
         None => outln!("  simulator CPU      {:.2} s", r.cpu.simulator_ms / 1000.0),
     }
+    if r.kills > 0 {
+        outln!("  servers killed     {} (SIGKILL, restarted)", r.kills);
+    }
     if r.errors.is_empty() {
         outln!("  errors             none");
     } else {
-        outln!("  errors             {}", r.failed_updates);
+        outln!("  errors             {} failed updates", r.failed_updates);
         for (kind, g) in &r.errors {
             outln!("    {kind}: {} (first: {})", g.count, g.example);
         }
     }
     match &r.verification {
-        Some(v) if v.matches => outln!(
-            "  server agrees      campaign {}: {} succeeded",
+        Some(v) if v.matches && v.jobs_unsettled == 0 && v.counters_match_recount => outln!(
+            "  server agrees      campaign {}: {} succeeded, no job left delivered or pending, \
+             counters equal the recount",
             v.campaign_id,
             v.server_succeeded
+        ),
+        Some(v) if v.matches => outln!(
+            "  SERVER UNSETTLED   campaign {}: {} jobs left delivered or pending, counters {} \
+             the recount",
+            v.campaign_id,
+            v.jobs_unsettled,
+            if v.counters_match_recount {
+                "equal"
+            } else {
+                "DIFFER FROM"
+            }
         ),
         Some(v) => outln!(
             "  SERVER DISAGREES   campaign {}: {} succeeded, {} failed; the simulator counted {}",

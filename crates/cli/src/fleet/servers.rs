@@ -67,6 +67,34 @@ pub struct Servers {
     servers: Vec<Server>,
     relay: Option<Relay>,
     url: String,
+    /// How to start one again (after [`Servers::kill_and_restart`]).
+    restart: Restart,
+    /// CPU of the processes killed so far, in milliseconds (read just before each kill).
+    killed_cpu_ms: f64,
+}
+
+/// What [`start_one`] needs to start a server again: the plan, owned.
+struct Restart {
+    exe: PathBuf,
+    data: PathBuf,
+    database: Option<String>,
+    server_id: String,
+    issuer_pub: PathBuf,
+    originator: (String, PathBuf),
+    public_url: Option<String>,
+}
+
+impl Restart {
+    fn plan(&self) -> Plan<'_> {
+        Plan {
+            data: &self.data,
+            database: self.database.as_deref(),
+            replicas: 1,
+            server_id: &self.server_id,
+            issuer_pub: &self.issuer_pub,
+            originator: (&self.originator.0, &self.originator.1),
+        }
+    }
 }
 
 impl Servers {
@@ -78,6 +106,16 @@ impl Servers {
             servers: Vec::new(),
             relay: None,
             url: String::new(),
+            restart: Restart {
+                exe: exe.clone(),
+                data: plan.data.to_owned(),
+                database: plan.database.map(str::to_owned),
+                server_id: plan.server_id.to_owned(),
+                issuer_pub: plan.issuer_pub.to_owned(),
+                originator: (plan.originator.0.to_owned(), plan.originator.1.to_owned()),
+                public_url: None,
+            },
+            killed_cpu_ms: 0.0,
         };
         // Several replicas are reached through the relay: the URLs they hand out (PkgURL,
         // RespURI) must name it, so it is bound first.
@@ -93,8 +131,9 @@ impl Servers {
             )),
             None => None,
         };
+        out.restart.public_url.clone_from(&public_url);
         for n in 0..plan.replicas {
-            let server = start_one(&exe, plan, public_url.as_deref())
+            let server = start_one(&exe, plan, public_url.as_deref(), None)
                 .with_context(|| format!("starting server process {}", n + 1))?;
             out.servers.push(server);
         }
@@ -155,6 +194,60 @@ impl Servers {
     /// The process ids of the servers.
     pub fn pids(&self) -> Vec<u32> {
         self.servers.iter().map(|s| s.child.id()).collect()
+    }
+
+    /// How many server processes run.
+    pub fn count(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// User + system CPU of the servers so far, in milliseconds: the running ones and the
+    /// ones killed; `None` where `/proc` cannot tell.
+    pub fn cpu_ms(&self) -> Option<f64> {
+        let running: Option<f64> = self.pids().iter().map(|p| cpu_ms(Some(*p))).sum();
+        running.map(|r| r + self.killed_cpu_ms)
+    }
+
+    /// Kills server `n` with SIGKILL (no chance to finish a request or close its database)
+    /// and starts it again on the same data folder, database and address; returns once it
+    /// listens again.
+    pub fn kill_and_restart(&mut self, n: usize) -> Result<()> {
+        let Some(old) = self.servers.get_mut(n) else {
+            bail!("no server process {n}");
+        };
+        let addr = old.addr;
+        // A killed process keeps its `/proc` entry until it is waited for: its CPU is read
+        // last thing before the kill.
+        self.killed_cpu_ms += cpu_ms(Some(old.child.id())).unwrap_or(0.0);
+        old.child
+            .kill()
+            .with_context(|| format!("cannot kill server process {}", n + 1))?;
+        let _ = old.child.wait();
+        let plan = self.restart.plan();
+        // The port is free once the process is gone (the server binds with SO_REUSEADDR, so
+        // connections in TIME_WAIT do not hold it); a few tries cover a slow release.
+        let mut tries = 0;
+        let server = loop {
+            match start_one(
+                &self.restart.exe,
+                &plan,
+                self.restart.public_url.as_deref(),
+                Some(addr),
+            ) {
+                Ok(s) => break s,
+                Err(_) if tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(e.context(format!("restarting server process {}", n + 1)));
+                }
+            }
+        };
+        if let Some(slot) = self.servers.get_mut(n) {
+            *slot = server;
+        }
+        Ok(())
     }
 
     /// A server that exited, with its last log lines.
@@ -220,7 +313,14 @@ fn last_lines(log: &Mutex<VecDeque<String>>) -> String {
 
 /// Starts one server and waits for its "listening" log line (JSON logs: the address is a
 /// field of it).
-fn start_one(exe: &Path, plan: &Plan<'_>, public_url: Option<&str>) -> Result<Server> {
+/// A server started again listens on `listen`, its old address; a new one on a free port.
+fn start_one(
+    exe: &Path,
+    plan: &Plan<'_>,
+    public_url: Option<&str>,
+    listen: Option<SocketAddr>,
+) -> Result<Server> {
+    let listen = listen.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
     let mut cmd = Command::new(exe);
     for v in SERVER_VARS {
         cmd.env_remove(v);
@@ -228,7 +328,7 @@ fn start_one(exe: &Path, plan: &Plan<'_>, public_url: Option<&str>) -> Result<Se
     cmd.arg("server")
         .arg("--data")
         .arg(plan.data)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--listen", &listen, "--log-format", "json"])
         .args(["--server-id", plan.server_id])
         .arg("--issuer-key")
         .arg(plan.issuer_pub)
