@@ -218,6 +218,13 @@ fn fleet_on_postgres_with_two_replicas_behind_the_relay() {
     );
     assert_eq!(r["setup"]["database"], "postgres", "{r}");
     assert_eq!(r["setup"]["replicas"], 2, "{r}");
+    // PostgreSQL runs on this machine in the suite: its CPU is measured too.
+    assert!(
+        r["cpu"]["database_ms_per_update"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0),
+        "{r}"
+    );
 }
 
 #[test]

@@ -382,6 +382,8 @@ impl World {
         let finished = AtomicBool::new(false);
         let results: Mutex<Collected> = Mutex::new(Collected::default());
         let server_before = server_cpu(&self.servers);
+        let own_postgres = self.database == "postgres";
+        let database_before = own_postgres.then(servers::postgres_cpu_ms).flatten();
         let self_before = servers::cpu_ms(None).unwrap_or(0.0);
         let started = Instant::now();
         let behaviour = &self.behaviour;
@@ -505,6 +507,7 @@ impl World {
         let elapsed = started.elapsed().as_secs_f64();
         let self_after = servers::cpu_ms(None).unwrap_or(0.0);
         let server_after = server_cpu(&self.servers);
+        let database_after = own_postgres.then(servers::postgres_cpu_ms).flatten();
         let started_n = started_count.load(Ordering::Relaxed);
         if started_n < total {
             stopped_early = true;
@@ -538,6 +541,10 @@ impl World {
             _ => None,
         };
         let simulator_ms = report::round2(self_after - self_before);
+        let database_ms = match (database_before, database_after) {
+            (Some(b), Some(a)) => Some(report::round2(a - b)),
+            _ => None,
+        };
         let errors: BTreeMap<&'static str, ErrorGroup> = collected
             .errors
             .iter()
@@ -564,6 +571,8 @@ impl World {
                 server_ms_per_update: server_ms.and_then(per),
                 simulator_ms,
                 simulator_ms_per_update: per(simulator_ms),
+                database_ms,
+                database_ms_per_update: database_ms.and_then(per),
             },
             errors,
             verification,

@@ -124,6 +124,11 @@ pub struct Cpu {
     pub simulator_ms: f64,
     /// The simulator's CPU per complete update.
     pub simulator_ms_per_update: Option<f64>,
+    /// The PostgreSQL processes' CPU on this machine, when the run uses PostgreSQL and
+    /// started the servers.
+    pub database_ms: Option<f64>,
+    /// The database's CPU per complete update.
+    pub database_ms_per_update: Option<f64>,
 }
 
 /// The server's count of the campaign, read after the run.
@@ -247,6 +252,9 @@ pub fn print(r: &Report) {
         ),
         (Some(total), None) => outln!("  server CPU         {:.2} s, no update", total / 1000.0),
         _ => outln!("  server CPU         not measured (an existing server)"),
+    }
+    if let Some(per) = r.cpu.database_ms_per_update {
+        outln!("  PostgreSQL CPU     {per:.2} ms per update (its processes on this machine)");
     }
     match r.cpu.simulator_ms_per_update {
         Some(per) => outln!(

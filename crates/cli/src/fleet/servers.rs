@@ -476,6 +476,37 @@ pub fn cpu_ms(pid: Option<u32>) -> Option<f64> {
     parse_stat_cpu_ms(&text)
 }
 
+/// CPU of the PostgreSQL processes on this machine, in milliseconds: each `postgres`
+/// process's user + system time and that of its children that ended (the backends of closed
+/// connections, reaped by the postmaster). `None` when none runs here (a remote database).
+pub fn postgres_cpu_ms() -> Option<f64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if !text.contains("(postgres)") {
+            continue;
+        }
+        if let Some(ms) = parse_stat_cpu_ms_with_children(&text) {
+            *total.get_or_insert(0.0) += ms;
+        }
+    }
+    total
+}
+
+/// [`parse_stat_cpu_ms`] plus fields 16 (cutime) and 17 (cstime): the CPU of ended children.
+fn parse_stat_cpu_ms_with_children(text: &str) -> Option<f64> {
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let mut ticks = 0u64;
+    for field in 14..=17 {
+        ticks += fields.get(field - 3)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 * 1000.0 / TICKS_PER_SECOND)
+}
+
 /// Fields 14 (utime) and 15 (stime) of proc(5)'s `stat`, counted after the command name,
 /// which may hold spaces and parentheses (so the text after the last `)`). They are in clock
 /// ticks of `USER_HZ`, 100 per second on Linux.
@@ -500,6 +531,15 @@ mod tests {
         assert_eq!(parse_stat_cpu_ms(line), Some(3000.0));
         assert_eq!(parse_stat_cpu_ms("garbage"), None);
         assert!(cpu_ms(None).is_some());
+    }
+
+    #[test]
+    fn ended_children_count_for_the_database() {
+        // utime 250, stime 50, cutime 30, cstime 20 ticks.
+        let line = "77 (postgres) S 1 77 77 0 -1 4194560 1234 0 0 0 250 50 30 20 20 0 \
+                    9 0 100 1000 200 18446744073709551615";
+        assert_eq!(parse_stat_cpu_ms_with_children(line), Some(3500.0));
+        assert_eq!(parse_stat_cpu_ms_with_children("77 (postgres) S 1"), None);
     }
 
     #[test]
