@@ -611,18 +611,21 @@ pub async fn act(db: &Db, id: i64, action: Action) -> Result<Campaign> {
 }
 
 /// Re-evaluates a running campaign after a change, releasing waves (possibly several, when a
-/// wave is already fully decided), halting or completing it.
-pub async fn advance(conn: &mut AnyConnection, id: i64) -> Result<()> {
+/// wave is already fully decided), halting or completing it. Answers the wave the campaign was
+/// at before the first wave it released, `None` when it released none (whose devices to
+/// notify: [`crate::notify::released_since`]).
+pub async fn advance(conn: &mut AnyConnection, id: i64) -> Result<Option<i64>> {
+    let mut released_after = None;
     // Bounded: at most one step per wave, plus the final one.
     for _ in 0..32 {
         let c = get(&mut *conn, id).await?;
         if c.state != CampaignState::Running {
-            return Ok(());
+            return Ok(released_after);
         }
         let more = usize::try_from(c.current_wave + 1).unwrap_or(usize::MAX) < c.waves.len();
         let now = now_ms();
         match evaluate(&c.progress, c.success_threshold, c.error_threshold, more) {
-            Step::Stay => return Ok(()),
+            Step::Stay => return Ok(released_after),
             Step::Halt(reason) => {
                 tracing::warn!(campaign = id, %reason, "campaign halted");
                 sqlx::query(
@@ -634,7 +637,7 @@ pub async fn advance(conn: &mut AnyConnection, id: i64) -> Result<()> {
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
-                return Ok(());
+                return Ok(released_after);
             }
             Step::Complete => {
                 sqlx::query(
@@ -645,7 +648,7 @@ pub async fn advance(conn: &mut AnyConnection, id: i64) -> Result<()> {
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
-                return Ok(());
+                return Ok(released_after);
             }
             Step::NextWave => {
                 let next = c.current_wave + 1;
@@ -680,13 +683,14 @@ pub async fn advance(conn: &mut AnyConnection, id: i64) -> Result<()> {
                     .bind(next)
                     .execute(&mut *tx)
                     .await?;
+                    released_after.get_or_insert(c.current_wave);
                     tracing::info!(campaign = id, wave = next, "next wave released");
                 }
                 tx.commit().await?;
             }
         }
     }
-    Ok(())
+    Ok(released_after)
 }
 
 /// A job as stored.
@@ -953,6 +957,7 @@ pub async fn record_result(
         detail,
     )
     .await
+    .map(|(job, _)| job)
 }
 
 /// Records a success code the server could not confirm (the card's receipt is missing or does
@@ -975,10 +980,12 @@ pub async fn record_unconfirmed_result(
         detail,
     )
     .await
+    .map(|(job, _)| job)
 }
 
 /// Records `result_code` for a delivered job; `succeeded` says whether it counts as a success
-/// for the campaign (what [`record_result`] and [`record_unconfirmed_result`] decide).
+/// for the campaign (what [`record_result`] and [`record_unconfirmed_result`] decide). Answers
+/// the job and what [`advance`] answered: the wave before the waves the result released.
 pub(crate) async fn record(
     conn: &mut AnyConnection,
     job_id: i64,
@@ -986,7 +993,7 @@ pub(crate) async fn record(
     receipt: Option<&[u8]>,
     receipt_status: &str,
     detail: Option<&str>,
-) -> Result<Job> {
+) -> Result<(Job, Option<i64>)> {
     // FUMO 1.0 §7.1 states as the device reports them: update successful or failed, no data.
     let fumo_state = if FumoResult(result_code).is_success() {
         FumoState::UPDATE_SUCCESSFUL_NO_DATA
@@ -1029,8 +1036,8 @@ pub(crate) async fn record(
         .execute(&mut *conn)
         .await?;
     let j = job(&mut *conn, job_id).await?;
-    advance(&mut *conn, j.campaign_id).await?;
-    Ok(j)
+    let released_after = advance(&mut *conn, j.campaign_id).await?;
+    Ok((j, released_after))
 }
 
 #[cfg(test)]

@@ -113,10 +113,8 @@ async fn record(
     detail: Option<&str>,
 ) -> Result<crate::campaign::Job> {
     let mut conn = state.db.conn().await?;
-    let campaign_id = crate::campaign::job(&mut conn, job_id).await?.campaign_id;
-    let before = current_wave(&mut conn, campaign_id).await?;
     let succeeded = confirmed && simfota_syncml::FumoResult(result_code).is_success();
-    let job = crate::campaign::record(
+    let (job, released_after) = crate::campaign::record(
         &mut conn,
         job_id,
         (result_code, succeeded),
@@ -125,17 +123,10 @@ async fn record(
         detail,
     )
     .await?;
-    released_since(state, campaign_id, before).await?;
+    if let Some(before) = released_after {
+        released_since(state, job.campaign_id, before).await?;
+    }
     Ok(job)
-}
-
-pub(crate) async fn current_wave(conn: &mut sqlx::AnyConnection, campaign_id: i64) -> Result<i64> {
-    sqlx::query("SELECT current_wave FROM campaigns WHERE id = $1")
-        .bind(campaign_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| ServerError::NotFound(format!("campaign {campaign_id}")))?
-        .i64("current_wave")
 }
 
 /// Notifies the pending devices of the waves released after `wave` (none if no wave moved).

@@ -41,7 +41,7 @@ impl Step<'_> {
             return Ok(());
         };
         let row = sqlx::query(
-            "SELECT id, campaign_id, state, update_id FROM jobs WHERE correlator = $1 AND device_id = $2",
+            "SELECT id, state, update_id FROM jobs WHERE correlator = $1 AND device_id = $2",
         )
         .bind(correlator.to_owned())
         .bind(self.account.id)
@@ -106,8 +106,6 @@ impl Step<'_> {
                 "result {code} not confirmed: card receipt {status}"
             ))
         };
-        let campaign = row.i64("campaign_id")?;
-        let before_wave = crate::notify::current_wave(&mut *self.tx, campaign).await?;
         match crate::campaign::record(
             &mut *self.tx,
             job_id,
@@ -118,10 +116,11 @@ impl Step<'_> {
         )
         .await
         {
-            Ok(_) => self.after.push(AfterCommit::NotifyReleased {
-                campaign,
+            Ok((job, Some(before_wave))) => self.after.push(AfterCommit::NotifyReleased {
+                campaign: job.campaign_id,
                 before_wave,
             }),
+            Ok((_, None)) => {}
             Err(ServerError::Conflict(_)) => {}
             Err(e) => return Err(e),
         }

@@ -55,8 +55,8 @@ pub use self::store::{STALE_AFTER_MS, sweep_stale as sweep_stale_sessions};
 
 /// What a message leaves to do once its transaction committed.
 enum AfterCommit {
-    /// A recorded result may have released later waves of this campaign: notify their devices
-    /// (the wave the campaign was at before).
+    /// A recorded result released later waves of this campaign: notify their devices (the
+    /// wave the campaign was at before).
     NotifyReleased { campaign: i64, before_wave: i64 },
     /// A card certificate verified and its card registered: later sessions skip both.
     RememberCard { certificate: Vec<u8>, iccid: String },
