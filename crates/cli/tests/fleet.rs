@@ -11,9 +11,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-fn require_external() -> bool {
-    std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1")
-}
+mod pg;
+
+use pg::{DropDb, pg, with_db_name};
 
 /// `simfota fleet ARGS`: exit code, stdout, stderr.
 fn fleet(args: &[&str]) -> (Option<i32>, String, String) {
@@ -138,65 +138,6 @@ fn run_with_kills(devices: u64, kills: u64, args: &[&str]) -> Value {
 fn fleet_on_sqlite_converges_through_server_kills() {
     let r = run_with_kills(40, 2, &["--concurrency", "4"]);
     assert_eq!(r["setup"]["database"], "sqlite", "{r}");
-}
-
-/// Runs `sql` on the admin URL; `false` when PostgreSQL is unreachable (a failure, or a skip
-/// under SIMFOTA_SKIP_EXTERNAL=1).
-fn pg(admin_url: &str, sql: &str) -> bool {
-    use sqlx::Connection as _;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let done: Result<(), String> = rt.block_on(async {
-        let mut c = sqlx::PgConnection::connect(admin_url)
-            .await
-            .map_err(|e| e.to_string())?;
-        sqlx::query(sql)
-            .execute(&mut c)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    });
-    match done {
-        Ok(()) => true,
-        Err(why) => {
-            if require_external() {
-                panic!("PostgreSQL required (set SIMFOTA_SKIP_EXTERNAL=1 to skip instead): {why}");
-            }
-            println!("skipped: PostgreSQL missing ({why})");
-            false
-        }
-    }
-}
-
-/// `url` with its database name replaced.
-fn with_db_name(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let cut = base.rfind('/').unwrap_or(base.len());
-    let mut out = format!("{}/{name}", &base[..cut]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
-struct DropDb {
-    admin: String,
-    name: String,
-}
-
-impl Drop for DropDb {
-    fn drop(&mut self) {
-        let _ = pg(
-            &self.admin,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
 }
 
 #[test]

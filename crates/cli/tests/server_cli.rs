@@ -33,9 +33,9 @@ const SERVER_VARS: &[&str] = &[
     "RUST_LOG",
 ];
 
-fn require_external() -> bool {
-    std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1")
-}
+mod pg;
+
+use pg::{DropDb, pg, require_external, with_db_name};
 
 fn simfota() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_simfota"));
@@ -435,70 +435,11 @@ fn bad_flags_and_bad_configuration_are_one_line_refusals() {
     assert_one_line(&err, "enrolment password");
 }
 
-/// Runs `sql` on the admin URL; `None` when PostgreSQL is unreachable (a failure, or a skip
-/// under SIMFOTA_SKIP_EXTERNAL=1).
-fn pg(admin_url: &str, sql: &str) -> Option<()> {
-    use sqlx::Connection as _;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let done: Result<(), String> = rt.block_on(async {
-        let mut c = sqlx::PgConnection::connect(admin_url)
-            .await
-            .map_err(|e| e.to_string())?;
-        sqlx::query(sql)
-            .execute(&mut c)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    });
-    match done {
-        Ok(()) => Some(()),
-        Err(why) => {
-            if require_external() {
-                panic!("PostgreSQL required (set SIMFOTA_SKIP_EXTERNAL=1 to skip instead): {why}");
-            }
-            eprintln!("skipped: PostgreSQL missing ({why})");
-            None
-        }
-    }
-}
-
-/// `url` with its database name replaced.
-fn with_db_name(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let cut = base.rfind('/').unwrap_or(base.len());
-    let mut out = format!("{}/{name}", &base[..cut]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
-struct DropDb {
-    admin: String,
-    name: String,
-}
-
-impl Drop for DropDb {
-    fn drop(&mut self) {
-        let _ = pg(
-            &self.admin,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
-
 #[test]
 fn postgres_by_url_first_run_creates_the_database() {
     let admin = std::env::var("SIMFOTA_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    if pg(&admin, "SELECT 1").is_none() {
+    if !pg(&admin, "SELECT 1") {
         return;
     }
     let name = format!("simfota_cli_{}", uuid::Uuid::new_v4().simple());
