@@ -98,20 +98,33 @@ impl<'a> Command<'a> {
         })
     }
 
-    /// Whether CLA announces command chaining (ISO/IEC 7816-4 §5.4.1, CLA b5 = 1 in the
-    /// first interindustry class `0x0X`/`0x1X` and proprietary `0x8X`/`0x9X` alike).
+    /// Whether CLA announces command chaining (ISO/IEC 7816-4 §5.4.1, CLA b5 = 1 in both
+    /// interindustry class codings and their proprietary twins alike).
     pub fn chained(&self) -> bool {
         self.cla & 0x10 != 0
     }
 
-    /// The logical channel number (CLA b2-b1, first interindustry class).
-    pub fn channel(&self) -> u8 {
-        self.cla & 0x03
+    /// The logical channel CLA addresses, `None` for a class byte this card does not read
+    /// (ISO/IEC 7816-4 §5.1.1). First interindustry `0x00`-`0x1F`: channels 0-3 in b2-b1;
+    /// further interindustry `0x40`-`0x7F`: channels 4-19, b4-b1 + 4. The proprietary
+    /// `0x80`-`0x9F` and `0xC0`-`0xFE` carry the same bits, as GlobalPlatform (Card
+    /// Specification §11.1.4) and ETSI TS 102 221 (§10.1.1) use them. `0x20`-`0x3F` are
+    /// reserved, `0xA0`-`0xBF` hold the GSM class (3GPP TS 51.011) and `0xFF` is invalid.
+    pub fn channel(&self) -> Option<u8> {
+        match self.cla {
+            0x00..=0x1F | 0x80..=0x9F => Some(self.cla & 0x03),
+            0x40..=0x7F | 0xC0..=0xFE => Some(4 + (self.cla & 0x0F)),
+            _ => None,
+        }
     }
 
-    /// Whether CLA announces secure messaging (CLA b4-b3).
+    /// Whether CLA announces secure messaging: b4-b3 in the first interindustry coding, b6 in
+    /// the further one (ISO/IEC 7816-4 §5.1.1).
     pub fn secure_messaging(&self) -> bool {
-        self.cla & 0x0C != 0
+        match self.cla {
+            0x40..=0x7F | 0xC0..=0xFF => self.cla & 0x20 != 0,
+            _ => self.cla & 0x0C != 0,
+        }
     }
 
     /// Whether CLA is proprietary (b8 = 1), as this applet's own commands are.
@@ -156,13 +169,13 @@ mod tests {
 
     #[test]
     fn case3_and_4() {
-        let c = Command::parse(&[0x80, 0x10, 0, 0, 2, 0xAA, 0xBB]).unwrap();
+        let c = Command::parse(&[0x80, 0x52, 0, 0, 2, 0xAA, 0xBB]).unwrap();
         assert_eq!((c.data, c.ne), (&[0xAA, 0xBB][..], None));
-        let c = Command::parse(&[0x80, 0x10, 0, 0, 2, 0xAA, 0xBB, 0]).unwrap();
+        let c = Command::parse(&[0x80, 0x52, 0, 0, 2, 0xAA, 0xBB, 0]).unwrap();
         assert_eq!((c.data, c.ne), (&[0xAA, 0xBB][..], Some(256)));
-        let c = Command::parse(&[0x80, 0x10, 0, 0, 0, 0, 1, 0xCC]).unwrap();
+        let c = Command::parse(&[0x80, 0x52, 0, 0, 0, 0, 1, 0xCC]).unwrap();
         assert_eq!((c.data, c.ne, c.extended), (&[0xCC][..], None, true));
-        let c = Command::parse(&[0x80, 0x10, 0, 0, 0, 0, 1, 0xCC, 0x01, 0x00]).unwrap();
+        let c = Command::parse(&[0x80, 0x52, 0, 0, 0, 0, 1, 0xCC, 0x01, 0x00]).unwrap();
         assert_eq!((c.data, c.ne), (&[0xCC][..], Some(256)));
     }
 
@@ -198,9 +211,43 @@ mod tests {
 
     #[test]
     fn class_bits() {
-        let c = Command::parse(&[0x90, 0x12, 0, 0]).unwrap();
+        let c = Command::parse(&[0x90, 0x54, 0, 0]).unwrap();
         assert!(c.chained() && c.proprietary() && !c.secure_messaging());
-        let c = Command::parse(&[0x0D, 0x12, 0, 0]).unwrap();
-        assert!(c.secure_messaging() && c.channel() == 1);
+        assert_eq!(c.channel(), Some(0));
+        let c = Command::parse(&[0x0D, 0x54, 0, 0]).unwrap();
+        assert!(c.secure_messaging() && c.channel() == Some(1));
+    }
+
+    fn class_of(cla: u8) -> (Option<u8>, bool, bool) {
+        let apdu = [cla, 0xCA, 0, 0];
+        let c = Command::parse(&apdu).unwrap();
+        (c.channel(), c.secure_messaging(), c.chained())
+    }
+
+    #[test]
+    fn channel_bits_of_every_class_coding() {
+        // First interindustry and its proprietary twin: channels 0-3 in b2-b1, SM in b4-b3.
+        for base in [0x00, 0x80] {
+            for ch in 0..4u8 {
+                assert_eq!(class_of(base | ch), (Some(ch), false, false));
+                assert_eq!(class_of(base | 0x10 | ch), (Some(ch), false, true));
+                assert_eq!(class_of(base | 0x04 | ch), (Some(ch), true, false));
+            }
+        }
+        // Further interindustry (0x40-0x7F) and proprietary 0xC0-0xFE: channels 4-19 in b4-b1,
+        // SM in b6, chaining in b5.
+        for base in [0x40, 0xC0] {
+            for n in 0..16u8 {
+                assert_eq!(class_of(base | n), (Some(4 + n), false, false));
+                assert_eq!(class_of(base | 0x10 | n), (Some(4 + n), false, true));
+                if base | 0x20 | n != 0xFF {
+                    assert_eq!(class_of(base | 0x20 | n), (Some(4 + n), true, false));
+                }
+            }
+        }
+        // Reserved, GSM and invalid classes name no channel.
+        for cla in [0x20, 0x3F, 0xA0, 0xBF, 0xFF] {
+            assert_eq!(class_of(cla).0, None, "{cla:02X}");
+        }
     }
 }

@@ -45,6 +45,8 @@ impl<R: CryptoRngCore> Platform for RngPlatform<R> {
 pub mod ins {
     /// SELECT (ISO/IEC 7816-4 §11.2.2), CLA `00`.
     pub const SELECT: u8 = 0xA4;
+    /// MANAGE CHANNEL (ISO/IEC 7816-4 §11.1.2), CLA `00`: opens and closes logical channels.
+    pub const MANAGE_CHANNEL: u8 = 0x70;
     /// GET RESPONSE (ISO/IEC 7816-4 §7.6.1), CLA `00`.
     pub const GET_RESPONSE: u8 = 0xC0;
     /// GET CHALLENGE (ISO/IEC 7816-4 §7.5.3), CLA `00`: the one-time nonce.
@@ -57,16 +59,18 @@ pub mod ins {
     pub const RESET_RETRY_COUNTER: u8 = 0x2C;
     /// GENERATE ASYMMETRIC KEY PAIR (ISO/IEC 7816-8 §5.1), CLA `00`, personalization only.
     pub const GENERATE_KEY_PAIR: u8 = 0x46;
-    /// GET DATA, CLA `80`: P1-P2 names the object (card info, servers, policy, ...).
+    /// GET DATA (ISO/IEC 7816-4, interindustry INS `CA`), CLA `00` or `80`: P1-P2 names the object (card
+    /// info, servers, policy, ...).
     pub const GET_DATA: u8 = 0xCA;
     /// STORE DATA (GlobalPlatform Card Specification §11.11), CLA `80`: personalization.
     pub const STORE_DATA: u8 = 0xE2;
-    /// BIND TERMINAL, CLA `80`: the device tells its IMEI at session open.
-    pub const BIND_TERMINAL: u8 = 0x10;
+    /// BIND TERMINAL, CLA `80`: the device tells its IMEI at session open. (`80 10` would be
+    /// ETSI TS 102 221 TERMINAL PROFILE: `docs/apdu.md`, "Instruction map".)
+    pub const BIND_TERMINAL: u8 = 0x52;
     /// AUTHORIZE UPDATE, CLA `80`: delivery token + SUIT envelope.
-    pub const AUTHORIZE_UPDATE: u8 = 0x12;
+    pub const AUTHORIZE_UPDATE: u8 = 0x54;
     /// RECORD CONSENT, CLA `80`: the user's answer for an unauthorized server.
-    pub const RECORD_CONSENT: u8 = 0x14;
+    pub const RECORD_CONSENT: u8 = 0x56;
     /// PAYLOAD INTEGRITY, CLA `80`: device digest, or the streamed payload.
     pub const PAYLOAD: u8 = 0x16;
     /// REPORT RESULT, CLA `80`: the install result; answers a card-signed receipt.
@@ -79,67 +83,188 @@ pub mod ins {
     pub const ADMIN: u8 = 0x1E;
     /// GET RECEIPT, CLA `80`: the receipt of an update whose result the card recorded,
     /// signed again (for a device that lost it in a crash).
-    pub const GET_RECEIPT: u8 = 0x22;
+    pub const GET_RECEIPT: u8 = 0x58;
 }
 
-/// The transient I/O state: buffer, chaining and the pending response.
+/// Logical channels open at once, the basic channel included. Their numbers may be any of
+/// 0-19 (ISO/IEC 7816-4 §5.1.1: the first interindustry class codes 0-3, the further one 4-19);
+/// each open channel takes one slot of per-channel state (`docs/card.md`, RAM).
+pub const CHANNEL_SLOTS: usize = 4;
+
+/// The highest logical channel number a class byte can name (ISO/IEC 7816-4 §5.1.1).
+pub const MAX_CHANNEL: u8 = 19;
+
+/// The transient I/O state: buffer, chaining and the pending response. One buffer serves
+/// every channel: commands arrive one at a time.
 pub(crate) struct Io {
     pub(crate) buf: [u8; IO_CAP],
     /// Bytes of command data accumulated by a chain in progress.
     len: u16,
     /// Header (INS, P1, P2) of the chain in progress.
     chain: Option<[u8; 3]>,
-    /// Pending response: `buf[off..end]` still to be sent by GET RESPONSE.
+    /// The channel slot the chain in progress came on.
+    chain_slot: u8,
+    /// Slots (bit per slot) whose chain a command on another channel broke: their next
+    /// command answers `6883`, as the card cannot tell where their chain would start again.
+    broken: u8,
+    /// Pending response: `buf[off..end]` still to be sent by GET RESPONSE, on `pending_slot`.
     off: u16,
     end: u16,
+    pending_slot: u8,
 }
 
-/// Card-digest streaming state (RAM only: a reset restarts the stream from byte 0).
+/// Card-digest streaming state (RAM only: a reset restarts the stream from byte 0). One
+/// stream at a time on the card, owned by the channel it started on.
 pub(crate) struct Stream {
     pub(crate) hasher: sha2::Sha256,
     pub(crate) count: u64,
+    /// The channel slot that started it.
+    pub(crate) slot: u8,
 }
 
 /// A question to the user about an unauthorized server, bound to one AUTHORIZE UPDATE
-/// request.
+/// request and to the channel it was asked on.
 #[derive(Clone, Copy)]
 pub(crate) struct Consent {
     /// SHA-256 of the AUTHORIZE UPDATE data this consent is about.
     pub(crate) request: [u8; 32],
     /// Whether a PIN confirmation is required by the policy.
     pub(crate) needs_pin: bool,
+    /// The channel slot it was asked on (its answer and PIN status are that channel's).
+    pub(crate) slot: u8,
 }
 
-/// Session state in RAM: dies with a reset or power loss (Java Card: `CLEAR_ON_RESET`).
-pub(crate) struct Session {
+/// The state of one logical channel (ISO/IEC 7816-4 §5.1.1 and §11.1.2: each channel has its
+/// own current selection and its own security status). Byte arrays rather than integers keep
+/// the slot free of alignment padding.
+#[derive(Clone, Copy)]
+pub(crate) struct ChannelSession {
+    /// Whether the channel is open (the basic channel always is).
+    open: bool,
+    /// Its number, 0-19.
+    number: u8,
+    /// Whether the applet is selected on it.
     pub(crate) selected: bool,
     /// The outstanding one-time nonce (ISO/IEC 7816-4 GET CHALLENGE).
     pub(crate) nonce: Option<[u8; 16]>,
     /// The IMEI the device bound at session open.
     pub(crate) imei: Option<[u8; crate::layout::IMEI_LEN]>,
-    /// The device's clock as it stated it at session open (untrusted, logged as is).
-    pub(crate) device_time: Option<u64>,
-    /// Whether the PIN was verified in this session.
+    /// The device's clock as it stated it at session open (untrusted, logged as is),
+    /// big-endian seconds.
+    device_time: Option<[u8; 8]>,
+    /// Whether the PIN was verified on this channel.
     pub(crate) pin_verified: bool,
-    /// The last consent question/answer.
+}
+
+impl ChannelSession {
+    const CLOSED: Self = Self {
+        open: false,
+        number: 0,
+        selected: false,
+        nonce: None,
+        imei: None,
+        device_time: None,
+        pin_verified: false,
+    };
+
+    /// A channel just opened: nothing bound, nothing verified.
+    const fn opened(number: u8, selected: bool) -> Self {
+        Self {
+            open: true,
+            number,
+            selected,
+            ..Self::CLOSED
+        }
+    }
+
+    /// The device's clock as bound, seconds since the Unix epoch.
+    pub(crate) fn device_time(&self) -> Option<u64> {
+        self.device_time.map(u64::from_be_bytes)
+    }
+
+    pub(crate) fn set_device_time(&mut self, time: Option<u64>) {
+        self.device_time = time.map(u64::to_be_bytes);
+    }
+}
+
+/// Session state in RAM: dies with a reset or power loss (Java Card: `CLEAR_ON_RESET`).
+pub(crate) struct Session {
+    /// Per-channel state; slot 0 is the basic channel.
+    channels: [ChannelSession; CHANNEL_SLOTS],
+    /// The slot of the channel the command being processed came on.
+    current: u8,
+    /// The last consent question, on the channel it was asked on.
     pub(crate) consent: Option<Consent>,
-    /// Card-digest streaming in progress.
+    /// Card-digest streaming in progress, on the channel it started on.
     pub(crate) stream: Option<Stream>,
 }
 
 impl Session {
     const fn new() -> Self {
+        let mut channels = [ChannelSession::CLOSED; CHANNEL_SLOTS];
+        channels[0] = ChannelSession::opened(0, false);
         Self {
-            selected: false,
-            nonce: None,
-            imei: None,
-            device_time: None,
-            pin_verified: false,
+            channels,
+            current: 0,
             consent: None,
             stream: None,
         }
     }
+
+    /// The state of the channel the current command came on.
+    pub(crate) fn chan(&self) -> &ChannelSession {
+        &self.channels[usize::from(self.current)]
+    }
+
+    /// The state of the channel the current command came on, mutably.
+    pub(crate) fn chan_mut(&mut self) -> &mut ChannelSession {
+        &mut self.channels[usize::from(self.current)]
+    }
+
+    /// The slot of the channel the current command came on.
+    pub(crate) fn current(&self) -> u8 {
+        self.current
+    }
+
+    /// The consent question asked on this channel, if any.
+    pub(crate) fn consent_here(&self) -> Option<Consent> {
+        self.consent.filter(|c| c.slot == self.current)
+    }
+
+    /// The payload stream started on this channel, if any.
+    pub(crate) fn stream_here(&mut self) -> Option<&mut Stream> {
+        let current = self.current;
+        self.stream.as_mut().filter(|s| s.slot == current)
+    }
+
+    /// Ends what this channel started: its consent question and its payload stream.
+    pub(crate) fn end_channel_questions(&mut self) {
+        let current = self.current;
+        if self.consent.is_some_and(|c| c.slot == current) {
+            self.consent = None;
+        }
+        if self.stream.as_ref().is_some_and(|s| s.slot == current) {
+            self.stream = None;
+        }
+    }
+
+    /// The slot of open channel `number`.
+    fn slot_of(&self, number: u8) -> Option<u8> {
+        (0..CHANNEL_SLOTS as u8).find(|&i| {
+            let c = &self.channels[usize::from(i)];
+            c.open && c.number == number
+        })
+    }
+
+    /// A slot no open channel uses.
+    fn free_slot(&self) -> Option<u8> {
+        (1..CHANNEL_SLOTS as u8).find(|&i| !self.channels[usize::from(i)].open)
+    }
 }
+
+// The ATR's card capabilities announce the slot count in three bits (ISO/IEC 7816-4
+// §8.1.1.2.7: y + 1 channels, y ≤ 7).
+const _: () = assert!(CHANNEL_SLOTS >= 2 && CHANNEL_SLOTS <= 8);
 
 // Budget (issue 3 item 10): the applet's RAM state fits 2 KiB, checked when the crate
 // compiles (for the host and the card target alike).
@@ -193,18 +318,23 @@ impl<S: Store, P: Platform> Applet<S, P> {
                 buf: [0; IO_CAP],
                 len: 0,
                 chain: None,
+                chain_slot: 0,
+                broken: 0,
                 off: 0,
                 end: 0,
+                pending_slot: 0,
             },
         }
     }
 
-    /// A card reset or power cycle: every RAM object is cleared (nonce, bound IMEI, PIN
-    /// status, consent, streaming, chaining, pending response); persistent state stays.
+    /// A card reset or power cycle: every RAM object is cleared (logical channels other than
+    /// the basic one, selection, nonces, bound IMEIs, PIN status, consent, streaming,
+    /// chaining, pending response); persistent state stays.
     pub fn reset(&mut self) {
         self.core.session = Session::new();
         self.io.len = 0;
         self.io.chain = None;
+        self.io.broken = 0;
         self.io.off = 0;
         self.io.end = 0;
         self.io.buf = [0; IO_CAP];
@@ -315,37 +445,63 @@ impl<S: Store, P: Platform> Applet<S, P> {
 
     fn step(&mut self, apdu: &[u8], out: &mut [u8]) -> Result<(usize, StatusWord), CardError> {
         let cmd = Command::parse(apdu).map_err(|_| CardError::WrongLength)?;
-        // Only the first interindustry class (00/10) and its proprietary twin (80/90).
-        if cmd.cla & 0x60 != 0 {
-            return Err(CardError::ClaNotSupported);
-        }
-        if cmd.channel() != 0 {
-            return Err(CardError::ChannelNotSupported);
-        }
+        // The interindustry class codings and their proprietary twins (ISO/IEC 7816-4 §5.1.1).
+        let channel = cmd.channel().ok_or(CardError::ClaNotSupported)?;
         if cmd.secure_messaging() {
             return Err(CardError::SecureMessagingNotSupported);
         }
-        // GET RESPONSE continues the pending response (ISO/IEC 7816-4 §7.6.1).
-        if cmd.ins == ins::GET_RESPONSE && !cmd.proprietary() {
+        // A command on a channel that is not open (ISO/IEC 7816-4 §5.6, `6881`).
+        let slot = self
+            .core
+            .session
+            .slot_of(channel)
+            .ok_or(CardError::ChannelNotSupported)?;
+        self.core.session.current = slot;
+        let iso = !cmd.proprietary();
+        // GET RESPONSE continues the pending response of this channel (ISO/IEC 7816-4 §7.6.1).
+        if cmd.ins == ins::GET_RESPONSE && iso {
+            if cmd.chained() {
+                return Err(CardError::ChainingNotSupported);
+            }
             if cmd.p1 != 0 || cmd.p2 != 0 {
                 return Err(CardError::WrongP1P2);
             }
-            if self.io.off >= self.io.end {
+            if self.io.off >= self.io.end || self.io.pending_slot != slot {
                 return Err(CardError::Conditions("no response data pending"));
             }
             return Ok(self.deliver(cmd.ne, out));
         }
-        // Any other command drops what GET RESPONSE would have sent.
+        // Any other command drops what GET RESPONSE would have sent (the buffer is shared).
         self.io.off = 0;
         self.io.end = 0;
-
-        if cmd.ins == ins::SELECT && !cmd.proprietary() {
+        self.io.pending_slot = slot;
+        // A command on another channel ends a chain in progress: the data of one chain is in
+        // the buffer. The chain's own channel hears it at its next command.
+        if self.io.chain.is_some() && self.io.chain_slot != slot {
+            self.io.broken |= 1 << self.io.chain_slot;
             self.abort_chain();
-            let n = self.select(&cmd)?;
+        }
+
+        if iso && matches!(cmd.ins, ins::SELECT | ins::MANAGE_CHANNEL) {
+            self.io.broken &= !(1 << slot);
+            self.abort_chain();
+            if cmd.chained() {
+                // ISO/IEC 7816-4 §5.6 table 6: `6884`, command chaining not supported.
+                return Err(CardError::ChainingNotSupported);
+            }
+            let n = if cmd.ins == ins::SELECT {
+                self.select(&cmd)?
+            } else {
+                self.manage_channel(&cmd)?
+            };
             self.io.end = n as u16;
             return Ok(self.deliver(cmd.ne, out));
         }
-        if !self.core.session.selected {
+        if self.io.broken & (1 << slot) != 0 {
+            self.io.broken &= !(1 << slot);
+            return Err(CardError::ChainBroken);
+        }
+        if !self.core.session.chan().selected {
             return Err(CardError::Conditions("applet not selected"));
         }
 
@@ -374,6 +530,7 @@ impl<S: Store, P: Platform> Applet<S, P> {
             }
             self.io.len = end as u16;
             self.io.chain = Some(header);
+            self.io.chain_slot = slot;
             return Ok((0, StatusWord::OK));
         }
         self.io.chain = None;
@@ -425,20 +582,26 @@ impl<S: Store, P: Platform> Applet<S, P> {
 
     /// SELECT by DF name (AID), ISO/IEC 7816-4 §11.2.2; P1 `04`, P2 `00` (first or only
     /// occurrence, return FCI — here: nothing, or the applet version when Le is present).
+    /// Runs on the channel it came on: that channel's selection and session only.
     fn select(&mut self, cmd: &Command<'_>) -> Result<usize, CardError> {
         if cmd.p1 != 0x04 || (cmd.p2 & 0xF3) != 0x00 {
             return Err(CardError::WrongP1P2);
         }
         // A partial AID selects by prefix (ISO/IEC 7816-4 §12.2.2), at least the RID-part.
+        // No match: the current selection stays as it was (ISO/IEC 7816-4 §11.2.2).
         if cmd.data.len() < 5 || cmd.data.len() > AID.len() || AID[..cmd.data.len()] != *cmd.data {
-            self.core.session.selected = false;
             return Err(CardError::AppletNotFound);
         }
-        // Re-selection ends the session's authentication state (Java Card: deselect).
-        let nonce = self.core.session.nonce;
-        self.reset();
-        self.core.session.nonce = nonce;
-        self.core.session.selected = true;
+        // Re-selection ends the channel's authentication state (Java Card: deselect), but
+        // keeps its outstanding nonce.
+        let session = &mut self.core.session;
+        session.end_channel_questions();
+        let chan = session.chan_mut();
+        *chan = ChannelSession {
+            nonce: chan.nonce,
+            ..ChannelSession::opened(chan.number, true)
+        };
+        self.io.buf = [0; IO_CAP];
         // FCI proprietary template (tag A5) with the applet version and life cycle.
         let life = match self.core.p.lifecycle()? {
             Lifecycle::Blank => 0,
@@ -460,6 +623,65 @@ impl<S: Store, P: Platform> Applet<S, P> {
         ];
         self.io.buf[..fci.len()].copy_from_slice(&fci);
         Ok(if cmd.ne.is_some() { fci.len() } else { 0 })
+    }
+
+    /// MANAGE CHANNEL, ISO/IEC 7816-4 §11.1.2: P1 `00` opens a channel (P2 `00`: the card
+    /// picks the number and answers it in one byte; P2 1-19: that number), P1 `80` closes
+    /// channel P2. Status words as a Java Card runtime answers them (JCRE §4.5.1, §4.6.1).
+    fn manage_channel(&mut self, cmd: &Command<'_>) -> Result<usize, CardError> {
+        if !cmd.data.is_empty() {
+            return Err(CardError::WrongLength);
+        }
+        if !matches!(cmd.p1, 0x00 | 0x80) || cmd.p2 > MAX_CHANNEL {
+            return Err(CardError::FunctionNotSupported);
+        }
+        let session = &mut self.core.session;
+        if cmd.p1 == 0x80 {
+            // The basic channel cannot be closed.
+            if cmd.p2 == 0 {
+                return Err(CardError::FunctionNotSupported);
+            }
+            let Some(slot) = session.slot_of(cmd.p2) else {
+                return Err(CardError::NothingToClose);
+            };
+            // Everything the channel held goes with it.
+            let origin = session.current;
+            session.current = slot;
+            session.end_channel_questions();
+            session.current = origin;
+            session.channels[usize::from(slot)] = ChannelSession::CLOSED;
+            self.io.broken &= !(1 << slot);
+            if self.io.chain.is_some() && self.io.chain_slot == slot {
+                self.abort_chain();
+            }
+            return Ok(0);
+        }
+        let number = match cmd.p2 {
+            0 => (1..=MAX_CHANNEL)
+                .find(|&n| session.slot_of(n).is_none())
+                .ok_or(CardError::FunctionNotSupported)?,
+            n if session.slot_of(n).is_some() => return Err(CardError::WrongP1P2),
+            n => n,
+        };
+        let Some(slot) = session.free_slot() else {
+            // No room for another channel's state: `6A81` when the card picks the number,
+            // `6A86` for the number asked for (JCRE §4.5.1).
+            return Err(if cmd.p2 == 0 {
+                CardError::FunctionNotSupported
+            } else {
+                CardError::WrongP1P2
+            });
+        };
+        // Opened from another logical channel, the new one starts with that channel's
+        // selection; from the basic channel, with none (this applet is not the card's default
+        // application). Either way with a session of its own.
+        let selected = session.current != 0 && session.chan().selected;
+        session.channels[usize::from(slot)] = ChannelSession::opened(number, selected);
+        if cmd.p2 == 0 {
+            self.io.buf[0] = number;
+            return Ok(1);
+        }
+        Ok(0)
     }
 }
 

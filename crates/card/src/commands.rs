@@ -52,7 +52,8 @@ impl Instruction {
             (true, ins::RESET_RETRY_COUNTER) => ResetRetryCounter,
             (true, ins::GENERATE_KEY_PAIR) => GenerateKeyPair,
             (false, ins::STORE_DATA) => StoreData,
-            (false, ins::GET_DATA) => GetData,
+            // GET DATA in the interindustry class and its proprietary twin alike.
+            (_, ins::GET_DATA) => GetData,
             (false, ins::BIND_TERMINAL) => BindTerminal,
             (false, ins::AUTHORIZE_UPDATE) => AuthorizeUpdate,
             (false, ins::RECORD_CONSENT) => RecordConsent,
@@ -161,7 +162,7 @@ fn get_challenge<S: Store, P: Platform>(
 ) -> Result<usize, CardError> {
     let mut nonce = [0u8; 16];
     core.platform.rng().fill_bytes(&mut nonce);
-    core.session.nonce = Some(nonce);
+    core.session.chan_mut().nonce = Some(nonce);
     io[..16].copy_from_slice(&nonce);
     Ok(16)
 }
@@ -187,11 +188,11 @@ fn bind_terminal<S: Store, P: Platform>(
     simfota_wire::Imei::parse(text).map_err(|_| CardError::WrongData("IMEI: 15 digits, Luhn"))?;
     let mut b = [0u8; IMEI_LEN];
     b.copy_from_slice(imei);
-    core.session.imei = Some(b);
-    core.session.device_time = time;
-    // A new device binding starts a new question for the user.
-    core.session.consent = None;
-    core.session.stream = None;
+    let chan = core.session.chan_mut();
+    chan.imei = Some(b);
+    chan.set_device_time(time);
+    // A new device binding starts a new question for the user on this channel.
+    core.session.end_channel_questions();
     Ok(0)
 }
 
@@ -215,7 +216,7 @@ fn verify<S: Store, P: Platform>(
     }
     if data.is_empty() {
         let left = core.p.pin_tries(PinSlot::Pin)?;
-        return if core.session.pin_verified {
+        return if core.session.chan().pin_verified {
             Ok(0)
         } else if left == 0 {
             Err(CardError::Blocked)
@@ -223,9 +224,9 @@ fn verify<S: Store, P: Platform>(
             Err(CardError::WrongPin(left))
         };
     }
-    core.session.pin_verified = false;
+    core.session.chan_mut().pin_verified = false;
     pin::verify(&mut core.p, PinSlot::Pin, data)?;
-    core.session.pin_verified = true;
+    core.session.chan_mut().pin_verified = true;
     Ok(0)
 }
 
@@ -248,10 +249,10 @@ fn change_reference_data<S: Store, P: Platform>(
             "new PIN must be 4-8 digits padded with FF",
         ));
     }
-    core.session.pin_verified = false;
+    core.session.chan_mut().pin_verified = false;
     pin::verify(&mut core.p, PinSlot::Pin, old)?;
     core.p.transaction(|p| p.set_pin_value(PinSlot::Pin, new))?;
-    core.session.pin_verified = true;
+    core.session.chan_mut().pin_verified = true;
     Ok(0)
 }
 
@@ -288,6 +289,6 @@ fn reset_retry_counter<S: Store, P: Platform>(
         p.set_pin_tries(PinSlot::Pin, max)?;
         Ok(())
     })?;
-    core.session.pin_verified = false;
+    core.session.chan_mut().pin_verified = false;
     Ok(0)
 }

@@ -227,9 +227,16 @@ pub enum CardError {
     /// P1-P2 are invalid for this instruction.
     #[error("incorrect P1-P2")]
     WrongP1P2,
-    /// Only the basic logical channel is supported.
-    #[error("logical channel not supported")]
+    /// The command came on a logical channel that is not open.
+    #[error("logical channel not supported (not open)")]
     ChannelNotSupported,
+    /// MANAGE CHANNEL asked for what the card does not do: another P1, a channel number
+    /// above 19, closing the basic channel, or opening one more channel than it keeps.
+    #[error("function not supported")]
+    FunctionNotSupported,
+    /// MANAGE CHANNEL closed a channel that was not open: nothing changed (a warning).
+    #[error("the logical channel was not open")]
+    NothingToClose,
     /// Secure messaging is not supported.
     #[error("secure messaging not supported")]
     SecureMessagingNotSupported,
@@ -296,6 +303,8 @@ impl CardError {
             CardError::InsNotSupported => StatusWord::INS_NOT_SUPPORTED,
             CardError::WrongP1P2 => StatusWord::WRONG_P1P2,
             CardError::ChannelNotSupported => StatusWord::CHANNEL_NOT_SUPPORTED,
+            CardError::FunctionNotSupported => StatusWord::FUNCTION_NOT_SUPPORTED,
+            CardError::NothingToClose => StatusWord::WARNING_UNCHANGED,
             CardError::SecureMessagingNotSupported => StatusWord::SECURE_MESSAGING_NOT_SUPPORTED,
             CardError::ChainBroken => StatusWord::LAST_COMMAND_EXPECTED,
             CardError::ChainingNotSupported => StatusWord::CHAINING_NOT_SUPPORTED,

@@ -1,4 +1,4 @@
-//! GET DATA (CLA `80`, INS `CA`): what the device may read without authentication (design
+//! GET DATA (CLA `00` or `80`, INS `CA`): what the device may read without authentication (design
 //! R5, R6: the server list, the policy and the trusted originators are readable by the
 //! device) and the card information. Every answer is encoded by the contract module
 //! (`simfota_wire::contract`), the one definition the device and the server decode with,

@@ -44,7 +44,8 @@ mod tables;
 mod update;
 
 pub use applet::{
-    AID, APPLET_VERSION, Applet, IO_CAP, PersistentUsage, Platform, RngPlatform, ins,
+    AID, APPLET_VERSION, Applet, CHANNEL_SLOTS, IO_CAP, MAX_CHANNEL, PersistentUsage, Platform,
+    RngPlatform, ins,
 };
 pub use crypto::CryptoOps;
 pub use error::{CardError, Reason, fumo_result_for};

@@ -48,7 +48,7 @@ pub(crate) fn read_log<S: Store, P: Platform>(
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
-    let nonce = core.session.nonce.take();
+    let nonce = core.session.chan_mut().nonce.take();
     let signed = LogReadRequest::decode(&io[..n], &LIMITS)
         .map_err(|_| CardError::WrongData("log-read request"))?;
     let claimed = signed.dangerous_unverified().server;
@@ -112,7 +112,7 @@ pub(crate) fn ack_log<S: Store, P: Platform>(
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
-    let nonce = core.session.nonce.take();
+    let nonce = core.session.chan_mut().nonce.take();
     let signed = LogAck::decode(&io[..n], &LIMITS)
         .map_err(|_| CardError::WrongData("log acknowledgement"))?;
     let claimed = signed.dangerous_unverified().server;

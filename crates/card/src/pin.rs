@@ -27,7 +27,8 @@ pub fn valid_pin_block(b: &[u8]) -> bool {
 
 /// Verifies `candidate` against a PIN/PUK slot.
 ///
-/// Order (tearing-safe): read counter → refuse if zero → decrement and COMMIT → compare in
+/// Order (tearing-safe): check the block's format (no try spent on a block that cannot be
+/// any PIN: `6A80`) → read counter → refuse if zero → decrement and COMMIT → compare in
 /// constant time → on match, restore the counter and commit.
 pub fn verify<S: Store>(
     p: &mut Persist<S>,
@@ -36,6 +37,11 @@ pub fn verify<S: Store>(
 ) -> Result<(), CardError> {
     if candidate.len() != PIN_LEN {
         return Err(CardError::WrongLength);
+    }
+    // The format says nothing about the reference (every reference has it), so checking it
+    // first leaks nothing (ISO/IEC 7816-4 §5.6: `6A80`, wrong data).
+    if !valid_pin_block(candidate) {
+        return Err(CardError::WrongData("PIN block: 4-8 digits padded with FF"));
     }
     let left = p.pin_tries(slot)?;
     if left == 0 {

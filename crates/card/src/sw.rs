@@ -10,11 +10,13 @@ pub struct StatusWord(pub u16);
 impl StatusWord {
     /// `9000`: normal processing, no further qualification.
     pub const OK: Self = Self(0x9000);
+    /// `6200`: warning, no information given, non-volatile memory unchanged.
+    pub const WARNING_UNCHANGED: Self = Self(0x6200);
     /// `6581`: memory failure (a persistent write did not complete).
     pub const MEMORY_FAILURE: Self = Self(0x6581);
     /// `6700`: wrong length (Lc/Le inconsistent with the command, or data too long).
     pub const WRONG_LENGTH: Self = Self(0x6700);
-    /// `6881`: logical channel not supported.
+    /// `6881`: logical channel not supported (also: the command's channel is not open).
     pub const CHANNEL_NOT_SUPPORTED: Self = Self(0x6881);
     /// `6882`: secure messaging not supported.
     pub const SECURE_MESSAGING_NOT_SUPPORTED: Self = Self(0x6882);
@@ -30,6 +32,8 @@ impl StatusWord {
     pub const CONDITIONS: Self = Self(0x6985);
     /// `6A80`: incorrect parameters in the command data field (malformed object).
     pub const WRONG_DATA: Self = Self(0x6A80);
+    /// `6A81`: function not supported.
+    pub const FUNCTION_NOT_SUPPORTED: Self = Self(0x6A81);
     /// `6A82`: file or application not found (SELECT of an unknown AID).
     pub const NOT_FOUND: Self = Self(0x6A82);
     /// `6A84`: not enough memory space (a table is full).

@@ -363,14 +363,14 @@ fn conclude<S: Store, P: Platform>(
 
 fn new_attempt<S: Store, P: Platform>(core: &Core<S, P>) -> Result<Attempt, CardError> {
     let mut entry = LogEntry::new(0, Digest::default(), Event::Authorized);
-    entry.imei = match core.session.imei {
+    entry.imei = match core.session.chan().imei {
         Some(b) => Some(
             Imei::parse(core::str::from_utf8(&b).map_err(|_| CardError::Internal("imei"))?)
                 .map_err(|_| CardError::Internal("imei"))?,
         ),
         None => None,
     };
-    entry.device_time = core.session.device_time;
+    entry.device_time = core.session.chan().device_time();
     entry.trusted_time = crypto::trusted_time(&core.p)?;
     // The bound IMEI is the device's word until a server's token names the same one.
     entry.unverified = Some(Unverified::IMEI);
@@ -391,7 +391,7 @@ fn preconditions<S: Store, P: Platform>(
     core: &Core<S, P>,
     with_consent: bool,
 ) -> Result<Option<Reason>, CardError> {
-    if core.session.imei.is_none() {
+    if core.session.chan().imei.is_none() {
         return Err(CardError::Conditions("bind the terminal (IMEI) first"));
     }
     let st = ring::state(&core.p)?;
@@ -416,7 +416,7 @@ fn refuse_early<S: Store, P: Platform>(
     conclude(core, att, Err(reason), None)
 }
 
-/// AUTHORIZE UPDATE (CLA `80`, INS `12`, P1-P2 `0000`): data = `len(token) || token ||
+/// AUTHORIZE UPDATE (CLA `80`, INS `54`, P1-P2 `0000`): data = `len(token) || token ||
 /// envelope` (the SUIT envelope without its payload). Answers `9000` when authorized, `66RR`
 /// otherwise.
 pub(crate) fn authorize<S: Store, P: Platform>(
@@ -426,7 +426,7 @@ pub(crate) fn authorize<S: Store, P: Platform>(
 ) -> Result<usize, CardError> {
     // The nonce is consumed by this attempt whatever happens next, before any persistent
     // write: a power cut cannot leave it usable (it lives in RAM only).
-    let nonce = core.session.nonce.take();
+    let nonce = core.session.chan_mut().nonce.take();
     let data = &io[..n];
     let mut att = new_attempt(core)?;
     if let Some(refusal) = preconditions(core, false)? {
@@ -442,13 +442,14 @@ pub(crate) fn authorize<S: Store, P: Platform>(
         core.session.consent = Some(crate::applet::Consent {
             request: sha2::Sha256::digest(data).into(),
             needs_pin: r == Reason::PinConsentRequired,
+            slot: core.session.current(),
         });
         return Err(CardError::Refused(r));
     }
     conclude(core, att, verdict, None)
 }
 
-/// RECORD CONSENT (CLA `80`, INS `14`, P2 `00`): the user's answer to `ConsentRequired` /
+/// RECORD CONSENT (CLA `80`, INS `56`, P2 `00`): the user's answer to `ConsentRequired` /
 /// `PinConsentRequired`. P1 `01` = yes, `00` = no; data = the same AUTHORIZE UPDATE data.
 /// Yes: the consent (with whether the PIN was verified in this session) and the
 /// authorization decision are logged together and the answer is AUTHORIZE UPDATE's. No: a
@@ -463,16 +464,15 @@ pub(crate) fn record_consent<S: Store, P: Platform>(
         return Err(CardError::WrongP1P2);
     }
     let data = &io[..n];
-    let question = core
-        .session
-        .consent
-        .ok_or(CardError::Conditions("no consent question pending"))?;
+    let question = core.session.consent_here().ok_or(CardError::Conditions(
+        "no consent question pending on this channel",
+    ))?;
     let digest: [u8; 32] = sha2::Sha256::digest(data).into();
     if digest != question.request {
         return Err(CardError::Conditions("consent is for another request"));
     }
     let yes = cmd.p1 == 1;
-    if yes && question.needs_pin && !core.session.pin_verified {
+    if yes && question.needs_pin && !core.session.chan().pin_verified {
         return Err(CardError::SecurityStatus("verify the PIN first"));
     }
     let mut att = new_attempt(core)?;
@@ -483,7 +483,7 @@ pub(crate) fn record_consent<S: Store, P: Platform>(
         // The device's word alone: counted like any refusal nothing authenticated.
         return conclude(core, att, Err(Reason::UserDeclined), None);
     }
-    let pin = core.session.pin_verified;
+    let pin = core.session.chan().pin_verified;
     let verdict = match check(core, data, None, Some(pin), &mut att) {
         Ok(()) => Ok(()),
         Err(CheckError::Refused(r)) => Err(r),
@@ -507,7 +507,7 @@ fn integrity_verdict<S: Store, P: Platform>(
         let at = crypto::RefusalContext {
             imei: load_pending_entry(&core.p)?.imei,
             trusted_time: crypto::trusted_time(&core.p)?,
-            device_time: core.session.device_time,
+            device_time: core.session.chan().device_time(),
         };
         core.p
             .transaction(|p| crypto::count_refusal(p, reason.deny_reason(), &at, room))?;
@@ -525,7 +525,7 @@ fn integrity_verdict<S: Store, P: Platform>(
         Event::IntegrityFailed
     };
     entry.trusted_time = crypto::trusted_time(&core.p)?;
-    entry.device_time = core.session.device_time;
+    entry.device_time = core.session.chan().device_time();
     core.p.transaction(|p| -> Result<(), CardError> {
         crypto::append_entry(p, &mut entry)?;
         p.put_u8(
@@ -587,16 +587,16 @@ pub(crate) fn payload<S: Store, P: Platform>(
         }
         p1 => {
             if p1 == 1 {
+                // One stream on the card: starting one ends any other channel's.
                 core.session.stream = Some(Stream {
                     hasher: sha2::Sha256::new(),
                     count: 0,
+                    slot: core.session.current(),
                 });
             }
-            let stream = core
-                .session
-                .stream
-                .as_mut()
-                .ok_or(CardError::Conditions("no payload stream started"))?;
+            let stream = core.session.stream_here().ok_or(CardError::Conditions(
+                "no payload stream started on this channel",
+            ))?;
             stream.count += data.len() as u64;
             if stream.count > size {
                 // Longer than signed: fail now rather than hash on.
@@ -646,7 +646,7 @@ pub(crate) fn report_result<S: Store, P: Platform>(
     if entry.update_id.as_ref().map(|u| u.as_bytes()) != Some(update_id) {
         return Err(CardError::Refused(Reason::UnknownUpdate));
     }
-    let bound = core.session.imei;
+    let bound = core.session.chan().imei;
     if entry
         .imei
         .map(|i| i.as_str().as_bytes() == &bound.unwrap_or([0; 15])[..])
@@ -711,7 +711,7 @@ fn sign_receipt<S: Store, P: Platform>(
         .map_err(|_| CardError::Internal("receipt does not fit the I/O buffer"))
 }
 
-/// GET RECEIPT (CLA `80`, INS `22`, P1-P2 `0000`): data = update id (the token's `cti`).
+/// GET RECEIPT (CLA `80`, INS `58`, P1-P2 `0000`): data = update id (the token's `cti`).
 /// Answers the card-signed receipt of that update again, for a device that crashed between
 /// REPORT RESULT and saving its answer (the card refuses a second report).
 ///
@@ -753,7 +753,7 @@ pub(crate) fn get_receipt<S: Store, P: Platform>(
             break (entry, result);
         }
     };
-    let bound = core.session.imei;
+    let bound = core.session.chan().imei;
     if entry
         .imei
         .map(|i| i.as_str().as_bytes() == &bound.unwrap_or([0; 15])[..])

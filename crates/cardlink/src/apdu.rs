@@ -18,6 +18,33 @@ pub const EXTENDED_MAX_NE: usize = 65_536;
 /// interindustry CLA values `0x0X`..`0x3X`).
 pub const CLA_CHAINING: u8 = 0x10;
 
+/// `cla` (an interindustry class, or its proprietary twin, as the link and the client build
+/// them for the basic channel) moved to logical channel `channel` (ISO 7816-4 §5.1.1):
+/// channels 0-3 in b2-b1 of the first coding, 4-19 in b4-b1 (number − 4) of the further one
+/// (`0x40`, proprietary `0xC0`). The chaining bit b5 is the same in both; secure messaging
+/// is not used. `None` for a channel above 19.
+pub const fn cla_on_channel(cla: u8, channel: u8) -> Option<u8> {
+    match channel {
+        0..=3 => Some((cla & 0x90) | channel),
+        4..=19 => Some((cla & 0x90) | 0x40 | (channel - 4)),
+        _ => None,
+    }
+}
+
+/// The logical channel a class byte addresses (ISO 7816-4 §5.1.1), for the first and the
+/// further interindustry codings and their proprietary twins; `None` for other classes (GSM
+/// `A0`, reserved `2X`/`3X`).
+pub const fn channel_of(cla: u8) -> Option<u8> {
+    match cla {
+        0x00..=0x1F | 0x80..=0x9F => Some(cla & 0x03),
+        0x40..=0x7F | 0xC0..=0xFE => Some(4 + (cla & 0x0F)),
+        _ => None,
+    }
+}
+
+/// INS of MANAGE CHANNEL (ISO 7816-4 §11.1.2).
+pub const INS_MANAGE_CHANNEL: u8 = 0x70;
+
 /// INS of GET RESPONSE (ISO 7816-4 §7.6.1), used after a `61xx` status.
 pub const INS_GET_RESPONSE: u8 = 0xC0;
 
@@ -99,6 +126,7 @@ impl StatusWord {
             (0x69, 0x86) => "command not allowed",
             (0x69, _) => "command not allowed",
             (0x6A, 0x80) => "incorrect parameters in the data field",
+            (0x6A, 0x81) => "function not supported",
             (0x6A, 0x82) => "file or application not found",
             (0x6A, 0x84) => "not enough memory space",
             (0x6A, 0x86) => "incorrect parameters P1-P2",

@@ -83,10 +83,14 @@ fn card_capabilities(historical: &[u8]) -> Option<&[u8]> {
 }
 
 /// The ATR the virtual card answers: direct convention, T=1 only, and historical bytes with a
-/// card-capabilities object announcing chaining and (when `extended`) extended Lc/Le, then a
-/// status indicator "operational, 9000".
+/// card-capabilities object announcing chaining, (when `extended`) extended Lc/Le and logical
+/// channels, then a status indicator "operational, 9000".
 pub fn virtual_card_atr(extended: bool) -> Vec<u8> {
-    let third = 0x80 | if extended { 0x40 } else { 0x00 };
+    // Third software function table (7816-4 §8.1.1.2.7): b8 chaining, b7 extended Lc/Le,
+    // b5-b4 logical channel numbers assigned by the card and by the interface device, b3-b1
+    // at most 4 logical channels at once (y + 1, y = 3: the applet's `CHANNEL_SLOTS`).
+    const CHANNELS: u8 = 0x18 | (simfota_card::CHANNEL_SLOTS as u8 - 1);
+    let third = 0x80 | CHANNELS | if extended { 0x40 } else { 0x00 };
     // Historical bytes: category 80, tag 7 length 3 (card capabilities: selection by full
     // DF name, data coding 01, chaining/extended), tag 8 length 3 (status: LCS 05, 9000).
     let historical = [0x80, 0x73, 0x80, 0x01, third, 0x83, 0x05, 0x90, 0x00];

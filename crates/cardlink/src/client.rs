@@ -20,7 +20,7 @@ use simfota_wire::{
     ShortText,
 };
 
-use crate::apdu::{Command, Response, StatusWord};
+use crate::apdu::{Command, INS_MANAGE_CHANNEL, Response, StatusWord, cla_on_channel};
 use crate::channel::{Channel, ResetKind};
 use crate::error::LinkError;
 use crate::link::Link;
@@ -232,10 +232,27 @@ struct PayloadStream {
     held: Vec<u8>,
 }
 
+/// Which channel of the card the client speaks to the applet on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelMode {
+    /// The basic channel (0): the client has the card to itself, as through a PC/SC reader.
+    #[default]
+    Basic,
+    /// A logical channel the client opens with MANAGE CHANNEL (ISO/IEC 7816-4 §11.1.2), the
+    /// card picking its number: how a phone or a module reaches a non-telecom applet while the
+    /// modem keeps the basic channel (AT+CCHO/AT+CGLA, OMAPI). Opened at the first SELECT,
+    /// again after a reset; [`CardClient::close_channel`] gives it back.
+    Logical,
+}
+
 /// The client of the applet over a channel.
 pub struct CardClient<C> {
     link: Link<C>,
     limits: Limits,
+    /// Basic or logical channel.
+    mode: ChannelMode,
+    /// The logical channel this client opened on the card, if any: every command goes there.
+    logical: Option<u8>,
     /// The payload stream open on the card in this session, as far as the client knows. The
     /// card keeps its hash state in RAM (`docs/apdu.md`): a reset, SELECT, BIND TERMINAL, a
     /// new authorization or any verdict ends it, and so does any failure of a stream command.
@@ -253,8 +270,58 @@ impl<C: Channel> CardClient<C> {
         Self {
             link,
             limits: Limits::default(),
+            mode: ChannelMode::Basic,
+            logical: None,
             stream: None,
         }
+    }
+
+    /// The same client on a basic or a logical channel (set before the first SELECT).
+    pub fn with_channel_mode(mut self, mode: ChannelMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The channel mode.
+    pub fn channel_mode(&self) -> ChannelMode {
+        self.mode
+    }
+
+    /// The number of the channel commands go on: 0 (basic), or the logical channel open.
+    pub fn channel_number(&self) -> u8 {
+        self.logical.unwrap_or(0)
+    }
+
+    /// MANAGE CHANNEL open on the basic channel (ISO/IEC 7816-4 §11.1.2, P2 `00`: the card
+    /// picks the number and answers it). Every later command goes on that channel.
+    pub fn open_channel(&mut self) -> Result<u8, ClientError> {
+        const C: &str = "MANAGE CHANNEL open";
+        let response = self
+            .link
+            .transmit(&Command::new(0x00, INS_MANAGE_CHANNEL, 0x00, 0x00).with_ne(1))?;
+        let number = match check(C, response)?.as_slice() {
+            [n @ 1..=19] => *n,
+            other => return Err(bad(C, format!("channel number {other:02X?}"))),
+        };
+        self.logical = Some(number);
+        self.stream = None;
+        Ok(number)
+    }
+
+    /// MANAGE CHANNEL close of the logical channel this client opened (its selection and
+    /// session end on the card); commands go on the basic channel again until the next
+    /// SELECT opens another one ([`ChannelMode::Logical`]). Nothing to do on the basic
+    /// channel.
+    pub fn close_channel(&mut self) -> Result<(), ClientError> {
+        let Some(number) = self.logical.take() else {
+            return Ok(());
+        };
+        self.stream = None;
+        let response = self
+            .link
+            .transmit(&Command::new(0x00, INS_MANAGE_CHANNEL, 0x80, number))?;
+        check("MANAGE CHANNEL close", response)?;
+        Ok(())
     }
 
     /// The link (traffic counters, the channel).
@@ -272,14 +339,18 @@ impl<C: Channel> CardClient<C> {
         self.link
     }
 
-    fn run(&mut self, command: &'static str, apdu: Command) -> Result<Vec<u8>, ClientError> {
+    fn run(&mut self, command: &'static str, mut apdu: Command) -> Result<Vec<u8>, ClientError> {
+        // The class of every command names the channel (ISO/IEC 7816-4 §5.1.1).
+        apdu.cla = cla_on_channel(apdu.cla, self.channel_number()).unwrap_or(apdu.cla);
         let response = self.link.transmit(&apdu)?;
         check(command, response)
     }
 
-    /// Resets the card: its session (selection, nonce, binding, PIN status) is gone.
+    /// Resets the card: its session (selection, nonce, binding, PIN status) is gone, and so
+    /// are its logical channels.
     pub fn reset(&mut self, kind: ResetKind) -> Result<(), ClientError> {
         self.stream = None;
+        self.logical = None;
         self.link.reset(kind)?;
         Ok(())
     }
@@ -290,6 +361,9 @@ impl<C: Channel> CardClient<C> {
         if self.link.channel().atr().is_empty() {
             self.link.reconnect()?;
         }
+        // A logical channel of the earlier session is closed (after a reset the card closed
+        // it already: its answer does not matter); SELECT opens a fresh one.
+        let _ = self.close_channel();
         let selected = match self.select() {
             Err(ClientError::Link(LinkError::CardRemoved { .. })) => {
                 self.link.reconnect()?;
@@ -303,10 +377,14 @@ impl<C: Channel> CardClient<C> {
         Ok(selected)
     }
 
-    /// SELECT the applet by AID (ISO/IEC 7816-4 §11.2.2).
+    /// SELECT the applet by AID (ISO/IEC 7816-4 §11.2.2), on a logical channel opened first
+    /// in [`ChannelMode::Logical`].
     pub fn select(&mut self) -> Result<Selected, ClientError> {
         const C: &str = "SELECT";
-        // SELECT clears the card's session, a payload stream included.
+        if self.mode == ChannelMode::Logical && self.logical.is_none() {
+            self.open_channel()?;
+        }
+        // SELECT clears the channel's session, a payload stream included.
         self.stream = None;
         let fci = self.run(
             C,

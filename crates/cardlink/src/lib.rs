@@ -35,7 +35,7 @@ pub use apdu::{Command, Response, StatusWord};
 pub use channel::{
     Capabilities, Channel, InProcessChannel, Protocol, ResetKind, Transmit, VirtualCard,
 };
-pub use client::{CardClient, ClientError};
+pub use client::{CardClient, ChannelMode, ClientError};
 pub use error::LinkError;
 pub use link::{ExtendedMode, Link, LinkOptions, LinkStats};
 pub use local::{AppletCard, FileCard};

@@ -12,6 +12,7 @@
 
 use crate::apdu::{
     CLA_CHAINING, Command, INS_GET_RESPONSE, Response, SHORT_MAX_DATA, SHORT_MAX_NE, StatusWord,
+    channel_of, cla_on_channel,
 };
 use crate::channel::{Capabilities, Channel, ResetKind, Transmit};
 use crate::error::LinkError;
@@ -192,10 +193,15 @@ fn sw2_len(sw: StatusWord) -> usize {
     }
 }
 
-/// The CLA for GET RESPONSE: the interindustry class on the command's logical channel, except
-/// for the GSM class `A0` whose cards answer GET RESPONSE only in that class (3GPP TS 51.011 §9).
+/// The CLA for GET RESPONSE: the interindustry class on the command's logical channel (first
+/// coding for 0-3, further coding for 4-19, ISO/IEC 7816-4 §5.1.1), except for the GSM class
+/// `A0` whose cards answer GET RESPONSE only in that class (3GPP TS 51.011 §9).
 fn get_response_cla(cla: u8) -> u8 {
-    if cla == 0xA0 { 0xA0 } else { cla & 0x03 }
+    match channel_of(cla).and_then(|ch| cla_on_channel(0x00, ch)) {
+        Some(iso) => iso,
+        None if cla == 0xA0 => 0xA0,
+        None => cla & 0x03,
+    }
 }
 
 fn run(

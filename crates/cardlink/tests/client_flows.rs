@@ -137,3 +137,59 @@ fn card_digest_streams_of_every_size_around_a_chunk_and_a_reset_midway() {
     assert_eq!(err.reason(), None);
     assert_eq!(err.status(), Some(simfota_cardlink::StatusWord(0x6A88)));
 }
+
+/// Every flow on a logical channel the client opens (MANAGE CHANNEL, the card picking the
+/// number), as a phone or a module reaches the applet while the modem holds the basic
+/// channel: the basic channel's selection is never touched.
+#[test]
+fn every_flow_on_a_logical_channel() {
+    use simfota_cardlink::{ChannelMode, Command, StatusWord};
+    let world = flows::World::new();
+    let mut c = client(ExtendedMode::Never).with_channel_mode(ChannelMode::Logical);
+    flows::every_flow(&mut c, &world);
+    assert_eq!(c.channel_number(), 1);
+    let basic = c
+        .link_mut()
+        .transmit(&Command::new(0x00, 0x84, 0, 0).with_ne(16))
+        .unwrap();
+    assert_eq!(
+        basic.sw,
+        StatusWord(0x6985),
+        "nothing selected on channel 0"
+    );
+    let on_one = c
+        .link_mut()
+        .transmit(&Command::new(0x01, 0x84, 0, 0).with_ne(16))
+        .unwrap();
+    assert_eq!((on_one.sw, on_one.data.len()), (StatusWord::OK, 16));
+    c.close_channel().unwrap();
+    assert_eq!(c.channel_number(), 0);
+    let closed = c
+        .link_mut()
+        .transmit(&Command::new(0x01, 0x84, 0, 0).with_ne(16))
+        .unwrap();
+    assert_eq!(closed.sw, StatusWord(0x6881), "channel 1 is closed");
+}
+
+/// After a reset the card has closed the client's logical channel: `reopen` opens a new one
+/// and the session goes on there; `reopen` without a reset gives the old channel back first,
+/// so channels do not pile up on the card.
+#[test]
+fn reopen_on_a_logical_channel_after_a_reset_and_without_one() {
+    use simfota_cardlink::{ChannelMode, ResetKind};
+    let world = flows::World::new();
+    let mut c = client(ExtendedMode::Auto).with_channel_mode(ChannelMode::Logical);
+    c.personalize(&world.issuer, &world.personalization())
+        .unwrap();
+    let imei = simfota_wire::Imei::parse(flows::IMEI).unwrap();
+    c.reset(ResetKind::Cold).unwrap();
+    assert_eq!(c.channel_number(), 0);
+    c.reopen(Some(&imei)).unwrap();
+    assert_eq!(c.channel_number(), 1);
+    for _ in 0..5 {
+        c.reopen(Some(&imei)).unwrap();
+        assert_eq!(c.channel_number(), 1);
+    }
+    assert_eq!(c.card_info().unwrap().iccid, flows::ICCID);
+    c.get_nonce().unwrap();
+}

@@ -43,3 +43,24 @@ fn pcsc_every_flow_through_pcscd_short_apdus() {
     let stats = client.link().stats();
     assert!(stats.apdus > 40, "{stats:?}");
 }
+
+#[test]
+fn pcsc_every_flow_on_a_logical_channel() {
+    let Some(_slot) = support::pcscd_or_skip("pcsc_every_flow_on_a_logical_channel") else {
+        return;
+    };
+    let _served = Served::start(AppletCard::new(CardMemory::new()));
+    let link = Link::with_options(
+        support::connect(),
+        LinkOptions {
+            extended: ExtendedMode::Never,
+            ..LinkOptions::default()
+        },
+    );
+    let mut client =
+        CardClient::with_link(link).with_channel_mode(simfota_cardlink::ChannelMode::Logical);
+    let world = flows::World::new();
+    flows::every_flow(&mut client, &world);
+    assert_eq!(client.channel_number(), 1);
+    client.close_channel().unwrap();
+}

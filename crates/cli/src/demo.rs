@@ -439,6 +439,7 @@ impl<'a> World<'a> {
             card: CardConfig {
                 state: Some(self.dir.join("card.state")),
                 reader: None,
+                channel: simfota_device::config::CardChannel::Basic,
             },
             data_dir: device.join(data),
             slot_dir: Some(device.join("slots")),

@@ -346,9 +346,10 @@ fn agent<C: Channel + Send + 'static>(
     channel: C,
     choice: PromptChoice,
 ) -> Agent<C> {
+    let mode = cfg.card.channel.mode();
     Agent {
         cfg,
-        card: Arc::new(Mutex::new(CardClient::new(channel))),
+        card: Arc::new(Mutex::new(CardClient::new(channel).with_channel_mode(mode))),
         prompter: Box::new(StandardPrompter::new(choice)),
         boot_check: Box::new(StandardBootCheck),
         progress: true,

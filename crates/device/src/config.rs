@@ -20,6 +20,7 @@
 //!
 //! [card]
 //! state = "CARD.state"                   # in-process card; or: reader = "Virtual PCD 00 00"
+//! channel = "basic"                      # or "logical": a channel of its own (MANAGE CHANNEL)
 //!
 //! [info]                                 # DevInfo / DevDetail values
 //! manufacturer = "Example"
@@ -125,6 +126,32 @@ pub struct CardConfig {
     pub state: Option<PathBuf>,
     /// A PC/SC reader name.
     pub reader: Option<String>,
+    /// The card channel the agent works on.
+    #[serde(default)]
+    pub channel: CardChannel,
+}
+
+/// The card channel the agent works on (docs/apdu.md "Logical channels").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CardChannel {
+    /// The basic channel: the agent has the card to itself (a PC/SC reader, the in-process
+    /// card).
+    #[default]
+    Basic,
+    /// A logical channel the agent opens (MANAGE CHANNEL) and works on, as a phone or module
+    /// reaches an applet while its modem keeps the basic channel.
+    Logical,
+}
+
+impl CardChannel {
+    /// The client's channel mode for this setting.
+    pub fn mode(self) -> simfota_cardlink::ChannelMode {
+        match self {
+            CardChannel::Basic => simfota_cardlink::ChannelMode::Basic,
+            CardChannel::Logical => simfota_cardlink::ChannelMode::Logical,
+        }
+    }
 }
 
 /// The card, resolved: exactly one source.
@@ -536,6 +563,24 @@ state = "CARD.state"
         // Round trip through the serializer used by `device init`.
         let again = DeviceConfig::parse(&c.to_toml().unwrap()).unwrap();
         assert_eq!(again.imei, c.imei);
+    }
+
+    #[test]
+    fn card_channel_is_basic_unless_asked() {
+        let c = DeviceConfig::parse(GOOD).unwrap();
+        assert_eq!(c.card.channel, CardChannel::Basic);
+        let logical = GOOD.replace("[card]\n", "[card]\nchannel = \"logical\"\n");
+        let c = DeviceConfig::parse(&logical).unwrap();
+        assert_eq!(c.card.channel, CardChannel::Logical);
+        assert_eq!(
+            c.card.channel.mode(),
+            simfota_cardlink::ChannelMode::Logical
+        );
+        let again = DeviceConfig::parse(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(again.card.channel, CardChannel::Logical);
+        let bad = GOOD.replace("[card]\n", "[card]\nchannel = \"modem\"\n");
+        let e = DeviceConfig::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("channel") && e.contains("logical"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use simfota_cardlink::pcsc::PcscChannel;
 use simfota_cardlink::vpcd::{StopHandle, VpcdServer};
 use simfota_cardlink::{FileCard, InProcessChannel, LinkError};
 use simfota_device::agent::Agent;
-use simfota_device::config::{DeviceConfig, Limits};
+use simfota_device::config::{CardChannel, DeviceConfig, Limits};
 use simfota_device::download::Downloader;
 use simfota_device::fumo::{Job, JobStore, Stage};
 use simfota_device::prompt::{PromptChoice, StandardPrompter};
@@ -210,6 +210,22 @@ fn pcsc_check_update_with_the_card_in_a_reader() {
     let Some(_slot) = pcscd_or_skip("pcsc_check_update_with_the_card_in_a_reader") else {
         return;
     };
+    check_update_through_pcscd("");
+}
+
+/// `[card] channel = "logical"`: the whole update runs on a logical channel the agent opened
+/// (MANAGE CHANNEL), as on a phone whose modem keeps the basic channel.
+#[test]
+fn pcsc_check_update_on_a_logical_channel() {
+    let Some(_slot) = pcscd_or_skip("pcsc_check_update_on_a_logical_channel") else {
+        return;
+    };
+    check_update_through_pcscd("channel = \"logical\"\n");
+}
+
+/// One complete update by the agent, its card in the vpcd reader; `card_extra` goes into the
+/// configuration's `[card]` table.
+fn check_update_through_pcscd(card_extra: &str) {
     let dir = tempfile::tempdir().unwrap();
     let keys = keys();
     let state = dir.path().join("CARD.state");
@@ -231,7 +247,7 @@ fn pcsc_check_update_with_the_card_in_a_reader() {
     let text = format!(
         "server_url = \"{}\"\nserver_id = \"{SERVER}\"\nencoding = \"wbxml\"\nimei = \"{IMEI}\"\ndata_dir = \"{}\"\n\
          [credentials]\nusername = \"dev-1\"\npassword = \"client-secret\"\nserver_password = \"server-secret\"\n\
-         [card]\nreader = \"{READER}\"\n",
+         [card]\nreader = \"{READER}\"\n{card_extra}",
         dm.url,
         dir.path().join("data").display()
     );
@@ -242,13 +258,21 @@ fn pcsc_check_update_with_the_card_in_a_reader() {
     let sink = said.clone();
     let mut agent = Agent {
         cfg: cfg.clone(),
-        card: Arc::new(Mutex::new(CardClient::new(connect()))),
+        card: Arc::new(Mutex::new(
+            CardClient::new(connect()).with_channel_mode(cfg.card.channel.mode()),
+        )),
         prompter: Box::new(StandardPrompter::unattended(PromptChoice::default())),
         boot_check: Box::new(StandardBootCheck),
         progress: false,
         say: Box::new(move |s: &str| sink.lock().unwrap().push(s.to_owned())),
     };
     let outcome = agent.check_update().unwrap();
+    // The agent's card client worked on the channel the configuration asked for.
+    let on = agent.card.lock().unwrap().channel_number();
+    match cfg.card.channel {
+        CardChannel::Basic => assert_eq!(on, 0),
+        CardChannel::Logical => assert!((1..=19).contains(&on), "channel {on}"),
+    }
     let said = said.lock().unwrap().clone();
     assert_eq!(outcome.reported, Some((200, true)), "{said:?}");
     let results = dm.results();

@@ -94,10 +94,22 @@ pub struct Stats {
     pub from_card: u64,
 }
 
+/// `cla` (first interindustry coding, or its proprietary twin) moved to logical channel
+/// `channel` (ISO/IEC 7816-4 §5.1.1): b2-b1 for 0-3, the further coding for 4-19.
+pub fn on_channel(cla: u8, channel: u8) -> u8 {
+    if channel < 4 {
+        (cla & !0x03) | channel
+    } else {
+        (cla & 0x90) | 0x40 | (channel - 4)
+    }
+}
+
 /// A terminal in front of the applet.
 pub struct Card {
     pub applet: Box<TestApplet>,
     pub extended: bool,
+    /// The logical channel `cmd` and `select` send on (0: the basic channel).
+    pub channel: u8,
     pub stats: Stats,
 }
 
@@ -111,6 +123,7 @@ impl Card {
         Card {
             applet: Box::new(Applet::new(store, RngPlatform(TestRng::new(label)))),
             extended: false,
+            channel: 0,
             stats: Stats::default(),
         }
     }
@@ -131,6 +144,7 @@ impl Card {
     /// Sends a command (chaining in short mode as needed), collects the whole answer
     /// through GET RESPONSE.
     pub fn cmd(&mut self, cla: u8, ins: u8, p1: u8, p2: u8, data: &[u8]) -> (Vec<u8>, StatusWord) {
+        let cla = on_channel(cla, self.channel);
         let (mut resp, mut sw) = if self.extended {
             let mut a = vec![cla, ins, p1, p2];
             if !data.is_empty() {
@@ -172,7 +186,7 @@ impl Card {
             } else {
                 vec![sw.sw2()]
             };
-            let mut a = vec![0x00, ins::GET_RESPONSE, 0, 0];
+            let mut a = vec![on_channel(0x00, self.channel), ins::GET_RESPONSE, 0, 0];
             a.extend_from_slice(&le);
             let (more, s) = self.raw(&a);
             resp.extend_from_slice(&more);
@@ -182,7 +196,8 @@ impl Card {
     }
 
     pub fn select(&mut self) -> StatusWord {
-        let mut a = vec![0x00, ins::SELECT, 0x04, 0x00, simfota_card::AID.len() as u8];
+        let cla = on_channel(0x00, self.channel);
+        let mut a = vec![cla, ins::SELECT, 0x04, 0x00, simfota_card::AID.len() as u8];
         a.extend_from_slice(&simfota_card::AID);
         self.raw(&a).1
     }

@@ -188,6 +188,7 @@ impl SimDevice {
             card: CardConfig {
                 state: None,
                 reader: None,
+                channel: simfota_device::config::CardChannel::Basic,
             },
             data_dir: std::path::PathBuf::from("fleet-device-in-memory"),
             slot_dir: None,
