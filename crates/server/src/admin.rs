@@ -143,13 +143,23 @@ pub async fn record(conn: &mut AnyConnection, id: i64, answer: &str) -> Result<(
     } else {
         "refused"
     };
-    sqlx::query("UPDATE admin_queue SET state = $1, result = $2, done_ms = $3 WHERE id = $4 AND state = 'sent'")
+    let done = sqlx::query("UPDATE admin_queue SET state = $1, result = $2, done_ms = $3 WHERE id = $4 AND state = 'sent'")
         .bind(st)
         .bind(answer.as_bytes().to_vec())
         .bind(now_ms())
         .bind(id)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    if st == "applied" && done.rows_affected() == 1 {
+        // The command may have changed the card's lists: the next session reads them again.
+        sqlx::query(
+            "UPDATE cards SET lists_read_ms = NULL \
+             WHERE id = (SELECT card_id FROM admin_queue WHERE id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
     tracing::info!(admin = id, %answer, "admin command result recorded");
     Ok(())
 }

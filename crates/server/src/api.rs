@@ -76,6 +76,7 @@ fn api(upload_limit: usize) -> Api {
         .op(__path_list_campaigns, list_campaigns)
         .op(__path_create_campaign, create_campaign)
         .op(__path_get_campaign, get_campaign)
+        .op(__path_audit_campaign, audit_campaign)
         .op(__path_pause, pause)
         .op(__path_resume, resume)
         .op(__path_cancel, cancel)
@@ -626,6 +627,21 @@ async fn get_campaign(
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse> {
     Ok(Json(campaign::get(&mut *s.db.conn().await?, id).await?))
+}
+
+/// A campaign's counters next to a recount of its jobs.
+#[utoipa::path(
+    get,
+    path = "/campaigns/{id}/audit",
+    params(("id" = i64, Path, description = "The campaign's id")),
+    responses((status = 200, description = "The counters the campaign decides on, a recount of its jobs by state, and whether the two agree", body = campaign::Audit))
+)]
+async fn audit_campaign(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(campaign::audit(&mut *s.db.conn().await?, id).await?))
 }
 
 /// Pause a running campaign.

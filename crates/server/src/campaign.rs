@@ -358,6 +358,41 @@ pub async fn recount(
     campaign_id: i64,
     current_wave: i64,
 ) -> Result<Progress> {
+    Ok(count_jobs(conn, campaign_id, current_wave).await?.recount)
+}
+
+/// A campaign's counters next to a recount of its jobs: what an operator (or `simfota fleet`)
+/// reads to check that the counters the engine decides on are true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Audit {
+    /// The counters kept with the campaign.
+    pub counters: Progress,
+    /// The same counts, recounted from the jobs.
+    pub recount: Progress,
+    /// Jobs to deliver in their devices' next session (released, not yet delivered).
+    pub pending: i64,
+    /// Jobs in waves not yet released.
+    pub waiting: i64,
+    /// The counters equal the recount.
+    pub consistent: bool,
+}
+
+/// Reads campaign `id` and recounts its jobs (one pass over them: a million-job campaign
+/// takes a fraction of a second).
+pub async fn audit(conn: &mut AnyConnection, id: i64) -> Result<Audit> {
+    let c = get(&mut *conn, id).await?;
+    let mut a = count_jobs(conn, id, c.current_wave).await?;
+    a.counters = c.progress;
+    a.consistent = a.counters == a.recount;
+    Ok(a)
+}
+
+/// Counts campaign `campaign_id`'s jobs by state (the `counters` field left at zero).
+async fn count_jobs(
+    conn: &mut AnyConnection,
+    campaign_id: i64,
+    current_wave: i64,
+) -> Result<Audit> {
     let rows = sqlx::query(
         "SELECT state, wave <= $2 AS released, COUNT(*) AS n FROM jobs WHERE campaign_id = $1 \
          GROUP BY state, wave <= $2",
@@ -366,7 +401,14 @@ pub async fn recount(
     .bind(current_wave)
     .fetch_all(&mut *conn)
     .await?;
-    let mut p = Progress::default();
+    let mut a = Audit {
+        counters: Progress::default(),
+        recount: Progress::default(),
+        pending: 0,
+        waiting: 0,
+        consistent: false,
+    };
+    let p = &mut a.recount;
     for r in rows {
         let n = r.i64("n")?;
         // `wave <= $2` is a boolean in PostgreSQL and an integer in SQLite.
@@ -383,10 +425,11 @@ pub async fn recount(
             JobState::Failed => p.failed += n,
             JobState::Cancelled => p.cancelled += n,
             JobState::Delivered => p.delivered += n,
-            JobState::Waiting | JobState::Pending => {}
+            JobState::Pending => a.pending += n,
+            JobState::Waiting => a.waiting += n,
         }
     }
-    Ok(p)
+    Ok(a)
 }
 
 /// Creates a campaign and its jobs (first wave released), then evaluates it once.
@@ -813,23 +856,14 @@ pub async fn next_job_for_device(conn: &mut AnyConnection, device_id: i64) -> Re
     row.as_ref().map(job_from_row).transpose()
 }
 
-/// The job a device's session deals with: a delivered one awaiting its result comes first (it
-/// may have to be offered again), else its oldest pending job of a running campaign.
-pub async fn job_for_device(
-    conn: &mut AnyConnection,
-    device_id: i64,
-) -> Result<Option<(i64, JobState)>> {
-    let row = sqlx::query(
-        "SELECT j.id, j.state FROM jobs j JOIN campaigns c ON c.id = j.campaign_id \
-         WHERE j.device_id = $1 AND (j.state = 'delivered' OR (j.state = 'pending' AND c.state = 'running')) \
-         ORDER BY CASE WHEN j.state = 'delivered' THEN 0 ELSE 1 END, j.id LIMIT 1",
-    )
-    .bind(device_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.map(|r| Ok((r.i64("id")?, JobState::parse(&r.text("state")?)?)))
-        .transpose()
-}
+/// The job a device's session deals with, as an SQL subquery answering its id for the device
+/// `d.id` of the enclosing query: a delivered one awaiting its result comes first (it may have
+/// to be offered again), else its oldest pending job of a running campaign. The DM flow reads
+/// it with the device's account (`dm::account::lookup`).
+pub const DEVICE_JOB_ID_SQL: &str = "SELECT j2.id FROM jobs j2 \
+     JOIN campaigns c2 ON c2.id = j2.campaign_id WHERE j2.device_id = d.id \
+     AND (j2.state = 'delivered' OR (j2.state = 'pending' AND c2.state = 'running')) \
+     ORDER BY CASE WHEN j2.state = 'delivered' THEN 0 ELSE 1 END, j2.id LIMIT 1";
 
 /// Most deliveries of one job: a device that keeps losing its update (it reports FUMO state
 /// idle with no result, session after session) fails the job rather than take it forever.

@@ -118,15 +118,19 @@ pub async fn store_with(
             return Ok(());
         }
     };
+    // `lists_read_ms`: the lists are not due again before the configured refresh.
     let sql = match what {
         Relayed::Servers => {
-            "UPDATE cards SET servers = $1, servers_json = $2, updated_ms = $3 WHERE iccid = $4"
+            "UPDATE cards SET servers = $1, servers_json = $2, updated_ms = $3, lists_read_ms = $3 \
+             WHERE iccid = $4"
         }
         Relayed::Policy => {
-            "UPDATE cards SET policy = $1, policy_json = $2, updated_ms = $3 WHERE iccid = $4"
+            "UPDATE cards SET policy = $1, policy_json = $2, updated_ms = $3, lists_read_ms = $3 \
+             WHERE iccid = $4"
         }
         Relayed::Originators => {
-            "UPDATE cards SET originators = $1, originators_json = $2, updated_ms = $3 WHERE iccid = $4"
+            "UPDATE cards SET originators = $1, originators_json = $2, updated_ms = $3, \
+             lists_read_ms = $3 WHERE iccid = $4"
         }
     };
     sqlx::query(sql)

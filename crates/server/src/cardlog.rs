@@ -319,44 +319,9 @@ pub async fn on_export(
             .execute(&mut *conn)
             .await?;
     }
-    let mut new = 0u64;
-    let now = now_ms();
-    for (e, raw) in &entries {
-        let d = describe(e);
-        let done = sqlx::query(
-            "INSERT INTO card_log_entries (card_id, seq, raw, entry_hash, prev_hash, event, detail, update_id, \
-             server_id, originator, release_name, release_version, manifest_digest, imei, trusted_time, \
-             device_time, fumo_result, export_id, stored_ms, deny_code, free_device, consent_pin) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22) ON CONFLICT (card_id, seq) DO NOTHING",
-        )
-        .bind(card.id)
-        .bind(i64::from(e.seq))
-        .bind(raw.to_vec())
-        .bind(LogEntry::record_hash(raw).0.to_vec())
-        .bind(e.prev_hash.0.to_vec())
-        .bind(d.event)
-        .bind(d.detail)
-        .bind(e.update_id.map(|u| u.as_bytes().to_vec()))
-        .bind(e.server.map(|s| s.as_str().to_owned()))
-        .bind(e.originator.map(|s| s.as_str().to_owned()))
-        .bind(e.release.map(|s| s.as_str().to_owned()))
-        .bind(e.version.map(|s| s.as_str().to_owned()))
-        .bind(e.manifest_digest.map(|m| m.0.to_vec()))
-        .bind(e.imei.map(|i| i.as_str().to_owned()))
-        .bind(e.trusted_time.and_then(|t| i64::try_from(t).ok()))
-        .bind(e.device_time.and_then(|t| i64::try_from(t).ok()))
-        .bind(d.fumo_result)
-        .bind(export_id)
-        .bind(now)
-        .bind(d.deny_code)
-        .bind(i64::from(e.free_device))
-        .bind(d.consent_pin)
-        .execute(&mut *conn)
-        .await?;
-        new += done.rows_affected();
-    }
+    let new = insert_entries(conn, card.id, export_id, &entries).await?;
     state.metrics.log_entries_stored.inc_by(new);
+    let now = now_ms();
     let up_to = match entries.last() {
         Some((e, raw)) => {
             sqlx::query(
@@ -379,6 +344,67 @@ pub async fn on_export(
 }
 
 type Page = (u32, Vec<(LogEntry, [u8; LogEntry::RECORD_LEN])>, u32);
+
+/// Columns of a `card_log_entries` row as [`insert_entries`] binds them.
+const ENTRY_COLUMNS: usize = 22;
+
+/// Stores a page's entries in one statement (a page holds at most [`PAGE`] entries: well
+/// under both engines' limits on bound parameters); entries stored before are kept as they
+/// are. Answers how many were new.
+async fn insert_entries(
+    conn: &mut AnyConnection,
+    card_id: i64,
+    export_id: i64,
+    entries: &[(LogEntry, [u8; LogEntry::RECORD_LEN])],
+) -> Result<u64> {
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<String> = (0..entries.len())
+        .map(|r| {
+            let p: Vec<String> = (1..=ENTRY_COLUMNS)
+                .map(|c| format!("${}", r * ENTRY_COLUMNS + c))
+                .collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO card_log_entries (card_id, seq, raw, entry_hash, prev_hash, event, detail, \
+         update_id, server_id, originator, release_name, release_version, manifest_digest, imei, \
+         trusted_time, device_time, fumo_result, export_id, stored_ms, deny_code, free_device, \
+         consent_pin) VALUES {} ON CONFLICT (card_id, seq) DO NOTHING",
+        rows.join(", ")
+    );
+    let now = now_ms();
+    let mut q = sqlx::query(&sql);
+    for (e, raw) in entries {
+        let d = describe(e);
+        q = q
+            .bind(card_id)
+            .bind(i64::from(e.seq))
+            .bind(raw.to_vec())
+            .bind(LogEntry::record_hash(raw).0.to_vec())
+            .bind(e.prev_hash.0.to_vec())
+            .bind(d.event)
+            .bind(d.detail)
+            .bind(e.update_id.map(|u| u.as_bytes().to_vec()))
+            .bind(e.server.map(|s| s.as_str().to_owned()))
+            .bind(e.originator.map(|s| s.as_str().to_owned()))
+            .bind(e.release.map(|s| s.as_str().to_owned()))
+            .bind(e.version.map(|s| s.as_str().to_owned()))
+            .bind(e.manifest_digest.map(|m| m.0.to_vec()))
+            .bind(e.imei.map(|i| i.as_str().to_owned()))
+            .bind(e.trusted_time.and_then(|t| i64::try_from(t).ok()))
+            .bind(e.device_time.and_then(|t| i64::try_from(t).ok()))
+            .bind(d.fumo_result)
+            .bind(export_id)
+            .bind(now)
+            .bind(d.deny_code)
+            .bind(i64::from(e.free_device))
+            .bind(d.consent_pin);
+    }
+    Ok(q.execute(&mut *conn).await?.rows_affected())
+}
 
 async fn check(
     state: &AppState,
@@ -455,21 +481,30 @@ async fn check(
             "entry 0 has a previous hash".into(),
         )));
     }
-    // Entries stored before must come back identical.
-    for (e, raw) in entries.iter().zip(&c.records) {
-        let stored =
-            sqlx::query("SELECT entry_hash FROM card_log_entries WHERE card_id = $1 AND seq = $2")
-                .bind(card.id)
-                .bind(i64::from(e.seq))
-                .fetch_optional(&mut *conn)
-                .await?;
-        if let Some(s) = stored
-            && s.bytes("entry_hash")? != LogEntry::record_hash(raw).0.to_vec()
-        {
-            return Ok(Err(ExportRefusal::Fork(format!(
-                "entry {} differs from the stored one",
-                e.seq
-            ))));
+    // Entries stored before must come back identical (one read for the page's range).
+    if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+        let rows = sqlx::query(
+            "SELECT seq, entry_hash FROM card_log_entries WHERE card_id = $1 AND seq >= $2 \
+             AND seq <= $3",
+        )
+        .bind(card.id)
+        .bind(i64::from(first.seq))
+        .bind(i64::from(last.seq))
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut stored = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            stored.insert(r.i64("seq")?, r.bytes("entry_hash")?);
+        }
+        for (e, raw) in entries.iter().zip(&c.records) {
+            if let Some(hash) = stored.get(&i64::from(e.seq))
+                && hash.as_slice() != LogEntry::record_hash(raw).0.as_slice()
+            {
+                return Ok(Err(ExportRefusal::Fork(format!(
+                    "entry {} differs from the stored one",
+                    e.seq
+                ))));
+            }
         }
     }
     let pairs = entries.into_iter().zip(c.records.iter().copied()).collect();

@@ -34,6 +34,9 @@ pub const DEFAULT_SERVER_ID: &str = "simfota";
 pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 /// The default limit for an uploaded package (envelope + payload).
 pub const DEFAULT_MAX_PACKAGE: usize = 512 * 1024 * 1024;
+/// The default age after which a session reads a card's lists again: they change only by the
+/// issuer's hand, and an admin command relayed by this server makes them due at once.
+pub const DEFAULT_CARD_LISTS_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
 /// What the server does with a device it has never seen (documented in docs/server.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -109,6 +112,8 @@ pub struct FileConfig {
     pub db_acquire_timeout_ms: Option<u64>,
     /// SQLite durability: `normal` (default) or `full` ([`crate::db::SqliteSync`]).
     pub sqlite_synchronous: Option<crate::db::SqliteSync>,
+    /// How often a session reads a card's lists again, in seconds (0: in every session).
+    pub card_lists_refresh_secs: Option<u64>,
     /// Log format.
     pub log_format: Option<LogFormat>,
 }
@@ -199,6 +204,9 @@ pub struct ServerConfig {
     pub db_acquire_timeout: Duration,
     /// SQLite durability ([`crate::db::SqliteSync`]).
     pub sqlite_synchronous: crate::db::SqliteSync,
+    /// How old the server's copy of a card's lists may be before a session reads them again
+    /// (they are also read again after an issuer admin command was applied to the card).
+    pub card_lists_refresh: Duration,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -225,6 +233,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_package_bytes", &self.max_package_bytes)
             .field("db_acquire_timeout", &self.db_acquire_timeout)
             .field("sqlite_synchronous", &self.sqlite_synchronous)
+            .field("card_lists_refresh", &self.card_lists_refresh)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -279,6 +288,7 @@ impl ServerConfig {
             max_package_bytes: DEFAULT_MAX_PACKAGE,
             db_acquire_timeout: Duration::from_secs(3),
             sqlite_synchronous: crate::db::SqliteSync::default(),
+            card_lists_refresh: DEFAULT_CARD_LISTS_REFRESH,
             log_format: LogFormat::default(),
         }
     }
@@ -363,6 +373,9 @@ impl ServerConfig {
         }
         if let Some(s) = file.sqlite_synchronous {
             cfg.sqlite_synchronous = s;
+        }
+        if let Some(secs) = file.card_lists_refresh_secs {
+            cfg.card_lists_refresh = Duration::from_secs(secs);
         }
         if let Some(f) = settings.log_format.or(file.log_format) {
             cfg.log_format = f;

@@ -43,6 +43,11 @@ pub struct NewDevice {
     /// Groups to put the device in (created if missing).
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The nonce the device's first credentials use, base64 (1 to 64 bytes): provisioned
+    /// with the device's DM account, as its bootstrap gives it (DM Security 1.2 §5.4). Absent,
+    /// the server challenges the device's first message (401 with a fresh nonce).
+    #[serde(default)]
+    pub nonce: Option<String>,
 }
 
 impl std::fmt::Debug for NewDevice {
@@ -115,13 +120,38 @@ impl NewDevice {
         for g in &self.groups {
             check_text("group", g, 100)?;
         }
+        self.nonce_bytes()?;
         Ok(())
+    }
+
+    /// The provisioned nonce, decoded.
+    fn nonce_bytes(&self) -> Result<Option<Vec<u8>>> {
+        use base64::Engine as _;
+        let Some(text) = &self.nonce else {
+            return Ok(None);
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| ServerError::BadRequest(format!("nonce: not base64 ({e})")))?;
+        if bytes.is_empty() || bytes.len() > NONCE_MAX {
+            return Err(ServerError::BadRequest(format!(
+                "nonce: 1 to {NONCE_MAX} bytes once decoded ({} given)",
+                bytes.len()
+            )));
+        }
+        Ok(Some(bytes))
     }
 }
 
+/// Longest provisioned nonce, in bytes.
+const NONCE_MAX: usize = 64;
+
+/// Columns of a `devices` row as [`bind_device`] binds them.
+const DEVICE_COLUMNS: usize = 12;
+
 /// Most devices one bulk registration takes.
 pub const BULK_MAX: usize = 10_000;
-/// Rows per INSERT statement of a bulk registration (11 parameters each: well under both
+/// Rows per INSERT statement of a bulk registration (12 parameters each: well under both
 /// engines' limits on bound parameters).
 const BULK_ROWS_PER_STATEMENT: usize = 500;
 
@@ -149,19 +179,22 @@ pub async fn create_devices(
     for chunk in devices.chunks(BULK_ROWS_PER_STATEMENT) {
         let rows: Vec<String> = (0..chunk.len())
             .map(|r| {
-                let p: Vec<String> = (1..=11).map(|c| format!("${}", r * 11 + c)).collect();
+                let p: Vec<String> = (1..=DEVICE_COLUMNS)
+                    .map(|c| format!("${}", r * DEVICE_COLUMNS + c))
+                    .collect();
                 format!("({})", p.join(", "))
             })
             .collect();
         let sql = format!(
             "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
-             manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms) VALUES {} \
+             manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms, device_nonce) \
+             VALUES {} \
              ON CONFLICT DO NOTHING",
             rows.join(", ")
         );
         let mut q = sqlx::query(&sql);
         for d in chunk {
-            q = bind_device(q, d, enrolled_by, now);
+            q = bind_device(q, d, enrolled_by, now)?;
         }
         let done = q.execute(&mut *tx).await?.rows_affected();
         if done != chunk.len() as u64 {
@@ -184,9 +217,10 @@ pub async fn create_devices(
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Binds the 11 values of a `devices` row in the column order of the INSERTs above.
-fn bind_device<'q>(q: Query<'q>, d: &NewDevice, enrolled_by: &str, now: i64) -> Query<'q> {
-    q.bind(d.imei.clone())
+/// Binds the [`DEVICE_COLUMNS`] values of a `devices` row in the column order of the INSERTs
+/// above (the entry [`NewDevice::check`]ed before).
+fn bind_device<'q>(q: Query<'q>, d: &NewDevice, enrolled_by: &str, now: i64) -> Result<Query<'q>> {
+    Ok(q.bind(d.imei.clone())
         .bind(d.username.clone())
         .bind(d.password.clone())
         .bind(d.server_password.clone())
@@ -197,6 +231,7 @@ fn bind_device<'q>(q: Query<'q>, d: &NewDevice, enrolled_by: &str, now: i64) -> 
         .bind(d.notify_addr.clone())
         .bind(enrolled_by.to_owned())
         .bind(now)
+        .bind(d.nonce_bytes()?))
 }
 
 async fn add_to_group(conn: &mut AnyConnection, imei: &str, group: &str) -> Result<()> {
@@ -226,11 +261,11 @@ pub async fn create_device(
     let mut tx = conn.begin().await?;
     let query = sqlx::query(
         "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
-         manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms, device_nonce) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
          ON CONFLICT DO NOTHING RETURNING id",
     );
-    let row = bind_device(query, d, enrolled_by, now_ms())
+    let row = bind_device(query, d, enrolled_by, now_ms())?
         .fetch_optional(&mut *tx)
         .await?;
     if row.is_none() {

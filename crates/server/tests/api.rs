@@ -87,6 +87,29 @@ async fn assert_counted(s: &Server, campaign_id: i64) {
         (Some(r.succeeded), Some(r.failed), Some(r.cancelled)),
         "{served}"
     );
+    // The audit endpoint serves the same two sides, and the jobs not yet ended by state.
+    let audit = s
+        .json(&format!("/api/v1/campaigns/{campaign_id}/audit"))
+        .await;
+    assert_eq!(audit["counters"], served["progress"], "{audit}");
+    assert_eq!(
+        audit["recount"],
+        serde_json::to_value(r).unwrap(),
+        "{audit}"
+    );
+    assert_eq!(audit["consistent"], true, "{audit}");
+    let js = jobs(s, campaign_id).await;
+    let in_state = |st: &str| js.iter().filter(|j| j["state"] == st).count() as i64;
+    assert_eq!(
+        audit["pending"].as_i64(),
+        Some(in_state("pending")),
+        "{audit}"
+    );
+    assert_eq!(
+        audit["waiting"].as_i64(),
+        Some(in_state("waiting")),
+        "{audit}"
+    );
 }
 
 /// Plays the device side of a job: delivered, then the given FUMO result.
@@ -378,6 +401,27 @@ async fn waves_and_thresholds(env: Env) {
     assert_eq!(js.iter().filter(|j| j["state"] == "cancelled").count(), 3);
     assert!(js.iter().all(|j| j["state"] != "pending"));
     assert_counted(&s, id).await;
+    // A counter that drifted from the jobs is what the audit is for.
+    sqlx::query("UPDATE campaigns SET jobs_succeeded = jobs_succeeded + 1 WHERE id = $1")
+        .bind(id)
+        .execute(s.running.state().db.pool())
+        .await
+        .unwrap();
+    let audit = s.json(&format!("/api/v1/campaigns/{id}/audit")).await;
+    assert_eq!(audit["consistent"], false, "{audit}");
+    assert_eq!(
+        audit["counters"]["succeeded"].as_i64(),
+        audit["recount"]["succeeded"].as_i64().map(|n| n + 1),
+        "{audit}"
+    );
+    assert_eq!(
+        s.get("/api/v1/campaigns/999999/audit")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
 
     let m = http::get(format!("{}/metrics", s.url))
         .await

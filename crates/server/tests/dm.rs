@@ -566,6 +566,75 @@ async fn offered_values(env: Env) {
 }
 both!(offered_values_save_a_round_trip, super::offered_values);
 
+/// A device registered with the nonce its account was provisioned with (DM Security 1.2
+/// §5.4) authenticates with its first message: no challenge, no security event, one exchange
+/// less than a device whose first message is challenged. Nonces that are not base64 or not
+/// 1 to 64 bytes are refused at registration.
+async fn provisioned_nonce(env: Env) {
+    let a = env.start().await;
+    let mut challenged = Device::new(&env, 12, Encoding::Xml);
+    challenged.register(&a).await;
+    let mut provisioned = Device::new(&env, 13, Encoding::Xml);
+    let r = a
+        .post("/api/v1/devices")
+        .json(&serde_json::json!({
+            "imei": provisioned.imei, "username": format!("dev-{}", provisioned.imei),
+            "password": provisioned.password, "server_password": "srv-secret",
+            "nonce": b64(&provisioned.nonce.0),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let ev = challenged.session(&[&a.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    let ev = provisioned.session(&[&a.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    assert_eq!(
+        provisioned.exchanges + 1,
+        challenged.exchanges,
+        "the provisioned nonce saves the challenge's round trip"
+    );
+    let events = |imei: String| {
+        let pool = a.running.state().db.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM security_events e JOIN devices d ON d.id = e.device_id \
+                 WHERE d.imei = $1 AND e.kind = 'device_auth'",
+            )
+            .bind(imei)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(events(challenged.imei.clone()).await, 1);
+    assert_eq!(events(provisioned.imei.clone()).await, 0);
+    for (nonce, why) in [
+        ("not base64!", "nonce: not base64"),
+        ("", "nonce: 1 to 64 bytes"),
+        (&*b64(&[1u8; 65]), "nonce: 1 to 64 bytes"),
+    ] {
+        let r = a
+            .post("/api/v1/devices/bulk")
+            .json(&serde_json::json!({"devices": [{
+                "imei": imei(14), "username": "dev-14", "password": "p",
+                "server_password": "s", "nonce": nonce,
+            }]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{nonce:?}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(why) && body.contains("devices[0]"), "{body}");
+    }
+    a.stop().await;
+}
+both!(
+    a_provisioned_nonce_needs_no_challenge,
+    super::provisioned_nonce
+);
+
 /// Sends one client message to `url`; answers the status and the body.
 async fn send(url: &str, out: &simfota_syncml::session::Outgoing) -> (StatusCode, Vec<u8>) {
     let mut req = http::Client::new()
@@ -1343,6 +1412,36 @@ async fn admin_relay(env: Env) {
     );
     dev.register(&s).await;
     dev.session(&[&s.url], 1).await; // the card becomes known
+    let lists_read = || async {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT lists_read_ms FROM cards WHERE iccid = $1")
+            .bind(ICCID)
+            .fetch_one(s.running.state().db.pool())
+            .await
+            .unwrap()
+    };
+    // The card's lists are read in its first session, then not again before they are due.
+    let first = lists_read()
+        .await
+        .expect("lists read in the card's first session");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    dev.session(&[&s.url], 4).await;
+    assert_eq!(
+        lists_read().await,
+        Some(first),
+        "read again before they were due"
+    );
+    // Older than the refresh period (one day by default): read again.
+    sqlx::query("UPDATE cards SET lists_read_ms = lists_read_ms - 86400001 WHERE iccid = $1")
+        .bind(ICCID)
+        .execute(s.running.state().db.pool())
+        .await
+        .unwrap();
+    dev.session(&[&s.url], 5).await;
+    let refreshed = lists_read().await.unwrap();
+    assert!(
+        refreshed >= first,
+        "{refreshed} < {first}: stale lists not read again"
+    );
 
     let command = |target: &str, counter: u64, signer: &SigningKey| {
         let cmd = simfota_wire::AdminCommand {
@@ -1386,6 +1485,12 @@ async fn admin_relay(env: Env) {
     let q = s.json(&url).await;
     assert_eq!(q[0]["state"], "applied", "{q}");
     assert_eq!(q[0]["result"], "9000");
+    // An applied admin command may have changed the lists: due in the next session.
+    assert_eq!(
+        lists_read().await,
+        None,
+        "lists not due after an admin command"
+    );
     // The same command again: relayed, the card refuses the replay, the refusal is recorded.
     s.post(&url)
         .json(&serde_json::json!({"command": cmd1}))
@@ -1396,6 +1501,10 @@ async fn admin_relay(env: Env) {
     let q = s.json(&url).await;
     assert_eq!(q[1]["state"], "refused", "{q}");
     assert_eq!(q[1]["result"], "6602");
+    assert!(
+        lists_read().await.is_some(),
+        "lists read again after the admin command"
+    );
     s.stop().await;
 }
 both!(admin_commands_are_relayed_and_answered, super::admin_relay);

@@ -11,8 +11,10 @@ use simfota_wire::Imei;
 use super::store::{self, Stored};
 use super::{reply, session_err};
 use crate::AppState;
+use crate::campaign::JobState;
 use crate::db::{RowExt, now_ms};
 use crate::error::{Result, ServerError};
+use sqlx::Row as _;
 
 /// How long the nonce a not yet enrolled device was challenged with stays valid.
 pub const ENROLMENT_NONCE_MS: i64 = 3600 * 1000;
@@ -29,6 +31,18 @@ pub struct Account {
     pub device_nonce: Option<Vec<u8>>,
     pub server_nonce: Option<Vec<u8>>,
     pub iccid: Option<String>,
+    /// When the server last read the lists of the card bound to this device (`None`: never,
+    /// or they are due again).
+    pub card_lists_read_ms: Option<i64>,
+    /// The device's job to work on, read with the account: a delivered job awaiting its
+    /// result, else its oldest pending job of a running campaign
+    /// ([`crate::campaign::DEVICE_JOB_ID_SQL`]'s choice).
+    pub job: Option<(i64, JobState)>,
+    /// Whether the issuer admin queue may hold a command for its card: read with the account,
+    /// and set again when the message binds another card. `false`: nothing to look for.
+    pub admin_queued: bool,
+    /// When the device last started a session (Unix ms).
+    pub last_seen_ms: Option<i64>,
     /// What the device reported last: a report that changes nothing writes nothing.
     pub fw_version: Option<String>,
     pub model: Option<String>,
@@ -143,23 +157,36 @@ pub fn auth_scheme(stored: &str) -> Option<AuthScheme> {
 /// A registered device and its stored session, if it has one by that id: `(session, version)`.
 pub type Known = (Account, Option<(Stored, i64)>);
 
+/// The device by IMEI ($1) with its session ($2), its card's lists time, its job and whether
+/// its card's admin queue holds a command. The job is [`crate::campaign::DEVICE_JOB_ID_SQL`]'s
+/// choice (on the (device_id, state) index); the admin queue is only looked at for existence.
+static LOOKUP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT d.id, d.imei, d.dm_username, d.dm_password, d.server_password, d.auth_scheme, \
+         d.device_nonce, d.server_nonce, d.iccid, d.fw_version, d.model, d.manufacturer, \
+         d.last_seen_ms, c.lists_read_ms, s.state AS session_state, \
+         s.version AS session_version, j.id AS job_id, j.state AS job_state, \
+         EXISTS (SELECT 1 FROM admin_queue a WHERE a.card_id = c.id AND a.state = 'queued') \
+         AS admin_queued \
+         FROM devices d LEFT JOIN dm_sessions s ON s.device_id = d.id AND s.session_id = $2 \
+         LEFT JOIN cards c ON c.iccid = d.iccid \
+         LEFT JOIN jobs j ON j.id = ({}) \
+         WHERE d.imei = $1",
+        crate::campaign::DEVICE_JOB_ID_SQL
+    )
+});
+
 /// The registered device whose DevId this is, if any, with its stored session `session_id`
-/// (one statement for both).
+/// and when its card's lists were read (one statement for all three).
 pub async fn lookup(state: &AppState, dev_id: &str, session_id: &str) -> Result<Option<Known>> {
     let Some(imei) = imei_of(dev_id) else {
         return Ok(None);
     };
-    let row = sqlx::query(
-        "SELECT d.id, d.imei, d.dm_username, d.dm_password, d.server_password, d.auth_scheme, \
-         d.device_nonce, d.server_nonce, d.iccid, d.fw_version, d.model, d.manufacturer, \
-         s.state AS session_state, s.version AS session_version \
-         FROM devices d LEFT JOIN dm_sessions s ON s.device_id = d.id AND s.session_id = $2 \
-         WHERE d.imei = $1",
-    )
-    .bind(imei.to_owned())
-    .bind(session_id.to_owned())
-    .fetch_optional(state.db.pool())
-    .await?;
+    let row = sqlx::query(&LOOKUP_SQL)
+        .bind(imei.to_owned())
+        .bind(session_id.to_owned())
+        .fetch_optional(state.db.pool())
+        .await?;
     let Some(r) = row else { return Ok(None) };
     let stored = r.text("auth_scheme")?;
     let Some(auth) = auth_scheme(&stored) else {
@@ -185,6 +212,17 @@ pub async fn lookup(state: &AppState, dev_id: &str, session_id: &str) -> Result<
         device_nonce: r.opt_bytes("device_nonce")?,
         server_nonce: r.opt_bytes("server_nonce")?,
         iccid: r.opt_text("iccid")?,
+        card_lists_read_ms: r.opt_i64("lists_read_ms")?,
+        job: match (r.opt_i64("job_id")?, r.opt_text("job_state")?) {
+            (Some(id), Some(state)) => Some((id, JobState::parse(&state)?)),
+            _ => None,
+        },
+        // `EXISTS` is a boolean in PostgreSQL and an integer in SQLite.
+        admin_queued: match r.try_get::<bool, _>("admin_queued") {
+            Ok(b) => b,
+            Err(_) => r.i64("admin_queued")? != 0,
+        },
+        last_seen_ms: r.opt_i64("last_seen_ms")?,
         fw_version: r.opt_text("fw_version")?,
         model: r.opt_text("model")?,
         manufacturer: r.opt_text("manufacturer")?,
@@ -226,6 +264,10 @@ pub async fn enrol_candidate(
         device_nonce: nonce,
         server_nonce: None,
         iccid: None,
+        card_lists_read_ms: None,
+        job: None,
+        admin_queued: false,
+        last_seen_ms: None,
         fw_version: None,
         model: None,
         manufacturer: None,

@@ -15,6 +15,10 @@ use crate::campaign::{self, JobState};
 use crate::db::{RowExt, now_ms};
 use crate::error::{Result, ServerError};
 
+/// A session this soon after the last one recorded does not move `devices.last_seen_ms`
+/// (saves a write per session of a device that talks often, e.g. an update's two sessions).
+const LAST_SEEN_GRANULARITY_MS: i64 = 60_000;
+
 /// Lifetime of a delivery token: long enough for a slow download before authorization.
 const TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
@@ -147,7 +151,14 @@ impl Step<'_> {
             return Ok(());
         }
         self.state.metrics.dm_sessions.inc();
-        self.device.int("last_seen_ms", now_ms());
+        let now = now_ms();
+        if self
+            .account
+            .last_seen_ms
+            .is_none_or(|seen| now - seen >= LAST_SEEN_GRANULARITY_MS)
+        {
+            self.device.int("last_seen_ms", now);
+        }
         match self.offered.firmware_version.take() {
             Some(item) => self.on_firmware_version(&item).await?,
             None => self.get(Node::DevDetailFwV, Expect::FirmwareVersion)?,
@@ -160,12 +171,14 @@ impl Step<'_> {
             }
             None => self.get(Node::CardInfo, Expect::CardInfo)?,
         }
-        self.get(Node::CardServers, Expect::CardList(CardList::Servers))?;
-        self.get(Node::CardPolicy, Expect::CardList(CardList::Policy))?;
-        self.get(
-            Node::CardOriginators,
-            Expect::CardList(CardList::Originators),
-        )?;
+        if self.card_lists_due() {
+            self.get(Node::CardServers, Expect::CardList(CardList::Servers))?;
+            self.get(Node::CardPolicy, Expect::CardList(CardList::Policy))?;
+            self.get(
+                Node::CardOriginators,
+                Expect::CardList(CardList::Originators),
+            )?;
+        }
         // One card nonce per session: it serves the delivery token when a job is pending, else
         // the log-read request (the card keeps one nonce at a time). A delivered job awaiting
         // its result is asked after first: the State answer comes before the nonce's, and an
@@ -173,7 +186,7 @@ impl Step<'_> {
         // An offered nonce serves at once, unless a delivered job's fate waits for the FUMO
         // state the device did not offer.
         let mut nonce_now = true;
-        let use_ = match campaign::job_for_device(self.tx, self.account.id).await? {
+        let use_ = match self.account.job {
             Some((job, JobState::Delivered)) => {
                 match self.offered.fumo_state.take() {
                     Some(item) => self.on_fumo_state(job, &item).await?,
@@ -192,13 +205,26 @@ impl Step<'_> {
             None => self.get(Node::CardNonce, Expect::CardNonce(use_))?,
         }
         // Issuer admin relay: the next queued command for the card in this device.
-        if let Some(iccid) = self.account.iccid.clone()
+        if self.account.admin_queued
+            && let Some(iccid) = self.account.iccid.clone()
             && let Some((id, cmd)) = crate::admin::next_for_card(self.tx, &iccid).await?
         {
             self.replace(Node::CardAdmin, &cmd)?;
             self.get(Node::CardAdminResult, Expect::AdminResult { command: id })?;
         }
         Ok(())
+    }
+
+    /// Whether this session reads the card's lists: when the server's copy was never read, is
+    /// older than `card_lists_refresh`, or an issuer admin command changed the card since;
+    /// and when no card is bound yet (the session's Card Info may bind one).
+    fn card_lists_due(&self) -> bool {
+        let refresh =
+            i64::try_from(self.state.config.card_lists_refresh.as_millis()).unwrap_or(i64::MAX);
+        match (&self.account.iccid, self.account.card_lists_read_ms) {
+            (Some(_), Some(read)) => now_ms().saturating_sub(read) >= refresh,
+            _ => true,
+        }
     }
 
     /// Stores a device that authenticated with the enrolment secret.
@@ -217,6 +243,7 @@ impl Step<'_> {
                 fw_version: None,
                 notify_addr: None,
                 groups: Vec::new(),
+                nonce: None,
             },
             "enrolment",
         )
@@ -445,6 +472,9 @@ impl Step<'_> {
         if self.account.iccid.as_deref() != Some(iccid.as_str()) {
             self.device.text("iccid", iccid.clone());
             self.account.iccid = Some(iccid);
+            // What is known of the newly bound card (its lists, its admin queue) is not.
+            self.account.card_lists_read_ms = None;
+            self.account.admin_queued = true;
         }
         Ok(())
     }
