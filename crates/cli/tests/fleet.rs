@@ -81,6 +81,44 @@ fn fleet_on_sqlite_completes_every_device_and_the_server_agrees() {
     assert_eq!(r["setup"]["auth"], "md5", "{r}");
 }
 
+/// Devices that never connect make the campaign larger than the fleet driven through it; the
+/// server's statements are counted by kind, and their number per complete update stays where
+/// the write path put it (a regression guard: a statement more per update shows here).
+#[test]
+fn fleet_inside_a_larger_campaign_counts_the_servers_statements() {
+    let r = complete_run(
+        6,
+        &[
+            "--concurrency",
+            "3",
+            "--idle-devices",
+            "60",
+            "--count-statements",
+        ],
+    );
+    assert_eq!(r["setup"]["idle_devices"], 60, "{r}");
+    let sql = &r["sql"];
+    let by: &Vec<Value> = sql["by_statement"].as_array().unwrap();
+    let sum: u64 = by.iter().map(|c| c["count"].as_u64().unwrap()).sum();
+    assert_eq!(sql["statements"].as_u64(), Some(sum), "{r}");
+    // One account lookup per DM message: an update is six messages.
+    let lookup = by
+        .iter()
+        .find(|c| {
+            c["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("SELECT d.id, d.imei")
+        })
+        .unwrap_or_else(|| panic!("no account lookup counted: {r}"));
+    assert_eq!(lookup["per_update"].as_f64(), Some(6.0), "{r}");
+    let per = sql["statements_per_update"].as_f64().unwrap();
+    assert!(
+        (30.0..43.0).contains(&per),
+        "{per} statements per update: {r}"
+    );
+}
+
 #[test]
 fn fleet_with_wbxml_hmac_and_downloads() {
     let r = complete_run(

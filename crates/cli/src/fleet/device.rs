@@ -153,6 +153,8 @@ pub struct Identity {
     pub password: String,
     /// The server's DM password towards the device.
     pub server_password: String,
+    /// The nonce of the device's first credentials (base64), provisioned with its account.
+    pub nonce: String,
 }
 
 /// The protocol choices of the run.
@@ -211,7 +213,10 @@ impl SimDevice {
                 card,
                 "in-process",
             )))),
-            state: DmState::default(),
+            state: DmState {
+                client_nonce: id.nonce.clone(),
+                ..DmState::default()
+            },
             fw_version: fw_version.to_owned(),
         }
     }

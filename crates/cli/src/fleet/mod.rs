@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
 use p256::ecdsa::{SigningKey, VerifyingKey};
 use simfota_device::config::{AuthScheme, Encoding};
 use simfota_wire::{IntegrityMode, Policy, PublicKey, Rights, UnauthorizedRule};
@@ -54,6 +55,8 @@ const FROM_VERSION: &str = "1.0";
 const TO_VERSION: &str = "2.0";
 /// Devices per bulk registration request (the API's bound).
 const BULK_MAX: usize = 10_000;
+/// Most devices of one run, driven and idle (the identities' serial has 7 digits).
+const RUN_DEVICES_MAX: u64 = 10_000_000;
 /// Stack of the worker threads: a card's RAM store (two images of its persistent memory)
 /// passes through the stack when it is created.
 const WORKER_STACK: usize = 4 << 20;
@@ -64,6 +67,15 @@ pub struct Args {
     /// Devices to register and update (each holds a card in memory, about 45 KB).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     devices: u32,
+    /// Also register this many devices of the run's model that never connect: they are in
+    /// the campaign (their jobs stay pending), so the run measures updates inside a campaign
+    /// of `--devices` + N devices. They get no card and cost the simulator nothing.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=9_000_000))]
+    idle_devices: u32,
+    /// Count the SQL statements the servers run during the measured phase, by statement,
+    /// from their statement log (which costs CPU: the run's CPU figures include it).
+    #[arg(long, conflicts_with = "target")]
+    count_statements: bool,
     /// Worker threads, each driving one device at a time.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
@@ -137,6 +149,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         && !(t.starts_with("http://") || t.starts_with("https://"))
     {
         bail!("--target takes the server's base URL (http://host:port or https://...)");
+    }
+    if u64::from(args.devices) + u64::from(args.idle_devices) > RUN_DEVICES_MAX {
+        bail!("--devices and --idle-devices add up to more than {RUN_DEVICES_MAX}");
     }
     let stop = Arc::new(AtomicBool::new(false));
     crate::device::stop_on_signals(stop.clone(), Arc::new(Mutex::new(None)))?;
@@ -234,9 +249,9 @@ struct World {
     servers: Option<servers::Servers>,
     _temp: Option<tempfile::TempDir>,
     operator: Operator,
-    /// The server's base URL and the operator token, for the job listing.
-    api: (String, String),
     devices: Vec<SimDevice>,
+    /// Devices in the campaign that never connect (`--idle-devices`).
+    idle: usize,
     campaign_id: i64,
     behaviour: Behaviour,
     database: &'static str,
@@ -246,7 +261,6 @@ struct World {
 /// Keys and identity of the server the devices talk to.
 struct ServerSide {
     url: String,
-    token: String,
     server_id: String,
     server_key: PublicKey,
     operator: Operator,
@@ -287,39 +301,60 @@ impl World {
         };
         // A run's own block of IMEIs, ICCIDs and its own model: runs against one database
         // never collide, and the campaign targets this run's devices only.
-        let run_tag = random_digits(6);
+        let run_tag = random_digits(RUN_TAG_DIGITS);
         let model = format!("FLEET-{run_tag}");
         let n = args.devices as usize;
+        let idle = args.idle_devices as usize;
         let ids: Vec<Identity> = (0..n).map(|i| identity(&run_tag, i)).collect();
 
-        progress.say(&format!("registering {n} devices (model {model})"));
-        for chunk in ids.chunks(BULK_MAX) {
+        progress.say(&format!(
+            "registering {} devices (model {model}{})",
+            n + idle,
+            if idle > 0 {
+                format!(", {idle} of them idle")
+            } else {
+                String::new()
+            }
+        ));
+        let entry = |d: &Identity| {
+            serde_json::json!({
+                "imei": d.imei,
+                "username": d.username,
+                "password": d.password,
+                "server_password": d.server_password,
+                "auth": args.auth,
+                "model": model,
+                "manufacturer": MANUFACTURER,
+                "fw_version": FROM_VERSION,
+                "nonce": d.nonce,
+            })
+        };
+        let mut registered = 0;
+        let mut last_said = Instant::now();
+        let idle_ids = (n..n + idle).map(|i| identity(&run_tag, i));
+        let mut all = ids.iter().map(entry).chain(idle_ids.map(|d| entry(&d)));
+        loop {
+            let chunk: Vec<serde_json::Value> = all.by_ref().take(BULK_MAX).collect();
+            if chunk.is_empty() {
+                break;
+            }
             if stop.load(Ordering::Relaxed) {
                 bail!("stopped by a signal during the setup");
             }
-            let body: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|d| {
-                    serde_json::json!({
-                        "imei": d.imei,
-                        "username": d.username,
-                        "password": d.password,
-                        "server_password": d.server_password,
-                        "auth": args.auth,
-                        "model": model,
-                        "manufacturer": MANUFACTURER,
-                        "fw_version": FROM_VERSION,
-                    })
-                })
-                .collect();
-            let created = side.operator.register_bulk(&body)?;
+            let created = side.operator.register_bulk(&chunk)?;
             if created != chunk.len() as u64 {
                 bail!(
                     "the server created {created} of the {} devices sent",
                     chunk.len()
                 );
             }
+            registered += chunk.len();
+            if last_said.elapsed() >= progress.every() {
+                last_said = Instant::now();
+                progress.tick(&format!("registered {registered}/{}", n + idle));
+            }
         }
+        progress.done();
 
         progress.say(&format!("personalizing {n} cards"));
         let devices = personalize_all(&side, &ids, &model, protocol, args.concurrency, stop)?;
@@ -343,9 +378,9 @@ impl World {
         Ok(World {
             servers,
             _temp: temp,
-            api: (side.url.clone(), side.token.clone()),
             operator: side.operator,
             devices,
+            idle,
             campaign_id,
             behaviour: Behaviour {
                 download: args.download,
@@ -382,6 +417,7 @@ impl World {
         let finished = AtomicBool::new(false);
         let results: Mutex<Collected> = Mutex::new(Collected::default());
         let server_before = server_cpu(&self.servers);
+        let statements_before = self.servers.as_ref().and_then(servers::Servers::statements);
         let own_postgres = self.database == "postgres";
         let database_before = own_postgres.then(servers::postgres_cpu_ms).flatten();
         let self_before = servers::cpu_ms(None).unwrap_or(0.0);
@@ -507,6 +543,7 @@ impl World {
         let elapsed = started.elapsed().as_secs_f64();
         let self_after = servers::cpu_ms(None).unwrap_or(0.0);
         let server_after = server_cpu(&self.servers);
+        let statements_after = self.servers.as_ref().and_then(servers::Servers::statements);
         let database_after = own_postgres.then(servers::postgres_cpu_ms).flatten();
         let started_n = started_count.load(Ordering::Relaxed);
         if started_n < total {
@@ -545,6 +582,10 @@ impl World {
             (Some(b), Some(a)) => Some(report::round2(a - b)),
             _ => None,
         };
+        let sql = match (statements_before, statements_after) {
+            (Some(before), Some(after)) => Some(report::Sql::between(&before, &after, complete)),
+            _ => None,
+        };
         let errors: BTreeMap<&'static str, ErrorGroup> = collected
             .errors
             .iter()
@@ -574,6 +615,7 @@ impl World {
                 database_ms,
                 database_ms_per_update: database_ms.and_then(per),
             },
+            sql,
             errors,
             verification,
             stopped_early,
@@ -587,6 +629,7 @@ impl World {
                     "xml"
                 },
                 auth: if args.auth == "hmac" { "hmac" } else { "md5" },
+                idle_devices: self.idle,
                 concurrency: args.concurrency as usize,
                 payload_size: args.payload_size as usize,
                 download: args.download,
@@ -597,65 +640,46 @@ impl World {
 }
 
 impl World {
-    /// The server's view of the campaign after the run: its succeeded count against the
-    /// simulator's `complete` updates, no job left delivered or pending (every device that
-    /// lost an update to a kill got it again), and its progress counters equal to a recount
-    /// of the job states it lists.
+    /// The server's view of the campaign after the run (`GET /campaigns/{id}/audit`): its
+    /// succeeded count against the simulator's `complete` updates, no job left delivered or
+    /// pending but the idle devices' (every device that lost an update to a kill got it
+    /// again), and its progress counters equal to the server's recount of the jobs.
     fn verify(&self, complete: u64) -> Result<report::Verification> {
-        let c = self.operator.campaign_status(self.campaign_id)?;
-        let p = &c["progress"];
-        let counter = |name: &str| p[name].as_i64().unwrap_or(-1);
-        let succeeded = counter("succeeded");
-        let jobs = self.campaign_jobs()?;
-        let current_wave = c["current_wave"].as_i64().unwrap_or(i64::MAX);
-        let mut recount: BTreeMap<&str, i64> = BTreeMap::new();
-        for j in &jobs {
-            let state = j["state"].as_str().unwrap_or("unknown");
-            let slot = match state {
-                "succeeded" | "failed" | "cancelled" | "delivered" | "pending" | "waiting" => state,
-                _ => "unknown",
-            };
-            *recount.entry(slot).or_default() += 1;
-            if j["wave"].as_i64().is_some_and(|w| w <= current_wave) {
-                *recount.entry("released").or_default() += 1;
-            }
-        }
-        let n = |k: &str| recount.get(k).copied().unwrap_or(0);
-        let counters_match_recount = n("unknown") == 0
-            && counter("total") == jobs.len() as i64
-            && ["released", "succeeded", "failed", "cancelled", "delivered"]
-                .iter()
-                .all(|k| counter(k) == n(k));
+        let v = self.operator.campaign_audit(self.campaign_id)?;
+        let a: Audit = serde_json::from_value(v.clone()).map_err(|e| {
+            anyhow!("the campaign's audit is not what the API documents ({e}): {v}")
+        })?;
+        let idle = i64::try_from(self.idle).unwrap_or(i64::MAX);
         Ok(report::Verification {
             campaign_id: self.campaign_id,
-            server_succeeded: succeeded,
-            server_failed: counter("failed"),
-            matches: u64::try_from(succeeded).ok() == Some(complete),
-            jobs_unsettled: n("delivered") + n("pending"),
-            counters_match_recount,
+            server_succeeded: a.counters.succeeded,
+            server_failed: a.counters.failed,
+            matches: u64::try_from(a.counters.succeeded).ok() == Some(complete),
+            jobs_unsettled: a.recount.delivered + a.pending + a.waiting - idle,
+            counters_match_recount: a.consistent && a.counters == a.recount,
         })
     }
+}
 
-    /// `GET /api/v1/jobs?campaign=ID`: the campaign's jobs.
-    fn campaign_jobs(&self) -> Result<Vec<serde_json::Value>> {
-        let (base, token) = &self.api;
-        let url = format!("{base}/api/v1/jobs?campaign={}", self.campaign_id);
-        let mut r = simfota_device::download::http_agent()
-            .get(&url)
-            .header("Authorization", &format!("Bearer {token}"))
-            .call()
-            .map_err(|e| anyhow!("listing the campaign's jobs: the server did not answer: {e}"))?;
-        let status = r.status();
-        let body = r
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| anyhow!("listing the campaign's jobs: reading the answer: {e}"))?;
-        if !status.is_success() {
-            bail!("listing the campaign's jobs: the server answered {status}: {body}");
-        }
-        serde_json::from_str(&body)
-            .map_err(|e| anyhow!("listing the campaign's jobs: the answer is not a JSON list: {e}"))
-    }
+/// `GET /campaigns/{id}/audit`.
+#[derive(serde::Deserialize)]
+struct Audit {
+    counters: Counts,
+    recount: Counts,
+    pending: i64,
+    waiting: i64,
+    consistent: bool,
+}
+
+/// A campaign's progress counts.
+#[derive(serde::Deserialize, PartialEq, Eq)]
+struct Counts {
+    total: i64,
+    released: i64,
+    succeeded: i64,
+    failed: i64,
+    cancelled: i64,
+    delivered: i64,
 }
 
 /// What the workers measured.
@@ -717,6 +741,9 @@ fn own_servers(
         server_id: OWN_SERVER_ID,
         issuer_pub: &issuer_pub,
         originator: (OWN_ORIGINATOR_ID, &originator_pub),
+        statements: args
+            .count_statements
+            .then(|| Arc::new(servers::StatementLog::default())),
     };
     let token = servers::Servers::new_api_token(&plan, "simfota-fleet")?;
     let servers = servers::Servers::start(&plan)?;
@@ -726,7 +753,6 @@ fn own_servers(
     Ok((
         ServerSide {
             url,
-            token,
             server_id: OWN_SERVER_ID.to_owned(),
             server_key: PublicKey::from(VerifyingKey::from(key)),
             operator,
@@ -764,7 +790,6 @@ fn target_side(args: &Args, url: &str) -> Result<ServerSide> {
         .with_context(|| format!("cannot use the server at {url}"))?;
     Ok(ServerSide {
         url: url.trim_end_matches('/').to_owned(),
-        token: token.trim().to_owned(),
         server_id,
         server_key: PublicKey::from(VerifyingKey::from(server_key)),
         operator,
@@ -844,15 +869,19 @@ fn personalize_all(
     })
 }
 
-/// The identity of device `i` of the run `tag` (6 digits): IMEI `35` + tag + 6-digit serial +
-/// Luhn digit; ICCID `89882` + tag + 8-digit serial + Luhn digit.
+/// Digits of a run's tag in its devices' IMEIs and ICCIDs.
+const RUN_TAG_DIGITS: usize = 5;
+
+/// The identity of device `i` of the run `tag` ([`RUN_TAG_DIGITS`] digits): IMEI `35` + tag +
+/// 7-digit serial + Luhn digit; ICCID `89882` + tag + 8-digit serial + Luhn digit.
 fn identity(tag: &str, i: usize) -> Identity {
-    let imei = with_luhn(&format!("35{tag}{i:06}"));
+    let imei = with_luhn(&format!("35{tag}{i:07}"));
     let iccid = with_luhn(&format!("89882{tag}{i:08}"));
     Identity {
         username: format!("fleet-{imei}"),
         password: uuid::Uuid::new_v4().simple().to_string(),
         server_password: uuid::Uuid::new_v4().simple().to_string(),
+        nonce: base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes()),
         imei,
         iccid,
     }
@@ -893,8 +922,8 @@ mod tests {
 
     #[test]
     fn identities_are_valid_and_distinct() {
-        let a = identity("123456", 0);
-        let b = identity("123456", 99_999);
+        let a = identity("12345", 0);
+        let b = identity("12345", 9_999_999);
         assert!(simfota_wire::Imei::parse(&a.imei).is_ok(), "{}", a.imei);
         assert!(simfota_wire::Imei::parse(&b.imei).is_ok(), "{}", b.imei);
         assert!(simfota_wire::Iccid::parse(&a.iccid).is_ok(), "{}", a.iccid);

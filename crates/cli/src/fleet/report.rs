@@ -142,11 +142,64 @@ pub struct Verification {
     pub server_failed: i64,
     /// Whether the server's succeeded count equals the simulator's complete updates.
     pub matches: bool,
-    /// Jobs of the campaign the server still lists as delivered or pending.
+    /// Jobs of the campaign the server still counts as delivered, pending or waiting,
+    /// besides the idle devices' pending ones.
     pub jobs_unsettled: i64,
-    /// Whether the campaign's progress counters equal a recount of the job states listed
-    /// by `GET /api/v1/jobs?campaign=ID`.
+    /// Whether the campaign's progress counters equal the server's recount of its jobs
+    /// (`GET /api/v1/campaigns/{id}/audit`).
     pub counters_match_recount: bool,
+}
+
+/// The SQL statements the servers ran during the measured phase (`--count-statements`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Sql {
+    /// Statements in all.
+    pub statements: u64,
+    /// Statements per complete update.
+    pub statements_per_update: Option<f64>,
+    /// Each statement (sqlx's summary: its first words) with its count, most frequent first.
+    pub by_statement: Vec<StatementCount>,
+}
+
+/// One statement's count.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementCount {
+    /// sqlx's summary of the statement.
+    pub summary: String,
+    /// How many times it ran.
+    pub count: u64,
+    /// Per complete update.
+    pub per_update: Option<f64>,
+}
+
+impl Sql {
+    /// The statements counted between two snapshots, over `complete` updates.
+    pub fn between(
+        before: &BTreeMap<String, u64>,
+        after: &BTreeMap<String, u64>,
+        complete: u64,
+    ) -> Sql {
+        let per = |n: u64| (complete > 0).then(|| round2(n as f64 / complete as f64));
+        let mut by_statement: Vec<StatementCount> = after
+            .iter()
+            .map(|(summary, &n)| {
+                let count = n - before.get(summary).copied().unwrap_or(0).min(n);
+                StatementCount {
+                    summary: summary.clone(),
+                    count,
+                    per_update: per(count),
+                }
+            })
+            .filter(|c| c.count > 0)
+            .collect();
+        by_statement.sort_by(|a, b| b.count.cmp(&a.count).then(a.summary.cmp(&b.summary)));
+        let statements = by_statement.iter().map(|c| c.count).sum();
+        Sql {
+            statements,
+            statements_per_update: per(statements),
+            by_statement,
+        }
+    }
 }
 
 /// How the run was set up.
@@ -160,6 +213,8 @@ pub struct Setup {
     pub encoding: &'static str,
     /// `md5` or `hmac`.
     pub auth: &'static str,
+    /// Devices in the campaign that never connected (`--idle-devices`).
+    pub idle_devices: usize,
     /// Worker threads.
     pub concurrency: usize,
     /// Payload bytes.
@@ -193,6 +248,8 @@ pub struct Report {
     pub update_latency: Percentiles,
     /// CPU time during the measured phase.
     pub cpu: Cpu,
+    /// SQL statements during the measured phase, when counted.
+    pub sql: Option<Sql>,
     /// Errors by kind.
     pub errors: BTreeMap<&'static str, ErrorGroup>,
     /// The server's own count.
@@ -204,6 +261,9 @@ pub struct Report {
     /// Settings.
     pub setup: Setup,
 }
+
+/// Statements listed in the printed report (the JSON lists them all).
+const SQL_SHOWN: usize = 15;
 
 /// Prints the report for a person (stdout).
 pub fn print(r: &Report) {
@@ -231,6 +291,12 @@ pub fn print(r: &Report) {
         "  setup              {:.2} s (servers, registration, cards, package, campaign)",
         s.setup_s
     );
+    if s.idle_devices > 0 {
+        outln!(
+            "  idle devices       {} more in the campaign, never connected",
+            s.idle_devices
+        );
+    }
     outln!("  complete updates   {}", r.complete_updates);
     outln!("  elapsed            {:.2} s", r.elapsed_s);
     outln!("  updates/s          {:.1}", r.updates_per_s);
@@ -263,6 +329,23 @@ pub fn print(r: &Report) {
         ),
         None => outln!("  simulator CPU      {:.2} s", r.cpu.simulator_ms / 1000.0),
     }
+    if let Some(sql) = &r.sql {
+        match sql.statements_per_update {
+            Some(per) => outln!(
+                "  SQL statements     {per:.2} per update ({} in all; the most frequent below)",
+                sql.statements
+            ),
+            None => outln!("  SQL statements     {}", sql.statements),
+        }
+        for c in sql.by_statement.iter().take(SQL_SHOWN) {
+            outln!(
+                "    {:>8} {}",
+                c.per_update
+                    .map_or_else(|| c.count.to_string(), |p| format!("{p:.2}")),
+                c.summary
+            );
+        }
+    }
     if r.kills > 0 {
         outln!("  servers killed     {} (SIGKILL, restarted)", r.kills);
     }
@@ -276,10 +359,15 @@ pub fn print(r: &Report) {
     }
     match &r.verification {
         Some(v) if v.matches && v.jobs_unsettled == 0 && v.counters_match_recount => outln!(
-            "  server agrees      campaign {}: {} succeeded, no job left delivered or pending, \
+            "  server agrees      campaign {}: {} succeeded, no job left delivered or pending{}, \
              counters equal the recount",
             v.campaign_id,
-            v.server_succeeded
+            v.server_succeeded,
+            if s.idle_devices > 0 {
+                " (but the idle devices')"
+            } else {
+                ""
+            }
         ),
         Some(v) if v.matches => outln!(
             "  SERVER UNSETTLED   campaign {}: {} jobs left delivered or pending, counters {} \

@@ -3,7 +3,7 @@
 //! round-robin TCP relay in this process in front of them. Also the CPU clocks of
 //! `/proc/<pid>/stat` the run reads before and after its measured phase.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -53,6 +53,8 @@ pub struct Plan<'a> {
     pub issuer_pub: &'a Path,
     /// The originator's id and public key.
     pub originator: (&'a str, &'a Path),
+    /// Counts the SQL statements the servers run, from their statement log.
+    pub statements: Option<Arc<StatementLog>>,
 }
 
 /// One `simfota server` child process.
@@ -82,6 +84,7 @@ struct Restart {
     issuer_pub: PathBuf,
     originator: (String, PathBuf),
     public_url: Option<String>,
+    statements: Option<Arc<StatementLog>>,
 }
 
 impl Restart {
@@ -93,6 +96,7 @@ impl Restart {
             server_id: &self.server_id,
             issuer_pub: &self.issuer_pub,
             originator: (&self.originator.0, &self.originator.1),
+            statements: self.statements.clone(),
         }
     }
 }
@@ -114,6 +118,7 @@ impl Servers {
                 issuer_pub: plan.issuer_pub.to_owned(),
                 originator: (plan.originator.0.to_owned(), plan.originator.1.to_owned()),
                 public_url: None,
+                statements: plan.statements.clone(),
             },
             killed_cpu_ms: 0.0,
         };
@@ -250,6 +255,11 @@ impl Servers {
         Ok(())
     }
 
+    /// The SQL statements counted so far, by summary (`None` unless the plan asked).
+    pub fn statements(&self) -> Option<BTreeMap<String, u64>> {
+        self.restart.statements.as_ref().map(|s| s.snapshot())
+    }
+
     /// A server that exited, with its last log lines.
     pub fn exited(&mut self) -> Option<String> {
         for s in &mut self.servers {
@@ -340,6 +350,14 @@ fn start_one(
     if let Some(url) = public_url {
         cmd.args(["--public-url", url]);
     }
+    // sqlx logs every statement it ran at debug, under its `sqlx::query` target.
+    let statements = plan.statements.clone();
+    if statements.is_some() {
+        cmd.env(
+            "RUST_LOG",
+            "info,sqlx=warn,sqlx::query=debug,tower_http=warn",
+        );
+    }
     // Its own process group: a Ctrl-C at the terminal reaches the simulator alone, which
     // then stops the servers itself once the updates in flight are done.
     #[cfg(unix)]
@@ -372,6 +390,11 @@ fn start_one(
                     let _ = tx.send(addr);
                     sent = true;
                 }
+                if let Some(counts) = &statements
+                    && counts.record(&line)
+                {
+                    continue;
+                }
                 let mut kept = sink.lock().unwrap_or_else(PoisonError::into_inner);
                 if kept.len() == KEPT_LINES {
                     kept.pop_front();
@@ -401,6 +424,41 @@ fn start_one(
                 );
             }
         }
+    }
+}
+
+/// The SQL statements the servers ran, counted by their summary (sqlx's first words of the
+/// statement) from the `sqlx::query` lines of their JSON logs.
+#[derive(Default)]
+pub struct StatementLog {
+    by_summary: Mutex<BTreeMap<String, u64>>,
+}
+
+impl StatementLog {
+    /// Counts `line` when it is a statement line; answers whether it was one.
+    fn record(&self, line: &str) -> bool {
+        if !line.contains(r#""target":"sqlx::query""#) {
+            return false;
+        }
+        let summary = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["fields"]["summary"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "(unreadable log line)".to_owned());
+        *self
+            .by_summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(summary)
+            .or_default() += 1;
+        true
+    }
+
+    /// The counts so far, by summary.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.by_summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -190,9 +190,9 @@ impl Operator {
         self.get("reading the campaigns", "campaigns")
     }
 
-    /// `GET /campaigns/{id}`: the campaign with its progress counts.
-    pub fn campaign_status(&self, id: i64) -> Result<Value> {
-        self.get("reading the campaign", &format!("campaigns/{id}"))
+    /// `GET /campaigns/{id}/audit`: its counters next to a recount of its jobs.
+    pub fn campaign_audit(&self, id: i64) -> Result<Value> {
+        self.get("auditing the campaign", &format!("campaigns/{id}/audit"))
     }
 
     /// `GET /devices/{imei}`: the device and its jobs.
