@@ -213,15 +213,20 @@ pub fn make_chal(scheme: AuthScheme, nonce: &Nonce) -> Chal {
     }
 }
 
+/// `B64(MD5(body))`, the body digest of the MAC below; also names a message's exact bytes.
+pub fn body_digest(body: &[u8]) -> String {
+    B64.encode(md5(&[body]))
+}
+
 /// The MAC of §5.5: `H(B64(H(name:password)):nonce:B64(H(body)))`, raw.
 pub fn hmac_mac(creds: &Credentials, nonce: &Nonce, body: &[u8]) -> [u8; 16] {
-    let body_digest = B64.encode(md5(&[body]));
+    let digest = body_digest(body);
     md5(&[
         secret_digest(creds).as_bytes(),
         b":",
         &nonce.0,
         b":",
-        body_digest.as_bytes(),
+        digest.as_bytes(),
     ])
 }
 

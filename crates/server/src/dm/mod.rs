@@ -14,8 +14,13 @@
 //!
 //! Device authentication (OMA DM Security 1.2 §5.3): `syncml:auth-md5`, or HMAC
 //! (`x-syncml-hmac`) per device; wrong credentials get status 401 with a challenge carrying a
-//! fresh nonce, which is persisted with the device (`devices.device_nonce`). Unknown devices
+//! fresh nonce, which is persisted with the device (`devices.device_nonce`); the message's
+//! commands get the same 401/407 and challenge (DM Protocol 1.2 §9.1). Unknown devices
 //! follow the enrolment rule ([`crate::config::Enrolment`]).
+//!
+//! Message order (RepPro 1.2 §5.1 MsgID): a repeat of a session's last message is answered
+//! with the stored reply and runs nothing; a new package 1 reusing the SessionID starts a new
+//! session in the row; any other message out of order is refused (HTTP 400).
 //!
 //! What a session does, once the device is authenticated (`answers`):
 //! 1. Get `./DevDetail/FwV` (firmware version), the card's info (ICCID, certificate: the card
@@ -38,9 +43,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use simfota_syncml::Encoding;
 use simfota_syncml::auth::{HMAC_HEADER, Nonce as DmNonce};
-use simfota_syncml::session::{Outgoing, ServerSession};
+use simfota_syncml::session::{Outgoing, ServerSession, SessionError};
 use sqlx::AnyConnection;
 
 use self::account::{Account, DevicePatch};
@@ -147,27 +154,36 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         },
     };
     let (mut stored, version) = match loaded {
-        Some((s, v)) => (s, Some(v)),
-        None => (
-            Stored {
-                session: ServerSession::new(
-                    account::dm_config(state, &account, encoding),
-                    account
-                        .device_nonce
-                        .clone()
-                        .map_or_else(account::fresh_nonce, DmNonce),
-                    DmNonce(account.server_nonce.clone().unwrap_or_default()),
-                ),
-                flow: Flow::default(),
-            },
-            None,
-        ),
+        Some((mut s, v)) => {
+            // A session stored before the client authenticated checks it against the nonce
+            // the account holds now (DM Security 1.2 §5.4): another session may have moved it.
+            if let Some(n) = account.device_nonce.clone() {
+                s.session.refresh_client_nonce(DmNonce(n));
+            }
+            (s, Some(v))
+        }
+        None => (new_session(state, &account, encoding), None),
     };
     let events = match stored
         .session
         .receive(body, hmac.as_deref(), account::fresh_nonce())
     {
         Ok(ev) => ev,
+        // The same message again (its reply was lost on the way): the reply already given,
+        // nothing run again, nothing written (RepPro 1.2 §5.1 MsgID).
+        Err(SessionError::Repeated(_)) => return Ok(repeated(&stored, encoding)),
+        // A package 1 reusing the SessionID starts a new session in the stored one's row
+        // (DM Protocol 1.2 §8.3): its commands and MsgIDs start afresh.
+        Err(SessionError::NewSession) => {
+            stored = new_session(state, &account, encoding);
+            match stored
+                .session
+                .receive(body, hmac.as_deref(), account::fresh_nonce())
+            {
+                Ok(ev) => ev,
+                Err(e) => return Ok(session_err(e)),
+            }
+        }
         Err(e) => return Ok(session_err(e)),
     };
 
@@ -194,6 +210,10 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         // Nothing of this message is kept: the transaction rolls back when dropped.
         Err(e) => return Ok(session_err(e)),
     };
+    stored.last_reply = Some(store::LastReply {
+        body: B64.encode(&out.body),
+        hmac: out.hmac.clone(),
+    });
     if account.id > 0 {
         device.write(&mut tx, account.id).await?;
         store::save(&mut tx, account.id, &session_id, &stored, version).await?;
@@ -203,6 +223,45 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         run_after_commit(state, task).await;
     }
     Ok(reply(out))
+}
+
+/// A session for a message that starts one: the account's nonces (DM Security 1.2 §5.4), a
+/// fresh one when the device has none yet (its first message is then challenged).
+fn new_session(state: &AppState, account: &Account, encoding: Encoding) -> Stored {
+    Stored {
+        session: ServerSession::new(
+            account::dm_config(state, account, encoding),
+            account
+                .device_nonce
+                .clone()
+                .map_or_else(account::fresh_nonce, DmNonce),
+            DmNonce(account.server_nonce.clone().unwrap_or_default()),
+        ),
+        flow: Flow::default(),
+        last_reply: None,
+    }
+}
+
+/// The stored reply to a message received again. A row without one (stored before replies
+/// were kept) cannot answer it: 409, and nothing runs.
+fn repeated(stored: &Stored, encoding: Encoding) -> Response {
+    let body = stored
+        .last_reply
+        .as_ref()
+        .and_then(|r| B64.decode(&r.body).ok().map(|b| (b, r.hmac.clone())));
+    match body {
+        Some((body, hmac)) => reply(Outgoing {
+            body,
+            content_type: encoding.content_type(),
+            hmac,
+            uri: String::new(),
+        }),
+        None => (
+            StatusCode::CONFLICT,
+            "SyncML message already handled; its reply is not kept\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn run_after_commit(state: &AppState, task: AfterCommit) {

@@ -20,6 +20,20 @@ pub struct Stored {
     pub session: ServerSession,
     /// The server's flow in it.
     pub flow: Flow,
+    /// The reply to the session's last message: a byte-identical repeat of that message is
+    /// answered with it and runs nothing again (`SessionError::Repeated`; a device whose
+    /// reply was lost on the way sends its message again).
+    #[serde(default)]
+    pub last_reply: Option<LastReply>,
+}
+
+/// A reply as sent: body (base64 in the row's JSON) and `x-syncml-hmac` header.
+#[derive(Serialize, Deserialize)]
+pub struct LastReply {
+    /// The body, base64.
+    pub body: String,
+    /// The HMAC header, when the device uses HMAC.
+    pub hmac: Option<String>,
 }
 
 /// A stored session as read from its row (`state`). A row that no longer decodes (written by

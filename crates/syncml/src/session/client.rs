@@ -109,6 +109,10 @@ pub struct ClientSession {
     server_nonce: Nonce,
     fresh_nonce: Option<Nonce>,
     authenticated: bool,
+    /// The server answered our credentials 200: they go again in the next message (DM
+    /// Protocol 1.2 §9.1); only 212 ends them for the session.
+    #[serde(default)]
+    cred_again: bool,
     server_authenticated: bool,
     auth_attempts: u8,
     server_auth_attempts: u8,
@@ -231,6 +235,7 @@ impl ClientSession {
             server_nonce,
             fresh_nonce: None,
             authenticated: false,
+            cred_again: false,
             server_authenticated: false,
             auth_attempts: 0,
             server_auth_attempts: 0,
@@ -350,7 +355,7 @@ impl ClientSession {
     }
 
     fn header(&self) -> SyncHdr {
-        let cred = if self.authenticated {
+        let cred = if self.authenticated && !self.cred_again {
             None
         } else {
             auth::make_cred(
@@ -596,7 +601,7 @@ impl ClientSession {
         for cmd in &msg.body {
             match cmd {
                 Command::Status(s) => {
-                    if self.handle_status(s, events)? {
+                    if self.handle_status(s, outcome.resend, events)? {
                         outcome.resend = true;
                     }
                 }
@@ -653,8 +658,19 @@ impl ClientSession {
     fn handle_status(
         &mut self,
         s: &Status,
+        resending: bool,
         events: &mut Vec<ClientEvent>,
     ) -> Result<bool, SessionError> {
+        // DM Protocol 1.2 §9.1: a server that refused our header may answer each command
+        // 401/407 too. Those commands go again with the whole message; their refusal is not
+        // their answer.
+        let auth_refusal = matches!(
+            s.code,
+            StatusCode::INVALID_CREDENTIALS | StatusCode::MISSING_CREDENTIALS
+        );
+        if s.cmd_ref != CmdId::HEADER && resending && auth_refusal {
+            return Ok(false);
+        }
         if s.cmd_ref != CmdId::HEADER {
             let mut refs = s.target_refs.clone();
             refs.extend(s.source_refs.iter().cloned());
@@ -678,6 +694,11 @@ impl ClientSession {
         }
         match s.code {
             StatusCode::AUTHENTICATION_ACCEPTED | StatusCode::OK => {
+                // §9.1: after 212 no further credentials in this session; after 200 to a
+                // message that carried them, the same credentials (with a Chal's NextNonce,
+                // adopted above) MUST go in the next message.
+                self.cred_again =
+                    s.code == StatusCode::OK && (!self.authenticated || self.cred_again);
                 if !self.authenticated {
                     self.authenticated = true;
                     events.push(ClientEvent::Authenticated);

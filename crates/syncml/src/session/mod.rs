@@ -23,7 +23,7 @@ pub use client::{ClientConfig, ClientEvent, ClientSession, ClientStep};
 pub use server::{CommandHandle, ServerConfig, ServerEvent, ServerSession};
 
 use crate::error::{DecodeError, EncodeError};
-use crate::model::CmdId;
+use crate::model::{CmdId, MsgId};
 use thiserror::Error;
 
 /// A message to send.
@@ -71,6 +71,23 @@ pub enum SessionError {
     /// The session ran over its message limit.
     #[error("the session exceeded {0} messages")]
     TooManyMessages(u32),
+    /// The message is byte for byte the last one received: nothing of it runs again; the
+    /// answer is the reply already given (RepPro 1.2 §5.1 MsgID: MsgIDs grow in a session).
+    #[error("message {0:?} received again")]
+    Repeated(MsgId),
+    /// A package 1 (MsgID 1, Alert 1200/1201) reusing this session's SessionID: this session
+    /// is done, and the message starts a new one (DM Protocol 1.2 §8.3).
+    #[error("a new package 1 reuses this SessionID: it starts a new session")]
+    NewSession,
+    /// A message whose MsgID is not above the last one received, and not a repeat of it: out
+    /// of order or replayed, never executed (RepPro 1.2 §5.1 MsgID).
+    #[error("message {got:?} after message {last:?} of this session: out of order, refused")]
+    StaleMessage {
+        /// The MsgID of the last message received.
+        last: MsgId,
+        /// The MsgID of this one.
+        got: MsgId,
+    },
     /// A single command is too large for the peer's MaxMsgSize and cannot be chunked.
     #[error("command {0:?} does not fit the peer's maximum message size")]
     CommandTooLarge(CmdId),

@@ -228,13 +228,22 @@ struct Link {
     our_rejections: u8,
     /// Times the client's credentials failed.
     client_failures: u8,
+    /// The MsgID of the client's last message: MsgIDs grow through a session (RepPro 1.2
+    /// §5.1 MsgID, DM RepPro 1.2 §4.1.1 MsgID), so one that does not is a repeat or stale.
+    #[serde(default)]
+    client_msg_id: u32,
+    /// `B64(MD5(body))` of that message: tells a byte-identical repeat (answered with the
+    /// reply already given) from a different message reusing the MsgID.
+    #[serde(default)]
+    client_digest: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum OurCredentials {
     /// Not accepted yet: the header carries our `Cred`.
     Unconfirmed,
-    /// The client answered our header 200 or 212.
+    /// The client answered our header 212: no further credentials for the rest of the
+    /// session (DM Protocol 1.2 §9.1). A 200 asks for them again in the next message.
     Accepted,
 }
 
@@ -250,6 +259,8 @@ impl Link {
             our_credentials: OurCredentials::Unconfirmed,
             our_rejections: 0,
             client_failures: 0,
+            client_msg_id: 0,
+            client_digest: String::new(),
         }
     }
 
@@ -354,6 +365,16 @@ impl ServerSession {
             | Phase::Authenticated { link, .. }
             | Phase::Closing { link, .. } => Some(&link.peer),
             Phase::Over { peer, .. } => peer.as_ref(),
+        }
+    }
+
+    fn link(&self) -> Option<&Link> {
+        match &self.phase {
+            Phase::AwaitingAuthentication { link, .. }
+            | Phase::Challenging { link, .. }
+            | Phase::Authenticated { link, .. }
+            | Phase::Closing { link, .. } => Some(link),
+            Phase::Opening { .. } | Phase::Over { .. } => None,
         }
     }
 
@@ -466,8 +487,8 @@ impl ServerSession {
 
     /// Takes a listening session apart for a message with header `hdr` (package 1 names the
     /// session). The phase must have been checked with [`ServerSession::not_listening`].
-    fn arrive(&mut self, hdr: &SyncHdr) -> Result<Arrival, SessionError> {
-        let (link, outbox, client_authenticated) = match self.take_phase() {
+    fn arrive(&mut self, hdr: &SyncHdr, body: &[u8]) -> Result<Arrival, SessionError> {
+        let (mut link, outbox, client_authenticated) = match self.take_phase() {
             Phase::Opening { outbox } => (Link::named_by(hdr), outbox, false),
             Phase::AwaitingAuthentication { link, outbox } => (link, outbox, false),
             Phase::Authenticated {
@@ -482,6 +503,8 @@ impl ServerSession {
                     .unwrap_or(SessionError::OutOfOrder("message while not listening")));
             }
         };
+        link.client_msg_id = hdr.msg_id.0;
+        link.client_digest = body_digest(body);
         Ok(Arrival {
             link,
             outbox,
@@ -500,6 +523,55 @@ impl ServerSession {
         }
     }
 
+    /// Where a message stands in the session's order of messages, checked before it changes
+    /// anything. MsgIDs grow through a session (RepPro 1.2 §5.1 MsgID; DM RepPro 1.2
+    /// §4.1.1 MsgID): a message whose MsgID is not above the last one received is never executed
+    /// again. The same bytes again are [`SessionError::Repeated`] (the caller answers with the
+    /// reply it already gave); a package 1 (MsgID 1 with Alert 1200 or 1201, DM Protocol 1.2
+    /// §8.3) reusing the SessionID is [`SessionError::NewSession`] (this session is done, a
+    /// new one takes the message); anything else is [`SessionError::StaleMessage`]. A message
+    /// of another session is left to [`ServerSession::check_session_id`].
+    fn check_sequence(
+        &self,
+        hdr: &SyncHdr,
+        msg: Option<&Message>,
+        body: &[u8],
+    ) -> Result<(), SessionError> {
+        let Some(link) = self.link() else {
+            return Ok(());
+        };
+        if hdr.session_id != link.peer.session_id || hdr.msg_id.0 > link.client_msg_id {
+            return Ok(());
+        }
+        if hdr.msg_id.0 == link.client_msg_id && body_digest(body) == link.client_digest {
+            return Err(SessionError::Repeated(hdr.msg_id));
+        }
+        if hdr.msg_id == MsgId(1) && msg.is_some_and(starts_session) {
+            return Err(SessionError::NewSession);
+        }
+        Err(SessionError::StaleMessage {
+            last: MsgId(link.client_msg_id),
+            got: hdr.msg_id,
+        })
+    }
+
+    /// For a stored session the client has not authenticated in yet: the nonce its
+    /// credentials are checked with becomes `nonce`, the one the account holds now. The
+    /// account's nonce is the one the device was last told (DM Security 1.2 §5.4, DM Protocol
+    /// 1.2 §9.1); another session may have moved it since this one was stored, and a stale
+    /// session must not check the device against, or challenge it away from, an older one.
+    /// An authenticated session keeps its own.
+    pub fn refresh_client_nonce(&mut self, nonce: Nonce) {
+        if !self.is_authenticated() {
+            self.client_nonce = nonce;
+        }
+    }
+
+    /// The nonce the client's credentials are checked with.
+    pub fn client_nonce(&self) -> &Nonce {
+        &self.client_nonce
+    }
+
     /// Handles a client message. `fresh_nonce` is a new random nonce, used if this message
     /// calls for a challenge or for the next session's nonce.
     pub fn receive(
@@ -511,6 +583,15 @@ impl ServerSession {
         if let Some(e) = self.not_listening() {
             return Err(e);
         }
+        let decoded = Encoding::sniff(body).decode(body, &self.config.limits);
+        match &decoded {
+            Ok(m) => self.check_sequence(&m.header, Some(m), body)?,
+            Err(_) => {
+                if let Ok(hdr) = Encoding::sniff(body).decode_header(body, &self.config.limits) {
+                    self.check_sequence(&hdr, None, body)?;
+                }
+            }
+        }
         self.received += 1;
         if self.received > self.config.limits.max_messages {
             self.end(Ending::TooManyMessages);
@@ -518,7 +599,7 @@ impl ServerSession {
                 self.config.limits.max_messages,
             ));
         }
-        let msg = match Encoding::sniff(body).decode(body, &self.config.limits) {
+        let msg = match decoded {
             Ok(m) => m,
             Err(e) => return self.refuse_malformed(body, e),
         };
@@ -532,7 +613,7 @@ impl ServerSession {
             mut link,
             mut outbox,
             client_authenticated,
-        } = self.arrive(&msg.header)?;
+        } = self.arrive(&msg.header, body)?;
         link.learn_max_msg(&msg.header, &self.config.limits);
         let mut events = Vec::new();
 
@@ -674,16 +755,29 @@ impl ServerSession {
         events.push(ServerEvent::AuthenticationRejected(code));
         let mut hs = common::header_status(msg_ref, &msg.header, code);
         let spent = link.client_failures >= self.config.limits.max_auth_attempts;
+        let chal = (!spent).then(|| auth::make_chal(self.config.auth, &fresh_nonce));
         if !spent {
-            hs.chal = Some(auth::make_chal(self.config.auth, &fresh_nonce));
             self.client_nonce = fresh_nonce;
             events.push(ServerEvent::NextClientNonce(self.client_nonce.clone()));
         }
+        hs.chal = chal.clone();
         outbox.statuses.push(Queued::plain(Command::Status(hs)));
+        // DM Protocol 1.2 §9.1: a Status for every command received, none executed. Each
+        // request (message or command) that needs authentication is answered 401/407, and
+        // such a Status MUST carry the Chal: so a client that re-sends only the commands
+        // answered 401/407 re-sends them all, as one that re-sends its whole package 1 does
+        // (§9: it MUST resend the Alert and DevInfo). Once the attempts are spent nothing is
+        // asked again: the commands get 215, not executed.
         for c in &msg.body {
-            if !matches!(c, Command::Status(_) | Command::Results(_)) {
-                outbox.answer(c, msg_ref, StatusCode::NOT_EXECUTED);
+            if matches!(c, Command::Status(_) | Command::Results(_)) || c.no_resp() {
+                continue;
             }
+            let mut st = common::status_for(c, msg_ref, StatusCode::NOT_EXECUTED);
+            if let Some(ch) = &chal {
+                st.code = code;
+                st.chal = Some(ch.clone());
+            }
+            outbox.statuses.push(Queued::plain(Command::Status(st)));
         }
         if spent {
             Phase::Closing {
@@ -722,7 +816,7 @@ impl ServerSession {
             link,
             outbox,
             client_authenticated,
-        } = self.arrive(&hdr)?;
+        } = self.arrive(&hdr, body)?;
         let mut statuses = outbox.statuses;
         statuses.push(Queued::plain(Command::Status(common::header_status(
             hdr.msg_id,
@@ -837,21 +931,30 @@ impl ServerSession {
         outbox: &mut Outbox,
         events: &mut Vec<ServerEvent>,
     ) -> Result<(), SessionError> {
+        // DM Protocol 1.2 §9.1: whatever the code, a Chal's NextNonce is the nonce of our
+        // next credentials: with 212 in the next session (and the digest of a package 0, DM
+        // Notification 1.2 §6.3), with 200 or 401/407 in our next message. The caller stores
+        // it with the account (`server_nonce`).
+        if let Some(n) = s.chal.as_ref().and_then(|c| c.meta.next_nonce.as_deref())
+            && let Ok(nonce) = Nonce::from_b64(n)
+        {
+            self.server_nonce = nonce;
+        }
         match s.code {
-            StatusCode::AUTHENTICATION_ACCEPTED | StatusCode::OK => {
+            // §9.1: 212, no further authentication in this session.
+            StatusCode::AUTHENTICATION_ACCEPTED => {
                 link.our_credentials = OurCredentials::Accepted;
             }
+            // §9.1: 200 to a message with credentials: the same credentials (with the
+            // NextNonce of a Chal, a new digest) MUST go in the next message. 200 to one
+            // without credentials changes nothing.
+            StatusCode::OK => {}
             StatusCode::INVALID_CREDENTIALS | StatusCode::MISSING_CREDENTIALS => {
                 link.our_credentials = OurCredentials::Unconfirmed;
                 link.our_rejections = link.our_rejections.saturating_add(1);
                 events.push(ServerEvent::ServerCredentialsRejected(s.code));
                 if link.our_rejections > self.config.limits.max_auth_attempts {
                     return Err(SessionError::AuthenticationFailed(link.our_rejections));
-                }
-                if let Some(n) = s.chal.as_ref().and_then(|c| c.meta.next_nonce.as_deref())
-                    && let Ok(nonce) = Nonce::from_b64(n)
-                {
-                    self.server_nonce = nonce;
                 }
                 // The client executed none of that message: send its commands again.
                 let again: Vec<Queued> = std::mem::take(&mut outbox.last_sent)
@@ -1171,6 +1274,19 @@ impl ServerSession {
         };
         Ok((msg, outgoing))
     }
+}
+
+/// `B64(MD5(body))`: names a received message's exact bytes.
+fn body_digest(body: &[u8]) -> String {
+    auth::body_digest(body)
+}
+
+/// A package 1: its body opens a session with Alert 1200 or 1201 (DM Protocol 1.2 §8.3).
+fn starts_session(msg: &Message) -> bool {
+    msg.body.iter().any(|c| {
+        matches!(c, Command::Alert(a)
+            if a.code == AlertCode::CLIENT_INITIATED_MGMT || a.code == AlertCode::SERVER_INITIATED_MGMT)
+    })
 }
 
 #[cfg(test)]
@@ -1530,6 +1646,192 @@ mod tests {
         );
         assert_eq!(ending(&s), Some(Ending::TooManyMessages));
         assert_eq!(s.client_id(), Some("IMEI:1"));
+    }
+
+    /// The statuses of a reply, as (CmdRef, code, Chal's NextNonce).
+    fn statuses(out: &Outgoing) -> Vec<(u32, u16, Option<String>)> {
+        let msg = Encoding::Xml.decode(&out.body, &Limits::default()).unwrap();
+        msg.body
+            .iter()
+            .filter_map(|c| match c {
+                Command::Status(s) => Some((
+                    s.cmd_ref.0,
+                    s.code.value(),
+                    s.chal.as_ref().and_then(|c| c.meta.next_nonce.clone()),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_command_of_a_refused_message_gets_401_with_the_challenge() {
+        // DM Protocol 1.2 §9.1: a Status for every command, 401/407 with a Chal.
+        let mut t = tree();
+        let mut c = client(AuthScheme::Md5, "pw", b"stale");
+        let mut s = server(AuthScheme::Md5);
+        let p1 = c.start(AlertCode::CLIENT_INITIATED_MGMT, &mut t).unwrap();
+        s.receive(&p1.body, None, fresh(1)).unwrap();
+        let p2 = s.reply().unwrap();
+        let nonce = Some(fresh(1).to_b64());
+        assert_eq!(
+            statuses(&p2),
+            [
+                (0, 401, nonce.clone()),
+                (1, 401, nonce.clone()),
+                (2, 401, nonce)
+            ]
+        );
+        // Our client re-sends the whole message; the 401s are not its commands' answers.
+        let step = c.receive(&p2.body, None, &mut t).unwrap();
+        assert!(
+            !step
+                .events
+                .iter()
+                .any(|e| matches!(e, crate::session::ClientEvent::Status { .. }))
+        );
+        s.receive(&step.reply.unwrap().body, None, fresh(2))
+            .unwrap();
+        assert!(s.is_authenticated());
+    }
+
+    #[test]
+    fn spent_attempts_answer_the_commands_215() {
+        let mut s = server(AuthScheme::Md5);
+        s.config.limits.max_auth_attempts = 1;
+        let mut t = tree();
+        let mut c = client(AuthScheme::Md5, "wrong", b"c");
+        let p1 = c.start(AlertCode::CLIENT_INITIATED_MGMT, &mut t).unwrap();
+        s.receive(&p1.body, None, fresh(1)).unwrap();
+        let out = s.reply().unwrap();
+        assert_eq!(
+            statuses(&out),
+            [(0, 401, None), (1, 215, None), (2, 215, None)]
+        );
+    }
+
+    /// The client's Status on our SyncHdr, with a Chal giving `next`.
+    fn client_answer(s: &mut ServerSession, reply: &Outgoing, code: StatusCode, next: &[u8]) {
+        let got = Encoding::Xml
+            .decode(&reply.body, &Limits::default())
+            .unwrap();
+        let mut hs = common::header_status(got.header.msg_id, &got.header, code);
+        hs.chal = Some(auth::make_chal(AuthScheme::Md5, &Nonce(next.to_vec())));
+        let msg = Message {
+            header: SyncHdr {
+                ver_dtd: VER_DTD.into(),
+                ver_proto: VER_PROTO.into(),
+                session_id: "1".into(),
+                msg_id: MsgId(2),
+                target: Location::new("https://dm.example/"),
+                source: Location::new("IMEI:1"),
+                resp_uri: None,
+                no_resp: false,
+                cred: None,
+                meta: None,
+            },
+            body: vec![Command::Status(hs)],
+            is_final: true,
+        };
+        let body = Encoding::Xml.encode(&msg).unwrap();
+        s.receive(&body, None, fresh(3)).unwrap();
+    }
+
+    fn our_cred(out: &Outgoing) -> Option<crate::model::Cred> {
+        Encoding::Xml
+            .decode(&out.body, &Limits::default())
+            .unwrap()
+            .header
+            .cred
+    }
+
+    #[test]
+    fn a_next_nonce_with_212_is_adopted_and_ends_our_credentials() {
+        let mut t = tree();
+        let mut c = client(AuthScheme::Md5, "pw", b"c");
+        let mut s = server(AuthScheme::Md5);
+        let p1 = c.start(AlertCode::CLIENT_INITIATED_MGMT, &mut t).unwrap();
+        s.receive(&p1.body, None, fresh(1)).unwrap();
+        s.get(&uri("./DevDetail/FwV"));
+        let p2 = s.reply().unwrap();
+        assert!(our_cred(&p2).is_some());
+        client_answer(&mut s, &p2, StatusCode::AUTHENTICATION_ACCEPTED, b"n212");
+        assert_eq!(s.server_nonce(), &Nonce(b"n212".to_vec()));
+        s.get(&uri("./DevInfo/Mod"));
+        assert_eq!(our_cred(&s.reply().unwrap()), None);
+    }
+
+    #[test]
+    fn a_200_with_a_chal_asks_for_our_credentials_again_with_its_nonce() {
+        let mut t = tree();
+        let mut c = client(AuthScheme::Md5, "pw", b"c");
+        let mut s = server(AuthScheme::Md5);
+        let p1 = c.start(AlertCode::CLIENT_INITIATED_MGMT, &mut t).unwrap();
+        s.receive(&p1.body, None, fresh(1)).unwrap();
+        s.get(&uri("./DevDetail/FwV"));
+        let p2 = s.reply().unwrap();
+        client_answer(&mut s, &p2, StatusCode::OK, b"n200");
+        s.get(&uri("./DevInfo/Mod"));
+        let p4 = s.reply().unwrap();
+        let want = auth::make_cred(
+            AuthScheme::Md5,
+            &Credentials::new("srv", "spw"),
+            &Nonce(b"n200".to_vec()),
+        );
+        assert_eq!(our_cred(&p4), want);
+    }
+
+    #[test]
+    fn repeated_stale_and_restarting_messages_change_nothing() {
+        let mut t = tree();
+        let mut c = client(AuthScheme::Md5, "pw", b"c");
+        let mut s = server(AuthScheme::Md5);
+        let p1 = c.start(AlertCode::CLIENT_INITIATED_MGMT, &mut t).unwrap();
+        s.receive(&p1.body, None, fresh(1)).unwrap();
+        s.get(&uri("./DevDetail/FwV"));
+        let p2 = s.reply().unwrap();
+        let p3 = c.receive(&p2.body, None, &mut t).unwrap().reply.unwrap();
+        let before = s.clone();
+        assert_eq!(
+            s.receive(&p1.body, None, fresh(2)),
+            Err(SessionError::Repeated(MsgId(1))),
+            "package 1 again, byte for byte, is the last message: a repeat"
+        );
+        assert_eq!(s, before);
+        s.receive(&p3.body, None, fresh(2)).unwrap();
+        s.get(&uri("./DevInfo/Mod"));
+        s.reply().unwrap();
+        let before = s.clone();
+        assert_eq!(
+            s.receive(&p3.body, None, fresh(3)),
+            Err(SessionError::Repeated(MsgId(2)))
+        );
+        assert_eq!(
+            s.receive(&p1.body, None, fresh(3)),
+            Err(SessionError::NewSession)
+        );
+        let other = String::from_utf8(p3.body.clone())
+            .unwrap()
+            .replace("<MsgID>2</MsgID>", "<MsgID>1</MsgID>");
+        assert_eq!(
+            s.receive(other.as_bytes(), None, fresh(3)),
+            Err(SessionError::StaleMessage {
+                last: MsgId(2),
+                got: MsgId(1)
+            })
+        );
+        assert_eq!(s, before, "nothing of a refused message is kept");
+    }
+
+    #[test]
+    fn a_stored_unauthenticated_session_takes_the_accounts_nonce() {
+        let mut s = server(AuthScheme::Md5);
+        s.refresh_client_nonce(fresh(7));
+        assert_eq!(s.client_nonce(), &fresh(7));
+        let s = finished_session();
+        let mut after = s.clone();
+        after.refresh_client_nonce(fresh(8));
+        assert_eq!(after, s, "an authenticated session keeps its own");
     }
 
     #[test]
