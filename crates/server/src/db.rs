@@ -110,9 +110,11 @@ impl Db {
                 Backend::Postgres => 10,
             })
             .acquire_timeout(acquire_timeout)
-            // A connection that died while idle (database restarted) is noticed and replaced
-            // before use, so the server recovers by itself when the database returns.
-            .test_before_acquire(true)
+            // A PostgreSQL connection that died while idle (database restarted) is noticed and
+            // replaced before use, so the server recovers by itself when the database returns.
+            // A SQLite file does not go away while idle: there the check would only cost every
+            // acquisition a round trip to the connection's worker thread.
+            .test_before_acquire(backend == Backend::Postgres)
             // `synchronous` is a property of each connection, not of the file.
             .after_connect(move |conn, _| {
                 Box::pin(async move {
