@@ -65,6 +65,10 @@ fn complete_run(devices: u64, args: &[&str]) -> Value {
     assert_eq!(v["server_failed"], 0, "{r}");
     assert_eq!(v["jobs_unsettled"], 0, "{r}");
     assert_eq!(v["counters_match_recount"], true, "{r}");
+    // Every device's card log on the server: each entry the card wrote, once, up to its head.
+    assert_eq!(v["card_logs_checked"], devices, "{r}");
+    assert_eq!(v["card_logs_exact"], devices, "{r}");
+    assert_eq!(v["card_log_problem"], Value::Null, "{r}");
     assert_eq!(r["stopped_early"], false, "{r}");
     assert_eq!(r["kills"], 0, "{r}");
     // Progress went to stderr, never into the JSON.
@@ -142,7 +146,8 @@ fn fleet_with_wbxml_hmac_and_downloads() {
 
 /// Runs a fleet whose servers are killed `kills` times during the measured phase and checks
 /// that every device still converged: all complete, no job left delivered or pending, the
-/// campaign's counters equal the recount of its jobs, and the only errors are retried steps.
+/// campaign's counters equal the recount of its jobs, every card-log entry stored exactly
+/// once, and the only errors are retried steps.
 fn run_with_kills(devices: u64, kills: u64, args: &[&str]) -> Value {
     let n = devices.to_string();
     let k = kills.to_string();
@@ -164,6 +169,8 @@ fn run_with_kills(devices: u64, kills: u64, args: &[&str]) -> Value {
     assert_eq!(v["server_succeeded"], devices, "{r}");
     assert_eq!(v["jobs_unsettled"], 0, "{r}");
     assert_eq!(v["counters_match_recount"], true, "{r}");
+    // Kills or not, every card-log entry is stored exactly once.
+    assert_eq!(v["card_logs_exact"], devices, "{r}");
     assert_eq!(
         stderr.matches("(SIGKILL) and restarted it").count() as u64,
         kills,

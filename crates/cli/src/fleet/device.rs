@@ -135,6 +135,8 @@ impl Timings {
 pub struct SimDevice {
     /// Its configuration (never written to disk; its data folder is never used).
     pub cfg: DeviceConfig,
+    /// Its card's ICCID.
+    pub iccid: String,
     card: SharedCard<FleetCard>,
     state: DmState,
     fw_version: String,
@@ -209,6 +211,7 @@ impl SimDevice {
         let card = AppletCard::new(CardMemory::new());
         SimDevice {
             cfg,
+            iccid: id.iccid.clone(),
             card: Arc::new(Mutex::new(CardClient::new(InProcessChannel::new(
                 card,
                 "in-process",
@@ -224,6 +227,16 @@ impl SimDevice {
     /// The card, for personalization.
     pub fn card(&self) -> &SharedCard<FleetCard> {
         &self.card
+    }
+
+    /// The card's log as the card holds it: the next sequence number and the chain head.
+    pub fn card_log(&self) -> Result<(u32, [u8; 32]), Failure> {
+        self.open_card()?;
+        let mut card = self.card.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = card
+            .log_status()
+            .map_err(|e| failed(ErrorKind::Card)(format!("reading the card's log status: {e}")))?;
+        Ok((s.next, s.head))
     }
 
     fn open_card(&self) -> Result<(), Failure> {

@@ -183,6 +183,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             v.campaign_id,
             report.complete_updates
         ),
+        Some(v) if v.card_logs_exact != v.card_logs_checked => bail!(
+            "{} of {} card logs are not stored exactly: {}",
+            v.card_logs_checked - v.card_logs_exact,
+            v.card_logs_checked,
+            v.card_log_problem.as_deref().unwrap_or("(no detail)")
+        ),
         Some(v) if v.jobs_unsettled != 0 || !v.counters_match_recount => bail!(
             "campaign {}: {} jobs left delivered or pending; its counters {} the recount of its jobs",
             v.campaign_id,
@@ -450,6 +456,17 @@ impl World {
                                 Ok(()) => {
                                     done.fetch_add(1, Ordering::Relaxed);
                                     mine.updates.push(t.update);
+                                    match dev.card_log() {
+                                        Ok((next, head)) => mine.card_logs.push(CardLog {
+                                            iccid: dev.iccid.clone(),
+                                            next,
+                                            head,
+                                        }),
+                                        Err(f) => mine.error(
+                                            f.kind,
+                                            &format!("{}: {}", dev.cfg.imei, f.message),
+                                        ),
+                                    }
                                 }
                                 Err(f) => {
                                     failed.fetch_add(1, Ordering::Relaxed);
@@ -565,7 +582,8 @@ impl World {
         {
             collected.error(ErrorKind::Internal, &why);
         }
-        let verification = match self.verify(complete) {
+        let card_logs = std::mem::take(&mut collected.card_logs);
+        let verification = match self.verify(complete, &card_logs, args.concurrency) {
             Ok(v) => Some(v),
             Err(e) => {
                 progress.say(&format!("cannot read the campaign back: {e:#}"));
@@ -594,9 +612,12 @@ impl World {
         // Retried steps are counted in `errors` but are no failure: the run is good when every
         // started update completed and the server agrees and settled.
         let ok = collected.errors.keys().all(|k| k.is_retry())
-            && verification
-                .as_ref()
-                .is_some_and(|v| v.matches && v.jobs_unsettled == 0 && v.counters_match_recount);
+            && verification.as_ref().is_some_and(|v| {
+                v.matches
+                    && v.jobs_unsettled == 0
+                    && v.counters_match_recount
+                    && v.card_logs_exact == v.card_logs_checked
+            });
         Ok(Report {
             ok,
             devices: total,
@@ -644,7 +665,13 @@ impl World {
     /// succeeded count against the simulator's `complete` updates, no job left delivered or
     /// pending but the idle devices' (every device that lost an update to a kill got it
     /// again), and its progress counters equal to the server's recount of the jobs.
-    fn verify(&self, complete: u64) -> Result<report::Verification> {
+    fn verify(
+        &self,
+        complete: u64,
+        card_logs: &[CardLog],
+        threads: u32,
+    ) -> Result<report::Verification> {
+        let (card_logs_exact, card_log_problem) = self.check_card_logs(card_logs, threads);
         let v = self.operator.campaign_audit(self.campaign_id)?;
         let a: Audit = serde_json::from_value(v.clone()).map_err(|e| {
             anyhow!("the campaign's audit is not what the API documents ({e}): {v}")
@@ -657,8 +684,93 @@ impl World {
             matches: u64::try_from(a.counters.succeeded).ok() == Some(complete),
             jobs_unsettled: a.recount.delivered + a.pending + a.waiting - idle,
             counters_match_recount: a.consistent && a.counters == a.recount,
+            card_logs_checked: card_logs.len(),
+            card_logs_exact,
+            card_log_problem,
         })
     }
+
+    /// Every completed device's card log as the server stored it (`GET /cards/{iccid}/log`)
+    /// against the card: entries 0 to the card's next sequence number, each once, the last
+    /// one's hash the card's chain head. Answers how many were exact, and the first problem.
+    fn check_card_logs(&self, logs: &[CardLog], threads: u32) -> (usize, Option<String>) {
+        let threads = (threads as usize).clamp(1, 8);
+        let per = logs.len().div_ceil(threads).max(1);
+        let results: Vec<(usize, Option<String>)> = std::thread::scope(|scope| {
+            let parts: Vec<_> = logs
+                .chunks(per)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        let mut exact = 0;
+                        let mut problem = None;
+                        for log in chunk {
+                            match self.card_log_problem(log) {
+                                None => exact += 1,
+                                Some(p) => {
+                                    problem.get_or_insert(p);
+                                }
+                            }
+                        }
+                        (exact, problem)
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| {
+                    p.join().unwrap_or_else(|_| {
+                        (
+                            0,
+                            Some("a card-log checking thread ended abnormally".into()),
+                        )
+                    })
+                })
+                .collect()
+        });
+        let exact = results.iter().map(|r| r.0).sum();
+        let problem = results.into_iter().find_map(|r| r.1);
+        (exact, problem)
+    }
+
+    /// What is wrong with the server's copy of `log`, if anything.
+    fn card_log_problem(&self, log: &CardLog) -> Option<String> {
+        let v = match self.operator.card_log(&log.iccid) {
+            Ok(v) => v,
+            Err(e) => return Some(format!("card {}: {e:#}", log.iccid)),
+        };
+        let Some(entries) = v["entries"].as_array() else {
+            return Some(format!(
+                "card {}: the answer lists no entries: {v}",
+                log.iccid
+            ));
+        };
+        let seqs: Vec<i64> = entries.iter().filter_map(|e| e["seq"].as_i64()).collect();
+        let expected: Vec<i64> = (0..i64::from(log.next)).collect();
+        if seqs != expected {
+            return Some(format!(
+                "card {}: the server holds entries {seqs:?}, the card's log runs 0..{}",
+                log.iccid, log.next
+            ));
+        }
+        let last = entries.last().and_then(|e| e["entry_hash"].as_str());
+        if log.next > 0 && last != Some(hex::encode(log.head).as_str()) {
+            return Some(format!(
+                "card {}: the last stored entry's hash {last:?} is not the card's chain head {}",
+                log.iccid,
+                hex::encode(log.head)
+            ));
+        }
+        None
+    }
+}
+
+/// A completed device's card log as its card holds it.
+struct CardLog {
+    iccid: String,
+    /// The card's next sequence number (entries 0 to next - 1 exist).
+    next: u32,
+    /// The card's chain head: the hash of its newest entry.
+    head: [u8; 32],
 }
 
 /// `GET /campaigns/{id}/audit`.
@@ -687,6 +799,7 @@ struct Counts {
 struct Collected {
     sessions: Vec<Duration>,
     updates: Vec<Duration>,
+    card_logs: Vec<CardLog>,
     errors: BTreeMap<ErrorKind, ErrorGroup>,
 }
 
@@ -704,6 +817,7 @@ impl Collected {
     fn merge(&mut self, other: Collected) {
         self.sessions.extend(other.sessions);
         self.updates.extend(other.updates);
+        self.card_logs.extend(other.card_logs);
         for (k, g) in other.errors {
             self.errors
                 .entry(k)

@@ -148,6 +148,13 @@ pub struct Verification {
     /// Whether the campaign's progress counters equal the server's recount of its jobs
     /// (`GET /api/v1/campaigns/{id}/audit`).
     pub counters_match_recount: bool,
+    /// Completed devices whose card log the server's copy was checked against.
+    pub card_logs_checked: usize,
+    /// Of those, the ones the server holds exactly: every entry the card wrote, once, the
+    /// last one's hash the card's chain head.
+    pub card_logs_exact: usize,
+    /// The first card log that was not exact, and why.
+    pub card_log_problem: Option<String>,
 }
 
 /// The SQL statements the servers ran during the measured phase (`--count-statements`).
@@ -388,6 +395,20 @@ pub fn print(r: &Report) {
             r.complete_updates
         ),
         None => outln!("  server count       not read"),
+    }
+    if let Some(v) = &r.verification {
+        match &v.card_log_problem {
+            None => outln!(
+                "  card logs          {} of {} stored exactly (every entry once, chain head matched)",
+                v.card_logs_exact,
+                v.card_logs_checked
+            ),
+            Some(why) => outln!(
+                "  CARD LOGS          {} of {} stored exactly; first problem: {why}",
+                v.card_logs_exact,
+                v.card_logs_checked
+            ),
+        }
     }
     if r.stopped_early {
         outln!("  stopped early: devices not started were left as they are");
