@@ -934,6 +934,79 @@ pub async fn reoffer(conn: &mut AnyConnection, job_id: i64, why: &str) -> Result
     Ok(outcome)
 }
 
+/// Most delivered jobs one sweep of [`time_out_deliveries`] fails (the next sweep takes the
+/// rest).
+const TIMEOUTS_PER_SWEEP: i64 = 1000;
+
+/// Fails the delivered jobs that have had no result for `timeout` (the device took the update
+/// and never reported, or is gone), each in its own transaction with its campaign's counters
+/// and the campaign re-evaluated. Answers the campaigns that released a wave, with the wave
+/// each was at before (whose devices to notify).
+pub async fn time_out_deliveries(
+    db: &crate::db::Db,
+    timeout: std::time::Duration,
+) -> Result<Vec<(i64, i64)>> {
+    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = now_ms().saturating_sub(timeout_ms);
+    let rows = sqlx::query(
+        "SELECT id, campaign_id FROM jobs WHERE state = 'delivered' AND updated_ms < $1 \
+         ORDER BY id LIMIT $2",
+    )
+    .bind(cutoff)
+    .bind(TIMEOUTS_PER_SWEEP)
+    .fetch_all(db.pool())
+    .await?;
+    let why = format!(
+        "no result within {} of its delivery: timed out",
+        human_duration(timeout)
+    );
+    let mut released = Vec::new();
+    for r in rows {
+        let (job, campaign) = (r.i64("id")?, r.i64("campaign_id")?);
+        let mut tx = db.begin_write().await?;
+        // Only if it is still delivered and still old: a result that arrived meanwhile wins.
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'failed', detail = $1, updated_ms = $2 \
+             WHERE id = $3 AND state = 'delivered' AND updated_ms < $4",
+        )
+        .bind(why.clone())
+        .bind(now_ms())
+        .bind(job)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE campaigns SET jobs_delivered = jobs_delivered - 1, \
+             jobs_failed = jobs_failed + 1 WHERE id = $1",
+        )
+        .bind(campaign)
+        .execute(&mut *tx)
+        .await?;
+        let wave = advance(&mut tx, campaign).await?;
+        tx.commit().await?;
+        tracing::warn!(job, campaign, reason = %why, "delivered update timed out");
+        if let Some(before) = wave {
+            released.push((campaign, before));
+        }
+    }
+    Ok(released)
+}
+
+/// `secs` as days, hours, minutes or seconds, whichever divides it.
+fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = match s {
+        s if s > 0 && s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s > 0 && s % 3600 == 0 => (s / 3600, "hour"),
+        s if s > 0 && s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Marks a pending job delivered (token issued, Exec accepted), recording the update id and
 /// token. Fails with `Conflict` if the job is no longer pending (another replica took it, or it
 /// was cancelled).

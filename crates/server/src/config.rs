@@ -37,6 +37,9 @@ pub const DEFAULT_MAX_PACKAGE: usize = 512 * 1024 * 1024;
 /// The default age after which a session reads a card's lists again: they change only by the
 /// issuer's hand, and an admin command relayed by this server makes them due at once.
 pub const DEFAULT_CARD_LISTS_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// The default time a delivered update may go without a result: a week leaves room for a
+/// user who postpones the installation and a device that is off for days.
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What the server does with a device it has never seen (documented in docs/server.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -114,6 +117,9 @@ pub struct FileConfig {
     pub sqlite_synchronous: Option<crate::db::SqliteSync>,
     /// How often a session reads a card's lists again, in seconds (0: in every session).
     pub card_lists_refresh_secs: Option<u64>,
+    /// How long a delivered update may go without a result before its job fails, in seconds
+    /// (0: never).
+    pub delivery_timeout_secs: Option<u64>,
     /// Log format.
     pub log_format: Option<LogFormat>,
 }
@@ -207,6 +213,9 @@ pub struct ServerConfig {
     /// How old the server's copy of a card's lists may be before a session reads them again
     /// (they are also read again after an issuer admin command was applied to the card).
     pub card_lists_refresh: Duration,
+    /// How long a delivered update may go without a result before its job fails with that
+    /// reason (`None`: it waits for ever).
+    pub delivery_timeout: Option<Duration>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -234,6 +243,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("db_acquire_timeout", &self.db_acquire_timeout)
             .field("sqlite_synchronous", &self.sqlite_synchronous)
             .field("card_lists_refresh", &self.card_lists_refresh)
+            .field("delivery_timeout", &self.delivery_timeout)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -289,6 +299,7 @@ impl ServerConfig {
             db_acquire_timeout: Duration::from_secs(3),
             sqlite_synchronous: crate::db::SqliteSync::default(),
             card_lists_refresh: DEFAULT_CARD_LISTS_REFRESH,
+            delivery_timeout: Some(DEFAULT_DELIVERY_TIMEOUT),
             log_format: LogFormat::default(),
         }
     }
@@ -376,6 +387,9 @@ impl ServerConfig {
         }
         if let Some(secs) = file.card_lists_refresh_secs {
             cfg.card_lists_refresh = Duration::from_secs(secs);
+        }
+        if let Some(secs) = file.delivery_timeout_secs {
+            cfg.delivery_timeout = (secs > 0).then(|| Duration::from_secs(secs));
         }
         if let Some(f) = settings.log_format.or(file.log_format) {
             cfg.log_format = f;

@@ -152,7 +152,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     };
     let app = http::router(state.clone());
     let (stop, mut stopped) = watch::channel(false);
-    spawn_session_sweep(state.db.clone(), stop.subscribe());
+    spawn_sweeps(state.clone(), stop.subscribe());
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
@@ -189,20 +189,26 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     })
 }
 
-/// How often abandoned DM sessions are swept out of `dm_sessions`.
-const SESSION_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+/// How often abandoned DM sessions and timed-out deliveries are swept.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Drops abandoned DM sessions every [`SESSION_SWEEP_EVERY`] until the server stops (every
-/// replica sweeps; the deletions are idempotent).
-fn spawn_session_sweep(db: db::Db, mut stopped: watch::Receiver<bool>) {
+/// Every [`SWEEP_EVERY`] until the server stops: drops abandoned DM sessions, and fails the
+/// deliveries that went without a result for `delivery_timeout` (every replica sweeps; each
+/// change is a compare-and-set, so replicas never apply one twice).
+fn spawn_sweeps(state: AppState, mut stopped: watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(SESSION_SWEEP_EVERY);
+        let mut every = tokio::time::interval(SWEEP_EVERY);
         loop {
             tokio::select! {
-                _ = every.tick() => match dm::sweep_stale_sessions(&db).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(sessions = n, "abandoned DM sessions dropped"),
-                    Err(e) => tracing::warn!(error = %e, "DM session sweep failed"),
+                _ = every.tick() => {
+                    match dm::sweep_stale_sessions(&state.db).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(sessions = n, "abandoned DM sessions dropped"),
+                        Err(e) => tracing::warn!(error = %e, "DM session sweep failed"),
+                    }
+                    if let Some(timeout) = state.config.delivery_timeout {
+                        time_out_deliveries(&state, timeout).await;
+                    }
                 },
                 changed = stopped.changed() => {
                     if changed.is_err() || *stopped.borrow() {
@@ -212,6 +218,20 @@ fn spawn_session_sweep(db: db::Db, mut stopped: watch::Receiver<bool>) {
             }
         }
     });
+}
+
+/// One sweep of timed-out deliveries, then the devices of any wave it released notified.
+async fn time_out_deliveries(state: &AppState, timeout: std::time::Duration) {
+    match campaign::time_out_deliveries(&state.db, timeout).await {
+        Ok(released) => {
+            for (campaign, before) in released {
+                if let Err(e) = notify::released_since(state, campaign, before).await {
+                    tracing::warn!(campaign, error = %e, "released wave not notified");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "delivery timeout sweep failed"),
+    }
 }
 
 /// Runs until `shutdown` completes (Ctrl-C / SIGTERM in the CLI), then stops gracefully.

@@ -438,6 +438,89 @@ both!(
     super::waves_and_thresholds
 );
 
+/// A delivered update whose device never reports fails after the delivery timeout, with the
+/// reason recorded, the campaign's counters moved in the same transaction and the campaign
+/// re-evaluated (here: its last job decided, it completes); a recent delivery waits.
+async fn job(s: &Server, j: &Value) -> Value {
+    s.json(&format!("/api/v1/jobs/{}", j["id"])).await
+}
+
+async fn delivery_timeout(env: Env) {
+    let s = env.start().await;
+    for n in 1..=3 {
+        register(&s, n, "EX-T", "1.0").await;
+    }
+    let pkg = package(&s, &env).await;
+    let c: Value = s
+        .post("/api/v1/campaigns")
+        .json(
+            &json!({"name": "t", "package_id": pkg, "target_model": "EX-T",
+                      "error_threshold": 100}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = c["id"].as_i64().unwrap();
+    let js = jobs(&s, id).await;
+    let db = s.running.state().db.clone();
+    let mut conn = db.conn().await.unwrap();
+    for j in &js {
+        let jid = j["id"].as_i64().unwrap();
+        campaign::mark_delivered(&mut conn, jid, &jid.to_be_bytes(), b"token")
+            .await
+            .unwrap();
+    }
+    let (old, recent, done) = (&js[0], &js[1], &js[2]);
+    campaign::record_result(
+        &mut conn,
+        done["id"].as_i64().unwrap(),
+        200,
+        None,
+        "absent",
+        None,
+    )
+    .await
+    .unwrap();
+    // Delivered two hours ago.
+    sqlx::query("UPDATE jobs SET updated_ms = updated_ms - 7200000 WHERE id = $1")
+        .bind(old["id"].as_i64().unwrap())
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let hour = std::time::Duration::from_secs(3600);
+    campaign::time_out_deliveries(&db, hour).await.unwrap();
+    let timed_out = job(&s, old).await;
+    assert_eq!(timed_out["state"], "failed", "{timed_out}");
+    let detail = timed_out["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("no result within 1 hour") && detail.contains("timed out"),
+        "{detail}"
+    );
+    assert_eq!(job(&s, recent).await["state"], "delivered");
+    assert_counted(&s, id).await;
+    // Again: nothing more to do.
+    campaign::time_out_deliveries(&db, hour).await.unwrap();
+    assert_eq!(job(&s, recent).await["state"], "delivered");
+    assert_counted(&s, id).await;
+    // The last delivery times out too: every job decided, the campaign completes.
+    campaign::time_out_deliveries(&db, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(job(&s, recent).await["state"], "failed");
+    let c = s.json(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(c["state"], "completed", "{c}");
+    assert_counted(&s, id).await;
+    s.stop().await;
+}
+both!(
+    a_delivery_without_a_result_times_out,
+    super::delivery_timeout
+);
+
 async fn restart_keeps_data(env: Env) {
     let s = env.start().await;
     let token = s.token.clone();
