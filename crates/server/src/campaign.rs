@@ -934,6 +934,35 @@ pub async fn reoffer(conn: &mut AnyConnection, job_id: i64, why: &str) -> Result
     Ok(outcome)
 }
 
+/// Fails a pending job the device cannot take (`why` recorded in its `detail`), its campaign's
+/// counters moved in the caller's transaction and the campaign re-evaluated. Answers the
+/// campaign and, when it released a wave, the wave it was at (whose devices to notify);
+/// `None` when the job is no longer pending (nothing changed).
+pub async fn fail_pending(
+    conn: &mut AnyConnection,
+    job_id: i64,
+    why: &str,
+) -> Result<Option<(i64, Option<i64>)>> {
+    let Some(row) = sqlx::query(
+        "UPDATE jobs SET state = 'failed', detail = $1, updated_ms = $2 \
+         WHERE id = $3 AND state = 'pending' RETURNING campaign_id",
+    )
+    .bind(why.to_owned())
+    .bind(now_ms())
+    .bind(job_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let campaign = row.i64("campaign_id")?;
+    sqlx::query("UPDATE campaigns SET jobs_failed = jobs_failed + 1 WHERE id = $1")
+        .bind(campaign)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some((campaign, advance(&mut *conn, campaign).await?)))
+}
+
 /// Most delivered jobs one sweep of [`time_out_deliveries`] fails (the next sweep takes the
 /// rest).
 const TIMEOUTS_PER_SWEEP: i64 = 1000;

@@ -47,6 +47,11 @@ struct Device {
 }
 
 fn card_info(env: &Env, card: &SigningKey) -> Vec<u8> {
+    card_info_by(&env.issuer, card)
+}
+
+/// Card Info with a certificate signed by `issuer`.
+fn card_info_by(issuer: &SigningKey, card: &SigningKey) -> Vec<u8> {
     let cert = CardCertificate {
         issuer: IssuerId::new("test-issuer").unwrap(),
         iccid: Iccid::parse(ICCID).unwrap(),
@@ -54,7 +59,7 @@ fn card_info(env: &Env, card: &SigningKey) -> Vec<u8> {
         imsi: None,
     };
     let mut buf = [0u8; 512];
-    let n = cert.sign(&env.issuer, &mut buf).unwrap();
+    let n = cert.sign(issuer, &mut buf).unwrap();
     // {1: ICCID, 4: certificate} (docs/dm-tree.md "Card answers")
     let mut out = vec![0xa2, 0x01, 0x60 + ICCID.len() as u8];
     out.extend_from_slice(ICCID.as_bytes());
@@ -240,6 +245,15 @@ impl Device {
 
 /// Uploads a package and starts a campaign for model EX-1; answers both as the API shows them.
 async fn package_and_campaign(env: &Env, a: &Server) -> (serde_json::Value, serde_json::Value) {
+    package_and_campaign_with(env, a, serde_json::json!({})).await
+}
+
+/// [`package_and_campaign`] with more campaign fields (`extra`, an object).
+async fn package_and_campaign_with(
+    env: &Env,
+    a: &Server,
+    extra: serde_json::Value,
+) -> (serde_json::Value, serde_json::Value) {
     let img: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
     let envelope = simfota_wire::suit::build(
         &simfota_wire::suit::BuildParams {
@@ -268,9 +282,14 @@ async fn package_and_campaign(env: &Env, a: &Server) -> (serde_json::Value, serd
         .json()
         .await
         .unwrap();
+    let mut spec =
+        serde_json::json!({"name": "to 2.0", "package_id": p["id"], "target_model": "EX-1"});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
     let c: serde_json::Value = a
         .post("/api/v1/campaigns")
-        .json(&serde_json::json!({"name": "to 2.0", "package_id": p["id"], "target_model": "EX-1"}))
+        .json(&spec)
         .send()
         .await
         .unwrap()
@@ -565,6 +584,178 @@ async fn offered_values(env: Env) {
     a.stop().await;
 }
 both!(offered_values_save_a_round_trip, super::offered_values);
+
+/// A card subtree that answers nothing: a device whose SIMFOTA card is missing.
+struct NoCard;
+
+impl SubtreeHandler for NoCard {
+    fn get(&mut self, _: &NodeUri) -> Result<NodeValue, simfota_syncml::codes::StatusCode> {
+        Err(simfota_syncml::codes::StatusCode::NOT_FOUND)
+    }
+}
+
+/// Devices that cannot take a card-gated update do not hold a campaign back: a device without
+/// the SIMFOTA card subtree (Get ./SIMFOTA/Card/Nonce answered 404), and one whose card never
+/// showed a certificate that verifies, each end their job `failed` with the reason, counted
+/// against the error threshold; the campaign then completes. A card-gated device of the same
+/// campaign still gets its update.
+async fn legacy_devices(env: Env) {
+    let a = env.start().await;
+    let mut no_card = Device::build(&env, 15, Encoding::Xml, Some(Box::new(NoCard)));
+    let mut unverified = Device::new(&env, 16, Encoding::Wbxml);
+    // A card certificate from an issuer the server does not trust.
+    let stranger = SigningKey::random(&mut rand_core::OsRng);
+    let info = card_info_by(&stranger, &unverified.card);
+    unverified
+        .tree
+        .set_value(
+            &NodeUri::parse("./SIMFOTA/Card/Info").unwrap(),
+            NodeValue {
+                format: "b64".into(),
+                mime_type: None,
+                data: b64(&info).into_bytes(),
+            },
+        )
+        .unwrap();
+    let mut good = Device::new(&env, 17, Encoding::Xml);
+    for d in [&no_card, &unverified, &good] {
+        d.register(&a).await;
+    }
+    // Failures count against the error threshold: at the default 10 % the first would halt
+    // this three-device campaign before the others are tried.
+    let (_, c) =
+        package_and_campaign_with(&env, &a, serde_json::json!({"error_threshold": 100})).await;
+    assert_eq!(c["progress"]["total"], 3, "{c}");
+    for (d, id) in [(&mut no_card, 1), (&mut unverified, 1)] {
+        let ev = d.session(&[&a.url], id).await;
+        assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+        assert_eq!(exec_accepted(&ev), None, "{ev:?}");
+    }
+    let ev = good.session(&[&a.url], 1).await;
+    let jobs = a.json(&format!("/api/v1/jobs?campaign={}", c["id"])).await;
+    assert!(exec_accepted(&ev).is_some(), "{ev:?}\n{jobs}");
+    let of = |imei: &str| {
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["imei"] == imei)
+            .unwrap_or_else(|| panic!("no job for {imei}: {jobs}"))
+            .clone()
+    };
+    let j = of(&no_card.imei);
+    assert_eq!(j["state"], "failed", "{j}");
+    assert_eq!(
+        j["detail"], "device has no SIMFOTA card (Get ./SIMFOTA/Card/Nonce answered 404)",
+        "{j}"
+    );
+    let j = of(&unverified.imei);
+    assert_eq!(j["state"], "failed", "{j}");
+    assert!(
+        j["detail"].as_str().unwrap().contains("no verified card"),
+        "{j}"
+    );
+    assert_eq!(of(&good.imei)["state"], "delivered");
+    let c = a.json(&format!("/api/v1/campaigns/{}", c["id"])).await;
+    assert_eq!(c["progress"]["failed"], 2, "{c}");
+    assert_eq!(c["state"], "running", "{c}");
+    a.stop().await;
+}
+both!(
+    devices_without_a_usable_card_fail_their_job_with_the_reason,
+    super::legacy_devices
+);
+
+/// The log lines of this test process, as JSON (one subscriber for the whole process: the
+/// server's tasks run on the runtime's threads).
+fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    #[derive(Clone)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || sink.clone())
+        .init();
+    buf
+}
+
+/// Every DM session ends in one info line (the device, its messages, what was delivered or
+/// why not, the result recorded, card-log pages read); a failed authentication is a warning
+/// with its reason; no password or digest reaches the log.
+async fn session_log(env: Env) {
+    let logs = capture_logs();
+    let a = env.start().await;
+    let mut dev = Device::new(&env, 18, Encoding::Xml);
+    let mut no_card = Device::build(&env, 19, Encoding::Xml, Some(Box::new(NoCard)));
+    for d in [&dev, &no_card] {
+        d.register(&a).await;
+    }
+    let (_, c) =
+        package_and_campaign_with(&env, &a, serde_json::json!({"error_threshold": 100})).await;
+    let ev = dev.session(&[&a.url], 1).await;
+    assert!(exec_accepted(&ev).is_some(), "{ev:?}");
+    no_card.session(&[&a.url], 1).await;
+    let job = a.json(&format!("/api/v1/jobs?campaign={}", c["id"])).await;
+    let delivered = job
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["imei"] == dev.imei.as_str())
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let ended = |imei: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == "DM session ended" && l["fields"]["imei"] == imei)
+            .collect()
+    };
+    let mine = ended(&dev.imei);
+    assert_eq!(mine.len(), 1, "{text}");
+    let f = &mine[0]["fields"];
+    assert_eq!(mine[0]["level"], "INFO");
+    assert_eq!(f["delivered"], format!("Some({delivered})"), "{f}");
+    assert_eq!(f["messages"], dev.exchanges as u64, "{f}");
+    let theirs = ended(&no_card.imei);
+    assert_eq!(theirs.len(), 1, "{text}");
+    assert_eq!(
+        theirs[0]["fields"]["not_delivered"],
+        "device has no SIMFOTA card (Get ./SIMFOTA/Card/Nonce answered 404)"
+    );
+    // The first message of each device is challenged (no provisioned nonce): a warning with
+    // the reason.
+    let failed: Vec<_> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "DM authentication failed")
+        .collect();
+    assert!(!failed.is_empty(), "{text}");
+    assert!(
+        failed
+            .iter()
+            .all(|l| l["level"] == "WARN" && l["fields"]["reason"].is_string())
+    );
+    assert!(
+        !text.contains(&dev.password) && !text.contains("srv-secret"),
+        "{text}"
+    );
+    a.stop().await;
+}
+both!(a_session_ends_in_one_log_line, super::session_log);
 
 /// A device registered with the nonce its account was provisioned with (DM Security 1.2
 /// §5.4) authenticates with its first message: no challenge, no security event, one exchange

@@ -125,6 +125,7 @@ impl Step<'_> {
             Err(e) => return Err(e),
         }
         tracing::info!(job = job_id, result = code, receipt = %status, confirmed, "update result recorded");
+        self.notes.result = Some((job_id, code));
         Ok(())
     }
 

@@ -144,6 +144,7 @@ impl Step<'_> {
     /// The device authenticated: an enrolment candidate is stored, and the first authenticated
     /// message of a session queues the session's requests.
     async fn on_authenticated(&mut self) -> Result<()> {
+        self.notes.authenticated = true;
         if self.account.id == 0 {
             self.enrol().await?;
         }
@@ -267,11 +268,17 @@ impl Step<'_> {
             .with_label_values(&["device_auth"])
             .inc();
         let id = (self.account.id > 0).then_some(self.account.id);
+        let why = if code == DmStatus::MISSING_CREDENTIALS {
+            "no credentials"
+        } else {
+            "credentials refused"
+        };
+        tracing::warn!(imei = %self.account.imei, code = code.value(), reason = why, "DM authentication failed");
         super::record_event(
             &mut *self.tx,
             "device_auth",
             id,
-            &format!("credentials refused ({})", code.value()),
+            &format!("{why} ({})", code.value()),
         )
         .await
     }
@@ -359,6 +366,18 @@ impl Step<'_> {
                 Ok(())
             }
             Expect::Delivery(d) => self.on_exec_status(d, code).await,
+            // No card nonce for a delivery: a device without the SIMFOTA card subtree (404),
+            // or whose card cannot give one, cannot take a card-gated update. The job ends
+            // failed with the reason, counted against the campaign's error threshold, instead
+            // of waiting for ever.
+            Expect::CardNonce(NonceUse::Deliver { job }) => {
+                let why = format!(
+                    "device has no SIMFOTA card (Get {} answered {})",
+                    Node::CardNonce.uri(),
+                    code.value()
+                );
+                self.fail_pending(job, why).await
+            }
             get => {
                 tracing::debug!(imei = %self.account.imei, ?get, code = code.value(), "Get failed");
                 Ok(())
@@ -479,6 +498,21 @@ impl Step<'_> {
         Ok(())
     }
 
+    /// Fails pending `job` for `why` (the session's note says why nothing was delivered).
+    async fn fail_pending(&mut self, job: i64, why: String) -> Result<()> {
+        tracing::warn!(imei = %self.account.imei, job, reason = %why, "update not delivered: job failed");
+        if let Some((campaign, Some(before_wave))) =
+            campaign::fail_pending(self.tx, job, &why).await?
+        {
+            self.after.push(AfterCommit::NotifyReleased {
+                campaign,
+                before_wave,
+            });
+        }
+        self.notes.not_delivered = Some(why);
+        Ok(())
+    }
+
     /// The device's FUMO state while `job` awaits its result (FUMO 1.0 §6.1). Idle (10) with no
     /// result reported in this session (a Generic Alert comes in package 1, before this
     /// answer) means the device no longer holds the update: it is offered again, up to
@@ -506,6 +540,10 @@ impl Step<'_> {
             item_value(Node::CardNonce, item).and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
         else {
             tracing::warn!(imei = %self.account.imei, "card nonce missing or not 16 bytes");
+            if let NonceUse::Deliver { .. } = use_ {
+                self.notes.not_delivered =
+                    Some("the card nonce was missing or not 16 bytes".into());
+            }
             return Ok(());
         };
         match use_ {
@@ -560,6 +598,7 @@ impl Step<'_> {
         else {
             return Ok(());
         };
+        self.notes.log_pages += 1;
         let Some(open) = self.flow.as_open() else {
             return Ok(());
         };
@@ -591,8 +630,12 @@ impl Step<'_> {
     /// Issues the delivery token for `job_id` and queues the FUMO commands.
     async fn deliver(&mut self, job_id: i64, nonce: Nonce) -> Result<()> {
         let Some(iccid) = self.account.iccid.clone() else {
-            tracing::warn!(imei = %self.account.imei, job = job_id, "no verified card for this device: update not sent");
-            return Ok(());
+            // A device whose card never showed a certificate that verifies under an issuer
+            // key: it cannot take a card-gated update.
+            let why = "no verified card in the device (no card certificate that verifies under \
+                       an issuer key)"
+                .to_owned();
+            return self.fail_pending(job_id, why).await;
         };
         // The job asked for when it is (again) pending; else the device's next pending job,
         // if any (the one asked for ended in this session, or its device still works on it:
@@ -666,11 +709,16 @@ impl Step<'_> {
                 code = code.value(),
                 "device refused the FUMO Exec"
             );
+            self.notes.not_delivered = Some(format!(
+                "the device refused the FUMO Exec ({})",
+                code.value()
+            ));
             return Ok(());
         }
         match campaign::mark_delivered(&mut *self.tx, d.job, &d.update_id, &d.token).await {
             Ok(()) => {
                 tracing::info!(job = d.job, imei = %self.account.imei, "update delivered");
+                self.notes.delivered = Some(d.job);
                 Ok(())
             }
             Err(ServerError::Conflict(m)) => {

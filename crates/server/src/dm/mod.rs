@@ -81,6 +81,8 @@ struct Step<'a> {
     device: DevicePatch,
     /// What the device offered in package 1, so the session need not Get it.
     offered: Offered,
+    /// What the session did, for its log line.
+    notes: &'a mut store::Notes,
     after: Vec<AfterCommit>,
 }
 
@@ -197,8 +199,10 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         flow: &mut stored.flow,
         device: DevicePatch::default(),
         offered,
+        notes: &mut stored.notes,
         after: Vec::new(),
     };
+    step.notes.messages += 1;
     for ev in events {
         step.on_event(ev).await?;
     }
@@ -219,10 +223,37 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         store::save(&mut tx, account.id, &session_id, &stored, version).await?;
     }
     tx.commit().await?;
+    if stored.session.is_over() {
+        log_session_end(&account.imei, &session_id, &stored.notes);
+    }
     for task in after {
         run_after_commit(state, task).await;
     }
     Ok(reply(out))
+}
+
+/// One line per ended session: the device, how many messages, and what it came to (an update
+/// delivered, or why not; a result recorded; card-log pages read). Never a secret.
+fn log_session_end(imei: &str, session_id: &str, n: &store::Notes) {
+    if !n.authenticated {
+        tracing::warn!(
+            %imei,
+            session = %session_id,
+            messages = n.messages,
+            "DM session ended without the device authenticating"
+        );
+        return;
+    }
+    tracing::info!(
+        %imei,
+        session = %session_id,
+        messages = n.messages,
+        delivered = ?n.delivered,
+        not_delivered = n.not_delivered.as_deref().unwrap_or(""),
+        result = ?n.result,
+        log_pages = n.log_pages,
+        "DM session ended"
+    );
 }
 
 /// A session for a message that starts one: the account's nonces (DM Security 1.2 §5.4), a
@@ -239,6 +270,7 @@ fn new_session(state: &AppState, account: &Account, encoding: Encoding) -> Store
         ),
         flow: Flow::default(),
         last_reply: None,
+        notes: store::Notes::default(),
     }
 }
 

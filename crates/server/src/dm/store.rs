@@ -25,6 +25,26 @@ pub struct Stored {
     /// reply was lost on the way sends its message again).
     #[serde(default)]
     pub last_reply: Option<LastReply>,
+    /// What the session did so far, for its log line when it ends.
+    #[serde(default)]
+    pub notes: Notes,
+}
+
+/// What a session did, logged in one line when it ends (`dm::log_session_end`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notes {
+    /// Messages of the session handled.
+    pub messages: u32,
+    /// Whether a message of it authenticated.
+    pub authenticated: bool,
+    /// The job delivered (Exec accepted by the device).
+    pub delivered: Option<i64>,
+    /// Why the session delivered no update although the device had one to take.
+    pub not_delivered: Option<String>,
+    /// A FUMO result recorded: the job and the result code.
+    pub result: Option<(i64, u16)>,
+    /// Card-log export pages accepted.
+    pub log_pages: u32,
 }
 
 /// A reply as sent: body (base64 in the row's JSON) and `x-syncml-hmac` header.
