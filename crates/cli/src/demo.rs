@@ -428,6 +428,7 @@ impl<'a> World<'a> {
             encoding: Encoding::Xml,
             imei: IMEI.to_owned(),
             credentials: Credentials {
+                nonce: None,
                 // MD5 digest authentication (OMA DM Security 1.2 §5.3.1): it covers the
                 // credentials, not the message body, which is what lets the relay of step 9
                 // change a message unnoticed by the device.

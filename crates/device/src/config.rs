@@ -17,6 +17,8 @@
 //! username = "dev-490154203237518"
 //! password = "client secret"             # the device proves itself with this
 //! server_password = "server secret"      # the server proves itself to the device with this
+//! nonce = "aW5pdGlhbA=="                  # optional: the first credentials' nonce (base64),
+//!                                        # given to the server at registration too
 //!
 //! [card]
 //! state = "CARD.state"                   # in-process card; or: reader = "Virtual PCD 00 00"
@@ -116,6 +118,35 @@ pub struct Credentials {
     pub password: String,
     /// The secret the server proves itself with.
     pub server_password: String,
+    /// The nonce of the device's first credentials (base64, 1 to 64 bytes), provisioned with
+    /// its DM account; the server is given the same at registration (`nonce`). Used until the
+    /// server sends the next one. Absent: the server challenges the first message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+impl Credentials {
+    /// The provisioned nonce, decoded.
+    pub fn nonce_bytes(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        use base64::Engine as _;
+        let Some(text) = &self.nonce else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            field: "credentials.nonce",
+            reason,
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| invalid(format!("not base64 ({e})")))?;
+        if bytes.is_empty() || bytes.len() > 64 {
+            return Err(invalid(format!(
+                "1 to 64 bytes once decoded ({} given)",
+                bytes.len()
+            )));
+        }
+        Ok(Some(bytes))
+    }
 }
 
 /// Where the card is.
@@ -387,6 +418,7 @@ impl DeviceConfig {
         if self.credentials.username.is_empty() {
             return Err(invalid("credentials.username", "must not be empty"));
         }
+        self.credentials.nonce_bytes()?;
         if self.poll_interval_secs == 0 {
             return Err(invalid("poll_interval_secs", "must be at least 1"));
         }
@@ -563,6 +595,29 @@ state = "CARD.state"
         // Round trip through the serializer used by `device init`.
         let again = DeviceConfig::parse(&c.to_toml().unwrap()).unwrap();
         assert_eq!(again.imei, c.imei);
+    }
+
+    #[test]
+    fn a_provisioned_nonce_is_base64_of_1_to_64_bytes() {
+        let with = |n: &str| {
+            GOOD.replace(
+                "server_password = \"s1\"\n",
+                &format!("server_password = \"s1\"\nnonce = \"{n}\"\n"),
+            )
+        };
+        let c = DeviceConfig::parse(&with("aW5pdGlhbA==")).unwrap();
+        assert_eq!(
+            c.credentials.nonce_bytes().unwrap(),
+            Some(b"initial".to_vec())
+        );
+        assert_eq!(DeviceConfig::parse(GOOD).unwrap().credentials.nonce, None);
+        for (bad, why) in [("not base64!", "not base64"), ("", "1 to 64 bytes")] {
+            let e = DeviceConfig::parse(&with(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("credentials.nonce") && e.contains(why),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

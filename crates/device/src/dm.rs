@@ -352,6 +352,12 @@ pub fn run_session(
 ) -> Result<SessionSummary, DmError> {
     let state_path = cfg.data().dm_state();
     let mut state = DmState::load(&state_path);
+    // Before any session: the nonce provisioned with the account, if any.
+    if state.client_nonce.is_empty()
+        && let Some(n) = &cfg.credentials.nonce
+    {
+        state.client_nonce.clone_from(n);
+    }
     drive_session(
         cfg,
         http,

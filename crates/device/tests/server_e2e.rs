@@ -26,5 +26,30 @@ fn check_update_against_the_real_dm_server() {
         "in-process",
     ));
     server.check_update_succeeds(&dcfg, client);
+    // Without a provisioned nonce the device's first message was challenged.
+    assert!(server.auth_failures() >= 1);
+    server.shutdown();
+}
+
+/// `[credentials] nonce`, the same nonce given to the server at registration: the device's
+/// first message authenticates, no challenge, no failed authentication counted.
+#[test]
+fn a_provisioned_nonce_authenticates_the_first_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = RealServer::start(d);
+    let state = d.join("CARD.state");
+    server.personalize_card(&state);
+    let nonce = "cHJvdmlzaW9uZWQgbm9uY2U="; // "provisioned nonce"
+    server.register_device_with(Some(nonce));
+    server.publish(&common::content(200_000, 2), "2.0", 2, "c1");
+    let mut dcfg = server.device_config(d, &format!("state = \"{}\"", state.display()));
+    dcfg.credentials.nonce = Some(nonce.to_owned());
+    let client = CardClient::new(InProcessChannel::new(
+        FileCard::open(&state).unwrap(),
+        "in-process",
+    ));
+    server.check_update_succeeds(&dcfg, client);
+    assert_eq!(server.auth_failures(), 0);
     server.shutdown();
 }

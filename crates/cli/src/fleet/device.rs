@@ -184,6 +184,7 @@ impl SimDevice {
             encoding: protocol.encoding,
             imei: id.imei.clone(),
             credentials: Credentials {
+                nonce: None,
                 auth: protocol.auth,
                 username: id.username.clone(),
                 password: id.password.clone(),

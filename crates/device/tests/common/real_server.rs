@@ -144,13 +144,19 @@ impl RealServer {
 
     /// Registers the device through the REST API.
     pub fn register_device(&self) {
+        self.register_device_with(None);
+    }
+
+    /// Registers the device, with the nonce its account was provisioned with (base64).
+    pub fn register_device_with(&self, nonce: Option<&str>) {
+        let nonce = nonce.map_or_else(String::new, |n| format!(r#","nonce":"{n}""#));
         let http = &self.http;
         let mut r = http
             .post(&self.api("devices"))
             .header("Authorization", &self.auth)
             .header("Content-Type", "application/json")
             .send(format!(
-                r#"{{"imei":"{IMEI}","username":"dev-1","password":"client-secret","server_password":"server-secret","model":"EX-1"}}"#
+                r#"{{"imei":"{IMEI}","username":"dev-1","password":"client-secret","server_password":"server-secret","model":"EX-1"{nonce}}}"#
             ))
             .unwrap();
         assert!(
@@ -278,6 +284,20 @@ impl RealServer {
         assert_eq!(job["receipt_status"], "verified", "{dev}");
         assert_eq!(dev["device"]["iccid"], ICCID, "{dev}");
         assert_eq!(dev["device"]["fw_version"], "2.0", "{dev}");
+    }
+
+    /// Failed device authentications the server counted (`/metrics`).
+    pub fn auth_failures(&self) -> u64 {
+        let mut r = self
+            .http
+            .get(&format!("{}/metrics", self.base))
+            .call()
+            .unwrap();
+        let text = r.body_mut().read_to_string().unwrap();
+        text.lines()
+            .find(|l| l.starts_with("simfota_verification_failures_total{kind=\"device_auth\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0, |n| n.parse().unwrap())
     }
 
     /// The device's record as the REST API shows it (`device` and its `jobs`).
