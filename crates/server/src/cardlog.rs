@@ -360,20 +360,12 @@ async fn insert_entries(
     if entries.is_empty() {
         return Ok(0);
     }
-    let rows: Vec<String> = (0..entries.len())
-        .map(|r| {
-            let p: Vec<String> = (1..=ENTRY_COLUMNS)
-                .map(|c| format!("${}", r * ENTRY_COLUMNS + c))
-                .collect();
-            format!("({})", p.join(", "))
-        })
-        .collect();
     let sql = format!(
         "INSERT INTO card_log_entries (card_id, seq, raw, entry_hash, prev_hash, event, detail, \
          update_id, server_id, originator, release_name, release_version, manifest_digest, imei, \
          trusted_time, device_time, fumo_result, export_id, stored_ms, deny_code, free_device, \
          consent_pin) VALUES {} ON CONFLICT (card_id, seq) DO NOTHING",
-        rows.join(", ")
+        crate::db::values_list(entries.len(), ENTRY_COLUMNS)
     );
     let now = now_ms();
     let mut q = sqlx::query(&sql);

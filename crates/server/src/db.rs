@@ -68,6 +68,27 @@ pub struct Db {
     backend: Backend,
 }
 
+/// The VALUES list of a multi-row INSERT: `rows` rows of `cols` placeholders numbered in
+/// order, `($1, …, $cols), ($cols+1, …), …`, for binding row after row.
+pub fn values_list(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 1..=cols {
+            if c > 1 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * cols + c).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -254,6 +275,13 @@ impl RowExt for AnyRow {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn values_list_numbers_the_placeholders_row_after_row() {
+        assert_eq!(super::values_list(1, 1), "($1)");
+        assert_eq!(super::values_list(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::values_list(0, 3), "");
+    }
+
     /// The two DDL flavours must describe the same schema: the PostgreSQL file is the SQLite file
     /// with the type names mapped, nothing else.
     #[test]

@@ -177,20 +177,12 @@ pub async fn create_devices(
     let mut tx = conn.begin().await?;
     let mut created = 0;
     for chunk in devices.chunks(BULK_ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|r| {
-                let p: Vec<String> = (1..=DEVICE_COLUMNS)
-                    .map(|c| format!("${}", r * DEVICE_COLUMNS + c))
-                    .collect();
-                format!("({})", p.join(", "))
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
              manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms, device_nonce) \
              VALUES {} \
              ON CONFLICT DO NOTHING",
-            rows.join(", ")
+            crate::db::values_list(chunk.len(), DEVICE_COLUMNS)
         );
         let mut q = sqlx::query(&sql);
         for d in chunk {
