@@ -26,6 +26,41 @@ use sqlx::{AnyConnection, Connection as _};
 use crate::db::{Db, RowExt, now_ms};
 use crate::error::{Result, ServerError};
 
+/// What a campaign does with a device that cannot take a card-gated update: one without the
+/// SIMFOTA card subtree, or whose card never showed a certificate that verifies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CardMode {
+    /// Its job fails, with the reason, counted against the error threshold.
+    #[default]
+    Required,
+    /// It gets the update as plain FUMO (the payload's URL and the Exec, no delivery token),
+    /// and its result is recorded as not card-attested (no proof bundle).
+    Optional,
+}
+
+impl CardMode {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Required => "required",
+            Self::Optional => "optional",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "required" => Ok(Self::Required),
+            "optional" => Ok(Self::Optional),
+            other => Err(ServerError::internal(
+                "stored campaign card mode",
+                format!("{other:?} is neither required nor optional"),
+            )),
+        }
+    }
+}
+
 /// A campaign's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -155,6 +190,10 @@ pub struct CampaignSpec {
     /// Percent of released jobs failed at which the campaign halts.
     #[serde(default = "default_error")]
     pub error_threshold: u8,
+    /// Devices without a usable SIMFOTA card: `required` (default) fails their job,
+    /// `optional` delivers plain FUMO to them.
+    #[serde(default)]
+    pub card: CardMode,
 }
 
 fn default_waves() -> Vec<u8> {
@@ -300,6 +339,8 @@ pub struct Campaign {
     pub success_threshold: u8,
     /// Error threshold (percent).
     pub error_threshold: u8,
+    /// Devices without a usable SIMFOTA card: their job fails, or they get plain FUMO.
+    pub card: CardMode,
     /// State.
     pub state: CampaignState,
     /// Index of the newest released wave.
@@ -334,6 +375,7 @@ fn campaign_from_row(r: &AnyRow) -> Result<Campaign> {
         waves,
         success_threshold: pct(r.i64("success_threshold")?),
         error_threshold: pct(r.i64("error_threshold")?),
+        card: CardMode::parse(&r.text("card")?)?,
         state: CampaignState::parse(&r.text("state")?)?,
         current_wave,
         halt_reason: r.opt_text("halt_reason")?,
@@ -460,8 +502,8 @@ pub async fn create(db: &Db, spec: &CampaignSpec) -> Result<Campaign> {
     let mut tx = db.pool().begin().await?;
     let row = sqlx::query(
         "INSERT INTO campaigns (name, package_id, target_model, target_fw, target_group, waves, \
-         success_threshold, error_threshold, state, current_wave, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', 0, $9, $9) RETURNING id",
+         success_threshold, error_threshold, state, current_wave, created_ms, updated_ms, card) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', 0, $9, $9, $10) RETURNING id",
     )
     .bind(spec.name.clone())
     .bind(spec.package_id)
@@ -472,6 +514,7 @@ pub async fn create(db: &Db, spec: &CampaignSpec) -> Result<Campaign> {
     .bind(i64::from(spec.success_threshold))
     .bind(i64::from(spec.error_threshold))
     .bind(now)
+    .bind(spec.card.as_str())
     .fetch_one(&mut *tx)
     .await?;
     let id = row.i64("id")?;
@@ -1222,6 +1265,7 @@ mod tests {
             waves: vec![10, 50, 100],
             success_threshold: 90,
             error_threshold: 10,
+            card: CardMode::Required,
         };
         assert!(s.validate().is_ok());
         s.waves = vec![50, 50, 100];

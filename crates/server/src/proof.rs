@@ -138,6 +138,13 @@ pub async fn bundle(state: &AppState, update_id_hex: &str) -> Result<Bundle> {
     .fetch_optional(state.db.pool())
     .await?
     .ok_or_else(|| ServerError::NotFound(format!("update {update_id_hex}")))?;
+    if job.opt_text("receipt_status")?.as_deref() == Some(crate::dm::NOT_CARD_ATTESTED) {
+        return Err(ServerError::Conflict(
+            "this update went as plain FUMO without the card (campaign card: optional): its \
+             result is not card-attested, so there is no proof to give"
+                .into(),
+        ));
+    }
     let receipt = job.opt_bytes("receipt")?.ok_or_else(|| {
         ServerError::Conflict("no card receipt was recorded for this update".into())
     })?;

@@ -665,6 +665,99 @@ both!(
     super::legacy_devices
 );
 
+/// A mixed fleet in one campaign with `card: optional`: the device with a verified card gets
+/// the card-gated delivery (token, envelope URL); the devices without a usable card get plain
+/// FUMO (the payload's URL, no token), their result is recorded as reported and marked
+/// "not card-attested", and no proof bundle is given for it.
+async fn card_optional(env: Env) {
+    let a = env.start().await;
+    let mut no_card = Device::build(&env, 20, Encoding::Xml, Some(Box::new(NoCard)));
+    let mut unverified = Device::new(&env, 21, Encoding::Wbxml);
+    let info = card_info_by(&SigningKey::random(&mut rand_core::OsRng), &unverified.card);
+    unverified
+        .tree
+        .set_value(
+            &NodeUri::parse("./SIMFOTA/Card/Info").unwrap(),
+            NodeValue {
+                format: "b64".into(),
+                mime_type: None,
+                data: b64(&info).into_bytes(),
+            },
+        )
+        .unwrap();
+    let mut good = Device::new(&env, 22, Encoding::Xml);
+    for d in [&no_card, &unverified, &good] {
+        d.register(&a).await;
+    }
+    let (p, c) = package_and_campaign_with(&env, &a, serde_json::json!({"card": "optional"})).await;
+    assert_eq!(c["card"], "optional", "{c}");
+    let fumo = NodeUri::parse("./FUMO/fw").unwrap();
+    let payload_url = format!("{}/packages/{}/payload", a.url, p["id"]);
+    for (d, card_gated) in [
+        (&mut good, true),
+        (&mut no_card, false),
+        (&mut unverified, false),
+    ] {
+        let ev = d.session(&[&a.url], 1).await;
+        assert!(exec_accepted(&ev).is_some(), "{}: {ev:?}", d.imei);
+        let f = d.tree.fumo(&fumo).unwrap();
+        let token = f.ext.get("DeliveryToken").cloned().unwrap_or_default();
+        if card_gated {
+            assert!(
+                f.download_and_update_url.ends_with("/envelope"),
+                "{}",
+                f.download_and_update_url
+            );
+            assert!(!token.is_empty());
+        } else {
+            assert_eq!(f.download_and_update_url, payload_url);
+            assert!(token.is_empty(), "a plain delivery carries no token");
+        }
+    }
+    // The device without a card reports success: recorded, not card-attested.
+    let alert = no_card
+        .tree
+        .fumo_mut(&fumo)
+        .unwrap()
+        .finish(DmFumoResult(200))
+        .unwrap();
+    let ev = no_card.session_with(&[&a.url], 2, Some(alert)).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    let jobs = a.json(&format!("/api/v1/jobs?campaign={}", c["id"])).await;
+    let j = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["imei"] == no_card.imei.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["receipt_status"], "not card-attested", "{j}");
+    let r = a
+        .get(&format!(
+            "/api/v1/updates/{}/proof",
+            j["update_id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("not card-attested"), "{why}");
+    // No security event: a plain result is not a missing receipt.
+    let receipt_events =
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM security_events WHERE kind = 'receipt'")
+            .fetch_one(a.running.state().db.pool())
+            .await
+            .unwrap();
+    assert_eq!(receipt_events, 0);
+    a.stop().await;
+}
+both!(
+    a_card_optional_campaign_gives_plain_fumo_to_devices_without_a_card,
+    super::card_optional
+);
+
 /// The log lines of this test process, as JSON (one subscriber for the whole process: the
 /// server's tasks run on the runtime's threads).
 fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {

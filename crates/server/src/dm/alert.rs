@@ -21,6 +21,9 @@ enum ReceiptCheck {
     Verified,
     /// Present but not proof of this result; says why.
     Invalid(String),
+    /// The update went as plain FUMO, without the card (campaign `card: optional`): there is
+    /// no card to attest the result, which is recorded as the device reports it.
+    NotCardAttested,
 }
 
 impl ReceiptCheck {
@@ -30,9 +33,13 @@ impl ReceiptCheck {
             Self::Absent => "absent".into(),
             Self::Verified => "verified".into(),
             Self::Invalid(m) => format!("invalid: {m}"),
+            Self::NotCardAttested => NOT_CARD_ATTESTED.into(),
         }
     }
 }
+
+/// The `receipt_status` of a result delivered without the card.
+pub const NOT_CARD_ATTESTED: &str = "not card-attested";
 
 impl Step<'_> {
     /// Records the result a device reports for one of its delivered jobs.
@@ -41,7 +48,7 @@ impl Step<'_> {
             return Ok(());
         };
         let row = sqlx::query(
-            "SELECT id, state, update_id FROM jobs WHERE correlator = $1 AND device_id = $2",
+            "SELECT id, state, update_id, token FROM jobs WHERE correlator = $1 AND device_id = $2",
         )
         .bind(correlator.to_owned())
         .bind(self.account.id)
@@ -79,7 +86,10 @@ impl Step<'_> {
             return Ok(());
         };
         let update_id = row.opt_bytes("update_id")?.unwrap_or_default();
+        // Delivered without a token: plain FUMO to a device without a usable card.
+        let plain = row.opt_bytes("token")?.is_none_or(|t| t.is_empty());
         let check = match &receipt {
+            _ if plain => ReceiptCheck::NotCardAttested,
             None => ReceiptCheck::Absent,
             Some(r) => self.check_receipt(r, &update_id, code).await?,
         };
@@ -91,7 +101,10 @@ impl Step<'_> {
         // a verified one it is not believed, and the job fails rather than count for the
         // campaign.
         let success = DmFumoResult(code).is_success();
-        let confirmed = !success || check == ReceiptCheck::Verified || self.account.iccid.is_none();
+        let confirmed = !success
+            || check == ReceiptCheck::Verified
+            || check == ReceiptCheck::NotCardAttested
+            || self.account.iccid.is_none();
         let status = check.status();
         let detail = if confirmed {
             None

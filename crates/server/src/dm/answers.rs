@@ -11,7 +11,7 @@ use simfota_wire::{DeliveryToken, Digest, Iccid, Imei, Limits, Nonce, ServerId, 
 use super::account::ENROLMENT_NONCE_MS;
 use super::flow::{CardList, Delivery, Expect, NonceUse};
 use super::{AfterCommit, Step};
-use crate::campaign::{self, JobState};
+use crate::campaign::{self, CardMode, JobState};
 use crate::db::{RowExt, now_ms};
 use crate::error::{Result, ServerError};
 
@@ -67,6 +67,14 @@ pub(super) fn item_uri(item: &Item) -> &str {
         .as_ref()
         .or(item.target.as_ref())
         .map_or("", |l| l.uri.as_str())
+}
+
+/// What a delivery has from the device's card: a fresh nonce, or why there is none.
+enum CardGate {
+    /// The card's nonce for the delivery token.
+    Nonce(Nonce),
+    /// No nonce: the device has no SIMFOTA card subtree, or its card could not give one.
+    Missing(String),
 }
 
 /// Values a device sends in package 1 besides `./DevInfo` (docs/dm-tree.md "Package 1"):
@@ -376,7 +384,7 @@ impl Step<'_> {
                     Node::CardNonce.uri(),
                     code.value()
                 );
-                self.fail_pending(job, why).await
+                self.deliver(job, CardGate::Missing(why)).await
             }
             get => {
                 tracing::debug!(imei = %self.account.imei, ?get, code = code.value(), "Get failed");
@@ -547,7 +555,7 @@ impl Step<'_> {
             return Ok(());
         };
         match use_ {
-            NonceUse::Deliver { job } => self.deliver(job, Nonce(n)).await,
+            NonceUse::Deliver { job } => self.deliver(job, CardGate::Nonce(Nonce(n))).await,
             NonceUse::RequestLogPage => self.request_log_page(Nonce(n)).await,
             NonceUse::Acknowledge { up_to, more } => {
                 let ack = crate::cardlog::ack(self.state, Nonce(n), up_to)?;
@@ -615,10 +623,10 @@ impl Step<'_> {
     }
 
     /// What a delivery of `job_id` needs, if the job is pending: correlator, package, manifest
-    /// digest.
+    /// digest, the campaign's card mode.
     async fn pending_delivery(&mut self, job_id: i64) -> Result<Option<sqlx::any::AnyRow>> {
         Ok(sqlx::query(
-            "SELECT j.correlator, c.package_id, p.manifest_digest FROM jobs j \
+            "SELECT j.correlator, c.package_id, c.card, p.manifest_digest FROM jobs j \
              JOIN campaigns c ON c.id = j.campaign_id JOIN packages p ON p.id = c.package_id \
              WHERE j.id = $1 AND j.state = 'pending'",
         )
@@ -627,29 +635,46 @@ impl Step<'_> {
         .await?)
     }
 
-    /// Issues the delivery token for `job_id` and queues the FUMO commands.
-    async fn deliver(&mut self, job_id: i64, nonce: Nonce) -> Result<()> {
-        let Some(iccid) = self.account.iccid.clone() else {
-            // A device whose card never showed a certificate that verifies under an issuer
-            // key: it cannot take a card-gated update.
-            let why = "no verified card in the device (no card certificate that verifies under \
-                       an issuer key)"
-                .to_owned();
-            return self.fail_pending(job_id, why).await;
-        };
+    /// Delivers `job_id` (or the device's next pending job): with the card's nonce and a
+    /// verified card, the delivery token and the FUMO commands; without either, plain FUMO
+    /// when the job's campaign takes devices without a card, else the job fails with why.
+    async fn deliver(&mut self, job_id: i64, gate: CardGate) -> Result<()> {
         // The job asked for when it is (again) pending; else the device's next pending job,
         // if any (the one asked for ended in this session, or its device still works on it:
         // then the device answers 425 and keeps its update). With none, the nonce serves the
         // card log.
-        let (job_id, row) = match self.pending_delivery(job_id).await? {
-            Some(row) => (job_id, row),
+        let found = match self.pending_delivery(job_id).await? {
+            Some(row) => Some((job_id, row)),
             None => match campaign::next_job_for_device(self.tx, self.account.id).await? {
-                Some(next) => match self.pending_delivery(next.id).await? {
-                    Some(row) => (next.id, row),
-                    None => return self.request_log_page(nonce).await,
-                },
-                None => return self.request_log_page(nonce).await,
+                Some(next) => self
+                    .pending_delivery(next.id)
+                    .await?
+                    .map(|row| (next.id, row)),
+                None => None,
             },
+        };
+        let Some((job_id, row)) = found else {
+            return match gate {
+                CardGate::Nonce(nonce) => self.request_log_page(nonce).await,
+                CardGate::Missing(_) => Ok(()),
+            };
+        };
+        let (nonce, iccid) = match (gate, self.account.iccid.clone()) {
+            (CardGate::Nonce(nonce), Some(iccid)) => (nonce, iccid),
+            (gate, _) => {
+                let why = match gate {
+                    CardGate::Missing(why) => why,
+                    // A device whose card never showed a certificate that verifies under an
+                    // issuer key: it cannot take a card-gated update.
+                    CardGate::Nonce(_) => "no verified card in the device (no card \
+                                           certificate that verifies under an issuer key)"
+                        .to_owned(),
+                };
+                return match CardMode::parse(&row.text("card")?)? {
+                    CardMode::Optional => self.deliver_plain(job_id, &row, &why),
+                    CardMode::Required => self.fail_pending(job_id, why).await,
+                };
+            }
         };
         let md: [u8; 32] = row
             .bytes("manifest_digest")?
@@ -695,6 +720,35 @@ impl Step<'_> {
                 job: job_id,
                 update_id: cti.to_vec(),
                 token: bytes,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Plain FUMO for a device without a usable card, in a campaign that takes such devices
+    /// (`card: optional`): the payload's URL and the Exec, no delivery token; the result will
+    /// be recorded as not card-attested.
+    fn deliver_plain(&mut self, job_id: i64, row: &sqlx::any::AnyRow, why: &str) -> Result<()> {
+        tracing::info!(imei = %self.account.imei, job = job_id, reason = why, "delivering plain FUMO, not card-attested (campaign card: optional)");
+        let url = format!(
+            "{}/packages/{}/payload",
+            self.state.base_url,
+            row.i64("package_id")?
+        );
+        self.replace(Node::FumoPkgUrl, url.as_bytes())?;
+        let correlator = row.text("correlator")?;
+        let h = self
+            .session
+            .exec(&uri(Node::FumoDownloadAndUpdate)?, Some(&correlator), None);
+        // An update id all the same (the job's key for its result), never shown to a card.
+        let mut id = [0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        self.flow.expect(
+            h,
+            Expect::Delivery(Delivery {
+                job: job_id,
+                update_id: id.to_vec(),
+                token: Vec::new(),
             }),
         );
         Ok(())

@@ -58,6 +58,7 @@ use crate::AppState;
 use crate::db::now_ms;
 use crate::error::Result;
 
+pub use self::alert::NOT_CARD_ATTESTED;
 pub use self::store::{STALE_AFTER_MS, sweep_stale as sweep_stale_sessions};
 
 /// What a message leaves to do once its transaction committed.
