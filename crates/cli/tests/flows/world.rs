@@ -351,44 +351,52 @@ impl World {
         let key = self.key(&format!("{name}-key"));
         let database = self.database();
         let data = self.path(name);
-        let port = free_port();
-        let mut args: Vec<OsString> = vec![
-            "server".into(),
-            "--data".into(),
-            data.clone().into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}").into(),
-            "--server-id".into(),
-            server_id.into(),
-            "--server-key".into(),
-            key.0.clone().into(),
-            "--issuer-key".into(),
-            self.issuer.1.clone().into(),
-            "--originator".into(),
-            format!("oem={}", self.oem.1.display()).into(),
-        ];
-        if let Some(url) = &database {
-            args.push("--database".into());
-            args.push(url.into());
+        // A port picked free may be taken by another test's server before this one binds it;
+        // that server would answer the health check and refuse this one's token: try another.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut args: Vec<OsString> = vec![
+                "server".into(),
+                "--data".into(),
+                data.clone().into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}").into(),
+                "--server-id".into(),
+                server_id.into(),
+                "--server-key".into(),
+                key.0.clone().into(),
+                "--issuer-key".into(),
+                self.issuer.1.clone().into(),
+                "--originator".into(),
+                format!("oem={}", self.oem.1.display()).into(),
+            ];
+            if let Some(url) = &database {
+                args.push("--database".into());
+                args.push(url.into());
+            }
+            let mut s = Server {
+                name: name.into(),
+                id: server_id.into(),
+                args,
+                child: None,
+                log: self.path(&format!("{name}.log")),
+                data: data.clone(),
+                url: format!("http://127.0.0.1:{port}"),
+                token: String::new(),
+                key: key.clone(),
+                http: simfota_device::download::http_agent(),
+            };
+            s.spawn();
+            s.token = std::fs::read_to_string(s.data.join("api-token"))
+                .unwrap()
+                .trim()
+                .to_owned();
+            if s.answers_as_itself() {
+                return s;
+            }
+            s.kill9();
         }
-        let mut s = Server {
-            name: name.into(),
-            id: server_id.into(),
-            args,
-            child: None,
-            log: self.path(&format!("{name}.log")),
-            data,
-            url: format!("http://127.0.0.1:{port}"),
-            token: String::new(),
-            key,
-            http: simfota_device::download::http_agent(),
-        };
-        s.spawn();
-        s.token = std::fs::read_to_string(s.data.join("api-token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        s
+        panic!("no free port served this test's server in five tries");
     }
 
     /// A second process of `of`'s server, as a replica behind a load balancer: the same key,
@@ -648,6 +656,21 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Whether the server at this URL is this process: still running, and taking its token.
+    fn answers_as_itself(&mut self) -> bool {
+        let alive = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        alive
+            && self
+                .http
+                .get(&self.api("campaigns"))
+                .header("Authorization", &format!("Bearer {}", self.token))
+                .call()
+                .is_ok_and(|r| r.status() == 200)
     }
 
     /// Starts the same server again (same data, database and port).
