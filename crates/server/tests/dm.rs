@@ -594,20 +594,12 @@ impl SubtreeHandler for NoCard {
     }
 }
 
-/// Devices that cannot take a card-gated update do not hold a campaign back: a device without
-/// the SIMFOTA card subtree (Get ./SIMFOTA/Card/Nonce answered 404), and one whose card never
-/// showed a certificate that verifies, each end their job `failed` with the reason, counted
-/// against the error threshold; the campaign then completes. A card-gated device of the same
-/// campaign still gets its update.
-async fn legacy_devices(env: Env) {
-    let a = env.start().await;
-    let mut no_card = Device::build(&env, 15, Encoding::Xml, Some(Box::new(NoCard)));
-    let mut unverified = Device::new(&env, 16, Encoding::Wbxml);
-    // A card certificate from an issuer the server does not trust.
+/// A device whose card's certificate comes from an issuer the server does not trust.
+fn untrusted_card_device(env: &Env, n: u32, encoding: Encoding) -> Device {
+    let mut dev = Device::new(env, n, encoding);
     let stranger = SigningKey::random(&mut rand_core::OsRng);
-    let info = card_info_by(&stranger, &unverified.card);
-    unverified
-        .tree
+    let info = card_info_by(&stranger, &dev.card);
+    dev.tree
         .set_value(
             &NodeUri::parse("./SIMFOTA/Card/Info").unwrap(),
             NodeValue {
@@ -617,6 +609,18 @@ async fn legacy_devices(env: Env) {
             },
         )
         .unwrap();
+    dev
+}
+
+/// Devices that cannot take a card-gated update do not hold a campaign back: a device without
+/// the SIMFOTA card subtree (Get ./SIMFOTA/Card/Nonce answered 404), and one whose card never
+/// showed a certificate that verifies, each end their job `failed` with the reason, counted
+/// against the error threshold, and the campaign goes on: a card-gated device of the same
+/// campaign still gets its update.
+async fn legacy_devices(env: Env) {
+    let a = env.start().await;
+    let mut no_card = Device::build(&env, 15, Encoding::Xml, Some(Box::new(NoCard)));
+    let mut unverified = untrusted_card_device(&env, 16, Encoding::Wbxml);
     let mut good = Device::new(&env, 17, Encoding::Xml);
     for d in [&no_card, &unverified, &good] {
         d.register(&a).await;
@@ -672,19 +676,7 @@ both!(
 async fn card_optional(env: Env) {
     let a = env.start().await;
     let mut no_card = Device::build(&env, 20, Encoding::Xml, Some(Box::new(NoCard)));
-    let mut unverified = Device::new(&env, 21, Encoding::Wbxml);
-    let info = card_info_by(&SigningKey::random(&mut rand_core::OsRng), &unverified.card);
-    unverified
-        .tree
-        .set_value(
-            &NodeUri::parse("./SIMFOTA/Card/Info").unwrap(),
-            NodeValue {
-                format: "b64".into(),
-                mime_type: None,
-                data: b64(&info).into_bytes(),
-            },
-        )
-        .unwrap();
+    let mut unverified = untrusted_card_device(&env, 21, Encoding::Wbxml);
     let mut good = Device::new(&env, 22, Encoding::Xml);
     for d in [&no_card, &unverified, &good] {
         d.register(&a).await;

@@ -704,34 +704,28 @@ impl Step<'_> {
         };
         let bytes = token.to_vec(&state.keys.server_signer).map_err(bad)?;
         self.replace(Node::FumoDeliveryToken, &bytes)?;
-        let url = format!(
-            "{}/packages/{}/envelope",
-            state.base_url,
-            row.i64("package_id")?
-        );
-        self.replace(Node::FumoPkgUrl, url.as_bytes())?;
-        let correlator = row.text("correlator")?;
-        let h = self
-            .session
-            .exec(&uri(Node::FumoDownloadAndUpdate)?, Some(&correlator), None);
-        self.flow.expect(
-            h,
-            Expect::Delivery(Delivery {
+        self.pkg_url_and_exec(
+            &row,
+            "envelope",
+            Delivery {
                 job: job_id,
                 update_id: cti.to_vec(),
                 token: bytes,
-            }),
-        );
-        Ok(())
+            },
+        )
     }
 
-    /// Plain FUMO for a device without a usable card, in a campaign that takes such devices
-    /// (`card: optional`): the payload's URL and the Exec, no delivery token; the result will
-    /// be recorded as not card-attested.
-    fn deliver_plain(&mut self, job_id: i64, row: &sqlx::any::AnyRow, why: &str) -> Result<()> {
-        tracing::info!(imei = %self.account.imei, job = job_id, reason = why, "delivering plain FUMO, not card-attested (campaign card: optional)");
+    /// Replaces `./FUMO/fw/DownloadAndUpdate/PkgURL` with the package's `part` URL
+    /// (`envelope` or `payload`) and Execs DownloadAndUpdate with the job's Correlator,
+    /// expecting its Status as `delivery`.
+    fn pkg_url_and_exec(
+        &mut self,
+        row: &sqlx::any::AnyRow,
+        part: &str,
+        delivery: Delivery,
+    ) -> Result<()> {
         let url = format!(
-            "{}/packages/{}/payload",
+            "{}/packages/{}/{part}",
             self.state.base_url,
             row.i64("package_id")?
         );
@@ -740,18 +734,27 @@ impl Step<'_> {
         let h = self
             .session
             .exec(&uri(Node::FumoDownloadAndUpdate)?, Some(&correlator), None);
+        self.flow.expect(h, Expect::Delivery(delivery));
+        Ok(())
+    }
+
+    /// Plain FUMO for a device without a usable card, in a campaign that takes such devices
+    /// (`card: optional`): the payload's URL and the Exec, no delivery token; the result will
+    /// be recorded as not card-attested.
+    fn deliver_plain(&mut self, job_id: i64, row: &sqlx::any::AnyRow, why: &str) -> Result<()> {
+        tracing::info!(imei = %self.account.imei, job = job_id, reason = why, "delivering plain FUMO, not card-attested (campaign card: optional)");
         // An update id all the same (the job's key for its result), never shown to a card.
         let mut id = [0u8; 16];
         OsRng.fill_bytes(&mut id);
-        self.flow.expect(
-            h,
-            Expect::Delivery(Delivery {
+        self.pkg_url_and_exec(
+            row,
+            "payload",
+            Delivery {
                 job: job_id,
                 update_id: id.to_vec(),
                 token: Vec::new(),
-            }),
-        );
-        Ok(())
+            },
+        )
     }
 
     /// DM Protocol 1.2 §10: 202 accepted (the FUMO operation runs and reports later by Generic
