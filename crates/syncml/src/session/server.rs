@@ -1737,6 +1737,19 @@ mod tests {
         s.receive(&body, None, fresh(3)).unwrap();
     }
 
+    /// An MD5 session the server opened: package 1 received, a Get queued and replied to.
+    /// Answers the client's tree, the client, the server, package 1 and the server's reply.
+    fn opened_md5() -> (DmTree, ClientSession, ServerSession, Outgoing, Outgoing) {
+        let mut t = tree();
+        let mut c = client(AuthScheme::Md5, "pw", b"c");
+        let mut s = server(AuthScheme::Md5);
+        let p1 = c.start(AlertCode::CLIENT_INITIATED_MGMT, &mut t).unwrap();
+        s.receive(&p1.body, None, fresh(1)).unwrap();
+        s.get(&uri("./DevDetail/FwV"));
+        let p2 = s.reply().unwrap();
+        (t, c, s, p1, p2)
+    }
+
     fn our_cred(out: &Outgoing) -> Option<crate::model::Cred> {
         Encoding::Xml
             .decode(&out.body, &Limits::default())
@@ -1747,13 +1760,7 @@ mod tests {
 
     #[test]
     fn a_next_nonce_with_212_is_adopted_and_ends_our_credentials() {
-        let mut t = tree();
-        let mut c = client(AuthScheme::Md5, "pw", b"c");
-        let mut s = server(AuthScheme::Md5);
-        let p1 = c.start(AlertCode::CLIENT_INITIATED_MGMT, &mut t).unwrap();
-        s.receive(&p1.body, None, fresh(1)).unwrap();
-        s.get(&uri("./DevDetail/FwV"));
-        let p2 = s.reply().unwrap();
+        let (_, _, mut s, _, p2) = opened_md5();
         assert!(our_cred(&p2).is_some());
         client_answer(&mut s, &p2, StatusCode::AUTHENTICATION_ACCEPTED, b"n212");
         assert_eq!(s.server_nonce(), &Nonce(b"n212".to_vec()));
@@ -1763,13 +1770,7 @@ mod tests {
 
     #[test]
     fn a_200_with_a_chal_asks_for_our_credentials_again_with_its_nonce() {
-        let mut t = tree();
-        let mut c = client(AuthScheme::Md5, "pw", b"c");
-        let mut s = server(AuthScheme::Md5);
-        let p1 = c.start(AlertCode::CLIENT_INITIATED_MGMT, &mut t).unwrap();
-        s.receive(&p1.body, None, fresh(1)).unwrap();
-        s.get(&uri("./DevDetail/FwV"));
-        let p2 = s.reply().unwrap();
+        let (_, _, mut s, _, p2) = opened_md5();
         client_answer(&mut s, &p2, StatusCode::OK, b"n200");
         s.get(&uri("./DevInfo/Mod"));
         let p4 = s.reply().unwrap();
@@ -1783,13 +1784,7 @@ mod tests {
 
     #[test]
     fn repeated_stale_and_restarting_messages_change_nothing() {
-        let mut t = tree();
-        let mut c = client(AuthScheme::Md5, "pw", b"c");
-        let mut s = server(AuthScheme::Md5);
-        let p1 = c.start(AlertCode::CLIENT_INITIATED_MGMT, &mut t).unwrap();
-        s.receive(&p1.body, None, fresh(1)).unwrap();
-        s.get(&uri("./DevDetail/FwV"));
-        let p2 = s.reply().unwrap();
+        let (mut t, mut c, mut s, p1, p2) = opened_md5();
         let p3 = c.receive(&p2.body, None, &mut t).unwrap().reply.unwrap();
         let before = s.clone();
         assert_eq!(
