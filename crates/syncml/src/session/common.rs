@@ -265,9 +265,11 @@ pub(crate) fn pack(
                     }
                     continue;
                 }
-                // Statuses come first in every message: if only they precede a command that
-                // cannot shrink, waiting for the next message would not help.
-                if only_statuses {
+                // A command that cannot shrink and does not fit even a message of its own can
+                // never be sent. One that fits alone waits for the next message, which the
+                // statuses sent now leave room for (DM Pro §8.2: the peer asks for it with
+                // Alert 1222).
+                if size > max.saturating_sub(base) {
                     return Err(SessionError::CommandTooLarge(q.cmd.cmd_id()));
                 }
             }
@@ -585,6 +587,78 @@ mod tests {
                 whole.unwrap().items()[0].data.as_ref().unwrap().as_text(),
                 Some(big.as_str())
             );
+        }
+    }
+
+    /// A Get (never chunked) that fits a message alone but not behind the statuses owed goes
+    /// in the next message: the statuses go now, in a message without `Final`.
+    #[test]
+    fn a_command_that_fits_alone_waits_behind_statuses() {
+        let status = |n: u32| {
+            Queued::plain(Command::Status(crate::model::Status {
+                cmd_id: CmdId(0),
+                msg_ref: Some(MsgId(1)),
+                cmd_ref: CmdId(n),
+                cmd: "Replace".into(),
+                target_refs: vec![format!("./DevInfo/Ext/Node{n}")],
+                source_refs: Vec::new(),
+                cred: None,
+                chal: None,
+                code: StatusCode::OK,
+                items: Vec::new(),
+            }))
+        };
+        let get = Command::Get(ItemCommand {
+            cmd_id: CmdId(0),
+            no_resp: false,
+            cred: None,
+            meta: None,
+            items: vec![Item::target("./DevDetail/FwV")],
+        });
+        for enc in [Encoding::Xml, Encoding::Wbxml] {
+            let empty = Message {
+                header: hdr(),
+                body: Vec::new(),
+                is_final: true,
+            };
+            let base = encoded_len(&empty, enc).unwrap();
+            let with = |body: Vec<Command>| {
+                encoded_len(
+                    &Message {
+                        header: hdr(),
+                        body,
+                        is_final: true,
+                    },
+                    enc,
+                )
+                .unwrap()
+            };
+            let statuses: Vec<Queued> = (1..=6).map(status).collect();
+            let all: Vec<Command> = statuses.iter().map(|q| q.cmd.clone()).collect();
+            let get_alone = with(vec![get.clone()]);
+            // Room for the six statuses, and for the Get alone, not for both.
+            let max = with(all).max(get_alone);
+            assert!(
+                max < with(
+                    statuses
+                        .iter()
+                        .map(|q| q.cmd.clone())
+                        .chain([get.clone()])
+                        .collect()
+                )
+            );
+            assert!(get_alone - base > 0);
+            let mut queue: VecDeque<Queued> = statuses.into_iter().collect();
+            queue.push_back(Queued::plain(get.clone()));
+            let (msg, body, sent) = pack(hdr(), &mut queue, max, enc, true).unwrap();
+            assert!(body.len() <= max);
+            assert_eq!(sent.len(), 6, "{enc:?}: the statuses go now");
+            assert!(!msg.is_final, "the package goes on");
+            assert_eq!(queue.len(), 1, "the Get waits");
+            let (msg, _, sent) = pack(hdr(), &mut queue, max, enc, true).unwrap();
+            assert_eq!(sent.len(), 1);
+            assert!(matches!(msg.body.as_slice(), [Command::Get(_)]));
+            assert!(msg.is_final);
         }
     }
 

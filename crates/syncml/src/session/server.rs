@@ -124,6 +124,10 @@ pub struct ServerSession {
     server_nonce: Nonce,
     /// Client messages received so far, bounded by `Limits::max_messages`.
     received: u32,
+    /// The MsgID and `B64(MD5(body))` of the client's last message, kept once the session is
+    /// over: a copy of the message that ended it is still a repeat, not a stray message.
+    #[serde(default)]
+    last_received: Option<(u32, String)>,
     phase: Phase,
 }
 
@@ -351,6 +355,7 @@ impl ServerSession {
             client_nonce,
             server_nonce,
             received: 0,
+            last_received: None,
             phase: Phase::Opening {
                 outbox: Outbox::new(),
             },
@@ -505,6 +510,7 @@ impl ServerSession {
         };
         link.client_msg_id = hdr.msg_id.0;
         link.client_digest = body_digest(body);
+        self.last_received = Some((link.client_msg_id, link.client_digest.clone()));
         Ok(Arrival {
             link,
             outbox,
@@ -537,20 +543,24 @@ impl ServerSession {
         msg: Option<&Message>,
         body: &[u8],
     ) -> Result<(), SessionError> {
-        let Some(link) = self.link() else {
+        let last = self.last_received.clone().or_else(|| {
+            self.link()
+                .map(|l| (l.client_msg_id, l.client_digest.clone()))
+        });
+        let (Some(peer), Some((last_id, last_digest))) = (self.peer(), last) else {
             return Ok(());
         };
-        if hdr.session_id != link.peer.session_id || hdr.msg_id.0 > link.client_msg_id {
+        if hdr.session_id != peer.session_id || hdr.msg_id.0 > last_id {
             return Ok(());
         }
-        if hdr.msg_id.0 == link.client_msg_id && body_digest(body) == link.client_digest {
+        if hdr.msg_id.0 == last_id && body_digest(body) == last_digest {
             return Err(SessionError::Repeated(hdr.msg_id));
         }
         if hdr.msg_id == MsgId(1) && msg.is_some_and(starts_session) {
             return Err(SessionError::NewSession);
         }
         Err(SessionError::StaleMessage {
-            last: MsgId(link.client_msg_id),
+            last: MsgId(last_id),
             got: hdr.msg_id,
         })
     }
@@ -581,6 +591,21 @@ impl ServerSession {
         fresh_nonce: Nonce,
     ) -> Result<Vec<ServerEvent>, SessionError> {
         if let Some(e) = self.not_listening() {
+            // A session that is over still tells a copy of its last message (Repeated) and
+            // a new package 1 on its SessionID (NewSession) from anything else (Ended).
+            if matches!(self.phase, Phase::Over { .. }) {
+                let decoded = Encoding::sniff(body).decode(body, &self.config.limits);
+                match &decoded {
+                    Ok(m) => self.check_sequence(&m.header, Some(m), body)?,
+                    Err(_) => {
+                        if let Ok(hdr) =
+                            Encoding::sniff(body).decode_header(body, &self.config.limits)
+                        {
+                            self.check_sequence(&hdr, None, body)?;
+                        }
+                    }
+                }
+            }
             return Err(e);
         }
         let decoded = Encoding::sniff(body).decode(body, &self.config.limits);
@@ -1498,8 +1523,20 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(
+        // A copy of the message that ended it is still known; any later message is not.
+        assert!(matches!(
             s.receive(&msg.body, None, fresh(9)),
+            Err(SessionError::Repeated(_))
+        ));
+        let text = String::from_utf8(msg.body.clone()).unwrap();
+        let n = Limits::default().max_auth_attempts;
+        let later = text.replace(
+            &format!("<MsgID>{n}</MsgID>"),
+            &format!("<MsgID>{}</MsgID>", n + 1),
+        );
+        assert_ne!(later, text);
+        assert_eq!(
+            s.receive(later.as_bytes(), None, fresh(9)),
             Err(SessionError::Ended)
         );
     }
