@@ -2,8 +2,10 @@
 //! message from the specifications' rules rather than by the project's own client session:
 //! one that re-sends only the commands answered 401/407, one that keeps its SessionID across
 //! sessions, one that answers the server's credentials with 212 (or 200) and a new Chal, one
-//! that sends every message twice. XML and WBXML, `syncml:auth-md5` and HMAC; every test runs
-//! on SQLite and PostgreSQL.
+//! that sends every message twice (in turn, and at the same time), one that uses the DS MIME
+//! types, one that splits its package over several messages or sends a large object in chunks,
+//! one that announces a small MaxMsgSize, one that aborts. XML and WBXML, `syncml:auth-md5` and
+//! HMAC; every test runs on SQLite and PostgreSQL.
 //!
 //! Specifications cited: OMA-TS-DM_Protocol-V1_2 (DM Pro), OMA-TS-DM_Security-V1_2 (DM Sec),
 //! OMA-TS-DM_RepPro-V1_2 (DM RepPro), OMA-TS-SyncML_RepPro-V1_2 (RepPro).
@@ -31,6 +33,8 @@ fn b64(b: &[u8]) -> String {
 /// What the server answered one message.
 struct Answer {
     http: StatusCode,
+    /// The reply's Content-Type.
+    content_type: String,
     body: Vec<u8>,
     hmac: Option<String>,
     msg: Option<Message>,
@@ -38,7 +42,13 @@ struct Answer {
 
 impl Answer {
     fn msg(&self) -> &Message {
-        self.msg.as_ref().expect("a SyncML reply")
+        self.msg.as_ref().unwrap_or_else(|| {
+            panic!(
+                "a SyncML reply, not HTTP {}: {}",
+                self.http,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// The Status answering our command `cmd_ref` (0: our SyncHdr).
@@ -95,6 +105,12 @@ struct Script {
     msg_id: u32,
     /// The nonce our credentials use (DM Sec §5.4).
     nonce: Nonce,
+    /// The MaxMsgSize our SyncHdr announces (RepPro §5.2 SyncHdr Meta), if any.
+    max_msg: Option<u64>,
+    /// The last message built, as sent.
+    last_sent: Option<(Vec<u8>, Option<String>)>,
+    /// The Content-Type we send, when not the DM one of our encoding.
+    content_type: Option<&'static str>,
 }
 
 impl Script {
@@ -108,6 +124,9 @@ impl Script {
             session_id: "1".into(),
             msg_id: 0,
             nonce: Nonce(b"never-agreed".to_vec()),
+            max_msg: None,
+            last_sent: None,
+            content_type: None,
         }
     }
 
@@ -133,6 +152,15 @@ impl Script {
         assert_eq!(r.status(), StatusCode::CREATED);
     }
 
+    /// A registered device whose account holds a provisioned nonce (DM Sec §5.4), so its
+    /// first message is accepted without a challenge.
+    async fn provisioned(s: &Server, n: u32, auth: AuthScheme, encoding: Encoding) -> Script {
+        let mut c = Script::new(s, n, auth, encoding);
+        c.nonce = Nonce(format!("provisioned-{n}").into_bytes());
+        c.register(s, Some(&c.nonce.clone())).await;
+        c
+    }
+
     /// A new session: `session_id`, MsgIDs from 1 (RepPro §5.1 MsgID).
     fn begin(&mut self, session_id: &str) {
         self.session_id = session_id.into();
@@ -142,7 +170,17 @@ impl Script {
     /// The next message: `body` numbered from CmdID 1, with our credentials when `cred`
     /// (in the SyncHdr for MD5, DM Pro §9.3; for HMAC the header of every message, DM Sec
     /// §5.5).
-    fn message(&mut self, mut body: Vec<Command>, cred: bool) -> (Vec<u8>, Option<String>) {
+    fn message(&mut self, body: Vec<Command>, cred: bool) -> (Vec<u8>, Option<String>) {
+        self.message_part(body, cred, true)
+    }
+
+    /// The next message, `last` when it ends our package (`Final`, DM Pro §8.2).
+    fn message_part(
+        &mut self,
+        mut body: Vec<Command>,
+        cred: bool,
+        last: bool,
+    ) -> (Vec<u8>, Option<String>) {
         self.msg_id += 1;
         for (i, c) in body.iter_mut().enumerate() {
             c.set_cmd_id(CmdId(i as u32 + 1));
@@ -164,29 +202,42 @@ impl Script {
             } else {
                 None
             },
-            meta: None,
+            meta: self.max_msg.map(|m| Meta {
+                max_msg_size: Some(m),
+                ..Meta::default()
+            }),
         };
         let msg = Message {
             header,
             body,
-            is_final: true,
+            is_final: last,
         };
         let bytes = self.encoding.encode(&msg).unwrap();
         let hmac = (self.auth == AuthScheme::Hmac)
             .then(|| auth::hmac_header(&self.creds(), &self.nonce, &bytes));
+        self.last_sent = Some((bytes.clone(), hmac.clone()));
         (bytes, hmac)
     }
 
     async fn post(&self, (body, hmac): &(Vec<u8>, Option<String>)) -> Answer {
         let mut req = http::Client::new()
             .post(format!("{}/dm", self.url))
-            .header("content-type", self.encoding.content_type())
+            .header(
+                "content-type",
+                self.content_type
+                    .unwrap_or_else(|| self.encoding.content_type()),
+            )
             .body(body.clone());
         if let Some(h) = hmac {
             req = req.header("x-syncml-hmac", h);
         }
         let resp = req.send().await.unwrap();
         let http = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         let hmac = resp
             .headers()
             .get("x-syncml-hmac")
@@ -199,6 +250,7 @@ impl Script {
         });
         Answer {
             http,
+            content_type,
             body,
             hmac,
             msg,
@@ -264,7 +316,8 @@ impl Script {
     }
 
     /// Statuses for the server's commands: this client has no tree, so every one is 404
-    /// (RepPro §10), which the server takes as "not there" and moves on.
+    /// (RepPro §10), which the server takes as "not there" and moves on; an Alert (1222 "next
+    /// message") is taken, 200.
     fn answers(&self, answer: &Answer) -> Vec<Command> {
         let msg_ref = answer.msg().header.msg_id;
         answer
@@ -285,7 +338,11 @@ impl Script {
                     source_refs: Vec::new(),
                     cred: None,
                     chal: None,
-                    code: Dm::NOT_FOUND,
+                    code: if matches!(c, Command::Alert(_)) {
+                        Dm::OK
+                    } else {
+                        Dm::NOT_FOUND
+                    },
                     items: Vec::new(),
                 })
             })
@@ -311,9 +368,22 @@ impl Script {
 
     /// Runs the session on from `answer` to its end, accepting the server (212, then 200)
     /// and answering every command 404. Returns the last answer.
-    async fn finish(&mut self, mut answer: Answer) -> Answer {
-        let mut accepted = false;
-        for _ in 0..20 {
+    async fn finish(&mut self, answer: Answer) -> Answer {
+        self.finish_with(answer, false, |_| {}).await
+    }
+
+    /// [`Self::finish`], `accepted` when the server's credentials were answered already;
+    /// `seen` looks at every answer on the way. A server message without `Final` is answered
+    /// with its statuses and Alert 1222 in a message that is not final either (DM Pro §8.2:
+    /// the client asks for the rest of the server's package).
+    async fn finish_with(
+        &mut self,
+        mut answer: Answer,
+        mut accepted: bool,
+        mut seen: impl FnMut(&Answer),
+    ) -> Answer {
+        for _ in 0..40 {
+            seen(&answer);
             if answer.ends() {
                 return answer;
             }
@@ -325,8 +395,12 @@ impl Script {
             accepted = true;
             let mut body = vec![self.header_status(&answer, code, None)];
             body.extend(self.answers(&answer));
+            let more = !answer.msg().is_final;
+            if more {
+                body.push(alert(AlertCode::NEXT_MESSAGE));
+            }
             let cred = self.auth == AuthScheme::Hmac;
-            let out = self.message(body, cred);
+            let out = self.message_part(body, cred, !more);
             answer = self.post(&out).await;
             assert_eq!(answer.http, StatusCode::OK);
         }
@@ -342,6 +416,18 @@ impl Script {
             self.nonce = next_nonce(hs);
         }
     }
+}
+
+/// An Alert without items.
+fn alert(code: AlertCode) -> Command {
+    Command::Alert(Alert {
+        cmd_id: CmdId(0),
+        no_resp: false,
+        cred: None,
+        code,
+        correlator: None,
+        items: Vec::new(),
+    })
 }
 
 async fn device_nonce(s: &Server, imei: &str) -> Option<Vec<u8>> {
@@ -694,3 +780,375 @@ async fn out_of_order(env: Env) {
     s.stop().await;
 }
 both!(out_of_order_messages_never_run, super::out_of_order);
+
+/// The device's open sessions (an ended one keeps its row a few minutes, marked).
+const OPEN_SESSIONS: &str = "SELECT COUNT(*) FROM dm_sessions s JOIN devices d \
+                             ON d.id = s.device_id WHERE d.imei = $1 AND s.ended_ms IS NULL";
+
+/// A client labelling its messages with the DS MIME types (`application/vnd.syncml+xml`,
+/// `+wbxml`, with or without parameters), as older DM clients do: the session completes, and
+/// every reply comes under the type the client used (the one it is known to parse).
+async fn ds_mime_types(env: Env) {
+    let s = env.start().await;
+    let cases = [
+        (AuthScheme::Md5, Encoding::Xml, "application/vnd.syncml+xml"),
+        (
+            AuthScheme::Md5,
+            Encoding::Wbxml,
+            "application/vnd.syncml+wbxml",
+        ),
+        (
+            AuthScheme::Hmac,
+            Encoding::Wbxml,
+            "application/vnd.syncml+wbxml; charset=UTF-8",
+        ),
+    ];
+    for (n, (scheme, encoding, ds)) in cases.into_iter().enumerate() {
+        let mut c = Script::provisioned(&s, 700 + n as u32, scheme, encoding).await;
+        c.content_type = Some(ds);
+        c.begin("1");
+        let out = c.message(c.package1(), true);
+        let a = c.post(&out).await;
+        assert_eq!(a.http, StatusCode::OK, "{ds}");
+        c.accepted(&a);
+        let base = ds.split(';').next().unwrap();
+        let mut replies = 0;
+        let last = c
+            .finish_with(a, false, |a| {
+                replies += 1;
+                assert_eq!(a.content_type, base, "reply {replies}");
+            })
+            .await;
+        assert!(last.ends());
+        assert!(replies > 1, "the session went past its first reply");
+        assert_eq!(count(&s, SEEN, &c.imei).await, 1);
+    }
+    s.stop().await;
+}
+both!(ds_mime_types_are_answered_in_kind, super::ds_mime_types);
+
+/// A package 1 sent as two messages (DM Pro §8.2): the first, without `Final`, is answered
+/// with its statuses and Alert 1222 ("next message") and nothing else; the server's own
+/// commands come once the package is complete, and the second message's Replace is applied.
+async fn client_package_in_two_messages(env: Env) {
+    let s = env.start().await;
+    for (n, (scheme, encoding)) in VARIANTS.into_iter().enumerate() {
+        let mut c = Script::provisioned(&s, 800 + n as u32, scheme, encoding).await;
+        c.begin("1");
+        let mut p1 = c.package1();
+        let replace = p1.pop().unwrap();
+        let out = c.message_part(p1, true, false);
+        let a = c.post(&out).await;
+        c.accepted(&a);
+        assert_eq!(a.status(1).code, Dm::OK, "the Alert 1201");
+        assert!(!a.msg().is_final, "the server's package goes on");
+        let cmds = a.commands();
+        assert!(
+            matches!(cmds.as_slice(), [Command::Alert(x)] if x.code == AlertCode::NEXT_MESSAGE),
+            "{scheme:?} {encoding:?}: only Alert 1222 before the package is complete: {cmds:?}"
+        );
+        // The rest of package 1, final, after the statuses for the server's header and Alert.
+        let mut body = vec![c.header_status(&a, Dm::AUTHENTICATION_ACCEPTED, None)];
+        body.extend(c.answers(&a));
+        let replace_id = body.len() as u32 + 1;
+        body.push(replace);
+        let out = c.message(body, scheme == AuthScheme::Hmac);
+        let b = c.post(&out).await;
+        assert_eq!(
+            b.status(replace_id).code,
+            Dm::OK,
+            "the Replace of ./DevInfo"
+        );
+        assert!(
+            b.commands().iter().any(|c| matches!(c, Command::Get(_))),
+            "the session's Gets follow: {:?}",
+            b.msg()
+        );
+        assert!(c.finish_with(b, true, |_| {}).await.ends());
+        let model = "SELECT COUNT(*) FROM devices WHERE imei = $1 AND model = 'EX-1'";
+        assert_eq!(count(&s, model, &c.imei).await, 1, "DevInfo from message 2");
+    }
+    s.stop().await;
+}
+both!(
+    a_package_in_two_messages_gets_alert_1222,
+    super::client_package_in_two_messages
+);
+
+/// A large object from the client (DM Pro §7.1.3): a Replace whose item goes in two chunks,
+/// the first with `MoreData` and the total `Size`, in messages of their own. The first chunk
+/// is answered 213 (buffered) with Alert 1222, the last 200 once the object is whole; a last
+/// chunk that leaves the object short of its `Size` is answered 424.
+async fn large_object(env: Env) {
+    let s = env.start().await;
+    let value: String = (0..2500)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    for (n, (scheme, encoding)) in VARIANTS.into_iter().enumerate() {
+        for short in [false, true] {
+            let id = 900 + 10 * n as u32 + u32::from(short);
+            let mut c = Script::provisioned(&s, id, scheme, encoding).await;
+            let chunk = |data: &str, more: bool, size: Option<u64>| {
+                Command::Replace(ItemCommand {
+                    cmd_id: CmdId(0),
+                    no_resp: false,
+                    cred: None,
+                    meta: None,
+                    items: vec![Item {
+                        target: Some(Location::new("./DevInfo/Ext/Notes")),
+                        meta: Some(Meta {
+                            format: Some("chr".into()),
+                            size,
+                            ..Meta::default()
+                        }),
+                        data: Some(Data::text(data)),
+                        more_data: more,
+                        ..Item::default()
+                    }],
+                })
+            };
+            c.begin("1");
+            let mut p1 = c.package1();
+            p1.push(chunk(&value[..1500], true, Some(value.len() as u64)));
+            let out = c.message_part(p1, true, false);
+            let a = c.post(&out).await;
+            c.accepted(&a);
+            assert_eq!(a.status(3).code, Dm::CHUNKED_ITEM_ACCEPTED, "first chunk");
+            assert!(
+                a.commands()
+                    .iter()
+                    .any(|c| matches!(c, Command::Alert(x) if x.code == AlertCode::NEXT_MESSAGE))
+            );
+            let rest = if short {
+                &value[1500..2499]
+            } else {
+                &value[1500..]
+            };
+            let mut body = vec![c.header_status(&a, Dm::AUTHENTICATION_ACCEPTED, None)];
+            body.extend(c.answers(&a));
+            let last_id = body.len() as u32 + 1;
+            body.push(chunk(rest, false, None));
+            let out = c.message(body, scheme == AuthScheme::Hmac);
+            let b = c.post(&out).await;
+            let want = if short { Dm::SIZE_MISMATCH } else { Dm::OK };
+            assert_eq!(
+                b.status(last_id).code,
+                want,
+                "{scheme:?} {encoding:?} short: {short}"
+            );
+            assert!(c.finish_with(b, true, |_| {}).await.ends());
+        }
+    }
+    s.stop().await;
+}
+both!(large_objects_are_reassembled, super::large_object);
+
+/// A client announcing a small MaxMsgSize (RepPro §5.2 SyncHdr Meta; DM Pro §8.2): no reply
+/// is larger, the server's package is split over messages without `Final`, continued on the
+/// client's Alert 1222, and the session asks the very commands it asks an unconstrained
+/// client.
+async fn small_max_msg_size(env: Env) {
+    let s = env.start().await;
+    // What the server asks in a session, and the largest reply, with no limit announced.
+    let session = |max_msg: Option<u64>, n: u32| {
+        let s = &s;
+        async move {
+            let mut c = Script::provisioned(s, n, AuthScheme::Md5, Encoding::Xml).await;
+            c.max_msg = max_msg;
+            c.begin("1");
+            let out = c.message(c.package1(), true);
+            let a = c.post(&out).await;
+            c.accepted(&a);
+            let (mut asked, mut largest, mut split) = (Vec::new(), 0, 0);
+            c.finish_with(a, false, |a| {
+                largest = largest.max(a.body.len());
+                split += usize::from(!a.msg().is_final);
+                for cmd in a.commands() {
+                    let targets: Vec<String> = cmd
+                        .items()
+                        .iter()
+                        .filter_map(|i| i.target.as_ref().map(|t| t.uri.clone()))
+                        .collect();
+                    asked.push(format!("{} {}", cmd.name(), targets.join(",")));
+                }
+            })
+            .await;
+            asked.retain(|a| !a.starts_with("Alert"));
+            asked.sort();
+            (asked, largest, split)
+        }
+    };
+    let (free, free_largest, free_split) = session(None, 1000).await;
+    assert_eq!(free_split, 0);
+    // Room for the SyncHdr with the server's credentials, the statuses and a command or two
+    // in XML; the server floors any announced size at 1024 bytes.
+    const MAX: u64 = 1500;
+    assert!(
+        free_largest > MAX as usize,
+        "the unconstrained session's largest reply ({free_largest} bytes) must exceed {MAX} for this test to split anything"
+    );
+    let (small, small_largest, split) = session(Some(MAX), 1001).await;
+    assert!(small_largest <= MAX as usize, "{small_largest} > {MAX}");
+    assert!(split > 0, "the server's package was split");
+    assert_eq!(small, free, "the same requests, packed smaller");
+    s.stop().await;
+}
+both!(
+    a_small_max_msg_size_splits_the_package,
+    super::small_max_msg_size
+);
+
+/// Alert 1223 from the client (DM Pro §8.7, session abort): the server answers with the
+/// statuses it owes, final, with no command of its own, and the session is over.
+async fn client_abort(env: Env) {
+    let s = env.start().await;
+    for (n, (scheme, encoding)) in VARIANTS.into_iter().enumerate() {
+        let mut c = Script::provisioned(&s, 1100 + n as u32, scheme, encoding).await;
+        c.begin("1");
+        let out = c.message(c.package1(), true);
+        let a = c.post(&out).await;
+        c.accepted(&a);
+        assert!(!a.commands().is_empty());
+        assert_eq!(
+            count(&s, OPEN_SESSIONS, &c.imei).await,
+            1,
+            "the session is stored"
+        );
+        let body = vec![
+            c.header_status(&a, Dm::AUTHENTICATION_ACCEPTED, None),
+            alert(AlertCode::SESSION_ABORT),
+        ];
+        let out = c.message(body, scheme == AuthScheme::Hmac);
+        let b = c.post(&out).await;
+        assert_eq!(b.http, StatusCode::OK);
+        assert!(b.ends(), "{scheme:?} {encoding:?}: {:?}", b.msg());
+        assert_eq!(b.status(0).code, Dm::OK);
+        assert_eq!(
+            count(&s, OPEN_SESSIONS, &c.imei).await,
+            0,
+            "the session is over"
+        );
+    }
+    s.stop().await;
+}
+both!(alert_1223_ends_the_session, super::client_abort);
+
+/// Messages of one session sent at the same time (a client retrying before its first try was
+/// answered, or one that does not wait): copies of one message all get its one reply and it
+/// runs once; a different message under the same MsgID, racing it, is refused as out of order
+/// (400); copies of the message that ended the session get the reply that ended it. Nothing
+/// is answered 503.
+async fn concurrent(env: Env) {
+    let s = env.start().await;
+    let mut c = Script::provisioned(&s, 1200, AuthScheme::Md5, Encoding::Xml).await;
+    let (url, ct) = (format!("{}/dm", c.url), c.encoding.content_type());
+    let race = |outs: Vec<(Vec<u8>, Option<String>)>| {
+        let url = url.clone();
+        async move {
+            let tasks: Vec<_> = outs
+                .into_iter()
+                .map(|(body, _)| {
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        let r = http::Client::new()
+                            .post(url)
+                            .header("content-type", ct)
+                            .body(body.clone())
+                            .send()
+                            .await
+                            .unwrap();
+                        (body, r.status(), r.bytes().await.unwrap().to_vec())
+                    })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for t in tasks {
+                answers.push(t.await.unwrap());
+            }
+            answers
+        }
+    };
+    c.begin("1");
+    let first = c.message(c.package1(), true);
+    let answers = race(vec![first.clone(); 6]).await;
+    for (_, http, body) in &answers {
+        assert_eq!(*http, StatusCode::OK, "{}", String::from_utf8_lossy(body));
+        assert_eq!(body, &answers[0].2, "one reply for every copy");
+    }
+    let version = "SELECT MAX(s.version) FROM dm_sessions s JOIN devices d \
+                   ON d.id = s.device_id WHERE d.imei = $1";
+    assert_eq!(count(&s, version, &c.imei).await, 1, "package 1 ran once");
+    let a = c.post(&first).await;
+    c.accepted(&a);
+
+    // Two different messages numbered 2, each sent three times, all at once. Neither ends
+    // the client's package (no Final: the server answers with Alert 1222, DM Pro §8.2), so the
+    // session stays open and a late copy finds the winner's reply stored.
+    let mut body = vec![c.header_status(&a, Dm::AUTHENTICATION_ACCEPTED, None)];
+    body.extend(c.answers(&a));
+    let one = c.message_part(body.clone(), false, false);
+    c.msg_id -= 1;
+    body[0] = c.header_status(&a, Dm::OK, None);
+    let other = c.message_part(body, false, false);
+    assert_ne!(one.0, other.0);
+    let answers = race(vec![
+        one.clone(),
+        other.clone(),
+        one.clone(),
+        other.clone(),
+        one.clone(),
+        other,
+    ])
+    .await;
+    let winner = answers
+        .iter()
+        .find(|(_, http, _)| *http == StatusCode::OK)
+        .map(|(sent, _, reply)| (sent.clone(), reply.clone()))
+        .expect("one of the racing messages is handled");
+    for (sent, http, reply) in &answers {
+        if *sent == winner.0 {
+            assert_eq!(*http, StatusCode::OK);
+            assert_eq!(reply, &winner.1, "one reply for every copy");
+        } else {
+            assert_eq!(
+                *http,
+                StatusCode::BAD_REQUEST,
+                "the loser is out of order: {}",
+                String::from_utf8_lossy(reply)
+            );
+        }
+    }
+    assert_eq!(count(&s, version, &c.imei).await, 2, "message 2 ran once");
+
+    // The session runs to its end. Its last message sent again, at once and after the end,
+    // gets the last reply (the ended session's row keeps it a few minutes); a message after
+    // the end is refused; and nothing challenges the device: its nonce stays (a new session
+    // would have moved it).
+    let answer = c.post(&(winner.0, None)).await;
+    assert_eq!(answer.body, winner.1);
+    let end = c.finish_with(answer, true, |_| {}).await;
+    let nonce = device_nonce(&s, &c.imei).await;
+    let last = c.last_sent.clone().unwrap();
+    for (_, http, reply) in race(vec![last.clone(); 4]).await {
+        assert_eq!(http, StatusCode::OK);
+        assert_eq!(reply, end.body, "the reply that ended the session");
+    }
+    let after = c.message(vec![c.header_status(&end, Dm::OK, None)], false);
+    let refused = c.post(&after).await;
+    assert_eq!(refused.http, StatusCode::BAD_REQUEST);
+    let text = String::from_utf8_lossy(&refused.body);
+    assert!(text.contains("ended"), "{text}");
+    // A message of a session the server does not hold (swept, or never started) that is not
+    // a package 1: refused too, nothing challenged.
+    c.begin("77");
+    c.msg_id = 1;
+    let stray = c.message(vec![c.header_status(&end, Dm::OK, None)], false);
+    let refused = c.post(&stray).await;
+    assert_eq!(refused.http, StatusCode::BAD_REQUEST);
+    let text = String::from_utf8_lossy(&refused.body);
+    assert!(text.contains("not open"), "{text}");
+    assert_eq!(device_nonce(&s, &c.imei).await, nonce);
+    assert_eq!(count(&s, AUTH_EVENTS, &c.imei).await, 0);
+    s.stop().await;
+}
+both!(concurrent_messages_of_a_session, super::concurrent);

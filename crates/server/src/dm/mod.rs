@@ -8,8 +8,8 @@
 //!
 //! One message, one transaction: everything a message causes (delivery marked, log entries
 //! stored, card bound, result recorded) is written in the transaction that ends with the
-//! session's compare-and-set. A replica that loses the race writes nothing and answers 503;
-//! the device's retry then meets the session as the winner left it. What must not run before
+//! session's compare-and-set. A request that loses the race writes nothing and is handled
+//! again from the session as the winner left it ([`handle`]). What must not run before
 //! the commit (notifying devices of a released wave) is queued as [`AfterCommit`].
 //!
 //! Device authentication (OMA DM Security 1.2 §5.3): `syncml:auth-md5`, or HMAC
@@ -109,16 +109,55 @@ fn session_err(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+/// How often a message whose session another request changed first is handled again.
+const CONTENDED_ATTEMPTS: usize = 3;
+
 /// `POST /dm`.
+///
+/// Concurrent messages of one session: the first to commit wins; the others lose the
+/// session's compare-and-set, keep nothing, and are handled again from the session as the
+/// winner left it. A copy of the winner's message then gets the winner's reply, any other
+/// message the answer its place in the session calls for (RepPro 1.2 §5.1 MsgID: out of order,
+/// 400). Only a session changed under it [`CONTENDED_ATTEMPTS`] times in a row answers 503.
 pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match handle_inner(&state, &headers, &body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    state.metrics.dm_messages.inc();
+    let mut attempt = 1;
+    let mut resp = loop {
+        match handle_inner(&state, &headers, &body).await {
+            Ok(r) => break r,
+            Err(crate::error::ServerError::Contended { what }) if attempt < CONTENDED_ATTEMPTS => {
+                tracing::debug!(%what, attempt, "DM message lost its session to a concurrent one; handled again");
+                attempt += 1;
+            }
+            Err(e) => break e.into_response(),
+        }
+    };
+    answer_in_kind(&headers, &mut resp);
+    resp
+}
+
+/// A client that sent a DS-style MIME type (`application/vnd.syncml+xml`, `+wbxml`: SyncML
+/// RepPro 1.2 §4 names both families; older DM clients use the DS one) gets its reply under
+/// the same type, the one it is known to parse; the body is the same DM message.
+fn answer_in_kind(request: &HeaderMap, resp: &mut Response) {
+    use simfota_syncml::{wbxml, xml};
+    let base = |v: Option<&HeaderValue>| {
+        v.and_then(|v| v.to_str().ok())
+            .and_then(|ct| ct.split(';').next())
+            .map(|b| b.trim().to_ascii_lowercase())
+    };
+    let ds = match base(request.get(header::CONTENT_TYPE)).as_deref() {
+        Some(xml::DS_XML_MIME) => (xml::DM_XML_MIME, xml::DS_XML_MIME),
+        Some(wbxml::DS_WBXML_MIME) => (wbxml::DM_WBXML_MIME, wbxml::DS_WBXML_MIME),
+        _ => return,
+    };
+    if base(resp.headers().get(header::CONTENT_TYPE)).as_deref() == Some(ds.0) {
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ds.1));
     }
 }
 
 async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Response> {
-    state.metrics.dm_messages.inc();
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -164,6 +203,17 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
                 s.session.refresh_client_nonce(DmNonce(n));
             }
             (s, Some(v))
+        }
+        // No open session: only a package 1 (MsgID 1, DM Protocol 1.2 §8.3) starts one. A later
+        // message of a session that ended (a copy that lost a race to the session's last
+        // message, or a replay) is refused: run as a new session, it would be challenged and
+        // move the device's nonce. (An enrolment candidate has no row to keep a session in:
+        // its retry is checked against the nonce kept in `enrolment_nonces`.)
+        None if hdr.msg_id.0 != 1 && account.id > 0 => {
+            return Ok(session_err(format_args!(
+                "message {} of session {session_id:?}, which is not open (it ended, or never started); a session starts with package 1, MsgID 1",
+                hdr.msg_id.0
+            )));
         }
         None => (new_session(state, &account, encoding), None),
     };
@@ -219,6 +269,10 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         body: B64.encode(&out.body),
         hmac: out.hmac.clone(),
     });
+    if stored.session.is_over() {
+        // An ended session's row answers only copies of its last message: the flow goes.
+        stored.flow = Flow::default();
+    }
     if account.id > 0 {
         device.write(&mut tx, account.id).await?;
         store::save(&mut tx, account.id, &session_id, &stored, version).await?;

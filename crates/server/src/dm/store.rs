@@ -13,6 +13,10 @@ use crate::error::{Result, ServerError};
 /// A session abandoned by its device is dropped this long after its last message.
 pub const STALE_AFTER_MS: i64 = 24 * 3600 * 1000;
 
+/// An ended session's row is kept this long (then swept): a copy of the message that ended it
+/// gets the reply already given, a device retrying a reply it lost does so within seconds.
+pub const ENDED_KEPT_MS: i64 = 5 * 60 * 1000;
+
 /// One session's stored state.
 #[derive(Serialize, Deserialize)]
 pub struct Stored {
@@ -78,20 +82,27 @@ pub async fn save(
     let done = match (stored.session.is_over(), version) {
         // Started and ended by one message: nothing was stored.
         (true, None) => return Ok(()),
+        // Ended: the row stays for [`ENDED_KEPT_MS`], marked, with the last reply.
         (true, Some(v)) => {
+            let bytes = encode(stored)?;
             sqlx::query(
-                "DELETE FROM dm_sessions WHERE device_id = $1 AND session_id = $2 AND version = $3",
+                "UPDATE dm_sessions SET state = $1, version = $2, updated_ms = $3, ended_ms = $3 \
+                 WHERE device_id = $4 AND session_id = $5 AND version = $6",
             )
+            .bind(bytes)
+            .bind(v + 1)
+            .bind(now)
             .bind(device_id)
             .bind(session_id.to_owned())
             .bind(v)
             .execute(&mut *conn)
             .await?
         }
+        // Open (a new package 1 may reuse an ended session's row: open again).
         (false, Some(v)) => {
             let bytes = encode(stored)?;
             sqlx::query(
-                "UPDATE dm_sessions SET state = $1, version = $2, updated_ms = $3 \
+                "UPDATE dm_sessions SET state = $1, version = $2, updated_ms = $3, ended_ms = NULL \
                  WHERE device_id = $4 AND session_id = $5 AND version = $6",
             )
             .bind(bytes)
@@ -129,11 +140,14 @@ fn encode(stored: &Stored) -> Result<Vec<u8>> {
     serde_json::to_vec(stored).map_err(|e| ServerError::internal("DM session", e))
 }
 
-/// Drops the sessions whose device went silent more than [`STALE_AFTER_MS`] ago; answers how
-/// many. Run periodically by the server, not per message.
+/// Drops the sessions whose device went silent more than [`STALE_AFTER_MS`] ago, and the
+/// ended ones kept more than [`ENDED_KEPT_MS`]; answers how many. Run periodically by the
+/// server, not per message.
 pub async fn sweep_stale(db: &Db) -> Result<u64> {
-    let done = sqlx::query("DELETE FROM dm_sessions WHERE updated_ms < $1")
-        .bind(now_ms() - STALE_AFTER_MS)
+    let now = now_ms();
+    let done = sqlx::query("DELETE FROM dm_sessions WHERE updated_ms < $1 OR ended_ms < $2")
+        .bind(now - STALE_AFTER_MS)
+        .bind(now - ENDED_KEPT_MS)
         .execute(db.pool())
         .await?;
     Ok(done.rows_affected())
