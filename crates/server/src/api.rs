@@ -312,20 +312,54 @@ struct Created {
     created: u64,
 }
 
-/// Register many devices at once, all or none (a fleet's provisioning).
+/// Register many devices at once, all or none (a fleet's provisioning): `{devices: [...]}` as
+/// JSON, or a provisioning file as `text/csv` (columns in `crate::provisioning`).
 #[utoipa::path(
     post,
     path = "/devices/bulk",
-    request_body = NewDevices,
-    responses((status = 201, description = "Every device registered", body = Created))
+    request_body(content(
+        (NewDevices = "application/json"),
+        (String = "text/csv", example = "imei,username,password,server_password,nonce\n490154203237518,dev-1,pw,spw,AAECAwQFBgc=\n")
+    )),
+    responses(
+        (status = 201, description = "Every device registered", body = Created),
+        (status = 400, description = "An entry or a line refused, named; nothing registered"),
+        (status = 409, description = "An IMEI or user name exists already or repeats; nothing registered"),
+        (status = 415, description = "Neither application/json nor text/csv")
+    )
 )]
 async fn create_devices(
     _: Operator,
     State(s): State<AppState>,
-    Json(batch): Json<NewDevices>,
-) -> Result<impl IntoResponse> {
-    let created = registry::create_devices(&mut *s.db.conn().await?, &batch.devices, "api").await?;
-    Ok((StatusCode::CREATED, Json(Created { created })))
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response> {
+    let media = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let devices = match media.as_str() {
+        "text/csv" => crate::provisioning::devices_from_csv(&body)?,
+        "application/json" => {
+            serde_json::from_slice::<NewDevices>(&body)
+                .map_err(|e| ServerError::BadRequest(format!("JSON body: {e}")))?
+                .devices
+        }
+        other => {
+            let error = format!(
+                "Content-Type {other:?}: send application/json ({{\"devices\": [...]}}) or text/csv"
+            );
+            return Ok((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Json(serde_json::json!({ "error": error })),
+            )
+                .into_response());
+        }
+    };
+    let created = registry::create_devices(&mut *s.db.conn().await?, &devices, "api").await?;
+    Ok((StatusCode::CREATED, Json(Created { created })).into_response())
 }
 
 /// A device and its jobs.

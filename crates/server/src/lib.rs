@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod notify;
 pub mod packages;
 pub mod proof;
+pub mod provisioning;
 pub mod registry;
 pub mod tls;
 

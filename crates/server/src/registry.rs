@@ -104,7 +104,7 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<()> {
 
 impl NewDevice {
     /// Refuses a field the registry would not store.
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         Imei::parse(&self.imei).map_err(|e| ServerError::BadRequest(format!("imei: {e}")))?;
         check_text("username", &self.username, 128)?;
         check_text("password", &self.password, 256)?;

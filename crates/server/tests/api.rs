@@ -1084,3 +1084,90 @@ async fn bulk_registration(env: Env) {
     s.stop().await;
 }
 both!(bulk_registration_is_all_or_none, super::bulk_registration);
+
+/// A provisioning file: the same bulk registration from CSV, the provisioned nonce stored as
+/// the device's, a bad line named by its number with nothing kept, other media types 415.
+async fn bulk_registration_from_csv(env: Env) {
+    let s = env.start().await;
+    let post = |content_type: &'static str, body: String| {
+        s.post("/api/v1/devices/bulk")
+            .header("content-type", content_type)
+            .body(body.into_bytes())
+            .send()
+    };
+    let count = || async { s.json("/api/v1/devices").await.as_array().unwrap().len() };
+    let file = format!(
+        "imei,username,password,server_password,auth,model,groups,nonce\r\n\
+         {},csv-1,\"p,1\",sp,hmac,EX-9,\"north;south\",AAECAwQFBgc=\r\n\
+         {},csv-2,p2,sp,,,,\r\n",
+        imei(1),
+        imei(2)
+    );
+    let r = post("text/csv; charset=utf-8", file).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"created": 2}));
+    let d = s.json(&format!("/api/v1/devices/{}", imei(1))).await;
+    assert_eq!(d["device"]["groups"], json!(["north", "south"]));
+    assert_eq!(d["device"]["auth"], "hmac");
+    assert_eq!(d["device"]["model"], "EX-9");
+    let nonce = |imei: String| {
+        let pool = s.running.state().db.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, Option<Vec<u8>>>(
+                "SELECT device_nonce FROM devices WHERE imei = $1",
+            )
+            .bind(imei)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(nonce(imei(1)).await, Some((0u8..8).collect::<Vec<u8>>()));
+    assert_eq!(
+        nonce(imei(2)).await,
+        None,
+        "no nonce: the first message is challenged"
+    );
+    let d = s.json(&format!("/api/v1/devices/{}", imei(2))).await;
+    assert_eq!(d["device"]["auth"], "md5");
+
+    // Line 3 is bad: nothing of the file is kept, and the line is named.
+    let file = format!(
+        "imei,username,password,server_password\n{},csv-3,p,sp\n{},csv-4,p,sp,extra\n",
+        imei(3),
+        imei(4)
+    );
+    let r = post("text/csv", file).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let error = r.json::<Value>().await.unwrap()["error"].clone();
+    assert_eq!(
+        error, "CSV line 3: 5 fields where the header has 4",
+        "{error}"
+    );
+    assert_eq!(count().await, 2);
+    // An IMEI registered already: 409, none kept.
+    let file = format!(
+        "imei,username,password,server_password\n{},csv-5,p,sp\n{},csv-6,p,sp\n",
+        imei(5),
+        imei(1)
+    );
+    assert_eq!(
+        post("text/csv", file).await.unwrap().status(),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(count().await, 2);
+    // Neither JSON nor CSV.
+    let r = post("application/xml", "<devices/>".into()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(
+        r.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("text/csv")
+    );
+    s.stop().await;
+}
+both!(
+    bulk_registration_from_a_csv_file,
+    super::bulk_registration_from_csv
+);
