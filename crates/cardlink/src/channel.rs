@@ -1,8 +1,9 @@
 //! The one way the host reaches a card: a [`Channel`] moves raw APDU bytes, whatever the card is.
 //!
-//! Three kinds exist: [`InProcessChannel`] (a [`VirtualCard`] in this process, e.g. the applet
+//! Four kinds exist: [`InProcessChannel`] (a [`VirtualCard`] in this process, e.g. the applet
 //! over its state file), [`crate::pcsc::PcscChannel`] (any reader of the system's PC/SC stack,
-//! including the vpcd virtual readers) and anything a caller writes. The APDU-level rules
+//! including the vpcd virtual readers), [`crate::modem::ModemChannel`] (the card in a cellular
+//! modem, through AT commands) and anything a caller writes. The APDU-level rules
 //! (GET RESPONSE, chaining, extended length) live once, in [`crate::link::Link`], above them.
 
 use crate::apdu::Response;
@@ -67,6 +68,16 @@ pub trait Channel {
 
     /// A name for messages: the reader name, or what the in-process card is.
     fn name(&self) -> &str;
+
+    /// Whether the channel is itself one logical channel of the card, opened with the applet
+    /// selected by the interface in between (a modem's `AT+CCHO`, OMAPI's
+    /// `openLogicalChannel`). The interface then owns the channel number of the class byte
+    /// and MANAGE CHANNEL is not the client's to send: [`crate::ChannelMode::Logical`] works
+    /// on this channel as it is. `false` for a channel that carries APDUs to the card as they
+    /// are (a reader, the in-process card, a modem's `AT+CSIM`).
+    fn is_applet_channel(&self) -> bool {
+        false
+    }
 }
 
 /// A card that runs in this process: the applet over its store, or a test card.
@@ -216,5 +227,8 @@ impl<T: Channel + ?Sized> Channel for Box<T> {
     }
     fn name(&self) -> &str {
         (**self).name()
+    }
+    fn is_applet_channel(&self) -> bool {
+        (**self).is_applet_channel()
     }
 }

@@ -240,8 +240,10 @@ pub enum ChannelMode {
     Basic,
     /// A logical channel the client opens with MANAGE CHANNEL (ISO/IEC 7816-4 §11.1.2), the
     /// card picking its number: how a phone or a module reaches a non-telecom applet while the
-    /// modem keeps the basic channel (AT+CCHO/AT+CGLA, OMAPI). Opened at the first SELECT,
-    /// again after a reset; [`CardClient::close_channel`] gives it back.
+    /// modem keeps the basic channel (AT+CSIM, a reader shared with a phone stack). Opened at
+    /// the first SELECT, again after a reset; [`CardClient::close_channel`] gives it back. On
+    /// a channel that is the applet's logical channel already ([`Channel::is_applet_channel`]:
+    /// AT+CCHO/AT+CGLA, OMAPI), the client sends no MANAGE CHANNEL and works there as it is.
     Logical,
 }
 
@@ -381,7 +383,13 @@ impl<C: Channel> CardClient<C> {
     /// in [`ChannelMode::Logical`].
     pub fn select(&mut self) -> Result<Selected, ClientError> {
         const C: &str = "SELECT";
-        if self.mode == ChannelMode::Logical && self.logical.is_none() {
+        // A channel that is the applet's logical channel already (AT+CCHO) needs no MANAGE
+        // CHANNEL: SELECT there selects the applet again, which starts a fresh session on
+        // that channel (ISO/IEC 7816-4 §11.2.2) and answers the FCI the modem kept.
+        if self.mode == ChannelMode::Logical
+            && self.logical.is_none()
+            && !self.link.channel().is_applet_channel()
+        {
             self.open_channel()?;
         }
         // SELECT clears the channel's session, a payload stream included.

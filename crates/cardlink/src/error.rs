@@ -66,6 +66,10 @@ pub enum LinkError {
         #[source]
         source: pcsc::Error,
     },
+    /// The card in a cellular modem could not be reached through its AT interface.
+    #[cfg(feature = "modem")]
+    #[error(transparent)]
+    Modem(#[from] crate::modem::ModemError),
     /// The card's answer has fewer than the two status bytes.
     #[error("the card sent a malformed response of {len} bytes (a response ends with SW1 SW2)")]
     MalformedResponse {

@@ -10,6 +10,9 @@
 //! - [`InProcessChannel`]: a [`VirtualCard`] in this process (the applet over its state file);
 //! - [`pcsc::PcscChannel`] (feature `pcsc`): any reader of the system's PC/SC stack, physical,
 //!   or one of vsmartcard's virtual readers;
+//! - [`modem::ModemChannel`] (feature `modem`): the card in a cellular modem, through the AT
+//!   commands of 3GPP TS 27.007 on its serial port (`AT+CCHO`/`AT+CGLA`, or `AT+CSIM`);
+//!   [`modem::emulator`] is such a modem on a pseudo-terminal, around a [`VirtualCard`];
 //! - and the other way round, [`vpcd::VpcdServer`] (feature `vpcd`) puts a [`VirtualCard`]
 //!   into pcscd as a virtual card, so every PC/SC tool on the machine can talk to our applet.
 //!
@@ -26,6 +29,8 @@ pub mod client;
 pub mod error;
 pub mod link;
 pub mod local;
+#[cfg(feature = "modem")]
+pub mod modem;
 #[cfg(feature = "pcsc")]
 pub mod pcsc;
 #[cfg(feature = "vpcd")]

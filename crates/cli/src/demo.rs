@@ -441,6 +441,7 @@ impl<'a> World<'a> {
                 state: Some(self.dir.join("card.state")),
                 reader: None,
                 channel: simfota_device::config::CardChannel::Basic,
+                ..CardConfig::default()
             },
             data_dir: device.join(data),
             slot_dir: Some(device.join("slots")),

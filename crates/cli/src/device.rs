@@ -338,6 +338,15 @@ fn with_card(
             let mut agent = agent(cfg, channel, choice);
             f(&mut agent)
         }
+        CardSource::Modem(port) => {
+            let channel =
+                simfota_cardlink::modem::ModemChannel::open(&port, cfg.card.modem_options())
+                    .with_context(|| {
+                        format!("reaching the card in the modem on {}", port.display())
+                    })?;
+            let mut agent = agent(cfg, channel, choice);
+            f(&mut agent)
+        }
     }
 }
 
@@ -346,7 +355,7 @@ fn agent<C: Channel + Send + 'static>(
     channel: C,
     choice: PromptChoice,
 ) -> Agent<C> {
-    let mode = cfg.card.channel.mode();
+    let mode = cfg.card.mode();
     Agent {
         cfg,
         card: Arc::new(Mutex::new(CardClient::new(channel).with_channel_mode(mode))),

@@ -21,8 +21,14 @@
 //!                                        # given to the server at registration too
 //!
 //! [card]
-//! state = "CARD.state"                   # in-process card; or: reader = "Virtual PCD 00 00"
+//! state = "CARD.state"                   # in-process card; or: reader = "Virtual PCD 00 00",
+//!                                        # or: modem = "/dev/ttyUSB2" (the modem's SIM)
 //! channel = "basic"                      # or "logical": a channel of its own (MANAGE CHANNEL)
+//! # With `modem` (AT commands, 3GPP TS 27.007; `channel` does not apply: the applet always
+//! # runs on a logical channel, the basic one is the modem's):
+//! # at_mode = "auto"                     # AT+CCHO/AT+CGLA, else AT+CSIM; or "cgla", "csim"
+//! # modem_timeout_ms = 5000              # the longest wait for one AT answer
+//! # modem_baud = 115200                  # a UART's line speed (USB modems ignore it)
 //!
 //! [info]                                 # DevInfo / DevDetail values
 //! manufacturer = "Example"
@@ -157,9 +163,64 @@ pub struct CardConfig {
     pub state: Option<PathBuf>,
     /// A PC/SC reader name.
     pub reader: Option<String>,
-    /// The card channel the agent works on.
+    /// The serial port of a cellular modem whose SIM is the card (AT commands).
+    pub modem: Option<PathBuf>,
+    /// Line speed of the modem's serial port; absent leaves the port's.
+    pub modem_baud: Option<u32>,
+    /// The longest wait for one AT answer, in milliseconds (default 5000).
+    pub modem_timeout_ms: Option<u64>,
+    /// Which AT access reaches the card in the modem.
+    #[serde(default)]
+    pub at_mode: AtMode,
+    /// The card channel the agent works on (not for a modem: always a logical channel).
     #[serde(default)]
     pub channel: CardChannel,
+}
+
+/// Which AT access reaches the card in a modem (docs/cardlink.md, "Modem link").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AtMode {
+    /// AT+CCHO/AT+CGLA, AT+CSIM when the modem does not have them.
+    #[default]
+    Auto,
+    /// AT+CCHO/AT+CGLA only.
+    Cgla,
+    /// AT+CSIM only.
+    Csim,
+}
+
+/// Default of `modem_timeout_ms`.
+const MODEM_TIMEOUT_MS: u64 = 5000;
+
+impl CardConfig {
+    /// The modem link's options for this configuration.
+    pub fn modem_options(&self) -> simfota_cardlink::modem::ModemOptions {
+        use simfota_cardlink::modem;
+        modem::ModemOptions {
+            at_mode: match self.at_mode {
+                AtMode::Auto => modem::AtMode::Auto,
+                AtMode::Cgla => modem::AtMode::Cgla,
+                AtMode::Csim => modem::AtMode::Csim,
+            },
+            timeout: std::time::Duration::from_millis(
+                self.modem_timeout_ms.unwrap_or(MODEM_TIMEOUT_MS),
+            ),
+            baud: self.modem_baud,
+            ..modem::ModemOptions::default()
+        }
+    }
+
+    /// The client's channel mode for this card: a modem's card always on a logical channel
+    /// (the modem's own through AT+CCHO, or one the agent opens through AT+CSIM), so the
+    /// modem keeps the basic channel and its USIM.
+    pub fn mode(&self) -> simfota_cardlink::ChannelMode {
+        if self.modem.is_some() {
+            simfota_cardlink::ChannelMode::Logical
+        } else {
+            self.channel.mode()
+        }
+    }
 }
 
 /// The card channel the agent works on (docs/apdu.md "Logical channels").
@@ -192,6 +253,8 @@ pub enum CardSource {
     State(PathBuf),
     /// A card in this PC/SC reader.
     Reader(String),
+    /// The SIM of the modem on this serial port.
+    Modem(PathBuf),
 }
 
 /// Values the agent publishes in ./DevInfo and ./DevDetail.
@@ -422,8 +485,29 @@ impl DeviceConfig {
         if self.poll_interval_secs == 0 {
             return Err(invalid("poll_interval_secs", "must be at least 1"));
         }
-        if self.card.state.is_some() && self.card.reader.is_some() {
-            return Err(invalid("card", "give either `state` or `reader`, not both"));
+        let sources = [
+            self.card.state.is_some(),
+            self.card.reader.is_some(),
+            self.card.modem.is_some(),
+        ];
+        if sources.iter().filter(|&&s| s).count() > 1 {
+            return Err(invalid(
+                "card",
+                "give one of `state`, `reader` or `modem`, not several",
+            ));
+        }
+        if self
+            .card
+            .modem_timeout_ms
+            .is_some_and(|t| !(1..=600_000).contains(&t))
+        {
+            return Err(invalid(
+                "card.modem_timeout_ms",
+                "must be 1 to 600000 (ten minutes)",
+            ));
+        }
+        if self.card.modem_baud == Some(0) {
+            return Err(invalid("card.modem_baud", "must be a line speed, not 0"));
         }
         self.info.vendor_uuid()?;
         self.info.class_uuid()?;
@@ -447,12 +531,13 @@ impl DeviceConfig {
             (Some(_), Some(_)) => Err(invalid("give either --state or --reader, not both")),
             (Some(s), None) => Ok(CardSource::State(s.to_owned())),
             (None, Some(r)) => Ok(CardSource::Reader(r.to_owned())),
-            (None, None) => match (&self.card.state, &self.card.reader) {
-                (Some(s), None) => Ok(CardSource::State(s.clone())),
-                (None, Some(r)) => Ok(CardSource::Reader(r.clone())),
+            (None, None) => match (&self.card.state, &self.card.reader, &self.card.modem) {
+                (Some(s), None, None) => Ok(CardSource::State(s.clone())),
+                (None, Some(r), None) => Ok(CardSource::Reader(r.clone())),
+                (None, None, Some(m)) => Ok(CardSource::Modem(m.clone())),
                 _ => Err(invalid(
-                    "no card: set [card] state = \"CARD.state\" or reader = \"NAME\", \
-                     or pass --state / --reader",
+                    "no card: set [card] state = \"CARD.state\", reader = \"NAME\" or \
+                     modem = \"/dev/ttyUSB2\", or pass --state / --reader",
                 )),
             },
         }
@@ -636,6 +721,62 @@ state = "CARD.state"
         let bad = GOOD.replace("[card]\n", "[card]\nchannel = \"modem\"\n");
         let e = DeviceConfig::parse(&bad).unwrap_err().to_string();
         assert!(e.contains("channel") && e.contains("logical"), "{e}");
+    }
+
+    #[test]
+    fn a_modem_card_with_its_options() {
+        let modem = GOOD.replace(
+            "state = \"CARD.state\"",
+            "modem = \"/dev/ttyUSB2\"\nat_mode = \"csim\"\nmodem_timeout_ms = 1500\nmodem_baud = 115200",
+        );
+        let c = DeviceConfig::parse(&modem).unwrap();
+        assert_eq!(
+            c.card_source(None, None).unwrap(),
+            CardSource::Modem("/dev/ttyUSB2".into())
+        );
+        let o = c.card.modem_options();
+        assert_eq!(o.at_mode, simfota_cardlink::modem::AtMode::Csim);
+        assert_eq!(o.timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(o.baud, Some(115_200));
+        assert_eq!(o.aid, simfota_cardlink::card::AID.to_vec());
+        // The applet runs on a logical channel whatever `channel` says: the basic one is the
+        // modem's.
+        assert_eq!(c.card.mode(), simfota_cardlink::ChannelMode::Logical);
+        let again = DeviceConfig::parse(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(again.card.at_mode, AtMode::Csim);
+        // Command-line overrides still win.
+        assert_eq!(
+            c.card_source(Some(Path::new("x.state")), None).unwrap(),
+            CardSource::State("x.state".into())
+        );
+        // Defaults: auto, 5 s.
+        let plain = GOOD.replace("state = \"CARD.state\"", "modem = \"/dev/ttyACM0\"");
+        let o = DeviceConfig::parse(&plain).unwrap().card.modem_options();
+        assert_eq!(o.at_mode, simfota_cardlink::modem::AtMode::Auto);
+        assert_eq!(o.timeout, std::time::Duration::from_secs(5));
+        assert_eq!(o.baud, None);
+
+        for (extra, field, why) in [
+            ("state = \"a\"\n", "card", "not several"),
+            (
+                "modem_timeout_ms = 0\n",
+                "card.modem_timeout_ms",
+                "1 to 600000",
+            ),
+            ("modem_baud = 0\n", "card.modem_baud", "not 0"),
+        ] {
+            let text = plain.replace("[card]\n", &format!("[card]\n{extra}"));
+            match DeviceConfig::parse(&text) {
+                Err(e @ ConfigError::Invalid { field: f, .. }) => {
+                    assert_eq!(f, field);
+                    assert!(e.to_string().contains(why), "{e}");
+                }
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        let bad = plain.replace("[card]\n", "[card]\nat_mode = \"serial\"\n");
+        let e = DeviceConfig::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("at_mode") && e.contains("cgla"), "{e}");
     }
 
     #[test]

@@ -194,6 +194,7 @@ impl SimDevice {
                 state: None,
                 reader: None,
                 channel: simfota_device::config::CardChannel::Basic,
+                ..CardConfig::default()
             },
             data_dir: std::path::PathBuf::from("fleet-device-in-memory"),
             slot_dir: None,
