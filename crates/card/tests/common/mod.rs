@@ -111,6 +111,19 @@ pub struct Card {
     /// The logical channel `cmd` and `select` send on (0: the basic channel).
     pub channel: u8,
     pub stats: Stats,
+    /// When `Some`, every exchange as it happened. Another build of the applet replays it
+    /// and must answer the same bytes (`crates/card-firmware/tests/qemu.rs`).
+    pub transcript: Option<Vec<Exchange>>,
+}
+
+/// One APDU exchange as the terminal saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// The reader's response buffer size.
+    pub reader: usize,
+    pub command: Vec<u8>,
+    /// Response data ‖ SW1 SW2.
+    pub response: Vec<u8>,
 }
 
 impl Card {
@@ -125,6 +138,7 @@ impl Card {
             extended: false,
             channel: 0,
             stats: Stats::default(),
+            transcript: None,
         }
     }
 
@@ -136,6 +150,13 @@ impl Card {
         self.stats.to_card += apdu.len() as u64;
         self.stats.from_card += n as u64;
         assert!(n >= 2, "a response always carries a status word");
+        if let Some(t) = &mut self.transcript {
+            t.push(Exchange {
+                reader: out.len(),
+                command: apdu.to_vec(),
+                response: out[..n].to_vec(),
+            });
+        }
         let sw = StatusWord(u16::from_be_bytes([out[n - 2], out[n - 1]]));
         out.truncate(n - 2);
         (out, sw)
