@@ -295,7 +295,7 @@ async fn create_device(
 }
 
 /// Largest body of a bulk registration.
-const BULK_BODY_MAX: usize = 16 * 1024 * 1024;
+pub const BULK_BODY_MAX: usize = 16 * 1024 * 1024;
 
 /// `POST /api/v1/devices/bulk`.
 #[derive(Deserialize, ToSchema)]

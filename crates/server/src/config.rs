@@ -120,6 +120,13 @@ pub struct FileConfig {
     /// How long a delivered update may go without a result before its job fails, in seconds
     /// (0: never).
     pub delivery_timeout_secs: Option<u64>,
+    /// Seconds a client has for a request's headers, and a kept-alive connection between
+    /// requests (default 10).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Longest pause inside a request body, in seconds (default 30).
+    pub body_idle_timeout_secs: Option<u64>,
+    /// Connections served at once (default 4096); more wait in the listen backlog.
+    pub max_connections: Option<usize>,
     /// Log format.
     pub log_format: Option<LogFormat>,
 }
@@ -216,6 +223,8 @@ pub struct ServerConfig {
     /// How long a delivered update may go without a result before its job fails with that
     /// reason (`None`: it waits for ever).
     pub delivery_timeout: Option<Duration>,
+    /// Header, body and connection limits (`crate::http::serve`).
+    pub conn_limits: crate::ConnLimits,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -300,6 +309,7 @@ impl ServerConfig {
             sqlite_synchronous: crate::db::SqliteSync::default(),
             card_lists_refresh: DEFAULT_CARD_LISTS_REFRESH,
             delivery_timeout: Some(DEFAULT_DELIVERY_TIMEOUT),
+            conn_limits: crate::ConnLimits::default(),
             log_format: LogFormat::default(),
         }
     }
@@ -391,6 +401,15 @@ impl ServerConfig {
         if let Some(secs) = file.delivery_timeout_secs {
             cfg.delivery_timeout = (secs > 0).then(|| Duration::from_secs(secs));
         }
+        if let Some(secs) = file.header_read_timeout_secs {
+            cfg.conn_limits.header_read = Duration::from_secs(secs);
+        }
+        if let Some(secs) = file.body_idle_timeout_secs {
+            cfg.conn_limits.body_idle = Duration::from_secs(secs);
+        }
+        if let Some(n) = file.max_connections {
+            cfg.conn_limits.max_connections = n;
+        }
         if let Some(f) = settings.log_format.or(file.log_format) {
             cfg.log_format = f;
         }
@@ -433,6 +452,17 @@ impl ServerConfig {
         if self.max_body_bytes < 1024 {
             return Err(ServerError::Config(
                 "max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        let limits = &self.conn_limits;
+        if limits.header_read.is_zero() || limits.body_idle.is_zero() {
+            return Err(ServerError::Config(
+                "header_read_timeout_secs and body_idle_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if limits.max_connections == 0 || limits.max_connections > 1 << 20 {
+            return Err(ServerError::Config(
+                "max_connections must be 1 to 1048576".into(),
             ));
         }
         Ok(())

@@ -48,6 +48,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{Enrolment, FileConfig, LogFormat, ServerConfig, Settings};
+pub use http::serve::ConnLimits;
 pub use error::{Result, ServerError};
 
 /// What every request handler shares.
@@ -157,21 +158,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
+    let limits = state.config.conn_limits;
     let task = match tls_config {
         Some(tls_config) => {
             let listener = tls::TlsListener::new(tcp, tls_config)?;
             tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                    .map_err(|e| ServerError::io("serving", "", e))
+                http::serve::serve(listener, app, limits, shutdown).await;
+                Ok(())
             })
         }
         None => tokio::spawn(async move {
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(|e| ServerError::io("serving", "", e))
+            http::serve::serve(tcp, app, limits, shutdown).await;
+            Ok(())
         }),
     };
     tracing::info!(

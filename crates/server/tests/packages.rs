@@ -276,8 +276,26 @@ async fn oversized_upload(env: Env) {
     cfg.max_package_bytes = 64 * 1024;
     let s = Server::start(cfg).await;
     let img = image(200_000);
-    let r = upload(&s, envelope(&env.originator, &img, 1, false), Some(img)).await;
-    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let form = Form::new()
+        .part(
+            "envelope",
+            Part::bytes(envelope(&env.originator, &img, 1, false)),
+        )
+        .part("payload", Part::bytes(img));
+    let (content_type, body) = form.encode();
+    // Refused on its declared length, before the body is read (and before authentication):
+    // the answer comes while the client is still sending.
+    let status = http::post_oversized(
+        &format!("{}/api/v1/packages", s.url),
+        &content_type,
+        body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        s.json("/api/v1/packages").await.as_array().unwrap().len(),
+        0
+    );
     s.stop().await;
 }
 both!(oversized_upload_is_refused, super::oversized_upload);

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, body limits, request tracing.
 
 pub mod range;
+pub mod serve;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -24,6 +25,14 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .merge(crate::dashboard::routes())
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            (
+                state.config.max_body_bytes,
+                state.config.max_package_bytes,
+                state.config.conn_limits.body_idle,
+            ),
+            serve::limit_bodies,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_responses,

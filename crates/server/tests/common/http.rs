@@ -231,7 +231,7 @@ impl Form {
     }
 
     /// The content type (with its boundary) and the encoded body.
-    fn encode(self) -> (String, Vec<u8>) {
+    pub fn encode(self) -> (String, Vec<u8>) {
         // The boundary must not occur in any part (RFC 2046 §5.1.1): lengthen it until it does not.
         let mut boundary = String::from("simfota-test-boundary");
         while self.parts.iter().any(|(_, p)| {
