@@ -48,8 +48,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{Enrolment, FileConfig, LogFormat, ServerConfig, Settings};
-pub use http::serve::ConnLimits;
 pub use error::{Result, ServerError};
+pub use http::serve::ConnLimits;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -66,6 +66,8 @@ pub struct AppState {
     pub keys: Arc<keys::Keys>,
     /// Card certificates verified by this process.
     pub verified_cards: Arc<registry::VerifiedCards>,
+    /// The sources of aggregated security events admitted this hour ([`dm::EventSources`]).
+    pub event_sources: Arc<dm::EventSources>,
 }
 
 /// A server started with [`start`]: its address, and a handle to stop it.
@@ -151,6 +153,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         keys: Arc::new(keys),
         config: Arc::new(config),
         verified_cards: Arc::default(),
+        event_sources: Arc::default(),
     };
     let app = http::router(state.clone());
     let (stop, mut stopped) = watch::channel(false);
@@ -204,6 +207,9 @@ fn spawn_sweeps(state: AppState, mut stopped: watch::Receiver<bool>) {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(sessions = n, "abandoned DM sessions dropped"),
                         Err(e) => tracing::warn!(error = %e, "DM session sweep failed"),
+                    }
+                    if let Err(e) = dm::sweep_aggregated_events(&state.db).await {
+                        tracing::warn!(error = %e, "security event sweep failed");
                     }
                     if let Some(timeout) = state.config.delivery_timeout {
                         time_out_deliveries(&state, timeout).await;

@@ -454,8 +454,10 @@ async fn count(s: &Server, sql: &str, imei: &str) -> i64 {
         .unwrap()
 }
 
-const AUTH_EVENTS: &str = "SELECT COUNT(*) FROM security_events e JOIN devices d \
-                           ON d.id = e.device_id WHERE d.imei = $1 AND e.kind = 'device_auth'";
+/// Failed authentications recorded for the device (aggregated rows count their attempts).
+const AUTH_EVENTS: &str = "SELECT CAST(COALESCE(SUM(e.count), 0) AS BIGINT) \
+                           FROM security_events e JOIN devices d ON d.id = e.device_id \
+                           WHERE d.imei = $1 AND e.kind = 'device_auth'";
 const SEEN: &str = "SELECT COUNT(*) FROM devices WHERE imei = $1 AND last_seen_ms IS NOT NULL";
 
 const VARIANTS: [(AuthScheme, Encoding); 3] = [
@@ -1152,3 +1154,75 @@ async fn concurrent(env: Env) {
     s.stop().await;
 }
 both!(concurrent_messages_of_a_session, super::concurrent);
+
+/// A flood of unauthenticated messages (a registered device with a wrong password under a new
+/// SessionID each time, and unknown devices under new DevIds) writes a bounded amount: each
+/// kind of security event is one row per source and hour, counting every attempt, and the
+/// device holds one unauthenticated session.
+async fn unauthenticated_flood(env: Env) {
+    let s = env.start().await;
+    const N: u32 = 150;
+    let mut c = Script::new(&s, 1300, AuthScheme::Md5, Encoding::Xml);
+    c.register(&s, None).await;
+    c.password = "not-the-password".into();
+    for i in 0..N {
+        c.begin(&format!("flood-{i}"));
+        let out = c.message(c.package1(), true);
+        let a = c.post(&out).await;
+        assert_eq!(a.status(0).code, Dm::INVALID_CREDENTIALS);
+    }
+    for i in 0..N {
+        let mut stranger = Script::new(&s, 20_000 + i, AuthScheme::Md5, Encoding::Wbxml);
+        stranger.begin("1");
+        let out = stranger.message(stranger.package1(), true);
+        let a = stranger.post(&out).await;
+        assert_eq!(a.status(0).code, Dm::INVALID_CREDENTIALS);
+    }
+    let pool = s.running.state().db.pool().clone();
+    let events = |kind: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM security_events WHERE kind = $1",
+            )
+            .bind(kind)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        events("device_auth").await,
+        (1, i64::from(N)),
+        "one row counts them all"
+    );
+    // Unknown devices are recorded off the request path: wait for the last count.
+    let mut unknown = (0, 0);
+    for _ in 0..100 {
+        unknown = events("unknown_device").await;
+        if unknown.1 == i64::from(N) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        unknown,
+        (1, i64::from(N)),
+        "one source (the peer address), every attempt"
+    );
+    assert_eq!(
+        count(&s, OPEN_SESSIONS, &c.imei).await,
+        1,
+        "one unauthenticated session"
+    );
+    let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dm_sessions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "unknown devices leave no session");
+    s.stop().await;
+}
+both!(
+    an_unauthenticated_flood_writes_a_bounded_amount,
+    super::unauthenticated_flood
+);

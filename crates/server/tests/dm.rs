@@ -884,8 +884,8 @@ async fn provisioned_nonce(env: Env) {
         let pool = a.running.state().db.pool().clone();
         async move {
             sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM security_events e JOIN devices d ON d.id = e.device_id \
-                 WHERE d.imei = $1 AND e.kind = 'device_auth'",
+                "SELECT CAST(COALESCE(SUM(e.count), 0) AS BIGINT) FROM security_events e \
+                 JOIN devices d ON d.id = e.device_id WHERE d.imei = $1 AND e.kind = 'device_auth'",
             )
             .bind(imei)
             .fetch_one(&pool)
@@ -971,7 +971,8 @@ async fn losing_replica_writes_nothing(env: Env) {
         .unwrap();
     let claims = || async {
         sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM security_events WHERE kind = 'card_claim' AND device_id = $1",
+            "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM security_events \
+             WHERE kind = 'card_claim' AND device_id = $1",
         )
         .bind(device_id)
         .fetch_one(&pool)

@@ -280,6 +280,7 @@ pub fn refuse_unknown(
     state: &AppState,
     encoding: Encoding,
     dev_id: &str,
+    peer: Option<std::net::SocketAddr>,
     body: &[u8],
     hmac: Option<&str>,
 ) -> Response {
@@ -304,14 +305,24 @@ pub fn refuse_unknown(
         .verification_failures
         .with_label_values(&["device_auth"])
         .inc();
-    let db = state.db.clone();
+    let state = state.clone();
     let detail = format!(
         "unknown device {}",
         dev_id.chars().take(64).collect::<String>()
     );
     tokio::spawn(async move {
-        let recorded = match db.conn().await {
-            Ok(mut conn) => super::record_event(&mut conn, "unknown_device", None, &detail).await,
+        let recorded = match state.db.conn().await {
+            Ok(mut conn) => {
+                super::record_aggregated(
+                    &mut conn,
+                    &state.event_sources,
+                    "unknown_device",
+                    super::events::peer_source(peer),
+                    None,
+                    &detail,
+                )
+                .await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = recorded {

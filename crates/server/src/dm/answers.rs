@@ -282,9 +282,15 @@ impl Step<'_> {
             "credentials refused"
         };
         tracing::warn!(imei = %self.account.imei, code = code.value(), reason = why, "DM authentication failed");
-        super::record_event(
+        let source = match id {
+            Some(id) => format!("device {id}"),
+            None => super::events::peer_source(self.peer),
+        };
+        super::record_aggregated(
             &mut *self.tx,
+            &self.state.event_sources,
             "device_auth",
+            source,
             id,
             &format!("{why} ({})", code.value()),
         )
@@ -448,9 +454,11 @@ impl Step<'_> {
             |i| i.as_str().to_owned(),
         );
         tracing::warn!(imei = %self.account.imei, iccid = %claimed, "card info claims an ICCID without a certificate; not bound");
-        super::record_event(
+        super::record_aggregated(
             &mut *self.tx,
+            &self.state.event_sources,
             "card_claim",
+            format!("device {}", self.account.id),
             Some(self.account.id),
             &format!("ICCID {claimed} claimed without a card certificate; not bound"),
         )

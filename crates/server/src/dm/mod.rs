@@ -36,6 +36,7 @@
 mod account;
 mod alert;
 mod answers;
+mod events;
 mod flow;
 mod store;
 
@@ -59,6 +60,7 @@ use crate::db::now_ms;
 use crate::error::Result;
 
 pub use self::alert::NOT_CARD_ATTESTED;
+pub use self::events::{EventSources, record_aggregated, sweep as sweep_aggregated_events};
 pub use self::store::{STALE_AFTER_MS, sweep_stale as sweep_stale_sessions};
 
 /// What a message leaves to do once its transaction committed.
@@ -84,6 +86,8 @@ struct Step<'a> {
     offered: Offered,
     /// What the session did, for its log line.
     notes: &'a mut store::Notes,
+    /// Where the message came from (the source of events recorded before authentication).
+    peer: Option<std::net::SocketAddr>,
     after: Vec<AfterCommit>,
 }
 
@@ -119,11 +123,17 @@ const CONTENDED_ATTEMPTS: usize = 3;
 /// winner left it. A copy of the winner's message then gets the winner's reply, any other
 /// message the answer its place in the session calls for (RepPro 1.2 §5.1 MsgID: out of order,
 /// 400). Only a session changed under it [`CONTENDED_ATTEMPTS`] times in a row answers 503.
-pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<crate::http::serve::Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     state.metrics.dm_messages.inc();
+    let peer = peer.map(|p| p.0.0);
     let mut attempt = 1;
     let mut resp = loop {
-        match handle_inner(&state, &headers, &body).await {
+        match handle_inner(&state, peer, &headers, &body).await {
             Ok(r) => break r,
             Err(crate::error::ServerError::Contended { what }) if attempt < CONTENDED_ATTEMPTS => {
                 tracing::debug!(%what, attempt, "DM message lost its session to a concurrent one; handled again");
@@ -157,7 +167,12 @@ fn answer_in_kind(request: &HeaderMap, resp: &mut Response) {
     }
 }
 
-async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Response> {
+async fn handle_inner(
+    state: &AppState,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -189,6 +204,7 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
                     state,
                     encoding,
                     &dev_id,
+                    peer,
                     body,
                     hmac.as_deref(),
                 ));
@@ -251,6 +267,7 @@ async fn handle_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         device: DevicePatch::default(),
         offered,
         notes: &mut stored.notes,
+        peer,
         after: Vec::new(),
     };
     step.notes.messages += 1;

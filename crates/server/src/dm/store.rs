@@ -13,6 +13,10 @@ use crate::error::{Result, ServerError};
 /// A session abandoned by its device is dropped this long after its last message.
 pub const STALE_AFTER_MS: i64 = 24 * 3600 * 1000;
 
+/// A session whose device has not authenticated is dropped this long after its last message
+/// (a device keeps one such session at most: see [`save`]).
+pub const UNAUTHENTICATED_KEPT_MS: i64 = 10 * 60 * 1000;
+
 /// An ended session's row is kept this long (then swept): a copy of the message that ended it
 /// gets the reply already given, a device retrying a reply it lost does so within seconds.
 pub const ENDED_KEPT_MS: i64 = 5 * 60 * 1000;
@@ -102,8 +106,8 @@ pub async fn save(
         (false, Some(v)) => {
             let bytes = encode(stored)?;
             sqlx::query(
-                "UPDATE dm_sessions SET state = $1, version = $2, updated_ms = $3, ended_ms = NULL \
-                 WHERE device_id = $4 AND session_id = $5 AND version = $6",
+                "UPDATE dm_sessions SET state = $1, version = $2, updated_ms = $3, ended_ms = NULL, \
+                 authenticated = $7 WHERE device_id = $4 AND session_id = $5 AND version = $6",
             )
             .bind(bytes)
             .bind(v + 1)
@@ -111,19 +115,34 @@ pub async fn save(
             .bind(device_id)
             .bind(session_id.to_owned())
             .bind(v)
+            .bind(i64::from(stored.session.is_authenticated()))
             .execute(&mut *conn)
             .await?
         }
         (false, None) => {
+            let authenticated = stored.session.is_authenticated();
+            if !authenticated {
+                // A client failing to authenticate under new SessionIDs replaces its session
+                // each time: a device holds one unauthenticated session at most.
+                sqlx::query(
+                    "DELETE FROM dm_sessions WHERE device_id = $1 AND authenticated = 0 \
+                     AND ended_ms IS NULL",
+                )
+                .bind(device_id)
+                .execute(&mut *conn)
+                .await?;
+            }
             let bytes = encode(stored)?;
             sqlx::query(
-                "INSERT INTO dm_sessions (device_id, session_id, next_msg_id, version, state, updated_ms) \
-                 VALUES ($1, $2, 0, 1, $3, $4) ON CONFLICT DO NOTHING",
+                "INSERT INTO dm_sessions \
+                 (device_id, session_id, next_msg_id, version, state, updated_ms, authenticated) \
+                 VALUES ($1, $2, 0, 1, $3, $4, $5) ON CONFLICT DO NOTHING",
             )
             .bind(device_id)
             .bind(session_id.to_owned())
             .bind(bytes)
             .bind(now)
+            .bind(i64::from(authenticated))
             .execute(&mut *conn)
             .await?
         }
@@ -140,15 +159,20 @@ fn encode(stored: &Stored) -> Result<Vec<u8>> {
     serde_json::to_vec(stored).map_err(|e| ServerError::internal("DM session", e))
 }
 
-/// Drops the sessions whose device went silent more than [`STALE_AFTER_MS`] ago, and the
-/// ended ones kept more than [`ENDED_KEPT_MS`]; answers how many. Run periodically by the
-/// server, not per message.
+/// Drops the sessions whose device went silent more than [`STALE_AFTER_MS`] ago, the ended
+/// ones kept more than [`ENDED_KEPT_MS`] and the unauthenticated ones more than
+/// [`UNAUTHENTICATED_KEPT_MS`]; answers how many. Run periodically by the server, not per
+/// message.
 pub async fn sweep_stale(db: &Db) -> Result<u64> {
     let now = now_ms();
-    let done = sqlx::query("DELETE FROM dm_sessions WHERE updated_ms < $1 OR ended_ms < $2")
-        .bind(now - STALE_AFTER_MS)
-        .bind(now - ENDED_KEPT_MS)
-        .execute(db.pool())
-        .await?;
+    let done = sqlx::query(
+        "DELETE FROM dm_sessions WHERE updated_ms < $1 OR ended_ms < $2 \
+         OR (authenticated = 0 AND updated_ms < $3)",
+    )
+    .bind(now - STALE_AFTER_MS)
+    .bind(now - ENDED_KEPT_MS)
+    .bind(now - UNAUTHENTICATED_KEPT_MS)
+    .execute(db.pool())
+    .await?;
     Ok(done.rows_affected())
 }

@@ -16,6 +16,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
@@ -24,6 +26,11 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::{Semaphore, watch};
+
+/// The address a request's connection comes from (a request extension): the source of what
+/// the server records about clients that did not authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
 
 /// The connection limits ([`crate::ServerConfig`]: `header_read_timeout_secs`,
 /// `body_idle_timeout_secs`, `max_connections`).
@@ -100,7 +107,7 @@ pub async fn serve<L>(
     limits: ConnLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) where
-    L: axum::serve::Listener,
+    L: axum::serve::Listener<Addr = SocketAddr>,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -118,21 +125,25 @@ pub async fn serve<L>(
             },
             () = &mut shutdown => break,
         };
-        let (io, _peer) = tokio::select! {
+        let (io, peer) = tokio::select! {
             a = listener.accept() => a,
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        let service = TowerToHyperService::new(tower::service_fn(
+            move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            },
+        ));
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
-            let stopping = async move {
-                // The Ref the wait gives is not held: only that the server stops matters.
-                let stopped = stop.wait_for(|s| *s).await.is_ok();
-                stopped
-            };
+            // Only that the server stops matters: the Ref the wait gives is not held across
+            // an await (it is not Send).
+            let stopping = async move { stop.wait_for(|s| *s).await.is_ok() };
             let result = tokio::select! {
                 r = conn.as_mut() => r,
                 _ = stopping => {
