@@ -290,7 +290,10 @@ async fn create_device(
 ) -> Result<impl IntoResponse> {
     Ok((
         StatusCode::CREATED,
-        Json(registry::create_device(&mut *s.db.conn().await?, &d, "api").await?),
+        Json(
+            registry::create_device(&mut *s.db.conn().await?, &d, "api", &s.config.server_id)
+                .await?,
+        ),
     ))
 }
 
@@ -358,7 +361,13 @@ async fn create_devices(
                 .into_response());
         }
     };
-    let created = registry::create_devices(&mut *s.db.conn().await?, &devices, "api").await?;
+    let created = registry::create_devices(
+        &mut *s.db.conn().await?,
+        &devices,
+        "api",
+        &s.config.server_id,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(Created { created })).into_response())
 }
 

@@ -97,6 +97,56 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Creates `dir` (and its parents) if missing, readable by the owner only (0700); an existing
+/// folder keeps its mode.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|e| ServerError::io("cannot create the data folder", dir, e))
+}
+
+/// Makes the SQLite database `file` owner-only (0600): created so when missing, narrowed when
+/// an older server left it readable to others. SQLite gives its `-wal` and `-shm` files the
+/// mode of the database file.
+fn protect_sqlite_file(file: &Path) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    opts.open(file)
+        .map_err(|e| ServerError::io("cannot open the database", file, e))?;
+    #[cfg(unix)]
+    for path in [
+        file.to_path_buf(),
+        sidecar(file, "-wal"),
+        sidecar(file, "-shm"),
+    ] {
+        use std::os::unix::fs::PermissionsExt as _;
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| ServerError::io("cannot restrict the database file", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn sidecar(file: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
 impl Db {
     /// Connects to `url` (or to `simfota.db` in `data_dir` when `url` is `None`), creating the
     /// SQLite file if needed, and applies the migrations.
@@ -111,6 +161,7 @@ impl Db {
             Some(u) => u.to_owned(),
             None => {
                 let file = data_dir.join("simfota.db");
+                protect_sqlite_file(&file)?;
                 let file = file.to_str().ok_or_else(|| {
                     ServerError::Config(format!(
                         "data folder path is not UTF-8: {}",

@@ -58,23 +58,46 @@ fn key_err(path: &Path, e: simfota_wire::Error) -> ServerError {
     ServerError::Config(format!("{}: {e}", path.display()))
 }
 
+/// A server key made on first run, not written yet: [`NewServerKey::write`] stores it once
+/// the server knows it can start (nothing is written for a start that fails).
+pub struct NewServerKey {
+    path: std::path::PathBuf,
+    pem: String,
+    pub_path: std::path::PathBuf,
+    pub_pem: String,
+}
+
+impl NewServerKey {
+    /// Writes the key (mode 0600) and its public half next to it.
+    pub fn write(self) -> Result<()> {
+        crate::auth::write_private(&self.path, self.pem.as_bytes())?;
+        std::fs::write(&self.pub_path, self.pub_pem)
+            .map_err(|e| ServerError::io("cannot write", &self.pub_path, e))?;
+        tracing::info!(path = %self.path.display(), "created the server signing key");
+        Ok(())
+    }
+}
+
 impl Keys {
-    /// Loads (or on first run creates) the keys named by the configuration.
-    pub fn load(config: &ServerConfig) -> Result<Self> {
+    /// Loads the keys named by the configuration; on first run (no server key yet) makes one,
+    /// returned unwritten beside them.
+    pub fn load(config: &ServerConfig) -> Result<(Self, Option<NewServerKey>)> {
         let server_path = config
             .server_key
             .clone()
             .unwrap_or_else(|| config.data_dir.join("server-key.pem"));
+        let mut new_key = None;
         let server = if config.server_key.is_none() && !server_path.exists() {
             let key = SigningKey::random(&mut rand_core::OsRng);
             let pem = pem::signing_key_to_pem(&key).map_err(|e| key_err(&server_path, e))?;
-            crate::auth::write_private(&server_path, pem.as_bytes())?;
             let pub_pem = pem::public_key_to_pem(&PublicKey::from(&key))
                 .map_err(|e| key_err(&server_path, e))?;
-            let pub_path = config.data_dir.join("server-pub.pem");
-            std::fs::write(&pub_path, pub_pem)
-                .map_err(|e| ServerError::io("cannot write", &pub_path, e))?;
-            tracing::info!(path = %server_path.display(), "created the server signing key");
+            new_key = Some(NewServerKey {
+                path: server_path.clone(),
+                pem: pem.to_string(),
+                pub_path: config.data_dir.join("server-pub.pem"),
+                pub_pem: pub_pem.to_string(),
+            });
             key
         } else {
             pem::signing_key_from_pem(&read(&server_path, "cannot read the server key")?)
@@ -95,12 +118,13 @@ impl Keys {
         let server_pub = PublicKey::from(&server);
         let server_signer = simfota_wire::RingSigningKey::new(&server)
             .map_err(|e| ServerError::Config(format!("server key: {e}")))?;
-        Ok(Self {
+        let keys = Self {
             server,
             server_pub,
             server_signer,
             originators,
             issuers,
-        })
+        };
+        Ok((keys, new_key))
     }
 }

@@ -121,11 +121,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
         None => None,
     };
-    for dir in [config.data_dir.clone(), config.package_dir()] {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ServerError::io("cannot create the data folder", &dir, e))?;
+    // Then everything that can refuse the start without writing anything: the keys read (a
+    // first run's server key made in memory), the port bound.
+    let (keys, new_server_key) = keys::Keys::load(&config)?;
+    let tcp = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    // The database, then the data folder (owner only; SQLite's file lives in it, so there it
+    // comes first). A PostgreSQL server that does not answer stops the start before any file
+    // or folder exists.
+    if config.database.is_none() {
+        db::create_private_dir(&config.data_dir)?;
     }
-    let keys = keys::Keys::load(&config)?;
     let db = db::Db::open(
         config.database.as_deref(),
         &config.data_dir,
@@ -133,14 +143,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         config.sqlite_synchronous,
     )
     .await?;
+    for dir in [config.data_dir.clone(), config.package_dir()] {
+        db::create_private_dir(&dir)?;
+    }
+    let protected = registry::protect_stored_passwords(&db, &config.server_id).await?;
+    if protected > 0 {
+        tracing::info!(
+            devices = protected,
+            "DM passwords kept in clear replaced by their digests"
+        );
+    }
+    if let Some(key) = new_server_key {
+        key.write()?;
+    }
     auth::ensure_initial_token(&db, &config.data_dir).await?;
 
-    let tcp = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
     let local_addr = tcp.local_addr().map_err(|source| ServerError::Listen {
         addr: config.listen,
         source,
@@ -255,8 +272,7 @@ pub async fn run(
 /// Opens the configured database (creating and migrating it if needed) and creates one more
 /// operator API token named `name`; returns the token (shown once, stored hashed).
 pub async fn new_api_token(config: &ServerConfig, name: &str) -> Result<String> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| ServerError::io("cannot create the data folder", &config.data_dir, e))?;
+    db::create_private_dir(&config.data_dir)?;
     let db = db::Db::open(
         config.database.as_deref(),
         &config.data_dir,

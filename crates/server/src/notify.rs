@@ -16,13 +16,12 @@ use crate::error::{Result, ServerError};
 
 /// Sends package 0 to the device; returns the session id it announces.
 pub async fn send(state: &AppState, imei: &str) -> Result<u16> {
-    let row = sqlx::query(
-        "SELECT notify_addr, server_password, server_nonce FROM devices WHERE imei = $1",
-    )
-    .bind(imei.to_owned())
-    .fetch_optional(state.db.pool())
-    .await?
-    .ok_or_else(|| ServerError::NotFound(format!("device {imei}")))?;
+    let row =
+        sqlx::query("SELECT notify_addr, server_secret, server_nonce FROM devices WHERE imei = $1")
+            .bind(imei.to_owned())
+            .fetch_optional(state.db.pool())
+            .await?
+            .ok_or_else(|| ServerError::NotFound(format!("device {imei}")))?;
     let addr: std::net::SocketAddr = row
         .opt_text("notify_addr")?
         .ok_or_else(|| ServerError::Conflict(format!("device {imei} has no notification address")))?
@@ -38,7 +37,7 @@ pub async fn send(state: &AppState, imei: &str) -> Result<u16> {
     );
     let nonce = DmNonce(row.opt_bytes("server_nonce")?.unwrap_or_default());
     let bytes = n
-        .encode(&row.text("server_password")?, &nonce)
+        .encode_with_secret(&row.text("server_secret")?, &nonce)
         .map_err(|e| ServerError::Config(format!("package 0: {e}")))?;
     let bind: std::net::SocketAddr = if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()

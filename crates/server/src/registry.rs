@@ -1,9 +1,11 @@
 //! The registry: devices (with their DM credentials), groups and cards.
 //!
 //! DM credentials are per device: the device's own (it proves itself with them, OMA DM
-//! Security 1.2 §5.3) and the server's (the server proves itself to the device). They are
-//! shared secrets the MD5/HMAC digests need in the clear, so they are stored as given; the
-//! API never returns them and no log prints them.
+//! Security 1.2 §5.3) and the server's (the server proves itself to the device). Only their
+//! digests `B64(H(name:password))` are stored (`dm_secret`, `server_secret`): MD5 and HMAC
+//! authentication and package 0 need nothing more, and a copy of the database gives no
+//! password away (though the digest still answers the protocol's challenges: keep the
+//! database private). The API never returns them and no log prints them.
 
 use serde::{Deserialize, Serialize};
 use simfota_wire::{CardCertificate, Iccid, Imei, Limits, PublicKey};
@@ -147,7 +149,12 @@ impl NewDevice {
 const NONCE_MAX: usize = 64;
 
 /// Columns of a `devices` row as [`bind_device`] binds them.
-const DEVICE_COLUMNS: usize = 12;
+const DEVICE_COLUMNS: usize = 14;
+
+/// The columns [`bind_device`] binds, in its order.
+const DEVICE_INSERT: &str = "INSERT INTO devices (imei, dm_username, dm_password, server_password, \
+     auth_scheme, manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms, \
+     device_nonce, dm_secret, server_secret)";
 
 /// Most devices one bulk registration takes.
 pub const BULK_MAX: usize = 10_000;
@@ -162,6 +169,7 @@ pub async fn create_devices(
     conn: &mut AnyConnection,
     devices: &[NewDevice],
     enrolled_by: &str,
+    server_id: &str,
 ) -> Result<u64> {
     if devices.len() > BULK_MAX {
         return Err(ServerError::BadRequest(format!(
@@ -178,15 +186,12 @@ pub async fn create_devices(
     let mut created = 0;
     for chunk in devices.chunks(BULK_ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
-             manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms, device_nonce) \
-             VALUES {} \
-             ON CONFLICT DO NOTHING",
+            "{DEVICE_INSERT} VALUES {} ON CONFLICT DO NOTHING",
             crate::db::values_list(chunk.len(), DEVICE_COLUMNS)
         );
         let mut q = sqlx::query(&sql);
         for d in chunk {
-            q = bind_device(q, d, enrolled_by, now)?;
+            q = bind_device(q, d, enrolled_by, now, server_id)?;
         }
         let done = q.execute(&mut *tx).await?.rows_affected();
         if done != chunk.len() as u64 {
@@ -209,13 +214,22 @@ pub async fn create_devices(
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Binds the [`DEVICE_COLUMNS`] values of a `devices` row in the column order of the INSERTs
-/// above (the entry [`NewDevice::check`]ed before).
-fn bind_device<'q>(q: Query<'q>, d: &NewDevice, enrolled_by: &str, now: i64) -> Result<Query<'q>> {
+/// Binds the [`DEVICE_COLUMNS`] values of a `devices` row in the column order of
+/// [`DEVICE_INSERT`] (the entry [`NewDevice::check`]ed before). The passwords are stored as
+/// their digests only.
+fn bind_device<'q>(
+    q: Query<'q>,
+    d: &NewDevice,
+    enrolled_by: &str,
+    now: i64,
+    server_id: &str,
+) -> Result<Query<'q>> {
+    let (dm_secret, server_secret) =
+        secrets(&d.username, &d.password, server_id, &d.server_password);
     Ok(q.bind(d.imei.clone())
         .bind(d.username.clone())
-        .bind(d.password.clone())
-        .bind(d.server_password.clone())
+        .bind(String::new())
+        .bind(String::new())
         .bind(d.auth.clone())
         .bind(d.manufacturer.clone())
         .bind(d.model.clone())
@@ -223,7 +237,57 @@ fn bind_device<'q>(q: Query<'q>, d: &NewDevice, enrolled_by: &str, now: i64) -> 
         .bind(d.notify_addr.clone())
         .bind(enrolled_by.to_owned())
         .bind(now)
-        .bind(d.nonce_bytes()?))
+        .bind(d.nonce_bytes()?)
+        .bind(dm_secret)
+        .bind(server_secret))
+}
+
+/// The stored forms of a device's DM credentials: `B64(H(user:password))` and
+/// `B64(H(server-id:server-password))`.
+fn secrets(user: &str, password: &str, server_id: &str, server_password: &str) -> (String, String) {
+    use simfota_syncml::auth::Credentials;
+    (
+        Credentials::new(user, password).secret_digest(),
+        Credentials::new(server_id, server_password).secret_digest(),
+    )
+}
+
+/// Replaces the DM passwords a database from before migration 0009 keeps in clear by their
+/// digests (`server_id` names the server's side); answers how many devices changed. Run at
+/// every start, before the server listens: afterwards no password is stored.
+pub async fn protect_stored_passwords(db: &Db, server_id: &str) -> Result<u64> {
+    let mut changed = 0;
+    loop {
+        let rows = sqlx::query(
+            "SELECT id, dm_username, dm_password, server_password FROM devices \
+             WHERE dm_secret IS NULL OR server_secret IS NULL LIMIT 500",
+        )
+        .fetch_all(db.pool())
+        .await?;
+        if rows.is_empty() {
+            return Ok(changed);
+        }
+        let mut tx = db.pool().begin().await?;
+        for r in &rows {
+            let (dm_secret, server_secret) = secrets(
+                &r.text("dm_username")?,
+                &r.text("dm_password")?,
+                server_id,
+                &r.text("server_password")?,
+            );
+            sqlx::query(
+                "UPDATE devices SET dm_secret = $1, server_secret = $2, dm_password = '', \
+                 server_password = '' WHERE id = $3",
+            )
+            .bind(dm_secret)
+            .bind(server_secret)
+            .bind(r.i64("id")?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        changed += rows.len() as u64;
+    }
 }
 
 async fn add_to_group(conn: &mut AnyConnection, imei: &str, group: &str) -> Result<()> {
@@ -248,16 +312,16 @@ pub async fn create_device(
     conn: &mut AnyConnection,
     d: &NewDevice,
     enrolled_by: &str,
+    server_id: &str,
 ) -> Result<Device> {
     d.check()?;
     let mut tx = conn.begin().await?;
-    let query = sqlx::query(
-        "INSERT INTO devices (imei, dm_username, dm_password, server_password, auth_scheme, \
-         manufacturer, model, fw_version, notify_addr, enrolled_by, created_ms, device_nonce) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT DO NOTHING RETURNING id",
+    let sql = format!(
+        "{DEVICE_INSERT} VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+        crate::db::values_list(1, DEVICE_COLUMNS)
     );
-    let row = bind_device(query, d, enrolled_by, now_ms())?
+    let query = sqlx::query(&sql);
+    let row = bind_device(query, d, enrolled_by, now_ms(), server_id)?
         .fetch_optional(&mut *tx)
         .await?;
     if row.is_none() {

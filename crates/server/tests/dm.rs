@@ -2496,3 +2496,70 @@ both!(
     unknown_stored_auth_scheme_refuses_the_session,
     super::unknown_auth_scheme
 );
+
+/// DM passwords are stored as the digests MD5 and HMAC need (`B64(H(user:password))`,
+/// `B64(H(server-id:password))`), never in clear; a database from before (passwords in clear)
+/// is converted at the next start, and its devices still authenticate, both ways.
+async fn passwords_become_digests(env: Env) {
+    let s = env.start().await;
+    let mut dev = Device::new(&env, 41, Encoding::Xml);
+    dev.register(&s).await;
+    let server_id = s.running.state().config.server_id.clone();
+    let stored = |pool: sqlx::AnyPool, imei: String| async move {
+        sqlx::query_as::<_, (String, String, Option<String>, Option<String>)>(
+            "SELECT dm_password, server_password, dm_secret, server_secret FROM devices \
+             WHERE imei = $1",
+        )
+        .bind(imei)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let want = (
+        String::new(),
+        String::new(),
+        Some(
+            simfota_syncml::auth::Credentials::new(
+                format!("dev-{}", dev.imei),
+                dev.password.as_str(),
+            )
+            .secret_digest(),
+        ),
+        Some(
+            simfota_syncml::auth::Credentials::new(server_id.as_str(), "srv-secret")
+                .secret_digest(),
+        ),
+    );
+    let pool = s.running.state().db.pool().clone();
+    assert_eq!(stored(pool.clone(), dev.imei.clone()).await, want);
+    // As an older server stored it: in clear, no digests.
+    sqlx::query(
+        "UPDATE devices SET dm_password = $1, server_password = 'srv-secret', \
+         dm_secret = NULL, server_secret = NULL WHERE imei = $2",
+    )
+    .bind(dev.password.clone())
+    .bind(dev.imei.clone())
+    .execute(&pool)
+    .await
+    .unwrap();
+    s.stop().await;
+    let s = env.start().await;
+    let pool = s.running.state().db.pool().clone();
+    assert_eq!(
+        stored(pool, dev.imei.clone()).await,
+        want,
+        "converted at start"
+    );
+    let ev = dev.session(&[&s.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, ClientEvent::ServerRejected(_))),
+        "the server's credentials still verify: {ev:?}"
+    );
+    s.stop().await;
+}
+both!(
+    dm_passwords_are_stored_as_digests,
+    super::passwords_become_digests
+);

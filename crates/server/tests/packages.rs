@@ -285,12 +285,8 @@ async fn oversized_upload(env: Env) {
     let (content_type, body) = form.encode();
     // Refused on its declared length, before the body is read (and before authentication):
     // the answer comes while the client is still sending.
-    let status = http::post_oversized(
-        &format!("{}/api/v1/packages", s.url),
-        &content_type,
-        body,
-    )
-    .await;
+    let status =
+        http::post_oversized(&format!("{}/api/v1/packages", s.url), &content_type, body).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(
         s.json("/api/v1/packages").await.as_array().unwrap().len(),

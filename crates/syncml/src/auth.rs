@@ -58,13 +58,19 @@ impl AuthScheme {
     }
 }
 
-/// A name and password (a DMAcc `AAuthName`/`AAuthSecret` pair).
+/// A name and password (a DMAcc `AAuthName`/`AAuthSecret` pair), or a name and the digest
+/// of the pair, which is all MD5 and HMAC authentication need (a server keeps that, not the
+/// password).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
     /// The name.
     pub name: String,
-    /// The secret.
+    /// The secret (empty when only [`Credentials::digest`] is known).
     pub password: String,
+    /// `B64(H(name:password))` in place of the password: MD5 and HMAC digests start from it
+    /// (DM Security 1.2 §5.3.2, §5.5); basic authentication needs the password itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl Credentials {
@@ -73,6 +79,25 @@ impl Credentials {
         Credentials {
             name: name.into(),
             password: password.into(),
+            digest: None,
+        }
+    }
+
+    /// Credentials known by `B64(H(name:password))` only ([`Credentials::secret_digest`]).
+    pub fn from_digest(name: impl Into<String>, digest: impl Into<String>) -> Credentials {
+        Credentials {
+            name: name.into(),
+            password: String::new(),
+            digest: Some(digest.into()),
+        }
+    }
+
+    /// `B64(H(name:password))`: the part of the MD5 and HMAC digests that does not depend on
+    /// the nonce, and what a server stores instead of the password.
+    pub fn secret_digest(&self) -> String {
+        match &self.digest {
+            Some(d) => d.clone(),
+            None => B64.encode(md5(&[self.name.as_bytes(), b":", self.password.as_bytes()])),
         }
     }
 }
@@ -136,13 +161,8 @@ fn md5(parts: &[&[u8]]) -> [u8; 16] {
     h.finalize().into()
 }
 
-/// `B64(H(name:password))`: the part of the digest that does not depend on the nonce.
 fn secret_digest(creds: &Credentials) -> String {
-    B64.encode(md5(&[
-        creds.name.as_bytes(),
-        b":",
-        creds.password.as_bytes(),
-    ]))
+    creds.secret_digest()
 }
 
 /// The MD5 digest of DM Security §5.3.2: `H(B64(H(name:password)):nonce)` (raw, 16 bytes).
@@ -313,6 +333,32 @@ mod tests {
         assert_eq!(
             md5_credential(&creds, &Nonce::default()),
             "hCYC0/A/ecptbtSXn8MS0Q=="
+        );
+    }
+
+    /// A server that keeps only `B64(H(name:password))` computes and checks the same MD5
+    /// credentials and HMACs as one holding the password.
+    #[test]
+    fn the_digest_stands_in_for_the_password() {
+        let full = Credentials::new("dev-1", "s3cret");
+        let kept = Credentials::from_digest("dev-1", full.secret_digest());
+        assert!(!format!("{kept:?}").contains(&full.secret_digest()));
+        let nonce = Nonce(b"n-1".to_vec());
+        assert_eq!(md5_credential(&kept, &nonce), md5_credential(&full, &nonce));
+        assert_eq!(
+            hmac_header(&kept, &nonce, b"body"),
+            hmac_header(&full, &nonce, b"body")
+        );
+        let cred = make_cred(AuthScheme::Md5, &full, &nonce);
+        assert_eq!(
+            verify_cred(cred.as_ref(), AuthScheme::Md5, &kept, &nonce),
+            Ok(())
+        );
+        let wrong =
+            Credentials::from_digest("dev-1", Credentials::new("dev-1", "x").secret_digest());
+        assert_eq!(
+            verify_cred(cred.as_ref(), AuthScheme::Md5, &wrong, &nonce),
+            Err(AuthError::Invalid)
         );
     }
 

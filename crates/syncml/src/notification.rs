@@ -104,6 +104,11 @@ fn md5(parts: &[&[u8]]) -> [u8; 16] {
 /// The digest of §6.3 over `notification` (the bytes after the digest).
 pub fn digest(server_id: &str, password: &str, nonce: &Nonce, notification: &[u8]) -> [u8; 16] {
     let secret = B64.encode(md5(&[server_id.as_bytes(), b":", password.as_bytes()]));
+    digest_with_secret(&secret, nonce, notification)
+}
+
+/// [`digest`] from `B64(H(server-id:password))`, what a server keeps instead of the password.
+pub fn digest_with_secret(secret: &str, nonce: &Nonce, notification: &[u8]) -> [u8; 16] {
     let body = B64.encode(md5(&[notification]));
     md5(&[secret.as_bytes(), b":", &nonce.0, b":", body.as_bytes()])
 }
@@ -141,8 +146,18 @@ impl Notification {
 
     /// Encodes and signs the notification with the server's password and the client's nonce.
     pub fn encode(&self, password: &str, nonce: &Nonce) -> Result<Vec<u8>, NotificationError> {
+        let secret = B64.encode(md5(&[self.server_id.as_bytes(), b":", password.as_bytes()]));
+        self.encode_with_secret(&secret, nonce)
+    }
+
+    /// [`Notification::encode`] from `B64(H(server-id:password))` instead of the password.
+    pub fn encode_with_secret(
+        &self,
+        secret: &str,
+        nonce: &Nonce,
+    ) -> Result<Vec<u8>, NotificationError> {
         let body = self.body()?;
-        let d = digest(&self.server_id, password, nonce, &body);
+        let d = digest_with_secret(secret, nonce, &body);
         let mut out = d.to_vec();
         out.extend_from_slice(&body);
         Ok(out)

@@ -113,3 +113,16 @@ fn verify_accepts_the_genuine_and_refuses_the_rest() {
         Err(NotificationError::ServerIdTooLong)
     );
 }
+
+/// A server that keeps `B64(H(server-id:password))` instead of the password signs the same
+/// package 0.
+#[test]
+fn the_server_secret_stands_in_for_the_password() {
+    let n = Notification::new(7, "srv", UiMode::Background);
+    let nonce = Nonce(b"abc".to_vec());
+    let secret = simfota_syncml::auth::Credentials::new("srv", "pw").secret_digest();
+    assert_eq!(
+        n.encode_with_secret(&secret, &nonce).unwrap(),
+        n.encode("pw", &nonce).unwrap()
+    );
+}

@@ -25,8 +25,10 @@ pub struct Account {
     pub id: i64,
     pub imei: String,
     pub username: String,
-    pub password: String,
-    pub server_password: String,
+    /// `B64(H(user:password))` of the device's credentials (what MD5 and HMAC need).
+    pub secret: String,
+    /// `B64(H(server-id:password))` of the server's credentials towards the device.
+    pub server_secret: String,
     pub auth: AuthScheme,
     pub device_nonce: Option<Vec<u8>>,
     pub server_nonce: Option<Vec<u8>>,
@@ -126,10 +128,10 @@ pub fn dm_config(state: &AppState, a: &Account, encoding: Encoding) -> DmConfig 
         server_id: state.config.server_id.clone(),
         server_uri: format!("{}/dm", state.base_url),
         resp_uri: None,
-        client_credentials: Credentials::new(a.username.clone(), a.password.clone()),
-        server_credentials: Credentials::new(
+        client_credentials: Credentials::from_digest(a.username.clone(), a.secret.clone()),
+        server_credentials: Credentials::from_digest(
             state.config.server_id.clone(),
-            a.server_password.clone(),
+            a.server_secret.clone(),
         ),
         auth: a.auth,
         encoding,
@@ -162,7 +164,7 @@ pub type Known = (Account, Option<(Stored, i64)>);
 /// choice (on the (device_id, state) index); the admin queue is only looked at for existence.
 static LOOKUP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT d.id, d.imei, d.dm_username, d.dm_password, d.server_password, d.auth_scheme, \
+        "SELECT d.id, d.imei, d.dm_username, d.dm_secret, d.server_secret, d.auth_scheme, \
          d.device_nonce, d.server_nonce, d.iccid, d.fw_version, d.model, d.manufacturer, \
          d.last_seen_ms, c.lists_read_ms, s.state AS session_state, \
          s.version AS session_version, j.id AS job_id, j.state AS job_state, \
@@ -206,8 +208,8 @@ pub async fn lookup(state: &AppState, dev_id: &str, session_id: &str) -> Result<
         id: r.i64("id")?,
         imei: r.text("imei")?,
         username: r.text("dm_username")?,
-        password: r.text("dm_password")?,
-        server_password: r.text("server_password")?,
+        secret: r.text("dm_secret")?,
+        server_secret: r.text("server_secret")?,
         auth,
         device_nonce: r.opt_bytes("device_nonce")?,
         server_nonce: r.opt_bytes("server_nonce")?,
@@ -258,8 +260,9 @@ pub async fn enrol_candidate(
         id: 0,
         imei: imei.to_owned(),
         username: loc_name.unwrap_or(dev_id).to_owned(),
-        password: pw.clone(),
-        server_password: pw,
+        secret: Credentials::new(loc_name.unwrap_or(dev_id), pw.as_str()).secret_digest(),
+        server_secret: Credentials::new(state.config.server_id.as_str(), pw.as_str())
+            .secret_digest(),
         auth: AuthScheme::Md5,
         device_nonce: nonce,
         server_nonce: None,

@@ -238,14 +238,20 @@ impl Step<'_> {
 
     /// Stores a device that authenticated with the enrolment secret.
     async fn enrol(&mut self) -> Result<()> {
+        let password = self
+            .state
+            .config
+            .enrolment_password
+            .clone()
+            .unwrap_or_default();
         let a = &mut *self.account;
         let created = crate::registry::create_device(
             &mut *self.tx,
             &crate::registry::NewDevice {
                 imei: a.imei.clone(),
                 username: a.username.clone(),
-                password: a.password.clone(),
-                server_password: a.server_password.clone(),
+                password: password.clone(),
+                server_password: password,
                 auth: "md5".into(),
                 model: None,
                 manufacturer: None,
@@ -255,6 +261,7 @@ impl Step<'_> {
                 nonce: None,
             },
             "enrolment",
+            &self.state.config.server_id,
         )
         .await?;
         a.id = created.id;
