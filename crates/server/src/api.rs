@@ -27,6 +27,7 @@ use crate::AppState;
 use crate::auth::Operator;
 use crate::campaign::{self, Action, CampaignSpec};
 use crate::error::{Result, ServerError};
+use crate::http::valid::ValidJson;
 use crate::{packages, registry};
 
 /// Name of the bearer-token security scheme in the document (the `OpenApi` derive below
@@ -35,7 +36,10 @@ const TOKEN_SCHEME: &str = "token";
 
 /// The `/api/v1` routes.
 pub fn routes(upload_limit: usize) -> Router<AppState> {
-    api(upload_limit).router
+    api(upload_limit)
+        .router
+        .fallback(|| async { ServerError::NotFound("no such API route".into()) })
+        .layer(axum::middleware::from_fn(crate::http::valid::json_errors))
 }
 
 /// The OpenAPI 3.1 document of [`routes`], built once from the same list.
@@ -286,7 +290,7 @@ async fn list_devices(_: Operator, State(s): State<AppState>) -> Result<impl Int
 async fn create_device(
     _: Operator,
     State(s): State<AppState>,
-    Json(d): Json<registry::NewDevice>,
+    ValidJson(d): ValidJson<registry::NewDevice>,
 ) -> Result<impl IntoResponse> {
     Ok((
         StatusCode::CREATED,
@@ -345,11 +349,7 @@ async fn create_devices(
         .unwrap_or_default();
     let devices = match media.as_str() {
         "text/csv" => crate::provisioning::devices_from_csv(&body)?,
-        "application/json" => {
-            serde_json::from_slice::<NewDevices>(&body)
-                .map_err(|e| ServerError::BadRequest(format!("JSON body: {e}")))?
-                .devices
-        }
+        "application/json" => crate::http::valid::parse_json::<NewDevices>(&body)?.devices,
         other => {
             let error = format!(
                 "Content-Type {other:?}: send application/json ({{\"devices\": [...]}}) or text/csv"
@@ -427,7 +427,7 @@ async fn list_groups(_: Operator, State(s): State<AppState>) -> Result<impl Into
 async fn create_group(
     _: Operator,
     State(s): State<AppState>,
-    Json(g): Json<NewGroup>,
+    ValidJson(g): ValidJson<NewGroup>,
 ) -> Result<impl IntoResponse> {
     registry::create_group(&s.db, &g.name).await?;
     Ok((StatusCode::CREATED, Json(GroupCreated { name: g.name })))
@@ -495,7 +495,7 @@ struct NewCard {
 async fn register_card(
     _: Operator,
     State(s): State<AppState>,
-    Json(c): Json<NewCard>,
+    ValidJson(c): ValidJson<NewCard>,
 ) -> Result<impl IntoResponse> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(c.certificate.trim())
@@ -648,7 +648,7 @@ async fn list_campaigns(_: Operator, State(s): State<AppState>) -> Result<impl I
 async fn create_campaign(
     _: Operator,
     State(s): State<AppState>,
-    Json(spec): Json<CampaignSpec>,
+    ValidJson(spec): ValidJson<CampaignSpec>,
 ) -> Result<impl IntoResponse> {
     let c = campaign::create(&s.db, &spec).await?;
     // Devices with a notification address are woken up; the others find the job when they poll.
@@ -840,7 +840,7 @@ async fn queue_admin(
     _: Operator,
     State(s): State<AppState>,
     Path(iccid): Path<String>,
-    Json(a): Json<NewAdmin>,
+    ValidJson(a): ValidJson<NewAdmin>,
 ) -> Result<impl IntoResponse> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(a.command.trim())
@@ -856,13 +856,18 @@ async fn queue_admin(
     get,
     path = "/cards/{iccid}/admin",
     params(("iccid" = String, Path, description = "The card's ICCID")),
-    responses((status = 200, description = "The card's admin commands", body = [crate::admin::Queued]))
+    responses(
+        (status = 200, description = "The card's admin commands", body = [crate::admin::Queued]),
+        (status = 404, description = "No such card")
+    )
 )]
 async fn list_admin(
     _: Operator,
     State(s): State<AppState>,
     Path(iccid): Path<String>,
 ) -> Result<impl IntoResponse> {
+    // An unknown card is 404, as on the card's other routes (not an empty list).
+    registry::get_card(&mut *s.db.conn().await?, &iccid).await?;
     Ok(Json(crate::admin::list(&s, &iccid).await?))
 }
 

@@ -209,10 +209,26 @@ fn default_error() -> u8 {
 impl CampaignSpec {
     /// Checks the numbers.
     pub fn validate(&self) -> Result<()> {
-        if self.name.trim().is_empty() || self.name.len() > 200 {
+        if self.name.trim().is_empty()
+            || self.name.len() > 200
+            || self.name.chars().any(char::is_control)
+        {
             return Err(ServerError::BadRequest(
-                "campaign name must be 1 to 200 bytes".into(),
+                "campaign name must be 1 to 200 bytes, no control characters".into(),
             ));
+        }
+        for (field, value, max) in [
+            ("target_model", &self.target_model, 128),
+            ("target_fw", &self.target_fw, 128),
+            ("target_group", &self.target_group, 100),
+        ] {
+            if let Some(v) = value
+                && (v.is_empty() || v.len() > max || v.chars().any(char::is_control))
+            {
+                return Err(ServerError::BadRequest(format!(
+                    "{field}: 1 to {max} bytes, no control characters"
+                )));
+            }
         }
         if self.waves.is_empty() || self.waves.len() > 20 {
             return Err(ServerError::BadRequest(

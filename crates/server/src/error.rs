@@ -72,6 +72,9 @@ pub enum ServerError {
     /// The request is malformed or names something that is not acceptable.
     #[error("{0}")]
     BadRequest(String),
+    /// The request's body is of a media type the route does not take.
+    #[error("{0}")]
+    UnsupportedMedia(String),
     /// The named object does not exist.
     #[error("{0} not found")]
     NotFound(String),
@@ -142,6 +145,7 @@ impl ServerError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Config(_)
             | Self::Io { .. }
             | Self::Listen { .. }

@@ -111,6 +111,15 @@ impl NewDevice {
         check_text("username", &self.username, 128)?;
         check_text("password", &self.password, 256)?;
         check_text("server_password", &self.server_password, 256)?;
+        for (field, value) in [
+            ("model", &self.model),
+            ("manufacturer", &self.manufacturer),
+            ("fw_version", &self.fw_version),
+        ] {
+            if let Some(v) = value {
+                check_text(field, v, 128)?;
+            }
+        }
         if self.auth != "md5" && self.auth != "hmac" {
             return Err(ServerError::BadRequest("auth must be md5 or hmac".into()));
         }

@@ -14,6 +14,10 @@ use super::{AfterCommit, Step};
 use crate::campaign::{self, CardMode, JobState};
 use crate::db::{RowExt, now_ms};
 use crate::error::{Result, ServerError};
+use crate::http::valid::dm_text;
+
+/// Longest DevInfo or DevDetail value stored for a device (`Mod`, `Man`, `FwV`).
+const DM_TEXT_MAX: usize = 128;
 
 /// A session this soon after the last one recorded does not move `devices.last_seen_ms`
 /// (saves a write per session of a device that talks often, e.g. an update's two sessions).
@@ -335,7 +339,8 @@ impl Step<'_> {
             return Ok(());
         }
         for item in items {
-            let Some(text) = item_text(item) else {
+            let Some(text) = item_text(item).and_then(|t| dm_text("DevInfo", &t, DM_TEXT_MAX))
+            else {
                 continue;
             };
             let (column, known) = match item_uri(item) {
@@ -407,7 +412,9 @@ impl Step<'_> {
     }
 
     async fn on_firmware_version(&mut self, item: &Item) -> Result<()> {
-        let Some(fw) = item_value(Node::DevDetailFwV, item).and_then(|v| String::from_utf8(v).ok())
+        let Some(fw) = item_value(Node::DevDetailFwV, item)
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| dm_text("DevDetail/FwV", &v, DM_TEXT_MAX))
         else {
             return Ok(());
         };

@@ -195,6 +195,15 @@ async fn handle_inner(
     };
     let dev_id = hdr.source.uri.clone();
     let session_id = hdr.session_id.clone();
+    // Both go into queries: text both engines store alike, bounded (http::valid).
+    for (what, text, max) in [
+        ("SessionID", &session_id, 64),
+        ("Source LocURI", &dev_id, 256),
+    ] {
+        if let Some(p) = crate::http::valid::text_problem(text, max) {
+            return Ok(session_err(format_args!("{what} holds {p}")));
+        }
+    }
     let (mut account, loaded) = match account::lookup(state, &dev_id, &session_id).await? {
         Some(known) => known,
         None => match account::enrol_candidate(state, &dev_id, hdr.source.name.as_deref()).await? {

@@ -2,6 +2,7 @@
 
 pub mod range;
 pub mod serve;
+pub mod valid;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -25,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .merge(crate::dashboard::routes())
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn(valid::refuse_hostile_uri))
         .layer(middleware::from_fn_with_state(
             (
                 state.config.max_body_bytes,
