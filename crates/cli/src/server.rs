@@ -61,6 +61,9 @@ pub struct Args {
     /// Log lines as `text` or `json`.
     #[arg(long, env = "SIMFOTA_LOG_FORMAT", value_parser = parse_log_format)]
     log_format: Option<LogFormat>,
+    /// Who may fetch package files: `public` (anyone) or `delivered` (signed URLs only).
+    #[arg(long, env = "SIMFOTA_PAYLOAD_ACCESS", value_parser = parse_payload_access)]
+    payload_access: Option<simfota_server::config::PayloadAccess>,
     /// Print a new operator API token with this name and exit.
     #[arg(long, value_name = "NAME")]
     new_api_token: Option<String>,
@@ -78,6 +81,11 @@ fn parse_originator(s: &str) -> Result<OriginatorConfig, String> {
 }
 
 fn parse_enrolment(s: &str) -> Result<Enrolment, String> {
+    s.parse()
+        .map_err(|e: simfota_server::ServerError| e.to_string())
+}
+
+fn parse_payload_access(s: &str) -> Result<simfota_server::config::PayloadAccess, String> {
     s.parse()
         .map_err(|e: simfota_server::ServerError| e.to_string())
 }
@@ -108,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         enrolment: args.enrolment,
         enrolment_password: args.enrolment_password,
         log_format: args.log_format,
+        payload_access: args.payload_access,
     })?;
     init_tracing(config.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -18,6 +18,12 @@ fn flow_full_update_and_log_read_sqlite_inprocess() {
 }
 
 #[test]
+fn flow_update_through_signed_package_urls_sqlite_inprocess() {
+    const T: &str = "flow_update_through_signed_package_urls_sqlite_inprocess";
+    s::update_through_signed_package_urls(T, CELL);
+}
+
+#[test]
 fn flow_delta_update_sqlite_inprocess() {
     const T: &str = "flow_delta_update_sqlite_inprocess";
     s::delta_update(T, CELL);

@@ -626,8 +626,8 @@ async fn get_package(
 ) -> Result<impl IntoResponse> {
     let p = packages::get(&s.db, id).await?;
     let urls = PackageUrls {
-        envelope: format!("{}/packages/{id}/envelope", s.base_url),
-        payload: format!("{}/packages/{id}/payload", s.base_url),
+        envelope: packages::package_url(&s, id, "envelope", 0),
+        payload: packages::package_url(&s, id, "payload", 0),
     };
     Ok(Json(PackageDetail { package: p, urls }))
 }

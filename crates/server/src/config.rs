@@ -41,6 +41,21 @@ pub const DEFAULT_CARD_LISTS_REFRESH: Duration = Duration::from_secs(24 * 3600);
 /// user who postpones the installation and a device that is off for days.
 pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Who may fetch package files (`payload_access`, docs/server.md "Packages").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadAccess {
+    /// Anyone who reaches the server, at `/packages/{id}/{envelope,payload}`: packages are
+    /// signed by their originator and checked by the card, so their integrity does not rest on
+    /// who can read them; and a manifest may name its payload by an absolute path.
+    #[default]
+    Public,
+    /// Only through URLs the server hands out: a device's delivery (valid as long as the
+    /// delivery may go without a result) and the operator API (an hour). Packages must name
+    /// their payload by a relative URI, which resolves inside the signed URL.
+    Delivered,
+}
+
 /// What the server does with a device it has never seen (documented in docs/server.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -52,6 +67,19 @@ pub enum Enrolment {
     /// An unknown device that authenticates with the configured enrolment password is registered
     /// on first contact with that password as its own credential (labs and demos).
     SharedSecret,
+}
+
+impl std::str::FromStr for PayloadAccess {
+    type Err = ServerError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "public" => Ok(Self::Public),
+            "delivered" => Ok(Self::Delivered),
+            other => Err(ServerError::Config(format!(
+                "payload access must be public or delivered, not {other:?}"
+            ))),
+        }
+    }
 }
 
 impl std::str::FromStr for Enrolment {
@@ -127,6 +155,8 @@ pub struct FileConfig {
     pub body_idle_timeout_secs: Option<u64>,
     /// Connections served at once (default 4096); more wait in the listen backlog.
     pub max_connections: Option<usize>,
+    /// Who may fetch package files: `public` (default) or `delivered`.
+    pub payload_access: Option<PayloadAccess>,
     /// Log format.
     pub log_format: Option<LogFormat>,
 }
@@ -172,6 +202,8 @@ pub struct Settings {
     pub enrolment_password: Option<String>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--payload-access`.
+    pub payload_access: Option<PayloadAccess>,
 }
 
 /// The TLS certificate and key files.
@@ -225,6 +257,8 @@ pub struct ServerConfig {
     pub delivery_timeout: Option<Duration>,
     /// Header, body and connection limits (`crate::http::serve`).
     pub conn_limits: crate::ConnLimits,
+    /// Who may fetch package files.
+    pub payload_access: PayloadAccess,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -310,6 +344,7 @@ impl ServerConfig {
             card_lists_refresh: DEFAULT_CARD_LISTS_REFRESH,
             delivery_timeout: Some(DEFAULT_DELIVERY_TIMEOUT),
             conn_limits: crate::ConnLimits::default(),
+            payload_access: PayloadAccess::default(),
             log_format: LogFormat::default(),
         }
     }
@@ -409,6 +444,9 @@ impl ServerConfig {
         }
         if let Some(n) = file.max_connections {
             cfg.conn_limits.max_connections = n;
+        }
+        if let Some(a) = settings.payload_access.or(file.payload_access) {
+            cfg.payload_access = a;
         }
         if let Some(f) = settings.log_format.or(file.log_format) {
             cfg.log_format = f;

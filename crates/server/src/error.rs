@@ -72,6 +72,9 @@ pub enum ServerError {
     /// The request is malformed or names something that is not acceptable.
     #[error("{0}")]
     BadRequest(String),
+    /// The request is understood and refused (a package URL the server did not sign).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request's body is of a media type the route does not take.
     #[error("{0}")]
     UnsupportedMedia(String),
@@ -146,6 +149,7 @@ impl ServerError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Config(_)
             | Self::Io { .. }
             | Self::Listen { .. }

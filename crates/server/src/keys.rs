@@ -31,6 +31,52 @@ pub struct Keys {
     pub originators: Vec<(String, PublicKey)>,
     /// Card issuer keys.
     pub issuers: Vec<PublicKey>,
+    /// Signs and checks package URLs (`payload_access = delivered`).
+    pub urls: UrlSigner,
+}
+
+/// Signs package URLs: `/packages/{id}/d/{exp}.{job}.{mac}/{part}`, where `mac` is the first
+/// 16 bytes of HMAC-SHA256 over `{id}.{exp}.{job}` (base64url), under a key derived from the
+/// server key, so that every replica (they share the server key) signs and checks alike.
+pub struct UrlSigner {
+    key: ring::hmac::Key,
+}
+
+impl UrlSigner {
+    fn new(server: &SigningKey) -> Self {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"simfota package URL key v1\0");
+        h.update(server.to_bytes());
+        UrlSigner {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &h.finalize()),
+        }
+    }
+
+    fn mac(&self, package: i64, exp: u64, job: i64) -> String {
+        use base64::Engine as _;
+        let tag = ring::hmac::sign(&self.key, format!("{package}.{exp}.{job}").as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag.as_ref()[..16])
+    }
+
+    /// The token of a URL to `package` valid until `exp` (Unix seconds), issued for `job`
+    /// (0: an operator).
+    pub fn token(&self, package: i64, exp: u64, job: i64) -> String {
+        format!("{exp}.{job}.{}", self.mac(package, exp, job))
+    }
+
+    /// Whether `token` opens `package` at `now` (Unix seconds).
+    pub fn check(&self, package: i64, token: &str, now: u64) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let mut parts = token.splitn(3, '.');
+        let (Some(exp), Some(job), Some(mac)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        let (Ok(exp), Ok(job)) = (exp.parse::<u64>(), job.parse::<i64>()) else {
+            return false;
+        };
+        exp > now && bool::from(self.mac(package, exp, job).as_bytes().ct_eq(mac.as_bytes()))
+    }
 }
 
 impl std::fmt::Debug for Keys {
@@ -118,12 +164,14 @@ impl Keys {
         let server_pub = PublicKey::from(&server);
         let server_signer = simfota_wire::RingSigningKey::new(&server)
             .map_err(|e| ServerError::Config(format!("server key: {e}")))?;
+        let urls = UrlSigner::new(&server);
         let keys = Self {
             server,
             server_pub,
             server_signer,
             originators,
             issuers,
+            urls,
         };
         Ok((keys, new_key))
     }

@@ -29,6 +29,7 @@ use simfota_wire::{Limits, PublicKey};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 use crate::AppState;
+use crate::config::PayloadAccess;
 use crate::db::{Db, RowExt, now_ms};
 use crate::error::{Result, ServerError};
 use crate::http::range::{RangeDecision, decide};
@@ -128,10 +129,26 @@ struct Checked {
     /// For a delta: the signed size and digest of the transported delta payload.
     delta: Option<(u64, [u8; 32])>,
     integrated: Option<Vec<u8>>,
+    /// The payload is named by an absolute path or URL (not relative to the envelope's URL).
+    absolute_uri: bool,
     severed: Vec<u8>,
 }
 
 /// Decodes the envelope and verifies it under the configured originators.
+/// Under `payload_access = delivered` a device reaches the payload only inside the signed URL
+/// its delivery gave it: the manifest must name the payload by a relative URI.
+fn refuse_absolute_uri(state: &AppState, c: Checked) -> Result<Checked> {
+    if state.config.payload_access == PayloadAccess::Delivered && c.absolute_uri {
+        return Err(ServerError::BadRequest(
+            "the manifest names its payload by an absolute URI; with payload_access = delivered \
+             devices fetch it only inside the signed URL of their delivery: build the package \
+             with a relative URI (simfota pack build --uri payload)"
+                .into(),
+        ));
+    }
+    Ok(c)
+}
+
 fn check_envelope(bytes: &[u8], originators: &[(String, PublicKey)]) -> Result<Checked> {
     let limits = Limits::DEFAULT;
     let env = Envelope::decode(bytes, &limits)
@@ -167,6 +184,9 @@ fn check_envelope(bytes: &[u8], originators: &[(String, PublicKey)]) -> Result<C
                     precursor_digest: m.precursor_digest.map(|d| d.0),
                     delta: m.payload_digest.zip(m.payload_size).map(|(d, n)| (n, d.0)),
                     integrated: m.payload.map(<[u8]>::to_vec),
+                    absolute_uri: m
+                        .uri
+                        .is_some_and(|u| u.starts_with('/') || u.contains("://")),
                     severed,
                 });
             }
@@ -232,7 +252,9 @@ pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
         }
         let envelope =
             envelope.ok_or_else(|| ServerError::BadRequest("missing form part `envelope`".into()))?;
-        let checked = match check_envelope(&envelope, &state.keys.originators) {
+        let checked = match check_envelope(&envelope, &state.keys.originators)
+            .and_then(|c| refuse_absolute_uri(state, c))
+        {
             Ok(c) => c,
             Err(e) => {
                 if matches!(e, ServerError::Verification(_)) {
@@ -313,11 +335,85 @@ pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
     res
 }
 
+/// How long a package URL given to the operator API stays valid.
+const OPERATOR_URL_SECS: u64 = 3600;
+
+/// The URL of `part` (`envelope` or `payload`) of `package`, for `job` (0: the operator API):
+/// plain under `payload_access = public`, signed and expiring under `delivered`.
+pub fn package_url(state: &AppState, package: i64, part: &str, job: i64) -> String {
+    match state.config.payload_access {
+        PayloadAccess::Public => format!("{}/packages/{package}/{part}", state.base_url),
+        PayloadAccess::Delivered => {
+            let valid = if job == 0 {
+                OPERATOR_URL_SECS
+            } else {
+                // As long as the delivery may go without a result (a download resumes).
+                state
+                    .config
+                    .delivery_timeout
+                    .unwrap_or(crate::config::DEFAULT_DELIVERY_TIMEOUT)
+                    .as_secs()
+            };
+            let exp = u64::try_from(now_ms() / 1000).unwrap_or(0) + valid;
+            let token = state.keys.urls.token(package, exp, job);
+            format!("{}/packages/{package}/d/{token}/{part}", state.base_url)
+        }
+    }
+}
+
+/// Whether a request for package files may be served: any under `public`; under `delivered`,
+/// only one whose URL the server signed and that has not expired.
+fn may_serve(state: &AppState, package: i64, token: Option<&str>) -> Result<()> {
+    match (state.config.payload_access, token) {
+        (PayloadAccess::Public, _) => Ok(()),
+        (PayloadAccess::Delivered, Some(t))
+            if state
+                .keys
+                .urls
+                .check(package, t, u64::try_from(now_ms() / 1000).unwrap_or(0)) =>
+        {
+            Ok(())
+        }
+        (PayloadAccess::Delivered, Some(_)) => Err(ServerError::Forbidden(
+            "this package URL is not valid (expired, or not signed by this server)".into(),
+        )),
+        (PayloadAccess::Delivered, None) => Err(ServerError::Forbidden(
+            "package files are served only through the URLs this server hands out \
+             (payload_access = delivered)"
+                .into(),
+        )),
+    }
+}
+
+/// `GET /packages/{id}/d/{token}/envelope`: [`serve_envelope`] through a signed URL.
+pub async fn serve_signed_envelope(
+    State(state): State<AppState>,
+    Path((id, token)): Path<(i64, String)>,
+) -> Result<Response> {
+    may_serve(&state, id, Some(&token))?;
+    envelope_response(&state, id).await
+}
+
+/// `GET /packages/{id}/d/{token}/payload`: [`serve_payload`] through a signed URL.
+pub async fn serve_signed_payload(
+    State(state): State<AppState>,
+    Path((id, token)): Path<(i64, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    may_serve(&state, id, Some(&token))?;
+    payload_response(&state, id, &headers).await
+}
+
 /// `GET /packages/{id}/envelope`: the severed SUIT envelope.
 pub async fn serve_envelope(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Response> {
+    may_serve(&state, id, None)?;
+    envelope_response(&state, id).await
+}
+
+async fn envelope_response(state: &AppState, id: i64) -> Result<Response> {
     let bytes = envelope(&state.db, id).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/suit-envelope+cose")],
@@ -336,6 +432,11 @@ pub async fn serve_payload(
     Path(id): Path<i64>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    may_serve(&state, id, None)?;
+    payload_response(&state, id, &headers).await
+}
+
+async fn payload_response(state: &AppState, id: i64, headers: &HeaderMap) -> Result<Response> {
     let row = sqlx::query("SELECT payload_file, payload_etag FROM packages WHERE id = $1")
         .bind(id)
         .fetch_optional(state.db.pool())

@@ -355,3 +355,105 @@ both!(
     delta_package_is_checked_against_its_signed_payload,
     super::delta_package
 );
+
+/// `payload_access = delivered`: package files only through URLs the server signed (a
+/// delivery's, or the operator API's), within their validity; the payload's relative URI
+/// resolves inside the signed URL; a manifest naming its payload by an absolute path is
+/// refused at upload.
+async fn delivered_access(env: Env) {
+    let mut cfg = env.config("data");
+    cfg.payload_access = simfota_server::config::PayloadAccess::Delivered;
+    let s = Server::start(cfg).await;
+    let img = image(50_000);
+    let r = upload(
+        &s,
+        envelope(&env.originator, &img, 1, false),
+        Some(img.clone()),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+
+    // The plain URLs are closed.
+    for part in ["envelope", "payload"] {
+        let r = http::get(format!("{}/packages/{id}/{part}", s.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{part}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains("payload_access"),
+            "{v}"
+        );
+    }
+    // The operator's URLs are signed; the payload's sits beside the envelope's, as the
+    // manifest's relative URI resolves.
+    let detail = s.json(&format!("/api/v1/packages/{id}")).await;
+    let (envelope_url, payload_url) = (
+        detail["urls"]["envelope"].as_str().unwrap().to_owned(),
+        detail["urls"]["payload"].as_str().unwrap().to_owned(),
+    );
+    assert!(envelope_url.contains("/d/"), "{envelope_url}");
+    assert_eq!(
+        envelope_url.trim_end_matches("envelope"),
+        payload_url.trim_end_matches("payload")
+    );
+    let r = http::get(&envelope_url).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http::Client::new()
+        .get(&payload_url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), img[100..200].to_vec());
+
+    // Tampered, expired, or for another package: refused.
+    let urls = &s.running.state().keys.urls;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = urls.token(id, now + 60, 7);
+    assert!(urls.check(id, &token, now), "a delivery's token for job 7");
+    let mut tampered = token.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in [
+        tampered,
+        urls.token(id, now - 1, 7),
+        urls.token(id + 1, now + 60, 7),
+        format!("{}.8.{}", now + 60, token.rsplit('.').next().unwrap()),
+        "garbage".to_owned(),
+    ] {
+        let r = http::get(format!("{}/packages/{id}/d/{bad}/payload", s.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{bad}");
+    }
+
+    // A payload named by an absolute path could not be reached inside a signed URL.
+    let absolute = build(
+        &BuildParams {
+            vendor_id: [1; 16],
+            class_id: [2; 16],
+            sequence: 2,
+            image: ImageSource::Bytes(&img),
+            name: Some("firmware"),
+            version: Some("2.1"),
+            uri: Some("/elsewhere/payload"),
+            integrate: false,
+            precursor_digest: None,
+        },
+        &env.originator,
+    )
+    .unwrap();
+    let r = upload(&s, absolute, Some(img)).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("relative URI"));
+    s.stop().await;
+}
+both!(delivered_payload_access, super::delivered_access);

@@ -295,6 +295,27 @@ pub fn full_update_and_log_read(test: &str, cell: Cell) {
     assert_eq!(s.op.card(ICCID)["acked_seq"], head + 1);
 }
 
+/// With `--payload-access delivered` the package files are not public: the device reaches
+/// them only through the signed URL of its delivery (the payload by its relative URI, inside
+/// it), and the update goes through as with public files; the plain URLs answer 403.
+pub fn update_through_signed_package_urls(test: &str, cell: Cell) {
+    let Some(mut s) = setup(test, cell, &Opts::default()) else {
+        return;
+    };
+    s.op.restart_with(&["--payload-access", "delivered"]);
+    let v2 = firmware(V1_LEN, 2);
+    let pkg = publish(&s.w, &s.op, "v2", &v2, "2.0", 2);
+    for part in ["envelope", "payload"] {
+        let status = s.op.status_of(&format!("/packages/{pkg}/{part}"));
+        assert_eq!(status, 403, "{part} is not public");
+    }
+    let c = s.op.campaign(pkg);
+    let out = s.dev.check_update(&s.card, &[]);
+    assert_user_sees(&out, 200, "the server has the result");
+    s.op.assert_job(c, IMEI, "succeeded", 200, "verified");
+    assert_eq!(s.dev.firmware(), "2.0");
+}
+
 /// A delta update: the manifest names the running image as precursor, the device fetches
 /// the (much smaller) delta from a distribution host, rebuilds the image and the card judges
 /// the rebuilt image. The server takes the delta on upload (checked against the delta digest

@@ -679,6 +679,21 @@ impl Server {
         self.spawn();
     }
 
+    /// Starts the same server again with `extra` command-line arguments added.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(OsString::from));
+        self.restart();
+    }
+
+    /// The HTTP status of a plain GET of `path` (no credentials).
+    pub fn status_of(&self, path: &str) -> u16 {
+        match self.http.get(&format!("{}{path}", self.url)).call() {
+            Ok(r) => r.status().as_u16(),
+            Err(ureq::Error::StatusCode(code)) => code,
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    }
+
     fn api(&self, path: &str) -> String {
         format!("{}/api/v1/{path}", self.url)
     }

@@ -746,11 +746,8 @@ impl Step<'_> {
         part: &str,
         delivery: Delivery,
     ) -> Result<()> {
-        let url = format!(
-            "{}/packages/{}/{part}",
-            self.state.base_url,
-            row.i64("package_id")?
-        );
+        let url =
+            crate::packages::package_url(self.state, row.i64("package_id")?, part, delivery.job);
         self.replace(Node::FumoPkgUrl, url.as_bytes())?;
         let correlator = row.text("correlator")?;
         let h = self

@@ -23,6 +23,14 @@ pub fn router(state: AppState) -> Router {
         .route("/dm", axum::routing::post(crate::dm::handle))
         .route("/packages/{id}/envelope", get(packages::serve_envelope))
         .route("/packages/{id}/payload", get(packages::serve_payload))
+        .route(
+            "/packages/{id}/d/{token}/envelope",
+            get(packages::serve_signed_envelope),
+        )
+        .route(
+            "/packages/{id}/d/{token}/payload",
+            get(packages::serve_signed_payload),
+        )
         .nest("/api/v1", api)
         .merge(crate::dashboard::routes())
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
