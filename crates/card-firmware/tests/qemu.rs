@@ -70,9 +70,10 @@ impl Session {
     }
 }
 
-/// A blank recording card, as `Card::blank`.
+/// A blank recording card, as `Card::blank`, on the software crypto back-end: the
+/// firmware's, whose signatures are deterministic.
 fn recording(label: &str) -> Card {
-    let mut card = Card::blank(label);
+    let mut card = Card::blank_on(Crypto::Software, label);
     card.transcript = Some(Vec::new());
     card
 }

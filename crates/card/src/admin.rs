@@ -24,7 +24,7 @@ pub(crate) fn admin<S: Store, P: Platform>(
         .map_err(|_| CardError::WrongData("admin command"))?;
     core.ops.verify();
     let command = signed
-        .verify(&issuer)
+        .verify_with(&crypto::Via(&core.platform), &issuer)
         .map_err(|_| CardError::Refused(Reason::AdminSignature))?;
     let mut iccid = [0u8; ICCID_MAX];
     let own = core.p.lv_at(O_ICCID, ICCID_MAX, &mut iccid)?;

@@ -3,10 +3,10 @@
 //! response path (61xx + GET RESPONSE, 6Cxx), command chaining, dispatch — lives here; the
 //! commands themselves live in their own modules.
 
-use rand_core::CryptoRngCore;
-
 use crate::apdu::Command;
 use crate::layout::{Lifecycle, Persist};
+pub(crate) use crate::platform::Platform;
+use crate::platform::SoftwareSha256;
 use crate::store::Store;
 use crate::{CardError, StatusWord};
 
@@ -20,26 +20,6 @@ pub const AID: [u8; 9] = [0xF0, 0x73, 0x69, 0x6D, 0x66, 0x6F, 0x74, 0x61, 0x01];
 
 /// The applet version reported in card info (major, minor).
 pub const APPLET_VERSION: (u8, u8) = (1, 0);
-
-/// What the applet needs from its platform: a cryptographically secure random generator
-/// (nonces, the card key pair, ECDH-ES ephemeral keys). A Java Card port uses
-/// `RandomData.ALG_TRNG` and the crypto co-processor.
-pub trait Platform {
-    /// The generator type.
-    type Rng: CryptoRngCore;
-    /// The generator.
-    fn rng(&mut self) -> &mut Self::Rng;
-}
-
-/// A platform made of just a random generator.
-pub struct RngPlatform<R>(pub R);
-
-impl<R: CryptoRngCore> Platform for RngPlatform<R> {
-    type Rng = R;
-    fn rng(&mut self) -> &mut R {
-        &mut self.0
-    }
-}
 
 /// Instruction bytes (see `docs/apdu.md`).
 pub mod ins {
@@ -114,9 +94,10 @@ pub(crate) struct Io {
 }
 
 /// Card-digest streaming state (RAM only: a reset restarts the stream from byte 0). One
-/// stream at a time on the card, owned by the channel it started on.
-pub(crate) struct Stream {
-    pub(crate) hasher: sha2::Sha256,
+/// stream at a time on the card, owned by the channel it started on. `H` is the platform's
+/// incremental SHA-256.
+pub(crate) struct Stream<H> {
+    pub(crate) hasher: H,
     pub(crate) count: u64,
     /// The channel slot that started it.
     pub(crate) slot: u8,
@@ -188,7 +169,7 @@ impl ChannelSession {
 }
 
 /// Session state in RAM: dies with a reset or power loss (Java Card: `CLEAR_ON_RESET`).
-pub(crate) struct Session {
+pub(crate) struct Session<H> {
     /// Per-channel state; slot 0 is the basic channel.
     channels: [ChannelSession; CHANNEL_SLOTS],
     /// The slot of the channel the command being processed came on.
@@ -196,10 +177,10 @@ pub(crate) struct Session {
     /// The last consent question, on the channel it was asked on.
     pub(crate) consent: Option<Consent>,
     /// Card-digest streaming in progress, on the channel it started on.
-    pub(crate) stream: Option<Stream>,
+    pub(crate) stream: Option<Stream<H>>,
 }
 
-impl Session {
+impl<H> Session<H> {
     const fn new() -> Self {
         let mut channels = [ChannelSession::CLOSED; CHANNEL_SLOTS];
         channels[0] = ChannelSession::opened(0, false);
@@ -232,7 +213,7 @@ impl Session {
     }
 
     /// The payload stream started on this channel, if any.
-    pub(crate) fn stream_here(&mut self) -> Option<&mut Stream> {
+    pub(crate) fn stream_here(&mut self) -> Option<&mut Stream<H>> {
         let current = self.current;
         self.stream.as_mut().filter(|s| s.slot == current)
     }
@@ -267,17 +248,18 @@ impl Session {
 const _: () = assert!(CHANNEL_SLOTS >= 2 && CHANNEL_SLOTS <= 8);
 
 // Budget (issue 3 item 10): the applet's RAM state fits 2 KiB, checked when the crate
-// compiles (for the host and the card target alike).
+// compiles (for the host and the card target alike), with the software platform's hash
+// context (a card keeps its own in the crypto co-processor).
 const _: () = assert!(
-    core::mem::size_of::<Io>() + core::mem::size_of::<Session>() <= 2048,
+    core::mem::size_of::<Io>() + core::mem::size_of::<Session<SoftwareSha256>>() <= 2048,
     "applet RAM state exceeds 2 KiB"
 );
 
 /// Everything a command handler may touch besides the I/O buffer.
-pub(crate) struct Core<S, P> {
+pub(crate) struct Core<S, P: Platform> {
     pub(crate) p: Persist<S>,
     pub(crate) platform: P,
-    pub(crate) session: Session,
+    pub(crate) session: Session<P::Sha256>,
     /// Instrumentation: public-key operations performed (not applet state).
     pub(crate) ops: crate::crypto::OpCount,
 }
@@ -298,7 +280,7 @@ pub struct PersistentUsage {
 }
 
 /// The card applet over a persistent store `S` and a platform `P`.
-pub struct Applet<S, P> {
+pub struct Applet<S, P: Platform> {
     core: Core<S, P>,
     io: Io,
 }
@@ -366,7 +348,7 @@ impl<S: Store, P: Platform> Applet<S, P> {
     /// and hash contexts while a command runs) is not counted: a card keeps those in the
     /// crypto co-processor's memory.
     pub const fn ram_state_size() -> usize {
-        core::mem::size_of::<Io>() + core::mem::size_of::<Session>()
+        core::mem::size_of::<Io>() + core::mem::size_of::<Session<P::Sha256>>()
     }
 
     /// The public-key operations performed since the last call (measurement instrumentation),

@@ -1,17 +1,89 @@
 //! The applet's use of the wire crate's verifiers and signers, in one place: key parsing,
 //! the card key handle, certificate and policy checks, appending hash-chained log entries.
 
-use p256::ecdsa::SigningKey;
+use rand_core::RngCore as _;
 use simfota_wire::Digest;
 use simfota_wire::Limits;
 use simfota_wire::LogEntry;
-use simfota_wire::cose::PublicKey;
-use simfota_wire::{CardCertificate, Policy};
+use simfota_wire::cose::{PublicKey, with_sig_structure};
+use simfota_wire::{CardCertificate, Es256Signer, ExportCrypto, Policy, Verifier};
 
 use crate::CardError;
-use crate::layout::{KEY_LEN, O_CARD_SK, O_LOG_FLAGS, O_TRUSTED_TIME, Persist, RECORD_LEN};
+use crate::layout::{
+    KEY_LEN, O_CARD_PK, O_CARD_SK, O_LOG_FLAGS, O_TRUSTED_TIME, Persist, RECORD_LEN,
+};
+use crate::platform::{KeyPair, Platform};
 use crate::ring::{self, LogState};
 use crate::store::Store;
+
+/// The platform as the wire crate's [`Verifier`]: every signature and digest the wire crate
+/// checks for the card (tokens, envelopes, requests, acknowledgements, admin commands, the
+/// card certificate) runs on the platform's crypto.
+pub(crate) struct Via<'a, P>(pub(crate) &'a P);
+
+impl<P: Platform> Verifier for Via<'_, P> {
+    fn sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
+        self.0.sha256(parts)
+    }
+    fn verify_es256(&self, key: &PublicKey, message: &[&[u8]], signature: &[u8; 64]) -> bool {
+        self.0.ecdsa_verify(&key.to_sec1(), message, signature)
+    }
+}
+
+/// The card key on the platform as the wire crate's [`Es256Signer`] (receipts).
+pub(crate) struct CardSigner<'a, P> {
+    pub(crate) platform: &'a P,
+    pub(crate) key: KeyPair,
+}
+
+impl<P: Platform> Es256Signer for CardSigner<'_, P> {
+    fn sign_structure(
+        &self,
+        protected: &[u8],
+        aad: &[u8],
+        payload: &[u8],
+    ) -> simfota_wire::Result<[u8; 64]> {
+        with_sig_structure(protected, aad, payload, |message| {
+            self.platform.ecdsa_sign(&self.key, message)
+        })
+        .map_err(|_| simfota_wire::Error::BadKey)
+    }
+}
+
+/// The card key and the platform as the wire crate's [`ExportCrypto`] (export pages: the
+/// signature, the ephemeral key agreement, the IV).
+pub(crate) struct CardExport<'a, P> {
+    pub(crate) platform: &'a mut P,
+    pub(crate) key: KeyPair,
+}
+
+impl<P: Platform> Es256Signer for CardExport<'_, P> {
+    fn sign_structure(
+        &self,
+        protected: &[u8],
+        aad: &[u8],
+        payload: &[u8],
+    ) -> simfota_wire::Result<[u8; 64]> {
+        CardSigner {
+            platform: &*self.platform,
+            key: self.key,
+        }
+        .sign_structure(protected, aad, payload)
+    }
+}
+
+impl<P: Platform> ExportCrypto for CardExport<'_, P> {
+    fn ecdh_ephemeral(&mut self, peer: &PublicKey) -> simfota_wire::Result<(PublicKey, [u8; 32])> {
+        let e = self
+            .platform
+            .ecdh_ephemeral(&peer.to_sec1())
+            .map_err(|_| simfota_wire::Error::BadKey)?;
+        Ok((PublicKey::from_sec1(&e.public)?, e.shared_x))
+    }
+    fn fill_random(&mut self, out: &mut [u8]) {
+        self.platform.rng().fill_bytes(out);
+    }
+}
 
 /// Public-key operations performed, counted at the call sites (host instrumentation for the
 /// measurements; a card port drops it). Cells, so read-only paths can count too.
@@ -91,13 +163,14 @@ pub(crate) fn policy<S: Store>(p: &Persist<S>) -> Result<Policy, CardError> {
 
 /// Checks that `cert` is an issuer-signed card certificate for this ICCID and card key.
 pub(crate) fn check_certificate(
+    platform: &impl Platform,
     cert: &[u8],
     issuer: &[u8],
     iccid: &[u8],
     card_pk: &[u8],
 ) -> Result<(), CardError> {
     let issuer = public_key(issuer)?;
-    let v = CardCertificate::verify(cert, &issuer, &LIMITS).map_err(|_| {
+    let v = CardCertificate::verify_with(cert, &Via(platform), &issuer, &LIMITS).map_err(|_| {
         CardError::WrongData("card certificate does not verify under the issuer key")
     })?;
     if v.iccid.as_str().as_bytes() != iccid {
@@ -111,12 +184,20 @@ pub(crate) fn check_certificate(
     Ok(())
 }
 
-/// The card's signing key, loaded from persistent memory for one operation (a Java Card
-/// port keeps an `ECPrivateKey` object instead and never exports it).
-pub(crate) fn card_key<S: Store>(p: &Persist<S>) -> Result<SigningKey, CardError> {
-    let mut scalar = [0u8; 32];
-    p.read(O_CARD_SK, &mut scalar)?;
-    SigningKey::from_slice(&scalar).map_err(|_| CardError::Internal("card key missing"))
+/// The card's key pair, loaded from persistent memory for one operation (a Java Card port
+/// keeps an `ECPrivateKey` object instead and never exports it).
+pub(crate) fn card_key<S: Store>(p: &Persist<S>) -> Result<KeyPair, CardError> {
+    let mut key = KeyPair {
+        secret: [0; 32],
+        public: [0; KEY_LEN],
+    };
+    p.read(O_CARD_SK, &mut key.secret)?;
+    p.read(O_CARD_PK, &mut key.public)?;
+    // GENERATE KEY PAIR writes both at once; a card that never ran it holds zeros.
+    if key.public[0] != 0x04 || key.secret == [0; 32] {
+        return Err(CardError::Internal("card key missing"));
+    }
+    Ok(key)
 }
 
 /// The card's trusted time (newest verified token `iat`), `None` before the first token.
@@ -130,6 +211,7 @@ pub(crate) fn trusted_time<S: Store>(p: &Persist<S>) -> Result<Option<u64>, Card
 /// refusal tally before it is sealed: it is no longer the newest record.
 pub(crate) fn append_entry<S: Store>(
     p: &mut Persist<S>,
+    platform: &impl Platform,
     entry: &mut LogEntry,
 ) -> Result<(u32, Digest), CardError> {
     let st: LogState = ring::state(p)?;
@@ -138,7 +220,7 @@ pub(crate) fn append_entry<S: Store>(
     let record: [u8; RECORD_LEN] = entry
         .encode()
         .map_err(|_| CardError::Internal("log entry does not encode"))?;
-    let hash = LogEntry::record_hash(&record);
+    let hash = record_hash(platform, &record);
     ring::append(p, &st, &record, &hash.0)?;
     seal_tally(p)?;
     Ok((st.next, hash))
@@ -151,6 +233,11 @@ pub(crate) fn seal_tally<S: Store>(p: &mut Persist<S>) -> Result<(), CardError> 
         p.put_u8(O_LOG_FLAGS, 0)?;
     }
     Ok(())
+}
+
+/// The chain hash of a stored record (`LogEntry::record_hash`, on the platform's SHA-256).
+pub(crate) fn record_hash(platform: &impl Platform, record: &[u8; RECORD_LEN]) -> Digest {
+    Digest(platform.sha256(&[record]))
 }
 
 /// Whether the newest record is an open refusal tally.
@@ -176,6 +263,7 @@ pub(crate) struct RefusalContext {
 /// (docs/card.md, the log).
 pub(crate) fn count_refusal<S: Store>(
     p: &mut Persist<S>,
+    platform: &impl Platform,
     reason: simfota_wire::DenyReason,
     at: &RefusalContext,
     room: bool,
@@ -197,7 +285,7 @@ pub(crate) fn count_refusal<S: Store>(
             let record = entry
                 .encode()
                 .map_err(|_| CardError::Internal("log entry does not encode"))?;
-            let hash = LogEntry::record_hash(&record);
+            let hash = record_hash(platform, &record);
             ring::replace_newest(p, &st, &record, &hash.0)?;
             return Ok(true);
         }
@@ -214,7 +302,7 @@ pub(crate) fn count_refusal<S: Store>(
     entry.trusted_time = at.trusted_time;
     entry.device_time = at.device_time;
     entry.unverified = Some(Unverified::IMEI);
-    append_entry(p, &mut entry)?;
+    append_entry(p, platform, &mut entry)?;
     p.put_u8(O_LOG_FLAGS, FLAG_OPEN_TALLY)?;
     Ok(true)
 }
@@ -245,6 +333,7 @@ pub(crate) struct ManifestFacts {
 /// error is the card's own failure (reading the originator table), not a verdict.
 pub(crate) fn verify_manifest<S: Store>(
     p: &Persist<S>,
+    platform: &impl Platform,
     ops: &OpCount,
     envelope: &[u8],
     entry: &mut LogEntry,
@@ -268,7 +357,7 @@ pub(crate) fn verify_manifest<S: Store>(
             return Ok(());
         };
         ops.verify();
-        match env.verify_as_signer(&key) {
+        match env.verify_as_signer_with(&Via(platform), &key) {
             Ok(m) => {
                 entry.originator = OriginatorId::new(id).ok();
                 entry.release = m.name.map(ShortText::truncated);

@@ -10,9 +10,10 @@
 //!
 //! Shape: one entry point, [`Applet::process`] — a command APDU in, a response into a fixed
 //! buffer out (ISO/IEC 7816-4) — over a persistent [`Store`] with atomic transactions and a
-//! [`Platform`] giving randomness. `no_std`, no heap, no `unsafe`; the RAM state is
-//! [`Applet::ram_state_size`] bytes and the persistent image [`PERSISTENT_SIZE`] bytes, a
-//! real SIM's budget. The byte formats of every signed object come from `simfota-wire`.
+//! [`Platform`] giving randomness, SHA-256 and the P-256 operations (a secure element's
+//! crypto co-processor; [`RngPlatform`] is the software one). `no_std`, no heap, no `unsafe`;
+//! the RAM state is [`Applet::ram_state_size`] bytes and the persistent image
+//! [`PERSISTENT_SIZE`] bytes, a real SIM's budget. The byte formats of every signed object come from `simfota-wire`.
 //!
 //! What it does not do: talk to a reader (see the card-link crate), keep time (its trusted
 //! time is the newest verified token `iat`), or trust the device: the device relays, and
@@ -37,6 +38,7 @@ pub mod layout;
 mod logcmd;
 pub mod perso;
 mod pin;
+pub mod platform;
 pub mod ring;
 pub mod store;
 mod sw;
@@ -44,14 +46,16 @@ mod tables;
 mod update;
 
 pub use applet::{
-    AID, APPLET_VERSION, Applet, CHANNEL_SLOTS, IO_CAP, MAX_CHANNEL, PersistentUsage, Platform,
-    RngPlatform, ins,
+    AID, APPLET_VERSION, Applet, CHANNEL_SLOTS, IO_CAP, MAX_CHANNEL, PersistentUsage, ins,
 };
 pub use crypto::CryptoOps;
 pub use error::{CardError, Reason, fumo_result_for};
 pub use layout::{LOG_CAPACITY, PERSISTENT_SIZE};
 pub use logcmd::PAGE_ENTRIES;
 pub use pin::{PIN_LEN, valid_pin_block};
+pub use platform::{
+    CryptoError, Ephemeral, KeyPair, Platform, RngPlatform, Sha256Context, SoftwareSha256,
+};
 #[cfg(feature = "std")]
 pub use store::FileStore;
 pub use store::{MemStore, PowerCut, Store, StoreError};

@@ -2,7 +2,7 @@
 //! right, with a fresh card nonce, can read (an encrypted, card-signed page) or free space.
 
 use simfota_wire::{
-    ExportHeader, LogAck, LogEntry, LogReadRequest, PublicKey, Rights, build_export,
+    ExportHeader, LogAck, LogEntry, LogReadRequest, PublicKey, Rights, build_export_with,
 };
 
 use crate::applet::{Core, IO_CAP, Platform};
@@ -60,7 +60,7 @@ pub(crate) fn read_log<S: Store, P: Platform>(
     )?;
     core.ops.verify();
     let req = signed
-        .verify(&key)
+        .verify_with(&crypto::Via(&core.platform), &key)
         .map_err(|_| CardError::Refused(Reason::RequestSignature))?;
     check_nonce(nonce, &req.nonce)?;
 
@@ -91,13 +91,16 @@ pub(crate) fn read_log<S: Store, P: Platform>(
     core.ops.ecdh();
     core.ops.sign();
     let Core { p, platform, .. } = core;
-    build_export(
+    let mut crypto = crypto::CardExport {
+        platform,
+        key: card_key,
+    };
+    build_export_with(
         &mut io[..IO_CAP],
         &header,
         &key,
         kid.as_str().as_bytes(),
-        &card_key,
-        platform.rng(),
+        &mut crypto,
         |seq, slot| ring::read(p, seq, slot).is_ok(),
     )
     .map_err(|_| CardError::Internal("export page does not fit the I/O buffer"))
@@ -124,7 +127,7 @@ pub(crate) fn ack_log<S: Store, P: Platform>(
     )?;
     core.ops.verify();
     let ack = signed
-        .verify(&key)
+        .verify_with(&crypto::Via(&core.platform), &key)
         .map_err(|_| CardError::Refused(Reason::RequestSignature))?;
     check_nonce(nonce, &ack.nonce)?;
     let upto = ack

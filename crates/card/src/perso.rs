@@ -6,9 +6,6 @@
 //! In the field the personalization bureau sends these under a GlobalPlatform secure channel;
 //! the applet itself takes them only before it is locked.
 
-use p256::SecretKey;
-use p256::elliptic_curve::sec1::ToEncodedPoint;
-
 use crate::apdu::Command;
 use crate::applet::{Core, Platform};
 use crate::layout::{
@@ -57,13 +54,14 @@ pub(crate) fn generate_key_pair<S: Store, P: Platform>(
     core: &mut Core<S, P>,
     io: &mut [u8],
 ) -> Result<usize, CardError> {
-    let sk = SecretKey::random(core.platform.rng());
-    let pk = sk.public_key().to_encoded_point(false);
-    let pk = pk.as_bytes();
-    let scalar = sk.to_bytes();
+    let pair = core
+        .platform
+        .generate_key_pair()
+        .map_err(|_| CardError::Internal("key generation failed"))?;
+    let pk = &pair.public;
     core.p.transaction(|p| -> Result<(), CardError> {
         ensure_formatted(p)?;
-        p.write(O_CARD_SK, &scalar)?;
+        p.write(O_CARD_SK, &pair.secret)?;
         p.write(O_CARD_PK, pk)?;
         // A new key voids any certificate stored for the old one.
         p.put_u16(O_CERT, 0)?;
@@ -126,6 +124,7 @@ pub(crate) fn store_data<S: Store, P: Platform>(
         let (tag, value) = item?;
         check_dgi(&core.p, tag, value)?;
     }
+    let platform = &core.platform;
     core.p.transaction(|p| -> Result<(), CardError> {
         ensure_formatted(p)?;
         for item in Dgis(data) {
@@ -133,7 +132,7 @@ pub(crate) fn store_data<S: Store, P: Platform>(
             apply_dgi(p, tag, value)?;
         }
         if last {
-            check_complete(p)?;
+            check_complete(p, platform)?;
             p.set_lifecycle(Lifecycle::Operational)?;
         }
         Ok(())
@@ -222,7 +221,7 @@ fn apply_dgi<S: Store>(p: &mut Persist<S>, tag: u16, v: &[u8]) -> Result<(), Car
 
 /// The card is complete when it has its identity, key pair, issuer key, a certificate that
 /// the issuer key verifies and that binds this ICCID and this card key, PIN and PUK.
-fn check_complete<S: Store>(p: &Persist<S>) -> Result<(), CardError> {
+fn check_complete<S: Store>(p: &Persist<S>, platform: &impl Platform) -> Result<(), CardError> {
     let mut iccid = [0u8; ICCID_MAX];
     if p.lv_at(O_ICCID, ICCID_MAX, &mut iccid)?.is_empty() {
         return Err(CardError::Conditions("personalization incomplete: ICCID"));
@@ -260,6 +259,7 @@ fn check_complete<S: Store>(p: &Persist<S>) -> Result<(), CardError> {
     p.read(O_CARD_PK, &mut card_pk)?;
     let iccid_len = usize::from(p.u8_at(O_ICCID)?).min(ICCID_MAX);
     crate::crypto::check_certificate(
+        platform,
         &cert[..len.min(CERT_MAX)],
         &issuer,
         &iccid[..iccid_len],

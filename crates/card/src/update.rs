@@ -30,7 +30,6 @@
 //! its own; any other refusal counted in the open refusal tally, naming nothing from the
 //! request (docs/card.md, "What no device can do to the log").
 
-use sha2::Digest as _;
 use simfota_wire::DeliveryToken;
 use simfota_wire::contract::{Integrity, PendingUpdate};
 use simfota_wire::cose::PublicKey;
@@ -41,12 +40,13 @@ use subtle::ConstantTimeEq;
 
 use crate::apdu::Command;
 use crate::applet::{Core, Platform, Stream};
-use crate::crypto::{self, LIMITS, ManifestFacts};
+use crate::crypto::{self, LIMITS, ManifestFacts, Via};
 use crate::layout::{
     ICCID_MAX, O_ICCID, O_INSTALLED_SEQ, O_PENDING, O_TRUSTED_TIME, O_UNVERIFIED_UPDATES, P_ENTRY,
     P_IMAGE_DIGEST, P_IMAGE_SIZE, P_INTEGRITY, P_SEQUENCE, P_STATE, PENDING_LEN, Persist,
     RECORD_LEN,
 };
+use crate::platform::Sha256Context as _;
 use crate::store::Store;
 use crate::{CardError, Reason, ring, tables};
 
@@ -170,6 +170,7 @@ fn check<S: Store, P: Platform>(
     att: &mut Attempt,
 ) -> Result<(), CheckError> {
     let p = &core.p;
+    let platform = &core.platform;
     let ops = &core.ops;
     let (token_bytes, envelope) = split_request(data).map_err(|_| Reason::Malformed)?;
     let signed = DeliveryToken::decode(token_bytes, &LIMITS).map_err(|_| Reason::Malformed)?;
@@ -184,7 +185,9 @@ fn check<S: Store, P: Platform>(
         // 2. Token signature.
         let key = PublicKey::from_sec1(&s.key).map_err(|_| Reason::TokenSignature)?;
         ops.verify();
-        let token = signed.verify(&key).map_err(|_| Reason::TokenSignature)?;
+        let token = signed
+            .verify_with(&Via(platform), &key)
+            .map_err(|_| Reason::TokenSignature)?;
         // A token issued after it expires was never valid (RFC 7519 §4.1.4, §4.1.6): its
         // `iat` is not a time the card takes (it is refused at step 6).
         let consistent = token.iat <= token.exp;
@@ -230,7 +233,7 @@ fn check<S: Store, P: Platform>(
             return Err(Reason::TokenNotYetValid.into());
         }
         // 7. Originator and manifest signature.
-        let facts = crypto::verify_manifest(p, ops, envelope, &mut att.entry)??;
+        let facts = crypto::verify_manifest(p, platform, ops, envelope, &mut att.entry)??;
         // 8. Manifest digest bound by the token.
         if facts.manifest_digest != token.manifest_digest {
             return Err(Reason::ManifestMismatch.into());
@@ -264,7 +267,13 @@ fn check<S: Store, P: Platform>(
         }
         att.entry.trusted_time = crypto::trusted_time(p)?;
         // 7. Originator and manifest signature still apply.
-        att.facts = Some(crypto::verify_manifest(p, ops, envelope, &mut att.entry)??);
+        att.facts = Some(crypto::verify_manifest(
+            p,
+            platform,
+            ops,
+            envelope,
+            &mut att.entry,
+        )??);
     }
     let facts = att
         .facts
@@ -297,6 +306,7 @@ fn conclude<S: Store, P: Platform>(
     consent: Option<bool>,
 ) -> Result<usize, CardError> {
     let room = room_for_extra(&core.p)?;
+    let platform = &core.platform;
     core.p.transaction(|p| -> Result<(), CardError> {
         if let Some(iat) = att.verified_iat
             && iat > p.u64_at(O_TRUSTED_TIME)?
@@ -309,7 +319,7 @@ fn conclude<S: Store, P: Platform>(
                     // R7: the user's consent, written with the decision it led to.
                     let mut e = att.entry;
                     e.event = Event::Consent { pin_verified };
-                    crypto::append_entry(p, &mut e)?;
+                    crypto::append_entry(p, platform, &mut e)?;
                 }
                 let facts = att
                     .facts
@@ -317,7 +327,7 @@ fn conclude<S: Store, P: Platform>(
                     .ok_or(CardError::Internal("no manifest facts"))?;
                 att.entry.event = Event::Authorized;
                 att.entry.free_device = att.free_device;
-                crypto::append_entry(p, &mut att.entry)?;
+                crypto::append_entry(p, platform, &mut att.entry)?;
                 if att.unlisted {
                     let n = p.u8_at(O_UNVERIFIED_UPDATES)?;
                     p.put_u8(O_UNVERIFIED_UPDATES, n.saturating_add(1))?;
@@ -339,7 +349,7 @@ fn conclude<S: Store, P: Platform>(
             Err(reason) if att.fresh => {
                 // A listed server's fresh token: its names are verified facts.
                 att.entry.event = Event::Denied(reason.deny_reason());
-                crypto::append_entry(p, &mut att.entry)?;
+                crypto::append_entry(p, platform, &mut att.entry)?;
             }
             Err(reason) => {
                 // Nothing authenticated this request: count it, name nothing from it.
@@ -348,7 +358,7 @@ fn conclude<S: Store, P: Platform>(
                     trusted_time: att.entry.trusted_time,
                     device_time: att.entry.device_time,
                 };
-                crypto::count_refusal(p, reason.deny_reason(), &at, room)?;
+                crypto::count_refusal(p, platform, reason.deny_reason(), &at, room)?;
             }
         }
         Ok(())
@@ -440,7 +450,7 @@ pub(crate) fn authorize<S: Store, P: Platform>(
     if let Err(r @ (Reason::ConsentRequired | Reason::PinConsentRequired)) = verdict {
         // A question for the user, not a decision: remember which request it is about.
         core.session.consent = Some(crate::applet::Consent {
-            request: sha2::Sha256::digest(data).into(),
+            request: core.platform.sha256(&[data]),
             needs_pin: r == Reason::PinConsentRequired,
             slot: core.session.current(),
         });
@@ -467,7 +477,7 @@ pub(crate) fn record_consent<S: Store, P: Platform>(
     let question = core.session.consent_here().ok_or(CardError::Conditions(
         "no consent question pending on this channel",
     ))?;
-    let digest: [u8; 32] = sha2::Sha256::digest(data).into();
+    let digest = core.platform.sha256(&[data]);
     if digest != question.request {
         return Err(CardError::Conditions("consent is for another request"));
     }
@@ -509,8 +519,9 @@ fn integrity_verdict<S: Store, P: Platform>(
             trusted_time: crypto::trusted_time(&core.p)?,
             device_time: core.session.chan().device_time(),
         };
+        let platform = &core.platform;
         core.p
-            .transaction(|p| crypto::count_refusal(p, reason.deny_reason(), &at, room))?;
+            .transaction(|p| crypto::count_refusal(p, platform, reason.deny_reason(), &at, room))?;
         return Err(CardError::Refused(reason));
     }
     if !ok && !room_for_extra(&core.p)? {
@@ -526,8 +537,9 @@ fn integrity_verdict<S: Store, P: Platform>(
     };
     entry.trusted_time = crypto::trusted_time(&core.p)?;
     entry.device_time = core.session.chan().device_time();
+    let platform = &core.platform;
     core.p.transaction(|p| -> Result<(), CardError> {
-        crypto::append_entry(p, &mut entry)?;
+        crypto::append_entry(p, platform, &mut entry)?;
         p.put_u8(
             O_PENDING + P_INTEGRITY,
             if ok {
@@ -589,7 +601,7 @@ pub(crate) fn payload<S: Store, P: Platform>(
             if p1 == 1 {
                 // One stream on the card: starting one ends any other channel's.
                 core.session.stream = Some(Stream {
-                    hasher: sha2::Sha256::new(),
+                    hasher: core.platform.sha256_start(),
                     count: 0,
                     slot: core.session.current(),
                 });
@@ -613,7 +625,7 @@ pub(crate) fn payload<S: Store, P: Platform>(
                 // A truncated payload.
                 return integrity_verdict(core, false, Reason::SizeMismatch);
             }
-            let got: [u8; 32] = stream.hasher.finalize().into();
+            let got = stream.hasher.finish();
             integrity_verdict(core, bool::from(got.ct_eq(&want)), Reason::IntegrityFailed)
         }
     }
@@ -666,10 +678,11 @@ pub(crate) fn report_result<S: Store, P: Platform>(
     } else {
         Some(device_time)
     };
+    let platform = &core.platform;
     let (seq, head) = core
         .p
         .transaction(|p| -> Result<(u32, Digest), CardError> {
-            let r = crypto::append_entry(p, &mut entry)?;
+            let r = crypto::append_entry(p, platform, &mut entry)?;
             if success {
                 p.put_u64(O_INSTALLED_SEQ, sequence)?;
             }
@@ -681,8 +694,9 @@ pub(crate) fn report_result<S: Store, P: Platform>(
 }
 
 /// Signs the receipt `{ICCID, update id, result, log seq, chain head}` with the card key
-/// into `io`. The signature is deterministic (RFC 6979), so the same facts always give the
-/// same bytes: a receipt signed again by GET RECEIPT equals the one REPORT RESULT answered.
+/// into `io`. A receipt signed again by GET RECEIPT states the same facts as the one REPORT
+/// RESULT answered; on a platform that signs deterministically (RFC 6979, the software one)
+/// it is the same bytes.
 fn sign_receipt<S: Store, P: Platform>(
     core: &Core<S, P>,
     update_id: UpdateId,
@@ -704,10 +718,13 @@ fn sign_receipt<S: Store, P: Platform>(
         log_seq,
         chain_head,
     };
-    let key = crypto::card_key(&core.p)?;
+    let signer = crypto::CardSigner {
+        platform: &core.platform,
+        key: crypto::card_key(&core.p)?,
+    };
     core.ops.sign();
     receipt
-        .sign(&key, io)
+        .sign(&signer, io)
         .map_err(|_| CardError::Internal("receipt does not fit the I/O buffer"))
 }
 
@@ -761,7 +778,7 @@ pub(crate) fn get_receipt<S: Store, P: Platform>(
     {
         return Err(CardError::Refused(Reason::WrongDevice));
     }
-    let head = LogEntry::record_hash(&rec);
+    let head = crypto::record_hash(&core.platform, &rec);
     sign_receipt(core, wanted, result, seq, head, io)
 }
 

@@ -121,8 +121,10 @@ fn virtual_card_survives_restart_on_file_store() {
     w.full_update(&mut card, 4);
     std::fs::write(&path, card.image()).unwrap();
     let store = FileStore::open(&path, PERSISTENT_SIZE).unwrap();
-    let mut applet =
-        simfota_card::Applet::new(store, simfota_card::RngPlatform(TestRng::new("file")));
+    let mut applet = simfota_card::Applet::new(
+        store,
+        TestPlatform::new(Crypto::from_env(), TestRng::new("file")),
+    );
     let mut out = [0u8; 258];
     let mut sel = vec![0x00, ins::SELECT, 4, 0, simfota_card::AID.len() as u8];
     sel.extend_from_slice(&simfota_card::AID);
@@ -145,8 +147,10 @@ fn virtual_card_survives_restart_on_file_store() {
     assert_eq!(&out[..n], &[0x63, 0xC2]);
     drop(applet);
     let store = FileStore::open(&path, PERSISTENT_SIZE).unwrap();
-    let mut applet =
-        simfota_card::Applet::new(store, simfota_card::RngPlatform(TestRng::new("file")));
+    let mut applet = simfota_card::Applet::new(
+        store,
+        TestPlatform::new(Crypto::from_env(), TestRng::new("file")),
+    );
     let n = applet.process(&sel, &mut out);
     assert_eq!(&out[..n], &[0x90, 0x00]);
     let n = applet.process(&[0x00, ins::VERIFY, 0, 0x81], &mut out);
@@ -205,7 +209,10 @@ fn a_failing_memory_read_is_a_memory_error_not_a_refusal() {
         range: 1031..1831,
         failing: failing.clone(),
     };
-    let mut applet = simfota_card::Applet::new(store, simfota_card::RngPlatform(TestRng::new("f")));
+    let mut applet = simfota_card::Applet::new(
+        store,
+        TestPlatform::new(Crypto::from_env(), TestRng::new("f")),
+    );
     let mut send = |apdu: &[u8]| -> (Vec<u8>, StatusWord) {
         let mut out = vec![0u8; 65_538];
         let n = applet.process(apdu, &mut out);

@@ -1,6 +1,7 @@
 //! APDU scripts as data files (tests/scripts/*.apdu): `> hex` sends one command APDU,
 //! `< [data] SW` states the expected answer (`#n` = any n bytes, `*` = any data, `61*` = any
-//! 61xx). Directives: `card blank` / `card personalized`, `reset`.
+//! 61xx). Directives: `card blank` / `card personalized`, `reset`. Each script runs on both
+//! crypto back-ends, which must answer it byte for byte alike.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -44,33 +45,44 @@ fn apdu_scripts() {
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         let name = f.file_name().unwrap().to_string_lossy().to_string();
-        let mut card: Option<Card> = None;
-        let mut last: Option<(Vec<u8>, u16)> = None;
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            let where_ = format!("{name}:{}", i + 1);
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            if let Some(kind) = line.strip_prefix("card ") {
-                card = Some(match kind {
-                    "blank" => Card::blank("script"),
-                    "personalized" => World::new().default_card(),
-                    k => panic!("{where_}: unknown card kind {k}"),
-                });
-            } else if line == "reset" {
-                card.as_mut().unwrap().applet.reset();
-            } else if let Some(a) = line.strip_prefix('>') {
-                let (d, sw) = card.as_mut().expect("card directive first").raw(&hex(a));
-                last = Some((d, sw.0));
-            } else if let Some(e) = line.strip_prefix('<') {
-                let (d, sw) = last
-                    .take()
-                    .unwrap_or_else(|| panic!("{where_}: no command before"));
-                check(e, &d, sw, &where_);
-            } else {
-                panic!("{where_}: cannot read {line:?}");
-            }
+        let answers = Crypto::ALL.map(|crypto| run(crypto, &name, &text));
+        assert_eq!(answers[0], answers[1], "{name}: the back-ends answer alike");
+    }
+}
+
+/// Runs one script on back-end `crypto`, checking each answer; returns the answers.
+fn run(crypto: Crypto, name: &str, text: &str) -> Vec<(Vec<u8>, u16)> {
+    let mut answers = Vec::new();
+    let mut card: Option<Card> = None;
+    let mut last: Option<(Vec<u8>, u16)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let where_ = format!("{name}:{}", i + 1);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(kind) = line.strip_prefix("card ") {
+            card = Some(match kind {
+                "blank" => Card::blank_on(crypto, "script"),
+                "personalized" => {
+                    World::new().card_on(crypto, &policy(simfota_wire::UnauthorizedRule::Refuse))
+                }
+                k => panic!("{where_}: unknown card kind {k}"),
+            });
+        } else if line == "reset" {
+            card.as_mut().unwrap().applet.reset();
+        } else if let Some(a) = line.strip_prefix('>') {
+            let (d, sw) = card.as_mut().expect("card directive first").raw(&hex(a));
+            answers.push((d.clone(), sw.0));
+            last = Some((d, sw.0));
+        } else if let Some(e) = line.strip_prefix('<') {
+            let (d, sw) = last
+                .take()
+                .unwrap_or_else(|| panic!("{where_}: no command before"));
+            check(e, &d, sw, &where_);
+        } else {
+            panic!("{where_}: cannot read {line:?}");
         }
     }
+    answers
 }

@@ -7,7 +7,8 @@
 //! link speaks the applet's command set.
 //!
 //! Channels:
-//! - [`InProcessChannel`]: a [`VirtualCard`] in this process (the applet over its state file);
+//! - [`InProcessChannel`]: a [`VirtualCard`] in this process (the applet over its state file,
+//!   its crypto on the software back-end or on ring: [`platform`]);
 //! - [`pcsc::PcscChannel`] (feature `pcsc`): any reader of the system's PC/SC stack, physical,
 //!   or one of vsmartcard's virtual readers;
 //! - [`modem::ModemChannel`] (feature `modem`): the card in a cellular modem, through the AT
@@ -33,6 +34,7 @@ pub mod local;
 pub mod modem;
 #[cfg(feature = "pcsc")]
 pub mod pcsc;
+pub mod platform;
 #[cfg(feature = "vpcd")]
 pub mod vpcd;
 
@@ -44,6 +46,7 @@ pub use client::{CardClient, ChannelMode, ClientError};
 pub use error::LinkError;
 pub use link::{ExtendedMode, Link, LinkOptions, LinkStats};
 pub use local::{AppletCard, FileCard};
+pub use platform::{Crypto, HostPlatform, LocalPlatform};
 
 /// The card crate this link serves and speaks to (reasons, constants, host-side decoders).
 pub use simfota_card as card;

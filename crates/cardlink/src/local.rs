@@ -10,13 +10,15 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
-use simfota_card::{Applet, FileStore, IO_CAP, PERSISTENT_SIZE, RngPlatform, Store};
+use simfota_card::{Applet, FileStore, IO_CAP, PERSISTENT_SIZE, Store};
 
 use crate::atr::virtual_card_atr;
 use crate::channel::VirtualCard;
+use crate::platform::{Crypto, LocalPlatform};
 
-/// The platform of a host-run card: the operating system's random generator.
-pub type HostPlatform = RngPlatform<rand_core::OsRng>;
+/// The platform of a host-run card: the operating system's random generator, and the crypto
+/// back-end chosen when the card is made.
+pub type CardPlatform = LocalPlatform<rand_core::OsRng>;
 
 /// Why a state file cannot be opened as a card.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +44,7 @@ pub enum OpenError {
 
 /// The applet over a store, as a card in this process.
 pub struct AppletCard<S: Store> {
-    applet: Applet<S, HostPlatform>,
+    applet: Applet<S, CardPlatform>,
     out: Vec<u8>,
     // Held for the card's lifetime: the advisory lock on `<state>.lock`.
     _lock: Option<File>,
@@ -55,6 +57,12 @@ impl AppletCard<FileStore> {
     /// Opens the card whose persistent memory is `path` (a blank card if the file does not
     /// exist yet: the first committed write creates it).
     pub fn open(path: &Path) -> Result<Self, OpenError> {
+        Self::open_with(path, Crypto::default())
+    }
+
+    /// [`AppletCard::open`] with the crypto back-end `crypto`. The state file is the same
+    /// whichever back-end runs the card.
+    pub fn open_with(path: &Path, crypto: Crypto) -> Result<Self, OpenError> {
         let lock_path = {
             let mut p = path.as_os_str().to_owned();
             p.push(".lock");
@@ -87,17 +95,22 @@ impl AppletCard<FileStore> {
             path: path.to_owned(),
             source,
         })?;
-        let mut card = Self::new(store);
+        let mut card = Self::with_crypto(store, crypto);
         card._lock = Some(lock);
         Ok(card)
     }
 }
 
 impl<S: Store> AppletCard<S> {
-    /// The applet over any store (a `MemStore` in tests).
+    /// The applet over any store (a `MemStore` in tests), on the software crypto back-end.
     pub fn new(store: S) -> Self {
+        Self::with_crypto(store, Crypto::default())
+    }
+
+    /// The applet over any store, on the crypto back-end `crypto`.
+    pub fn with_crypto(store: S, crypto: Crypto) -> Self {
         Self {
-            applet: Applet::new(store, RngPlatform(rand_core::OsRng)),
+            applet: Applet::new(store, LocalPlatform::new(crypto, rand_core::OsRng)),
             // The whole I/O buffer fits one answer when Ne allows it (extended length).
             out: vec![0; IO_CAP + 2],
             _lock: None,
@@ -105,7 +118,7 @@ impl<S: Store> AppletCard<S> {
     }
 
     /// The applet (to inspect its store in tests).
-    pub fn applet(&self) -> &Applet<S, HostPlatform> {
+    pub fn applet(&self) -> &Applet<S, CardPlatform> {
         &self.applet
     }
 

@@ -325,6 +325,17 @@ impl<'a> CoseSign1<'a> {
         external_aad: &[u8],
         detached: Option<&[u8]>,
     ) -> Result<Verified<CoseSign1<'a>>> {
+        self.verify_with(&BUILTIN, key, external_aad, detached)
+    }
+
+    /// [`CoseSign1::verify`] with the crypto of `verifier`.
+    pub fn verify_with(
+        self,
+        verifier: &(impl Verifier + ?Sized),
+        key: &PublicKey,
+        external_aad: &[u8],
+        detached: Option<&[u8]>,
+    ) -> Result<Verified<CoseSign1<'a>>> {
         // RFC 9053 §2.1: ES256; RFC 9864: ESP256 is the same operation pinned to P-256.
         if self.alg != ALG_ES256 && self.alg != ALG_ESP256 {
             return Err(Error::UnsupportedAlg(self.alg));
@@ -335,91 +346,128 @@ impl<'a> CoseSign1<'a> {
             (Some(_), Some(_)) => return Err(Error::InvalidField("payload attached and detached")),
             (None, None) => return Err(Error::MissingField("payload")),
         };
-        key.verify_structure(self.protected, external_aad, payload, self.signature)?;
+        let valid = with_sig_structure(self.protected, external_aad, payload, |message| {
+            verifier.verify_es256(key, message, self.signature)
+        });
+        if !valid {
+            return Err(Error::BadSignature);
+        }
         Ok(Verified::new(self))
     }
 }
 
-/// SHA-256 of the Sig_structure `["Signature1", protected, external_aad, payload]`
-/// (RFC 9052 §4.4), streamed so no buffer for the structure is needed.
+/// The fixed start of every Sig_structure: a 4-element array and the text "Signature1"
+/// (RFC 9052 §4.4).
+const SIG1_CONTEXT: [u8; 12] = *b"\x84\x6aSignature1";
+
+/// Calls `f` with the Sig_structure `["Signature1", protected, external_aad, payload]`
+/// (RFC 9052 §4.4) as the pieces whose concatenation it is, so no buffer for the structure
+/// is needed: what an [`Es256Signer`] signs, fed piece by piece to a signature engine.
+pub fn with_sig_structure<T>(
+    protected: &[u8],
+    aad: &[u8],
+    payload: &[u8],
+    f: impl FnOnce(&[&[u8]]) -> T,
+) -> T {
+    let (hp, np) = head(2, protected.len() as u64);
+    let (ha, na) = head(2, aad.len() as u64);
+    let (hl, nl) = head(2, payload.len() as u64);
+    f(&[
+        &SIG1_CONTEXT,
+        &hp[..np],
+        protected,
+        &ha[..na],
+        aad,
+        &hl[..nl],
+        payload,
+    ])
+}
+
+/// SHA-256 of the Sig_structure (RFC 9052 §4.4), streamed.
 pub(crate) fn sig_structure_digest(protected: &[u8], aad: &[u8], payload: &[u8]) -> [u8; 32] {
-    let mut h = sha2::Sha256::new();
-    h.update([0x84]);
-    h.update([0x6a]);
-    h.update(b"Signature1");
-    for part in [protected, aad, payload] {
-        let (hd, n) = head(2, part.len() as u64);
-        h.update(&hd[..n]);
-        h.update(part);
-    }
-    h.finalize().into()
+    with_sig_structure(protected, aad, payload, |parts| {
+        SoftwareVerifier.sha256(parts)
+    })
 }
 
-/// The Sig_structure `["Signature1", protected, external_aad, payload]` (RFC 9052 §4.4) as
-/// bytes, for back-ends that hash the message themselves.
+/// The ECDSA P-256 and SHA-256 that signature checks run on. The `verify_with` functions of
+/// this crate take one: the card applet passes its platform's crypto (a secure element's
+/// co-processor, or whatever back-end its host chose); the plain `verify` functions use this
+/// crate's own code ([`SoftwareVerifier`], or [`RingVerifier`] with the `ring` feature).
+///
+/// Messages come as pieces to be hashed in order, as a card's `Signature.update` takes them:
+/// the Sig_structure is never assembled in one buffer.
+pub trait Verifier {
+    /// SHA-256 of the concatenation of `parts`.
+    fn sha256(&self, parts: &[&[u8]]) -> [u8; 32];
+    /// Whether `signature` (r ‖ s) is `key`'s ECDSA P-256 signature with SHA-256 (ES256,
+    /// RFC 9053 §2.1) over the concatenation of `message`.
+    fn verify_es256(&self, key: &PublicKey, message: &[&[u8]], signature: &[u8; 64]) -> bool;
+}
+
+impl<V: Verifier + ?Sized> Verifier for &V {
+    fn sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
+        (**self).sha256(parts)
+    }
+    fn verify_es256(&self, key: &PublicKey, message: &[&[u8]], signature: &[u8; 64]) -> bool {
+        (**self).verify_es256(key, message, signature)
+    }
+}
+
+/// [`Verifier`] by this crate's no_std code (RustCrypto `p256` and `sha2`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SoftwareVerifier;
+
+impl Verifier for SoftwareVerifier {
+    fn sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        for part in parts {
+            h.update(part);
+        }
+        h.finalize().into()
+    }
+    fn verify_es256(&self, key: &PublicKey, message: &[&[u8]], signature: &[u8; 64]) -> bool {
+        let digest = self.sha256(message);
+        Signature::from_slice(signature)
+            .is_ok_and(|sig| key.0.verify_prehash(&digest, &sig).is_ok())
+    }
+}
+
+/// [`Verifier`] by ring (host only, about five times faster than [`SoftwareVerifier`]; the two
+/// agree: `ring_tests`).
 #[cfg(feature = "ring")]
-fn sig_structure(protected: &[u8], aad: &[u8], payload: &[u8]) -> std::vec::Vec<u8> {
-    let mut v = std::vec::Vec::with_capacity(16 + protected.len() + aad.len() + payload.len());
-    v.extend_from_slice(&[0x84, 0x6a]);
-    v.extend_from_slice(b"Signature1");
-    for part in [protected, aad, payload] {
-        let (hd, n) = head(2, part.len() as u64);
-        v.extend_from_slice(&hd[..n]);
-        v.extend_from_slice(part);
-    }
-    v
-}
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RingVerifier;
 
-impl PublicKey {
-    /// Checks an ES256 signature (r ‖ s) over the Sig_structure of these parts, with ring
-    /// on a host that has it, else with the no_std code (the two agree: `ring_tests`).
-    fn verify_structure(
-        &self,
-        protected: &[u8],
-        aad: &[u8],
-        payload: &[u8],
-        signature: &[u8; 64],
-    ) -> Result<()> {
-        #[cfg(feature = "ring")]
-        return self.verify_ring(protected, aad, payload, signature);
-        #[cfg(not(feature = "ring"))]
-        return self.verify_p256(protected, aad, payload, signature);
+#[cfg(feature = "ring")]
+impl Verifier for RingVerifier {
+    fn sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in parts {
+            h.update(part);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(h.finish().as_ref());
+        out
     }
-
-    /// [`Self::verify_structure`] by the no_std code.
-    #[cfg_attr(feature = "ring", allow(dead_code))]
-    fn verify_p256(
-        &self,
-        protected: &[u8],
-        aad: &[u8],
-        payload: &[u8],
-        signature: &[u8; 64],
-    ) -> Result<()> {
-        let digest = sig_structure_digest(protected, aad, payload);
-        let sig = Signature::from_slice(signature).map_err(|_| Error::BadSignature)?;
-        self.0
-            .verify_prehash(&digest, &sig)
-            .map_err(|_| Error::BadSignature)
-    }
-
-    /// [`Self::verify_structure`] by ring.
-    #[cfg(feature = "ring")]
-    fn verify_ring(
-        &self,
-        protected: &[u8],
-        aad: &[u8],
-        payload: &[u8],
-        signature: &[u8; 64],
-    ) -> Result<()> {
-        let point = self.0.to_encoded_point(false);
+    fn verify_es256(&self, key: &PublicKey, message: &[&[u8]], signature: &[u8; 64]) -> bool {
+        // ring takes the message in one piece.
+        let whole = message.concat();
         ring::signature::UnparsedPublicKey::new(
             &ring::signature::ECDSA_P256_SHA256_FIXED,
-            point.as_bytes(),
+            &key.to_sec1()[..],
         )
-        .verify(&sig_structure(protected, aad, payload), signature)
-        .map_err(|_| Error::BadSignature)
+        .verify(&whole, signature)
+        .is_ok()
     }
 }
+
+/// What the plain `verify` functions check with.
+#[cfg(feature = "ring")]
+pub(crate) const BUILTIN: RingVerifier = RingVerifier;
+/// What the plain `verify` functions check with.
+#[cfg(not(feature = "ring"))]
+pub(crate) const BUILTIN: SoftwareVerifier = SoftwareVerifier;
 
 /// What signs COSE_Sign1 messages with ES256: the card's no_std key ([`SigningKey`],
 /// deterministic ECDSA per RFC 6979) or, on a host, [`RingSigningKey`].
@@ -475,7 +523,10 @@ impl Es256Signer for RingSigningKey {
     fn sign_structure(&self, protected: &[u8], aad: &[u8], payload: &[u8]) -> Result<[u8; 64]> {
         let sig = self
             .pair
-            .sign(&self.rng, &sig_structure(protected, aad, payload))
+            .sign(
+                &self.rng,
+                &with_sig_structure(protected, aad, payload, |m| m.concat()),
+            )
             .map_err(|_| Error::BadKey)?;
         sig.as_ref().try_into().map_err(|_| Error::BadKey)
     }
@@ -616,7 +667,16 @@ impl<'a, T: SignedPayload> Signed<'a, T> {
 
     /// Checks the signature with the signer's key.
     pub fn verify(self, key: &PublicKey) -> Result<Verified<T>> {
-        self.sign1.verify(key, &[], None)?;
+        self.verify_with(&BUILTIN, key)
+    }
+
+    /// [`Signed::verify`] with the crypto of `verifier`.
+    pub fn verify_with(
+        self,
+        verifier: &(impl Verifier + ?Sized),
+        key: &PublicKey,
+    ) -> Result<Verified<T>> {
+        self.sign1.verify_with(verifier, key, &[], None)?;
         Ok(Verified::new(self.body))
     }
 
@@ -664,28 +724,34 @@ mod ring_tests {
     }
 
     /// Both back-ends give the same verdict on signatures from both signers, and on tampered
-    /// ones; a ring signature is a valid ES256 signature for the same public key.
+    /// ones; a ring signature is a valid ES256 signature for the same public key; both hash
+    /// alike.
     #[test]
     fn ring_and_the_no_std_code_agree() {
         let k = key(7);
         let public = PublicKey::from(&k);
         let ring_key = RingSigningKey::new(&k).unwrap();
         let (prot, aad) = (&PROTECTED_ES256[..], &b"context"[..]);
+        let check = |key: &PublicKey, aad: &[u8], payload: &[u8], sig: &[u8; 64]| {
+            with_sig_structure(prot, aad, payload, |m| {
+                let soft = SoftwareVerifier.verify_es256(key, m, sig);
+                assert_eq!(soft, RingVerifier.verify_es256(key, m, sig));
+                assert_eq!(SoftwareVerifier.sha256(m), RingVerifier.sha256(m));
+                soft
+            })
+        };
         for payload in [&b""[..], b"hello", &[0xa5; 3000]] {
             let signers: [&dyn Es256Signer; 2] = [&k, &ring_key];
             for signer in signers {
                 let sig = signer.sign_structure(prot, aad, payload).unwrap();
-                assert!(public.verify_p256(prot, aad, payload, &sig).is_ok());
-                assert!(public.verify_ring(prot, aad, payload, &sig).is_ok());
+                assert!(check(&public, aad, payload, &sig));
                 let mut bad = sig;
                 bad[10] ^= 1;
-                assert!(public.verify_p256(prot, aad, payload, &bad).is_err());
-                assert!(public.verify_ring(prot, aad, payload, &bad).is_err());
-                assert!(public.verify_p256(prot, b"other", payload, &sig).is_err());
-                assert!(public.verify_ring(prot, b"other", payload, &sig).is_err());
-                let other = PublicKey::from(&key(8));
-                assert!(other.verify_p256(prot, aad, payload, &sig).is_err());
-                assert!(other.verify_ring(prot, aad, payload, &sig).is_err());
+                assert!(!check(&public, aad, payload, &bad));
+                assert!(!check(&public, b"other", payload, &sig));
+                assert!(!check(&PublicKey::from(&key(8)), aad, payload, &sig));
+                // r = 0 and s = 0 are no signature for either.
+                assert!(!check(&public, aad, payload, &[0; 64]));
             }
         }
     }

@@ -19,7 +19,7 @@ use rand_core::CryptoRngCore;
 use sha2::Sha256;
 
 use crate::cbor::{Writer, head_len};
-use crate::cose::{PublicKey, TAG_ENCRYPT, finish_sign1};
+use crate::cose::{Es256Signer, PublicKey, TAG_ENCRYPT, finish_sign1};
 use crate::error::{Error, Result};
 use crate::ids::{Digest, Iccid, Nonce};
 use crate::log::LogEntry;
@@ -82,6 +82,48 @@ fn derive_cek(shared_x: &[u8], rcpt_protected: &[u8]) -> Result<[u8; 16]> {
     Ok(cek)
 }
 
+/// What an export page needs from the card's crypto besides this crate's own HKDF and
+/// AES-GCM: the ES256 signature over the page, an ephemeral ECDH-ES agreement and random
+/// bytes. [`build_export`] uses the no_std code; a card applet passes its platform's crypto
+/// to [`build_export_with`].
+pub trait ExportCrypto: Es256Signer {
+    /// A fresh ephemeral P-256 key pair: its public key and the x coordinate of its ECDH
+    /// agreement with `peer` (ECDH-ES, RFC 9053 §6.3.1). The private key is forgotten.
+    fn ecdh_ephemeral(&mut self, peer: &PublicKey) -> Result<(PublicKey, [u8; 32])>;
+    /// Fills `out` with random bytes.
+    fn fill_random(&mut self, out: &mut [u8]);
+}
+
+/// [`ExportCrypto`] by the no_std code: the card key, and `rng` for the ephemeral key and the
+/// IV (drawn in that order).
+struct SoftwareExport<'a, R> {
+    card_key: &'a SigningKey,
+    rng: &'a mut R,
+}
+
+impl<R> Es256Signer for SoftwareExport<'_, R> {
+    fn sign_structure(&self, protected: &[u8], aad: &[u8], payload: &[u8]) -> Result<[u8; 64]> {
+        self.card_key.sign_structure(protected, aad, payload)
+    }
+}
+
+impl<R: CryptoRngCore> ExportCrypto for SoftwareExport<'_, R> {
+    fn ecdh_ephemeral(&mut self, peer: &PublicKey) -> Result<(PublicKey, [u8; 32])> {
+        let eph = p256::NonZeroScalar::random(&mut *self.rng);
+        let eph_pub = PublicKey::from(p256::ecdsa::VerifyingKey::from(
+            p256::PublicKey::from_secret_scalar(&eph),
+        ));
+        let peer = p256::PublicKey::from_sec1_bytes(&peer.to_sec1()).map_err(|_| Error::BadKey)?;
+        let shared = p256::ecdh::diffie_hellman(eph, peer.as_affine());
+        let mut x = [0u8; 32];
+        x.copy_from_slice(shared.raw_secret_bytes());
+        Ok((eph_pub, x))
+    }
+    fn fill_random(&mut self, out: &mut [u8]) {
+        self.rng.fill_bytes(out);
+    }
+}
+
 /// Builds a signed, encrypted export page into `out` and returns its length.
 ///
 /// `records(seq, slot)` fills `slot` with the stored record `seq` (for `first_seq ..
@@ -95,6 +137,22 @@ pub fn build_export<F>(
     server_kid: &[u8],
     card_key: &SigningKey,
     rng: &mut impl CryptoRngCore,
+    records: F,
+) -> Result<usize>
+where
+    F: FnMut(u32, &mut [u8; LogEntry::RECORD_LEN]) -> bool,
+{
+    let mut crypto = SoftwareExport { card_key, rng };
+    build_export_with(out, header, server_key, server_kid, &mut crypto, records)
+}
+
+/// [`build_export`] with the signature, the key agreement and the IV from `crypto`.
+pub fn build_export_with<F>(
+    out: &mut [u8],
+    header: &ExportHeader,
+    server_key: &PublicKey,
+    server_kid: &[u8],
+    crypto: &mut (impl ExportCrypto + ?Sized),
     mut records: F,
 ) -> Result<usize>
 where
@@ -129,16 +187,10 @@ where
     };
 
     // 2. Key agreement and content key.
-    let eph = p256::NonZeroScalar::random(rng);
-    let eph_pub = PublicKey::from(p256::ecdsa::VerifyingKey::from(
-        p256::PublicKey::from_secret_scalar(&eph),
-    ));
-    let server_point =
-        p256::PublicKey::from_sec1_bytes(&server_key.to_sec1()).map_err(|_| Error::BadKey)?;
-    let shared = p256::ecdh::diffie_hellman(eph, server_point.as_affine());
-    let cek = derive_cek(shared.raw_secret_bytes(), &RCPT_PROTECTED)?;
+    let (eph_pub, shared_x) = crypto.ecdh_ephemeral(server_key)?;
+    let cek = derive_cek(&shared_x, &RCPT_PROTECTED)?;
     let mut iv = [0u8; 12];
-    rng.fill_bytes(&mut iv);
+    crypto.fill_random(&mut iv);
 
     // 3. Heads in front of the ciphertext.
     let ct_len = plen + 16;
@@ -190,7 +242,7 @@ where
     out[plain_at + ct_len..end].copy_from_slice(&rcpts[..rcpts_len]);
 
     // 5. Sign over the COSE_Encrypt (finish_sign1 rewrites the same head in front of it).
-    finish_sign1(out, enc_at, enc_len, card_key, None, &[])
+    finish_sign1(out, enc_at, enc_len, crypto, None, &[])
 }
 
 #[cfg(feature = "std")]

@@ -21,6 +21,7 @@
 //! | log entry | [`LogEntry::encode`] -> `[u8; RECORD_LEN]`, [`LogEntry::entry_hash`] | [`LogEntry::decode`] |
 //! | log export | [`build_export`] (fixed buffer, records by callback) | `open_export` (std) then `ExportContents::entries` |
 //! | any COSE_Sign1 | [`cose::sign1_into`], [`cose::sign1_bytes_into`], [`cose::sign1_detached_into`] | [`CoseSign1::decode`] + [`CoseSign1::verify`] |
+//! | with another crypto back-end (the card's platform) | any [`Es256Signer`]; [`build_export_with`] and an [`ExportCrypto`] | every `verify` has a `verify_with` taking a [`Verifier`] ([`SoftwareVerifier`]: this crate's code) |
 //! | card info, pending update, log status, server and originator lists, DM node table | [`contract`]: `X::encode` | [`contract`]: `X::decode`; node values by Format: `contract::Node::decode_value` (std) |
 //! | keys | [`PublicKey::from_sec1`], [`PublicKey::from_xy`], `From<&SigningKey>` | `pem` (std): PKCS#8 / SPKI PEM files |
 //! | hashing | [`Sha256Stream`], [`sha256`], `sha256_reader` (std) | |
@@ -48,13 +49,15 @@ pub mod pem;
 pub mod suit;
 pub mod token;
 
+pub use cose::{
+    CoseSign1, Es256Signer, PublicKey, Signed, SignedPayload, SoftwareVerifier, Verified, Verifier,
+};
 #[cfg(feature = "ring")]
-pub use cose::RingSigningKey;
-pub use cose::{CoseSign1, Es256Signer, PublicKey, Signed, SignedPayload, Verified};
+pub use cose::{RingSigningKey, RingVerifier};
 pub use error::{Error, Result};
 #[cfg(feature = "std")]
 pub use export::{ExportContents, open_export};
-pub use export::{ExportHeader, build_export};
+pub use export::{ExportCrypto, ExportHeader, build_export, build_export_with};
 #[cfg(feature = "std")]
 pub use hash::sha256_reader;
 pub use hash::{Sha256Stream, sha256};

@@ -8,7 +8,7 @@
 
 use crate::cbor::{Key, Reader, Writer};
 use crate::cose::{
-    Es256Signer, PublicKey, Signed, SignedPayload, Verified, check_type, sign_object,
+    Es256Signer, PublicKey, Signed, SignedPayload, Verified, Verifier, check_type, sign_object,
 };
 use crate::error::{Error, Result};
 use crate::ids::{Digest, Iccid, IssuerId, Nonce, OriginatorId, ServerId, UpdateId, Uuid};
@@ -298,6 +298,15 @@ macro_rules! signed_api {
                 limits: &Limits,
             ) -> Result<Verified<Self>> {
                 Self::decode(bytes, limits)?.verify(key)
+            }
+            /// Decodes and verifies with the crypto of `verifier`.
+            pub fn verify_with(
+                bytes: &[u8],
+                verifier: &(impl Verifier + ?Sized),
+                key: &PublicKey,
+                limits: &Limits,
+            ) -> Result<Verified<Self>> {
+                Self::decode(bytes, limits)?.verify_with(verifier, key)
             }
         }
     };

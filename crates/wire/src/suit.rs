@@ -38,9 +38,8 @@
 //! installed image is the integrity check the card performs itself against the reported digest.
 
 use crate::cbor::{Key, Reader};
-use crate::cose::{CoseSign1, PublicKey, Verified};
+use crate::cose::{BUILTIN, CoseSign1, PublicKey, Verified, Verifier};
 use crate::error::{Error, Result};
-use crate::hash::sha256;
 use crate::ids::{Digest, Uuid};
 use crate::limits::Limits;
 
@@ -365,6 +364,16 @@ impl<'a> Envelope<'a> {
         self.verify_as_signer(key).map_err(SignerCheck::into_error)
     }
 
+    /// [`Envelope::verify`] with the crypto of `verifier` (signature and every digest).
+    pub fn verify_with(
+        &self,
+        verifier: &(impl Verifier + ?Sized),
+        key: &PublicKey,
+    ) -> Result<Verified<Manifest<'a>>> {
+        self.verify_as_signer_with(verifier, key)
+            .map_err(SignerCheck::into_error)
+    }
+
     /// [`Envelope::verify`], telling apart "this key did not sign the envelope" from "this key
     /// signed it, and a later check failed". A verifier that tries several originator keys (the
     /// SUIT authentication block carries no key id) must name an originator only in the second
@@ -373,6 +382,17 @@ impl<'a> Envelope<'a> {
         &self,
         key: &PublicKey,
     ) -> core::result::Result<Verified<Manifest<'a>>, SignerCheck> {
+        self.verify_as_signer_with(&BUILTIN, key)
+    }
+
+    /// [`Envelope::verify_as_signer`] with the crypto of `verifier` (signature and every
+    /// digest).
+    pub fn verify_as_signer_with(
+        &self,
+        verifier: &(impl Verifier + ?Sized),
+        key: &PublicKey,
+    ) -> core::result::Result<Verified<Manifest<'a>>, SignerCheck> {
+        let sha256 = |bytes: &[u8]| Digest(verifier.sha256(&[bytes]));
         // Step 1: authentication blocks (draft §8.3). Any block verifying under `key` will do;
         // the first failure is reported if none does.
         let mut first_err = None;
@@ -385,7 +405,8 @@ impl<'a> Envelope<'a> {
                 if !s.tagged {
                     return Err(Error::MissingField("COSE_Sign1 tag"));
                 }
-                s.verify(key, &[], Some(self.suit_digest)).map(|_| ())
+                s.verify_with(verifier, key, &[], Some(self.suit_digest))
+                    .map(|_| ())
             })();
             match res {
                 Ok(()) => {
@@ -408,11 +429,18 @@ impl<'a> Envelope<'a> {
             return Err(SignerCheck::Invalid(Error::DigestMismatch("manifest")));
         }
         // Steps 3-5.
-        let m = self.read_manifest(md).map_err(SignerCheck::Invalid)?;
+        let m = self
+            .read_manifest(md, &sha256)
+            .map_err(SignerCheck::Invalid)?;
         Ok(Verified::new(m))
     }
 
-    fn read_manifest(&self, manifest_digest: Digest) -> Result<Manifest<'a>> {
+    /// Steps 3-5, hashing with `sha256`.
+    fn read_manifest(
+        &self,
+        manifest_digest: Digest,
+        sha256: &dyn Fn(&[u8]) -> Digest,
+    ) -> Result<Manifest<'a>> {
         let lim = &self.limits;
         let mut r = Reader::new(self.manifest, lim);
         let mut m = Manifest {
@@ -1132,6 +1160,7 @@ mod build {
     use super::*;
     use crate::cbor::Writer;
     use crate::cose::sign1_detached_into;
+    use crate::hash::sha256;
 
     /// The image a package describes.
     #[derive(Debug, Clone, Copy)]

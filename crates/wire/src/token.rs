@@ -2,7 +2,7 @@
 //! ES256, binding one update to one card nonce, one subscription (ICCID) and one device (IMEI).
 
 use crate::cbor::{Key, Reader, Writer};
-use crate::cose::{Es256Signer, PublicKey, Signed, SignedPayload, Verified, sign_object};
+use crate::cose::{Es256Signer, PublicKey, Signed, SignedPayload, Verified, Verifier, sign_object};
 use crate::error::{Error, Result};
 use crate::ids::{ChargingRef, Digest, Iccid, Imei, Nonce, ServerId, UpdateId};
 use crate::limits::Limits;
@@ -72,6 +72,16 @@ impl DeliveryToken {
     /// Decodes and verifies with the issuing server's key.
     pub fn verify(bytes: &[u8], key: &PublicKey, limits: &Limits) -> Result<Verified<Self>> {
         Self::decode(bytes, limits)?.verify(key)
+    }
+
+    /// Decodes and verifies with the issuing server's key and the crypto of `verifier`.
+    pub fn verify_with(
+        bytes: &[u8],
+        verifier: &(impl Verifier + ?Sized),
+        key: &PublicKey,
+        limits: &Limits,
+    ) -> Result<Verified<Self>> {
+        Self::decode(bytes, limits)?.verify_with(verifier, key)
     }
 
     /// Encodes and signs into a new vector (host side).

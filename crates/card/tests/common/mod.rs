@@ -7,7 +7,9 @@ use p256::ecdsa::SigningKey;
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest as _, Sha256};
 use simfota_card::perso::dgi;
-use simfota_card::{Applet, CardMemory, PIN_LEN, PowerCut, RngPlatform, StatusWord, Store, ins};
+use simfota_card::{Applet, CardMemory, PIN_LEN, PowerCut, StatusWord, Store, ins};
+pub use simfota_cardlink::Crypto;
+use simfota_cardlink::LocalPlatform;
 use simfota_wire::contract::CardInfo;
 use simfota_wire::suit::{BuildParams, ImageSource, build};
 use simfota_wire::{
@@ -84,7 +86,11 @@ pub fn sec1(k: &SigningKey) -> [u8; 65] {
     PublicKey::from(k).to_sec1()
 }
 
-pub type TestApplet = Applet<PowerCut<CardMemory>, RngPlatform<TestRng>>;
+/// The test cards' platform: the crypto back-end `SIMFOTA_CARD_CRYPTO` names (`software`, the
+/// default, or `host`), or the one a test asks for; randomness from a seeded [`TestRng`].
+pub type TestPlatform = LocalPlatform<TestRng>;
+
+pub type TestApplet = Applet<PowerCut<CardMemory>, TestPlatform>;
 
 /// Link statistics for the measurements.
 #[derive(Debug, Default, Clone, Copy)]
@@ -107,6 +113,8 @@ pub fn on_channel(cla: u8, channel: u8) -> u8 {
 /// A terminal in front of the applet.
 pub struct Card {
     pub applet: Box<TestApplet>,
+    /// The crypto back-end it runs on (kept across power cycles).
+    pub crypto: Crypto,
     pub extended: bool,
     /// The logical channel `cmd` and `select` send on (0: the basic channel).
     pub channel: u8,
@@ -127,14 +135,28 @@ pub struct Exchange {
 }
 
 impl Card {
+    /// A blank card on the back-end of the environment ([`Crypto::from_env`]).
     pub fn blank(label: &str) -> Self {
-        let store = PowerCut::new(CardMemory::new(), None);
-        Card::from_store(store, label)
+        Card::blank_on(Crypto::from_env(), label)
     }
 
+    pub fn blank_on(crypto: Crypto, label: &str) -> Self {
+        let store = PowerCut::new(CardMemory::new(), None);
+        Card::from_store_on(crypto, store, label)
+    }
+
+    /// A card over `store` on the back-end of the environment.
     pub fn from_store(store: PowerCut<CardMemory>, label: &str) -> Self {
+        Card::from_store_on(Crypto::from_env(), store, label)
+    }
+
+    pub fn from_store_on(crypto: Crypto, store: PowerCut<CardMemory>, label: &str) -> Self {
         Card {
-            applet: Box::new(Applet::new(store, RngPlatform(TestRng::new(label)))),
+            applet: Box::new(Applet::new(
+                store,
+                LocalPlatform::new(crypto, TestRng::new(label)),
+            )),
+            crypto,
             extended: false,
             channel: 0,
             stats: Stats::default(),
@@ -227,7 +249,7 @@ impl Card {
     pub fn power_cycle(self) -> Card {
         let mut mem = self.applet.into_store().into_inner();
         mem.power_cycle();
-        let mut c = Card::from_store(PowerCut::new(mem, None), "after power cycle");
+        let mut c = Card::from_store_on(self.crypto, PowerCut::new(mem, None), "after power cycle");
         c.extended = self.extended;
         c
     }
@@ -420,9 +442,15 @@ impl World {
         assert_eq!(ci.lifecycle, simfota_wire::contract::Lifecycle::Operational);
     }
 
-    /// A fresh personalized card, selected, terminal bound.
+    /// A fresh personalized card, selected, terminal bound, on the back-end of the
+    /// environment.
     pub fn card(&self, policy: &[u8]) -> Card {
-        let mut c = Card::blank("card rng");
+        self.card_on(Crypto::from_env(), policy)
+    }
+
+    /// [`World::card`] on the back-end `crypto`.
+    pub fn card_on(&self, crypto: Crypto, policy: &[u8]) -> Card {
+        let mut c = Card::blank_on(crypto, "card rng");
         self.personalize(&mut c, policy);
         assert_eq!(c.select(), StatusWord::OK);
         assert_eq!(c.bind(IMEI), StatusWord::OK);
@@ -616,6 +644,20 @@ pub fn card_public_key(card: &mut Card) -> PublicKey {
     let info = card.info();
     let ci = CardInfo::decode(&info, &simfota_wire::Limits::DEFAULT).unwrap();
     PublicKey::from_sec1(&ci.card_key.unwrap()).unwrap()
+}
+
+/// Whether two receipts are the same answer of `card`: both verify under its key and state
+/// the same facts, and on the software back-end, whose signatures are deterministic (RFC
+/// 6979), they are the same bytes (ring signs with random nonces).
+pub fn same_receipt(card: &mut Card, a: &[u8], b: &[u8]) -> bool {
+    let key = card_public_key(card);
+    let open = |bytes: &[u8]| {
+        simfota_wire::Receipt::verify(bytes, &key, &simfota_wire::Limits::DEFAULT)
+            .ok()
+            .map(simfota_wire::Verified::into_inner)
+    };
+    let facts = matches!((open(a), open(b)), (Some(x), Some(y)) if x == y);
+    facts && (card.crypto != Crypto::Software || a == b)
 }
 
 /// Checks the hash chain of consecutive entries.

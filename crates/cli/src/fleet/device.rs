@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use simfota_cardlink::card::CardMemory;
-use simfota_cardlink::{AppletCard, CardClient, InProcessChannel};
+use simfota_cardlink::{AppletCard, CardClient, Crypto, InProcessChannel};
 use simfota_device::cardnodes::SharedCard;
 use simfota_device::config::{
     AuthScheme, CardConfig, Credentials, DeviceConfig, DeviceInfo, Encoding, Limits,
@@ -166,6 +166,8 @@ pub struct Protocol {
     pub encoding: Encoding,
     /// DM authentication scheme.
     pub auth: AuthScheme,
+    /// Crypto back-end of the device's in-process card.
+    pub card_crypto: Crypto,
 }
 
 impl SimDevice {
@@ -210,7 +212,7 @@ impl SimDevice {
             },
             limits: Limits::default(),
         };
-        let card = AppletCard::new(CardMemory::new());
+        let card = AppletCard::with_crypto(CardMemory::new(), protocol.card_crypto);
         SimDevice {
             cfg,
             iccid: id.iccid.clone(),

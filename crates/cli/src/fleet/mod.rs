@@ -42,6 +42,7 @@ use crate::keys;
 use crate::setup::{self, firmware, operator::Operator};
 use device::{Behaviour, Identity, Protocol, SimDevice, Timings};
 use report::{ErrorGroup, ErrorKind, Percentiles, Report};
+use simfota_cardlink::Crypto;
 
 /// The fleet's manufacturer (DevInfo/Man).
 const MANUFACTURER: &str = "simfota fleet";
@@ -129,6 +130,10 @@ pub struct Args {
     /// With --target: that originator's id on the server.
     #[arg(long, value_name = "ID", default_value = OWN_ORIGINATOR_ID)]
     originator_id: String,
+    /// Crypto back-end of the simulated cards: `host` (ring) or `software` (the card crate's
+    /// no_std code, as on a microcontroller). The cards answer the same either way.
+    #[arg(long, default_value = "host", value_parser = ["host", "software"])]
+    card_crypto: String,
 }
 
 /// Runs `simfota fleet`.
@@ -304,6 +309,7 @@ impl World {
             } else {
                 AuthScheme::Md5
             },
+            card_crypto: Crypto::from_name(&args.card_crypto).unwrap_or(Crypto::Host),
         };
         // A run's own block of IMEIs, ICCIDs and its own model: runs against one database
         // never collide, and the campaign targets this run's devices only.
@@ -650,6 +656,9 @@ impl World {
                     "xml"
                 },
                 auth: if args.auth == "hmac" { "hmac" } else { "md5" },
+                card_crypto: Crypto::from_name(&args.card_crypto)
+                    .unwrap_or(Crypto::Host)
+                    .name(),
                 idle_devices: self.idle,
                 concurrency: args.concurrency as usize,
                 payload_size: args.payload_size as usize,

@@ -220,6 +220,8 @@ pub struct Setup {
     pub encoding: &'static str,
     /// `md5` or `hmac`.
     pub auth: &'static str,
+    /// The simulated cards' crypto back-end: `host` or `software`.
+    pub card_crypto: &'static str,
     /// Devices in the campaign that never connected (`--idle-devices`).
     pub idle_devices: usize,
     /// Worker threads.
@@ -277,7 +279,7 @@ pub fn print(r: &Report) {
     let s = &r.setup;
     outln!(
         "fleet: {} devices ({} started), {} on {} ({} server process{}), {} + {}, concurrency {}, \
-         payload {} bytes{}",
+         payload {} bytes{}, {} card crypto",
         r.devices,
         r.started,
         if s.database == "target" {
@@ -292,7 +294,8 @@ pub fn print(r: &Report) {
         s.auth,
         s.concurrency,
         s.payload_size,
-        if s.download { ", downloaded" } else { "" }
+        if s.download { ", downloaded" } else { "" },
+        s.card_crypto,
     );
     outln!(
         "  setup              {:.2} s (servers, registration, cards, package, campaign)",
