@@ -859,7 +859,7 @@ impl<'a> World<'a> {
         self.out
             .line(&format!("  dashboard  {}", summary.server.dashboard));
         self.out.line(&format!(
-            "  sign in    {}/ui/login?token=<the token in {}>",
+            "  sign in    {}/ui/login with the token in {}",
             summary.server.url, summary.server.api_token_file
         ));
         self.out.line(&format!(

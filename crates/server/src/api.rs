@@ -72,6 +72,7 @@ fn api(upload_limit: usize) -> Api {
         .op(__path_list_admin, list_admin)
         .op(__path_queue_admin, queue_admin)
         .op(__path_list_packages, list_packages)
+        .op(__path_create_ui_link, create_ui_link)
         .op_with(__path_upload_package, upload_package, |m| {
             // Uploads carry whole firmware images: their own, larger body limit.
             m.layer(DefaultBodyLimit::max(upload_limit))
@@ -298,6 +299,48 @@ async fn create_device(
             registry::create_device(&mut *s.db.conn().await?, &d, "api", &s.config.server_id)
                 .await?,
         ),
+    ))
+}
+
+/// `POST /api/v1/ui/links`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewLink {
+    /// The dashboard page to land on (`/ui/...`; anything else lands on `/ui`).
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// A one-time dashboard sign-in link.
+#[derive(Serialize, ToSchema)]
+struct SignInLink {
+    /// Opens a dashboard session for this token, once.
+    url: String,
+    /// Seconds the link waits for its use.
+    expires_in_secs: i64,
+}
+
+/// A one-time dashboard sign-in link for the calling token: it opens a session once, within
+/// a minute (for tools that open the dashboard; the token itself never goes in a URL).
+#[utoipa::path(
+    post,
+    path = "/ui/links",
+    request_body = NewLink,
+    responses((status = 201, description = "The link", body = SignInLink))
+)]
+async fn create_ui_link(
+    op: Operator,
+    State(s): State<AppState>,
+    ValidJson(l): ValidJson<NewLink>,
+) -> Result<impl IntoResponse> {
+    let next = crate::signin::normalize_next(l.next.as_deref());
+    let code = crate::signin::create_link(&s.db, op.token_id, next).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SignInLink {
+            url: format!("{}/ui/login/{code}", s.base_url),
+            expires_in_secs: crate::signin::LINK_TTL_MS / 1000,
+        }),
     ))
 }
 

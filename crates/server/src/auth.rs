@@ -72,21 +72,28 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 
 /// Checks an operator token; answers its name.
 pub async fn check_token(db: &Db, token: &str) -> Result<String> {
+    token_id(db, token).await.map(|(_, name)| name)
+}
+
+/// The id and name of a valid (not revoked) operator token.
+pub async fn token_id(db: &Db, token: &str) -> Result<(i64, String)> {
     if !token.starts_with(PREFIX) || token.len() > 128 {
         return Err(ServerError::Unauthorized);
     }
-    let row = sqlx::query("SELECT name FROM api_tokens WHERE token_hash = $1 AND revoked = 0")
+    let row = sqlx::query("SELECT id, name FROM api_tokens WHERE token_hash = $1 AND revoked = 0")
         .bind(hash(token))
         .fetch_optional(db.pool())
         .await?
         .ok_or(ServerError::Unauthorized)?;
-    row.text("name")
+    Ok((row.i64("id")?, row.text("name")?))
 }
 
 /// An authenticated operator (extractor): present on every `/api/v1` handler but the OpenAPI
 /// document.
 #[derive(Debug, Clone)]
 pub struct Operator {
+    /// The token's id.
+    pub token_id: i64,
     /// The token's name.
     pub token_name: String,
 }
@@ -108,12 +115,14 @@ impl FromRequestParts<AppState> for Operator {
             return Err(ServerError::Unauthorized);
         }
         // The lookup is by hash, so the comparison never runs over the secret itself.
-        let row = sqlx::query("SELECT name FROM api_tokens WHERE token_hash = $1 AND revoked = 0")
-            .bind(hash(token))
-            .fetch_optional(state.db.pool())
-            .await?
-            .ok_or(ServerError::Unauthorized)?;
+        let row =
+            sqlx::query("SELECT id, name FROM api_tokens WHERE token_hash = $1 AND revoked = 0")
+                .bind(hash(token))
+                .fetch_optional(state.db.pool())
+                .await?
+                .ok_or(ServerError::Unauthorized)?;
         Ok(Self {
+            token_id: row.i64("id")?,
             token_name: row.text("name")?,
         })
     }

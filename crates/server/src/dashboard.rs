@@ -1,17 +1,18 @@
 //! The operator dashboard: server-rendered HTML (askama) with htmx for live campaign progress
 //! (a vendored `htmx.min.js`, no JavaScript build step).
 //!
-//! Sign-in: `GET /ui/login?token=<API token>` checks the token and stores it in an HttpOnly,
-//! SameSite=Strict cookie scoped to `/ui`; every page checks that cookie like the API checks
-//! its bearer token.
+//! Sign-in (`crate::signin`): a form posts the API token once and opens a session whose
+//! cookie holds a random id, never the token; one-time links serve tools. Every page checks
+//! the session; every answer carries the security headers ([`security_headers`]).
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{Form, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -21,19 +22,45 @@ use crate::error::ServerError;
 use crate::packages::Package;
 use crate::registry::{self, Card, Device};
 
-const COOKIE: &str = "simfota_token";
 const HTMX: &[u8] = include_bytes!("../static/htmx.min.js");
 
 /// The dashboard routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/ui", get(overview))
-        .route("/ui/login", get(login))
+        .route("/ui/login", get(login_form).post(login))
+        .route("/ui/login/{code}", get(login_link))
+        .route("/ui/logout", post(logout))
         .route("/ui/devices/{imei}", get(device))
         .route("/ui/cards/{iccid}", get(card_page))
         .route("/ui/campaigns/{id}", get(campaign_page))
         .route("/ui/campaigns/{id}/progress", get(progress))
         .route("/static/htmx.min.js", get(htmx))
+        .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// On every dashboard answer: a content security policy that allows the dashboard's own
+/// script and styles only, no framing, no MIME sniffing, no referrer, no caching.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+             base-uri 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
 }
 
 async fn htmx() -> impl IntoResponse {
@@ -62,7 +89,7 @@ impl IntoResponse for PageError {
             tracing::warn!(error = %self.0, "page failed");
         }
         let body = if status == StatusCode::UNAUTHORIZED {
-            "<p>Sign in with an operator API token: <code>/ui/login?token=&lt;token&gt;</code></p>"
+            "<p>Sign in with an operator API token: <a href=\"/ui/login\">Sign in</a></p>"
                 .to_owned()
         } else {
             format!("<p>{}</p>", escape(&self.0.public_message()))
@@ -83,47 +110,122 @@ fn render(t: &impl Template) -> Result<Html<String>, PageError> {
         .map_err(|e| PageError(ServerError::Template(e)))
 }
 
-/// An operator signed in through the cookie.
+/// An operator signed in: a live session cookie. Without one, a page sends the browser to the
+/// sign-in form, to come back afterwards.
 struct UiOperator;
 
 impl FromRequestParts<AppState> for UiOperator {
-    type Rejection = PageError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, PageError> {
-        let token = parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix("simfota_token=").map(str::to_owned))
-            .ok_or(PageError(ServerError::Unauthorized))?;
-        crate::auth::check_token(&state.db, &token).await?;
-        Ok(Self)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let signed_in = match crate::signin::cookie(&parts.headers) {
+            Some(id) => crate::signin::check(&state.db, &id).await,
+            None => Err(ServerError::Unauthorized),
+        };
+        match signed_in {
+            Ok(()) => Ok(Self),
+            Err(ServerError::Unauthorized) => {
+                let next = crate::signin::normalize_next(Some(parts.uri.path()));
+                Err(Redirect::to(&format!("/ui/login?next={next}")).into_response())
+            }
+            Err(e) => Err(PageError(e).into_response()),
+        }
     }
 }
 
 #[derive(Deserialize)]
-struct Login {
-    token: String,
+struct LoginQuery {
     /// Where to go after signing in (a dashboard path; anything else goes to `/ui`).
+    #[serde(default)]
+    next: Option<String>,
+    /// Refused: a token does not go in a URL.
+    #[serde(default)]
+    token: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    next: &'a str,
+    problem: Option<&'a str>,
+}
+
+/// `GET /ui/login`: the sign-in form.
+async fn login_form(Query(q): Query<LoginQuery>) -> Result<Response, PageError> {
+    let next = crate::signin::normalize_next(q.next.as_deref());
+    if q.token.is_some() {
+        let page = render(&LoginPage {
+            next,
+            problem: Some("An API token does not go in a URL: enter it here instead."),
+        })?;
+        return Ok((StatusCode::BAD_REQUEST, page).into_response());
+    }
+    Ok(render(&LoginPage {
+        next,
+        problem: None,
+    })?
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
     #[serde(default)]
     next: Option<String>,
 }
 
-async fn login(State(s): State<AppState>, Query(q): Query<Login>) -> Result<Response, PageError> {
-    crate::auth::check_token(&s.db, &q.token).await?;
-    let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", q.token);
-    // Only dashboard paths: never an open redirect to another site.
-    let next = q
-        .next
-        .as_deref()
-        .filter(|n| n.starts_with("/ui/") && !n.contains("//") && !n.contains(['\\', '\r', '\n']))
-        .unwrap_or("/ui");
-    let mut resp = Redirect::to(next).into_response();
-    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
-        resp.headers_mut().insert(header::SET_COOKIE, v);
+/// `POST /ui/login`: the token from the form opens a session.
+async fn login(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Result<Response, PageError> {
+    if !crate::signin::same_origin(&headers) {
+        return Err(PageError(ServerError::Forbidden(
+            "sign-in from another site refused".into(),
+        )));
     }
+    let next = crate::signin::normalize_next(f.next.as_deref());
+    let Ok((token_id, _)) = crate::auth::token_id(&s.db, f.token.trim()).await else {
+        let page = render(&LoginPage {
+            next,
+            problem: Some("That token is not a valid operator API token."),
+        })?;
+        return Ok((StatusCode::UNAUTHORIZED, page).into_response());
+    };
+    signed_in(&s, token_id, next).await
+}
+
+/// `GET /ui/login/{code}`: a one-time sign-in link.
+async fn login_link(
+    State(s): State<AppState>,
+    Path(code): Path<String>,
+) -> Result<Response, PageError> {
+    let (token_id, next) = crate::signin::use_link(&s.db, &code).await?;
+    signed_in(&s, token_id, &next).await
+}
+
+async fn signed_in(s: &AppState, token_id: i64, next: &str) -> Result<Response, PageError> {
+    let id = crate::signin::open(&s.db, token_id).await?;
+    let mut resp = Redirect::to(crate::signin::normalize_next(Some(next))).into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, crate::signin::set_cookie(s, Some(&id)));
+    Ok(resp)
+}
+
+/// `POST /ui/logout`: ends the session.
+async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, PageError> {
+    if !crate::signin::same_origin(&headers) {
+        return Err(PageError(ServerError::Forbidden(
+            "sign-out from another site refused".into(),
+        )));
+    }
+    if let Some(id) = crate::signin::cookie(&headers) {
+        crate::signin::close(&s.db, &id).await?;
+    }
+    let mut resp = Redirect::to("/ui/login").into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, crate::signin::set_cookie(&s, None));
     Ok(resp)
 }
 

@@ -38,6 +38,7 @@ pub mod packages;
 pub mod proof;
 pub mod provisioning;
 pub mod registry;
+pub mod signin;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -1796,6 +1796,22 @@ both!(admin_commands_are_relayed_and_answered, super::admin_relay);
 
 /// Runs headless Chromium (Debian `chromium`) with the given mode flag on `url`; `None` when
 /// it is not installed and SIMFOTA_SKIP_EXTERNAL=1 allows skipping (else it panics).
+/// A one-time dashboard sign-in link landing on `next` (each chromium run is a fresh browser:
+/// it signs in through a link of its own).
+async fn sign_in(s: &Server, next: &str) -> String {
+    let r = s
+        .post("/api/v1/ui/links")
+        .json(&serde_json::json!({ "next": next }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<serde_json::Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn chromium(args: &[&str], url: &str) -> Option<std::process::Output> {
     let bin = ["chromium", "chromium-browser"].into_iter().find(|b| {
         std::process::Command::new(b)
@@ -1970,7 +1986,7 @@ async fn dashboard(env: Env) {
     std::fs::create_dir_all(&shots).unwrap();
     let engine = format!("{:?}", env.engine).to_lowercase();
     // Overview: what a person sees after signing in.
-    let url = format!("{}/ui/login?token={}", s.url, s.token);
+    let url = sign_in(&s, "/ui").await;
     let Some(out) = chromium(&["--dump-dom"], &url) else {
         s.stop().await;
         return;
@@ -1988,14 +2004,15 @@ async fn dashboard(env: Env) {
     );
     let shot = shots.join(format!("overview-{engine}.png"));
     let arg = format!("--screenshot={}", shot.display());
-    chromium(&[arg.as_str(), "--window-size=1200,900"], &url);
+    chromium(
+        &[arg.as_str(), "--window-size=1200,900"],
+        &sign_in(&s, "/ui").await,
+    );
     assert!(shot.exists(), "screenshot written");
 
     // The device page: its card log as the server verified it.
-    let url = format!(
-        "{}/ui/login?token={}&next=/ui/devices/{}",
-        s.url, s.token, dev.imei
-    );
+    let device_page = format!("/ui/devices/{}", dev.imei);
+    let url = sign_in(&s, &device_page).await;
     let dom =
         String::from_utf8_lossy(&chromium(&["--dump-dom"], &url).unwrap().stdout).into_owned();
     assert!(dom.contains("Card log (verified by the server)"), "{dom}");
@@ -2012,14 +2029,15 @@ async fn dashboard(env: Env) {
     assert_eq!(dom.matches(">verified<").count(), 4, "{dom}");
     let shot = shots.join(format!("device-{engine}.png"));
     let arg = format!("--screenshot={}", shot.display());
-    chromium(&[arg.as_str(), "--window-size=1200,700"], &url);
+    chromium(
+        &[arg.as_str(), "--window-size=1200,700"],
+        &sign_in(&s, &device_page).await,
+    );
     assert!(shot.exists());
 
     // The card page: authorized servers, policy, originators, log.
-    let url = format!(
-        "{}/ui/login?token={}&next=/ui/cards/{ICCID}",
-        s.url, s.token
-    );
+    let card_page = format!("/ui/cards/{ICCID}");
+    let url = sign_in(&s, &card_page).await;
     let dom =
         String::from_utf8_lossy(&chromium(&["--dump-dom"], &url).unwrap().stdout).into_owned();
     let row = row_with(&dom, "simfota");
@@ -2039,14 +2057,15 @@ async fn dashboard(env: Env) {
     assert!(row_with(&dom, "installed").contains(">fw 2.0<"), "{dom}");
     let shot = shots.join(format!("card-{engine}.png"));
     let arg = format!("--screenshot={}", shot.display());
-    chromium(&[arg.as_str(), "--window-size=1200,900"], &url);
+    chromium(
+        &[arg.as_str(), "--window-size=1200,900"],
+        &sign_in(&s, &card_page).await,
+    );
     assert!(shot.exists());
 
     // The campaign page with its live (htmx) progress.
-    let url = format!(
-        "{}/ui/login?token={}&next=/ui/campaigns/{}",
-        s.url, s.token, c["id"]
-    );
+    let campaign_page = format!("/ui/campaigns/{}", c["id"]);
+    let url = sign_in(&s, &campaign_page).await;
     let dom =
         String::from_utf8_lossy(&chromium(&["--dump-dom"], &url).unwrap().stdout).into_owned();
     assert!(
@@ -2055,7 +2074,10 @@ async fn dashboard(env: Env) {
     );
     let shot = shots.join(format!("campaign-{engine}.png"));
     let arg = format!("--screenshot={}", shot.display());
-    chromium(&[arg.as_str(), "--window-size=1200,600"], &url);
+    chromium(
+        &[arg.as_str(), "--window-size=1200,600"],
+        &sign_in(&s, &campaign_page).await,
+    );
 
     // Without the token: a sign-in hint, no data.
     let out = chromium(&["--dump-dom"], &format!("{}/ui", s.url)).unwrap();
