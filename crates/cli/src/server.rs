@@ -67,6 +67,15 @@ pub struct Args {
     /// Print a new operator API token with this name and exit.
     #[arg(long, value_name = "NAME")]
     new_api_token: Option<String>,
+    /// The role of the token `--new-api-token` makes: viewer, operator or admin.
+    #[arg(long, value_name = "ROLE", default_value = "operator", requires = "new_api_token", value_parser = parse_role)]
+    role: simfota_server::auth::Role,
+    /// List the API tokens (id, name, role, created, revoked) and exit.
+    #[arg(long, conflicts_with_all = ["new_api_token", "revoke_api_token"])]
+    list_api_tokens: bool,
+    /// Revoke the live API token with this id, or the live tokens with this name, and exit.
+    #[arg(long, value_name = "ID|NAME", conflicts_with = "new_api_token")]
+    revoke_api_token: Option<String>,
 }
 
 fn parse_originator(s: &str) -> Result<OriginatorConfig, String> {
@@ -85,6 +94,10 @@ fn parse_enrolment(s: &str) -> Result<Enrolment, String> {
         .map_err(|e: simfota_server::ServerError| e.to_string())
 }
 
+fn parse_role(s: &str) -> Result<simfota_server::auth::Role, String> {
+    simfota_server::auth::Role::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_payload_access(s: &str) -> Result<simfota_server::config::PayloadAccess, String> {
     s.parse()
         .map_err(|e: simfota_server::ServerError| e.to_string())
@@ -101,6 +114,11 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 /// Runs `simfota server`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let new_token = args.new_api_token.clone();
+    let (role, list_tokens, revoke) = (
+        args.role,
+        args.list_api_tokens,
+        args.revoke_api_token.clone(),
+    );
     let config = ServerConfig::resolve(Settings {
         config_file: args.config,
         data_dir: args.data,
@@ -125,8 +143,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         if let Some(name) = new_token {
-            let token = simfota_server::new_api_token(&config, &name).await?;
+            let token = simfota_server::new_api_token(&config, &name, role).await?;
             outln!("{token}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if list_tokens {
+            outln!(
+                "{:>4}  {:<24} {:<9} {:<13} state",
+                "id",
+                "name",
+                "role",
+                "created (ms)"
+            );
+            for t in simfota_server::list_api_tokens(&config).await? {
+                outln!(
+                    "{:>4}  {:<24} {:<9} {:<13} {}",
+                    t.id,
+                    t.name,
+                    t.role.name(),
+                    t.created_ms,
+                    if t.revoked { "revoked" } else { "live" }
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(which) = revoke {
+            let n = simfota_server::revoke_api_token(&config, &which).await?;
+            outln!("revoked {n} token{}", if n == 1 { "" } else { "s" });
             return Ok(ExitCode::SUCCESS);
         }
         let stop = shutdown_signal()?;

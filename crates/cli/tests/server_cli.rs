@@ -606,3 +606,52 @@ fn tls_certificate_and_key_serve_https() {
     let (code, log) = s.terminate();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// Tokens from the command line: made with a role, listed (never the token), revoked by name;
+/// the last admin token stays.
+#[test]
+fn api_tokens_are_made_listed_and_revoked_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = simfota()
+            .args(["server", "--data", data])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, admin, _) = run(&["--new-api-token", "root", "--role", "admin"]);
+    assert_eq!(code, Some(0));
+    let (code, viewer, _) = run(&["--new-api-token", "night shift", "--role", "viewer"]);
+    assert_eq!(code, Some(0));
+    assert!(viewer.trim().starts_with("sft_"));
+    let (code, list, _) = run(&["--list-api-tokens"]);
+    assert_eq!(code, Some(0));
+    assert!(list.contains("root") && list.contains("admin"), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("night shift") && l.contains("viewer") && l.ends_with("live")),
+        "{list}"
+    );
+    assert!(!list.contains(admin.trim()) && !list.contains(viewer.trim()));
+    let (code, out, _) = run(&["--revoke-api-token", "night shift"]);
+    assert_eq!((code, out.trim()), (Some(0), "revoked 1 token"));
+    let (_, list, _) = run(&["--list-api-tokens"]);
+    assert!(
+        list.lines()
+            .any(|l| l.contains("night shift") && l.ends_with("revoked")),
+        "{list}"
+    );
+    let (code, _, err) = run(&["--revoke-api-token", "root"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("last admin token"), "{err}");
+    let (code, _, err) = run(&["--new-api-token", "x", "--role", "root"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("viewer, operator or admin"), "{err}");
+}

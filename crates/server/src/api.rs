@@ -35,9 +35,14 @@ use crate::{packages, registry};
 const TOKEN_SCHEME: &str = "token";
 
 /// The `/api/v1` routes.
-pub fn routes(upload_limit: usize) -> Router<AppState> {
+pub fn routes(upload_limit: usize, state: AppState) -> Router<AppState> {
     api(upload_limit)
         .router
+        // Only where a route matched: an unknown route or method is 404/405 as before.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::auth::authenticate,
+        ))
         .fallback(|| async { ServerError::NotFound("no such API route".into()) })
         .layer(axum::middleware::from_fn(crate::http::valid::json_errors))
 }
@@ -73,6 +78,10 @@ fn api(upload_limit: usize) -> Api {
         .op(__path_queue_admin, queue_admin)
         .op(__path_list_packages, list_packages)
         .op(__path_create_ui_link, create_ui_link)
+        .op(__path_list_tokens, list_tokens)
+        .op(__path_create_token, create_token)
+        .op(__path_revoke_token, revoke_token)
+        .op(__path_audit_log, audit_log)
         .op_with(__path_upload_package, upload_package, |m| {
             // Uploads carry whole firmware images: their own, larger body limit.
             m.layer(DefaultBodyLimit::max(upload_limit))
@@ -341,6 +350,104 @@ async fn create_ui_link(
             url: format!("{}/ui/login/{code}", s.base_url),
             expires_in_secs: crate::signin::LINK_TTL_MS / 1000,
         }),
+    ))
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    /// A name for people (who holds it, what for).
+    name: String,
+    /// `viewer`, `operator` or `admin`.
+    role: crate::auth::Role,
+}
+
+/// A token just made: shown this once.
+#[derive(Serialize, ToSchema)]
+struct CreatedToken {
+    /// The token's id (to revoke it).
+    id: i64,
+    /// The bearer token itself; only its digest is kept.
+    token: String,
+    /// Its role.
+    role: crate::auth::Role,
+}
+
+/// The API tokens (admin): id, name, role, when made, revoked or not; never the tokens.
+#[utoipa::path(get, path = "/tokens", responses((status = 200, description = "Every token", body = [crate::auth::TokenInfo]), (status = 403, description = "Not an admin token")))]
+async fn list_tokens(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
+    Ok(Json(crate::auth::list_tokens(&s.db).await?))
+}
+
+/// A new API token with a role (admin); the token is shown in this answer only.
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    request_body = NewToken,
+    responses((status = 201, description = "The token, shown once", body = CreatedToken), (status = 403, description = "Not an admin token"))
+)]
+async fn create_token(
+    _: Operator,
+    State(s): State<AppState>,
+    ValidJson(t): ValidJson<NewToken>,
+) -> Result<impl IntoResponse> {
+    let token = crate::auth::create_token(&s.db, &t.name, t.role).await?;
+    let id = crate::auth::list_tokens(&s.db)
+        .await?
+        .into_iter()
+        .filter(|i| i.name == t.name)
+        .map(|i| i.id)
+        .max()
+        .unwrap_or(0);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            id,
+            token,
+            role: t.role,
+        }),
+    ))
+}
+
+/// Revokes a token (admin): it opens nothing any more, its dashboard sessions end. The last
+/// live admin token cannot be revoked (409).
+#[utoipa::path(
+    delete,
+    path = "/tokens/{id}",
+    params(("id" = i64, Path, description = "The token's id")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "No live token with that id"), (status = 409, description = "The last admin token"))
+)]
+async fn revoke_token(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse> {
+    crate::auth::revoke(&s.db, &id.to_string()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/audit` query.
+#[derive(Deserialize, IntoParams)]
+struct AuditQuery {
+    /// Entries to return, newest first (1 to 1000; default 100).
+    #[serde(default)]
+    limit: Option<i64>,
+    /// Only entries older than this id (the page after the last one seen).
+    #[serde(default)]
+    before: Option<i64>,
+}
+
+/// The audit log (operator or admin): every state-changing request and dashboard sign-in,
+/// who, what, the answer, when, from where; newest first.
+#[utoipa::path(get, path = "/audit", params(AuditQuery), responses((status = 200, description = "Audit entries, newest first", body = [crate::auth::AuditEntry]), (status = 403, description = "A viewer token")))]
+async fn audit_log(
+    _: Operator,
+    State(s): State<AppState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(
+        crate::auth::audit(&s.db, q.limit.unwrap_or(100), q.before).await?,
     ))
 }
 

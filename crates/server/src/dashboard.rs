@@ -31,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/login", get(login_form).post(login))
         .route("/ui/login/{code}", get(login_link))
         .route("/ui/logout", post(logout))
+        .route("/ui/audit", get(audit_page))
         .route("/ui/devices/{imei}", get(device))
         .route("/ui/cards/{iccid}", get(card_page))
         .route("/ui/campaigns/{id}", get(campaign_page))
@@ -177,9 +178,11 @@ struct LoginForm {
 /// `POST /ui/login`: the token from the form opens a session.
 async fn login(
     State(s): State<AppState>,
+    peer: Option<axum::Extension<crate::http::serve::Peer>>,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, PageError> {
+    let peer = peer.map(|p| p.0.0);
     if !crate::signin::same_origin(&headers) {
         return Err(PageError(ServerError::Forbidden(
             "sign-in from another site refused".into(),
@@ -191,17 +194,22 @@ async fn login(
             next,
             problem: Some("That token is not a valid operator API token."),
         })?;
+        crate::auth::audit_quietly(&s, None, "dashboard sign-in", 401, peer).await;
         return Ok((StatusCode::UNAUTHORIZED, page).into_response());
     };
+    crate::auth::record_dashboard(&s, token_id, "dashboard sign-in", 303, peer).await;
     signed_in(&s, token_id, next).await
 }
 
 /// `GET /ui/login/{code}`: a one-time sign-in link.
 async fn login_link(
     State(s): State<AppState>,
+    peer: Option<axum::Extension<crate::http::serve::Peer>>,
     Path(code): Path<String>,
 ) -> Result<Response, PageError> {
     let (token_id, next) = crate::signin::use_link(&s.db, &code).await?;
+    let peer = peer.map(|p| p.0.0);
+    crate::auth::record_dashboard(&s, token_id, "dashboard sign-in (link)", 303, peer).await;
     signed_in(&s, token_id, &next).await
 }
 
@@ -573,6 +581,17 @@ async fn progress(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_796_428_800_123), "2026-12-05 00:00:00");
+        assert_eq!(
+            super::utc(1_796_428_800_000 + 86_399_000),
+            "2026-12-05 23:59:59"
+        );
+    }
+
     use super::*;
 
     #[tokio::test]
@@ -592,4 +611,51 @@ mod tests {
             "<p>internal server error; the server log has the details</p>"
         );
     }
+}
+
+/// `ms` (Unix milliseconds) as `YYYY-MM-DD hh:mm:ss` UTC.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// An audit entry as the page shows it.
+struct AuditRow {
+    when: String,
+    e: crate::auth::AuditEntry,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    rows: Vec<AuditRow>,
+}
+
+/// `GET /ui/audit`: the newest 200 audit entries.
+async fn audit_page(_: UiOperator, State(s): State<AppState>) -> Result<Html<String>, PageError> {
+    let rows = crate::auth::audit(&s.db, 200, None)
+        .await?
+        .into_iter()
+        .map(|e| AuditRow {
+            when: utc(e.created_ms),
+            e,
+        })
+        .collect();
+    render(&AuditPage { rows })
 }

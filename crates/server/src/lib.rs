@@ -270,18 +270,54 @@ pub async fn run(
     Ok(())
 }
 
-/// Opens the configured database (creating and migrating it if needed) and creates one more
-/// operator API token named `name`; returns the token (shown once, stored hashed).
-pub async fn new_api_token(config: &ServerConfig, name: &str) -> Result<String> {
+/// Opens the configured database (creating and migrating it if needed) for a token command.
+async fn token_db(config: &ServerConfig) -> Result<db::Db> {
     db::create_private_dir(&config.data_dir)?;
-    let db = db::Db::open(
+    db::Db::open(
         config.database.as_deref(),
         &config.data_dir,
         config.db_acquire_timeout,
         config.sqlite_synchronous,
     )
-    .await?;
-    let token = auth::create_token(&db, name).await;
+    .await
+}
+
+/// Creates one more operator API token named `name` with `role` in the configured database;
+/// returns the token (shown once, stored hashed). The action is in the audit log.
+pub async fn new_api_token(config: &ServerConfig, name: &str, role: auth::Role) -> Result<String> {
+    let db = token_db(config).await?;
+    let token = auth::create_token(&db, name, role).await;
+    if token.is_ok() {
+        let action = format!(
+            "create token {name:?} ({}) from the command line",
+            role.name()
+        );
+        if let Err(e) = auth::record(&db, None, &action, 201, None).await {
+            tracing::warn!(error = %e, "audit entry not recorded");
+        }
+    }
     db.close().await;
     token
+}
+
+/// The configured database's API tokens (never the tokens themselves).
+pub async fn list_api_tokens(config: &ServerConfig) -> Result<Vec<auth::TokenInfo>> {
+    let db = token_db(config).await?;
+    let tokens = auth::list_tokens(&db).await;
+    db.close().await;
+    tokens
+}
+
+/// Revokes the live token with this id, or the live tokens with this name; answers how many.
+pub async fn revoke_api_token(config: &ServerConfig, id_or_name: &str) -> Result<u64> {
+    let db = token_db(config).await?;
+    let done = auth::revoke(&db, id_or_name).await;
+    if done.is_ok() {
+        let action = format!("revoke token {id_or_name:?} from the command line");
+        if let Err(e) = auth::record(&db, None, &action, 204, None).await {
+            tracing::warn!(error = %e, "audit entry not recorded");
+        }
+    }
+    db.close().await;
+    done
 }

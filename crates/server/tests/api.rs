@@ -209,9 +209,13 @@ async fn auth_and_registry(env: Env) {
     );
 
     // A second token works; the first run wrote the first one.
-    let t2 = simfota_server::new_api_token(&env.config("data"), "ci")
-        .await
-        .unwrap();
+    let t2 = simfota_server::new_api_token(
+        &env.config("data"),
+        "ci",
+        simfota_server::auth::Role::Operator,
+    )
+    .await
+    .unwrap();
     let r = http::Client::new()
         .get(format!("{}/api/v1/groups", s.url))
         .bearer_auth(&t2)

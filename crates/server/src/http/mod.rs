@@ -16,7 +16,7 @@ use crate::packages;
 
 /// Builds the application router.
 pub fn router(state: AppState) -> Router {
-    let api = crate::api::routes(state.config.max_package_bytes);
+    let api = crate::api::routes(state.config.max_package_bytes, state.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -1,0 +1,16 @@
+-- simfota server schema, PostgreSQL flavour. Keep in step with ../sqlite/0011_operator_roles_audit.sql.
+-- Operator identities: each API token has a role (`viewer` reads, `operator` runs the fleet,
+-- `admin` also manages tokens and relays issuer admin commands). Tokens from before had every
+-- right: they become `admin`.
+ALTER TABLE api_tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'admin';
+-- Who did what, when, from where: every state-changing operator request and dashboard sign-in.
+CREATE TABLE audit_log (
+    id            BIGSERIAL PRIMARY KEY,
+    created_ms    BIGINT NOT NULL,
+    token_id      BIGINT,
+    token_name    TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    status        BIGINT NOT NULL,
+    source        TEXT NOT NULL
+);
