@@ -192,6 +192,11 @@ const COMMON_ERRORS: &[(&str, &str, &str)] = &[
         "Unauthorized",
         "Missing, unknown or revoked API token",
     ),
+    (
+        "403",
+        "Forbidden",
+        "The token's role does not allow this operation (viewer < operator < admin)",
+    ),
     ("404", "NotFound", "No such resource"),
     ("409", "Conflict", "Conflict with the current state"),
     (
@@ -201,13 +206,29 @@ const COMMON_ERRORS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The errors of an operation that takes a request body, beside [`COMMON_ERRORS`].
+const BODY_ERRORS: &[(&str, &str, &str)] = &[
+    (
+        "413",
+        "TooLarge",
+        "The body (or its declared length) is over the route's limit",
+    ),
+    (
+        "415",
+        "UnsupportedMedia",
+        "The body's Content-Type is not one the operation takes",
+    ),
+];
+
 fn add_common_errors(operation: &mut Operation) {
     // Operations that override the document's security (the document itself) are public and
     // touch no database.
     if operation.security.is_some() {
         return;
     }
-    for (status, name, _) in COMMON_ERRORS {
+    let body = operation.request_body.is_some();
+    let extra = if body { BODY_ERRORS } else { &[] };
+    for (status, name, _) in COMMON_ERRORS.iter().chain(extra) {
         operation
             .responses
             .responses
@@ -245,7 +266,7 @@ impl utoipa::Modify for Shared {
                     .build(),
             ),
         );
-        for (_, name, description) in COMMON_ERRORS {
+        for (_, name, description) in COMMON_ERRORS.iter().chain(BODY_ERRORS) {
             let content = ContentBuilder::new()
                 .schema(Some(Ref::from_schema_name(ErrorBody::name())))
                 .build();

@@ -169,6 +169,7 @@ impl JobState {
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
     /// A label.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// The package to deliver.
     pub package_id: i64,

@@ -20,24 +20,32 @@ use crate::error::{Result, ServerError};
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
     /// 15-digit IMEI (Luhn-checked).
+    #[schema(pattern = "^[0-9]{15}$")]
     pub imei: String,
     /// DM user name the device authenticates with.
+    #[schema(min_length = 1, max_length = 128)]
     pub username: String,
     /// The device's DM password.
+    #[schema(min_length = 1, max_length = 256)]
     pub password: String,
     /// The server's DM password towards this device.
+    #[schema(min_length = 1, max_length = 256)]
     pub server_password: String,
     /// `md5` (syncml:auth-md5, default) or `hmac` (syncml:auth-MAC).
     #[serde(default = "default_auth")]
+    #[schema(pattern = "^(md5|hmac)$")]
     pub auth: String,
     /// Model (DevInfo/Mod), until the device reports it.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub model: Option<String>,
     /// Manufacturer (DevInfo/Man).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub manufacturer: Option<String>,
     /// Firmware version (DevDetail/FwV).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub fw_version: Option<String>,
     /// UDP address for package 0 notifications (`host:port`).
     #[serde(default)]
