@@ -7,8 +7,10 @@
 //! - **Body** ([`ConnLimits::body_idle`]): a request body that stops for longer than this
 //!   fails its request (the connection then closes). It is a time between chunks, not a total,
 //!   so a large upload over a slow but live link goes through.
-//! - **Declared length**: a `Content-Length` over the route's body limit is answered 413 at
-//!   once, before any of the body is read, and the connection closes.
+//! - **Declared length**: a `Content-Length` over the route's body limit is answered 413
+//!   before any handler runs. Up to [`DRAIN_MAX`] over, the body is read and dropped first (a
+//!   client that sends before it reads then sees the answer, not a reset); further over, the
+//!   answer comes at once, unread, and the connection closes.
 //! - **Connections** ([`ConnLimits::max_connections`]): at the cap the server stops accepting
 //!   until one closes; new clients wait in the listen backlog.
 
@@ -66,8 +68,12 @@ pub fn body_limit(path: &str, max_body: usize, max_package: usize) -> usize {
     }
 }
 
-/// Refuses a declared body over the route's limit before reading it, and puts a pause limit
-/// on the body of every other request.
+/// How far over its route's limit a declared body is still read (and dropped) before the 413:
+/// beyond, the answer comes at once and the connection closes.
+const DRAIN_MAX: usize = 1024 * 1024;
+
+/// Refuses a declared body over the route's limit before handling it (and, far over, before
+/// reading it), and puts a pause limit on the body of every request.
 pub async fn limit_bodies(
     axum::extract::State((max_body, max_package, body_idle)): axum::extract::State<(
         usize,
@@ -83,6 +89,7 @@ pub async fn limit_bodies(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let req = req.map(|b| Body::new(tower_http::timeout::TimeoutBody::new(body_idle, b)));
     if let Some(n) = declared
         && n > limit as u64
     {
@@ -90,11 +97,16 @@ pub async fn limit_bodies(
             "error": format!("request body of {n} bytes declared; this route takes at most {limit}")
         });
         let mut resp = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if n <= (limit + DRAIN_MAX) as u64 {
+            // A little over: read and dropped (the pause limit still holds), so that a client
+            // that sends its body before reading the answer sees the 413, not a reset.
+            let _ = axum::body::to_bytes(req.into_body(), limit + DRAIN_MAX).await;
+        } else {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         return resp;
     }
-    let req = req.map(|b| Body::new(tower_http::timeout::TimeoutBody::new(body_idle, b)));
     next.run(req).await
 }
 
