@@ -154,18 +154,32 @@ struct Reply {
 
 /// One HTTP/1.1 exchange on a fresh connection (`Connection: close`).
 fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     let body = body.unwrap_or("");
     if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
+        head.push_str("Content-Type: application/json\r\n");
     }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).unwrap();
+    exchange(addr, head, body)
+}
+
+/// `POST /ui/login` as the dashboard's form sends it.
+fn sign_in(addr: &str, token: &str) -> Reply {
+    let head = format!(
+        "POST /ui/login HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\n"
+    );
+    exchange(addr, head, &format!("token={token}&next=/ui"))
+}
+
+/// Sends the request `head` (its lines, each ending in CRLF) with `body`; the answer.
+fn exchange(addr: &str, mut head: String, body: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(head.as_bytes()).unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let status = raw
@@ -178,27 +192,6 @@ fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Reply { status, body }
-}
-
-/// `POST /ui/login` as the dashboard's form sends it.
-fn sign_in(addr: &str, token: &str) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = format!("token={token}&next=/ui");
-    let req = format!(
-        "POST /ui/login HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {raw:?}"));
-    Reply { status, body: raw }
 }
 
 fn server(data: &Path) -> Command {
