@@ -37,6 +37,9 @@ impl RngCore for FuzzRng {
 }
 impl CryptoRng for FuzzRng {}
 
+#[global_allocator]
+static ALLOC: simfota_fuzz::BoundedAlloc = simfota_fuzz::BoundedAlloc::new(16 << 20);
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, mut rest)) = data.split_first() else {
         return;

@@ -35,6 +35,9 @@ fn tree() -> Option<DmTree> {
     Some(t)
 }
 
+#[global_allocator]
+static ALLOC: simfota_fuzz::BoundedAlloc = simfota_fuzz::BoundedAlloc::new(16 << 20);
+
 fuzz_target!(|data: &[u8]| {
     let Some(mut t) = tree() else { return };
     let config = ClientConfig {

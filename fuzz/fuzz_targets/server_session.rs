@@ -1,4 +1,4 @@
-//! The server session machine on arbitrary client messages: the input is split at 0xFF 0x00
+//! The server session machine on arbitrary client messages: the input is split at 0xFF
 //! into several messages, each received, answered, and the state saved and restored as JSON
 //! between them, as the DM server does.
 #![no_main]
@@ -7,6 +7,9 @@ use libfuzzer_sys::fuzz_target;
 use simfota_syncml::auth::{AuthScheme, Credentials, Nonce};
 use simfota_syncml::session::{ServerConfig, ServerSession};
 use simfota_syncml::{Encoding, Limits, NodeUri};
+
+#[global_allocator]
+static ALLOC: simfota_fuzz::BoundedAlloc = simfota_fuzz::BoundedAlloc::new(16 << 20);
 
 fuzz_target!(|data: &[u8]| {
     let config = ServerConfig {

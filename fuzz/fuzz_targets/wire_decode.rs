@@ -10,6 +10,9 @@ use simfota_wire::{
     LogReadRequest, Policy, Receipt,
 };
 
+#[global_allocator]
+static ALLOC: simfota_fuzz::BoundedAlloc = simfota_fuzz::BoundedAlloc::new(16 << 20);
+
 fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;

@@ -5,6 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 use simfota_syncml::{Limits, xml};
 
+#[global_allocator]
+static ALLOC: simfota_fuzz::BoundedAlloc = simfota_fuzz::BoundedAlloc::new(16 << 20);
+
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     if let Ok(m) = xml::decode(data, &limits)
