@@ -413,14 +413,7 @@ async fn create_token(
     State(s): State<AppState>,
     ValidJson(t): ValidJson<NewToken>,
 ) -> Result<impl IntoResponse> {
-    let token = crate::auth::create_token(&s.db, &t.name, t.role).await?;
-    let id = crate::auth::list_tokens(&s.db)
-        .await?
-        .into_iter()
-        .filter(|i| i.name == t.name)
-        .map(|i| i.id)
-        .max()
-        .unwrap_or(0);
+    let (id, token) = crate::auth::create_token_with_id(&s.db, &t.name, t.role).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {

@@ -90,6 +90,11 @@ pub fn required_role(method: &Method, path: &str) -> Role {
 /// Creates a new token named `name` with `role`, stores its hash and returns the token (shown
 /// once).
 pub async fn create_token(db: &Db, name: &str, role: Role) -> Result<String> {
+    create_token_with_id(db, name, role).await.map(|(_, t)| t)
+}
+
+/// [`create_token`], answering the new token's id beside it.
+pub async fn create_token_with_id(db: &Db, name: &str, role: Role) -> Result<(i64, String)> {
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
         return Err(ServerError::BadRequest(
             "token name: 1 to 100 bytes, no control characters".into(),
@@ -98,17 +103,17 @@ pub async fn create_token(db: &Db, name: &str, role: Role) -> Result<String> {
     let mut raw = [0u8; 32];
     OsRng.fill_bytes(&mut raw);
     let token = format!("{PREFIX}{}", hex::encode(raw));
-    sqlx::query(
+    let row = sqlx::query(
         "INSERT INTO api_tokens (name, token_hash, revoked, created_ms, role) \
-         VALUES ($1, $2, 0, $3, $4)",
+         VALUES ($1, $2, 0, $3, $4) RETURNING id",
     )
     .bind(name.to_owned())
     .bind(hash(&token))
     .bind(now_ms())
     .bind(role.name())
-    .execute(db.pool())
+    .fetch_one(db.pool())
     .await?;
-    Ok(token)
+    Ok((row.i64("id")?, token))
 }
 
 /// An API token as listed (never the token itself).
@@ -395,8 +400,13 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|m| m.as_str().trim_start_matches("/api/v1").to_owned())
-        .and_then(|m| crate::api::document().paths.paths.get(&m).cloned())
-        .is_some_and(|item| operation_of(&item, &method));
+        .is_some_and(|m| {
+            crate::api::document()
+                .paths
+                .paths
+                .get(&m)
+                .is_some_and(|item| operation_of(item, &method))
+        });
     if !served {
         return next.run(req).await;
     }

@@ -8,7 +8,7 @@
 //!   fails its request (the connection then closes). It is a time between chunks, not a total,
 //!   so a large upload over a slow but live link goes through.
 //! - **Declared length**: a `Content-Length` over the route's body limit is answered 413
-//!   before any handler runs. Up to [`DRAIN_MAX`] over, the body is read and dropped first (a
+//!   before any handler runs. A body of at most [`DRAIN_MAX`] is read and dropped first (a
 //!   client that sends before it reads then sees the answer, not a reset); further over, the
 //!   answer comes at once, unread, and the connection closes.
 //! - **Connections** ([`ConnLimits::max_connections`]): at the cap the server stops accepting
@@ -68,8 +68,8 @@ pub fn body_limit(path: &str, max_body: usize, max_package: usize) -> usize {
     }
 }
 
-/// How far over its route's limit a declared body is still read (and dropped) before the 413:
-/// beyond, the answer comes at once and the connection closes.
+/// The largest refused body still read (and dropped, at most this much memory) before the
+/// 413: a larger one is answered at once and its connection closed.
 const DRAIN_MAX: usize = 1024 * 1024;
 
 /// Refuses a declared body over the route's limit before handling it (and, far over, before
@@ -97,10 +97,10 @@ pub async fn limit_bodies(
             "error": format!("request body of {n} bytes declared; this route takes at most {limit}")
         });
         let mut resp = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
-        if n <= (limit + DRAIN_MAX) as u64 {
-            // A little over: read and dropped (the pause limit still holds), so that a client
+        if n <= DRAIN_MAX as u64 {
+            // A small body: read and dropped (the pause limit still holds), so that a client
             // that sends its body before reading the answer sees the 413, not a reset.
-            let _ = axum::body::to_bytes(req.into_body(), limit + DRAIN_MAX).await;
+            let _ = axum::body::to_bytes(req.into_body(), DRAIN_MAX).await;
         } else {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
