@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, OriginalUri, Path, Query, State};
 use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -28,6 +28,7 @@ use crate::auth::Operator;
 use crate::campaign::{self, Action, CampaignSpec};
 use crate::error::{Result, ServerError};
 use crate::http::valid::ValidJson;
+use crate::listing::{Keyset, PageParams};
 use crate::{packages, registry};
 
 /// Name of the bearer-token security scheme in the document (the `OpenApi` derive below
@@ -65,6 +66,7 @@ fn api(upload_limit: usize) -> Api {
             m.layer(DefaultBodyLimit::max(BULK_BODY_MAX))
         })
         .op(__path_get_device, get_device)
+        .op(__path_delete_device, delete_device)
         .op(__path_notify_device, notify_device)
         .op(__path_list_groups, list_groups)
         .op(__path_create_group, create_group)
@@ -84,9 +86,12 @@ fn api(upload_limit: usize) -> Api {
         .op(__path_audit_log, audit_log)
         .op_with(__path_upload_package, upload_package, |m| {
             // Uploads carry whole firmware images: their own, larger body limit.
-            m.layer(DefaultBodyLimit::max(upload_limit))
+            m.layer(DefaultBodyLimit::max(packages::upload_body_limit(
+                upload_limit,
+            )))
         })
         .op(__path_get_package, get_package)
+        .op(__path_delete_package, delete_package)
         .op(__path_list_campaigns, list_campaigns)
         .op(__path_create_campaign, create_campaign)
         .op(__path_get_campaign, get_campaign)
@@ -94,6 +99,7 @@ fn api(upload_limit: usize) -> Api {
         .op(__path_pause, pause)
         .op(__path_resume, resume)
         .op(__path_cancel, cancel)
+        .op(__path_retry, retry)
         .op(__path_list_jobs, list_jobs)
         .op(__path_get_job, get_job)
         .op(__path_proof, proof)
@@ -305,10 +311,67 @@ async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
     Json(document())
 }
 
-/// List devices.
-#[utoipa::path(get, path = "/devices", responses((status = 200, description = "Every device", body = [registry::Device])))]
-async fn list_devices(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
-    Ok(Json(registry::list_devices(&s.db).await?))
+/// `GET /devices` filters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DeviceQuery {
+    /// Only devices of this model (DevInfo/Mod).
+    model: Option<String>,
+    /// Only members of this group.
+    group: Option<String>,
+    /// Only devices on this firmware version (DevDetail/FwV).
+    version: Option<String>,
+    /// Only IMEIs that start with these digits.
+    q: Option<String>,
+}
+
+/// List devices, a page at a time (sort: `id`, `imei`, `last_seen`; `-` for descending).
+#[utoipa::path(
+    get,
+    path = "/devices",
+    params(PageParams, DeviceQuery),
+    responses((status = 200, description = "A page of devices", body = [registry::Device], headers(
+        ("Link" = String, description = "`<...>; rel=\"next\"`: the next page, when more items follow"),
+        ("X-Next-Cursor" = String, description = "The `cursor` of the next page, when more items follow")
+    )))
+)]
+async fn list_devices(
+    _: Operator,
+    State(s): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    Query(p): Query<PageParams>,
+    Query(f): Query<DeviceQuery>,
+) -> Result<impl IntoResponse> {
+    let keys = Keyset::parse("devices", &p, &registry::DEVICE_SORTS, false)?;
+    let filter = registry::DeviceFilter {
+        model: f.model,
+        group: f.group,
+        version: f.version,
+        imei_prefix: f.q,
+    };
+    let page = registry::page_devices(&s.db, &keys, &filter).await?;
+    Ok(crate::listing::respond(page, &uri))
+}
+
+/// Delete a device: its unfinished jobs end failed ("device deleted"); its jobs, card-log
+/// entries, proofs and audit entries are kept.
+#[utoipa::path(
+    delete,
+    path = "/devices/{imei}",
+    params(("imei" = String, Path, description = "The device's IMEI")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such device"))
+)]
+async fn delete_device(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(imei): Path<String>,
+) -> Result<impl IntoResponse> {
+    let released = registry::delete_device(&s.db, &imei).await?;
+    for (campaign, before) in released {
+        let notified = crate::notify::released_since(&s, campaign, before).await?;
+        tracing::info!(campaign, notified, "wave released after a device deletion");
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Register a device with its DM credentials.
@@ -396,9 +459,24 @@ struct CreatedToken {
 }
 
 /// The API tokens (admin): id, name, role, when made, revoked or not; never the tokens.
-#[utoipa::path(get, path = "/tokens", responses((status = 200, description = "Every token", body = [crate::auth::TokenInfo]), (status = 403, description = "Not an admin token")))]
-async fn list_tokens(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
-    Ok(Json(crate::auth::list_tokens(&s.db).await?))
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    params(PageParams),
+    responses((status = 200, description = "A page of tokens (sort: `id`, `name`)", body = [crate::auth::TokenInfo], headers(
+        ("Link" = String, description = "`<...>; rel=\"next\"`: the next page, when more items follow"),
+        ("X-Next-Cursor" = String, description = "The `cursor` of the next page, when more items follow")
+    )), (status = 403, description = "Not an admin token"))
+)]
+async fn list_tokens(
+    _: Operator,
+    State(s): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    Query(p): Query<PageParams>,
+) -> Result<impl IntoResponse> {
+    let keys = Keyset::parse("tokens", &p, &crate::auth::TOKEN_SORTS, false)?;
+    let page = crate::auth::page_tokens(&s.db, &keys).await?;
+    Ok(crate::listing::respond(page, &uri))
 }
 
 /// A new API token with a role (admin); the token is shown in this answer only.
@@ -443,26 +521,34 @@ async fn revoke_token(
 
 /// `GET /api/v1/audit` query.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
-    /// Entries to return, newest first (1 to 1000; default 100).
-    #[serde(default)]
-    limit: Option<i64>,
-    /// Only entries older than this id (the page after the last one seen).
+    /// Only entries older than this id (the paging of earlier releases; `cursor` does the same).
     #[serde(default)]
     before: Option<i64>,
 }
 
 /// The audit log (operator or admin): every state-changing request and dashboard sign-in,
 /// who, what, the answer, when, from where; newest first.
-#[utoipa::path(get, path = "/audit", params(AuditQuery), responses((status = 200, description = "Audit entries, newest first", body = [crate::auth::AuditEntry]), (status = 403, description = "A viewer token")))]
+#[utoipa::path(
+    get,
+    path = "/audit",
+    params(PageParams, AuditQuery),
+    responses((status = 200, description = "Audit entries, newest first unless `sort` says otherwise (`id`, `-id`)", body = [crate::auth::AuditEntry], headers(
+        ("Link" = String, description = "`<...>; rel=\"next\"`: the next page, when more items follow"),
+        ("X-Next-Cursor" = String, description = "The `cursor` of the next page, when more items follow")
+    )), (status = 403, description = "A viewer token"))
+)]
 async fn audit_log(
     _: Operator,
     State(s): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    Query(p): Query<PageParams>,
     Query(q): Query<AuditQuery>,
 ) -> Result<impl IntoResponse> {
-    Ok(Json(
-        crate::auth::audit(&s.db, q.limit.unwrap_or(100), q.before).await?,
-    ))
+    let keys = Keyset::parse("audit", &p, &[], true)?;
+    let page = crate::auth::page_audit(&s.db, &keys, q.before).await?;
+    Ok(crate::listing::respond(page, &uri))
 }
 
 /// Largest body of a bulk registration.
@@ -635,10 +721,34 @@ async fn remove_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// List cards.
-#[utoipa::path(get, path = "/cards", responses((status = 200, description = "Every card", body = [registry::Card])))]
-async fn list_cards(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
-    Ok(Json(registry::list_cards(&s.db).await?))
+/// A prefix search.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PrefixQuery {
+    /// Only items whose key (a card's ICCID, a package's name) starts with this.
+    q: Option<String>,
+}
+
+/// List cards, a page at a time (sort: `id`, `iccid`; `q`: an ICCID prefix, digits).
+#[utoipa::path(
+    get,
+    path = "/cards",
+    params(PageParams, PrefixQuery),
+    responses((status = 200, description = "A page of cards", body = [registry::Card], headers(
+        ("Link" = String, description = "`<...>; rel=\"next\"`: the next page, when more items follow"),
+        ("X-Next-Cursor" = String, description = "The `cursor` of the next page, when more items follow")
+    )))
+)]
+async fn list_cards(
+    _: Operator,
+    State(s): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    Query(p): Query<PageParams>,
+    Query(f): Query<PrefixQuery>,
+) -> Result<impl IntoResponse> {
+    let keys = Keyset::parse("cards", &p, &registry::CARD_SORTS, false)?;
+    let page = registry::page_cards(&s.db, &keys, f.q.as_deref()).await?;
+    Ok(crate::listing::respond(page, &uri))
 }
 
 /// `POST /cards`.
@@ -720,10 +830,47 @@ async fn card_log(
     Ok(Json(CardLog { card, entries }))
 }
 
-/// List packages.
-#[utoipa::path(get, path = "/packages", responses((status = 200, description = "Every package", body = [packages::Package])))]
-async fn list_packages(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
-    Ok(Json(packages::list(&s.db).await?))
+/// List packages, a page at a time (sort: `id`, `name`; `q`: a name prefix).
+#[utoipa::path(
+    get,
+    path = "/packages",
+    params(PageParams, PrefixQuery),
+    responses((status = 200, description = "A page of packages", body = [packages::Package], headers(
+        ("Link" = String, description = "`<...>; rel=\"next\"`: the next page, when more items follow"),
+        ("X-Next-Cursor" = String, description = "The `cursor` of the next page, when more items follow")
+    )))
+)]
+async fn list_packages(
+    _: Operator,
+    State(s): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    Query(p): Query<PageParams>,
+    Query(f): Query<PrefixQuery>,
+) -> Result<impl IntoResponse> {
+    let keys = Keyset::parse("packages", &p, &packages::PACKAGE_SORTS, false)?;
+    let page = packages::page(&s.db, &keys, f.q.as_deref()).await?;
+    Ok(crate::listing::respond(page, &uri))
+}
+
+/// Delete a package (its payload file goes; its row stays for the campaigns and proofs that
+/// name it). Refused while a campaign that is neither completed nor cancelled uses it.
+#[utoipa::path(
+    delete,
+    path = "/packages/{id}",
+    params(("id" = i64, Path, description = "The package's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such package"),
+        (status = 409, description = "A campaign that is neither completed nor cancelled uses it")
+    )
+)]
+async fn delete_package(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse> {
+    packages::delete(&s, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The parts of `POST /packages`.
@@ -796,10 +943,34 @@ async fn get_package(
     Ok(Json(PackageDetail { package: p, urls }))
 }
 
-/// List campaigns with progress.
-#[utoipa::path(get, path = "/campaigns", responses((status = 200, description = "Every campaign", body = [campaign::Campaign])))]
-async fn list_campaigns(_: Operator, State(s): State<AppState>) -> Result<impl IntoResponse> {
-    Ok(Json(campaign::list(&s.db).await?))
+/// `GET /campaigns` filters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct CampaignQuery {
+    /// Only campaigns in this state.
+    state: Option<campaign::CampaignState>,
+}
+
+/// List campaigns with progress, a page at a time (sort: `id`, `name`, `updated`).
+#[utoipa::path(
+    get,
+    path = "/campaigns",
+    params(PageParams, CampaignQuery),
+    responses((status = 200, description = "A page of campaigns", body = [campaign::Campaign], headers(
+        ("Link" = String, description = "`<...>; rel=\"next\"`: the next page, when more items follow"),
+        ("X-Next-Cursor" = String, description = "The `cursor` of the next page, when more items follow")
+    )))
+)]
+async fn list_campaigns(
+    _: Operator,
+    State(s): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    Query(p): Query<PageParams>,
+    Query(f): Query<CampaignQuery>,
+) -> Result<impl IntoResponse> {
+    let keys = Keyset::parse("campaigns", &p, &campaign::CAMPAIGN_SORTS, false)?;
+    let page = campaign::page(&s.db, &keys, f.state).await?;
+    Ok(crate::listing::respond(page, &uri))
 }
 
 /// Create a campaign.
@@ -903,27 +1074,95 @@ async fn cancel(
     Ok(Json(campaign::act(&s.db, id, Action::Cancel).await?))
 }
 
+/// `POST /campaigns/{id}/retry`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RetrySpec {
+    /// Retry only the jobs that failed for one of these reasons (as the campaign's
+    /// `failures` name them); every failed job when left out.
+    #[serde(default)]
+    reasons: Option<Vec<String>>,
+}
+
+/// Offer a campaign's failed jobs again (all, or those failed for the reasons given).
+#[utoipa::path(
+    post,
+    path = "/campaigns/{id}/retry",
+    params(("id" = i64, Path, description = "The campaign's id")),
+    request_body(content = Option<RetrySpec>, description = "Optional: the reasons to retry", content_type = "application/json"),
+    responses((status = 200, description = "The campaign, its failed jobs pending again (409 when cancelled or past its deadline)", body = campaign::Campaign))
+)]
+async fn retry(
+    _: Operator,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response> {
+    let spec = if body.is_empty() {
+        RetrySpec { reasons: None }
+    } else {
+        let media = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        if media != "application/json" {
+            return Err(ServerError::UnsupportedMedia(format!(
+                "Content-Type {media:?}: this route takes application/json (or no body)"
+            )));
+        }
+        crate::http::valid::parse_json::<RetrySpec>(&body)?
+    };
+    let c = campaign::retry(&s.db, id, spec.reasons.as_deref()).await?;
+    // The jobs offered again are pending: wake their devices, as at creation.
+    let notified = crate::notify::pending_devices(&s, id).await?;
+    tracing::info!(campaign = id, notified, "failed jobs offered again");
+    Ok(Json(c).into_response())
+}
+
 /// `GET /jobs` filters.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct JobQuery {
     /// Only the jobs of this campaign.
     campaign: Option<i64>,
+    /// Only the jobs of the device with this IMEI.
+    device: Option<String>,
+    /// Only jobs in this state.
+    state: Option<campaign::JobState>,
+    /// Only jobs that failed (or were skipped) for this reason, as the campaign's `failures`
+    /// name it.
+    reason: Option<String>,
 }
 
-/// List jobs.
+/// List jobs, a page at a time (sort: `id`, `updated`).
 #[utoipa::path(
     get,
     path = "/jobs",
-    params(JobQuery),
-    responses((status = 200, description = "The jobs, of one campaign when asked", body = [campaign::Job]))
+    params(PageParams, JobQuery),
+    responses((status = 200, description = "A page of jobs", body = [campaign::Job], headers(
+        ("Link" = String, description = "`<...>; rel=\"next\"`: the next page, when more items follow"),
+        ("X-Next-Cursor" = String, description = "The `cursor` of the next page, when more items follow")
+    )))
 )]
 async fn list_jobs(
     _: Operator,
     State(s): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    Query(p): Query<PageParams>,
     Query(q): Query<JobQuery>,
 ) -> Result<impl IntoResponse> {
-    Ok(Json(campaign::jobs(&s.db, q.campaign).await?))
+    let keys = Keyset::parse("jobs", &p, &campaign::JOB_SORTS, false)?;
+    let filter = campaign::JobFilter {
+        campaign: q.campaign,
+        device: q.device,
+        state: q.state,
+        reason: q.reason,
+    };
+    let page = campaign::page_jobs(&s.db, &keys, &filter).await?;
+    Ok(crate::listing::respond(page, &uri))
 }
 
 /// One job.

@@ -137,17 +137,61 @@ pub async fn list_tokens(db: &Db) -> Result<Vec<TokenInfo>> {
         sqlx::query("SELECT id, name, role, created_ms, revoked FROM api_tokens ORDER BY id")
             .fetch_all(db.pool())
             .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(TokenInfo {
-                id: r.i64("id")?,
-                name: r.text("name")?,
-                role: Role::parse(&r.text("role")?)?,
-                created_ms: r.i64("created_ms")?,
-                revoked: r.i64("revoked")? != 0,
-            })
-        })
-        .collect()
+    rows.iter().map(token_from_row).collect()
+}
+
+fn token_from_row(r: &sqlx::any::AnyRow) -> Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: r.i64("id")?,
+        name: r.text("name")?,
+        role: Role::parse(&r.text("role")?)?,
+        created_ms: r.i64("created_ms")?,
+        revoked: r.i64("revoked")? != 0,
+    })
+}
+
+/// The orders of the token list besides `id`.
+pub static TOKEN_SORTS: [crate::listing::SortField; 1] = [crate::listing::SortField {
+    name: "name",
+    expr: "t.name",
+    text: true,
+}];
+
+/// A page of tokens.
+pub async fn page_tokens(
+    db: &Db,
+    keys: &crate::listing::Keyset,
+) -> Result<crate::listing::Page<TokenInfo>> {
+    let rows = crate::listing::Filters::default()
+        .fetch(
+            &mut *db.conn().await?,
+            keys,
+            "SELECT t.id, t.name, t.role, t.created_ms, t.revoked FROM api_tokens t",
+            "t.id",
+        )
+        .await?;
+    keys.page(rows, token_from_row)
+}
+
+/// A page of the audit log (newest first by default), of entries older than id `before`
+/// when given (the paging of earlier releases, kept beside the cursor).
+pub async fn page_audit(
+    db: &Db,
+    keys: &crate::listing::Keyset,
+    before: Option<i64>,
+) -> Result<crate::listing::Page<AuditEntry>> {
+    let mut f = crate::listing::Filters::default();
+    f.opt("a.id < ?", before.map(crate::listing::Arg::Int));
+    let rows = f
+        .fetch(
+            &mut *db.conn().await?,
+            keys,
+            "SELECT a.id, a.created_ms, a.token_id, a.token_name, a.role, a.action, a.status, \
+             a.source FROM audit_log a",
+            "a.id",
+        )
+        .await?;
+    keys.page(rows, audit_from_row)
 }
 
 /// Revokes the live token with id `id_or_name` or, when it is not a number, the live tokens
@@ -276,20 +320,20 @@ pub async fn audit(db: &Db, limit: i64, before: Option<i64>) -> Result<Vec<Audit
     .bind(limit.clamp(1, 1000))
     .fetch_all(db.pool())
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(AuditEntry {
-                id: r.i64("id")?,
-                created_ms: r.i64("created_ms")?,
-                token_id: r.opt_i64("token_id")?,
-                token_name: r.text("token_name")?,
-                role: r.text("role")?,
-                action: r.text("action")?,
-                status: r.i64("status")?,
-                source: r.text("source")?,
-            })
-        })
-        .collect()
+    rows.iter().map(audit_from_row).collect()
+}
+
+fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.i64("id")?,
+        created_ms: r.i64("created_ms")?,
+        token_id: r.opt_i64("token_id")?,
+        token_name: r.text("token_name")?,
+        role: r.text("role")?,
+        action: r.text("action")?,
+        status: r.i64("status")?,
+        source: r.text("source")?,
+    })
 }
 
 /// Whether any token exists (first run creates one).

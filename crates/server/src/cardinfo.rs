@@ -111,35 +111,54 @@ pub async fn store_with(
     what: Relayed,
     bytes: &[u8],
 ) -> Result<()> {
-    let json = match decode(what, bytes) {
-        Ok(v) => v,
-        Err(why) => {
-            tracing::warn!(%iccid, what = what.name(), %why, "card answer not decodable; not stored");
-            return Ok(());
+    store_lists(conn, iccid, &[(what, bytes.to_vec())]).await
+}
+
+/// Stores several answers of the card `iccid` in one statement (a DM message usually carries
+/// all three lists); an answer that does not decode is logged and left out.
+pub async fn store_lists(
+    conn: &mut sqlx::AnyConnection,
+    iccid: &str,
+    answers: &[(Relayed, Vec<u8>)],
+) -> Result<()> {
+    let mut set = Vec::new();
+    let mut values: Vec<(Vec<u8>, String)> = Vec::new();
+    for (what, bytes) in answers {
+        let json = match decode(*what, bytes) {
+            Ok(v) => v,
+            Err(why) => {
+                tracing::warn!(%iccid, what = what.name(), %why, "card answer not decodable; not stored");
+                continue;
+            }
+        };
+        let column = match what {
+            Relayed::Servers => "servers",
+            Relayed::Policy => "policy",
+            Relayed::Originators => "originators",
+        };
+        // A list relayed twice in one message: the last answer is what the card said last.
+        if let Some(at) = set.iter().position(|c| *c == column) {
+            set.remove(at);
+            values.remove(at);
         }
-    };
+        set.push(column);
+        values.push((bytes.clone(), json.to_string()));
+    }
+    if set.is_empty() {
+        return Ok(());
+    }
     // `lists_read_ms`: the lists are not due again before the configured refresh.
-    let sql = match what {
-        Relayed::Servers => {
-            "UPDATE cards SET servers = $1, servers_json = $2, updated_ms = $3, lists_read_ms = $3 \
-             WHERE iccid = $4"
-        }
-        Relayed::Policy => {
-            "UPDATE cards SET policy = $1, policy_json = $2, updated_ms = $3, lists_read_ms = $3 \
-             WHERE iccid = $4"
-        }
-        Relayed::Originators => {
-            "UPDATE cards SET originators = $1, originators_json = $2, updated_ms = $3, \
-             lists_read_ms = $3 WHERE iccid = $4"
-        }
-    };
-    sqlx::query(sql)
-        .bind(bytes.to_vec())
-        .bind(json.to_string())
-        .bind(now_ms())
-        .bind(iccid.to_owned())
-        .execute(&mut *conn)
-        .await?;
+    let mut sql = String::from("UPDATE cards SET updated_ms = $1, lists_read_ms = $1");
+    for (i, column) in set.iter().enumerate() {
+        let n = 3 + 2 * i;
+        sql.push_str(&format!(", {column} = ${n}, {column}_json = ${}", n + 1));
+    }
+    sql.push_str(" WHERE iccid = $2");
+    let mut q = sqlx::query(&sql).bind(now_ms()).bind(iccid.to_owned());
+    for (raw, json) in values {
+        q = q.bind(raw).bind(json);
+    }
+    q.execute(&mut *conn).await?;
     Ok(())
 }
 

@@ -88,46 +88,73 @@ pub fn unverified_fields(e: &LogEntry) -> Option<Vec<&'static str>> {
     )
 }
 
-/// Card row facts the log flow needs.
-struct CardRow {
-    id: i64,
+/// What the log flow needs of a card whose certificate verified: its row id, its key and the
+/// head of its stored log. The DM endpoint reads it with the device's account
+/// ([`CardRow::from_row`]) and keeps the head current as pages are stored.
+#[derive(Debug, Clone)]
+pub struct CardRow {
+    /// `cards.id`.
+    pub id: i64,
     key: PublicKey,
-    head_seq: Option<i64>,
-    head_hash: Option<Vec<u8>>,
+    /// The newest stored entry's sequence number.
+    pub head_seq: Option<i64>,
+    /// Its record hash.
+    pub head_hash: Option<Vec<u8>>,
 }
 
-async fn card_row(conn: &mut AnyConnection, iccid: &str) -> Result<Option<CardRow>> {
-    let row = sqlx::query(
-        "SELECT id, card_pub, log_head_seq, log_head_hash FROM cards WHERE iccid = $1 AND cert_status = 'verified'",
-    )
-    .bind(iccid.to_owned())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(r) = row else { return Ok(None) };
-    let Some(pk) = r.opt_bytes("card_pub")? else {
-        return Ok(None);
-    };
-    let key = PublicKey::from_sec1(&pk)
-        .map_err(|e| ServerError::internal("stored card key", e.to_string()))?;
-    Ok(Some(CardRow {
-        id: r.i64("id")?,
-        key,
-        head_seq: r.opt_i64("log_head_seq")?,
-        head_hash: r.opt_bytes("log_head_hash")?,
-    }))
+impl CardRow {
+    /// The card in a row holding `card_id`, `cert_status`, `card_pub`, `log_head_seq` and
+    /// `log_head_hash` (all nullable: an outer join); `None` unless its certificate verified.
+    pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Option<Self>> {
+        let (Some(id), Some(status), Some(pk)) = (
+            r.opt_i64("card_id")?,
+            r.opt_text("cert_status")?,
+            r.opt_bytes("card_pub")?,
+        ) else {
+            return Ok(None);
+        };
+        if status != "verified" {
+            return Ok(None);
+        }
+        let key = PublicKey::from_sec1(&pk)
+            .map_err(|e| ServerError::internal("stored card key", e.to_string()))?;
+        Ok(Some(Self {
+            id,
+            key,
+            head_seq: r.opt_i64("log_head_seq")?,
+            head_hash: r.opt_bytes("log_head_hash")?,
+        }))
+    }
+
+    /// The card's public key (from its verified certificate).
+    pub fn key(&self) -> &PublicKey {
+        &self.key
+    }
+
+    /// The card with this ICCID, read from `cards`.
+    pub async fn load(conn: &mut AnyConnection, iccid: &str) -> Result<Option<Self>> {
+        let row = sqlx::query(
+            "SELECT id AS card_id, cert_status, card_pub, log_head_seq, log_head_hash \
+             FROM cards WHERE iccid = $1",
+        )
+        .bind(iccid.to_owned())
+        .fetch_optional(&mut *conn)
+        .await?;
+        match row {
+            Some(r) => Self::from_row(&r),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Builds and records a signed log-read request for the card, answering `nonce`.
 pub async fn request(
     state: &AppState,
     conn: &mut AnyConnection,
-    iccid: &str,
+    card: &CardRow,
     device_id: i64,
     nonce: Nonce,
-) -> Result<Option<Vec<u8>>> {
-    let Some(card) = card_row(conn, iccid).await? else {
-        return Ok(None);
-    };
+) -> Result<Vec<u8>> {
     let first_seq = card.head_seq.map_or(0, |s| s + 1);
     let req = LogReadRequest {
         server: ServerId::new(&state.config.server_id)
@@ -154,7 +181,7 @@ pub async fn request(
     .bind(now_ms())
     .execute(&mut *conn)
     .await?;
-    Ok(Some(bytes))
+    Ok(bytes)
 }
 
 /// What became of an export.
@@ -247,15 +274,17 @@ impl ExportRefusal {
     }
 }
 
-/// Verifies and stores an export relayed by the device.
+/// Verifies and stores an export relayed by the device for `card` (`None`: the device's ICCID
+/// names no verified card). An accepted page moves `card`'s head to its last entry.
 pub async fn on_export(
     state: &AppState,
     conn: &mut AnyConnection,
+    card: Option<&mut CardRow>,
     iccid: &str,
     device_id: i64,
     bytes: &[u8],
 ) -> Result<Outcome> {
-    let Some(card) = card_row(conn, iccid).await? else {
+    let Some(card) = card else {
         return Ok(Outcome::Rejected(ExportRefusal::NoVerifiedCard));
     };
     let req = sqlx::query(
@@ -265,7 +294,7 @@ pub async fn on_export(
     .bind(card.id)
     .fetch_optional(&mut *conn)
     .await?;
-    let verdict = check(state, conn, &card, iccid, req.as_ref(), bytes).await?;
+    let verdict = check(state, conn, card, iccid, req.as_ref(), bytes).await?;
     let (verdict_text, reason, first, last) = match &verdict {
         Ok((first, entries, _)) => (
             "accepted",
@@ -323,23 +352,37 @@ pub async fn on_export(
     state.metrics.log_entries_stored.inc_by(new);
     let now = now_ms();
     let up_to = match entries.last() {
-        Some((e, raw)) => {
-            sqlx::query(
+        Some((e, raw)) if card.head_seq.is_none_or(|h| i64::from(e.seq) > h) => {
+            // The checks above relied on the head as `card` holds it (read with the account,
+            // before this transaction): the head moves only from that value. Another export
+            // stored meanwhile makes this message contended, and it is handled again from
+            // what is stored now.
+            let hash = LogEntry::record_hash(raw).0.to_vec();
+            let moved = sqlx::query(
                 "UPDATE cards SET log_head_seq = $1, log_head_hash = $2, updated_ms = $3 \
-                 WHERE id = $4 AND (log_head_seq IS NULL OR log_head_seq < $1)",
+                 WHERE id = $4 AND log_head_seq IS NOT DISTINCT FROM $5",
             )
             .bind(i64::from(e.seq))
-            .bind(LogEntry::record_hash(raw).0.to_vec())
+            .bind(hash.clone())
             .bind(now)
             .bind(card.id)
+            .bind(card.head_seq)
             .execute(&mut *conn)
             .await?;
+            if moved.rows_affected() != 1 {
+                return Err(ServerError::Contended {
+                    what: format!("card log of {iccid}"),
+                });
+            }
+            card.head_seq = Some(i64::from(e.seq));
+            card.head_hash = Some(hash);
             Some(e.seq)
         }
+        Some((e, _)) => Some(e.seq),
         None => card.head_seq.and_then(|s| u32::try_from(s).ok()),
     };
     let more = u64::from(first_seq) + (entries.len() as u64) < u64::from(log_end);
-    tracing::info!(%iccid, new, ?up_to, "card log export verified");
+    tracing::info!(%iccid, new, up_to, "card log export verified");
     Ok(Outcome::Accepted { new, up_to, more })
 }
 
@@ -395,7 +438,15 @@ async fn insert_entries(
             .bind(i64::from(e.free_device))
             .bind(d.consent_pin);
     }
-    Ok(q.execute(&mut *conn).await?.rows_affected())
+    let new = q.execute(&mut *conn).await?.rows_affected();
+    // A refusal names the update it refused: its job's failure takes the card's reason.
+    for (e, _) in entries {
+        let d = describe(e);
+        if let (Some(uid), "denied", Some(name)) = (e.update_id, d.event, d.detail.as_deref()) {
+            crate::campaign::card_refused(&mut *conn, uid.as_bytes(), name).await?;
+        }
+    }
+    Ok(new)
 }
 
 async fn check(
@@ -473,8 +524,12 @@ async fn check(
             "entry 0 has a previous hash".into(),
         )));
     }
-    // Entries stored before must come back identical (one read for the page's range).
-    if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+    // Entries stored before must come back identical (one read for the page's range). The
+    // stored head is the newest stored entry: a page past it holds no stored entry to compare.
+    let past_head = |seq: u32| card.head_seq.is_none_or(|h| i64::from(seq) > h);
+    if let (Some(first), Some(last)) = (entries.first(), entries.last())
+        && !past_head(first.seq)
+    {
         let rows = sqlx::query(
             "SELECT seq, entry_hash FROM card_log_entries WHERE card_id = $1 AND seq >= $2 \
              AND seq <= $3",

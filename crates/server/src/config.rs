@@ -455,6 +455,47 @@ impl ServerConfig {
         Ok(cfg)
     }
 
+    /// Settings that start a working server but that an operator most likely did not mean:
+    /// one sentence each, logged as warnings at start ([`crate::start`]). `keys` are the keys
+    /// the server loaded (a key file may name no key).
+    pub fn risks(&self, keys: &crate::keys::Keys) -> Vec<String> {
+        let mut risks = Vec::new();
+        if keys.issuers.is_empty() {
+            risks.push(
+                "no card issuer key (--issuer-key): no card certificate can verify, so no card \
+                 is registered and no update can be delivered"
+                    .to_owned(),
+            );
+        }
+        if keys.originators.is_empty() {
+            risks.push(
+                "no trusted originator (--originator): every package upload will be refused"
+                    .to_owned(),
+            );
+        }
+        if self.enrolment == Enrolment::SharedSecret {
+            risks.push(
+                "enrolment = shared-secret: any device that knows the enrolment password is \
+                 registered on first contact (meant for labs and demos)"
+                    .to_owned(),
+            );
+        }
+        let exposed = !self.listen.ip().is_loopback();
+        let public_https = self
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
+        if exposed && self.tls.is_none() && !public_https {
+            risks.push(format!(
+                "listening on {} without TLS and no https public URL: API tokens and dashboard \
+                 sessions would cross the network in clear (set --tls-cert/--tls-key, or \
+                 --public-url https://... behind a TLS proxy)",
+                self.listen
+            ));
+        }
+        risks
+    }
+
     /// Checks values that cannot be right.
     pub fn validate(&self) -> Result<()> {
         if self.server_id.is_empty() || self.server_id.len() > 64 {
@@ -526,6 +567,43 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn risky_settings_are_named_and_a_careful_one_has_none() {
+        use simfota_wire::p256::ecdsa::SigningKey;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::with_data_dir(dir.path());
+        cfg.listen = "0.0.0.0:8443".parse().unwrap();
+        cfg.enrolment = Enrolment::SharedSecret;
+        let (keys, _) = crate::keys::Keys::load(&cfg).unwrap();
+        let risks = cfg.risks(&keys);
+        assert_eq!(risks.len(), 4, "{risks:#?}");
+        for (risk, says) in risks.iter().zip([
+            "no card issuer key (--issuer-key)",
+            "no trusted originator (--originator)",
+            "enrolment = shared-secret",
+            "listening on 0.0.0.0:8443 without TLS",
+        ]) {
+            assert!(risk.starts_with(says), "{risk}");
+        }
+
+        let key = dir.path().join("k.pub.pem");
+        let public = simfota_wire::PublicKey::from(&SigningKey::random(&mut rand_core::OsRng));
+        std::fs::write(&key, simfota_wire::pem::public_key_to_pem(&public).unwrap()).unwrap();
+        cfg.issuer_keys = vec![key.clone()];
+        cfg.originators = vec![OriginatorConfig {
+            id: "acme".into(),
+            key,
+        }];
+        cfg.enrolment = Enrolment::Preregistered;
+        cfg.public_url = Some("https://fota.example.net".into());
+        let (keys, _) = crate::keys::Keys::load(&cfg).unwrap();
+        assert_eq!(cfg.risks(&keys), Vec::<String>::new());
+        // Loopback without TLS (behind a proxy on the same host) is not a risk either.
+        cfg.public_url = None;
+        cfg.listen = "127.0.0.1:8443".parse().unwrap();
+        assert_eq!(cfg.risks(&keys), Vec::<String>::new());
+    }
 
     #[test]
     fn redacts_database_password() {

@@ -36,6 +36,15 @@ pub enum ServerError {
     /// Requests answer 503 and the server keeps trying: this is not fatal.
     #[error("the database is unavailable: {0}")]
     DbUnavailable(sqlx::Error),
+    /// The database could not be reached when the server started: its address (password
+    /// hidden) and the cause, from one direct connection attempt.
+    #[error("cannot reach the database at {url}: {cause}")]
+    DbUnreachable {
+        /// The database URL, its password redacted.
+        url: String,
+        /// What the connection attempt ran into.
+        cause: String,
+    },
     /// The database answered with an error that is not about reachability.
     #[error("database error: {0}")]
     Db(sqlx::Error),
@@ -130,7 +139,9 @@ impl ServerError {
     /// to the log ([`IntoResponse`] writes them there), never into a response body.
     pub fn public_message(&self) -> String {
         match self {
-            Self::DbUnavailable(_) => "the database is unavailable; retry later".into(),
+            Self::DbUnavailable(_) | Self::DbUnreachable { .. } => {
+                "the database is unavailable; retry later".into()
+            }
             Self::Contended { .. } => self.to_string(),
             _ if self.status().is_server_error() => {
                 "internal server error; the server log has the details".into()
@@ -142,7 +153,9 @@ impl ServerError {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::DbUnavailable(_) | Self::Contended { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DbUnavailable(_) | Self::DbUnreachable { .. } | Self::Contended { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BadRequest(_) | Self::Verification(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,

@@ -32,6 +32,7 @@ pub mod dm;
 pub mod error;
 mod http;
 pub mod keys;
+pub mod listing;
 pub mod metrics;
 pub mod notify;
 pub mod packages;
@@ -125,6 +126,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     // Then everything that can refuse the start without writing anything: the keys read (a
     // first run's server key made in memory), the port bound.
     let (keys, new_server_key) = keys::Keys::load(&config)?;
+    for risk in config.risks(&keys) {
+        tracing::warn!("{risk}");
+    }
     let tcp = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -231,6 +235,11 @@ fn spawn_sweeps(state: AppState, mut stopped: watch::Receiver<bool>) {
                     }
                     if let Some(timeout) = state.config.delivery_timeout {
                         time_out_deliveries(&state, timeout).await;
+                    }
+                    match campaign::sweep_deadlines(&state.db).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(jobs = n, "jobs ended at their campaign's deadline"),
+                        Err(e) => tracing::warn!(error = %e, "campaign deadline sweep failed"),
                     }
                 },
                 changed = stopped.changed() => {

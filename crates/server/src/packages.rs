@@ -84,7 +84,8 @@ fn package_from_row(r: &sqlx::any::AnyRow) -> Result<Package> {
 pub async fn list(db: &Db) -> Result<Vec<Package>> {
     let rows = sqlx::query(
         "SELECT id, name, version, originator, vendor_id, class_id, sequence, manifest_digest, \
-         image_digest, image_size, precursor_digest, created_ms FROM packages ORDER BY id DESC",
+         image_digest, image_size, precursor_digest, created_ms FROM packages \
+         WHERE deleted_ms IS NULL ORDER BY id DESC",
     )
     .fetch_all(db.pool())
     .await?;
@@ -95,7 +96,8 @@ pub async fn list(db: &Db) -> Result<Vec<Package>> {
 pub async fn get(db: &Db, id: i64) -> Result<Package> {
     let row = sqlx::query(
         "SELECT id, name, version, originator, vendor_id, class_id, sequence, manifest_digest, \
-         image_digest, image_size, precursor_digest, created_ms FROM packages WHERE id = $1",
+         image_digest, image_size, precursor_digest, created_ms FROM packages WHERE id = $1 \
+         AND deleted_ms IS NULL",
     )
     .bind(id)
     .fetch_optional(db.pool())
@@ -106,7 +108,7 @@ pub async fn get(db: &Db, id: i64) -> Result<Package> {
 
 /// The severed envelope of a package.
 pub async fn envelope(db: &Db, id: i64) -> Result<Vec<u8>> {
-    let row = sqlx::query("SELECT envelope FROM packages WHERE id = $1")
+    let row = sqlx::query("SELECT envelope FROM packages WHERE id = $1 AND deleted_ms IS NULL")
         .bind(id)
         .fetch_optional(db.pool())
         .await?
@@ -199,6 +201,28 @@ fn check_envelope(bytes: &[u8], originators: &[(String, PublicKey)]) -> Result<C
     )))
 }
 
+/// What an envelope holds besides an integrated payload, at most: the manifest, its
+/// signature and the severable members (a few hundred bytes to a few KiB in practice).
+const ENVELOPE_ROOM: usize = 1024 * 1024;
+
+/// Room in an upload's body for the multipart boundaries and part headers.
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
+
+/// The largest envelope an upload takes: [`ENVELOPE_ROOM`] beside a payload of up to
+/// `max_package` bytes it may integrate.
+fn envelope_limit(max_package: usize) -> usize {
+    max_package.saturating_add(ENVELOPE_ROOM)
+}
+
+/// The largest body `POST /api/v1/packages` takes when payloads may reach `max_package`
+/// bytes (`max_package_bytes`): a payload of that size, an envelope beside it and the
+/// multipart framing. The payload part alone is held to `max_package` as it arrives (before
+/// this, the limit counted the whole body: a payload of exactly `max_package_bytes` was
+/// refused), the envelope part to [`envelope_limit`].
+pub fn upload_body_limit(max_package: usize) -> usize {
+    envelope_limit(max_package).saturating_add(MULTIPART_OVERHEAD)
+}
+
 /// `POST /api/v1/packages` (multipart: `envelope`, optional `payload`).
 pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
     let dir = state.config.package_dir();
@@ -206,9 +230,10 @@ pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
     let res = async {
         let mut envelope: Option<Vec<u8>> = None;
         let mut payload: Option<(u64, [u8; 32])> = None;
+        let max_payload = state.config.max_package_bytes as u64;
         let multipart_err = |e: axum::extract::multipart::MultipartError| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ServerError::TooLarge { limit: state.config.max_package_bytes as u64 }
+                ServerError::TooLarge { limit: upload_body_limit(state.config.max_package_bytes) as u64 }
             } else {
                 ServerError::BadRequest(format!("multipart: {}", e.body_text()))
             }
@@ -216,7 +241,7 @@ pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
         while let Some(mut field) = form.next_field().await.map_err(multipart_err)? {
             match field.name() {
                 Some("envelope") => {
-                    let max = Limits::DEFAULT.max_envelope_len;
+                    let max = envelope_limit(state.config.max_package_bytes);
                     let mut buf = Vec::new();
                     while let Some(chunk) = field.chunk().await.map_err(multipart_err)? {
                         if buf.len() + chunk.len() > max {
@@ -233,8 +258,12 @@ pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
                     let mut hasher = Sha256::new();
                     let mut size = 0u64;
                     while let Some(chunk) = field.chunk().await.map_err(multipart_err)? {
-                        hasher.update(&chunk);
                         size += chunk.len() as u64;
+                        // `max_package_bytes` is the payload's limit, not the whole body's.
+                        if size > max_payload {
+                            return Err(ServerError::TooLarge { limit: max_payload });
+                        }
+                        hasher.update(&chunk);
                         file.write_all(&chunk)
                             .await
                             .map_err(|e| ServerError::io("cannot write", &tmp, e))?;
@@ -301,7 +330,9 @@ pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
             "INSERT INTO packages (name, version, originator, vendor_id, class_id, sequence, \
              manifest_digest, image_digest, image_size, precursor_digest, envelope, payload_file, \
              payload_etag, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-             $13, $14) ON CONFLICT (manifest_digest) DO NOTHING RETURNING id",
+             $13, $14) ON CONFLICT (manifest_digest) DO UPDATE SET deleted_ms = NULL, \
+             payload_file = excluded.payload_file, payload_etag = excluded.payload_etag \
+             WHERE packages.deleted_ms IS NOT NULL RETURNING id",
         )
         .bind(checked.name)
         .bind(checked.version)
@@ -333,6 +364,97 @@ pub async fn upload(state: &AppState, mut form: Multipart) -> Result<Package> {
     // Left over only when the upload failed before the rename.
     let _ = tokio::fs::remove_file(&tmp).await;
     res
+}
+
+/// The orders of the package list besides `id`.
+pub static PACKAGE_SORTS: [crate::listing::SortField; 1] = [crate::listing::SortField {
+    name: "name",
+    expr: "p.name",
+    text: true,
+}];
+
+/// Longest name prefix `GET /packages?q=` takes.
+const NAME_PREFIX_MAX: usize = 200;
+
+/// A page of packages (not deleted), of names that start with `name_prefix` when given.
+pub async fn page(
+    db: &Db,
+    keys: &crate::listing::Keyset,
+    name_prefix: Option<&str>,
+) -> Result<crate::listing::Page<Package>> {
+    use crate::listing::Arg;
+    let mut filters = crate::listing::Filters::default();
+    filters.fixed("p.deleted_ms IS NULL");
+    if let Some(q) = name_prefix {
+        if q.is_empty() || q.len() > NAME_PREFIX_MAX || q.chars().any(char::is_control) {
+            return Err(ServerError::BadRequest(format!(
+                "q: a name prefix of 1 to {NAME_PREFIX_MAX} bytes, no control characters"
+            )));
+        }
+        // Compared as text in both engines (LIKE differs: case-insensitive in SQLite).
+        let n = i64::try_from(q.chars().count()).unwrap_or(i64::MAX);
+        filters.add_all(
+            "substr(p.name, 1, CAST(? AS INTEGER)) = ?",
+            [Arg::Int(n), Arg::Text(q.to_owned())],
+        );
+    }
+    let rows = filters
+        .fetch(
+            &mut *db.conn().await?,
+            keys,
+            "SELECT p.id, p.name, p.version, p.originator, p.vendor_id, p.class_id, p.sequence, \
+             p.manifest_digest, p.image_digest, p.image_size, p.precursor_digest, p.created_ms \
+             FROM packages p",
+            "p.id",
+        )
+        .await?;
+    keys.page(rows, package_from_row)
+}
+
+/// Deletes package `id`: refused (409) while a campaign that is neither completed nor
+/// cancelled uses it. The row stays, marked deleted (campaigns and proofs name it); its
+/// payload file is removed and it is served no more.
+pub async fn delete(state: &AppState, id: i64) -> Result<()> {
+    let mut tx = state.db.begin_write().await?;
+    let row = sqlx::query("SELECT payload_file FROM packages WHERE id = $1 AND deleted_ms IS NULL")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("package {id}")))?;
+    let users = sqlx::query(
+        "SELECT id FROM campaigns WHERE package_id = $1 AND state NOT IN ('completed', 'cancelled') \
+         ORDER BY id LIMIT 5",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    if !users.is_empty() {
+        let ids = users
+            .iter()
+            .map(|r| r.i64("id").map(|i| i.to_string()))
+            .collect::<Result<Vec<_>>>()?;
+        return Err(ServerError::Conflict(format!(
+            "package {id} is used by campaign {} (not completed or cancelled): cancel it first",
+            ids.join(", ")
+        )));
+    }
+    sqlx::query("UPDATE packages SET deleted_ms = $1 WHERE id = $2")
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let path = state.config.package_dir().join(row.text("payload_file")?);
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // The package is deleted either way; the file is only space.
+        Err(e) => {
+            tracing::warn!(package = id, path = %path.display(), error = %e, "payload file of a deleted package not removed")
+        }
+    }
+    tracing::info!(package = id, "package deleted");
+    Ok(())
 }
 
 /// How long a package URL given to the operator API stays valid.
@@ -437,11 +559,13 @@ pub async fn serve_payload(
 }
 
 async fn payload_response(state: &AppState, id: i64, headers: &HeaderMap) -> Result<Response> {
-    let row = sqlx::query("SELECT payload_file, payload_etag FROM packages WHERE id = $1")
-        .bind(id)
-        .fetch_optional(state.db.pool())
-        .await?
-        .ok_or_else(|| ServerError::NotFound(format!("package {id}")))?;
+    let row = sqlx::query(
+        "SELECT payload_file, payload_etag FROM packages WHERE id = $1 AND deleted_ms IS NULL",
+    )
+    .bind(id)
+    .fetch_optional(state.db.pool())
+    .await?
+    .ok_or_else(|| ServerError::NotFound(format!("package {id}")))?;
     let path: PathBuf = state.config.package_dir().join(row.text("payload_file")?);
     let etag = row.text("payload_etag")?;
     let mut file = tokio::fs::File::open(&path)

@@ -131,8 +131,8 @@ pub async fn bundle(state: &AppState, update_id_hex: &str) -> Result<Bundle> {
     let uid = hex::decode(update_id_hex)
         .map_err(|_| ServerError::BadRequest("update id must be hex".into()))?;
     let job = sqlx::query(
-        "SELECT j.token, j.receipt, j.receipt_status, d.iccid FROM jobs j JOIN devices d ON d.id = j.device_id \
-         WHERE j.update_id = $1",
+        "SELECT j.token, j.receipt, j.receipt_status, COALESCE(j.iccid, d.iccid) AS iccid \
+         FROM jobs j LEFT JOIN devices d ON d.id = j.device_id WHERE j.update_id = $1",
     )
     .bind(uid.clone())
     .fetch_optional(state.db.pool())

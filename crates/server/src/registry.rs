@@ -409,6 +409,177 @@ pub async fn list_devices(db: &Db) -> Result<Vec<Device>> {
     Ok(out)
 }
 
+/// The orders of the device list besides `id`.
+pub static DEVICE_SORTS: [crate::listing::SortField; 2] = [
+    crate::listing::SortField {
+        name: "imei",
+        expr: "d.imei",
+        text: true,
+    },
+    crate::listing::SortField {
+        // Never seen sorts first (as 0), on the `devices_last_seen` index.
+        name: "last_seen",
+        expr: "COALESCE(d.last_seen_ms, 0)",
+        text: false,
+    },
+];
+
+/// What `GET /devices` filters on (every one optional).
+#[derive(Debug, Default, Clone)]
+pub struct DeviceFilter {
+    /// Devices of this model.
+    pub model: Option<String>,
+    /// Members of this group.
+    pub group: Option<String>,
+    /// Devices on this firmware version.
+    pub version: Option<String>,
+    /// IMEIs that start with these digits.
+    pub imei_prefix: Option<String>,
+}
+
+/// A page of devices (groups read in one query for the page).
+pub async fn page_devices(
+    db: &Db,
+    keys: &crate::listing::Keyset,
+    f: &DeviceFilter,
+) -> Result<crate::listing::Page<Device>> {
+    use crate::listing::Arg;
+    let mut filters = crate::listing::Filters::default();
+    filters
+        .opt("d.model = ?", f.model.clone().map(Arg::Text))
+        .opt("d.fw_version = ?", f.version.clone().map(Arg::Text));
+    if let Some(name) = &f.group {
+        // By the group's id, so that both planners see how many members it has (a small
+        // group read from its members, not found by scanning every device), and an unknown
+        // group lists nothing.
+        let id = sqlx::query("SELECT id FROM device_groups WHERE name = $1")
+            .bind(name.clone())
+            .fetch_optional(db.pool())
+            .await?
+            .map(|r| r.i64("id"))
+            .transpose()?
+            .unwrap_or(0);
+        filters.add(
+            "d.id IN (SELECT m.device_id FROM group_members m WHERE m.group_id = ?)",
+            Arg::Int(id),
+        );
+    }
+    if let Some(q) = &f.imei_prefix {
+        let (low, high) = crate::listing::digit_prefix("q", q)?;
+        filters
+            .add("d.imei >= ?", Arg::Text(low))
+            .opt("d.imei < ?", high.map(Arg::Text));
+    }
+    let mut conn = db.conn().await?;
+    let cols: String = DEVICE_COLS
+        .split(", ")
+        .map(|c| format!("d.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = filters
+        .fetch(
+            &mut conn,
+            keys,
+            &format!("SELECT {cols} FROM devices d"),
+            "d.id",
+        )
+        .await?;
+    let mut page = keys.page(rows, |r| {
+        Ok(Device {
+            id: r.i64("id")?,
+            imei: r.text("imei")?,
+            username: r.text("dm_username")?,
+            auth: r.text("auth_scheme")?,
+            manufacturer: r.opt_text("manufacturer")?,
+            model: r.opt_text("model")?,
+            fw_version: r.opt_text("fw_version")?,
+            iccid: r.opt_text("iccid")?,
+            notify_addr: r.opt_text("notify_addr")?,
+            groups: Vec::new(),
+            enrolled_by: r.text("enrolled_by")?,
+            last_seen_ms: r.opt_i64("last_seen_ms")?,
+        })
+    })?;
+    if !page.items.is_empty() {
+        let ids = crate::db::values_list(1, page.items.len());
+        let sql = format!(
+            "SELECT m.device_id, g.name FROM group_members m JOIN device_groups g \
+             ON g.id = m.group_id WHERE m.device_id IN {ids} ORDER BY g.name"
+        );
+        let mut q = sqlx::query(&sql);
+        for d in &page.items {
+            q = q.bind(d.id);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            let id = r.i64("device_id")?;
+            if let Some(d) = page.items.iter_mut().find(|d| d.id == id) {
+                d.groups.push(r.text("name")?);
+            }
+        }
+    }
+    Ok(page)
+}
+
+/// Deletes device `imei`: its unfinished jobs end failed ("device deleted", their campaigns'
+/// counters moved), its DM sessions and group memberships go; its jobs, card-log entries,
+/// exports, proofs and audit entries stay (evidence is never deleted with a device). Answers
+/// the campaigns that released waves, with the wave each was at (whose devices to notify).
+pub async fn delete_device(db: &Db, imei: &str) -> Result<Vec<(i64, i64)>> {
+    let mut tx = db.begin_write().await?;
+    let row = sqlx::query("SELECT id FROM devices WHERE imei = $1")
+        .bind(imei.to_owned())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("device {imei}")))?;
+    let id = row.i64("id")?;
+    let released = crate::campaign::end_device_jobs(&mut tx, id).await?;
+    // What keeps a record of the device keeps it without the link to a row that goes.
+    for sql in [
+        "UPDATE log_requests SET device_id = NULL WHERE device_id = $1",
+        "UPDATE log_exports SET device_id = NULL WHERE device_id = $1",
+        "DELETE FROM dm_sessions WHERE device_id = $1",
+        "DELETE FROM group_members WHERE device_id = $1",
+        "DELETE FROM devices WHERE id = $1",
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(%imei, device = id, "device deleted");
+    Ok(released)
+}
+
+/// The orders of the card list besides `id`.
+pub static CARD_SORTS: [crate::listing::SortField; 1] = [crate::listing::SortField {
+    name: "iccid",
+    expr: "c.iccid",
+    text: true,
+}];
+
+/// A page of cards, of ICCIDs that start with `iccid_prefix` when given.
+pub async fn page_cards(
+    db: &Db,
+    keys: &crate::listing::Keyset,
+    iccid_prefix: Option<&str>,
+) -> Result<crate::listing::Page<Card>> {
+    use crate::listing::Arg;
+    let mut filters = crate::listing::Filters::default();
+    if let Some(q) = iccid_prefix {
+        let (low, high) = crate::listing::digit_prefix("q", q)?;
+        filters
+            .add("c.iccid >= ?", Arg::Text(low))
+            .opt("c.iccid < ?", high.map(Arg::Text));
+    }
+    let rows = filters
+        .fetch(
+            &mut *db.conn().await?,
+            keys,
+            "SELECT c.* FROM cards c",
+            "c.id",
+        )
+        .await?;
+    keys.page(rows, card_from_row)
+}
+
 /// Creates a group (idempotent).
 pub async fn create_group(db: &Db, name: &str) -> Result<()> {
     check_text("group", name, 100)?;

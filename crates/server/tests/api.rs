@@ -1018,7 +1018,7 @@ async fn device_jobs_survive_a_busy_fleet(env: Env) {
     .execute(db)
     .await
     .unwrap();
-    let all = s.json("/api/v1/jobs").await;
+    let all = s.json("/api/v1/jobs?sort=-id&limit=1000").await;
     assert_eq!(
         all.as_array().unwrap().len(),
         1000,
@@ -1055,7 +1055,22 @@ async fn bulk_registration(env: Env) {
             .json(&json!({ "devices": devices }))
             .send()
     };
-    let count = || async { s.json("/api/v1/devices").await.as_array().unwrap().len() };
+    // Every page of the device list.
+    let count = || async {
+        let (mut n, mut url) = (0, "/api/v1/devices?limit=1000".to_owned());
+        loop {
+            let r = s.get(&url).send().await.unwrap();
+            let next = r
+                .headers()
+                .get("x-next-cursor")
+                .map(|c| c.to_str().unwrap().to_owned());
+            n += r.json::<Value>().await.unwrap().as_array().unwrap().len();
+            match next {
+                Some(c) => url = format!("/api/v1/devices?limit=1000&cursor={c}"),
+                None => return n,
+            }
+        }
+    };
     // More rows than one INSERT statement carries.
     let r = post((0..1200).map(device).collect()).await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);

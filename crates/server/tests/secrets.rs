@@ -83,6 +83,17 @@ async fn a_start_that_fails_writes_nothing() {
     let mut config = env.config("data-db");
     config.database = Some(format!("postgres://postgres@127.0.0.1:{port}/none"));
     config.db_acquire_timeout = std::time::Duration::from_millis(500);
-    assert!(simfota_server::start(config).await.is_err());
+    let e = simfota_server::start(config)
+        .await
+        .err()
+        .expect("the database does not answer");
+    // The address and the cause are named, not only a pool that timed out.
+    let said = e.to_string();
+    assert!(
+        said.starts_with(&format!(
+            "cannot reach the database at postgres://postgres@127.0.0.1:{port}/none: "
+        )) && said.contains("refused"),
+        "{said}"
+    );
     assert!(!env.path("data-db").exists(), "nothing written");
 }

@@ -162,14 +162,26 @@ impl Operator {
             .ok_or_else(|| anyhow!("{what}: the answer names no package id: {v}"))
     }
 
-    /// `POST /campaigns` for every device, one wave; answers the campaign id.
+    /// `POST /campaigns` for every device, one wave, offered even to devices already at or
+    /// above the package (the demo shows what the card makes of an older package); answers
+    /// the campaign id.
     pub fn campaign(&self, name: &str, package_id: i64) -> Result<i64> {
-        self.campaign_for(name, package_id, None)
+        self.post_campaign(name, package_id, None, true)
     }
 
     /// `POST /campaigns` for the devices of `model` (every device when `None`), one wave,
     /// never halted by failures; answers the campaign id.
     pub fn campaign_for(&self, name: &str, package_id: i64, model: Option<&str>) -> Result<i64> {
+        self.post_campaign(name, package_id, model, false)
+    }
+
+    fn post_campaign(
+        &self,
+        name: &str,
+        package_id: i64,
+        model: Option<&str>,
+        include_up_to_date: bool,
+    ) -> Result<i64> {
         let what = format!("starting campaign {name}");
         let body = serde_json::json!({
             "name": name,
@@ -178,6 +190,7 @@ impl Operator {
             "waves": [100],
             "success_threshold": 100,
             "error_threshold": 100,
+            "include_up_to_date": include_up_to_date,
         });
         let v = self.post_json(&what, "campaigns", &body)?;
         v["id"]

@@ -809,6 +809,9 @@ impl Server {
                 "waves": [100],
                 "success_threshold": 90,
                 "error_threshold": 100,
+                // The flows show what the cards decide: the server offers every package, even
+                // to a device already at or above it (a rollback the card must refuse).
+                "include_up_to_date": true,
             }),
         )["id"]
             .as_i64()

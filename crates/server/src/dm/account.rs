@@ -36,6 +36,9 @@ pub struct Account {
     /// When the server last read the lists of the card bound to this device (`None`: never,
     /// or they are due again).
     pub card_lists_read_ms: Option<i64>,
+    /// The bound card as the log flow needs it, read with the account: `Some(None)` when the
+    /// ICCID names no verified card, `None` when not known (another card was just bound).
+    pub card: Option<Option<crate::cardlog::CardRow>>,
     /// The device's job to work on, read with the account: a delivered job awaiting its
     /// result, else its oldest pending job of a running campaign
     /// ([`crate::campaign::DEVICE_JOB_ID_SQL`]'s choice).
@@ -166,7 +169,8 @@ static LOOKUP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT d.id, d.imei, d.dm_username, d.dm_secret, d.server_secret, d.auth_scheme, \
          d.device_nonce, d.server_nonce, d.iccid, d.fw_version, d.model, d.manufacturer, \
-         d.last_seen_ms, c.lists_read_ms, s.state AS session_state, \
+         d.last_seen_ms, c.lists_read_ms, c.id AS card_id, c.cert_status, c.card_pub, \
+         c.log_head_seq, c.log_head_hash, s.state AS session_state, \
          s.version AS session_version, j.id AS job_id, j.state AS job_state, \
          EXISTS (SELECT 1 FROM admin_queue a WHERE a.card_id = c.id AND a.state = 'queued') \
          AS admin_queued \
@@ -179,7 +183,7 @@ static LOOKUP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// The registered device whose DevId this is, if any, with its stored session `session_id`
-/// and when its card's lists were read (one statement for all three).
+/// and what is known of its card (one statement for all of it).
 pub async fn lookup(state: &AppState, dev_id: &str, session_id: &str) -> Result<Option<Known>> {
     let Some(imei) = imei_of(dev_id) else {
         return Ok(None);
@@ -215,6 +219,7 @@ pub async fn lookup(state: &AppState, dev_id: &str, session_id: &str) -> Result<
         server_nonce: r.opt_bytes("server_nonce")?,
         iccid: r.opt_text("iccid")?,
         card_lists_read_ms: r.opt_i64("lists_read_ms")?,
+        card: Some(crate::cardlog::CardRow::from_row(&r)?),
         job: match (r.opt_i64("job_id")?, r.opt_text("job_state")?) {
             (Some(id), Some(state)) => Some((id, JobState::parse(&state)?)),
             _ => None,
@@ -268,6 +273,7 @@ pub async fn enrol_candidate(
         server_nonce: None,
         iccid: None,
         card_lists_read_ms: None,
+        card: Some(None),
         job: None,
         admin_queued: false,
         last_seen_ms: None,

@@ -157,37 +157,33 @@ impl Step<'_> {
         update_id: &[u8],
         code: u16,
     ) -> Result<ReceiptCheck> {
-        let Some(iccid) = self.account.iccid.clone() else {
+        // The card as read with the account (or read now, for a card bound in this message):
+        // only a card whose certificate verified has a key a receipt can be checked with.
+        self.know_card().await?;
+        let (Some(iccid), Some(Some(card))) = (self.account.iccid.as_deref(), &self.account.card)
+        else {
             return Ok(ReceiptCheck::Invalid(
                 "no verified card known for this device".into(),
             ));
         };
-        // A database failure is the server's problem, not the receipt's: it fails the request
-        // (the device repeats the alert) instead of being recorded as the receipt's verdict.
-        let card = match crate::registry::get_card(&mut *self.tx, &iccid).await {
-            Ok(card) => card,
-            Err(e @ ServerError::NotFound(_)) => return Ok(ReceiptCheck::Invalid(e.to_string())),
-            Err(e) => return Err(e),
-        };
-        Ok(match verify_receipt(card, &iccid, bytes, update_id, code) {
-            Ok(()) => ReceiptCheck::Verified,
-            Err(m) => ReceiptCheck::Invalid(m),
-        })
+        Ok(
+            match verify_receipt(card.key(), iccid, bytes, update_id, code) {
+                Ok(()) => ReceiptCheck::Verified,
+                Err(m) => ReceiptCheck::Invalid(m),
+            },
+        )
     }
 }
 
 /// The receipt checks once the card is known; `Err` says what failed.
 fn verify_receipt(
-    card: crate::registry::Card,
+    key: &PublicKey,
     iccid: &str,
     bytes: &[u8],
     update_id: &[u8],
     code: u16,
 ) -> std::result::Result<(), String> {
-    let key_hex = card.card_pub.ok_or("card has no key")?;
-    let key_bytes = hex::decode(key_hex).map_err(|e| e.to_string())?;
-    let key = PublicKey::from_sec1(&key_bytes).map_err(|e| e.to_string())?;
-    let v = Receipt::verify(bytes, &key, &Limits::DEFAULT)
+    let v = Receipt::verify(bytes, key, &Limits::DEFAULT)
         .map_err(|e| format!("receipt signature: {e}"))?;
     let r = v.get();
     if r.update_id.as_bytes() != update_id {

@@ -339,14 +339,15 @@ impl Step<'_> {
             return Ok(());
         }
         for item in items {
-            let Some(text) = item_text(item).and_then(|t| dm_text("DevInfo", &t, DM_TEXT_MAX))
-            else {
-                continue;
-            };
+            // Only the values stored are checked: the other DevInfo items (a long DM version
+            // list, say) are none of the server's business.
             let (column, known) = match item_uri(item) {
                 DEVINFO_MODEL => ("model", &mut self.account.model),
                 DEVINFO_MANUFACTURER => ("manufacturer", &mut self.account.manufacturer),
                 _ => continue,
+            };
+            let Some(text) = item_text(item).and_then(|t| dm_text(column, &t, DM_TEXT_MAX)) else {
+                continue;
             };
             if known.as_deref() == Some(text.as_str()) {
                 continue;
@@ -433,11 +434,16 @@ impl Step<'_> {
             CardList::Policy => (Node::CardPolicy, Relayed::Policy),
             CardList::Originators => (Node::CardOriginators, Relayed::Originators),
         };
-        let (Some(bytes), Some(iccid)) = (item_value(node, item), self.account.iccid.clone())
+        let (Some(bytes), Some(iccid)) = (item_value(node, item), self.account.iccid.as_deref())
         else {
             return Ok(());
         };
-        crate::cardinfo::store_with(self.tx, &iccid, what, &bytes).await
+        // Stored with the message's other card lists, in one statement (`Step::finish`).
+        match &mut self.card_lists {
+            Some((bound, lists)) if bound == iccid => lists.push((what, bytes)),
+            slot => *slot = Some((iccid.to_owned(), vec![(what, bytes)])),
+        }
+        Ok(())
     }
 
     /// Card Info (docs/dm-tree.md "Card answers"): the claimed ICCID and the certificate.
@@ -523,6 +529,7 @@ impl Step<'_> {
             self.account.iccid = Some(iccid);
             // What is known of the newly bound card (its lists, its admin queue) is not.
             self.account.card_lists_read_ms = None;
+            self.account.card = None;
             self.account.admin_queued = true;
         }
         Ok(())
@@ -594,17 +601,28 @@ impl Step<'_> {
         }
     }
 
+    /// Reads the bound card's row when the account does not hold it (a card bound in this
+    /// message); the account lookup read it otherwise.
+    pub(super) async fn know_card(&mut self) -> Result<()> {
+        if self.account.card.is_none() {
+            let card = match &self.account.iccid {
+                Some(iccid) => crate::cardlog::CardRow::load(self.tx, iccid).await?,
+                None => None,
+            };
+            self.account.card = Some(card);
+        }
+        Ok(())
+    }
+
     /// Card subtree: Replace LogRequest (signed, answering `nonce`) then Get LogResponse in
     /// one package (the device processes them in order, docs/dm-tree.md).
     async fn request_log_page(&mut self, nonce: Nonce) -> Result<()> {
-        let Some(iccid) = self.account.iccid.clone() else {
+        self.know_card().await?;
+        let Some(Some(card)) = &self.account.card else {
             return Ok(());
         };
-        let Some(req) =
-            crate::cardlog::request(self.state, self.tx, &iccid, self.account.id, nonce).await?
-        else {
-            return Ok(());
-        };
+        let req =
+            crate::cardlog::request(self.state, self.tx, card, self.account.id, nonce).await?;
         self.replace(Node::CardLogRequest, &req)?;
         self.get(Node::CardLogResponse, Expect::LogPage)
     }
@@ -618,8 +636,11 @@ impl Step<'_> {
         ) else {
             return Ok(());
         };
+        self.know_card().await?;
+        let card = self.account.card.as_mut().and_then(Option::as_mut);
         let outcome =
-            crate::cardlog::on_export(self.state, self.tx, &iccid, self.account.id, &bytes).await?;
+            crate::cardlog::on_export(self.state, self.tx, card, &iccid, self.account.id, &bytes)
+                .await?;
         let crate::cardlog::Outcome::Accepted {
             up_to: Some(up_to),
             more,
@@ -645,16 +666,21 @@ impl Step<'_> {
     }
 
     /// What a delivery of `job_id` needs, if the job is pending: correlator, package, manifest
-    /// digest, the campaign's card mode.
+    /// digest, the campaign's card mode, and what decides whether it is offered now
+    /// ([`campaign::OFFER_COLUMNS`]).
     async fn pending_delivery(&mut self, job_id: i64) -> Result<Option<sqlx::any::AnyRow>> {
-        Ok(sqlx::query(
-            "SELECT j.correlator, c.package_id, c.card, p.manifest_digest FROM jobs j \
-             JOIN campaigns c ON c.id = j.campaign_id JOIN packages p ON p.id = c.package_id \
-             WHERE j.id = $1 AND j.state = 'pending'",
-        )
-        .bind(job_id)
-        .fetch_optional(&mut *self.tx)
-        .await?)
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT j.correlator, c.package_id, c.card, p.manifest_digest, {} FROM jobs j \
+                 JOIN campaigns c ON c.id = j.campaign_id JOIN packages p ON p.id = c.package_id \
+                 WHERE j.id = $1 AND j.state = 'pending'",
+                campaign::OFFER_COLUMNS
+            )
+        });
+        Ok(sqlx::query(&SQL)
+            .bind(job_id)
+            .fetch_optional(&mut *self.tx)
+            .await?)
     }
 
     /// Delivers `job_id` (or the device's next pending job): with the card's nonce and a
@@ -665,7 +691,16 @@ impl Step<'_> {
         // if any (the one asked for ended in this session, or its device still works on it:
         // then the device answers 425 and keeps its update). With none, the nonce serves the
         // card log.
-        let found = match self.pending_delivery(job_id).await? {
+        // A job the account lookup found delivered is not looked for as pending: should it be
+        // pending again (offered anew in this message), the device's next pending job below
+        // finds it.
+        let delivered = self.account.job == Some((job_id, JobState::Delivered));
+        let asked = if delivered {
+            None
+        } else {
+            self.pending_delivery(job_id).await?
+        };
+        let found = match asked {
             Some(row) => Some((job_id, row)),
             None => match campaign::next_job_for_device(self.tx, self.account.id).await? {
                 Some(next) => self
@@ -681,6 +716,30 @@ impl Step<'_> {
                 CardGate::Missing(_) => Ok(()),
             };
         };
+        // The campaign's own conditions: a device already at or above the package is
+        // skipped, a deadline passed fails the job, outside the maintenance window it waits.
+        let fw = self.account.fw_version.clone();
+        let why = match campaign::offer_on(self.tx, job_id, &row, fw.as_deref()).await? {
+            campaign::Offer::Deliver => None,
+            campaign::Offer::NotNow(why) => Some(why),
+            campaign::Offer::Ended { why, released } => {
+                if let Some((campaign, before_wave)) = released {
+                    self.after.push(AfterCommit::NotifyReleased {
+                        campaign,
+                        before_wave,
+                    });
+                }
+                Some(why)
+            }
+        };
+        if let Some(why) = why {
+            tracing::info!(imei = %self.account.imei, job = job_id, reason = %why, "update not offered");
+            self.notes.not_delivered = Some(why);
+            return match gate {
+                CardGate::Nonce(nonce) => self.request_log_page(nonce).await,
+                CardGate::Missing(_) => Ok(()),
+            };
+        }
         let (nonce, iccid) = match (gate, self.account.iccid.clone()) {
             (CardGate::Nonce(nonce), Some(iccid)) => (nonce, iccid),
             (gate, _) => {

@@ -72,6 +72,9 @@ enum AfterCommit {
     RememberCard { certificate: Vec<u8>, iccid: String },
 }
 
+/// Card lists relayed in one message: which list, and the card's answer.
+type CardLists = Vec<(crate::cardinfo::Relayed, Vec<u8>)>;
+
 /// One message being handled: the account, the session and its flow, and the transaction
 /// every write of the message goes into.
 struct Step<'a> {
@@ -82,6 +85,8 @@ struct Step<'a> {
     flow: &'a mut Flow,
     /// What the message changes in the device's row (written once, before the session).
     device: DevicePatch,
+    /// The card lists the message relayed, with the card they came from (written once).
+    card_lists: Option<(String, CardLists)>,
     /// What the device offered in package 1, so the session need not Get it.
     offered: Offered,
     /// What the session did, for its log line.
@@ -274,6 +279,7 @@ async fn handle_inner(
         session: &mut stored.session,
         flow: &mut stored.flow,
         device: DevicePatch::default(),
+        card_lists: None,
         offered,
         notes: &mut stored.notes,
         peer,
@@ -285,6 +291,7 @@ async fn handle_inner(
     }
     step.learn_server_nonce();
     let device = std::mem::take(&mut step.device);
+    let card_lists = step.card_lists.take();
     let after = std::mem::take(&mut step.after);
     let out = match stored.session.reply() {
         Ok(o) => o,
@@ -301,6 +308,9 @@ async fn handle_inner(
     }
     if account.id > 0 {
         device.write(&mut tx, account.id).await?;
+        if let Some((iccid, lists)) = card_lists {
+            crate::cardinfo::store_lists(&mut tx, &iccid, &lists).await?;
+        }
         store::save(&mut tx, account.id, &session_id, &stored, version).await?;
     }
     tx.commit().await?;
@@ -329,9 +339,10 @@ fn log_session_end(imei: &str, session_id: &str, n: &store::Notes) {
         %imei,
         session = %session_id,
         messages = n.messages,
-        delivered = ?n.delivered,
-        not_delivered = n.not_delivered.as_deref().unwrap_or(""),
-        result = ?n.result,
+        delivered_job = n.delivered,
+        not_delivered = n.not_delivered.as_deref(),
+        result_job = n.result.map(|(job, _)| job),
+        result_code = n.result.map(|(_, code)| code),
         log_pages = n.log_pages,
         "DM session ended"
     );

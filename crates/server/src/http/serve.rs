@@ -60,7 +60,7 @@ impl Default for ConnLimits {
 /// registration take more than the DM and API requests (the routes' own limits say the same).
 pub fn body_limit(path: &str, max_body: usize, max_package: usize) -> usize {
     if path == "/api/v1/packages" {
-        max_package
+        crate::packages::upload_body_limit(max_package)
     } else if path == "/api/v1/devices/bulk" {
         crate::api::BULK_BODY_MAX
     } else {
