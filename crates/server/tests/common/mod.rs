@@ -264,3 +264,42 @@ pub fn imei(n: u32) -> String {
     }
     format!("{body}{}", (10 - sum % 10) % 10)
 }
+
+/// Headless Chromium (Debian `chromium`) on `url` with `args`; `None` when it is missing and
+/// SIMFOTA_SKIP_EXTERNAL=1 allows skipping (else it panics).
+pub fn chromium(args: &[&str], url: &str) -> Option<std::process::Output> {
+    let bin = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        std::process::Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(bin) = bin else {
+        if std::env::var("SIMFOTA_SKIP_EXTERNAL").as_deref() != Ok("1") {
+            panic!(
+                "chromium is required (set SIMFOTA_SKIP_EXTERNAL=1 to skip instead) but not installed"
+            );
+        }
+        eprintln!("skipped: chromium missing");
+        return None;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    Some(out)
+}
