@@ -16,6 +16,7 @@ mod output;
 
 mod bench;
 mod card;
+mod ctl;
 mod demo;
 mod device;
 mod files;
@@ -55,6 +56,9 @@ enum Command {
     Device(device::Args),
     /// Simulate a fleet of card-gated devices against a server; measure updates per second.
     Fleet(fleet::Args),
+    /// The operator's command line over the server's REST API: devices, cards, packages,
+    /// campaigns, tokens, audit.
+    Ctl(ctl::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,12 +76,12 @@ fn main() -> ExitCode {
         Command::Proof(args) => proof::run(args),
         Command::Device(args) => device::run(args),
         Command::Fleet(args) => fleet::run(args),
+        Command::Ctl(args) => ctl::run(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            // `{:#}` joins the context chain on one line: "reading x: No such file".
-            errln!("simfota: {}", one_line(&format!("{e:#}")));
+            errln!("simfota: {}", chain_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -139,6 +143,32 @@ fn command_path(args: impl Iterator<Item = String>) -> String {
     path.join(" ")
 }
 
+/// The error and its causes on one line, "reading x: No such file", each cause said once.
+///
+/// Many error types name their cause in their own text ("download file x: {source}") and
+/// also hand it on as their `source()`, so the bare chain says the cause twice ("...: No such
+/// file: No such file"). A cause whose text the line already holds adds nothing and is left
+/// out; so is a layer that only repeats what it wraps.
+fn chain_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = one_line(&cause.to_string());
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if line.is_empty() {
+            line = text;
+        } else if text.contains(&line) {
+            // An outer layer whose whole text is repeated (and extended) by its cause.
+            line = text;
+        } else {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// Messages from libraries can hold newlines; the user gets one line.
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -166,5 +196,68 @@ mod tests {
         );
         assert_eq!(path(&["--bogus"]), "simfota");
         assert_eq!(path(&["nosuch", "server"]), "simfota");
+    }
+
+    /// An error type that names its cause in its text and also hands it on as `source()`.
+    #[derive(Debug)]
+    struct Naming(std::io::Error);
+
+    impl std::fmt::Display for Naming {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "download file /d/p: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Naming {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// A layer that says what its cause says, and adds to it.
+    #[derive(Debug)]
+    struct Repeating(Naming);
+
+    impl std::fmt::Display for Repeating {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "DM session: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeating {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        use anyhow::Context as _;
+        let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let named = anyhow::Error::from(Naming(missing()));
+        assert_eq!(
+            super::chain_line(&named),
+            "download file /d/p: entity not found"
+        );
+        let wrapped = anyhow::Error::from(Repeating(Naming(missing())));
+        assert_eq!(
+            super::chain_line(&wrapped),
+            "DM session: download file /d/p: entity not found"
+        );
+        // Context that does not repeat its cause keeps the cause after it.
+        let context = Err::<(), _>(missing())
+            .context("reading the card state x")
+            .unwrap_err();
+        assert_eq!(
+            super::chain_line(&context),
+            "reading the card state x: entity not found"
+        );
+        let both = Err::<(), _>(Naming(missing()))
+            .context("fetching the payload")
+            .unwrap_err();
+        assert_eq!(
+            super::chain_line(&both),
+            "fetching the payload: download file /d/p: entity not found"
+        );
     }
 }
