@@ -29,6 +29,9 @@ use crate::keys;
 pub struct Args {
     #[command(subcommand)]
     command: CardCommand,
+    /// Print what the command shows as one JSON document on stdout (not for `serve`).
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 /// Which card a command talks to.
@@ -190,14 +193,24 @@ enum ChangeArg {
 
 /// Runs `simfota card ...`.
 pub fn run(args: Args) -> Result<ExitCode> {
+    let json = args.json;
     match args.command {
         CardCommand::Serve {
             state,
             vpcd,
             verbose,
-        } => serve(&state, &vpcd, verbose),
+        } => {
+            if json {
+                bail!("`card serve` prints events, not a document: leave out --json");
+            }
+            serve(&state, &vpcd, verbose)
+        }
         CardCommand::Readers => {
             let readers = simfota_cardlink::pcsc::list_readers()?;
+            if json {
+                outln!("{}", serde_json::json!(readers));
+                return Ok(ExitCode::SUCCESS);
+            }
             if readers.is_empty() {
                 bail!("no smart-card reader is connected");
             }
@@ -242,21 +255,50 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let key = client
                 .personalize(&issuer, &perso)
                 .context("personalization refused")?;
-            outln!(
-                "personalized card {} (card key {})",
-                perso.iccid,
-                hex::encode(key.to_sec1())
-            );
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "iccid": perso.iccid.to_string(),
+                        "card_key": hex::encode(key.to_sec1()),
+                    })
+                );
+            } else {
+                outln!(
+                    "personalized card {} (card key {})",
+                    perso.iccid,
+                    hex::encode(key.to_sec1())
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         CardCommand::Info { target } => {
             let mut client = open(&target, false)?;
-            print_info(&client.card_info()?);
+            let info = client.card_info()?;
+            if json {
+                outln!("{}", info_json(&info));
+            } else {
+                print_info(&info);
+            }
             Ok(ExitCode::SUCCESS)
         }
         CardCommand::Servers { target } => {
             let mut client = open(&target, false)?;
             let servers = client.servers()?;
+            if json {
+                let list: Vec<_> = servers
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "id": s.id.to_string(),
+                            "rights": rights_text(s.rights),
+                            "key": hex::encode(s.key.to_sec1()),
+                        })
+                    })
+                    .collect();
+                outln!("{}", serde_json::Value::Array(list));
+                return Ok(ExitCode::SUCCESS);
+            }
             if servers.is_empty() {
                 outln!("no authorized server");
             }
@@ -273,6 +315,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         CardCommand::Originators { target } => {
             let mut client = open(&target, false)?;
             let list = client.originators()?;
+            if json {
+                let list: Vec<_> = list
+                    .iter()
+                    .map(|o| {
+                        serde_json::json!({
+                            "id": o.id.to_string(),
+                            "key": hex::encode(o.key.to_sec1()),
+                        })
+                    })
+                    .collect();
+                outln!("{}", serde_json::Value::Array(list));
+                return Ok(ExitCode::SUCCESS);
+            }
             if list.is_empty() {
                 outln!("no trusted originator");
             }
@@ -283,7 +338,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         CardCommand::Policy { target } => {
             let mut client = open(&target, false)?;
-            print_policy(&client.policy()?);
+            let policy = client.policy()?;
+            if json {
+                outln!("{}", policy_json(&policy));
+            } else {
+                print_policy(&policy);
+            }
             Ok(ExitCode::SUCCESS)
         }
         CardCommand::Admin { target, signed } => {
@@ -293,7 +353,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .admin(&bytes)
                 .with_context(|| format!("admin command {} refused", signed.display()))?;
             let counter = client.card_info()?.admin_counter;
-            outln!("admin command applied (card admin counter now {counter})");
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"applied": true, "admin_counter": counter})
+                );
+            } else {
+                outln!("admin command applied (card admin counter now {counter})");
+            }
             Ok(ExitCode::SUCCESS)
         }
         CardCommand::AdminSign {
@@ -346,10 +413,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 Overwrite::Refuse
             };
             files::write_atomic(&out, &buf[..n], 0o644, overwrite)?;
-            outln!(
-                "signed admin command for card {iccid}, counter {counter}: {}",
-                out.display()
-            );
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "iccid": iccid,
+                        "counter": counter,
+                        "out": out.display().to_string(),
+                    })
+                );
+            } else {
+                outln!(
+                    "signed admin command for card {iccid}, counter {counter}: {}",
+                    out.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -409,7 +487,7 @@ fn serve(state: &Path, vpcd: &str, verbose: bool) -> Result<ExitCode> {
                     "apdu {} ({command_len} bytes) -> {response_len} bytes, SW {sw:04X}",
                     hex::encode(header)
                 ),
-                other => errln!("{other:?}"),
+                other => errln!("{}", event_text(other)),
             }
         }
     };
@@ -547,14 +625,88 @@ fn parse_policy(s: &str, allow: &[String]) -> Result<Policy> {
     Ok(policy)
 }
 
-fn print_policy(p: &Policy) {
-    let rule = match p.unauthorized {
+/// The life-cycle phase in the words the docs use.
+fn lifecycle_text(l: Lifecycle) -> &'static str {
+    match l {
+        Lifecycle::Blank => "blank",
+        Lifecycle::Personalizing => "personalizing",
+        Lifecycle::Operational => "operational",
+    }
+}
+
+fn rule_text(r: UnauthorizedRule) -> &'static str {
+    match r {
         UnauthorizedRule::Refuse => "refuse",
         UnauthorizedRule::WarnConfirm => "warn-confirm",
         UnauthorizedRule::ConfirmWithPin => "confirm-with-pin",
         UnauthorizedRule::FreeDevice => "free-device",
+    }
+}
+
+/// `card info --json`.
+fn info_json(ci: &CardInfo) -> serde_json::Value {
+    serde_json::json!({
+        "iccid": ci.iccid.to_string(),
+        "imsi": ci.imsi.to_string(),
+        "applet_version": format!("{}.{}", ci.version.0, ci.version.1),
+        "lifecycle": lifecycle_text(ci.lifecycle),
+        "card_key": ci.card_key.map(hex::encode),
+        "certificate_bytes": ci.certificate.len(),
+        "log": {
+            "capacity": ci.log_capacity,
+            "next_seq": ci.log_next,
+            "acked_below": ci.log_acked,
+            "free": ci.log_free,
+        },
+        "capacities": {
+            "servers": ci.max_servers,
+            "originators": ci.max_originators,
+            "command_bytes": ci.io_capacity,
+            "persistent_bytes": ci.persistent_size,
+        },
+        "installed_sequence": ci.installed_sequence,
+        "trusted_time": ci.trusted_time,
+        "admin_counter": ci.admin_counter,
+        "update_pending": ci.update_pending,
+    })
+}
+
+/// `card policy --json`.
+fn policy_json(p: &Policy) -> serde_json::Value {
+    let (integrity, max_size) = match p.integrity {
+        IntegrityMode::DeviceDigest => ("device-digest", None),
+        IntegrityMode::CardDigest { max_size } => ("card-digest", Some(max_size)),
     };
-    outln!("unauthorized servers: {rule}");
+    let allowed: Vec<_> = p
+        .allowed()
+        .iter()
+        .map(|(v, c)| {
+            serde_json::json!({
+                "vendor": uuid::Uuid::from_bytes(*v).to_string(),
+                "class": uuid::Uuid::from_bytes(*c).to_string(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "unauthorized": rule_text(p.unauthorized),
+        "integrity": integrity,
+        "card_digest_max_bytes": max_size,
+        "allowed": allowed,
+    })
+}
+
+/// A vpcd power event of `card serve --verbose` (APDUs are shown by the caller).
+fn event_text(event: &Event) -> &'static str {
+    match event {
+        Event::PowerOn => "power on",
+        Event::PowerOff => "power off",
+        Event::Reset => "reset",
+        Event::Apdu { .. } => "apdu",
+    }
+}
+
+fn print_policy(p: &Policy) {
+    outln!("unauthorized servers: {}", rule_text(p.unauthorized));
     match p.integrity {
         IntegrityMode::DeviceDigest => outln!("integrity: device-digest"),
         IntegrityMode::CardDigest { max_size } => {
@@ -577,7 +729,7 @@ fn print_info(ci: &CardInfo) {
     outln!("iccid: {}", ci.iccid);
     outln!("imsi: {}", ci.imsi);
     outln!("applet version: {}.{}", ci.version.0, ci.version.1);
-    outln!("lifecycle: {:?}", ci.lifecycle);
+    outln!("lifecycle: {}", lifecycle_text(ci.lifecycle));
     match &ci.card_key {
         Some(k) => outln!("card key: {}", hex::encode(k)),
         None => outln!("card key: none"),

@@ -93,6 +93,9 @@ enum Cmd {
     Status {
         #[command(flatten)]
         common: ConfigOnly,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -111,7 +114,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             image,
             version,
         } => init(&common.config, &image, &version),
-        Cmd::Status { common } => status(&common.config),
+        Cmd::Status { common, json } => status(&common.config, json),
         Cmd::Run {
             common,
             answers,
@@ -177,6 +180,9 @@ fn load(config: &Path) -> Result<DeviceConfig> {
 
 fn init(config: &Path, image: &Path, version: &str) -> Result<ExitCode> {
     let cfg = load(config)?;
+    // Checked before the data folder is made: a refused start leaves nothing behind.
+    std::fs::File::open(image)
+        .with_context(|| format!("cannot read the factory image {}", image.display()))?;
     cfg.data()
         .create()
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -191,10 +197,37 @@ fn init(config: &Path, image: &Path, version: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(config: &Path) -> Result<ExitCode> {
+fn status(config: &Path, json: bool) -> Result<ExitCode> {
+    use simfota_device::slots::Slot;
     let cfg = load(config)?;
     let store = SlotStore::open(cfg.data().slots())?;
     let rec = store.record();
+    let jobs = simfota_device::fumo::JobStore::new(&cfg.data().fumo_state());
+    let job = jobs.load()?;
+    let version = store.active_version()?;
+    if json {
+        let slot = |slot: Slot| {
+            rec.info(slot).map(
+                |i| serde_json::json!({"version": i.version, "size": i.size, "sha256": i.sha256}),
+            )
+        };
+        let doc = serde_json::json!({
+            "device": cfg.dev_id(),
+            "manufacturer": cfg.info.manufacturer,
+            "model": cfg.info.model,
+            "server": {"id": cfg.server_id, "url": cfg.dm_url()},
+            "firmware": {"version": version, "slot": store.active().to_string()},
+            "slots": {"A": slot(Slot::A), "B": slot(Slot::B)},
+            "pending": rec.pending.as_ref().map(|p| serde_json::json!({
+                "slot": p.slot.to_string(),
+                "tries_left": p.tries_left,
+            })),
+            "last_boot": rec.last_boot.as_ref().map(boot_json),
+            "update": job.as_ref().map(job_json),
+        });
+        outln!("{doc}");
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!(
         "device     {} ({} {})",
         cfg.dev_id(),
@@ -202,21 +235,14 @@ fn status(config: &Path) -> Result<ExitCode> {
         cfg.info.model
     );
     outln!("server     {} at {}", cfg.server_id, cfg.dm_url());
-    outln!(
-        "firmware   {} (slot {})",
-        store.active_version()?,
-        store.active()
-    );
-    for slot in [
-        simfota_device::slots::Slot::A,
-        simfota_device::slots::Slot::B,
-    ] {
+    outln!("firmware   {} (slot {})", version, store.active());
+    for slot in [Slot::A, Slot::B] {
         match rec.info(slot) {
             Some(i) => outln!(
                 "slot {slot}     {} ({} bytes, sha256 {})",
                 i.version,
                 i.size,
-                &i.sha256[..16]
+                i.sha256.get(..16).unwrap_or(&i.sha256)
             ),
             None => outln!("slot {slot}     empty"),
         }
@@ -229,41 +255,99 @@ fn status(config: &Path) -> Result<ExitCode> {
         );
     }
     if let Some(b) = &rec.last_boot {
-        outln!("last boot  {b:?}");
+        outln!("last boot  {b}");
     }
-    let jobs = simfota_device::fumo::JobStore::new(&cfg.data().fumo_state());
-    match jobs.load()? {
+    match &job {
         None => outln!("update     none (FUMO state 10, idle)"),
-        Some(job) => {
-            let stage = match &job.stage {
-                Stage::Accepted => "accepted, waiting for the card's authorization".to_owned(),
-                Stage::Authorized { package } => {
-                    format!("authorized: {} {}", package.name, package.version)
-                }
-                Stage::Downloaded { package, .. } => {
-                    format!("downloaded {} {}", package.name, package.version)
-                }
-                Stage::Verified { package, .. } => {
-                    format!("verified by the card: {} {}", package.name, package.version)
-                }
-                Stage::Installed { package } => {
-                    format!("installed {}, boot check pending", package.version)
-                }
-                Stage::Finished {
-                    result, message, ..
-                } => format!("result {result} for the card: {message}"),
-                Stage::Reported {
-                    result, message, ..
-                } => format!("result {result} for the server: {message}"),
-            };
-            outln!(
-                "update     {stage} (FUMO state {}, from {})",
-                job.fumo_state().value(),
-                job.server_id
-            );
-        }
+        Some(job) => outln!(
+            "update     {} (FUMO state {}, from {})",
+            stage_text(&job.stage),
+            job.fumo_state().value(),
+            job.server_id
+        ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The stage of an update in words.
+fn stage_text(stage: &Stage) -> String {
+    match stage {
+        Stage::Accepted => "accepted, waiting for the card's authorization".to_owned(),
+        Stage::Authorized { package } => {
+            format!("authorized: {} {}", package.name, package.version)
+        }
+        Stage::Downloaded { package, .. } => {
+            format!("downloaded {} {}", package.name, package.version)
+        }
+        Stage::Verified { package, .. } => {
+            format!("verified by the card: {} {}", package.name, package.version)
+        }
+        Stage::Installed { package } => {
+            format!("installed {}, boot check pending", package.version)
+        }
+        Stage::Finished {
+            result, message, ..
+        } => format!("result {result} for the card: {message}"),
+        Stage::Reported {
+            result, message, ..
+        } => format!("result {result} for the server: {message}"),
+    }
+}
+
+/// The last boot as `device status --json` shows it: an `outcome` and its facts.
+fn boot_json(b: &simfota_device::slots::BootOutcome) -> serde_json::Value {
+    use simfota_device::slots::BootOutcome;
+    match b {
+        BootOutcome::Unchanged => serde_json::json!({"outcome": "unchanged"}),
+        BootOutcome::Switched { from, to, version } => serde_json::json!({
+            "outcome": "switched",
+            "from": from.to_string(),
+            "to": to.to_string(),
+            "version": version,
+        }),
+        BootOutcome::Retrying { tries_left, reason } => serde_json::json!({
+            "outcome": "retrying",
+            "tries_left": tries_left,
+            "reason": reason,
+        }),
+        BootOutcome::RolledBack { failed, reason } => serde_json::json!({
+            "outcome": "rolled_back",
+            "failed": failed.to_string(),
+            "reason": reason,
+        }),
+    }
+}
+
+/// The update in progress as `device status --json` shows it.
+fn job_json(job: &simfota_device::fumo::Job) -> serde_json::Value {
+    let (stage, package, result, message) = match &job.stage {
+        Stage::Accepted => ("accepted", None, None, None),
+        Stage::Authorized { package } => ("authorized", Some(package), None, None),
+        Stage::Downloaded { package, .. } => ("downloaded", Some(package), None, None),
+        Stage::Verified { package, .. } => ("verified", Some(package), None, None),
+        Stage::Installed { package } => ("installed", Some(package), None, None),
+        Stage::Finished {
+            result, message, ..
+        } => ("finished", None, Some(*result), Some(message)),
+        Stage::Reported {
+            result, message, ..
+        } => ("reported", None, Some(*result), Some(message)),
+    };
+    serde_json::json!({
+        "stage": stage,
+        "description": stage_text(&job.stage),
+        "fumo_state": job.fumo_state().value(),
+        "server": job.server_id,
+        "package": package.map(|p| serde_json::json!({
+            "name": p.name,
+            "version": p.version,
+            "sequence": p.sequence,
+            "image_size": p.image_size,
+            "delta": p.precursor_sha256.is_some(),
+        })),
+        "result": result,
+        "message": message,
+    })
 }
 
 fn report(outcome: &SessionOutcome) -> ExitCode {

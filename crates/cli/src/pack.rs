@@ -90,6 +90,9 @@ struct BuildArgs {
     /// Where to write the package.
     #[arg(long, value_name = "PKG.suit")]
     out: PathBuf,
+    /// Replace the package (and the delta payload) if they exist.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,6 +126,9 @@ struct ApplyArgs {
     /// The payload file, for packages that fetch it by URI.
     #[arg(long, value_name = "PATH")]
     payload: Option<PathBuf>,
+    /// Replace the output image if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Runs `simfota pack ...`.
@@ -182,7 +188,35 @@ fn params<'a>(
     }
 }
 
+/// `--force` as the writes take it; without it an existing output is refused before any work
+/// starts (and again at the rename, should the file appear meanwhile).
+fn overwrite(force: bool, outputs: &[&Path]) -> Result<Overwrite> {
+    if force {
+        return Ok(Overwrite::Allow);
+    }
+    if let Some(existing) = outputs.iter().find(|p| p.exists()) {
+        bail!(
+            "{} already exists (use --force to replace it)",
+            existing.display()
+        );
+    }
+    Ok(Overwrite::Refuse)
+}
+
+/// Where a delta payload hosted by URI is written: `--payload-out`, or OUT with ".delta".
+fn payload_out(a: &BuildArgs) -> PathBuf {
+    a.payload_out.clone().unwrap_or_else(|| {
+        let mut p = a.out.clone().into_os_string();
+        p.push(".delta");
+        PathBuf::from(p)
+    })
+}
+
 fn build_cmd(a: BuildArgs) -> Result<()> {
+    let payload_out = (a.base.is_some() && a.uri.is_some()).then(|| payload_out(&a));
+    let mut outputs = vec![a.out.as_path()];
+    outputs.extend(payload_out.as_deref());
+    let write = overwrite(a.force, &outputs)?;
     let key = signing_key(&a.key)?;
     let built = |p: &BuildParams<'_>| {
         suit::build(p, &key).map_err(|e| anyhow!("cannot build the package: {e}"))
@@ -198,7 +232,7 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
             false,
             None,
         ))?;
-        files::write_atomic(&a.out, &envelope, 0o644, Overwrite::Allow)?;
+        files::write_atomic(&a.out, &envelope, 0o644, write)?;
         outln!(
             "wrote {} ({} bytes): full package, sequence {}, image {size} bytes sha256 {digest}, payload by URI {uri}",
             a.out.display(),
@@ -217,7 +251,7 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
             a.uri.is_none(),
             None,
         ))?;
-        files::write_atomic(&a.out, &envelope, 0o644, Overwrite::Allow)?;
+        files::write_atomic(&a.out, &envelope, 0o644, write)?;
         outln!(
             "wrote {} ({} bytes): full package, sequence {}, image {} bytes sha256 {}",
             a.out.display(),
@@ -259,7 +293,7 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
     );
     match &a.uri {
         None => {
-            files::write_atomic(&a.out, &envelope, 0o644, Overwrite::Allow)?;
+            files::write_atomic(&a.out, &envelope, 0o644, write)?;
             outln!(
                 "wrote {} ({} bytes): {summary}",
                 a.out.display(),
@@ -267,13 +301,9 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
             );
         }
         Some(_) => {
-            let payload_out = a.payload_out.clone().unwrap_or_else(|| {
-                let mut p = a.out.clone().into_os_string();
-                p.push(".delta");
-                PathBuf::from(p)
-            });
-            files::write_atomic(&payload_out, &delta, 0o644, Overwrite::Allow)?;
-            files::write_atomic(&a.out, &envelope, 0o644, Overwrite::Allow)?;
+            let payload_out = payload_out.unwrap_or_else(|| self::payload_out(&a));
+            files::write_atomic(&payload_out, &delta, 0o644, write)?;
+            files::write_atomic(&a.out, &envelope, 0o644, write)?;
             outln!(
                 "wrote {} ({} bytes) and payload {}: {summary}",
                 a.out.display(),
@@ -498,6 +528,7 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
 }
 
 fn apply_cmd(a: ApplyArgs) -> Result<()> {
+    let write = overwrite(a.force, &[a.out.as_path()])?;
     let key_path = a.key.as_ref().context(
         "the originator's public key is needed to verify the package first: give --key PUB.pem (or set SIMFOTA_ORIGINATOR_KEY)",
     )?;
@@ -587,7 +618,7 @@ fn apply_cmd(a: ApplyArgs) -> Result<()> {
     if m.image_size.is_some_and(|s| s != image.len() as u64) {
         bail!("the rebuilt image is not the signed size; nothing written");
     }
-    files::write_atomic(&a.out, &image, 0o644, Overwrite::Allow)?;
+    files::write_atomic(&a.out, &image, 0o644, write)?;
     outln!(
         "wrote {} ({} bytes, sha256 {image_digest} as signed)",
         a.out.display(),

@@ -90,7 +90,7 @@ fn stops_after_the_session_in_progress(sig: &str) {
     let closed_at = on_close.recv_timeout(Duration::from_secs(5)).unwrap();
     // The session in progress ran to its end (the server closed it) before the agent left.
     assert!(closed_at > sent && exited >= closed_at, "{err}");
-    assert!(err.contains("session failed"), "{err}");
+    assert!(err.contains("session 1 (poll) failed: "), "{err}");
     let last = err.lines().last().unwrap_or_default();
     assert_eq!(
         last,
@@ -98,5 +98,5 @@ fn stops_after_the_session_in_progress(sig: &str) {
         "{err}"
     );
     // Only one session: the stop was seen before the next poll.
-    assert_eq!(err.matches("session failed").count(), 1, "{err}");
+    assert_eq!(err.matches(") failed: ").count(), 1, "{err}");
 }

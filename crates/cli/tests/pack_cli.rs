@@ -687,3 +687,92 @@ fn delta_package_without_a_signed_delta_is_refused() {
     assert_refused(&out, "-258/-259");
     assert!(!s.path("never.bin").exists());
 }
+
+/// `pack build` and `pack apply` treat an existing output as `keys gen` does: refused before
+/// any work unless `--force`, and then replaced.
+#[test]
+fn existing_outputs_are_replaced_only_with_force() {
+    let s = Setup::new();
+    s.build("full.suit", &[]);
+    let before = std::fs::read(s.path("full.suit")).unwrap();
+    let again = [
+        "pack",
+        "build",
+        "--image",
+        "new.bin",
+        "--key",
+        "orig.pem",
+        "--vendor-id",
+        VENDOR,
+        "--class-id",
+        CLASS,
+        "--version",
+        "2.0.1",
+        "--sequence",
+        "8",
+        "--out",
+        "full.suit",
+    ];
+    let out = s.run(&again);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "simfota: full.suit already exists (use --force to replace it)\n"
+    );
+    assert_eq!(std::fs::read(s.path("full.suit")).unwrap(), before);
+    let mut forced = again.to_vec();
+    forced.push("--force");
+    ok(s.run(&forced));
+    assert_ne!(std::fs::read(s.path("full.suit")).unwrap(), before);
+
+    // A delta by URI writes two files: either one existing is refused, and nothing is written.
+    std::fs::write(s.path("d.suit.delta"), b"kept").unwrap();
+    let out = s.run(&[
+        "pack",
+        "build",
+        "--image",
+        "new.bin",
+        "--base",
+        "old.bin",
+        "--uri",
+        "http://x/d",
+        "--key",
+        "orig.pem",
+        "--vendor-id",
+        VENDOR,
+        "--class-id",
+        CLASS,
+        "--version",
+        "2.0.0",
+        "--sequence",
+        "7",
+        "--out",
+        "d.suit",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "simfota: d.suit.delta already exists (use --force to replace it)\n"
+    );
+    assert!(!s.path("d.suit").exists());
+    assert_eq!(std::fs::read(s.path("d.suit.delta")).unwrap(), b"kept");
+
+    std::fs::write(s.path("out.bin"), b"old").unwrap();
+    let apply = [
+        "pack",
+        "apply",
+        "full.suit",
+        "--out",
+        "out.bin",
+        "--key",
+        "orig.pub.pem",
+    ];
+    let out = s.run(&apply);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "simfota: out.bin already exists (use --force to replace it)\n"
+    );
+    let mut forced = apply.to_vec();
+    forced.push("--force");
+    ok(s.run(&forced));
+    assert_eq!(std::fs::read(s.path("out.bin")).unwrap(), s.new);
+}

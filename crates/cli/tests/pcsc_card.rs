@@ -192,7 +192,7 @@ fn pcsc_card_tools_and_third_party_clients() {
     // The card tools through the reader.
     let info = ok(d, &["card", "info", "--reader", READER]);
     assert!(info.contains(&format!("iccid: {ICCID}")), "{info}");
-    assert!(info.contains("lifecycle: Operational"), "{info}");
+    assert!(info.contains("lifecycle: operational"), "{info}");
     let servers = ok(d, &["card", "servers", "--reader", READER]);
     assert!(
         servers.starts_with("dm1\trights=fw,log-read,log-ack,dm\t"),

@@ -7,9 +7,9 @@
 mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use simfota_device::download::{Downloader, FetchSpec};
+use simfota_device::progress::Progress;
 use simfota_device::slots::{ImageSource, SlotStore};
 
 const SIZE: usize = 16 * 1024 * 1024;
@@ -34,7 +34,7 @@ fn download(c: &mut Criterion) {
                 expected_len: None,
                 expected_sha256: None,
             };
-            d.fetch(&spec, &ProgressBar::hidden()).unwrap()
+            d.fetch(&spec, &Progress::hidden()).unwrap()
         })
     });
     let image = dir.path().join("image");

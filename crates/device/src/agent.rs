@@ -71,6 +71,36 @@ pub struct SessionOutcome {
     pub follow_ups_exhausted: bool,
 }
 
+impl SessionOutcome {
+    /// What the session came to, in one line (the line `simfota device run` prints for each).
+    pub fn summary(&self) -> String {
+        let mut line = match (&self.update, self.reported) {
+            (Some(job), _) => match &job.stage {
+                Stage::Reported {
+                    result, message, ..
+                } => {
+                    let sent = match self.reported {
+                        Some((_, true)) => "the server has the result",
+                        _ => "the result is sent in the next session",
+                    };
+                    format!("update result {result}: {message} ({sent})")
+                }
+                _ => "an update started; it continues in the next session".to_owned(),
+            },
+            (None, Some((result, true))) => format!("reported the earlier update result {result}"),
+            (None, Some((result, false))) => format!(
+                "the earlier update result {result} is not yet taken by the server; sent again \
+                 next session"
+            ),
+            (None, None) => "no update offered".to_owned(),
+        };
+        if self.exec_refused {
+            line.push_str("; another update was refused until this one is reported");
+        }
+        line
+    }
+}
+
 /// Follow-up sessions one [`Agent::session`] opens at most. A normal run needs two: one to
 /// report the update the server started, after asking again for an update refused 425. The
 /// bound ends the run of a server that answers every result with another update that fails
@@ -408,9 +438,23 @@ impl<C: Channel + Send + 'static> Agent<C> {
                     None => (AlertCode::CLIENT_INITIATED_MGMT, None),
                 };
                 sessions += 1;
-                if let Err(e) = self.session(reason, sid, false) {
+                let why = if sid.is_some() {
+                    "notified by the server"
+                } else {
+                    "poll"
+                };
+                match self.session(reason, sid, false) {
+                    Ok(outcome) => {
+                        for text in &outcome.displayed {
+                            (self.say)(&format!("server says: {text}"));
+                        }
+                        (self.say)(&format!(
+                            "session {sessions} ({why}): {}",
+                            outcome.summary()
+                        ));
+                    }
                     // The agent keeps running: the next poll tries again.
-                    (self.say)(&format!("session failed: {e}"));
+                    Err(e) => (self.say)(&format!("session {sessions} ({why}) failed: {e}")),
                 }
                 next_poll = Instant::now() + poll;
                 continue;

@@ -16,15 +16,16 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::ConfigError;
 use crate::fsutil::{self, Faults};
+use crate::progress::Progress;
 
 /// Why a download failed. Partial data stays on disk for resumption unless stated otherwise.
 #[derive(Debug, thiserror::Error)]
@@ -261,11 +262,22 @@ pub struct Downloader {
     max_attempts: u32,
 }
 
-const CHUNK: usize = 64 * 1024;
+/// The size of one buffer between the connection, the hash and the file: the most one read of
+/// the connection may give. Large enough that a fast connection needs few system calls and
+/// hand-overs, small enough that the buffers in flight ([`BUFFERS`]) stay a few MiB.
+const CHUNK: usize = 1024 * 1024;
+/// Buffers in flight between the three stages of a download (see [`PartFile::append_body`]).
+const BUFFERS: usize = 6;
 /// How often the server's copy may change under one download before it counts as failing.
 const MAX_RESTARTS: u32 = 3;
-/// How often (in bytes) the partial file is synced, bounding what a power cut can lose.
-const SYNC_EVERY: u64 = 1024 * 1024;
+/// How often (in bytes written) the partial file is synced while the download runs, bounding
+/// what a power cut can lose to this much (it is fetched again on resume); the whole file is
+/// synced once more when a connection ends, before its length is trusted for a resume or the
+/// file is committed. Syncing as it goes is also the fastest way to a durable file here: the
+/// disk writes while the network delivers, instead of all at the end (docs/performance.md,
+/// "Device agent"). The sync runs on the file stage, so the connection keeps being read while
+/// it waits.
+const SYNC_EVERY: u64 = 32 * 1024 * 1024;
 
 /// Why a TLS connection was refused, in the words a user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -490,18 +502,6 @@ pub fn http_agent_with(trust: &TlsTrust) -> ureq::Agent {
         .into()
 }
 
-/// A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
-pub fn progress_bar(label: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(label.to_owned());
-    bar
-}
-
 impl Downloader {
     /// A downloader storing into `dir` (created when missing).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -587,9 +587,9 @@ impl Downloader {
     pub fn fetch(
         &self,
         spec: &FetchSpec<'_>,
-        bar: &ProgressBar,
+        progress: &Progress,
     ) -> Result<Downloaded, DownloadError> {
-        self.fetch_with_tap(spec, bar, &mut NoTap)
+        self.fetch_with_tap(spec, progress, &mut NoTap)
     }
 
     /// [`fetch`](Self::fetch), showing every byte of the file to `tap` in order as it is
@@ -597,7 +597,7 @@ impl Downloader {
     pub fn fetch_with_tap(
         &self,
         spec: &FetchSpec<'_>,
-        bar: &ProgressBar,
+        progress: &Progress,
         tap: &mut dyn DownloadTap,
     ) -> Result<Downloaded, DownloadError> {
         let io_err = |path: &Path| {
@@ -720,8 +720,8 @@ impl Downloader {
             })?;
             fsutil::write_atomic(&meta_path, &meta_bytes, &faults).map_err(io_err(&meta_path))?;
 
-            bar.set_length(total.unwrap_or(0));
-            bar.set_position(offset);
+            progress.set_length(total.unwrap_or(0));
+            progress.set_position(offset);
             file.seek(SeekFrom::Start(offset)).map_err(io_err(&part))?;
             let mut broke = false;
             if status != 416 {
@@ -729,7 +729,7 @@ impl Downloader {
                     file: &mut file,
                     path: &part,
                     hasher: &mut hasher,
-                    bar,
+                    progress,
                 };
                 let reader = resp.body_mut().as_reader();
                 broke = sink.append_body(reader, &mut offset, total, spec)?;
@@ -762,7 +762,7 @@ impl Downloader {
         }
         fsutil::commit_file(&part, &dest, &faults).map_err(io_err(&dest))?;
         fsutil::remove_if_exists(&meta_path).map_err(io_err(&meta_path))?;
-        bar.finish();
+        progress.finish();
         Ok(Downloaded {
             path: dest,
             len: offset,
@@ -832,58 +832,153 @@ struct PartFile<'a, 't> {
     file: &'a mut File,
     path: &'a Path,
     hasher: &'a mut Hashing<'t>,
-    bar: &'a ProgressBar,
+    progress: &'a Progress,
+}
+
+/// What the connection stage hands on: bytes in file order, then how the body ended.
+enum Received {
+    /// The next bytes: the first `.1` bytes of the buffer (what one read of the connection
+    /// gave).
+    Bytes(Vec<u8>, usize),
+    /// The connection broke before the body ended.
+    Broke,
 }
 
 impl PartFile<'_, '_> {
     /// Appends the body at `offset` (moved forward as bytes land), never past the announced
-    /// `total` (or the cap when none was announced), syncing every `SYNC_EVERY` bytes.
-    /// Answers whether the connection broke before the body ended.
+    /// `total` (or the cap when none was announced). Answers whether the connection broke
+    /// before the body ended.
+    ///
+    /// Three stages work at once, so that the slowest of them, not their sum, sets the pace:
+    /// a thread reads the connection into buffers, this thread hashes them and shows them to
+    /// the tap (which is not `Send`: a card behind it), and a thread writes them to the file
+    /// (syncing it every [`SYNC_EVERY`] bytes). Buffers come back
+    /// to the reader when written, so at most [`BUFFERS`] are in flight. Bytes reach the file
+    /// in order, and each is hashed before it is written: when this returns, the file, the
+    /// hash and `offset` agree.
     fn append_body(
         &mut self,
-        mut reader: impl Read,
+        reader: impl Read + Send,
         offset: &mut u64,
         total: Option<u64>,
         spec: &FetchSpec<'_>,
     ) -> Result<bool, DownloadError> {
+        let path = self.path;
         let io_err = |source| DownloadError::Io {
-            path: self.path.to_owned(),
+            path: path.to_owned(),
             source,
         };
-        let mut buf = vec![0u8; CHUNK];
-        let mut since_sync = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => return Ok(false),
-                Ok(n) => n,
-                Err(_) => return Ok(true),
-            };
-            let limit = total.unwrap_or(spec.max_len);
-            if *offset + n as u64 > limit {
-                if total.is_none() {
-                    return Err(DownloadError::TooLarge {
-                        url: spec.url.into(),
-                        limit: spec.max_len,
-                    });
-                }
-                // More than announced: the stream is not what the headers said.
-                return Err(DownloadError::LengthMismatch {
-                    url: spec.url.into(),
-                    expected: limit,
-                    actual: *offset + n as u64,
-                });
+        let file = &mut *self.file;
+        let limit = total.unwrap_or(spec.max_len);
+        std::thread::scope(|scope| {
+            let (received_tx, received_rx) = mpsc::sync_channel::<Received>(BUFFERS);
+            let (write_tx, write_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+            let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+            for _ in 0..BUFFERS {
+                // Cannot fail: the receiver is alive, in this scope.
+                let _ = free_tx.send(vec![0u8; CHUNK]);
             }
-            self.file.write_all(&buf[..n]).map_err(io_err)?;
-            self.hasher.update(&buf[..n])?;
-            *offset += n as u64;
-            since_sync += n as u64;
-            self.bar.set_position(*offset);
-            if since_sync >= SYNC_EVERY {
-                self.file.sync_data().map_err(io_err)?;
-                since_sync = 0;
+            scope.spawn(move || read_stage(reader, &free_rx, &received_tx));
+            let writer = scope.spawn(move || write_stage(file, &write_rx, &free_tx));
+
+            let mut outcome = Ok(false);
+            for received in &received_rx {
+                let (buf, len) = match received {
+                    Received::Bytes(buf, len) => (buf, len),
+                    Received::Broke => {
+                        outcome = Ok(true);
+                        break;
+                    }
+                };
+                let n = len as u64;
+                if *offset + n > limit {
+                    outcome = Err(if total.is_none() {
+                        DownloadError::TooLarge {
+                            url: spec.url.into(),
+                            limit: spec.max_len,
+                        }
+                    } else {
+                        // More than announced: the stream is not what the headers said.
+                        DownloadError::LengthMismatch {
+                            url: spec.url.into(),
+                            expected: limit,
+                            actual: *offset + n,
+                        }
+                    });
+                    break;
+                }
+                if let Err(e) = self.hasher.update(&buf[..len]) {
+                    outcome = Err(e);
+                    break;
+                }
+                if write_tx.send((buf, len)).is_err() {
+                    // The writer stopped on an error; it is collected below.
+                    break;
+                }
+                *offset += n;
+                self.progress.set_position(*offset);
+            }
+            // Stops the reader (its next hand-over fails) and lets the writer finish.
+            drop(received_rx);
+            drop(write_tx);
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the file writer stopped")));
+            // A failed write or sync outranks what the connection did: the file is not what
+            // `offset` says.
+            written.map_err(io_err)?;
+            outcome
+        })
+    }
+}
+
+/// The connection stage: reads the body into free buffers and hands each read on at once, in
+/// order (a slow connection's bytes reach the file as they come, not when a buffer is full).
+/// Ends at the body's end, when the connection breaks (handing on [`Received::Broke`]), or
+/// when the next stage stops taking buffers.
+fn read_stage(mut reader: impl Read, free: &Receiver<Vec<u8>>, out: &SyncSender<Received>) {
+    while let Ok(mut buf) = free.recv() {
+        let n = loop {
+            match reader.read(&mut buf) {
+                Ok(n) => break Some(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break None,
+            }
+        };
+        match n {
+            Some(0) => return,
+            Some(n) => {
+                if out.send(Received::Bytes(buf, n)).is_err() {
+                    return;
+                }
+            }
+            None => {
+                let _ = out.send(Received::Broke);
+                return;
             }
         }
     }
+}
+
+/// The file stage: writes buffers in order, returns them to the reader, and syncs the file
+/// every [`SYNC_EVERY`] bytes.
+fn write_stage(
+    file: &mut File,
+    bufs: &Receiver<(Vec<u8>, usize)>,
+    free: &mpsc::Sender<Vec<u8>>,
+) -> io::Result<()> {
+    let mut since_sync = 0u64;
+    for (buf, len) in bufs {
+        file.write_all(&buf[..len])?;
+        since_sync += len as u64;
+        if since_sync >= SYNC_EVERY {
+            file.sync_data()?;
+            since_sync = 0;
+        }
+        // The reader may have ended already; the buffer is then simply dropped.
+        let _ = free.send(buf);
+    }
+    Ok(())
 }
 
 /// The error for a request that got no answer: the TLS problem when there is one.

@@ -8,7 +8,9 @@
 //!
 //! Layers, each usable alone:
 //! - [`config`]: `DEVICE.toml` and the data folder layout.
-//! - [`download`]: resumable HTTP downloads (Range, ETag / If-Range) with a progress bar.
+//! - [`download`]: resumable HTTP downloads (Range, ETag / If-Range).
+//! - [`progress`]: the progress of downloads and installs: a bar on a terminal, plain lines
+//!   elsewhere.
 //! - [`slots`]: the A/B slot installer with a boot-control record, boot check and rollback.
 //! - [`fumo`]: the persistent FUMO job (stages, FUMO `State` values), crash-safe.
 //! - [`outcome`]: every way an update ends and its FUMO result code.
@@ -25,6 +27,7 @@ pub mod download;
 mod fsutil;
 pub mod fumo;
 pub mod outcome;
+pub mod progress;
 pub mod prompt;
 pub mod slots;
 pub mod update;

@@ -45,6 +45,15 @@ pub enum Failure {
         /// The server that asked.
         server: String,
     },
+    /// Consent needed the card PIN and none that the card accepted was given: a wrong PIN,
+    /// a blocked PIN, or no way to ask. Not a "no" from the user; reported as cancelled.
+    #[error("the update offered by server `{server}` was not confirmed: {why}")]
+    NotConfirmed {
+        /// The server that asked.
+        server: String,
+        /// What went wrong ("the card PIN was wrong (2 tries left)").
+        why: String,
+    },
     /// The card refused the update; the card's reason decides the code.
     #[error("the card refused the update: {reason}")]
     CardRefused {
@@ -87,7 +96,7 @@ impl Failure {
     /// The FUMO result code this failure reports.
     pub fn fumo_result(&self) -> FumoResult {
         match self {
-            Failure::UserDeclined { .. } => code::USER_CANCELLED,
+            Failure::UserDeclined { .. } | Failure::NotConfirmed { .. } => code::USER_CANCELLED,
             Failure::CardRefused { fumo, .. } => FumoResult(*fumo),
             Failure::Corrupt(_) => code::CORRUPTED_PACKAGE,
             Failure::WrongDevice(_) => code::DEVICE_MISMATCH,
@@ -169,6 +178,10 @@ mod tests {
         let doc = include_str!("../../../docs/dm-tree.md");
         let failures = [
             Failure::UserDeclined { server: "s".into() },
+            Failure::NotConfirmed {
+                server: "s".into(),
+                why: String::new(),
+            },
             Failure::Corrupt(String::new()),
             Failure::WrongDevice(String::new()),
             Failure::Invalid(String::new()),

@@ -162,10 +162,18 @@ impl Prompter for StandardPrompter {
                 return Ok(Answer::AcceptedWithPin(pin));
             }
             if !self.interactive {
-                let _ = writeln!(
-                    err,
-                    "Declined: the card needs the PIN and no usable --pin-file was given."
-                );
+                if self.pin_file_used && request.pin_tries_left.is_some() {
+                    // Trying the same file again would only spend another of the card's tries.
+                    let _ = writeln!(
+                        err,
+                        "Not confirmed: the PIN from --pin-file is wrong; it is not tried again."
+                    );
+                } else {
+                    let _ = writeln!(
+                        err,
+                        "Declined: the card needs the PIN and no usable --pin-file was given."
+                    );
+                }
                 return Ok(Answer::Declined);
             }
         }

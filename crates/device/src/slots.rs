@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::fsutil::{self, Faults};
+use crate::progress::Progress;
 
 /// Boot tries a new slot gets before the bootloader gives up on it.
 pub const BOOT_TRIES: u8 = 3;
@@ -178,6 +179,28 @@ pub enum BootOutcome {
     },
 }
 
+impl std::fmt::Display for BootOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BootOutcome::Unchanged => f.write_str("unchanged (nothing was pending)"),
+            BootOutcome::Switched { from, to, version } => {
+                write!(
+                    f,
+                    "switched from slot {from} to slot {to}, now running {version}"
+                )
+            }
+            BootOutcome::Retrying { tries_left, reason } => write!(
+                f,
+                "the new slot failed its boot check ({reason}); {tries_left} tries left"
+            ),
+            BootOutcome::RolledBack { failed, reason } => write!(
+                f,
+                "rolled back: slot {failed} failed its last boot check ({reason})"
+            ),
+        }
+    }
+}
+
 /// The boot-control record (`boot.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootRecord {
@@ -262,6 +285,8 @@ pub struct SlotStore {
     dir: PathBuf,
     record: BootRecord,
     faults: Faults,
+    /// Shows the write of a full image into a slot.
+    progress: Progress,
 }
 
 impl SlotStore {
@@ -283,6 +308,7 @@ impl SlotStore {
                 last_boot: None,
             },
             faults: Faults::default(),
+            progress: Progress::hidden(),
         };
         let mut src = File::open(image).map_err(io_at(image))?;
         let info = store.write_slot(Slot::A, &mut src, version)?;
@@ -322,6 +348,7 @@ impl SlotStore {
             dir: dir.to_owned(),
             record,
             faults: Faults::default(),
+            progress: Progress::hidden(),
         })
     }
 
@@ -356,6 +383,12 @@ impl SlotStore {
         Ok(&self.active_info()?.version)
     }
 
+    /// Shows the progress of writing a full image into a slot on `progress` (hidden by
+    /// default).
+    pub fn set_progress(&mut self, progress: Progress) {
+        self.progress = progress;
+    }
+
     /// The image file of `slot`.
     pub fn slot_path(&self, slot: Slot) -> PathBuf {
         self.dir.join(slot.file_name())
@@ -381,7 +414,12 @@ impl SlotStore {
         let info = match source {
             ImageSource::Full(path) => {
                 let mut src = File::open(path).map_err(io_at(path))?;
-                self.write_slot(target, &mut src, version)?
+                let len = src.metadata().map_err(io_at(path))?.len();
+                self.progress.set_length(len);
+                self.progress.set_position(0);
+                let info = self.write_slot(target, &mut src, version)?;
+                self.progress.finish();
+                info
             }
             ImageSource::Delta(path) => {
                 let delta = fs::read(path).map_err(io_at(path))?;
@@ -596,6 +634,7 @@ impl SlotStore {
             file.write_all(&buf[..n]).map_err(&err)?;
             hasher.update(&buf[..n]);
             size += n as u64;
+            self.progress.set_position(size);
         }
         self.faults.step("fsync slot image").map_err(&err)?;
         file.sync_all().map_err(&err)?;

@@ -19,7 +19,6 @@
 
 use std::path::{Path, PathBuf};
 
-use indicatif::ProgressBar;
 use simfota_cardlink::client::{ClientError, PendingUpdate};
 use simfota_cardlink::wire::contract::Integrity;
 use simfota_cardlink::wire::{self, DeliveryToken, Digest, Imei, IntegrityMode, Rights};
@@ -29,6 +28,7 @@ use crate::config;
 use crate::download::{self, Downloader, FetchSpec};
 use crate::fumo::{Job, JobStore, JobStoreError, PackageFacts, Stage};
 use crate::outcome::{Failure, code};
+use crate::progress::Progress;
 use crate::prompt::{Answer, ConsentRequest, Prompter};
 use crate::slots::{BootCheck, BootOutcome, ImageSource, SlotError, SlotStore};
 
@@ -361,11 +361,14 @@ impl<C: Channel> Updater<'_, C> {
             needs_pin,
             pin_tries_left: None,
         };
+        // A wrong or blocked PIN, kept so that a "no" after it is told as what it is.
+        let mut pin_problem: Option<String> = None;
         loop {
             let answer = self.prompter.ask(&request).map_err(|e| {
                 fail(
-                    Failure::UserDeclined {
-                        server: format!("{server} ({e})"),
+                    Failure::NotConfirmed {
+                        server: server.clone(),
+                        why: e.to_string(),
                     },
                     false,
                 )
@@ -376,11 +379,21 @@ impl<C: Channel> Updater<'_, C> {
                 Answer::AcceptedWithPin(pin) => match self.card.verify_pin(&pin) {
                     Ok(()) => true,
                     Err(ClientError::WrongPin { tries_left, .. }) if tries_left > 0 => {
+                        (self.say)(&format!(
+                            "the card PIN is wrong ({tries_left} {} left)",
+                            if tries_left == 1 { "try" } else { "tries" }
+                        ));
+                        pin_problem = Some(format!(
+                            "the card PIN was wrong ({tries_left} {} left)",
+                            if tries_left == 1 { "try" } else { "tries" }
+                        ));
                         request.pin_tries_left = Some(tries_left);
                         continue;
                     }
                     Err(ClientError::WrongPin { .. } | ClientError::Blocked { .. }) => {
-                        (self.say)("the card PIN is blocked; the update is declined");
+                        (self.say)("the card PIN is blocked; the update is not confirmed");
+                        pin_problem =
+                            Some("the card PIN is blocked (unblock it with the PUK)".to_owned());
                         false
                     }
                     Err(ClientError::Input(msg)) => {
@@ -389,6 +402,15 @@ impl<C: Channel> Updater<'_, C> {
                         continue;
                     }
                     Err(e) => return Err(fail(card_failure(&e), false)),
+                },
+            };
+            let declined = || match pin_problem.clone() {
+                Some(why) => Failure::NotConfirmed {
+                    server: server.clone(),
+                    why,
+                },
+                None => Failure::UserDeclined {
+                    server: server.clone(),
                 },
             };
             return match (self.card.consent(&job.token, envelope, accept), accept) {
@@ -401,7 +423,7 @@ impl<C: Channel> Updater<'_, C> {
                         ..
                     }),
                     false,
-                ) => Err(fail(Failure::UserDeclined { server }, false)),
+                ) => Err(fail(declined(), false)),
                 (Err(e), _) => Err(fail(card_failure(&e), false)),
             };
         }
@@ -542,9 +564,9 @@ impl<C: Channel> Updater<'_, C> {
             }
         ));
         let bar = if self.progress {
-            download::progress_bar("download")
+            Progress::stderr("download")
         } else {
-            ProgressBar::hidden()
+            Progress::hidden()
         };
         let spec = FetchSpec {
             url: &package.payload_url,
@@ -759,6 +781,9 @@ impl<C: Channel> Updater<'_, C> {
         } else {
             ImageSource::Full(image)
         };
+        if self.progress && matches!(source, ImageSource::Full(_)) {
+            store.set_progress(Progress::stderr("install"));
+        }
         let slot = store
             .install(source, &package.version, package.image_size, &sha)
             .map_err(|e| fail(Failure::from_slots(&e), true))?;
@@ -799,7 +824,7 @@ impl<C: Channel> Updater<'_, C> {
                 true,
             )),
             other => Err(fail(
-                Failure::InstallFailed(format!("unexpected boot state: {other:?}")),
+                Failure::InstallFailed(format!("unexpected boot state: {other}")),
                 true,
             )),
         }

@@ -3,9 +3,9 @@
 mod common;
 
 use common::{TestServer, content};
-use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use simfota_device::download::{DownloadError, Downloader, FetchSpec};
+use simfota_device::progress::Progress;
 
 fn spec<'a>(url: &'a str) -> FetchSpec<'a> {
     FetchSpec {
@@ -32,7 +32,7 @@ fn downloads_a_whole_file_with_its_digest() {
     s.expected_len = Some(body.len() as u64);
     s.expected_sha256 = Some(sha(&body));
     let got = Downloader::new(dir.path())
-        .fetch(&s, &ProgressBar::hidden())
+        .fetch(&s, &Progress::hidden())
         .unwrap();
     assert_eq!(std::fs::read(&got.path).unwrap(), body);
     assert_eq!(got.sha256, sha(&body));
@@ -43,7 +43,7 @@ fn downloads_a_whole_file_with_its_digest() {
     assert!(!dir.path().join("payload.meta.json").exists());
     // Asking again returns the finished file without a request.
     let again = Downloader::new(dir.path())
-        .fetch(&s, &ProgressBar::hidden())
+        .fetch(&s, &Progress::hidden())
         .unwrap();
     assert_eq!(again.sha256, got.sha256);
     assert_eq!(srv.seen().len(), 1);
@@ -60,7 +60,7 @@ fn resumes_after_the_agent_was_stopped_midway() {
     // First run: one connection only, which breaks at 120 000 bytes.
     let err = Downloader::new(dir.path())
         .with_max_attempts(1)
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap_err();
     assert!(
         matches!(
@@ -81,7 +81,7 @@ fn resumes_after_the_agent_was_stopped_midway() {
     );
     // Second run: a new downloader (as after a restart) asks for the rest only.
     let got = Downloader::new(dir.path())
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap();
     assert_eq!(std::fs::read(&got.path).unwrap(), body);
     assert_eq!(got.sha256, sha(&body));
@@ -102,7 +102,7 @@ fn a_dropped_connection_is_resumed_within_one_fetch() {
     let dir = tempfile::tempdir().unwrap();
     let url = srv.url("/p");
     let got = Downloader::new(dir.path())
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap();
     assert_eq!(got.sha256, sha(&body));
     let ranges: Vec<_> = srv.seen().iter().map(|s| s.range.clone()).collect();
@@ -126,12 +126,12 @@ fn a_changed_etag_restarts_from_zero() {
     let url = srv.url("/p");
     Downloader::new(dir.path())
         .with_max_attempts(1)
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap_err();
     let new = content(90_000, 5);
     srv.put("/p", &new, Some("\"new\""));
     let got = Downloader::new(dir.path())
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap();
     assert_eq!(std::fs::read(&got.path).unwrap(), new);
     assert_eq!(got.restarts, 1);
@@ -150,13 +150,13 @@ fn a_server_ignoring_if_range_is_caught_by_its_etag() {
     let url = srv.url("/p");
     Downloader::new(dir.path())
         .with_max_attempts(1)
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap_err();
     let new = content(100_000, 7);
     srv.put("/p", &new, Some("\"new\""));
     srv.with(|s| s.ignore_if_range = true);
     let got = Downloader::new(dir.path())
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap();
     // Mixing 30 000 old bytes with 70 000 new ones would be silent corruption.
     assert_eq!(std::fs::read(&got.path).unwrap(), new);
@@ -173,10 +173,10 @@ fn without_an_etag_a_partial_file_is_not_trusted() {
     let url = srv.url("/p");
     Downloader::new(dir.path())
         .with_max_attempts(1)
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap_err();
     let got = Downloader::new(dir.path())
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap();
     assert_eq!(got.sha256, sha(&body));
     assert_eq!(got.reused, 0);
@@ -192,7 +192,7 @@ fn a_connection_that_keeps_breaking_reports_truncation_and_keeps_the_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let url = srv.url("/p");
     let err = Downloader::new(dir.path())
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap_err();
     assert!(
         matches!(
@@ -218,7 +218,7 @@ fn a_lying_content_length_is_truncation() {
     let url = srv.url("/p");
     let err = Downloader::new(dir.path())
         .with_max_attempts(1)
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap_err();
     assert!(
         matches!(
@@ -245,7 +245,7 @@ fn a_corrupt_file_is_refused_and_deleted() {
     wrong[0] ^= 1;
     s.expected_sha256 = Some(wrong);
     let err = Downloader::new(dir.path())
-        .fetch(&s, &ProgressBar::hidden())
+        .fetch(&s, &Progress::hidden())
         .unwrap_err();
     assert!(
         matches!(err, DownloadError::DigestMismatch { .. }),
@@ -268,7 +268,7 @@ fn sizes_are_bounded() {
     let mut s = spec(&url);
     s.max_len = 49_999;
     let err = Downloader::new(dir.path())
-        .fetch(&s, &ProgressBar::hidden())
+        .fetch(&s, &Progress::hidden())
         .unwrap_err();
     assert!(
         matches!(err, DownloadError::TooLarge { limit: 49_999, .. }),
@@ -277,7 +277,7 @@ fn sizes_are_bounded() {
     let mut s = spec(&url);
     s.expected_len = Some(40_000);
     let err = Downloader::new(dir.path())
-        .fetch(&s, &ProgressBar::hidden())
+        .fetch(&s, &Progress::hidden())
         .unwrap_err();
     assert!(
         matches!(
@@ -304,7 +304,7 @@ fn missing_file_and_missing_server_are_told_apart() {
     let dir = tempfile::tempdir().unwrap();
     let url = srv.url("/nothing");
     let err = Downloader::new(dir.path())
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap_err();
     assert!(
         matches!(err, DownloadError::NotFound { status: 404, .. }),
@@ -319,8 +319,95 @@ fn missing_file_and_missing_server_are_told_apart() {
     let url = format!("http://127.0.0.1:{port}/p");
     let err = Downloader::new(dir.path())
         .with_max_attempts(2)
-        .fetch(&spec(&url), &ProgressBar::hidden())
+        .fetch(&spec(&url), &Progress::hidden())
         .unwrap_err();
     assert!(matches!(err, DownloadError::Unreachable { .. }), "{err:?}");
     assert!(err.is_unavailable());
+}
+
+/// A cut anywhere (the first byte, inside a buffer, at a buffer's edge, one byte before the
+/// end) and a new downloader, as after a restart: only the missing bytes are asked for, and
+/// the file is the exact image, its digest checked.
+#[test]
+fn resumes_after_a_cut_at_any_offset() {
+    const MIB: usize = 1024 * 1024;
+    let len = 3 * MIB + 4321;
+    let body = content(len, 9);
+    for cut in [
+        1,
+        12_345,
+        MIB - 1,
+        MIB,
+        MIB + 1,
+        2 * MIB + 777,
+        len - 4321,
+        len - 1,
+    ] {
+        let srv = TestServer::start();
+        srv.put("/p", &body, Some("\"v1\""));
+        srv.with(|s| s.cut_after = Some((cut, 1)));
+        let dir = tempfile::tempdir().unwrap();
+        let url = srv.url("/p");
+        let mut s = spec(&url);
+        s.expected_len = Some(len as u64);
+        s.expected_sha256 = Some(sha(&body));
+        let err = Downloader::new(dir.path())
+            .with_max_attempts(1)
+            .fetch(&s, &Progress::hidden())
+            .unwrap_err();
+        assert!(
+            matches!(err, DownloadError::Truncated { got, .. } if got == cut as u64),
+            "cut at {cut}: {err:?}"
+        );
+        let got = Downloader::new(dir.path())
+            .fetch(&s, &Progress::hidden())
+            .unwrap();
+        assert_eq!(got.sha256, sha(&body), "cut at {cut}");
+        assert_eq!(got.reused, cut as u64, "cut at {cut}");
+        assert_eq!(std::fs::read(&got.path).unwrap(), body, "cut at {cut}");
+        let seen = srv.seen();
+        assert_eq!(seen.len(), 2, "cut at {cut}");
+        assert_eq!(seen[1].range, Some(format!("bytes={cut}-")), "cut at {cut}");
+    }
+}
+
+/// Plain progress lines (what a pipe or a journal gets) during a real download: a line per
+/// tenth, the last one with the total.
+#[test]
+fn a_download_reports_progress_in_plain_lines() {
+    let srv = TestServer::start();
+    let body = content(20 << 20, 4);
+    srv.put("/p", &body, Some("\"p\""));
+    let dir = tempfile::tempdir().unwrap();
+    let url = srv.url("/p");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let progress = Progress::lines(
+        "download",
+        Box::new(move |l: &str| sink.lock().unwrap().push(l.to_owned())),
+    );
+    let mut s = spec(&url);
+    s.max_len = 64 << 20;
+    Downloader::new(dir.path()).fetch(&s, &progress).unwrap();
+    let lines = lines.lock().unwrap();
+    assert_eq!(lines.len(), 10, "{lines:#?}");
+    // The reads decide where each line falls: at or just past each tenth.
+    for (i, line) in lines[..9].iter().enumerate() {
+        let rest = line.strip_prefix("download: ").unwrap();
+        let (done, rest) = rest.split_once(" MiB of 20.0 MiB (").unwrap();
+        let (pct, rest) = rest.split_once("%), ").unwrap();
+        let done: f64 = done.parse().unwrap();
+        let pct: usize = pct.parse().unwrap();
+        assert!(pct >= 10 * (i + 1) && pct < 10 * (i + 2), "{line}");
+        assert!((done / 20.0 * 100.0) as usize == pct, "{line}");
+        assert!(
+            rest.contains(" MiB/s, about ") && rest.ends_with(" left"),
+            "{line}"
+        );
+    }
+    assert!(
+        lines[9].starts_with("download: 20.0 MiB done in "),
+        "{}",
+        lines[9]
+    );
 }

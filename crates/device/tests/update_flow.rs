@@ -315,6 +315,16 @@ fn result_of(job: &Job) -> (u16, Option<Vec<u8>>) {
     }
 }
 
+/// The result code and the message the user and the server are told.
+fn message_of(job: &Job) -> (u16, String) {
+    match &job.stage {
+        Stage::Reported {
+            result, message, ..
+        } => (*result, message.clone()),
+        other => panic!("not reported: {other:?}"),
+    }
+}
+
 fn receipt_result(dev: &Device, receipt: &[u8]) -> u16 {
     Receipt::verify(receipt, &dev.card_key, &simfota_wire::Limits::default())
         .unwrap()
@@ -693,10 +703,42 @@ fn confirm_with_pin_takes_the_pin_from_the_file_once() {
         pin_file: Some(pin_file(dev.dir.path(), "9999")),
     };
     let (res, said) = dev.run(job, choice, ModelFilter::default());
-    assert_eq!(result_of(&res.unwrap()).0, 401, "{said:?}");
+    let (code, message) = message_of(&res.unwrap());
+    assert_eq!(code, 401, "{said:?}");
+    // A wrong PIN is told as what it is, not as a "no".
+    assert_eq!(
+        message,
+        format!(
+            "the update offered by server `{}` was not confirmed: the card PIN was wrong (2 \
+             tries left)",
+            ROGUE
+        ),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l == "the card PIN is wrong (2 tries left)"),
+        "{said:?}"
+    );
     assert_eq!(
         dev.card.pin_status().unwrap(),
         simfota_cardlink::client::PinStatus::TriesLeft(2)
+    );
+    // A plain "no" stays a refusal by the user.
+    let mut dev = Device::new(&w, policy);
+    let job = rogue_offer(&w, &mut dev, &srv);
+    let choice = PromptChoice {
+        yes: false,
+        no: true,
+        pin_file: None,
+    };
+    let (res, said) = dev.run(job, choice, ModelFilter::default());
+    let (code, message) = message_of(&res.unwrap());
+    assert_eq!(code, 401, "{said:?}");
+    assert_eq!(
+        message,
+        format!("you declined the update offered by server `{ROGUE}`"),
+        "{said:?}"
     );
 }
 

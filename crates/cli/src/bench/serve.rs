@@ -71,7 +71,7 @@ pub fn run(size_mib: u32, runs: u32) -> Result<()> {
     Ok(())
 }
 
-fn which(program: &str) -> Result<()> {
+pub(super) fn which(program: &str) -> Result<()> {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false);
@@ -83,7 +83,7 @@ fn which(program: &str) -> Result<()> {
 }
 
 /// Uploads a package for `image` signed by `key`; answers its id.
-fn upload(base: &str, token: &str, image: &[u8], key: &SigningKey) -> Result<i64> {
+pub(super) fn upload(base: &str, token: &str, image: &[u8], key: &SigningKey) -> Result<i64> {
     let envelope = simfota_wire::suit::build(
         &simfota_wire::suit::BuildParams {
             vendor_id: [1; 16],
@@ -155,13 +155,13 @@ fn curl_mib_per_s(url: &str, size: usize) -> Result<f64> {
     Ok(super::mib_per_s(got as u64, took))
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[s.len() / 2]
 }
 
-fn spread(v: &mut [f64]) -> String {
+pub(super) fn spread(v: &mut [f64]) -> String {
     v.sort_by(f64::total_cmp);
     format!(
         "{:8.0} / {:8.0} / {:8.0} MiB/s (min / median / max)",
@@ -172,13 +172,13 @@ fn spread(v: &mut [f64]) -> String {
 }
 
 /// nginx serving `www` on a free loopback port, stopped when dropped.
-struct Nginx {
+pub(super) struct Nginx {
     child: Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Nginx {
-    fn start(dir: &Path, www: &Path) -> Result<Self> {
+    pub(super) fn start(dir: &Path, www: &Path) -> Result<Self> {
         let program = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| Path::new(p).is_file())
@@ -226,7 +226,21 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM first: the master then stops its workers (a SIGKILL would leave them running).
     fn drop(&mut self) {
+        let asked = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if asked {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

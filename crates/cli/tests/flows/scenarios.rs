@@ -1570,7 +1570,13 @@ pub fn pin_brute_force(test: &str, cell: Cell) {
         let file = if attempt < 3 { &wrong } else { &right };
         let c = rogue.campaign(pkg);
         let out = dev_r.check_update(&s.card, &["--yes", "--pin-file", file.to_str().unwrap()]);
-        assert_user_sees(&out, 401, "you declined the update");
+        // A wrong or blocked PIN is not a "no" from the user.
+        let why = match attempt {
+            0 => "was not confirmed: the card PIN was wrong (2 tries left)",
+            1 => "was not confirmed: the card PIN was wrong (1 try left)",
+            _ => "was not confirmed: the card PIN is blocked (unblock it with the PUK)",
+        };
+        assert_user_sees(&out, 401, why);
         if attempt >= 2 {
             out.says(3, "the card PIN is blocked");
         }
