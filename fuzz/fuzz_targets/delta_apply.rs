@@ -2,21 +2,22 @@
 //! deltas: errors are fine; a panic, an allocation beyond the limits, or the two entry points
 //! disagreeing is not. The low bit of the first byte picks the mode:
 //!
-//! - 0: `[n: u16 LE][source: n bytes][delta]`, the delta as given (magic, header, zstd frames);
+//! - 0: `[n: u16 LE][source: n bytes][delta]`, the delta as given (magic, header, frames; a
+//!   mutated coder byte hands zstd bytes to the LZMA2 decoder and the other way round);
 //! - 1: `[n: u16][flags][target size: u16][control len: u16][difference len: u16][source]
-//!   [control][difference][verbatim]`: the three streams are raw, compressed here and put
-//!   behind a valid header, so that mutations reach the control records instead of stopping
-//!   at zstd's frame checks (flag bit 0 records the right source digest, bit 1 a wrong target
-//!   digest).
+//!   [control][difference][verbatim]`: the three streams are raw, compressed here with zstd
+//!   and put behind a valid version-2 header, so that mutations reach the control records
+//!   instead of stopping at zstd's frame checks (flag bit 0 records the right source digest,
+//!   bit 1 a wrong target digest).
 //!
 //! `diff` is not fuzzed here (its input is the vendor's own images, and a diff costs a suffix
-//! array and three zstd encoders per run): its round trip is the crate's property tests.
+//! array and two coders per stream per run): its round trip is the crate's property tests.
 #![no_main]
 
 use std::io::{self, Cursor};
 
 use libfuzzer_sys::fuzz_target;
-use simfota_delta::{Header, Limits, MAGIC, VERSION};
+use simfota_delta::{Codec, Header, Limits, MAGIC, VERSION};
 
 /// Small limits keep one run fast; a delta may still declare far more than the input holds.
 const LIMITS: Limits = Limits {
@@ -91,7 +92,8 @@ fn assembled(data: &[u8]) -> Option<()> {
     delta.extend_from_slice(&MAGIC);
     delta.push(VERSION);
     delta.push(flags & 0b11);
-    delta.extend_from_slice(&[0; 6]);
+    delta.extend_from_slice(&[Codec::Zstd.id(); 3]);
+    delta.extend_from_slice(&[0; 3]);
     delta.extend_from_slice(&(source.len() as u64).to_le_bytes());
     delta.extend_from_slice(&(target_size as u64).to_le_bytes());
     for f in &frames {

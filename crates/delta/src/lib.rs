@@ -15,37 +15,50 @@
 //! stored as the *bytewise difference* against the source (mostly zeros when code moved and
 //! addresses changed a little), and what matches nothing is stored verbatim. The three
 //! resulting streams (control records, differences, verbatim bytes) compress very differently,
-//! so each is a separate zstd frame.
+//! so each is compressed on its own, by zstd (level 19) or by LZMA2 (xz's coder at `-9e`
+//! settings, pure Rust), whichever is smaller for that stream of that delta: the choice is
+//! measured per delta and recorded in the header. On machine code LZMA2 usually wins the
+//! difference stream by 10-15 %; zstd decodes two to four times faster where it is as small.
 //!
 //! Why our own bsdiff rather than the `qbsdiff` crate: `qbsdiff` writes the BSDIFF40 format,
-//! whose three streams are hard-wired to bzip2. Re-compressing bzip2 output with zstd gains
-//! nothing, and carrying bzip2 as well would give the project two compressors for one job. The
-//! search and the patch loop are short enough to own, which also lets the patch side enforce
-//! this crate's limits on every record (the BSDIFF40 header is trusted by most patchers). The
-//! suffix array comes from `divsufsort` (a pure-Rust, `unsafe`-free port of libdivsufsort),
-//! which indexes with `i32`: a source image must be smaller than 2 GiB.
+//! whose three streams are hard-wired to bzip2 (slow to decode, and larger than LZMA2 here).
+//! The search and the patch loop are short enough to own, which also lets the patch side
+//! enforce this crate's limits on every record (the BSDIFF40 header is trusted by most
+//! patchers). The suffix array comes from `divsufsort` (a pure-Rust, `unsafe`-free port of
+//! libdivsufsort), which indexes with `i32`: a source image must be smaller than 2 GiB.
 //!
-//! # Container format (version 1)
+//! # Container format (version 2)
 //!
 //! All integers are little-endian.
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `SFDELTA\0` |
-//! | 8 | 1 | format version, `1` |
+//! | 8 | 1 | format version, `2` |
 //! | 9 | 1 | flags: bit 0 = source SHA-256 present, bit 1 = target SHA-256 present; other bits zero |
-//! | 10 | 6 | reserved, zero |
+//! | 10 | 3 | coder of the control, difference and verbatim stream: `1` zstd, `2` LZMA2 |
+//! | 13 | 3 | reserved, zero |
 //! | 16 | 8 | source size in bytes |
 //! | 24 | 8 | target size in bytes |
-//! | 32 | 8 | length of the control frame |
-//! | 40 | 8 | length of the difference frame |
-//! | 48 | 8 | length of the verbatim frame |
+//! | 32 | 8 | length of the control stream |
+//! | 40 | 8 | length of the difference stream |
+//! | 48 | 8 | length of the verbatim stream |
 //! | 56 | 0/32 | SHA-256 of the source (if flag bit 0) |
 //! | .. | 0/32 | SHA-256 of the target (if flag bit 1) |
-//! | .. | .. | control, difference and verbatim zstd frames, back to back, nothing after |
+//! | .. | .. | control, difference and verbatim streams, back to back, nothing after |
+//!
+//! A zstd stream is one zstd frame with a content checksum. An LZMA2 stream is one byte, the
+//! base-2 logarithm of its dictionary size (12 to [`MAX_DICT_LOG`], and at most the target
+//! size rounded up to a power of two), then raw LZMA2 chunks up to and including the end
+//! marker; it has no checksum of its own (the target digest, and the SUIT digest of the
+//! whole delta, cover it). Version 1 is the same layout with bytes 10-15 reserved and every
+//! stream zstd: this crate still applies it; any other version is refused with
+//! [`DeltaError::UnsupportedVersion`], whose message says which versions this build reads.
 //!
 //! The decompressed control stream is a sequence of records, each three LEB128 varints:
-//! `seek` (zigzag-encoded signed), `add` and `copy`. Applying a record moves the source cursor
+//! `seek` (zigzag-encoded signed), `add` and `copy`. Version 2 writes them in groups of at
+//! most 4096 records: the count, then the group's seeks, then its adds, then its copies
+//! (version 1: one record after the other, each with its three fields). Applying a record moves the source cursor
 //! by `seek`, then emits `add` bytes that are the next difference bytes added (mod 256) to the
 //! source bytes under the cursor (the cursor advances by `add`), then emits the next `copy`
 //! verbatim bytes. A record must emit at least one byte, so a target of `n` bytes has at most
@@ -54,26 +67,39 @@
 //! # Limits and memory
 //!
 //! [`apply`] never allocates from an unchecked header field: sizes are checked against
-//! [`Limits`] and against the actual source before anything is reserved, the three frames are
-//! decompressed as streams straight into the output (zstd windows capped at 2^27 bytes), and
-//! every record is checked against the source and the remaining target size before it is
-//! applied. [`apply`] holds the source and the target in memory. [`apply_to`] streams: it
-//! reads the source from any seekable reader (a slot file) through a 1 MiB window, writes the
-//! target to any writer in 64 KiB pieces while hashing it, and so needs the delta itself plus
-//! a few MiB of buffers whatever the image size (figures in docs/performance.md).
-//! [`diff`] needs about 5 bytes per source byte for the suffix array plus the compressed
-//! output: roughly 330 MiB for a 64 MiB image.
+//! [`Limits`] and against the actual source before anything is reserved, the three streams
+//! are decompressed as streams straight into the output (zstd windows capped at 2^27 bytes,
+//! LZMA2 dictionaries at 2^26 and at the target size), and every record is checked against
+//! the source and the remaining target size before it is applied. [`apply`] holds the source
+//! and the target in memory. [`apply_to`] streams: it reads the source from any seekable
+//! reader (a slot file) through a 1 MiB window that slides (each source byte is read about
+//! once, however many records there are), writes the target to any writer in 64 KiB pieces
+//! while hashing it, and so needs the delta itself, the decoders' windows (at most 8 MiB
+//! each for deltas this crate writes with the default [`DiffOptions`]) and about 2 MiB of
+//! buffers, whatever the image size (figures in docs/performance.md).
+//! [`diff`] needs about 5 bytes per source byte for the suffix array, the raw streams (about
+//! the target's size) and one LZMA2 encoder (about 12 times its dictionary): roughly 500 MiB
+//! for a 64 MiB image.
 
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
 
+mod codec;
 mod search;
+
+pub use codec::Codec;
+use codec::StreamReader;
 
 /// The first eight bytes of every delta.
 pub const MAGIC: [u8; 8] = *b"SFDELTA\0";
-/// The container format version this crate writes and reads.
-pub const VERSION: u8 = 1;
+/// The container format version this crate writes.
+pub const VERSION: u8 = 2;
+/// The oldest container format version this crate still reads (version 1: every stream zstd).
+pub const OLDEST_VERSION: u8 = 1;
+/// Largest LZMA2 dictionary a delta may ask for: 2^26 bytes (64 MiB), and never more than the
+/// target image rounded up to a power of two.
+pub const MAX_DICT_LOG: u8 = 26;
 /// Length of the fixed part of the header, before the optional digests.
 pub const FIXED_HEADER_LEN: usize = 56;
 
@@ -81,9 +107,6 @@ const FLAG_SOURCE_DIGEST: u8 = 0b01;
 const FLAG_TARGET_DIGEST: u8 = 0b10;
 const KNOWN_FLAGS: u8 = FLAG_SOURCE_DIGEST | FLAG_TARGET_DIGEST;
 
-/// zstd decoders refuse frames whose window is larger than 2^27 bytes (128 MiB): that bounds
-/// the decoder's memory whatever the frame header claims. Our encoder stays far below.
-const WINDOW_LOG_MAX: u32 = 27;
 /// Largest source the suffix array can index (`divsufsort` uses `i32` positions).
 pub const MAX_DIFF_SOURCE: usize = (i32::MAX as usize) - 1;
 /// An LEB128 varint of a `u64` takes at most ten bytes.
@@ -121,6 +144,8 @@ pub enum ControlFault {
     OverrunsTarget,
     /// The record reads source bytes outside the source image.
     OutsideSource,
+    /// A group of records (version 2) declares no record or more than 4096.
+    BadGroup,
 }
 
 impl core::fmt::Display for ControlFault {
@@ -130,6 +155,7 @@ impl core::fmt::Display for ControlFault {
             ControlFault::Empty => "record emits no byte",
             ControlFault::OverrunsTarget => "record runs past the declared target size",
             ControlFault::OutsideSource => "record reads outside the source image",
+            ControlFault::BadGroup => "record group count is not between 1 and 4096",
         })
     }
 }
@@ -149,8 +175,19 @@ pub enum DeltaError {
     #[error("not a simfota delta (bad magic)")]
     BadMagic,
     /// A format version this crate does not read.
-    #[error("unsupported delta format version {0} (this build reads version {VERSION})")]
+    #[error(
+        "unsupported delta format version {0}: this build reads versions {OLDEST_VERSION} to \
+         {VERSION}; apply it with a newer simfota or rebuild the package with this one"
+    )]
     UnsupportedVersion(u8),
+    /// A stream names a coder this crate does not know.
+    #[error("unknown coder {id} for the {stream} stream")]
+    UnknownCodec {
+        /// The stream.
+        stream: StreamKind,
+        /// The coder number in the header.
+        id: u8,
+    },
     /// Flag bits this crate does not know are set.
     #[error("unknown delta flags {0:#04x}")]
     UnknownFlags(u8),
@@ -197,12 +234,12 @@ pub enum DeltaError {
     /// The rebuilt target does not have the digest recorded in the delta.
     #[error("rebuilt image does not match the target SHA-256 recorded in the delta")]
     TargetDigestMismatch,
-    /// A compressed stream is corrupt (zstd refused it).
+    /// A compressed stream is corrupt (its decoder refused it).
     #[error("corrupt {stream} stream: {detail}")]
     CorruptStream {
         /// The stream.
         stream: StreamKind,
-        /// zstd's description.
+        /// The decoder's description.
         detail: String,
     },
     /// A stream ended before the control records were satisfied.
@@ -286,14 +323,28 @@ impl Default for Limits {
     }
 }
 
+/// Which coders [`diff_with`] tries for each stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coders {
+    /// zstd and LZMA2, keeping the smaller per stream (the default).
+    Smallest,
+    /// zstd only: a faster diff and the fastest apply, a larger delta on code.
+    Zstd,
+}
+
 /// How [`diff_with`] builds a delta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiffOptions {
-    /// zstd level for the three streams (clamped to 1..=19; higher levels raise the window
-    /// size past what small devices should be asked to hold). The default, 9, is within a
-    /// few KiB of level 19 on the benchmark's 64 MiB change, while level 19 takes minutes on
-    /// difference streams with scattered small changes (recompiled code).
+    /// zstd level for the streams (clamped to 1..=19: levels 20-22 raise the window past what
+    /// small devices should be asked to hold). The default is 19: on the difference stream of
+    /// recompiled code it is 38 % smaller than level 9 (docs/performance.md).
     pub level: i32,
+    /// The coders tried for each stream.
+    pub coders: Coders,
+    /// Base-2 logarithm of the largest LZMA2 dictionary (clamped to 12..=[`MAX_DICT_LOG`];
+    /// never more than the stream needs). The decoder holds one dictionary per LZMA2 stream:
+    /// the default, 23 (8 MiB, zstd level 19's own window), bounds a device's apply memory.
+    pub dict_log: u8,
     /// Record the source's SHA-256, so that applying to the wrong source fails early.
     pub source_digest: bool,
     /// Record the target's SHA-256, so that the rebuilt image is checked by [`apply`] itself.
@@ -303,7 +354,9 @@ pub struct DiffOptions {
 impl Default for DiffOptions {
     fn default() -> Self {
         DiffOptions {
-            level: 9,
+            level: 19,
+            coders: Coders::Smallest,
+            dict_log: 23,
             source_digest: true,
             target_digest: true,
         }
@@ -313,6 +366,10 @@ impl Default for DiffOptions {
 /// The decoded header of a delta.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// Container format version ([`OLDEST_VERSION`] to [`VERSION`]).
+    pub version: u8,
+    /// The coder of the control, difference and verbatim streams.
+    pub codecs: [Codec; 3],
     /// Source size in bytes.
     pub source_size: u64,
     /// Target size in bytes.
@@ -332,8 +389,8 @@ pub struct Header {
 impl Header {
     /// Decodes and checks the header; returns it with the three frames.
     ///
-    /// Checks magic, version, flags, reserved bytes, and that the frame lengths add up to
-    /// exactly the bytes that follow the header. Sizes are not checked against limits here.
+    /// Checks magic, version, flags, coders, reserved bytes, and that the frame lengths add up
+    /// to exactly the bytes that follow the header. Sizes are not checked against limits here.
     pub fn parse(delta: &[u8]) -> Result<(Header, [&[u8]; 3]), DeltaError> {
         let fixed = delta
             .get(..FIXED_HEADER_LEN)
@@ -344,14 +401,31 @@ impl Header {
         if fixed[..8] != MAGIC {
             return Err(DeltaError::BadMagic);
         }
-        if fixed[8] != VERSION {
-            return Err(DeltaError::UnsupportedVersion(fixed[8]));
+        let version = fixed[8];
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
+            return Err(DeltaError::UnsupportedVersion(version));
         }
         let flags = fixed[9];
         if flags & !KNOWN_FLAGS != 0 {
             return Err(DeltaError::UnknownFlags(flags));
         }
-        if fixed[10..16].iter().any(|&b| b != 0) {
+        // Version 1: bytes 10-15 reserved, every stream zstd. Version 2: bytes 10-12 name the
+        // coder of each stream, 13-15 reserved.
+        let mut codecs = [Codec::Zstd; 3];
+        let reserved = if version == 1 {
+            &fixed[10..16]
+        } else {
+            let kinds = [
+                StreamKind::Control,
+                StreamKind::Difference,
+                StreamKind::Verbatim,
+            ];
+            for ((codec, &id), stream) in codecs.iter_mut().zip(&fixed[10..13]).zip(kinds) {
+                *codec = Codec::from_id(id).ok_or(DeltaError::UnknownCodec { stream, id })?;
+            }
+            &fixed[13..16]
+        };
+        if reserved.iter().any(|&b| b != 0) {
             return Err(DeltaError::ReservedNotZero);
         }
         let field = |at: usize| {
@@ -394,6 +468,8 @@ impl Header {
             rest = tail;
         }
         let header = Header {
+            version,
+            codecs,
             source_size,
             target_size,
             control_len: lens[0],
@@ -405,10 +481,11 @@ impl Header {
         Ok((header, frames))
     }
 
+    /// The header's bytes, in its own version's layout.
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(FIXED_HEADER_LEN + 64);
         out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
+        out.push(self.version);
         let flags = (if self.source_digest.is_some() {
             FLAG_SOURCE_DIGEST
         } else {
@@ -419,7 +496,12 @@ impl Header {
             0
         });
         out.push(flags);
-        out.extend_from_slice(&[0; 6]);
+        if self.version == 1 {
+            out.extend_from_slice(&[0; 6]);
+        } else {
+            out.extend(self.codecs.map(Codec::id));
+            out.extend_from_slice(&[0; 3]);
+        }
         for value in [
             self.source_size,
             self.target_size,
@@ -455,10 +537,14 @@ pub fn diff_with(old: &[u8], new: &[u8], options: &DiffOptions) -> Result<Vec<u8
             limit: MAX_DIFF_SOURCE as u64,
         });
     }
-    let level = options.level.clamp(1, 19);
     let stretches = search::bsdiff(old, new);
-    let [control, difference, verbatim] = encode_streams(old, new, &stretches, level)?;
+    let raw = raw_streams(old, new, &stretches);
+    let ([control, difference, verbatim], codecs) =
+        compress_streams(&raw, options, new.len() as u64)?;
+    drop(raw);
     let header = Header {
+        version: VERSION,
+        codecs,
         source_size: old.len() as u64,
         target_size: new.len() as u64,
         control_len: control.len() as u64,
@@ -500,6 +586,76 @@ pub fn apply_with(old: &[u8], delta: &[u8], limits: &Limits) -> Result<Vec<u8>, 
     Ok(out)
 }
 
+/// Records per group of the version-2 control stream.
+const CONTROL_GROUP: usize = 4096;
+
+/// Reads control records. Version 1 interleaves each record's three varints; version 2 writes
+/// groups: a count (1 to [`CONTROL_GROUP`]), then that many seeks, adds and copies, each field
+/// in a column, which LZMA2 and zstd compress about 10 % better than interleaved records.
+struct Records {
+    version: u8,
+    /// The current group, in reverse order (the next record is last).
+    group: Vec<(i64, u64, u64)>,
+}
+
+impl Records {
+    fn new(version: u8) -> Self {
+        Records {
+            version,
+            group: Vec::new(),
+        }
+    }
+
+    /// The next record: `(seek, add, copy)`; `record` is its index, for errors.
+    fn next(
+        &mut self,
+        control: &mut impl Read,
+        record: u64,
+    ) -> Result<(i64, u64, u64), DeltaError> {
+        if self.version == 1 {
+            let seek = zigzag_decode(read_varint(control, record)?);
+            let add = read_varint(control, record)?;
+            let copy = read_varint(control, record)?;
+            return Ok((seek, add, copy));
+        }
+        if let Some(next) = self.group.pop() {
+            return Ok(next);
+        }
+        let count = read_varint(control, record)?;
+        if count == 0 || count > CONTROL_GROUP as u64 {
+            return Err(DeltaError::BadControl {
+                record,
+                fault: ControlFault::BadGroup,
+            });
+        }
+        // At most CONTROL_GROUP, checked above.
+        let n = count as usize;
+        let mut fields = [vec![0u64; n], vec![0u64; n], vec![0u64; n]];
+        for column in &mut fields {
+            for (i, value) in column.iter_mut().enumerate() {
+                *value = read_varint(control, record + i as u64)?;
+            }
+        }
+        let [seeks, adds, copies] = fields;
+        self.group = seeks
+            .into_iter()
+            .zip(adds)
+            .zip(copies)
+            .rev()
+            .map(|((s, a), c)| (zigzag_decode(s), a, c))
+            .collect();
+        self.group.pop().ok_or(DeltaError::BadControl {
+            record,
+            fault: ControlFault::BadGroup,
+        })
+    }
+
+    /// Whether records were read that the target had no room for.
+    fn pending(&self) -> bool {
+        !self.group.is_empty()
+    }
+}
+
 /// Read window over the source image in [`apply_to`].
 const SOURCE_WINDOW: usize = 1 << 20;
 /// Piece size of the difference / verbatim copies in [`apply_to`].
@@ -507,7 +663,8 @@ const PIECE: usize = 64 << 10;
 
 /// Rebuilds the target by streaming: the source is read from `source` (whose length is
 /// `source_len`, e.g. a slot file), the target is written to `out` in order, and its size and
-/// SHA-256 are returned. Memory: the delta, a 1 MiB source window and 64 KiB pieces.
+/// SHA-256 are returned. Memory: the delta, a 1 MiB source window, 64 KiB pieces and the
+/// stream decoders (see the crate docs).
 ///
 /// The checks are those of [`apply_with`]. When the delta records the source digest, the
 /// source is hashed in a first pass before anything is written. When it records the target
@@ -535,9 +692,11 @@ pub fn apply_to<S: Read + Seek, W: Write>(
     }
     let target_size = header.target_size;
 
-    let mut control = BufReader::new(frame_reader(control, StreamKind::Control)?);
-    let mut difference = frame_reader(difference, StreamKind::Difference)?;
-    let mut verbatim = frame_reader(verbatim, StreamKind::Verbatim)?;
+    let [c_codec, d_codec, v_codec] = header.codecs;
+    let open = |codec, frame, stream| StreamReader::open(codec, frame, stream, target_size);
+    let mut control = BufReader::new(open(c_codec, control, StreamKind::Control)?);
+    let mut difference = open(d_codec, difference, StreamKind::Difference)?;
+    let mut verbatim = open(v_codec, verbatim, StreamKind::Verbatim)?;
     let mut window = SourceWindow::new(source, source_len);
     let mut out = HashingWriter {
         inner: out,
@@ -548,12 +707,11 @@ pub fn apply_to<S: Read + Seek, W: Write>(
     let mut base = vec![0u8; PIECE];
 
     let mut cursor: i64 = 0;
+    let mut records = Records::new(header.version);
     let mut record: u64 = 0;
     while out.written < target_size {
         let bad = |fault| DeltaError::BadControl { record, fault };
-        let seek = zigzag_decode(read_varint(&mut control, record)?);
-        let add = read_varint(&mut control, record)?;
-        let copy = read_varint(&mut control, record)?;
+        let (seek, add, copy) = records.next(&mut control, record)?;
         if add == 0 && copy == 0 {
             return Err(bad(ControlFault::Empty));
         }
@@ -601,13 +759,18 @@ pub fn apply_to<S: Read + Seek, W: Write>(
         }
         record += 1;
     }
+    if records.pending() {
+        return Err(DeltaError::TrailingData {
+            stream: StreamKind::Control,
+        });
+    }
     expect_end(&mut control, StreamKind::Control)?;
     expect_end(&mut difference, StreamKind::Difference)?;
     expect_end(&mut verbatim, StreamKind::Verbatim)?;
     for (stream, rest) in [
-        (StreamKind::Control, control.into_inner().finish()),
-        (StreamKind::Difference, difference.finish()),
-        (StreamKind::Verbatim, verbatim.finish()),
+        (StreamKind::Control, control.into_inner().rest()),
+        (StreamKind::Difference, difference.rest()),
+        (StreamKind::Verbatim, verbatim.rest()),
     ] {
         if !rest.is_empty() {
             return Err(DeltaError::TrailingData { stream });
@@ -678,14 +841,29 @@ fn hash_source<S: Read + Seek>(source: &mut S, len: u64) -> Result<[u8; 32], Del
 }
 
 /// A read window over a seekable source: random reads at record positions cost a seek only
-/// when they leave the window (records mostly move forward through the source).
+/// when they leave the window. Records mostly move forward through the source, a little back
+/// now and then (an alignment that shifts by a few bytes): a refill keeps [`WINDOW_BACK`]
+/// bytes behind the position that missed, and reads from the source only the bytes the
+/// window did not already hold, so that each source byte is read about once however many
+/// records there are.
 struct SourceWindow<S> {
     inner: S,
     len: u64,
     buf: Vec<u8>,
     start: u64,
     filled: usize,
+    /// Source bytes read so far (for the tests: about the bytes the records use).
+    read: u64,
+    /// Where the last read outside the window ended, and how many such reads in a row each
+    /// continued the one before (see [`SourceWindow::read_at`]).
+    direct: Option<(u64, u32)>,
 }
+
+/// Bytes a refill keeps before the position that missed; a miss at most this far past the
+/// window slides it.
+const WINDOW_BACK: u64 = 64 << 10;
+/// Bytes a forward slide reads ahead of the position that missed.
+const WINDOW_AHEAD: u64 = 256 << 10;
 
 impl<S: Read + Seek> SourceWindow<S> {
     fn new(inner: S, len: u64) -> Self {
@@ -695,17 +873,40 @@ impl<S: Read + Seek> SourceWindow<S> {
             buf: Vec::new(),
             start: 0,
             filled: 0,
+            read: 0,
+            direct: None,
         }
     }
 
     /// Fills `out` from position `pos`; the caller checked `pos + out.len() <= len`.
+    ///
+    /// A miss just past the window slides it forward. A miss elsewhere is a record that
+    /// matched far from the current alignment (a short match inside rewritten code, say),
+    /// after which the records usually come back: it is read directly, leaving the window
+    /// where it is, unless it is the third such read in a row that continues where the one
+    /// before ended (the alignment has moved for good), in which case the window moves there.
     fn read_at(&mut self, pos: u64, out: &mut [u8]) -> io::Result<()> {
         let mut done = 0usize;
         while done < out.len() {
             let p = pos + done as u64;
             let end = self.start + self.filled as u64;
             if p < self.start || p >= end {
-                self.fill(p)?;
+                let slides = p >= end && p - end < WINDOW_BACK && self.filled > 0;
+                let streak = match self.direct {
+                    Some((d, n)) if p + 4096 >= d && p < d.saturating_add(WINDOW_BACK) => n + 1,
+                    _ => 0,
+                };
+                if !slides && streak < 2 && self.filled > 0 {
+                    let rest = &mut out[done..];
+                    self.inner.seek(SeekFrom::Start(p))?;
+                    // A source shorter than its stated length ends here with UnexpectedEof.
+                    self.inner.read_exact(rest)?;
+                    self.read += rest.len() as u64;
+                    self.direct = Some((p + rest.len() as u64, streak));
+                    return Ok(());
+                }
+                self.direct = None;
+                self.fill(p, slides)?;
             }
             // `p` is inside the window now; the offset is below its length.
             let off = (p - self.start) as usize;
@@ -716,23 +917,58 @@ impl<S: Read + Seek> SourceWindow<S> {
         Ok(())
     }
 
-    fn fill(&mut self, p: u64) -> io::Result<()> {
-        if self.buf.is_empty() {
-            let want = self.len.min(SOURCE_WINDOW as u64) as usize;
-            self.buf = vec![0u8; want.max(1)];
-        }
-        let want = (self.len.saturating_sub(p)).min(self.buf.len() as u64) as usize;
-        if want == 0 {
+    /// Moves the window so that it holds `p` (below `len`), keeping what it already holds of
+    /// the new range. Sliding `forward`, it moves only as far as it must to hold
+    /// [`WINDOW_AHEAD`] bytes from `p`, so that what the records still read behind `p` stays.
+    fn fill(&mut self, p: u64, forward: bool) -> io::Result<()> {
+        if p >= self.len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "read past the end of the source image",
             ));
         }
-        self.inner.seek(SeekFrom::Start(p))?;
+        if self.buf.is_empty() {
+            let want = self.len.min(SOURCE_WINDOW as u64) as usize;
+            self.buf = vec![0u8; want.max(1)];
+        }
+        let cap = self.buf.len() as u64;
+        // The new range [start, end): `cap` bytes (fewer at the end of the source) that hold
+        // `p`, from WINDOW_BACK before it or, sliding, from as far back as it can.
+        let start = if forward {
+            self.start.max((p + WINDOW_AHEAD).saturating_sub(cap))
+        } else {
+            p.saturating_sub(WINDOW_BACK)
+        }
+        .min(self.len - cap.min(self.len));
+        let end = (start + cap).min(self.len);
+        let (old_start, old_end) = (self.start, self.start + self.filled as u64);
+        // The part of the old range still wanted, moved to its new place in the buffer.
+        let (keep_from, keep_to) = (start.max(old_start), end.min(old_end));
+        if keep_from < keep_to {
+            let src = (keep_from - old_start) as usize..(keep_to - old_start) as usize;
+            self.buf.copy_within(src, (keep_from - start) as usize);
+            self.read_range(start, start, keep_from)?;
+            self.read_range(start, keep_to, end)?;
+        } else {
+            self.read_range(start, start, end)?;
+        }
+        self.start = start;
+        self.filled = (end - start) as usize;
+        Ok(())
+    }
+
+    /// Reads source bytes [from, to) into the buffer of a window that starts at `start`.
+    fn read_range(&mut self, start: u64, from: u64, to: u64) -> io::Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        // Invalidate first: a failed read leaves no stale bytes behind.
+        self.filled = 0;
+        self.inner.seek(SeekFrom::Start(from))?;
         // A source shorter than its stated length ends here with UnexpectedEof.
-        self.inner.read_exact(&mut self.buf[..want])?;
-        self.start = p;
-        self.filled = want;
+        self.inner
+            .read_exact(&mut self.buf[(from - start) as usize..(to - start) as usize])?;
+        self.read += to - from;
         Ok(())
     }
 }
@@ -751,20 +987,6 @@ impl<W: Write> HashingWriter<W> {
         self.written += bytes.len() as u64;
         Ok(())
     }
-}
-
-type FrameReader<'a> = zstd::stream::read::Decoder<'static, &'a [u8]>;
-
-fn frame_reader(frame: &[u8], stream: StreamKind) -> Result<FrameReader<'_>, DeltaError> {
-    let corrupt = |e: io::Error| DeltaError::CorruptStream {
-        stream,
-        detail: e.to_string(),
-    };
-    let mut reader = zstd::stream::read::Decoder::with_buffer(frame)
-        .map_err(corrupt)?
-        .single_frame();
-    reader.window_log_max(WINDOW_LOG_MAX).map_err(corrupt)?;
-    Ok(reader)
 }
 
 fn stream_error(e: io::Error, stream: StreamKind) -> DeltaError {
@@ -843,71 +1065,91 @@ pub(crate) struct Stretch {
     pub(crate) copy: usize,
 }
 
-fn compression_error(e: io::Error) -> DeltaError {
-    DeltaError::Compression(e.to_string())
-}
-
-/// A streaming zstd encoder told the exact input size up front, so that zstd sizes its
-/// window and tables for the data instead of for an unknown, possibly huge, stream.
-fn encoder(
-    level: i32,
-    size: u64,
-) -> Result<zstd::stream::write::Encoder<'static, Vec<u8>>, DeltaError> {
-    let mut e = zstd::stream::write::Encoder::new(Vec::new(), level).map_err(compression_error)?;
-    // A content checksum per frame lets the patcher name the corrupt stream.
-    e.include_checksum(true).map_err(compression_error)?;
-    e.set_pledged_src_size(Some(size))
-        .map_err(compression_error)?;
-    Ok(e)
-}
-
-/// Turns the search's stretches into the three compressed frames.
-fn encode_streams(
-    old: &[u8],
-    new: &[u8],
-    stretches: &[Stretch],
-    level: i32,
-) -> Result<[Vec<u8>; 3], DeltaError> {
-    let mut control = Vec::new();
-    let (mut diff_total, mut copy_total) = (0u64, 0u64);
+/// The three raw streams for the search's stretches: control records, differences, verbatim
+/// bytes.
+fn raw_streams(old: &[u8], new: &[u8], stretches: &[Stretch]) -> [Vec<u8>; 3] {
+    let mut records = Vec::new();
+    let (adds, copies) = stretches
+        .iter()
+        .fold((0, 0), |(a, c), s| (a + s.add, c + s.copy));
+    let mut difference = Vec::with_capacity(adds);
+    let mut verbatim = Vec::with_capacity(copies);
     // Where the patcher's source cursor stands; a stretch that emits nothing only moves it,
     // and the format forbids empty records, so its seek is folded into the next record.
     let mut cursor = 0usize;
-    for s in stretches.iter().filter(|s| s.add + s.copy > 0) {
-        // Positions are below 2^31 (suffix-array limit), so these fit in i64.
-        let seek = s.old_at as i64 - cursor as i64;
-        write_varint(&mut control, zigzag_encode(seek));
-        write_varint(&mut control, s.add as u64);
-        write_varint(&mut control, s.copy as u64);
-        cursor = s.old_at + s.add;
-        diff_total += s.add as u64;
-        copy_total += s.copy as u64;
-    }
-    let mut control_enc = encoder(level, control.len() as u64)?;
-    control_enc.write_all(&control).map_err(compression_error)?;
-
-    let mut difference = encoder(level, diff_total)?;
-    let mut verbatim = encoder(level, copy_total)?;
-    let mut buf = Vec::new();
     for s in stretches {
-        buf.clear();
-        buf.extend(
+        difference.extend(
             new[s.new_at..s.new_at + s.add]
                 .iter()
                 .zip(&old[s.old_at..s.old_at + s.add])
                 .map(|(&n, &o)| n.wrapping_sub(o)),
         );
-        difference.write_all(&buf).map_err(compression_error)?;
         let from = s.new_at + s.add;
-        verbatim
-            .write_all(&new[from..from + s.copy])
-            .map_err(compression_error)?;
+        verbatim.extend_from_slice(&new[from..from + s.copy]);
+        if s.add + s.copy == 0 {
+            continue;
+        }
+        // Positions are below 2^31 (suffix-array limit), so these fit in i64.
+        let seek = s.old_at as i64 - cursor as i64;
+        records.push([zigzag_encode(seek), s.add as u64, s.copy as u64]);
+        cursor = s.old_at + s.add;
     }
-    Ok([
-        control_enc.finish().map_err(compression_error)?,
-        difference.finish().map_err(compression_error)?,
-        verbatim.finish().map_err(compression_error)?,
-    ])
+    let mut control = Vec::new();
+    for group in records.chunks(CONTROL_GROUP) {
+        write_varint(&mut control, group.len() as u64);
+        for field in 0..3 {
+            for r in group {
+                write_varint(&mut control, r[field]);
+            }
+        }
+    }
+    [control, difference, verbatim]
+}
+
+/// Compresses each raw stream with every coder `options` allows and keeps the smallest (zstd
+/// on a tie: it decodes faster). LZMA2 runs on a second thread while zstd runs on this one.
+fn compress_streams(
+    raw: &[Vec<u8>; 3],
+    options: &DiffOptions,
+    target_size: u64,
+) -> Result<([Vec<u8>; 3], [Codec; 3]), DeltaError> {
+    let level = options.level.clamp(1, 19);
+    let (zstd, lzma) = std::thread::scope(|scope| {
+        let lzma = (options.coders == Coders::Smallest).then(|| {
+            scope.spawn(|| {
+                raw.iter()
+                    .map(|r| codec::lzma2_encode(r, options.dict_log, target_size))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        });
+        let zstd = raw
+            .iter()
+            .map(|r| codec::zstd_encode(r, level))
+            .collect::<Result<Vec<_>, _>>();
+        let lzma = match lzma {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(DeltaError::Compression("the LZMA2 encoder panicked".into()))
+                })
+                .map(Some),
+            None => Ok(None),
+        };
+        (zstd, lzma)
+    });
+    let (zstd, lzma) = (zstd?, lzma?);
+    let mut frames: [Vec<u8>; 3] = Default::default();
+    let mut codecs = [Codec::Zstd; 3];
+    for (i, z) in zstd.into_iter().enumerate() {
+        frames[i] = z;
+        if let Some(l) = lzma.as_ref().and_then(|l| l.get(i))
+            && l.len() < frames[i].len()
+        {
+            frames[i].clone_from(l);
+            codecs[i] = Codec::Lzma2;
+        }
+    }
+    Ok((frames, codecs))
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ fn assemble(
     let frame = |raw: &[u8]| zstd::bulk::compress(raw, 3).unwrap();
     let (c, d, v) = (frame(control), frame(difference), frame(verbatim));
     let header = Header {
+        version: VERSION,
+        codecs: [Codec::Zstd; 3],
         source_size: old.len() as u64,
         target_size,
         control_len: c.len() as u64,
@@ -51,8 +53,9 @@ fn assemble(
     [header.encode(), c, d, v].concat()
 }
 
+/// One control record, as a version-2 group of one.
 fn record(seek: i64, add: u64, copy: u64) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = vec![1];
     write_varint(&mut out, zigzag_encode(seek));
     write_varint(&mut out, add);
     write_varint(&mut out, copy);
@@ -143,15 +146,39 @@ fn refuses_bad_headers() {
     let mut bad = delta.clone();
     bad[0] ^= 1;
     assert_eq!(apply(&old, &bad), Err(DeltaError::BadMagic));
+    for version in [0, 3, 0xff] {
+        let mut bad = delta.clone();
+        bad[8] = version;
+        let err = apply(&old, &bad).unwrap_err();
+        assert_eq!(err, DeltaError::UnsupportedVersion(version));
+        assert!(err.to_string().contains("reads versions 1 to 2"), "{err}");
+    }
     let mut bad = delta.clone();
-    bad[8] = 2;
-    assert_eq!(apply(&old, &bad), Err(DeltaError::UnsupportedVersion(2)));
+    bad[11] = 9;
+    assert_eq!(
+        apply(&old, &bad),
+        Err(DeltaError::UnknownCodec {
+            stream: StreamKind::Difference,
+            id: 9
+        })
+    );
+    let mut bad = delta.clone();
+    bad[10] = 0;
+    assert!(matches!(
+        apply(&old, &bad),
+        Err(DeltaError::UnknownCodec {
+            stream: StreamKind::Control,
+            id: 0
+        })
+    ));
     let mut bad = delta.clone();
     bad[9] |= 0x80;
     assert_eq!(apply(&old, &bad), Err(DeltaError::UnknownFlags(0x83)));
-    let mut bad = delta.clone();
-    bad[12] = 1;
-    assert_eq!(apply(&old, &bad), Err(DeltaError::ReservedNotZero));
+    for at in 13..16 {
+        let mut bad = delta.clone();
+        bad[at] = 1;
+        assert_eq!(apply(&old, &bad), Err(DeltaError::ReservedNotZero));
+    }
     assert!(matches!(
         apply(&old, &delta[..delta.len() - 1]),
         Err(DeltaError::LengthMismatch { .. })
@@ -258,12 +285,16 @@ fn refuses_corrupt_streams() {
         } as usize;
         let mut bad = delta.clone();
         bad[start + len / 2] ^= 0x10;
+        let codec = header.codecs[starts.iter().position(|s| s.0 == stream).unwrap()];
         match apply(&old, &bad) {
             Err(DeltaError::CorruptStream { stream: s, .. })
             | Err(DeltaError::ShortStream { stream: s })
             | Err(DeltaError::TrailingData { stream: s }) => assert_eq!(s, stream),
             Err(DeltaError::BadControl { .. }) => assert_eq!(stream, StreamKind::Control),
-            other => panic!("{stream}: {other:?}"),
+            // An LZMA2 stream carries no checksum of its own: bytes that still decode to the
+            // right length are caught by the target digest.
+            Err(DeltaError::TargetDigestMismatch) => assert_eq!(codec, Codec::Lzma2),
+            other => panic!("{stream} ({codec}): {other:?}"),
         }
     }
 }
@@ -353,6 +384,8 @@ fn refuses_bytes_after_a_frame_inside_its_slot() {
     let mut v = zstd::bulk::compress(b"q", 3).unwrap();
     v.extend_from_slice(&[1, 2, 3]);
     let header = Header {
+        version: VERSION,
+        codecs: [Codec::Zstd; 3],
         source_size: 10,
         target_size: 1,
         control_len: c.len() as u64,
@@ -410,10 +443,13 @@ proptest! {
         body in proptest::collection::vec(any::<u8>(), 0..512),
         target in 0u64..4096,
         split in (0usize..512, 0usize..512),
+        coders in proptest::array::uniform3(1u8..=2),
     ) {
         let a = split.0.min(body.len());
         let b = split.1.min(body.len() - a);
         let header = Header {
+            version: VERSION,
+            codecs: coders.map(|id| Codec::from_id(id).unwrap()),
             source_size: old.len() as u64,
             target_size: target,
             control_len: a as u64,
@@ -585,4 +621,255 @@ fn streaming_apply_reports_source_and_target_io_errors() {
         }
     );
     assert!(out.is_empty());
+}
+
+/// A delta written by the version-1 crate (every stream zstd level 9) for a small code-like
+/// pair, committed with its images: this crate must keep applying it.
+#[test]
+fn a_version_1_delta_still_applies() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1");
+    let read = |name: &str| std::fs::read(format!("{dir}/{name}")).unwrap();
+    let (old, new, delta) = (read("old.bin"), read("new.bin"), read("delta-v1"));
+    let (header, _) = Header::parse(&delta).unwrap();
+    assert_eq!(header.version, 1);
+    assert_eq!(header.codecs, [Codec::Zstd; 3]);
+    assert_eq!(header.target_digest, Some(Sha256::digest(&new).into()));
+    assert_eq!(apply(&old, &delta).unwrap(), new);
+    let mut out = Vec::new();
+    let applied = apply_to(
+        io::Cursor::new(&old),
+        old.len() as u64,
+        &delta,
+        &mut out,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!((out, applied.size), (new.clone(), new.len() as u64));
+    // Version 1 has no coder bytes: its bytes 10-15 are all reserved.
+    let mut bad = delta.clone();
+    bad[10] = Codec::Lzma2.id();
+    assert_eq!(apply(&old, &bad), Err(DeltaError::ReservedNotZero));
+    // What this crate writes for the same pair is version 2, and smaller.
+    let now = diff(&old, &new).unwrap();
+    assert_eq!(Header::parse(&now).unwrap().0.version, VERSION);
+    assert!(now.len() < delta.len(), "{} >= {}", now.len(), delta.len());
+    assert_eq!(apply(&old, &now).unwrap(), new);
+}
+
+/// A code-like pair: 32-bit words from a small vocabulary and absolute addresses that move by
+/// a constant after an insertion, the shape LZMA2 compresses better than zstd.
+fn code_pair(words: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let pick = noise(words * 2, seed);
+    let vocabulary: Vec<u32> = noise(64 * 4, seed ^ 1)
+        .chunks(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let word = |i: usize, shift: u32| -> u32 {
+        let (a, b) = (pick[2 * i], pick[2 * i + 1]);
+        if a < 80 {
+            let target = (usize::from(b) * 97 + i) % words;
+            0x0800_0000 + 4 * target as u32 + if target > words / 2 { shift } else { 0 }
+        } else {
+            vocabulary[usize::from(b) % vocabulary.len()]
+        }
+    };
+    let old: Vec<u8> = (0..words).flat_map(|i| word(i, 0).to_le_bytes()).collect();
+    let mut new: Vec<u8> = (0..words).flat_map(|i| word(i, 64).to_le_bytes()).collect();
+    new.splice(words * 2..words * 2, noise(64, seed ^ 2));
+    (old, new)
+}
+
+#[test]
+fn each_stream_gets_the_smaller_coder() {
+    let (old, new) = code_pair(64 << 10, 31);
+    let zstd_only = diff_with(
+        &old,
+        &new,
+        &DiffOptions {
+            coders: Coders::Zstd,
+            ..DiffOptions::default()
+        },
+    )
+    .unwrap();
+    let smallest = diff(&old, &new).unwrap();
+    let (z, _) = Header::parse(&zstd_only).unwrap();
+    let (s, _) = Header::parse(&smallest).unwrap();
+    assert_eq!(z.codecs, [Codec::Zstd; 3]);
+    assert_eq!(s.codecs[1], Codec::Lzma2, "{s:?}");
+    for (a, b) in [
+        (s.control_len, z.control_len),
+        (s.difference_len, z.difference_len),
+        (s.verbatim_len, z.verbatim_len),
+    ] {
+        assert!(a <= b, "{s:?} vs {z:?}");
+    }
+    assert!(smallest.len() < zstd_only.len());
+    assert_eq!(apply(&old, &zstd_only).unwrap(), new);
+    assert_eq!(apply(&old, &smallest).unwrap(), new);
+}
+
+/// Builds a delta whose three streams are LZMA2 with the given dictionary log, as our diff
+/// writes them.
+fn assemble_lzma2(old: &[u8], target: &[u8], streams: [&[u8]; 3], log: u8) -> Vec<u8> {
+    let frames = streams.map(|raw| {
+        let mut f = codec::lzma2_encode(raw, MAX_DICT_LOG, target.len() as u64).unwrap();
+        f[0] = log;
+        f
+    });
+    let header = Header {
+        version: VERSION,
+        codecs: [Codec::Lzma2; 3],
+        source_size: old.len() as u64,
+        target_size: target.len() as u64,
+        control_len: frames[0].len() as u64,
+        difference_len: frames[1].len() as u64,
+        verbatim_len: frames[2].len() as u64,
+        source_digest: None,
+        target_digest: None,
+    };
+    [header.encode(), frames.concat()].concat()
+}
+
+#[test]
+fn refuses_hostile_lzma2_streams() {
+    let old = b"0123456789".to_vec();
+    let control = record(2, 2, 2);
+    let ok = assemble_lzma2(&old, b"23xy", [&control, &[0, 0], b"xy"], 12);
+    assert_eq!(apply(&old, &ok).unwrap(), b"23xy");
+    // A dictionary larger than the target could need (4 KiB here) or than the format allows.
+    for log in [13, 27, 40, 0, 11] {
+        let bad = assemble_lzma2(&old, b"23xy", [&control, &[0, 0], b"xy"], log);
+        assert!(
+            matches!(
+                apply(&old, &bad),
+                Err(DeltaError::CorruptStream {
+                    stream: StreamKind::Control,
+                    ..
+                })
+            ),
+            "dictionary 2^{log}"
+        );
+    }
+    // Bytes after the end marker, inside the slot.
+    let mut bad = ok.clone();
+    bad.push(0);
+    let verbatim_len = u64::from_le_bytes(bad[48..56].try_into().unwrap()) + 1;
+    bad[48..56].copy_from_slice(&verbatim_len.to_le_bytes());
+    assert_eq!(
+        apply(&old, &bad),
+        Err(DeltaError::TrailingData {
+            stream: StreamKind::Verbatim
+        })
+    );
+    // A stream cut short, and one with only its dictionary byte.
+    let mut bad = ok.clone();
+    bad.pop();
+    bad[48..56].copy_from_slice(&(verbatim_len - 2).to_le_bytes());
+    assert!(matches!(
+        apply(&old, &bad),
+        Err(DeltaError::ShortStream {
+            stream: StreamKind::Verbatim
+        } | DeltaError::CorruptStream {
+            stream: StreamKind::Verbatim,
+            ..
+        })
+    ));
+    let empty = Header {
+        version: VERSION,
+        codecs: [Codec::Lzma2; 3],
+        source_size: 10,
+        target_size: 1,
+        control_len: 0,
+        difference_len: 0,
+        verbatim_len: 0,
+        source_digest: None,
+        target_digest: None,
+    };
+    assert_eq!(
+        apply(&old, &empty.encode()),
+        Err(DeltaError::ShortStream {
+            stream: StreamKind::Control
+        })
+    );
+}
+
+#[test]
+fn the_source_window_reads_each_byte_about_once() {
+    // Records that walk forward and step back a little, as a recompiled image's alignments
+    // do: the window must not re-read a whole window per record.
+    let old = noise(8 << 20, 41);
+    let mut window = SourceWindow::new(io::Cursor::new(&old), old.len() as u64);
+    let mut buf = vec![0u8; 300];
+    let mut pos = 0u64;
+    let mut steps = 0u64;
+    while pos + 300 < old.len() as u64 {
+        window.read_at(pos, &mut buf).unwrap();
+        assert_eq!(buf[..], old[pos as usize..pos as usize + 300]);
+        pos = (pos + 290 + (steps % 7) * 3).saturating_sub(if steps.is_multiple_of(5) {
+            1000
+        } else {
+            0
+        });
+        steps += 1;
+    }
+    assert!(steps > 20_000);
+    assert!(
+        window.read < old.len() as u64 + (1 << 20),
+        "{} bytes read for a {}-byte source",
+        window.read,
+        old.len()
+    );
+    // A jump far back and one to the very end still read the right bytes.
+    for pos in [100u64, old.len() as u64 - 300, 5 << 20, 0] {
+        window.read_at(pos, &mut buf).unwrap();
+        assert_eq!(buf[..], old[pos as usize..pos as usize + 300]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn the_source_window_returns_the_source(
+        len in 1usize..(3 << 20),
+        reads in proptest::collection::vec((any::<prop::sample::Index>(), 1usize..5000), 1..40),
+    ) {
+        let old = noise(len, 43);
+        let mut window = SourceWindow::new(io::Cursor::new(&old), len as u64);
+        for (at, n) in reads {
+            let pos = at.index(len);
+            let n = n.min(len - pos);
+            let mut buf = vec![0u8; n];
+            window.read_at(pos as u64, &mut buf).unwrap();
+            prop_assert_eq!(&buf[..], &old[pos..pos + n]);
+        }
+    }
+}
+
+#[test]
+fn far_reads_between_records_do_not_move_the_window() {
+    // The main alignment walks forward; every other record reads a few bytes far away (a
+    // short match elsewhere) and the next one comes back: each far read costs its own bytes,
+    // not a window refill.
+    let old = noise(16 << 20, 45);
+    let mut window = SourceWindow::new(io::Cursor::new(&old), old.len() as u64);
+    let mut buf = vec![0u8; 200];
+    let (mut main, mut used) = (0usize, 0u64);
+    let mut far = 12usize << 20;
+    while main + 200 < 8 << 20 {
+        for at in [main, far] {
+            window.read_at(at as u64, &mut buf).unwrap();
+            assert_eq!(buf[..], old[at..at + 200]);
+            used += 200;
+        }
+        main += 300;
+        far = (far * 7 + 12345) % ((16 << 20) - 200);
+    }
+    // A refill per far read would read 1 MiB for each of them (about 39 GB here); what is
+    // left is the few far reads that land just past the window and slide it.
+    assert!(
+        window.read < 10 * used,
+        "{} bytes read for {used} used",
+        window.read
+    );
 }

@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 
 use crate::pack;
 
+mod download;
+mod peers;
 mod serve;
 
 /// Arguments of `simfota bench`.
@@ -38,7 +40,7 @@ enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Delta size, diff and apply time for a realistic firmware change.
+    /// Delta size, diff and apply time for a realistic firmware change (or a given pair).
     Delta {
         /// Image size in MiB.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -54,6 +56,34 @@ enum BenchCommand {
         #[arg(long, default_value_t = simfota_delta::DiffOptions::default().level,
               value_parser = clap::value_parser!(i32).range(1..=19))]
         level: i32,
+        /// Coders tried per stream: the smaller of zstd and LZMA2, or zstd only.
+        #[arg(long, value_enum, default_value_t = Coders::Smallest)]
+        coders: Coders,
+        /// Measure this pair of files (old image, new image) instead of a synthetic change
+        /// (`scripts/delta-pairs` fetches real ones).
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        pair: Option<Vec<PathBuf>>,
+        /// Also run the peer tools that are installed (bsdiff, xdelta3, zstd --patch-from,
+        /// detools, HDiffPatch) on the same pair, in the same run.
+        #[arg(long)]
+        compare: bool,
+        /// Timed apply runs per tool (the best is reported; each diff runs once).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        runs: u32,
+    },
+    /// The device agent's payload download next to `curl -o` on loopback (same URL, same
+    /// run), and the time to resume after a cut.
+    Download {
+        /// Payload size in MiB.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        size_mib: u32,
+        /// Downloads of each kind (min / median / max are reported).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// Directory for the server's data and the downloads (default: the system temporary
+        /// directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Payload download speed from `simfota server` next to nginx serving the same file, both
     /// fetched by curl on loopback in alternation.
@@ -65,6 +95,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
         runs: u32,
     },
+}
+
+/// `--coders` of `bench delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Coders {
+    /// zstd and LZMA2 per stream, the smaller kept.
+    Smallest,
+    /// zstd only.
+    Zstd,
 }
 
 /// The kind of image `bench delta` measures.
@@ -89,13 +128,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
             changed_pct,
             content,
             level,
+            coders,
+            pair,
+            compare,
+            runs,
         } => {
             if !(0.0..=100.0).contains(&changed_pct) {
                 bail!("--changed-pct must be between 0 and 100, got {changed_pct}");
             }
-            delta(size_mib, changed_pct, content, level)?
+            let options = simfota_delta::DiffOptions {
+                level,
+                coders: match coders {
+                    Coders::Smallest => simfota_delta::Coders::Smallest,
+                    Coders::Zstd => simfota_delta::Coders::Zstd,
+                },
+                ..simfota_delta::DiffOptions::default()
+            };
+            let input = match pair.as_deref() {
+                Some([old, new]) => DeltaInput::Files(old.clone(), new.clone()),
+                _ => DeltaInput::Synthetic {
+                    size_mib,
+                    changed_pct,
+                    content,
+                },
+            };
+            delta(&input, &options, compare, runs)?
         }
         BenchCommand::Serve { size_mib, runs } => serve::run(size_mib, runs)?,
+        BenchCommand::Download {
+            size_mib,
+            runs,
+            dir,
+        } => download::run(size_mib, runs, dir.as_deref())?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -398,75 +462,184 @@ fn code_images(size: usize, changed_pct: f64, noise: &mut Noise) -> (Vec<u8>, Ve
     (old, lay_out(&words, n), count)
 }
 
-fn delta(size_mib: u32, changed_pct: f64, content: Content, level: i32) -> Result<()> {
-    let size = (size_mib as usize) << 20;
-    let mut noise = Noise(0x0dd_ba11_cafe_f00d);
-    let (old, new, blocks) = match content {
-        Content::Random => {
-            let mut old = vec![0u8; size];
-            noise.fill(&mut old);
-            let (new, blocks) = changed_image(&old, changed_pct, &mut noise);
-            (old, new, blocks)
-        }
-        Content::Code => code_images(size, changed_pct, &mut noise),
-    };
+/// What `bench delta` measures.
+enum DeltaInput {
+    /// The benchmark's own change, made here (byte-exact across runs).
+    Synthetic {
+        size_mib: u32,
+        changed_pct: f64,
+        content: Content,
+    },
+    /// An old and a new image from files.
+    Files(PathBuf, PathBuf),
+}
 
-    outln!(
-        "simfota bench delta: {size_mib} MiB {} image, {blocks} of {} 4 KiB blocks rewritten ({changed_pct}%), 64 KiB inserted, 16 KiB removed",
-        match content {
-            Content::Random => "random",
-            Content::Code => "code-like (call addresses relinked)",
-        },
-        size / 4096
-    );
-    outln!("cpu: {}", cpu_summary());
-    let start = Instant::now();
-    let options = simfota_delta::DiffOptions {
-        level,
-        ..simfota_delta::DiffOptions::default()
+fn delta(
+    input: &DeltaInput,
+    options: &simfota_delta::DiffOptions,
+    compare: bool,
+    runs: u32,
+) -> Result<()> {
+    let (old, new, random_floor) = match *input {
+        DeltaInput::Synthetic {
+            size_mib,
+            changed_pct,
+            content,
+        } => {
+            let size = (size_mib as usize) << 20;
+            let mut noise = Noise(0x0dd_ba11_cafe_f00d);
+            let (old, new, blocks) = match content {
+                Content::Random => {
+                    let mut old = vec![0u8; size];
+                    noise.fill(&mut old);
+                    let (new, blocks) = changed_image(&old, changed_pct, &mut noise);
+                    (old, new, blocks)
+                }
+                Content::Code => code_images(size, changed_pct, &mut noise),
+            };
+            outln!(
+                "simfota bench delta: {size_mib} MiB {} image, {blocks} of {} 4 KiB blocks rewritten ({changed_pct}%), 64 KiB inserted, 16 KiB removed",
+                match content {
+                    Content::Random => "random",
+                    Content::Code => "code-like (call addresses relinked)",
+                },
+                size / 4096
+            );
+            let floor = (content == Content::Random).then_some(blocks * 4096 + (64 << 10));
+            (old, new, floor)
+        }
+        DeltaInput::Files(ref old, ref new) => {
+            let read =
+                |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+            outln!(
+                "simfota bench delta: {} -> {}",
+                old.display(),
+                new.display()
+            );
+            (read(old)?, read(new)?, None)
+        }
     };
-    let delta = simfota_delta::diff_with(&old, &new, &options).context("diff failed")?;
+    outln!("cpu: {}", cpu_summary());
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let (old_path, new_path) = (tmp.path().join("old.bin"), tmp.path().join("new.bin"));
+    std::fs::write(&old_path, &old).context("cannot write the old image")?;
+    std::fs::write(&new_path, &new).context("cannot write the new image")?;
+
+    let start = Instant::now();
+    let delta = simfota_delta::diff_with(&old, &new, options).context("diff failed")?;
     let t_diff = start.elapsed();
     let rss_after_diff = peak_rss_mib();
-    let start = Instant::now();
-    let rebuilt = simfota_delta::apply(&old, &delta).context("apply failed")?;
-    let t_apply = start.elapsed();
+    // Apply as the device does: the old image streamed from its file, the new one written to
+    // a file while hashed.
+    let out_path = tmp.path().join("out.bin");
+    let (t_apply, applied) = best(runs, || {
+        let source = File::open(&old_path).context("cannot open the old image")?;
+        let mut out = BufWriter::with_capacity(
+            256 << 10,
+            File::create(&out_path).context("cannot create the output")?,
+        );
+        let applied = simfota_delta::apply_to(
+            source,
+            old.len() as u64,
+            &delta,
+            &mut out,
+            &simfota_delta::Limits::default(),
+        )
+        .context("apply failed")?;
+        out.flush().context("cannot write the output")?;
+        Ok(applied)
+    })?;
+    if applied.sha256 != <[u8; 32]>::from(Sha256::digest(&new))
+        || std::fs::read(&out_path).context("cannot read the output")? != new
+    {
+        bail!("apply did not rebuild the new image");
+    }
+    // And in memory, as the HDiffPatch module is timed: both images held, no file.
+    let (t_memory, rebuilt) = best(runs, || {
+        simfota_delta::apply_with(&old, &delta, &simfota_delta::Limits::default())
+            .context("apply failed")
+    })?;
     if rebuilt != new {
         bail!("apply did not rebuild the new image");
     }
+    drop(rebuilt);
     let (header, _) = simfota_delta::Header::parse(&delta).context("own delta unreadable")?;
     let full = new.len() as f64;
+    let pct = |n: u64| 100.0 * n as f64 / full;
     outln!("target image      {:>12} bytes", new.len());
     let start = Instant::now();
-    let compressed = zstd_size(&new, level)?;
+    let compressed = zstd_size(&new, 9)?;
     outln!(
-        "target, zstd -{level:<2}  {:>12} bytes  ({:.2}% of the full image; {:.2} s): what a full package could shrink to",
+        "target, zstd -9   {:>12} bytes  ({:.2}% of the full image; {:.2} s): what a full package could shrink to",
         compressed,
-        100.0 * compressed as f64 / full,
+        pct(compressed as u64),
         start.elapsed().as_secs_f64()
     );
     outln!(
-        "delta             {:>12} bytes  ({:.2}% of the full image)",
+        "delta             {:>12} bytes  ({:.2}% of the full image), format version {}",
         delta.len(),
-        100.0 * delta.len() as f64 / full
+        pct(delta.len() as u64),
+        header.version
     );
+    let [c, d, v] = header.codecs;
     outln!(
-        "  control/difference/verbatim frames: {} / {} / {} bytes",
+        "  control/difference/verbatim: {} ({c}) / {} ({d}) / {} ({v}) bytes",
         header.control_len,
         header.difference_len,
         header.verbatim_len
     );
-    if content == Content::Random {
-        let rewritten = blocks * 4096 + (64 << 10);
+    if let Some(rewritten) = random_floor {
         outln!(
-            "  new bytes in the change: {rewritten} ({:.2}% of the image): the floor for random content",
-            100.0 * rewritten as f64 / full
+            "  new bytes in the change: {rewritten} ({:.2}% of the image): the floor for random content; the delta is {:.2}% above it",
+            pct(rewritten as u64),
+            100.0 * (delta.len() as f64 / rewritten as f64 - 1.0)
         );
     }
     outln!("diff              {:>9.2} s", t_diff.as_secs_f64());
-    outln!("apply             {:>9.3} s", t_apply.as_secs_f64());
+    outln!(
+        "apply             {:>9.3} s (streamed from and to files, best of {runs}); {:.3} s in memory",
+        t_apply.as_secs_f64(),
+        t_memory.as_secs_f64()
+    );
     if let Some(rss) = rss_after_diff {
         outln!("peak RSS          {rss:>9} MiB (whole process, after diff; images included)");
+    }
+    if compare {
+        outln!();
+        outln!("peers on the same pair (diff once, apply best of {runs}):");
+        let mut rows = vec![
+            peers::Row {
+                tool: "simfota (apply streamed, files)".to_owned(),
+                delta_len: delta.len() as u64,
+                diff: t_diff,
+                apply: t_apply,
+            },
+            peers::Row {
+                tool: "simfota (apply in memory)".to_owned(),
+                delta_len: delta.len() as u64,
+                diff: t_diff,
+                apply: t_memory,
+            },
+        ];
+        rows.extend(peers::run_all(tmp.path(), &old_path, &new_path, &new, runs));
+        outln!(
+            "{:<34} {:>12} {:>8} {:>9} {:>9}",
+            "tool",
+            "delta bytes",
+            "% image",
+            "diff s",
+            "apply s"
+        );
+        for row in &rows {
+            outln!(
+                "{:<34} {:>12} {:>7.2}% {:>9.2} {:>9.3}",
+                row.tool,
+                row.delta_len,
+                pct(row.delta_len),
+                row.diff.as_secs_f64(),
+                row.apply.as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
