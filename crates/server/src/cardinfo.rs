@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use simfota_wire::contract::{OriginatorEntry, Rights, ServerEntry};
 use simfota_wire::{IntegrityMode, Limits, Policy, UnauthorizedRule};
 
-use crate::AppState;
 use crate::db::now_ms;
 use crate::error::Result;
 
@@ -95,23 +94,6 @@ pub fn policy_json(p: &Policy) -> Value {
         "card_digest_max_bytes": max,
         "allowed_classes": allowed,
     })
-}
-
-/// Stores an answer with the card `iccid` (raw and decoded), or logs why it was not stored.
-pub async fn store(state: &AppState, iccid: &str, what: Relayed, bytes: &[u8]) -> Result<()> {
-    let mut conn = state.db.pool().acquire().await?;
-    store_with(&mut conn, iccid, what, bytes).await
-}
-
-/// [`store`] on a connection the caller holds (the DM flow's transaction: its writes commit
-/// together with the session).
-pub async fn store_with(
-    conn: &mut sqlx::AnyConnection,
-    iccid: &str,
-    what: Relayed,
-    bytes: &[u8],
-) -> Result<()> {
-    store_lists(conn, iccid, &[(what, bytes.to_vec())]).await
 }
 
 /// Stores several answers of the card `iccid` in one statement (a DM message usually carries
