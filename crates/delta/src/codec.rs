@@ -4,10 +4,13 @@
 //! the diff compresses it both ways and keeps the smaller (sizes are measured per delta, not
 //! assumed per stream kind). zstd decodes fastest; LZMA2 (the coder of xz, here in pure Rust)
 //! models the difference stream's sparse bytes and machine code's literals better and wins
-//! on real binaries. Both decoders stream, with a window the container bounds.
+//! on real binaries. Either may run on the stream's sparse form (zero runs as lengths, see
+//! [`crate::sparse`]), which the diff tries when that form is at most a quarter of the stream
+//! and keeps when it codes smaller. Every decoder streams, with a window the container bounds.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 
+use crate::sparse::SparseReader;
 use crate::{DeltaError, StreamKind};
 
 /// How one stream of a delta is compressed (container version 2 records one per stream;
@@ -20,6 +23,11 @@ pub enum Codec {
     /// [`MAX_DICT_LOG`](crate::MAX_DICT_LOG)), then a raw LZMA2 stream ending in its end
     /// marker (the chunk format of xz, without the xz container).
     Lzma2,
+    /// The stream's sparse form (a decoded length, then zero-run and literal lengths with the
+    /// literal bytes), as one zstd frame.
+    ZstdSparse,
+    /// The stream's sparse form as an LZMA2 stream (dictionary byte, then chunks).
+    Lzma2Sparse,
 }
 
 impl Codec {
@@ -28,6 +36,8 @@ impl Codec {
         match self {
             Codec::Zstd => 1,
             Codec::Lzma2 => 2,
+            Codec::ZstdSparse => 3,
+            Codec::Lzma2Sparse => 4,
         }
     }
 
@@ -36,7 +46,22 @@ impl Codec {
         match id {
             1 => Some(Codec::Zstd),
             2 => Some(Codec::Lzma2),
+            3 => Some(Codec::ZstdSparse),
+            4 => Some(Codec::Lzma2Sparse),
             _ => None,
+        }
+    }
+
+    /// Whether the coder runs on the stream's sparse form.
+    pub fn is_sparse(self) -> bool {
+        matches!(self, Codec::ZstdSparse | Codec::Lzma2Sparse)
+    }
+
+    /// The codec with the same coder on the sparse form.
+    pub(crate) fn sparse(self) -> Codec {
+        match self {
+            Codec::Zstd | Codec::ZstdSparse => Codec::ZstdSparse,
+            Codec::Lzma2 | Codec::Lzma2Sparse => Codec::Lzma2Sparse,
         }
     }
 }
@@ -46,6 +71,8 @@ impl core::fmt::Display for Codec {
         f.write_str(match self {
             Codec::Zstd => "zstd",
             Codec::Lzma2 => "LZMA2",
+            Codec::ZstdSparse => "sparse, zstd",
+            Codec::Lzma2Sparse => "sparse, LZMA2",
         })
     }
 }
@@ -68,8 +95,25 @@ pub(crate) fn dict_bound(target_size: u64) -> u64 {
         .min(1 << crate::MAX_DICT_LOG)
 }
 
+/// The most bytes a decoded stream of a delta whose target is `target_size` bytes can hold:
+/// the difference and verbatim streams emit target bytes; a control record takes at most
+/// three ten-byte varints, a group count at most two bytes, and every record emits a byte.
+pub(crate) fn decoded_bound(stream: StreamKind, target_size: u64) -> u64 {
+    match stream {
+        StreamKind::Control => target_size.saturating_mul(32),
+        StreamKind::Difference | StreamKind::Verbatim => target_size,
+    }
+}
+
 /// A decoder of one stream, read as bytes.
 pub(crate) enum StreamReader<'a> {
+    Plain(Decoder<'a>),
+    /// The sparse form is read in small pieces (varints): buffered over the decoder.
+    Sparse(Box<SparseReader<BufReader<Decoder<'a>>>>),
+}
+
+/// The coder's decoder of one stream.
+pub(crate) enum Decoder<'a> {
     Zstd(zstd::stream::read::Decoder<'static, &'a [u8]>),
     Lzma2(Box<lzma_rust2::Lzma2Reader<&'a [u8]>>),
 }
@@ -82,18 +126,56 @@ impl<'a> StreamReader<'a> {
         stream: StreamKind,
         target_size: u64,
     ) -> Result<Self, DeltaError> {
+        let decoder = Decoder::open(codec, frame, stream, target_size)?;
+        Ok(if codec.is_sparse() {
+            let limit = decoded_bound(stream, target_size);
+            StreamReader::Sparse(Box::new(SparseReader::new(BufReader::new(decoder), limit)))
+        } else {
+            StreamReader::Plain(decoder)
+        })
+    }
+
+    /// Checks, after the reader reported its end, that nothing of the frame is left: no
+    /// decoded byte after the sparse form and no frame byte after the coded stream.
+    pub(crate) fn finish(self, stream: StreamKind) -> Result<(), DeltaError> {
+        let decoder = match self {
+            StreamReader::Plain(decoder) => decoder,
+            StreamReader::Sparse(sparse) => {
+                let mut buffered = sparse.into_inner();
+                if !buffered.buffer().is_empty() {
+                    return Err(DeltaError::TrailingData { stream });
+                }
+                crate::expect_end(buffered.get_mut(), stream)?;
+                buffered.into_inner()
+            }
+        };
+        if decoder.rest().is_empty() {
+            Ok(())
+        } else {
+            Err(DeltaError::TrailingData { stream })
+        }
+    }
+}
+
+impl<'a> Decoder<'a> {
+    fn open(
+        codec: Codec,
+        frame: &'a [u8],
+        stream: StreamKind,
+        target_size: u64,
+    ) -> Result<Self, DeltaError> {
         let corrupt = |detail: String| DeltaError::CorruptStream { stream, detail };
         match codec {
-            Codec::Zstd => {
+            Codec::Zstd | Codec::ZstdSparse => {
                 let mut reader = zstd::stream::read::Decoder::with_buffer(frame)
                     .map_err(|e| corrupt(e.to_string()))?
                     .single_frame();
                 reader
                     .window_log_max(ZSTD_WINDOW_LOG_MAX)
                     .map_err(|e| corrupt(e.to_string()))?;
-                Ok(StreamReader::Zstd(reader))
+                Ok(Decoder::Zstd(reader))
             }
-            Codec::Lzma2 => {
+            Codec::Lzma2 | Codec::Lzma2Sparse => {
                 let (&log, body) = frame
                     .split_first()
                     .ok_or(DeltaError::ShortStream { stream })?;
@@ -103,7 +185,7 @@ impl<'a> StreamReader<'a> {
                         "LZMA2 dictionary of 2^{log} bytes (at most {bound} allowed for this target)"
                     )));
                 }
-                Ok(StreamReader::Lzma2(Box::new(lzma_rust2::Lzma2Reader::new(
+                Ok(Decoder::Lzma2(Box::new(lzma_rust2::Lzma2Reader::new(
                     body,
                     1u32 << log,
                     None,
@@ -113,10 +195,19 @@ impl<'a> StreamReader<'a> {
     }
 
     /// The frame's bytes the decoder did not consume (nothing, for a well-formed stream).
-    pub(crate) fn rest(self) -> &'a [u8] {
+    fn rest(self) -> &'a [u8] {
         match self {
-            StreamReader::Zstd(d) => d.finish(),
-            StreamReader::Lzma2(r) => r.into_inner(),
+            Decoder::Zstd(d) => d.finish(),
+            Decoder::Lzma2(r) => r.into_inner(),
+        }
+    }
+}
+
+impl Read for Decoder<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Zstd(d) => d.read(buf),
+            Decoder::Lzma2(r) => r.read(buf),
         }
     }
 }
@@ -124,8 +215,8 @@ impl<'a> StreamReader<'a> {
 impl Read for StreamReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            StreamReader::Zstd(d) => d.read(buf),
-            StreamReader::Lzma2(r) => r.read(buf),
+            StreamReader::Plain(d) => d.read(buf),
+            StreamReader::Sparse(s) => s.read(buf),
         }
     }
 }

@@ -290,10 +290,16 @@ fn refuses_corrupt_streams() {
             Err(DeltaError::CorruptStream { stream: s, .. })
             | Err(DeltaError::ShortStream { stream: s })
             | Err(DeltaError::TrailingData { stream: s }) => assert_eq!(s, stream),
+            Err(DeltaError::BadSparse { stream: s, .. }) => {
+                assert_eq!(s, stream);
+                assert!(codec.is_sparse());
+            }
             Err(DeltaError::BadControl { .. }) => assert_eq!(stream, StreamKind::Control),
             // An LZMA2 stream carries no checksum of its own: bytes that still decode to the
             // right length are caught by the target digest.
-            Err(DeltaError::TargetDigestMismatch) => assert_eq!(codec, Codec::Lzma2),
+            Err(DeltaError::TargetDigestMismatch) => {
+                assert!(matches!(codec, Codec::Lzma2 | Codec::Lzma2Sparse));
+            }
             other => panic!("{stream} ({codec}): {other:?}"),
         }
     }
@@ -443,7 +449,7 @@ proptest! {
         body in proptest::collection::vec(any::<u8>(), 0..512),
         target in 0u64..4096,
         split in (0usize..512, 0usize..512),
-        coders in proptest::array::uniform3(1u8..=2),
+        coders in proptest::array::uniform3(1u8..=4),
     ) {
         let a = split.0.min(body.len());
         let b = split.1.min(body.len() - a);
@@ -871,5 +877,215 @@ fn far_reads_between_records_do_not_move_the_window() {
         window.read < 10 * used,
         "{} bytes read for {used} used",
         window.read
+    );
+}
+
+/// Builds a delta from streams framed with zstd as given, under the given codecs (a sparse
+/// codec's stream is passed in its sparse form).
+fn assemble_coded(
+    old: &[u8],
+    target_size: u64,
+    codecs: [Codec; 3],
+    streams: [&[u8]; 3],
+) -> Vec<u8> {
+    let [c, d, v] = streams.map(|raw| zstd::bulk::compress(raw, 3).unwrap());
+    let header = Header {
+        version: VERSION,
+        codecs,
+        source_size: old.len() as u64,
+        target_size,
+        control_len: c.len() as u64,
+        difference_len: d.len() as u64,
+        verbatim_len: v.len() as u64,
+        source_digest: None,
+        target_digest: None,
+    };
+    [header.encode(), c, d, v].concat()
+}
+
+/// The bench's random change at a smaller size: 2 % of the 4 KiB blocks rewritten, bytes
+/// inserted and removed.
+fn random_rewrite_pair(blocks: usize, seed: u64) -> (Vec<u8>, Vec<u8>, usize) {
+    let old = noise(blocks * 4096, seed);
+    let mut new = old.clone();
+    let mut rewritten = 0;
+    for block in (0..blocks).step_by(50) {
+        let at = block * 4096 + 4096 * (seed as usize % 7);
+        if at + 4096 <= new.len() {
+            new[at..at + 4096].copy_from_slice(&noise(4096, seed ^ block as u64));
+            rewritten += 4096;
+        }
+    }
+    let third = new.len() / 3;
+    new.splice(third..third, noise(4096, seed ^ 0x77));
+    let cut = 2 * new.len() / 3;
+    new.drain(cut..cut + 1024);
+    (old, new, rewritten + 4096)
+}
+
+#[test]
+fn the_sparse_form_is_chosen_for_scattered_rewrites_and_not_for_code() {
+    let (old, new, floor) = random_rewrite_pair(512, 41);
+    let delta = diff(&old, &new).unwrap();
+    let (header, _) = Header::parse(&delta).unwrap();
+    assert!(header.codecs[1].is_sparse(), "{header:?}");
+    assert_eq!(header.version, VERSION);
+    // The difference stream costs its rewritten bytes and little more (the plain form costs
+    // zstd's block headers for every 128 KiB of zeros).
+    let header_len = (FIXED_HEADER_LEN + 64) as u64;
+    let streams = header.control_len + header.difference_len + header.verbatim_len;
+    assert!(
+        streams < floor as u64 + floor as u64 / 200,
+        "{streams} bytes of streams for {floor} new bytes"
+    );
+    assert_eq!(delta.len() as u64, header_len + streams);
+    assert_eq!(apply(&old, &delta).unwrap(), new);
+    let mut out = Vec::new();
+    let applied = apply_to(
+        io::Cursor::new(&old),
+        old.len() as u64,
+        &delta,
+        &mut out,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!((out, applied.size), (new.clone(), new.len() as u64));
+
+    // Machine code's differences: the plain form codes smaller, so it is kept.
+    let (old, new) = code_pair(64 << 10, 31);
+    let delta = diff(&old, &new).unwrap();
+    let (header, _) = Header::parse(&delta).unwrap();
+    assert!(header.codecs.iter().all(|c| !c.is_sparse()), "{header:?}");
+    assert_eq!(apply(&old, &delta).unwrap(), new);
+}
+
+#[test]
+fn the_sparse_form_applies_with_either_coder_and_in_every_stream() {
+    let old = b"0123456789".to_vec();
+    // seek 2, add 4, copy 2: "2345" plus differences [0, 0, 0, 1], then "xy".
+    let control = record(2, 4, 2);
+    let difference = sparse::encode(&[0, 0, 0, 1]);
+    let verbatim = sparse::encode(b"xy");
+    let want = b"2346xy".to_vec();
+    let delta = assemble_coded(
+        &old,
+        6,
+        [Codec::ZstdSparse, Codec::ZstdSparse, Codec::ZstdSparse],
+        [&sparse::encode(&control), &difference, &verbatim],
+    );
+    assert_eq!(apply(&old, &delta).unwrap(), want);
+    // LZMA2 frames, as the diff writes them.
+    let frames = [
+        sparse::encode(&control),
+        difference.clone(),
+        verbatim.clone(),
+    ]
+    .map(|s| codec::lzma2_encode(&s, 12, 6).unwrap());
+    let header = Header {
+        version: VERSION,
+        codecs: [Codec::Lzma2Sparse; 3],
+        source_size: 10,
+        target_size: 6,
+        control_len: frames[0].len() as u64,
+        difference_len: frames[1].len() as u64,
+        verbatim_len: frames[2].len() as u64,
+        source_digest: None,
+        target_digest: None,
+    };
+    let [c, d, v] = frames;
+    let delta = [header.encode(), c, d, v].concat();
+    assert_eq!(apply(&old, &delta).unwrap(), want);
+}
+
+#[test]
+fn refuses_malformed_sparse_streams() {
+    let old = b"0123456789".to_vec();
+    let control = record(2, 4, 2);
+    let codecs = [Codec::Zstd, Codec::ZstdSparse, Codec::Zstd];
+    let with_difference = |difference: &[u8]| {
+        apply(
+            &old,
+            &assemble_coded(&old, 6, codecs, [&control, difference, b"xy"]),
+        )
+    };
+    let bad = |fault| {
+        Err(DeltaError::BadSparse {
+            stream: StreamKind::Difference,
+            fault,
+        })
+    };
+    assert_eq!(with_difference(&[4, 3, 1, 1]).unwrap(), b"2346xy");
+    // A varint cut off by the end of the stream.
+    assert_eq!(
+        with_difference(&[4, 0x83]),
+        bad(SparseFault::TruncatedVarint)
+    );
+    // A run past the declared length, and one whose sum overflows.
+    assert_eq!(
+        with_difference(&[4, 3, 2, 1, 1]),
+        bad(SparseFault::PastDeclaredLength)
+    );
+    let mut overflow = vec![4];
+    write_varint(&mut overflow, u64::MAX);
+    write_varint(&mut overflow, u64::MAX);
+    assert_eq!(
+        with_difference(&overflow),
+        bad(SparseFault::PastDeclaredLength)
+    );
+    // A varint of eleven bytes.
+    assert_eq!(
+        with_difference(&[
+            4, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0
+        ]),
+        bad(SparseFault::VarintOverflow)
+    );
+    // A declared length longer than the target, a pair that emits nothing, literal bytes
+    // missing.
+    assert_eq!(
+        with_difference(&[7, 7, 0]),
+        bad(SparseFault::DeclaredTooLong {
+            declared: 7,
+            limit: 6
+        })
+    );
+    assert_eq!(with_difference(&[4, 0, 0]), bad(SparseFault::EmptyRun));
+    assert_eq!(with_difference(&[4, 3, 1]), bad(SparseFault::EndsEarly));
+    // A declared length the records do not use up, one they overrun, and bytes after the
+    // sparse form inside the frame.
+    assert_eq!(
+        with_difference(&[5, 5, 0]),
+        Err(DeltaError::TrailingData {
+            stream: StreamKind::Difference
+        })
+    );
+    assert_eq!(
+        with_difference(&[3, 3, 0]),
+        Err(DeltaError::ShortStream {
+            stream: StreamKind::Difference
+        })
+    );
+    assert_eq!(
+        with_difference(&[4, 3, 1, 1, 9]),
+        Err(DeltaError::TrailingData {
+            stream: StreamKind::Difference
+        })
+    );
+    let err = with_difference(&[4, 0x83]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bad sparse difference stream: the stream ends inside a varint"
+    );
+    // The streaming patcher refuses the same way.
+    let delta = assemble_coded(&old, 6, codecs, [&control, &[4, 3, 2, 1, 1], b"xy"]);
+    assert_eq!(
+        apply_to(
+            io::Cursor::new(&old),
+            10,
+            &delta,
+            io::sink(),
+            &Limits::default()
+        )
+        .err(),
+        bad(SparseFault::PastDeclaredLength).err()
     );
 }
