@@ -304,7 +304,12 @@ mod file {
             let mut tmp = self.path.clone().into_os_string();
             tmp.push(".tmp");
             let tmp = PathBuf::from(tmp);
-            let mut f = fs::File::create(&tmp)?;
+            // The image holds the card's keys and PINs: readable by its owner only.
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&tmp)?;
             f.write_all(image)?;
             f.sync_all()?;
             drop(f);
@@ -390,6 +395,26 @@ mod tests {
         s.power_cycle();
         s.read(14, &mut b).unwrap();
         assert_eq!(b, [7, 8]);
+    }
+
+    /// The file image holds the card's keys and PINs: only its owner may read it, also when
+    /// it replaces a file others could read.
+    #[cfg(all(feature = "std", unix))]
+    #[test]
+    fn file_image_is_readable_by_its_owner_only() {
+        extern crate std;
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("card.state");
+        std::fs::write(&path, [0u8; 8]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut s = FileStore::open(&path, 8).unwrap();
+        s.begin().unwrap();
+        s.write(0, &[1]).unwrap();
+        s.commit().unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert_eq!(std::fs::read(&path).unwrap()[0], 1);
     }
 
     #[test]

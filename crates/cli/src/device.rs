@@ -1,9 +1,12 @@
 //! `simfota device`: the device agent (crates/device) on this machine.
 //!
 //! `init` lays out the A/B slots with a factory image; `run` polls the DM server and answers
-//! package 0 notifications until SIGTERM or SIGINT, which let the session in progress finish; `check-update` asks the server for an update once; `status` shows
-//! the running firmware, the slots and the update in progress. The card is the in-process
-//! applet of a state file (`--state`) or a card in a PC/SC reader (`--reader`).
+//! package 0 notifications until SIGTERM or SIGINT, which let the session in progress finish;
+//! `check-update` asks the server for an update once; `status` shows the running firmware, the
+//! slots and the update in progress. The card is the in-process applet of a state file
+//! (`--state`) or a card in a PC/SC reader (`--reader`). `run` and `check-update` warn on
+//! stderr of settings that weaken the agent before they start (plain HTTP or MD5 towards
+//! another machine, a configuration or PIN file others may read).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,7 +18,7 @@ use clap::Subcommand;
 use simfota_cardlink::client::CardClient;
 use simfota_cardlink::{Channel, FileCard, InProcessChannel};
 use simfota_device::agent::{Agent, SessionOutcome};
-use simfota_device::config::{CardSource, DeviceConfig};
+use simfota_device::config::{CardSource, DeviceConfig, secret_file_risk};
 use simfota_device::fumo::Stage;
 use simfota_device::prompt::{PromptChoice, StandardPrompter};
 use simfota_device::slots::{SlotStore, StandardBootCheck};
@@ -402,6 +405,9 @@ fn with_card(
         cfg.ca_file = Some(ca.clone());
         cfg.tls_trust()?;
     }
+    // The start is accepted from here on: what it risks is said once, before the card and
+    // the network are touched (a refused start says only why it was refused).
+    warn_of_risks(&cfg, &common.config, answers.pin_file.as_deref());
     cfg.data()
         .create()
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -431,6 +437,23 @@ fn with_card(
             let mut agent = agent(cfg, channel, choice);
             f(&mut agent)
         }
+    }
+}
+
+/// One line on stderr for each setting that weakens the agent (see
+/// [`DeviceConfig::risks`]), and for each file of secrets that other users may read or change.
+fn warn_of_risks(cfg: &DeviceConfig, config: &Path, pin_file: Option<&Path>) {
+    let mut risks = cfg.risks();
+    risks.extend(secret_file_risk(
+        config,
+        "the device configuration",
+        "the DM passwords",
+    ));
+    if let Some(pin) = pin_file {
+        risks.extend(secret_file_risk(pin, "the PIN file", "the card PIN"));
+    }
+    for risk in risks {
+        errln!("simfota: warning: {risk}");
     }
 }
 

@@ -139,7 +139,8 @@ pub struct Agent<C: Channel + Send + 'static> {
     pub prompter: Box<dyn Prompter>,
     /// The boot check of a new slot.
     pub boot_check: Box<dyn BootCheck>,
-    /// Show a download progress bar.
+    /// Show the progress of the download, of a delta's rebuild and of the slot write (a bar
+    /// on a terminal, plain lines otherwise; see [`crate::progress`]).
     pub progress: bool,
     /// Where user-visible lines go.
     pub say: Box<dyn FnMut(&str)>,

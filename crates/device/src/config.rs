@@ -517,6 +517,37 @@ impl DeviceConfig {
         Ok(())
     }
 
+    /// Settings that start a working agent but that an operator most likely did not mean:
+    /// one line each, naming the setting and what to do (`simfota device run` and
+    /// `check-update` print them as warnings before the first session). A DM server on this
+    /// machine (a loopback address, `localhost`) is a lab, a test or a local tunnel, and draws
+    /// none of them, as the server's own plain-HTTP warning spares a loopback listener.
+    pub fn risks(&self) -> Vec<String> {
+        let mut risks = Vec::new();
+        let Some(host) = remote_host(&self.server_url) else {
+            return risks;
+        };
+        if self.server_url.starts_with("http://") {
+            risks.push(format!(
+                "server_url {} is plain HTTP to another machine ({host}): DM messages would \
+                 cross the network in clear, open to reading and to change on the way (use an \
+                 https:// URL)",
+                self.server_url
+            ));
+        }
+        if self.credentials.auth == AuthScheme::Md5 {
+            // OMA DM Security 1.2 §5.3: syncml:auth-md5 digests the credentials and the nonce
+            // only; syncml:auth-MAC digests each message, so a change on the way is refused.
+            risks.push(
+                "credentials.auth = \"md5\": its digest proves the credentials but not the \
+                 message, so a DM message can be changed on its way unnoticed (set auth = \
+                 \"hmac\", with the device registered for HMAC on the server)"
+                    .to_owned(),
+            );
+        }
+        risks
+    }
+
     /// The card source, with command-line overrides (`--state`, `--reader`) taking precedence.
     pub fn card_source(
         &self,
@@ -557,6 +588,44 @@ impl DeviceConfig {
     pub fn data(&self) -> DataDir {
         DataDir::new(self.data_dir.clone(), self.slot_dir.clone())
     }
+}
+
+/// The host of `url` unless it is this machine (a loopback address, `localhost` or a name
+/// under it, RFC 6761 §6.3); `None` too for a URL that does not parse (the session then fails
+/// on it, with its own error).
+fn remote_host(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    let local = match url.host()? {
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    (!local).then(|| url.host_str().unwrap_or_default().to_owned())
+}
+
+/// The warning for a file of secrets that users other than its owner may read or change
+/// (mode wider than 0600): `what` names the file (`the device configuration`), `holds` its
+/// secrets (`the DM passwords`). `None` when only its owner can, or when its mode cannot be
+/// read (where the file is read, that is an error of its own).
+pub fn secret_file_risk(path: &Path, what: &str, holds: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    let others = match (mode & 0o044 != 0, mode & 0o022 != 0) {
+        (true, true) => "other users can read and change it",
+        (true, false) => "other users can read it",
+        (false, true) => "other users can change it",
+        (false, false) => return None,
+    };
+    Some(format!(
+        "{what} {} holds {holds} and {others} (mode {mode:04o}): chmod 600 {}",
+        path.display(),
+        path.display()
+    ))
 }
 
 /// Checks an IMEI: 15 decimal digits whose last is the Luhn check digit (3GPP TS 23.003 §6.2.1,
@@ -867,6 +936,101 @@ state = "CARD.state"
         )
         .unwrap();
         refused("certificate 1 is not a usable CA certificate");
+    }
+
+    /// Each risky setting is named in its own line, with what to do; the same settings
+    /// towards this machine, and HMAC over https://, draw none.
+    #[test]
+    fn risky_settings_are_named_and_a_careful_one_has_none() {
+        let with = |url: &str, auth: &str| {
+            let text = GOOD.replace("http://127.0.0.1:8443/", url).replace(
+                "[credentials]\n",
+                &format!("[credentials]\nauth = \"{auth}\"\n"),
+            );
+            DeviceConfig::parse(&text).unwrap().risks()
+        };
+        assert_eq!(
+            with("http://dm.example.net:8080", "md5"),
+            [
+                "server_url http://dm.example.net:8080 is plain HTTP to another machine \
+                 (dm.example.net): DM messages would cross the network in clear, open to \
+                 reading and to change on the way (use an https:// URL)",
+                "credentials.auth = \"md5\": its digest proves the credentials but not the \
+                 message, so a DM message can be changed on its way unnoticed (set auth = \
+                 \"hmac\", with the device registered for HMAC on the server)",
+            ]
+        );
+        assert_eq!(
+            with("http://10.1.2.3", "hmac"),
+            [
+                "server_url http://10.1.2.3 is plain HTTP to another machine (10.1.2.3): DM \
+                 messages would cross the network in clear, open to reading and to change on \
+                 the way (use an https:// URL)"
+            ]
+        );
+        assert_eq!(
+            with("https://dm.example.net", "md5"),
+            [
+                "credentials.auth = \"md5\": its digest proves the credentials but not the \
+                 message, so a DM message can be changed on its way unnoticed (set auth = \
+                 \"hmac\", with the device registered for HMAC on the server)"
+            ]
+        );
+        assert_eq!(with("https://dm.example.net", "hmac"), Vec::<String>::new());
+        for local in [
+            "http://127.0.0.1:8443",
+            "http://127.8.9.10",
+            "http://localhost:8443",
+            "http://LOCALHOST.:8443",
+            "http://dm.localhost",
+            "http://[::1]:8443",
+            "http://[::ffff:127.0.0.1]",
+        ] {
+            assert_eq!(with(local, "md5"), Vec::<String>::new(), "{local}");
+        }
+        // Not this machine, however close the name.
+        assert_eq!(with("http://localhost.example.net", "hmac").len(), 1);
+        assert_eq!(with("http://[::2]", "hmac").len(), 1);
+    }
+
+    /// A file of secrets that others may read or change is named with its mode and the fix.
+    #[test]
+    fn a_secret_file_open_to_others_is_named_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("DEVICE.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let with_mode = |mode: u32| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            secret_file_risk(&path, "the device configuration", "the DM passwords")
+        };
+        let p = path.display();
+        for (mode, says) in [
+            (0o644, "other users can read it (mode 0644)"),
+            (0o640, "other users can read it (mode 0640)"),
+            (0o604, "other users can read it (mode 0604)"),
+            (0o620, "other users can change it (mode 0620)"),
+            (0o666, "other users can read and change it (mode 0666)"),
+        ] {
+            assert_eq!(
+                with_mode(mode).as_deref(),
+                Some(
+                    format!(
+                        "the device configuration {p} holds the DM passwords and {says}: \
+                         chmod 600 {p}"
+                    )
+                    .as_str()
+                ),
+                "{mode:o}"
+            );
+        }
+        for careful in [0o600, 0o400, 0o700] {
+            assert_eq!(with_mode(careful), None, "{careful:o}");
+        }
+        assert_eq!(
+            secret_file_risk(&dir.path().join("nothere"), "the PIN file", "the card PIN"),
+            None
+        );
     }
 
     #[test]

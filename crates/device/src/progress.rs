@@ -1,19 +1,24 @@
-//! Progress of the long steps (the payload download, the slot write) for whoever watches.
+//! Progress of the long steps (the payload download, the rebuild of a delta, the slot write)
+//! for whoever watches.
 //!
-//! On a terminal it is a bar redrawn in place: bytes, rate and time left. Anywhere else (a
-//! pipe, a log file, a service manager's journal) redrawing would leave a mess, so it is
-//! plain lines instead: one each time another tenth of the work is done, or five seconds
+//! On a terminal it is a bar redrawn in place: percent, bytes, rate and time left, in the
+//! words of the plain lines below; when the step ends, the bar gives way to the same closing
+//! line as the plain lines, so that nothing of a half-drawn bar stays on the screen. Anywhere
+//! else (a pipe, a log file, a service manager's journal) redrawing would leave a mess, so it
+//! is plain lines instead: one each time another tenth of the work is done, or five seconds
 //! after the last line, whichever comes first, and a last line with the total time and rate.
 //! [`Progress::hidden`] shows nothing (tests, `--json`, callers that report by themselves).
 //!
-//! Every call is cheap when nothing is shown: a byte count and a clock read under a lock,
-//! once per chunk a download or a slot write handles.
+//! Every call is cheap: a byte count and a clock read under a lock, once per chunk a download
+//! or a slot write handles (the bar redraws at most 20 times a second). A caller that moves
+//! bytes in many small pieces (the delta rebuild) tells its position only a few times a
+//! second.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// How long a plain-line report may stay silent while bytes move.
 const LINE_EVERY: Duration = Duration::from_secs(5);
@@ -29,29 +34,80 @@ pub struct Progress {
 
 enum Kind {
     Hidden,
-    Bar(ProgressBar),
+    Bar(ProgressBar, Mutex<Run>),
     Lines(Mutex<Lines>),
+}
+
+/// What both displays know of the step: its size, where this run of it started (a resumed
+/// download starts past 0: the rate counts only what moved since) and where it is.
+struct Run {
+    total: u64,
+    pos: u64,
+    first: Option<(Instant, u64)>,
+    finished: bool,
+    /// The bar is drawn (see [`Progress::bar`]).
+    shown: bool,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            total: 0,
+            pos: 0,
+            first: None,
+            finished: false,
+            shown: false,
+        }
+    }
+
+    /// Starts drawing `bar` on stderr, once.
+    fn show(&mut self, bar: &ProgressBar) {
+        if !self.shown {
+            self.shown = true;
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    }
+
+    /// Takes a new position; answers the line that says where a resumed step starts when
+    /// this is its first position.
+    fn start_or_move(&mut self, label: &str, pos: u64, now: Instant) -> Option<String> {
+        self.pos = pos;
+        if self.first.is_some() {
+            return None;
+        }
+        self.first = Some((now, pos));
+        (pos > 0 && self.total > 0)
+            .then(|| format!("{label}: resuming at {} of {}", size(pos), size(self.total)))
+    }
+
+    /// The closing line: the size, the time since the first position and the rate.
+    fn closing_line(&self, label: &str, now: Instant) -> String {
+        let (since, from) = self.first.unwrap_or((now, self.pos));
+        let elapsed = now.duration_since(since);
+        let moved = self.pos.saturating_sub(from);
+        format!(
+            "{label}: {} done in {} ({}/s)",
+            size(self.pos.max(self.total)),
+            duration(elapsed.as_secs_f64()),
+            size(per_second(moved, elapsed) as u64)
+        )
+    }
 }
 
 /// The plain-line reporter's state.
 struct Lines {
     sink: LineSink,
-    total: u64,
-    pos: u64,
-    /// Where this run started (a resumed download starts past 0): the rate counts only what
-    /// moved since.
-    first: Option<(Instant, u64)>,
+    run: Run,
     last_line: Instant,
     /// Tenths of `total` already reported.
     tenths: u64,
-    finished: bool,
 }
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.kind {
             Kind::Hidden => "hidden",
-            Kind::Bar(_) => "bar",
+            Kind::Bar(..) => "bar",
             Kind::Lines(_) => "lines",
         };
         f.debug_struct("Progress")
@@ -59,6 +115,35 @@ impl std::fmt::Debug for Progress {
             .field("kind", &kind)
             .finish()
     }
+}
+
+/// The bar while the size is known: `download [=====>     ]  37% 768.0 KiB of 2.0 MiB,
+/// 256.0 KiB/s, about 5.0 s left` (the rate and the time left once there is a rate).
+const BAR_TEMPLATE: &str = "{msg} [{bar:30}] {percent:>3}% {done} of {size}, {rate}{left}";
+/// The bar while the size is unknown: `download 768.0 KiB, 256.0 KiB/s`.
+const COUNTER_TEMPLATE: &str = "{msg} {done}, {rate}";
+
+/// A bar style from `template`, its numbers written as the plain lines write them.
+fn bar_style(template: &str) -> Option<ProgressStyle> {
+    let style = ProgressStyle::with_template(template).ok()?;
+    Some(
+        style
+            .progress_chars("=> ")
+            .with_key("done", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&size(s.pos()));
+            })
+            .with_key("size", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&size(s.len().unwrap_or(0)));
+            })
+            .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}/s", size(s.per_sec() as u64));
+            })
+            .with_key("left", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                if s.per_sec() > 0.0 && s.len().is_some() {
+                    let _ = write!(w, ", about {} left", duration(s.eta().as_secs_f64()));
+                }
+            }),
+    )
 }
 
 impl Progress {
@@ -84,18 +169,17 @@ impl Progress {
         }
     }
 
-    /// A bar on stderr, redrawn in place.
+    /// A bar on stderr, redrawn in place. It is drawn from the first size or position on:
+    /// a line said between its creation and then would otherwise leave an empty bar behind.
     pub fn bar(label: &str) -> Progress {
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+        if let Some(style) = bar_style(COUNTER_TEMPLATE) {
+            bar.set_style(style);
         }
         bar.set_message(label.to_owned());
         Progress {
             label: label.to_owned(),
-            kind: Kind::Bar(bar),
+            kind: Kind::Bar(bar, Mutex::new(Run::new())),
         }
     }
 
@@ -103,15 +187,7 @@ impl Progress {
     pub fn lines(label: &str, sink: LineSink) -> Progress {
         Progress {
             label: label.to_owned(),
-            kind: Kind::Lines(Mutex::new(Lines {
-                sink,
-                total: 0,
-                pos: 0,
-                first: None,
-                last_line: Instant::now(),
-                tenths: 0,
-                finished: false,
-            })),
+            kind: Kind::Lines(Mutex::new(Lines::new(sink, Instant::now()))),
         }
     }
 
@@ -119,11 +195,25 @@ impl Progress {
     pub fn set_length(&self, total: u64) {
         match &self.kind {
             Kind::Hidden => {}
-            Kind::Bar(bar) => bar.set_length(total),
-            Kind::Lines(lines) => {
-                let mut l = lines.lock().unwrap_or_else(|e| e.into_inner());
-                l.total = total;
+            Kind::Bar(bar, run) => {
+                let mut run = lock(run);
+                if run.finished {
+                    return;
+                }
+                run.total = total;
+                run.show(bar);
+                let template = if total > 0 {
+                    bar.set_length(total);
+                    BAR_TEMPLATE
+                } else {
+                    bar.unset_length();
+                    COUNTER_TEMPLATE
+                };
+                if let Some(style) = bar_style(template) {
+                    bar.set_style(style);
+                }
             }
+            Kind::Lines(lines) => lock(lines).run.total = total,
         }
     }
 
@@ -131,47 +221,80 @@ impl Progress {
     pub fn set_position(&self, pos: u64) {
         match &self.kind {
             Kind::Hidden => {}
-            Kind::Bar(bar) => bar.set_position(pos),
-            Kind::Lines(lines) => {
-                let mut l = lines.lock().unwrap_or_else(|e| e.into_inner());
-                l.advance(&self.label, pos, Instant::now());
+            Kind::Bar(bar, run) => {
+                let mut run = lock(run);
+                if run.finished {
+                    return;
+                }
+                run.show(bar);
+                let first = run.first.is_none();
+                let line = run.start_or_move(&self.label, pos, Instant::now());
+                bar.set_position(pos);
+                if first {
+                    // The rate counts from here, not from 0 (a resumed download).
+                    bar.reset_eta();
+                }
+                if let Some(line) = line {
+                    bar.println(line);
+                }
             }
+            Kind::Lines(lines) => lock(lines).advance(&self.label, pos, Instant::now()),
         }
     }
 
-    /// The work is done: the bar stays as it is; plain lines end with the total.
+    /// The work is done: the bar gives way to the closing line; plain lines end with it.
     pub fn finish(&self) {
         match &self.kind {
             Kind::Hidden => {}
-            Kind::Bar(bar) => bar.finish(),
-            Kind::Lines(lines) => {
-                let mut l = lines.lock().unwrap_or_else(|e| e.into_inner());
-                l.finish(&self.label, Instant::now());
+            Kind::Bar(bar, run) => {
+                let mut run = lock(run);
+                if run.finished {
+                    return;
+                }
+                run.finished = true;
+                bar.finish_and_clear();
+                let line = run.closing_line(&self.label, Instant::now());
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
             }
+            Kind::Lines(lines) => lock(lines).finish(&self.label, Instant::now()),
         }
     }
 }
 
+/// A lock that a panic elsewhere does not poison for the display.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Lines {
+    fn new(sink: LineSink, now: Instant) -> Lines {
+        Lines {
+            sink,
+            run: Run::new(),
+            last_line: now,
+            tenths: 0,
+        }
+    }
+
     fn advance(&mut self, label: &str, pos: u64, now: Instant) {
-        if self.finished {
+        if self.run.finished {
             return;
         }
-        self.pos = pos;
-        let Some((since, from)) = self.first else {
+        let Some((since, from)) = self.run.first else {
             // The first position is where this run starts; say so when it is not the start.
-            self.first = Some((now, pos));
+            let line = self.run.start_or_move(label, pos, now);
             self.last_line = now;
-            self.tenths = tenths(pos, self.total);
-            if pos > 0 && self.total > 0 {
-                let line = format!("{label}: resuming at {} of {}", size(pos), size(self.total));
+            self.tenths = tenths(pos, self.run.total);
+            if let Some(line) = line {
                 (self.sink)(&line);
             }
             return;
         };
-        let reached = tenths(pos, self.total);
+        self.run.pos = pos;
+        let total = self.run.total;
+        let reached = tenths(pos, total);
         let due = reached > self.tenths || now.duration_since(self.last_line) >= LINE_EVERY;
-        if !due || (self.total > 0 && pos >= self.total) {
+        if !due || (total > 0 && pos >= total) {
             // The last tenth is told by `finish`, with the total time.
             return;
         }
@@ -180,8 +303,8 @@ impl Lines {
         let elapsed = now.duration_since(since);
         let moved = pos.saturating_sub(from);
         let rate = per_second(moved, elapsed);
-        let line = if self.total > 0 {
-            let left = self.total.saturating_sub(pos);
+        let line = if total > 0 {
+            let left = total.saturating_sub(pos);
             let eta = if rate > 0.0 {
                 format!(", about {} left", duration(left as f64 / rate))
             } else {
@@ -190,8 +313,8 @@ impl Lines {
             format!(
                 "{label}: {} of {} ({}%), {}/s{eta}",
                 size(pos),
-                size(self.total),
-                pos.saturating_mul(100) / self.total,
+                size(total),
+                pos.saturating_mul(100) / total,
                 size(rate as u64)
             )
         } else {
@@ -201,19 +324,11 @@ impl Lines {
     }
 
     fn finish(&mut self, label: &str, now: Instant) {
-        if self.finished {
+        if self.run.finished {
             return;
         }
-        self.finished = true;
-        let (since, from) = self.first.unwrap_or((now, self.pos));
-        let elapsed = now.duration_since(since);
-        let moved = self.pos.saturating_sub(from);
-        let line = format!(
-            "{label}: {} done in {} ({}/s)",
-            size(self.pos.max(self.total)),
-            duration(elapsed.as_secs_f64()),
-            size(per_second(moved, elapsed) as u64)
-        );
+        self.run.finished = true;
+        let line = self.run.closing_line(label, now);
         (self.sink)(&line);
     }
 }
@@ -282,15 +397,8 @@ mod tests {
     #[test]
     fn plain_lines_come_every_tenth_and_end_with_the_total() {
         let (seen, sink) = recorder();
-        let mut l = Lines {
-            sink,
-            total: 100 << 20,
-            pos: 0,
-            first: None,
-            last_line: Instant::now(),
-            tenths: 0,
-            finished: false,
-        };
+        let mut l = Lines::new(sink, Instant::now());
+        l.run.total = 100 << 20;
         let start = Instant::now();
         for mib in 0..=100u64 {
             l.advance(
@@ -314,15 +422,8 @@ mod tests {
     #[test]
     fn slow_and_resumed_work_is_told() {
         let (seen, sink) = recorder();
-        let mut l = Lines {
-            sink,
-            total: 1000 << 20,
-            pos: 0,
-            first: None,
-            last_line: Instant::now(),
-            tenths: 0,
-            finished: false,
-        };
+        let mut l = Lines::new(sink, Instant::now());
+        l.run.total = 1000 << 20;
         let start = Instant::now();
         l.advance("download", 500 << 20, start);
         l.advance("download", 501 << 20, start + Duration::from_secs(1));

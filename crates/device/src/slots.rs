@@ -31,6 +31,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -383,8 +384,9 @@ impl SlotStore {
         Ok(&self.active_info()?.version)
     }
 
-    /// Shows the progress of writing a full image into a slot on `progress` (hidden by
-    /// default).
+    /// Shows the progress of producing a new slot image on `progress` (hidden by default):
+    /// the copy of a full image, or the rebuild of a delta ([`SlotStore::stage_delta`]), in
+    /// bytes of the new image. One progress serves one step.
     pub fn set_progress(&mut self, progress: Progress) {
         self.progress = progress;
     }
@@ -469,7 +471,9 @@ impl SlotStore {
     /// file, streaming: the active image is read through the delta crate's window, the new
     /// image is written and hashed as it is produced (never both images in memory). The
     /// record is not touched: the slots stay as they are until [`SlotStore::install`] with
-    /// [`ImageSource::Staged`]. On error the temp file is removed.
+    /// [`ImageSource::Staged`]. On error the temp file is removed. The progress display
+    /// ([`SlotStore::set_progress`]) counts the bytes of the new image written, out of the
+    /// size the delta declares, and is told at most every [`REBUILD_PROGRESS_EVERY`].
     pub fn stage_delta(
         &self,
         delta: &[u8],
@@ -488,7 +492,15 @@ impl SlotStore {
                 .truncate(true)
                 .open(&tmp)
                 .map_err(&err)?;
-            let mut out = io::BufWriter::with_capacity(256 << 10, file);
+            // A delta whose header does not parse is refused by `apply_to` just below.
+            let target = simfota_delta::Header::parse(delta).map_or(0, |(h, _)| h.target_size);
+            self.progress.set_length(target);
+            self.progress.set_position(0);
+            let mut out = Shown::new(
+                io::BufWriter::with_capacity(256 << 10, file),
+                &self.progress,
+                Instant::now(),
+            );
             let applied =
                 simfota_delta::apply_to(src, len, delta, &mut out, limits).map_err(|source| {
                     match source {
@@ -506,9 +518,11 @@ impl SlotStore {
                         },
                     }
                 })?;
-            let file = out.into_inner().map_err(|e| err(e.into_error()))?;
+            let file = out.inner.into_inner().map_err(|e| err(e.into_error()))?;
             self.faults.step("fsync slot image").map_err(&err)?;
             file.sync_all().map_err(&err)?;
+            self.progress.set_position(applied.size);
+            self.progress.finish();
             Ok(Staged {
                 path: tmp.clone(),
                 size: applied.size,
@@ -649,6 +663,64 @@ impl SlotStore {
             fsutil::commit_file(&tmp, &path, &self.faults).map_err(io_at(&path))?;
         }
         Ok(info)
+    }
+}
+
+/// How often a delta rebuild tells the progress display how far it is: a few times a second
+/// is all a person reads, and the rebuild writes in pieces far smaller than a download's.
+pub const REBUILD_PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// Bytes written between two looks at the clock during a rebuild: the writes themselves cost
+/// no more than a sum and a comparison.
+const REBUILD_CLOCK_BYTES: u64 = 256 << 10;
+
+/// The new image on its way to the slot file, counted for the progress display.
+struct Shown<'p, W> {
+    inner: W,
+    progress: &'p Progress,
+    written: u64,
+    /// `written` when the clock was last read.
+    looked: u64,
+    /// When the display may be told again.
+    next: Instant,
+}
+
+impl<'p, W> Shown<'p, W> {
+    fn new(inner: W, progress: &'p Progress, now: Instant) -> Self {
+        Shown {
+            inner,
+            progress,
+            written: 0,
+            looked: 0,
+            next: now + REBUILD_PROGRESS_EVERY,
+        }
+    }
+
+    /// Counts `n` more bytes; tells the display when [`REBUILD_PROGRESS_EVERY`] has passed
+    /// (`now` is read only every [`REBUILD_CLOCK_BYTES`]).
+    fn count(&mut self, n: usize, now: impl FnOnce() -> Instant) {
+        self.written += n as u64;
+        if self.written - self.looked < REBUILD_CLOCK_BYTES {
+            return;
+        }
+        self.looked = self.written;
+        let now = now();
+        if now >= self.next {
+            self.next = now + REBUILD_PROGRESS_EVERY;
+            self.progress.set_position(self.written);
+        }
+    }
+}
+
+impl<W: Write> Write for Shown<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count(n, Instant::now);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -894,6 +966,85 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, SlotError::Delta { .. }), "{err}");
         assert!(!fsutil::temp_path(&store.slot_path(Slot::A)).exists());
+    }
+
+    /// Plain progress lines, kept for the assertions.
+    fn recorded(label: &str) -> (std::sync::Arc<std::sync::Mutex<Vec<String>>>, Progress) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let progress = Progress::lines(
+            label,
+            Box::new(move |l: &str| sink.lock().unwrap().push(l.to_owned())),
+        );
+        (seen, progress)
+    }
+
+    /// A rebuild is shown in bytes of the new image, and ends with its closing line.
+    #[test]
+    fn a_delta_rebuild_shows_its_progress() {
+        let mut v2 = image(200_000, 1);
+        v2.splice(90_000..90_000, [7u8; 5_000]);
+        let f = fixture(v2.clone());
+        let delta = simfota_delta::diff(&f.v1, &v2).unwrap();
+        let (seen, progress) = recorded("rebuild");
+        let mut store = SlotStore::open(&f.slots).unwrap();
+        store.set_progress(progress);
+        let staged = store
+            .stage_delta(&delta, &simfota_delta::Limits::default())
+            .unwrap();
+        assert_eq!(staged.size, 205_000);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:#?}");
+        assert!(
+            seen[0].starts_with("rebuild: 200.2 KiB done in "),
+            "{seen:#?}"
+        );
+    }
+
+    /// The display hears of a rebuild every REBUILD_PROGRESS_EVERY at most, whatever the
+    /// pace of the writes, and the clock is read once per REBUILD_CLOCK_BYTES.
+    #[test]
+    fn a_rebuild_tells_the_display_a_few_times_a_second() {
+        let (seen, progress) = recorded("rebuild");
+        progress.set_length(100 << 20);
+        progress.set_position(0);
+        let start = Instant::now();
+        let mut out = Shown::new(io::sink(), &progress, start);
+        // 100 MiB in one second, a MiB every 10 ms: the display is told at 200, 400, 600
+        // and 800 ms (and at 1 s, the end, which the closing line tells).
+        for ms in 1..=100u64 {
+            out.count(1 << 20, || start + Duration::from_millis(ms * 10));
+        }
+        let seen = seen.lock().unwrap();
+        let said: Vec<&str> = seen
+            .iter()
+            .map(|l| l.split_once(", ").map_or(l.as_str(), |(head, _)| head))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "rebuild: 20.0 MiB of 100.0 MiB (20%)",
+                "rebuild: 40.0 MiB of 100.0 MiB (40%)",
+                "rebuild: 60.0 MiB of 100.0 MiB (60%)",
+                "rebuild: 80.0 MiB of 100.0 MiB (80%)",
+            ]
+        );
+        drop(seen);
+
+        // Small writes: the clock is looked at once per 256 KiB.
+        let looks = std::cell::Cell::new(0u32);
+        let mut out = Shown::new(io::sink(), &progress, start);
+        for _ in 0..1000 {
+            out.count(4096, || {
+                looks.set(looks.get() + 1);
+                start
+            });
+        }
+        assert_eq!(
+            looks.get(),
+            15,
+            "4000 KiB in 4 KiB pieces: a look per 256 KiB"
+        );
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub struct Updater<'a, C: Channel> {
     pub limits: config::Limits,
     /// The device's model.
     pub model: ModelFilter,
-    /// Show a progress bar for the download.
+    /// Show the progress of the download, of a delta's rebuild and of the slot write.
     pub progress: bool,
     /// Where user-visible progress lines go.
     pub say: &'a mut dyn FnMut(&str),
@@ -714,7 +714,7 @@ impl<C: Channel> Updater<'_, C> {
         delta_path: &Path,
         package: &PackageFacts,
     ) -> Result<(PathBuf, String, u64), Fail> {
-        let store =
+        let mut store =
             SlotStore::open(&self.slots).map_err(|e| fail(Failure::from_slots(&e), true))?;
         let active = store
             .active_info()
@@ -751,6 +751,9 @@ impl<C: Channel> Updater<'_, C> {
             max_source: active.size,
             max_target: package.image_size,
         };
+        if self.progress {
+            store.set_progress(Progress::stderr("rebuild"));
+        }
         let staged = store
             .stage_delta(&delta, &limits)
             .map_err(|e| fail(Failure::from_slots(&e), true))?;

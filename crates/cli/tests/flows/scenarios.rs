@@ -359,6 +359,9 @@ pub fn delta_update(test: &str, cell: Cell) {
     let c = s.op.campaign(pkg);
     let out = s.dev.check_update(&s.card, &[]);
     assert_user_sees(&out, 200, "the server has the result");
+    // The rebuild is shown like the download: stderr is a pipe here, so as plain lines,
+    // closed by one with the rebuilt image's size (40017 bytes).
+    out.says(0, "\nrebuild: 39.1 KiB done in ");
     s.op.assert_job(c, IMEI, "succeeded", 200, "verified");
     assert_eq!(s.dev.firmware(), "2.0");
     let slot = std::fs::read(s.dev.slots.join("slot_b.img")).unwrap();

@@ -522,6 +522,10 @@ impl World {
             d.imei
         ));
         std::fs::write(&config, text).unwrap();
+        // Credentials inside: owner only, as a deployment keeps it (else the agent warns).
+        #[cfg(unix)]
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         if d.slots.is_none() {
             let v1 = self.path(&format!("{}-v1.bin", d.name));
             std::fs::write(&v1, d.v1).unwrap();
