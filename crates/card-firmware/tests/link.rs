@@ -89,13 +89,13 @@ fn banner_then_one_answer_per_request_then_exit() {
     assert_eq!(answers.len(), 7);
     assert_eq!(answers[0], (STATUS_OK, BANNER.to_vec()));
     assert_eq!(answers[1], (STATUS_OK, vec![]));
-    // The FCI of a blank card: version 1.0, life cycle 0.
+    // The FCI of a blank card: version 1.1, life cycle 0.
     assert_eq!(
         answers[2],
         (
             STATUS_OK,
             vec![
-                0x6F, 0x09, 0xA5, 0x07, 0x80, 0x02, 0x01, 0x00, 0x81, 0x01, 0x00, 0x90, 0x00
+                0x6F, 0x09, 0xA5, 0x07, 0x80, 0x02, 0x01, 0x01, 0x81, 0x01, 0x00, 0x90, 0x00
             ]
         )
     );

@@ -18,8 +18,10 @@ pub const IO_CAP: usize = 1536;
 /// version 1.
 pub const AID: [u8; 9] = [0xF0, 0x73, 0x69, 0x6D, 0x66, 0x6F, 0x74, 0x61, 0x01];
 
-/// The applet version reported in card info (major, minor).
-pub const APPLET_VERSION: (u8, u8) = (1, 0);
+/// The applet version reported in card info (major, minor). 1.1: ACKNOWLEDGE LOG also takes
+/// an acknowledgement bound to the export page it answers (`docs/apdu.md`), which servers use
+/// from this version on.
+pub const APPLET_VERSION: (u8, u8) = (1, 1);
 
 /// Instruction bytes (see `docs/apdu.md`).
 pub mod ins {
@@ -178,6 +180,10 @@ pub(crate) struct Session<H> {
     pub(crate) consent: Option<Consent>,
     /// Card-digest streaming in progress, on the channel it started on.
     pub(crate) stream: Option<Stream<H>>,
+    /// The export page READ LOG answered last, on the channel it answered on, which one
+    /// acknowledgement may answer instead of a fresh nonce (ACKNOWLEDGE LOG). One for the
+    /// card, not one per channel: the RAM budget below.
+    pub(crate) export: Option<crate::logcmd::ExportBinding>,
 }
 
 impl<H> Session<H> {
@@ -189,6 +195,7 @@ impl<H> Session<H> {
             current: 0,
             consent: None,
             stream: None,
+            export: None,
         }
     }
 
@@ -575,7 +582,7 @@ impl<S: Store, P: Platform> Applet<S, P> {
             return Err(CardError::AppletNotFound);
         }
         // Re-selection ends the channel's authentication state (Java Card: deselect), but
-        // keeps its outstanding nonce.
+        // keeps its outstanding nonce and the export page an acknowledgement may answer.
         let session = &mut self.core.session;
         session.end_channel_questions();
         let chan = session.chan_mut();
@@ -631,6 +638,9 @@ impl<S: Store, P: Platform> Applet<S, P> {
             session.current = slot;
             session.end_channel_questions();
             session.current = origin;
+            if session.export.is_some_and(|e| e.slot() == slot) {
+                session.export = None;
+            }
             session.channels[usize::from(slot)] = ChannelSession::CLOSED;
             self.io.broken &= !(1 << slot);
             if self.io.chain.is_some() && self.io.chain_slot == slot {

@@ -1,13 +1,18 @@
 //! READ LOG and ACKNOWLEDGE LOG (design §4 step 9, R4, R12): only a listed server with the
-//! right, with a fresh card nonce, can read (an encrypted, card-signed page) or free space.
+//! right, with a fresh card nonce, can read (an encrypted, card-signed page) or free space;
+//! the server a page was encrypted to may instead acknowledge it with the page's own nonce,
+//! once.
+
+use subtle::ConstantTimeEq;
 
 use simfota_wire::{
-    ExportHeader, LogAck, LogEntry, LogReadRequest, PublicKey, Rights, build_export_with,
+    ExportHeader, LogAck, LogEntry, LogReadRequest, PinTries, PublicKey, Rights, ServerId,
+    build_export_with,
 };
 
 use crate::applet::{Core, IO_CAP, Platform};
 use crate::crypto::{self, LIMITS};
-use crate::layout::{ICCID_MAX, O_ICCID};
+use crate::layout::{ICCID_MAX, O_ICCID, PinSlot};
 use crate::store::Store;
 use crate::update::check_nonce;
 use crate::{CardError, Reason, ring, tables};
@@ -23,6 +28,33 @@ pub const PAGE_ENTRIES: u32 = {
     let limit = simfota_wire::Limits::CARD.max_export_entries;
     if fit < limit { fit } else { limit }
 };
+
+/// The PIN retry counter as a page states it: the tries left, and the maximum unless it is
+/// unset (0) or below the tries left (then the card does not know it).
+fn pin_tries<S: Store>(core: &Core<S, impl Platform>) -> Result<PinTries, CardError> {
+    let left = core.p.pin_tries(PinSlot::Pin)?;
+    let max = core.p.pin_max(PinSlot::Pin)?;
+    Ok(PinTries::new(left, Some(max)).unwrap_or(PinTries::without_max(left)))
+}
+
+/// The export page READ LOG answered last: the nonce it answered, the server it was
+/// encrypted to and the channel it was read on. One acknowledgement from that server on that
+/// channel may carry this nonce instead of a fresh one, which saves the server a GET
+/// CHALLENGE round trip per page; any acknowledgement ends the binding, and the next READ LOG
+/// replaces it.
+#[derive(Clone, Copy)]
+pub(crate) struct ExportBinding {
+    nonce: [u8; 16],
+    server: ServerId,
+    slot: u8,
+}
+
+impl ExportBinding {
+    /// The channel slot the page was read on.
+    pub(crate) fn slot(&self) -> u8 {
+        self.slot
+    }
+}
 
 /// Finds `id`'s key if it is listed with `right`.
 fn server_key_with<S: Store>(
@@ -42,13 +74,17 @@ fn server_key_with<S: Store>(
 /// (first sequence number, maximum count, the card's nonce). Checks in order: server listed
 /// with the log-read right, signature, nonce (consumed). Answers one export page: at most
 /// [`PAGE_ENTRIES`] records from `max(first, oldest still stored)`, encrypted to that server
-/// and signed by the card. The server asks again (new nonce) from the next sequence number.
+/// and signed by the card, with the PIN's tries left (and maximum) as they are now. The page
+/// is remembered with its channel ([`ExportBinding`]) for its acknowledgement. The server asks
+/// again (new nonce) from the next sequence number.
 pub(crate) fn read_log<S: Store, P: Platform>(
     core: &mut Core<S, P>,
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
     let nonce = core.session.chan_mut().nonce.take();
+    // A new request ends what an earlier page allowed, whatever becomes of it.
+    core.session.export = None;
     let signed = LogReadRequest::decode(&io[..n], &LIMITS)
         .map_err(|_| CardError::WrongData("log-read request"))?;
     let claimed = signed.dangerous_unverified().server;
@@ -80,6 +116,7 @@ pub(crate) fn read_log<S: Store, P: Platform>(
         count,
         chain_head: simfota_wire::Digest(st.head),
         log_end: st.next,
+        pin: Some(pin_tries(core)?),
     };
     // A page that shows an open refusal tally seals it first: what a server has seen never
     // changes (a later refusal starts a new record instead of rewriting this one).
@@ -95,7 +132,7 @@ pub(crate) fn read_log<S: Store, P: Platform>(
         platform,
         key: card_key,
     };
-    build_export_with(
+    let n = build_export_with(
         &mut io[..IO_CAP],
         &header,
         &key,
@@ -103,19 +140,32 @@ pub(crate) fn read_log<S: Store, P: Platform>(
         &mut crypto,
         |seq, slot| ring::read(p, seq, slot).is_ok(),
     )
-    .map_err(|_| CardError::Internal("export page does not fit the I/O buffer"))
+    .map_err(|_| CardError::Internal("export page does not fit the I/O buffer"))?;
+    core.session.export = Some(ExportBinding {
+        nonce: req.nonce.0,
+        server: kid,
+        slot: core.session.current(),
+    });
+    Ok(n)
 }
 
 /// ACKNOWLEDGE LOG (CLA `80`, INS `1C`, P1-P2 `0000`): data = a server-signed LogAck ("I
-/// stored every entry up to and including N", with the card's nonce). Checks: server listed
-/// with the log-ack right, signature, nonce (consumed), N below the log end. Frees the slots
-/// of entries 0..=N.
+/// stored every entry up to and including N", with a nonce). Checks: server listed with the
+/// log-ack right, signature, nonce, N below the log end. The nonce is either the nonce of the
+/// export page READ LOG answered last, on this channel, when the acknowledging server is the
+/// one that page was encrypted to, or the channel's outstanding fresh nonce; both are consumed
+/// by any acknowledgement, so none is taken twice. Frees the slots of entries 0..=N.
 pub(crate) fn ack_log<S: Store, P: Platform>(
     core: &mut Core<S, P>,
     io: &mut [u8],
     n: usize,
 ) -> Result<usize, CardError> {
     let nonce = core.session.chan_mut().nonce.take();
+    let export = core
+        .session
+        .export
+        .take()
+        .filter(|e| e.slot == core.session.current());
     let signed = LogAck::decode(&io[..n], &LIMITS)
         .map_err(|_| CardError::WrongData("log acknowledgement"))?;
     let claimed = signed.dangerous_unverified().server;
@@ -129,11 +179,19 @@ pub(crate) fn ack_log<S: Store, P: Platform>(
     let ack = signed
         .verify_with(&crypto::Via(&core.platform), &key)
         .map_err(|_| CardError::Refused(Reason::RequestSignature))?;
-    check_nonce(nonce, &ack.nonce)?;
+    if !answers_export(export, &ack) {
+        check_nonce(nonce, &ack.nonce)?;
+    }
     let upto = ack
         .up_to_seq
         .checked_add(1)
         .ok_or(CardError::Refused(Reason::AckBeyondLog))?;
     core.p.transaction(|p| ring::acknowledge(p, upto))?;
     Ok(0)
+}
+
+/// Whether a verified acknowledgement answers the export page `export` remembers: the page's
+/// nonce, from the server the page was encrypted to.
+fn answers_export(export: Option<ExportBinding>, ack: &LogAck) -> bool {
+    export.is_some_and(|e| e.server == ack.server && bool::from(e.nonce.ct_eq(&ack.nonce.0)))
 }

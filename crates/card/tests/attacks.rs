@@ -620,6 +620,93 @@ fn export_is_readable_only_by_the_requesting_server() {
     );
 }
 
+/// Reads one page as the reader server with a fresh nonce; returns that nonce.
+fn read_page(w: &World, card: &mut Card) -> Nonce {
+    let n = card.nonce();
+    let req = w.log_read(&w.reader, READER, n, 0, 8);
+    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, StatusWord::OK);
+    n
+}
+
+#[test]
+fn log_ack_answers_its_export_page_once() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 3);
+    // The acknowledgement carries the nonce the page answered: no GET CHALLENGE in between.
+    let n = read_page(&w, &mut card);
+    let ack = w.log_ack(&w.reader, READER, n, 2);
+    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, StatusWord::OK);
+    assert_eq!(card.log_status().acked, 3);
+    // Replayed: the page's nonce is spent, and no fresh one is outstanding.
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1,
+        refused(Reason::NonceUnavailable)
+    );
+    // Replayed while a fresh nonce is outstanding: not that nonce either (and it is spent).
+    let _ = card.nonce();
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1,
+        refused(Reason::NonceMismatch)
+    );
+    assert_eq!(card.log_status().acked, 3);
+}
+
+#[test]
+fn export_bound_log_ack_only_from_the_server_it_was_encrypted_to() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 3);
+    let free = card.log_status().free;
+    // SERVER is listed with the acknowledge right, but the page was encrypted to READER.
+    let n = read_page(&w, &mut card);
+    let other = w.log_ack(&w.server, SERVER, n, 2);
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &other).1,
+        refused(Reason::NonceUnavailable)
+    );
+    // A refused acknowledgement ends the binding too: the reader's own is late now.
+    let own = w.log_ack(&w.reader, READER, n, 2);
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &own).1,
+        refused(Reason::NonceUnavailable)
+    );
+    // An unlisted key claiming the reader's name cannot use the page's nonce either.
+    let n = read_page(&w, &mut card);
+    let forged = w.log_ack(&w.rogue, READER, n, 2);
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &forged).1,
+        refused(Reason::RequestSignature)
+    );
+    assert_eq!(card.log_status().free, free);
+    assert_eq!(card.log_status().acked, 0);
+}
+
+#[test]
+fn export_bound_log_ack_ends_with_the_next_read() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 3);
+    let first = read_page(&w, &mut card);
+    let second = read_page(&w, &mut card);
+    let stale = w.log_ack(&w.reader, READER, first, 2);
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &stale).1,
+        refused(Reason::NonceUnavailable)
+    );
+    assert_eq!(card.log_status().acked, 0);
+    // The refusal ended the second page's binding as well: a fresh nonce acknowledges.
+    let late = w.log_ack(&w.reader, READER, second, 2);
+    assert_eq!(
+        card.cmd(0x80, ins::ACK_LOG, 0, 0, &late).1,
+        refused(Reason::NonceUnavailable)
+    );
+    let n = card.nonce();
+    let fresh = w.log_ack(&w.reader, READER, n, 2);
+    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &fresh).1, StatusWord::OK);
+    assert_eq!(card.log_status().acked, 3);
+}
+
 #[test]
 fn unauthorized_log_ack() {
     let mut w = World::new();

@@ -183,6 +183,42 @@ fn a_payload_stream_belongs_to_the_channel_that_started_it() {
 }
 
 #[test]
+fn an_export_page_is_acknowledged_on_its_own_channel_only() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 3);
+    let ch = session_on_new_channel(&mut card);
+    let n = card.nonce();
+    let req = w.log_read(&w.reader, READER, n, 0, 8);
+    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, StatusWord::OK);
+    let ack = w.log_ack(&w.reader, READER, n, 2);
+    // On the basic channel the page's nonce is not outstanding.
+    card.channel = 0;
+    assert_ne!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, StatusWord::OK);
+    assert_eq!(card.log_status().acked, 0);
+    // Read again on the channel, the page is acknowledged there; closing the channel would
+    // have ended that.
+    card.channel = ch;
+    let n = card.nonce();
+    let req = w.log_read(&w.reader, READER, n, 0, 8);
+    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, StatusWord::OK);
+    let ack = w.log_ack(&w.reader, READER, n, 2);
+    card.channel = 0;
+    assert_eq!(close(&mut card, ch), StatusWord::OK);
+    assert_eq!(open(&mut card), ch);
+    card.channel = ch;
+    assert_eq!(card.select(), StatusWord::OK);
+    assert_ne!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, StatusWord::OK);
+    assert_eq!(card.log_status().acked, 0);
+    let n = card.nonce();
+    let req = w.log_read(&w.reader, READER, n, 0, 8);
+    assert_eq!(card.cmd(0x80, ins::READ_LOG, 0, 0, &req).1, StatusWord::OK);
+    let ack = w.log_ack(&w.reader, READER, n, 2);
+    assert_eq!(card.cmd(0x80, ins::ACK_LOG, 0, 0, &ack).1, StatusWord::OK);
+    assert_eq!(card.log_status().acked, 3);
+}
+
+#[test]
 fn closing_a_channel_drops_its_session() {
     let mut w = World::new();
     let mut card = w.default_card();

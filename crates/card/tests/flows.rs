@@ -334,6 +334,87 @@ fn pin_change_and_puk_unblock() {
     assert_eq!(card.cmd(0x00, ins::VERIFY, 0, 0x81, &[]).1, StatusWord::OK);
 }
 
+/// Every export page states the PIN counter as it is when the card signs it: all tries after
+/// personalization, one fewer after a wrong PIN (which writes no log entry), none when blocked,
+/// all again after the PUK reset it.
+#[test]
+fn export_pages_state_the_pin_counter() {
+    let mut w = World::new();
+    let mut card = w.default_card();
+    w.full_update(&mut card, 5);
+    let card_pk = card_public_key(&mut card);
+    let secret = p256::SecretKey::from_slice(&w.reader.to_bytes()).unwrap();
+    let page = |card: &mut Card| {
+        let nonce = card.nonce();
+        let req = w.log_read(&w.reader, READER, nonce, 0, 64);
+        let (exp, sw) = card.cmd(0x80, ins::READ_LOG, 0, 0, &req);
+        assert_eq!(sw, StatusWord::OK);
+        simfota_wire::open_export(&exp, &card_pk, &secret, &simfota_wire::Limits::DEFAULT)
+            .unwrap()
+            .into_inner()
+    };
+    let counter = |card: &mut Card| {
+        let p = page(card).pin.expect("the page states the PIN counter");
+        (p.left(), p.max(), p.blocked())
+    };
+    assert_eq!(counter(&mut card), (3, Some(3), false));
+    let log_end = page(&mut card).log_end;
+
+    const WRONG: &[u8; 8] = b"9999\xFF\xFF\xFF\xFF";
+    assert_eq!(card.verify_pin(WRONG), StatusWord::tries_left(2));
+    let after = page(&mut card);
+    assert_eq!(after.pin.map(|p| (p.left(), p.max())), Some((2, Some(3))));
+    assert_eq!(after.log_end, log_end, "a wrong PIN is no log entry");
+    // A new card session does not restore the counter (it is persistent).
+    let mut card = card.power_cycle();
+    assert_eq!(card.select(), StatusWord::OK);
+    assert_eq!(card.bind(IMEI), StatusWord::OK);
+    assert_eq!(counter(&mut card), (2, Some(3), false));
+    for left in [1u8, 0] {
+        assert_eq!(card.verify_pin(WRONG), StatusWord::tries_left(left));
+    }
+    assert_eq!(counter(&mut card), (0, Some(3), true));
+    assert_eq!(
+        card.cmd(0x00, ins::RESET_RETRY_COUNTER, 0x01, 0x81, PUK).1,
+        StatusWord::OK
+    );
+    assert_eq!(counter(&mut card), (3, Some(3), false));
+}
+
+/// The largest page the applet signs still fits its I/O buffer with the PIN counter: the most
+/// records a page carries, the longest server id as `kid`, the largest sequence numbers and
+/// counters.
+#[test]
+fn the_largest_export_page_fits_the_io_buffer() {
+    let card = key("card");
+    let server = simfota_wire::PublicKey::from(&key("server"));
+    let record = [0u8; simfota_wire::LogEntry::RECORD_LEN];
+    let header = simfota_wire::ExportHeader {
+        iccid: simfota_wire::Iccid::parse(ICCID).unwrap(),
+        nonce: simfota_wire::Nonce([0xff; 16]),
+        first_seq: u32::MAX - simfota_card::PAGE_ENTRIES,
+        count: simfota_card::PAGE_ENTRIES,
+        chain_head: simfota_wire::Digest([0xff; 32]),
+        log_end: u32::MAX,
+        pin: Some(simfota_wire::PinTries::new(255, Some(255)).unwrap()),
+    };
+    let mut io = [0u8; simfota_card::IO_CAP];
+    let n = simfota_wire::build_export(
+        &mut io,
+        &header,
+        &server,
+        &[b'k'; 32],
+        &card,
+        &mut TestRng::new("largest page"),
+        |_, slot| {
+            *slot = record;
+            true
+        },
+    )
+    .expect("the largest page fits");
+    assert!(n <= simfota_card::IO_CAP);
+}
+
 #[test]
 fn device_reads_servers_policy_originators_without_authentication() {
     let w = World::new();

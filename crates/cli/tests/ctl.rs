@@ -1216,6 +1216,15 @@ fn campaign_from_file_watched_to_completion_with_card_log_and_proof() {
         "the card's authorized server: {}",
         out.text()
     );
+    // The PIN counter the card's signed log pages stated, with when.
+    assert!(
+        out.stdout.contains("pin tries    3 of 3 left, as of ") && out.stdout.contains(" UTC ("),
+        "{}",
+        out.text()
+    );
+    let card = lab.ctl_json(&["cards", "show", &iccid(1)]);
+    assert_eq!(card["pin"]["tries_left"], 3, "{card}");
+    assert_eq!(card["pin"]["blocked"], false, "{card}");
     let log = lab.ctl_json(&["cards", "log", &iccid(1)]);
     let entries = log["entries"].as_array().unwrap();
     assert!(entries.iter().any(|e| e["update_id"].is_string()), "{log}");

@@ -244,7 +244,7 @@ fn pcsc_card_tools_and_third_party_clients() {
         assert!(out.status.success(), "{text}");
         assert_eq!(text.matches("SW1=0x90, SW2=0x00").count(), 2, "{text}");
         // The FCI with version 1.0 and life cycle 2, then the ICCID digits "8988211..." in the info.
-        assert!(text.contains("6F 09 A5 07 80 02 01 00 81 01 02"), "{text}");
+        assert!(text.contains("6F 09 A5 07 80 02 01 01 81 01 02"), "{text}");
         assert!(text.contains("38 39 38 38 32 31 31"), "{text}");
     }
 
@@ -374,7 +374,7 @@ fn pcsc_card_pulled_mid_flow_and_reset_keep_the_state_whole() {
     );
     let _serve = Serve::start(d);
     let selected = client.reopen(Some(&imei)).unwrap();
-    assert_eq!(selected.version, (1, 0));
+    assert_eq!(selected.version, (1, 1));
     // A cut between VERIFY's two transactions (try spent, then restored on a match) costs
     // that try, by design: the counter is committed before the comparison.
     let status = client.pin_status().unwrap();

@@ -876,7 +876,23 @@ pub async fn create(db: &Db, spec: &CampaignSpec) -> Result<Campaign> {
     let waves_json =
         serde_json::to_string(&spec.waves).map_err(|e| ServerError::BadRequest(e.to_string()))?;
     let window = spec.window.as_ref().map(Window::minutes).transpose()?;
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
+    // The package's row, locked until the campaign is stored (PostgreSQL: a row lock; SQLite
+    // writes one transaction at a time anyway): a deletion of the package waits for this
+    // transaction and then sees the campaign (`packages::delete` locks the row first too),
+    // and one that came first makes this find the package gone.
+    let still_there = sqlx::query(
+        "UPDATE packages SET created_ms = created_ms WHERE id = $1 AND deleted_ms IS NULL",
+    )
+    .bind(spec.package_id)
+    .execute(&mut *tx)
+    .await?;
+    if still_there.rows_affected() != 1 {
+        return Err(ServerError::NotFound(format!(
+            "package {}",
+            spec.package_id
+        )));
+    }
     let row = sqlx::query(
         "INSERT INTO campaigns (name, package_id, target_model, target_fw, target_group, waves, \
          success_threshold, error_threshold, state, current_wave, created_ms, updated_ms, card, \
@@ -1222,10 +1238,23 @@ pub async fn act(db: &Db, id: i64, action: Action) -> Result<Campaign> {
 /// at before the first wave it released, `None` when it released none (whose devices to
 /// notify: [`crate::notify::released_since`]).
 pub async fn advance(conn: &mut AnyConnection, id: i64) -> Result<Option<i64>> {
+    advance_from(conn, id, None).await
+}
+
+/// [`advance`], starting from the campaign's row as `read` holds it when the caller's last
+/// statement returned it (saves reading it again).
+async fn advance_from(
+    conn: &mut AnyConnection,
+    id: i64,
+    mut read: Option<Campaign>,
+) -> Result<Option<i64>> {
     let mut released_after = None;
     // Bounded: at most one step per wave, plus the final one.
     for _ in 0..32 {
-        let c = get_row(&mut *conn, id).await?;
+        let c = match read.take() {
+            Some(c) => c,
+            None => get_row(&mut *conn, id).await?,
+        };
         if c.state != CampaignState::Running {
             return Ok(released_after);
         }
@@ -1272,7 +1301,7 @@ pub async fn advance(conn: &mut AnyConnection, id: i64) -> Result<Option<i64>> {
                 .await?;
                 if moved.rows_affected() == 1 {
                     sqlx::query(
-                        "UPDATE jobs SET state = 'pending', updated_ms = $1 \
+                        "UPDATE jobs SET state = 'pending', updated_ms = $1, released_ms = $1 \
                          WHERE campaign_id = $2 AND wave = $3 AND state = 'waiting'",
                     )
                     .bind(now)
@@ -1714,7 +1743,8 @@ pub async fn mark_delivered(
         "UPDATE jobs SET state = 'delivered', update_id = $1, token = $2, fumo_state = 30, \
          deliveries = deliveries + 1, iccid = (SELECT d.iccid FROM devices d \
          WHERE d.id = jobs.device_id), \
-         updated_ms = $3 WHERE id = $4 AND state = 'pending' RETURNING campaign_id, wave",
+         updated_ms = $3, delivered_ms = $3 WHERE id = $4 AND state = 'pending' \
+         RETURNING campaign_id, wave",
     )
     .bind(update_id.to_vec())
     .bind(token.to_vec())
@@ -1813,7 +1843,7 @@ pub(crate) async fn record(
     let Some(done) = sqlx::query(
         "UPDATE jobs SET state = $1, result_code = $2, fumo_state = $3, receipt = $4, \
          receipt_status = $5, detail = $6, updated_ms = $7, reason = $9 \
-         WHERE id = $8 AND state = 'delivered' RETURNING campaign_id, wave",
+         WHERE id = $8 AND state = 'delivered' RETURNING *",
     )
     .bind(state.as_str())
     .bind(i64::from(result_code))
@@ -1832,23 +1862,33 @@ pub(crate) async fn record(
         )));
     };
     let (campaign, wave) = (done.i64("campaign_id")?, done.i64("wave")?);
+    // The campaign row as the counters leave it is what `advance` re-evaluates, unless a
+    // failure counted below may pause the campaign: then it is read again. (The campaign is
+    // changed before its waves, as everywhere: one lock order for concurrent transactions.)
     let counter = if succeeded {
         "UPDATE campaigns SET jobs_delivered = jobs_delivered - 1, \
-         jobs_succeeded = jobs_succeeded + 1 WHERE id = $1"
+         jobs_succeeded = jobs_succeeded + 1 WHERE id = $1 RETURNING *"
     } else {
         "UPDATE campaigns SET jobs_delivered = jobs_delivered - 1, \
-         jobs_failed = jobs_failed + 1 WHERE id = $1"
+         jobs_failed = jobs_failed + 1 WHERE id = $1 RETURNING *"
     };
-    sqlx::query(counter)
+    let c = sqlx::query(counter)
         .bind(campaign)
-        .execute(&mut *conn)
-        .await?;
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("campaign {campaign}")))?;
+    let c = campaign_from_row(&c)?;
     tally(&mut *conn, campaign, wave, JobState::Delivered, state).await?;
-    if let Some(reason) = &reason {
-        count_failure(&mut *conn, campaign, wave, reason, true).await?;
-    }
-    let j = job(&mut *conn, job_id).await?;
-    let released_after = advance(&mut *conn, j.campaign_id).await?;
+    let read = match &reason {
+        Some(reason) => {
+            count_failure(&mut *conn, campaign, wave, reason, true).await?;
+            None
+        }
+        None => Some(c),
+    };
+    // The job as recorded, from the UPDATE itself (no statement to read it back).
+    let j = job_from_row(&done)?;
+    let released_after = advance_from(&mut *conn, campaign, read).await?;
     Ok((j, released_after))
 }
 
@@ -2084,7 +2124,8 @@ pub async fn retry(db: &Db, id: i64, reasons: Option<&[String]>) -> Result<Campa
         "UPDATE jobs SET state = CASE WHEN wave <= $3 THEN 'pending' ELSE 'waiting' END, \
          detail = 'offered again (retry) after: ' || COALESCE(reason, 'an unknown failure'), \
          reason = NULL, result_code = NULL, fumo_state = NULL, receipt = NULL, \
-         receipt_status = NULL, deliveries = 0, updated_ms = $2 \
+         receipt_status = NULL, deliveries = 0, updated_ms = $2, delivered_ms = NULL, \
+         released_ms = CASE WHEN wave <= $3 THEN $2 ELSE NULL END \
          WHERE campaign_id = $1 AND state = 'failed' AND COALESCE(reason, '') <> $4{filter}"
     );
     // A deleted device's job is never offered again: no device would ever take it. A job of

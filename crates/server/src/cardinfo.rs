@@ -7,13 +7,69 @@
 //! them as last read (raw bytes and decoded JSON) for the operator to see; it decides nothing
 //! on them (the card enforces its own lists and policy). An answer that does not decode is
 //! kept out of the database and logged.
+//!
+//! The PIN retry counter is the exception: the card states it inside each log export page it
+//! signs (docs/formats.md §7, member 7), so the server records it only from a verified page
+//! ([`crate::cardlog`]) and [`PinReport`] shows it with the time that page was stored.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 use simfota_wire::contract::{OriginatorEntry, Rights, ServerEntry};
-use simfota_wire::{IntegrityMode, Limits, Policy, UnauthorizedRule};
+use simfota_wire::{IntegrityMode, Limits, PinTries, Policy, UnauthorizedRule};
 
-use crate::db::now_ms;
+use crate::db::{RowExt, now_ms};
 use crate::error::Result;
+
+/// The counter stored in `cards.pin_tries_left` / `pin_max_tries`; `None` when no page stated
+/// it, or when the stored values are no counter a page can state (then the next page's
+/// counter replaces them).
+pub fn stored_pin(left: Option<i64>, max: Option<i64>) -> Option<PinTries> {
+    let left = u8::try_from(left?).ok()?;
+    let max = match max {
+        Some(m) => Some(u8::try_from(m).ok()?),
+        None => None,
+    };
+    PinTries::new(left, max).ok()
+}
+
+/// The card's PIN retry counter as the newest verified export page that stated it said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PinReport {
+    /// Tries left before the PIN blocks.
+    pub tries_left: u8,
+    /// The maximum the counter is reset to; `None` when the card did not state it.
+    pub max_tries: Option<u8>,
+    /// No try left: the card refuses the PIN until the PUK resets the counter.
+    pub blocked: bool,
+    /// When the server stored the page that stated it (Unix ms).
+    pub reported_ms: i64,
+}
+
+impl PinReport {
+    /// The report in a `cards` row (`pin_tries_left`, `pin_max_tries`, `pin_reported_ms`);
+    /// `None` until a page stated the counter.
+    pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Option<Self>> {
+        let pin = stored_pin(r.opt_i64("pin_tries_left")?, r.opt_i64("pin_max_tries")?);
+        Ok(match (pin, r.opt_i64("pin_reported_ms")?) {
+            (Some(p), Some(at)) => Some(Self {
+                tries_left: p.left(),
+                max_tries: p.max(),
+                blocked: p.blocked(),
+                reported_ms: at,
+            }),
+            _ => None,
+        })
+    }
+
+    /// The counter in words: `2 of 3`, `5 (maximum not stated)` or `blocked`.
+    pub fn text(&self) -> String {
+        match (self.blocked, self.max_tries) {
+            (true, _) => "blocked".to_owned(),
+            (false, Some(max)) => format!("{} of {max}", self.tries_left),
+            (false, None) => format!("{} (maximum not stated)", self.tries_left),
+        }
+    }
+}
 
 /// Which card node an answer came from (its layout is the contract module's,
 /// `simfota_wire::contract`).
@@ -166,6 +222,29 @@ mod tests {
             "02020202-0202-0202-0202-020202020202"
         );
         assert!(decode(Relayed::Policy, &buf[..n - 1]).is_err());
+    }
+
+    #[test]
+    fn stored_pin_counters_read_back_or_not_at_all() {
+        let p = stored_pin(Some(2), Some(3)).unwrap();
+        assert_eq!((p.left(), p.max(), p.blocked()), (2, Some(3), false));
+        assert!(stored_pin(Some(0), Some(3)).unwrap().blocked());
+        assert_eq!(stored_pin(Some(5), None).unwrap().max(), None);
+        // Nothing stated, or values no page can state.
+        assert_eq!(stored_pin(None, Some(3)), None);
+        assert_eq!(stored_pin(Some(4), Some(3)), None);
+        assert_eq!(stored_pin(Some(-1), None), None);
+        assert_eq!(stored_pin(Some(2), Some(256)), None);
+        let report = |tries_left, max_tries| PinReport {
+            tries_left,
+            max_tries,
+            blocked: tries_left == 0,
+            reported_ms: 0,
+        };
+        assert_eq!(report(2, Some(3)).text(), "2 of 3");
+        assert_eq!(report(0, Some(3)).text(), "blocked");
+        assert_eq!(report(0, None).text(), "blocked");
+        assert_eq!(report(7, None).text(), "7 (maximum not stated)");
     }
 
     #[test]

@@ -10,15 +10,24 @@
 //! before must come back byte-identical (else `fork`). Refused exports are stored with their
 //! reason in `log_exports` and counted; nothing of them reaches `card_log_entries`.
 //!
+//! A verified page also states the card's PIN retry counter (docs/formats.md §7, member 7).
+//! The server keeps it on the card's row with the time it stored the page, in the statement
+//! that moves the log head; a page that stores no new entry writes the counter only when it
+//! differs from the stored one (a wrong PIN is not a log entry), so an idle session writes
+//! nothing more.
+//!
 //! A card answers at most one page per request (the real applet: 4 records, what fits its I/O
 //! buffer), each request needs a fresh card nonce, and the export says where the card's log
 //! ends. The DM session ([`crate::dm`]) therefore reads page after page in one session,
-//! acknowledging each, up to [`MAX_PAGES_PER_SESSION`].
+//! acknowledging each, up to [`MAX_PAGES_PER_SESSION`]. With a card that takes it (applet 1.1
+//! on: one acknowledgement bound to the page it last answered, from the server the page was
+//! encrypted to, docs/apdu.md) the acknowledgement carries that page's own nonce and goes in
+//! the reply to the page, with the Get of the next page's nonce.
 
 use serde::Serialize;
 use simfota_wire::{
-    DenyReason, Digest, Event, Limits, LogAck, LogEntry, LogReadRequest, Nonce, PublicKey,
-    RefusalTally, ServerId, Unverified, open_export,
+    DenyReason, Digest, Event, Limits, LogAck, LogEntry, LogReadRequest, Nonce, PinTries,
+    PublicKey, RefusalTally, ServerId, Unverified, open_export,
 };
 
 use crate::AppState;
@@ -31,8 +40,9 @@ use crate::error::{Result, ServerError};
 pub const PAGE: u32 = 16;
 
 /// Most export pages read in one DM session. Each page costs the card one ECDSA verification,
-/// one ECDH and one signature, and the session three round trips (request + export, nonce,
-/// acknowledgement + next nonce), so the bound keeps one session's card work and length finite.
+/// one ECDH and one signature, and the session two round trips (request + export,
+/// acknowledgement + next nonce; three with a card that needs a fresh nonce for the
+/// acknowledgement), so the bound keeps one session's card work and length finite.
 /// 16 pages cover a whole card log (64 entries at the applet's 4 per page) in one session; a
 /// card with more unread entries is read on in its next session.
 pub const MAX_PAGES_PER_SESSION: u32 = 16;
@@ -88,9 +98,9 @@ pub fn unverified_fields(e: &LogEntry) -> Option<Vec<&'static str>> {
     )
 }
 
-/// What the log flow needs of a card whose certificate verified: its row id, its key and the
-/// head of its stored log. The DM endpoint reads it with the device's account
-/// ([`CardRow::from_row`]) and keeps the head current as pages are stored.
+/// What the log flow needs of a card whose certificate verified: its row id, its key, the
+/// head of its stored log and the PIN counter stored last. The DM endpoint reads it with the
+/// device's account ([`CardRow::from_row`]) and keeps both current as pages are stored.
 #[derive(Debug, Clone)]
 pub struct CardRow {
     /// `cards.id`.
@@ -100,11 +110,14 @@ pub struct CardRow {
     pub head_seq: Option<i64>,
     /// Its record hash.
     pub head_hash: Option<Vec<u8>>,
+    /// The PIN counter stored last (`cards.pin_tries_left`, `pin_max_tries`).
+    pub pin: Option<PinTries>,
 }
 
 impl CardRow {
-    /// The card in a row holding `card_id`, `cert_status`, `card_pub`, `log_head_seq` and
-    /// `log_head_hash` (all nullable: an outer join); `None` unless its certificate verified.
+    /// The card in a row holding `card_id`, `cert_status`, `card_pub`, `log_head_seq`,
+    /// `log_head_hash`, `pin_tries_left` and `pin_max_tries` (all nullable: an outer join);
+    /// `None` unless its certificate verified.
     pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Option<Self>> {
         let (Some(id), Some(status), Some(pk)) = (
             r.opt_i64("card_id")?,
@@ -123,6 +136,10 @@ impl CardRow {
             key,
             head_seq: r.opt_i64("log_head_seq")?,
             head_hash: r.opt_bytes("log_head_hash")?,
+            pin: crate::cardinfo::stored_pin(
+                r.opt_i64("pin_tries_left")?,
+                r.opt_i64("pin_max_tries")?,
+            ),
         }))
     }
 
@@ -134,8 +151,8 @@ impl CardRow {
     /// The card with this ICCID, read from `cards`.
     pub async fn load(conn: &mut AnyConnection, iccid: &str) -> Result<Option<Self>> {
         let row = sqlx::query(
-            "SELECT id AS card_id, cert_status, card_pub, log_head_seq, log_head_hash \
-             FROM cards WHERE iccid = $1",
+            "SELECT id AS card_id, cert_status, card_pub, log_head_seq, log_head_hash, \
+             pin_tries_left, pin_max_tries FROM cards WHERE iccid = $1",
         )
         .bind(iccid.to_owned())
         .fetch_optional(&mut *conn)
@@ -147,14 +164,20 @@ impl CardRow {
     }
 }
 
-/// Builds and records a signed log-read request for the card, answering `nonce`.
-pub async fn request(
-    state: &AppState,
-    conn: &mut AnyConnection,
-    card: &CardRow,
-    device_id: i64,
-    nonce: Nonce,
-) -> Result<Vec<u8>> {
+/// A log-read request sent to a card and not answered yet: what its export page must answer.
+/// The DM session that sent it keeps it with its flow (the page comes back in that session),
+/// so it costs no statement.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SentRequest {
+    /// The card nonce the request answered, which the page must carry.
+    pub nonce: Vec<u8>,
+    /// The first sequence number asked for.
+    pub first_seq: i64,
+}
+
+/// Builds a signed log-read request for the card, answering `nonce`: its bytes and what the
+/// page answering it is checked against.
+pub fn request(state: &AppState, card: &CardRow, nonce: Nonce) -> Result<(Vec<u8>, SentRequest)> {
     let first_seq = card.head_seq.map_or(0, |s| s + 1);
     let req = LogReadRequest {
         server: ServerId::new(&state.config.server_id)
@@ -168,30 +191,49 @@ pub async fn request(
     let n = req
         .sign(&state.keys.server_signer, &mut buf)
         .map_err(ServerError::signing("card log-read request"))?;
-    let bytes = buf[..n].to_vec();
-    sqlx::query(
-        "INSERT INTO log_requests (card_id, device_id, card_nonce, first_seq, request, state, created_ms) \
-         VALUES ($1, $2, $3, $4, $5, 'sent', $6)",
+    let sent = SentRequest {
+        nonce: nonce.0.to_vec(),
+        first_seq,
+    };
+    Ok((buf[..n].to_vec(), sent))
+}
+
+/// The newest unanswered request kept in `log_requests`, where requests were recorded before
+/// sessions kept them (a session stored then, awaiting its page): the request and its row id.
+async fn recorded_request(
+    conn: &mut AnyConnection,
+    card_id: i64,
+) -> Result<Option<(SentRequest, i64)>> {
+    let row = sqlx::query(
+        "SELECT id, card_nonce, first_seq FROM log_requests WHERE card_id = $1 AND state = 'sent' \
+         ORDER BY id DESC LIMIT 1",
     )
-    .bind(card.id)
-    .bind(device_id)
-    .bind(nonce.0.to_vec())
-    .bind(first_seq)
-    .bind(bytes.clone())
-    .bind(now_ms())
-    .execute(&mut *conn)
+    .bind(card_id)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(bytes)
+    row.map(|r| {
+        Ok((
+            SentRequest {
+                nonce: r.bytes("card_nonce")?,
+                first_seq: r.i64("first_seq")?,
+            },
+            r.i64("id")?,
+        ))
+    })
+    .transpose()
 }
 
 /// What became of an export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Verified and stored: `new` entries were not stored before; `up_to` is the newest
-    /// stored sequence number (to acknowledge); `more` when the card holds further entries.
+    /// stored sequence number (to acknowledge, with the page's `nonce`); `more` when the card
+    /// holds further entries.
     Accepted {
         /// Newly stored entries.
         new: u64,
+        /// The card nonce the page answered (that of this server's request).
+        nonce: Nonce,
         /// Highest stored sequence number, if any entry exists.
         up_to: Option<u32>,
         /// The card has entries past this page.
@@ -275,32 +317,35 @@ impl ExportRefusal {
 }
 
 /// Verifies and stores an export relayed by the device for `card` (`None`: the device's ICCID
-/// names no verified card). An accepted page moves `card`'s head to its last entry.
+/// names no verified card), answering `sent`, the request the session sent (`None`: a session
+/// stored before sessions kept their request; the one recorded in `log_requests` is used).
+/// An accepted page moves `card`'s head to its last entry.
 pub async fn on_export(
     state: &AppState,
     conn: &mut AnyConnection,
     card: Option<&mut CardRow>,
     iccid: &str,
     device_id: i64,
+    sent: Option<SentRequest>,
     bytes: &[u8],
 ) -> Result<Outcome> {
     let Some(card) = card else {
         return Ok(Outcome::Rejected(ExportRefusal::NoVerifiedCard));
     };
-    let req = sqlx::query(
-        "SELECT id, card_nonce, first_seq FROM log_requests WHERE card_id = $1 AND state = 'sent' \
-         ORDER BY id DESC LIMIT 1",
-    )
-    .bind(card.id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let (req, recorded) = match sent {
+        Some(r) => (Some(r), None),
+        None => match recorded_request(conn, card.id).await? {
+            Some((r, id)) => (Some(r), Some(id)),
+            None => (None, None),
+        },
+    };
     let verdict = check(state, conn, card, iccid, req.as_ref(), bytes).await?;
     let (verdict_text, reason, first, last) = match &verdict {
-        Ok((first, entries, _)) => (
+        Ok(page) => (
             "accepted",
             None,
-            Some(i64::from(*first)),
-            entries.last().map(|(e, _)| i64::from(e.seq)),
+            Some(i64::from(page.first_seq)),
+            page.entries.last().map(|(e, _)| i64::from(e.seq)),
         ),
         Err(r) => ("rejected", Some(r.to_string()), None, None),
     };
@@ -310,7 +355,7 @@ pub async fn on_export(
     )
     .bind(card.id)
     .bind(device_id)
-    .bind(req.as_ref().map(|r| r.i64("id")).transpose()?)
+    .bind(recorded)
     .bind(bytes.to_vec())
     .bind(verdict_text)
     .bind(reason.clone())
@@ -320,7 +365,7 @@ pub async fn on_export(
     .fetch_one(&mut *conn)
     .await?
     .i64("id")?;
-    let (first_seq, entries, log_end) = match verdict {
+    let page = match verdict {
         Ok(v) => v,
         Err(refusal) => {
             state
@@ -342,51 +387,97 @@ pub async fn on_export(
             return Ok(Outcome::Rejected(refusal));
         }
     };
-    if let Some(r) = &req {
+    if let Some(id) = recorded {
         sqlx::query("UPDATE log_requests SET state = 'answered' WHERE id = $1")
-            .bind(r.i64("id")?)
+            .bind(id)
             .execute(&mut *conn)
             .await?;
     }
-    let new = insert_entries(conn, card.id, export_id, &entries).await?;
+    let new = insert_entries(conn, card.id, export_id, &page.entries).await?;
     state.metrics.log_entries_stored.inc_by(new);
-    let now = now_ms();
-    let up_to = match entries.last() {
+    let up_to = page
+        .entries
+        .last()
+        .map(|(e, _)| e.seq)
+        .or_else(|| card.head_seq.and_then(|s| u32::try_from(s).ok()));
+    let head = match page.entries.last() {
         Some((e, raw)) if card.head_seq.is_none_or(|h| i64::from(e.seq) > h) => {
-            // The checks above relied on the head as `card` holds it (read with the account,
-            // before this transaction): the head moves only from that value. Another export
-            // stored meanwhile makes this message contended, and it is handled again from
-            // what is stored now.
-            let hash = LogEntry::record_hash(raw).0.to_vec();
-            let moved = sqlx::query(
-                "UPDATE cards SET log_head_seq = $1, log_head_hash = $2, updated_ms = $3 \
-                 WHERE id = $4 AND log_head_seq IS NOT DISTINCT FROM $5",
-            )
-            .bind(i64::from(e.seq))
-            .bind(hash.clone())
-            .bind(now)
-            .bind(card.id)
-            .bind(card.head_seq)
-            .execute(&mut *conn)
-            .await?;
-            if moved.rows_affected() != 1 {
-                return Err(ServerError::Contended {
-                    what: format!("card log of {iccid}"),
-                });
-            }
-            card.head_seq = Some(i64::from(e.seq));
-            card.head_hash = Some(hash);
-            Some(e.seq)
+            Some((i64::from(e.seq), LogEntry::record_hash(raw).0.to_vec()))
         }
-        Some((e, _)) => Some(e.seq),
-        None => card.head_seq.and_then(|s| u32::try_from(s).ok()),
+        _ => None,
     };
-    let more = u64::from(first_seq) + (entries.len() as u64) < u64::from(log_end);
-    tracing::info!(%iccid, new, up_to, "card log export verified");
-    Ok(Outcome::Accepted { new, up_to, more })
+    // With the head moving the counter costs nothing more; without, only a changed counter
+    // is worth a statement.
+    let pin = page.pin.filter(|p| head.is_some() || card.pin != Some(*p));
+    if head.is_some() || pin.is_some() {
+        store_head_and_pin(conn, card, iccid, head, pin).await?;
+    }
+    let more = u64::from(page.first_seq) + (page.entries.len() as u64) < u64::from(page.log_end);
+    let pin_tries_left = page.pin.map(|p| p.left());
+    tracing::info!(%iccid, new, up_to, pin_tries_left, "card log export verified");
+    Ok(Outcome::Accepted {
+        new,
+        nonce: page.nonce,
+        up_to,
+        more,
+    })
 }
 
-type Page = (u32, Vec<(LogEntry, [u8; LogEntry::RECORD_LEN])>, u32);
+/// The card row's one update for an accepted page: the log head moves to `head` (`None`: it
+/// stays) and the PIN counter the page stated is recorded with the time (`None`: the stored
+/// one stays), as a compare-and-set on the head as `card` holds it.
+async fn store_head_and_pin(
+    conn: &mut AnyConnection,
+    card: &mut CardRow,
+    iccid: &str,
+    head: Option<(i64, Vec<u8>)>,
+    pin: Option<PinTries>,
+) -> Result<()> {
+    const HEAD: &str = "UPDATE cards SET log_head_seq = $1, log_head_hash = $2, updated_ms = $3 \
+                        WHERE id = $4 AND log_head_seq IS NOT DISTINCT FROM $5";
+    const HEAD_AND_PIN: &str = "UPDATE cards SET log_head_seq = $1, log_head_hash = $2, \
+                                updated_ms = $3, pin_tries_left = $6, pin_max_tries = $7, \
+                                pin_reported_ms = $3 \
+                                WHERE id = $4 AND log_head_seq IS NOT DISTINCT FROM $5";
+    let (seq, hash) = match head {
+        Some((seq, hash)) => (Some(seq), Some(hash)),
+        None => (card.head_seq, card.head_hash.clone()),
+    };
+    // The checks before relied on the head as `card` holds it (read with the account, before
+    // this transaction): the row changes only from that value. Another export stored
+    // meanwhile makes this message contended, and it is handled again from what is stored now.
+    let q = sqlx::query(if pin.is_some() { HEAD_AND_PIN } else { HEAD })
+        .bind(seq)
+        .bind(hash.clone())
+        .bind(now_ms())
+        .bind(card.id)
+        .bind(card.head_seq);
+    let q = match pin {
+        Some(p) => q.bind(i64::from(p.left())).bind(p.max().map(i64::from)),
+        None => q,
+    };
+    if q.execute(&mut *conn).await?.rows_affected() != 1 {
+        return Err(ServerError::Contended {
+            what: format!("card log of {iccid}"),
+        });
+    }
+    card.head_seq = seq;
+    card.head_hash = hash;
+    if pin.is_some() {
+        card.pin = pin;
+    }
+    Ok(())
+}
+
+/// A verified page: its first sequence number, its entries with their records, where the
+/// card's log ends and the PIN counter the page states.
+struct Page {
+    nonce: Nonce,
+    first_seq: u32,
+    entries: Vec<(LogEntry, [u8; LogEntry::RECORD_LEN])>,
+    log_end: u32,
+    pin: Option<PinTries>,
+}
 
 /// Columns of a `card_log_entries` row as [`insert_entries`] binds them.
 const ENTRY_COLUMNS: usize = 22;
@@ -454,7 +545,7 @@ async fn check(
     conn: &mut AnyConnection,
     card: &CardRow,
     iccid: &str,
-    req: Option<&sqlx::any::AnyRow>,
+    req: Option<&SentRequest>,
     bytes: &[u8],
 ) -> Result<std::result::Result<Page, ExportRefusal>> {
     let Some(req) = req else {
@@ -469,11 +560,10 @@ async fn check(
     if c.iccid.as_str() != iccid {
         return Ok(Err(ExportRefusal::OtherCard));
     }
-    let nonce = req.bytes("card_nonce")?;
-    if c.nonce.0.as_slice() != nonce.as_slice() {
+    if c.nonce.0.as_slice() != req.nonce.as_slice() {
         return Ok(Err(ExportRefusal::OtherNonce));
     }
-    let asked = req.i64("first_seq")?;
+    let asked = req.first_seq;
     if i64::from(c.first_seq) > asked {
         // The card no longer holds the entries asked for (another server acknowledged them and
         // the slots were reused): entries this server never stored are gone.
@@ -555,10 +645,17 @@ async fn check(
         }
     }
     let pairs = entries.into_iter().zip(c.records.iter().copied()).collect();
-    Ok(Ok((c.first_seq, pairs, c.log_end)))
+    Ok(Ok(Page {
+        nonce: c.nonce,
+        first_seq: c.first_seq,
+        entries: pairs,
+        log_end: c.log_end,
+        pin: c.pin,
+    }))
 }
 
-/// Signs a log acknowledgement "stored everything up to `up_to`" for `nonce`.
+/// Signs a log acknowledgement "stored everything up to `up_to`" for `nonce`: the nonce of the
+/// page it answers, or a fresh one (a card that takes no acknowledgement bound to a page).
 pub fn ack(state: &AppState, nonce: Nonce, up_to: u32) -> Result<Vec<u8>> {
     let a = LogAck {
         server: ServerId::new(&state.config.server_id)

@@ -313,6 +313,22 @@ async fn reach(url: &str, timeout: Duration) -> Result<()> {
     }
 }
 
+/// A fresh SQLite database with every migration applied, in a folder removed when the
+/// returned guard drops: for the unit tests that look at real query plans and rows.
+#[cfg(test)]
+pub(crate) async fn scratch_sqlite() -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let db = Db::open(
+        None,
+        dir.path(),
+        Duration::from_secs(5),
+        SqliteSync::default(),
+    )
+    .await
+    .expect("a fresh SQLite database");
+    (dir, db)
+}
+
 /// Typed column access on an `Any` row with the error mapped.
 pub trait RowExt {
     /// An `i64` column.

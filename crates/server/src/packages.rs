@@ -416,11 +416,19 @@ pub async fn page(
 /// payload file is removed and it is served no more.
 pub async fn delete(state: &AppState, id: i64) -> Result<()> {
     let mut tx = state.db.begin_write().await?;
-    let row = sqlx::query("SELECT payload_file FROM packages WHERE id = $1 AND deleted_ms IS NULL")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| ServerError::NotFound(format!("package {id}")))?;
+    // Marked first, which locks the row until the end (PostgreSQL; SQLite writes one
+    // transaction at a time): a campaign being created on the package meanwhile
+    // (`campaign::create` locks the row first too) is either committed before the check of its
+    // users below, which then sees it, or finds the package gone. A refusal rolls it back.
+    let row = sqlx::query(
+        "UPDATE packages SET deleted_ms = $1 WHERE id = $2 AND deleted_ms IS NULL \
+         RETURNING payload_file",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ServerError::NotFound(format!("package {id}")))?;
     let users = sqlx::query(
         "SELECT id FROM campaigns WHERE package_id = $1 AND state NOT IN ('completed', 'cancelled') \
          ORDER BY id LIMIT 5",
@@ -438,11 +446,6 @@ pub async fn delete(state: &AppState, id: i64) -> Result<()> {
             ids.join(", ")
         )));
     }
-    sqlx::query("UPDATE packages SET deleted_ms = $1 WHERE id = $2")
-        .bind(now_ms())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     let path = state.config.package_dir().join(row.text("payload_file")?);
     match tokio::fs::remove_file(&path).await {

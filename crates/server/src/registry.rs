@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use simfota_wire::{CardCertificate, Iccid, Imei, Limits, PublicKey};
 
-use sqlx::{AnyConnection, Connection as _};
+use sqlx::{AnyConnection, Connection as _, Row as _};
 
 use crate::db::{Db, RowExt, now_ms};
 use crate::error::{Result, ServerError};
@@ -674,6 +674,9 @@ pub struct Card {
     pub log_status: String,
     /// Highest sequence acknowledged to the card.
     pub acked_seq: Option<i64>,
+    /// The card's PIN retry counter as its newest verified export page stated it; `None` until
+    /// a page did (cards built before exports carried it never state it).
+    pub pin: Option<crate::cardinfo::PinReport>,
 }
 
 fn card_from_row(r: &sqlx::any::AnyRow) -> Result<Card> {
@@ -690,6 +693,7 @@ fn card_from_row(r: &sqlx::any::AnyRow) -> Result<Card> {
         log_head_seq: r.opt_i64("log_head_seq")?,
         log_status: r.text("log_status")?,
         acked_seq: r.opt_i64("acked_seq")?,
+        pin: crate::cardinfo::PinReport::from_row(r)?,
     })
 }
 
@@ -767,6 +771,16 @@ pub async fn register_card(
     issuers: &[PublicKey],
     certificate: &[u8],
 ) -> Result<Card> {
+    Ok(register_card_queued(conn, issuers, certificate).await?.0)
+}
+
+/// [`register_card`], answering also whether the card's issuer admin queue holds a command
+/// (read by the statement that stores the card: the DM flow relays such a command).
+pub async fn register_card_queued(
+    conn: &mut AnyConnection,
+    issuers: &[PublicKey],
+    certificate: &[u8],
+) -> Result<(Card, bool)> {
     if issuers.is_empty() {
         return Err(ServerError::Verification(
             "no issuer keys are configured (--issuer-key ISSUER.pem)".into(),
@@ -792,18 +806,25 @@ pub async fn register_card(
     })?;
     let iccid: &Iccid = &cert.iccid;
     let now = now_ms();
-    sqlx::query(
+    let row = sqlx::query(
         "INSERT INTO cards (iccid, imsi, card_pub, certificate, cert_status, created_ms, updated_ms) \
          VALUES ($1, $2, $3, $4, 'verified', $5, $5) \
          ON CONFLICT (iccid) DO UPDATE SET imsi = $2, card_pub = $3, certificate = $4, \
-         cert_status = 'verified', updated_ms = $5",
+         cert_status = 'verified', updated_ms = $5 \
+         RETURNING *, EXISTS (SELECT 1 FROM admin_queue a WHERE a.card_id = cards.id \
+         AND a.state = 'queued') AS admin_queued",
     )
     .bind(iccid.as_str().to_owned())
     .bind(cert.imsi.map(|i| i.as_str().to_owned()))
     .bind(cert.card_key.to_sec1().to_vec())
     .bind(certificate.to_vec())
     .bind(now)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    get_card(&mut *conn, iccid.as_str()).await
+    // `EXISTS` is a boolean in PostgreSQL and an integer in SQLite.
+    let queued = match row.try_get::<bool, _>("admin_queued") {
+        Ok(b) => b,
+        Err(_) => row.i64("admin_queued")? != 0,
+    };
+    Ok((card_from_row(&row)?, queued))
 }

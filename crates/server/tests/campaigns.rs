@@ -270,7 +270,9 @@ async fn failures_and_retry(env: Env) {
         .await;
     assert_eq!(by.as_array().unwrap().len(), 1, "{by}");
 
-    // Retry one reason: only those jobs are pending again.
+    // Retry one reason: only those jobs are pending again, released anew (the campaign
+    // page's progress over time draws them from the retry on).
+    let before_retry = simfota_server::db::now_ms();
     let r = s
         .post(&format!("/api/v1/campaigns/{id}/retry"))
         .json(&json!({"reasons": ["device reported 405: package not acceptable"]}))
@@ -282,6 +284,21 @@ async fn failures_and_retry(env: Env) {
     assert_eq!(c["progress"]["failed"], 2, "{c}");
     let pending = |js: &[Value]| js.iter().filter(|j| j["state"] == "pending").count();
     assert_eq!(pending(&jobs(&s, id).await), 2);
+    let mut conn = s.running.state().db.conn().await.unwrap();
+    let times: Vec<(Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT released_ms, delivered_ms FROM jobs WHERE campaign_id = $1 AND state = 'pending' \
+         AND deliveries = 0 AND detail LIKE 'offered again (retry)%'",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    assert_eq!(times.len(), 1, "the one job retried");
+    for (released, delivered) in times {
+        assert!(released.is_some_and(|t| t >= before_retry), "{released:?}");
+        assert_eq!(delivered, None, "the earlier delivery is cleared");
+    }
     // Malformed bodies are refused, and nothing moves.
     for body in [
         json!({"reasons": []}),
@@ -553,3 +570,104 @@ fn result_codes_in_words() {
     );
     assert_eq!(campaign::fumo_words(499), "device reported 499");
 }
+
+/// A package deleted while a campaign is created on it: whichever locks the package's row
+/// first wins, and the other sees its effect (no campaign is left on a deleted package).
+/// The first is played by a transaction of the test holding the row; the second is the
+/// server's own request, which must wait for it.
+async fn package_delete_races_campaign_create(env: Env) {
+    let s = env.start().await;
+    register(&s, 1, "1.0").await;
+    let db = s.running.state().db.clone();
+    let package_of = |c: &Value| c["package_id"].as_i64().unwrap();
+    let live = |p: i64| {
+        let db = db.clone();
+        async move {
+            let mut conn = db.conn().await.unwrap();
+            let deleted: Option<i64> =
+                sqlx::query_scalar("SELECT deleted_ms FROM packages WHERE id = $1")
+                    .bind(p)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap();
+            deleted.is_none()
+        }
+    };
+
+    // A campaign being created holds the row: the deletion waits, then sees the campaign.
+    let p = package(&s, &env, "2.0", 1).await;
+    let mut creating = db.begin_write().await.unwrap();
+    sqlx::query("UPDATE packages SET created_ms = created_ms WHERE id = $1")
+        .bind(p)
+        .execute(&mut *creating)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO campaigns (name, package_id, waves, success_threshold, error_threshold, \
+         state, current_wave, created_ms, updated_ms) \
+         VALUES ('racing', $1, '[]', 100, 10, 'running', 0, 0, 0)",
+    )
+    .bind(p)
+    .execute(&mut *creating)
+    .await
+    .unwrap();
+    let delete = {
+        let (http, url, token) = (s.http.clone(), s.url.clone(), s.token.clone());
+        tokio::spawn(async move {
+            http.delete(format!("{url}/api/v1/packages/{p}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !delete.is_finished(),
+        "the deletion waits for the campaign's transaction"
+    );
+    creating.commit().await.unwrap();
+    assert_eq!(delete.await.unwrap(), StatusCode::CONFLICT);
+    assert!(live(p).await, "a package a campaign uses stays");
+
+    // A deletion holds the row: the campaign's creation waits, then finds the package gone.
+    let p = package(&s, &env, "3.0", 2).await;
+    let mut deleting = db.begin_write().await.unwrap();
+    sqlx::query("UPDATE packages SET deleted_ms = 1 WHERE id = $1")
+        .bind(p)
+        .execute(&mut *deleting)
+        .await
+        .unwrap();
+    let create = {
+        let (http, url, token) = (s.http.clone(), s.url.clone(), s.token.clone());
+        tokio::spawn(async move {
+            let r = http
+                .post(format!("{url}/api/v1/campaigns"))
+                .bearer_auth(token)
+                .json(&json!({"name": "late", "package_id": p}))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !create.is_finished(),
+        "the creation waits for the deletion's transaction"
+    );
+    deleting.commit().await.unwrap();
+    let (status, body) = create.await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let all = s.json("/api/v1/campaigns?limit=100").await;
+    assert!(
+        all.as_array().unwrap().iter().all(|c| package_of(c) != p),
+        "no campaign on the deleted package: {all}"
+    );
+    s.stop().await;
+}
+both!(
+    package_deletion_and_campaign_creation_exclude_each_other,
+    super::package_delete_races_campaign_create
+);

@@ -175,6 +175,14 @@ fn row_with<'p>(page: &'p str, cell: &str) -> &'p str {
     &page[start..end]
 }
 
+/// The fact (a `<div>` of the facts grid) labelled `label`.
+fn fact<'p>(page: &'p str, label: &str) -> &'p str {
+    let at = page
+        .find(&format!(">{label}</span>"))
+        .unwrap_or_else(|| panic!("no fact {label}: {page}"));
+    &page[at..at + page[at..].find("</div>").unwrap()]
+}
+
 // ---- The fleet ----
 
 /// Registers `n` devices in bulk (`imei(base + i)`): models alternate `Alpha` / `Beta`, the
@@ -320,14 +328,16 @@ const ICCID: &str = "8949440000001234564";
 const CARD_TIME: i64 = 1_796_464_800;
 
 /// A card whose log the server holds: entries 0-2 with their card times, one admin command
-/// applied; bound to the device `imei`, last seen three minutes ago.
+/// applied, its PIN counter (2 tries of 3) stored ten minutes ago; bound to the device
+/// `imei`, last seen three minutes ago.
 async fn card_with_log(s: &Server, imei: &str) {
     let now = now_ms();
     exec(
         s,
         "INSERT INTO cards (iccid, imsi, cert_status, log_status, log_head_seq, acked_seq, \
-         created_ms, updated_ms) VALUES ($1, '001010123456789', 'verified', 'ok', 2, 2, $2, $2)",
-        vec![B::T(ICCID), B::I(now)],
+         pin_tries_left, pin_max_tries, pin_reported_ms, created_ms, updated_ms) \
+         VALUES ($1, '001010123456789', 'verified', 'ok', 2, 2, 2, 3, $2, $3, $3)",
+        vec![B::T(ICCID), B::I(now - 600_000), B::I(now)],
     )
     .await;
     exec(
@@ -575,9 +585,9 @@ async fn campaign_page(env: Env) {
         "{page}"
     );
     assert!(page.contains("Wave 1 · to 50%") && page.contains("15 waiting · not released yet"));
-    assert!(page.contains("aria-label=\"results over time\""));
-    assert!(
-        page.contains("<title>succeeded: 5</title>") && page.contains("<title>failed: 4</title>")
+    assert_eq!(
+        at_the_end(&page),
+        "5 succeeded, 4 failed, 0 in progress, 6 pending"
     );
     // Failures by reason, in words, most frequent first, each a filter of the jobs.
     assert!(
@@ -721,6 +731,201 @@ both!(
     super::campaign_page
 );
 
+/// What the progress over time counts at its right edge (from the picture's label).
+fn at_the_end(page: &str) -> &str {
+    let at = page
+        .find("aria-label=\"jobs over time, stacked, from ")
+        .unwrap_or_else(|| panic!("no progress over time: {page}"));
+    let label = &page[at..];
+    let start = label.find("at the end: ").unwrap() + "at the end: ".len();
+    let end = start + label[start..].find('"').unwrap();
+    &label[start..end]
+}
+
+/// A layer of the progress over time: its count at the right edge and its most.
+fn layer(page: &str, state: &str) -> (i64, i64) {
+    let svg = &page[page.find("aria-label=\"jobs over time").unwrap()..];
+    let svg = &svg[..svg.find("</svg>").unwrap()];
+    let title = format!("<title>{state}: ");
+    let at = svg
+        .find(&title)
+        .unwrap_or_else(|| panic!("no {state} layer: {svg}"))
+        + title.len();
+    let words = &svg[at..at + svg[at..].find("</title>").unwrap()];
+    let (now, most) = words
+        .strip_suffix(" at most")
+        .and_then(|w| w.split_once(" at the end, "))
+        .unwrap_or_else(|| panic!("{state}: {words}"));
+    (now.parse().unwrap(), most.parse().unwrap())
+}
+
+/// A job's recorded release, delivery and last change.
+async fn job_times(s: &Server, job: i64) -> (Option<i64>, Option<i64>, i64) {
+    use sqlx::Row as _;
+    let r = sqlx::query("SELECT released_ms, delivered_ms, updated_ms FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(s.running.state().db.pool())
+        .await
+        .unwrap();
+    (
+        r.try_get("released_ms").unwrap(),
+        r.try_get("delivered_ms").unwrap(),
+        r.try_get("updated_ms").unwrap(),
+    )
+}
+
+/// Delivers job `job` (update id `uid`), no result yet.
+async fn deliver(s: &Server, job: i64, uid: &[u8]) {
+    let mut tx = s.running.state().db.begin_write().await.unwrap();
+    simfota_server::campaign::mark_delivered(&mut tx, job, uid, b"token")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn progress_over_time(env: Env) {
+    let s = env.start().await;
+    register(&s, 700, 4).await;
+    let pkg = upload(&env, &s).await;
+    let id = campaign(
+        &s,
+        serde_json::json!({"name": "Steps", "package_id": pkg, "waves": [50, 100],
+            "success_threshold": 50, "error_threshold": 90}),
+    )
+    .await;
+    // Wave 1: A succeeds (which releases wave 2), B fails. Wave 2: C is delivered, D waits
+    // for its device.
+    let first = pending_jobs(&s, id).await;
+    assert_eq!(first.len(), 2);
+    let (a, b) = (first[0].0, first[1].0);
+    let before = now_ms();
+    result(&s, a, &[1; 8], 200, "absent").await;
+    let second: Vec<i64> = pending_jobs(&s, id)
+        .await
+        .into_iter()
+        .map(|(j, _)| j)
+        .filter(|j| *j != b)
+        .collect();
+    assert_eq!(second.len(), 2, "wave 2 released");
+    let (c, d) = (second[0], second[1]);
+    result(&s, b, &[2; 8], 405, "absent").await;
+    deliver(&s, c, &[3; 8]).await;
+    let after = now_ms();
+    // The release and the deliveries are recorded by the statements that made them.
+    let within = |t: Option<i64>| t.is_some_and(|t| (before..=after).contains(&t));
+    for job in [a, b] {
+        let (released, delivered, _) = job_times(&s, job).await;
+        assert!(released.is_none() && within(delivered), "job {job}");
+    }
+    let (released, delivered, updated) = job_times(&s, c).await;
+    assert!(within(released) && delivered == Some(updated), "job {c}");
+    let (released, delivered, _) = job_times(&s, d).await;
+    assert!(within(released) && delivered.is_none(), "job {d}");
+
+    let ui = Session::open(&s, &s.token).await;
+    let page = ui.page(&format!("/ui/campaigns/{id}"));
+    assert!(page.contains("<h2>Progress over time</h2>"), "{page}");
+    assert_eq!(
+        at_the_end(&page),
+        "1 succeeded, 1 failed, 1 in progress, 1 pending"
+    );
+    // Its legend: the states in the colours of the bars above, with those counts.
+    let section = &page[page.find("<h2>Progress over time</h2>").unwrap()..];
+    let section = &section[..section.find("<h2>Failures by reason</h2>").unwrap()];
+    for (state, colour) in [
+        ("succeeded", "#2f7d46"),
+        ("failed", "#c0392b"),
+        ("in progress", "#e0a526"),
+        ("pending", "#5b8fd1"),
+    ] {
+        assert!(
+            section.contains(&format!(
+                "fill=\"{colour}\"/></svg> {state} <strong>1</strong></li>"
+            )),
+            "{state}: {section}"
+        );
+    }
+    assert!(!page.contains("Partial history"), "{page}");
+
+    // The same steps spread over the last ten minutes: the campaign starts at t0; A is
+    // delivered at +100 s and succeeds at +150 s; wave 2 is released at +160 s; B is
+    // delivered at +200 s and fails at +300 s; C is delivered at +240 s.
+    let t0 = now_ms() - 600_000;
+    let at = |secs: i64| t0 + secs * 1000;
+    exec(
+        &s,
+        "UPDATE campaigns SET created_ms = $1 WHERE id = $2",
+        vec![B::I(t0), B::I(id)],
+    )
+    .await;
+    exec(
+        &s,
+        "UPDATE jobs SET created_ms = $1 WHERE campaign_id = $2",
+        vec![B::I(t0), B::I(id)],
+    )
+    .await;
+    for (job, released, delivered, updated) in [
+        (a, None, Some(100), 150),
+        (b, None, Some(200), 300),
+        (c, Some(160), Some(240), 240),
+        (d, Some(160), None, 160),
+    ] {
+        exec(
+            &s,
+            "UPDATE jobs SET released_ms = $1, delivered_ms = $2, updated_ms = $3 WHERE id = $4",
+            vec![
+                released.map_or(B::NoI, |t| B::I(at(t))),
+                delivered.map_or(B::NoI, |t| B::I(at(t))),
+                B::I(at(updated)),
+                B::I(job),
+            ],
+        )
+        .await;
+    }
+    let page = ui.page(&format!("/ui/campaigns/{id}"));
+    assert_eq!(
+        at_the_end(&page),
+        "1 succeeded, 1 failed, 1 in progress, 1 pending"
+    );
+    // A and B pending from the start; then A delivered; C and D offered with wave 2 (3
+    // pending); B and C delivered while A's result is in (2 in progress).
+    assert_eq!(layer(&page, "pending"), (1, 3));
+    assert_eq!(layer(&page, "in progress"), (1, 2));
+    assert_eq!(layer(&page, "succeeded"), (1, 1));
+    assert_eq!(layer(&page, "failed"), (1, 1));
+
+    // Jobs changed before releases and deliveries were recorded: the counts at the right
+    // edge stay exact, the picture shows what is known, and the page says the history is
+    // partial.
+    exec(
+        &s,
+        "UPDATE jobs SET released_ms = NULL, delivered_ms = NULL WHERE campaign_id = $1",
+        vec![B::I(id)],
+    )
+    .await;
+    let page = ui.page(&format!("/ui/campaigns/{id}"));
+    assert_eq!(
+        at_the_end(&page),
+        "1 succeeded, 1 failed, 1 in progress, 1 pending"
+    );
+    // A and B pending until their results; D from its release (its last change); C from its
+    // delivery (its last change), never pending.
+    assert_eq!(layer(&page, "pending"), (1, 2));
+    assert_eq!(layer(&page, "in progress"), (1, 1));
+    assert!(
+        page.contains(
+            "Partial history: 3 jobs were released or delivered before those times were \
+             recorded."
+        ),
+        "{page}"
+    );
+    s.stop().await;
+}
+both!(
+    campaign_progress_over_time_from_recorded_times,
+    super::progress_over_time
+);
+
 async fn device_and_card(env: Env) {
     let s = env.start().await;
     register(&s, 200, 3).await;
@@ -770,7 +975,11 @@ async fn device_and_card(env: Env) {
         row_with(&page, "denied").contains("refused: user_declined"),
         "{page}"
     );
-    assert!(page.contains("PIN tries left"), "{page}");
+    // The PIN counter as the newest export stated it, with when the server stored it.
+    let pin = fact(&page, "PIN tries left");
+    assert!(pin.contains("<strong>2 of 3</strong> as of <time"), "{pin}");
+    assert!(pin.contains("10 min ago</time>"), "{pin}");
+    assert!(pin.contains("0 consents confirmed with the PIN"), "{pin}");
     let admin = row_with(&page, "add the backup server");
     assert!(
         admin.contains("st-applied") && admin.contains("<code>9000</code>"),
@@ -792,6 +1001,32 @@ async fn device_and_card(env: Env) {
     assert_eq!(doc["exports"].as_array().unwrap().len(), 1);
     assert_eq!(doc["admin_commands"][0]["state"], "applied");
     assert_eq!(ui.get("/ui/cards/8949440000009999999/evidence").status, 404);
+    // A blocked PIN in the warning colour; a card no export stated it for: not reported yet.
+    exec(
+        &s,
+        "UPDATE cards SET pin_tries_left = 0 WHERE iccid = $1",
+        vec![B::T(ICCID)],
+    )
+    .await;
+    let page = ui.page(&format!("/ui/cards/{ICCID}"));
+    let pin = fact(&page, "PIN tries left");
+    assert!(
+        pin.contains("<strong class=\"bad\">blocked</strong> as of"),
+        "{pin}"
+    );
+    exec(
+        &s,
+        "UPDATE cards SET pin_tries_left = NULL, pin_max_tries = NULL, pin_reported_ms = NULL \
+         WHERE iccid = $1",
+        vec![B::T(ICCID)],
+    )
+    .await;
+    let page = ui.page(&format!("/ui/cards/{ICCID}"));
+    let pin = fact(&page, "PIN tries left");
+    assert!(
+        pin.contains("not reported yet") && !pin.contains("<time"),
+        "{pin}"
+    );
     // Unknown pages and things answer 404 as a page.
     assert_eq!(ui.get(&format!("/ui/devices/{}", imei(999))).status, 404);
     assert_eq!(ui.get("/ui/campaigns/999").status, 404);
@@ -812,16 +1047,25 @@ async fn screenshots(env: Env) {
             "success_threshold": 80, "error_threshold": 50}),
     )
     .await;
+    // The first wave all answered; the second partly: some jobs delivered with no result
+    // yet, some still waiting for their device.
     for round in 0..2u8 {
         for (i, (job, _)) in pending_jobs(&s, id).await.into_iter().enumerate() {
+            let uid = [round, i as u8, 1, 2];
             let code = match i % 9 {
                 0 => 405,
                 1 if round == 1 => 410,
+                7 if round == 1 => continue,
+                8 if round == 1 => {
+                    deliver(&s, job, &uid).await;
+                    continue;
+                }
                 _ => 200,
             };
-            result(&s, job, &[round, i as u8, 1, 2], code, "verified").await;
+            result(&s, job, &uid, code, "verified").await;
         }
     }
+    spread_over_two_hours(&s, id).await;
     card_with_log(&s, &imei(301)).await;
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard");
     std::fs::create_dir_all(&shots).unwrap();
@@ -872,6 +1116,56 @@ async fn screenshots(env: Env) {
         "{dom}"
     );
     s.stop().await;
+}
+
+/// Moves the recorded times of campaign `id` (two waves released) so that its steps spread
+/// over the last two hours, as a rollout's do: the first wave's deliveries from +3 min, each
+/// answered 12 min later; the second wave released at +50 min, its deliveries from +52 min,
+/// answered 8 min later.
+async fn spread_over_two_hours(s: &Server, id: i64) {
+    let t0 = now_ms() - 2 * 3_600_000;
+    let min = |m: i64| t0 + m * 60_000;
+    exec(
+        s,
+        "UPDATE campaigns SET created_ms = $1 WHERE id = $2",
+        vec![B::I(t0), B::I(id)],
+    )
+    .await;
+    let jobs = s
+        .json(&format!("/api/v1/jobs?campaign={id}&limit=1000"))
+        .await;
+    let mut in_wave = [0i64; 2];
+    for j in jobs.as_array().unwrap() {
+        let wave = j["wave"].as_i64().unwrap();
+        let Some(i) = usize::try_from(wave).ok().and_then(|w| in_wave.get_mut(w)) else {
+            continue;
+        };
+        let (released, delivered) = if wave == 0 {
+            (None, min(3) + *i * 180_000)
+        } else {
+            (Some(min(50)), min(52) + *i * 75_000)
+        };
+        *i += 1;
+        let (delivered, updated) = match j["state"].as_str().unwrap() {
+            "pending" => (None, released.unwrap_or(t0)),
+            "delivered" => (Some(delivered), delivered),
+            _ if wave == 0 => (Some(delivered), delivered + 12 * 60_000),
+            _ => (Some(delivered), delivered + 8 * 60_000),
+        };
+        exec(
+            s,
+            "UPDATE jobs SET created_ms = $1, released_ms = $2, delivered_ms = $3, \
+             updated_ms = $4 WHERE id = $5",
+            vec![
+                B::I(t0),
+                released.map_or(B::NoI, B::I),
+                delivered.map_or(B::NoI, B::I),
+                B::I(updated),
+                B::I(j["id"].as_i64().unwrap()),
+            ],
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1252,6 +1252,8 @@ impl SubtreeHandler for TestCard {
                         count,
                         chain_head: head,
                         log_end: end,
+                        // A card built before exports stated the PIN counter.
+                        pin: None,
                     };
                     let mut out = vec![0u8; 300 * (count as usize + 2)];
                     let records = c.records.clone();
@@ -1384,8 +1386,15 @@ async fn card_log(env: Env) {
     dev.register(&s).await;
     let log_url = format!("/api/v1/cards/{ICCID}/log");
 
-    // Session 1: request, verified export, three entries stored, acknowledged up to 2.
+    // Session 1: request, verified export, three entries stored, acknowledged up to 2. This
+    // card's info states no applet version: its acknowledgement waits for a fresh nonce (the
+    // flow of applets before 1.1), one round trip more than the real card's.
     dev.session(&[&s.url], 1).await;
+    assert_eq!(
+        dev.exchanges,
+        1 + 5,
+        "package 1 is challenged once, then five exchanges"
+    );
     let log = s.json(&log_url).await;
     let events: Vec<_> = log["entries"]
         .as_array()
@@ -1796,6 +1805,82 @@ async fn admin_relay(env: Env) {
 }
 both!(admin_commands_are_relayed_and_answered, super::admin_relay);
 
+/// A card the operator registered and queued an admin command for before any device showed it:
+/// the first session of a device offering that card binds it and relays the command (the
+/// statement registering the card says whether its queue holds one).
+async fn admin_relay_on_first_contact(env: Env) {
+    let s = env.start().await;
+    let server_pub = simfota_wire::pem::public_key_from_pem(
+        &std::fs::read_to_string(env.path("data").join("server-pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let key = SigningKey::random(&mut rand_core::OsRng);
+    let info = card_info(&env, &key);
+    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
+        key: key.clone(),
+        info: info.clone(),
+        server_pub,
+        nonce: None,
+        request: None,
+        records: Vec::new(),
+        acked: None,
+        replay: None,
+        last_export: None,
+        issuer_pub: Some(PublicKey::from(&env.issuer)),
+        admin_counter: 0,
+        admin_result: None,
+    }));
+    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let mut dev = Device::build(
+        &env,
+        12,
+        Encoding::Xml,
+        Some(Box::new(TestCard(state.clone()))),
+    );
+    dev.offer = true;
+    dev.register(&s).await;
+    // The certificate inside the Card Info: after {1: ICCID, 4: bstr16 header}.
+    let certificate = &info[7 + ICCID.len()..];
+    let r = s
+        .post("/api/v1/cards")
+        .json(&serde_json::json!({"certificate": b64(certificate)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let url = format!("/api/v1/cards/{ICCID}/admin");
+    let cmd = simfota_wire::AdminCommand {
+        target: Iccid::parse(ICCID).unwrap(),
+        counter: 1,
+        change: simfota_wire::AdminChange::RemoveServer {
+            id: simfota_wire::ServerId::new("old-dm").unwrap(),
+        },
+    };
+    let mut buf = [0u8; 512];
+    let n = cmd.sign(&env.issuer, &mut buf).unwrap();
+    let r = s
+        .post(&url)
+        .json(&serde_json::json!({"command": b64(&buf[..n])}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let q = s.json(&url).await;
+    assert_eq!(q[0]["state"], "queued", "{q}");
+
+    dev.session(&[&s.url], 1).await;
+    let d = s.json(&format!("/api/v1/devices/{}", dev.imei)).await;
+    assert_eq!(d["device"]["iccid"], ICCID, "card bound: {d}");
+    let q = s.json(&url).await;
+    assert_eq!(q[0]["state"], "applied", "{q}");
+    assert_eq!(q[0]["result"], "9000");
+    s.stop().await;
+}
+both!(
+    an_admin_command_queued_before_first_contact_is_relayed_then,
+    super::admin_relay_on_first_contact
+);
+
 /// A one-time dashboard sign-in link landing on `next` (each chromium run is a fresh browser:
 /// it signs in through a link of its own).
 async fn sign_in(s: &Server, next: &str) -> String {
@@ -2181,6 +2266,10 @@ async fn card_log_pages(env: Env) {
     // One session reads the whole log, page after page, each page acknowledged.
     let ev = dev.session(&[&s.url], 1).await;
     assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    // Two exchanges a page (the request with its nonce, then the acknowledgement on the page's
+    // own nonce with the next page's nonce), after package 1 (challenged once: the device's
+    // first session) and the Gets; the last acknowledgement's Status ends the session.
+    assert_eq!(dev.exchanges, 1 + 2 + 12 * 2, "{ev:?}");
     let log = s.json(&format!("/api/v1/cards/{ICCID}/log")).await;
     let entries = log["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 45);
@@ -2208,6 +2297,10 @@ async fn card_log_pages(env: Env) {
     assert_eq!(log["card"]["log_status"], "ok");
     assert_eq!(log["card"]["log_head_seq"], 44);
     assert_eq!(log["card"]["acked_seq"], 44);
+    // The pages stated the PIN counter: untouched since personalization.
+    assert_eq!(log["card"]["pin"]["tries_left"], 3, "{}", log["card"]);
+    assert_eq!(log["card"]["pin"]["max_tries"], 3);
+    assert_eq!(log["card"]["pin"]["blocked"], false);
     assert_eq!(card.lock().unwrap().card_info().unwrap().log_acked, 45);
     assert_eq!(
         count(
@@ -2250,6 +2343,102 @@ both!(
     real_card_log_is_read_across_pages_in_one_session,
     super::card_log_pages
 );
+
+/// A dashboard page as an operator's browser gets it after following a sign-in link (the
+/// link's session cookie), without a browser.
+async fn ui_page(s: &Server, path: &str) -> String {
+    let link = sign_in(s, path).await;
+    let page = format!("{}{path}", s.url);
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .proxy(None)
+            .build()
+            .into();
+        let r = agent.get(&link).call().unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let cookie = r.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let mut r = agent.get(&page).header("cookie", &cookie).call().unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.body_mut().read_to_string().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The "PIN tries left" fact of a card page.
+fn pin_fact(page: &str) -> &str {
+    let at = page
+        .find(">PIN tries left<")
+        .unwrap_or_else(|| panic!("no PIN fact: {page}"));
+    &page[at..at + page[at..].find("</div>").unwrap()]
+}
+
+/// The card's PIN counter reaches the operator from the pages the card signs: a wrong PIN
+/// entered on the device (which the card does not log) shows as one try fewer after the next
+/// session, dated when the server stored it; a session that finds the same counter writes
+/// nothing; a blocked PIN shows in the warning colour.
+async fn pin_tries(env: Env) {
+    let s = env.start().await;
+    let imei = imei(35);
+    let card = real_card(&env, &imei);
+    let mut dev = device_with_card(&env, 35, Encoding::Xml, &card);
+    dev.register(&s).await;
+    let card_url = format!("/api/v1/cards/{ICCID}");
+    let ev = dev.session(&[&s.url], 1).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    let c = s.json(&card_url).await;
+    assert_eq!(c["pin"]["tries_left"], 3, "{c}");
+    assert_eq!(c["pin"]["max_tries"], 3, "{c}");
+    let head = c["log_head_seq"].clone();
+
+    // The user types a wrong PIN on the device: the counter drops, the card logs nothing.
+    card.lock().unwrap().verify_pin("9999").unwrap_err();
+    let before = simfota_server::db::now_ms();
+    let ev = dev.session(&[&s.url], 2).await;
+    assert!(ev.contains(&ClientEvent::Finished), "{ev:?}");
+    let c = s.json(&card_url).await;
+    assert_eq!(c["pin"]["tries_left"], 2, "{c}");
+    assert_eq!(c["pin"]["max_tries"], 3);
+    assert_eq!(c["pin"]["blocked"], false);
+    let reported = c["pin"]["reported_ms"].as_i64().unwrap();
+    assert!(reported >= before, "{c}");
+    assert_eq!(c["log_head_seq"], head, "no new log entry");
+    let page = ui_page(&s, &format!("/ui/cards/{ICCID}")).await;
+    let fact = pin_fact(&page);
+    assert!(
+        fact.contains("<strong>2 of 3</strong> as of <time datetime=\""),
+        "{fact}"
+    );
+    assert!(
+        fact.contains("just now</time><span class=\"abs\">20") && fact.contains(" UTC</span>"),
+        "{fact}"
+    );
+
+    // The same counter again: the row keeps the report it has.
+    dev.session(&[&s.url], 3).await;
+    let c = s.json(&card_url).await;
+    assert_eq!(c["pin"]["reported_ms"], reported, "{c}");
+
+    // Two more wrong PINs block it.
+    for _ in 0..2 {
+        card.lock().unwrap().verify_pin("9999").unwrap_err();
+    }
+    dev.session(&[&s.url], 4).await;
+    let c = s.json(&card_url).await;
+    assert_eq!(c["pin"]["tries_left"], 0, "{c}");
+    assert_eq!(c["pin"]["blocked"], true);
+    let page = ui_page(&s, &format!("/ui/cards/{ICCID}")).await;
+    let fact = pin_fact(&page);
+    assert!(
+        fact.contains("<strong class=\"bad\">blocked</strong> as of"),
+        "{fact}"
+    );
+    s.stop().await;
+}
+both!(pin_tries_reach_the_card_page, super::pin_tries);
 
 async fn page_bound(env: Env) {
     // A card whose pages are large (16 records, the server's request size) and whose log is

@@ -123,6 +123,7 @@ fn export(c: &mut Criterion) {
         count: 8,
         chain_head: prev,
         log_end: 8,
+        pin: Some(PinTries::new(3, Some(3)).unwrap()),
     };
     let mut out = vec![0u8; 4096];
     let mut rng = Rng(1);

@@ -393,7 +393,7 @@ pub(crate) fn sig_structure_digest(protected: &[u8], aad: &[u8], payload: &[u8])
 /// The ECDSA P-256 and SHA-256 that signature checks run on. The `verify_with` functions of
 /// this crate take one: the card applet passes its platform's crypto (a secure element's
 /// co-processor, or whatever back-end its host chose); the plain `verify` functions use this
-/// crate's own code ([`SoftwareVerifier`], or [`RingVerifier`] with the `ring` feature).
+/// crate's own code ([`SoftwareVerifier`], or `RingVerifier` with the `ring` feature).
 ///
 /// Messages come as pieces to be hashed in order, as a card's `Signature.update` takes them:
 /// the Sig_structure is never assembled in one buffer.
@@ -470,7 +470,7 @@ pub(crate) const BUILTIN: RingVerifier = RingVerifier;
 pub(crate) const BUILTIN: SoftwareVerifier = SoftwareVerifier;
 
 /// What signs COSE_Sign1 messages with ES256: the card's no_std key ([`SigningKey`],
-/// deterministic ECDSA per RFC 6979) or, on a host, [`RingSigningKey`].
+/// deterministic ECDSA per RFC 6979) or, on a host, `RingSigningKey`.
 pub trait Es256Signer {
     /// The signature (r ‖ s) over the Sig_structure `["Signature1", protected, aad, payload]`.
     fn sign_structure(&self, protected: &[u8], aad: &[u8], payload: &[u8]) -> Result<[u8; 64]>;

@@ -8,8 +8,10 @@
 //! anyone with the card certificate checks the signature over the ciphertext.
 //!
 //! Plaintext: `{0: 6, 1: iccid, 2: request-nonce, 3: first-seq, 4: [* record], 5: chain-head,
-//! 6: log-end}` where each record is a [`LogEntry::RECORD_LEN`]-byte bstr, `chain-head` the
-//! hash of the newest entry on the card and `log-end` the next sequence number it will use.
+//! 6: log-end, ? 7: [pin-tries-left, pin-max-tries / null]}` where each record is a
+//! [`LogEntry::RECORD_LEN`]-byte bstr, `chain-head` the hash of the newest entry on the card,
+//! `log-end` the next sequence number it will use and member 7 the card's PIN retry counter
+//! ([`PinTries`]; absent in pages of cards built before it).
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce as GcmNonce};
@@ -37,6 +39,47 @@ const RCPT_PROTECTED: [u8; 4] = [0xa1, 0x01, 0x38, 0x18];
 /// Where the plaintext is first written, before the heads in front of it are known.
 const PLAIN_AT: usize = 128;
 
+/// The card's PIN retry counter as an export page states it (member 7 of the plaintext): the
+/// tries left before the PIN blocks and, when the card knows it, the maximum the counter is
+/// reset to. A PIN with no try left is blocked (ISO/IEC 7816-4 §7.5.6: VERIFY answers `6983`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinTries {
+    left: u8,
+    max: Option<u8>,
+}
+
+impl PinTries {
+    /// `left` tries of at most `max`; refused when the maximum is 0 or below `left` (a counter
+    /// that contradicts itself states nothing).
+    pub fn new(left: u8, max: Option<u8>) -> Result<Self> {
+        match max {
+            Some(0) => Err(Error::InvalidField("PIN maximum tries")),
+            Some(m) if left > m => Err(Error::InvalidField("PIN tries left above the maximum")),
+            _ => Ok(Self { left, max }),
+        }
+    }
+
+    /// `left` tries, the maximum not stated.
+    pub const fn without_max(left: u8) -> Self {
+        Self { left, max: None }
+    }
+
+    /// Tries left before the PIN blocks.
+    pub const fn left(&self) -> u8 {
+        self.left
+    }
+
+    /// The maximum tries, if the card stated it.
+    pub const fn max(&self) -> Option<u8> {
+        self.max
+    }
+
+    /// No try left: the card refuses every PIN until the PUK resets the counter.
+    pub const fn blocked(&self) -> bool {
+        self.left == 0
+    }
+}
+
 /// What a page of the export says besides the records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportHeader {
@@ -52,6 +95,9 @@ pub struct ExportHeader {
     pub chain_head: Digest,
     /// Next sequence number the card will use.
     pub log_end: u32,
+    /// The card's PIN retry counter when it was signed; `None` leaves member 7 out (the page
+    /// of a card that does not state it).
+    pub pin: Option<PinTries>,
 }
 
 /// COSE_KDF_Context (RFC 9053 §5.2) for A128GCM with the given recipient protected header.
@@ -165,7 +211,8 @@ where
     let plen = {
         let body = out.get_mut(PLAIN_AT..).ok_or(Error::BufferTooSmall)?;
         let mut w = Writer::new(body);
-        w.map(7)?.u64(0)?.u64(type_code::LOG_EXPORT)?;
+        w.map(if header.pin.is_some() { 8 } else { 7 })?;
+        w.u64(0)?.u64(type_code::LOG_EXPORT)?;
         w.u64(1)?.str(header.iccid.as_str())?;
         w.u64(2)?.bytes(&header.nonce.0)?;
         w.u64(3)?.u64(u64::from(header.first_seq))?;
@@ -183,6 +230,13 @@ where
         }
         w.u64(5)?.bytes(&header.chain_head.0)?;
         w.u64(6)?.u64(u64::from(header.log_end))?;
+        if let Some(pin) = header.pin {
+            w.u64(7)?.array(2)?.u64(u64::from(pin.left))?;
+            match pin.max {
+                Some(m) => w.u64(u64::from(m))?,
+                None => w.null()?,
+            };
+        }
         w.len()
     };
 
@@ -272,6 +326,9 @@ mod host {
         pub chain_head: Digest,
         /// Next sequence number the card will use.
         pub log_end: u32,
+        /// The card's PIN retry counter when it signed the page; `None` for a page without
+        /// member 7 (a card built before it).
+        pub pin: Option<PinTries>,
     }
 
     impl ExportContents {
@@ -445,6 +502,7 @@ mod host {
         let mut r = Reader::new(plain, limits);
         let (mut iccid, mut nonce, mut first, mut recs, mut headh, mut end) =
             (None, None, None, None, None, None);
+        let mut pin = None;
         let (mut first_key, mut typed) = (true, false);
         r.map(false, |r, k| {
             let was_first = core::mem::replace(&mut first_key, false);
@@ -460,6 +518,7 @@ mod host {
                 Key::Int(4) => recs = Some(read_records(r, limits)?),
                 Key::Int(5) => headh = Some(Digest(r.bytes_n("chain head")?)),
                 Key::Int(6) => end = Some(r.u32("log end")?),
+                Key::Int(7) => pin = Some(read_pin(r)?),
                 Key::Int(key) => {
                     return Err(Error::UnknownField {
                         object: "log export",
@@ -486,7 +545,24 @@ mod host {
             records: recs.ok_or(Error::MissingField("records"))?,
             chain_head: headh.ok_or(Error::MissingField("chain head"))?,
             log_end: end.ok_or(Error::MissingField("log end"))?,
+            pin,
         })
+    }
+
+    /// Member 7: `[tries-left, max-tries / null]`, each a counter of one byte.
+    fn read_pin(r: &mut Reader<'_, '_>) -> Result<PinTries> {
+        fn counter(r: &mut Reader<'_, '_>, field: &'static str) -> Result<u8> {
+            u8::try_from(r.u64()?).map_err(|_| Error::InvalidField(field))
+        }
+        r.array_n(2)?;
+        let left = counter(r, "PIN tries left")?;
+        let max = if r.is_null()? {
+            r.null()?;
+            None
+        } else {
+            Some(counter(r, "PIN maximum tries")?)
+        };
+        PinTries::new(left, max)
     }
 
     /// The records array, at most `max_export_entries` fixed-size records.

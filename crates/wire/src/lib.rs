@@ -57,7 +57,7 @@ pub use cose::{RingSigningKey, RingVerifier};
 pub use error::{Error, Result};
 #[cfg(feature = "std")]
 pub use export::{ExportContents, open_export};
-pub use export::{ExportCrypto, ExportHeader, build_export, build_export_with};
+pub use export::{ExportCrypto, ExportHeader, PinTries, build_export, build_export_with};
 #[cfg(feature = "std")]
 pub use hash::sha256_reader;
 pub use hash::{Sha256Stream, sha256};

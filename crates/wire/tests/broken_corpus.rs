@@ -1582,6 +1582,7 @@ fn exports(c: &mut Corpus) {
         count: 3,
         chain_head: head,
         log_end: 13,
+        pin: None,
     };
     let mut buf = vec![0u8; 2048];
     let n = build_export(
@@ -1788,9 +1789,42 @@ fn exports(c: &mut Corpus) {
         kind,
         "plaintext_unknown_field",
         call,
-        "UnknownField { object: \"log export\", key: 7 }",
-        "The decrypted map has a member 7.",
-        plain(&plus(&e, 7, C::I(0))),
+        "UnknownField { object: \"log export\", key: 8 }",
+        "The decrypted map has a member 8.",
+        plain(&plus(&e, 8, C::I(0))),
+    );
+    let pin = |left: C, max: C| plain(&plus(&e, 7, C::A(vec![left, max])));
+    c.add(
+        kind,
+        "pin_tries_above_max",
+        call,
+        "InvalidField(\"PIN tries left above the maximum\")",
+        "The PIN counter states 4 tries left of at most 3.",
+        pin(C::I(4), C::I(3)),
+    );
+    c.add(
+        kind,
+        "pin_max_zero",
+        call,
+        "InvalidField(\"PIN maximum tries\")",
+        "The PIN counter states a maximum of 0 tries (a card that knows no maximum sends null).",
+        pin(C::I(0), C::I(0)),
+    );
+    c.add(
+        kind,
+        "pin_tries_over_a_byte",
+        call,
+        "InvalidField(\"PIN tries left\")",
+        "The PIN counter states 256 tries left: the card's counter is one byte.",
+        pin(C::I(256), C::Null),
+    );
+    c.add(
+        kind,
+        "pin_tries_not_a_pair",
+        call,
+        "BadCbor",
+        "Member 7 is the bare number 2, not the pair [tries left, maximum].",
+        plain(&plus(&e, 7, C::I(2))),
     );
     c.add(
         kind,

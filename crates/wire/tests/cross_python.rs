@@ -236,6 +236,7 @@ fn export_decrypts_with_pycose() {
         count: 3,
         chain_head: prev,
         log_end: 3,
+        pin: Some(PinTries::new(1, Some(3)).unwrap()),
     };
     let mut out = vec![0u8; 2048];
     let n = build_export(
@@ -263,6 +264,8 @@ fn export_decrypts_with_pycose() {
     assert_eq!(j["records"][1][2], serde_json::json!([1, 3]));
     assert_eq!(j["hashes"][2], prev.to_string());
     assert_eq!(j["body"]["5"], prev.to_string());
+    // The PIN counter as a generic CBOR decoder reads it: [tries left, maximum].
+    assert_eq!(j["body"]["7"], serde_json::json!([1, 3]));
 }
 
 #[test]

@@ -70,6 +70,7 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             count: 1,
             chain_head: sha256(&record),
             log_end: 1,
+            pin: Some(PinTries::new(2, Some(3)).unwrap()),
         };
         build_export(
             out,
@@ -236,6 +237,7 @@ fn doc_examples_verify() {
         e.entries().unwrap()[0],
         LogEntry::decode(&ex["log-record"]).unwrap()
     );
+    assert_eq!(e.pin, Some(PinTries::new(2, Some(3)).unwrap()));
     let m = suit::Envelope::decode(&ex["suit-envelope"], &Limits::CARD).unwrap();
     assert_eq!(m.verify(&PublicKey::from(&key(4))).unwrap().sequence, 7);
 }

@@ -255,6 +255,7 @@ fn export_build_and_open() {
         count: 3,
         chain_head: prev,
         log_end: 5,
+        pin: Some(PinTries::new(2, Some(3)).unwrap()),
     };
     let mut out = vec![0u8; 2048];
     let n = build_export(
@@ -285,6 +286,7 @@ fn export_build_and_open() {
     let entries = opened.entries().unwrap();
     assert_eq!(entries.len(), 3);
     assert_eq!(opened.nonce, Nonce([4; 16]));
+    assert_eq!(opened.pin, header.pin);
     // Another server cannot read it; a changed byte fails the signature.
     let other = p256::SecretKey::from(key(13).as_nonzero_scalar());
     assert_eq!(
@@ -332,6 +334,87 @@ fn export_build_and_open() {
             |s, slot| { recs.get(s as usize).map(|r| *slot = *r).is_some() }
         ),
         Err(Error::BufferTooSmall)
+    );
+}
+
+/// Member 7 (the PIN counter) is optional: a page without it, as cards built before it sign
+/// them, opens with `pin: None`; a blocked PIN and a counter without a maximum come back as
+/// sent; a counter that contradicts itself is refused before it is built.
+#[test]
+fn export_pin_member_is_optional() {
+    let card = key(11);
+    let server = key(12);
+    let server_secret = p256::SecretKey::from(server.as_nonzero_scalar());
+    let rec = sample_entry(0, Digest::default()).encode().unwrap();
+    let page = |pin: Option<PinTries>| {
+        let header = ExportHeader {
+            iccid: Iccid::parse("89014103211118510720").unwrap(),
+            nonce: Nonce([4; 16]),
+            first_seq: 0,
+            count: 1,
+            chain_head: sha256(&rec),
+            log_end: 1,
+            pin,
+        };
+        let mut out = vec![0u8; 1024];
+        let n = build_export(
+            &mut out,
+            &header,
+            &PublicKey::from(&server),
+            b"s1",
+            &card,
+            &mut TestRng(1),
+            |_, slot| {
+                *slot = rec;
+                true
+            },
+        )
+        .unwrap();
+        out.truncate(n);
+        out
+    };
+    let open = |bytes: &[u8]| {
+        open_export(
+            bytes,
+            &PublicKey::from(&card),
+            &server_secret,
+            &Limits::DEFAULT,
+        )
+        .unwrap()
+        .into_inner()
+    };
+    let blocked = PinTries::new(0, Some(3)).unwrap();
+    assert!(blocked.blocked());
+    assert_eq!(open(&page(Some(blocked))).pin, Some(blocked));
+    let unknown_max = PinTries::without_max(5);
+    assert!(!unknown_max.blocked());
+    assert_eq!(open(&page(Some(unknown_max))).pin, Some(unknown_max));
+    // Without the counter the page is the one a card built before it signs: member 7 absent
+    // (one byte each for the member's key and pair head, one per counter or null: 4 here, 5
+    // with a maximum).
+    let without = page(None);
+    assert_eq!(open(&without).pin, None);
+    assert_eq!(page(Some(unknown_max)).len(), without.len() + 4);
+    // A page committed before the member existed (the broken corpus's original) still opens.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/broken/log_export/valid.hex");
+    let text = std::fs::read_to_string(path).unwrap();
+    let clean: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    let old = open_export(
+        &hex::decode(clean).unwrap(),
+        &PublicKey::from(&key(2)),
+        &p256::SecretKey::from(key(3).as_nonzero_scalar()),
+        &Limits::DEFAULT,
+    )
+    .unwrap();
+    assert_eq!((old.pin, old.entries().unwrap().len()), (None, 3));
+    assert_eq!(
+        PinTries::new(4, Some(3)),
+        Err(Error::InvalidField("PIN tries left above the maximum"))
+    );
+    assert_eq!(
+        PinTries::new(0, Some(0)),
+        Err(Error::InvalidField("PIN maximum tries"))
     );
 }
 

@@ -121,6 +121,7 @@ fn show(ctx: &Context, iccid: &str) -> Result<()> {
             text(&card, "acked_seq")
         ),
     );
+    f.add("pin tries", pin_tries(&card["pin"], now_ms()));
     let p = &card["policy"];
     if p.is_null() {
         f.add("policy", "not read yet");
@@ -170,6 +171,26 @@ fn show(ctx: &Context, iccid: &str) -> Result<()> {
         t.print("");
     }
     Ok(())
+}
+
+/// The card's PIN counter (the card view's `pin`) in words: `2 of 3 left, as of <UTC> (3m
+/// ago)`, `blocked (no try left), as of …`, or `not reported yet`.
+fn pin_tries(pin: &Value, now: i64) -> String {
+    let Some(left) = pin["tries_left"].as_u64() else {
+        return "not reported yet".to_owned();
+    };
+    let count = if pin["blocked"].as_bool() == Some(true) {
+        "blocked (no try left)".to_owned()
+    } else {
+        match pin["max_tries"].as_u64() {
+            Some(max) => format!("{left} of {max} left"),
+            None => format!("{left} left (maximum not stated)"),
+        }
+    };
+    match pin["reported_ms"].as_i64() {
+        Some(ms) => format!("{count}, as of {}", super::time::long(ms, now)),
+        None => count,
+    }
 }
 
 /// A card-log entry's event with its details, in words.
@@ -301,4 +322,35 @@ fn proof(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_tries_read_in_words() {
+        let now = 1_796_428_800_000;
+        let at = now - 180_000;
+        let pin = |v: Value| pin_tries(&v, now);
+        assert_eq!(
+            pin(
+                serde_json::json!({"tries_left": 2, "max_tries": 3, "blocked": false, "reported_ms": at})
+            ),
+            "2 of 3 left, as of 2026-12-04 23:57:00 UTC (3m ago)"
+        );
+        assert_eq!(
+            pin(
+                serde_json::json!({"tries_left": 0, "max_tries": 3, "blocked": true, "reported_ms": at})
+            ),
+            "blocked (no try left), as of 2026-12-04 23:57:00 UTC (3m ago)"
+        );
+        assert_eq!(
+            pin(
+                serde_json::json!({"tries_left": 5, "max_tries": null, "blocked": false, "reported_ms": at})
+            ),
+            "5 left (maximum not stated), as of 2026-12-04 23:57:00 UTC (3m ago)"
+        );
+        assert_eq!(pin(Value::Null), "not reported yet");
+    }
 }

@@ -1,7 +1,7 @@
 //! Pictures drawn on the server as inline SVG: a stacked bar (a campaign's jobs by state), one
-//! bar per wave, the results over time, failures by reason. No script draws them, so they
-//! render under the dashboard's content security policy and in a saved page alike. Every
-//! text that goes into a picture is escaped here.
+//! bar per wave, the progress over time (stacked areas), failures by reason. No script draws
+//! them, so they render under the dashboard's content security policy and in a saved page
+//! alike. Every text that goes into a picture is escaped here.
 
 use std::fmt::Write as _;
 
@@ -172,19 +172,44 @@ pub fn waves(rows: &[WaveBar]) -> String {
     out
 }
 
-/// A point of [`timeline`]: by time `t_ms`, how many jobs had succeeded and failed in all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A point of [`timeline`]: the jobs in each state from time `t_ms` until the next point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Point {
     /// Unix ms.
     pub t_ms: i64,
-    /// Succeeded so far.
+    /// Succeeded.
     pub succeeded: i64,
-    /// Failed so far.
+    /// Failed.
     pub failed: i64,
+    /// Delivered, result awaited.
+    pub in_progress: i64,
+    /// Offered, not delivered yet.
+    pub pending: i64,
 }
 
-/// Results over time: the jobs succeeded (green area) and failed (red line) so far, from
-/// `start_ms` to `end_ms`, against `total` devices.
+impl Point {
+    /// The counts as [`timeline`] stacks them, bottom up (the order of every bar and legend),
+    /// each with its label and colour.
+    pub fn layers(&self) -> [Segment; 4] {
+        [
+            ("succeeded", self.succeeded, colour::SUCCEEDED),
+            ("failed", self.failed, colour::FAILED),
+            ("in progress", self.in_progress, colour::IN_PROGRESS),
+            ("pending", self.pending, colour::PENDING),
+        ]
+        .map(|(label, count, colour)| Segment {
+            label,
+            count,
+            colour,
+        })
+    }
+}
+
+/// Progress over time: the jobs succeeded, failed, in progress and pending, stacked in that
+/// order, from `start_ms` to `end_ms`, against `total` jobs. Each count holds from its point
+/// until the next (the last until `end_ms`; none before the first). The picture names itself
+/// and the counts at its right edge; each layer names its state, its count there and its
+/// most.
 pub fn timeline(start_ms: i64, end_ms: i64, total: i64, points: &[Point]) -> String {
     const W: f64 = 760.0;
     const H: f64 = 220.0;
@@ -195,20 +220,41 @@ pub fn timeline(start_ms: i64, end_ms: i64, total: i64, points: &[Point]) -> Str
     let plot_w = W - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
     let span = (end_ms - start_ms).max(1) as f64;
+    // The height of a point's first `n` layers.
+    let height = |p: &Point, n: usize| {
+        p.layers()
+            .iter()
+            .take(n)
+            .map(|s| s.count.max(0))
+            .sum::<i64>()
+    };
+    let stacked = |p: &Point| height(p, 4);
     let top_value = points
         .iter()
-        .map(|p| p.succeeded.max(p.failed))
+        .map(stacked)
         .max()
         .unwrap_or(0)
         .max(total)
         .max(1) as f64;
     let x = |t: i64| LEFT + plot_w * ((t - start_ms).max(0) as f64 / span).min(1.0);
     let y = |v: i64| TOP + plot_h * (1.0 - v as f64 / top_value);
+    let last = points.last().copied().unwrap_or_default();
+    let summary = last
+        .layers()
+        .iter()
+        .map(|s| format!("{} {}", s.count, s.label))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut out = format!(
         "<svg class=\"chart\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\" \
-         aria-label=\"results over time\">"
+         aria-label=\"{}\">",
+        escape(&format!(
+            "jobs over time, stacked, from {} to {} UTC; at the end: {summary}",
+            utc(start_ms),
+            utc(end_ms)
+        ))
     );
-    // Grid: 0, half and all of the devices.
+    // Grid: 0, half and all of the jobs.
     for frac in [0.0, 0.5, 1.0] {
         let v = (top_value * frac).round() as i64;
         let gy = y(v);
@@ -242,49 +288,64 @@ pub fn timeline(start_ms: i64, end_ms: i64, total: i64, points: &[Point]) -> Str
             escape(utc(t).get(from..to).unwrap_or_default())
         );
     }
-    if !points.is_empty() {
-        // Steps: a count holds until the next point.
-        let mut ok = format!("M{LEFT:.1},{:.1}", y(0));
-        let mut bad = format!("M{LEFT:.1},{:.1}", y(0));
-        let (mut last_ok, mut last_bad) = (0, 0);
-        for p in points {
-            let px = x(p.t_ms);
-            let _ = write!(
-                ok,
-                " L{px:.1},{:.1} L{px:.1},{:.1}",
-                y(last_ok),
-                y(p.succeeded)
-            );
-            let _ = write!(
-                bad,
-                " L{px:.1},{:.1} L{px:.1},{:.1}",
-                y(last_bad),
-                y(p.failed)
-            );
-            last_ok = p.succeeded;
-            last_bad = p.failed;
-        }
-        let end = x(end_ms);
-        let _ = write!(ok, " L{end:.1},{:.1}", y(last_ok));
-        let _ = write!(bad, " L{end:.1},{:.1}", y(last_bad));
+    if points.iter().all(|p| stacked(p) == 0) {
         let _ = write!(
             out,
-            "<path d=\"{ok} L{end:.1},{:.1} Z\" fill=\"{}\" fill-opacity=\"0.25\" stroke=\"none\"/>\
-             <path d=\"{ok}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"><title>succeeded: \
-             {last_ok}</title></path><path d=\"{bad}\" fill=\"none\" stroke=\"{}\" \
-             stroke-width=\"2\"><title>failed: {last_bad}</title></path>",
-            y(0),
-            colour::SUCCEEDED,
-            colour::SUCCEEDED,
-            colour::FAILED
-        );
-    } else {
-        let _ = write!(
-            out,
-            "<text x=\"{:.1}\" y=\"{:.1}\" class=\"lbl\" text-anchor=\"middle\">no results \
+            "<text x=\"{:.1}\" y=\"{:.1}\" class=\"lbl\" text-anchor=\"middle\">no job offered \
              yet</text>",
             LEFT + plot_w / 2.0,
             TOP + plot_h / 2.0
+        );
+        out.push_str("</svg>");
+        return out;
+    }
+    // Where each point's counts hold: from its time to the next point's (the last to the end).
+    let spans: Vec<(f64, f64, &Point)> = points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let until = points.get(i + 1).map_or(end_ms, |n| n.t_ms);
+            (x(p.t_ms), x(until.max(p.t_ms)), p)
+        })
+        .collect();
+    for layer in 0..4 {
+        // This layer lies between the layers below it and those up to it.
+        let below = |p: &Point| height(p, layer);
+        let upto = |p: &Point| height(p, layer + 1);
+        let most = points
+            .iter()
+            .map(|p| p.layers()[layer].count)
+            .max()
+            .unwrap_or(0);
+        if most <= 0 {
+            continue;
+        }
+        // Its outline: along its top, left to right, then back along its bottom.
+        let mut corners = Vec::with_capacity(spans.len() * 4);
+        for (from, to, p) in &spans {
+            let top = y(upto(p));
+            corners.push((*from, top));
+            corners.push((*to, top));
+        }
+        for (from, to, p) in spans.iter().rev() {
+            let bottom = y(below(p));
+            corners.push((*to, bottom));
+            corners.push((*from, bottom));
+        }
+        let mut d = String::new();
+        for (i, (cx, cy)) in corners.iter().enumerate() {
+            let _ = write!(d, "{}{cx:.1},{cy:.1}", if i == 0 { "M" } else { " L" });
+        }
+        let s = &last.layers()[layer];
+        let _ = write!(
+            out,
+            "<path d=\"{d} Z\" fill=\"{}\" fill-opacity=\"0.9\" stroke=\"{}\" \
+             stroke-width=\"0.5\"><title>{}: {} at the end, {} at most</title></path>",
+            s.colour,
+            s.colour,
+            escape(s.label),
+            s.count,
+            most
         );
     }
     out.push_str("</svg>");
@@ -409,26 +470,44 @@ mod tests {
     }
 
     #[test]
-    fn a_timeline_steps_to_its_last_counts() {
-        let svg = timeline(
-            0,
-            1000,
-            10,
-            &[
-                Point {
-                    t_ms: 500,
-                    succeeded: 5,
-                    failed: 1,
-                },
-                Point {
-                    t_ms: 1000,
-                    succeeded: 10,
-                    failed: 1,
-                },
-            ],
+    fn a_timeline_stacks_its_states_and_names_the_last_counts() {
+        let at = |t_ms, succeeded, failed, in_progress, pending| Point {
+            t_ms,
+            succeeded,
+            failed,
+            in_progress,
+            pending,
+        };
+        let svg = timeline(0, 1000, 10, &[at(500, 5, 1, 2, 2), at(1000, 8, 1, 0, 1)]);
+        assert!(
+            svg.contains(
+                "aria-label=\"jobs over time, stacked, from 1970-01-01 00:00:00 to 1970-01-01 \
+                 00:00:01 UTC; at the end: 8 succeeded, 1 failed, 0 in progress, 1 pending\""
+            ),
+            "{svg}"
         );
-        assert!(svg.contains("<title>succeeded: 10</title>"), "{svg}");
-        assert!(svg.contains("<title>failed: 1</title>"), "{svg}");
-        assert!(timeline(0, 1000, 10, &[]).contains("no results yet"));
+        assert!(
+            svg.contains("<title>succeeded: 8 at the end, 8 at most</title>"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("<title>in progress: 0 at the end, 2 at most</title>"),
+            "{svg}"
+        );
+        // Ten jobs fill the plot's height (12 to 186): succeeded holds 5 from the middle
+        // (x 404) and 8 at the end, failed lies on top of it.
+        assert!(
+            svg.contains("d=\"M404.0,99.0 L744.0,99.0 L744.0,46.8 L744.0,46.8 "),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("fill=\"#5b8fd1\""),
+            "pending in its colour: {svg}"
+        );
+        // A layer that never counted anything is not drawn.
+        let svg = timeline(0, 1000, 10, &[at(500, 5, 0, 0, 0)]);
+        assert_eq!(svg.matches("<path").count(), 1, "{svg}");
+        assert!(timeline(0, 1000, 10, &[]).contains("no job offered yet"));
+        assert!(timeline(0, 1000, 10, &[at(500, 0, 0, 0, 0)]).contains("no job offered yet"));
     }
 }

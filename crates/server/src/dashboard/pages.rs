@@ -1091,6 +1091,8 @@ struct CardPage {
     devices: Vec<(String, Option<When>)>,
     admin: Vec<AdminRow>,
     consents: i64,
+    /// When the server stored the export page that stated the PIN counter shown.
+    pin_reported: Option<When>,
     entries: Vec<LogRow>,
     pager: Pager,
 }
@@ -1190,6 +1192,7 @@ pub async fn card(
     .map(|r| r.i64("n"))
     .transpose()?
     .unwrap_or(0);
+    let pin_reported = When::opt(now, card.pin.as_ref().map(|p| p.reported_ms));
     let base = format!("/ui/cards/{}", url_encode(&card.iccid));
     let cur = cursor(&c.after, &c.before);
     let (entries, pager) = log_page(&s, card.id, &cur, &base).await?;
@@ -1205,6 +1208,7 @@ pub async fn card(
         devices,
         admin,
         consents,
+        pin_reported,
         entries,
         pager,
     })
@@ -1583,9 +1587,7 @@ struct CampaignPage {
     who: Ui,
     section: &'static str,
     v: CampaignView,
-    timeline: String,
-    /// The timeline was drawn from one job in this many.
-    sampled: Option<i64>,
+    timeline: Timeline,
     failures: Vec<(String, i64)>,
     failures_chart: String,
     f: JobFilter,
@@ -1617,7 +1619,7 @@ async fn failure_breakdown(s: &AppState, id: i64) -> Result<Vec<(String, i64)>, 
     .map_err(PageError)
 }
 
-/// Campaigns with more jobs than this have their results over time drawn from a sample.
+/// Campaigns with more jobs than this have their progress over time drawn from a sample.
 const TIMELINE_EXACT_MAX: i64 = 50_000;
 /// About how many jobs such a sample holds.
 const TIMELINE_SAMPLE: i64 = 20_000;
@@ -1628,15 +1630,133 @@ fn prime_from(n: i64) -> i64 {
     (n.max(2)..).find(|p| is_prime(*p)).unwrap_or(n)
 }
 
-/// Results over time: how many jobs had succeeded and failed by each moment since the start.
-/// A large campaign is drawn from one job in `k` (by device id, from the campaign's own index),
-/// its curves scaled to the exact counts kept with the campaign; the picture says so.
-async fn results_over_time(
+/// A campaign's jobs (those of the sample: device id a multiple of the stride), grouped by
+/// their state and the steps of the picture in which each was offered, delivered and ended
+/// (parameters: the start and the step length, three times; the campaign; the stride).
+///
+/// What is recorded: a job of a later wave was offered when its wave was released
+/// (`released_ms`), one of the first wave when the campaign was created; `delivered_ms` is its
+/// latest delivery, which counts only for a job delivered or finished now (a job offered
+/// again keeps the time of a delivery that is over); a finished job ended at its last change.
+/// A job released or delivered before those times were recorded has them NULL: a pending or
+/// delivered job's last change stands in for the missing one (it is that time), the others
+/// are counted in `unrecorded` and show from the first time known.
+///
+/// `device_id >= 0` (every id) names the campaign's `(campaign_id, device_id)` index to the
+/// planner: the stride is checked in the index, and only the sampled rows are read from the
+/// table.
+const TIMELINE_SQL: &str = "SELECT \
+     (COALESCE(released_ms, CASE WHEN wave = 0 THEN created_ms \
+          WHEN state = 'pending' THEN updated_ms END) - ?) / ? AS offered, \
+     (CASE WHEN state = 'delivered' THEN COALESCE(delivered_ms, updated_ms) \
+          WHEN state IN ('succeeded', 'failed') THEN delivered_ms END - ?) / ? AS delivered, \
+     (CASE WHEN state IN ('succeeded', 'failed', 'cancelled', 'skipped') THEN updated_ms END \
+          - ?) / ? AS ended, \
+     state, COUNT(*) AS n, MAX(updated_ms) AS latest, \
+     SUM(CASE WHEN deliveries > 0 AND state IN ('delivered', 'succeeded', 'failed') \
+          AND ((delivered_ms IS NULL AND state <> 'delivered') \
+               OR (released_ms IS NULL AND wave > 0)) THEN 1 ELSE 0 END) AS unrecorded \
+     FROM jobs WHERE campaign_id = ? AND device_id >= 0 AND device_id % ? = 0 \
+     GROUP BY offered, delivered, ended, state";
+
+/// How a finished job ended, as the progress over time counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Succeeded,
+    Failed,
+    /// Cancelled or skipped: counted no more.
+    Neither,
+}
+
+/// Jobs that went the same way: offered, delivered and ended in the same steps of the
+/// picture (numbered from the campaign's start; `None`: not, or not known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Passage {
+    offered: Option<i64>,
+    delivered: Option<i64>,
+    ended: Option<i64>,
+    /// How they ended, when they did.
+    outcome: Outcome,
+    /// How many jobs.
+    n: i64,
+}
+
+/// The jobs in each state after each step in which any changed, from `passages` (step `b`
+/// ends at `start + (b + 1) * step`; a step before the start counts as the first). A job is
+/// pending from its offer, in progress from its delivery, and counted by its outcome from
+/// its end. A step it has no time for is passed over (a job that failed before any delivery
+/// goes from pending to failed; one whose offer is not known shows from its delivery), and a
+/// step never comes before the one it follows (a delivery recorded before its offer, by
+/// replicas whose clocks differ, counts as the offer too), so no count goes negative.
+fn progress_series(passages: &[Passage], start: i64, step: i64) -> Vec<Point> {
+    let sooner = |a: Option<i64>, b: Option<i64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    // The changes in each step, as a point of differences.
+    let mut changes: std::collections::BTreeMap<i64, Point> = std::collections::BTreeMap::new();
+    for p in passages {
+        let n = p.n;
+        let ended = p.ended.map(|b| b.max(0));
+        let left_pending = sooner(p.delivered.map(|b| b.max(0)), ended);
+        let Some(offered) = sooner(p.offered.map(|b| b.max(0)), left_pending) else {
+            continue;
+        };
+        changes.entry(offered).or_default().pending += n;
+        if let Some(b) = left_pending {
+            let c = changes.entry(b).or_default();
+            c.pending -= n;
+            c.in_progress += n;
+        }
+        if let Some(b) = ended {
+            let c = changes.entry(b).or_default();
+            c.in_progress -= n;
+            match p.outcome {
+                Outcome::Succeeded => c.succeeded += n,
+                Outcome::Failed => c.failed += n,
+                Outcome::Neither => {}
+            }
+        }
+    }
+    let mut now = Point::default();
+    changes
+        .into_iter()
+        .map(|(b, c)| {
+            now.succeeded += c.succeeded;
+            now.failed += c.failed;
+            now.in_progress += c.in_progress;
+            now.pending += c.pending;
+            Point {
+                t_ms: start.saturating_add(b.saturating_add(1).saturating_mul(step)),
+                ..now
+            }
+        })
+        .collect()
+}
+
+/// The progress over time as the campaign page shows it.
+struct Timeline {
+    /// The picture.
+    svg: String,
+    /// Its legend, with the counts at its right edge.
+    legend: String,
+    /// Drawn from one job in this many.
+    sampled: Option<i64>,
+    /// How many jobs were released or delivered before those times were recorded (an
+    /// estimate when sampled), in words (`1 job was`, `1 200 jobs were`), if any.
+    unrecorded: Option<String>,
+}
+
+/// Progress over time: how many jobs were pending, in progress, succeeded and failed at each
+/// moment since the start, every wave together. A large campaign is drawn from one job in `k`
+/// (by device id, from the campaign's own index), scaled to the campaign's size, with the
+/// counts kept with the campaign (`current`) at the right edge; the page says so.
+async fn progress_over_time(
     s: &AppState,
     id: i64,
     (start, updated, live): (i64, i64, bool),
-    (total, succeeded, failed): (i64, i64, i64),
-) -> Result<(String, Option<i64>), PageError> {
+    (total, current): (i64, Point),
+) -> Result<Timeline, PageError> {
     let now = now_ms();
     let end = if live { now } else { updated.max(start + 1) };
     // Sixty steps over the campaign's life, a second at least.
@@ -1649,48 +1769,78 @@ async fn results_over_time(
     };
     let rows = read::fetch(
         &s.db,
-        "SELECT (updated_ms - ?) / ? AS b, state, COUNT(*) AS n FROM jobs \
-         WHERE campaign_id = ? AND device_id % ? = 0 AND state IN ('succeeded', 'failed') \
-         GROUP BY b, state ORDER BY b",
-        &[Val::I(start), Val::I(step), Val::I(id), Val::I(k)],
+        TIMELINE_SQL,
+        &[start, step, start, step, start, step, id, k].map(Val::I),
     )
     .await?;
-    let (mut ok, mut bad) = (0, 0);
-    let mut steps: Vec<(i64, i64, i64)> = Vec::new();
+    let (mut sampled, mut unrecorded, mut latest) = (0, 0, end);
+    let mut passages = Vec::with_capacity(rows.len());
     for r in &rows {
-        let t = start + (r.i64("b")?.max(0) + 1) * step;
         let n = r.i64("n")?;
-        if r.text("state")? == "succeeded" {
-            ok += n;
-        } else {
-            bad += n;
-        }
-        match steps.last_mut() {
-            Some(p) if p.0 == t => *p = (t, ok, bad),
-            _ => steps.push((t, ok, bad)),
+        sampled += n;
+        unrecorded += r.i64("unrecorded")?;
+        latest = latest.max(r.i64("latest")?);
+        passages.push(Passage {
+            offered: r.opt_i64("offered")?,
+            delivered: r.opt_i64("delivered")?,
+            ended: r.opt_i64("ended")?,
+            outcome: match r.text("state")?.as_str() {
+                "succeeded" => Outcome::Succeeded,
+                "failed" => Outcome::Failed,
+                _ => Outcome::Neither,
+            },
+            n,
+        });
+    }
+    // A result after a finished campaign's last change (a delivery of a cancelled campaign
+    // reports later) widens the picture; the last step ends at the picture's end.
+    let end = latest;
+    let mut points: Vec<Point> = Vec::new();
+    for p in progress_series(&passages, start, step) {
+        let p = Point {
+            t_ms: p.t_ms.min(end),
+            ..p
+        };
+        match points.last_mut() {
+            Some(last) if last.t_ms == p.t_ms => *last = p,
+            _ => points.push(p),
         }
     }
-    // A sample's counts scaled to the campaign's own (exact) totals.
-    let scale = |v: i64, sampled: i64, exact: i64| {
-        if k == 1 || sampled == 0 {
-            v
-        } else {
-            (v as f64 * exact as f64 / sampled as f64).round() as i64
+    // A sample's counts scaled to the campaign's size; at the right edge, the exact counts.
+    let scale = total as f64 / sampled.max(1) as f64;
+    let scaled = |v: i64| (v as f64 * scale).round() as i64;
+    if k > 1 {
+        for p in &mut points {
+            *p = Point {
+                t_ms: p.t_ms,
+                succeeded: scaled(p.succeeded),
+                failed: scaled(p.failed),
+                in_progress: scaled(p.in_progress),
+                pending: scaled(p.pending),
+            };
         }
-    };
-    let points: Vec<Point> = steps
-        .iter()
-        .map(|&(t, o, b)| Point {
-            t_ms: t,
-            succeeded: scale(o, ok, succeeded),
-            failed: scale(b, bad, failed),
-        })
-        .collect();
-    let end = points.last().map_or(end, |p| end.max(p.t_ms));
-    Ok((
-        chart::timeline(start, end, total, &points),
-        (k > 1).then_some(k),
-    ))
+        if points.last().is_some_and(|p| p.t_ms == end) {
+            points.pop();
+        }
+        points.push(Point {
+            t_ms: end,
+            ..current
+        });
+        unrecorded = scaled(unrecorded);
+    }
+    let at_end = points.last().copied().unwrap_or_default();
+    Ok(Timeline {
+        svg: chart::timeline(start, end, total, &points),
+        legend: chart::legend(&at_end.layers()),
+        sampled: (k > 1).then_some(k),
+        unrecorded: (unrecorded > 0).then(|| {
+            let about = if k > 1 { "about " } else { "" };
+            match unrecorded {
+                1 => format!("{about}1 job was"),
+                n => format!("{about}{} jobs were", chart::grouped(n)),
+            }
+        }),
+    })
 }
 
 /// A campaign's job list, 50 a page.
@@ -1733,7 +1883,7 @@ fn job_spec(id: i64, f: &JobFilter) -> Result<Spec<'static>, ServerError> {
     Ok(spec)
 }
 
-/// `GET /ui/campaigns/{id}`: settings, progress by state and by wave, results over time,
+/// `GET /ui/campaigns/{id}`: settings, progress by state and by wave, progress over time,
 /// failures by reason, the operator's actions, the jobs.
 pub async fn campaign(
     who: Ui,
@@ -1752,11 +1902,18 @@ pub async fn campaign(
     let t = times
         .first()
         .ok_or_else(|| ServerError::NotFound(format!("campaign {id}")))?;
-    let (timeline, sampled) = results_over_time(
+    let current = Point {
+        t_ms: now,
+        succeeded: v.counts.get("succeeded"),
+        failed: v.counts.get("failed"),
+        in_progress: v.counts.get("in progress"),
+        pending: v.counts.get("pending"),
+    };
+    let timeline = progress_over_time(
         &s,
         id,
         (t.i64("created_ms")?, t.i64("updated_ms")?, v.live),
-        (v.row.total, v.row.succeeded, v.row.failed),
+        (v.row.total, current),
     )
     .await?;
     let failures = failure_breakdown(&s, id).await?;
@@ -1787,7 +1944,6 @@ pub async fn campaign(
         section: "campaigns",
         v,
         timeline,
-        sampled,
         failures,
         failures_chart,
         f,
@@ -1878,15 +2034,7 @@ mod tests {
     /// (what keeps a page as fast at a million devices as at ten).
     #[tokio::test]
     async fn list_pages_walk_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::db::Db::open(
-            None,
-            dir.path(),
-            std::time::Duration::from_secs(5),
-            crate::db::SqliteSync::default(),
-        )
-        .await
-        .unwrap();
+        let (_dir, db) = crate::db::scratch_sqlite().await;
         let t = |v: &str| Some(v.to_owned());
         let devices = [
             DeviceFilter::default(),
@@ -1969,6 +2117,97 @@ mod tests {
             }
         }
         db.close().await;
+    }
+
+    /// The progress over time walks the campaign's `(campaign_id, device_id)` index, sampled
+    /// or not: the stride is checked in the index, no table is scanned.
+    #[tokio::test]
+    async fn progress_over_time_walks_the_campaign_index() {
+        let (_dir, db) = crate::db::scratch_sqlite().await;
+        for k in [1, 53] {
+            let vals = [0, 1000, 0, 1000, 0, 1000, 7, k].map(Val::I);
+            let steps = plan(&db, TIMELINE_SQL, &vals).await;
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.starts_with("SEARCH jobs USING INDEX")
+                        && s.contains("(campaign_id=? AND device_id>?)")),
+                "stride {k}: {steps:?}"
+            );
+            for step in &steps {
+                assert!(!step.starts_with("SCAN"), "stride {k}: {step}");
+            }
+        }
+        db.close().await;
+    }
+
+    fn passage(
+        (offered, delivered, ended): (Option<i64>, Option<i64>, Option<i64>),
+        outcome: Outcome,
+    ) -> Passage {
+        Passage {
+            offered,
+            delivered,
+            ended,
+            outcome,
+            n: 1,
+        }
+    }
+
+    fn counts(p: &Point) -> (i64, i64, i64, i64, i64) {
+        (p.t_ms, p.pending, p.in_progress, p.succeeded, p.failed)
+    }
+
+    #[test]
+    fn each_job_is_pending_then_in_progress_then_counted_by_its_outcome() {
+        use Outcome::*;
+        let series = progress_series(
+            &[
+                // Offered in step 0, delivered in 2, succeeded in 5.
+                passage((Some(0), Some(2), Some(5)), Succeeded),
+                // Offered in step 0, failed in 3 without a delivery.
+                passage((Some(0), None, Some(3)), Failed),
+                // Offered in step 1, cancelled in 4: counted no more.
+                passage((Some(1), None, Some(4)), Neither),
+                // Its offer not known: shows from its delivery (3), still in progress.
+                passage((None, Some(3), None), Neither),
+                // Waiting: nothing to show.
+                passage((None, None, None), Neither),
+            ],
+            1000,
+            10,
+        );
+        let (t, p, i, s, f) = (1000, 0, 0, 0, 0);
+        assert_eq!(
+            series.iter().map(counts).collect::<Vec<_>>(),
+            [
+                (t + 10, 2, i, s, f),
+                (t + 20, 3, i, s, f),
+                (t + 30, 2, 1, s, f),
+                (t + 40, 1, 2, s, 1),
+                (t + 50, p, 2, s, 1),
+                (t + 60, p, 1, 1, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_job_never_goes_back_in_its_steps() {
+        // A delivery recorded before the offer (clocks apart between replicas) and a step
+        // before the start count as the earliest step they allow: no count goes negative.
+        let series = progress_series(
+            &[
+                passage((Some(4), Some(2), Some(6)), Outcome::Failed),
+                passage((Some(-3), Some(-1), None), Outcome::Neither),
+            ],
+            0,
+            100,
+        );
+        assert_eq!(
+            series.iter().map(counts).collect::<Vec<_>>(),
+            [(100, 0, 1, 0, 0), (300, 0, 2, 0, 0), (700, 0, 1, 0, 1)]
+        );
+        assert!(progress_series(&[], 0, 100).is_empty());
     }
 
     #[test]

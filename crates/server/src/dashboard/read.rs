@@ -340,15 +340,7 @@ mod tests {
     /// each page looking at a window of keys at most, and back again.
     #[tokio::test]
     async fn a_rare_filter_walks_window_by_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(
-            None,
-            dir.path(),
-            std::time::Duration::from_secs(5),
-            crate::db::SqliteSync::default(),
-        )
-        .await
-        .unwrap();
+        let (_dir, db) = crate::db::scratch_sqlite().await;
         // 25,000 devices; every 999th runs firmware 0.9.
         sqlx::query(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 25000) \

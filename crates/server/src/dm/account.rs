@@ -43,6 +43,16 @@ pub struct Account {
     /// result, else its oldest pending job of a running campaign
     /// ([`crate::campaign::DEVICE_JOB_ID_SQL`]'s choice).
     pub job: Option<(i64, JobState)>,
+    /// [`Account::job`] when it is delivered and awaits its result, with what the result
+    /// alert is matched and checked against; taken once the message deals with it.
+    pub delivered: Option<DeliveredJob>,
+    /// [`Account::job`] when it is pending, with what its delivery needs (the columns of
+    /// `answers`' delivery query, [`crate::campaign::OFFER_COLUMNS`] among them); taken by the
+    /// delivery. The delivery's writes check the job is still pending.
+    pub pending_offer: Option<sqlx::any::AnyRow>,
+    /// When [`Account::job`] is delivered: the device's next pending job of a running
+    /// campaign ([`crate::campaign::next_job_for_device`]'s choice), if any.
+    pub next_pending: Option<i64>,
     /// Whether the issuer admin queue may hold a command for its card: read with the account,
     /// and set again when the message binds another card. `false`: nothing to look for.
     pub admin_queued: bool,
@@ -52,6 +62,19 @@ pub struct Account {
     pub fw_version: Option<String>,
     pub model: Option<String>,
     pub manufacturer: Option<String>,
+}
+
+/// A delivered job as its result alert needs it (read with the account).
+#[derive(Debug, Clone)]
+pub struct DeliveredJob {
+    /// `jobs.id`.
+    pub id: i64,
+    /// The Correlator of its FUMO Exec, which the alert repeats.
+    pub correlator: String,
+    /// The delivery's update id (the receipt names it).
+    pub update_id: Option<Vec<u8>>,
+    /// The delivery token; empty or `None` for plain FUMO.
+    pub token: Option<Vec<u8>>,
 }
 
 /// A column value of [`DevicePatch`].
@@ -164,20 +187,32 @@ pub type Known = (Account, Option<(Stored, i64)>);
 
 /// The device by IMEI ($1) with its session ($2), its card's lists time, its job and whether
 /// its card's admin queue holds a command. The job is [`crate::campaign::DEVICE_JOB_ID_SQL`]'s
-/// choice (on the (device_id, state) index); the admin queue is only looked at for existence.
+/// choice (on the (device_id, state) index), with what its delivery needs when it is pending
+/// and the device's next pending job when it is delivered; the admin queue is only looked at
+/// for existence.
 static LOOKUP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT d.id, d.imei, d.dm_username, d.dm_secret, d.server_secret, d.auth_scheme, \
          d.device_nonce, d.server_nonce, d.iccid, d.fw_version, d.model, d.manufacturer, \
-         d.last_seen_ms, c.lists_read_ms, c.id AS card_id, c.cert_status, c.card_pub, \
-         c.log_head_seq, c.log_head_hash, s.state AS session_state, \
+         d.last_seen_ms, k.lists_read_ms, k.id AS card_id, k.cert_status, k.card_pub, \
+         k.log_head_seq, k.log_head_hash, k.pin_tries_left, k.pin_max_tries, \
+         s.state AS session_state, \
          s.version AS session_version, j.id AS job_id, j.state AS job_state, \
-         EXISTS (SELECT 1 FROM admin_queue a WHERE a.card_id = c.id AND a.state = 'queued') \
+         j.correlator, j.update_id AS job_update_id, j.token AS job_token, \
+         c.package_id, c.card, p.manifest_digest, {}, \
+         CASE WHEN j.state = 'delivered' THEN (SELECT j3.id FROM jobs j3 \
+         JOIN campaigns c3 ON c3.id = j3.campaign_id WHERE j3.device_id = d.id \
+         AND j3.state = 'pending' AND c3.state = 'running' ORDER BY j3.id LIMIT 1) END \
+         AS next_job_id, \
+         EXISTS (SELECT 1 FROM admin_queue a WHERE a.card_id = k.id AND a.state = 'queued') \
          AS admin_queued \
          FROM devices d LEFT JOIN dm_sessions s ON s.device_id = d.id AND s.session_id = $2 \
-         LEFT JOIN cards c ON c.iccid = d.iccid \
+         LEFT JOIN cards k ON k.iccid = d.iccid \
          LEFT JOIN jobs j ON j.id = ({}) \
+         LEFT JOIN campaigns c ON c.id = j.campaign_id \
+         LEFT JOIN packages p ON p.id = c.package_id \
          WHERE d.imei = $1",
+        crate::campaign::OFFER_COLUMNS,
         crate::campaign::DEVICE_JOB_ID_SQL
     )
 });
@@ -208,7 +243,20 @@ pub async fn lookup(state: &AppState, dev_id: &str, session_id: &str) -> Result<
         (Some(bytes), Some(version)) => Some((store::decode(&bytes)?, version)),
         _ => None,
     };
-    let account = Account {
+    let job = match (r.opt_i64("job_id")?, r.opt_text("job_state")?) {
+        (Some(id), Some(state)) => Some((id, JobState::parse(&state)?)),
+        _ => None,
+    };
+    let delivered = match job {
+        Some((id, JobState::Delivered)) => Some(DeliveredJob {
+            id,
+            correlator: r.text("correlator")?,
+            update_id: r.opt_bytes("job_update_id")?,
+            token: r.opt_bytes("job_token")?,
+        }),
+        _ => None,
+    };
+    let mut account = Account {
         id: r.i64("id")?,
         imei: r.text("imei")?,
         username: r.text("dm_username")?,
@@ -220,8 +268,11 @@ pub async fn lookup(state: &AppState, dev_id: &str, session_id: &str) -> Result<
         iccid: r.opt_text("iccid")?,
         card_lists_read_ms: r.opt_i64("lists_read_ms")?,
         card: Some(crate::cardlog::CardRow::from_row(&r)?),
-        job: match (r.opt_i64("job_id")?, r.opt_text("job_state")?) {
-            (Some(id), Some(state)) => Some((id, JobState::parse(&state)?)),
+        job,
+        delivered,
+        pending_offer: None,
+        next_pending: match job {
+            Some((_, JobState::Delivered)) => r.opt_i64("next_job_id")?,
             _ => None,
         },
         // `EXISTS` is a boolean in PostgreSQL and an integer in SQLite.
@@ -234,6 +285,9 @@ pub async fn lookup(state: &AppState, dev_id: &str, session_id: &str) -> Result<
         model: r.opt_text("model")?,
         manufacturer: r.opt_text("manufacturer")?,
     };
+    if matches!(account.job, Some((_, JobState::Pending))) && r.opt_i64("package_id")?.is_some() {
+        account.pending_offer = Some(r);
+    }
     Ok(Some((account, session)))
 }
 
@@ -275,6 +329,9 @@ pub async fn enrol_candidate(
         card_lists_read_ms: None,
         card: Some(None),
         job: None,
+        delivered: None,
+        pending_offer: None,
+        next_pending: None,
         admin_queued: false,
         last_seen_ms: None,
         fw_version: None,

@@ -47,28 +47,45 @@ impl Step<'_> {
         let Some(correlator) = alert.correlator.as_deref() else {
             return Ok(());
         };
-        let row = sqlx::query(
-            "SELECT id, state, update_id, token FROM jobs WHERE correlator = $1 AND device_id = $2",
-        )
-        .bind(correlator.to_owned())
-        .bind(self.account.id)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        let Some(row) = row else {
-            return super::record_event(
-                &mut *self.tx,
-                "unknown_correlator",
-                Some(self.account.id),
-                correlator,
-            )
-            .await;
+        // The delivered job read with the account, when the alert is for it (the usual case:
+        // a device has one delivered job); else the job the Correlator names. Recording
+        // checks the job is still delivered in any case (`campaign::record`).
+        let known = match &self.account.delivered {
+            Some(d) if d.correlator == correlator => self.account.delivered.take(),
+            _ => None,
         };
-        let job_id = row.i64("id")?;
-        if row.text("state")? != "delivered" {
-            // Reported again (the device repeats the alert until it sees our 200): already
-            // recorded.
-            return Ok(());
-        }
+        let (job_id, update_id, token) = match known {
+            Some(d) => (d.id, d.update_id, d.token),
+            None => {
+                let row = sqlx::query(
+                    "SELECT id, state, update_id, token FROM jobs \
+                     WHERE correlator = $1 AND device_id = $2",
+                )
+                .bind(correlator.to_owned())
+                .bind(self.account.id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                let Some(row) = row else {
+                    return super::record_event(
+                        &mut *self.tx,
+                        "unknown_correlator",
+                        Some(self.account.id),
+                        correlator,
+                    )
+                    .await;
+                };
+                if row.text("state")? != "delivered" {
+                    // Reported again (the device repeats the alert until it sees our 200):
+                    // already recorded.
+                    return Ok(());
+                }
+                (
+                    row.i64("id")?,
+                    row.opt_bytes("update_id")?,
+                    row.opt_bytes("token")?,
+                )
+            }
+        };
         let mut code: Option<u16> = None;
         let mut receipt: Option<Vec<u8>> = None;
         for item in &alert.items {
@@ -85,9 +102,9 @@ impl Step<'_> {
             tracing::warn!(job = job_id, "1226 alert without a result code");
             return Ok(());
         };
-        let update_id = row.opt_bytes("update_id")?.unwrap_or_default();
+        let update_id = update_id.unwrap_or_default();
         // Delivered without a token: plain FUMO to a device without a usable card.
-        let plain = row.opt_bytes("token")?.is_none_or(|t| t.is_empty());
+        let plain = token.is_none_or(|t| t.is_empty());
         let check = match &receipt {
             _ if plain => ReceiptCheck::NotCardAttested,
             None => ReceiptCheck::Absent,
@@ -134,7 +151,8 @@ impl Step<'_> {
                 before_wave,
             }),
             Ok((_, None)) => {}
-            Err(ServerError::Conflict(_)) => {}
+            // No longer delivered: its result was recorded, or it ended, meanwhile.
+            Err(ServerError::Conflict(_)) => return Ok(()),
             Err(e) => return Err(e),
         }
         tracing::info!(job = job_id, result = code, receipt = %status, confirmed, "update result recorded");

@@ -26,6 +26,10 @@ const LAST_SEEN_GRANULARITY_MS: i64 = 60_000;
 /// Lifetime of a delivery token: long enough for a slow download before authorization.
 const TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
+/// The first applet version whose ACKNOWLEDGE LOG takes an acknowledgement bound to the
+/// export page it answers (docs/apdu.md).
+const PAGE_BOUND_ACKS: (u8, u8) = (1, 1);
+
 /// `./DevInfo` leaves the device sends in package 1 (DM StdObj 1.2 §5.3).
 const DEVINFO_MODEL: &str = "./DevInfo/Mod";
 const DEVINFO_MANUFACTURER: &str = "./DevInfo/Man";
@@ -388,6 +392,7 @@ impl Step<'_> {
                 Some(iccid) => crate::cardlog::acked(self.tx, &iccid, up_to).await,
                 None => Ok(()),
             },
+            // Not asked again: the next session's page is acknowledged up to the stored head.
             Expect::LogAck { up_to } => {
                 tracing::warn!(imei = %self.account.imei, up_to, code = code.value(), "card refused the log acknowledgement");
                 Ok(())
@@ -455,6 +460,9 @@ impl Step<'_> {
                 return Ok(());
             }
         };
+        if let Some(open) = self.flow.as_open() {
+            open.page_bound_acks = id.applet >= Some(PAGE_BOUND_ACKS);
+        }
         match id.certificate {
             Some(cert) => self.bind_card(cert, id.iccid).await,
             None => self.on_claimed_iccid(id.iccid).await,
@@ -489,19 +497,26 @@ impl Step<'_> {
     /// an issuer key in this session.
     async fn bind_card(&mut self, cert: &[u8], claimed: Option<&str>) -> Result<()> {
         let state = self.state;
-        let iccid = match state.verified_cards.get(cert) {
-            Some(iccid) => iccid,
+        // Whether the card's admin queue holds a command, when the registration read it
+        // (a card remembered as verified is not stored again: its queue is looked at).
+        let (iccid, admin_queued) = match state.verified_cards.get(cert) {
+            Some(iccid) => (iccid, true),
             None => {
-                match crate::registry::register_card(&mut *self.tx, &state.keys.issuers, cert).await
+                match crate::registry::register_card_queued(
+                    &mut *self.tx,
+                    &state.keys.issuers,
+                    cert,
+                )
+                .await
                 {
-                    Ok(card) => {
+                    Ok((card, queued)) => {
                         // Remembered once the registration commits with this message (a
                         // message that fails leaves the next session to verify again).
                         self.after.push(AfterCommit::RememberCard {
                             certificate: cert.to_vec(),
                             iccid: card.iccid.clone(),
                         });
-                        card.iccid
+                        (card.iccid, queued)
                     }
                     Err(ServerError::Verification(m)) => {
                         state
@@ -530,7 +545,7 @@ impl Step<'_> {
             // What is known of the newly bound card (its lists, its admin queue) is not.
             self.account.card_lists_read_ms = None;
             self.account.card = None;
-            self.account.admin_queued = true;
+            self.account.admin_queued = admin_queued;
         }
         Ok(())
     }
@@ -567,6 +582,12 @@ impl Step<'_> {
         }
         let why = format!("the device reported FUMO state {state} (idle) without a result");
         let outcome = campaign::reoffer(self.tx, job, &why).await?;
+        // No longer delivered (or already not): a result alert for it is not taken as such,
+        // and a job pending again is delivered as such (read in this transaction).
+        self.account.delivered = None;
+        if outcome == campaign::Reoffer::Pending {
+            self.account.job = Some((job, JobState::Pending));
+        }
         tracing::warn!(job, imei = %self.account.imei, ?outcome, "delivered update lost by the device");
         Ok(())
     }
@@ -621,14 +642,23 @@ impl Step<'_> {
         let Some(Some(card)) = &self.account.card else {
             return Ok(());
         };
-        let req =
-            crate::cardlog::request(self.state, self.tx, card, self.account.id, nonce).await?;
+        let (req, sent) = crate::cardlog::request(self.state, card, nonce)?;
         self.replace(Node::CardLogRequest, &req)?;
-        self.get(Node::CardLogResponse, Expect::LogPage)
+        self.get(Node::CardLogResponse, Expect::LogPage)?;
+        // Kept with the session (its page comes back in it): one request awaits at a time.
+        if let Some(open) = self.flow.as_open() {
+            open.log_request = Some(sent);
+        }
+        Ok(())
     }
 
-    /// An export page: verified and stored; an accepted page is acknowledged with the next
-    /// card nonce, and the page after it is requested while the session's bound allows.
+    /// An export page: verified and stored; an accepted page is acknowledged, and the page
+    /// after it requested while the session's bound allows. A card of applet 1.1 or later
+    /// takes the acknowledgement bound to the nonce the page answered (docs/apdu.md,
+    /// ACKNOWLEDGE LOG): it goes in the reply to the page, with the Get of the next page's
+    /// nonce after it (the device runs commands in order, SyncML RepPro 1.2 §6.1.11: the card
+    /// sees the acknowledgement first). An older card's acknowledgement waits for a fresh
+    /// nonce, one round trip later.
     async fn on_log_page(&mut self, item: &Item) -> Result<()> {
         let (Some(bytes), Some(iccid)) = (
             item_value(Node::CardLogResponse, item),
@@ -637,11 +667,20 @@ impl Step<'_> {
             return Ok(());
         };
         self.know_card().await?;
+        let sent = self.flow.as_open().and_then(|o| o.log_request.take());
         let card = self.account.card.as_mut().and_then(Option::as_mut);
-        let outcome =
-            crate::cardlog::on_export(self.state, self.tx, card, &iccid, self.account.id, &bytes)
-                .await?;
+        let outcome = crate::cardlog::on_export(
+            self.state,
+            self.tx,
+            card,
+            &iccid,
+            self.account.id,
+            sent,
+            &bytes,
+        )
+        .await?;
         let crate::cardlog::Outcome::Accepted {
+            nonce,
             up_to: Some(up_to),
             more,
             ..
@@ -659,10 +698,19 @@ impl Step<'_> {
         if more && !next {
             tracing::info!(%iccid, pages, "card log: page bound of this session reached; the rest is read next session");
         }
-        self.get(
-            Node::CardNonce,
-            Expect::CardNonce(NonceUse::Acknowledge { up_to, more: next }),
-        )
+        if !open.page_bound_acks {
+            return self.get(
+                Node::CardNonce,
+                Expect::CardNonce(NonceUse::Acknowledge { up_to, more: next }),
+            );
+        }
+        let ack = crate::cardlog::ack(self.state, nonce, up_to)?;
+        let h = self.replace(Node::CardLogAck, &ack)?;
+        self.flow.expect(h, Expect::LogAck { up_to });
+        if next {
+            self.get(Node::CardNonce, Expect::CardNonce(NonceUse::RequestLogPage))?;
+        }
+        Ok(())
     }
 
     /// What a delivery of `job_id` needs, if the job is pending: correlator, package, manifest
@@ -694,21 +742,33 @@ impl Step<'_> {
         // A job the account lookup found delivered is not looked for as pending: should it be
         // pending again (offered anew in this message), the device's next pending job below
         // finds it.
+        // The account lookup read what the delivery needs when the job was pending then, and
+        // the device's next pending job when its job was delivered.
         let delivered = self.account.job == Some((job_id, JobState::Delivered));
         let asked = if delivered {
             None
+        } else if self.account.job == Some((job_id, JobState::Pending))
+            && let Some(row) = self.account.pending_offer.take()
+        {
+            Some(row)
         } else {
             self.pending_delivery(job_id).await?
         };
         let found = match asked {
             Some(row) => Some((job_id, row)),
-            None => match campaign::next_job_for_device(self.tx, self.account.id).await? {
-                Some(next) => self
-                    .pending_delivery(next.id)
-                    .await?
-                    .map(|row| (next.id, row)),
-                None => None,
-            },
+            None => {
+                let next = if delivered {
+                    self.account.next_pending.take()
+                } else {
+                    campaign::next_job_for_device(self.tx, self.account.id)
+                        .await?
+                        .map(|j| j.id)
+                };
+                match next {
+                    Some(id) => self.pending_delivery(id).await?.map(|row| (id, row)),
+                    None => None,
+                }
+            }
         };
         let Some((job_id, row)) = found else {
             return match gate {

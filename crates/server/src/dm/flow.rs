@@ -25,6 +25,14 @@ pub struct Open {
     awaiting: Vec<(CommandHandle, Expect)>,
     /// Card-log export pages accepted in this session.
     pub log_pages: u32,
+    /// Whether the session's card (by the applet version its Card Info states) takes a log
+    /// acknowledgement bound to the page it answers; `false` in sessions stored before.
+    #[serde(default)]
+    pub page_bound_acks: bool,
+    /// The log-read request awaiting its page ([`Expect::LogPage`]); `None` in sessions stored
+    /// when requests were kept in `log_requests`.
+    #[serde(default)]
+    pub log_request: Option<crate::cardlog::SentRequest>,
 }
 
 /// What the answer to one queued command means.
@@ -82,7 +90,8 @@ pub enum NonceUse {
     /// A signed log-read request.
     RequestLogPage,
     /// A signed acknowledgement of the entries up to `up_to`; `more` when the next page
-    /// is read in this session.
+    /// is read in this session (a card whose acknowledgement is bound to the page's own nonce
+    /// needs none for it).
     Acknowledge {
         /// The newest entry stored.
         up_to: u32,
@@ -218,16 +227,25 @@ mod tests {
             update_id: vec![1; 16],
             token: vec![2; 8],
         });
-        let mut f = open_with(&[(8, d.clone()), (9, Expect::LogAck { up_to: 4 })]);
+        let ack = Expect::LogAck { up_to: 4 };
+        let mut f = open_with(&[(8, d.clone()), (9, ack.clone())]);
         assert_eq!(f.take_results(CommandHandle(8)), None);
         assert_eq!(f.take_results(CommandHandle(9)), None);
         assert_eq!(
             f.take_status(CommandHandle(8), DmStatus::ACCEPTED_FOR_PROCESSING),
             Some(d)
         );
+        assert_eq!(f.take_status(CommandHandle(9), DmStatus::OK), Some(ack));
+    }
+
+    #[test]
+    fn a_session_stored_before_page_bound_acks_acknowledges_on_fresh_nonces() {
+        let stored = r#"{"Open":{"awaiting":[[3,{"LogAck":{"up_to":5}}]],"log_pages":1}}"#;
+        let mut f: Flow = serde_json::from_str(stored).unwrap();
+        assert!(!f.as_open().unwrap().page_bound_acks);
         assert_eq!(
-            f.take_status(CommandHandle(9), DmStatus::OK),
-            Some(Expect::LogAck { up_to: 4 })
+            f.take_status(CommandHandle(3), DmStatus::OK),
+            Some(Expect::LogAck { up_to: 5 })
         );
     }
 
@@ -245,5 +263,23 @@ mod tests {
         ]);
         let json = serde_json::to_vec(&f).unwrap();
         assert_eq!(serde_json::from_slice::<Flow>(&json).unwrap(), f);
+    }
+
+    #[test]
+    fn the_outstanding_log_request_is_kept_with_the_session() {
+        let mut f = open_with(&[(4, Expect::LogPage)]);
+        let sent = crate::cardlog::SentRequest {
+            nonce: vec![9; 16],
+            first_seq: 17,
+        };
+        f.as_open().unwrap().log_request = Some(sent.clone());
+        let json = serde_json::to_vec(&f).unwrap();
+        let mut back: Flow = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.as_open().unwrap().log_request, Some(sent));
+        // A session stored when requests were kept in `log_requests` has none.
+        let stored = r#"{"Open":{"awaiting":[[4,"LogPage"]],"log_pages":0}}"#;
+        let mut old: Flow = serde_json::from_str(stored).unwrap();
+        assert_eq!(old.as_open().unwrap().log_request, None);
+        assert_eq!(old.take_results(CommandHandle(4)), Some(Expect::LogPage));
     }
 }

@@ -29,7 +29,8 @@
 //!    to card nonce, ICCID, IMEI, manifest digest): Replace `./FUMO/fw/Ext/DeliveryToken` and
 //!    `./FUMO/fw/DownloadAndUpdate/PkgURL`, Exec `./FUMO/fw/DownloadAndUpdate` with the job's
 //!    Correlator; `202` marks the job delivered. Without a job it serves a log-read request;
-//!    each accepted page is acknowledged with the next nonce;
+//!    each accepted page is acknowledged: in the reply to it, bound to the page's own nonce,
+//!    when the card's applet takes that (1.1 on), else with the next nonce;
 //! 3. a Generic Alert 1226 with a known Correlator records the FUMO result code and the card
 //!    receipt (verified with the card key: update id, ICCID and result must match; `alert`).
 

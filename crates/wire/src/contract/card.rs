@@ -414,15 +414,7 @@ impl<'a> CardInfo<&'a [u8]> {
                     })
                 }
                 k::CERTIFICATE => certificate = Some(bstr(r, "certificate")?),
-                k::VERSION => {
-                    array_n(r, 2, "version")?;
-                    let major = u8::try_from(uint(r, "version")?);
-                    let minor = u8::try_from(uint(r, "version")?);
-                    version = Some(match (major, minor) {
-                        (Ok(a), Ok(b)) => (a, b),
-                        _ => return Err(Error::InvalidField("version")),
-                    });
-                }
+                k::VERSION => version = Some(applet_version(r)?),
                 k::INSTALLED_SEQUENCE => installed_sequence = Some(uint(r, "installed sequence")?),
                 k::LOG_NEXT => log_next = Some(uint32(r, "log next")?),
                 k::LOG_ACKED => log_acked = Some(uint32(r, "log acked")?),
@@ -485,15 +477,31 @@ pub struct CardIdentity<'a> {
     pub iccid: Option<&'a str>,
     /// The issuer-signed card certificate (COSE_Sign1), to verify; `None` when absent or empty.
     pub certificate: Option<&'a [u8]>,
+    /// The applet version (major, minor) the device relays, which says what the card's
+    /// commands accept (applet 1.1: acknowledgements bound to an export page); the device's
+    /// word like the rest, so it only chooses between ways the card checks for itself.
+    pub applet: Option<(u8, u8)>,
+}
+
+/// Card-info member 5: `[major, minor]`, each a byte.
+fn applet_version(r: &mut Reader<'_, '_>) -> Result<(u8, u8)> {
+    array_n(r, 2, "version")?;
+    let major = u8::try_from(uint(r, "version")?);
+    let minor = u8::try_from(uint(r, "version")?);
+    match (major, minor) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        _ => Err(Error::InvalidField("version")),
+    }
 }
 
 impl<'a> CardIdentity<'a> {
-    /// Reads members 1 and 4 of a card-info map that spans all of `bytes`.
+    /// Reads members 1, 4 and 5 of a card-info map that spans all of `bytes`.
     pub fn decode(bytes: &'a [u8], limits: &Limits) -> Result<Self> {
         let mut r = Reader::new(bytes, limits);
         let mut id = CardIdentity {
             iccid: None,
             certificate: None,
+            applet: None,
         };
         int_map(&mut r, "card info", |r, key| {
             match key {
@@ -501,6 +509,7 @@ impl<'a> CardIdentity<'a> {
                 card_info_key::CERTIFICATE => {
                     id.certificate = Some(bstr(r, "certificate")?).filter(|c| !c.is_empty())
                 }
+                card_info_key::VERSION => id.applet = Some(applet_version(r)?),
                 _ => return Ok(false),
             }
             Ok(true)

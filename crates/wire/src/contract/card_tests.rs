@@ -64,6 +64,7 @@ fn card_info_round_trips() {
     let id = CardIdentity::decode(&buf[..n], &LIM).unwrap();
     assert_eq!(id.iccid, Some(ICCID));
     assert_eq!(id.certificate, Some(&cert[..]));
+    assert_eq!(id.applet, Some(ci.version));
 }
 
 #[test]
@@ -125,7 +126,19 @@ fn card_info_refusals() {
     );
     // ... which the server's view accepts.
     let id = CardIdentity::decode(&only, &LIM).unwrap();
-    assert_eq!((id.iccid, id.certificate), (Some(ICCID), None));
+    assert_eq!(
+        (id.iccid, id.certificate, id.applet),
+        (Some(ICCID), None, None)
+    );
+    // An applet version that is not two bytes: refused by the server's view too.
+    assert_eq!(
+        CardIdentity::decode(&[0xa1, 0x05, 0x82, 0x01, 0x19, 0x01, 0x00], &LIM),
+        Err(Error::InvalidField("version"))
+    );
+    assert_eq!(
+        CardIdentity::decode(&[0xa1, 0x05, 0x82, 0x01, 0x02], &LIM).map(|i| i.applet),
+        Ok(Some((1, 2)))
+    );
     // A repeated key.
     assert_eq!(
         CardIdentity::decode(&[0xa2, 0x01, 0x60, 0x01, 0x60], &LIM),
