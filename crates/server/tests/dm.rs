@@ -1188,6 +1188,39 @@ struct CardState {
     admin_result: Option<String>,
 }
 
+impl CardState {
+    /// A card with key `key`, answering `info`, its log `records`, nothing outstanding, and
+    /// the issuer of `env` for admin commands.
+    fn new(
+        env: &Env,
+        key: &SigningKey,
+        info: Vec<u8>,
+        server_pub: PublicKey,
+        records: Vec<[u8; LogEntry::RECORD_LEN]>,
+    ) -> Self {
+        CardState {
+            key: key.clone(),
+            info,
+            server_pub,
+            nonce: None,
+            request: None,
+            records,
+            acked: None,
+            replay: None,
+            last_export: None,
+            issuer_pub: Some(PublicKey::from(&env.issuer)),
+            admin_counter: 0,
+            admin_result: None,
+        }
+    }
+}
+
+/// `card`, shared with the device that relays it, its key the one receipts are signed with.
+fn shared_card(key: &SigningKey, card: CardState) -> std::sync::Arc<std::sync::Mutex<CardState>> {
+    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    std::sync::Arc::new(std::sync::Mutex::new(card))
+}
+
 struct TestCard(std::sync::Arc<std::sync::Mutex<CardState>>);
 
 fn raw_or_b64(v: &NodeValue) -> Vec<u8> {
@@ -1362,21 +1395,10 @@ async fn card_log(env: Env) {
             Event::Installed(FumoResult(200)),
         ],
     );
-    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
-        key: key.clone(),
-        info: card_info(&env, &key),
-        server_pub,
-        nonce: None,
-        request: None,
-        records,
-        acked: None,
-        replay: None,
-        last_export: None,
-        issuer_pub: Some(PublicKey::from(&env.issuer)),
-        admin_counter: 0,
-        admin_result: None,
-    }));
-    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let state = shared_card(
+        &key,
+        CardState::new(&env, &key, card_info(&env, &key), server_pub, records),
+    );
     let mut dev = Device::build(
         &env,
         9,
@@ -1511,21 +1533,10 @@ async fn proof_bundle(env: Env) {
     let key = SigningKey::random(&mut rand_core::OsRng);
     let mut records = Vec::new();
     chain(&mut records, &[Event::Acknowledged(0)]);
-    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
-        key: key.clone(),
-        info: card_info(&env, &key),
-        server_pub,
-        nonce: None,
-        request: None,
-        records,
-        acked: None,
-        replay: None,
-        last_export: None,
-        issuer_pub: Some(PublicKey::from(&env.issuer)),
-        admin_counter: 0,
-        admin_result: None,
-    }));
-    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let state = shared_card(
+        &key,
+        CardState::new(&env, &key, card_info(&env, &key), server_pub, records),
+    );
     let mut dev = Device::build(
         &env,
         7,
@@ -1685,21 +1696,10 @@ async fn admin_relay(env: Env) {
     )
     .unwrap();
     let key = SigningKey::random(&mut rand_core::OsRng);
-    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
-        key: key.clone(),
-        info: card_info(&env, &key),
-        server_pub,
-        nonce: None,
-        request: None,
-        records: Vec::new(),
-        acked: None,
-        replay: None,
-        last_export: None,
-        issuer_pub: Some(PublicKey::from(&env.issuer)),
-        admin_counter: 0,
-        admin_result: None,
-    }));
-    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let state = shared_card(
+        &key,
+        CardState::new(&env, &key, card_info(&env, &key), server_pub, Vec::new()),
+    );
     let mut dev = Device::build(
         &env,
         11,
@@ -1816,21 +1816,10 @@ async fn admin_relay_on_first_contact(env: Env) {
     .unwrap();
     let key = SigningKey::random(&mut rand_core::OsRng);
     let info = card_info(&env, &key);
-    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
-        key: key.clone(),
-        info: info.clone(),
-        server_pub,
-        nonce: None,
-        request: None,
-        records: Vec::new(),
-        acked: None,
-        replay: None,
-        last_export: None,
-        issuer_pub: Some(PublicKey::from(&env.issuer)),
-        admin_counter: 0,
-        admin_result: None,
-    }));
-    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let state = shared_card(
+        &key,
+        CardState::new(&env, &key, info.clone(), server_pub, Vec::new()),
+    );
     let mut dev = Device::build(
         &env,
         12,
@@ -2449,21 +2438,13 @@ async fn page_bound(env: Env) {
         (simfota_server::cardlog::MAX_PAGES_PER_SESSION * simfota_server::cardlog::PAGE) as usize;
     let mut records = Vec::new();
     chain(&mut records, &vec![Event::IntegrityOk; per_session + 5]);
-    let state = std::sync::Arc::new(std::sync::Mutex::new(CardState {
-        key: key.clone(),
-        info: card_info(&env, &key),
-        server_pub: server_pub(&env),
-        nonce: None,
-        request: None,
-        records,
-        acked: None,
-        replay: None,
-        last_export: None,
-        issuer_pub: None,
-        admin_counter: 0,
-        admin_result: None,
-    }));
-    CARD_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    let state = shared_card(
+        &key,
+        CardState {
+            issuer_pub: None,
+            ..CardState::new(&env, &key, card_info(&env, &key), server_pub(&env), records)
+        },
+    );
     let mut dev = Device::build(
         &env,
         33,
