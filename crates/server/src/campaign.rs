@@ -2029,12 +2029,14 @@ pub async fn offer(
 }
 
 /// What [`offer_on`] reads, as columns of a query joining the job `j`, its campaign `c` and
-/// their package `p` (the DM flow reads them with the rest of a delivery).
+/// their package `p` (the DM flow reads them with the rest of a delivery, in the account
+/// lookup of every message: the history search runs only for a pending job, the one offered).
 pub const OFFER_COLUMNS: &str = "c.deadline_ms, c.window_start, c.window_end, \
      c.include_up_to_date, p.version, \
-     p.sequence, EXISTS (SELECT 1 FROM jobs j2 JOIN campaigns c2 ON c2.id = j2.campaign_id \
-     JOIN packages p2 ON p2.id = c2.package_id WHERE j2.device_id = j.device_id \
-     AND j2.state = 'succeeded' AND p2.sequence >= p.sequence) AS at_sequence";
+     p.sequence, CASE WHEN j.state = 'pending' THEN EXISTS (SELECT 1 FROM jobs j2 \
+     JOIN campaigns c2 ON c2.id = j2.campaign_id JOIN packages p2 ON p2.id = c2.package_id \
+     WHERE j2.device_id = j.device_id AND j2.state = 'succeeded' \
+     AND p2.sequence >= p.sequence) ELSE FALSE END AS at_sequence";
 
 /// [`offer`] for a pending job whose [`OFFER_COLUMNS`] the caller read in `row`.
 pub async fn offer_on(
